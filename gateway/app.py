@@ -1,0 +1,86 @@
+"""The application factory: routes, static web client, and a lifespan that loads and frees the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from gateway.config import Settings
+from gateway.engine.types import Engine
+from gateway.ws import websocket_endpoint
+
+log = logging.getLogger("gateway.app")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+EngineFactory = Callable[[Settings], Engine]
+
+
+def create_app(settings: Settings, engine: Engine | None = None, engine_factory: EngineFactory | None = None) -> Starlette:
+    """Build the app around a ready engine, or one the factory builds in the background after start-up."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.engine = None
+        app.state.load_error = None
+        loading: asyncio.Task[None] | None = None
+        if engine is not None:
+            engine.start()
+            app.state.engine = engine
+        elif engine_factory is not None:
+            loading = asyncio.create_task(_load(app, settings, engine_factory))
+        try:
+            yield
+        finally:
+            if loading is not None:
+                loading.cancel()
+            if app.state.engine is not None:
+                await asyncio.to_thread(app.state.engine.stop)
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/v1/models", list_models),
+        WebSocketRoute("/ws", websocket_endpoint),
+    ]
+    if WEB_DIR.is_dir():
+        routes.append(Route("/", lambda request: RedirectResponse("/web/index.html")))
+        routes.append(Mount("/web", StaticFiles(directory=WEB_DIR, html=True), name="web"))
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def _load(app: Starlette, settings: Settings, factory: EngineFactory) -> None:
+    try:
+        engine = await asyncio.to_thread(factory, settings)
+    except Exception as exc:
+        log.exception("model failed to load")
+        app.state.load_error = str(exc)
+        return
+    engine.start()
+    app.state.engine = engine
+    log.info("model %s ready", engine.model_id)
+
+
+async def healthz(request: Request) -> Response:
+    state = request.app.state
+    if state.engine is not None:
+        return JSONResponse({"status": "ok", "model": state.engine.model_id})
+    status = "failed" if state.load_error else "loading"
+    return JSONResponse({"status": status}, status_code=503)
+
+
+async def list_models(request: Request) -> Response:
+    engine: Engine | None = request.app.state.engine
+    data = []
+    if engine is not None:
+        data.append({"id": engine.model_id, "object": "model", "owned_by": "gateway"})
+    return JSONResponse({"object": "list", "data": data})

@@ -1,0 +1,69 @@
+"""Settings: one frozen dataclass, read once from GATEWAY_* environment variables and CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway can be told; units are in the names."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str | None = None  # a local directory; None serves the built-in demo model
+    model_id: str | None = None  # the name clients see; defaults to the directory's name
+    base_model: str | None = None  # overrides an adapter's base_model_name_or_path
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; default: cuda when available
+    dtype: str | None = None  # "float32", "float16", "bfloat16"; default by device
+    trust_remote_code: bool = False
+    log_level: str = "info"
+
+    # Limits on what one client may send.
+    max_frame_bytes: int = 16 * MiB
+    max_image_bytes: int = 8 * MiB
+    max_image_pixels: int = 16_000_000
+    max_images_per_turn: int = 8
+    max_text_chars: int = 32_000
+    max_history_turns: int = 256
+    max_stop_strings: int = 8
+
+    # Generation defaults (a session's `configure` and a turn's `options` override them).
+    default_temperature: float = 0.8
+    default_top_p: float = 0.8
+    default_top_k: int = 0
+    default_repetition_penalty: float = 1.0
+    default_max_tokens: int = 512
+    max_tokens_limit: int = 4096
+    context_tokens: int | None = None  # default: the model's max_position_embeddings
+    engine_queue_size: int = 64
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Settings with each field overridden by GATEWAY_<FIELD> where that variable is set."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = env.get(f"GATEWAY_{field.name.upper()}")
+            if raw is not None:
+                values[field.name] = _parse(raw, field.type)
+        return cls(**values)
+
+
+def _parse(raw: str, type_name: Any) -> Any:
+    text = str(type_name)
+    if text.startswith("bool"):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if text.startswith("float"):
+        return float(raw)
+    if text.startswith("int"):
+        return None if raw == "" and "None" in text else int(raw)
+    return None if raw == "" and "None" in text else raw

@@ -1,0 +1,1 @@
+"""The model side: loading, the generation thread, sampling and the demo model."""

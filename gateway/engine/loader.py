@@ -1,0 +1,148 @@
+"""Model loading: a local directory (vision-language or text-only) or a LoRA adapter over its base."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gateway.engine.prompt import IMAGE_TOKEN, PromptBuilder
+
+log = logging.getLogger("gateway.loader")
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(Exception):
+    """The directory could not be loaded as a model or adapter; the message says why."""
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    prompt: PromptBuilder
+    device: torch.device
+    dtype: torch.dtype
+    model_id: str
+    context_tokens: int
+    eos_token_ids: frozenset[int]
+    adapter: str | None = None
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, requested: str | None) -> torch.dtype:
+    """bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU, unless told otherwise."""
+    if requested:
+        if requested not in _DTYPES:
+            raise ModelLoadError(f"unknown dtype {requested!r}; choose one of {', '.join(_DTYPES)}")
+        return _DTYPES[requested]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(
+    path: str | Path,
+    *,
+    base_model: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    model_id: str | None = None,
+) -> LoadedModel:
+    """Load a model directory, or an adapter directory (one holding adapter_config.json) over its base."""
+    source = Path(path)
+    if not source.is_dir():
+        raise ModelLoadError(f"{source} is not a directory")
+    adapter_dir: Path | None = None
+    if (source / "adapter_config.json").exists():
+        adapter_dir = source
+        config = json.loads((source / "adapter_config.json").read_text())
+        base = base_model or config.get("base_model_name_or_path")
+        if not base:
+            raise ModelLoadError(f"{source}/adapter_config.json names no base_model_name_or_path; pass --base-model")
+        source = Path(base)
+        if not source.is_dir():
+            raise ModelLoadError(f"the adapter's base model {base} is not a local directory (nothing is downloaded)")
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(torch_device, dtype)
+    model, vision = _load_weights(source, torch_dtype, trust_remote_code)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.to(torch_device).eval()
+    tokenizer, prompt = _load_prompt_builder(source, model, vision, trust_remote_code)
+    name = model_id or (adapter_dir or source).resolve().name
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        prompt=prompt,
+        device=torch_device,
+        dtype=torch_dtype,
+        model_id=name,
+        context_tokens=_context_tokens(model),
+        eos_token_ids=_eos_ids(model, tokenizer),
+        adapter=str(adapter_dir) if adapter_dir else None,
+    )
+
+
+def _load_weights(source: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, bool]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{source} holds no loadable config.json: {exc}") from None
+    vision = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    log.info("loading %s (%s, %s) from %s", auto.__name__, config.model_type, dtype, source)
+    model = auto.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    return model, vision
+
+
+def _load_prompt_builder(source: Path, model: Any, vision: bool, trust_remote_code: bool) -> tuple[Any, PromptBuilder]:
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tokenizer.chat_template is None and (source / "chat_template.jinja").exists():
+        tokenizer.chat_template = (source / "chat_template.jinja").read_text()
+    if tokenizer.chat_template is None:
+        raise ModelLoadError(f"{source} has no chat template; a chat gateway needs one")
+    image_processor = None
+    image_token_id = None
+    if vision:
+        # The PIL backend needs no torchvision, which this gateway does not require.
+        image_processor = AutoImageProcessor.from_pretrained(source, backend="pil")
+        image_token_id = getattr(model.config, "image_token_id", None) or tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    return tokenizer, PromptBuilder(tokenizer, image_processor, image_token_id)
+
+
+def _context_tokens(model: Any) -> int:
+    config = model.config
+    text_config = getattr(config, "text_config", None) or config
+    return int(getattr(text_config, "max_position_embeddings", 2048))
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model.config, "text_config", None), model.config):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)

@@ -1,0 +1,94 @@
+"""Turning chat messages into model inputs: chat template, image placeholders, pixel tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from gateway.engine.types import ChatMessage
+from gateway.errors import ErrorCode, GatewayError
+
+IMAGE_TOKEN = "<|image|>"
+
+
+@dataclass
+class ModelInputs:
+    """Everything one prefill needs; `input_ids` has shape [1, prompt_tokens]."""
+
+    input_ids: torch.Tensor
+    extras: dict[str, torch.Tensor]  # pixel_values, image_grid_thw, mm_token_type_ids, ...
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+class PromptBuilder:
+    """Renders messages with the tokenizer's chat template; for GLM-4V, expands one placeholder per
+    image into its merged-patch count, built from the image processor and the tokenizer (the combined
+    Glm4vProcessor needs torchvision)."""
+
+    def __init__(self, tokenizer: Any, image_processor: Any | None, image_token_id: int | None) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_token_id = image_token_id
+        self.vision = image_processor is not None and image_token_id is not None
+
+    def count(self, messages: Sequence[ChatMessage]) -> int:
+        """Prompt length in tokens, without touching pixels (image token counts come from sizes)."""
+        text = self._render(messages)
+        sizes = [(img.height, img.width) for m in messages for img in m.images]
+        return len(self._tokenize(self._expand(text, [self._image_tokens(h, w) for h, w in sizes])))
+
+    def build(self, messages: Sequence[ChatMessage]) -> ModelInputs:
+        text = self._render(messages)
+        images = [img.pixels for m in messages for img in m.images]
+        extras: dict[str, torch.Tensor] = {}
+        counts: list[int] = []
+        if images:
+            processed = self.image_processor(images=images, return_tensors="pt")  # type: ignore[misc]
+            grid = processed["image_grid_thw"]
+            merge = int(self.image_processor.merge_size) ** 2  # type: ignore[union-attr]
+            counts = [int(g.prod().item()) // merge for g in grid]
+            extras["pixel_values"] = processed["pixel_values"]
+            extras["image_grid_thw"] = grid
+        ids = torch.tensor([self._tokenize(self._expand(text, counts))], dtype=torch.long)
+        if images:
+            extras["mm_token_type_ids"] = (ids == self.image_token_id).to(torch.int32)
+        return ModelInputs(input_ids=ids, extras=extras)
+
+    def _render(self, messages: Sequence[ChatMessage]) -> str:
+        if any(m.images for m in messages) and not self.vision:
+            raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, "the served model is text-only; send turns without images")
+        chat = [self._template_message(m) for m in messages]
+        return str(self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+
+    def _template_message(self, message: ChatMessage) -> dict[str, Any]:
+        if not self.vision:
+            return {"role": message.role, "content": message.text}
+        parts: list[dict[str, Any]] = [{"type": "image"} for _ in message.images]
+        parts.append({"type": "text", "text": message.text})
+        return {"role": message.role, "content": parts}
+
+    def _expand(self, text: str, counts: list[int]) -> str:
+        pieces = text.split(IMAGE_TOKEN)
+        if len(pieces) - 1 != len(counts):
+            raise GatewayError(ErrorCode.INTERNAL, "the chat template placed a different number of images")
+        out = [pieces[0]]
+        for count, piece in zip(counts, pieces[1:]):
+            out.append(IMAGE_TOKEN * count)
+            out.append(piece)
+        return "".join(out)
+
+    def _image_tokens(self, height: int, width: int) -> int:
+        try:
+            patches = self.image_processor.get_number_of_image_patches(height, width, {})  # type: ignore[union-attr]
+        except ValueError as exc:  # e.g. an aspect ratio beyond what the model accepts
+            raise GatewayError(ErrorCode.BAD_IMAGE, f"image of {width}x{height} rejected by the model: {exc}") from None
+        return int(patches) // int(self.image_processor.merge_size) ** 2  # type: ignore[union-attr]
+
+    def _tokenize(self, text: str) -> list[int]:
+        # The template already wrote every special token; adding BOS/EOS again would change the prompt.
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,104 @@
+"""The engine's contract with its callers: requests, sampling parameters, events and results."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Sequence
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+GREEDY_TEMPERATURE = 1e-5
+
+
+@dataclass(frozen=True)
+class ChatImage:
+    """An image as the model sees it: RGB pixels (a PIL image) and their size."""
+
+    pixels: Any
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    text: str
+    images: tuple[ChatImage, ...] = ()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    max_tokens: int = 512
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= GREEDY_TEMPERATURE
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    finish_reason: FinishReason
+    text: str
+    token_ids: tuple[int, ...]
+    prompt_tokens: int
+    ttft_ms: float | None  # from submission (queue wait included) to the first token
+    total_ms: float
+    tokens_per_s: float  # decode rate: tokens after the first over the time since the first
+    error: str | None = None
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class TurnSink(Protocol):
+    """Receives one turn's events, always on the event loop thread, in order; `done` comes exactly once."""
+
+    def on_start(self) -> None: ...
+
+    def on_token(self, text: str) -> None: ...
+
+    def on_done(self, result: GenerationResult) -> None: ...
+
+
+@dataclass
+class TurnHandle:
+    """The caller's grip on a submitted turn: cancel it from any thread; the engine stops at the next token."""
+
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class GenerationRequest:
+    messages: Sequence[ChatMessage]
+    params: SamplingParams
+    handle: TurnHandle = field(default_factory=TurnHandle)
+
+
+class EngineFull(Exception):
+    """The engine's bounded queue has no room; the caller answers `overloaded`."""
+
+
+class Engine(Protocol):
+    """What the WebSocket and HTTP layers need from an engine; a batching scheduler keeps this shape."""
+
+    model_id: str
+    vision: bool
+    context_tokens: int
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int: ...
+
+    def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...

@@ -1,0 +1,84 @@
+"""Attachment decoding with limits: format allow-list, pixel cap read from the header, guarded decode."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from gateway.errors import ErrorCode, GatewayError
+
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF"})
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedImage:
+    """An attachment as received (bytes) plus its normalised RGB pixels for the model."""
+
+    data: bytes
+    format: str
+    width: int
+    height: int
+    sha256: str
+    pixels: Image.Image
+
+
+def decode_image(data: bytes, limits: ImageLimits, index: int = 0) -> DecodedImage:
+    """Decode one attachment or raise `bad_image` / `too_large`; never trust the file to be honest."""
+    label = f"image {index}"
+    if len(data) > limits.max_bytes:
+        raise GatewayError(ErrorCode.TOO_LARGE, f"{label} is {len(data)} bytes; the limit is {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
+            fmt = image.format or "?"
+            if fmt not in ALLOWED_FORMATS:
+                raise GatewayError(ErrorCode.BAD_IMAGE, f"{label}: format {fmt} is not one of JPEG, PNG, WebP, GIF")
+            width, height = image.size
+            if width * height > limits.max_pixels:  # checked before any pixel is decoded
+                raise GatewayError(
+                    ErrorCode.TOO_LARGE,
+                    f"{label} is {width}x{height} pixels; the limit is {limits.max_pixels} pixels",
+                )
+            image.load()  # a truncated or corrupt file fails here, not later in the model
+            rgb = _normalise(image)
+    except GatewayError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise GatewayError(ErrorCode.BAD_IMAGE, f"{label} is not a decodable JPEG, PNG, WebP or GIF image") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError):
+        raise GatewayError(ErrorCode.BAD_IMAGE, f"{label} is truncated or corrupt") from None
+    return DecodedImage(
+        data=data,
+        format=fmt.lower(),
+        width=rgb.width,
+        height=rgb.height,
+        sha256=hashlib.sha256(data).hexdigest(),
+        pixels=rgb,
+    )
+
+
+def _normalise(image: Image.Image) -> Image.Image:
+    """First frame, EXIF orientation applied, RGB with alpha composited on white."""
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: scale to 8 bits instead of letting convert() clip to white
+        return image.point(lambda v: v / 256).convert("L").convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,253 @@
+"""The wire contract: frame types, defensive msgpack/JSON decoding with validation, and encoding."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+import msgpack
+import msgspec
+from msgspec import Meta, Struct
+
+from gateway.errors import ErrorCode, GatewayError
+
+PROTOCOL_VERSION = 1
+
+TurnId = Annotated[str, Meta(min_length=1, max_length=64)]
+Temperature = Annotated[float, Meta(ge=0.0, le=5.0)]
+TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
+TopK = Annotated[int, Meta(ge=0, le=100_000)]
+MaxTokens = Annotated[int, Meta(ge=1)]
+RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=10.0)]
+StopString = Annotated[str, Meta(min_length=1, max_length=128)]
+Seed = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+class _Frame(Struct, forbid_unknown_fields=True, omit_defaults=True, tag_field="type"):
+    """Base of every frame: a map whose `type` field names the frame."""
+
+
+class SamplingOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Sampling parameters; unset fields fall back to the session's, then the server's defaults."""
+
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    max_tokens: MaxTokens | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    stop: list[StopString] | None = None
+    seed: Seed | None = None
+
+
+# ---- client to server -------------------------------------------------------------------------
+
+
+class TurnFrame(_Frame, tag="turn"):
+    id: TurnId
+    text: str = ""
+    images: list[bytes] = []
+    options: SamplingOptions | None = None
+
+
+class CancelFrame(_Frame, tag="cancel"):
+    id: TurnId
+
+
+class ResetFrame(_Frame, tag="reset"):
+    id: TurnId | None = None
+
+
+class ConfigureFrame(_Frame, tag="configure"):
+    id: TurnId | None = None
+    system: Annotated[str, Meta(max_length=32_000)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    max_tokens: MaxTokens | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    stop: list[StopString] | None = None
+    seed: Seed | None = None
+
+
+class HistoryRequestFrame(_Frame, tag="history"):
+    id: TurnId | None = None
+    include_images: bool = False
+
+
+class PingFrame(_Frame, tag="ping"):
+    id: TurnId | None = None
+
+
+ClientFrame = Union[TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame]
+CLIENT_TYPES = ("turn", "cancel", "reset", "configure", "history", "ping")
+
+
+# ---- server to client -------------------------------------------------------------------------
+
+
+class ReadyFrame(_Frame, tag="ready"):
+    session: str
+    model: str
+    protocol: int
+    limits: dict[str, int]
+    defaults: dict[str, Any]
+    vision: bool
+
+
+class AcceptedFrame(_Frame, tag="accepted"):
+    id: str
+    prompt_tokens: int
+    dropped_turns: int = 0
+
+
+class TokenFrame(_Frame, tag="token"):
+    id: str
+    text: str
+
+
+class Usage(Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Timing(Struct):
+    ttft_ms: float | None  # None when no token was produced
+    total_ms: float
+    tokens_per_s: float
+
+
+class DoneFrame(_Frame, tag="done"):
+    id: str
+    finish_reason: FinishReason
+    text: str
+    usage: Usage
+    timing: Timing
+
+
+class ErrorFrame(_Frame, tag="error"):
+    code: str
+    message: str
+    id: str | None = None
+
+
+class ImageInfo(Struct, omit_defaults=True):
+    format: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+    data: bytes | None = None
+
+
+class HistoryEntry(Struct, omit_defaults=True):
+    role: Literal["user", "assistant"]
+    text: str
+    id: str | None = None
+    images: list[ImageInfo] = []
+    partial: bool = False
+
+
+class HistoryFrame(_Frame, tag="history"):
+    system: str | None
+    turns: list[HistoryEntry]
+    id: str | None = None
+
+
+class ConfiguredFrame(_Frame, tag="configured"):
+    defaults: dict[str, Any]
+    id: str | None = None
+
+
+class ResetDoneFrame(_Frame, tag="reset"):
+    id: str | None = None
+
+
+class PongFrame(_Frame, tag="pong"):
+    id: str | None = None
+
+
+ServerFrame = Union[
+    ReadyFrame,
+    AcceptedFrame,
+    TokenFrame,
+    DoneFrame,
+    ErrorFrame,
+    HistoryFrame,
+    ConfiguredFrame,
+    ResetDoneFrame,
+    PongFrame,
+]
+
+# msgpack-python refuses these before any object is built: ext types (timestamps too) are never
+# part of the protocol, and no legitimate frame nests deeper or wider than this.
+_MAX_CONTAINER_LEN = 1024
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=True,
+        max_bin_len=len(data),
+        max_str_len=len(data),
+        max_array_len=_MAX_CONTAINER_LEN,
+        max_map_len=_MAX_CONTAINER_LEN,
+        max_ext_len=0,
+    )
+
+
+def decode(data: bytes | str) -> ClientFrame:
+    """Decode one client message (binary = msgpack, text = JSON) into a validated frame."""
+    try:
+        raw = _unpack(data) if isinstance(data, bytes) else json.loads(data)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, RecursionError) as exc:
+        kind = "msgpack" if isinstance(data, bytes) else "JSON"
+        raise GatewayError(ErrorCode.BAD_FRAME, f"not valid {kind}: {_short(exc)}") from None
+    except Exception:  # msgpack raises a zoo of types on hostile input; all mean the same
+        raise GatewayError(ErrorCode.BAD_FRAME, "not valid msgpack") from None
+    if not isinstance(raw, dict):
+        raise GatewayError(ErrorCode.BAD_FRAME, "a frame must be a map with a `type` field")
+    frame_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    frame_type = raw.get("type")
+    if frame_type not in CLIENT_TYPES:
+        raise GatewayError(
+            ErrorCode.UNKNOWN_TYPE,
+            f"unknown frame type {frame_type!r}; expected one of {', '.join(CLIENT_TYPES)}",
+            frame_id,
+        )
+    try:
+        if isinstance(data, bytes):
+            return msgspec.convert(raw, ClientFrame)  # type: ignore[arg-type, no-any-return]
+        # JSON carries attachments as base64 strings; the typed decoder turns them into bytes.
+        return msgspec.json.decode(data, type=ClientFrame)  # type: ignore[arg-type, no-any-return]
+    except msgspec.ValidationError as exc:
+        raise GatewayError(ErrorCode.INVALID_FIELD, str(exc), frame_id) from None
+    except msgspec.DecodeError as exc:
+        raise GatewayError(ErrorCode.BAD_FRAME, _short(exc), frame_id) from None
+
+
+def encode(frame: ServerFrame, as_json: bool = False) -> bytes | str:
+    """Encode a server frame as msgpack bytes, or as JSON text for clients that spoke JSON."""
+    if as_json:
+        return msgspec.json.encode(frame).decode()
+    return msgspec.msgpack.encode(frame)
+
+
+def encode_client(frame: ClientFrame, as_json: bool = False) -> bytes | str:
+    """Encode a client frame (used by tests, the benchmark and other Python clients)."""
+    if as_json:
+        return msgspec.json.encode(frame).decode()
+    return msgspec.msgpack.encode(frame)
+
+
+def decode_server(data: bytes | str) -> ServerFrame:
+    """Decode a server frame (used by Python clients)."""
+    if isinstance(data, bytes):
+        return msgspec.msgpack.decode(data, type=ServerFrame)  # type: ignore[arg-type, no-any-return]
+    return msgspec.json.decode(data, type=ServerFrame)  # type: ignore[arg-type, no-any-return]
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

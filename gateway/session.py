@@ -1,0 +1,137 @@
+"""One connection's conversation: system prompt, sampling defaults and history, trimmed to fit."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from gateway.engine.types import ChatImage, ChatMessage, SamplingParams
+from gateway.errors import ErrorCode, GatewayError
+from gateway.images import DecodedImage
+from gateway.protocol import SamplingOptions
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    id: str
+    text: str
+    images: tuple[DecodedImage, ...] = ()
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """A user turn and the reply it got; `partial` marks a reply cut short by cancel."""
+
+    turn: UserTurn
+    reply: str
+    partial: bool = False
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    messages: list[ChatMessage]
+    prompt_tokens: int
+    dropped_turns: int
+
+
+TokenCounter = Callable[[Sequence[ChatMessage]], int]
+
+_OPTION_FIELDS = SamplingOptions.__struct_fields__
+
+
+@dataclass
+class Session:
+    """History changes only through these methods; a reply joins it once its stream has ended."""
+
+    max_history_turns: int
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    system: str | None = None
+    defaults: SamplingOptions = field(default_factory=SamplingOptions)
+    exchanges: list[Exchange] = field(default_factory=list)
+    epoch: int = 0  # bumped by reset, so a reply that outlives its conversation is not recorded
+
+    def configure(self, system: str | None, options: SamplingOptions) -> None:
+        if system is not None:
+            self.system = system or None  # "" clears the system prompt
+        changes = {k: getattr(options, k) for k in _OPTION_FIELDS if getattr(options, k) is not None}
+        merged = {k: getattr(self.defaults, k) for k in _OPTION_FIELDS} | changes
+        self.defaults = SamplingOptions(**merged)
+
+    def reset(self) -> None:
+        self.exchanges.clear()
+        self.epoch += 1
+
+    def plan(self, turn: UserTurn, max_tokens: int, context_tokens: int, count: TokenCounter) -> PromptPlan:
+        """Messages for the model, dropping the oldest exchanges until prompt + max_tokens fits."""
+        budget = context_tokens - max_tokens
+
+        def tokens_after_dropping(n: int) -> int:
+            return count(self._messages(self.exchanges[n:], turn))
+
+        if tokens_after_dropping(len(self.exchanges)) > budget:
+            raise GatewayError(
+                ErrorCode.CONTEXT_OVERFLOW,
+                f"this turn alone needs more than the {context_tokens}-token context window allows "
+                f"with max_tokens={max_tokens}",
+                turn.id,
+            )
+        # Token count only falls as exchanges are dropped, so binary-search the fewest drops.
+        low, high = 0, len(self.exchanges)
+        while low < high:
+            mid = (low + high) // 2
+            if tokens_after_dropping(mid) <= budget:
+                high = mid
+            else:
+                low = mid + 1
+        messages = self._messages(self.exchanges[low:], turn)
+        return PromptPlan(messages=messages, prompt_tokens=count(messages), dropped_turns=low)
+
+    def drop_oldest(self, n: int) -> None:
+        del self.exchanges[:n]
+
+    def record(self, turn: UserTurn, reply: str, partial: bool, epoch: int) -> bool:
+        """Append a finished exchange; False when a reset happened since the turn started."""
+        if epoch != self.epoch:
+            return False
+        self.exchanges.append(Exchange(turn=turn, reply=reply, partial=partial))
+        overflow = len(self.exchanges) - self.max_history_turns
+        if overflow > 0:
+            del self.exchanges[:overflow]
+        return True
+
+    def _messages(self, exchanges: Sequence[Exchange], turn: UserTurn) -> list[ChatMessage]:
+        messages = [ChatMessage("system", self.system)] if self.system else []
+        for exchange in exchanges:
+            messages.append(_user_message(exchange.turn))
+            messages.append(ChatMessage("assistant", exchange.reply))
+        messages.append(_user_message(turn))
+        return messages
+
+
+def _user_message(turn: UserTurn) -> ChatMessage:
+    images = tuple(ChatImage(pixels=i.pixels, width=i.width, height=i.height) for i in turn.images)
+    return ChatMessage("user", turn.text, images)
+
+
+def resolve_params(
+    server: SamplingOptions, session: SamplingOptions, turn: SamplingOptions | None, max_tokens_limit: int
+) -> SamplingParams:
+    """Per-turn options over session defaults over server defaults, checked against the limits."""
+    layers = [server, session] + ([turn] if turn is not None else [])
+    merged: dict[str, object] = {}
+    for layer in layers:
+        merged.update({k: getattr(layer, k) for k in _OPTION_FIELDS if getattr(layer, k) is not None})
+    max_tokens = int(merged.get("max_tokens", max_tokens_limit))  # type: ignore[call-overload]
+    if max_tokens > max_tokens_limit:
+        raise GatewayError(ErrorCode.INVALID_FIELD, f"max_tokens {max_tokens} is above the limit of {max_tokens_limit}")
+    stop = tuple(merged.get("stop") or ())  # type: ignore[call-overload]
+    return SamplingParams(
+        temperature=float(merged.get("temperature", 1.0)),  # type: ignore[arg-type]
+        top_p=float(merged.get("top_p", 1.0)),  # type: ignore[arg-type]
+        top_k=int(merged.get("top_k", 0)),  # type: ignore[call-overload]
+        max_tokens=max_tokens,
+        repetition_penalty=float(merged.get("repetition_penalty", 1.0)),  # type: ignore[arg-type]
+        stop=stop,
+        seed=merged.get("seed"),  # type: ignore[arg-type]
+    )
