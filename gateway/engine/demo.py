@@ -216,3 +216,36 @@ def cached_demo_model(size: DemoSize = "tiny") -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def write_text_model(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny text-only Llama sharing the demo tokenizer: for serving and testing the text-only path."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _build_tokenizer(out_dir, vocab_size=1024)
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    tok.chat_template = TEXT_CHAT_TEMPLATE
+    tok.save_pretrained(out_dir)
+    eos = [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|user|>")]
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=eos,
+        pad_token_id=tok.convert_tokens_to_ids("<pad>"),
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    return out_dir
+
+
+TEXT_CHAT_TEMPLATE = (
+    "[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)

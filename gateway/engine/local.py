@@ -55,6 +55,11 @@ class _Progress:
     last_token_at: float | None = None
 
 
+def _cache_of(output: Any) -> Any:
+    # transformers 5 renamed the output field from past_key_values to cache
+    return output.get("cache", output.get("past_key_values"))
+
+
 class LocalEngine:
     """Runs turns one after another on its own thread; `submit` is called from the event loop."""
 
@@ -127,7 +132,7 @@ class LocalEngine:
         generator = make_generator(params, device)
         seen = input_ids[0]
         out = self.loaded.model(input_ids=input_ids, use_cache=True, **extras)
-        cache = out.cache
+        cache = _cache_of(out)
         reason: FinishReason = "length"
         while len(progress.token_ids) < params.max_tokens:
             if handle.cancelled.is_set():
@@ -143,7 +148,7 @@ class LocalEngine:
             if params.repetition_penalty != 1.0:
                 seen = torch.cat([seen, step[0]])
             out = self.loaded.model(input_ids=step, cache=cache, use_cache=True)
-            cache = out.cache
+            cache = _cache_of(out)
         self._finish(progress, reason, inputs.prompt_tokens)
 
     def _accept_token(self, progress: _Progress, token: int) -> bool:

@@ -1,0 +1,113 @@
+"""Shared fixtures: the demo model on disk, and real uvicorn servers on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import uvicorn
+from PIL import Image
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.engine.demo import write_demo_adapter, write_demo_model, write_text_model
+from gateway.engine.loader import load_model
+from gateway.engine.local import LocalEngine
+
+
+@dataclass(frozen=True)
+class DemoDirs:
+    model: Path
+    adapter: Path
+    text_model: Path
+
+
+@pytest.fixture(scope="session")
+def demo_dirs(tmp_path_factory: pytest.TempPathFactory) -> DemoDirs:
+    root = tmp_path_factory.mktemp("demo")
+    model = write_demo_model(root / "model")
+    adapter = write_demo_adapter(model, root / "adapter")
+    text_model = write_text_model(root / "text-model")
+    return DemoDirs(model=model, adapter=adapter, text_model=text_model)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    """A real uvicorn server in a background thread, serving the real engine."""
+
+    settings: Settings
+    engine: LocalEngine
+    server: uvicorn.Server
+    thread: threading.Thread
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kwargs: Any) -> RunningServer:
+    port = free_port()
+    settings = (settings or Settings()).replace(port=port)
+    engine = LocalEngine(load_model(model_dir, model_id="gateway-demo"), queue_size=settings.engine_queue_size)
+    app = create_app(settings, engine=engine)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ws_max_size=settings.max_frame_bytes,
+        lifespan="on",
+        **uvicorn_kwargs,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    return RunningServer(settings=settings, engine=engine, server=server, thread=thread, port=port)
+
+
+@pytest.fixture(scope="module")
+def server(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
+    running = start_server(demo_dirs.model)
+    yield running
+    running.stop()
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: Any = (200, 30, 30), mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+async def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
