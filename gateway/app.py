@@ -33,6 +33,7 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
         app.state.settings = settings
         app.state.engine = None
         app.state.load_error = None
+        app.state.connections = {}  # session id -> ws.Connection, for metrics and inspection
         loading: asyncio.Task[None] | None = None
         if engine is not None:
             engine.start()

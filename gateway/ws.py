@@ -107,6 +107,14 @@ class Connection:
         self._image_limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
 
     async def run(self) -> None:
+        registry: dict[str, Connection] = self.websocket.app.state.connections
+        registry[self.session.id] = self
+        try:
+            await self._run()
+        finally:
+            registry.pop(self.session.id, None)
+
+    async def _run(self) -> None:
         await self.websocket.accept()
         self.outbox.put(self._ready_frame())
         writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.session.id}")

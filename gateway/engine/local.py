@@ -68,6 +68,7 @@ class LocalEngine:
         self.model_id = loaded.model_id
         self.vision = loaded.prompt.vision
         self.context_tokens = loaded.context_tokens
+        self.adapters: tuple[str, ...] = ()
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._run, name="gateway-generation", daemon=True)
         self.busy = threading.Event()  # set while a turn is on the model (tests and metrics read it)

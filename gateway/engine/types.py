@@ -82,6 +82,7 @@ class GenerationRequest:
     messages: Sequence[ChatMessage]
     params: SamplingParams
     handle: TurnHandle = field(default_factory=TurnHandle)
+    adapter: str | None = None  # a LoRA adapter's name from Engine.adapters; None is the base model
 
 
 class EngineFull(Exception):
@@ -94,6 +95,7 @@ class Engine(Protocol):
     model_id: str
     vision: bool
     context_tokens: int
+    adapters: tuple[str, ...]  # names of extra LoRA adapters a request may select
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int: ...
 
