@@ -27,9 +27,7 @@ def build_engine(settings: Settings) -> Engine:
         trust_remote_code=settings.trust_remote_code,
         model_id=settings.model_id or (None if settings.model else "gateway-demo"),
     )
-    if settings.context_tokens:
-        loaded.context_tokens = min(loaded.context_tokens, settings.context_tokens)
-    return LocalEngine(loaded, queue_size=settings.engine_queue_size)
+    return LocalEngine(loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens)
 
 
 def _serve(args: argparse.Namespace) -> int:

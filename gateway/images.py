@@ -54,7 +54,10 @@ def decode_image(data: bytes, limits: ImageLimits, index: int = 0) -> DecodedIma
             rgb = _normalise(image)
     except GatewayError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard fires in open() for headers far beyond any sane cap
+        raise GatewayError(ErrorCode.TOO_LARGE, f"{label} declares more than {limits.max_pixels} pixels") from None
+    except UnidentifiedImageError:
         raise GatewayError(ErrorCode.BAD_IMAGE, f"{label} is not a decodable JPEG, PNG, WebP or GIF image") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError):
         raise GatewayError(ErrorCode.BAD_IMAGE, f"{label} is truncated or corrupt") from None

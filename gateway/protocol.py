@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 from typing import Annotated, Any, Literal, Union
 
@@ -24,7 +25,7 @@ Seed = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
-class _Frame(Struct, forbid_unknown_fields=True, omit_defaults=True, tag_field="type"):
+class _Frame(Struct, forbid_unknown_fields=True, tag_field="type"):
     """Base of every frame: a map whose `type` field names the frame."""
 
 
@@ -132,16 +133,16 @@ class ErrorFrame(_Frame, tag="error"):
     id: str | None = None
 
 
-class ImageInfo(Struct, omit_defaults=True):
+class ImageInfo(Struct):
     format: str
     width: int
     height: int
     bytes: int
     sha256: str
-    data: bytes | None = None
+    data: builtins.bytes | None = None  # `bytes` is shadowed by the field above
 
 
-class HistoryEntry(Struct, omit_defaults=True):
+class HistoryEntry(Struct):
     role: Literal["user", "assistant"]
     text: str
     id: str | None = None

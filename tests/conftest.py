@@ -55,6 +55,10 @@ class RunningServer:
     port: int
 
     @property
+    def app(self) -> Any:
+        return self.server.config.app
+
+    @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
@@ -70,7 +74,8 @@ class RunningServer:
 def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kwargs: Any) -> RunningServer:
     port = free_port()
     settings = (settings or Settings()).replace(port=port)
-    engine = LocalEngine(load_model(model_dir, model_id="gateway-demo"), queue_size=settings.engine_queue_size)
+    loaded = load_model(model_dir, model_id="gateway-demo")
+    engine = LocalEngine(loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens)
     app = create_app(settings, engine=engine)
     config = uvicorn.Config(
         app,

@@ -9,12 +9,13 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 DemoSize = Literal["tiny", "small"]
 
 # One `<|image|>` token stands for merge_size**2 patches; the pixel cap keeps demo prompts short.
-IMAGE_MIN_PIXELS = 56 * 56
-IMAGE_MAX_PIXELS = 112 * 112
+# GLM-4V counts two temporal frames per still image, hence the factor 2: at most 112x112, 16 tokens.
+IMAGE_MIN_PIXELS = 2 * 56 * 56
+IMAGE_MAX_PIXELS = 2 * 112 * 112
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",

@@ -33,6 +33,8 @@ class TextStream:
 
     def push(self, token_id: int) -> str:
         """Add one token; return the delta that can be sent now (maybe empty)."""
+        if self.stopped:
+            return ""
         self._ids.append(token_id)
         window = self._ids[self._prefix :]
         before = self._tokenizer.decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
@@ -60,14 +62,13 @@ class TextStream:
         return delta
 
     def _release(self) -> str:
-        for stop in self._stop:
-            at = self._text.find(stop, max(0, self._sent - len(stop) + 1))
-            if at != -1:
-                self.stopped = True
-                self._text = self._text[:at]
-                delta = self._text[self._sent :]
-                self._sent = len(self._text)
-                return delta
+        hits = [at for s in self._stop if (at := self._text.find(s, max(0, self._sent - len(s) + 1))) != -1]
+        if hits:  # the earliest stop string in the text wins, whatever its place in the list
+            self.stopped = True
+            self._text = self._text[: min(hits)]
+            delta = self._text[self._sent :]
+            self._sent = len(self._text)
+            return delta
         # Hold back the longest tail that could still grow into a stop string.
         hold = 0
         for stop in self._stop:

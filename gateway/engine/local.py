@@ -57,17 +57,18 @@ class _Progress:
 
 def _cache_of(output: Any) -> Any:
     # transformers 5 renamed the output field from past_key_values to cache
-    return output.get("cache", output.get("past_key_values"))
+    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 class LocalEngine:
     """Runs turns one after another on its own thread; `submit` is called from the event loop."""
 
-    def __init__(self, loaded: LoadedModel, queue_size: int = 64) -> None:
+    def __init__(self, loaded: LoadedModel, queue_size: int = 64, context_tokens: int | None = None) -> None:
         self.loaded = loaded
         self.model_id = loaded.model_id
         self.vision = loaded.prompt.vision
-        self.context_tokens = loaded.context_tokens
+        self.context_tokens = min(loaded.context_tokens, context_tokens or loaded.context_tokens)
+        self.tokens_generated = 0  # written only by the generation thread
         self.adapters: tuple[str, ...] = ()
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._run, name="gateway-generation", daemon=True)
@@ -155,6 +156,7 @@ class LocalEngine:
     def _accept_token(self, progress: _Progress, token: int) -> bool:
         """Record one sampled token and stream its text; True when the turn should stop here."""
         now = time.perf_counter()
+        self.tokens_generated += 1
         progress.token_ids.append(token)
         progress.first_token_at = progress.first_token_at or now
         progress.last_token_at = now

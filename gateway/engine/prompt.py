@@ -40,7 +40,7 @@ class PromptBuilder:
         """Prompt length in tokens, without touching pixels (image token counts come from sizes)."""
         text = self._render(messages)
         sizes = [(img.height, img.width) for m in messages for img in m.images]
-        return len(self._tokenize(self._expand(text, [self._image_tokens(h, w) for h, w in sizes])))
+        return len(self._tokenize(self._expand(text, [self.image_tokens(h, w) for h, w in sizes])))
 
     def build(self, messages: Sequence[ChatMessage]) -> ModelInputs:
         text = self._render(messages)
@@ -82,7 +82,7 @@ class PromptBuilder:
             out.append(piece)
         return "".join(out)
 
-    def _image_tokens(self, height: int, width: int) -> int:
+    def image_tokens(self, height: int, width: int) -> int:
         try:
             patches = self.image_processor.get_number_of_image_patches(height, width, {})  # type: ignore[union-attr]
         except ValueError as exc:  # e.g. an aspect ratio beyond what the model accepts

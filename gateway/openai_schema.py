@@ -1,0 +1,222 @@
+"""The OpenAI chat-completions wire shapes: the request decoded and validated, response and error bodies."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+from gateway.protocol import MaxTokens, RepetitionPenalty, Seed, StopString, Temperature, TopK, TopP
+
+Role = Literal["system", "user", "assistant"]
+
+
+class SchemaError(Exception):
+    """The request breaks the schema; `param` names the offending field the way OpenAI does."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class TextPart(Struct, tag_field="type", tag="text", forbid_unknown_fields=True):
+    text: str
+
+
+class ImageURL(Struct, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(min_length=1)]
+    detail: Literal["auto", "low", "high"] | None = None  # accepted and ignored
+
+
+class ImagePart(Struct, tag_field="type", tag="image_url", forbid_unknown_fields=True):
+    image_url: ImageURL
+
+
+class Message(Struct, forbid_unknown_fields=True):
+    role: Literal["system", "developer", "user", "assistant"]  # developer is OpenAI's newer name for system
+    content: Union[str, list[Union[TextPart, ImagePart]]]
+    name: str | None = None  # accepted and ignored
+
+
+class StreamOptions(Struct, forbid_unknown_fields=True):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(Struct, forbid_unknown_fields=True):
+    """Fields OpenAI defines that are absent here (tools, logit_bias, audio, ...) are refused by name."""
+
+    model: str
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
+    stop: StopString | list[StopString] | None = None
+    seed: Seed | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    top_k: TopK | None = None  # extension
+    repetition_penalty: RepetitionPenalty | None = None  # extension
+    # Accepted and ignored, but only with the value that changes nothing (see NEUTRAL_VALUES).
+    n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+    store: bool | None = None
+    user: str | None = None
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
+    "n": (1,),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "logprobs": (False,),
+    "store": (False,),
+}
+
+
+@dataclass(frozen=True)
+class PromptMessage:
+    """One message as the engine will see it; image URLs still to be fetched and decoded."""
+
+    role: Role
+    text: str
+    image_urls: tuple[str, ...]
+    param: str  # where it sat in the request, for errors about it
+
+
+_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_FIELD = re.compile(r"(?:unknown|missing required) field `(?P<field>[^`]+)`")
+
+
+def decode_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Decode and validate a chat-completions body; every problem is one SchemaError naming its field."""
+    try:
+        request = msgspec.json.decode(body, type=ChatCompletionRequest)
+    except msgspec.ValidationError as exc:
+        raise _schema_error(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise SchemaError(f"the body is not valid JSON: {str(exc)[:200]}") from None
+    _check_consistency(request)
+    return request
+
+
+def _schema_error(text: str) -> SchemaError:
+    match = _PATH.search(text)
+    path = match.group("path") if match else ""
+    message = text[: match.start()] if match else text
+    field = _FIELD.search(message)
+    if field is not None:
+        path = f"{path}.{field.group('field')}" if path else field.group("field")
+        if message.startswith("Object contains unknown field"):
+            return SchemaError(f"unsupported parameter: {path}", path)
+    return SchemaError(f"{path or 'body'}: {message}", path or None)
+
+
+def _check_consistency(request: ChatCompletionRequest) -> None:
+    for name, neutral in NEUTRAL_VALUES.items():
+        value = getattr(request, name)
+        if value is not None and value not in neutral:
+            raise SchemaError(f"{name} is only accepted as {neutral[0]!r}; this server does not support it", name)
+    if request.stream_options is not None and not request.stream:
+        raise SchemaError("stream_options is only allowed when stream is true", "stream_options")
+    both = request.max_tokens is not None and request.max_completion_tokens is not None
+    if both and request.max_tokens != request.max_completion_tokens:
+        raise SchemaError("max_tokens and max_completion_tokens disagree; send one of them", "max_tokens")
+
+
+def prompt_messages(request: ChatCompletionRequest) -> list[PromptMessage]:
+    """Text parts joined by newlines; images only in user messages."""
+    messages = []
+    for i, message in enumerate(request.messages):
+        role: Role = "system" if message.role == "developer" else message.role
+        param = f"messages[{i}].content"
+        if isinstance(message.content, str):
+            messages.append(PromptMessage(role, message.content, (), param))
+            continue
+        texts = [part.text for part in message.content if isinstance(part, TextPart)]
+        urls = tuple(part.image_url.url for part in message.content if isinstance(part, ImagePart))
+        if urls and role != "user":
+            raise SchemaError(f"images are only accepted in user messages, not {message.role}", param)
+        messages.append(PromptMessage(role, "\n".join(texts), urls, param))
+    return messages
+
+
+# ---- responses ---------------------------------------------------------------------------------
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_body(
+    completion_id: str, created: int, model: str, text: str, finish_reason: str, usage: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def chunk_body(
+    completion_id: str,
+    created: int,
+    model: str,
+    delta: dict[str, str] | None,
+    finish_reason: str | None = None,
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """A `chat.completion.chunk`; delta None makes the usage-only chunk (empty choices)."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def sse_event(body: dict[str, Any]) -> bytes:
+    return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
