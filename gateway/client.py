@@ -32,7 +32,7 @@ class GatewayClient:
 
     def __init__(self, url: str, **connect_kwargs: Any) -> None:
         self.url = url
-        self._connect_kwargs = {"max_size": 64 * 1024 * 1024, **connect_kwargs}
+        self._connect_kwargs = {"max_size": 64 * 1024 * 1024, "subprotocols": ["gateway.msgpack"], **connect_kwargs}
         self.ws: Any = None
         self.ready: dict[str, Any] = {}
 

@@ -19,6 +19,9 @@ from gateway.session import Session, UserTurn, resolve_params
 
 log = logging.getLogger("gateway.ws")
 
+MSGPACK_SUBPROTOCOL = "gateway.msgpack"
+JSON_SUBPROTOCOL = "gateway.json"
+
 
 def server_defaults(settings: Settings) -> p.SamplingOptions:
     return p.SamplingOptions(
@@ -115,7 +118,8 @@ class Connection:
             registry.pop(self.session.id, None)
 
     async def _run(self) -> None:
-        await self.websocket.accept()
+        subprotocol = self._negotiate_encoding()
+        await self.websocket.accept(subprotocol=subprotocol)
         self.outbox.put(self._ready_frame())
         writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.session.id}")
         try:
@@ -130,6 +134,17 @@ class Connection:
                 self.active.handle.cancel()  # a vanished client's turn stops at the next token
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+
+    def _negotiate_encoding(self) -> str | None:
+        """Pick the encoding of frames sent before the client speaks: a `gateway.msgpack` or
+        `gateway.json` subprotocol, else `?encoding=`, else JSON, so a bare websocat reads text."""
+        offered = list(self.websocket.scope.get("subprotocols", []))
+        for name in offered:
+            if name in (MSGPACK_SUBPROTOCOL, JSON_SUBPROTOCOL):
+                self.json_mode = name == JSON_SUBPROTOCOL
+                return str(name)
+        self.json_mode = self.websocket.query_params.get("encoding", "json") != "msgpack"
+        return None
 
     async def _read_loop(self) -> None:
         while True:

@@ -163,7 +163,7 @@ async def test_json_mode_turn(server: RunningServer) -> None:
     import base64
 
     async with websockets.connect(server.ws_url) as ws:
-        await ws.recv()  # ready, in msgpack: the client has not spoken yet
+        assert json.loads(await ws.recv())["type"] == "ready"  # JSON unless msgpack is asked for
         image = base64.b64encode(image_bytes("WEBP")).decode()
         await ws.send(json.dumps({"type": "turn", "id": "j1", "text": "hi", "images": [image], "options": {"max_tokens": 4}}))
         frames = []
@@ -217,3 +217,14 @@ async def test_other_sessions_do_not_notice(server: RunningServer) -> None:
         result = await calm.turn("calm1", "hello", max_tokens=5, **GREEDY)
         await asyncio.sleep(0)
     assert result.done and not result.errors
+
+
+async def test_encoding_negotiation(server: RunningServer) -> None:
+    """`ready` comes in msgpack for the gateway.msgpack subprotocol or ?encoding=msgpack, else in JSON."""
+    async with websockets.connect(server.ws_url, subprotocols=["gateway.msgpack"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "gateway.msgpack"
+        assert msgpack.unpackb(await ws.recv())["type"] == "ready"
+    async with websockets.connect(server.ws_url + "?encoding=msgpack") as ws:
+        assert msgpack.unpackb(await ws.recv())["type"] == "ready"
+    async with websockets.connect(server.ws_url, subprotocols=["gateway.json"]) as ws:  # type: ignore[list-item]
+        assert json.loads(await ws.recv())["type"] == "ready"
