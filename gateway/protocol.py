@@ -102,6 +102,11 @@ class AcceptedFrame(_Frame, tag="accepted"):
     dropped_turns: int = 0
 
 
+class QueuedFrame(_Frame, tag="queued"):
+    id: str
+    position: int  # 1 = next to start
+
+
 class TokenFrame(_Frame, tag="token"):
     id: str
     text: str
@@ -172,6 +177,7 @@ class PongFrame(_Frame, tag="pong"):
 ServerFrame = Union[
     ReadyFrame,
     AcceptedFrame,
+    QueuedFrame,
     TokenFrame,
     DoneFrame,
     ErrorFrame,

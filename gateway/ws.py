@@ -85,6 +85,9 @@ class TurnEvents:
         self._connection = connection
         self._active = active
 
+    def on_queued(self, position: int) -> None:
+        self._connection.outbox.put(p.QueuedFrame(id=self._active.turn.id, position=position))
+
     def on_start(self) -> None:
         pass
 

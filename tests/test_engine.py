@@ -20,6 +20,11 @@ class Collector:
     deltas: list[str] = field(default_factory=list)
     done: asyncio.Future[GenerationResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
+    queued: list[int] = field(default_factory=list)
+
+    def on_queued(self, position: int) -> None:
+        self.queued.append(position)
+
     def on_start(self) -> None:
         pass
 

@@ -1,20 +1,18 @@
-"""The local engine: one generation thread owns the model; turns arrive through a bounded queue."""
+"""The local engine: one generation thread owns the model and steps every active turn together."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence as Seq
 
-import torch
-
+from gateway.engine.batch import Batch, Sequence, supports_batching
 from gateway.engine.detok import TextStream
 from gateway.engine.loader import LoadedModel
-from gateway.engine.sampling import choose_token, make_generator
 from gateway.engine.types import (
     ChatMessage,
     EngineFull,
@@ -28,6 +26,8 @@ from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.engine")
 
+Event = tuple[Callable[..., None], tuple[Any, ...]]
+
 
 @dataclass
 class _Job:
@@ -36,156 +36,217 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     submitted: float = field(default_factory=time.perf_counter)
 
-    def emit(self, callback: Callable[..., None], *args: Any) -> None:
-        """Hand an event to the event loop thread; a closed loop means nobody is listening."""
-        try:
-            self.loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:
-            self.request.handle.cancel()
-
-
-@dataclass
-class _Progress:
-    """One turn's decoding state, kept apart from the loop so a batching scheduler can hold many."""
-
-    job: _Job
-    stream: TextStream
-    token_ids: list[int] = field(default_factory=list)
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-
-
-def _cache_of(output: Any) -> Any:
-    # transformers 5 renamed the output field from past_key_values to cache
-    return output["cache"] if "cache" in output else output["past_key_values"]
-
 
 class LocalEngine:
-    """Runs turns one after another on its own thread; `submit` is called from the event loop."""
+    """Admits turns through a bounded waiting line; the generation thread prefills each new turn
+    alone, then decodes it with every other active turn in one forward pass per step."""
 
-    def __init__(self, loaded: LoadedModel, queue_size: int = 64, context_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        queue_size: int = 64,
+        context_tokens: int | None = None,
+        max_batch: int = 16,
+    ) -> None:
         self.loaded = loaded
         self.model_id = loaded.model_id
         self.vision = loaded.prompt.vision
         self.context_tokens = min(loaded.context_tokens, context_tokens or loaded.context_tokens)
-        self.tokens_generated = 0  # written only by the generation thread
         self.adapters: tuple[str, ...] = ()
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self.max_batch = max_batch
+        self.queue_size = queue_size
+        self.tokens_generated = 0  # written only by the generation thread
+        self.busy = threading.Event()  # set while any turn is on the model
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._waiting: collections.deque[_Job] = collections.deque()
+        self._active = 0
+        self._stopping = False
+        self._abort = threading.Event()
+        self._events: dict[asyncio.AbstractEventLoop, list[Event]] = {}
         self._thread = threading.Thread(target=self._run, name="gateway-generation", daemon=True)
-        self.busy = threading.Event()  # set while a turn is on the model (tests and metrics read it)
 
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+    # ---- called from the event loop --------------------------------------------------------------
+
+    def count_prompt_tokens(self, messages: Seq[ChatMessage]) -> int:
         return self.loaded.prompt.count(messages)
 
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
         job = _Job(request=request, sink=sink, loop=asyncio.get_running_loop())
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise EngineFull() from None
+        with self._lock:
+            ahead = len(self._waiting) - (self.max_batch - self._active)
+            if self._stopping or ahead >= self.queue_size:
+                raise EngineFull()
+            self._waiting.append(job)
+            self._wake.notify()
+        if ahead >= 0:  # after the caller has acknowledged the turn, hence call_soon
+            job.loop.call_soon(sink.on_queued, ahead + 1)
         return request.handle
+
+    def load(self) -> tuple[int, int]:
+        """(active turns, waiting turns), for metrics."""
+        with self._lock:
+            return self._active, len(self._waiting)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Finish the turn in hand (callers cancel first if they are in a hurry) and end the thread."""
-        if not self._thread.is_alive():
-            return
-        while True:  # queued turns will never run; drop them so the sentinel fits
-            try:
-                dropped = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if dropped is not None:
-                dropped.request.handle.cancel()
-                self._finish(_Progress(dropped, TextStream(self.loaded.tokenizer)), "cancelled", 0)
-        self._queue.put(None)
+        """Refuse new turns, let running ones finish for up to `timeout_s`, then cut them."""
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._abort.set()
+            self._thread.join(timeout_s)
+
+    # ---- the generation thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            progress = _Progress(job, TextStream(self.loaded.tokenizer, job.request.params.stop))
-            self.busy.set()
-            try:
-                self._generate(progress)
-            except GatewayError as exc:
-                self._finish(progress, "error", 0, error=exc.message)
-            except Exception:  # a bug or a model failure ends this turn, never the thread
-                log.exception("generation failed")
-                self._finish(progress, "error", 0, error="generation failed")
-            finally:
+        batch = Batch(self.loaded)
+        while True:
+            admitted, cancelled, still_waiting = self._next_admissions(len(batch))
+            if admitted is None:
+                break
+            for job in cancelled:
+                self._finish(self._sequence(job), "cancelled")
+            for job in admitted:
+                self._prefill(batch, job)
+            for position, job in enumerate(still_waiting, start=1):
+                self._emit(job, job.sink.on_queued, position)
+            if batch:
+                self._step(batch)
+            with self._lock:
+                self._active = len(batch)
+            if not batch:
                 self.busy.clear()
+            self._flush()
 
-    @torch.inference_mode()
-    def _generate(self, progress: _Progress) -> None:
-        job = progress.job
-        params, handle = job.request.params, job.request.handle
-        if handle.cancelled.is_set():
-            self._finish(progress, "cancelled", 0)
+    def _next_admissions(self, active: int) -> tuple[list[_Job] | None, list[_Job], list[_Job]]:
+        """Block until there is work; take at most one new turn per step so decoding never stalls."""
+        with self._lock:
+            while not self._waiting and not active and not self._stopping:
+                self._wake.wait()
+            if self._stopping:
+                cancelled = list(self._waiting)
+                self._waiting.clear()
+                if not active:
+                    self._flush_cancelled(cancelled)
+                    return None, [], []
+                return [], cancelled, []
+            cancelled = [j for j in self._waiting if j.request.handle.cancelled.is_set()]
+            for job in cancelled:
+                self._waiting.remove(job)
+            admitted = []
+            if self._waiting and active < self.max_batch:
+                admitted.append(self._waiting.popleft())
+            self._active = active + len(admitted)
+            moved = admitted or cancelled
+            return admitted, cancelled, list(self._waiting) if moved else []
+
+    def _flush_cancelled(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            self._finish(self._sequence(job), "cancelled")
+        self._flush()
+
+    def _sequence(self, job: _Job) -> Sequence:
+        return Sequence(request=job.request, stream=TextStream(self.loaded.tokenizer, job.request.params.stop), job=job)
+
+    def _prefill(self, batch: Batch, job: _Job) -> None:
+        seq = self._sequence(job)
+        if job.request.handle.cancelled.is_set():
+            self._finish(seq, "cancelled")
             return
-        job.emit(job.sink.on_start)
-        inputs = self.loaded.prompt.build(job.request.messages)
-        device = self.loaded.device
-        extras = {k: v.to(device) for k, v in inputs.extras.items()}
-        if "pixel_values" in extras:
-            extras["pixel_values"] = extras["pixel_values"].to(self.loaded.dtype)
-        input_ids = inputs.input_ids.to(device)
-        generator = make_generator(params, device)
-        seen = input_ids[0]
-        out = self.loaded.model(input_ids=input_ids, use_cache=True, **extras)
-        cache = _cache_of(out)
-        reason: FinishReason = "length"
-        while len(progress.token_ids) < params.max_tokens:
-            if handle.cancelled.is_set():
-                reason = "cancelled"
-                break
-            token = choose_token(out.logits[0, -1], params, seen, generator)
-            if self._accept_token(progress, token):
-                reason = "stop"
-                break
-            if len(progress.token_ids) >= params.max_tokens:
-                break
-            step = torch.tensor([[token]], device=device)
-            if params.repetition_penalty != 1.0:
-                seen = torch.cat([seen, step[0]])
-            out = self.loaded.model(input_ids=step, cache=cache, use_cache=True)
-            cache = _cache_of(out)
-        self._finish(progress, reason, inputs.prompt_tokens)
+        self.busy.set()
+        self._emit(job, job.sink.on_start)
+        try:
+            inputs = self.loaded.prompt.build(job.request.messages)
+            logits, cache = batch.prefill(seq, inputs)
+            if not supports_batching(cache) and self.max_batch > 1:
+                log.warning("this model's cache cannot be merged; decoding one turn at a time")
+                self.max_batch = 1
+            token = batch.choose(seq, logits)
+            if not self._after_token(seq, token):
+                batch.join(seq, cache)
+        except GatewayError as exc:
+            self._finish(seq, "error", exc.message)
+        except Exception:  # a bad input or a model failure ends this turn, never the thread
+            log.exception("prefill failed")
+            self._finish(seq, "error", "generation failed")
 
-    def _accept_token(self, progress: _Progress, token: int) -> bool:
-        """Record one sampled token and stream its text; True when the turn should stop here."""
-        now = time.perf_counter()
+    def _step(self, batch: Batch) -> None:
+        keep = []
+        for i, seq in enumerate(batch.sequences):
+            if seq.request.handle.cancelled.is_set() or self._abort.is_set():
+                self._finish(seq, "cancelled")
+            else:
+                keep.append(i)
+        batch.keep(keep)
+        if not batch:
+            return
+        try:
+            logits = batch.decode([seq.token_ids[-1] for seq in batch.sequences])
+        except Exception:
+            log.exception("decode step failed; ending every turn in the batch")
+            for seq in batch.sequences:
+                self._finish(seq, "error", "generation failed")
+            batch.keep([])
+            return
+        keep = [i for i, seq in enumerate(batch.sequences) if not self._after_token(seq, batch.choose(seq, logits[i]))]
+        batch.keep(keep)
+
+    def _after_token(self, seq: Sequence, token: int) -> bool:
+        """Stream one sampled token's text; True when the turn ended with it."""
         self.tokens_generated += 1
-        progress.token_ids.append(token)
-        progress.first_token_at = progress.first_token_at or now
-        progress.last_token_at = now
         if token in self.loaded.eos_token_ids:
+            self._finish(seq, "stop")
             return True
-        delta = progress.stream.push(token)
+        delta = seq.stream.push(token)
         if delta:
-            progress.job.emit(progress.job.sink.on_token, delta)
-        return progress.stream.stopped
+            self._emit(seq.job, seq.job.sink.on_token, delta)
+        if seq.stream.stopped:
+            self._finish(seq, "stop")
+            return True
+        if len(seq.token_ids) >= seq.request.params.max_tokens:
+            self._finish(seq, "length")
+            return True
+        return False
 
-    def _finish(
-        self, progress: _Progress, reason: FinishReason, prompt_tokens: int, error: str | None = None
-    ) -> None:
-        job = progress.job
-        tail = progress.stream.finish()
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        job: _Job = seq.job
+        tail = seq.stream.finish()
         if tail and reason != "error":
-            job.emit(job.sink.on_token, tail)
+            self._emit(job, job.sink.on_token, tail)
         now = time.perf_counter()
-        first, last = progress.first_token_at, progress.last_token_at
+        first, last = seq.first_token_at, seq.last_token_at
         decode_s = (last - first) if first is not None and last is not None else 0.0
-        n = len(progress.token_ids)
+        n = len(seq.token_ids)
         result = GenerationResult(
             finish_reason=reason,
-            text=progress.stream.text,
-            token_ids=tuple(progress.token_ids),
-            prompt_tokens=prompt_tokens,
+            text=seq.stream.text,
+            token_ids=tuple(seq.token_ids),
+            prompt_tokens=seq.prompt_tokens,
             ttft_ms=(first - job.submitted) * 1000 if first is not None else None,
             total_ms=(now - job.submitted) * 1000,
             tokens_per_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
             error=error,
         )
-        job.emit(job.sink.on_done, result)
+        self._emit(job, job.sink.on_done, result)
+
+    def _emit(self, job: _Job, callback: Callable[..., None], *args: Any) -> None:
+        self._events.setdefault(job.loop, []).append((callback, args))
+
+    def _flush(self) -> None:
+        """Hand the step's events to each event loop in one call: one wake-up per step, not per token."""
+        events, self._events = self._events, {}
+        for loop, batch in events.items():
+            try:
+                loop.call_soon_threadsafe(_dispatch, batch)
+            except RuntimeError:  # that loop is closed: nobody is listening any more
+                pass
+
+
+def _dispatch(events: list[Event]) -> None:
+    for callback, args in events:
+        callback(*args)

@@ -1,0 +1,188 @@
+"""Step-level batching: every active turn decodes in one forward pass per step over a shared KV cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from gateway.engine.detok import TextStream
+from gateway.engine.loader import LoadedModel
+from gateway.engine.prompt import ModelInputs
+from gateway.engine.sampling import choose_token, make_generator
+from gateway.engine.types import GenerationRequest
+
+
+@dataclass
+class Sequence:
+    """One turn's decoding state inside the batch."""
+
+    request: GenerationRequest
+    stream: TextStream
+    job: Any = None  # the engine's record of who is listening
+    prompt_tokens: int = 0
+    position: int = 0  # the text position of the next token fed (rope offset included)
+    generator: torch.Generator | None = None
+    seen: torch.Tensor | None = None  # context ids, kept only when a repetition penalty needs them
+    token_ids: list[int] = field(default_factory=list)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+
+def _rope_index_owner(model: Any) -> Any | None:
+    """The submodule computing multimodal (3-D) rotary positions, for models that have one."""
+    for module in model.modules():
+        if hasattr(module, "get_rope_index"):
+            return module
+    return None
+
+
+def supports_batching(cache: Any) -> bool:
+    """Only plain growing caches can be padded and merged; sliding-window or quantized ones cannot."""
+    return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+class Batch:
+    """The shared cache of all active sequences, left-padded to a common length, plus their mask."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.sequences: list[Sequence] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
+        self._rope = _rope_index_owner(loaded.model)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @torch.inference_mode()
+    def prefill(self, seq: Sequence, inputs: ModelInputs) -> tuple[torch.Tensor, Any]:
+        """Run one prompt alone; return its last logits and its own cache (not yet merged)."""
+        device = self.loaded.device
+        input_ids = inputs.input_ids.to(device)
+        extras = {k: v.to(device) for k, v in inputs.extras.items()}
+        if "pixel_values" in extras:
+            extras["pixel_values"] = extras["pixel_values"].to(self.loaded.dtype)
+        length = input_ids.shape[1]
+        positions, delta = self._prompt_positions(input_ids, extras)
+        out = self.loaded.model(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            position_ids=positions,
+            use_cache=True,
+            **extras,
+        )
+        seq.prompt_tokens = length
+        seq.position = length + delta
+        seq.generator = make_generator(seq.request.params, device)
+        if seq.request.params.repetition_penalty != 1.0:
+            seq.seen = input_ids[0]
+        return out.logits[0, -1], _cache_of(out)
+
+    def _prompt_positions(self, input_ids: torch.Tensor, extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        length = input_ids.shape[1]
+        text = torch.arange(length, device=input_ids.device).view(1, -1)
+        if self._rope is None:
+            return text, 0
+        if "image_grid_thw" not in extras:
+            return text.view(1, 1, -1).expand(3, 1, -1), 0
+        positions, deltas = self._rope.get_rope_index(
+            input_ids,
+            mm_token_type_ids=extras["mm_token_type_ids"],
+            image_grid_thw=extras["image_grid_thw"],
+            attention_mask=torch.ones_like(input_ids),
+        )
+        return positions, int(deltas.view(-1)[0].item())
+
+    def join(self, seq: Sequence, cache: Any) -> None:
+        """Merge a prefilled sequence's cache into the batch, left-padding whichever side is shorter."""
+        length = cache.get_seq_length()
+        row = torch.ones(1, length, dtype=torch.long, device=self.loaded.device)
+        if self.cache is None or self.mask is None:
+            self.cache, self.mask = cache, row
+            self.sequences.append(seq)
+            return
+        width = self.mask.shape[1]
+        if length < width:
+            _pad_left(cache, width - length)
+            row = torch.cat([torch.zeros(1, width - length, dtype=torch.long, device=row.device), row], dim=1)
+        elif length > width:
+            _pad_left(self.cache, length - width)
+            pad = torch.zeros(self.mask.shape[0], length - width, dtype=torch.long, device=row.device)
+            self.mask = torch.cat([pad, self.mask], dim=1)
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
+            mine.values = torch.cat([mine.values, theirs.values], dim=0)
+        self.mask = torch.cat([self.mask, row], dim=0)
+        self.sequences.append(seq)
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int]) -> torch.Tensor:
+        """One forward pass for every sequence, each fed its last token; returns logits [batch, vocab]."""
+        assert self.cache is not None and self.mask is not None
+        device = self.loaded.device
+        batch = len(self.sequences)
+        input_ids = torch.tensor(tokens, device=device).view(batch, 1)
+        self.mask = torch.cat([self.mask, torch.ones(batch, 1, dtype=torch.long, device=device)], dim=1)
+        positions = torch.tensor([s.position for s in self.sequences], device=device).view(1, batch, 1)
+        position_ids = positions.expand(3, batch, 1) if self._rope is not None else positions[0]
+        out = self.loaded.model(
+            input_ids=input_ids, attention_mask=self.mask, position_ids=position_ids, cache=self.cache, use_cache=True
+        )
+        self.cache = _cache_of(out)
+        for seq in self.sequences:
+            seq.position += 1
+        return out.logits[:, -1]
+
+    def keep(self, keep: list[int]) -> None:
+        """Drop every sequence not listed (finished or cancelled), freeing its share of the cache."""
+        if len(keep) == len(self.sequences):
+            return
+        self.sequences = [self.sequences[i] for i in keep]
+        if not keep or self.cache is None or self.mask is None:
+            self.sequences, self.cache, self.mask = [], None, None
+            return
+        index = torch.tensor(keep, device=self.loaded.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        # Columns that are padding in every remaining row are dead weight: cut them.
+        real = self.mask.any(dim=0).nonzero()
+        start = int(real[0].item()) if real.numel() else 0
+        if start > 0:
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[:, :, start:]
+                layer.values = layer.values[:, :, start:]
+            self.mask = self.mask[:, start:]
+
+    def choose(self, seq: Sequence, logits: torch.Tensor) -> int:
+        seen = seq.seen if seq.seen is not None else _EMPTY
+        token = choose_token(logits, seq.request.params, seen, seq.generator)
+        if seq.seen is not None:
+            seq.seen = torch.cat([seq.seen, torch.tensor([token], device=seq.seen.device)])
+        now = time.perf_counter()
+        seq.token_ids.append(token)
+        seq.first_token_at = seq.first_token_at or now
+        seq.last_token_at = now
+        return token
+
+
+_EMPTY = torch.empty(0, dtype=torch.long)
+
+
+def _pad_left(cache: Any, n: int) -> None:
+    for layer in cache.layers:
+        layer.keys = _zeros_before(layer.keys, n)
+        layer.values = _zeros_before(layer.values, n)
+
+
+def _zeros_before(states: torch.Tensor, n: int) -> torch.Tensor:
+    batch, heads, _, dim = states.shape
+    return torch.cat([states.new_zeros(batch, heads, n, dim), states], dim=2)
+
+
+def _cache_of(output: Any) -> Any:
+    # transformers 5 renamed the output field from past_key_values to cache
+    return output["cache"] if "cache" in output else output["past_key_values"]
