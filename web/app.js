@@ -4,6 +4,7 @@
 
 import { decode, encode } from "./msgpack.js";
 
+const MSGPACK_SUBPROTOCOL = "gateway.msgpack";
 const RECONNECT_BASE_MS = 500;
 const RECONNECT_MAX_MS = 15_000;
 const SETTINGS_KEY = "gateway.settings";
@@ -42,7 +43,8 @@ function connect() {
   clearTimeout(state.reconnectTimer);
   setStatus("connecting", "Connecting…");
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/ws`);
+  // The subprotocol asks for msgpack from the first frame on (the server's default is JSON).
+  const socket = new WebSocket(`${scheme}://${location.host}/ws`, [MSGPACK_SUBPROTOCOL]);
   socket.binaryType = "arraybuffer";
   socket.onmessage = (event) => receive(event.data);
   socket.onclose = (event) => onClosed(socket, event);
