@@ -39,6 +39,7 @@ class SamplingOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
     repetition_penalty: RepetitionPenalty | None = None
     stop: list[StopString] | None = None
     seed: Seed | None = None
+    ignore_eos: bool | None = None
 
 
 # ---- client to server -------------------------------------------------------------------------
@@ -69,6 +70,7 @@ class ConfigureFrame(_Frame, tag="configure"):
     repetition_penalty: RepetitionPenalty | None = None
     stop: list[StopString] | None = None
     seed: Seed | None = None
+    ignore_eos: bool | None = None
 
 
 class HistoryRequestFrame(_Frame, tag="history"):

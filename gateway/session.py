@@ -134,4 +134,5 @@ def resolve_params(
         repetition_penalty=float(merged.get("repetition_penalty", 1.0)),  # type: ignore[arg-type]
         stop=stop,
         seed=merged.get("seed"),  # type: ignore[arg-type]
+        ignore_eos=bool(merged.get("ignore_eos", False)),
     )

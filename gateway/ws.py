@@ -30,6 +30,7 @@ def server_defaults(settings: Settings) -> p.SamplingOptions:
         top_k=settings.default_top_k,
         max_tokens=settings.default_max_tokens,
         repetition_penalty=settings.default_repetition_penalty,
+        ignore_eos=False,
     )
 
 

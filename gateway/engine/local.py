@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence as Seq
 from gateway.engine.batch import Batch, Sequence, supports_batching
 from gateway.engine.detok import TextStream
 from gateway.engine.loader import LoadedModel
+from gateway.engine.relay import EventRelay
 from gateway.engine.types import (
     ChatMessage,
     EngineFull,
@@ -25,8 +26,6 @@ from gateway.engine.types import (
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.engine")
-
-Event = tuple[Callable[..., None], tuple[Any, ...]]
 
 
 @dataclass
@@ -63,7 +62,7 @@ class LocalEngine:
         self._active = 0
         self._stopping = False
         self._abort = threading.Event()
-        self._events: dict[asyncio.AbstractEventLoop, list[Event]] = {}
+        self._relay = EventRelay()
         self._thread = threading.Thread(target=self._run, name="gateway-generation", daemon=True)
 
     # ---- called from the event loop --------------------------------------------------------------
@@ -199,7 +198,7 @@ class LocalEngine:
     def _after_token(self, seq: Sequence, token: int) -> bool:
         """Stream one sampled token's text; True when the turn ended with it."""
         self.tokens_generated += 1
-        if token in self.loaded.eos_token_ids:
+        if token in self.loaded.eos_token_ids and not seq.request.params.ignore_eos:
             self._finish(seq, "stop")
             return True
         delta = seq.stream.push(token)
@@ -235,18 +234,7 @@ class LocalEngine:
         self._emit(job, job.sink.on_done, result)
 
     def _emit(self, job: _Job, callback: Callable[..., None], *args: Any) -> None:
-        self._events.setdefault(job.loop, []).append((callback, args))
+        self._relay.emit(job.loop, callback, *args)
 
     def _flush(self) -> None:
-        """Hand the step's events to each event loop in one call: one wake-up per step, not per token."""
-        events, self._events = self._events, {}
-        for loop, batch in events.items():
-            try:
-                loop.call_soon_threadsafe(_dispatch, batch)
-            except RuntimeError:  # that loop is closed: nobody is listening any more
-                pass
-
-
-def _dispatch(events: list[Event]) -> None:
-    for callback, args in events:
-        callback(*args)
+        self._relay.flush()

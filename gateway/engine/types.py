@@ -35,6 +35,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # keep generating past end-of-turn tokens (benchmarks want fixed lengths)
 
     @property
     def greedy(self) -> bool:
