@@ -14,9 +14,11 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from gateway import openai
 from gateway.config import Settings
 from gateway.engine.types import Engine
-from gateway.ws import websocket_endpoint
+from gateway.metrics import Metrics
+from gateway.ws import ConnectionCounter, websocket_endpoint
 
 log = logging.getLogger("gateway.app")
 
@@ -33,11 +35,15 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
         app.state.settings = settings
         app.state.engine = None
         app.state.load_error = None
-        app.state.connections = {}  # session id -> ws.Connection, for metrics and inspection
+        app.state.connections = {}  # session id -> Connection, for draining and inspection
+        app.state.connection_counter = ConnectionCounter()
+        app.state.metrics = metrics
+        app.state.draining = False
         loading: asyncio.Task[None] | None = None
         if engine is not None:
             engine.start()
             app.state.engine = engine
+            _watch(metrics, engine)
         elif engine_factory is not None:
             loading = asyncio.create_task(_load(app, settings, engine_factory))
         try:
@@ -48,9 +54,11 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
             if app.state.engine is not None:
                 await asyncio.to_thread(app.state.engine.stop)
 
+    metrics = Metrics()
     routes = [
         Route("/healthz", healthz),
-        Route("/v1/models", list_models),
+        Route("/metrics", metrics_endpoint),
+        *openai.routes(),
         WebSocketRoute("/ws", websocket_endpoint),
     ]
     if WEB_DIR.is_dir():
@@ -68,7 +76,19 @@ async def _load(app: Starlette, settings: Settings, factory: EngineFactory) -> N
         return
     engine.start()
     app.state.engine = engine
+    _watch(app.state.metrics, engine)
     log.info("model %s ready", engine.model_id)
+
+
+def _watch(metrics: Metrics, engine: Engine) -> None:
+    load = getattr(engine, "load", None)
+    if load is not None:
+        metrics.watch_engine(load)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    body, content_type = request.app.state.metrics.render()
+    return Response(body, media_type=content_type)
 
 
 async def healthz(request: Request) -> Response:
@@ -77,11 +97,3 @@ async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": state.engine.model_id})
     status = "failed" if state.load_error else "loading"
     return JSONResponse({"status": status}, status_code=503)
-
-
-async def list_models(request: Request) -> Response:
-    engine: Engine | None = request.app.state.engine
-    data = []
-    if engine is not None:
-        data.append({"id": engine.model_id, "object": "model", "owned_by": "gateway"})
-    return JSONResponse({"object": "list", "data": data})

@@ -17,7 +17,10 @@ def build_engine(settings: Settings) -> Engine:
     from gateway.engine.demo import cached_demo_model
     from gateway.engine.loader import load_model
     from gateway.engine.local import LocalEngine
+    from gateway.engine.scripted import ScriptedEngine
 
+    if settings.engine == "scripted":
+        return ScriptedEngine(queue_size=settings.engine_queue_size)
     path = settings.model or cached_demo_model()
     loaded = load_model(
         path,
@@ -27,7 +30,9 @@ def build_engine(settings: Settings) -> Engine:
         trust_remote_code=settings.trust_remote_code,
         model_id=settings.model_id or (None if settings.model else "gateway-demo"),
     )
-    return LocalEngine(loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens)
+    return LocalEngine(
+        loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens, max_batch=settings.max_batch
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -55,6 +60,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from gateway.bench import print_report, run_bench, write_report
+
+    report = run_bench(args)
+    print_report(report, args.json)
+    write_report(report, args.out)
+    return 0
+
+
 def _demo_model(args: argparse.Namespace) -> int:
     from gateway.engine.demo import write_demo_adapter, write_demo_model
 
@@ -79,7 +93,25 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="weights dtype")
     serve.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", help="run the model repo's own code")
     serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--max-batch", dest="max_batch", type=int, help="turns decoding together (default 16)")
+    serve.add_argument("--engine", choices=["real", "scripted"], help="scripted: no model, instant replies")
     serve.set_defaults(run=_serve)
+
+    bench = commands.add_parser("bench", help="load-test a gateway and compare with raw generate")
+    bench.add_argument("--url", help="a running gateway's ws:// URL (default: start one)")
+    bench.add_argument("--model", help="model directory for the started gateway and the baselines")
+    bench.add_argument("--size", choices=["tiny", "small"], default="small", help="demo model profile (default small)")
+    bench.add_argument("--engine", choices=["real", "scripted"], default="real")
+    bench.add_argument("--sessions", type=int, default=16)
+    bench.add_argument("--turns", type=int, default=2, help="turns per session")
+    bench.add_argument("--max-tokens", dest="max_tokens", type=int, default=64)
+    bench.add_argument("--prompt-words", dest="prompt_words", type=int, default=48)
+    bench.add_argument("--images", type=int, default=0, help="images per turn")
+    bench.add_argument("--baseline", action="store_true", help="also measure raw generate, single and static batch")
+    bench.add_argument("--port", type=int, default=8765, help="port for the started gateway")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument("--out", help="also write the JSON report to this file")
+    bench.set_defaults(run=_bench)
 
     demo = commands.add_parser("demo-model", help="write the demo model and a LoRA adapter for it to DIR")
     demo.add_argument("dir")

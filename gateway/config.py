@@ -33,6 +33,20 @@ class Settings:
     max_history_turns: int = 256
     max_stop_strings: int = 8
 
+    # Connections: admission, pacing and liveness.
+    max_connections: int = 1024  # open WebSockets, all clients together
+    max_connections_per_client: int = 64  # open WebSockets from one client address
+    allowed_origins: str = ""  # comma-separated browser origins; "" = same origin only; "*" = any
+    frames_per_second: float = 50.0  # sustained client frames per connection (bursts of twice that)
+    turns_per_minute: float = 60.0  # turns per connection
+    idle_timeout_s: float = 600.0  # close a connection with no frames and no turn for this long
+    keepalive_interval_s: float = 20.0  # WebSocket pings; a peer silent past the timeout is dropped
+    keepalive_timeout_s: float = 20.0
+    send_timeout_s: float = 10.0  # a client that does not read for this long is closed, its turn stopped
+    max_outbox_frames: int = 512  # frames waiting for a slow reader before it is closed
+    max_inbound_queue: int = 4  # unread client messages the server buffers per connection
+    drain_timeout_s: float = 30.0  # on SIGTERM, how long running turns may finish
+
     # Generation defaults (a session's `configure` and a turn's `options` override them).
     default_temperature: float = 0.8
     default_top_p: float = 0.8
@@ -41,7 +55,18 @@ class Settings:
     default_max_tokens: int = 512
     max_tokens_limit: int = 4096
     context_tokens: int | None = None  # default: the model's max_position_embeddings
-    engine_queue_size: int = 64
+    engine_queue_size: int = 64  # turns waiting for a free batch slot before `overloaded`
+    max_batch: int = 16  # turns decoding together in one forward pass
+    engine: str = "real"  # "scripted": no model, instant replies (protocol tests, benchmarks)
+
+    # Access and image URLs.
+    api_key: str | None = None  # when set, /v1/* and /ws need it (Bearer header or `bearer.<key>` subprotocol)
+    image_fetch_allow: str = ""  # comma-separated CIDRs / host names image URLs may reach despite the SSRF guard
+    image_fetch_connect_timeout_s: float = 5.0
+    image_fetch_read_timeout_s: float = 10.0
+    image_fetch_total_timeout_s: float = 20.0
+    image_fetch_max_redirects: int = 3
+    image_fetch_concurrency: int = 8
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

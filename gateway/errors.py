@@ -16,7 +16,12 @@ class CloseCode(enum.IntEnum):
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
+    # Application codes (4000-4999), each preceded by a `closing` frame when it can still be sent.
+    SLOW_CONSUMER = 4000  # the client stopped reading; its turn was stopped
+    IDLE_TIMEOUT = 4001  # no frames and no running turn for idle_timeout_s
+    FLOODING = 4002  # kept sending far past the rate limit after `rate_limited` errors
 
 
 class ErrorCode(str, enum.Enum):
@@ -28,10 +33,14 @@ class ErrorCode(str, enum.Enum):
     BAD_IMAGE = "bad_image"  # attachment is not a decodable image of an allowed format
     TOO_LARGE = "too_large"  # text, attachment or count above a limit
     IMAGES_UNSUPPORTED = "images_unsupported"  # the served model is text-only
+    FORBIDDEN_URL = "forbidden_url"  # image URL refused by the SSRF guard (scheme, credentials, address)
+    FETCH_FAILED = "fetch_failed"  # image URL unreachable, timed out, HTTP error, too many redirects
     BUSY = "busy"  # a turn is already running on this connection
     NOT_FOUND = "not_found"  # cancel for a turn id that is not running
     CONTEXT_OVERFLOW = "context_overflow"  # one turn alone exceeds the context window
     OVERLOADED = "overloaded"  # the engine's queue is full
+    RATE_LIMITED = "rate_limited"  # too many frames or turns; retry after `retry_after_ms`
+    SHUTTING_DOWN = "shutting_down"  # the server is draining; no new turns
     GENERATION = "generation"  # the model failed while generating
     INTERNAL = "internal"  # a bug; details are logged, never sent
 

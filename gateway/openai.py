@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from gateway import openai_schema as schema
+from gateway.auth import bearer_accepted
 from gateway.config import Settings
 from gateway.engine.types import (
     ChatImage,
@@ -23,13 +22,13 @@ from gateway.engine.types import (
     Engine,
     EngineFull,
     GenerationRequest,
-    GenerationResult,
     SamplingParams,
-    TurnHandle,
 )
 from gateway.errors import ErrorCode, GatewayError
-from gateway.fetch import FetchPolicy, image_url_bytes
+from gateway.fetch import image_url_bytes
 from gateway.images import ImageLimits, decode_image
+from gateway.openai_stream import EventStreamResponse, Reply, TurnEvents, turn_events
+from gateway.url_guard import FetchPolicy
 
 log = logging.getLogger("gateway.openai")
 
@@ -48,7 +47,12 @@ class ApiError(Exception):
     """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(
-        self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
@@ -100,12 +104,7 @@ async def _answering_errors(request: Request, endpoint: Callable[[], Awaitable[R
         return ApiError(500, "internal server error", "server_error", ErrorCode.INTERNAL.value).response()
 
 
-def api_key_accepted(authorization: str | None, api_key: str | None) -> bool:
-    """True when no key is configured, or the `Authorization: Bearer <key>` value carries it."""
-    if not api_key:
-        return True
-    scheme, _, token = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+api_key_accepted = bearer_accepted
 
 
 def _check_api_key(request: Request) -> None:
@@ -168,7 +167,7 @@ async def chat_completions(request: Request, policy: FetchPolicy) -> Response:
         raise ApiError(400, exc.message, param=exc.param, code=ErrorCode.INVALID_FIELD.value) from None
     adapter = _adapter_for(engine, chat.model)
     _check_limits(chat, prompt, settings, engine)
-    messages = await _chat_messages(prompt, settings, policy)
+    messages = await _chat_messages(prompt, settings, policy, _image_slots(request))
     params = await _sampling_params(chat, messages, settings, engine)
     generation = GenerationRequest(messages=messages, params=params, adapter=adapter)
     events = TurnEvents()
@@ -176,8 +175,8 @@ async def chat_completions(request: Request, policy: FetchPolicy) -> Response:
         engine.submit(generation, events)
     except EngineFull:
         raise ApiError(503, "the server is at capacity; try again shortly", "server_error", "overloaded") from None
-    stream = _turn_events(events, generation.handle, request.receive)
-    reply = _Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
+    stream = turn_events(events, generation.handle, request.receive)
+    reply = Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
     if chat.stream:
         return EventStreamResponse(stream, reply.sse(stream, chat.include_usage))
     return await reply.json(stream)
@@ -212,35 +211,42 @@ def _check_limits(
     if len(urls) > settings.max_images_per_turn:
         raise too_large(f"at most {settings.max_images_per_turn} images per request", "messages")
     if len(chat.stop_strings) > settings.max_stop_strings:
-        raise ApiError(400, f"at most {settings.max_stop_strings} stop strings", code="invalid_field", param="stop")
+        raise ApiError(
+            400, f"at most {settings.max_stop_strings} stop strings", code=ErrorCode.INVALID_FIELD.value, param="stop"
+        )
     if (chat.max_new_tokens or 0) > settings.max_tokens_limit:
         limit = settings.max_tokens_limit
-        raise ApiError(400, f"max_tokens is above the limit of {limit}", code="invalid_field", param="max_tokens")
+        raise ApiError(
+            400, f"max_tokens is above the limit of {limit}", code=ErrorCode.INVALID_FIELD.value, param="max_tokens"
+        )
 
 
 async def _chat_messages(
-    prompt: list[schema.PromptMessage], settings: Settings, policy: FetchPolicy
+    prompt: list[schema.PromptMessage], settings: Settings, policy: FetchPolicy, slots: asyncio.Semaphore
 ) -> list[ChatMessage]:
     """Fetch and decode every image (concurrently, off the event loop) and build the engine's messages."""
     limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
 
-    def load(url: str, index: int) -> ChatImage:
-        decoded = decode_image(image_url_bytes(url, policy), limits, index)
+    async def load(url: str, index: int, param: str) -> ChatImage:
+        async with slots:
+            try:
+                decoded = await asyncio.to_thread(lambda: decode_image(image_url_bytes(url, policy), limits, index))
+            except GatewayError as exc:
+                raise ApiError.from_gateway(exc, param) from None
         return ChatImage(pixels=decoded.pixels, width=decoded.width, height=decoded.height)
 
-    async def load_all(message: schema.PromptMessage, first: int) -> tuple[ChatImage, ...]:
-        try:
-            jobs = [asyncio.to_thread(load, url, first + i) for i, url in enumerate(message.image_urls)]
-            return tuple(await asyncio.gather(*jobs))
-        except GatewayError as exc:
-            raise ApiError.from_gateway(exc, message.param) from None
+    urls = [(url, message.param) for message in prompt for url in message.image_urls]
+    images = iter(await asyncio.gather(*(load(url, i, param) for i, (url, param) in enumerate(urls))))
+    return [ChatMessage(m.role, m.text, tuple(next(images) for _ in m.image_urls)) for m in prompt]
 
-    messages, first = [], 0
-    for message in prompt:
-        images = await load_all(message, first)
-        first += len(images)
-        messages.append(ChatMessage(message.role, message.text, images))
-    return messages
+
+def _image_slots(request: Request) -> asyncio.Semaphore:
+    """How many images may load at once: a URL fetch holds a worker thread for up to its deadline."""
+    state = request.app.state
+    if getattr(state, "openai_image_slots", None) is None:
+        state.openai_image_slots = asyncio.Semaphore(getattr(state.settings, "image_fetch_concurrency", 8))
+    slots: asyncio.Semaphore = state.openai_image_slots
+    return slots
 
 
 async def _sampling_params(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -38,7 +38,7 @@ class ImagePart(Struct, tag_field="type", tag="image_url", forbid_unknown_fields
 
 class Message(Struct, forbid_unknown_fields=True):
     role: Literal["system", "developer", "user", "assistant"]  # developer is OpenAI's newer name for system
-    content: Union[str, list[Union[TextPart, ImagePart]]]
+    content: str | list[TextPart | ImagePart]
     name: str | None = None  # accepted and ignored
 
 

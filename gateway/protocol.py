@@ -45,10 +45,14 @@ class SamplingOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
 # ---- client to server -------------------------------------------------------------------------
 
 
+ImageUrl = Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
 class TurnFrame(_Frame, tag="turn"):
     id: TurnId
     text: str = ""
     images: list[bytes] = []
+    image_urls: list[ImageUrl] = []  # fetched by the server behind its SSRF guard, after `images`
     options: SamplingOptions | None = None
 
 
@@ -138,6 +142,14 @@ class ErrorFrame(_Frame, tag="error"):
     code: str
     message: str
     id: str | None = None
+    retry_after_ms: int | None = None  # set with `rate_limited`, `overloaded`, `shutting_down`
+
+
+class ClosingFrame(_Frame, tag="closing"):
+    """The last frame before the server closes the connection, saying why."""
+
+    code: int
+    reason: str
 
 
 class ImageInfo(Struct):
@@ -187,6 +199,7 @@ ServerFrame = Union[
     ConfiguredFrame,
     ResetDoneFrame,
     PongFrame,
+    ClosingFrame,
 ]
 
 # msgpack-python refuses these before any object is built: ext types (timestamps too) are never

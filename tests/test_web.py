@@ -25,7 +25,7 @@ from playwright.sync_api import (
 from starlette.applications import Starlette
 
 from gateway.config import Settings
-from gateway.ws import Connection
+from gateway.connection import Connection
 from tests import conftest
 from tests.conftest import DemoDirs, RunningServer, image_bytes, start_server
 

@@ -99,7 +99,7 @@ def _model_config(tokenizer_dir: Path, size: DemoSize) -> object:
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    hidden, layers, heads, inter = (64, 2, 4, 128) if size == "tiny" else (512, 6, 8, 1536)
+    hidden, layers, heads, inter = (64, 2, 4, 128) if size == "tiny" else (512, 10, 8, 1536)  # small: ~30M
     head_dim = hidden // heads
     rotary_half = head_dim // 4  # head_dim * partial_rotary_factor(0.5) / 2
     mrope = [rotary_half - 2 * (rotary_half // 3), rotary_half // 3, rotary_half // 3]

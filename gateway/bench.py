@@ -1,0 +1,270 @@
+"""`gateway bench`: N WebSocket sessions against a gateway, with raw `generate` baselines from the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from gateway.client import GatewayClient, TurnResult
+
+PROMPT_WORDS = "the red house on the left shows a small cat and a large dog under one blue sky".split()
+
+
+@dataclass
+class LoadReport:
+    sessions: int
+    turns: int
+    completion_tokens: int
+    wall_s: float
+    errors: int
+    ttft_ms: dict[str, float]
+    itl_ms: dict[str, float]
+    session_tokens_per_s: dict[str, float]
+    token_frames: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.token_frames / self.wall_s if self.wall_s else 0.0
+
+
+@dataclass
+class BenchConfig:
+    url: str
+    sessions: int = 16
+    turns: int = 2
+    max_tokens: int = 64
+    prompt_words: int = 48
+    images: int = 0
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99)}
+
+
+def prompt_text(words: int) -> str:
+    return " ".join(PROMPT_WORDS[i % len(PROMPT_WORDS)] for i in range(words))
+
+
+def bench_image() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (112, 112), (180, 40, 40)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def _session(config: BenchConfig, index: int, results: list[TurnResult], tick: Any) -> None:
+    images = [bench_image()] * config.images
+    async with GatewayClient(config.url) as client:
+        for turn in range(config.turns):
+            result = await client.turn(
+                f"s{index}-t{turn}",
+                prompt_text(config.prompt_words),
+                images,
+                temperature=0,
+                max_tokens=config.max_tokens,
+                ignore_eos=True,
+            )
+            results.append(result)
+            tick()
+            await client.request({"type": "reset"})  # every turn sees the same prompt length
+
+
+async def run_load(config: BenchConfig) -> LoadReport:
+    """Run `sessions` concurrent sessions of `turns` turns each; measure latencies and throughput."""
+    results: list[TurnResult] = []
+    bar = _progress(config.sessions * config.turns, config.progress, f"{config.sessions} sessions")
+    started = time.perf_counter()
+    await asyncio.gather(*(_session(config, i, results, bar.update) for i in range(config.sessions)))
+    wall = time.perf_counter() - started
+    bar.close()
+    done = [r for r in results if r.done is not None]
+    ttft = [(r.token_times[0] - r.sent_at) * 1000 for r in done if r.token_times]
+    itl = [(b - a) * 1000 for r in done for a, b in zip(r.token_times, r.token_times[1:])]
+    per_session = [
+        r.done["usage"]["completion_tokens"] / (r.token_times[-1] - r.sent_at)
+        for r in done
+        if r.done and r.token_times and r.token_times[-1] > r.sent_at
+    ]
+    return LoadReport(
+        sessions=config.sessions,
+        turns=len(results),
+        completion_tokens=sum(r.done["usage"]["completion_tokens"] for r in done if r.done),
+        wall_s=round(wall, 4),
+        errors=sum(len(r.errors) for r in results) + len(results) - len(done),
+        ttft_ms=percentiles(ttft),
+        itl_ms=percentiles(itl),
+        session_tokens_per_s=percentiles(per_session),
+        token_frames=sum(len(r.token_times) for r in done),
+    )
+
+
+async def late_joiner(config: BenchConfig) -> dict[str, float]:
+    """TTFT of one turn sent while `sessions - 1` others are mid-stream, with the batch's step time."""
+    background = BenchConfig(**{**asdict(config), "sessions": 1, "turns": 1, "max_tokens": config.max_tokens * 4})
+    clients = [GatewayClient(config.url) for _ in range(config.sessions - 1)]
+    async with contextlib.AsyncExitStack() as stack:
+        for client in clients:
+            await stack.enter_async_context(client)
+        for i, client in enumerate(clients):
+            await client.start_turn(f"bg{i}", prompt_text(config.prompt_words), temperature=0, max_tokens=background.max_tokens, ignore_eos=True)
+        for client in clients:  # wait until every background turn is streaming
+            while (await client.recv())["type"] != "token":
+                pass
+        async with GatewayClient(config.url) as joiner:
+            result = await joiner.turn("late", prompt_text(config.prompt_words), temperature=0, max_tokens=8, ignore_eos=True)
+        for i, client in enumerate(clients):
+            await client.send({"type": "cancel", "id": f"bg{i}"})
+    ttft = (result.token_times[0] - result.sent_at) * 1000 if result.token_times else float("nan")
+    return {"ttft_ms": round(ttft, 3)}
+
+
+def baselines(model_dir: str, batch: int, max_tokens: int, prompt_words: int, images: int) -> dict[str, float]:
+    """Raw transformers `generate` on the same model and prompt: one stream, then one static batch."""
+    import torch
+
+    from gateway.engine.loader import load_model
+    from gateway.engine.types import ChatImage, ChatMessage
+    from PIL import Image
+
+    loaded = load_model(model_dir)
+    picture = Image.open(io.BytesIO(bench_image())).convert("RGB")
+    chat_images = tuple(ChatImage(picture, picture.width, picture.height) for _ in range(images))
+    inputs = loaded.prompt.build([ChatMessage("user", prompt_text(prompt_words), chat_images)])
+
+    def run(n: int) -> float:
+        ids = inputs.input_ids.repeat(n, 1)
+        extras = {k: v for k, v in inputs.extras.items()}
+        if "pixel_values" in extras:
+            extras["pixel_values"] = extras["pixel_values"].repeat(n, 1)
+            extras["image_grid_thw"] = extras["image_grid_thw"].repeat(n, 1)
+            extras["mm_token_type_ids"] = extras["mm_token_type_ids"].repeat(n, 1)
+        with torch.inference_mode():
+            started = time.perf_counter()
+            loaded.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_tokens,
+                min_new_tokens=max_tokens,
+                do_sample=False,
+                **extras,
+            )
+            return n * max_tokens / (time.perf_counter() - started)
+
+    run(1)  # warm-up
+    single = statistics.median(run(1) for _ in range(3))
+    static = statistics.median(run(batch) for _ in range(2))
+    return {"generate_single_tokens_per_s": round(single, 2), f"generate_static_batch_{batch}_tokens_per_s": round(static, 2)}
+
+
+@contextlib.contextmanager
+def local_server(model_dir: str | None, port: int, engine: str) -> Iterator[str]:
+    """Start `gateway serve` in its own process (so the load generator does not share its GIL)."""
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    if model_dir:
+        command += ["--model", model_dir]
+    if engine == "scripted":
+        command += ["--engine", "scripted"]
+    process = subprocess.Popen(command, env={**os.environ, "GATEWAY_ENGINE_QUEUE_SIZE": "1024"})
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/healthz", process)
+        yield f"ws://127.0.0.1:{port}/ws"
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the gateway exited before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the gateway did not become ready in time")
+
+
+def _progress(total: int, enabled: bool, label: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, disable=not enabled, file=sys.stderr, leave=False)
+
+
+def run_bench(args: Any) -> dict[str, Any]:
+    """The whole benchmark: 1 session, N sessions, the late joiner, then the baselines; with ratios."""
+    from gateway.engine.demo import cached_demo_model
+
+    model_dir = args.model or (None if args.url or args.engine == "scripted" else str(cached_demo_model(args.size)))
+    report: dict[str, Any] = {"model": model_dir or args.url, "engine": args.engine, "max_tokens": args.max_tokens}
+    with contextlib.ExitStack() as stack:
+        url = args.url or stack.enter_context(local_server(model_dir, args.port, args.engine))
+        config = BenchConfig(url=url, sessions=args.sessions, turns=args.turns, max_tokens=args.max_tokens,
+                             prompt_words=args.prompt_words, images=args.images, progress=not args.json)
+        asyncio.run(run_load(BenchConfig(**{**asdict(config), "sessions": 1, "turns": 1, "max_tokens": 8})))  # warm-up
+        single = asyncio.run(run_load(BenchConfig(**{**asdict(config), "sessions": 1})))
+        many = asyncio.run(run_load(config))
+        report["gateway_1_session"] = {**asdict(single), "tokens_per_s": round(single.tokens_per_s, 2), "frames_per_s": round(single.frames_per_s, 1)}
+        report[f"gateway_{args.sessions}_sessions"] = {**asdict(many), "tokens_per_s": round(many.tokens_per_s, 2), "frames_per_s": round(many.frames_per_s, 1)}
+        if args.sessions > 1 and args.engine == "real":
+            report["late_joiner"] = asyncio.run(late_joiner(config))
+    if args.baseline and model_dir and args.engine == "real":
+        base = baselines(model_dir, args.sessions, args.max_tokens, args.prompt_words, args.images)
+        report["baselines"] = base
+        report["ratios"] = {
+            "1_session_vs_generate_single": round(single.tokens_per_s / base["generate_single_tokens_per_s"], 3),
+            f"{args.sessions}_sessions_vs_static_batch": round(
+                many.tokens_per_s / base[f"generate_static_batch_{args.sessions}_tokens_per_s"], 3
+            ),
+            f"{args.sessions}_sessions_vs_generate_single": round(many.tokens_per_s / base["generate_single_tokens_per_s"], 3),
+        }
+    return report
+
+
+def print_report(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for key, value in report.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {v}")
+        else:
+            print(f"{key}: {value}")
+
+
+def write_report(report: dict[str, Any], path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2))

@@ -1,0 +1,402 @@
+"""One WebSocket connection: a reader task and a writer task around a session and the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway import protocol as p
+from gateway.config import Settings
+from gateway.engine.types import Engine, EngineFull, GenerationRequest, GenerationResult, TurnHandle
+from gateway.errors import CloseCode, ErrorCode, GatewayError
+from gateway.fetch import image_url_bytes
+from gateway.images import DecodedImage, ImageLimits, decode_image
+from gateway.metrics import Metrics
+from gateway.ratelimit import TokenBucket
+from gateway.session import Session, UserTurn, resolve_params
+from gateway.url_guard import FetchPolicy
+
+log = logging.getLogger("gateway.ws")
+
+MSGPACK_SUBPROTOCOL = "gateway.msgpack"
+JSON_SUBPROTOCOL = "gateway.json"
+
+
+class ConnectionClosing(Exception):
+    """Raised inside the connection to end it with a close code of ours."""
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def server_defaults(settings: Settings) -> p.SamplingOptions:
+    return p.SamplingOptions(
+        temperature=settings.default_temperature,
+        top_p=settings.default_top_p,
+        top_k=settings.default_top_k,
+        max_tokens=settings.default_max_tokens,
+        repetition_penalty=settings.default_repetition_penalty,
+        ignore_eos=False,
+    )
+
+
+def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
+    """The limits a client must respect, as announced in `ready`."""
+    return {
+        "max_frame_bytes": settings.max_frame_bytes,
+        "max_image_bytes": settings.max_image_bytes,
+        "max_image_pixels": settings.max_image_pixels,
+        "max_images_per_turn": settings.max_images_per_turn if engine.vision else 0,
+        "max_text_chars": settings.max_text_chars,
+        "max_history_turns": settings.max_history_turns,
+        "max_stop_strings": settings.max_stop_strings,
+        "max_tokens": settings.max_tokens_limit,
+        "context_tokens": engine.context_tokens,
+        "frames_per_second": int(settings.frames_per_second),
+        "turns_per_minute": int(settings.turns_per_minute),
+        "idle_timeout_s": int(settings.idle_timeout_s),
+        "keepalive_interval_s": int(settings.keepalive_interval_s),
+        "send_timeout_s": int(settings.send_timeout_s),
+    }
+
+
+class Outbox:
+    """Frames waiting for the writer. Token deltas for the same turn merge while they wait, so a slow
+    reader gets fewer, larger frames; past `max_frames` the reader is too slow and is closed."""
+
+    def __init__(self, max_frames: int) -> None:
+        self._frames: collections.deque[p.ServerFrame] = collections.deque()
+        self._ready = asyncio.Event()
+        self._max_frames = max_frames
+        self.overflowed = False
+
+    def put(self, frame: p.ServerFrame) -> None:
+        last = self._frames[-1] if self._frames else None
+        if isinstance(frame, p.TokenFrame) and isinstance(last, p.TokenFrame) and last.id == frame.id:
+            self._frames[-1] = p.TokenFrame(id=frame.id, text=last.text + frame.text)
+        elif len(self._frames) >= self._max_frames:
+            self.overflowed = True
+        else:
+            self._frames.append(frame)
+        self._ready.set()
+
+    async def get(self) -> p.ServerFrame:
+        while not self._frames:
+            if self.overflowed:
+                raise ConnectionClosing(CloseCode.SLOW_CONSUMER, "client is not reading")
+            self._ready.clear()
+            await self._ready.wait()
+        return self._frames.popleft()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+@dataclass
+class ActiveTurn:
+    turn: UserTurn
+    handle: TurnHandle
+    epoch: int
+
+
+class TurnEvents:
+    """The engine's sink for one turn; runs on the event loop thread."""
+
+    def __init__(self, connection: Connection, active: ActiveTurn) -> None:
+        self._connection = connection
+        self._active = active
+
+    def on_queued(self, position: int) -> None:
+        self._connection.outbox.put(p.QueuedFrame(id=self._active.turn.id, position=position))
+
+    def on_start(self) -> None:
+        pass
+
+    def on_token(self, text: str) -> None:
+        self._connection.outbox.put(p.TokenFrame(id=self._active.turn.id, text=text))
+
+    def on_done(self, result: GenerationResult) -> None:
+        self._connection.finish_turn(self._active, result)
+
+
+class Connection:
+    """Reads frames, applies them to the session, starts turns and streams their events back."""
+
+    def __init__(self, websocket: WebSocket, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+        self.websocket = websocket
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self.session = Session(max_history_turns=settings.max_history_turns)
+        self.log = logging.LoggerAdapter(log, {"session": self.session.id})
+        self.outbox = Outbox(settings.max_outbox_frames)
+        self.json_mode = False  # answer in the encoding the client last used
+        self.active: ActiveTurn | None = None
+        self.draining = False
+        self._server_defaults = server_defaults(settings)
+        self._image_limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self._fetch_policy = FetchPolicy.from_settings(settings)
+        self._frames = TokenBucket(rate=settings.frames_per_second, burst=2 * settings.frames_per_second)
+        self._turns = TokenBucket(rate=settings.turns_per_minute / 60, burst=max(1.0, settings.turns_per_minute / 6))
+        self._strikes = 0  # frames refused by the rate limit in a row
+        self._closing: ConnectionClosing | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def run(self, subprotocol: str | None) -> None:
+        await self.websocket.accept(subprotocol=subprotocol)
+        self.metrics.connections.inc()
+        self.metrics.connections_total.inc()
+        self.outbox.put(self._ready_frame())
+        self._reader = asyncio.current_task()  # type: ignore[assignment]
+        writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.session.id}")
+        try:
+            await self._read_loop()
+        except (WebSocketDisconnect, asyncio.CancelledError):
+            pass
+        except ConnectionClosing as exc:
+            await self._close(exc.code, exc.reason)
+        except Exception:  # a bug in this connection's handling closes only this connection
+            self.log.exception("session %s: handler failed", self.session.id)
+            await self._close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            if self.active is not None:
+                self.active.handle.cancel()  # a vanished client's turn stops at the next token
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            if self._closing is not None:
+                await self._close(self._closing.code, self._closing.reason)
+            self.metrics.connections.dec()
+
+    def stop(self, code: CloseCode, reason: str) -> None:
+        """End the connection from outside (the writer, the server's drain): send `closing`, then close."""
+        self._closing = self._closing or ConnectionClosing(code, reason)
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                message = await asyncio.wait_for(self.websocket.receive(), self.settings.idle_timeout_s)
+            except asyncio.TimeoutError:
+                if self.active is not None:
+                    continue
+                raise ConnectionClosing(CloseCode.IDLE_TIMEOUT, "idle timeout") from None
+            if message["type"] == "websocket.disconnect":
+                return
+            data: bytes | str | None = message.get("bytes")
+            if data is None:
+                data = message.get("text") or ""
+            self.json_mode = isinstance(data, str)
+            frame_id: str | None = None
+            try:
+                self._check_frame_rate()
+                frame = p.decode(data)
+                frame_id = getattr(frame, "id", None)
+                await self._handle(frame)
+            except RateLimited as exc:
+                self.send_error(exc.code, exc.message, exc.frame_id or frame_id, exc.retry_after_ms)
+            except GatewayError as exc:
+                self.send_error(exc.code, exc.message, exc.frame_id or frame_id)
+
+    def _check_frame_rate(self) -> None:
+        wait_s = self._frames.take()
+        if wait_s <= 0:
+            self._strikes = 0
+            return
+        self._strikes += 1
+        if self._strikes > 4 * self.settings.frames_per_second:  # warned, and still flooding
+            raise ConnectionClosing(CloseCode.FLOODING, "too many frames")
+        raise RateLimited("too many frames; slow down", int(wait_s * 1000) + 1)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                frame = await self.outbox.get()
+                await self._send(frame)
+        except ConnectionClosing as exc:
+            self.stop(exc.code, exc.reason)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self.stop(CloseCode.GOING_AWAY, "connection lost")
+
+    async def _send(self, frame: p.ServerFrame) -> None:
+        payload = p.encode(frame, self.json_mode)
+        send = self.websocket.send_text(payload) if isinstance(payload, str) else self.websocket.send_bytes(payload)
+        try:
+            await asyncio.wait_for(send, self.settings.send_timeout_s)
+        except asyncio.TimeoutError:
+            raise ConnectionClosing(CloseCode.SLOW_CONSUMER, "client is not reading") from None
+
+    async def _handle(self, frame: p.ClientFrame) -> None:
+        if isinstance(frame, p.TurnFrame):
+            await self._start_turn(frame)
+        elif isinstance(frame, p.CancelFrame):
+            self._cancel(frame.id)
+        elif isinstance(frame, p.ResetFrame):
+            if self.active is not None:
+                self.active.handle.cancel()
+            self.session.reset()
+            self.outbox.put(p.ResetDoneFrame(id=frame.id))
+        elif isinstance(frame, p.ConfigureFrame):
+            self._configure(frame)
+        elif isinstance(frame, p.HistoryRequestFrame):
+            self.outbox.put(self._history_frame(frame))
+        else:
+            self.outbox.put(p.PongFrame(id=frame.id))
+
+    async def _start_turn(self, frame: p.TurnFrame) -> None:
+        if self.draining:
+            raise GatewayError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect shortly", frame.id)
+        if self.active is not None:
+            raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
+        wait_s = self._turns.take()
+        if wait_s > 0:
+            raise RateLimited("too many turns; slow down", int(wait_s * 1000) + 1, frame.id)
+        self._check_turn_limits(frame)
+        blobs = list(frame.images) + await self._fetch_urls(frame.image_urls)
+        images = await asyncio.to_thread(self._decode_images, blobs)
+        turn = UserTurn(id=frame.id, text=frame.text, images=images)
+        params = resolve_params(self._server_defaults, self.session.defaults, frame.options, self.settings.max_tokens_limit)
+        plan = self.session.plan(turn, params.max_tokens, self.engine.context_tokens, self.engine.count_prompt_tokens)
+        active = ActiveTurn(turn=turn, handle=TurnHandle(), epoch=self.session.epoch)
+        request = GenerationRequest(messages=plan.messages, params=params, handle=active.handle)
+        try:
+            self.engine.submit(request, TurnEvents(self, active))
+        except EngineFull:
+            raise RateLimited("the server is at capacity; try again shortly", 1000, frame.id, ErrorCode.OVERLOADED) from None
+        self.session.drop_oldest(plan.dropped_turns)
+        self.active = active
+        self.outbox.put(p.AcceptedFrame(id=frame.id, prompt_tokens=plan.prompt_tokens, dropped_turns=plan.dropped_turns))
+
+    def _check_turn_limits(self, frame: p.TurnFrame) -> None:
+        s = self.settings
+        if len(frame.text) > s.max_text_chars:
+            raise GatewayError(ErrorCode.TOO_LARGE, f"text is {len(frame.text)} characters; the limit is {s.max_text_chars}")
+        count = len(frame.images) + len(frame.image_urls)
+        if count and not self.engine.vision:
+            raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, "the served model is text-only; send turns without images")
+        if count > s.max_images_per_turn:
+            raise GatewayError(ErrorCode.TOO_LARGE, f"{count} images; the limit is {s.max_images_per_turn} per turn")
+        stops = frame.options.stop if frame.options and frame.options.stop else []
+        if len(stops) > s.max_stop_strings:
+            raise GatewayError(ErrorCode.TOO_LARGE, f"at most {s.max_stop_strings} stop strings")
+
+    async def _fetch_urls(self, urls: list[str]) -> list[bytes]:
+        if not urls:
+            return []
+        fetched = await asyncio.gather(
+            *(asyncio.to_thread(image_url_bytes, url, self._fetch_policy) for url in urls), return_exceptions=True
+        )
+        for result in fetched:
+            if isinstance(result, BaseException):
+                raise result
+        return list(fetched)  # type: ignore[arg-type]
+
+    def _decode_images(self, blobs: list[bytes]) -> tuple[DecodedImage, ...]:
+        return tuple(decode_image(blob, self._image_limits, i) for i, blob in enumerate(blobs))
+
+    def finish_turn(self, active: ActiveTurn, result: GenerationResult) -> None:
+        """The engine's `done`: record the exchange (partial when cancelled) and tell the client."""
+        self.metrics.observe_turn(result)
+        if result.finish_reason == "error":
+            self.send_error(ErrorCode.GENERATION, result.error or "generation failed", active.turn.id)
+        else:
+            self.session.record(active.turn, result.text, result.finish_reason == "cancelled", active.epoch)
+        self.outbox.put(_done_frame(active.turn.id, result))
+        if self.active is active:
+            self.active = None
+
+    def _cancel(self, turn_id: str) -> None:
+        if self.active is None or self.active.turn.id != turn_id:
+            raise GatewayError(ErrorCode.NOT_FOUND, f"no running turn with id {turn_id!r}", turn_id)
+        self.active.handle.cancel()
+
+    def _configure(self, frame: p.ConfigureFrame) -> None:
+        options = p.SamplingOptions(**{k: getattr(frame, k) for k in p.SamplingOptions.__struct_fields__})
+        if options.max_tokens is not None and options.max_tokens > self.settings.max_tokens_limit:
+            raise GatewayError(
+                ErrorCode.INVALID_FIELD, f"max_tokens {options.max_tokens} is above the limit of {self.settings.max_tokens_limit}"
+            )
+        if options.stop is not None and len(options.stop) > self.settings.max_stop_strings:
+            raise GatewayError(ErrorCode.TOO_LARGE, f"at most {self.settings.max_stop_strings} stop strings")
+        self.session.configure(frame.system, options)
+        self.outbox.put(p.ConfiguredFrame(defaults=self._defaults(), id=frame.id))
+
+    def _defaults(self) -> dict[str, Any]:
+        merged = {k: getattr(self._server_defaults, k) for k in p.SamplingOptions.__struct_fields__}
+        merged.update({k: v for k in merged if (v := getattr(self.session.defaults, k)) is not None})
+        merged["system"] = self.session.system
+        return merged
+
+    def _history_frame(self, frame: p.HistoryRequestFrame) -> p.HistoryFrame:
+        entries: list[p.HistoryEntry] = []
+        for exchange in self.session.exchanges:
+            images = [
+                p.ImageInfo(
+                    format=i.format,
+                    width=i.width,
+                    height=i.height,
+                    bytes=len(i.data),
+                    sha256=i.sha256,
+                    data=i.data if frame.include_images else None,
+                )
+                for i in exchange.turn.images
+            ]
+            entries.append(p.HistoryEntry(role="user", text=exchange.turn.text, id=exchange.turn.id, images=images))
+            entries.append(p.HistoryEntry(role="assistant", text=exchange.reply, id=exchange.turn.id, partial=exchange.partial))
+        return p.HistoryFrame(system=self.session.system, turns=entries, id=frame.id)
+
+    def _ready_frame(self) -> p.ReadyFrame:
+        return p.ReadyFrame(
+            session=self.session.id,
+            model=self.engine.model_id,
+            protocol=p.PROTOCOL_VERSION,
+            limits=limits_of(self.settings, self.engine),
+            defaults=self._defaults(),
+            vision=self.engine.vision,
+        )
+
+    def send_error(self, code: ErrorCode, message: str, frame_id: str | None, retry_after_ms: int | None = None) -> None:
+        self.metrics.errors.labels(code.value).inc()
+        self.outbox.put(p.ErrorFrame(code=code.value, message=message, id=frame_id, retry_after_ms=retry_after_ms))
+
+    async def _close(self, code: CloseCode, reason: str) -> None:
+        """Best effort: a `closing` frame, then the close handshake, each within a short deadline."""
+        try:
+            if code != CloseCode.SLOW_CONSUMER:  # a client that does not read would not see it
+                payload = p.encode(p.ClosingFrame(code=int(code), reason=reason), self.json_mode)
+                send = self.websocket.send_text(payload) if isinstance(payload, str) else self.websocket.send_bytes(payload)
+                await asyncio.wait_for(send, 1.0)
+            await asyncio.wait_for(self.websocket.close(code=int(code), reason=reason), 1.0)
+        except Exception:  # the socket may already be gone; closing is best effort
+            pass
+
+
+class RateLimited(GatewayError):
+    def __init__(self, message: str, retry_after_ms: int, frame_id: str | None = None, code: ErrorCode = ErrorCode.RATE_LIMITED) -> None:
+        super().__init__(code, message, frame_id)
+        self.retry_after_ms = retry_after_ms
+
+
+def _done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
+    return p.DoneFrame(
+        id=turn_id,
+        finish_reason=result.finish_reason,
+        text=result.text,
+        usage=p.Usage(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            total_tokens=result.prompt_tokens + result.completion_tokens,
+        ),
+        timing=p.Timing(
+            ttft_ms=None if result.ttft_ms is None else round(result.ttft_ms, 2),
+            total_ms=round(result.total_ms, 2),
+            tokens_per_s=round(result.tokens_per_s, 2),
+        ),
+    )

@@ -1,0 +1,46 @@
+"""Prometheus metrics: one registry per app, so tests can build many apps side by side."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("gateway_connections", "Open WebSocket connections", registry=r)
+        self.connections_total = Counter("gateway_connections_accepted", "WebSocket connections accepted", registry=r)
+        self.rejected = Counter(
+            "gateway_connections_rejected", "WebSocket handshakes refused", ["reason"], registry=r
+        )
+        self.turns = Counter("gateway_turns", "Turns finished", ["finish_reason"], registry=r)
+        self.tokens = Counter("gateway_tokens_generated", "Completion tokens streamed", registry=r)
+        self.errors = Counter("gateway_errors", "Error frames sent", ["code"], registry=r)
+        self.ttft = Histogram("gateway_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS_S, registry=r)
+        self.inter_token = Histogram(
+            "gateway_inter_token_seconds", "Mean time between tokens per turn", buckets=LATENCY_BUCKETS_S, registry=r
+        )
+        self.active_turns = Gauge("gateway_turns_active", "Turns on the model", registry=r)
+        self.queued_turns = Gauge("gateway_turns_queued", "Turns waiting for a batch slot", registry=r)
+
+    def watch_engine(self, load: Callable[[], tuple[int, int]]) -> None:
+        """Read active/queued counts from the engine at scrape time."""
+        self.active_turns.set_function(lambda: float(load()[0]))
+        self.queued_turns.set_function(lambda: float(load()[1]))
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def observe_turn(self, result: Any) -> None:
+        self.turns.labels(result.finish_reason).inc()
+        self.tokens.inc(result.completion_tokens)
+        if result.ttft_ms is not None:
+            self.ttft.observe(result.ttft_ms / 1000)
+        if result.tokens_per_s > 0:
+            self.inter_token.observe(1 / result.tokens_per_s)

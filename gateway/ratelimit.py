@@ -1,0 +1,30 @@
+"""Token buckets: how many frames or turns a connection may send, refilled at a steady rate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenBucket:
+    """`rate` tokens per second up to `burst`; `take` spends one or says how long until one is due."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    updated: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst
+
+    def take(self, now: float | None = None) -> float:
+        """0.0 when allowed (a token is spent), else the seconds to wait before trying again."""
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate if self.rate > 0 else float("inf")
