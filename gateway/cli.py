@@ -36,9 +36,8 @@ def build_engine(settings: Settings) -> Engine:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.server import serve
 
     overrides = {
         k: v
@@ -48,15 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env().replace(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, engine_factory=build_engine)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ws_max_size=settings.max_frame_bytes,
-        ws_max_queue=4,  # a client that floods frames waits on TCP, not on our memory
-        timeout_graceful_shutdown=10,
-    )
+    serve(app, settings)
     return 0
 
 

@@ -61,11 +61,13 @@ class GatewayClient:
         return await self.recv()
 
     async def start_turn(
-        self, turn_id: str, text: str, images: list[bytes] | None = None, **options: Any
+        self, turn_id: str, text: str, images: list[bytes] | None = None, image_urls: list[str] | None = None, **options: Any
     ) -> None:
         frame: dict[str, Any] = {"type": "turn", "id": turn_id, "text": text}
         if images:
             frame["images"] = images
+        if image_urls:
+            frame["image_urls"] = image_urls
         if options:
             frame["options"] = options
         await self.send(frame)
@@ -89,7 +91,9 @@ class GatewayClient:
                 if fid == turn_id and result.accepted is None:
                     return result
 
-    async def turn(self, turn_id: str, text: str, images: list[bytes] | None = None, **options: Any) -> TurnResult:
+    async def turn(
+        self, turn_id: str, text: str, images: list[bytes] | None = None, image_urls: list[str] | None = None, **options: Any
+    ) -> TurnResult:
         result = TurnResult(id=turn_id, sent_at=time.perf_counter())
-        await self.start_turn(turn_id, text, images, **options)
+        await self.start_turn(turn_id, text, images, image_urls, **options)
         return await self.collect(turn_id, result)

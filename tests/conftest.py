@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import uvicorn
 from PIL import Image
 
 from gateway.app import create_app
@@ -20,6 +19,7 @@ from gateway.config import Settings
 from gateway.engine.demo import write_demo_adapter, write_demo_model, write_text_model
 from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
+from gateway.server import DrainingServer, make_server
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class RunningServer:
 
     settings: Settings
     engine: LocalEngine
-    server: uvicorn.Server
+    server: DrainingServer
     thread: threading.Thread
     port: int
 
@@ -77,16 +77,7 @@ def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kw
     loaded = load_model(model_dir, model_id="gateway-demo")
     engine = LocalEngine(loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens)
     app = create_app(settings, engine=engine)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        ws_max_size=settings.max_frame_bytes,
-        lifespan="on",
-        **uvicorn_kwargs,
-    )
-    server = uvicorn.Server(config)
+    server = make_server(app, settings, host="127.0.0.1", port=port, log_level="warning", **uvicorn_kwargs)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

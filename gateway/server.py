@@ -1,0 +1,78 @@
+"""Running the app under uvicorn, with a graceful drain on SIGTERM/SIGINT before uvicorn's own shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+from gateway.config import Settings
+from gateway.errors import CloseCode
+
+log = logging.getLogger("gateway.server")
+
+
+class DrainingServer(uvicorn.Server):
+    """On the first SIGTERM/SIGINT: refuse new connections and turns, let running turns finish for
+    up to `drain_timeout_s`, close every WebSocket with 1001 after a `closing` frame, then let uvicorn
+    shut down. (uvicorn alone closes WebSockets with 1012 at once, cutting turns mid-stream.)
+    A second signal skips the wait."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.drain_timeout_s = drain_timeout_s
+        self._drain: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain is None and getattr(self.app.state, "connections", None) is not None:
+            self._drain = asyncio.get_event_loop().create_task(self.drain())
+            return
+        super().handle_exit(sig, frame)
+
+    async def drain(self) -> None:
+        state = self.app.state
+        state.draining = True
+        connections = list(state.connections.values())
+        log.info("draining: %d connections, up to %.0f s for running turns", len(connections), self.drain_timeout_s)
+        for connection in connections:
+            connection.draining = True
+        deadline = time.monotonic() + self.drain_timeout_s
+        while any(c.active is not None for c in state.connections.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(state.connections.values()):
+            if connection.active is not None:
+                connection.active.handle.cancel()
+        await asyncio.sleep(0.1)  # let the cancelled turns' `done` frames go out
+        for connection in list(state.connections.values()):
+            connection.stop(CloseCode.GOING_AWAY, "server shutting down")
+        wait_until = time.monotonic() + 3
+        while state.connections and time.monotonic() < wait_until:
+            await asyncio.sleep(0.02)
+        super().handle_exit(signal.SIGTERM, None)
+
+
+def make_server(app: Starlette, settings: Settings, **overrides: Any) -> DrainingServer:
+    """A uvicorn server for `app` with the WebSocket limits the protocol needs and a draining shutdown."""
+    options: dict[str, Any] = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=settings.max_frame_bytes,
+        ws_max_queue=settings.max_inbound_queue,  # a flooding client waits on TCP, not on our memory
+        ws_ping_interval=settings.keepalive_interval_s,
+        ws_ping_timeout=settings.keepalive_timeout_s,
+        timeout_graceful_shutdown=10,
+    )
+    config = uvicorn.Config(app, **(options | overrides))
+    return DrainingServer(config, app, settings.drain_timeout_s)
+
+
+def serve(app: Starlette, settings: Settings) -> None:
+    make_server(app, settings).run()
