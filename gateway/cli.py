@@ -29,10 +29,22 @@ def build_engine(settings: Settings) -> Engine:
         dtype=settings.dtype,
         trust_remote_code=settings.trust_remote_code,
         model_id=settings.model_id or (None if settings.model else "gateway-demo"),
+        adapters=parse_adapters(settings.adapters),
     )
     return LocalEngine(
         loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens, max_batch=settings.max_batch
     )
+
+
+def parse_adapters(text: str) -> dict[str, str]:
+    """ "a=/x,b=/y" -> {"a": "/x", "b": "/y"}"""
+    adapters: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise SystemExit(f"--adapter wants NAME=DIR, got {item!r}")
+        adapters[name.strip()] = directory.strip()
+    return adapters
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -42,8 +54,10 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {
         k: v
         for k, v in vars(args).items()
-        if k in Settings.__dataclass_fields__ and v is not None and v is not False
+        if k in Settings.__dataclass_fields__ and v is not None and v is not False and k != "adapters"
     }
+    if args.adapters:
+        overrides["adapters"] = ",".join(args.adapters)
     settings = Settings.from_env().replace(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, engine_factory=build_engine)
@@ -80,6 +94,9 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="local model or LoRA adapter directory (default: the demo model)")
     serve.add_argument("--model-id", dest="model_id", help="name clients see (default: the directory name)")
     serve.add_argument("--base-model", dest="base_model", help="base model directory for an adapter")
+    serve.add_argument("--adapter", dest="adapters", action="append", metavar="NAME=DIR",
+                       help="serve a LoRA adapter as model id NAME (repeatable)")
+    serve.add_argument("--api-key", dest="api_key", help="require this key (or set GATEWAY_API_KEY)")
     serve.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     serve.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="weights dtype")
     serve.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", help="run the model repo's own code")

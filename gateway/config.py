@@ -19,6 +19,7 @@ class Settings:
     model: str | None = None  # a local directory; None serves the built-in demo model
     model_id: str | None = None  # the name clients see; defaults to the directory's name
     base_model: str | None = None  # overrides an adapter's base_model_name_or_path
+    adapters: str = ""  # extra LoRA adapters, "NAME=DIR,NAME=DIR": each a model id of its own
     device: str | None = None  # "cpu", "cuda", "cuda:1"; default: cuda when available
     dtype: str | None = None  # "float32", "float16", "bfloat16"; default by device
     trust_remote_code: bool = False

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from gateway.app import create_app
+from gateway.cli import parse_adapters
 from gateway.config import Settings
 from gateway.engine.demo import write_demo_adapter, write_demo_model, write_text_model
 from gateway.engine.loader import load_model
@@ -74,7 +75,7 @@ class RunningServer:
 def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kwargs: Any) -> RunningServer:
     port = free_port()
     settings = (settings or Settings()).replace(port=port)
-    loaded = load_model(model_dir, model_id="gateway-demo")
+    loaded = load_model(model_dir, model_id="gateway-demo", adapters=parse_adapters(settings.adapters))
     engine = LocalEngine(loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens)
     app = create_app(settings, engine=engine)
     server = make_server(app, settings, host="127.0.0.1", port=port, log_level="warning", **uvicorn_kwargs)

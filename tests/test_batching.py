@@ -117,3 +117,25 @@ async def test_admission_queues_then_refuses(demo_dirs: DemoDirs) -> None:
         assert sinks[3].queued[-1] == 1  # it moved up before it started
     finally:
         await asyncio.to_thread(engine.stop)
+
+
+async def test_adapters_mix_in_one_batch(demo_dirs: DemoDirs) -> None:
+    """Base and adapter turns decode in the same batch, each with exactly its solo greedy tokens,
+    and the adapter's reply differs from the base's."""
+    engine = LocalEngine(load_model(demo_dirs.model, adapters={"tuned": str(demo_dirs.adapter)}), max_batch=4)
+    engine.start()
+    try:
+        assert engine.adapters == ("tuned",)
+        params = SamplingParams(temperature=0, max_tokens=24)
+
+        async def run(adapter: str | None) -> tuple[int, ...]:
+            sink = Collector()
+            engine.submit(GenerationRequest(messages=PROMPTS[0], params=params, adapter=adapter), sink)
+            return (await asyncio.wait_for(sink.done, 60)).token_ids
+
+        base_alone, tuned_alone = await run(None), await run("tuned")
+        together = await asyncio.gather(run(None), run("tuned"), run(None))
+        assert base_alone != tuned_alone
+        assert list(together) == [base_alone, tuned_alone, base_alone]
+    finally:
+        await asyncio.to_thread(engine.stop)

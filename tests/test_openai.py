@@ -10,7 +10,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import openai
@@ -39,13 +38,6 @@ MODEL = "gateway-demo"
 HELLO: Any = [{"role": "user", "content": "hello"}]
 
 
-@dataclass(frozen=True)
-class KeyedSettings(Settings):
-    """Settings with the fields this feature reads, until config.py has them."""
-
-    api_key: str | None = None
-
-
 def install_routes(app: Any, policy: FetchPolicy | None = None) -> None:
     """Put the OpenAI routes first (app.py's own /v1/models must not shadow them), replacing earlier ones."""
     routes = app.router.routes
@@ -58,7 +50,9 @@ def install_routes(app: Any, policy: FetchPolicy | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def api(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
-    settings = KeyedSettings(api_key=API_KEY, max_frame_bytes=2 << 20, max_image_bytes=1 << 20)
+    settings = Settings(
+        api_key=API_KEY, max_frame_bytes=2 << 20, max_image_bytes=1 << 20, adapters=f"tuned={demo_dirs.adapter}"
+    )
     running = start_server(demo_dirs.model, settings)
     install_routes(running.app)
     yield running
@@ -124,9 +118,10 @@ def wait_for(predicate: Any, timeout_s: float) -> bool:
 
 
 def test_models_list_the_served_model(client: OpenAI) -> None:
-    """/v1/models lists the base model (adapters join it as their own ids)."""
-    assert [m.id for m in client.models.list()] == [MODEL]
+    """/v1/models lists the base model and each adapter as a model id of its own."""
+    assert [m.id for m in client.models.list()] == [MODEL, "tuned"]
     assert client.models.retrieve(MODEL).id == MODEL
+    assert client.models.retrieve("tuned").id == "tuned"
 
 
 def test_unknown_model_is_404_model_not_found(client: OpenAI) -> None:
@@ -381,7 +376,6 @@ def test_client_leaving_a_completion_stops_generation(
 # ---- adapters ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason="adapter selection lands with multi-adapter engine")
 def test_adapter_model_id_changes_greedy_output(client: OpenAI) -> None:
     """Choosing an adapter by model id gives different greedy output from the base model."""
     ids = [m.id for m in client.models.list()]

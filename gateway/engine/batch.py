@@ -74,6 +74,7 @@ class Batch:
             position_ids=positions,
             use_cache=True,
             **extras,
+            **self._adapter_args([seq]),
         )
         seq.prompt_tokens = length
         seq.position = length + delta
@@ -96,6 +97,13 @@ class Batch:
             attention_mask=torch.ones_like(input_ids),
         )
         return positions, int(deltas.view(-1)[0].item())
+
+    def _adapter_args(self, sequences: list[Sequence]) -> dict[str, Any]:
+        """With several adapters loaded, each row names its own (peft routes LoRA per row)."""
+        if not self.loaded.adapter_names:
+            return {}
+        default = self.loaded.default_adapter
+        return {"adapter_names": [s.request.adapter or default for s in sequences]}
 
     def join(self, seq: Sequence, cache: Any) -> None:
         """Merge a prefilled sequence's cache into the batch, left-padding whichever side is shorter."""
@@ -130,7 +138,12 @@ class Batch:
         positions = torch.tensor([s.position for s in self.sequences], device=device).view(1, batch, 1)
         position_ids = positions.expand(3, batch, 1) if self._rope is not None else positions[0]
         out = self.loaded.model(
-            input_ids=input_ids, attention_mask=self.mask, position_ids=position_ids, cache=self.cache, use_cache=True
+            input_ids=input_ids,
+            attention_mask=self.mask,
+            position_ids=position_ids,
+            cache=self.cache,
+            use_cache=True,
+            **self._adapter_args(self.sequences),
         )
         self.cache = _cache_of(out)
         for seq in self.sequences:

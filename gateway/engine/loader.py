@@ -14,6 +14,9 @@ from gateway.engine.prompt import IMAGE_TOKEN, PromptBuilder
 
 log = logging.getLogger("gateway.loader")
 
+PRIMARY_ADAPTER = "default"  # peft's name for the first adapter loaded
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -31,7 +34,15 @@ class LoadedModel:
     model_id: str
     context_tokens: int
     eos_token_ids: frozenset[int]
-    adapter: str | None = None
+    adapter: str | None = None  # the adapter directory `model` pointed at, if any
+    adapter_names: tuple[str, ...] = ()  # extra adapters a request may select by name
+
+    @property
+    def default_adapter(self) -> str | None:
+        """What a request without an adapter runs: the served adapter, or the bare base model."""
+        if self.adapter is not None:
+            return PRIMARY_ADAPTER
+        return BASE_ADAPTER if self.adapter_names else None
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -59,6 +70,7 @@ def load_model(
     dtype: str | None = None,
     trust_remote_code: bool = False,
     model_id: str | None = None,
+    adapters: dict[str, str] | None = None,
 ) -> LoadedModel:
     """Load a model directory, or an adapter directory (one holding adapter_config.json) over its base."""
     source = Path(path)
@@ -77,10 +89,8 @@ def load_model(
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
     model, vision = _load_weights(source, torch_dtype, trust_remote_code)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if adapter_dir is not None or adapters:
+        model = _apply_adapters(model, adapter_dir, adapters or {})
     model.to(torch_device).eval()
     tokenizer, prompt = _load_prompt_builder(source, model, vision, trust_remote_code)
     name = model_id or (adapter_dir or source).resolve().name
@@ -94,7 +104,29 @@ def load_model(
         context_tokens=_context_tokens(model),
         eos_token_ids=_eos_ids(model, tokenizer),
         adapter=str(adapter_dir) if adapter_dir else None,
+        adapter_names=tuple(adapters or {}),
     )
+
+
+def _apply_adapters(model: Any, primary: Path | None, extra: dict[str, str]) -> Any:
+    """Wrap the base in peft with the primary adapter (if any) and each named extra adapter; a batch
+    then picks one per row (peft's `adapter_names`)."""
+    from peft import PeftModel
+
+    for name, directory in extra.items():
+        if name in (PRIMARY_ADAPTER, BASE_ADAPTER) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ModelLoadError(f"adapter name {name!r} is reserved or not a plain name")
+        if not (Path(directory) / "adapter_config.json").exists():
+            raise ModelLoadError(f"adapter {name!r}: {directory} holds no adapter_config.json")
+    items = list(extra.items())
+    if primary is not None:
+        wrapped = PeftModel.from_pretrained(model, str(primary), adapter_name=PRIMARY_ADAPTER)
+    else:
+        name, directory = items.pop(0)
+        wrapped = PeftModel.from_pretrained(model, directory, adapter_name=name)
+    for name, directory in items:
+        wrapped.load_adapter(directory, adapter_name=name)
+    return wrapped
 
 
 def _load_weights(source: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, bool]:

@@ -51,7 +51,7 @@ class LocalEngine:
         self.model_id = loaded.model_id
         self.vision = loaded.prompt.vision
         self.context_tokens = min(loaded.context_tokens, context_tokens or loaded.context_tokens)
-        self.adapters: tuple[str, ...] = ()
+        self.adapters: tuple[str, ...] = loaded.adapter_names
         self.max_batch = max_batch
         self.queue_size = queue_size
         self.tokens_generated = 0  # written only by the generation thread
