@@ -105,15 +105,16 @@ async def test_admission_queues_then_refuses(demo_dirs: DemoDirs) -> None:
     engine = LocalEngine(load_model(demo_dirs.model), max_batch=2, queue_size=2)
     engine.start()
     try:
+        lengths = [30, 200, 200, 200]  # the first slot frees early, so the last turn moves up
+        sinks = [submit(engine, PROMPTS[0], SamplingParams(temperature=0, max_tokens=n, ignore_eos=True))[0] for n in lengths]
         params = SamplingParams(temperature=0, max_tokens=200)
-        sinks = [submit(engine, PROMPTS[0], params)[0] for _ in range(4)]
         with pytest.raises(EngineFull):
             submit(engine, PROMPTS[0], params)
         await asyncio.sleep(0)  # the first `queued` events are delivered with call_soon
         assert sinks[0].queued == [] and sinks[1].queued == []
         assert sinks[2].queued[0] == 1 and sinks[3].queued[0] == 2
         results = [await asyncio.wait_for(s.done, 60) for s in sinks]
-        assert all(r.completion_tokens == 200 or r.finish_reason == "stop" for r in results)
+        assert [r.completion_tokens for r in results] == lengths
         assert sinks[3].queued[-1] == 1  # it moved up before it started
     finally:
         await asyncio.to_thread(engine.stop)

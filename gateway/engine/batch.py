@@ -59,37 +59,46 @@ class Batch:
         return len(self.sequences)
 
     @torch.inference_mode()
-    def prefill(self, seq: Sequence, inputs: ModelInputs) -> tuple[torch.Tensor, Any]:
-        """Run one prompt alone; return its last logits and its own cache (not yet merged)."""
+    def prefill(self, seqs: list[Sequence], inputs: list[ModelInputs]) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Run prompts together (left-padded; only text-only prompts are grouped) without touching the
+        batch; return their last logits [n, vocab], their own cache and its mask [n, length]."""
         device = self.loaded.device
-        input_ids = inputs.input_ids.to(device)
-        extras = {k: v.to(device) for k, v in inputs.extras.items()}
+        length = max(i.prompt_tokens for i in inputs)
+        input_ids = torch.zeros(len(inputs), length, dtype=torch.long, device=device)
+        mask = torch.zeros(len(inputs), length, dtype=torch.long, device=device)
+        for row, item in enumerate(inputs):
+            input_ids[row, length - item.prompt_tokens :] = item.input_ids[0].to(device)
+            mask[row, length - item.prompt_tokens :] = 1
+        extras = {k: v.to(device) for k, v in inputs[0].extras.items()} if len(inputs) == 1 else {}
         if "pixel_values" in extras:
             extras["pixel_values"] = extras["pixel_values"].to(self.loaded.dtype)
-        length = input_ids.shape[1]
-        positions, delta = self._prompt_positions(input_ids, extras)
+        positions, delta = self._prompt_positions(input_ids, mask, extras)
         out = self.loaded.model(
             input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
+            attention_mask=mask,
             position_ids=positions,
             use_cache=True,
             **extras,
-            **self._adapter_args([seq]),
+            **self._adapter_args(seqs),
         )
-        seq.prompt_tokens = length
-        seq.position = length + delta
-        seq.generator = make_generator(seq.request.params, device)
-        if seq.request.params.repetition_penalty != 1.0:
-            seq.seen = input_ids[0]
-        return out.logits[0, -1], _cache_of(out)
+        for row, (seq, item) in enumerate(zip(seqs, inputs)):
+            seq.prompt_tokens = item.prompt_tokens
+            seq.position = item.prompt_tokens + delta
+            seq.generator = make_generator(seq.request.params, device)
+            if seq.request.params.repetition_penalty != 1.0:
+                seq.seen = item.input_ids[0].to(device)
+        return out.logits[:, -1], _cache_of(out), mask
 
-    def _prompt_positions(self, input_ids: torch.Tensor, extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        length = input_ids.shape[1]
-        text = torch.arange(length, device=input_ids.device).view(1, -1)
+    def _prompt_positions(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, extras: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, int]:
+        """Text positions count real tokens only (left padding sits at 0); multimodal models get
+        their 3-D positions and the offset images add to every later position."""
+        text = (mask.cumsum(-1) - 1).clamp(min=0)
         if self._rope is None:
             return text, 0
         if "image_grid_thw" not in extras:
-            return text.view(1, 1, -1).expand(3, 1, -1), 0
+            return text.unsqueeze(0).expand(3, -1, -1), 0
         positions, deltas = self._rope.get_rope_index(
             input_ids,
             mm_token_type_ids=extras["mm_token_type_ids"],
@@ -105,27 +114,25 @@ class Batch:
         default = self.loaded.default_adapter
         return {"adapter_names": [s.request.adapter or default for s in sequences]}
 
-    def join(self, seq: Sequence, cache: Any) -> None:
-        """Merge a prefilled sequence's cache into the batch, left-padding whichever side is shorter."""
-        length = cache.get_seq_length()
-        row = torch.ones(1, length, dtype=torch.long, device=self.loaded.device)
+    def join(self, seqs: list[Sequence], cache: Any, rows: torch.Tensor) -> None:
+        """Merge prefilled sequences (their cache and mask rows) into the batch, left-padding whichever
+        side is shorter."""
         if self.cache is None or self.mask is None:
-            self.cache, self.mask = cache, row
-            self.sequences.append(seq)
+            self.cache, self.mask = cache, rows
+            self.sequences.extend(seqs)
             return
-        width = self.mask.shape[1]
+        width, length = self.mask.shape[1], rows.shape[1]
         if length < width:
             _pad_left(cache, width - length)
-            row = torch.cat([torch.zeros(1, width - length, dtype=torch.long, device=row.device), row], dim=1)
+            rows = torch.cat([rows.new_zeros(rows.shape[0], width - length), rows], dim=1)
         elif length > width:
             _pad_left(self.cache, length - width)
-            pad = torch.zeros(self.mask.shape[0], length - width, dtype=torch.long, device=row.device)
-            self.mask = torch.cat([pad, self.mask], dim=1)
+            self.mask = torch.cat([self.mask.new_zeros(self.mask.shape[0], length - width), self.mask], dim=1)
         for mine, theirs in zip(self.cache.layers, cache.layers):
             mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
             mine.values = torch.cat([mine.values, theirs.values], dim=0)
-        self.mask = torch.cat([self.mask, row], dim=0)
-        self.sequences.append(seq)
+        self.mask = torch.cat([self.mask, rows], dim=0)
+        self.sequences.extend(seqs)
 
     @torch.inference_mode()
     def decode(self, tokens: list[int]) -> torch.Tensor:

@@ -8,11 +8,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence as Seq
+from typing import Any, Callable
+from typing import Sequence as Seq
+
+import torch
 
 from gateway.engine.batch import Batch, Sequence, supports_batching
 from gateway.engine.detok import TextStream
 from gateway.engine.loader import LoadedModel
+from gateway.engine.prompt import ModelInputs
 from gateway.engine.relay import EventRelay
 from gateway.engine.types import (
     ChatMessage,
@@ -46,6 +50,7 @@ class LocalEngine:
         queue_size: int = 64,
         context_tokens: int | None = None,
         max_batch: int = 16,
+        max_prefills_per_step: int = 16,
     ) -> None:
         self.loaded = loaded
         self.model_id = loaded.model_id
@@ -53,6 +58,7 @@ class LocalEngine:
         self.context_tokens = min(loaded.context_tokens, context_tokens or loaded.context_tokens)
         self.adapters: tuple[str, ...] = loaded.adapter_names
         self.max_batch = max_batch
+        self.max_prefills_per_step = max_prefills_per_step
         self.queue_size = queue_size
         self.tokens_generated = 0  # written only by the generation thread
         self.busy = threading.Event()  # set while any turn is on the model
@@ -110,8 +116,8 @@ class LocalEngine:
                 break
             for job in cancelled:
                 self._finish(self._sequence(job), "cancelled")
-            for job in admitted:
-                self._prefill(batch, job)
+            if admitted:
+                self._prefill(batch, admitted)
             for position, job in enumerate(still_waiting, start=1):
                 self._emit(job, job.sink.on_queued, position)
             if batch:
@@ -123,7 +129,7 @@ class LocalEngine:
             self._flush()
 
     def _next_admissions(self, active: int) -> tuple[list[_Job] | None, list[_Job], list[_Job]]:
-        """Block until there is work; take at most one new turn per step so decoding never stalls."""
+        """Block until there is work; take the waiting turns that fit (their prefill costs this step)."""
         with self._lock:
             while not self._waiting and not active and not self._stopping:
                 self._wake.wait()
@@ -138,7 +144,7 @@ class LocalEngine:
             for job in cancelled:
                 self._waiting.remove(job)
             admitted = []
-            if self._waiting and active < self.max_batch:
+            while self._waiting and active + len(admitted) < self.max_batch and len(admitted) < self.max_prefills_per_step:
                 admitted.append(self._waiting.popleft())
             self._active = active + len(admitted)
             moved = admitted or cancelled
@@ -152,27 +158,52 @@ class LocalEngine:
     def _sequence(self, job: _Job) -> Sequence:
         return Sequence(request=job.request, stream=TextStream(self.loaded.tokenizer, job.request.params.stop), job=job)
 
-    def _prefill(self, batch: Batch, job: _Job) -> None:
-        seq = self._sequence(job)
-        if job.request.handle.cancelled.is_set():
-            self._finish(seq, "cancelled")
-            return
-        self.busy.set()
-        self._emit(job, job.sink.on_start)
+    def _prefill(self, batch: Batch, jobs: list[_Job]) -> None:
+        """Prefill newly admitted turns: text-only prompts together in one padded forward pass, each
+        prompt with images alone; sample each one's first token at once, then join the batch."""
+        ready: list[tuple[Sequence, ModelInputs]] = []
+        for job in jobs:
+            seq = self._sequence(job)
+            if job.request.handle.cancelled.is_set():
+                self._finish(seq, "cancelled")
+                continue
+            self._emit(job, job.sink.on_start)
+            try:
+                ready.append((seq, self.loaded.prompt.build(job.request.messages)))
+            except GatewayError as exc:
+                self._finish(seq, "error", exc.message)
+            except Exception:  # a bad input ends this turn, never the thread
+                log.exception("building the prompt failed")
+                self._finish(seq, "error", "generation failed")
+        if ready:
+            self.busy.set()
+        text_only = [pair for pair in ready if not pair[1].extras]
+        groups = [[pair] for pair in ready if pair[1].extras]
+        if text_only and self.max_batch > 1:
+            groups.append(text_only)
+        else:
+            groups.extend([pair] for pair in text_only)
+        for group in groups:
+            self._prefill_group(batch, group)
+
+    def _prefill_group(self, batch: Batch, group: list[tuple[Sequence, ModelInputs]]) -> None:
+        seqs = [seq for seq, _ in group]
         try:
-            inputs = self.loaded.prompt.build(job.request.messages)
-            logits, cache = batch.prefill(seq, inputs)
+            logits, cache, mask = batch.prefill(seqs, [inputs for _, inputs in group])
             if not supports_batching(cache) and self.max_batch > 1:
                 log.warning("this model's cache cannot be merged; decoding one turn at a time")
                 self.max_batch = 1
-            token = batch.choose(seq, logits)
-            if not self._after_token(seq, token):
-                batch.join(seq, cache)
-        except GatewayError as exc:
-            self._finish(seq, "error", exc.message)
-        except Exception:  # a bad input or a model failure ends this turn, never the thread
+            alive = [i for i, seq in enumerate(seqs) if not self._after_token(seq, batch.choose(seq, logits[i]))]
+        except Exception:  # a model failure ends these turns, never the thread
             log.exception("prefill failed")
-            self._finish(seq, "error", "generation failed")
+            for seq in seqs:
+                self._finish(seq, "error", "generation failed")
+            return
+        if alive:
+            if len(alive) < len(seqs):
+                cache.batch_select_indices(torch.tensor(alive, device=mask.device))
+                mask = mask[alive]
+            batch.join([seqs[i] for i in alive], cache, mask)
 
     def _step(self, batch: Batch) -> None:
         keep = []
