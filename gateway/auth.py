@@ -4,7 +4,7 @@ headers) a `bearer.<key>` subprotocol, which keeps the key out of URLs and acces
 from __future__ import annotations
 
 import hmac
-from typing import Iterable
+from collections.abc import Iterable
 
 BEARER_SUBPROTOCOL_PREFIX = "bearer."
 

@@ -12,9 +12,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from gateway.client import GatewayClient, TurnResult
 
@@ -131,7 +132,9 @@ async def late_joiner(config: BenchConfig) -> dict[str, float]:
         for client in clients:
             await stack.enter_async_context(client)
         for i, client in enumerate(clients):
-            await client.start_turn(f"bg{i}", prompt_text(config.prompt_words), temperature=0, max_tokens=background.max_tokens, ignore_eos=True)
+            await client.start_turn(
+                f"bg{i}", prompt_text(config.prompt_words), temperature=0, max_tokens=background.max_tokens, ignore_eos=True
+            )
         for client in clients:  # wait until every background turn is streaming
             while (await client.recv())["type"] != "token":
                 pass
@@ -146,10 +149,10 @@ async def late_joiner(config: BenchConfig) -> dict[str, float]:
 def baselines(model_dir: str, batch: int, max_tokens: int, prompt_words: int, images: int) -> dict[str, float]:
     """Raw transformers `generate` on the same model and prompt: one stream, then one static batch."""
     import torch
+    from PIL import Image
 
     from gateway.engine.loader import load_model
     from gateway.engine.types import ChatImage, ChatMessage
-    from PIL import Image
 
     loaded = load_model(model_dir)
     picture = Image.open(io.BytesIO(bench_image())).convert("RGB")
@@ -230,13 +233,28 @@ def run_bench(args: Any) -> dict[str, Any]:
     report: dict[str, Any] = {"model": model_dir or args.url, "engine": args.engine, "max_tokens": args.max_tokens}
     with contextlib.ExitStack() as stack:
         url = args.url or stack.enter_context(local_server(model_dir, args.port, args.engine))
-        config = BenchConfig(url=url, sessions=args.sessions, turns=args.turns, max_tokens=args.max_tokens,
-                             prompt_words=args.prompt_words, images=args.images, progress=not args.json)
+        config = BenchConfig(
+            url=url,
+            sessions=args.sessions,
+            turns=args.turns,
+            max_tokens=args.max_tokens,
+            prompt_words=args.prompt_words,
+            images=args.images,
+            progress=not args.json,
+        )
         asyncio.run(run_load(BenchConfig(**{**asdict(config), "sessions": 1, "turns": 1, "max_tokens": 8})))  # warm-up
         single = asyncio.run(run_load(BenchConfig(**{**asdict(config), "sessions": 1})))
         many = asyncio.run(run_load(config))
-        report["gateway_1_session"] = {**asdict(single), "tokens_per_s": round(single.tokens_per_s, 2), "frames_per_s": round(single.frames_per_s, 1)}
-        report[f"gateway_{args.sessions}_sessions"] = {**asdict(many), "tokens_per_s": round(many.tokens_per_s, 2), "frames_per_s": round(many.frames_per_s, 1)}
+        report["gateway_1_session"] = {
+            **asdict(single),
+            "tokens_per_s": round(single.tokens_per_s, 2),
+            "frames_per_s": round(single.frames_per_s, 1),
+        }
+        report[f"gateway_{args.sessions}_sessions"] = {
+            **asdict(many),
+            "tokens_per_s": round(many.tokens_per_s, 2),
+            "frames_per_s": round(many.frames_per_s, 1),
+        }
         if args.sessions > 1 and args.engine == "real":
             report["late_joiner"] = asyncio.run(late_joiner(config))
     if args.baseline and model_dir and args.engine == "real":

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gateway.config import Settings
 from gateway.engine.types import Engine
@@ -94,8 +94,13 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="local model or LoRA adapter directory (default: the demo model)")
     serve.add_argument("--model-id", dest="model_id", help="name clients see (default: the directory name)")
     serve.add_argument("--base-model", dest="base_model", help="base model directory for an adapter")
-    serve.add_argument("--adapter", dest="adapters", action="append", metavar="NAME=DIR",
-                       help="serve a LoRA adapter as model id NAME (repeatable)")
+    serve.add_argument(
+        "--adapter",
+        dest="adapters",
+        action="append",
+        metavar="NAME=DIR",
+        help="serve a LoRA adapter as model id NAME (repeatable)",
+    )
     serve.add_argument("--api-key", dest="api_key", help="require this key (or set GATEWAY_API_KEY)")
     serve.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     serve.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="weights dtype")

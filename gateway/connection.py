@@ -147,14 +147,14 @@ class Connection:
         self._turns = TokenBucket(rate=settings.turns_per_minute / 60, burst=max(1.0, settings.turns_per_minute / 6))
         self._strikes = 0  # frames refused by the rate limit in a row
         self._closing: ConnectionClosing | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[Any] | None = None
 
     async def run(self, subprotocol: str | None) -> None:
         await self.websocket.accept(subprotocol=subprotocol)
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
         self.outbox.put(self._ready_frame())
-        self._reader = asyncio.current_task()  # type: ignore[assignment]
+        self._reader = asyncio.current_task()
         writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.session.id}")
         try:
             await self._read_loop()
@@ -379,7 +379,9 @@ class Connection:
 
 
 class RateLimited(GatewayError):
-    def __init__(self, message: str, retry_after_ms: int, frame_id: str | None = None, code: ErrorCode = ErrorCode.RATE_LIMITED) -> None:
+    def __init__(
+        self, message: str, retry_after_ms: int, frame_id: str | None = None, code: ErrorCode = ErrorCode.RATE_LIMITED
+    ) -> None:
         super().__init__(code, message, frame_id)
         self.retry_after_ms = retry_after_ms
 

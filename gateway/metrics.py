@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -16,9 +17,7 @@ class Metrics:
         r = self.registry
         self.connections = Gauge("gateway_connections", "Open WebSocket connections", registry=r)
         self.connections_total = Counter("gateway_connections_accepted", "WebSocket connections accepted", registry=r)
-        self.rejected = Counter(
-            "gateway_connections_rejected", "WebSocket handshakes refused", ["reason"], registry=r
-        )
+        self.rejected = Counter("gateway_connections_rejected", "WebSocket handshakes refused", ["reason"], registry=r)
         self.turns = Counter("gateway_turns", "Turns finished", ["finish_reason"], registry=r)
         self.tokens = Counter("gateway_tokens_generated", "Completion tokens streamed", registry=r)
         self.errors = Counter("gateway_errors", "Error frames sent", ["code"], registry=r)

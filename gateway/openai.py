@@ -211,14 +211,10 @@ def _check_limits(
     if len(urls) > settings.max_images_per_turn:
         raise too_large(f"at most {settings.max_images_per_turn} images per request", "messages")
     if len(chat.stop_strings) > settings.max_stop_strings:
-        raise ApiError(
-            400, f"at most {settings.max_stop_strings} stop strings", code=ErrorCode.INVALID_FIELD.value, param="stop"
-        )
+        raise ApiError(400, f"at most {settings.max_stop_strings} stop strings", code=ErrorCode.INVALID_FIELD.value, param="stop")
     if (chat.max_new_tokens or 0) > settings.max_tokens_limit:
         limit = settings.max_tokens_limit
-        raise ApiError(
-            400, f"max_tokens is above the limit of {limit}", code=ErrorCode.INVALID_FIELD.value, param="max_tokens"
-        )
+        raise ApiError(400, f"max_tokens is above the limit of {limit}", code=ErrorCode.INVALID_FIELD.value, param="max_tokens")
 
 
 async def _chat_messages(

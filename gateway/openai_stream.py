@@ -112,9 +112,7 @@ class Reply:
             return JSONResponse(None, status_code=499)
         if (failure := _failure(result)) is not None:
             raise failure
-        body = schema.completion_body(
-            self.id, self.created, self.model, result.text, result.finish_reason, _usage(result)
-        )
+        body = schema.completion_body(self.id, self.created, self.model, result.text, result.finish_reason, _usage(result))
         return JSONResponse(body)
 
     async def sse(self, stream: AsyncGenerator[TurnEvent, None], include_usage: bool) -> AsyncGenerator[bytes, None]:
@@ -128,9 +126,7 @@ class Reply:
             else:
                 yield self._chunk({}, event.finish_reason)
                 if include_usage:
-                    yield schema.sse_event(
-                        schema.chunk_body(self.id, self.created, self.model, None, None, _usage(event))
-                    )
+                    yield schema.sse_event(schema.chunk_body(self.id, self.created, self.model, None, None, _usage(event)))
         yield schema.SSE_DONE
 
     def _chunk(self, delta: dict[str, str], finish_reason: str | None = None) -> bytes:

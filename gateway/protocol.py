@@ -241,9 +241,9 @@ def decode(data: bytes | str) -> ClientFrame:
         )
     try:
         if isinstance(data, bytes):
-            return msgspec.convert(raw, ClientFrame)  # type: ignore[arg-type, no-any-return]
+            return msgspec.convert(raw, ClientFrame)  # type: ignore[no-any-return]
         # JSON carries attachments as base64 strings; the typed decoder turns them into bytes.
-        return msgspec.json.decode(data, type=ClientFrame)  # type: ignore[arg-type, no-any-return]
+        return msgspec.json.decode(data, type=ClientFrame)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         raise GatewayError(ErrorCode.INVALID_FIELD, str(exc), frame_id) from None
     except msgspec.DecodeError as exc:
@@ -267,8 +267,8 @@ def encode_client(frame: ClientFrame, as_json: bool = False) -> bytes | str:
 def decode_server(data: bytes | str) -> ServerFrame:
     """Decode a server frame (used by Python clients)."""
     if isinstance(data, bytes):
-        return msgspec.msgpack.decode(data, type=ServerFrame)  # type: ignore[arg-type, no-any-return]
-    return msgspec.json.decode(data, type=ServerFrame)  # type: ignore[arg-type, no-any-return]
+        return msgspec.msgpack.decode(data, type=ServerFrame)  # type: ignore[no-any-return]
+    return msgspec.json.decode(data, type=ServerFrame)  # type: ignore[no-any-return]
 
 
 def _short(exc: BaseException) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any
 
 from gateway.engine.types import ChatImage, ChatMessage, SamplingParams
 from gateway.errors import ErrorCode, GatewayError
@@ -72,8 +73,7 @@ class Session:
         if tokens_after_dropping(len(self.exchanges)) > budget:
             raise GatewayError(
                 ErrorCode.CONTEXT_OVERFLOW,
-                f"this turn alone needs more than the {context_tokens}-token context window allows "
-                f"with max_tokens={max_tokens}",
+                f"this turn alone needs more than the {context_tokens}-token context window allows with max_tokens={max_tokens}",
                 turn.id,
             )
         # Token count only falls as exchanges are dropped, so binary-search the fewest drops.
@@ -119,20 +119,20 @@ def resolve_params(
 ) -> SamplingParams:
     """Per-turn options over session defaults over server defaults, checked against the limits."""
     layers = [server, session] + ([turn] if turn is not None else [])
-    merged: dict[str, object] = {}
+    merged: dict[str, Any] = {}
     for layer in layers:
         merged.update({k: getattr(layer, k) for k in _OPTION_FIELDS if getattr(layer, k) is not None})
-    max_tokens = int(merged.get("max_tokens", max_tokens_limit))  # type: ignore[call-overload]
+    max_tokens = int(merged.get("max_tokens", max_tokens_limit))
     if max_tokens > max_tokens_limit:
         raise GatewayError(ErrorCode.INVALID_FIELD, f"max_tokens {max_tokens} is above the limit of {max_tokens_limit}")
-    stop = tuple(merged.get("stop") or ())  # type: ignore[call-overload]
+    stop = tuple(merged.get("stop") or ())
     return SamplingParams(
-        temperature=float(merged.get("temperature", 1.0)),  # type: ignore[arg-type]
-        top_p=float(merged.get("top_p", 1.0)),  # type: ignore[arg-type]
-        top_k=int(merged.get("top_k", 0)),  # type: ignore[call-overload]
+        temperature=float(merged.get("temperature", 1.0)),
+        top_p=float(merged.get("top_p", 1.0)),
+        top_k=int(merged.get("top_k", 0)),
         max_tokens=max_tokens,
-        repetition_penalty=float(merged.get("repetition_penalty", 1.0)),  # type: ignore[arg-type]
+        repetition_penalty=float(merged.get("repetition_penalty", 1.0)),
         stop=stop,
-        seed=merged.get("seed"),  # type: ignore[arg-type]
+        seed=merged.get("seed"),
         ignore_eos=bool(merged.get("ignore_eos", False)),
     )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import pytest
 from PIL import Image
@@ -46,7 +46,9 @@ async def engine(demo_dirs: DemoDirs) -> AsyncIterator[LocalEngine]:
 MESSAGES = [ChatMessage("system", "You are terse."), ChatMessage("user", "Describe the sky, please.")]
 
 
-async def generate(engine: LocalEngine, params: SamplingParams, messages: list[ChatMessage] = MESSAGES) -> tuple[GenerationResult, list[str]]:
+async def generate(
+    engine: LocalEngine, params: SamplingParams, messages: list[ChatMessage] = MESSAGES
+) -> tuple[GenerationResult, list[str]]:
     sink = Collector()
     engine.submit(GenerationRequest(messages=messages, params=params), sink)
     return await asyncio.wait_for(sink.done, 60), sink.deltas

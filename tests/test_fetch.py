@@ -76,9 +76,7 @@ class LoopbackServer:
         self.httpd.server_close()
 
 
-def send(
-    handler: BaseHTTPRequestHandler, body: bytes, content_type: str = "image/png", length: int | None = None
-) -> None:
+def send(handler: BaseHTTPRequestHandler, body: bytes, content_type: str = "image/png", length: int | None = None) -> None:
     handler.send_response(200)
     handler.send_header("Content-Type", content_type)
     handler.send_header("Content-Length", str(len(body) if length is None else length))
@@ -269,9 +267,7 @@ def test_guard_refuses_a_name_when_any_address_is_internal(monkeypatch: pytest.M
     assert reason_of(lambda: check_url("http://images.example/a.png", FetchPolicy())) == FORBIDDEN_URL
 
 
-@pytest.mark.parametrize(
-    "url", ["http://127.0.0.1/", "http://2130706433/", "http://127.1/", "http://[::ffff:127.0.0.1]/"]
-)
+@pytest.mark.parametrize("url", ["http://127.0.0.1/", "http://2130706433/", "http://127.1/", "http://[::ffff:127.0.0.1]/"])
 def test_allow_listed_network_admits_its_addresses(url: str) -> None:
     """An operator's CIDR allow-list admits its addresses in any spelling, IPv4-mapped included."""
     assert check_url(url, FetchPolicy(allow=("127.0.0.0/8",))).addresses

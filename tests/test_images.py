@@ -67,9 +67,7 @@ def test_other_formats_are_refused(fmt: str) -> None:
     assert decode_error(solid(fmt)).code is ErrorCode.BAD_IMAGE
 
 
-@pytest.mark.parametrize(
-    "data", [b"", b"hello, world", b"\x00" * 100, b"%PDF-1.4\n"], ids=["empty", "text", "zeros", "pdf"]
-)
+@pytest.mark.parametrize("data", [b"", b"hello, world", b"\x00" * 100, b"%PDF-1.4\n"], ids=["empty", "text", "zeros", "pdf"])
 def test_non_image_bytes_are_refused(data: bytes) -> None:
     """Bytes that are not an image at all are refused as bad_image."""
     assert decode_error(data).code is ErrorCode.BAD_IMAGE

@@ -50,9 +50,7 @@ def install_routes(app: Any, policy: FetchPolicy | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def api(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
-    settings = Settings(
-        api_key=API_KEY, max_frame_bytes=2 << 20, max_image_bytes=1 << 20, adapters=f"tuned={demo_dirs.adapter}"
-    )
+    settings = Settings(api_key=API_KEY, max_frame_bytes=2 << 20, max_image_bytes=1 << 20, adapters=f"tuned={demo_dirs.adapter}")
     running = start_server(demo_dirs.model, settings)
     install_routes(running.app)
     yield running
@@ -86,9 +84,7 @@ def post(api: RunningServer, body: Any, key: str | None = API_KEY, **kwargs: Any
 
 
 def greedy(client: OpenAI, messages: Any = HELLO, max_tokens: int = 12, **kwargs: Any) -> Any:
-    return client.chat.completions.create(
-        model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0, **kwargs
-    )
+    return client.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0, **kwargs)
 
 
 def data_uri(fmt: str) -> str:
@@ -218,9 +214,7 @@ def test_sampling_options_take_effect(client: OpenAI) -> None:
 
     def sample(**kwargs: Any) -> Any:
         return (
-            client.chat.completions.create(
-                model=MODEL, messages=HELLO, max_tokens=16, temperature=1.0, top_p=1.0, **kwargs
-            )
+            client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=16, temperature=1.0, top_p=1.0, **kwargs)
             .choices[0]
             .message.content
         )
@@ -351,9 +345,7 @@ def test_api_key_is_enforced(api: RunningServer) -> None:
 # ---- cancellation ------------------------------------------------------------------------------
 
 
-def test_client_leaving_a_stream_stops_generation(
-    client: OpenAI, api: RunningServer, submitted: list[GenerationRequest]
-) -> None:
+def test_client_leaving_a_stream_stops_generation(client: OpenAI, api: RunningServer, submitted: list[GenerationRequest]) -> None:
     """Dropping a long stream cancels its turn: the engine goes idle long before max_tokens."""
     stream = greedy(client, max_tokens=2000, stream=True)
     assert len(list(itertools.islice(stream, 5))) == 5
@@ -383,9 +375,7 @@ def test_adapter_model_id_changes_greedy_output(client: OpenAI) -> None:
     assert adapters, "the engine serves no adapters"
     base = greedy(client, max_tokens=16).choices[0].message.content
     tuned = (
-        client.chat.completions.create(model=adapters[0], messages=HELLO, max_tokens=16, temperature=0)
-        .choices[0]
-        .message.content
+        client.chat.completions.create(model=adapters[0], messages=HELLO, max_tokens=16, temperature=0).choices[0].message.content
     )
     assert tuned != base
 

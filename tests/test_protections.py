@@ -9,7 +9,8 @@ import json
 import os
 import signal
 import urllib.request
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgpack
 import pytest
@@ -203,7 +204,9 @@ async def test_handler_bug_closes_only_that_connection_with_1011(server: Running
     assert result.done
 
 
-async def test_generation_failure_gives_error_and_done_then_next_turn_works(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_generation_failure_gives_error_and_done_then_next_turn_works(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An exception inside generation ends that turn with `error` generation and a `done`; the next turn works."""
     prompt = server.engine.loaded.prompt
     original = prompt.build

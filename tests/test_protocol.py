@@ -324,10 +324,7 @@ def test_unknown_type_without_id_has_no_id() -> None:
 
 def test_client_types_match_the_frame_tags() -> None:
     """CLIENT_TYPES lists exactly the tags of the client frame structs."""
-    tags = {
-        f.__struct_config__.tag
-        for f in (TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame)
-    }
+    tags = {f.__struct_config__.tag for f in (TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame)}
     assert tags == set(CLIENT_TYPES)
 
 

@@ -200,9 +200,7 @@ def test_images_are_sent_as_binary_attachments(server: RunningServer, open_chat:
     save_screenshot(chat.page, "web-chat.png")
 
 
-def test_drop_and_paste_attach_images_up_to_the_servers_limit(
-    demo_dirs: DemoDirs, open_chat: Callable[..., Chat]
-) -> None:
+def test_drop_and_paste_attach_images_up_to_the_servers_limit(demo_dirs: DemoDirs, open_chat: Callable[..., Chat]) -> None:
     """Dropped and pasted images join the thumbnails; one past `max_images_per_turn` is refused."""
     running = start_server(demo_dirs.model, Settings(max_images_per_turn=2))
     try:
@@ -313,9 +311,7 @@ def test_reconnects_to_a_restarted_server_as_a_new_session(
                 running.stop()
 
 
-def test_phone_width_has_no_sideways_scroll_and_labelled_controls(
-    server: RunningServer, open_chat: Callable[..., Chat]
-) -> None:
+def test_phone_width_has_no_sideways_scroll_and_labelled_controls(server: RunningServer, open_chat: Callable[..., Chat]) -> None:
     """At phone width nothing overflows sideways, and every form control has an accessible name."""
     chat = open_chat(server, viewport=PHONE)
     chat.page.click("#settings-toggle")

@@ -68,7 +68,7 @@ async def test_cancel_mid_stream_records_partial_reply(server: RunningServer) ->
     """`cancel` stops the turn early with finish_reason cancelled; the partial reply joins the history."""
     async with GatewayClient(server.ws_url) as client:
         await client.start_turn("c1", "tell me a long story", max_tokens=1500, **GREEDY)
-        while (frame := await client.recv())["type"] != "token":
+        while (await client.recv())["type"] != "token":
             pass
         await client.send({"type": "cancel", "id": "c1"})
         result = await client.collect("c1")

@@ -51,7 +51,7 @@ class Batch:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.sequences: list[Sequence] = []
-        self.cache: DynamicCache | None = None
+        self.cache: Any = None  # a DynamicCache whose layers are all plain DynamicLayers
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
         self._rope = _rope_index_owner(loaded.model)
 
@@ -81,7 +81,7 @@ class Batch:
             **extras,
             **self._adapter_args(seqs),
         )
-        for row, (seq, item) in enumerate(zip(seqs, inputs)):
+        for seq, item in zip(seqs, inputs):
             seq.prompt_tokens = item.prompt_tokens
             seq.position = item.prompt_tokens + delta
             seq.generator = make_generator(seq.request.params, device)
@@ -155,7 +155,8 @@ class Batch:
         self.cache = _cache_of(out)
         for seq in self.sequences:
             seq.position += 1
-        return out.logits[:, -1]
+        logits: torch.Tensor = out.logits[:, -1]
+        return logits
 
     def keep(self, keep: list[int]) -> None:
         """Drop every sequence not listed (finished or cancelled), freeing its share of the cache."""

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 DEMO_VERSION = "2"
 DemoSize = Literal["tiny", "small"]
@@ -84,7 +84,7 @@ def _build_tokenizer(out_dir: Path, vocab_size: int) -> None:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         eos_token="<|endoftext|>",
         pad_token="<pad>",
@@ -97,8 +97,8 @@ def _build_tokenizer(out_dir: Path, vocab_size: int) -> None:
 def _model_config(tokenizer_dir: Path, size: DemoSize) -> object:
     from transformers import AutoTokenizer, Glm4vConfig
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    tok: Any = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids: dict[str, int] = {t: int(tok.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}
     hidden, layers, heads, inter = (64, 2, 4, 128) if size == "tiny" else (512, 10, 8, 1536)  # small: ~30M
     head_dim = hidden // heads
     rotary_half = head_dim // 4  # head_dim * partial_rotary_factor(0.5) / 2
@@ -146,23 +146,21 @@ def _model_config(tokenizer_dir: Path, size: DemoSize) -> object:
 def _save_image_processor(out_dir: Path) -> None:
     from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
 
-    processor = Glm4vImageProcessorPil(
-        size={"shortest_edge": IMAGE_MIN_PIXELS, "longest_edge": IMAGE_MAX_PIXELS}
-    )
+    processor = Glm4vImageProcessorPil(size={"shortest_edge": IMAGE_MIN_PIXELS, "longest_edge": IMAGE_MAX_PIXELS})
     processor.save_pretrained(out_dir)
 
 
 def write_demo_model(out_dir: Path, size: DemoSize = "tiny", seed: int = 0) -> Path:
     """Write the demo model (config, weights, tokenizer, image processor) to `out_dir`."""
     import torch
-    from transformers import Glm4vForConditionalGeneration, GenerationConfig
+    from transformers import GenerationConfig, Glm4vForConditionalGeneration
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _build_tokenizer(out_dir, vocab_size=1024 if size == "tiny" else 4096)
     config = _model_config(out_dir, size)
     torch.manual_seed(seed)
     model = Glm4vForConditionalGeneration(config)  # type: ignore[arg-type]
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         eos_token_id=config.text_config.eos_token_id,  # type: ignore[attr-defined]
         pad_token_id=config.text_config.pad_token_id,  # type: ignore[attr-defined]
     )
@@ -186,7 +184,7 @@ def write_demo_adapter(model_dir: Path, out_dir: Path, seed: int = 1) -> Path:
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:  # peft zero-initialises B, which would make the adapter a no-op
                 param.normal_(0.0, 0.5)
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(str(out_dir))
     config_path = out_dir / "adapter_config.json"
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = str(model_dir.resolve())
@@ -226,10 +224,10 @@ def write_text_model(out_dir: Path, seed: int = 0) -> Path:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _build_tokenizer(out_dir, vocab_size=1024)
-    tok = AutoTokenizer.from_pretrained(out_dir)
+    tok: Any = AutoTokenizer.from_pretrained(out_dir)
     tok.chat_template = TEXT_CHAT_TEMPLATE
     tok.save_pretrained(out_dir)
-    eos = [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|user|>")]
+    eos = [int(tok.convert_tokens_to_ids(t)) for t in ("<|endoftext|>", "<|user|>")]
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=64,
@@ -239,7 +237,7 @@ def write_text_model(out_dir: Path, seed: int = 0) -> Path:
         num_key_value_heads=2,
         max_position_embeddings=2048,
         eos_token_id=eos,
-        pad_token_id=tok.convert_tokens_to_ids("<pad>"),
+        pad_token_id=int(tok.convert_tokens_to_ids("<pad>")),
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out_dir)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 # Decode a short window behind the new tokens so tokenizers that merge spaces and byte pieces
 # across token boundaries still produce the right delta.

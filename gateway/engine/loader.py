@@ -147,7 +147,7 @@ def _load_weights(source: Path, dtype: torch.dtype, trust_remote_code: bool) -> 
 def _load_prompt_builder(source: Path, model: Any, vision: bool, trust_remote_code: bool) -> tuple[Any, PromptBuilder]:
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    tokenizer: Any = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.chat_template is None and (source / "chat_template.jinja").exists():
         tokenizer.chat_template = (source / "chat_template.jinja").read_text()
     if tokenizer.chat_template is None:
@@ -156,8 +156,8 @@ def _load_prompt_builder(source: Path, model: Any, vision: bool, trust_remote_co
     image_token_id = None
     if vision:
         # The PIL backend needs no torchvision, which this gateway does not require.
-        image_processor = AutoImageProcessor.from_pretrained(source, backend="pil")
-        image_token_id = getattr(model.config, "image_token_id", None) or tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        image_processor = AutoImageProcessor.from_pretrained(source, backend="pil")  # type: ignore[no-untyped-call]
+        image_token_id = int(getattr(model.config, "image_token_id", None) or tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     return tokenizer, PromptBuilder(tokenizer, image_processor, image_token_id)
 
 

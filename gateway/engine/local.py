@@ -7,9 +7,10 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
-from typing import Any, Callable
-from typing import Sequence as Seq
+from typing import Any
 
 import torch
 
@@ -143,7 +144,7 @@ class LocalEngine:
             cancelled = [j for j in self._waiting if j.request.handle.cancelled.is_set()]
             for job in cancelled:
                 self._waiting.remove(job)
-            admitted = []
+            admitted: list[_Job] = []
             while self._waiting and active + len(admitted) < self.max_batch and len(admitted) < self.max_prefills_per_step:
                 admitted.append(self._waiting.popleft())
             self._active = active + len(admitted)

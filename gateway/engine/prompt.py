@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -55,8 +56,8 @@ class PromptBuilder:
             extras["pixel_values"] = processed["pixel_values"]
             extras["image_grid_thw"] = grid
         ids = torch.tensor([self._tokenize(self._expand(text, counts))], dtype=torch.long)
-        if images:
-            extras["mm_token_type_ids"] = (ids == self.image_token_id).to(torch.int32)
+        if images and self.image_token_id is not None:
+            extras["mm_token_type_ids"] = torch.eq(ids, self.image_token_id).to(torch.int32)
         return ModelInputs(input_ids=ids, extras=extras)
 
     def _render(self, messages: Sequence[ChatMessage]) -> str:

@@ -27,9 +27,7 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return logits.scatter(-1, seen, scores)
 
 
-def choose_token(
-    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, generator: torch.Generator | None
-) -> int:
+def choose_token(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, generator: torch.Generator | None) -> int:
     """Pick the next token id from one row of logits (shape [vocab])."""
     logits = apply_repetition_penalty(logits.float(), seen, params.repetition_penalty)
     if params.greedy:
