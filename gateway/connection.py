@@ -59,10 +59,13 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
         "max_stop_strings": settings.max_stop_strings,
         "max_tokens": settings.max_tokens_limit,
         "context_tokens": engine.context_tokens,
+        "max_connections": settings.max_connections,
+        "max_connections_per_client": settings.max_connections_per_client,
         "frames_per_second": int(settings.frames_per_second),
         "turns_per_minute": int(settings.turns_per_minute),
         "idle_timeout_s": int(settings.idle_timeout_s),
         "keepalive_interval_s": int(settings.keepalive_interval_s),
+        "keepalive_timeout_s": int(settings.keepalive_timeout_s),
         "send_timeout_s": int(settings.send_timeout_s),
     }
 
@@ -135,7 +138,7 @@ class Connection:
         self.engine = engine
         self.metrics = metrics
         self.session = Session(max_history_turns=settings.max_history_turns)
-        self.log = logging.LoggerAdapter(log, {"session": self.session.id})
+        self.log = SessionLog(log, {"session": self.session.id})
         self.outbox = Outbox(settings.max_outbox_frames)
         self.json_mode = False  # answer in the encoding the client last used
         self.active: ActiveTurn | None = None
@@ -151,6 +154,8 @@ class Connection:
 
     async def run(self, subprotocol: str | None) -> None:
         await self.websocket.accept(subprotocol=subprotocol)
+        client = self.websocket.client
+        self.log.info("opened from %s", f"{client.host}:{client.port}" if client else "?")
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
         self.outbox.put(self._ready_frame())
@@ -163,7 +168,7 @@ class Connection:
         except ConnectionClosing as exc:
             await self._close(exc.code, exc.reason)
         except Exception:  # a bug in this connection's handling closes only this connection
-            self.log.exception("session %s: handler failed", self.session.id)
+            self.log.exception("handler failed")
             await self._close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             if self.active is not None:
@@ -173,6 +178,8 @@ class Connection:
             if self._closing is not None:
                 await self._close(self._closing.code, self._closing.reason)
             self.metrics.connections.dec()
+            reason = self._closing.reason if self._closing else "client left"
+            self.log.info("closed (%s); %d exchanges in history", reason, len(self.session.exchanges))
 
     def stop(self, code: CloseCode, reason: str) -> None:
         """End the connection from outside (the writer, the server's drain): send `closing`, then close."""
@@ -376,6 +383,13 @@ class Connection:
             await asyncio.wait_for(self.websocket.close(code=int(code), reason=reason), 1.0)
         except Exception:  # the socket may already be gone; closing is best effort
             pass
+
+
+class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Every line a connection logs starts with its session id (the one `ready` told the client)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"session {self.extra['session'] if self.extra else '?'}: {msg}", kwargs
 
 
 class RateLimited(GatewayError):
