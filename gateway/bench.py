@@ -256,7 +256,10 @@ def run_bench(args: Any) -> dict[str, Any]:
             "frames_per_s": round(many.frames_per_s, 1),
         }
         if args.sessions > 1 and args.engine == "real":
-            report["late_joiner"] = asyncio.run(late_joiner(config))
+            joiner = asyncio.run(late_joiner(config))
+            # the target: its own prefill (a lone turn's TTFT) plus two decode steps of the full batch
+            budget = single.ttft_ms["p50"] + 2 * many.itl_ms["p50"]
+            report["late_joiner"] = {**joiner, "budget_ms": round(budget, 3), "within_budget": joiner["ttft_ms"] <= budget}
     if args.baseline and model_dir and args.engine == "real":
         base = baselines(model_dir, args.sessions, args.max_tokens, args.prompt_words, args.images)
         report["baselines"] = base
