@@ -64,17 +64,11 @@ class ResetFrame(_Frame, tag="reset"):
     id: TurnId | None = None
 
 
-class ConfigureFrame(_Frame, tag="configure"):
+class ConfigureFrame(_Frame, SamplingOptions, tag="configure"):
+    """Session defaults: every sampling option, flat in the frame, plus the system prompt."""
+
     id: TurnId | None = None
     system: Annotated[str, Meta(max_length=32_000)] | None = None
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    top_k: TopK | None = None
-    max_tokens: MaxTokens | None = None
-    repetition_penalty: RepetitionPenalty | None = None
-    stop: list[StopString] | None = None
-    seed: Seed | None = None
-    ignore_eos: bool | None = None
 
 
 class HistoryRequestFrame(_Frame, tag="history"):
