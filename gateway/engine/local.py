@@ -113,10 +113,11 @@ class LocalEngine:
         batch = Batch(self.loaded)
         while True:
             admitted, cancelled, still_waiting = self._next_admissions(len(batch))
-            if admitted is None:
-                break
             for job in cancelled:
                 self._finish(self._sequence(job), "cancelled")
+            if admitted is None:
+                self._flush()
+                break
             if admitted:
                 self._prefill(batch, admitted)
             for position, job in enumerate(still_waiting, start=1):
@@ -137,10 +138,7 @@ class LocalEngine:
             if self._stopping:
                 cancelled = list(self._waiting)
                 self._waiting.clear()
-                if not active:
-                    self._flush_cancelled(cancelled)
-                    return None, [], []
-                return [], cancelled, []
+                return (None if not active else []), cancelled, []
             cancelled = [j for j in self._waiting if j.request.handle.cancelled.is_set()]
             for job in cancelled:
                 self._waiting.remove(job)
@@ -150,11 +148,6 @@ class LocalEngine:
             self._active = active + len(admitted)
             moved = admitted or cancelled
             return admitted, cancelled, list(self._waiting) if moved else []
-
-    def _flush_cancelled(self, jobs: list[_Job]) -> None:
-        for job in jobs:
-            self._finish(self._sequence(job), "cancelled")
-        self._flush()
 
     def _sequence(self, job: _Job) -> Sequence:
         return Sequence(request=job.request, stream=TextStream(self.loaded.tokenizer, job.request.params.stop), job=job)
