@@ -164,26 +164,29 @@ class Connection:
         try:
             await self._read_loop()
         except (WebSocketDisconnect, asyncio.CancelledError):
-            pass
+            pass  # the client left, or stop() cancelled us to close with its reason
         except ConnectionClosing as exc:
-            await self._close(exc.code, exc.reason)
+            self._closing = self._closing or exc
         except Exception:  # a bug in this connection's handling closes only this connection
             self.log.exception("handler failed")
-            await self._close(CloseCode.INTERNAL_ERROR, "internal error")
+            self._closing = self._closing or ConnectionClosing(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             if self.active is not None:
                 self.active.handle.cancel()  # a vanished client's turn stops at the next token
+            if self._closing is not None:  # before the writer goes: cancelling a send mid-frame breaks the socket
+                await self._close(self._closing.code, self._closing.reason)
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
-            if self._closing is not None:
-                await self._close(self._closing.code, self._closing.reason)
             self.metrics.connections.dec()
             reason = self._closing.reason if self._closing else "client left"
             self.log.info("closed (%s); %d exchanges in history", reason, len(self.session.exchanges))
 
     def stop(self, code: CloseCode, reason: str) -> None:
-        """End the connection from outside (the writer, the server's drain): send `closing`, then close."""
-        self._closing = self._closing or ConnectionClosing(code, reason)
+        """End the connection from outside (the writer, the server's drain): `closing`, then close.
+        Only the first reason counts, and the reader is cancelled once."""
+        if self._closing is not None:
+            return
+        self._closing = ConnectionClosing(code, reason)
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
 
