@@ -151,6 +151,7 @@ class Connection:
         self._strikes = 0  # frames refused by the rate limit in a row
         self._closing: ConnectionClosing | None = None
         self._reader: asyncio.Task[Any] | None = None
+        self._finishing = False
 
     async def run(self, subprotocol: str | None) -> None:
         await self.websocket.accept(subprotocol=subprotocol)
@@ -171,10 +172,16 @@ class Connection:
             self.log.exception("handler failed")
             self._closing = self._closing or ConnectionClosing(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
+            self._finishing = True  # from here on stop() must not cancel us: cleanup has to complete
+            await self._clean_up(writer)
+
+    async def _clean_up(self, writer: asyncio.Task[None]) -> None:
+        try:
             if self.active is not None:
                 self.active.handle.cancel()  # a vanished client's turn stops at the next token
             if self._closing is not None:  # before the writer goes: cancelling a send mid-frame breaks the socket
                 await self._close(self._closing.code, self._closing.reason)
+        finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             self.metrics.connections.dec()
@@ -184,7 +191,7 @@ class Connection:
     def stop(self, code: CloseCode, reason: str) -> None:
         """End the connection from outside (the writer, the server's drain): `closing`, then close.
         Only the first reason counts, and the reader is cancelled once."""
-        if self._closing is not None:
+        if self._closing is not None or self._finishing:
             return
         self._closing = ConnectionClosing(code, reason)
         if self._reader is not None and not self._reader.done():
