@@ -241,6 +241,9 @@ class Connection:
             self.stop(exc.code, exc.reason)
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.stop(CloseCode.GOING_AWAY, "connection lost")
+        except Exception:  # a frame that cannot be encoded is our bug: never leave a silent connection
+            self.log.exception("writer failed")
+            self.stop(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _send(self, frame: p.ServerFrame) -> None:
         payload = p.encode(frame, self.json_mode)
@@ -379,20 +382,47 @@ class Connection:
             vision=self.engine.vision,
         )
 
+    def _abort_transport(self) -> None:
+        """A client that stopped reading never drains the bytes it is owed, and a graceful close waits
+        for exactly that: drop the socket and its buffers instead (no close frame: it would not read one)."""
+        transport = _server_transport(self.websocket)
+        if transport is not None:
+            transport.abort()
+        else:
+            self.log.warning("cannot reach the transport to abort a slow consumer; it closes when TCP gives up")
+
     def send_error(self, code: ErrorCode, message: str, frame_id: str | None, retry_after_ms: int | None = None) -> None:
         self.metrics.errors.labels(code.value).inc()
         self.outbox.put(p.ErrorFrame(code=code.value, message=message, id=frame_id, retry_after_ms=retry_after_ms))
 
     async def _close(self, code: CloseCode, reason: str) -> None:
         """Best effort: a `closing` frame, then the close handshake, each within a short deadline."""
+        if code == CloseCode.SLOW_CONSUMER:
+            self._abort_transport()
+            return
         try:
-            if code != CloseCode.SLOW_CONSUMER:  # a client that does not read would not see it
-                payload = p.encode(p.ClosingFrame(code=int(code), reason=reason), self.json_mode)
-                send = self.websocket.send_text(payload) if isinstance(payload, str) else self.websocket.send_bytes(payload)
-                await asyncio.wait_for(send, 1.0)
+            payload = p.encode(p.ClosingFrame(code=int(code), reason=reason), self.json_mode)
+            send = self.websocket.send_text(payload) if isinstance(payload, str) else self.websocket.send_bytes(payload)
+            await asyncio.wait_for(send, 1.0)
             await asyncio.wait_for(self.websocket.close(code=int(code), reason=reason), 1.0)
         except Exception:  # the socket may already be gone; closing is best effort
             pass
+
+
+def _server_transport(websocket: WebSocket) -> Any:
+    """The TCP transport under a uvicorn WebSocket. ASGI hides it, so follow the `send` callable:
+    middleware wraps it in closures, and at the bottom is a method of uvicorn's protocol object."""
+    pending: list[Any] = [getattr(websocket, "_send", None)]
+    for _ in range(16):  # a few wrappers deep at most; never loop on odd objects
+        if not pending:
+            break
+        candidate = pending.pop()
+        transport = getattr(candidate, "transport", None)
+        if transport is not None:
+            return transport
+        pending.append(getattr(candidate, "__self__", None))
+        pending.extend(c.cell_contents for c in getattr(candidate, "__closure__", None) or ())
+    return None
 
 
 class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -59,7 +59,7 @@ def decode_image(data: bytes, limits: ImageLimits, index: int = 0) -> DecodedIma
         raise GatewayError(ErrorCode.TOO_LARGE, f"{label} declares more than {limits.max_pixels} pixels") from None
     except UnidentifiedImageError:
         raise GatewayError(ErrorCode.BAD_IMAGE, f"{label} is not a decodable JPEG, PNG, WebP or GIF image") from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError):
+    except Exception:  # Pillow raises IndexError, struct.error, ... on damaged files: all mean corrupt
         raise GatewayError(ErrorCode.BAD_IMAGE, f"{label} is truncated or corrupt") from None
     return DecodedImage(
         data=data,

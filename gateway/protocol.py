@@ -225,7 +225,7 @@ def decode(data: bytes | str) -> ClientFrame:
         raise GatewayError(ErrorCode.BAD_FRAME, "not valid msgpack") from None
     if not isinstance(raw, dict):
         raise GatewayError(ErrorCode.BAD_FRAME, "a frame must be a map with a `type` field")
-    frame_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    frame_id = _echoable_id(raw.get("id"))
     frame_type = raw.get("type")
     if frame_type not in CLIENT_TYPES:
         raise GatewayError(
@@ -237,7 +237,10 @@ def decode(data: bytes | str) -> ClientFrame:
         if isinstance(data, bytes):
             return msgspec.convert(raw, ClientFrame)  # type: ignore[no-any-return]
         # JSON carries attachments as base64 strings; the typed decoder turns them into bytes.
-        return msgspec.json.decode(data, type=ClientFrame)  # type: ignore[no-any-return]
+        frame = msgspec.json.decode(data, type=ClientFrame)
+        if not _is_valid_unicode(raw):  # "\ud800" escapes are legal JSON but not text we can store
+            raise GatewayError(ErrorCode.BAD_FRAME, "a string holds a lone UTF-16 surrogate", frame_id)
+        return frame  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         raise GatewayError(ErrorCode.INVALID_FIELD, str(exc), frame_id) from None
     except msgspec.DecodeError as exc:
@@ -263,6 +266,32 @@ def decode_server(data: bytes | str) -> ServerFrame:
     if isinstance(data, bytes):
         return msgspec.msgpack.decode(data, type=ServerFrame)  # type: ignore[no-any-return]
     return msgspec.json.decode(data, type=ServerFrame)  # type: ignore[no-any-return]
+
+
+def _is_valid_unicode(value: Any) -> bool:
+    """Every string in an already schema-checked (so shallow) JSON value encodes as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_is_valid_unicode(k) and _is_valid_unicode(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_valid_unicode(v) for v in value)
+    return True
+
+
+def _echoable_id(value: Any) -> str | None:
+    """A client's id is echoed in errors only when it is a valid id (JSON can smuggle lone surrogates)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def _short(exc: BaseException) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import secrets
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,15 +38,19 @@ class PromptBuilder:
         self.image_processor = image_processor
         self.image_token_id = image_token_id
         self.vision = image_processor is not None and image_token_id is not None
+        # Message texts enter the template as unguessable markers, so that no text a client sends can
+        # become a special token (a forged role tag, end of text or image placeholder).
+        nonce = secrets.token_hex(8)
+        self._marker = "<<text-{nonce}-{index}>>".replace("{nonce}", nonce)
+        self._marker_pattern = re.compile(re.escape(f"<<text-{nonce}-") + r"(\d+)>>")
 
     def count(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt length in tokens, without touching pixels (image token counts come from sizes)."""
-        text = self._render(messages)
+        self._check_images(messages)
         sizes = [(img.height, img.width) for m in messages for img in m.images]
-        return len(self._tokenize(self._expand(text, [self.image_tokens(h, w) for h, w in sizes])))
+        return len(self._token_ids(messages, [self.image_tokens(h, w) for h, w in sizes]))
 
     def build(self, messages: Sequence[ChatMessage]) -> ModelInputs:
-        text = self._render(messages)
         images = [img.pixels for m in messages for img in m.images]
         extras: dict[str, torch.Tensor] = {}
         counts: list[int] = []
@@ -55,30 +61,50 @@ class PromptBuilder:
             counts = [int(g.prod().item()) // merge for g in grid]
             extras["pixel_values"] = processed["pixel_values"]
             extras["image_grid_thw"] = grid
-        ids = torch.tensor([self._tokenize(self._expand(text, counts))], dtype=torch.long)
+        ids = torch.tensor([self._token_ids(messages, counts)], dtype=torch.long)
         if images and self.image_token_id is not None:
             extras["mm_token_type_ids"] = torch.eq(ids, self.image_token_id).to(torch.int32)
         return ModelInputs(input_ids=ids, extras=extras)
 
-    def _render(self, messages: Sequence[ChatMessage]) -> str:
+    def _token_ids(self, messages: Sequence[ChatMessage], counts: list[int]) -> list[int]:
+        """The template's own text is tokenized with its special tokens; each message's text with
+        special tokens split into plain pieces; each image placeholder repeated `counts[i]` times."""
+        pieces = self._marker_pattern.split(self._render(messages))
+        ids: list[int] = []
+        images = iter(counts)
+        for i, piece in enumerate(pieces):
+            if i % 2:  # a marker's index: that message's text, never special
+                ids += self._tokenize(messages[int(piece)].text, split_special_tokens=True)
+            else:
+                ids += self._tokenize(self._expand(piece, images))
+        if next(images, None) is not None:
+            raise GatewayError(ErrorCode.INTERNAL, "the chat template placed fewer images than the messages hold")
+        return ids
+
+    def _check_images(self, messages: Sequence[ChatMessage]) -> None:
         if any(m.images for m in messages) and not self.vision:
             raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, "the served model is text-only; send turns without images")
-        chat = [self._template_message(m) for m in messages]
+
+    def _render(self, messages: Sequence[ChatMessage]) -> str:
+        self._check_images(messages)
+        chat = [self._template_message(m, self._marker.replace("{index}", str(i))) for i, m in enumerate(messages)]
         return str(self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
 
-    def _template_message(self, message: ChatMessage) -> dict[str, Any]:
+    def _template_message(self, message: ChatMessage, text: str) -> dict[str, Any]:
         if not self.vision:
-            return {"role": message.role, "content": message.text}
+            return {"role": message.role, "content": text}
         parts: list[dict[str, Any]] = [{"type": "image"} for _ in message.images]
-        parts.append({"type": "text", "text": message.text})
+        parts.append({"type": "text", "text": text})
         return {"role": message.role, "content": parts}
 
-    def _expand(self, text: str, counts: list[int]) -> str:
+    def _expand(self, text: str, counts: Iterator[int]) -> str:
+        """Each image placeholder the template wrote, repeated once per token that image takes."""
         pieces = text.split(IMAGE_TOKEN)
-        if len(pieces) - 1 != len(counts):
-            raise GatewayError(ErrorCode.INTERNAL, "the chat template placed a different number of images")
         out = [pieces[0]]
-        for count, piece in zip(counts, pieces[1:]):
+        for piece in pieces[1:]:
+            count = next(counts, None)
+            if count is None:
+                raise GatewayError(ErrorCode.INTERNAL, "the chat template placed more images than the messages hold")
             out.append(IMAGE_TOKEN * count)
             out.append(piece)
         return "".join(out)
@@ -90,6 +116,9 @@ class PromptBuilder:
             raise GatewayError(ErrorCode.BAD_IMAGE, f"image of {width}x{height} rejected by the model: {exc}") from None
         return int(patches) // int(self.image_processor.merge_size) ** 2  # type: ignore[union-attr]
 
-    def _tokenize(self, text: str) -> list[int]:
+    def _tokenize(self, text: str, split_special_tokens: bool = False) -> list[int]:
         # The template already wrote every special token; adding BOS/EOS again would change the prompt.
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not text:
+            return []
+        encoded = self.tokenizer(text, add_special_tokens=False, split_special_tokens=split_special_tokens)
+        return list(encoded["input_ids"])
