@@ -235,7 +235,8 @@ def decode(data: bytes | str) -> ClientFrame:
         )
     try:
         if isinstance(data, bytes):
-            return msgspec.convert(raw, ClientFrame)  # type: ignore[no-any-return]
+            # builtin_types: msgpack attachments must be `bin`; a base64 str is JSON's way only
+            return msgspec.convert(raw, ClientFrame, builtin_types=(bytes,))  # type: ignore[no-any-return]
         # JSON carries attachments as base64 strings; the typed decoder turns them into bytes.
         frame = msgspec.json.decode(data, type=ClientFrame)
         if not _is_valid_unicode(raw):  # "\ud800" escapes are legal JSON but not text we can store

@@ -554,3 +554,10 @@ def _jsonable(value: Any) -> Any:
 def test_arbitrary_json_objects_only_raise_gateway_error(value: Any) -> None:
     """Any JSON document either decodes to a client frame or raises GatewayError."""
     _decode_or_gateway_error(json.dumps(_jsonable(value)))
+
+
+def test_msgpack_images_must_be_bin_not_base64_text() -> None:
+    """In msgpack an attachment is `bin`; a base64 string (JSON's encoding) is a mistyped field."""
+    with pytest.raises(GatewayError) as caught:
+        protocol.decode(msgpack.packb({"type": "turn", "id": "t", "images": ["eHg="]}))
+    assert caught.value.code is ErrorCode.INVALID_FIELD
