@@ -107,6 +107,8 @@ const HANDLERS = {
   configured: onConfigured,
   reset: onReset,
   pong: () => {},
+  queued: onQueued,
+  closing: onClosing,
 };
 
 function onReady(frame) {
@@ -132,7 +134,18 @@ function onAccepted(frame) {
   }
 }
 
+function onQueued(frame) {
+  // Every slot on the model is busy: say where this turn waits until its first token arrives.
+  if (state.running?.id === frame.id) setStatus("connected", `Connected · waiting, position ${frame.position}`);
+}
+
+function onClosing(frame) {
+  // The server says why it is about to close; the reconnect logic takes it from there.
+  addNotice(`The server is closing this connection: ${frame.reason} (${frame.code}).`);
+}
+
 function onToken(frame) {
+  if (ui.statusText.textContent.includes("waiting")) setStatus("connected", "Connected");
   const turn = state.turns.get(frame.id);
   if (!turn) return;
   const follow = isNearBottom();
