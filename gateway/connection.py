@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,10 @@ from gateway.errors import CloseCode, ErrorCode, GatewayError
 from gateway.fetch import image_url_bytes
 from gateway.images import DecodedImage, ImageLimits, decode_image
 from gateway.metrics import Metrics
+from gateway.outbox import ConnectionClosing, Outbox
 from gateway.ratelimit import TokenBucket
+from gateway.replies import done_frame, limits_of, server_defaults
+from gateway.server import transport_of
 from gateway.session import Session, UserTurn, resolve_params
 from gateway.url_guard import FetchPolicy
 
@@ -25,81 +27,6 @@ log = logging.getLogger("gateway.ws")
 
 MSGPACK_SUBPROTOCOL = "gateway.msgpack"
 JSON_SUBPROTOCOL = "gateway.json"
-
-
-class ConnectionClosing(Exception):
-    """Raised inside the connection to end it with a close code of ours."""
-
-    def __init__(self, code: CloseCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-def server_defaults(settings: Settings) -> p.SamplingOptions:
-    return p.SamplingOptions(
-        temperature=settings.default_temperature,
-        top_p=settings.default_top_p,
-        top_k=settings.default_top_k,
-        max_tokens=settings.default_max_tokens,
-        repetition_penalty=settings.default_repetition_penalty,
-        ignore_eos=False,
-    )
-
-
-def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
-    """The limits a client must respect, as announced in `ready`."""
-    return {
-        "max_frame_bytes": settings.max_frame_bytes,
-        "max_image_bytes": settings.max_image_bytes,
-        "max_image_pixels": settings.max_image_pixels,
-        "max_images_per_turn": settings.max_images_per_turn if engine.vision else 0,
-        "max_text_chars": settings.max_text_chars,
-        "max_history_turns": settings.max_history_turns,
-        "max_stop_strings": settings.max_stop_strings,
-        "max_tokens": settings.max_tokens_limit,
-        "context_tokens": engine.context_tokens,
-        "max_connections": settings.max_connections,
-        "max_connections_per_client": settings.max_connections_per_client,
-        "frames_per_second": int(settings.frames_per_second),
-        "turns_per_minute": int(settings.turns_per_minute),
-        "idle_timeout_s": int(settings.idle_timeout_s),
-        "keepalive_interval_s": int(settings.keepalive_interval_s),
-        "keepalive_timeout_s": int(settings.keepalive_timeout_s),
-        "send_timeout_s": int(settings.send_timeout_s),
-    }
-
-
-class Outbox:
-    """Frames waiting for the writer. Token deltas for the same turn merge while they wait, so a slow
-    reader gets fewer, larger frames; past `max_frames` the reader is too slow and is closed."""
-
-    def __init__(self, max_frames: int) -> None:
-        self._frames: collections.deque[p.ServerFrame] = collections.deque()
-        self._ready = asyncio.Event()
-        self._max_frames = max_frames
-        self.overflowed = False
-
-    def put(self, frame: p.ServerFrame) -> None:
-        last = self._frames[-1] if self._frames else None
-        if isinstance(frame, p.TokenFrame) and isinstance(last, p.TokenFrame) and last.id == frame.id:
-            self._frames[-1] = p.TokenFrame(id=frame.id, text=last.text + frame.text)
-        elif len(self._frames) >= self._max_frames:
-            self.overflowed = True
-        else:
-            self._frames.append(frame)
-        self._ready.set()
-
-    async def get(self) -> p.ServerFrame:
-        while not self._frames:
-            if self.overflowed:
-                raise ConnectionClosing(CloseCode.SLOW_CONSUMER, "client is not reading")
-            self._ready.clear()
-            await self._ready.wait()
-        return self._frames.popleft()
-
-    def __len__(self) -> int:
-        return len(self._frames)
 
 
 @dataclass
@@ -328,7 +255,7 @@ class Connection:
             self.send_error(ErrorCode.GENERATION, result.error or "generation failed", active.turn.id)
         else:
             self.session.record(active.turn, result.text, result.finish_reason == "cancelled", active.epoch)
-        self.outbox.put(_done_frame(active.turn.id, result))
+        self.outbox.put(done_frame(active.turn.id, result))
         if self.active is active:
             self.active = None
 
@@ -385,7 +312,7 @@ class Connection:
     def _abort_transport(self) -> None:
         """A client that stopped reading never drains the bytes it is owed, and a graceful close waits
         for exactly that: drop the socket and its buffers instead (no close frame: it would not read one)."""
-        transport = _server_transport(self.websocket)
+        transport = transport_of(self.websocket)
         if transport is not None:
             transport.abort()
         else:
@@ -409,22 +336,6 @@ class Connection:
             pass
 
 
-def _server_transport(websocket: WebSocket) -> Any:
-    """The TCP transport under a uvicorn WebSocket. ASGI hides it, so follow the `send` callable:
-    middleware wraps it in closures, and at the bottom is a method of uvicorn's protocol object."""
-    pending: list[Any] = [getattr(websocket, "_send", None)]
-    for _ in range(16):  # a few wrappers deep at most; never loop on odd objects
-        if not pending:
-            break
-        candidate = pending.pop()
-        transport = getattr(candidate, "transport", None)
-        if transport is not None:
-            return transport
-        pending.append(getattr(candidate, "__self__", None))
-        pending.extend(c.cell_contents for c in getattr(candidate, "__closure__", None) or ())
-    return None
-
-
 class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Every line a connection logs starts with its session id (the one `ready` told the client)."""
 
@@ -438,21 +349,3 @@ class RateLimited(GatewayError):
     ) -> None:
         super().__init__(code, message, frame_id)
         self.retry_after_ms = retry_after_ms
-
-
-def _done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
-    return p.DoneFrame(
-        id=turn_id,
-        finish_reason=result.finish_reason,
-        text=result.text,
-        usage=p.Usage(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            total_tokens=result.prompt_tokens + result.completion_tokens,
-        ),
-        timing=p.Timing(
-            ttft_ms=None if result.ttft_ms is None else round(result.ttft_ms, 2),
-            total_ms=round(result.total_ms, 2),
-            tokens_per_s=round(result.tokens_per_s, 2),
-        ),
-    )

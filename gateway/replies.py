@@ -1,0 +1,59 @@
+"""Server frames built from settings and engine results: `ready`'s limits and defaults, `done`."""
+
+from __future__ import annotations
+
+from gateway import protocol as p
+from gateway.config import Settings
+from gateway.engine.types import Engine, GenerationResult
+
+
+def server_defaults(settings: Settings) -> p.SamplingOptions:
+    return p.SamplingOptions(
+        temperature=settings.default_temperature,
+        top_p=settings.default_top_p,
+        top_k=settings.default_top_k,
+        max_tokens=settings.default_max_tokens,
+        repetition_penalty=settings.default_repetition_penalty,
+        ignore_eos=False,
+    )
+
+
+def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
+    """The limits a client must respect, as announced in `ready`."""
+    return {
+        "max_frame_bytes": settings.max_frame_bytes,
+        "max_image_bytes": settings.max_image_bytes,
+        "max_image_pixels": settings.max_image_pixels,
+        "max_images_per_turn": settings.max_images_per_turn if engine.vision else 0,
+        "max_text_chars": settings.max_text_chars,
+        "max_history_turns": settings.max_history_turns,
+        "max_stop_strings": settings.max_stop_strings,
+        "max_tokens": settings.max_tokens_limit,
+        "context_tokens": engine.context_tokens,
+        "max_connections": settings.max_connections,
+        "max_connections_per_client": settings.max_connections_per_client,
+        "frames_per_second": int(settings.frames_per_second),
+        "turns_per_minute": int(settings.turns_per_minute),
+        "idle_timeout_s": int(settings.idle_timeout_s),
+        "keepalive_interval_s": int(settings.keepalive_interval_s),
+        "keepalive_timeout_s": int(settings.keepalive_timeout_s),
+        "send_timeout_s": int(settings.send_timeout_s),
+    }
+
+
+def done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
+    return p.DoneFrame(
+        id=turn_id,
+        finish_reason=result.finish_reason,
+        text=result.text,
+        usage=p.Usage(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            total_tokens=result.prompt_tokens + result.completion_tokens,
+        ),
+        timing=p.Timing(
+            ttft_ms=None if result.ttft_ms is None else round(result.ttft_ms, 2),
+            total_ms=round(result.total_ms, 2),
+            tokens_per_s=round(result.tokens_per_s, 2),
+        ),
+    )
