@@ -485,7 +485,7 @@ def test_50_concurrent_turns_beside_slow_and_stalled_readers(load_server: Runnin
         "slow": SLOW_CLIENTS,
         "stalled": STALLED_CLIENTS,
         "max_tokens": 48,
-        "history_requests": 8,  # 8 MiB owed to each: past a loopback socket's 4 MiB send buffer
+        "history_requests": 40,  # 40 MiB owed to each: past what loopback buffers take (receive autotunes to 32 MiB)
     }
     clients = ClientProcess(command)
     try:
@@ -536,7 +536,7 @@ def test_clients_vanishing_mid_send_are_fully_released(load_server: RunningServe
     registry = load_server.app.state.connections
     assert settle(lambda: len(registry) == 0)
     gauge_before = connections_gauge(load_server)
-    clients = ClientProcess({"scenario": "vanish", "url": load_server.ws_url, "stalled": 5, "history_requests": 8})
+    clients = ClientProcess({"scenario": "vanish", "url": load_server.ws_url, "stalled": 5, "history_requests": 40})
     try:
         clients.expect("stalled", 60)
         assert settle(lambda: blocked_writers(load_server) >= 5, timeout_s=10), "the writers never blocked"
@@ -562,7 +562,7 @@ def test_slow_consumer_closed_by_the_server_releases_its_socket(demo_dirs: DemoD
     def orphans() -> int:  # sockets the server still holds for sessions it has already closed
         return uvicorn_connections(impatient) - len(registry)
 
-    clients = ClientProcess({"scenario": "vanish", "url": impatient.ws_url, "stalled": 3, "history_requests": 8})
+    clients = ClientProcess({"scenario": "vanish", "url": impatient.ws_url, "stalled": 3, "history_requests": 40})
     try:
         clients.expect("stalled", 60)
         assert settle(lambda: blocked_writers(impatient) >= 1, timeout_s=10), "no writer ever blocked"

@@ -148,7 +148,9 @@ async def test_slow_consumer_is_closed_and_its_turn_stopped(make_server: Any) ->
     async with GatewayClient(running.ws_url, max_queue=1) as slow:
         first = await slow.turn("img", "look", [big], max_tokens=2, **GREEDY)
         assert first.done
-        for _ in range(8):  # ~30 MB of history frames it will never read
+        # ~86 MB of history frames it will never read: more than loopback's socket buffers can take
+        # (Linux autotunes a receive buffer up to tcp_rmem's max, 32 MB here), so the server's send blocks
+        for _ in range(24):
             await slow.send({"type": "history", "include_images": True})
         await slow.start_turn("long", "go on", max_tokens=1500, ignore_eos=True, **GREEDY)
         async with GatewayClient(running.ws_url) as other:
