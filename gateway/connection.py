@@ -230,9 +230,16 @@ class Connection:
             raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, "the served model is text-only; send turns without images")
         if count > s.max_images_per_turn:
             raise GatewayError(ErrorCode.TOO_LARGE, f"{count} images; the limit is {s.max_images_per_turn} per turn")
-        stops = frame.options.stop if frame.options and frame.options.stop else []
-        if len(stops) > s.max_stop_strings:
-            raise GatewayError(ErrorCode.TOO_LARGE, f"at most {s.max_stop_strings} stop strings")
+        if frame.options is not None:
+            self._check_options(frame.options)
+
+    def _check_options(self, options: p.SamplingOptions) -> None:
+        """The limits on sampling options that the schema alone cannot know (they are settings)."""
+        limit = self.settings.max_tokens_limit
+        if options.max_tokens is not None and options.max_tokens > limit:
+            raise GatewayError(ErrorCode.INVALID_FIELD, f"max_tokens {options.max_tokens} is above the limit of {limit}")
+        if options.stop is not None and len(options.stop) > self.settings.max_stop_strings:
+            raise GatewayError(ErrorCode.TOO_LARGE, f"at most {self.settings.max_stop_strings} stop strings")
 
     async def _fetch_urls(self, urls: list[str]) -> list[bytes]:
         if not urls:
@@ -266,12 +273,7 @@ class Connection:
 
     def _configure(self, frame: p.ConfigureFrame) -> None:
         options = p.SamplingOptions(**{k: getattr(frame, k) for k in p.SamplingOptions.__struct_fields__})
-        if options.max_tokens is not None and options.max_tokens > self.settings.max_tokens_limit:
-            raise GatewayError(
-                ErrorCode.INVALID_FIELD, f"max_tokens {options.max_tokens} is above the limit of {self.settings.max_tokens_limit}"
-            )
-        if options.stop is not None and len(options.stop) > self.settings.max_stop_strings:
-            raise GatewayError(ErrorCode.TOO_LARGE, f"at most {self.settings.max_stop_strings} stop strings")
+        self._check_options(options)
         self.session.configure(frame.system, options)
         self.outbox.put(p.ConfiguredFrame(defaults=self._defaults(), id=frame.id))
 
