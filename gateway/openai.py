@@ -108,7 +108,7 @@ api_key_accepted = bearer_accepted
 
 
 def _check_api_key(request: Request) -> None:
-    api_key = getattr(request.app.state.settings, "api_key", None)
+    api_key = request.app.state.settings.api_key
     if not api_key_accepted(request.headers.get("authorization"), api_key):
         raise ApiError(401, "missing or incorrect API key", "invalid_request_error", "invalid_api_key")
 
@@ -240,7 +240,7 @@ def _image_slots(request: Request) -> asyncio.Semaphore:
     """How many images may load at once: a URL fetch holds a worker thread for up to its deadline."""
     state = request.app.state
     if getattr(state, "openai_image_slots", None) is None:
-        state.openai_image_slots = asyncio.Semaphore(getattr(state.settings, "image_fetch_concurrency", 8))
+        state.openai_image_slots = asyncio.Semaphore(state.settings.image_fetch_concurrency)
     slots: asyncio.Semaphore = state.openai_image_slots
     return slots
 

@@ -6,9 +6,9 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 
 # Wire codes for errors.py's ErrorCode; until it lists them, these errors travel as `bad_image`.
@@ -60,16 +60,15 @@ class FetchPolicy:
         return frozenset(_host_key(entry) for entry in self.allow if _as_network(entry) is None)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> FetchPolicy:
-        """The policy a Settings describes; fields it does not have yet keep their defaults."""
-        defaults = cls()
+    def from_settings(cls, settings: Settings) -> FetchPolicy:
+        """The policy the settings describe; the byte cap is the attachment cap."""
         return cls(
-            connect_timeout_s=getattr(settings, "image_fetch_connect_timeout_s", defaults.connect_timeout_s),
-            read_timeout_s=getattr(settings, "image_fetch_read_timeout_s", defaults.read_timeout_s),
-            total_timeout_s=getattr(settings, "image_fetch_total_timeout_s", defaults.total_timeout_s),
-            max_bytes=getattr(settings, "max_image_bytes", defaults.max_bytes),
-            max_redirects=getattr(settings, "image_fetch_max_redirects", defaults.max_redirects),
-            allow=parse_allow_list(getattr(settings, "image_fetch_allow", "")),
+            connect_timeout_s=settings.image_fetch_connect_timeout_s,
+            read_timeout_s=settings.image_fetch_read_timeout_s,
+            total_timeout_s=settings.image_fetch_total_timeout_s,
+            max_bytes=settings.max_image_bytes,
+            max_redirects=settings.image_fetch_max_redirects,
+            allow=parse_allow_list(settings.image_fetch_allow),
         )
 
 
