@@ -18,6 +18,7 @@ from gateway import openai
 from gateway.config import Settings
 from gateway.engine.types import Engine
 from gateway.metrics import Metrics
+from gateway.turns import TurnService
 from gateway.ws import ConnectionCounter, websocket_endpoint
 
 log = logging.getLogger("gateway.app")
@@ -34,6 +35,7 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.engine = None
+        app.state.turns = None  # the turn service, once the engine is ready
         app.state.load_error = None
         app.state.connections = {}  # session id -> Connection, for draining and inspection
         app.state.connection_counter = ConnectionCounter()
@@ -42,8 +44,7 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
         loading: asyncio.Task[None] | None = None
         if engine is not None:
             engine.start()
-            app.state.engine = engine
-            _watch(metrics, engine)
+            _serve_engine(app, engine)
         elif engine_factory is not None:
             loading = asyncio.create_task(_load(app, settings, engine_factory))
         try:
@@ -51,6 +52,8 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
         finally:
             if loading is not None:
                 loading.cancel()
+            if app.state.turns is not None:
+                app.state.turns.close()
             if app.state.engine is not None:
                 await asyncio.to_thread(app.state.engine.stop)
 
@@ -74,16 +77,16 @@ async def _load(app: Starlette, settings: Settings, factory: EngineFactory) -> N
         log.exception("model failed to load")
         app.state.load_error = str(exc)
         return
-    engine.start()
-    app.state.engine = engine
-    _watch(app.state.metrics, engine)
+    await asyncio.to_thread(engine.start)
+    _serve_engine(app, engine)
     log.info("model %s ready", engine.model_id)
 
 
-def _watch(metrics: Metrics, engine: Engine) -> None:
-    load = getattr(engine, "load", None)
-    if load is not None:
-        metrics.watch_engine(load)
+def _serve_engine(app: Starlette, engine: Engine) -> None:
+    """From here on both front ends reach the engine through one turn service."""
+    app.state.turns = TurnService(app.state.settings, engine, app.state.metrics)
+    app.state.metrics.watch_engine(engine.load)
+    app.state.engine = engine
 
 
 async def metrics_endpoint(request: Request) -> Response:

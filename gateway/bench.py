@@ -149,14 +149,14 @@ async def late_joiner(config: BenchConfig) -> dict[str, float]:
 def baselines(model_dir: str, batch: int, max_tokens: int, prompt_words: int, images: int) -> dict[str, float]:
     """Raw transformers `generate` on the same model and prompt: one stream, then one static batch."""
     import torch
-    from PIL import Image
 
     from gateway.engine.loader import load_model
-    from gateway.engine.types import ChatImage, ChatMessage
+    from gateway.engine.types import ChatMessage
+    from gateway.images import ImageLimits, check_image
 
     loaded = load_model(model_dir)
-    picture = Image.open(io.BytesIO(bench_image())).convert("RGB")
-    chat_images = tuple(ChatImage(picture, picture.width, picture.height) for _ in range(images))
+    picture = check_image(bench_image(), ImageLimits(max_bytes=1 << 24, max_pixels=1 << 24))
+    chat_images = (picture,) * images
     inputs = loaded.prompt.build([ChatMessage("user", prompt_text(prompt_words), chat_images)])
 
     def run(n: int) -> float:

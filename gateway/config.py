@@ -34,6 +34,13 @@ class Settings:
     max_history_turns: int = 256
     max_stop_strings: int = 8
 
+    # Images: what histories hold (the client's bytes) and what processing them may take.
+    max_session_image_bytes: int = 32 * MiB  # one session's history; the oldest exchanges go first
+    max_total_image_bytes: int = 1024 * MiB  # every session's history together
+    image_cache_bytes: int = 256 * MiB  # processed images kept so a history is not processed again
+    image_workers: int = 2  # threads that check attachments and process images ahead of their turn
+    inbound_bytes_per_second: int = 8 * MiB  # per connection, inflated: reading pauses when exceeded
+
     # Connections: admission, pacing and liveness.
     max_connections: int = 1024  # open WebSockets, all clients together
     max_connections_per_client: int = 64  # open WebSockets from one client address

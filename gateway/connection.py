@@ -1,27 +1,25 @@
-"""One WebSocket connection: a reader task and a writer task around a session and the engine."""
+"""One WebSocket connection: a reader task and a writer task around a session and the turn service."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import protocol as p
 from gateway.config import Settings
-from gateway.engine.types import Engine, EngineFull, GenerationRequest, GenerationResult, TurnHandle
-from gateway.errors import CloseCode, ErrorCode, GatewayError
-from gateway.fetch import image_url_bytes
-from gateway.images import DecodedImage, ImageLimits, decode_image
+from gateway.engine.types import GenerationResult
+from gateway.errors import CloseCode, ErrorCode, GatewayError, RetryLater
 from gateway.metrics import Metrics
 from gateway.outbox import ConnectionClosing, Outbox
 from gateway.ratelimit import TokenBucket
-from gateway.replies import done_frame, limits_of, server_defaults
+from gateway.replies import done_frame, limits_of
 from gateway.server import transport_of
-from gateway.session import Session, UserTurn, resolve_params
-from gateway.url_guard import FetchPolicy
+from gateway.session import Session
+from gateway.turns import StartedTurn, TurnRequest, TurnService
 
 log = logging.getLogger("gateway.ws")
 
@@ -29,59 +27,74 @@ MSGPACK_SUBPROTOCOL = "gateway.msgpack"
 JSON_SUBPROTOCOL = "gateway.json"
 
 
-@dataclass
-class ActiveTurn:
-    turn: UserTurn
-    handle: TurnHandle
-    epoch: int
+class ConnectionState(enum.Enum):
+    """CONNECTING -> OPEN -> CLOSING -> CLOSED; CLOSING is skipped when the client simply leaves."""
+
+    CONNECTING = "connecting"  # the handshake is not accepted yet
+    OPEN = "open"
+    CLOSING = "closing"  # a close reason is set; the reader is being stopped
+    CLOSED = "closed"  # clean-up has begun and must run to its end
+
+
+_TRANSITIONS = {
+    ConnectionState.CONNECTING: {ConnectionState.OPEN, ConnectionState.CLOSED},
+    ConnectionState.OPEN: {ConnectionState.CLOSING, ConnectionState.CLOSED},
+    ConnectionState.CLOSING: {ConnectionState.CLOSED},
+    ConnectionState.CLOSED: set(),
+}
 
 
 class TurnEvents:
     """The engine's sink for one turn; runs on the event loop thread."""
 
-    def __init__(self, connection: Connection, active: ActiveTurn) -> None:
+    def __init__(self, connection: Connection, turn_id: str) -> None:
         self._connection = connection
-        self._active = active
+        self._turn_id = turn_id
+        self.started: StartedTurn | None = None  # set once submit returned; events come after that
 
     def on_queued(self, position: int) -> None:
-        self._connection.outbox.put(p.QueuedFrame(id=self._active.turn.id, position=position))
-
-    def on_start(self) -> None:
-        pass
+        self._connection.outbox.put(p.QueuedFrame(id=self._turn_id, position=position))
 
     def on_token(self, text: str) -> None:
-        self._connection.outbox.put(p.TokenFrame(id=self._active.turn.id, text=text))
+        self._connection.outbox.put(p.TokenFrame(id=self._turn_id, text=text))
 
     def on_done(self, result: GenerationResult) -> None:
-        self._connection.finish_turn(self._active, result)
+        assert self.started is not None
+        self._connection.finish_turn(self.started, result)
 
 
 class Connection:
-    """Reads frames, applies them to the session, starts turns and streams their events back."""
+    """Reads frames, applies them to the session, starts turns through the turn service and streams
+    their events back."""
 
-    def __init__(self, websocket: WebSocket, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, websocket: WebSocket, settings: Settings, turns: TurnService, metrics: Metrics) -> None:
         self.websocket = websocket
         self.settings = settings
-        self.engine = engine
+        self.turns = turns
         self.metrics = metrics
+        self.state = ConnectionState.CONNECTING
         self.session = Session(max_history_turns=settings.max_history_turns)
         self.log = SessionLog(log, {"session": self.session.id})
         self.outbox = Outbox(settings.max_outbox_frames)
         self.json_mode = False  # answer in the encoding the client last used
-        self.active: ActiveTurn | None = None
-        self.draining = False
-        self._server_defaults = server_defaults(settings)
-        self._image_limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-        self._fetch_policy = FetchPolicy.from_settings(settings)
+        self.active: StartedTurn | None = None
         self._frames = TokenBucket(rate=settings.frames_per_second, burst=2 * settings.frames_per_second)
         self._turns = TokenBucket(rate=settings.turns_per_minute / 60, burst=max(1.0, settings.turns_per_minute / 6))
+        # Inflated bytes: a compressed frame costs its full size in decompression and decoding work.
+        rate = float(settings.inbound_bytes_per_second)
+        self._bytes = TokenBucket(rate=rate, burst=max(rate, float(settings.max_frame_bytes)))
         self._strikes = 0  # frames refused by the rate limit in a row
         self._closing: ConnectionClosing | None = None
         self._reader: asyncio.Task[Any] | None = None
-        self._finishing = False
+
+    def _move(self, state: ConnectionState) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"connection state {self.state.value} cannot become {state.value}")
+        self.state = state
 
     async def run(self, subprotocol: str | None) -> None:
         await self.websocket.accept(subprotocol=subprotocol)
+        self._move(ConnectionState.OPEN)
         client = self.websocket.client
         self.log.info("opened from %s", f"{client.host}:{client.port}" if client else "?")
         self.metrics.connections.inc()
@@ -99,7 +112,7 @@ class Connection:
             self.log.exception("handler failed")
             self._closing = self._closing or ConnectionClosing(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
-            self._finishing = True  # from here on stop() must not cancel us: cleanup has to complete
+            self._move(ConnectionState.CLOSED)  # from here on stop() must not cancel us: clean-up has to complete
             await self._clean_up(writer)
 
     async def _clean_up(self, writer: asyncio.Task[None]) -> None:
@@ -111,6 +124,7 @@ class Connection:
         finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            self.turns.forget(self.session)
             self.metrics.connections.dec()
             reason = self._closing.reason if self._closing else "client left"
             self.log.info("closed (%s); %d exchanges in history", reason, len(self.session.exchanges))
@@ -118,8 +132,9 @@ class Connection:
     def stop(self, code: CloseCode, reason: str) -> None:
         """End the connection from outside (the writer, the server's drain): `closing`, then close.
         Only the first reason counts, and the reader is cancelled once."""
-        if self._closing is not None or self._finishing:
+        if self.state is not ConnectionState.OPEN:
             return
+        self._move(ConnectionState.CLOSING)
         self._closing = ConnectionClosing(code, reason)
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
@@ -144,10 +159,18 @@ class Connection:
                 frame = p.decode(data)
                 frame_id = getattr(frame, "id", None)
                 await self._handle(frame)
-            except RateLimited as exc:
+            except RetryLater as exc:
                 self.send_error(exc.code, exc.message, exc.frame_id or frame_id, exc.retry_after_ms)
             except GatewayError as exc:
                 self.send_error(exc.code, exc.message, exc.frame_id or frame_id)
+            await self._pace(len(data))
+
+    async def _pace(self, nbytes: int) -> None:
+        """Past its byte rate, a connection is not read for a while: the bounded inbound queue then
+        stops the server reading its socket, so decompression work is bounded too."""
+        wait_s = self._bytes.spend(float(nbytes))
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
 
     def _check_frame_rate(self) -> None:
         wait_s = self._frames.take()
@@ -157,7 +180,7 @@ class Connection:
         self._strikes += 1
         if self._strikes > 4 * self.settings.frames_per_second:  # warned, and still flooding
             raise ConnectionClosing(CloseCode.FLOODING, "too many frames")
-        raise RateLimited("too many frames; slow down", int(wait_s * 1000) + 1)
+        raise RetryLater(ErrorCode.RATE_LIMITED, "too many frames; slow down", int(wait_s * 1000) + 1)
 
     async def _write_loop(self) -> None:
         try:
@@ -198,72 +221,28 @@ class Connection:
             self.outbox.put(p.PongFrame(id=frame.id))
 
     async def _start_turn(self, frame: p.TurnFrame) -> None:
-        if self.draining:
-            raise GatewayError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect shortly", frame.id)
+        self.turns.check_open(frame.id)
         if self.active is not None:
             raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
         wait_s = self._turns.take()
         if wait_s > 0:
-            raise RateLimited("too many turns; slow down", int(wait_s * 1000) + 1, frame.id)
-        self._check_turn_limits(frame)
-        blobs = list(frame.images) + await self._fetch_urls(frame.image_urls)
-        images = await asyncio.to_thread(self._decode_images, blobs)
-        turn = UserTurn(id=frame.id, text=frame.text, images=images)
-        params = resolve_params(self._server_defaults, self.session.defaults, frame.options, self.settings.max_tokens_limit)
-        plan = self.session.plan(turn, params.max_tokens, self.engine.context_tokens, self.engine.count_prompt_tokens)
-        active = ActiveTurn(turn=turn, handle=TurnHandle(), epoch=self.session.epoch)
-        request = GenerationRequest(messages=plan.messages, params=params, handle=active.handle)
-        try:
-            self.engine.submit(request, TurnEvents(self, active))
-        except EngineFull:
-            raise RateLimited("the server is at capacity; try again shortly", 1000, frame.id, ErrorCode.OVERLOADED) from None
-        self.session.drop_oldest(plan.dropped_turns)
-        self.active = active
+            raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1, frame.id)
+        request = TurnRequest(
+            id=frame.id, text=frame.text, images=frame.images, image_urls=frame.image_urls, options=frame.options
+        )
+        events = TurnEvents(self, frame.id)
+        # The reader awaits this (no other frame of ours is read meanwhile), so the turn cannot race a reset.
+        self.active = events.started = await self.turns.start(self.session, request, events)
+        plan = self.active.plan
         self.outbox.put(p.AcceptedFrame(id=frame.id, prompt_tokens=plan.prompt_tokens, dropped_turns=plan.dropped_turns))
 
-    def _check_turn_limits(self, frame: p.TurnFrame) -> None:
-        s = self.settings
-        if len(frame.text) > s.max_text_chars:
-            raise GatewayError(ErrorCode.TOO_LARGE, f"text is {len(frame.text)} characters; the limit is {s.max_text_chars}")
-        count = len(frame.images) + len(frame.image_urls)
-        if count and not self.engine.vision:
-            raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, "the served model is text-only; send turns without images")
-        if count > s.max_images_per_turn:
-            raise GatewayError(ErrorCode.TOO_LARGE, f"{count} images; the limit is {s.max_images_per_turn} per turn")
-        if frame.options is not None:
-            self._check_options(frame.options)
-
-    def _check_options(self, options: p.SamplingOptions) -> None:
-        """The limits on sampling options that the schema alone cannot know (they are settings)."""
-        limit = self.settings.max_tokens_limit
-        if options.max_tokens is not None and options.max_tokens > limit:
-            raise GatewayError(ErrorCode.INVALID_FIELD, f"max_tokens {options.max_tokens} is above the limit of {limit}")
-        if options.stop is not None and len(options.stop) > self.settings.max_stop_strings:
-            raise GatewayError(ErrorCode.TOO_LARGE, f"at most {self.settings.max_stop_strings} stop strings")
-
-    async def _fetch_urls(self, urls: list[str]) -> list[bytes]:
-        if not urls:
-            return []
-        fetched = await asyncio.gather(
-            *(asyncio.to_thread(image_url_bytes, url, self._fetch_policy) for url in urls), return_exceptions=True
-        )
-        for result in fetched:
-            if isinstance(result, BaseException):
-                raise result
-        return list(fetched)  # type: ignore[arg-type]
-
-    def _decode_images(self, blobs: list[bytes]) -> tuple[DecodedImage, ...]:
-        return tuple(decode_image(blob, self._image_limits, i) for i, blob in enumerate(blobs))
-
-    def finish_turn(self, active: ActiveTurn, result: GenerationResult) -> None:
+    def finish_turn(self, started: StartedTurn, result: GenerationResult) -> None:
         """The engine's `done`: record the exchange (partial when cancelled) and tell the client."""
-        self.metrics.observe_turn(result)
+        self.turns.record(self.session, started, result)
         if result.finish_reason == "error":
-            self.send_error(ErrorCode.GENERATION, result.error or "generation failed", active.turn.id)
-        else:
-            self.session.record(active.turn, result.text, result.finish_reason == "cancelled", active.epoch)
-        self.outbox.put(done_frame(active.turn.id, result))
-        if self.active is active:
+            self.send_error(ErrorCode.GENERATION, result.error or "generation failed", started.turn.id)
+        self.outbox.put(done_frame(started.turn.id, result))
+        if self.active is started:
             self.active = None
 
     def _cancel(self, turn_id: str) -> None:
@@ -273,13 +252,15 @@ class Connection:
 
     def _configure(self, frame: p.ConfigureFrame) -> None:
         options = p.SamplingOptions(**{k: getattr(frame, k) for k in p.SamplingOptions.__struct_fields__})
-        self._check_options(options)
+        self.turns.check_options(options)
         self.session.configure(frame.system, options)
         self.outbox.put(p.ConfiguredFrame(defaults=self._defaults(), id=frame.id))
 
     def _defaults(self) -> dict[str, Any]:
-        merged = {k: getattr(self._server_defaults, k) for k in p.SamplingOptions.__struct_fields__}
+        server = self.turns.server_defaults
+        merged = {k: getattr(server, k) for k in p.SamplingOptions.__struct_fields__}
         merged.update({k: v for k in merged if (v := getattr(self.session.defaults, k)) is not None})
+        merged["model"] = merged["model"] or self.turns.engine.model_id
         merged["system"] = self.session.system
         return merged
 
@@ -302,13 +283,16 @@ class Connection:
         return p.HistoryFrame(system=self.session.system, turns=entries, id=frame.id)
 
     def _ready_frame(self) -> p.ReadyFrame:
+        engine = self.turns.engine
         return p.ReadyFrame(
             session=self.session.id,
-            model=self.engine.model_id,
+            model=engine.model_id,
             protocol=p.PROTOCOL_VERSION,
-            limits=limits_of(self.settings, self.engine),
+            limits=limits_of(self.settings, engine),
             defaults=self._defaults(),
-            vision=self.engine.vision,
+            vision=engine.vision,
+            models=self.turns.models,
+            demo=self.settings.model is None and self.settings.engine == "real",
         )
 
     def _abort_transport(self) -> None:
@@ -343,11 +327,3 @@ class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         return f"session {self.extra['session'] if self.extra else '?'}: {msg}", kwargs
-
-
-class RateLimited(GatewayError):
-    def __init__(
-        self, message: str, retry_after_ms: int, frame_id: str | None = None, code: ErrorCode = ErrorCode.RATE_LIMITED
-    ) -> None:
-        super().__init__(code, message, frame_id)
-        self.retry_after_ms = retry_after_ms

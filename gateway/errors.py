@@ -6,18 +6,11 @@ import enum
 
 
 class CloseCode(enum.IntEnum):
-    """WebSocket close codes the gateway uses (RFC 6455 section 7.4)."""
+    """WebSocket close codes the gateway sends itself (RFC 6455 section 7.4); the WebSocket library
+    sends 1007 and 1009 on its own, and uvicorn 1012 when it stops without draining."""
 
-    NORMAL = 1000
     GOING_AWAY = 1001  # server shutting down
-    PROTOCOL_ERROR = 1002
-    UNSUPPORTED_DATA = 1003
-    INVALID_PAYLOAD = 1007
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012
-    TRY_AGAIN_LATER = 1013
     # Application codes (4000-4999), each preceded by a `closing` frame when it can still be sent.
     SLOW_CONSUMER = 4000  # the client stopped reading; its turn was stopped
     IDLE_TIMEOUT = 4001  # no frames and no running turn for idle_timeout_s
@@ -53,3 +46,32 @@ class GatewayError(Exception):
         self.code = code
         self.message = message
         self.frame_id = frame_id
+
+
+class RetryLater(GatewayError):
+    """Refused for now (`overloaded`, `rate_limited`): the client may retry after `retry_after_ms`."""
+
+    def __init__(self, code: ErrorCode, message: str, retry_after_ms: int, frame_id: str | None = None) -> None:
+        super().__init__(code, message, frame_id)
+        self.retry_after_ms = retry_after_ms
+
+
+# Every error code's HTTP status, for the front ends that speak HTTP.
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_FRAME: 400,
+    ErrorCode.UNKNOWN_TYPE: 400,
+    ErrorCode.INVALID_FIELD: 400,
+    ErrorCode.BAD_IMAGE: 400,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.IMAGES_UNSUPPORTED: 400,
+    ErrorCode.FORBIDDEN_URL: 400,
+    ErrorCode.FETCH_FAILED: 400,
+    ErrorCode.BUSY: 409,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONTEXT_OVERFLOW: 400,
+    ErrorCode.OVERLOADED: 503,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.GENERATION: 500,
+    ErrorCode.INTERNAL: 500,
+}

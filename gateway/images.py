@@ -1,4 +1,5 @@
-"""Attachment decoding with limits: format allow-list, pixel cap read from the header, guarded decode."""
+"""Attachments: checked once with limits (format allow-list, pixel cap read from the header, guarded
+decode), kept as the client's bytes; pixels are decoded again wherever a model needs them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from gateway.engine.types import ChatImage
 from gateway.errors import ErrorCode, GatewayError
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF"})
@@ -20,20 +22,9 @@ class ImageLimits:
     max_pixels: int
 
 
-@dataclass(frozen=True, eq=False)
-class DecodedImage:
-    """An attachment as received (bytes) plus its normalised RGB pixels for the model."""
-
-    data: bytes
-    format: str
-    width: int
-    height: int
-    sha256: str
-    pixels: Image.Image
-
-
-def decode_image(data: bytes, limits: ImageLimits, index: int = 0) -> DecodedImage:
-    """Decode one attachment or raise `bad_image` / `too_large`; never trust the file to be honest."""
+def check_image(data: bytes, limits: ImageLimits, index: int = 0) -> ChatImage:
+    """Check one attachment by decoding it fully, or raise `bad_image` / `too_large`; never trust the
+    file to be honest. The pixels are dropped: history keeps the bytes, a fraction of their size."""
     label = f"image {index}"
     if len(data) > limits.max_bytes:
         raise GatewayError(ErrorCode.TOO_LARGE, f"{label} is {len(data)} bytes; the limit is {limits.max_bytes}")
@@ -61,14 +52,20 @@ def decode_image(data: bytes, limits: ImageLimits, index: int = 0) -> DecodedIma
         raise GatewayError(ErrorCode.BAD_IMAGE, f"{label} is not a decodable JPEG, PNG, WebP or GIF image") from None
     except Exception:  # Pillow raises IndexError, struct.error, ... on damaged files: all mean corrupt
         raise GatewayError(ErrorCode.BAD_IMAGE, f"{label} is truncated or corrupt") from None
-    return DecodedImage(
+    return ChatImage(
         data=data,
-        format=fmt.lower(),
+        mime=f"image/{fmt.lower()}",
         width=rgb.width,
         height=rgb.height,
         sha256=hashlib.sha256(data).hexdigest(),
-        pixels=rgb,
     )
+
+
+def decode_pixels(image: ChatImage) -> Image.Image:
+    """The RGB pixels of an attachment that `check_image` accepted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size was checked already
+        return _normalise(Image.open(io.BytesIO(image.data)))
 
 
 def _normalise(image: Image.Image) -> Image.Image:

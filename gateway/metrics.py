@@ -8,6 +8,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gateway.engine.types import EngineLoad
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -28,10 +30,10 @@ class Metrics:
         self.active_turns = Gauge("gateway_turns_active", "Turns on the model", registry=r)
         self.queued_turns = Gauge("gateway_turns_queued", "Turns waiting for a batch slot", registry=r)
 
-    def watch_engine(self, load: Callable[[], tuple[int, int]]) -> None:
+    def watch_engine(self, load: Callable[[], EngineLoad]) -> None:
         """Read active/queued counts from the engine at scrape time."""
-        self.active_turns.set_function(lambda: float(load()[0]))
-        self.queued_turns.set_function(lambda: float(load()[1]))
+        self.active_turns.set_function(lambda: float(load().active))
+        self.queued_turns.set_function(lambda: float(load().waiting))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

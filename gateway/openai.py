@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,31 +17,12 @@ from starlette.routing import Route
 from gateway import openai_schema as schema
 from gateway.auth import bearer_accepted
 from gateway.config import Settings
-from gateway.engine.types import (
-    ChatImage,
-    ChatMessage,
-    Engine,
-    EngineFull,
-    GenerationRequest,
-    SamplingParams,
-)
-from gateway.errors import ErrorCode, GatewayError
-from gateway.fetch import image_url_bytes
-from gateway.images import ImageLimits, decode_image
+from gateway.engine.types import ChatImage, ChatMessage, Engine, SamplingParams
+from gateway.errors import HTTP_STATUS, ErrorCode, GatewayError, RetryLater
 from gateway.openai_stream import EventStreamResponse, Reply, TurnEvents, turn_events
-from gateway.url_guard import FetchPolicy
+from gateway.turns import TurnService
 
 log = logging.getLogger("gateway.openai")
-
-# Every GatewayError code's HTTP status and OpenAI error type, in one place.
-STATUS_OF_CODE: dict[str, tuple[int, str]] = {
-    ErrorCode.TOO_LARGE.value: (413, "invalid_request_error"),
-    ErrorCode.CONTEXT_OVERFLOW.value: (400, "invalid_request_error"),
-    ErrorCode.OVERLOADED.value: (503, "server_error"),
-    ErrorCode.GENERATION.value: (500, "server_error"),
-    ErrorCode.INTERNAL.value: (500, "server_error"),
-}
-_DEFAULT_STATUS = (400, "invalid_request_error")  # validation, bad_image, images_unsupported, fetch codes
 
 
 class ApiError(Exception):
@@ -53,30 +35,35 @@ class ApiError(Exception):
         type_: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        retry_after_ms: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.retry_after_ms = retry_after_ms
 
     @classmethod
     def from_gateway(cls, exc: GatewayError, param: str | None = None) -> ApiError:
+        """Through the one status table in errors.py; a fetch error keeps its finer reason as the code."""
         code = getattr(exc, "reason", exc.code.value)
-        status, type_ = STATUS_OF_CODE.get(code, _DEFAULT_STATUS)
-        return cls(status, exc.message, type_, code, param)
+        status = HTTP_STATUS[exc.code]
+        retry_after_ms = exc.retry_after_ms if isinstance(exc, RetryLater) else None
+        return cls(status, exc.message, "server_error" if status >= 500 else "invalid_request_error", code, param, retry_after_ms)
 
     def response(self) -> JSONResponse:
-        headers = {"Retry-After": "1"} if self.status == 503 else {}
+        headers = {}
+        if self.retry_after_ms is not None or self.status == 503:
+            headers["Retry-After"] = str(max(1, math.ceil((self.retry_after_ms or 1000) / 1000)))
         if self.status == 401:
             headers["WWW-Authenticate"] = "Bearer"
         body = schema.error_body(self.message, self.type, self.param, self.code)
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
-def routes(fetch_policy: FetchPolicy | None = None) -> list[Route]:
-    """The OpenAI routes; image URLs are fetched under `fetch_policy`, by default the settings' policy."""
+def routes() -> list[Route]:
+    """The OpenAI routes; image URLs are fetched under the turn service's policy."""
 
     async def chat(request: Request) -> Response:
-        policy = fetch_policy or FetchPolicy.from_settings(request.app.state.settings)
-        return await _answering_errors(request, lambda: chat_completions(request, policy))
+        return await _answering_errors(request, lambda: chat_completions(request))
 
     async def models(request: Request) -> Response:
         return await _answering_errors(request, lambda: list_models(request))
@@ -113,11 +100,11 @@ def _check_api_key(request: Request) -> None:
         raise ApiError(401, "missing or incorrect API key", "invalid_request_error", "invalid_api_key")
 
 
-def _ready_engine(request: Request) -> Engine:
-    engine: Engine | None = request.app.state.engine
-    if engine is None:
+def _ready_turns(request: Request) -> TurnService:
+    turns: TurnService | None = request.app.state.turns
+    if turns is None:
         raise ApiError(503, "the model is still loading; try again shortly", "server_error", "model_loading")
-    return engine
+    return turns
 
 
 def _model_entry(model_id: str, parent: str | None = None) -> dict[str, Any]:
@@ -132,12 +119,12 @@ def _model_entries(engine: Engine) -> list[dict[str, Any]]:
 
 
 async def list_models(request: Request) -> Response:
-    return JSONResponse({"object": "list", "data": _model_entries(_ready_engine(request))})
+    return JSONResponse({"object": "list", "data": _model_entries(_ready_turns(request).engine)})
 
 
 async def retrieve_model(request: Request) -> Response:
     model_id = request.path_params["model_id"]
-    for entry in _model_entries(_ready_engine(request)):
+    for entry in _model_entries(_ready_turns(request).engine):
         if entry["id"] == model_id:
             return JSONResponse(entry)
     raise _model_not_found(model_id)
@@ -148,34 +135,24 @@ def _model_not_found(model_id: str) -> ApiError:
     return ApiError(404, message, "invalid_request_error", "model_not_found", "model")
 
 
-def _adapter_for(engine: Engine, model_id: str) -> str | None:
-    """The adapter a model id selects; None for the base model."""
-    if model_id == engine.model_id:
-        return None
-    if model_id in engine.adapters:
-        return model_id
-    raise _model_not_found(model_id)
-
-
-async def chat_completions(request: Request, policy: FetchPolicy) -> Response:
-    engine = _ready_engine(request)
+async def chat_completions(request: Request) -> Response:
+    turns = _ready_turns(request)
     settings: Settings = request.app.state.settings
     try:
         chat = schema.decode_chat_request(await _read_body(request, settings.max_frame_bytes))
         prompt = schema.prompt_messages(chat)
     except schema.SchemaError as exc:
         raise ApiError(400, exc.message, param=exc.param, code=ErrorCode.INVALID_FIELD.value) from None
-    adapter = _adapter_for(engine, chat.model)
-    _check_limits(chat, prompt, settings, engine)
-    messages = await _chat_messages(prompt, settings, policy, _image_slots(request))
-    params = await _sampling_params(chat, messages, settings, engine)
-    generation = GenerationRequest(messages=messages, params=params, adapter=adapter)
-    events = TurnEvents()
     try:
-        engine.submit(generation, events)
-    except EngineFull:
-        raise ApiError(503, "the server is at capacity; try again shortly", "server_error", "overloaded") from None
-    stream = turn_events(events, generation.handle, request.receive)
+        adapter = turns.adapter_for(chat.model)
+    except GatewayError:
+        raise _model_not_found(chat.model) from None
+    _check_limits(chat, prompt, turns)
+    messages = await _chat_messages(prompt, turns)
+    params = await _sampling_params(chat, messages, turns)
+    events = TurnEvents()
+    handle = await turns.start_stateless(messages, params, adapter, events)
+    stream = turn_events(events, handle, request.receive)
     reply = Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
     if chat.stream:
         return EventStreamResponse(stream, reply.sse(stream, chat.include_usage))
@@ -194,22 +171,22 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _check_limits(
-    chat: schema.ChatCompletionRequest, prompt: list[schema.PromptMessage], settings: Settings, engine: Engine
-) -> None:
-    def too_large(message: str, param: str) -> ApiError:
-        return ApiError(413, message, code=ErrorCode.TOO_LARGE.value, param=param)
-
+def _check_limits(chat: schema.ChatCompletionRequest, prompt: list[schema.PromptMessage], turns: TurnService) -> None:
+    """The turn service's limits, with OpenAI's `param` named where a field is at fault."""
+    settings = turns.settings
     if len(prompt) > 2 * settings.max_history_turns + 2:
-        raise too_large(f"at most {2 * settings.max_history_turns + 2} messages", "messages")
+        raise ApiError(
+            413, f"at most {2 * settings.max_history_turns + 2} messages", code=ErrorCode.TOO_LARGE.value, param="messages"
+        )
     for message in prompt:
         if len(message.text) > settings.max_text_chars:
-            raise too_large(f"a message's text is over the {settings.max_text_chars}-character limit", message.param)
-    urls = [(url, message.param) for message in prompt for url in message.image_urls]
-    if urls and not engine.vision:
-        raise ApiError(400, "the served model is text-only", code=ErrorCode.IMAGES_UNSUPPORTED.value, param=urls[0][1])
-    if len(urls) > settings.max_images_per_turn:
-        raise too_large(f"at most {settings.max_images_per_turn} images per request", "messages")
+            message_text = f"a message's text is over the {settings.max_text_chars}-character limit"
+            raise ApiError(413, message_text, code=ErrorCode.TOO_LARGE.value, param=message.param)
+    urls = [message.param for message in prompt for _ in message.image_urls]
+    try:
+        turns.check_images(len(urls))
+    except GatewayError as exc:
+        raise ApiError.from_gateway(exc, urls[0] if exc.code == ErrorCode.IMAGES_UNSUPPORTED else "messages") from None
     if len(chat.stop_strings) > settings.max_stop_strings:
         raise ApiError(400, f"at most {settings.max_stop_strings} stop strings", code=ErrorCode.INVALID_FIELD.value, param="stop")
     if (chat.max_new_tokens or 0) > settings.max_tokens_limit:
@@ -217,39 +194,25 @@ def _check_limits(
         raise ApiError(400, f"max_tokens is above the limit of {limit}", code=ErrorCode.INVALID_FIELD.value, param="max_tokens")
 
 
-async def _chat_messages(
-    prompt: list[schema.PromptMessage], settings: Settings, policy: FetchPolicy, slots: asyncio.Semaphore
-) -> list[ChatMessage]:
-    """Fetch and decode every image (concurrently, off the event loop) and build the engine's messages."""
-    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+async def _chat_messages(prompt: list[schema.PromptMessage], turns: TurnService) -> list[ChatMessage]:
+    """Fetch and check every image through the turn service (its pools, its fetch slots) and build
+    the engine's messages."""
 
     async def load(url: str, index: int, param: str) -> ChatImage:
-        async with slots:
-            try:
-                decoded = await asyncio.to_thread(lambda: decode_image(image_url_bytes(url, policy), limits, index))
-            except GatewayError as exc:
-                raise ApiError.from_gateway(exc, param) from None
-        return ChatImage(pixels=decoded.pixels, width=decoded.width, height=decoded.height)
+        try:
+            return await turns.load_url(url, index)
+        except GatewayError as exc:
+            raise ApiError.from_gateway(exc, param) from None
 
     urls = [(url, message.param) for message in prompt for url in message.image_urls]
     images = iter(await asyncio.gather(*(load(url, i, param) for i, (url, param) in enumerate(urls))))
     return [ChatMessage(m.role, m.text, tuple(next(images) for _ in m.image_urls)) for m in prompt]
 
 
-def _image_slots(request: Request) -> asyncio.Semaphore:
-    """How many images may load at once: a URL fetch holds a worker thread for up to its deadline."""
-    state = request.app.state
-    if getattr(state, "openai_image_slots", None) is None:
-        state.openai_image_slots = asyncio.Semaphore(state.settings.image_fetch_concurrency)
-    slots: asyncio.Semaphore = state.openai_image_slots
-    return slots
-
-
-async def _sampling_params(
-    chat: schema.ChatCompletionRequest, messages: list[ChatMessage], settings: Settings, engine: Engine
-) -> SamplingParams:
+async def _sampling_params(chat: schema.ChatCompletionRequest, messages: list[ChatMessage], turns: TurnService) -> SamplingParams:
     """The request's options over the server's defaults; max_tokens defaults to what the context has room for."""
-    prompt_tokens = await asyncio.to_thread(engine.count_prompt_tokens, messages)
+    settings, engine = turns.settings, turns.engine
+    prompt_tokens = await turns.count(messages)
     room = engine.context_tokens - prompt_tokens
     requested = chat.max_new_tokens
     max_tokens = requested if requested is not None else min(settings.default_max_tokens, room)

@@ -45,6 +45,3 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         return self._frames.popleft()
-
-    def __len__(self) -> int:
-        return len(self._frames)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import msgpack
 import msgspec
@@ -25,6 +25,9 @@ Seed = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
+ModelId = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
 class _Frame(Struct, forbid_unknown_fields=True, tag_field="type"):
     """Base of every frame: a map whose `type` field names the frame."""
 
@@ -40,6 +43,7 @@ class SamplingOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
     stop: list[StopString] | None = None
     seed: Seed | None = None
     ignore_eos: bool | None = None
+    model: ModelId | None = None  # the base model or an adapter, as listed in `ready.models`
 
 
 # ---- client to server -------------------------------------------------------------------------
@@ -81,7 +85,7 @@ class PingFrame(_Frame, tag="ping"):
 
 
 ClientFrame = Union[TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame]
-CLIENT_TYPES = ("turn", "cancel", "reset", "configure", "history", "ping")
+CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
 
 
 # ---- server to client -------------------------------------------------------------------------
@@ -94,6 +98,8 @@ class ReadyFrame(_Frame, tag="ready"):
     limits: dict[str, int]
     defaults: dict[str, Any]
     vision: bool
+    models: list[str] = []  # every id `model` may name: the base model, then each adapter
+    demo: bool = False  # the built-in demo model: random weights, so random replies
 
 
 class AcceptedFrame(_Frame, tag="accepted"):

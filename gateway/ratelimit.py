@@ -28,3 +28,10 @@ class TokenBucket:
             self.tokens -= 1.0
             return 0.0
         return (1.0 - self.tokens) / self.rate if self.rate > 0 else float("inf")
+
+    def spend(self, amount: float, now: float | None = None) -> float:
+        """Spend `amount` even into debt (the work is already done); the seconds until the debt is paid."""
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate) - amount
+        self.updated = now
+        return -self.tokens / self.rate if self.tokens < 0 and self.rate > 0 else 0.0

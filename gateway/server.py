@@ -40,12 +40,11 @@ class DrainingServer(uvicorn.Server):
     async def drain(self) -> None:
         state = self.app.state
         state.draining = True
-        connections = list(state.connections.values())
-        log.info("draining: %d connections, up to %.0f s for running turns", len(connections), self.drain_timeout_s)
-        for connection in connections:
-            connection.draining = True
+        if state.turns is not None:
+            state.turns.draining = True  # both front ends: no new turns
+        log.info("draining: %d connections, up to %.0f s for running turns", len(state.connections), self.drain_timeout_s)
         deadline = time.monotonic() + self.drain_timeout_s
-        while any(c.active is not None for c in state.connections.values()) and time.monotonic() < deadline:
+        while state.turns is not None and state.turns.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for connection in list(state.connections.values()):
             if connection.active is not None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.engine.types import ChatImage, ChatMessage, SamplingParams
 from gateway.errors import ErrorCode, GatewayError
-from gateway.images import DecodedImage
 from gateway.protocol import SamplingOptions
 
 
@@ -17,7 +16,11 @@ from gateway.protocol import SamplingOptions
 class UserTurn:
     id: str
     text: str
-    images: tuple[DecodedImage, ...] = ()
+    images: tuple[ChatImage, ...] = ()  # the client's bytes; pixels are the engine's business
+
+    @property
+    def image_bytes(self) -> int:
+        return sum(len(image.data) for image in self.images)
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class PromptPlan:
     dropped_turns: int
 
 
-TokenCounter = Callable[[Sequence[ChatMessage]], int]
+TokenCounter = Callable[[Sequence[ChatMessage]], Awaitable[int]]
 
 _OPTION_FIELDS = SamplingOptions.__struct_fields__
 
@@ -63,29 +66,54 @@ class Session:
         self.exchanges.clear()
         self.epoch += 1
 
-    def plan(self, turn: UserTurn, max_tokens: int, context_tokens: int, count: TokenCounter) -> PromptPlan:
-        """Messages for the model, dropping the oldest exchanges until prompt + max_tokens fits."""
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of the images the history holds: what the image bounds limit."""
+        return sum(exchange.turn.image_bytes for exchange in self.exchanges)
+
+    async def plan(
+        self, turn: UserTurn, max_tokens: int, context_tokens: int, count: TokenCounter, image_room: int | None = None
+    ) -> PromptPlan:
+        """Messages for the model, dropping the oldest exchanges until the history's images and the
+        turn's fit in `image_room` bytes and prompt + max_tokens fits the context window."""
         budget = context_tokens - max_tokens
+        counted: dict[int, int] = {}
 
-        def tokens_after_dropping(n: int) -> int:
-            return count(self._messages(self.exchanges[n:], turn))
+        async def tokens_after_dropping(n: int) -> int:
+            if n not in counted:
+                counted[n] = await count(self._messages(self.exchanges[n:], turn))
+            return counted[n]
 
-        if tokens_after_dropping(len(self.exchanges)) > budget:
-            raise GatewayError(
-                ErrorCode.CONTEXT_OVERFLOW,
-                f"this turn alone needs more than the {context_tokens}-token context window allows with max_tokens={max_tokens}",
-                turn.id,
-            )
-        # Token count only falls as exchanges are dropped, so binary-search the fewest drops.
-        low, high = 0, len(self.exchanges)
-        while low < high:
-            mid = (low + high) // 2
-            if tokens_after_dropping(mid) <= budget:
-                high = mid
-            else:
-                low = mid + 1
+        low = self._drops_for_images(turn, image_room)
+        if await tokens_after_dropping(low) > budget:  # the usual case fits at once: one count per turn
+            if await tokens_after_dropping(len(self.exchanges)) > budget:
+                raise GatewayError(
+                    ErrorCode.CONTEXT_OVERFLOW,
+                    f"this turn alone needs more than the {context_tokens}-token context window allows "
+                    f"with max_tokens={max_tokens}",
+                    turn.id,
+                )
+            # Token count only falls as exchanges are dropped, so binary-search the fewest drops.
+            low, high = low + 1, len(self.exchanges)
+            while low < high:
+                mid = (low + high) // 2
+                if await tokens_after_dropping(mid) <= budget:
+                    high = mid
+                else:
+                    low = mid + 1
         messages = self._messages(self.exchanges[low:], turn)
-        return PromptPlan(messages=messages, prompt_tokens=count(messages), dropped_turns=low)
+        return PromptPlan(messages=messages, prompt_tokens=await tokens_after_dropping(low), dropped_turns=low)
+
+    def _drops_for_images(self, turn: UserTurn, image_room: int | None) -> int:
+        """The fewest oldest exchanges to drop so that the history's images and the turn's fit."""
+        if image_room is None:
+            return 0
+        held = self.image_bytes + turn.image_bytes
+        for dropped, exchange in enumerate(self.exchanges):
+            if held <= image_room:
+                return dropped
+            held -= exchange.turn.image_bytes
+        return len(self.exchanges)
 
     def drop_oldest(self, n: int) -> None:
         del self.exchanges[:n]
@@ -110,8 +138,7 @@ class Session:
 
 
 def _user_message(turn: UserTurn) -> ChatMessage:
-    images = tuple(ChatImage(pixels=i.pixels, width=i.width, height=i.height) for i in turn.images)
-    return ChatMessage("user", turn.text, images)
+    return ChatMessage("user", turn.text, turn.images)
 
 
 def resolve_params(

@@ -14,6 +14,7 @@ from gateway.config import Settings
 from gateway.connection import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Connection
 from gateway.engine.types import Engine
 from gateway.metrics import Metrics
+from gateway.turns import TurnService
 
 log = logging.getLogger("gateway.ws")
 
@@ -60,8 +61,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         metrics.rejected.labels(over).inc()
         await _deny(websocket, 503, "too many connections" if over == "capacity" else "too many connections from this client")
         return
-    assert engine is not None
-    connection = Connection(websocket, settings, engine, metrics)
+    turns: TurnService = state.turns
+    connection = Connection(websocket, settings, turns, metrics)
     registry: dict[str, Connection] = state.connections
     registry[connection.session.id] = connection
     try:

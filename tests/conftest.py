@@ -21,6 +21,8 @@ from gateway.config import Settings
 from gateway.engine.demo import write_demo_adapter, write_demo_model, write_text_model
 from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
+from gateway.engine.types import ChatImage
+from gateway.images import ImageLimits, check_image
 from gateway.server import DrainingServer, make_server
 
 
@@ -109,3 +111,8 @@ async def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+def chat_image(color: Any = (200, 30, 30), size: tuple[int, int] = (64, 48), fmt: str = "PNG") -> ChatImage:
+    """An attachment as the turn service hands it to the engine: checked, with its bytes."""
+    return check_image(image_bytes(fmt, size, color), ImageLimits(max_bytes=1 << 26, max_pixels=1 << 26))

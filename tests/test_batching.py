@@ -6,17 +6,16 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from PIL import Image
 
 from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
 from gateway.engine.types import ChatImage, ChatMessage, EngineFull, GenerationRequest, SamplingParams
-from tests.conftest import DemoDirs
+from tests.conftest import DemoDirs, chat_image
 from tests.test_engine import Collector
 
 
 def image(color: tuple[int, int, int], size: tuple[int, int]) -> ChatImage:
-    return ChatImage(Image.new("RGB", size, color), size[0], size[1])
+    return chat_image(color, size)
 
 
 PROMPTS = [
@@ -81,7 +80,7 @@ async def test_new_turn_does_not_wait_for_running_ones(engine: LocalEngine) -> N
     short_sink, _ = submit(engine, PROMPTS[4], SamplingParams(temperature=0, max_tokens=3))
     short = await asyncio.wait_for(short_sink.done, 60)
     assert not long_sink.done.done()
-    assert engine.load()[0] >= 1
+    assert engine.load().active >= 1
     long_result = await asyncio.wait_for(long_sink.done, 60)
     assert short.completion_tokens == 3 and long_result.completion_tokens == 1500
 

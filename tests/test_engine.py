@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
-from PIL import Image
 
 from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
-from gateway.engine.types import ChatImage, ChatMessage, GenerationRequest, GenerationResult, SamplingParams
-from tests.conftest import DemoDirs
+from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
+from tests.conftest import DemoDirs, chat_image
 
 
 @dataclass
@@ -24,9 +23,6 @@ class Collector:
 
     def on_queued(self, position: int) -> None:
         self.queued.append(position)
-
-    def on_start(self) -> None:
-        pass
 
     def on_token(self, text: str) -> None:
         self.deltas.append(text)
@@ -86,7 +82,7 @@ async def test_max_tokens_gives_length(engine: LocalEngine) -> None:
 async def test_usage_counts_actual_tokens(engine: LocalEngine) -> None:
     """prompt_tokens is the tokenized prompt's length and completion_tokens the generated ids."""
     result, deltas = await generate(engine, SamplingParams(temperature=0, max_tokens=12))
-    assert result.prompt_tokens == engine.count_prompt_tokens(MESSAGES)
+    assert result.prompt_tokens == await engine.count_prompt_tokens(MESSAGES)
     assert result.prompt_tokens == engine.loaded.prompt.build(MESSAGES).prompt_tokens
     assert result.completion_tokens == len(result.token_ids) == 12
     assert "".join(deltas) == result.text
@@ -128,15 +124,14 @@ async def test_cancel_stops_early(engine: LocalEngine) -> None:
 
 async def test_images_reach_the_prompt(engine: LocalEngine) -> None:
     """Two images in one turn each add their merged-patch count of image tokens to the prompt."""
-    img = Image.new("RGB", (112, 112), (10, 200, 10))
-    chat_image = ChatImage(img, 112, 112)
-    with_images = [ChatMessage("user", "compare", (chat_image, chat_image))]
+    image = chat_image((10, 200, 10), (112, 112))
+    with_images = [ChatMessage("user", "compare", (image, image))]
     without = [ChatMessage("user", "compare")]
     inputs = engine.loaded.prompt.build(with_images)
     image_token_id = engine.loaded.prompt.image_token_id
     per_image = (112 // 14) ** 2 // 4  # 8x8 patches, merged 2x2
     assert int((inputs.input_ids == image_token_id).sum()) == 2 * per_image
-    assert inputs.prompt_tokens == engine.count_prompt_tokens(without) + 2 * (per_image + 2)
+    assert inputs.prompt_tokens == await engine.count_prompt_tokens(without) + 2 * (per_image + 2)
     result, _ = await generate(engine, SamplingParams(temperature=0, max_tokens=8), with_images)
     assert result.finish_reason in ("length", "stop") and result.prompt_tokens == inputs.prompt_tokens
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from gateway.errors import ErrorCode, GatewayError
-from gateway.images import ImageLimits, decode_image
+from gateway.images import ImageLimits, check_image, decode_pixels
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000)
 
@@ -39,7 +39,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 def decode_error(data: bytes, limits: ImageLimits = LIMITS) -> GatewayError:
     with pytest.raises(GatewayError) as info:
-        decode_image(data, limits)
+        check_image(data, limits)
     return info.value
 
 
@@ -49,15 +49,16 @@ def decode_error(data: bytes, limits: ImageLimits = LIMITS) -> GatewayError:
 @pytest.mark.parametrize(("fmt", "name"), [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif")])
 def test_allowed_formats_are_decoded(fmt: str, name: str) -> None:
     """JPEG, PNG, WebP and GIF decode to RGB pixels of the right size, with a lower-case format name."""
-    image = decode_image(solid(fmt), LIMITS)
-    assert (image.format, image.width, image.height, image.pixels.mode) == (name, 32, 24, "RGB")
-    assert image.pixels.size == (32, 24)
+    image = check_image(solid(fmt), LIMITS)
+    pixels = decode_pixels(image)
+    assert (image.format, image.width, image.height, pixels.mode) == (name, 32, 24, "RGB")
+    assert pixels.size == (32, 24)
 
 
 def test_decoded_image_keeps_bytes_and_hash() -> None:
     """The decoded image keeps the original bytes and their SHA-256."""
     data = solid("PNG")
-    image = decode_image(data, LIMITS)
+    image = check_image(data, LIMITS)
     assert image.data == data and image.sha256 == hashlib.sha256(data).hexdigest()
 
 
@@ -97,7 +98,7 @@ def test_bytes_above_the_cap_are_too_large() -> None:
 def test_bytes_at_the_cap_are_accepted() -> None:
     """An attachment of exactly max_bytes is accepted."""
     data = solid("PNG")
-    assert decode_image(data, ImageLimits(max_bytes=len(data), max_pixels=10**6)).width == 32
+    assert check_image(data, ImageLimits(max_bytes=len(data), max_pixels=10**6)).width == 32
 
 
 def test_pixels_above_the_cap_are_too_large() -> None:
@@ -107,7 +108,7 @@ def test_pixels_above_the_cap_are_too_large() -> None:
 
 def test_pixels_at_the_cap_are_accepted() -> None:
     """An image of exactly max_pixels is accepted."""
-    assert decode_image(solid("PNG"), ImageLimits(max_bytes=10**6, max_pixels=32 * 24)).height == 24
+    assert check_image(solid("PNG"), ImageLimits(max_bytes=10**6, max_pixels=32 * 24)).height == 24
 
 
 def test_pixel_cap_is_checked_from_the_header_before_decoding() -> None:
@@ -136,21 +137,21 @@ def test_animated_gif_gives_its_first_frame() -> None:
     frames = [Image.new("RGB", (16, 16), color) for color in [(255, 0, 0), (0, 0, 255), (0, 255, 0)]]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
     assert Image.open(io.BytesIO(data)).n_frames == 3
-    assert decode_image(data, LIMITS).pixels.getpixel((8, 8)) == (255, 0, 0)
+    assert decode_pixels(check_image(data, LIMITS)).getpixel((8, 8)) == (255, 0, 0)
 
 
 def test_animated_webp_gives_its_first_frame() -> None:
     """An animated WebP decodes to its first frame."""
     frames = [Image.new("RGB", (16, 16), color) for color in [(255, 0, 0), (0, 0, 255)]]
     data = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=50, lossless=True)
-    assert decode_image(data, LIMITS).pixels.getpixel((8, 8)) == (255, 0, 0)
+    assert decode_pixels(check_image(data, LIMITS)).getpixel((8, 8)) == (255, 0, 0)
 
 
 def test_rgba_is_composited_on_white() -> None:
     """Transparent pixels become white and opaque ones keep their colour, in an RGB image."""
     image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     image.putpixel((0, 0), (0, 0, 255, 255))
-    pixels = decode_image(encode(image, "PNG"), LIMITS).pixels
+    pixels = decode_pixels(check_image(encode(image, "PNG"), LIMITS))
     assert pixels.mode == "RGB"
     assert (pixels.getpixel((0, 0)), pixels.getpixel((2, 2))) == ((0, 0, 255), (255, 255, 255))
 
@@ -160,19 +161,19 @@ def test_transparent_gif_is_composited_on_white() -> None:
     image = Image.new("P", (4, 4), 1)
     image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     data = encode(image, "GIF", transparency=1)
-    assert decode_image(data, LIMITS).pixels.getpixel((1, 1)) == (255, 255, 255)
+    assert decode_pixels(check_image(data, LIMITS)).getpixel((1, 1)) == (255, 255, 255)
 
 
 def test_cmyk_jpeg_is_converted_to_rgb() -> None:
     """A CMYK JPEG becomes RGB with its colours (magenta stays magenta)."""
     data = solid("JPEG", color=(0, 255, 0, 0), mode="CMYK")
-    pixels = decode_image(data, LIMITS).pixels
+    pixels = decode_pixels(check_image(data, LIMITS))
     assert pixels.mode == "RGB" and pixels.getpixel((4, 4)) == (255, 0, 255)
 
 
 def test_greyscale_png_is_converted_to_rgb() -> None:
     """An 8-bit greyscale PNG becomes RGB with equal channels."""
-    pixels = decode_image(solid("PNG", color=77, mode="L"), LIMITS).pixels
+    pixels = decode_pixels(check_image(solid("PNG", color=77, mode="L"), LIMITS))
     assert pixels.mode == "RGB" and pixels.getpixel((0, 0)) == (77, 77, 77)
 
 
@@ -180,7 +181,7 @@ def test_16_bit_png_is_scaled_not_clipped() -> None:
     """A 16-bit greyscale PNG (mode I;16) is scaled to 8 bits: mid-grey stays mid-grey, not white."""
     data = solid("PNG", color=30000, mode="I;16")
     assert Image.open(io.BytesIO(data)).mode == "I;16"
-    pixels = decode_image(data, LIMITS).pixels
+    pixels = decode_pixels(check_image(data, LIMITS))
     assert pixels.mode == "RGB" and pixels.getpixel((0, 0)) == (117, 117, 117)
 
 
@@ -188,7 +189,7 @@ def test_16_bit_png_keeps_its_gradient() -> None:
     """A 16-bit gradient keeps distinct dark and light values after conversion."""
     image = Image.new("I;16", (256, 1))
     image.putdata([v * 256 for v in range(256)])
-    pixels = decode_image(encode(image, "PNG"), LIMITS).pixels
+    pixels = decode_pixels(check_image(encode(image, "PNG"), LIMITS))
     assert (pixels.getpixel((0, 0)), pixels.getpixel((128, 0)), pixels.getpixel((255, 0))) == (
         (0, 0, 0),
         (128, 128, 128),
@@ -201,13 +202,13 @@ def test_exif_rotated_jpeg_is_transposed() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
     data = encode(Image.new("RGB", (40, 20), (0, 128, 0)), "JPEG", exif=exif.tobytes())
-    image = decode_image(data, LIMITS)
+    image = check_image(data, LIMITS)
     assert (image.width, image.height) == (20, 40)
-    assert image.pixels.size == (20, 40)
+    assert decode_pixels(image).size == (20, 40)
 
 
 def test_error_message_names_the_image_index() -> None:
     """The error message names which attachment failed."""
     with pytest.raises(GatewayError) as info:
-        decode_image(b"not an image", LIMITS, index=3)
+        check_image(b"not an image", LIMITS, index=3)
     assert "image 3" in info.value.message

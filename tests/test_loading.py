@@ -8,9 +8,9 @@ import pytest
 
 from gateway.engine.loader import ModelLoadError, load_model
 from gateway.engine.local import LocalEngine
-from gateway.engine.types import ChatImage, ChatMessage, SamplingParams
+from gateway.engine.types import ChatMessage, SamplingParams
 from gateway.errors import ErrorCode, GatewayError
-from tests.conftest import DemoDirs
+from tests.conftest import DemoDirs, chat_image
 from tests.test_engine import generate
 
 PROMPT = [ChatMessage("user", "Say something about cats.")]
@@ -55,11 +55,10 @@ def test_adapter_with_missing_base_is_a_clear_error(demo_dirs: DemoDirs) -> None
 
 def test_text_only_model_rejects_images(demo_dirs: DemoDirs) -> None:
     """A causal LM loads as text-only, and a prompt with an image is refused with images_unsupported."""
-    from PIL import Image
 
     loaded = load_model(demo_dirs.text_model)
     assert not loaded.prompt.vision
-    image = ChatImage(Image.new("RGB", (32, 32)), 32, 32)
+    image = chat_image(size=(32, 32))
     with pytest.raises(GatewayError) as caught:
         loaded.prompt.count([ChatMessage("user", "what is this?", (image,))])
     assert caught.value.code == ErrorCode.IMAGES_UNSUPPORTED

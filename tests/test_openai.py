@@ -18,9 +18,9 @@ import requests
 import uvicorn
 from openai import OpenAI
 
-from gateway import openai as openai_api
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.engine.scripted import ScriptedEngine as BaseScriptedEngine
 from gateway.engine.types import (
     ChatMessage,
     EngineFull,
@@ -38,28 +38,22 @@ MODEL = "gateway-demo"
 HELLO: Any = [{"role": "user", "content": "hello"}]
 
 
-def install_routes(app: Any, policy: FetchPolicy | None = None) -> None:
-    """Put the OpenAI routes first (app.py's own /v1/models must not shadow them), replacing earlier ones."""
-    routes = app.router.routes
-    routes[:] = [r for r in routes if not getattr(r, "openai_test_route", False)]
-    new = openai_api.routes(policy)
-    for route in new:
-        setattr(route, "openai_test_route", True)  # noqa: B010
-    routes[:0] = new
+def use_fetch_policy(app: Any, policy: FetchPolicy | None = None) -> None:
+    """Image URLs are fetched under `policy` (default: the settings', which refuse loopback)."""
+    app.state.turns.fetch_policy = policy or FetchPolicy.from_settings(app.state.settings)
 
 
 @pytest.fixture(scope="module")
 def api(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
     settings = Settings(api_key=API_KEY, max_frame_bytes=2 << 20, max_image_bytes=1 << 20, adapters=f"tuned={demo_dirs.adapter}")
     running = start_server(demo_dirs.model, settings)
-    install_routes(running.app)
     yield running
     running.stop()
 
 
 @pytest.fixture
 def client(api: RunningServer) -> OpenAI:
-    install_routes(api.app)  # the default fetch policy: no loopback
+    use_fetch_policy(api.app)  # the default fetch policy: no loopback
     return OpenAI(base_url=f"{api.http_url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
 
 
@@ -141,7 +135,7 @@ def test_completion_has_text_and_exact_usage(client: OpenAI, api: RunningServer)
     assert choice.finish_reason == "length"
     assert reply.usage is not None
     assert reply.usage.completion_tokens == 8
-    assert reply.usage.prompt_tokens == api.engine.count_prompt_tokens([ChatMessage("user", "hello")])
+    assert reply.usage.prompt_tokens == prompt_length(api, [ChatMessage("user", "hello")])
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + 8
 
 
@@ -176,7 +170,7 @@ def test_system_message_joins_the_prompt(client: OpenAI, api: RunningServer) -> 
     """System (and developer) messages reach the model: the prompt counts them."""
     system = [{"role": "system", "content": "Answer briefly."}, *HELLO]
     reply = greedy(client, system, max_tokens=2)
-    expected = api.engine.count_prompt_tokens([ChatMessage("system", "Answer briefly."), ChatMessage("user", "hello")])
+    expected = prompt_length(api, [ChatMessage("system", "Answer briefly."), ChatMessage("user", "hello")])
     assert reply.usage is not None and reply.usage.prompt_tokens == expected
     developer = greedy(client, [{"role": "developer", "content": "Answer briefly."}, *HELLO], max_tokens=2)
     assert developer.usage == reply.usage
@@ -191,7 +185,7 @@ def test_multi_turn_with_content_parts(client: OpenAI, api: RunningServer) -> No
     ]
     reply = greedy(client, messages, max_tokens=2)
     expected = [ChatMessage("user", "hello\nworld"), ChatMessage("assistant", "hi"), ChatMessage("user", "again")]
-    assert reply.usage is not None and reply.usage.prompt_tokens == api.engine.count_prompt_tokens(expected)
+    assert reply.usage is not None and reply.usage.prompt_tokens == prompt_length(api, expected)
 
 
 def test_max_completion_tokens_and_stop(client: OpenAI) -> None:
@@ -233,7 +227,7 @@ def test_image_by_data_uri(client: OpenAI, api: RunningServer, submitted: list[G
     reply = greedy(client, with_image(data_uri(fmt)), max_tokens=3)
     images = submitted[-1].messages[-1].images
     assert len(images) == 1 and (images[0].width, images[0].height) == (64, 48)
-    text_only = api.engine.count_prompt_tokens([ChatMessage("user", "what is this?")])
+    text_only = prompt_length(api, [ChatMessage("user", "what is this?")])
     assert reply.usage is not None and reply.usage.prompt_tokens > text_only
 
 
@@ -246,7 +240,7 @@ def test_image_by_url_from_allow_listed_server(client: OpenAI, api: RunningServe
             greedy(client, with_image(url), max_tokens=3)
         assert "private or reserved address" in caught.value.message
         assert caught.value.param == "messages[0].content"
-        install_routes(api.app, FetchPolicy(allow=("127.0.0.0/8",), total_timeout_s=5.0))
+        use_fetch_policy(api.app, FetchPolicy(allow=("127.0.0.0/8",), total_timeout_s=5.0))
         by_url = greedy(client, with_image(url), max_tokens=3)
         by_data = greedy(client, with_image(data_uri("PNG")), max_tokens=3)
         assert by_url.usage == by_data.usage
@@ -380,18 +374,24 @@ def test_adapter_model_id_changes_greedy_output(client: OpenAI) -> None:
     assert tuned != base
 
 
+def prompt_length(api: RunningServer, messages: Sequence[ChatMessage]) -> int:
+    """The engine's own count, through its asynchronous contract (these tests are synchronous)."""
+    return asyncio.run(api.engine.count_prompt_tokens(messages))
+
+
 # ---- a scripted engine, for what the demo model cannot be made to do ---------------------------
 
 
-class ScriptedEngine:
-    """An engine whose reply depends on the last message: `full`, `crash`, `fail`, else it names the adapter."""
+class ScriptedEngine(BaseScriptedEngine):
+    """The shared scripted engine, with a reply chosen by the last message: `full`, `crash`, `fail`,
+    else it names the adapter."""
 
-    model_id = "scripted"
-    vision = False
-    context_tokens = 100
-    adapters: tuple[str, ...] = ("scripted-lora",)
+    def __init__(self) -> None:
+        super().__init__(model_id="scripted", context_tokens=100)
+        self.vision = False
+        self.adapters = ("scripted-lora",)
 
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+    def count(self, messages: Sequence[ChatMessage]) -> int:
         return sum(len(m.text.split()) + 1 for m in messages)
 
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
@@ -405,30 +405,22 @@ class ScriptedEngine:
             finish_reason="error" if command == "fail" else "stop",
             text="" if command == "fail" else text,
             token_ids=(1, 2),
-            prompt_tokens=self.count_prompt_tokens(request.messages),
+            prompt_tokens=self.count(request.messages),
             ttft_ms=1.0,
             total_ms=2.0,
             tokens_per_s=1.0,
             error="the model failed" if command == "fail" else None,
         )
         loop = asyncio.get_running_loop()
-        loop.call_soon(sink.on_start)
         if command != "fail":
             loop.call_soon(sink.on_token, text)
         loop.call_soon(sink.on_done, result)
         return request.handle
 
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
 
 @contextlib.contextmanager
 def serving(app: Any) -> Iterator[str]:
     """Serve an app built here with a real uvicorn on a free loopback port; yields its base URL."""
-    install_routes(app)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

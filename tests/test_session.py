@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import pytest
 from PIL import Image
 
-from gateway.engine.types import ChatMessage, SamplingParams
+from gateway.engine.types import ChatImage, ChatMessage, SamplingParams
 from gateway.errors import ErrorCode, GatewayError
-from gateway.images import DecodedImage, ImageLimits, decode_image
+from gateway.images import ImageLimits, check_image
 from gateway.protocol import SamplingOptions
 from gateway.session import Exchange, Session, UserTurn, resolve_params
 
@@ -18,15 +18,20 @@ LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=1_000_000)
 BIG_CONTEXT = 1_000_000
 
 
-def count_chars(messages: Sequence[ChatMessage]) -> int:
-    """A fake token counter: one token per character of text."""
+def chars(messages: Sequence[ChatMessage]) -> int:
+    """A fake token count: one token per character of text."""
     return sum(len(m.text) for m in messages)
 
 
-def png_image(color: tuple[int, int, int], size: tuple[int, int] = (4, 3)) -> DecodedImage:
+async def count_chars(messages: Sequence[ChatMessage]) -> int:
+    """The fake counter, as the engine's asynchronous contract has it."""
+    return chars(messages)
+
+
+def png_image(color: tuple[int, int, int], size: tuple[int, int] = (4, 3)) -> ChatImage:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, "PNG")
-    return decode_image(buffer.getvalue(), LIMITS)
+    return check_image(buffer.getvalue(), LIMITS)
 
 
 def chat(session: Session, *texts: str) -> None:
@@ -42,11 +47,11 @@ def texts(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
 # ---- history -----------------------------------------------------------------------------------
 
 
-def test_plan_lists_history_in_order_then_the_new_turn() -> None:
+async def test_plan_lists_history_in_order_then_the_new_turn() -> None:
     """plan() gives system, then each past user/assistant pair oldest first, then the new turn."""
     session = Session(max_history_turns=10, system="sys")
     chat(session, "1", "2")
-    plan = session.plan(UserTurn(id="3", text="u3"), 10, BIG_CONTEXT, count_chars)
+    plan = await session.plan(UserTurn(id="3", text="u3"), 10, BIG_CONTEXT, count_chars)
     assert texts(plan.messages) == [
         ("system", "sys"),
         ("user", "u1"),
@@ -57,121 +62,121 @@ def test_plan_lists_history_in_order_then_the_new_turn() -> None:
     ]
 
 
-def test_plan_without_system_prompt_has_no_system_message() -> None:
+async def test_plan_without_system_prompt_has_no_system_message() -> None:
     """A session with no system prompt sends no system message."""
-    plan = Session(max_history_turns=10).plan(UserTurn(id="1", text="hi"), 10, BIG_CONTEXT, count_chars)
+    plan = await Session(max_history_turns=10).plan(UserTurn(id="1", text="hi"), 10, BIG_CONTEXT, count_chars)
     assert texts(plan.messages) == [("user", "hi")]
 
 
-def test_plan_reports_prompt_tokens_from_the_counter() -> None:
+async def test_plan_reports_prompt_tokens_from_the_counter() -> None:
     """prompt_tokens is the counter's value for the planned messages."""
     session = Session(max_history_turns=10, system="sys")
     chat(session, "1")
-    plan = session.plan(UserTurn(id="2", text="u2"), 10, BIG_CONTEXT, count_chars)
-    assert plan.prompt_tokens == count_chars(plan.messages) == len("sys" + "u1" + "a1" + "u2")
+    plan = await session.plan(UserTurn(id="2", text="u2"), 10, BIG_CONTEXT, count_chars)
+    assert plan.prompt_tokens == chars(plan.messages) == len("sys" + "u1" + "a1" + "u2")
 
 
-def test_plan_does_not_change_history() -> None:
+async def test_plan_does_not_change_history() -> None:
     """Planning a turn neither records it nor drops anything from history."""
     session = Session(max_history_turns=10)
     chat(session, "1", "2")
-    session.plan(UserTurn(id="3", text="u3"), 1, 6, count_chars)
+    await session.plan(UserTurn(id="3", text="u3"), 1, 6, count_chars)
     assert [e.turn.id for e in session.exchanges] == ["1", "2"]
 
 
-def test_images_stay_with_their_turn_across_later_turns() -> None:
+async def test_images_stay_with_their_turn_across_later_turns() -> None:
     """Each image appears in the user message of the turn that sent it, however many turns later."""
     red, green, blue = png_image((255, 0, 0)), png_image((0, 255, 0)), png_image((0, 0, 255))
     session = Session(max_history_turns=10)
     session.record(UserTurn(id="1", text="two", images=(red, green)), "a1", partial=False, epoch=0)
     session.record(UserTurn(id="2", text="none"), "a2", partial=False, epoch=0)
-    plan = session.plan(UserTurn(id="3", text="one", images=(blue,)), 10, BIG_CONTEXT, count_chars)
-    pixels = [[image.pixels for image in m.images] for m in plan.messages]
-    assert pixels == [[red.pixels, green.pixels], [], [], [], [blue.pixels]]
+    plan = await session.plan(UserTurn(id="3", text="one", images=(blue,)), 10, BIG_CONTEXT, count_chars)
+    images = [[image.sha256 for image in m.images] for m in plan.messages]
+    assert images == [[red.sha256, green.sha256], [], [], [], [blue.sha256]]
 
 
-def test_plan_images_carry_the_decoded_size() -> None:
+async def test_plan_images_carry_the_decoded_size() -> None:
     """A planned image carries the decoded image's width and height."""
     image = png_image((1, 2, 3), size=(7, 5))
-    plan = Session(max_history_turns=10).plan(UserTurn(id="1", text="x", images=(image,)), 1, 100, count_chars)
+    plan = await Session(max_history_turns=10).plan(UserTurn(id="1", text="x", images=(image,)), 1, 100, count_chars)
     (chat_image,) = plan.messages[0].images
     assert (chat_image.width, chat_image.height) == (7, 5)
 
 
-def test_assistant_messages_never_carry_images() -> None:
+async def test_assistant_messages_never_carry_images() -> None:
     """Replies in the plan carry no images even when their turn had some."""
     session = Session(max_history_turns=10)
     session.record(UserTurn(id="1", text="x", images=(png_image((9, 9, 9)),)), "a", partial=False, epoch=0)
-    plan = session.plan(UserTurn(id="2", text="y"), 1, 100, count_chars)
+    plan = await session.plan(UserTurn(id="2", text="y"), 1, 100, count_chars)
     assert plan.messages[1].role == "assistant" and plan.messages[1].images == ()
 
 
 # ---- trimming ----------------------------------------------------------------------------------
 
 
-def test_plan_keeps_everything_when_it_fits() -> None:
+async def test_plan_keeps_everything_when_it_fits() -> None:
     """When the whole history fits, nothing is dropped."""
     session = Session(max_history_turns=10)
     chat(session, "1", "2", "3")
     # three 4-character exchanges + the 2-character turn = 14 = 16 - 2
-    plan = session.plan(UserTurn(id="4", text="u4"), 2, 16, count_chars)
+    plan = await session.plan(UserTurn(id="4", text="u4"), 2, 16, count_chars)
     assert plan.dropped_turns == 0 and len(plan.messages) == 7
 
 
-def test_trimming_drops_the_oldest_exchanges_first() -> None:
+async def test_trimming_drops_the_oldest_exchanges_first() -> None:
     """When history does not fit, the oldest exchanges go and the newest stay."""
     session = Session(max_history_turns=10)
     chat(session, "1", "2", "3")
     # budget = 10 - 2 = 8 characters: the new turn (2) + one exchange (4) fits, two (8 + 2) do not
-    plan = session.plan(UserTurn(id="4", text="u4"), 2, 10, count_chars)
+    plan = await session.plan(UserTurn(id="4", text="u4"), 2, 10, count_chars)
     assert texts(plan.messages) == [("user", "u3"), ("assistant", "a3"), ("user", "u4")]
 
 
-def test_trimming_reports_how_many_exchanges_were_dropped() -> None:
+async def test_trimming_reports_how_many_exchanges_were_dropped() -> None:
     """dropped_turns counts the exchanges left out of the plan."""
     session = Session(max_history_turns=10)
     chat(session, "1", "2", "3")
-    assert session.plan(UserTurn(id="4", text="u4"), 2, 10, count_chars).dropped_turns == 2
+    assert (await session.plan(UserTurn(id="4", text="u4"), 2, 10, count_chars)).dropped_turns == 2
 
 
-def test_trimming_drops_the_fewest_exchanges_that_fit_exactly() -> None:
+async def test_trimming_drops_the_fewest_exchanges_that_fit_exactly() -> None:
     """A prompt that fills the budget exactly is kept; trimming stops at the first fit."""
     session = Session(max_history_turns=10)
     chat(session, "1", "2", "3", "4", "5")
     # each exchange is 4 characters, the new turn 2: 3 exchanges + turn = 14 = 20 - 6
-    plan = session.plan(UserTurn(id="6", text="u6"), 6, 20, count_chars)
+    plan = await session.plan(UserTurn(id="6", text="u6"), 6, 20, count_chars)
     assert (plan.dropped_turns, plan.prompt_tokens) == (2, 14)
 
 
-def test_trimming_never_drops_the_system_prompt() -> None:
+async def test_trimming_never_drops_the_system_prompt() -> None:
     """However much history is dropped, the system prompt stays first."""
     session = Session(max_history_turns=10, system="system!")
     chat(session, "1", "2", "3")
-    plan = session.plan(UserTurn(id="4", text="u4"), 1, len("system!") + 2 + 1, count_chars)
+    plan = await session.plan(UserTurn(id="4", text="u4"), 1, len("system!") + 2 + 1, count_chars)
     assert texts(plan.messages) == [("system", "system!"), ("user", "u4")]
     assert plan.dropped_turns == 3
 
 
-def test_single_turn_too_large_is_context_overflow() -> None:
+async def test_single_turn_too_large_is_context_overflow() -> None:
     """A turn that alone cannot fit with max_tokens is refused as context_overflow, with its id."""
     session = Session(max_history_turns=10)
     with pytest.raises(GatewayError) as info:
-        session.plan(UserTurn(id="big", text="x" * 100), 10, 100, count_chars)
+        await session.plan(UserTurn(id="big", text="x" * 100), 10, 100, count_chars)
     assert (info.value.code, info.value.frame_id) == (ErrorCode.CONTEXT_OVERFLOW, "big")
 
 
-def test_system_prompt_counts_towards_context_overflow() -> None:
+async def test_system_prompt_counts_towards_context_overflow() -> None:
     """A turn that fits alone but not beside the system prompt is context_overflow."""
     session = Session(max_history_turns=10, system="s" * 50)
     with pytest.raises(GatewayError) as info:
-        session.plan(UserTurn(id="t", text="x" * 50), 1, 100, count_chars)
+        await session.plan(UserTurn(id="t", text="x" * 50), 1, 100, count_chars)
     assert info.value.code is ErrorCode.CONTEXT_OVERFLOW
 
 
-def test_max_tokens_above_context_is_context_overflow() -> None:
+async def test_max_tokens_above_context_is_context_overflow() -> None:
     """max_tokens larger than the whole context window leaves no room: context_overflow."""
     with pytest.raises(GatewayError) as info:
-        Session(max_history_turns=10).plan(UserTurn(id="t", text=""), 200, 100, count_chars)
+        await Session(max_history_turns=10).plan(UserTurn(id="t", text=""), 200, 100, count_chars)
     assert info.value.code is ErrorCode.CONTEXT_OVERFLOW
 
 
@@ -201,11 +206,11 @@ def test_cancelled_reply_is_recorded_as_partial() -> None:
     assert session.exchanges[0].partial is True and session.exchanges[0].reply == "hel"
 
 
-def test_partial_reply_is_sent_back_to_the_model() -> None:
+async def test_partial_reply_is_sent_back_to_the_model() -> None:
     """A partial reply still appears as the assistant message in later plans."""
     session = Session(max_history_turns=10)
     session.record(UserTurn(id="1", text="hi"), "hel", partial=True, epoch=0)
-    plan = session.plan(UserTurn(id="2", text="go on"), 1, 100, count_chars)
+    plan = await session.plan(UserTurn(id="2", text="go on"), 1, 100, count_chars)
     assert texts(plan.messages)[1] == ("assistant", "hel")
 
 

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +18,15 @@ import torch
 from gateway.engine.batch import Batch, Sequence, supports_batching
 from gateway.engine.detok import TextStream
 from gateway.engine.loader import LoadedModel
+from gateway.engine.probe import probe_vision
 from gateway.engine.prompt import ModelInputs
 from gateway.engine.relay import EventRelay
 from gateway.engine.types import (
+    ChatImage,
     ChatMessage,
     EngineFull,
+    EngineHealth,
+    EngineLoad,
     FinishReason,
     GenerationRequest,
     GenerationResult,
@@ -52,10 +57,19 @@ class LocalEngine:
         context_tokens: int | None = None,
         max_batch: int = 16,
         max_prefills_per_step: int = 16,
+        image_cache_bytes: int = 256 << 20,
+        image_workers: int = 2,
     ) -> None:
         self.loaded = loaded
         self.model_id = loaded.model_id
-        self.vision = loaded.prompt.vision
+        self.vision = loaded.prompt.vision  # until start() has tried an image prompt
+        loaded.prompt.images.max_bytes = image_cache_bytes
+        # The generation thread builds prompts with loaded.prompt; counting runs on a thread of its own
+        # with its own tokenizer (no tokenizer is shared between threads), and images are processed
+        # ahead of their turn on a small pool, so neither work lands on the event loop or the model.
+        self._counter = loaded.prompt.for_another_thread()
+        self._count_pool = ThreadPoolExecutor(1, thread_name_prefix="gateway-count")
+        self._image_pool = ThreadPoolExecutor(max(1, image_workers), thread_name_prefix="gateway-images")
         self.context_tokens = min(loaded.context_tokens, context_tokens or loaded.context_tokens)
         self.adapters: tuple[str, ...] = loaded.adapter_names
         self.max_batch = max_batch
@@ -74,8 +88,15 @@ class LocalEngine:
 
     # ---- called from the event loop --------------------------------------------------------------
 
-    def count_prompt_tokens(self, messages: Seq[ChatMessage]) -> int:
-        return self.loaded.prompt.count(messages)
+    async def count_prompt_tokens(self, messages: Seq[ChatMessage]) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._count_pool, self._counter.count, messages)
+
+    async def prepare(self, images: Seq[ChatImage]) -> None:
+        cache = self.loaded.prompt.images
+        missing = [image for image in images if image not in cache]
+        if missing and self.vision:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(self._image_pool, cache.get, image) for image in missing))
 
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
         job = _Job(request=request, sink=sink, loop=asyncio.get_running_loop())
@@ -89,12 +110,23 @@ class LocalEngine:
             job.loop.call_soon(sink.on_queued, ahead + 1)
         return request.handle
 
-    def load(self) -> tuple[int, int]:
-        """(active turns, waiting turns), for metrics."""
+    def load(self) -> EngineLoad:
         with self._lock:
-            return self._active, len(self._waiting)
+            return EngineLoad(active=self._active, waiting=len(self._waiting), capacity=self.max_batch)
+
+    def health(self) -> EngineHealth:
+        if self._thread.is_alive() or not self._thread.ident:
+            return EngineHealth(ok=True)
+        return EngineHealth(ok=False, detail="the generation thread has stopped")
 
     def start(self) -> None:
+        """Try one image prompt through the model (so `vision` is a fact, not a guess), then start the
+        generation thread, which owns the model from here on."""
+        if self.vision:
+            reason = probe_vision(self.loaded)
+            if reason is not None:
+                log.warning("images disabled: this model's image prompt failed at start-up (%s)", reason)
+                self.vision = False
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -102,10 +134,13 @@ class LocalEngine:
         with self._lock:
             self._stopping = True
             self._wake.notify()
-        self._thread.join(timeout_s)
+        if self._thread.ident:
+            self._thread.join(timeout_s)
         if self._thread.is_alive():
             self._abort.set()
             self._thread.join(timeout_s)
+        self._count_pool.shutdown(wait=False, cancel_futures=True)
+        self._image_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- the generation thread -------------------------------------------------------------------
 
@@ -161,7 +196,6 @@ class LocalEngine:
             if job.request.handle.cancelled.is_set():
                 self._finish(seq, "cancelled")
                 continue
-            self._emit(job, job.sink.on_start)
             try:
                 ready.append((seq, self.loaded.prompt.build(job.request.messages)))
             except GatewayError as exc:

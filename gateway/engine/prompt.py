@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 from collections.abc import Iterator, Sequence
@@ -10,8 +11,10 @@ from typing import Any
 
 import torch
 
-from gateway.engine.types import ChatMessage
+from gateway.engine.image_cache import ImageCache, ProcessedImage
+from gateway.engine.types import ChatImage, ChatMessage
 from gateway.errors import ErrorCode, GatewayError
+from gateway.images import decode_pixels
 
 IMAGE_TOKEN = "<|image|>"
 
@@ -31,18 +34,28 @@ class ModelInputs:
 class PromptBuilder:
     """Renders messages with the tokenizer's chat template; for GLM-4V, expands one placeholder per
     image into its merged-patch count, built from the image processor and the tokenizer (the combined
-    Glm4vProcessor needs torchvision)."""
+    Glm4vProcessor needs torchvision). A builder's tokenizer belongs to one thread: tokenizers keep
+    per-call switches (`split_special_tokens`) as shared state, so `for_another_thread` copies it."""
 
-    def __init__(self, tokenizer: Any, image_processor: Any | None, image_token_id: int | None) -> None:
+    def __init__(
+        self, tokenizer: Any, image_processor: Any | None, image_token_id: int | None, image_cache_bytes: int = 256 << 20
+    ) -> None:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.image_token_id = image_token_id
         self.vision = image_processor is not None and image_token_id is not None
+        self.images = ImageCache(self.process_image, image_cache_bytes)
         # Message texts enter the template as unguessable markers, so that no text a client sends can
         # become a special token (a forged role tag, end of text or image placeholder).
         nonce = secrets.token_hex(8)
         self._marker = "<<text-{nonce}-{index}>>".replace("{nonce}", nonce)
         self._marker_pattern = re.compile(re.escape(f"<<text-{nonce}-") + r"(\d+)>>")
+
+    def for_another_thread(self) -> PromptBuilder:
+        """The same builder with a tokenizer of its own; the processed-image cache is shared."""
+        twin = copy.copy(self)
+        twin.tokenizer = copy.deepcopy(self.tokenizer)
+        return twin
 
     def count(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt length in tokens, without touching pixels (image token counts come from sizes)."""
@@ -50,16 +63,22 @@ class PromptBuilder:
         sizes = [(img.height, img.width) for m in messages for img in m.images]
         return len(self._token_ids(messages, [self.image_tokens(h, w) for h, w in sizes]))
 
+    def process_image(self, image: ChatImage) -> ProcessedImage:
+        """One image through the image processor; images are processed one by one and concatenated,
+        which gives the processor's batched output (patches are per image)."""
+        processed = self.image_processor(images=[decode_pixels(image)], return_tensors="pt")  # type: ignore[misc]
+        return {"pixel_values": processed["pixel_values"], "image_grid_thw": processed["image_grid_thw"]}
+
     def build(self, messages: Sequence[ChatMessage]) -> ModelInputs:
-        images = [img.pixels for m in messages for img in m.images]
+        """Model inputs for a prompt; images come from the processed-image cache (a miss is processed here)."""
+        images = [self.images.get(img) for m in messages for img in m.images]
         extras: dict[str, torch.Tensor] = {}
         counts: list[int] = []
         if images:
-            processed = self.image_processor(images=images, return_tensors="pt")  # type: ignore[misc]
-            grid = processed["image_grid_thw"]
+            grid = torch.cat([i["image_grid_thw"] for i in images])
             merge = int(self.image_processor.merge_size) ** 2  # type: ignore[union-attr]
             counts = [int(g.prod().item()) // merge for g in grid]
-            extras["pixel_values"] = processed["pixel_values"]
+            extras["pixel_values"] = torch.cat([i["pixel_values"] for i in images])
             extras["image_grid_thw"] = grid
         ids = torch.tensor([self._token_ids(messages, counts)], dtype=torch.long)
         if images and self.image_token_id is not None:

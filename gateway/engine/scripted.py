@@ -6,7 +6,17 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from gateway.engine.types import ChatMessage, EngineFull, GenerationRequest, GenerationResult, TurnHandle, TurnSink
+from gateway.engine.types import (
+    ChatImage,
+    ChatMessage,
+    EngineFull,
+    EngineHealth,
+    EngineLoad,
+    GenerationRequest,
+    GenerationResult,
+    TurnHandle,
+    TurnSink,
+)
 
 
 class ScriptedEngine:
@@ -22,8 +32,20 @@ class ScriptedEngine:
         self.queue_size = queue_size
         self._running: set[asyncio.Task[None]] = set()
 
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+    async def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return self.count(messages)
+
+    def count(self, messages: Sequence[ChatMessage]) -> int:
         return sum(len(m.text.split()) + 16 * len(m.images) + 2 for m in messages)
+
+    async def prepare(self, images: Sequence[ChatImage]) -> None:
+        pass
+
+    def load(self) -> EngineLoad:
+        return EngineLoad(active=len(self._running), waiting=0, capacity=self.queue_size)
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(ok=True)
 
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
         if len(self._running) >= self.queue_size:
@@ -44,7 +66,6 @@ class ScriptedEngine:
         started = time.perf_counter()
         emitted: list[str] = []
         reason = "length"
-        sink.on_start()
         for i in range(request.params.max_tokens):
             await asyncio.sleep(0)  # one token per loop iteration, like a real stream
             if request.handle.cancelled.is_set():
@@ -58,7 +79,7 @@ class ScriptedEngine:
                 finish_reason=reason,  # type: ignore[arg-type]
                 text="".join(emitted),
                 token_ids=tuple(range(len(emitted))),
-                prompt_tokens=self.count_prompt_tokens(request.messages),
+                prompt_tokens=self.count(request.messages),
                 ttft_ms=0.0 if emitted else None,
                 total_ms=total_ms,
                 tokens_per_s=len(emitted) / (total_ms / 1000) if total_ms > 0 else 0.0,

@@ -5,19 +5,28 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+from gateway.protocol import FinishReason as FinishReason
+
 GREEDY_TEMPERATURE = 1e-5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ChatImage:
-    """An image as the model sees it: RGB pixels (a PIL image) and their size."""
+    """An image as the client sent it: the original bytes and their MIME type, with the size (after
+    EXIF orientation) and sha256 read when it was checked. Pixels are derived by whoever needs them."""
 
-    pixels: Any
+    data: bytes
+    mime: str  # "image/png", "image/jpeg", "image/webp", "image/gif"
     width: int
     height: int
+    sha256: str
+
+    @property
+    def format(self) -> str:
+        """ "png", "jpeg", ...: the MIME subtype."""
+        return self.mime.partition("/")[2]
 
 
 @dataclass(frozen=True)
@@ -64,8 +73,6 @@ class TurnSink(Protocol):
 
     def on_queued(self, position: int) -> None: ...
 
-    def on_start(self) -> None: ...
-
     def on_token(self, text: str) -> None: ...
 
     def on_done(self, result: GenerationResult) -> None: ...
@@ -93,17 +100,43 @@ class EngineFull(Exception):
     """The engine's bounded queue has no room; the caller answers `overloaded`."""
 
 
+@dataclass(frozen=True)
+class EngineLoad:
+    """A snapshot of an engine's occupancy, for metrics and for estimating Retry-After."""
+
+    active: int  # turns generating now
+    waiting: int  # turns admitted but waiting for a slot
+    capacity: int  # turns that can generate at once
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    ok: bool
+    detail: str = ""  # why not, when not ok
+
+
 class Engine(Protocol):
-    """What the WebSocket and HTTP layers need from an engine; a batching scheduler keeps this shape."""
+    """What the turn service needs from an engine, local or remote. Every method but the async ones
+    is called on the event loop thread and must not block it."""
 
     model_id: str
-    vision: bool
+    vision: bool  # True only when an image prompt was built and run at start-up
     context_tokens: int
     adapters: tuple[str, ...]  # names of extra LoRA adapters a request may select
 
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int: ...
+    async def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """The prompt's length in tokens, exactly as `submit` would build it; off the event loop."""
+        ...
+
+    async def prepare(self, images: Sequence[ChatImage]) -> None:
+        """Optional head start on a turn's new images (decode, process) before it is submitted."""
+        ...
 
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle: ...
+
+    def load(self) -> EngineLoad: ...
+
+    def health(self) -> EngineHealth: ...
 
     def start(self) -> None: ...
 

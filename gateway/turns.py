@@ -1,0 +1,257 @@
+"""The turn service: one lifecycle for every front end, from validation to the recorded exchange."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from gateway import protocol as p
+from gateway.config import Settings
+from gateway.engine.types import (
+    ChatImage,
+    ChatMessage,
+    Engine,
+    EngineFull,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    TurnHandle,
+    TurnSink,
+)
+from gateway.errors import ErrorCode, GatewayError, RetryLater
+from gateway.fetch import data_url_bytes, fetch_image_bytes
+from gateway.image_ledger import ImageLedger
+from gateway.images import ImageLimits, check_image
+from gateway.metrics import Metrics
+from gateway.replies import server_defaults
+from gateway.session import PromptPlan, Session, UserTurn, resolve_params
+from gateway.url_guard import FetchPolicy
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """One user turn as any front end received it."""
+
+    id: str
+    text: str
+    images: Sequence[bytes] = ()
+    image_urls: Sequence[str] = ()
+    options: p.SamplingOptions | None = None
+
+
+@dataclass
+class StartedTurn:
+    """A session's turn on the engine: what to record when it ends, and the grip to cancel it."""
+
+    turn: UserTurn
+    plan: PromptPlan
+    handle: TurnHandle
+    epoch: int
+    model: str | None  # the adapter it runs on; None is the base model
+
+
+@dataclass
+class _Observed:
+    """Wraps a front end's sink: the service sees every turn's end (metrics, in-flight count, timing)."""
+
+    sink: TurnSink
+    service: TurnService
+
+    def on_queued(self, position: int) -> None:
+        self.sink.on_queued(position)
+
+    def on_token(self, text: str) -> None:
+        self.sink.on_token(text)
+
+    def on_done(self, result: GenerationResult) -> None:
+        self.service.turn_ended(result)
+        self.sink.on_done(result)
+
+
+class TurnService:
+    """Validation and limits, image loading on a bounded pool of its own, sampling resolution, planning
+    and trimming, submission, recording, metrics and draining: written once for WebSocket and HTTP."""
+
+    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self.draining = False
+        self.in_flight = 0  # turns submitted and not yet done, all front ends together
+        self.server_defaults = server_defaults(settings)
+        self.images = ImageLedger(settings.max_total_image_bytes)
+        self.fetch_policy = FetchPolicy.from_settings(settings)
+        self._limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        # URL fetches wait on the network and decoding burns CPU: each on a pool of its own, so neither
+        # starves the other, and neither shares asyncio's default executor with anything else.
+        self._fetch_slots = asyncio.Semaphore(settings.image_fetch_concurrency)
+        self._fetch_pool = ThreadPoolExecutor(settings.image_fetch_concurrency, thread_name_prefix="gateway-fetch")
+        self._decode_pool = ThreadPoolExecutor(max(1, settings.image_workers), thread_name_prefix="gateway-decode")
+        self._turn_ms = 1000.0  # a moving average of turn durations, for Retry-After
+
+    def close(self) -> None:
+        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def models(self) -> list[str]:
+        return [self.engine.model_id, *self.engine.adapters]
+
+    # ---- checks ----------------------------------------------------------------------------------
+
+    def check_open(self, frame_id: str | None) -> None:
+        if self.draining:
+            raise GatewayError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect shortly", frame_id)
+
+    def check_turn(self, request: TurnRequest) -> None:
+        s = self.settings
+        if len(request.text) > s.max_text_chars:
+            raise GatewayError(ErrorCode.TOO_LARGE, f"text is {len(request.text)} characters; the limit is {s.max_text_chars}")
+        self.check_images(len(request.images) + len(request.image_urls))
+        if request.options is not None:
+            self.check_options(request.options)
+
+    def check_images(self, count: int) -> None:
+        if count and not self.engine.vision:
+            raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, "the served model cannot take images; send turns without them")
+        if count > self.settings.max_images_per_turn:
+            raise GatewayError(ErrorCode.TOO_LARGE, f"{count} images; the limit is {self.settings.max_images_per_turn} per turn")
+
+    def check_options(self, options: p.SamplingOptions) -> None:
+        """The limits on sampling options that the schema alone cannot know (they are settings)."""
+        limit = self.settings.max_tokens_limit
+        if options.max_tokens is not None and options.max_tokens > limit:
+            raise GatewayError(ErrorCode.INVALID_FIELD, f"max_tokens {options.max_tokens} is above the limit of {limit}")
+        if options.stop is not None and len(options.stop) > self.settings.max_stop_strings:
+            raise GatewayError(ErrorCode.TOO_LARGE, f"at most {self.settings.max_stop_strings} stop strings")
+        if options.model is not None:
+            self.adapter_for(options.model)
+
+    def adapter_for(self, model: str | None) -> str | None:
+        """The adapter a model id selects (None: the base model), or `invalid_field` naming the ids."""
+        if model is None or model == self.engine.model_id:
+            return None
+        if model in self.engine.adapters:
+            return model
+        raise GatewayError(ErrorCode.INVALID_FIELD, f"unknown model {model[:100]!r}; this server has {', '.join(self.models)}")
+
+    # ---- images ----------------------------------------------------------------------------------
+
+    async def load_images(self, blobs: Sequence[bytes], urls: Sequence[str]) -> tuple[ChatImage, ...]:
+        """Attachments, then URL images, checked on the service's pools; numbered in that order."""
+        loads = [self.check_blob(blob, i) for i, blob in enumerate(blobs)]
+        loads += [self.load_url(url, len(blobs) + i) for i, url in enumerate(urls)]
+        results = await asyncio.gather(*loads, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return tuple(results)  # type: ignore[arg-type]
+
+    async def check_blob(self, blob: bytes, index: int) -> ChatImage:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decode_pool, check_image, blob, self._limits, index)
+
+    async def load_url(self, url: str, index: int) -> ChatImage:
+        """A data: URI is decoded here; an http(s) URL waits for one of the fetch slots both front ends share."""
+        if url[:5].lower() == "data:":
+            return await self.check_blob(data_url_bytes(url, self._limits.max_bytes), index)
+        async with self._fetch_slots:
+            loop = asyncio.get_running_loop()
+            blob = await loop.run_in_executor(self._fetch_pool, fetch_image_bytes, url, self.fetch_policy)
+        return await self.check_blob(blob, index)
+
+    # ---- a session's turn (WebSocket) -------------------------------------------------------------
+
+    async def start(self, session: Session, request: TurnRequest, sink: TurnSink) -> StartedTurn:
+        """Check, load, plan and submit one turn of `session`; the caller records it with `record`."""
+        self.check_open(request.id)
+        self.check_turn(request)
+        images = await self.load_images(request.images, request.image_urls)
+        turn = UserTurn(id=request.id, text=request.text, images=images)
+        room = self._image_room(session, turn)
+        params, model = self.resolve(session.defaults, request.options)
+        await self.engine.prepare(images)
+        plan = await session.plan(turn, params.max_tokens, self.engine.context_tokens, self.engine.count_prompt_tokens, room)
+        self.check_open(request.id)  # planning awaited: the server may have begun draining meanwhile
+        started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model)
+        self._submit(GenerationRequest(messages=plan.messages, params=params, handle=started.handle, adapter=model), sink)
+        session.drop_oldest(plan.dropped_turns)
+        self.images.hold(session.id, session.image_bytes + turn.image_bytes)
+        return started
+
+    def record(self, session: Session, started: StartedTurn, result: GenerationResult) -> bool:
+        """The turn's end: its exchange joins the history (partial when cancelled); a failed one does not."""
+        recorded = False
+        if result.finish_reason != "error":
+            recorded = session.record(started.turn, result.text, result.finish_reason == "cancelled", started.epoch)
+        self.images.hold(session.id, session.image_bytes)
+        return recorded
+
+    def resolve(self, defaults: p.SamplingOptions, options: p.SamplingOptions | None) -> tuple[SamplingParams, str | None]:
+        params = resolve_params(self.server_defaults, defaults, options, self.settings.max_tokens_limit)
+        model = options.model if options is not None and options.model is not None else defaults.model
+        return params, self.adapter_for(model)
+
+    def _image_room(self, session: Session, turn: UserTurn) -> int:
+        """How many image bytes this session may hold with the turn: its own bound, and what the other
+        sessions leave of the process-wide one."""
+        s = self.settings
+        if turn.image_bytes > s.max_session_image_bytes:
+            raise GatewayError(
+                ErrorCode.TOO_LARGE,
+                f"the turn's images are {turn.image_bytes} bytes; a session holds at most {s.max_session_image_bytes}",
+                turn.id,
+            )
+        room = min(s.max_session_image_bytes, self.images.room_for(session.id))
+        if turn.image_bytes > room:
+            raise RetryLater(
+                ErrorCode.OVERLOADED, "the server holds all the images it can; try again later", self.retry_after_ms()
+            )
+        return room
+
+    def forget(self, session: Session) -> None:
+        """The session is gone from memory: its images no longer count."""
+        self.images.release(session.id)
+
+    # ---- a stateless turn (HTTP) ------------------------------------------------------------------
+
+    async def start_stateless(
+        self, messages: Sequence[ChatMessage], params: SamplingParams, model: str | None, sink: TurnSink
+    ) -> TurnHandle:
+        self.check_open(None)
+        images = [image for message in messages for image in message.images]
+        await self.engine.prepare(images)
+        request = GenerationRequest(messages=messages, params=params, adapter=model)
+        self.check_open(None)
+        self._submit(request, sink)
+        return request.handle
+
+    async def count(self, messages: Sequence[ChatMessage]) -> int:
+        return await self.engine.count_prompt_tokens(messages)
+
+    # ---- the engine --------------------------------------------------------------------------------
+
+    def _submit(self, request: GenerationRequest, sink: TurnSink) -> None:
+        try:
+            self.engine.submit(request, _Observed(sink, self))
+        except EngineFull:
+            raise RetryLater(
+                ErrorCode.OVERLOADED, "the server is at capacity; try again shortly", self.retry_after_ms()
+            ) from None
+        self.in_flight += 1
+
+    def turn_ended(self, result: GenerationResult) -> None:
+        self.in_flight -= 1
+        self.metrics.observe_turn(result)
+        if result.finish_reason in ("stop", "length"):
+            self._turn_ms += 0.2 * (result.total_ms - self._turn_ms)
+
+    def retry_after_ms(self) -> int:
+        """When a slot is likely free: the turns ahead, in rounds of the engine's capacity, times the
+        recent turn duration; at least 100 ms, at most a minute."""
+        load = self.engine.load()
+        rounds = math.ceil((load.waiting + 1) / max(1, load.capacity))
+        return int(min(60_000, max(100, rounds * self._turn_ms)))
