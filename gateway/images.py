@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import os
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -42,7 +45,7 @@ def check_image(data: bytes, limits: ImageLimits, index: int = 0) -> ChatImage:
                     f"{label} is {width}x{height} pixels; the limit is {limits.max_pixels} pixels",
                 )
             image.load()  # a truncated or corrupt file fails here, not later in the model
-            rgb = _normalise(image)
+            width, height = _oriented_size(image)
     except GatewayError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -55,8 +58,8 @@ def check_image(data: bytes, limits: ImageLimits, index: int = 0) -> ChatImage:
     return ChatImage(
         data=data,
         mime=f"image/{fmt.lower()}",
-        width=rgb.width,
-        height=rgb.height,
+        width=width,
+        height=height,
         sha256=hashlib.sha256(data).hexdigest(),
     )
 
@@ -66,6 +69,13 @@ def decode_pixels(image: ChatImage) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size was checked already
         return _normalise(Image.open(io.BytesIO(image.data)))
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    """The size after EXIF orientation, without making the rotated copy (orientations 5-8 turn 90°)."""
+    width, height = image.size
+    orientation = image.getexif().get(0x0112, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def _normalise(image: Image.Image) -> Image.Image:
@@ -82,3 +92,16 @@ def _normalise(image: Image.Image) -> Image.Image:
         # 16-bit greyscale: scale to 8 bits instead of letting convert() clip to white
         return image.point(lambda v: v / 256).convert("L").convert("RGB")
     return image.convert("RGB")
+
+
+IMAGE_WORKER_NICENESS = 10
+
+
+def yield_cpu() -> None:
+    """Run the calling (image worker) thread at a lower priority: decoding a client's big images must
+    not take CPU time from the generation thread that every session waits on. Linux applies a nice
+    value to the one thread named by its id; elsewhere this does nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), IMAGE_WORKER_NICENESS)
+    except (AttributeError, OSError):
+        logging.getLogger("gateway.images").debug("cannot lower the image workers' priority here")

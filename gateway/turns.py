@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,11 +26,13 @@ from gateway.engine.types import (
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.fetch import data_url_bytes, fetch_image_bytes
 from gateway.image_ledger import ImageLedger
-from gateway.images import ImageLimits, check_image
+from gateway.images import ImageLimits, check_image, yield_cpu
 from gateway.metrics import Metrics
 from gateway.replies import server_defaults
 from gateway.session import PromptPlan, Session, UserTurn, resolve_params
 from gateway.url_guard import FetchPolicy
+
+log = logging.getLogger("gateway.turns")
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,9 @@ class TurnService:
         # starves the other, and neither shares asyncio's default executor with anything else.
         self._fetch_slots = asyncio.Semaphore(settings.image_fetch_concurrency)
         self._fetch_pool = ThreadPoolExecutor(settings.image_fetch_concurrency, thread_name_prefix="gateway-fetch")
-        self._decode_pool = ThreadPoolExecutor(max(1, settings.image_workers), thread_name_prefix="gateway-decode")
+        self._decode_pool = ThreadPoolExecutor(
+            max(1, settings.image_workers), thread_name_prefix="gateway-decode", initializer=yield_cpu
+        )
         self._turn_ms = 1000.0  # a moving average of turn durations, for Retry-After
 
     def close(self) -> None:
@@ -173,8 +179,10 @@ class TurnService:
         turn = UserTurn(id=request.id, text=request.text, images=images)
         room = self._image_room(session, turn)
         params, model = self.resolve(session.defaults, request.options)
-        await self.engine.prepare(images)
-        plan = await session.plan(turn, params.max_tokens, self.engine.context_tokens, self.engine.count_prompt_tokens, room)
+        with _engine_failures(request.id, bool(images)):
+            await self.engine.prepare(images)
+            count = self.engine.count_prompt_tokens
+            plan = await session.plan(turn, params.max_tokens, self.engine.context_tokens, count, room)
         self.check_open(request.id)  # planning awaited: the server may have begun draining meanwhile
         started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model)
         self._submit(GenerationRequest(messages=plan.messages, params=params, handle=started.handle, adapter=model), sink)
@@ -223,14 +231,16 @@ class TurnService:
     ) -> TurnHandle:
         self.check_open(None)
         images = [image for message in messages for image in message.images]
-        await self.engine.prepare(images)
+        with _engine_failures(None, bool(images)):
+            await self.engine.prepare(images)
         request = GenerationRequest(messages=messages, params=params, adapter=model)
         self.check_open(None)
         self._submit(request, sink)
         return request.handle
 
     async def count(self, messages: Sequence[ChatMessage]) -> int:
-        return await self.engine.count_prompt_tokens(messages)
+        with _engine_failures(None, any(m.images for m in messages)):
+            return await self.engine.count_prompt_tokens(messages)
 
     # ---- the engine --------------------------------------------------------------------------------
 
@@ -255,3 +265,18 @@ class TurnService:
         load = self.engine.load()
         rounds = math.ceil((load.waiting + 1) / max(1, load.capacity))
         return int(min(60_000, max(100, rounds * self._turn_ms)))
+
+
+@contextlib.contextmanager
+def _engine_failures(frame_id: str | None, with_images: bool) -> Iterator[None]:
+    """An unexpected failure while the engine reads a prompt (another family's image processor, say)
+    fails this turn with an `error`, never the connection; the details go to the log only."""
+    try:
+        yield
+    except GatewayError:
+        raise
+    except Exception:
+        log.exception("the engine could not read a prompt")
+        if with_images:
+            raise GatewayError(ErrorCode.BAD_IMAGE, "the served model could not take this turn's images", frame_id) from None
+        raise GatewayError(ErrorCode.INTERNAL, "the served model could not read this prompt", frame_id) from None

@@ -34,6 +34,7 @@ from gateway.engine.types import (
     TurnSink,
 )
 from gateway.errors import GatewayError
+from gateway.images import yield_cpu
 
 log = logging.getLogger("gateway.engine")
 
@@ -69,7 +70,7 @@ class LocalEngine:
         # ahead of their turn on a small pool, so neither work lands on the event loop or the model.
         self._counter = loaded.prompt.for_another_thread()
         self._count_pool = ThreadPoolExecutor(1, thread_name_prefix="gateway-count")
-        self._image_pool = ThreadPoolExecutor(max(1, image_workers), thread_name_prefix="gateway-images")
+        self._image_pool = ThreadPoolExecutor(max(1, image_workers), thread_name_prefix="gateway-images", initializer=yield_cpu)
         self.context_tokens = min(loaded.context_tokens, context_tokens or loaded.context_tokens)
         self.adapters: tuple[str, ...] = loaded.adapter_names
         self.max_batch = max_batch
