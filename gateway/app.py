@@ -17,7 +17,9 @@ from starlette.staticfiles import StaticFiles
 from gateway import openai
 from gateway.config import Settings
 from gateway.engine.types import Engine
+from gateway.hub import SessionHub
 from gateway.metrics import Metrics
+from gateway.store.open import open_store
 from gateway.turns import TurnService
 from gateway.ws import ConnectionCounter, websocket_endpoint
 
@@ -36,6 +38,7 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
         app.state.settings = settings
         app.state.engine = None
         app.state.turns = None  # the turn service, once the engine is ready
+        app.state.hub = None  # the live sessions, once the engine is ready
         app.state.load_error = None
         app.state.connections = {}  # session id -> Connection, for draining and inspection
         app.state.connection_counter = ConnectionCounter()
@@ -52,6 +55,8 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
         finally:
             if loading is not None:
                 loading.cancel()
+            if app.state.hub is not None:
+                await app.state.hub.close()
             if app.state.turns is not None:
                 app.state.turns.close()
             if app.state.engine is not None:
@@ -85,6 +90,8 @@ async def _load(app: Starlette, settings: Settings, factory: EngineFactory) -> N
 def _serve_engine(app: Starlette, engine: Engine) -> None:
     """From here on both front ends reach the engine through one turn service."""
     app.state.turns = TurnService(app.state.settings, engine, app.state.metrics)
+    app.state.hub = SessionHub(app.state.settings, app.state.turns, open_store(app.state.settings))
+    app.state.hub.start()
     app.state.metrics.watch_engine(engine.load)
     app.state.engine = engine
 

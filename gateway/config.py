@@ -41,6 +41,14 @@ class Settings:
     image_workers: int = 2  # threads that check attachments and process images ahead of their turn
     inbound_bytes_per_second: int = 8 * MiB  # per connection, inflated: reading pauses when exceeded
 
+    # Sessions: how long they outlive their socket and where they are kept.
+    session_grace_s: float = 300.0  # a detached session stays in memory (its turn running) this long
+    session_ttl_s: float = 7 * 24 * 3600.0  # then it is resumable from the store until this long unused
+    session_replay_bytes: int = 4 * MiB  # frames kept per session for replay after a reconnect
+    session_store: str = "sqlite"  # "sqlite" (in data_dir), "memory", or a redis:// URL
+    data_dir: str | None = None  # default: the user's data directory (~/.local/share/gateway)
+    max_store_bytes: int = 4096 * MiB  # the store's size limit: least recently used sessions go first
+
     # Connections: admission, pacing and liveness.
     max_connections: int = 1024  # open WebSockets, all clients together
     max_connections_per_client: int = 64  # open WebSockets from one client address

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
+import hashlib
 import logging
 from typing import Any
 
@@ -12,14 +14,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gateway import protocol as p
 from gateway.config import Settings
 from gateway.engine.types import GenerationResult
-from gateway.errors import CloseCode, ErrorCode, GatewayError, RetryLater
+from gateway.errors import CloseCode, ConnectionClosing, ErrorCode, GatewayError, RetryLater
+from gateway.hub import LiveSession, SessionHub
+from gateway.journal import Journal
 from gateway.metrics import Metrics
-from gateway.outbox import ConnectionClosing, Outbox
 from gateway.ratelimit import TokenBucket
-from gateway.replies import done_frame, limits_of
+from gateway.replies import history_frame, limits_of, session_defaults
 from gateway.server import transport_of
 from gateway.session import Session
-from gateway.turns import StartedTurn, TurnRequest, TurnService
+from gateway.turns import StartedTurn, TurnRequest
 
 log = logging.getLogger("gateway.ws")
 
@@ -45,39 +48,47 @@ _TRANSITIONS = {
 
 
 class TurnEvents:
-    """The engine's sink for one turn; runs on the event loop thread."""
+    """The engine's sink for one turn; runs on the event loop thread. Events go to the session, not to
+    a connection: a turn outlives a dropped socket, and a resuming one picks its frames up."""
 
-    def __init__(self, connection: Connection, turn_id: str) -> None:
-        self._connection = connection
+    def __init__(self, hub: SessionHub, live: LiveSession, turn_id: str) -> None:
+        self._hub = hub
+        self._live = live
         self._turn_id = turn_id
         self.started: StartedTurn | None = None  # set once submit returned; events come after that
 
     def on_queued(self, position: int) -> None:
-        self._connection.outbox.put(p.QueuedFrame(id=self._turn_id, position=position))
+        self._hub.emit(self._live, p.QueuedFrame(id=self._turn_id, position=position))
 
     def on_token(self, text: str) -> None:
-        self._connection.outbox.put(p.TokenFrame(id=self._turn_id, text=text))
+        self._hub.emit(self._live, p.TokenFrame(id=self._turn_id, text=text))
 
     def on_done(self, result: GenerationResult) -> None:
         assert self.started is not None
-        self._connection.finish_turn(self.started, result)
+        self._hub.turn_done(self._live, self.started, result)
 
 
 class Connection:
     """Reads frames, applies them to the session, starts turns through the turn service and streams
     their events back."""
 
-    def __init__(self, websocket: WebSocket, settings: Settings, turns: TurnService, metrics: Metrics) -> None:
+    def __init__(
+        self, websocket: WebSocket, settings: Settings, hub: SessionHub, metrics: Metrics, registry: dict[str, Connection]
+    ) -> None:
         self.websocket = websocket
         self.settings = settings
-        self.turns = turns
+        self.hub = hub
+        self.turns = hub.turns
         self.metrics = metrics
         self.state = ConnectionState.CONNECTING
-        self.session = Session(max_history_turns=settings.max_history_turns)
-        self.log = SessionLog(log, {"session": self.session.id})
-        self.outbox = Outbox(settings.max_outbox_frames)
+        self.owner = owner_of(settings.api_key)
+        self.live = hub.create(self.owner)
+        self._registry = registry  # session id -> connection, for draining and inspection
+        self.log = SessionLog(log, {"session": self.live.id})
+        self._journal: Journal | None = self.live.journal  # what the writer streams; None once taken over
+        self._direct: collections.deque[p.ServerFrame] = collections.deque()  # frames outside any journal
         self.json_mode = False  # answer in the encoding the client last used
-        self.active: StartedTurn | None = None
+        self._turned = False  # a turn was started: `resume` is no longer allowed
         self._frames = TokenBucket(rate=settings.frames_per_second, burst=2 * settings.frames_per_second)
         self._turns = TokenBucket(rate=settings.turns_per_minute / 60, burst=max(1.0, settings.turns_per_minute / 6))
         # Inflated bytes: a compressed frame costs its full size in decompression and decoding work.
@@ -86,6 +97,18 @@ class Connection:
         self._strikes = 0  # frames refused by the rate limit in a row
         self._closing: ConnectionClosing | None = None
         self._reader: asyncio.Task[Any] | None = None
+
+    @property
+    def session(self) -> Session:
+        return self.live.session
+
+    @property
+    def active(self) -> StartedTurn | None:
+        return self.live.active
+
+    def put(self, frame: p.SessionFrame) -> None:
+        """A frame of this connection's session: numbered, kept for replay, streamed when attached."""
+        self.hub.emit(self.live, frame)
 
     def _move(self, state: ConnectionState) -> None:
         if state not in _TRANSITIONS[self.state]:
@@ -99,9 +122,11 @@ class Connection:
         self.log.info("opened from %s", f"{client.host}:{client.port}" if client else "?")
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
-        self.outbox.put(self._ready_frame())
+        self._registry[self.live.id] = self
+        self.hub.attach(self.live, self)
+        self.put(self._ready_frame())
         self._reader = asyncio.current_task()
-        writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.session.id}")
+        writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.live.id}")
         try:
             await self._read_loop()
         except (WebSocketDisconnect, asyncio.CancelledError):
@@ -117,17 +142,27 @@ class Connection:
 
     async def _clean_up(self, writer: asyncio.Task[None]) -> None:
         try:
-            if self.active is not None:
-                self.active.handle.cancel()  # a vanished client's turn stops at the next token
+            if self._registry.get(self.live.id) is self:
+                del self._registry[self.live.id]
+            # A vanished client's session and turn live on for the grace period; one that stopped
+            # reading (4000) has its turn stopped: it would only fill the replay budget.
+            slow = self._closing is not None and self._closing.code == CloseCode.SLOW_CONSUMER
+            self.hub.detach(self.live, self, cancel_turn=slow)
             if self._closing is not None:  # before the writer goes: cancelling a send mid-frame breaks the socket
                 await self._close(self._closing.code, self._closing.reason)
         finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
-            self.turns.forget(self.session)
             self.metrics.connections.dec()
             reason = self._closing.reason if self._closing else "client left"
             self.log.info("closed (%s); %d exchanges in history", reason, len(self.session.exchanges))
+
+    def taken_over(self) -> None:
+        """Another connection resumed this session: stream nothing more of it, and close with 4003."""
+        if self._journal is not None:
+            self._journal.interrupt()
+        self._journal = None
+        self.stop(CloseCode.TAKEN_OVER, "the session was resumed by another connection")
 
     def stop(self, code: CloseCode, reason: str) -> None:
         """End the connection from outside (the writer, the server's drain): `closing`, then close.
@@ -185,8 +220,14 @@ class Connection:
     async def _write_loop(self) -> None:
         try:
             while True:
-                frame = await self.outbox.get()
-                await self._send(frame)
+                while self._direct:
+                    await self._send(self._direct.popleft())
+                journal = self._journal
+                if journal is None:
+                    await _forever()
+                frame = await journal.take() if journal is not None else None
+                if frame is not None:
+                    await self._send(frame)
         except ConnectionClosing as exc:
             self.stop(exc.code, exc.reason)
         except (WebSocketDisconnect, RuntimeError, OSError):
@@ -212,13 +253,57 @@ class Connection:
             if self.active is not None:
                 self.active.handle.cancel()
             self.session.reset()
-            self.outbox.put(p.ResetDoneFrame(id=frame.id))
+            self.turns.images.hold(self.live.id, 0)
+            await self.hub.save_history(self.live)
+            self.put(p.ResetDoneFrame(id=frame.id))
         elif isinstance(frame, p.ConfigureFrame):
-            self._configure(frame)
+            await self._configure(frame)
         elif isinstance(frame, p.HistoryRequestFrame):
-            self.outbox.put(self._history_frame(frame))
+            self.put(history_frame(self.session, frame))
+        elif isinstance(frame, p.ResumeFrame):
+            await self._resume(frame)
+        elif isinstance(frame, p.ForgetFrame):
+            await self._forget(frame)
         else:
-            self.outbox.put(p.PongFrame(id=frame.id))
+            self.put(p.PongFrame(id=frame.id))
+
+    async def _resume(self, frame: p.ResumeFrame) -> None:
+        """Take up the session `frame` names; this connection's fresh one is discarded."""
+        if self._turned:
+            raise GatewayError(ErrorCode.INVALID_FIELD, "resume must come before the connection's first turn", frame.id)
+        if frame.session == self.live.id:
+            raise GatewayError(ErrorCode.INVALID_FIELD, "this connection already holds that session", frame.id)
+        live = await self.hub.resume(frame.session, frame.token, self.owner)
+        if self.state is not ConnectionState.OPEN:
+            return
+        fresh = self.live
+        # No await from the switch to the rewind: neither writer may take a frame of `live` in between.
+        self._switch_to(live)
+        replayed, gap = live.journal.rewind(frame.last_seq)
+        self._direct.append(
+            p.ResumedFrame(session=live.id, last_seq=live.journal.last_seq, replayed=replayed, gap=gap, id=frame.id)
+        )
+        await self.hub.forget(fresh)
+        self.log.info("resumed (%d frames replayed%s)", replayed, ", with a gap" if gap else "")
+
+    async def _forget(self, frame: p.ForgetFrame) -> None:
+        old = self.live
+        self._switch_to(self.hub.create(self.owner))
+        await self.hub.forget(old)
+        self.put(p.ForgottenFrame(session=self.live.id, id=frame.id))
+
+    def _switch_to(self, live: LiveSession) -> None:
+        """Stream `live` from now on: the writer leaves the old journal and follows the new one."""
+        if self._journal is not None:
+            self._journal.interrupt()
+        if self._registry.get(self.live.id) is self:
+            del self._registry[self.live.id]
+        self.hub.detach(self.live, self)
+        self.live = live
+        self.log = SessionLog(log, {"session": live.id})
+        self._registry[live.id] = self
+        self.hub.attach(live, self)
+        self._journal = live.journal
 
     async def _start_turn(self, frame: p.TurnFrame) -> None:
         self.turns.check_open(frame.id)
@@ -230,69 +315,39 @@ class Connection:
         request = TurnRequest(
             id=frame.id, text=frame.text, images=frame.images, image_urls=frame.image_urls, options=frame.options
         )
-        events = TurnEvents(self, frame.id)
+        self._turned = True
+        live = self.live
+        events = TurnEvents(self.hub, live, frame.id)
         # The reader awaits this (no other frame of ours is read meanwhile), so the turn cannot race a reset.
-        self.active = events.started = await self.turns.start(self.session, request, events)
-        plan = self.active.plan
-        self.outbox.put(p.AcceptedFrame(id=frame.id, prompt_tokens=plan.prompt_tokens, dropped_turns=plan.dropped_turns))
-
-    def finish_turn(self, started: StartedTurn, result: GenerationResult) -> None:
-        """The engine's `done`: record the exchange (partial when cancelled) and tell the client."""
-        self.turns.record(self.session, started, result)
-        if result.finish_reason == "error":
-            self.send_error(ErrorCode.GENERATION, result.error or "generation failed", started.turn.id)
-        self.outbox.put(done_frame(started.turn.id, result))
-        if self.active is started:
-            self.active = None
+        started = events.started = await self.turns.start(live.session, request, events)
+        live.active = started  # before any await: the turn's events may already be queued
+        self.put(p.AcceptedFrame(id=frame.id, prompt_tokens=started.plan.prompt_tokens, dropped_turns=started.plan.dropped_turns))
+        await self.hub.turn_started(live, started)
 
     def _cancel(self, turn_id: str) -> None:
         if self.active is None or self.active.turn.id != turn_id:
             raise GatewayError(ErrorCode.NOT_FOUND, f"no running turn with id {turn_id!r}", turn_id)
         self.active.handle.cancel()
 
-    def _configure(self, frame: p.ConfigureFrame) -> None:
+    async def _configure(self, frame: p.ConfigureFrame) -> None:
         options = p.SamplingOptions(**{k: getattr(frame, k) for k in p.SamplingOptions.__struct_fields__})
         self.turns.check_options(options)
         self.session.configure(frame.system, options)
-        self.outbox.put(p.ConfiguredFrame(defaults=self._defaults(), id=frame.id))
-
-    def _defaults(self) -> dict[str, Any]:
-        server = self.turns.server_defaults
-        merged = {k: getattr(server, k) for k in p.SamplingOptions.__struct_fields__}
-        merged.update({k: v for k in merged if (v := getattr(self.session.defaults, k)) is not None})
-        merged["model"] = merged["model"] or self.turns.engine.model_id
-        merged["system"] = self.session.system
-        return merged
-
-    def _history_frame(self, frame: p.HistoryRequestFrame) -> p.HistoryFrame:
-        entries: list[p.HistoryEntry] = []
-        for exchange in self.session.exchanges:
-            images = [
-                p.ImageInfo(
-                    format=i.format,
-                    width=i.width,
-                    height=i.height,
-                    bytes=len(i.data),
-                    sha256=i.sha256,
-                    data=i.data if frame.include_images else None,
-                )
-                for i in exchange.turn.images
-            ]
-            entries.append(p.HistoryEntry(role="user", text=exchange.turn.text, id=exchange.turn.id, images=images))
-            entries.append(p.HistoryEntry(role="assistant", text=exchange.reply, id=exchange.turn.id, partial=exchange.partial))
-        return p.HistoryFrame(system=self.session.system, turns=entries, id=frame.id)
+        await self.hub.save_settings(self.live)
+        self.put(p.ConfiguredFrame(defaults=session_defaults(self.turns, self.session), id=frame.id))
 
     def _ready_frame(self) -> p.ReadyFrame:
         engine = self.turns.engine
         return p.ReadyFrame(
-            session=self.session.id,
+            session=self.live.id,
             model=engine.model_id,
             protocol=p.PROTOCOL_VERSION,
             limits=limits_of(self.settings, engine),
-            defaults=self._defaults(),
+            defaults=session_defaults(self.turns, self.session),
             vision=engine.vision,
             models=self.turns.models,
             demo=self.settings.model is None and self.settings.engine == "real",
+            resume_token=self.live.token,
         )
 
     def _abort_transport(self) -> None:
@@ -306,7 +361,7 @@ class Connection:
 
     def send_error(self, code: ErrorCode, message: str, frame_id: str | None, retry_after_ms: int | None = None) -> None:
         self.metrics.errors.labels(code.value).inc()
-        self.outbox.put(p.ErrorFrame(code=code.value, message=message, id=frame_id, retry_after_ms=retry_after_ms))
+        self.put(p.ErrorFrame(code=code.value, message=message, id=frame_id, retry_after_ms=retry_after_ms))
 
     async def _close(self, code: CloseCode, reason: str) -> None:
         """Best effort: a `closing` frame, then the close handshake, each within a short deadline."""
@@ -327,3 +382,13 @@ class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         return f"session {self.extra['session'] if self.extra else '?'}: {msg}", kwargs
+
+
+async def _forever() -> None:
+    """The writer of a taken-over connection waits here until its connection closes."""
+    await asyncio.Event().wait()
+
+
+def owner_of(api_key: str | None) -> str:
+    """Whose sessions these are: a hash of the key that opened the connection, never the key."""
+    return hashlib.sha256(api_key.encode()).hexdigest() if api_key else ""

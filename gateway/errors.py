@@ -15,6 +15,7 @@ class CloseCode(enum.IntEnum):
     SLOW_CONSUMER = 4000  # the client stopped reading; its turn was stopped
     IDLE_TIMEOUT = 4001  # no frames and no running turn for idle_timeout_s
     FLOODING = 4002  # kept sending far past the rate limit after `rate_limited` errors
+    TAKEN_OVER = 4003  # another connection resumed this session
 
 
 class ErrorCode(str, enum.Enum):
@@ -34,6 +35,7 @@ class ErrorCode(str, enum.Enum):
     OVERLOADED = "overloaded"  # the engine's queue is full
     RATE_LIMITED = "rate_limited"  # too many frames or turns; retry after `retry_after_ms`
     SHUTTING_DOWN = "shutting_down"  # the server is draining; no new turns
+    RESUME_FAILED = "resume_failed"  # wrong token, or an unknown or expired session (never says which)
     GENERATION = "generation"  # the model failed while generating
     INTERNAL = "internal"  # a bug; details are logged, never sent
 
@@ -46,6 +48,15 @@ class GatewayError(Exception):
         self.code = code
         self.message = message
         self.frame_id = frame_id
+
+
+class ConnectionClosing(Exception):
+    """Raised inside a connection to end it with a close code of ours."""
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class RetryLater(GatewayError):
@@ -72,6 +83,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.OVERLOADED: 503,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.RESUME_FAILED: 400,
     ErrorCode.GENERATION: 500,
     ErrorCode.INTERNAL: 500,
 }

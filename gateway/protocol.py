@@ -12,7 +12,7 @@ from msgspec import Meta, Struct
 
 from gateway.errors import ErrorCode, GatewayError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 TurnId = Annotated[str, Meta(min_length=1, max_length=64)]
 Temperature = Annotated[float, Meta(ge=0.0, le=5.0)]
@@ -84,14 +84,40 @@ class PingFrame(_Frame, tag="ping"):
     id: TurnId | None = None
 
 
-ClientFrame = Union[TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame]
+SessionId = Annotated[str, Meta(min_length=1, max_length=64)]
+ResumeToken = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class ResumeFrame(_Frame, tag="resume"):
+    """Take up an earlier session (before this connection's first turn): its history, its running turn
+    and every frame after `last_seq` that the server still holds."""
+
+    session: SessionId
+    token: ResumeToken
+    last_seq: Annotated[int, Meta(ge=0)] = 0
+    id: TurnId | None = None
+
+
+class ForgetFrame(_Frame, tag="forget"):
+    """Delete this session and everything stored for it; the connection goes on with a fresh one."""
+
+    id: TurnId | None = None
+
+
+ClientFrame = Union[TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame, ResumeFrame, ForgetFrame]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
 
 
 # ---- server to client -------------------------------------------------------------------------
 
 
-class ReadyFrame(_Frame, tag="ready"):
+class _ServerFrame(_Frame, kw_only=True):
+    """Base of every server frame: `seq` numbers a session's frames 1, 2, 3, ... across reconnects."""
+
+    seq: int | None = None  # set when the frame joins its session's journal; `resumed` has none
+
+
+class ReadyFrame(_ServerFrame, tag="ready"):
     session: str
     model: str
     protocol: int
@@ -100,20 +126,36 @@ class ReadyFrame(_Frame, tag="ready"):
     vision: bool
     models: list[str] = []  # every id `model` may name: the base model, then each adapter
     demo: bool = False  # the built-in demo model: random weights, so random replies
+    resume_token: str = ""  # the secret that resumes this session from another connection
 
 
-class AcceptedFrame(_Frame, tag="accepted"):
+class ResumedFrame(_Frame, tag="resumed"):
+    """The answer to `resume`; `replayed` frames with their original `seq` follow, then live ones."""
+
+    session: str
+    last_seq: int  # the server's latest seq for this session
+    replayed: int
+    gap: bool  # frames after the client's last_seq are no longer held: ask for `history`
+    id: str | None = None
+
+
+class ForgottenFrame(_ServerFrame, tag="forgotten"):
+    session: str  # the fresh session the connection now has
+    id: str | None = None
+
+
+class AcceptedFrame(_ServerFrame, tag="accepted"):
     id: str
     prompt_tokens: int
     dropped_turns: int = 0
 
 
-class QueuedFrame(_Frame, tag="queued"):
+class QueuedFrame(_ServerFrame, tag="queued"):
     id: str
     position: int  # 1 = next to start
 
 
-class TokenFrame(_Frame, tag="token"):
+class TokenFrame(_ServerFrame, tag="token"):
     id: str
     text: str
 
@@ -130,7 +172,7 @@ class Timing(Struct):
     tokens_per_s: float
 
 
-class DoneFrame(_Frame, tag="done"):
+class DoneFrame(_ServerFrame, tag="done"):
     id: str
     finish_reason: FinishReason
     text: str
@@ -138,7 +180,7 @@ class DoneFrame(_Frame, tag="done"):
     timing: Timing
 
 
-class ErrorFrame(_Frame, tag="error"):
+class ErrorFrame(_ServerFrame, tag="error"):
     code: str
     message: str
     id: str | None = None
@@ -169,27 +211,44 @@ class HistoryEntry(Struct):
     partial: bool = False
 
 
-class HistoryFrame(_Frame, tag="history"):
+class HistoryFrame(_ServerFrame, tag="history"):
     system: str | None
     turns: list[HistoryEntry]
     id: str | None = None
 
 
-class ConfiguredFrame(_Frame, tag="configured"):
+class ConfiguredFrame(_ServerFrame, tag="configured"):
     defaults: dict[str, Any]
     id: str | None = None
 
 
-class ResetDoneFrame(_Frame, tag="reset"):
+class ResetDoneFrame(_ServerFrame, tag="reset"):
     id: str | None = None
 
 
-class PongFrame(_Frame, tag="pong"):
+class PongFrame(_ServerFrame, tag="pong"):
     id: str | None = None
 
+
+# Every server frame but `resumed` and `closing` (both about the connection) is numbered in its session.
+SessionFrame = Union[
+    ReadyFrame,
+    ForgottenFrame,
+    AcceptedFrame,
+    QueuedFrame,
+    TokenFrame,
+    DoneFrame,
+    ErrorFrame,
+    HistoryFrame,
+    ConfiguredFrame,
+    ResetDoneFrame,
+    PongFrame,
+]
 
 ServerFrame = Union[
     ReadyFrame,
+    ResumedFrame,
+    ForgottenFrame,
     AcceptedFrame,
     QueuedFrame,
     TokenFrame,

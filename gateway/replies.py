@@ -1,10 +1,16 @@
-"""Server frames built from settings and engine results: `ready`'s limits and defaults, `done`."""
+"""Server frames built from settings, sessions and engine results: limits, defaults, history, `done`."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from gateway import protocol as p
 from gateway.config import Settings
 from gateway.engine.types import Engine, GenerationResult
+from gateway.session import Session
+
+if TYPE_CHECKING:
+    from gateway.turns import TurnService
 
 
 def server_defaults(settings: Settings) -> p.SamplingOptions:
@@ -33,6 +39,8 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
         "max_session_image_bytes": settings.max_session_image_bytes,
         "max_total_image_bytes": settings.max_total_image_bytes,
         "inbound_bytes_per_second": settings.inbound_bytes_per_second,
+        "session_grace_s": int(settings.session_grace_s),
+        "session_ttl_s": int(settings.session_ttl_s),
         "max_connections": settings.max_connections,
         "max_connections_per_client": settings.max_connections_per_client,
         "frames_per_second": int(settings.frames_per_second),
@@ -60,3 +68,32 @@ def done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
             tokens_per_s=round(result.tokens_per_s, 2),
         ),
     )
+
+
+def session_defaults(turns: TurnService, session: Session) -> dict[str, Any]:
+    """The options a turn of `session` runs with unless it says otherwise, and its system prompt."""
+    server = turns.server_defaults
+    merged = {k: getattr(server, k) for k in p.SamplingOptions.__struct_fields__}
+    merged.update({k: v for k in merged if (v := getattr(session.defaults, k)) is not None})
+    merged["model"] = merged["model"] or turns.engine.model_id
+    merged["system"] = session.system
+    return merged
+
+
+def history_frame(session: Session, frame: p.HistoryRequestFrame) -> p.HistoryFrame:
+    entries: list[p.HistoryEntry] = []
+    for exchange in session.exchanges:
+        images = [
+            p.ImageInfo(
+                format=i.format,
+                width=i.width,
+                height=i.height,
+                bytes=len(i.data),
+                sha256=i.sha256,
+                data=i.data if frame.include_images else None,
+            )
+            for i in exchange.turn.images
+        ]
+        entries.append(p.HistoryEntry(role="user", text=exchange.turn.text, id=exchange.turn.id, images=images))
+        entries.append(p.HistoryEntry(role="assistant", text=exchange.reply, id=exchange.turn.id, partial=exchange.partial))
+    return p.HistoryFrame(system=session.system, turns=entries, id=frame.id)

@@ -1,4 +1,4 @@
-"""One connection's conversation: system prompt, sampling defaults and history, trimmed to fit."""
+"""One conversation: system prompt, sampling defaults and history, trimmed to fit."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class Exchange:
     turn: UserTurn
     reply: str
     partial: bool = False
+    number: int = 0  # 1, 2, 3, ... in the order exchanges joined this session; never reused
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Session:
     defaults: SamplingOptions = field(default_factory=SamplingOptions)
     exchanges: list[Exchange] = field(default_factory=list)
     epoch: int = 0  # bumped by reset, so a reply that outlives its conversation is not recorded
+    numbered: int = 0  # the last exchange number given out
 
     def configure(self, system: str | None, options: SamplingOptions) -> None:
         if system is not None:
@@ -122,7 +124,9 @@ class Session:
         """Append a finished exchange; False when a reset happened since the turn started."""
         if epoch != self.epoch:
             return False
-        self.exchanges.append(Exchange(turn=turn, reply=reply, partial=partial))
+        number = self.exchanges[-1].number + 1 if self.exchanges else self.numbered + 1
+        self.numbered = number
+        self.exchanges.append(Exchange(turn=turn, reply=reply, partial=partial, number=number))
         overflow = len(self.exchanges) - self.max_history_turns
         if overflow > 0:
             del self.exchanges[:overflow]

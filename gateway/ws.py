@@ -13,8 +13,8 @@ from gateway.auth import websocket_accepted
 from gateway.config import Settings
 from gateway.connection import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Connection
 from gateway.engine.types import Engine
+from gateway.hub import SessionHub
 from gateway.metrics import Metrics
-from gateway.turns import TurnService
 
 log = logging.getLogger("gateway.ws")
 
@@ -61,14 +61,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         metrics.rejected.labels(over).inc()
         await _deny(websocket, 503, "too many connections" if over == "capacity" else "too many connections from this client")
         return
-    turns: TurnService = state.turns
-    connection = Connection(websocket, settings, turns, metrics)
-    registry: dict[str, Connection] = state.connections
-    registry[connection.session.id] = connection
+    hub: SessionHub = state.hub
+    connection = Connection(websocket, settings, hub, metrics, state.connections)
     try:
         await connection.run(_negotiate_encoding(websocket, connection))
     finally:
-        registry.pop(connection.session.id, None)
         counter.release(client)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -78,6 +79,8 @@ class RunningServer:
 def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kwargs: Any) -> RunningServer:
     port = free_port()
     settings = (settings or Settings()).replace(port=port)
+    if settings.data_dir is None:  # each server its own store, never the user's data directory
+        settings = settings.replace(data_dir=tempfile.mkdtemp(prefix="gateway-test-"))
     loaded = load_model(model_dir, model_id="gateway-demo", adapters=parse_adapters(settings.adapters))
     engine = LocalEngine(loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens)
     app = create_app(settings, engine=engine)

@@ -112,7 +112,8 @@ async def scenario_idle(command: dict[str, Any]) -> None:
 
     async def ping(i: int, ws: Any) -> bool:
         await ws.send(packb({"type": "ping", "id": f"p{i}"}))
-        return unpackb(await asyncio.wait_for(ws.recv(), 60)) == {"type": "pong", "id": f"p{i}"}
+        pong = unpackb(await asyncio.wait_for(ws.recv(), 60))
+        return pong.pop("seq", None) == 2 and pong == {"type": "pong", "id": f"p{i}"}
 
     warm = await asyncio.gather(*(open_one(i % 2 == 0) for i in range(command["warmup"])))
     await asyncio.gather(*(ping(i, ws) for i, (ws, _) in enumerate(warm)))

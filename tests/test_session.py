@@ -196,7 +196,7 @@ def test_record_appends_the_exchange() -> None:
     session = Session(max_history_turns=10)
     turn = UserTurn(id="1", text="hi")
     assert session.record(turn, "hello", partial=False, epoch=0) is True
-    assert session.exchanges == [Exchange(turn=turn, reply="hello", partial=False)]
+    assert session.exchanges == [Exchange(turn=turn, reply="hello", partial=False, number=1)]
 
 
 def test_cancelled_reply_is_recorded_as_partial() -> None:

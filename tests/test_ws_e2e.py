@@ -20,7 +20,7 @@ async def test_ready_announces_session_model_and_limits(server: RunningServer) -
     """`ready` carries the session id, model id, protocol version and the limits in force."""
     async with GatewayClient(server.ws_url) as client:
         ready = client.ready
-    assert ready["type"] == "ready" and ready["model"] == "gateway-demo" and ready["protocol"] == 1
+    assert ready["type"] == "ready" and ready["model"] == "gateway-demo" and ready["protocol"] == 2
     assert ready["limits"]["max_images_per_turn"] == server.settings.max_images_per_turn
     assert ready["limits"]["context_tokens"] == 2048 and ready["session"]
 
@@ -83,7 +83,8 @@ async def test_reset_clears_history(server: RunningServer) -> None:
     async with GatewayClient(server.ws_url) as client:
         first = await client.turn("r1", "hi", max_tokens=3, **GREEDY)
         await client.turn("r2", "again", max_tokens=3, **GREEDY)
-        assert (await client.request({"type": "reset", "id": "x"})) == {"type": "reset", "id": "x"}
+        reset = await client.request({"type": "reset", "id": "x"})
+        assert reset.pop("seq") > 0 and reset == {"type": "reset", "id": "x"}
         history = await client.request({"type": "history"})
         fresh = await client.turn("r3", "hi", max_tokens=3, **GREEDY)
     assert history["turns"] == []
@@ -102,8 +103,17 @@ async def test_second_turn_while_busy_is_refused(server: RunningServer) -> None:
     assert [t["id"] for t in history["turns"]] == ["b1", "b1"]
 
 
-async def test_disconnect_frees_the_generation_thread(server: RunningServer) -> None:
-    """A client vanishing mid-stream stops its generation; the next client's turn starts at once."""
+async def test_disconnect_frees_the_generation_thread(demo_dirs: DemoDirs) -> None:
+    """Without a grace period, a client vanishing mid-stream stops its generation; the next client's
+    turn starts at once. (With one, the turn runs on for a resume: see test_sessions.py.)"""
+    server = start_server(demo_dirs.model, Settings(session_grace_s=0))
+    try:
+        await _disconnect_frees(server)
+    finally:
+        server.stop()
+
+
+async def _disconnect_frees(server: RunningServer) -> None:
     engine = server.engine
     async with GatewayClient(server.ws_url) as quitter:
         await quitter.start_turn("q1", "go on forever", max_tokens=1500, **GREEDY)

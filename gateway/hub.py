@@ -1,0 +1,242 @@
+"""Live sessions: created by connections, kept through a grace period after the socket goes, resumed
+by token, saved to the session store as they change."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway import protocol as p
+from gateway.config import Settings
+from gateway.engine.types import GenerationResult
+from gateway.errors import ErrorCode, GatewayError
+from gateway.journal import Journal
+from gateway.replies import done_frame
+from gateway.session import Session
+from gateway.store.base import SessionRecord, SessionStore
+from gateway.turns import StartedTurn, TurnService
+
+log = logging.getLogger("gateway.sessions")
+
+RESUME_FAILED = "the session cannot be resumed: unknown, expired, or the token does not match"
+SEQ_AFTER_RESTART = 1 << 20  # seqs jump after a restart, so none is ever given out twice
+PURGE_EVERY_S = 600.0
+
+
+class Attachment(Protocol):
+    """The connection a live session streams to."""
+
+    def taken_over(self) -> None: ...
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(eq=False)
+class LiveSession:
+    session: Session
+    token: str
+    owner: str
+    journal: Journal
+    attached: Attachment | None = None
+    active: StartedTurn | None = None
+    expiry: asyncio.TimerHandle | None = None
+    used_at: float = field(default_factory=time.time)
+    saving: asyncio.Lock = field(default_factory=asyncio.Lock)  # one store write sequence at a time, in order
+
+    @property
+    def id(self) -> str:
+        return self.session.id
+
+    def record(self) -> SessionRecord:
+        s = self.session
+        return SessionRecord(
+            id=s.id,
+            token_hash=token_hash(self.token),
+            owner=self.owner,
+            system=s.system,
+            defaults=s.defaults,
+            last_seq=self.journal.last_seq,
+            updated_at=self.used_at,
+        )
+
+
+class SessionHub:
+    """Every live session by id. The hub owns their lifetimes: a session outlives its connection for
+    `session_grace_s`, its running turn generating to the end with its frames kept for replay."""
+
+    def __init__(self, settings: Settings, turns: TurnService, store: SessionStore) -> None:
+        self.settings = settings
+        self.turns = turns
+        self.store = store
+        self.live: dict[str, LiveSession] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def create(self, owner: str) -> LiveSession:
+        session = Session(max_history_turns=self.settings.max_history_turns)
+        live = LiveSession(session, secrets.token_urlsafe(24), owner, self._journal())
+        self.live[live.id] = live
+        return live
+
+    def _journal(self, next_seq: int = 1) -> Journal:
+        return Journal(self.settings.session_replay_bytes, self.settings.max_outbox_frames, next_seq)
+
+    # ---- attach, detach, resume, forget --------------------------------------------------------------
+
+    def attach(self, live: LiveSession, connection: Attachment) -> None:
+        """`connection` streams this session from now on; one it was attached to is closed with 4003."""
+        if live.expiry is not None:
+            live.expiry.cancel()
+            live.expiry = None
+        previous, live.attached = live.attached, connection
+        if previous is not None and previous is not connection:
+            previous.taken_over()
+
+    def detach(self, live: LiveSession, connection: Attachment, cancel_turn: bool = False) -> None:
+        """The connection has gone: the session stays for the grace period (0: it goes now)."""
+        if live.attached is not connection:
+            return  # taken over: the session belongs to another connection now
+        live.attached = None
+        live.used_at = time.time()
+        if cancel_turn and live.active is not None:
+            live.active.handle.cancel()
+        if self.settings.session_grace_s <= 0:
+            self.unload(live)
+        else:
+            loop = asyncio.get_running_loop()
+            live.expiry = loop.call_later(self.settings.session_grace_s, self.unload, live)
+
+    def unload(self, live: LiveSession) -> None:
+        """Out of memory: its turn is cancelled if still running; it stays resumable from the store."""
+        if live.attached is not None or self.live.get(live.id) is not live:
+            return
+        if live.active is not None:
+            live.active.handle.cancel()
+        del self.live[live.id]
+        self.turns.forget(live.session)
+
+    async def resume(self, session_id: str, token: str, owner: str) -> LiveSession:
+        """The live session, or the stored one loaded again; `resume_failed` alike for every refusal."""
+        live = self.live.get(session_id)
+        if live is not None:
+            if hmac.compare_digest(token_hash(live.token), token_hash(token)) and hmac.compare_digest(live.owner, owner):
+                return live
+            raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
+        record = await self.store.load(session_id)
+        if record is None or not hmac.compare_digest(record.token_hash, token_hash(token)):
+            raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
+        if not hmac.compare_digest(record.owner, owner) or self._expired(record.updated_at):
+            raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
+        return self._revive(record, token)
+
+    def _expired(self, updated_at: float) -> bool:
+        return time.time() - updated_at > self.settings.session_ttl_s
+
+    def _revive(self, record: SessionRecord, token: str) -> LiveSession:
+        if record.id in self.live:  # loaded meanwhile by a concurrent resume
+            return self.live[record.id]
+        session = record.session(self.settings.max_history_turns)
+        live = LiveSession(session, token, record.owner, self._journal(record.last_seq + SEQ_AFTER_RESTART))
+        self.live[live.id] = live
+        self.turns.images.hold(live.id, session.image_bytes)
+        self.spawn(self._save_all(live))  # the partial turn joined the history
+        return live
+
+    async def forget(self, live: LiveSession) -> None:
+        """Gone now, from memory and from the store."""
+        if live.active is not None:
+            live.active.handle.cancel()
+        self.live.pop(live.id, None)
+        self.turns.forget(live.session)
+        await self.store.delete(live.id)
+
+    # ---- frames and turns -------------------------------------------------------------------------
+
+    def emit(self, live: LiveSession, frame: p.SessionFrame) -> None:
+        live.journal.append(frame)
+        if live.attached is None and live.active is not None and live.journal.overflowing:
+            log.info("session %s: replay budget full while detached; stopping its turn", live.id)
+            live.active.handle.cancel()
+
+    def turn_done(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
+        """Record the exchange, make it durable, then send `done` (a task: the store is asynchronous)."""
+        self.turns.record(live.session, started, result)
+        self.spawn(self._finish(live, started, result))
+
+    async def _finish(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
+        try:
+            async with live.saving:
+                await self._save_meta(live)
+                await self.store.sync_history(live.id, live.session.exchanges)
+                await self.store.set_pending(live.id, None)
+        except Exception:  # a store failure must not lose the reply the client is owed
+            log.exception("session %s: saving the exchange failed", live.id)
+        if result.finish_reason == "error":
+            self.emit(live, _error(ErrorCode.GENERATION, result.error or "generation failed", started.turn.id))
+        self.emit(live, done_frame(started.turn.id, result))
+        if live.active is started:
+            live.active = None
+
+    async def turn_started(self, live: LiveSession, started: StartedTurn) -> None:
+        """Called right after submit, before any await: the lock is ours before the turn can end."""
+        async with live.saving:
+            await self._save_meta(live)
+            await self.store.sync_history(live.id, live.session.exchanges)  # the oldest may have been dropped
+            await self.store.set_pending(live.id, started.turn)
+
+    async def _save_meta(self, live: LiveSession) -> None:
+        live.used_at = time.time()
+        await self.store.save_meta(live.record())
+
+    async def save_settings(self, live: LiveSession) -> None:
+        async with live.saving:
+            await self._save_meta(live)
+
+    async def save_history(self, live: LiveSession) -> None:
+        async with live.saving:
+            await self._save_meta(live)
+            await self.store.sync_history(live.id, live.session.exchanges)
+
+    async def _save_all(self, live: LiveSession) -> None:
+        async with live.saving:
+            await self._save_meta(live)
+            await self.store.sync_history(live.id, live.session.exchanges)
+            await self.store.set_pending(live.id, None)
+
+    def start(self) -> None:
+        """Purge expired and least recently used sessions now, then every `PURGE_EVERY_S`."""
+        self.spawn(self._purge_forever())
+
+    async def _purge_forever(self) -> None:
+        while True:
+            try:
+                purged = await self.store.purge(time.time())
+                if purged:
+                    log.info("purged %d stored sessions", purged)
+            except Exception:
+                log.exception("purging the session store failed")
+            await asyncio.sleep(PURGE_EVERY_S)
+
+    def spawn(self, work: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            if task.get_coro().__name__ == "_purge_forever":  # type: ignore[union-attr]
+                task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+
+def _error(code: ErrorCode, message: str, turn_id: str | None) -> p.ErrorFrame:
+    return p.ErrorFrame(code=code.value, message=message, id=turn_id)

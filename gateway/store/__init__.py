@@ -1,0 +1,1 @@
+"""Session stores behind one interface: memory (nothing outlives the process), SQLite, Redis."""

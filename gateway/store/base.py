@@ -1,0 +1,92 @@
+"""What a session store keeps and the interface every store implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+
+from gateway.engine.types import ChatImage
+from gateway.protocol import SamplingOptions
+from gateway.session import Exchange, Session, UserTurn
+
+
+@dataclass
+class SessionRecord:
+    """A session's durable part: who may resume it, its settings, its history and the turn in progress."""
+
+    id: str
+    token_hash: str  # sha256 of the resume token: the token itself is never stored
+    owner: str  # a hash of the API key that created it ("" without a key)
+    system: str | None = None
+    defaults: SamplingOptions = field(default_factory=SamplingOptions)
+    exchanges: list[Exchange] = field(default_factory=list)
+    pending: UserTurn | None = None  # a turn that was running when last saved
+    last_seq: int = 0
+    updated_at: float = 0.0
+
+    def session(self, max_history_turns: int) -> Session:
+        """The conversation again; a turn that was running when the process died joins as partial."""
+        exchanges = list(self.exchanges)
+        numbered = exchanges[-1].number if exchanges else 0
+        if self.pending is not None:
+            numbered += 1
+            exchanges.append(Exchange(turn=self.pending, reply="", partial=True, number=numbered))
+        return Session(
+            max_history_turns=max_history_turns,
+            id=self.id,
+            system=self.system,
+            defaults=self.defaults,
+            exchanges=exchanges[-max_history_turns:],
+            numbered=numbered,
+        )
+
+
+class SessionStore(Protocol):
+    """Every method is a coroutine and does its blocking work off the event loop."""
+
+    async def load(self, session_id: str) -> SessionRecord | None: ...
+
+    async def save_meta(self, record: SessionRecord) -> None:
+        """Everything but the history and the pending turn."""
+        ...
+
+    async def sync_history(self, session_id: str, exchanges: list[Exchange]) -> None:
+        """Make the stored history equal `exchanges`: drop what went, add what is new (by number)."""
+        ...
+
+    async def set_pending(self, session_id: str, turn: UserTurn | None) -> None: ...
+
+    async def delete(self, session_id: str) -> None: ...
+
+    async def purge(self, now: float) -> int:
+        """Delete expired sessions and, past the size limit, the least recently used; how many went."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# ---- encoding, shared by the stores ---------------------------------------------------------------
+
+
+def encode_turn(turn: UserTurn) -> bytes:
+    images = [[i.data, i.mime, i.width, i.height, i.sha256] for i in turn.images]
+    return msgspec.msgpack.encode([turn.id, turn.text, images])
+
+
+def decode_turn(blob: bytes) -> UserTurn:
+    turn_id, text, images = msgspec.msgpack.decode(blob)
+    return UserTurn(id=turn_id, text=text, images=tuple(ChatImage(*image) for image in images))
+
+
+def encode_options(options: SamplingOptions) -> bytes:
+    return msgspec.msgpack.encode(options)
+
+
+def decode_options(blob: bytes) -> SamplingOptions:
+    return msgspec.msgpack.decode(blob, type=SamplingOptions)
+
+
+def exchange_bytes(exchange: Exchange) -> int:
+    return exchange.turn.image_bytes + len(exchange.turn.text) + len(exchange.reply)

@@ -1,0 +1,34 @@
+"""The store the settings name: `memory`, `sqlite` (in the data directory) or a redis:// URL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gateway.config import Settings
+from gateway.store.base import SessionStore
+from gateway.store.memory import MemoryStore
+
+
+def data_dir(settings: Settings) -> Path:
+    """`--data-dir`, else $XDG_DATA_HOME/gateway, else ~/.local/share/gateway."""
+    if settings.data_dir:
+        return Path(settings.data_dir)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "gateway"
+
+
+def open_store(settings: Settings) -> SessionStore:
+    kind = settings.session_store
+    if kind == "memory":
+        return MemoryStore()
+    if kind.startswith(("redis://", "rediss://", "unix://")):
+        from gateway.store.redis import RedisStore
+
+        store: SessionStore = RedisStore(kind, settings)
+        return store
+    if kind == "sqlite":
+        from gateway.store.sqlite import SqliteStore
+
+        return SqliteStore(data_dir(settings) / "sessions.db", settings)
+    raise ValueError(f"unknown session store {kind!r}: use sqlite, memory or a redis:// URL")

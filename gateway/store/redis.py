@@ -1,0 +1,132 @@
+"""The shared store: Redis or Valkey, so that several gateway processes serve the same sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from gateway.config import Settings
+from gateway.session import Exchange, UserTurn
+from gateway.store.base import (
+    SessionRecord,
+    decode_options,
+    decode_turn,
+    encode_options,
+    encode_turn,
+    exchange_bytes,
+)
+
+PREFIX = "gateway:"
+USED = PREFIX + "used"  # sorted set: session id -> last use (unix seconds)
+SIZES = PREFIX + "bytes"  # hash: session id -> bytes its history holds
+
+
+def _meta(session_id: str) -> str:
+    return f"{PREFIX}session:{session_id}"
+
+
+def _history(session_id: str) -> str:
+    return f"{PREFIX}history:{session_id}"
+
+
+class RedisStore:
+    """A session is a hash of its settings and a hash of its exchanges by number; keys expire with
+    the TTL, and a sorted set by last use lets `purge` evict the least recently used."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.ttl_s = int(settings.session_ttl_s)
+        self.max_bytes = settings.max_store_bytes
+        self.redis: Any = aioredis.from_url(url, decode_responses=False)
+
+    async def load(self, session_id: str) -> SessionRecord | None:
+        meta, history = await self.redis.hgetall(_meta(session_id)), await self.redis.hgetall(_history(session_id))
+        if not meta:
+            return None
+        exchanges = []
+        for number, blob in sorted(history.items(), key=lambda item: int(item[0])):
+            turn, reply, partial = msgspec.msgpack.decode(blob)
+            exchanges.append(Exchange(decode_turn(turn), reply, partial, int(number)))
+        system = meta.get(b"system")
+        pending = meta.get(b"pending")
+        return SessionRecord(
+            id=session_id,
+            token_hash=meta[b"token_hash"].decode(),
+            owner=meta[b"owner"].decode(),
+            system=system.decode() if system else None,
+            defaults=decode_options(meta[b"defaults"]),
+            exchanges=exchanges,
+            pending=decode_turn(pending) if pending else None,
+            last_seq=int(meta[b"last_seq"]),
+            updated_at=float(meta[b"updated_at"]),
+        )
+
+    async def save_meta(self, record: SessionRecord) -> None:
+        fields = {
+            "token_hash": record.token_hash,
+            "owner": record.owner,
+            "system": record.system or "",
+            "defaults": encode_options(record.defaults),
+            "last_seq": record.last_seq,
+            "updated_at": repr(record.updated_at),
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_meta(record.id), mapping=fields)
+            pipe.expire(_meta(record.id), self.ttl_s)
+            pipe.expire(_history(record.id), self.ttl_s)
+            pipe.zadd(USED, {record.id: record.updated_at})
+            await pipe.execute()
+
+    async def sync_history(self, session_id: str, exchanges: list[Exchange]) -> None:
+        stored = sorted(int(n) for n in await self.redis.hkeys(_history(session_id)))
+        first = exchanges[0].number if exchanges else None
+        gone = [n for n in stored if first is None or n < first]
+        newest = stored[-1] if stored else 0
+        new = {
+            str(e.number): msgspec.msgpack.encode([encode_turn(e.turn), e.reply, e.partial])
+            for e in exchanges
+            if e.number > newest
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if gone:
+                pipe.hdel(_history(session_id), *(str(n) for n in gone))
+            if new:
+                pipe.hset(_history(session_id), mapping=new)
+                pipe.expire(_history(session_id), self.ttl_s)
+            pipe.hset(SIZES, session_id, sum(exchange_bytes(e) for e in exchanges))
+            await pipe.execute()
+
+    async def set_pending(self, session_id: str, turn: UserTurn | None) -> None:
+        if turn is None:
+            await self.redis.hdel(_meta(session_id), "pending")
+        else:
+            await self.redis.hset(_meta(session_id), "pending", encode_turn(turn))
+
+    async def delete(self, session_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_meta(session_id), _history(session_id))
+            pipe.zrem(USED, session_id)
+            pipe.hdel(SIZES, session_id)
+            await pipe.execute()
+
+    async def purge(self, now: float) -> int:
+        """Expired sessions go (their keys expire by themselves too), then the least recently used
+        while the store is over its size limit."""
+        doomed = [i.decode() for i in await self.redis.zrangebyscore(USED, "-inf", now - self.ttl_s)]
+        sizes = {k.decode(): int(v) for k, v in (await self.redis.hgetall(SIZES)).items()}
+        total = sum(size for session_id, size in sizes.items() if session_id not in doomed)
+        if total > self.max_bytes:
+            for raw in await self.redis.zrange(USED, 0, -1):
+                session_id = raw.decode()
+                if total <= self.max_bytes:
+                    break
+                if session_id not in doomed:
+                    doomed.append(session_id)
+                    total -= sizes.get(session_id, 0)
+        for session_id in doomed:
+            await self.delete(session_id)
+        return len(doomed)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
