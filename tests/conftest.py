@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -119,3 +122,40 @@ async def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
 def chat_image(color: Any = (200, 30, 30), size: tuple[int, int] = (64, 48), fmt: str = "PNG") -> ChatImage:
     """An attachment as the turn service hands it to the engine: checked, with its bytes."""
     return check_image(image_bytes(fmt, size, color), ImageLimits(max_bytes=1 << 26, max_pixels=1 << 26))
+
+
+def ensure_program(name: str, package: str) -> str:
+    """The path of a Debian program the tests need, installed on first use (as CI installs chromium)."""
+    found = shutil.which(name)
+    if found is None:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env, capture_output=True)
+        found = shutil.which(name)
+    assert found is not None, f"{name} could not be installed"
+    return found
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, for the whole test session."""
+    program = ensure_program("redis-server", "redis-server")
+    port = free_port()
+    directory = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)

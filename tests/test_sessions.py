@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,3 +254,94 @@ async def test_kill_9_and_restart_keeps_the_conversation(demo_dirs: DemoDirs, tm
     assert after["turns"][:2] == before["turns"][:2] and after["turns"][1]["text"] == first["text"]
     assert after["turns"][2]["text"] == "second" and after["turns"][3]["partial"] is True
     assert accepted["prompt_tokens"] > alone["prompt_tokens"] + 10
+
+
+async def test_two_gateways_share_sessions_through_redis(demo_dirs: DemoDirs, tmp_path: Path, redis_url: str) -> None:
+    """A session started on one gateway process resumes on another that shares the Redis store."""
+    ports = free_port(), free_port()
+    processes = [serve_process(demo_dirs.model, tmp_path / str(p), p, store=redis_url) for p in ports]
+    urls = [f"ws://127.0.0.1:{p}/ws" for p in ports]
+    try:
+        await asyncio.gather(*(wait_ready(url, process) for url, process in zip(urls, processes)))
+        one = await Raw(urls[0]).open()
+        await one.send({"type": "configure", "system": "shared"})
+        await one.until("configured")
+        await one.send({"type": "turn", "id": "t1", "text": "hello from one", "options": {"max_tokens": 4, **GREEDY}})
+        done = await one.until("done")
+        await one.close()
+        two = await Raw(urls[1]).open()
+        await two.send({"type": "resume", "session": one.ready["session"], "token": one.ready["resume_token"], "last_seq": 3})
+        resumed = await two.until("resumed")
+        await two.send({"type": "history"})
+        history_ = await two.until("history")
+        await two.close()
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait(10)
+    assert resumed["session"] == one.ready["session"] and resumed["gap"] is True
+    assert history_["system"] == "shared"
+    assert [t["text"] for t in history_["turns"]] == ["hello from one", done["text"]]
+
+
+async def test_redis_store_round_trip(redis_url: str) -> None:
+    """The Redis store keeps what the SQLite store keeps: settings, history with image bytes, pending."""
+    from gateway.session import Exchange, UserTurn
+    from gateway.store.base import SessionRecord
+    from gateway.store.redis import RedisStore
+    from tests.conftest import chat_image
+
+    store = RedisStore(redis_url, Settings())
+    image = chat_image()
+    exchanges = [Exchange(UserTurn("a", "one", (image,)), "r1", False, 1), Exchange(UserTurn("b", "two"), "r2", True, 2)]
+    record = SessionRecord(id="rt", token_hash="h", owner="", system="sys", last_seq=9, updated_at=time.time())
+    try:
+        await store.save_meta(record)
+        await store.sync_history("rt", exchanges)
+        await store.sync_history("rt", exchanges[1:])  # the oldest was trimmed
+        await store.set_pending("rt", UserTurn("c", "three"))
+        loaded = await store.load("rt")
+        await store.delete("rt")
+        gone = await store.load("rt")
+    finally:
+        await store.close()
+    assert loaded is not None and gone is None
+    assert loaded.system == "sys" and loaded.last_seq == 9 and loaded.exchanges == exchanges[1:]
+    assert loaded.pending is not None and loaded.pending.text == "three"
+
+
+async def test_a_thousand_drop_and_resume_cycles_leak_nothing(durable: RunningServer) -> None:
+    """1,000 times: connect, resume the same session, drop the TCP connection. No thread, task,
+    descriptor, live session, store row or memory is left behind; the reconnect-to-resumed time is reported."""
+    from tests.test_load import open_fds, rss_bytes
+
+    hub = durable.app.state.hub
+    owner = await Raw(durable.ws_url).open()
+    session, token = owner.ready["session"], owner.ready["resume_token"]
+    await owner.send({"type": "turn", "id": "t", "text": "keep me", "options": {"max_tokens": 2}})
+    await owner.until("done")
+    owner.abort()
+
+    async def cycle() -> float:
+        started = time.perf_counter()
+        client = await Raw(durable.ws_url).open()
+        await client.send({"type": "resume", "session": session, "token": token, "last_seq": 10**9})
+        await client.until("resumed")
+        elapsed = time.perf_counter() - started
+        client.abort()
+        return elapsed
+
+    for _ in range(50):  # warm up: pools, caches, allocator
+        await cycle()
+    await asyncio.sleep(0.5)
+    threads, fds, rss, tasks = threading.active_count(), open_fds(), rss_bytes(), len(asyncio.all_tasks())
+    latencies = sorted([await cycle() for _ in range(1000)])
+    await wait_until(lambda: len(durable.app.state.connections) == 0 and len(hub.live) <= 1, timeout_s=20)
+    await asyncio.sleep(0.5)
+    rows = await hub.store._run(lambda db: db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0])
+    grown = rss_bytes() - rss
+    p50, p99 = latencies[500] * 1000, latencies[990] * 1000
+    print(f"\n[sessions] connect+resume p50 {p50:.1f} ms, p99 {p99:.1f} ms; rss growth {grown >> 20} MiB; store rows {rows}")
+    assert threading.active_count() <= threads and open_fds() <= fds + 2 and len(asyncio.all_tasks()) <= tasks + 2
+    assert list(hub.live) == [session] and grown < 32 << 20
+    assert rows == 1  # the resumed session, and nothing else from these cycles
