@@ -1,0 +1,175 @@
+"""Tiny random builds of each supported family: the family's real config, model, image processor and
+processor classes, a byte-level BPE tokenizer trained on the spot with the family's special tokens,
+and a chat template with the family's layout. Built once and cached on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.engine.demo import _corpus, cache_root
+from gateway.engine.families.processors import tolerant
+
+FAMILIES_VERSION = "1"
+
+
+def layout(prefix: str, open_: str, close: str, image: str, generation: str, roles: dict[str, str] | None = None) -> str:
+    """A chat template: `prefix`, then per message `open_` (ROLE replaced), its images then text, `close`."""
+    role = "{{ " + json.dumps(roles or {}) + ".get(m['role'], m['role']) }}"
+    return (
+        prefix + "{% for m in messages %}" + open_.replace("ROLE", role) + "{% if m['content'] is string %}{{ m['content'] }}"
+        "{% else %}{% for c in m['content'] if c['type'] == 'image' %}" + image + "{% endfor %}"
+        "{% for c in m['content'] if c['type'] == 'text' %}{{ c['text'] }}{% endfor %}{% endif %}"
+        + close
+        + "{% endfor %}{% if add_generation_prompt %}"
+        + generation
+        + "{% endif %}"
+    )
+
+
+CHATML = ("", "<|im_start|>ROLE\n", "<|im_end|>\n", "<|im_start|>assistant\n")
+QWEN_VL_TEMPLATE = layout(CHATML[0], CHATML[1], CHATML[2], "<|vision_start|><|image_pad|><|vision_end|>", CHATML[3])
+QWEN_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+# LLaVA-1.5's own template (llava-hf): images first, then each text followed by a space.
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+LLAMA2_TOKENS = ["<s>", "</s>", "<unk>", "<pad>", "<image>"]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How to build one family's fixture."""
+
+    name: str
+    tokens: list[str]  # special tokens; the first is end of text, the pad token is `pad`
+    template: str
+    build: Callable[[Any, Path], None]  # (tokenizer, out_dir): writes config, weights, processors
+    eos: tuple[str, ...] = ("<|endoftext|>",)
+    pad: str = "<|endoftext|>"
+    bos: str | None = None
+    vision: bool = True
+    extra_ids: dict[str, str] = field(default_factory=dict)
+
+
+def train_tokenizer(spec: Spec, out_dir: Path, vocab_size: int = 600) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=spec.tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = _corpus() + ["USER: ASSISTANT: User: Assistant: what is this picture? Describe it."] * 20
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tokenizer,
+        eos_token=spec.eos[0],
+        pad_token=spec.pad,
+        bos_token=spec.bos,
+        extra_special_tokens={},
+    )
+    fast.chat_template = spec.template
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def ids(tok: Any, *tokens: str) -> list[int]:
+    return [int(tok.convert_tokens_to_ids(t)) for t in tokens]
+
+
+def save_model(model_cls: Any, config: Any, tok: Any, spec: Spec, out_dir: Path) -> None:
+    import torch
+    from transformers import GenerationConfig
+
+    torch.manual_seed(0)
+    model = model_cls(config)
+    eos = ids(tok, *spec.eos)
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=ids(tok, spec.pad)[0])  # type: ignore[no-untyped-call]
+    model.save_pretrained(out_dir)
+
+
+def save_processor(processor_cls: Any, images: Any, tok: Any, out_dir: Path, **kwargs: Any) -> None:
+    """The processor's config and its image processor, as a checkpoint ships them (the processor is built
+    once first, so a fixture its class refuses fails here)."""
+    tolerant(processor_cls)(image_processor=images, tokenizer=tok, **kwargs)
+    images.save_pretrained(out_dir)
+    kwargs = {k: v for k, v in kwargs.items() if not k.endswith("_processor") and k != "chat_template"}
+    (out_dir / "processor_config.json").write_text(json.dumps({"processor_class": processor_cls.__name__, **kwargs}))
+
+
+TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
+def _qwen2_vl(tok: Any, out: Path) -> None:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    image_pad, video_pad, start, end = ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    text = {**TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}}
+    vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=image_pad, video_token_id=video_pad, vision_start_token_id=start, vision_end_token_id=end)
+    save_model(Qwen2VLForConditionalGeneration, config, tok, QWEN2_VL, out)
+    images = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112})
+    save_processor(Qwen2VLProcessor, images, tok, out, video_processor=None)
+
+
+def _llava(tok: Any, out: Path) -> None:
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    text = {"model_type": "llama", **TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048}
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14, projection_dim=32)
+    config = LlavaConfig(text_config=text, vision_config=vision.to_dict(), image_token_id=ids(tok, "<image>")[0], vision_feature_layer=-1)
+    save_model(LlavaForConditionalGeneration, config, tok, LLAVA, out)
+    images = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    save_processor(LlavaProcessor, images, tok, out, patch_size=14, vision_feature_select_strategy="default")
+
+
+QWEN2_VL = Spec("qwen2_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen2_vl, eos=("<|im_end|>", "<|endoftext|>"))
+LLAVA = Spec("llava", LLAMA2_TOKENS, LLAVA_TEMPLATE, _llava, eos=("</s>",), pad="<pad>", bos="<s>")
+
+SPECS: dict[str, Spec] = {s.name: s for s in (QWEN2_VL, LLAVA)}
+
+
+def write_family(spec: Spec, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(spec, out_dir)
+    spec.build(tok, out_dir)
+    (out_dir / "gateway_family.json").write_text(json.dumps({"family": spec.name, "version": FAMILIES_VERSION}))
+    return out_dir
+
+
+def cached_family(name: str) -> Path:
+    """The family's fixture directory, built on first use; keyed by this file's version and transformers'."""
+    import transformers
+
+    target = cache_root() / "families" / f"{name}-v{FAMILIES_VERSION}-tf{transformers.__version__}"
+    if (target / "gateway_family.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    try:
+        write_family(SPECS[name], scratch)
+        try:
+            os.rename(scratch, target)
+        except OSError:  # another process finished first
+            pass
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
