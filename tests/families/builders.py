@@ -16,7 +16,7 @@ from typing import Any
 from gateway.engine.demo import _corpus, cache_root
 from gateway.engine.families.processors import tolerant
 
-FAMILIES_VERSION = "1"
+FAMILIES_VERSION = "2"
 
 
 def layout(prefix: str, open_: str, close: str, image: str, generation: str, roles: dict[str, str] | None = None) -> str:
@@ -138,7 +138,7 @@ def _llava(tok: Any, out: Path) -> None:
     config = LlavaConfig(text_config=text, vision_config=vision.to_dict(), image_token_id=ids(tok, "<image>")[0], vision_feature_layer=-1)
     save_model(LlavaForConditionalGeneration, config, tok, LLAVA, out)
     images = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
-    save_processor(LlavaProcessor, images, tok, out, patch_size=14, vision_feature_select_strategy="default")
+    save_processor(LlavaProcessor, images, tok, out, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
 QWEN2_VL = Spec("qwen2_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen2_vl, eos=("<|im_end|>", "<|endoftext|>"))
