@@ -141,10 +141,74 @@ def _llava(tok: Any, out: Path) -> None:
     save_processor(LlavaProcessor, images, tok, out, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
-QWEN2_VL = Spec("qwen2_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen2_vl, eos=("<|im_end|>", "<|endoftext|>"))
-LLAVA = Spec("llava", LLAMA2_TOKENS, LLAVA_TEMPLATE, _llava, eos=("</s>",), pad="<pad>", bos="<s>")
+def _qwen2_5_vl(tok: Any, out: Path) -> None:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-SPECS: dict[str, Spec] = {s.name: s for s in (QWEN2_VL, LLAVA)}
+    image_pad, video_pad, start, end = ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    text = {**TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}}
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64, "window_size": 56, "fullatt_block_indexes": [1], "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=image_pad, video_token_id=video_pad, vision_start_token_id=start, vision_end_token_id=end)
+    save_model(Qwen2_5_VLForConditionalGeneration, config, tok, QWEN2_5_VL, out)
+    images = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112})
+    save_processor(Qwen2_5_VLProcessor, images, tok, out, video_processor=None)
+
+
+def _qwen3_vl(tok: Any, out: Path) -> None:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    image_pad, video_pad, start, end = ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    text = {**TEXT, "head_dim": 16, "vocab_size": len(tok), "max_position_embeddings": 2048, "rope_parameters": rope}
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64, "patch_size": 16, "num_position_embeddings": 16, "deepstack_visual_indexes": [0]}
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=image_pad, video_token_id=video_pad, vision_start_token_id=start, vision_end_token_id=end)
+    save_model(Qwen3VLForConditionalGeneration, config, tok, QWEN3_VL, out)
+    images = Qwen2VLImageProcessorPil(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3, size={"shortest_edge": 64 * 64, "longest_edge": 128 * 128})
+    save_processor(Qwen3VLProcessor, images, tok, out, video_processor=None)
+
+
+def _text_model(config_name: str, model_name: str, **extra: Any) -> Callable[[Any, Path], None]:
+    def build(tok: Any, out: Path) -> None:
+        import transformers
+
+        spec = next(s for s in SPECS.values() if s.build is build)
+        eos = ids(tok, *spec.eos)
+        config = getattr(transformers, config_name)(**{**TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048, "eos_token_id": eos, "pad_token_id": ids(tok, spec.pad)[0], "bos_token_id": None, **extra})
+        save_model(getattr(transformers, model_name), config, tok, spec, out)
+
+    return build
+
+
+LLAMA3_TOKENS = ["<|end_of_text|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+LLAMA3_TEMPLATE = layout("<|begin_of_text|>", "<|start_header_id|>ROLE<|end_header_id|>\n\n", "<|eot_id|>", "", "<|start_header_id|>assistant<|end_header_id|>\n\n")
+GEMMA_TOKENS = ["<eos>", "<bos>", "<pad>", "<start_of_turn>", "<end_of_turn>"]
+GEMMA_TEMPLATE = layout("<bos>", "<start_of_turn>ROLE\n", "<end_of_turn>\n", "", "<start_of_turn>model\n", {"assistant": "model"})
+MISTRAL_TOKENS = ["</s>", "<s>", "<unk>", "[INST]", "[/INST]"]
+MISTRAL_TEMPLATE = (
+    "<s>{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] }}</s>"
+    "{% else %}[INST] {{ m['content'] }} [/INST]{% endif %}{% endfor %}"
+)
+PHI3_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+PHI3_TEMPLATE = layout("", "<|ROLE|>\n", "<|end|>\n", "", "<|assistant|>\n")
+SLIDING = {"sliding_window": 8}  # shorter than every prompt, so batching is proven across the window
+
+QWEN2_VL = Spec("qwen2_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen2_vl, eos=("<|im_end|>", "<|endoftext|>"))
+QWEN2_5_VL = Spec("qwen2_5_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen2_5_vl, eos=("<|im_end|>", "<|endoftext|>"))
+QWEN3_VL = Spec("qwen3_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen3_vl, eos=("<|im_end|>", "<|endoftext|>"))
+LLAVA = Spec("llava", LLAMA2_TOKENS, LLAVA_TEMPLATE, _llava, eos=("</s>",), pad="<pad>", bos="<s>")
+QWEN_TEXT_TEMPLATE = layout(*CHATML[:3], "", CHATML[3])
+TEXT_SPECS = [
+    Spec("llama", LLAMA3_TOKENS, LLAMA3_TEMPLATE, _text_model("LlamaConfig", "LlamaForCausalLM"), eos=("<|eot_id|>", "<|end_of_text|>"), pad="<|end_of_text|>", vision=False),
+    Spec("qwen2", QWEN_TOKENS, QWEN_TEXT_TEMPLATE, _text_model("Qwen2Config", "Qwen2ForCausalLM"), eos=("<|im_end|>", "<|endoftext|>"), vision=False),
+    Spec("qwen3", QWEN_TOKENS, QWEN_TEXT_TEMPLATE, _text_model("Qwen3Config", "Qwen3ForCausalLM", head_dim=16), eos=("<|im_end|>", "<|endoftext|>"), vision=False),
+    Spec("gemma2", GEMMA_TOKENS, GEMMA_TEMPLATE, _text_model("Gemma2Config", "Gemma2ForCausalLM", head_dim=16, layer_types=["sliding_attention", "full_attention"], **SLIDING), eos=("<end_of_turn>", "<eos>"), pad="<pad>", vision=False),
+    Spec("gemma3_text", GEMMA_TOKENS, GEMMA_TEMPLATE, _text_model("Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=16, layer_types=["sliding_attention", "full_attention"], **SLIDING), eos=("<end_of_turn>", "<eos>"), pad="<pad>", vision=False),
+    Spec("mistral", MISTRAL_TOKENS, MISTRAL_TEMPLATE, _text_model("MistralConfig", "MistralForCausalLM", **SLIDING), eos=("</s>",), pad="<unk>", vision=False),
+    Spec("phi3", PHI3_TOKENS, PHI3_TEMPLATE, _text_model("Phi3Config", "Phi3ForCausalLM"), eos=("<|end|>", "<|endoftext|>"), vision=False),
+]
+
+SPECS: dict[str, Spec] = {s.name: s for s in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, *TEXT_SPECS)}
 
 
 def write_family(spec: Spec, out_dir: Path) -> Path:
