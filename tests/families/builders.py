@@ -59,7 +59,7 @@ class Spec:
     pad: str = "<|endoftext|>"
     bos: str | None = None
     vision: bool = True
-    extra_ids: dict[str, str] = field(default_factory=dict)
+    named_tokens: dict[str, str] = field(default_factory=dict)  # tokenizer attributes: image_token, boi_token, ...
 
 
 def train_tokenizer(spec: Spec, out_dir: Path, vocab_size: int = 600) -> Any:
@@ -82,7 +82,7 @@ def train_tokenizer(spec: Spec, out_dir: Path, vocab_size: int = 600) -> Any:
         eos_token=spec.eos[0],
         pad_token=spec.pad,
         bos_token=spec.bos,
-        extra_special_tokens={},
+        extra_special_tokens=spec.named_tokens,
     )
     fast.chat_template = spec.template
     fast.save_pretrained(out_dir)
@@ -168,6 +168,32 @@ def _qwen3_vl(tok: Any, out: Path) -> None:
     save_processor(Qwen3VLProcessor, images, tok, out, video_processor=None)
 
 
+def _llava_next(tok: Any, out: Path) -> None:
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112]]
+    text = {"model_type": "llama", **TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048}
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14, projection_dim=32)
+    config = LlavaNextConfig(text_config=text, vision_config=vision.to_dict(), image_token_id=ids(tok, "<image>")[0], vision_feature_layer=-1, image_grid_pinpoints=pinpoints)
+    save_model(LlavaNextForConditionalGeneration, config, tok, LLAVA_NEXT, out)
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=pinpoints)
+    save_processor(LlavaNextProcessor, images, tok, out, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+
+
+def _gemma3(tok: Any, out: Path) -> None:
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    boi, eoi, image = ids(tok, "<start_of_image>", "<end_of_image>", "<image_soft_token>")
+    text = {**TEXT, "head_dim": 16, "vocab_size": len(tok), "max_position_embeddings": 2048, "layer_types": ["sliding_attention", "full_attention"], **SLIDING}
+    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 56, "patch_size": 14}
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, boi_token_index=boi, eoi_token_index=eoi, image_token_index=image)
+    save_model(Gemma3ForConditionalGeneration, config, tok, GEMMA3, out)
+    images = Gemma3ImageProcessorPil(size={"height": 56, "width": 56})
+    save_processor(Gemma3Processor, images, tok, out, image_seq_length=4)
+
+
 def _text_model(config_name: str, model_name: str, **extra: Any) -> Callable[[Any, Path], None]:
     def build(tok: Any, out: Path) -> None:
         import transformers
@@ -196,6 +222,11 @@ SLIDING = {"sliding_window": 8}  # shorter than every prompt, so batching is pro
 QWEN2_VL = Spec("qwen2_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen2_vl, eos=("<|im_end|>", "<|endoftext|>"))
 QWEN2_5_VL = Spec("qwen2_5_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen2_5_vl, eos=("<|im_end|>", "<|endoftext|>"))
 QWEN3_VL = Spec("qwen3_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen3_vl, eos=("<|im_end|>", "<|endoftext|>"))
+GEMMA3_TOKENS = [*GEMMA_TOKENS, "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+GEMMA3_NAMED = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+GEMMA3_TEMPLATE = layout("<bos>", "<start_of_turn>ROLE\n", "<end_of_turn>\n", "<start_of_image>", "<start_of_turn>model\n", {"assistant": "model"})
+GEMMA3 = Spec("gemma3", GEMMA3_TOKENS, GEMMA3_TEMPLATE, _gemma3, eos=("<end_of_turn>", "<eos>"), pad="<pad>", named_tokens=GEMMA3_NAMED)
+LLAVA_NEXT = Spec("llava_next", LLAMA2_TOKENS, LLAVA_TEMPLATE, _llava_next, eos=("</s>",), pad="<pad>", bos="<s>")
 LLAVA = Spec("llava", LLAMA2_TOKENS, LLAVA_TEMPLATE, _llava, eos=("</s>",), pad="<pad>", bos="<s>")
 QWEN_TEXT_TEMPLATE = layout(*CHATML[:3], "", CHATML[3])
 TEXT_SPECS = [
@@ -208,7 +239,7 @@ TEXT_SPECS = [
     Spec("phi3", PHI3_TOKENS, PHI3_TEMPLATE, _text_model("Phi3Config", "Phi3ForCausalLM"), eos=("<|end|>", "<|endoftext|>"), vision=False),
 ]
 
-SPECS: dict[str, Spec] = {s.name: s for s in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, *TEXT_SPECS)}
+SPECS: dict[str, Spec] = {s.name: s for s in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, GEMMA3, *TEXT_SPECS)}
 
 
 def write_family(spec: Spec, out_dir: Path) -> Path:
