@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,14 @@ from gateway.engine.image_cache import ImageCache, ProcessedImage
 from gateway.engine.types import ChatImage, ChatMessage
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import decode_pixels
+
+_MARKED = re.compile("\U000f0000(.*?)\U000f0001|[\U000f0000\U000f0001]", re.DOTALL)  # transformers' markers
+
+
+def _break(match: re.Match[str]) -> str:
+    token = match.group(1) or ""
+    return token[:1] + "\u2060" + token[1:]
+
 
 _STAND_IN = Image.new("RGB", (1, 1))  # what the processor is handed in place of an image already processed
 
@@ -136,19 +145,26 @@ class PromptBuilder:
             return ModelInputs(torch.tensor([self._encode(rendered)], dtype=torch.long), {})
         self._prepared.features = self.family.combine([self.images.get(image) for image in images])
         try:
-            out = self.processor(
-                text=[rendered],
-                images=[_STAND_IN] * len(images),
-                sanitize_control_tokens=True,
-                add_special_tokens=False,
-                return_tensors="pt",
-            )
+            out = self._process(rendered, len(images))
         except ValueError as exc:
             raise GatewayError(ErrorCode.INTERNAL, f"the processor refused the prompt: {exc}") from None
         finally:
             self._prepared.features = None
         extras = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in ("input_ids", "attention_mask")}
         return ModelInputs(input_ids=out["input_ids"].to(torch.long), extras=extras)
+
+    def _process(self, rendered: str, images: int) -> Any:
+        """The processor on the rendered prompt. Text holding no control token is tokenized as is (the
+        same ids as sanitizing, and processors that map characters to tokens, like Idefics3's, need the
+        plain path); marked control tokens are encoded as text, or where the processor cannot sanitize,
+        broken with a word joiner so they cannot match."""
+        kwargs: dict[str, Any] = {"images": [_STAND_IN] * images, "add_special_tokens": False, "return_tensors": "pt"}
+        if not _MARKED.search(rendered):
+            return self.processor(text=[rendered], **kwargs)
+        try:
+            return self.processor(text=[rendered], sanitize_control_tokens=True, **kwargs)
+        except ValueError:
+            return self.processor(text=[_MARKED.sub(_break, rendered)], **kwargs)
 
     def _images_of(self, messages: Sequence[ChatMessage]) -> list[ChatImage]:
         images = [image for m in messages for image in m.images]

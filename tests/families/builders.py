@@ -194,6 +194,23 @@ def _gemma3(tok: Any, out: Path) -> None:
     save_processor(Gemma3Processor, images, tok, out, image_seq_length=4)
 
 
+def _idefics(kind: str) -> Callable[[Any, Path], None]:
+    def build(tok: Any, out: Path) -> None:
+        import transformers
+
+        prefix = "Idefics3" if kind == "idefics3" else "SmolVLM"
+        text = {"model_type": "llama", **TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048}
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 56, "patch_size": 14}
+        config = getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, scale_factor=2, image_token_id=ids(tok, "<image>")[0])
+        save_model(getattr(transformers, f"{prefix}ForConditionalGeneration"), config, tok, SPECS[kind], out)
+        module = getattr(transformers.models, kind)
+        images = getattr(getattr(module, f"image_processing_pil_{kind}"), f"{prefix}ImageProcessorPil")(size={"longest_edge": 112}, max_image_size={"longest_edge": 56})
+        extra = {"video_processor": None} if kind == "smolvlm" else {}
+        save_processor(getattr(transformers, f"{prefix}Processor"), images, tok, out, image_seq_len=4, **extra)
+
+    return build
+
+
 def _text_model(config_name: str, model_name: str, **extra: Any) -> Callable[[Any, Path], None]:
     def build(tok: Any, out: Path) -> None:
         import transformers
@@ -227,6 +244,18 @@ GEMMA3_NAMED = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", 
 GEMMA3_TEMPLATE = layout("<bos>", "<start_of_turn>ROLE\n", "<end_of_turn>\n", "<start_of_image>", "<start_of_turn>model\n", {"assistant": "model"})
 GEMMA3 = Spec("gemma3", GEMMA3_TOKENS, GEMMA3_TEMPLATE, _gemma3, eos=("<end_of_turn>", "<eos>"), pad="<pad>", named_tokens=GEMMA3_NAMED)
 LLAVA_NEXT = Spec("llava_next", LLAMA2_TOKENS, LLAVA_TEMPLATE, _llava_next, eos=("</s>",), pad="<pad>", bos="<s>")
+# Idefics3's own template: "User:" before an image, "User: " before text.
+IDEFICS_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+IDEFICS_TOKENS = ["<|end_of_text|>", "<|begin_of_text|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>", "<global-img>"]
+IDEFICS_TOKENS += [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+IDEFICS3 = Spec("idefics3", IDEFICS_TOKENS, IDEFICS_TEMPLATE, _idefics("idefics3"), eos=("<end_of_utterance>", "<|end_of_text|>"), pad="<|end_of_text|>")
+SMOLVLM = Spec("smolvlm", IDEFICS_TOKENS, IDEFICS_TEMPLATE, _idefics("smolvlm"), eos=("<end_of_utterance>", "<|end_of_text|>"), pad="<|end_of_text|>")
 LLAVA = Spec("llava", LLAMA2_TOKENS, LLAVA_TEMPLATE, _llava, eos=("</s>",), pad="<pad>", bos="<s>")
 QWEN_TEXT_TEMPLATE = layout(*CHATML[:3], "", CHATML[3])
 TEXT_SPECS = [
@@ -239,7 +268,7 @@ TEXT_SPECS = [
     Spec("phi3", PHI3_TOKENS, PHI3_TEMPLATE, _text_model("Phi3Config", "Phi3ForCausalLM"), eos=("<|end|>", "<|endoftext|>"), vision=False),
 ]
 
-SPECS: dict[str, Spec] = {s.name: s for s in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, GEMMA3, *TEXT_SPECS)}
+SPECS: dict[str, Spec] = {s.name: s for s in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, GEMMA3, IDEFICS3, *TEXT_SPECS)}
 
 
 def write_family(spec: Spec, out_dir: Path) -> Path:
