@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.engine import demo
 from gateway.engine.demo import _corpus, cache_root
 from gateway.engine.families.processors import tolerant
 
@@ -211,6 +212,15 @@ def _idefics(kind: str) -> Callable[[Any, Path], None]:
     return build
 
 
+def _glm4v(tok: Any, out: Path) -> None:
+    from transformers import Glm4vForConditionalGeneration
+
+    from gateway.engine.demo import _model_config, _save_image_processor
+
+    save_model(Glm4vForConditionalGeneration, _model_config(out, "tiny"), tok, GLM4V, out)
+    _save_image_processor(out)
+
+
 def _text_model(config_name: str, model_name: str, **extra: Any) -> Callable[[Any, Path], None]:
     def build(tok: Any, out: Path) -> None:
         import transformers
@@ -256,6 +266,7 @@ IDEFICS_TOKENS = ["<|end_of_text|>", "<|begin_of_text|>", "<end_of_utterance>", 
 IDEFICS_TOKENS += [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 IDEFICS3 = Spec("idefics3", IDEFICS_TOKENS, IDEFICS_TEMPLATE, _idefics("idefics3"), eos=("<end_of_utterance>", "<|end_of_text|>"), pad="<|end_of_text|>")
 SMOLVLM = Spec("smolvlm", IDEFICS_TOKENS, IDEFICS_TEMPLATE, _idefics("smolvlm"), eos=("<end_of_utterance>", "<|end_of_text|>"), pad="<|end_of_text|>")
+GLM4V = Spec("glm4v", demo.SPECIAL_TOKENS, demo.CHAT_TEMPLATE, _glm4v, eos=("<|endoftext|>", "<|user|>", "<|observation|>"), pad="<pad>")
 LLAVA = Spec("llava", LLAMA2_TOKENS, LLAVA_TEMPLATE, _llava, eos=("</s>",), pad="<pad>", bos="<s>")
 QWEN_TEXT_TEMPLATE = layout(*CHATML[:3], "", CHATML[3])
 TEXT_SPECS = [
@@ -268,7 +279,7 @@ TEXT_SPECS = [
     Spec("phi3", PHI3_TOKENS, PHI3_TEMPLATE, _text_model("Phi3Config", "Phi3ForCausalLM"), eos=("<|end|>", "<|endoftext|>"), vision=False),
 ]
 
-SPECS: dict[str, Spec] = {s.name: s for s in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, GEMMA3, IDEFICS3, *TEXT_SPECS)}
+SPECS: dict[str, Spec] = {s.name: s for s in (GLM4V, QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, GEMMA3, IDEFICS3, *TEXT_SPECS)}
 
 
 def write_family(spec: Spec, out_dir: Path) -> Path:
