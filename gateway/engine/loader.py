@@ -161,7 +161,11 @@ def _load_prompt_builder(
             processor = load_processor(source, model_type, trust_remote_code)
         except Exception as exc:  # the model still serves text; the reason goes to the log
             log.warning("images disabled: no processor for %s could be built (%s: %s)", model_type, type(exc).__name__, exc)
-    tokenizer: Any = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    tokenizer: Any = (
+        processor.tokenizer
+        if processor is not None
+        else AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    )
     if template is None and getattr(processor, "chat_template", None) is None and tokenizer.chat_template is None:
         if (source / "chat_template.jinja").exists():
             template = (source / "chat_template.jinja").read_text()

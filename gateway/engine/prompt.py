@@ -73,7 +73,7 @@ class PromptBuilder:
         from transformers.utils.chat_template_utils import _get_control_token_patterns
 
         self.tokenizer = tokenizer
-        self.processor = processor
+        self.processor: Any = processor  # None for a text-only model
         self.family = family
         self.template = chat_template or getattr(processor, "chat_template", None) or tokenizer.chat_template
         self.vision = processor is not None and getattr(processor, "image_token", None) is not None
@@ -84,8 +84,8 @@ class PromptBuilder:
         self._image_processor: Any = None
         self._images_kwargs: dict[str, Any] = {}
         if self.vision:
-            self._image_processor = processor.image_processor
-            merged = processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs, return_tensors="pt")
+            self._image_processor = self.processor.image_processor
+            merged = self.processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs, return_tensors="pt")
             self._images_kwargs = merged["images_kwargs"]
             self._adopt_processor(processor)
 
@@ -134,7 +134,9 @@ class PromptBuilder:
         try:
             processed = self._image_processor(images=batch, **self._images_kwargs)
         except ValueError as exc:
-            raise GatewayError(ErrorCode.BAD_IMAGE, f"image of {image.width}x{image.height} rejected by the model: {exc}") from None
+            raise GatewayError(
+                ErrorCode.BAD_IMAGE, f"image of {image.width}x{image.height} rejected by the model: {exc}"
+            ) from None
         return {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in processed.items()}
 
     def build(self, messages: Sequence[ChatMessage]) -> ModelInputs:
@@ -176,7 +178,9 @@ class PromptBuilder:
         from transformers.utils.chat_template_utils import mark_control_tokens
 
         chat = mark_control_tokens([self._template_message(m) for m in messages], self._control)
-        return str(self.tokenizer.apply_chat_template(chat, chat_template=self.template, tokenize=False, add_generation_prompt=True))
+        return str(
+            self.tokenizer.apply_chat_template(chat, chat_template=self.template, tokenize=False, add_generation_prompt=True)
+        )
 
     def _template_message(self, message: ChatMessage) -> dict[str, Any]:
         if not self.vision:

@@ -36,7 +36,15 @@ def layout(prefix: str, open_: str, close: str, image: str, generation: str, rol
 
 CHATML = ("", "<|im_start|>ROLE\n", "<|im_end|>\n", "<|im_start|>assistant\n")
 QWEN_VL_TEMPLATE = layout(CHATML[0], CHATML[1], CHATML[2], "<|vision_start|><|image_pad|><|vision_end|>", CHATML[3])
-QWEN_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 
 # LLaVA-1.5's own template (llava-hf): images first, then each text followed by a space.
 LLAVA_TEMPLATE = (
@@ -122,9 +130,30 @@ def _qwen2_vl(tok: Any, out: Path) -> None:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     image_pad, video_pad, start, end = ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    text = {**TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}}
-    vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=image_pad, video_token_id=video_pad, vision_start_token_id=start, vision_end_token_id=end)
+    text = {
+        **TEXT,
+        "vocab_size": len(tok),
+        "max_position_embeddings": 2048,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    }
+    vision = {
+        "depth": 2,
+        "embed_dim": 32,
+        "hidden_size": 64,
+        "num_heads": 2,
+        "mlp_ratio": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=image_pad,
+        video_token_id=video_pad,
+        vision_start_token_id=start,
+        vision_end_token_id=end,
+    )
     save_model(Qwen2VLForConditionalGeneration, config, tok, QWEN2_VL, out)
     images = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112})
     save_processor(Qwen2VLProcessor, images, tok, out, video_processor=None)
@@ -135,11 +164,23 @@ def _llava(tok: Any, out: Path) -> None:
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     text = {"model_type": "llama", **TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048}
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14, projection_dim=32)
-    config = LlavaConfig(text_config=text, vision_config=vision.to_dict(), image_token_id=ids(tok, "<image>")[0], vision_feature_layer=-1)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=56,
+        patch_size=14,
+        projection_dim=32,
+    )
+    config = LlavaConfig(
+        text_config=text, vision_config=vision.to_dict(), image_token_id=ids(tok, "<image>")[0], vision_feature_layer=-1
+    )
     save_model(LlavaForConditionalGeneration, config, tok, LLAVA, out)
     images = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
-    save_processor(LlavaProcessor, images, tok, out, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    save_processor(
+        LlavaProcessor, images, tok, out, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1
+    )
 
 
 def _qwen2_5_vl(tok: Any, out: Path) -> None:
@@ -147,9 +188,32 @@ def _qwen2_5_vl(tok: Any, out: Path) -> None:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     image_pad, video_pad, start, end = ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    text = {**TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}}
-    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64, "window_size": 56, "fullatt_block_indexes": [1], "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=image_pad, video_token_id=video_pad, vision_start_token_id=start, vision_end_token_id=end)
+    text = {
+        **TEXT,
+        "vocab_size": len(tok),
+        "max_position_embeddings": 2048,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": 64,
+        "window_size": 56,
+        "fullatt_block_indexes": [1],
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=image_pad,
+        video_token_id=video_pad,
+        vision_start_token_id=start,
+        vision_end_token_id=end,
+    )
     save_model(Qwen2_5_VLForConditionalGeneration, config, tok, QWEN2_5_VL, out)
     images = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112})
     save_processor(Qwen2_5_VLProcessor, images, tok, out, video_processor=None)
@@ -162,10 +226,28 @@ def _qwen3_vl(tok: Any, out: Path) -> None:
     image_pad, video_pad, start, end = ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
     text = {**TEXT, "head_dim": 16, "vocab_size": len(tok), "max_position_embeddings": 2048, "rope_parameters": rope}
-    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64, "patch_size": 16, "num_position_embeddings": 16, "deepstack_visual_indexes": [0]}
-    config = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=image_pad, video_token_id=video_pad, vision_start_token_id=start, vision_end_token_id=end)
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": 64,
+        "patch_size": 16,
+        "num_position_embeddings": 16,
+        "deepstack_visual_indexes": [0],
+    }
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=image_pad,
+        video_token_id=video_pad,
+        vision_start_token_id=start,
+        vision_end_token_id=end,
+    )
     save_model(Qwen3VLForConditionalGeneration, config, tok, QWEN3_VL, out)
-    images = Qwen2VLImageProcessorPil(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3, size={"shortest_edge": 64 * 64, "longest_edge": 128 * 128})
+    images = Qwen2VLImageProcessorPil(
+        patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3, size={"shortest_edge": 64 * 64, "longest_edge": 128 * 128}
+    )
     save_processor(Qwen3VLProcessor, images, tok, out, video_processor=None)
 
 
@@ -175,11 +257,35 @@ def _llava_next(tok: Any, out: Path) -> None:
 
     pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112]]
     text = {"model_type": "llama", **TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048}
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14, projection_dim=32)
-    config = LlavaNextConfig(text_config=text, vision_config=vision.to_dict(), image_token_id=ids(tok, "<image>")[0], vision_feature_layer=-1, image_grid_pinpoints=pinpoints)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=56,
+        patch_size=14,
+        projection_dim=32,
+    )
+    config = LlavaNextConfig(
+        text_config=text,
+        vision_config=vision.to_dict(),
+        image_token_id=ids(tok, "<image>")[0],
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+    )
     save_model(LlavaNextForConditionalGeneration, config, tok, LLAVA_NEXT, out)
-    images = LlavaNextImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=pinpoints)
-    save_processor(LlavaNextProcessor, images, tok, out, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    images = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=pinpoints
+    )
+    save_processor(
+        LlavaNextProcessor,
+        images,
+        tok,
+        out,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
 
 
 def _gemma3(tok: Any, out: Path) -> None:
@@ -187,9 +293,31 @@ def _gemma3(tok: Any, out: Path) -> None:
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
     boi, eoi, image = ids(tok, "<start_of_image>", "<end_of_image>", "<image_soft_token>")
-    text = {**TEXT, "head_dim": 16, "vocab_size": len(tok), "max_position_embeddings": 2048, "layer_types": ["sliding_attention", "full_attention"], **SLIDING}
-    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 56, "patch_size": 14}
-    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, boi_token_index=boi, eoi_token_index=eoi, image_token_index=image)
+    text = {
+        **TEXT,
+        "head_dim": 16,
+        "vocab_size": len(tok),
+        "max_position_embeddings": 2048,
+        "layer_types": ["sliding_attention", "full_attention"],
+        **SLIDING,
+    }
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 56,
+        "patch_size": 14,
+    }
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        boi_token_index=boi,
+        eoi_token_index=eoi,
+        image_token_index=image,
+    )
     save_model(Gemma3ForConditionalGeneration, config, tok, GEMMA3, out)
     images = Gemma3ImageProcessorPil(size={"height": 56, "width": 56})
     save_processor(Gemma3Processor, images, tok, out, image_seq_length=4)
@@ -201,11 +329,22 @@ def _idefics(kind: str) -> Callable[[Any, Path], None]:
 
         prefix = "Idefics3" if kind == "idefics3" else "SmolVLM"
         text = {"model_type": "llama", **TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048}
-        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 56, "patch_size": 14}
-        config = getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, scale_factor=2, image_token_id=ids(tok, "<image>")[0])
+        vision = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 56,
+            "patch_size": 14,
+        }
+        config = getattr(transformers, f"{prefix}Config")(
+            text_config=text, vision_config=vision, scale_factor=2, image_token_id=ids(tok, "<image>")[0]
+        )
         save_model(getattr(transformers, f"{prefix}ForConditionalGeneration"), config, tok, SPECS[kind], out)
         module = getattr(transformers.models, kind)
-        images = getattr(getattr(module, f"image_processing_pil_{kind}"), f"{prefix}ImageProcessorPil")(size={"longest_edge": 112}, max_image_size={"longest_edge": 56})
+        images = getattr(getattr(module, f"image_processing_pil_{kind}"), f"{prefix}ImageProcessorPil")(
+            size={"longest_edge": 112}, max_image_size={"longest_edge": 56}
+        )
         extra = {"video_processor": None} if kind == "smolvlm" else {}
         save_processor(getattr(transformers, f"{prefix}Processor"), images, tok, out, image_seq_len=4, **extra)
 
@@ -227,14 +366,30 @@ def _text_model(config_name: str, model_name: str, **extra: Any) -> Callable[[An
 
         spec = next(s for s in SPECS.values() if s.build is build)
         eos = ids(tok, *spec.eos)
-        config = getattr(transformers, config_name)(**{**TEXT, "vocab_size": len(tok), "max_position_embeddings": 2048, "eos_token_id": eos, "pad_token_id": ids(tok, spec.pad)[0], "bos_token_id": None, **extra})
+        config = getattr(transformers, config_name)(
+            **{
+                **TEXT,
+                "vocab_size": len(tok),
+                "max_position_embeddings": 2048,
+                "eos_token_id": eos,
+                "pad_token_id": ids(tok, spec.pad)[0],
+                "bos_token_id": None,
+                **extra,
+            }
+        )
         save_model(getattr(transformers, model_name), config, tok, spec, out)
 
     return build
 
 
 LLAMA3_TOKENS = ["<|end_of_text|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-LLAMA3_TEMPLATE = layout("<|begin_of_text|>", "<|start_header_id|>ROLE<|end_header_id|>\n\n", "<|eot_id|>", "", "<|start_header_id|>assistant<|end_header_id|>\n\n")
+LLAMA3_TEMPLATE = layout(
+    "<|begin_of_text|>",
+    "<|start_header_id|>ROLE<|end_header_id|>\n\n",
+    "<|eot_id|>",
+    "",
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+)
 GEMMA_TOKENS = ["<eos>", "<bos>", "<pad>", "<start_of_turn>", "<end_of_turn>"]
 GEMMA_TEMPLATE = layout("<bos>", "<start_of_turn>ROLE\n", "<end_of_turn>\n", "", "<start_of_turn>model\n", {"assistant": "model"})
 MISTRAL_TOKENS = ["</s>", "<s>", "<unk>", "[INST]", "[/INST]"]
@@ -251,8 +406,12 @@ QWEN2_5_VL = Spec("qwen2_5_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen2_5_vl, eos=
 QWEN3_VL = Spec("qwen3_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen3_vl, eos=("<|im_end|>", "<|endoftext|>"))
 GEMMA3_TOKENS = [*GEMMA_TOKENS, "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
 GEMMA3_NAMED = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
-GEMMA3_TEMPLATE = layout("<bos>", "<start_of_turn>ROLE\n", "<end_of_turn>\n", "<start_of_image>", "<start_of_turn>model\n", {"assistant": "model"})
-GEMMA3 = Spec("gemma3", GEMMA3_TOKENS, GEMMA3_TEMPLATE, _gemma3, eos=("<end_of_turn>", "<eos>"), pad="<pad>", named_tokens=GEMMA3_NAMED)
+GEMMA3_TEMPLATE = layout(
+    "<bos>", "<start_of_turn>ROLE\n", "<end_of_turn>\n", "<start_of_image>", "<start_of_turn>model\n", {"assistant": "model"}
+)
+GEMMA3 = Spec(
+    "gemma3", GEMMA3_TOKENS, GEMMA3_TEMPLATE, _gemma3, eos=("<end_of_turn>", "<eos>"), pad="<pad>", named_tokens=GEMMA3_NAMED
+)
 LLAVA_NEXT = Spec("llava_next", LLAMA2_TOKENS, LLAVA_TEMPLATE, _llava_next, eos=("</s>",), pad="<pad>", bos="<s>")
 # Idefics3's own template: "User:" before an image, "User: " before text.
 IDEFICS_TEMPLATE = (
@@ -262,24 +421,106 @@ IDEFICS_TEMPLATE = (
     "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
-IDEFICS_TOKENS = ["<|end_of_text|>", "<|begin_of_text|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>", "<global-img>"]
+IDEFICS_TOKENS = [
+    "<|end_of_text|>",
+    "<|begin_of_text|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+]
 IDEFICS_TOKENS += [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
-IDEFICS3 = Spec("idefics3", IDEFICS_TOKENS, IDEFICS_TEMPLATE, _idefics("idefics3"), eos=("<end_of_utterance>", "<|end_of_text|>"), pad="<|end_of_text|>")
-SMOLVLM = Spec("smolvlm", IDEFICS_TOKENS, IDEFICS_TEMPLATE, _idefics("smolvlm"), eos=("<end_of_utterance>", "<|end_of_text|>"), pad="<|end_of_text|>")
-GLM4V = Spec("glm4v", demo.SPECIAL_TOKENS, demo.CHAT_TEMPLATE, _glm4v, eos=("<|endoftext|>", "<|user|>", "<|observation|>"), pad="<pad>")
+IDEFICS3 = Spec(
+    "idefics3",
+    IDEFICS_TOKENS,
+    IDEFICS_TEMPLATE,
+    _idefics("idefics3"),
+    eos=("<end_of_utterance>", "<|end_of_text|>"),
+    pad="<|end_of_text|>",
+)
+SMOLVLM = Spec(
+    "smolvlm",
+    IDEFICS_TOKENS,
+    IDEFICS_TEMPLATE,
+    _idefics("smolvlm"),
+    eos=("<end_of_utterance>", "<|end_of_text|>"),
+    pad="<|end_of_text|>",
+)
+GLM4V = Spec(
+    "glm4v", demo.SPECIAL_TOKENS, demo.CHAT_TEMPLATE, _glm4v, eos=("<|endoftext|>", "<|user|>", "<|observation|>"), pad="<pad>"
+)
 LLAVA = Spec("llava", LLAMA2_TOKENS, LLAVA_TEMPLATE, _llava, eos=("</s>",), pad="<pad>", bos="<s>")
 QWEN_TEXT_TEMPLATE = layout(*CHATML[:3], "", CHATML[3])
 TEXT_SPECS = [
-    Spec("llama", LLAMA3_TOKENS, LLAMA3_TEMPLATE, _text_model("LlamaConfig", "LlamaForCausalLM"), eos=("<|eot_id|>", "<|end_of_text|>"), pad="<|end_of_text|>", vision=False),
-    Spec("qwen2", QWEN_TOKENS, QWEN_TEXT_TEMPLATE, _text_model("Qwen2Config", "Qwen2ForCausalLM"), eos=("<|im_end|>", "<|endoftext|>"), vision=False),
-    Spec("qwen3", QWEN_TOKENS, QWEN_TEXT_TEMPLATE, _text_model("Qwen3Config", "Qwen3ForCausalLM", head_dim=16), eos=("<|im_end|>", "<|endoftext|>"), vision=False),
-    Spec("gemma2", GEMMA_TOKENS, GEMMA_TEMPLATE, _text_model("Gemma2Config", "Gemma2ForCausalLM", head_dim=16, layer_types=["sliding_attention", "full_attention"], **SLIDING), eos=("<end_of_turn>", "<eos>"), pad="<pad>", vision=False),
-    Spec("gemma3_text", GEMMA_TOKENS, GEMMA_TEMPLATE, _text_model("Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=16, layer_types=["sliding_attention", "full_attention"], **SLIDING), eos=("<end_of_turn>", "<eos>"), pad="<pad>", vision=False),
-    Spec("mistral", MISTRAL_TOKENS, MISTRAL_TEMPLATE, _text_model("MistralConfig", "MistralForCausalLM", **SLIDING), eos=("</s>",), pad="<unk>", vision=False),
-    Spec("phi3", PHI3_TOKENS, PHI3_TEMPLATE, _text_model("Phi3Config", "Phi3ForCausalLM"), eos=("<|end|>", "<|endoftext|>"), vision=False),
+    Spec(
+        "llama",
+        LLAMA3_TOKENS,
+        LLAMA3_TEMPLATE,
+        _text_model("LlamaConfig", "LlamaForCausalLM"),
+        eos=("<|eot_id|>", "<|end_of_text|>"),
+        pad="<|end_of_text|>",
+        vision=False,
+    ),
+    Spec(
+        "qwen2",
+        QWEN_TOKENS,
+        QWEN_TEXT_TEMPLATE,
+        _text_model("Qwen2Config", "Qwen2ForCausalLM"),
+        eos=("<|im_end|>", "<|endoftext|>"),
+        vision=False,
+    ),
+    Spec(
+        "qwen3",
+        QWEN_TOKENS,
+        QWEN_TEXT_TEMPLATE,
+        _text_model("Qwen3Config", "Qwen3ForCausalLM", head_dim=16),
+        eos=("<|im_end|>", "<|endoftext|>"),
+        vision=False,
+    ),
+    Spec(
+        "gemma2",
+        GEMMA_TOKENS,
+        GEMMA_TEMPLATE,
+        _text_model(
+            "Gemma2Config", "Gemma2ForCausalLM", head_dim=16, layer_types=["sliding_attention", "full_attention"], **SLIDING
+        ),
+        eos=("<end_of_turn>", "<eos>"),
+        pad="<pad>",
+        vision=False,
+    ),
+    Spec(
+        "gemma3_text",
+        GEMMA_TOKENS,
+        GEMMA_TEMPLATE,
+        _text_model(
+            "Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=16, layer_types=["sliding_attention", "full_attention"], **SLIDING
+        ),
+        eos=("<end_of_turn>", "<eos>"),
+        pad="<pad>",
+        vision=False,
+    ),
+    Spec(
+        "mistral",
+        MISTRAL_TOKENS,
+        MISTRAL_TEMPLATE,
+        _text_model("MistralConfig", "MistralForCausalLM", **SLIDING),
+        eos=("</s>",),
+        pad="<unk>",
+        vision=False,
+    ),
+    Spec(
+        "phi3",
+        PHI3_TOKENS,
+        PHI3_TEMPLATE,
+        _text_model("Phi3Config", "Phi3ForCausalLM"),
+        eos=("<|end|>", "<|endoftext|>"),
+        vision=False,
+    ),
 ]
 
-SPECS: dict[str, Spec] = {s.name: s for s in (GLM4V, QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, GEMMA3, IDEFICS3, *TEXT_SPECS)}
+SPECS: dict[str, Spec] = {
+    s.name: s for s in (GLM4V, QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, GEMMA3, IDEFICS3, *TEXT_SPECS)
+}
 
 
 def write_family(spec: Spec, out_dir: Path) -> Path:

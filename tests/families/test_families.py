@@ -14,14 +14,17 @@ import torch
 from PIL import Image
 
 from gateway.client import GatewayClient, TurnResult
-from gateway.config import Settings
 from gateway.engine.families.processors import load_processor
 from gateway.engine.types import ChatMessage
 from tests.conftest import RunningServer, chat_image, image_bytes, start_server
 from tests.families.builders import SPECS, cached_family
 
 MAX_TOKENS = 6
-RED, GREEN, BLUE = image_bytes(color=(220, 20, 20)), image_bytes("JPEG", (80, 60), (20, 200, 20)), image_bytes(size=(56, 90), color=(20, 20, 220))
+RED, GREEN, BLUE = (
+    image_bytes(color=(220, 20, 20)),
+    image_bytes("JPEG", (80, 60), (20, 200, 20)),
+    image_bytes(size=(56, 90), color=(20, 20, 220)),
+)
 
 
 class Reference:
@@ -41,7 +44,9 @@ class Reference:
         if not self.vision:
             flat = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p["type"] == "text")} for m in chat]
             return self.tokenizer.apply_chat_template(flat, add_generation_prompt=True, return_dict=True, return_tensors="pt")
-        return self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+        return self.processor.apply_chat_template(
+            chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
 
     def generate(self, chat: list[dict[str, Any]]) -> tuple[int, list[int]]:
         inputs = self.inputs(chat)
@@ -89,7 +94,12 @@ def check(served: Served, chat: list[dict[str, Any]], result: TurnResult) -> Non
     assert result.text == served.reference.text(tokens)
 
 
-TURNS = [("Hello, what is this?", []), ("What is in this picture?", [RED]), ("Compare these two.", [GREEN, BLUE]), ("And the first one?", [])]
+TURNS = [
+    ("Hello, what is this?", []),
+    ("What is in this picture?", [RED]),
+    ("Compare these two.", [GREEN, BLUE]),
+    ("And the first one?", []),
+]
 
 
 async def test_conversation_matches_generate(served: Served) -> None:
@@ -164,4 +174,6 @@ def test_control_tokens_in_text_stay_text(served: Served) -> None:
         return sorted(i for i in ids if i in specials.values())
 
     assert special_ids(hostile) == special_ids("harmless words")
-    assert prompt.count([ChatMessage("user", hostile, images)]) == prompt.build([ChatMessage("user", hostile, images)]).prompt_tokens
+    assert (
+        prompt.count([ChatMessage("user", hostile, images)]) == prompt.build([ChatMessage("user", hostile, images)]).prompt_tokens
+    )

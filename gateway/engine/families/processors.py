@@ -31,7 +31,7 @@ def load_processor(source: Path, model_type: str, trust_remote_code: bool) -> An
     from transformers import AutoProcessor
 
     try:
-        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)  # type: ignore[no-untyped-call]
     except Exception as exc:  # without torchvision, every processor with a video processor fails here
         log.info("AutoProcessor failed (%s: %s); building the processor from its PIL image processor", type(exc).__name__, exc)
     return _build_processor(source, model_type, trust_remote_code)
@@ -40,7 +40,7 @@ def load_processor(source: Path, model_type: str, trust_remote_code: bool) -> An
 def _build_processor(source: Path, model_type: str, trust_remote_code: bool) -> Any:
     import transformers
     from transformers import AutoImageProcessor, AutoTokenizer
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES  # type: ignore[attr-defined]
 
     config = _read_json(source / "processor_config.json")
     name = config.pop("processor_class", None) or _read_json(source / "preprocessor_config.json").get("processor_class")
