@@ -83,9 +83,9 @@ class PromptBuilder:
         self._control = _get_control_token_patterns(tuple(sorted(control)))[0]
         self._image_processor: Any = None
         self._images_kwargs: dict[str, Any] = {}
-        if self.vision:
-            self._image_processor = self.processor.image_processor
-            merged = self.processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs, return_tensors="pt")
+        if self.vision and processor is not None:
+            self._image_processor = processor.image_processor
+            merged = processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs, return_tensors="pt")
             self._images_kwargs = merged["images_kwargs"]
             self._adopt_processor(processor)
 
