@@ -30,6 +30,7 @@ def build_engine(settings: Settings) -> Engine:
         trust_remote_code=settings.trust_remote_code,
         model_id=settings.model_id or (None if settings.model else "gateway-demo"),
         adapters=parse_adapters(settings.adapters),
+        chat_template=settings.chat_template,
     )
     return LocalEngine(
         loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens, max_batch=settings.max_batch
@@ -108,6 +109,7 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--max-batch", dest="max_batch", type=int, help="turns decoding together (default 16)")
     serve.add_argument("--engine", choices=["real", "scripted"], help="scripted: no model, instant replies")
+    serve.add_argument("--chat-template", dest="chat_template", help="a Jinja chat template file (default: the model's)")
     serve.set_defaults(run=_serve)
 
     bench = commands.add_parser("bench", help="load-test a gateway and compare with raw generate")

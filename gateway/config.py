@@ -84,6 +84,8 @@ class Settings:
     image_fetch_max_redirects: int = 3
     image_fetch_concurrency: int = 8
 
+    chat_template: str | None = None  # a Jinja chat template file, for checkpoints that ship none (PaliGemma)
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

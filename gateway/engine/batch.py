@@ -40,6 +40,11 @@ def _rope_index_owner(model: Any) -> Any | None:
     return None
 
 
+def model_extras(extras: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Prefill tensors on the model's device; floating ones (pixels) in the model's dtype."""
+    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in extras.items()}
+
+
 def supports_batching(cache: Any) -> bool:
     """Only plain growing caches can be padded and merged; sliding-window or quantized ones cannot."""
     return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
@@ -69,14 +74,13 @@ class Batch:
         for row, item in enumerate(inputs):
             input_ids[row, length - item.prompt_tokens :] = item.input_ids[0].to(device)
             mask[row, length - item.prompt_tokens :] = 1
-        extras = {k: v.to(device) for k, v in inputs[0].extras.items()} if len(inputs) == 1 else {}
-        if "pixel_values" in extras:
-            extras["pixel_values"] = extras["pixel_values"].to(self.loaded.dtype)
+        extras = model_extras(inputs[0].extras, device, self.loaded.dtype) if len(inputs) == 1 else {}
         positions, delta = self._prompt_positions(input_ids, mask, extras)
         out = self.loaded.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
+            cache=DynamicCache(),  # plain layers even for sliding-window models: the mask keeps the window
             use_cache=True,
             **extras,
             **self._adapter_args(seqs),

@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 
-from gateway.engine.prompt import IMAGE_TOKEN, PromptBuilder
+from gateway.engine.families import family_for
+from gateway.engine.families.processors import load_processor
+from gateway.engine.prompt import PromptBuilder
 
 log = logging.getLogger("gateway.loader")
 
@@ -71,6 +73,7 @@ def load_model(
     trust_remote_code: bool = False,
     model_id: str | None = None,
     adapters: dict[str, str] | None = None,
+    chat_template: str | None = None,
 ) -> LoadedModel:
     """Load a model directory, or an adapter directory (one holding adapter_config.json) over its base."""
     source = Path(path)
@@ -89,10 +92,11 @@ def load_model(
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
     model, vision = _load_weights(source, torch_dtype, trust_remote_code)
+    template = Path(chat_template).read_text() if chat_template else None
     if adapter_dir is not None or adapters:
         model = _apply_adapters(model, adapter_dir, adapters or {})
     model.to(torch_device).eval()
-    tokenizer, prompt = _load_prompt_builder(source, model, vision, trust_remote_code)
+    tokenizer, prompt = _load_prompt_builder(source, model, vision, trust_remote_code, template)
     name = model_id or (adapter_dir or source).resolve().name
     return LoadedModel(
         model=model,
@@ -144,21 +148,30 @@ def _load_weights(source: Path, dtype: torch.dtype, trust_remote_code: bool) -> 
     return model, vision
 
 
-def _load_prompt_builder(source: Path, model: Any, vision: bool, trust_remote_code: bool) -> tuple[Any, PromptBuilder]:
-    from transformers import AutoImageProcessor, AutoTokenizer
+def _load_prompt_builder(
+    source: Path, model: Any, vision: bool, trust_remote_code: bool, template: str | None
+) -> tuple[Any, PromptBuilder]:
+    """The model's processor (vision) or tokenizer (text-only), with its family and chat template."""
+    from transformers import AutoTokenizer
 
-    tokenizer: Any = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    if tokenizer.chat_template is None and (source / "chat_template.jinja").exists():
-        tokenizer.chat_template = (source / "chat_template.jinja").read_text()
-    if tokenizer.chat_template is None:
-        raise ModelLoadError(f"{source} has no chat template; a chat gateway needs one")
-    image_processor = None
-    image_token_id = None
+    model_type = str(model.config.model_type)
+    processor = None
     if vision:
-        # The PIL backend needs no torchvision, which this gateway does not require.
-        image_processor = AutoImageProcessor.from_pretrained(source, backend="pil")  # type: ignore[no-untyped-call]
-        image_token_id = int(getattr(model.config, "image_token_id", None) or tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
-    return tokenizer, PromptBuilder(tokenizer, image_processor, image_token_id)
+        try:
+            processor = load_processor(source, model_type, trust_remote_code)
+        except Exception as exc:  # the model still serves text; the reason goes to the log
+            log.warning("images disabled: no processor for %s could be built (%s: %s)", model_type, type(exc).__name__, exc)
+    tokenizer: Any = (
+        processor.tokenizer
+        if processor is not None
+        else AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    )
+    if template is None and getattr(processor, "chat_template", None) is None and tokenizer.chat_template is None:
+        if (source / "chat_template.jinja").exists():
+            template = (source / "chat_template.jinja").read_text()
+        else:
+            raise ModelLoadError(f"{source} has no chat template; a chat gateway needs one (--chat-template FILE)")
+    return tokenizer, PromptBuilder(tokenizer, processor, family_for(model_type), template)
 
 
 def _context_tokens(model: Any) -> int:

@@ -8,6 +8,7 @@ import logging
 import torch
 from PIL import Image
 
+from gateway.engine.batch import model_extras
 from gateway.engine.loader import LoadedModel
 from gateway.engine.types import ChatMessage
 from gateway.images import ImageLimits, check_image
@@ -30,9 +31,7 @@ def probe_vision(loaded: LoadedModel) -> str | None:
     messages = [ChatMessage("user", "probe", (image,))]
     try:
         inputs = loaded.prompt.build(messages)
-        extras = {k: v.to(loaded.device) for k, v in inputs.extras.items()}
-        if "pixel_values" in extras:
-            extras["pixel_values"] = extras["pixel_values"].to(loaded.dtype)
+        extras = model_extras(inputs.extras, loaded.device, loaded.dtype)
         loaded.model(input_ids=inputs.input_ids.to(loaded.device), use_cache=False, **extras)
     except Exception as exc:  # any failure means images cannot be served; the reason goes to the log
         log.debug("vision probe failed", exc_info=True)

@@ -1,22 +1,31 @@
-"""Turning chat messages into model inputs: chat template, image placeholders, pixel tensors."""
+"""Turning chat messages into model inputs through the model's own chat template and processor."""
 
 from __future__ import annotations
 
 import copy
 import re
-import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 
+from gateway.engine.families import GENERIC, Family
 from gateway.engine.image_cache import ImageCache, ProcessedImage
 from gateway.engine.types import ChatImage, ChatMessage
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import decode_pixels
 
-IMAGE_TOKEN = "<|image|>"
+_MARKED = re.compile("\U000f0000(.*?)\U000f0001|[\U000f0000\U000f0001]", re.DOTALL)  # transformers' markers
+
+
+def _break(match: re.Match[str]) -> str:
+    token = match.group(1) or ""
+    return token[:1] + "\u2060" + token[1:]
+
+
+_STAND_IN = Image.new("RGB", (1, 1))  # what the processor is handed in place of an image already processed
 
 
 @dataclass
@@ -31,113 +40,156 @@ class ModelInputs:
         return int(self.input_ids.shape[1])
 
 
+class PreparedImages:
+    """Stands in for a processor's image processor: hands back the features of images processed ahead
+    (one by one, through the cache), so the processor only expands placeholders and tokenizes."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.features: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        assert self.features is not None, "PreparedImages called without prepared features"
+        return self.features
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
 class PromptBuilder:
-    """Renders messages with the tokenizer's chat template; for GLM-4V, expands one placeholder per
-    image into its merged-patch count, built from the image processor and the tokenizer (the combined
-    Glm4vProcessor needs torchvision). A builder's tokenizer belongs to one thread: tokenizers keep
-    per-call switches (`split_special_tokens`) as shared state, so `for_another_thread` copies it."""
+    """Renders messages with the chat template and tokenizes the whole prompt in one go, as the model's
+    own processor does. Control tokens (special tokens, placeholders) inside message texts are marked
+    first (transformers' `sanitize_control_tokens`), so they are encoded as plain text. A builder's
+    tokenizer and processor belong to one thread; `for_another_thread` copies them."""
 
     def __init__(
-        self, tokenizer: Any, image_processor: Any | None, image_token_id: int | None, image_cache_bytes: int = 256 << 20
+        self,
+        tokenizer: Any,
+        processor: Any | None = None,
+        family: Family = GENERIC,
+        chat_template: str | None = None,
+        image_cache_bytes: int = 256 << 20,
     ) -> None:
+        from transformers.utils.chat_template_utils import _get_control_token_patterns
+
         self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.image_token_id = image_token_id
-        self.vision = image_processor is not None and image_token_id is not None
+        self.processor: Any = processor  # None for a text-only model
+        self.family = family
+        self.template = chat_template or getattr(processor, "chat_template", None) or tokenizer.chat_template
+        self.vision = processor is not None and getattr(processor, "image_token", None) is not None
         self.images = ImageCache(self.process_image, image_cache_bytes)
-        # Message texts enter the template as unguessable markers, so that no text a client sends can
-        # become a special token (a forged role tag, end of text or image placeholder).
-        nonce = secrets.token_hex(8)
-        self._marker = "<<text-{nonce}-{index}>>".replace("{nonce}", nonce)
-        self._marker_pattern = re.compile(re.escape(f"<<text-{nonce}-") + r"(\d+)>>")
+        control = set(tokenizer._get_control_tokens(self.template))
+        control.update(t for t in getattr(processor, "all_special_multimodal_tokens", []) if t in tokenizer.get_added_vocab())
+        self._control = _get_control_token_patterns(tuple(sorted(control)))[0]
+        self._image_processor: Any = None
+        self._images_kwargs: dict[str, Any] = {}
+        if self.vision and processor is not None:
+            self._image_processor = processor.image_processor
+            merged = processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs, return_tensors="pt")
+            self._images_kwargs = merged["images_kwargs"]
+            self._adopt_processor(processor)
+
+    def _adopt_processor(self, processor: Any) -> None:
+        self.processor = copy.copy(processor)
+        self.processor.tokenizer = self.tokenizer
+        self._prepared = PreparedImages(self._image_processor)
+        self.processor.image_processor = self._prepared
 
     def for_another_thread(self) -> PromptBuilder:
-        """The same builder with a tokenizer of its own; the processed-image cache is shared."""
+        """The same builder with a tokenizer (and processor) of its own; the processed-image cache is shared."""
         twin = copy.copy(self)
         twin.tokenizer = copy.deepcopy(self.tokenizer)
+        if self.vision:
+            twin._adopt_processor(self.processor)
         return twin
 
     def count(self, messages: Sequence[ChatMessage]) -> int:
-        """Prompt length in tokens, without touching pixels (image token counts come from sizes)."""
-        self._check_images(messages)
-        sizes = [(img.height, img.width) for m in messages for img in m.images]
-        return len(self._token_ids(messages, [self.image_tokens(h, w) for h, w in sizes]))
+        """Prompt length in tokens; without touching pixels where the family counts image tokens from sizes."""
+        images = self._images_of(messages)
+        if not images:
+            return len(self._encode(self._render(messages)))
+        if not self.family.tokens_from_size:
+            return self.build(messages).prompt_tokens
+        replacements = [self.processor.image_token * self.image_tokens(i.height, i.width) for i in images]
+        text, _ = self.processor.get_text_with_replacements([self._render(messages)], replacements)
+        return len(self._encode(text[0]))
+
+    @property
+    def image_token_id(self) -> int | None:
+        """The placeholder token each image's tokens repeat, for models that have one."""
+        return getattr(self.processor, "image_token_id", None) if self.vision else None
+
+    def image_tokens(self, height: int, width: int) -> int:
+        """How many placeholder tokens an image of this size takes (structural tokens aside)."""
+        try:
+            counts = self.processor._get_num_multimodal_tokens(image_sizes=[[height, width]]).num_image_tokens
+        except ValueError as exc:  # e.g. an aspect ratio beyond what the model accepts
+            raise GatewayError(ErrorCode.BAD_IMAGE, f"image of {width}x{height} rejected by the model: {exc}") from None
+        return int(counts[0])
 
     def process_image(self, image: ChatImage) -> ProcessedImage:
-        """One image through the image processor; images are processed one by one and concatenated,
-        which gives the processor's batched output (patches are per image)."""
-        processed = self.image_processor(images=[decode_pixels(image)], return_tensors="pt")  # type: ignore[misc]
-        return {"pixel_values": processed["pixel_values"], "image_grid_thw": processed["image_grid_thw"]}
+        """One image through the image processor, with the options the processor would pass it."""
+        pixels = decode_pixels(image)
+        batch = [[pixels]] if self.family.image_axis == 1 else [pixels]
+        try:
+            processed = self._image_processor(images=batch, **self._images_kwargs)
+        except ValueError as exc:
+            raise GatewayError(
+                ErrorCode.BAD_IMAGE, f"image of {image.width}x{image.height} rejected by the model: {exc}"
+            ) from None
+        return {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in processed.items()}
 
     def build(self, messages: Sequence[ChatMessage]) -> ModelInputs:
         """Model inputs for a prompt; images come from the processed-image cache (a miss is processed here)."""
-        images = [self.images.get(img) for m in messages for img in m.images]
-        extras: dict[str, torch.Tensor] = {}
-        counts: list[int] = []
-        if images:
-            grid = torch.cat([i["image_grid_thw"] for i in images])
-            merge = int(self.image_processor.merge_size) ** 2  # type: ignore[union-attr]
-            counts = [int(g.prod().item()) // merge for g in grid]
-            extras["pixel_values"] = torch.cat([i["pixel_values"] for i in images])
-            extras["image_grid_thw"] = grid
-        ids = torch.tensor([self._token_ids(messages, counts)], dtype=torch.long)
-        if images and self.image_token_id is not None:
-            extras["mm_token_type_ids"] = torch.eq(ids, self.image_token_id).to(torch.int32)
-        return ModelInputs(input_ids=ids, extras=extras)
+        images = self._images_of(messages)
+        rendered = self._render(messages)
+        if not images:
+            return ModelInputs(torch.tensor([self._encode(rendered)], dtype=torch.long), {})
+        self._prepared.features = self.family.combine([self.images.get(image) for image in images])
+        try:
+            out = self._process(rendered, len(images))
+        except ValueError as exc:
+            raise GatewayError(ErrorCode.INTERNAL, f"the processor refused the prompt: {exc}") from None
+        finally:
+            self._prepared.features = None
+        extras = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in ("input_ids", "attention_mask")}
+        return ModelInputs(input_ids=out["input_ids"].to(torch.long), extras=extras)
 
-    def _token_ids(self, messages: Sequence[ChatMessage], counts: list[int]) -> list[int]:
-        """The template's own text is tokenized with its special tokens; each message's text with
-        special tokens split into plain pieces; each image placeholder repeated `counts[i]` times."""
-        pieces = self._marker_pattern.split(self._render(messages))
-        ids: list[int] = []
-        images = iter(counts)
-        for i, piece in enumerate(pieces):
-            if i % 2:  # a marker's index: that message's text, never special
-                ids += self._tokenize(messages[int(piece)].text, split_special_tokens=True)
-            else:
-                ids += self._tokenize(self._expand(piece, images))
-        if next(images, None) is not None:
-            raise GatewayError(ErrorCode.INTERNAL, "the chat template placed fewer images than the messages hold")
-        return ids
+    def _process(self, rendered: str, images: int) -> Any:
+        """The processor on the rendered prompt. Text holding no control token is tokenized as is (the
+        same ids as sanitizing, and processors that map characters to tokens, like Idefics3's, need the
+        plain path); marked control tokens are encoded as text, or where the processor cannot sanitize,
+        broken with a word joiner so they cannot match."""
+        kwargs: dict[str, Any] = {"images": [_STAND_IN] * images, "add_special_tokens": False, "return_tensors": "pt"}
+        if not _MARKED.search(rendered):
+            return self.processor(text=[rendered], **kwargs)
+        try:
+            return self.processor(text=[rendered], sanitize_control_tokens=True, **kwargs)
+        except ValueError:
+            return self.processor(text=[_MARKED.sub(_break, rendered)], **kwargs)
 
-    def _check_images(self, messages: Sequence[ChatMessage]) -> None:
-        if any(m.images for m in messages) and not self.vision:
+    def _images_of(self, messages: Sequence[ChatMessage]) -> list[ChatImage]:
+        images = [image for m in messages for image in m.images]
+        if images and not self.vision:
             raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, "the served model is text-only; send turns without images")
+        return images
 
     def _render(self, messages: Sequence[ChatMessage]) -> str:
-        self._check_images(messages)
-        chat = [self._template_message(m, self._marker.replace("{index}", str(i))) for i, m in enumerate(messages)]
-        return str(self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+        from transformers.utils.chat_template_utils import mark_control_tokens
 
-    def _template_message(self, message: ChatMessage, text: str) -> dict[str, Any]:
+        chat = mark_control_tokens([self._template_message(m) for m in messages], self._control)
+        return str(
+            self.tokenizer.apply_chat_template(chat, chat_template=self.template, tokenize=False, add_generation_prompt=True)
+        )
+
+    def _template_message(self, message: ChatMessage) -> dict[str, Any]:
         if not self.vision:
-            return {"role": message.role, "content": text}
+            return {"role": message.role, "content": message.text}
         parts: list[dict[str, Any]] = [{"type": "image"} for _ in message.images]
-        parts.append({"type": "text", "text": text})
+        parts.append({"type": "text", "text": message.text})
         return {"role": message.role, "content": parts}
 
-    def _expand(self, text: str, counts: Iterator[int]) -> str:
-        """Each image placeholder the template wrote, repeated once per token that image takes."""
-        pieces = text.split(IMAGE_TOKEN)
-        out = [pieces[0]]
-        for piece in pieces[1:]:
-            count = next(counts, None)
-            if count is None:
-                raise GatewayError(ErrorCode.INTERNAL, "the chat template placed more images than the messages hold")
-            out.append(IMAGE_TOKEN * count)
-            out.append(piece)
-        return "".join(out)
-
-    def image_tokens(self, height: int, width: int) -> int:
-        try:
-            patches = self.image_processor.get_number_of_image_patches(height, width, {})  # type: ignore[union-attr]
-        except ValueError as exc:  # e.g. an aspect ratio beyond what the model accepts
-            raise GatewayError(ErrorCode.BAD_IMAGE, f"image of {width}x{height} rejected by the model: {exc}") from None
-        return int(patches) // int(self.image_processor.merge_size) ** 2  # type: ignore[union-attr]
-
-    def _tokenize(self, text: str, split_special_tokens: bool = False) -> list[int]:
-        # The template already wrote every special token; adding BOS/EOS again would change the prompt.
-        if not text:
-            return []
-        encoded = self.tokenizer(text, add_special_tokens=False, split_special_tokens=split_special_tokens)
+    def _encode(self, text: str) -> list[int]:
+        # The template wrote every special token; adding BOS/EOS again would change the prompt.
+        encoded = self.tokenizer(text, add_special_tokens=False, sanitize_control_tokens=True)
         return list(encoded["input_ids"])

@@ -1,0 +1,66 @@
+"""Model families: what differs between architectures, chosen from `config.model_type`.
+
+Everything a processor already knows (placeholders, tokens per image, structural tokens, the tensors
+prefill needs) comes from the model's own transformers processor; a family only says how one prompt's
+separately processed images combine, and whether an image's tokens follow from its size alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    # The axis along which one prompt's images stack in the processor's outputs: 0 for most, 1 where
+    # outputs are [prompts, images, ...] (Idefics3, SmolVLM, mllama). Other axes are zero-padded to the
+    # largest image, as the processors pad a batch of images.
+    image_axis: int = 0
+    # True where each image's replacement is the placeholder repeated, with a count the processor can
+    # give from the image's size (`_get_num_multimodal_tokens`): prompts are then counted without pixels.
+    tokens_from_size: bool = False
+
+    def combine(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """One prompt's processor outputs from each image's own outputs, as if processed together."""
+        combined: dict[str, Any] = {}
+        for key in outputs[0]:
+            values = [o[key] for o in outputs]
+            if isinstance(values[0], torch.Tensor):
+                combined[key] = _stack(values, self.image_axis)
+            elif isinstance(values[0], list) and self.image_axis == 1:
+                combined[key] = [[item for v in values for item in v[0]]]
+            elif isinstance(values[0], list):
+                combined[key] = [item for v in values for item in v]
+            else:
+                combined[key] = values[0]
+        return combined
+
+
+def _stack(tensors: list[torch.Tensor], axis: int) -> torch.Tensor:
+    if tensors[0].dim() <= axis:
+        return torch.cat(tensors)
+    shape = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
+    padded = []
+    for t in tensors:
+        pad: list[int] = []
+        for d in reversed(range(t.dim())):
+            pad += [0, 0 if d == axis else shape[d] - t.shape[d]]
+        padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return torch.cat(padded, dim=axis)
+
+
+GENERIC = Family("generic")
+_SIZED = ("glm4v", "glm4v_moe", "glm46v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava")
+_BY_IMAGE_AXIS_1 = ("idefics3", "smolvlm", "mllama")
+
+FAMILIES: dict[str, Family] = {
+    **{name: Family(name, tokens_from_size=True) for name in _SIZED},
+    **{name: Family(name, image_axis=1) for name in _BY_IMAGE_AXIS_1},
+}
+
+
+def family_for(model_type: str) -> Family:
+    return FAMILIES.get(model_type, GENERIC)

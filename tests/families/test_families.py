@@ -1,0 +1,179 @@
+"""Every supported family, served by a real uvicorn server, gives exactly its own `generate`'s tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from gateway.client import GatewayClient, TurnResult
+from gateway.engine.families.processors import load_processor
+from gateway.engine.types import ChatMessage
+from tests.conftest import RunningServer, chat_image, image_bytes, start_server
+from tests.families.builders import SPECS, cached_family
+
+MAX_TOKENS = 6
+RED, GREEN, BLUE = (
+    image_bytes(color=(220, 20, 20)),
+    image_bytes("JPEG", (80, 60), (20, 200, 20)),
+    image_bytes(size=(56, 90), color=(20, 20, 220)),
+)
+
+
+class Reference:
+    """The model as transformers serves it: its processor's inputs and its own greedy `generate`."""
+
+    def __init__(self, path: Path, vision: bool) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(path)
+        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        self.model = auto.from_pretrained(path, dtype=torch.float32).eval()
+        self.processor = load_processor(path, config.model_type, False) if vision else None
+        self.tokenizer = self.processor.tokenizer if vision else AutoTokenizer.from_pretrained(path)
+        self.vision = vision
+
+    def inputs(self, chat: list[dict[str, Any]]) -> Any:
+        if not self.vision:
+            flat = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p["type"] == "text")} for m in chat]
+            return self.tokenizer.apply_chat_template(flat, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+        return self.processor.apply_chat_template(
+            chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+
+    def generate(self, chat: list[dict[str, Any]]) -> tuple[int, list[int]]:
+        inputs = self.inputs(chat)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
+        prompt = int(inputs["input_ids"].shape[1])
+        return prompt, [int(t) for t in out[0, prompt:]]
+
+    def text(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+@dataclass
+class Served:
+    name: str
+    server: RunningServer
+    reference: Reference
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+    spec = SPECS[request.param]
+    path = cached_family(spec.name)
+    server = start_server(path)
+    try:
+        yield Served(spec.name, server, Reference(path, spec.vision))
+    finally:
+        server.stop()
+
+
+def user(text: str, images: list[bytes]) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"type": "image", "image": Image.open(io.BytesIO(b)).convert("RGB")} for b in images]
+    return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+
+
+def assistant(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def check(served: Served, chat: list[dict[str, Any]], result: TurnResult) -> None:
+    prompt, tokens = served.reference.generate(chat)
+    assert result.done is not None and result.accepted is not None
+    assert result.accepted["prompt_tokens"] == prompt == result.done["usage"]["prompt_tokens"]
+    assert result.done["usage"]["completion_tokens"] == len(tokens)
+    assert result.text == served.reference.text(tokens)
+
+
+TURNS = [
+    ("Hello, what is this?", []),
+    ("What is in this picture?", [RED]),
+    ("Compare these two.", [GREEN, BLUE]),
+    ("And the first one?", []),
+]
+
+
+async def test_conversation_matches_generate(served: Served) -> None:
+    """A text turn, one image, two images, then a turn with images in the history: each reply and prompt
+    length equal the model's own greedy `generate` on its processor's inputs."""
+    vision = served.reference.vision
+    chat: list[dict[str, Any]] = []
+    async with GatewayClient(served.server.ws_url) as client:
+        assert client.ready["vision"] is vision
+        for i, (text, images) in enumerate(TURNS):
+            images = images if vision else []
+            chat.append(user(text, images))
+            result = await client.turn(f"t{i}", text, images, temperature=0, max_tokens=MAX_TOKENS)
+            check(served, chat, result)
+            chat.append(assistant(result.text))
+
+
+def test_prompt_equals_processor_output(served: Served) -> None:
+    """Token ids and every prefill tensor equal the processor's own, and counting agrees with building."""
+    vision = served.reference.vision
+    images = (chat_image((220, 20, 20)), chat_image((20, 200, 20), (80, 60))) if vision else ()
+    messages = [ChatMessage("system", "Be brief."), ChatMessage("user", "USER: what is this? Describe it.", images)]
+    pil = [Image.open(io.BytesIO(i.data)).convert("RGB") for i in images]
+    chat = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, user("USER: what is this? Describe it.", [])]
+    chat[1]["content"][:0] = [{"type": "image", "image": p} for p in pil]
+    expected = served.reference.inputs(chat)
+    prompt = served.server.engine.loaded.prompt
+    built = prompt.build(messages)
+    assert built.input_ids.tolist() == expected["input_ids"].tolist()
+    assert prompt.count(messages) == built.prompt_tokens
+    for key, value in built.extras.items():
+        assert torch.equal(value, expected[key]), key
+
+
+async def test_four_concurrent_turns_equal_each_alone(served: Served) -> None:
+    """Four turns decoding in one batch each give exactly what they give alone."""
+    vision = served.reference.vision
+    turns = [(text, images if vision else []) for text, images in TURNS]
+
+    async def one(i: int, text: str, images: list[bytes]) -> str:
+        async with GatewayClient(served.server.ws_url) as client:
+            result = await client.turn(f"c{i}", text, images, temperature=0, max_tokens=32, ignore_eos=True)
+            return result.text
+
+    alone = [await one(i, *turn) for i, turn in enumerate(turns)]
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, served.server.engine.load().active)
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.create_task(watch())
+    together = await asyncio.gather(*(one(i, *turn) for i, turn in enumerate(turns)))
+    watcher.cancel()
+    assert list(together) == alone
+    assert peak == len(turns) and served.server.engine.max_batch > 1  # decoded together, never one at a time
+
+
+def test_control_tokens_in_text_stay_text(served: Served) -> None:
+    """Every special token a client types is encoded as plain text: the prompt holds exactly as many
+    special tokens as the same prompt with harmless text."""
+    prompt = served.server.engine.loaded.prompt
+    tokenizer = prompt.tokenizer
+    specials = {t: i for t, i in tokenizer.get_added_vocab().items()}
+    images = (chat_image(),) if served.reference.vision else ()
+    hostile = " ".join(specials) + " USER: hi"
+
+    def special_ids(text: str) -> list[int]:
+        ids = prompt.build([ChatMessage("system", text), ChatMessage("user", text, images)]).input_ids[0].tolist()
+        return sorted(i for i in ids if i in specials.values())
+
+    assert special_ids(hostile) == special_ids("harmless words")
+    assert (
+        prompt.count([ChatMessage("user", hostile, images)]) == prompt.build([ChatMessage("user", hostile, images)]).prompt_tokens
+    )
