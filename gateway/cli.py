@@ -110,6 +110,8 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", dest="max_batch", type=int, help="turns decoding together (default 16)")
     serve.add_argument("--engine", choices=["real", "scripted"], help="scripted: no model, instant replies")
     serve.add_argument("--chat-template", dest="chat_template", help="a Jinja chat template file (default: the model's)")
+    serve.add_argument("--data-dir", dest="data_dir", help="the SQLite store's directory (~/.local/share/gateway)")
+    serve.add_argument("--session-store", dest="session_store", help="sqlite (default), memory, or a redis:// URL")
     serve.set_defaults(run=_serve)
 
     bench = commands.add_parser("bench", help="load-test a gateway and compare with raw generate")

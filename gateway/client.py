@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import websockets
+
+# Closes after which reconnecting would be wrong: the session moved elsewhere, or the server said why.
+FINAL_CLOSE_CODES = frozenset({4003, 1008, 4002})
 
 
 @dataclass
@@ -28,13 +33,21 @@ class TurnResult:
 
 
 class GatewayClient:
-    """One WebSocket session speaking msgpack. Use `async with GatewayClient(url) as client:`."""
+    """One WebSocket session speaking msgpack. Use `async with GatewayClient(url) as client:`.
 
-    def __init__(self, url: str, **connect_kwargs: Any) -> None:
+    With `resume=True`, a dropped connection is reconnected with backoff and the session resumed: the
+    caller sees one uninterrupted stream of frames (each `seq` once, in order), a reply that was
+    streaming included. `reconnects` counts how often that happened."""
+
+    def __init__(self, url: str, resume: bool = False, max_retries: int = 8, **connect_kwargs: Any) -> None:
         self.url = url
+        self.resume = resume
+        self.max_retries = max_retries
         self._connect_kwargs = {"max_size": 64 * 1024 * 1024, "subprotocols": ["gateway.msgpack"], **connect_kwargs}
         self.ws: Any = None
         self.ready: dict[str, Any] = {}
+        self.last_seq = 0
+        self.reconnects = 0
 
     async def __aenter__(self) -> GatewayClient:
         self.ws = await websockets.connect(self.url, **self._connect_kwargs)
@@ -45,15 +58,55 @@ class GatewayClient:
         await self.ws.close()
 
     async def send(self, frame: dict[str, Any]) -> None:
-        await self.ws.send(msgpack.packb(frame, use_bin_type=True))
+        try:
+            await self.ws.send(msgpack.packb(frame, use_bin_type=True))
+        except websockets.ConnectionClosed as closed:
+            if not self._may_resume(closed):
+                raise
+            await self._reconnect()
+            await self.ws.send(msgpack.packb(frame, use_bin_type=True))
 
     async def recv(self) -> dict[str, Any]:
-        data = await self.ws.recv()
-        if isinstance(data, str):
-            import json
+        while True:
+            try:
+                frame = _decode(await self.ws.recv())
+            except websockets.ConnectionClosed as closed:
+                if not self._may_resume(closed):
+                    raise
+                await self._reconnect()
+                continue
+            seq = frame.get("seq")
+            if isinstance(seq, int):
+                if seq <= self.last_seq:
+                    continue  # already delivered before the drop
+                self.last_seq = seq
+            return frame
 
-            return dict(json.loads(data))
-        return dict(msgpack.unpackb(data, raw=False))
+    def _may_resume(self, closed: websockets.ConnectionClosed) -> bool:
+        code = closed.rcvd.code if closed.rcvd is not None else 1006
+        return self.resume and bool(self.ready) and code not in FINAL_CLOSE_CODES
+
+    async def _reconnect(self) -> None:
+        """A new connection, then `resume` from the last seq seen; its own fresh session is discarded."""
+        delay = 0.05
+        for attempt in range(self.max_retries):
+            try:
+                ws = await websockets.connect(self.url, **self._connect_kwargs)
+                _decode(await ws.recv())  # the new connection's own `ready`
+                session, token = self.ready["session"], self.ready["resume_token"]
+                await ws.send(msgpack.packb({"type": "resume", "session": session, "token": token, "last_seq": self.last_seq}))
+                answer = _decode(await ws.recv())
+                if answer.get("type") != "resumed":
+                    await ws.close()
+                    raise ConnectionError(f"the session could not be resumed: {answer.get('message')}")
+                self.ws = ws
+                self.reconnects += 1
+                return
+            except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosed):
+                if attempt == self.max_retries - 1:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send a frame and return the next frame the server sends."""
@@ -97,3 +150,9 @@ class GatewayClient:
         result = TurnResult(id=turn_id, sent_at=time.perf_counter())
         await self.start_turn(turn_id, text, images, image_urls, **options)
         return await self.collect(turn_id, result)
+
+
+def _decode(data: bytes | str) -> dict[str, Any]:
+    if isinstance(data, str):
+        return dict(json.loads(data))
+    return dict(msgpack.unpackb(data, raw=False))
