@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import ViewportSize, expect
+from playwright.sync_api import expect
 
 from gateway.config import Settings
 from tests import test_web as web
@@ -82,8 +82,3 @@ def test_connection_problem_has_no_serious_violations(keyed_site: Site, open_cha
     expect(chat.page.locator("#key-form")).to_be_visible()
     assert audit(chat) == []
     save_screenshot(chat.page, f"web-a11y-{layout}-key.png")
-
-
-def test_viewports_are_what_the_issue_names() -> None:
-    """The phone audits run at 390 px wide, as the issue asks."""
-    assert PHONE == ViewportSize(width=390, height=844)

@@ -53,6 +53,9 @@ def test_api_key_field_connects_to_a_keyed_server_and_explains_a_wrong_key(
         chat.wait_connected()
         chat.send("Hello")
         chat.wait_done()
+        chat.open_settings()
+        chat.page.click("#forget-key")
+        assert chat.page.evaluate("sessionStorage.getItem('gateway.apiKey')") is None
     finally:
         running.stop()
 

@@ -81,6 +81,7 @@ export class Connection {
   async connect({ refused = false } = {}) {
     clearTimeout(this.timer);
     this.timer = null;
+    this.abandon(); // a handshake still pending from an earlier attempt must not linger as a session
     const attempt = ++this.attempt;
     this.onState({ kind: "connecting", text: "Connecting…" });
     if (this.key && !TOKEN.test(this.key)) return this.problem("key-unusable");
@@ -113,6 +114,13 @@ export class Connection {
     socket.onclose = (event) => this.closed(socket, event);
     this.socket = socket;
     this.ready = false;
+  }
+
+  abandon() {
+    const socket = this.socket;
+    this.socket = null;
+    this.ready = false;
+    socket?.close();
   }
 
   receive(socket, data) {
