@@ -11,7 +11,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -36,7 +36,8 @@ from starlette.applications import Starlette
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.connection import Connection
-from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, TurnHandle, TurnSink
+from gateway.engine.scripted import ScriptedEngine
+from gateway.engine.types import GenerationRequest, GenerationResult, TurnHandle, TurnSink
 from tests.conftest import DemoDirs, RunningServer, free_port, image_bytes, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -188,39 +189,23 @@ def open_chat(browser: Browser) -> Iterator[Callable[..., Chat]]:
 # ---- a server around a scripted engine, for replies the demo model cannot be made to write ---------
 
 
-class ReplyEngine:
+class ReplyEngine(ScriptedEngine):
     """Answers each prompt with REPLIES[prompt] (default: the prompt itself), a few characters per token."""
 
-    model_id = "scripted"
-    vision = True
-    context_tokens = 4096
-    adapters: tuple[str, ...] = ()
-
     def __init__(self, replies: dict[str, str]) -> None:
+        super().__init__(context_tokens=4096)
         self.replies = replies
-
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return sum(len(m.text.split()) + 2 for m in messages)
 
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
         prompt = request.messages[-1].text
         text = self.replies.get(prompt, prompt)
         pieces = [text[i : i + 7] for i in range(0, len(text), 7)]
-        result = GenerationResult(
-            "stop", text, tuple(range(len(pieces))), self.count_prompt_tokens(request.messages), 1.0, 2.0, 100.0
-        )
+        result = GenerationResult("stop", text, tuple(range(len(pieces))), self.count(request.messages), 1.0, 2.0, 100.0)
         loop = asyncio.get_running_loop()
-        loop.call_soon(sink.on_start)
         for piece in pieces:
             loop.call_soon(sink.on_token, piece)
         loop.call_soon(sink.on_done, result)
         return request.handle
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 @contextlib.contextmanager
@@ -253,14 +238,14 @@ def test_reply_streams_token_by_token_then_shows_usage(server: RunningServer, op
     session = chat.connection(server).session
     assert (session.system, session.defaults.temperature, session.defaults.max_tokens) == ("Answer briefly.", 0, 300)
     chat.page.evaluate(RECORD_STREAMING)
-    chat.page.fill("#prompt", "Describe")
+    chat.page.fill("#prompt", "Write")
     chat.page.press("#prompt", "Shift+Enter")
-    chat.page.type("#prompt", "the sky")
+    chat.page.type("#prompt", "a long poem")  # greedy, the demo model writes all 300 tokens of it
     assert chat.page.locator(".message").count() == 0
     chat.page.press("#prompt", "Enter")
     chat.wait_done()
 
-    expect(chat.page.locator(".message.user .text")).to_have_text("Describe\nthe sky")
+    expect(chat.page.locator(".message.user .text")).to_have_text("Write\na long poem")
     reply = chat.last_reply()
     meta = reply.locator(".meta")
     done = next(f for f in chat.received if f["type"] == "done")
