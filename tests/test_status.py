@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from tests.conftest import free_port
 def serving(settings: Settings, engine: Engine | None = None, factory: EngineFactory | None = None) -> Iterator[str]:
     """The app with this engine (or factory) on a free loopback port; yields the base URL."""
     port = free_port()
+    if settings.data_dir is None:  # a store of its own, never the user's data directory
+        settings = settings.replace(data_dir=tempfile.mkdtemp(prefix="gateway-test-"))
     app = create_app(settings, engine=engine, engine_factory=factory)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -212,6 +213,8 @@ class ReplyEngine(ScriptedEngine):
 def serving(settings: Settings, engine: Any = None, factory: Any = None) -> Iterator[Site]:
     """The app around this engine (or engine factory) on a real uvicorn, on a free loopback port."""
     port = free_port()
+    if settings.data_dir is None:  # a store of its own, never the user's data directory
+        settings = settings.replace(data_dir=tempfile.mkdtemp(prefix="gateway-test-"))
     app = create_app(settings, engine=engine, engine_factory=factory)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
