@@ -19,6 +19,7 @@ from gateway.config import Settings
 from gateway.engine.types import Engine
 from gateway.hub import SessionHub
 from gateway.metrics import Metrics
+from gateway.status import status_endpoint
 from gateway.store.open import open_store
 from gateway.turns import TurnService
 from gateway.ws import ConnectionCounter, websocket_endpoint
@@ -66,6 +67,7 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
     routes = [
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint),
+        Route("/status", status_endpoint),
         *openai.routes(),
         WebSocketRoute("/ws", websocket_endpoint),
     ]

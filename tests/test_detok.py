@@ -1,14 +1,16 @@
-"""Tests for gateway.engine.detok: UTF-8-safe deltas and stop strings, on the real demo tokenizer."""
+"""Tests for gateway.engine.detok: UTF-8-safe deltas and stop strings, on a byte-level BPE tokenizer
+like real models use (the demo model's word-level tokenizer never splits a character, so it cannot
+exercise the UTF-8 paths)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 from transformers import AutoTokenizer
 
-from gateway.engine.demo import _build_tokenizer
+from gateway.engine.demo import SPECIAL_TOKENS
 from gateway.engine.detok import TextStream
 
 MULTIBYTE_TEXTS = [
@@ -21,10 +23,36 @@ MULTIBYTE_TEXTS = [
 ]
 
 
+CORPUS_WORDS = (
+    "the a an of to and in is it that for on with as was by this be are from at or image picture "
+    "colour color red green blue yellow cat dog house tree sky sun model token chat reply question "
+    "answer hello world please thank you what where when why how see look shows photo small large "
+    "left right top bottom one two three four five six seven eight nine ten gateway stream socket "
+    "bonjour café naïve über straße ñandú 你好 世界 图片 模型 こんにちは 画像 😀 🚀 🌍 ✨"
+).split()
+
+
+def corpus() -> Iterator[str]:
+    """A deterministic corpus with ASCII and multi-byte words, so that merges split UTF-8 characters."""
+    n = len(CORPUS_WORDS)
+    for i in range(400):
+        yield " ".join(CORPUS_WORDS[(i * 7 + j * 13) % n] for j in range(12)) + "."
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A byte-level BPE of 1024 tokens trained on the corpus, saved and loaded as transformers does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False)
+    bpe.train_from_iterator(corpus(), trainer=trainer)
     directory = tmp_path_factory.mktemp("tokenizer")
-    _build_tokenizer(directory, 1024)
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<pad>").save_pretrained(directory)
     return AutoTokenizer.from_pretrained(directory)
 
 
@@ -47,7 +75,7 @@ def stream_all(tokenizer: Any, ids: Sequence[int], stop: Sequence[str] = ()) -> 
 # ---- UTF-8 safety ------------------------------------------------------------------------------
 
 
-def test_demo_tokenizer_splits_characters_across_tokens(tokenizer: Any) -> None:
+def test_tokenizer_splits_characters_across_tokens(tokenizer: Any) -> None:
     """The sample texts really do split multi-byte characters across tokens (else the tests prove nothing)."""
     split = [i for text in MULTIBYTE_TEXTS for i in ids_of(tokenizer, text) if "\ufffd" in tokenizer.decode([i])]
     assert split

@@ -1,98 +1,61 @@
-// The browser client: one WebSocket session speaking msgpack, shown as a chat.
-// Every connection is a new server session (the server keeps history per connection), so after a
-// reconnect the page says so plainly and keeps the old messages visible but marked as past.
+// The browser client: one gateway session at a time, shown as a chat. The server keeps history per
+// connection, so after a reconnect the page says plainly that a new session began and keeps the old
+// messages visible but marked as past.
 
-import { decode, encode } from "./msgpack.js";
-
-const MSGPACK_SUBPROTOCOL = "gateway.msgpack";
-const RECONNECT_BASE_MS = 500;
-const RECONNECT_MAX_MS = 15_000;
-const SETTINGS_KEY = "gateway.settings";
-const NEAR_BOTTOM_PX = 48;
+import { nameImages } from "./attachments.js";
+import { ConnectionBanner } from "./banner.js";
+import { encode } from "./codec.js";
+import { Composer } from "./composer.js";
+import { Connection } from "./connection.js";
+import { Conversation, element } from "./messages.js";
+import { boundSettings, forgetSettings, loadSettings, saveSettings, SettingsForm } from "./settings.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  status: $("status"), statusText: $("status-text"), model: $("model"),
-  newChat: $("new-chat"), settingsToggle: $("settings-toggle"),
+  status: $("status"), statusText: $("status-text"), model: $("model"), demoBadge: $("demo-badge"),
+  newChat: $("new-chat"), confirmNewChat: $("confirm-new-chat"), settingsToggle: $("settings-toggle"),
+  connection: $("connection"), connectionText: $("connection-text"), connectionRetry: $("connection-retry"),
+  keyForm: $("key-form"), apiKey: $("api-key"), retryNow: $("retry-now"), forgetKey: $("forget-key"),
   settings: $("settings"), settingsState: $("settings-state"),
-  system: $("system"), temperature: $("temperature"), topP: $("top_p"), maxTokens: $("max_tokens"),
+  welcomeImages: $("welcome-images"), welcomeDemo: $("welcome-demo"),
   main: document.querySelector("main"), messages: $("messages"),
   composer: $("composer"), attachments: $("attachments"), note: $("composer-note"),
   fileInput: $("file-input"), prompt: $("prompt"), send: $("send"), stop: $("stop"),
   dropOverlay: $("drop-overlay"),
 };
 
+const conversation = new Conversation(ui.messages, ui.main);
+const composer = new Composer(ui, () => state.limits);
+const settingsForm = new SettingsForm(ui.settings);
+const connection = new Connection({
+  onFrame: (frame) => HANDLERS[frame?.type]?.(frame), // frame types added later are ignored, not fatal
+  onState: (connectionState) => {
+    banner.show(connectionState);
+    updateControls();
+  },
+  onServerStatus: (status) => { if (state.demoFromReady === undefined) showDemo(status.demo); },
+  onLost: interruptRunningTurn,
+  onBadFrame: (err) => conversation.addError("bad_frame", `could not decode a frame from the server: ${err.message}`),
+});
+const banner = new ConnectionBanner(ui, () => connection.key);
+
 const state = {
-  socket: null,
-  session: null, // the open connection's server session id; null while disconnected
+  session: null, // the open connection's server session id
   sessionsSeen: 0, // more than one means the page has reconnected at least once
   limits: {},
   vision: true,
-  reconnectAttempt: 0,
-  reconnectTimer: null,
-  running: null, // the turn waiting for or streaming its reply: {id, accepted}
-  turns: new Map(), // turn id -> {user, reply, text} elements of the current session
-  attachments: [], // {name, data: Uint8Array, url} waiting to be sent
-  configureId: null, // id of the configure frame awaiting its answer
+  demoFromReady: undefined, // `ready.demo`, when the server sends it; else /status says
+  running: null, // the turn waiting for or streaming its reply
+  turns: new Map(), // turn id -> {id, text, attachments, user, reply, accepted} in this session
+  configure: null, // {id, values, saved} of the configure frame awaiting its answer
   nextId: 0,
 };
 
-// ---- connection ---------------------------------------------------------------------------------
+// ---- the demo badge ---------------------------------------------------------------------------
 
-function connect() {
-  clearTimeout(state.reconnectTimer);
-  setStatus("connecting", "Connecting…");
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  // The subprotocol asks for msgpack from the first frame on (the server's default is JSON).
-  const socket = new WebSocket(`${scheme}://${location.host}/ws`, [MSGPACK_SUBPROTOCOL]);
-  socket.binaryType = "arraybuffer";
-  socket.onmessage = (event) => receive(event.data);
-  socket.onclose = (event) => onClosed(socket, event);
-  state.socket = socket;
-}
-
-function onClosed(socket, event) {
-  if (state.socket !== socket) return;
-  state.socket = null;
-  state.session = null;
-  if (state.running) {
-    finishReply(state.running.id, "interrupted", "interrupted: the connection was lost");
-    state.running = null;
-  }
-  // Exponential backoff with jitter, so a restarted server is not hit by every page at once.
-  const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_BASE_MS * 2 ** state.reconnectAttempt) * (0.8 + Math.random() * 0.4);
-  state.reconnectAttempt += 1;
-  const why = event.code === 1000 || event.code === 1006 ? "" : ` (${event.code}${event.reason ? ": " + event.reason : ""})`;
-  setStatus("reconnecting", `Disconnected${why}. Reconnecting in ${Math.ceil(delay / 1000)} s…`);
-  state.reconnectTimer = setTimeout(connect, delay);
-  updateControls();
-}
-
-function send(frame) {
-  if (!isConnected()) return false;
-  state.socket.send(encode(frame));
-  return true;
-}
-
-function isConnected() {
-  return state.session !== null && state.socket?.readyState === WebSocket.OPEN;
-}
-
-function receive(data) {
-  let frame;
-  try {
-    frame = typeof data === "string" ? JSON.parse(data) : decode(new Uint8Array(data));
-  } catch (err) {
-    showError("bad_frame", `could not decode a frame from the server: ${err.message}`);
-    return;
-  }
-  const handler = HANDLERS[frame?.type];
-  if (handler) handler(frame); // frame types added to the protocol later are ignored, not fatal
-}
-
-function setStatus(kind, text) {
-  ui.status.dataset.state = kind;
-  ui.statusText.textContent = text;
+function showDemo(demo) {
+  ui.demoBadge.hidden = !demo;
+  ui.welcomeDemo.hidden = !demo;
 }
 
 // ---- server frames ------------------------------------------------------------------------------
@@ -100,15 +63,15 @@ function setStatus(kind, text) {
 const HANDLERS = {
   ready: onReady,
   accepted: onAccepted,
+  queued: onQueued,
   token: onToken,
   done: onDone,
   error: onError,
   history: onHistory,
   configured: onConfigured,
   reset: onReset,
+  closing: (frame) => conversation.addNotice(`The server is closing this connection: ${frame.reason} (${frame.code}).`),
   pong: () => {},
-  queued: onQueued,
-  closing: onClosing,
 };
 
 function onReady(frame) {
@@ -117,66 +80,65 @@ function onReady(frame) {
   state.session = frame.session;
   state.limits = frame.limits ?? {};
   state.vision = Boolean(frame.vision);
-  state.reconnectAttempt = 0;
+  if ("demo" in frame) showDemo((state.demoFromReady = Boolean(frame.demo)));
   ui.status.dataset.session = frame.session;
-  setStatus("connected", "Connected");
   ui.model.textContent = `${frame.model} · session ${frame.session}`;
-  showDefaults(frame.defaults ?? {});
-  if (loadSettings()) applySettings();
-  send({ type: "history" }); // show whatever the server holds for this session
+  ui.welcomeImages.hidden = !state.vision;
+  settingsForm.showLimits(frame.defaults ?? {}, state.limits);
+  applySavedSettings();
+  connection.send({ type: "history" }); // show whatever the server holds for this session
   updateControls();
 }
 
+function applySavedSettings() {
+  const saved = loadSettings();
+  if (!saved) return;
+  const { settings, lowered } = boundSettings(saved, state.limits);
+  if (lowered) {
+    saveSettings(settings);
+    conversation.addNotice(`Max tokens was lowered to ${settings.max_tokens} to fit this model's context window.`);
+  }
+  settingsForm.fill(settings);
+  sendConfigure(settings, true);
+}
+
 function onAccepted(frame) {
-  if (state.running?.id === frame.id) state.running.accepted = true;
+  const turn = state.turns.get(frame.id);
+  if (turn) turn.accepted = true;
   if (frame.dropped_turns > 0) {
-    addNotice(`${frame.dropped_turns} oldest exchange(s) no longer fit the context window; the model will not see them.`);
+    conversation.addNotice(`${frame.dropped_turns} oldest exchange(s) no longer fit the context window; the model will not see them.`);
   }
 }
 
 function onQueued(frame) {
   // Every slot on the model is busy: say where this turn waits until its first token arrives.
-  if (state.running?.id === frame.id) setStatus("connected", `Connected · waiting, position ${frame.position}`);
-}
-
-function onClosing(frame) {
-  // The server says why it is about to close; the reconnect logic takes it from there.
-  addNotice(`The server is closing this connection: ${frame.reason} (${frame.code}).`);
+  if (state.running?.id === frame.id) ui.statusText.textContent = `Connected · waiting, position ${frame.position}`;
 }
 
 function onToken(frame) {
-  if (ui.statusText.textContent.includes("waiting")) setStatus("connected", "Connected");
-  const turn = state.turns.get(frame.id);
-  if (!turn) return;
-  const follow = isNearBottom();
-  turn.text.appendData(frame.text); // appending to one text node keeps long replies cheap
-  if (follow) scrollToBottom();
+  if (ui.statusText.textContent.includes("waiting")) ui.statusText.textContent = "Connected";
+  state.turns.get(frame.id)?.reply.append(frame.text);
 }
 
 function onDone(frame) {
   const turn = state.turns.get(frame.id);
   if (turn) {
-    turn.text.data = frame.text; // the server's final text is authoritative
-    finishReply(frame.id, frame.finish_reason, describeDone(frame));
+    turn.reply.set(frame.text); // the server's final text is authoritative
+    turn.reply.finish(frame.finish_reason, describeDone(frame));
   }
   if (state.running?.id === frame.id) state.running = null;
   updateControls();
 }
 
 function onError(frame) {
-  showError(frame.code, frame.message);
-  if (frame.id && frame.id === state.configureId) {
-    ui.settingsState.textContent = `Not applied: ${frame.code}`;
-    state.configureId = null;
-  }
-  // An error for a turn the server never accepted means that turn is over before it began.
-  if (frame.id && state.running?.id === frame.id && !state.running.accepted) {
-    const turn = state.turns.get(frame.id);
-    turn?.user.classList.add("failed");
-    turn?.reply.remove();
-    state.turns.delete(frame.id);
-    state.running = null;
-    updateControls();
+  const turn = state.turns.get(frame.id);
+  const message = turn ? nameImages(frame.message, turn.attachments) : frame.message;
+  if (frame.id && frame.id === state.configure?.id) return onConfigureRefused(frame.code, message);
+  const shown = conversation.addError(frame.code, message);
+  // A turn the server refused before accepting it is over before it began: it goes back to the composer.
+  if (turn && !turn.accepted) {
+    restoreComposer(turn);
+    shown.append(element("span", { className: "restored", textContent: "Not sent to the model: your message is back in the message box." }));
   }
 }
 
@@ -184,254 +146,148 @@ function onHistory(frame) {
   // Only fill an empty session: anything shown already came from this same connection.
   if (state.turns.size > 0 || state.running || !frame.turns?.length) return;
   for (const entry of frame.turns) {
-    if (entry.role === "user") {
-      const chips = (entry.images ?? []).map((i) => `[${i.format} ${i.width}×${i.height}]`);
-      addMessage("user", [entry.text, ...chips].filter(Boolean).join(" "));
-    } else {
-      const reply = addMessage("assistant", entry.text);
-      if (entry.partial) reply.dataset.finishReason = "cancelled";
-    }
+    if (entry.role === "user") conversation.addUser(entry.text, entry.images ?? []);
+    else conversation.addReply(entry.text).finish(entry.partial ? "cancelled" : "stop", entry.partial ? "cancelled" : "");
   }
 }
 
 function onConfigured(frame) {
-  if (frame.id !== state.configureId) return;
-  state.configureId = null;
+  if (frame.id !== state.configure?.id) return;
+  saveSettings(state.configure.values);
+  state.configure = null;
   ui.settingsState.textContent = "Applied to this session.";
-  showDefaults(frame.defaults ?? {});
+  settingsForm.showLimits(frame.defaults ?? {}, state.limits);
+}
+
+function onConfigureRefused(code, message) {
+  // Saved settings the server refuses would be refused again after every reconnect: drop them.
+  if (state.configure.saved) forgetSettings();
+  ui.settingsState.textContent = `Not applied (${code}): ${message}`;
+  state.configure = null;
 }
 
 function onReset() {
-  clearConversation();
+  conversation.clear();
+  state.turns.clear();
 }
 
 // ---- turns --------------------------------------------------------------------------------------
 
 function sendTurn() {
-  const text = ui.prompt.value;
-  const images = state.attachments.map((a) => a.data);
-  if (!text.trim() && images.length === 0) return;
+  const text = composer.text;
+  const attachments = composer.attachments;
+  if (!text.trim() && attachments.length === 0) return;
   if (state.running) return note("Wait for the reply to finish, or press Stop.");
-  if (!isConnected()) return note("Not connected; your message is kept here until the connection is back.");
-  const problem = checkTurn(text, images);
-  if (problem) return showError("too_large", problem);
+  if (!connection.connected) return note("Not connected; your message is kept here until the connection is back.");
+  const problem = checkTurn(text, attachments);
+  if (problem) return note(problem);
   const id = `turn-${Date.now().toString(36)}-${state.nextId++}`;
-  const payload = encode({ type: "turn", id, text, images: images.length ? images : undefined });
+  const images = attachments.length ? attachments.map((a) => a.data) : undefined;
+  const payload = encode({ type: "turn", id, text, images });
   if (payload.length > (state.limits.max_frame_bytes ?? Infinity)) {
-    return showError("too_large", `this message is ${payload.length} bytes; the server accepts at most ${state.limits.max_frame_bytes}`);
+    return note(`This message is ${payload.length} bytes; the server accepts at most ${state.limits.max_frame_bytes}.`);
   }
-  state.socket.send(payload);
-  const user = addMessage("user", text, state.attachments);
-  const reply = addMessage("assistant", "");
-  reply.setAttribute("aria-busy", "true"); // screen readers wait for the finished reply
-  state.turns.set(id, { user, reply, text: reply.querySelector(".text").firstChild });
-  reply.dataset.turnId = id;
-  state.running = { id, accepted: false };
-  ui.prompt.value = "";
-  state.attachments = []; // their object URLs now belong to the sent message's thumbnails
-  renderAttachments();
+  connection.send(payload);
+  const turn = { id, text, attachments, user: conversation.addUser(text, attachments), reply: conversation.addReply(), accepted: false };
+  turn.reply.streaming();
+  state.turns.set(id, turn);
+  state.running = turn;
+  composer.take();
   updateControls();
-  scrollToBottom();
+  conversation.scrollToBottom();
 }
 
-function checkTurn(text, images) {
+function checkTurn(text, attachments) {
   const limits = state.limits;
-  if (images.length > 0 && !state.vision) return "the served model is text-only; remove the images";
-  if (text.length > (limits.max_text_chars ?? Infinity)) return `the text is ${text.length} characters; the limit is ${limits.max_text_chars}`;
-  if (images.length > (limits.max_images_per_turn ?? Infinity)) return `at most ${limits.max_images_per_turn} images per message`;
+  if (attachments.length > 0 && !state.vision) return "The served model is text-only; remove the images.";
+  if (text.length > (limits.max_text_chars ?? Infinity)) return `The text is ${text.length} characters; the limit is ${limits.max_text_chars}.`;
+  if (attachments.length > (limits.max_images_per_turn ?? Infinity)) return `At most ${limits.max_images_per_turn} images per message.`;
   return null;
 }
 
+function restoreComposer(turn) {
+  turn.user.remove();
+  turn.reply.item.remove();
+  state.turns.delete(turn.id);
+  if (state.running === turn) state.running = null;
+  updateControls();
+  composer.restore(turn.text, turn.attachments);
+}
+
+function interruptRunningTurn() {
+  state.session = null;
+  if (!state.running) return;
+  state.running.reply.finish("interrupted", "interrupted: the connection was lost");
+  state.running = null;
+}
+
 function stopTurn() {
-  if (!state.running || !send({ type: "cancel", id: state.running.id })) return;
+  if (!state.running || !connection.send({ type: "cancel", id: state.running.id })) return;
   ui.stop.disabled = true; // one cancel is enough; a second would find no running turn
 }
 
-function newChat() {
+async function newChat() {
+  if (!conversation.isEmpty || state.running) {
+    ui.confirmNewChat.returnValue = "";
+    ui.confirmNewChat.showModal();
+    const answer = await new Promise((resolve) => ui.confirmNewChat.addEventListener("close", () => resolve(ui.confirmNewChat.returnValue), { once: true }));
+    if (answer !== "confirm") return;
+  }
   // Without a connection there is no server history to clear; the next session starts empty anyway.
-  if (!send({ type: "reset" })) clearConversation();
+  if (!connection.send({ type: "reset" })) onReset();
+  ui.prompt.focus();
 }
 
 function describeDone(frame) {
   const { usage, timing } = frame;
-  const parts = [
+  return [
     FINISH_LABELS[frame.finish_reason] ?? frame.finish_reason,
     `${usage.completion_tokens} tokens (prompt ${usage.prompt_tokens}, total ${usage.total_tokens})`,
     timing.ttft_ms == null ? "no first token" : `first token ${Math.round(timing.ttft_ms)} ms`,
     `${timing.tokens_per_s.toFixed(1)} tokens/s`,
     `${Math.round(timing.total_ms)} ms`,
-  ];
-  return parts.join(" · ");
+  ].join(" · ");
 }
 
-const FINISH_LABELS = {
-  stop: "finished",
-  length: "stopped at max tokens",
-  cancelled: "cancelled",
-  error: "failed",
-};
-
-// ---- settings -----------------------------------------------------------------------------------
-
-function loadSettings() {
-  try {
-    return JSON.parse(localStorage.getItem(SETTINGS_KEY) ?? "null");
-  } catch {
-    return null;
-  }
-}
-
-function readSettingsForm() {
-  const number = (input) => (Number.isFinite(input.valueAsNumber) ? input.valueAsNumber : undefined);
-  return {
-    system: ui.system.value, // "" clears the system prompt
-    temperature: number(ui.temperature),
-    top_p: number(ui.topP),
-    max_tokens: number(ui.maxTokens),
-  };
-}
-
-function fillSettingsForm(settings) {
-  ui.system.value = settings.system ?? "";
-  ui.temperature.value = settings.temperature ?? "";
-  ui.topP.value = settings.top_p ?? "";
-  ui.maxTokens.value = settings.max_tokens ?? "";
-}
-
-function applySettings() {
-  const settings = loadSettings();
-  state.configureId = `configure-${state.nextId++}`;
-  if (send({ type: "configure", id: state.configureId, ...settings })) {
-    ui.settingsState.textContent = "Applying…";
-  } else {
-    state.configureId = null;
-    ui.settingsState.textContent = "Saved; applied when connected.";
-  }
-}
-
-function showDefaults(defaults) {
-  // The server's values are placeholders, so an empty field visibly means "server default".
-  ui.temperature.placeholder = defaults.temperature ?? "";
-  ui.topP.placeholder = defaults.top_p ?? "";
-  ui.maxTokens.placeholder = defaults.max_tokens ?? "";
-  // A reply cannot be longer than the context window, whatever the server's max_tokens limit allows.
-  const ceiling = Math.min(state.limits.max_tokens ?? Infinity, state.limits.context_tokens ?? Infinity);
-  if (Number.isFinite(ceiling)) ui.maxTokens.max = ceiling;
-}
-
-function toggleSettings() {
-  const open = ui.settings.hidden;
-  ui.settings.hidden = !open;
-  ui.settingsToggle.setAttribute("aria-expanded", String(open));
-  if (open) ui.system.focus();
-}
-
-// ---- attachments --------------------------------------------------------------------------------
-
-async function addFiles(files) {
-  const max = state.limits.max_images_per_turn ?? Infinity;
-  for (const file of files) {
-    if (!file.type.startsWith("image/")) {
-      note(`${file.name} is not an image.`);
-    } else if (state.attachments.length >= max) {
-      note(max === 0 ? "The served model is text-only." : `At most ${max} images per message.`);
-      break;
-    } else if (file.size > (state.limits.max_image_bytes ?? Infinity)) {
-      note(`${file.name} is larger than the server's ${state.limits.max_image_bytes} byte limit.`);
-    } else {
-      const data = new Uint8Array(await file.arrayBuffer()); // sent as msgpack bin, never base64
-      state.attachments.push({ name: file.name, data, url: URL.createObjectURL(file) });
-    }
-  }
-  renderAttachments();
-}
-
-function removeAttachment(index) {
-  const [removed] = state.attachments.splice(index, 1);
-  URL.revokeObjectURL(removed.url);
-  renderAttachments();
-  ui.prompt.focus();
-}
-
-function renderAttachments() {
-  ui.attachments.replaceChildren(
-    ...state.attachments.map((a, index) => {
-      const remove = element("button", { type: "button", className: "remove", textContent: "×" });
-      remove.setAttribute("aria-label", `Remove ${a.name}`);
-      remove.onclick = () => removeAttachment(index);
-      return element("li", {}, [thumbnail(a), remove]);
-    }),
-  );
-}
-
-function thumbnail(attachment) {
-  return element("img", { src: attachment.url, alt: attachment.name, className: "thumb" });
-}
-
-function hasFiles(event) {
-  return event.dataTransfer && [...event.dataTransfer.types].includes("Files");
-}
-
-// ---- rendering ----------------------------------------------------------------------------------
-
-function element(tag, props = {}, children = []) {
-  const node = Object.assign(document.createElement(tag), props);
-  node.append(...children);
-  return node;
-}
-
-function addMessage(role, text, attachments = []) {
-  const follow = isNearBottom();
-  const body = element("div", { className: "text" }, [document.createTextNode(text)]);
-  const children = [element("div", { className: "role", textContent: role === "user" ? "You" : "Assistant" }), body];
-  if (attachments.length) children.push(element("div", { className: "images" }, attachments.map(thumbnail)));
-  if (role === "assistant") children.push(element("div", { className: "meta" }));
-  const item = element("li", { className: `message ${role}` }, children);
-  ui.messages.append(item);
-  if (follow) scrollToBottom();
-  return item;
-}
-
-function finishReply(id, reason, description) {
-  const turn = state.turns.get(id);
-  if (!turn) return;
-  turn.reply.dataset.finishReason = reason;
-  turn.reply.removeAttribute("aria-busy");
-  turn.reply.querySelector(".meta").textContent = description;
-}
-
-function addNotice(text, className = "") {
-  ui.messages.append(element("li", { className: `notice ${className}`.trim(), textContent: text }));
-  scrollToBottom();
-}
-
-function showError(code, message) {
-  const item = element("li", { className: "message error" }, [element("strong", { textContent: code }), `: ${message}`]);
-  item.setAttribute("role", "alert");
-  ui.messages.append(item);
-  scrollToBottom();
-}
+const FINISH_LABELS = { stop: "finished", length: "stopped at max tokens", cancelled: "cancelled", error: "failed" };
 
 function markSessionBreak() {
-  const old = ui.messages.querySelectorAll("li:not(.stale)");
-  old.forEach((item) => item.classList.add("stale"));
+  const old = conversation.markStale();
   state.turns.clear();
-  addNotice(
-    old.length
+  conversation.addNotice(
+    old
       ? "Reconnected: a new session started. The server does not keep the messages above; the model will not see them."
       : "Reconnected: a new session started.",
     "session-break",
   );
 }
 
-function clearConversation() {
-  ui.messages.querySelectorAll("img").forEach((img) => URL.revokeObjectURL(img.src));
-  ui.messages.replaceChildren();
-  state.turns.clear();
+// ---- settings -----------------------------------------------------------------------------------
+
+function sendConfigure(values, saved = false) {
+  const id = `configure-${state.nextId++}`;
+  state.configure = { id, values, saved };
+  if (connection.send({ type: "configure", id, ...values })) {
+    ui.settingsState.textContent = "Applying…";
+  } else {
+    state.configure = null;
+    saveSettings(values);
+    ui.settingsState.textContent = "Saved; applied when connected.";
+  }
 }
 
+function toggleSettings() {
+  const open = ui.settings.hidden;
+  ui.settings.hidden = !open;
+  ui.settingsToggle.setAttribute("aria-expanded", String(open));
+  ui.forgetKey.hidden = !connection.key;
+  if (open) ui.settings.elements.system.focus();
+}
+
+// ---- controls -----------------------------------------------------------------------------------
+
 function note(text) {
-  ui.note.textContent = text;
+  composer.note(text);
 }
 
 function updateControls() {
@@ -439,20 +295,10 @@ function updateControls() {
   ui.send.hidden = running;
   ui.stop.hidden = !running;
   ui.stop.disabled = !running;
-  ui.send.disabled = !isConnected();
+  ui.send.disabled = !connection.connected;
   const canAttach = state.vision && (state.limits.max_images_per_turn ?? 1) > 0;
   ui.fileInput.disabled = !canAttach;
   ui.fileInput.labels[0].classList.toggle("disabled", !canAttach);
-  if (!running && isConnected()) note("");
-}
-
-function isNearBottom() {
-  const main = ui.main;
-  return main.scrollHeight - main.scrollTop - main.clientHeight < NEAR_BOTTOM_PX;
-}
-
-function scrollToBottom() {
-  ui.main.scrollTop = ui.main.scrollHeight;
 }
 
 // ---- wiring -------------------------------------------------------------------------------------
@@ -469,45 +315,33 @@ function wire() {
       sendTurn();
     }
   });
+  ui.prompt.addEventListener("input", () => note(""));
   ui.stop.addEventListener("click", stopTurn);
   ui.newChat.addEventListener("click", newChat);
   ui.settingsToggle.addEventListener("click", toggleSettings);
   ui.settings.addEventListener("submit", (event) => {
     event.preventDefault();
-    localStorage.setItem(SETTINGS_KEY, JSON.stringify(readSettingsForm()));
-    applySettings();
+    const { values, problem } = settingsForm.read();
+    if (values) sendConfigure(values);
+    else ui.settingsState.textContent = `Not applied. ${problem}`;
   });
-  ui.fileInput.addEventListener("change", async () => {
-    await addFiles([...ui.fileInput.files]);
-    ui.fileInput.value = ""; // so choosing the same file again fires `change` again
+  ui.forgetKey.addEventListener("click", () => {
+    connection.setKey("");
+    ui.forgetKey.hidden = true;
+    ui.settingsState.textContent = "API key forgotten.";
   });
-  document.addEventListener("paste", (event) => {
-    const files = [...(event.clipboardData?.files ?? [])].filter((f) => f.type.startsWith("image/"));
-    if (files.length) {
-      event.preventDefault();
-      addFiles(files);
-    }
-  });
-  document.addEventListener("dragover", (event) => {
-    if (!hasFiles(event)) return;
-    event.preventDefault(); // allows the drop
-    ui.dropOverlay.hidden = false;
-  });
-  document.addEventListener("dragleave", (event) => {
-    if (event.relatedTarget === null) ui.dropOverlay.hidden = true; // left the window
-  });
-  document.addEventListener("drop", (event) => {
-    ui.dropOverlay.hidden = true;
-    if (!hasFiles(event)) return;
+  ui.keyForm.addEventListener("submit", (event) => {
     event.preventDefault();
-    addFiles([...event.dataTransfer.files]);
+    connection.setKey(ui.apiKey.value.trim());
   });
+  ui.retryNow.addEventListener("click", () => connection.connect());
+  composer.wire();
   window.addEventListener("online", () => {
-    if (!state.socket) connect(); // no point waiting out the backoff once the network is back
+    if (connection.waiting) connection.connect(); // no point waiting out the backoff once the network is back
   });
 }
 
-fillSettingsForm(loadSettings() ?? {});
+settingsForm.fill(loadSettings() ?? {});
 wire();
 updateControls();
-connect();
+connection.connect();
