@@ -22,6 +22,7 @@ from gateway.ratelimit import TokenBucket
 from gateway.replies import history_frame, limits_of, session_defaults
 from gateway.server import transport_of
 from gateway.session import Session
+from gateway.status import serves_demo_model
 from gateway.turns import StartedTurn, TurnRequest
 
 log = logging.getLogger("gateway.ws")
@@ -346,7 +347,7 @@ class Connection:
             defaults=session_defaults(self.turns, self.session),
             vision=engine.vision,
             models=self.turns.models,
-            demo=self.settings.model is None and self.settings.engine == "real",
+            demo=serves_demo_model(self.settings),
             resume_token=self.live.token,
         )
 
