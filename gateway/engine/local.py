@@ -207,11 +207,10 @@ class LocalEngine:
         if ready:
             self.busy.set()
         text_only = [pair for pair in ready if not pair[1].extras]
-        groups = [[pair] for pair in ready if pair[1].extras]
-        if text_only and self.max_batch > 1:
-            groups.append(text_only)
-        else:
-            groups.extend([pair] for pair in text_only)
+        # Cheap text prompts first: a turn with many images must not hold up the first token of the
+        # text turns admitted with it.
+        groups = [text_only] if text_only and self.max_batch > 1 else [[pair] for pair in text_only]
+        groups.extend([pair] for pair in ready if pair[1].extras)
         for group in groups:
             self._prefill_group(batch, group)
 
