@@ -21,6 +21,10 @@ def build_engine(settings: Settings) -> Engine:
 
     if settings.engine == "scripted":
         return ScriptedEngine(queue_size=settings.engine_queue_size)
+    if settings.upstreams:
+        from gateway.engine.upstream import build_upstream_engine
+
+        return build_upstream_engine(settings)
     path = settings.model or cached_demo_model()
     loaded = load_model(
         path,
@@ -55,10 +59,12 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {
         k: v
         for k, v in vars(args).items()
-        if k in Settings.__dataclass_fields__ and v is not None and v is not False and k != "adapters"
+        if k in Settings.__dataclass_fields__ and v is not None and v is not False and k not in ("adapters", "upstreams")
     }
     if args.adapters:
         overrides["adapters"] = ",".join(args.adapters)
+    if args.upstreams:
+        overrides["upstreams"] = ",".join(args.upstreams)
     settings = Settings.from_env().replace(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, engine_factory=build_engine)
@@ -102,6 +108,14 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="NAME=DIR",
         help="serve a LoRA adapter as model id NAME (repeatable)",
     )
+    serve.add_argument(
+        "--upstream",
+        dest="upstreams",
+        action="append",
+        metavar="URL",
+        help="generate on this OpenAI-compatible server (repeatable)",
+    )
+    serve.add_argument("--tokenizer", help="local tokenizer directory for exact prompt lengths (default: the upstream's)")
     serve.add_argument("--api-key", dest="api_key", help="require this key (or set GATEWAY_API_KEY)")
     serve.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     serve.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="weights dtype")

@@ -86,6 +86,16 @@ class Settings:
 
     chat_template: str | None = None  # a Jinja chat template file, for checkpoints that ship none (PaliGemma)
 
+    # Upstream engines: generation on OpenAI-compatible servers (vLLM) instead of a local model.
+    upstreams: str = ""  # comma-separated base URLs ("http://10.0.0.5:8000"); set, they replace the local model
+    upstream_api_key: str | None = None  # sent to the upstreams as a Bearer token
+    tokenizer: str | None = None  # a local tokenizer directory for prompt lengths; default: the upstream's /tokenize
+    upstream_connect_timeout_s: float = 2.0
+    upstream_first_token_timeout_s: float = 60.0  # from submission to the first token
+    upstream_token_gap_timeout_s: float = 30.0  # between two tokens
+    upstream_health_interval_s: float = 2.0
+    upstream_max_in_flight: int = 256  # turns streaming at once, all upstreams together
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

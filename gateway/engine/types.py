@@ -94,6 +94,7 @@ class GenerationRequest:
     params: SamplingParams
     handle: TurnHandle = field(default_factory=TurnHandle)
     adapter: str | None = None  # a LoRA adapter's name from Engine.adapters; None is the base model
+    affinity: str | None = None  # a session's key: its turns go to the same upstream replica (prefix cache)
 
 
 class EngineFull(Exception):

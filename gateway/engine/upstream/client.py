@@ -1,0 +1,107 @@
+"""One replica's HTTP API, async on the event loop: models, tokenize, and streamed chat completions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2 as httpx
+
+from gateway.engine.upstream import wire
+
+
+class UpstreamError(Exception):
+    """The upstream refused or failed a request; `retryable` says whether another replica may succeed."""
+
+    retryable = False
+
+
+class Unavailable(UpstreamError):
+    """Could not connect, timed out, or answered 5xx: the replica is likely down."""
+
+    retryable = True
+
+
+class Overloaded(UpstreamError):
+    """429 or 503: the replica is up but full; try another, or later."""
+
+    retryable = True
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ContextOverflow(UpstreamError):
+    """The prompt and max_tokens do not fit the upstream's context window."""
+
+
+class Rejected(UpstreamError):
+    """Any other 4xx: the request itself is wrong for this upstream."""
+
+
+def timeouts(connect_s: float, read_s: float) -> httpx.Timeout:
+    return httpx.Timeout(connect=connect_s, read=read_s, write=read_s, pool=connect_s)
+
+
+def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamError:
+    message = wire.error_message(body)
+    if status in (429, 503):
+        return Overloaded(message, wire.retry_after_s(retry_after, time.time()))
+    if status >= 500:
+        return Unavailable(f"upstream answered {status}: {message}")
+    if wire.is_context_error(status, message):
+        return ContextOverflow(message)
+    return Rejected(f"upstream answered {status}: {message}")
+
+
+class ReplicaClient:
+    """Requests to one replica over a shared async client (one connection pool for every replica)."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str | None = None) -> None:
+        self.http = http
+        self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            response = await self.http.post(self.base_url + path, json=body, headers=self.headers)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"{type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise classify(response.status_code, response.content, response.headers.get("retry-after"))
+        return response.json()
+
+    async def healthy(self, timeout_s: float) -> bool:
+        try:
+            response = await self.http.get(self.base_url + "/health", headers=self.headers, timeout=timeout_s)
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    async def stream_chat(self, body: dict[str, Any], gap_s: float) -> AsyncIterator[wire.StreamEvent]:
+        """The completion's chunks as they arrive. Leaving the iteration early (cancel, deadline) closes
+        the response, and with it the connection: vLLM aborts the request when its client goes away."""
+        request = self.http.build_request(
+            "POST", self.base_url + "/v1/chat/completions", json=body, headers=self.headers, timeout=self._read(gap_s)
+        )
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise Unavailable(type(exc).__name__) from exc
+        try:
+            if response.status_code != 200:
+                raise classify(response.status_code, await response.aread(), response.headers.get("retry-after"))
+            async for line in response.aiter_lines():
+                event = wire.parse_sse_line(line)
+                if event is not None:
+                    yield event
+        except httpx.TransportError as exc:
+            raise Unavailable(type(exc).__name__) from exc
+        finally:
+            await response.aclose()
+
+    def _read(self, gap_s: float) -> httpx.Timeout:
+        connect = self.http.timeout.connect
+        return timeouts(connect if connect is not None else gap_s, gap_s)

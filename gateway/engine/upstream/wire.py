@@ -1,0 +1,150 @@
+"""Pure: the OpenAI chat API as the upstream speaks it: request bodies in, stream events and errors out."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from gateway.engine.types import ChatImage, ChatMessage, FinishReason, SamplingParams
+
+_CONTEXT_WORDS = ("maximum context length", "context length", "max_model_len", "too long", "maximum model length")
+
+
+def image_part(image: ChatImage) -> dict[str, Any]:
+    """The client's original bytes as a data URI: the upstream decodes exactly what the client sent."""
+    url = f"data:{image.mime};base64,{base64.b64encode(image.data).decode('ascii')}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def message_body(message: ChatMessage) -> dict[str, Any]:
+    if not message.images:
+        return {"role": message.role, "content": message.text}
+    parts = [image_part(image) for image in message.images]
+    if message.text:
+        parts.append({"type": "text", "text": message.text})
+    return {"role": message.role, "content": parts}
+
+
+def messages_body(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    return [message_body(m) for m in messages]
+
+
+def sampling_body(params: SamplingParams) -> dict[str, Any]:
+    """OpenAI's fields, plus vLLM's extensions only where they differ from their neutral values, so a
+    server without them still accepts every default turn."""
+    body: dict[str, Any] = {
+        "temperature": 0.0 if params.greedy else params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_tokens,
+    }
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.top_k > 0:
+        body["top_k"] = params.top_k
+    if params.repetition_penalty != 1.0:
+        body["repetition_penalty"] = params.repetition_penalty
+    if params.ignore_eos:
+        body["ignore_eos"] = True
+    return body
+
+
+def chat_body(model: str, messages: Sequence[ChatMessage], params: SamplingParams) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": messages_body(messages),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **sampling_body(params),
+    }
+
+
+def tokenize_body(model: str, messages: Sequence[ChatMessage]) -> dict[str, Any]:
+    return {"model": model, "messages": messages_body(messages), "add_generation_prompt": True}
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One SSE chunk, reduced to what a turn needs."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    token_ids: tuple[int, ...] = ()  # vLLM's `return_token_ids` extension
+    error: str | None = None
+
+
+def parse_sse_line(line: str) -> StreamEvent | None:
+    """A `data:` line's chunk; None for blank lines, comments, other fields and the final `[DONE]`."""
+    if not line.startswith("data:"):
+        return None
+    payload = line[5:].strip()
+    if payload == "[DONE]" or not payload:
+        return None
+    return parse_chunk(json.loads(payload))
+
+
+def parse_chunk(chunk: dict[str, Any]) -> StreamEvent:
+    if "error" in chunk:
+        error = chunk["error"]
+        return StreamEvent(error=str(error.get("message", error) if isinstance(error, dict) else error))
+    usage = chunk.get("usage") or {}
+    choices = chunk.get("choices") or []
+    choice = choices[0] if choices else {}
+    delta = choice.get("delta") or {}
+    return StreamEvent(
+        text=delta.get("content") or "",
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        token_ids=tuple(choice.get("token_ids") or ()),
+    )
+
+
+def finish_reason(upstream: str | None) -> FinishReason:
+    """The upstream's reason in our terms: tool calls and content filters end a turn like a stop."""
+    if upstream == "length":
+        return "length"
+    if upstream == "abort":
+        return "cancelled"
+    return "stop"
+
+
+def is_context_error(status: int, message: str) -> bool:
+    lowered = message.lower()
+    return status == 400 and any(words in lowered for words in _CONTEXT_WORDS)
+
+
+def error_message(body: bytes) -> str:
+    """The message of an OpenAI- or vLLM-shaped error body, or its first bytes."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            return str(error.get("message") or error.get("detail") or error)[:500]
+        return str(error)[:500]
+    return str(data)[:500]
+
+
+def retry_after_s(header: str | None, now: float, default_s: float = 1.0) -> float:
+    """Retry-After as seconds: delta-seconds or an HTTP date; the default when absent or unreadable."""
+    if not header:
+        return default_s
+    try:
+        seconds = float(header)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(header).timestamp() - now
+        except (TypeError, ValueError):
+            return default_s
+    return max(0.0, seconds) if math.isfinite(seconds) else default_s
