@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import httpx2 as httpx
 
 from gateway.engine.upstream import wire
+
+logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request drowns the gateway's own logs
 
 
 class UpstreamError(Exception):

@@ -34,7 +34,7 @@ class TurnContext:
     send_token_ids: bool  # vLLM's `return_token_ids` extension
 
 
-@dataclass
+@dataclass(eq=False)
 class UpstreamTurn:
     request: GenerationRequest
     sink: TurnSink
