@@ -29,6 +29,8 @@ from gateway.engine.types import ChatImage
 from gateway.images import ImageLimits, check_image
 from gateway.server import DrainingServer, make_server
 
+pytest_plugins = ["tests.vllm_fixtures"]
+
 
 @dataclass(frozen=True)
 class DemoDirs:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -75,6 +76,12 @@ def write_vision_model(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def vllm_python() -> str:
     """vLLM's interpreter, installing it on first use (a few minutes; cached after)."""
     done = subprocess.run([str(ROOT / "scripts" / "install-vllm")], check=True, capture_output=True, text=True)
@@ -137,3 +144,25 @@ def wait_ready(server: VllmServer, timeout_s: float = 300) -> None:
         time.sleep(0.5)
     server.kill()
     raise RuntimeError(f"vLLM not ready in {timeout_s} s:\n{server.log_path.read_text()[-4000:]}")
+
+
+@dataclass
+class VllmPair:
+    """Two replicas of the tiny vision model, started together (their start-ups overlap)."""
+
+    primary: VllmServer
+    secondary: VllmServer
+    model_dir: Path
+
+
+def start_pair(model_dir: Path, ports: tuple[int, int], log_dir: Path) -> VllmPair:
+    python = vllm_python()
+    servers = [start_vllm(model_dir, port, log_dir, python) for port in ports]
+    try:
+        for server in servers:
+            wait_ready(server)
+    except BaseException:
+        for server in servers:
+            server.kill()
+        raise
+    return VllmPair(primary=servers[0], secondary=servers[1], model_dir=model_dir)

@@ -51,13 +51,13 @@ class ReplicaSet:
         skipped = set(map(id, exclude))
         candidates = [r for r in self.replicas if r.available(now) and id(r) not in skipped]
         if not candidates:
-            raise NoReplica(*self._why_none(now, skipped))
+            raise NoReplica(*self._why_none(now))
         if key is None:
             return min(candidates, key=lambda r: r.active)
         return max(candidates, key=lambda r: rendezvous_score(key, r.url))
 
-    def _why_none(self, now: float, skipped: set[int]) -> tuple[str, float]:
-        waits = [r.overloaded_until - now for r in self.replicas if r.state is ReplicaState.UP and id(r) not in skipped]
+    def _why_none(self, now: float) -> tuple[str, float]:
+        waits = [r.overloaded_until - now for r in self.replicas if r.state is ReplicaState.UP and r.overloaded_until > now]
         if waits:
             return "every upstream replica is overloaded", max(0.1, min(waits))
         return "no upstream replica is reachable", self.down_retry_s

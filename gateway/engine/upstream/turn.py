@@ -76,11 +76,12 @@ class UpstreamTurn:
     async def _attempts(self) -> tuple[FinishReason, str | None]:
         """Stream from the session's replica; before the first token, one retry on another."""
         tried: list[Replica] = []
+        failure: UpstreamError | None = None
         while True:
             try:
                 replica = self.context.replicas.pick(self.request.affinity, time.monotonic(), tried)
             except NoReplica as exc:
-                return "error", str(exc)
+                return "error", self._describe(failure) if failure is not None else str(exc)
             try:
                 return await self._stream(replica)
             except UpstreamError as exc:
@@ -88,6 +89,7 @@ class UpstreamTurn:
                 if not exc.retryable or self._first_at is not None or tried:
                     return "error", self._describe(exc)
                 tried.append(replica)
+                failure = exc
 
     async def _stream(self, replica: Replica) -> tuple[FinishReason, str | None]:
         body = wire.chat_body(self.context.model, self.request.messages, self.request.params)

@@ -1,0 +1,181 @@
+"""The gateway in front of real vLLM servers (installed and started by the test session): history, exact
+counts and trimming, images, cancellation that frees vLLM, and two replicas with affinity and failover."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from gateway.app import create_app
+from gateway.cli import build_engine
+from gateway.client import GatewayClient
+from gateway.config import Settings
+from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
+from gateway.engine.upstream import build_upstream_engine
+from gateway.engine.upstream.replicas import rendezvous_score
+from gateway.server import DrainingServer, make_server
+from tests.conftest import image_bytes
+from tests.vllm_support import VllmPair, VllmServer, free_port
+
+GREEDY = {"temperature": 0, "seed": 1}
+RUNNING = "vllm:num_requests_running"
+PROMPT_TOTAL = "vllm:prompt_tokens_total"
+SUCCESS_TOTAL = "vllm:request_success_total"
+
+
+@dataclass
+class Gateway:
+    server: DrainingServer
+    thread: threading.Thread
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def start_gateway(settings: Settings) -> Gateway:
+    """A real uvicorn serving the gateway, its engine built as `gateway serve` builds it."""
+    port = free_port()
+    settings = settings.replace(port=port, host="127.0.0.1", log_level="warning")
+    app = create_app(settings, engine_factory=build_engine)
+    server = make_server(app, settings)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while getattr(app.state, "turns", None) is None:  # the engine is discovered and probed after start-up
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.05)
+    return Gateway(server, thread, port)
+
+
+@pytest.fixture(scope="module")
+def gateway(vllm_pair: VllmPair) -> Iterator[Gateway]:
+    running = start_gateway(Settings(upstreams=vllm_pair.primary.url))
+    yield running
+    running.stop()
+
+
+async def test_history_reaches_vllm_with_exact_counts(gateway: Gateway, vllm_pair: VllmPair) -> None:
+    """The second turn's prompt holds the first exchange: vLLM counts exactly the tokens `accepted` announced."""
+    vllm = vllm_pair.primary
+    async with GatewayClient(gateway.ws_url) as client:
+        before = vllm.counter(PROMPT_TOTAL)
+        first = await client.turn("h1", "the red house", max_tokens=6, **GREEDY)
+        middle = vllm.counter(PROMPT_TOTAL)
+        second = await client.turn("h2", "and the blue sky", max_tokens=6, **GREEDY)
+        after = vllm.counter(PROMPT_TOTAL)
+    assert client.ready["model"] == "tiny-vlm" and client.ready["limits"]["context_tokens"] == 1024
+    assert first.accepted and second.accepted and first.done and second.done
+    assert middle - before == first.accepted["prompt_tokens"] == first.done["usage"]["prompt_tokens"]
+    assert after - middle == second.accepted["prompt_tokens"] == second.done["usage"]["prompt_tokens"]
+    assert second.accepted["prompt_tokens"] > first.accepted["prompt_tokens"] + first.done["usage"]["completion_tokens"]
+    assert first.done["text"] and first.done["usage"]["completion_tokens"] == 6
+
+
+async def test_cancel_frees_vllm(gateway: Gateway, vllm_pair: VllmPair) -> None:
+    """`cancel` closes the upstream stream: vLLM's running-requests gauge is back to 0 within a second."""
+    vllm = vllm_pair.primary
+    async with GatewayClient(gateway.ws_url) as client:
+        await client.start_turn("c1", "tell me a long story", max_tokens=900, ignore_eos=True, **GREEDY)
+        while (await client.recv())["type"] != "token":
+            pass
+        assert vllm.metric(RUNNING) == 1
+        await client.send({"type": "cancel", "id": "c1"})
+        result = await client.collect("c1")
+        cancelled_at = time.monotonic()
+        while vllm.metric(RUNNING) != 0:
+            assert time.monotonic() - cancelled_at < 1.0, "vLLM still runs the cancelled request"
+            await asyncio.sleep(0.05)
+    assert result.done and result.done["finish_reason"] == "cancelled"
+    assert result.done["usage"]["completion_tokens"] < 900
+
+
+async def test_trimming_uses_exact_counts(vllm_pair: VllmPair) -> None:
+    """With a small window the oldest exchanges are dropped by vLLM's own counts: every prompt fits exactly."""
+    gateway = start_gateway(Settings(upstreams=vllm_pair.primary.url, context_tokens=120))
+    try:
+        async with GatewayClient(gateway.ws_url) as client:
+            results = [await client.turn(f"t{i}", "one two three four five six", max_tokens=16, **GREEDY) for i in range(6)]
+    finally:
+        gateway.stop()
+    dropped = [r.accepted["prompt_tokens"] for r in results if r.accepted and r.accepted["dropped_turns"]]
+    assert dropped, "the history never outgrew the window"
+    for result in results:
+        assert result.accepted and result.done
+        assert result.accepted["prompt_tokens"] == result.done["usage"]["prompt_tokens"]
+        assert result.accepted["prompt_tokens"] + 16 <= 120
+
+
+async def test_image_turn_through_vllm(gateway: Gateway, vllm_pair: VllmPair) -> None:
+    """`ready.vision` is true (probed at start) and an image turn's prompt counts the image's tokens."""
+    async with GatewayClient(gateway.ws_url) as client:
+        plain = await client.turn("i0", "what is this", max_tokens=4, **GREEDY)
+        await client.request({"type": "reset"})
+        pictured = await client.turn("i1", "what is this", [image_bytes("JPEG", (80, 60))], max_tokens=4, **GREEDY)
+    assert client.ready["vision"] is True
+    assert plain.accepted and pictured.accepted and pictured.done
+    assert pictured.done["finish_reason"] in ("stop", "length")
+    assert pictured.accepted["prompt_tokens"] == pictured.done["usage"]["prompt_tokens"]
+    assert pictured.accepted["prompt_tokens"] > plain.accepted["prompt_tokens"]
+
+
+# ---- two replicas: the engine directly, each request carrying a session key -----------------------
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.done: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
+        self.tokens: list[str] = []
+
+    def on_queued(self, position: int) -> None:
+        pass
+
+    def on_token(self, text: str) -> None:
+        self.tokens.append(text)
+
+    def on_done(self, result: GenerationResult) -> None:
+        self.done.set_result(result)
+
+
+def key_for(target: VllmServer, pair: VllmPair) -> str:
+    """A session key whose rendezvous choice is `target`."""
+    urls = [pair.primary.url, pair.secondary.url]
+    return next(k for k in (f"session-{i}" for i in range(1000)) if max(urls, key=lambda u: rendezvous_score(k, u)) == target.url)
+
+
+async def turn(engine: object, key: str, text: str) -> GenerationResult:
+    sink = Collect()
+    request = GenerationRequest([ChatMessage("user", text)], SamplingParams(temperature=0, max_tokens=3), affinity=key)
+    engine.submit(request, sink)  # type: ignore[attr-defined]
+    return await sink.done
+
+
+async def test_affinity_then_failover(vllm_pair: VllmPair) -> None:
+    """A session's turns all reach its replica; when that replica dies, its next turn succeeds on the other."""
+    engine = await asyncio.to_thread(
+        build_upstream_engine, Settings(upstreams=f"{vllm_pair.primary.url},{vllm_pair.secondary.url}")
+    )
+    key = key_for(vllm_pair.secondary, vllm_pair)
+    counts = [vllm_pair.primary.counter(SUCCESS_TOTAL), vllm_pair.secondary.counter(SUCCESS_TOTAL)]
+    try:
+        for i in range(3):
+            assert (await turn(engine, key, f"turn {i}")).finish_reason == "length"
+        assert vllm_pair.primary.counter(SUCCESS_TOTAL) == counts[0]
+        assert vllm_pair.secondary.counter(SUCCESS_TOTAL) == counts[1] + 3
+        vllm_pair.secondary.kill()
+        moved = await turn(engine, key, "after the crash")
+        assert moved.finish_reason == "length" and moved.error is None
+        assert vllm_pair.primary.counter(SUCCESS_TOTAL) == counts[0] + 1
+    finally:
+        await asyncio.to_thread(engine.stop)

@@ -1,0 +1,19 @@
+"""Session-wide vLLM servers for the upstream tests: two replicas, started once for the whole run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.vllm_support import VllmPair, free_port, start_pair, write_vision_model
+
+
+@pytest.fixture(scope="session")
+def vllm_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmPair]:
+    root = tmp_path_factory.mktemp("vllm")
+    model_dir = write_vision_model(root / "model")
+    pair = start_pair(model_dir, (free_port(), free_port()), root)
+    yield pair
+    pair.primary.kill()
+    pair.secondary.kill()
