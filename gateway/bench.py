@@ -260,6 +260,8 @@ def run_bench(args: Any) -> dict[str, Any]:
             # the target: its own prefill (a lone turn's TTFT) plus two decode steps of the full batch
             budget = single.ttft_ms["p50"] + 2 * many.itl_ms["p50"]
             report["late_joiner"] = {**joiner, "budget_ms": round(budget, 3), "within_budget": joiner["ttft_ms"] <= budget}
+    if getattr(args, "direct_url", None):
+        report.update(direct_comparison(args, report[f"gateway_{args.sessions}_sessions"]))
     if args.baseline and model_dir and args.engine == "real":
         base = baselines(model_dir, args.sessions, args.max_tokens, args.prompt_words, args.images)
         report["baselines"] = base
@@ -271,6 +273,33 @@ def run_bench(args: Any) -> dict[str, Any]:
             f"{args.sessions}_sessions_vs_generate_single": round(many.tokens_per_s / base["generate_single_tokens_per_s"], 3),
         }
     return report
+
+
+def direct_comparison(args: Any, through: dict[str, Any]) -> dict[str, Any]:
+    """The same load straight to the gateway's OpenAI-compatible upstream, and what the gateway adds."""
+    from gateway.bench_openai import run_direct
+
+    results, wall = asyncio.run(
+        run_direct(args.direct_url, args.sessions, args.turns, prompt_text(args.prompt_words), args.max_tokens)
+    )
+    done = [r for r in results if r.error is None]
+    itl = percentiles([(b - a) * 1000 for r in done for a, b in zip(r.token_times, r.token_times[1:])])
+    tokens_per_s = sum(r.completion_tokens for r in done) / wall if wall else 0.0
+    ttft = percentiles([(r.token_times[0] - r.sent_at) * 1000 for r in done if r.token_times])
+    direct = {
+        "tokens_per_s": round(tokens_per_s, 2),
+        "ttft_ms": ttft,
+        "itl_ms": itl,
+        "errors": len(results) - len(done),
+        "wall_s": round(wall, 4),
+    }
+    return {
+        f"direct_{args.sessions}_sessions": direct,
+        "vs_direct": {
+            "tokens_per_s_ratio": round(through["tokens_per_s"] / tokens_per_s, 3) if tokens_per_s else None,
+            "added_itl_p50_ms": round(through["itl_ms"]["p50"] - itl["p50"], 3),
+        },
+    }
 
 
 def print_report(report: dict[str, Any], as_json: bool) -> None:
