@@ -98,15 +98,13 @@ class VllmServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def metric(self, name: str) -> float:
-        """A gauge's value summed over its label sets, from the server's /metrics."""
+    def metric(self, name: str, **labels: str) -> float:
+        """A metric's value summed over its label sets that carry `labels`, from the server's /metrics."""
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
             text = response.read().decode()
-        pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.eE+-]+)$", re.MULTILINE)
-        return sum(float(m) for m in pattern.findall(text))
-
-    def counter(self, name: str) -> float:
-        return self.metric(name)
+        pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? ([0-9.eE+-]+)$", re.MULTILINE)
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
+        return sum(float(value) for found, value in pattern.findall(text) if all(w in found for w in wanted))
 
     def kill(self) -> None:
         """Stop it at once (its whole process group: vLLM runs its engine in a child process)."""

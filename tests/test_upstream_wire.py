@@ -1,0 +1,83 @@
+"""The upstream's wire format and replica choice, pure: no network."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from gateway.engine.types import ChatMessage, SamplingParams
+from gateway.engine.upstream import wire
+from gateway.engine.upstream.client import ContextOverflow, Overloaded, Rejected, Unavailable, classify
+from gateway.engine.upstream.replicas import NoReplica, ReplicaSet
+from tests.conftest import chat_image
+
+
+def test_images_travel_as_data_uris_of_their_original_bytes() -> None:
+    """An image part carries the client's bytes and MIME type unchanged, before the text."""
+    image = chat_image(fmt="JPEG")
+    body = wire.message_body(ChatMessage("user", "what is it", (image,)))
+    url = body["content"][0]["image_url"]["url"]
+    assert url.startswith("data:image/jpeg;base64,") and base64.b64decode(url.split(",", 1)[1]) == image.data
+    assert body["content"][1] == {"type": "text", "text": "what is it"}
+    assert wire.message_body(ChatMessage("assistant", "hi")) == {"role": "assistant", "content": "hi"}
+
+
+def test_vllm_extensions_only_when_they_change_something() -> None:
+    """Neutral top_k, repetition_penalty and ignore_eos stay out, so any OpenAI server accepts the body."""
+    assert set(wire.sampling_body(SamplingParams())) == {"temperature", "top_p", "max_tokens"}
+    body = wire.sampling_body(
+        SamplingParams(temperature=0, top_k=5, repetition_penalty=1.2, ignore_eos=True, stop=("x",), seed=3)
+    )
+    assert body["temperature"] == 0.0 and body["top_k"] == 5 and body["ignore_eos"] is True
+    assert body["stop"] == ["x"] and body["seed"] == 3 and body["repetition_penalty"] == 1.2
+
+
+def test_sse_lines_become_events() -> None:
+    chunk = '{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null,"token_ids":[7]}]}'
+    assert wire.parse_sse_line(f"data: {chunk}") == wire.StreamEvent(text="hi", token_ids=(7,))
+    usage = wire.parse_sse_line('data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2}}')
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (4, 2)
+    assert wire.parse_sse_line("data: [DONE]") is None and wire.parse_sse_line(": keep-alive") is None
+    assert wire.parse_sse_line('data: {"error":{"message":"boom"}}') == wire.StreamEvent(error="boom")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (429, b'{"error":{"message":"slow down"}}', Overloaded),
+        (503, b"busy", Overloaded),
+        (500, b"{}", Unavailable),
+        (400, b'{"error":{"message":"This model\'s maximum context length is 1024 tokens"}}', ContextOverflow),
+        (400, b'{"error":{"message":"bad field"}}', Rejected),
+    ],
+)
+def test_status_codes_map_to_errors(status: int, body: bytes, kind: type) -> None:
+    assert isinstance(classify(status, body, None), kind)
+
+
+def test_retry_after_as_seconds_or_date() -> None:
+    assert wire.retry_after_s("7", now=0) == 7.0
+    assert wire.retry_after_s("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480) == 10.0
+    assert wire.retry_after_s(None, now=0) == 1.0 and wire.retry_after_s("soon", now=0) == 1.0
+
+
+def test_rendezvous_moves_only_the_dead_replicas_sessions() -> None:
+    """Each key sticks to one replica; when one goes down only its keys move, and they spread over the rest."""
+    replicas = ReplicaSet(["http://a", "http://b", "http://c"])
+    keys = [f"session-{i}" for i in range(300)]
+    before = {k: replicas.pick(k, now=0).url for k in keys}
+    assert len(set(before.values())) == 3
+    replicas.mark_down(replicas.replicas[1])
+    after = {k: replicas.pick(k, now=0).url for k in keys}
+    moved = {k for k in keys if before[k] != after[k]}
+    assert moved == {k for k in keys if before[k] == "http://b"}
+    assert {after[k] for k in moved} == {"http://a", "http://c"}
+
+
+def test_no_replica_says_when_to_retry() -> None:
+    replicas = ReplicaSet(["http://a"])
+    replicas.mark_overloaded(replicas.replicas[0], now=10.0, retry_after_s=5.0)
+    with pytest.raises(NoReplica) as refused:
+        replicas.pick("k", now=11.0)
+    assert refused.value.retry_after_s == pytest.approx(4.0)
