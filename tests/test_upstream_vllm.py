@@ -22,10 +22,13 @@ from gateway.server import DrainingServer, make_server
 from tests.conftest import image_bytes
 from tests.vllm_support import VllmPair, VllmServer, free_port
 
+pytestmark = pytest.mark.timeout(900)  # the first test also installs vLLM (cached after) and starts two servers
+
 GREEDY = {"temperature": 0, "seed": 1}
 RUNNING = "vllm:num_requests_running"
 PROMPT_TOTAL = "vllm:prompt_tokens_total"
 SUCCESS_TOTAL = "vllm:request_success_total"
+GENERATED = "vllm:generation_tokens_total"
 
 
 @dataclass
@@ -84,10 +87,10 @@ async def test_history_reaches_vllm_with_exact_counts(gateway: Gateway, vllm_pai
 
 
 async def test_cancel_frees_vllm(gateway: Gateway, vllm_pair: VllmPair) -> None:
-    """`cancel` closes the upstream stream: vLLM aborts the request, and its running-requests gauge is
-    back to 0 within a second."""
+    """`cancel` closes the upstream stream: vLLM's running-requests gauge is back to 0 within a second,
+    and it generated far fewer than the 900 tokens the turn asked for (it ignores end-of-sequence)."""
     vllm = vllm_pair.primary
-    aborted = vllm.metric(SUCCESS_TOTAL, finished_reason="abort")
+    generated = vllm.metric(GENERATED)
     async with GatewayClient(gateway.ws_url) as client:
         await client.start_turn("c1", "tell me a long story", max_tokens=900, ignore_eos=True, **GREEDY)
         while (await client.recv())["type"] != "token":
@@ -95,10 +98,12 @@ async def test_cancel_frees_vllm(gateway: Gateway, vllm_pair: VllmPair) -> None:
         await client.send({"type": "cancel", "id": "c1"})
         result = await client.collect("c1")
         cancelled_at = time.monotonic()
-        while vllm.metric(RUNNING) != 0 or vllm.metric(SUCCESS_TOTAL, finished_reason="abort") != aborted + 1:
+        while vllm.metric(RUNNING) != 0:
             assert time.monotonic() - cancelled_at < 1.0, "vLLM still runs the cancelled request"
             await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
     assert result.done and result.done["finish_reason"] == "cancelled"
+    assert vllm.metric(GENERATED) - generated < 900
     assert result.done["usage"]["completion_tokens"] < 900
 
 
