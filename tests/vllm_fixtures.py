@@ -1,4 +1,4 @@
-"""Session-wide vLLM servers for the upstream tests: two replicas, started once for the whole run."""
+"""vLLM servers for the upstream tests: two replicas, started once for the module that uses them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from tests.vllm_support import VllmPair, free_port, start_pair, write_vision_model
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped as soon as the module that uses them is done
 def vllm_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmPair]:
     root = tmp_path_factory.mktemp("vllm")
     model_dir = write_vision_model(root / "model")

@@ -53,7 +53,7 @@ def write_vision_model(out_dir: Path, seed: int = 0) -> Path:
     ids = {t: int(tok.convert_tokens_to_ids(t)) for t in ("<|endoftext|>", "<|user|>", "<pad>", IMAGE_TOKEN)}
     text = LlamaConfig(
         vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=64, max_position_embeddings=1024,
+        num_key_value_heads=1, head_dim=64, max_position_embeddings=8192,
         eos_token_id=[ids["<|endoftext|>"], ids["<|user|>"]], pad_token_id=ids["<pad>"],
     )  # fmt: skip
     vision = Idefics3VisionConfig(
@@ -121,7 +121,7 @@ def start_vllm(model_dir: Path, port: int, log_dir: Path, python: str | None = N
     args = [
         python or vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--served-model-name", "tiny-vlm", "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port),
-        "--max-model-len", "1024", "--max-num-seqs", "32", "--enforce-eager", "--limit-mm-per-prompt", '{"image": 1}',
+        "--max-model-len", "8192", "--max-num-seqs", "32", "--enforce-eager", "--limit-mm-per-prompt", '{"image": 1}',
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
