@@ -44,7 +44,7 @@ def write_vision_model(out_dir: Path, seed: int = 0) -> Path:
     if (out_dir / "config.json").exists():
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    _build_tokenizer(out_dir, vocab_size=1024)
+    _build_tokenizer(out_dir)
     tok: Any = AutoTokenizer.from_pretrained(out_dir)
     extra = ["<fake_token_around_image>", IMAGE_TOKEN, "<end_of_utterance>", "<global-img>"]
     tok.add_special_tokens({"additional_special_tokens": extra})
