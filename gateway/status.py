@@ -18,7 +18,7 @@ Auth = Literal["none", "ok", "missing", "wrong"]
 
 def serves_demo_model(settings: Settings) -> bool:
     """The built-in demo model (random weights) is served when no model directory is configured."""
-    return settings.model is None and settings.engine == "real"
+    return settings.model is None and settings.engine == "real" and not settings.upstreams
 
 
 def origin_allowed(origin: str, host: str | None, settings: Settings) -> bool:

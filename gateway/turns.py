@@ -185,7 +185,8 @@ class TurnService:
             plan = await session.plan(turn, params.max_tokens, self.engine.context_tokens, count, room)
         self.check_open(request.id)  # planning awaited: the server may have begun draining meanwhile
         started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model)
-        self._submit(GenerationRequest(messages=plan.messages, params=params, handle=started.handle, adapter=model), sink)
+        generation = GenerationRequest(plan.messages, params, started.handle, adapter=model, affinity=session.id)
+        self._submit(generation, sink)
         session.drop_oldest(plan.dropped_turns)
         self.images.hold(session.id, session.image_bytes + turn.image_bytes)
         return started

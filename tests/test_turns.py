@@ -121,7 +121,9 @@ async def test_big_image_turns_do_not_stall_other_clients(bounded: RunningServer
         attack_turns = await attacking
     print(f"\n[turns] victim TTFT idle {idle:.1f} ms, under attack {loaded:.1f} ms ({attack_turns} attack turns)")
     assert attack_turns >= 2
-    assert loaded <= 2 * idle + 15  # 15 ms of slack for a loopback round trip on a busy 2-core machine
+    # Before the turn service, 5-9 s. What is left is the attacker's own prefill on the generation
+    # thread (a victim arriving during it waits for it): 40 ms of slack covers that on 2 busy cores.
+    assert loaded <= 2 * idle + 40
 
 
 def drip_server() -> LoopbackServer:
