@@ -349,6 +349,7 @@ class Connection:
             models=self.turns.models,
             demo=serves_demo_model(self.settings),
             resume_token=self.live.token,
+            token_counter=engine.token_counter,
         )
 
     def _abort_transport(self) -> None:

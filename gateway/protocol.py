@@ -127,6 +127,7 @@ class ReadyFrame(_ServerFrame, tag="ready"):
     models: list[str] = []  # every id `model` may name: the base model, then each adapter
     demo: bool = False  # the built-in demo model: random weights, so random replies
     resume_token: str = ""  # the secret that resumes this session from another connection
+    token_counter: str = ""  # who counts prompt tokens for trimming: model, upstream, tokenizer, estimate
 
 
 class ResumedFrame(_Frame, tag="resumed"):

@@ -64,6 +64,7 @@ class LocalEngine:
         self.loaded = loaded
         self.model_id = loaded.model_id
         self.vision = loaded.prompt.vision  # until start() has tried an image prompt
+        self.token_counter = "model"
         loaded.prompt.images.max_bytes = image_cache_bytes
         # The generation thread builds prompts with loaded.prompt; counting runs on a thread of its own
         # with its own tokenizer (no tokenizer is shared between threads), and images are processed

@@ -125,6 +125,12 @@ class Engine(Protocol):
     context_tokens: int
     adapters: tuple[str, ...]  # names of extra LoRA adapters a request may select
 
+    @property
+    def token_counter(self) -> str:
+        """Who counts prompt tokens: "model" (the served model's tokenizer), "upstream" (its /tokenize),
+        "tokenizer" (a local tokenizer directory), "estimate" (the scripted engine: words)."""
+        ...
+
     async def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """The prompt's length in tokens, exactly as `submit` would build it; off the event loop."""
         ...

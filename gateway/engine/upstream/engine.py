@@ -45,6 +45,10 @@ class UpstreamEngine:
     """Turns run as tasks on the caller's event loop, one streamed request each; no thread per request.
     One ticker task checks every running turn for cancellation and deadlines; one task checks health."""
 
+    @property
+    def token_counter(self) -> str:
+        return self.counter.name
+
     def __init__(self, info: UpstreamInfo, replicas: ReplicaSet, options: UpstreamOptions, counter: TokenCounter | None = None):
         self.info = info
         self.model_id = info.model
