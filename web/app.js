@@ -1,19 +1,23 @@
-// The browser client: one gateway session at a time, shown as a chat. The server keeps history per
-// connection, so after a reconnect the page says plainly that a new session began and keeps the old
-// messages visible but marked as past.
+// The browser client: one gateway session at a time, shown as a chat. The session outlives the socket:
+// a reload or a lost connection resumes it (sessions.js), showing the history again and picking up a
+// reply still streaming; the conversations kept in this browser are listed to switch between.
 
 import { nameImages } from "./attachments.js";
 import { ConnectionBanner } from "./banner.js";
+import { ChatList } from "./chats.js";
 import { encode } from "./codec.js";
 import { Composer } from "./composer.js";
 import { Connection } from "./connection.js";
-import { Conversation, element } from "./messages.js";
+import { listConversations, sync } from "./conversations.js";
+import { Conversation, element, userItem } from "./messages.js";
+import { SessionLink } from "./sessions.js";
 import { boundSettings, forgetSettings, loadSettings, saveSettings, SettingsForm } from "./settings.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   status: $("status"), statusText: $("status-text"), model: $("model"), demoBadge: $("demo-badge"),
   newChat: $("new-chat"), confirmNewChat: $("confirm-new-chat"), settingsToggle: $("settings-toggle"),
+  chatsToggle: $("chats-toggle"), chats: $("chats"),
   connection: $("connection"), connectionText: $("connection-text"), connectionRetry: $("connection-retry"),
   keyForm: $("key-form"), apiKey: $("api-key"), retryNow: $("retry-now"), forgetKey: $("forget-key"),
   settings: $("settings"), settingsState: $("settings-state"),
@@ -28,26 +32,30 @@ const conversation = new Conversation(ui.messages, ui.main);
 const composer = new Composer(ui, () => state.limits);
 const settingsForm = new SettingsForm(ui.settings);
 const connection = new Connection({
-  onFrame: (frame) => HANDLERS[frame?.type]?.(frame), // frame types added later are ignored, not fatal
+  onFrame: (frame) => {
+    if (link.take(frame)) HANDLERS[frame?.type]?.(frame); // frame types added later are ignored, not fatal
+  },
   onState: (connectionState) => {
     banner.show(connectionState);
     updateControls();
   },
   onServerStatus: (status) => { if (state.demoFromReady === undefined) showDemo(status.demo); },
-  onLost: interruptRunningTurn,
+  onLost: pauseRunningTurn,
   onBadFrame: (err) => conversation.addError("bad_frame", `could not decode a frame from the server: ${err.message}`),
 });
 const banner = new ConnectionBanner(ui, () => connection.key);
+const link = new SessionLink((frame) => connection.send(frame));
+const chatList = new ChatList(ui.chats, switchChat);
 
 const state = {
-  session: null, // the open connection's server session id
-  sessionsSeen: 0, // more than one means the page has reconnected at least once
+  model: "", // the served model's id, from `ready`
   limits: {},
   vision: true,
   demoFromReady: undefined, // `ready.demo`, when the server sends it; else /status says
   running: null, // the turn waiting for or streaming its reply
-  turns: new Map(), // turn id -> {id, text, attachments, user, reply, accepted} in this session
+  turns: new Map(), // turn id -> {id, text, attachments, user, reply, accepted} shown live (not from history)
   configure: null, // {id, values, saved} of the configure frame awaiting its answer
+  historyId: null, // the id of the `history` request whose answer the page is waiting for
   nextId: 0,
 };
 
@@ -62,6 +70,8 @@ function showDemo(demo) {
 
 const HANDLERS = {
   ready: onReady,
+  resumed: onResumed,
+  forgotten: onForgotten,
   accepted: onAccepted,
   queued: onQueued,
   token: onToken,
@@ -69,25 +79,61 @@ const HANDLERS = {
   error: onError,
   history: onHistory,
   configured: onConfigured,
-  reset: onReset,
   closing: (frame) => conversation.addNotice(`The server is closing this connection: ${frame.reason} (${frame.code}).`),
   pong: () => {},
 };
 
 function onReady(frame) {
-  if (state.sessionsSeen > 0) markSessionBreak();
-  state.sessionsSeen += 1;
-  state.session = frame.session;
   state.limits = frame.limits ?? {};
   state.vision = Boolean(frame.vision);
+  state.model = frame.model;
   if ("demo" in frame) showDemo((state.demoFromReady = Boolean(frame.demo)));
-  ui.status.dataset.session = frame.session;
-  ui.model.textContent = `${frame.model} · session ${frame.session}`;
   ui.welcomeImages.hidden = !state.vision;
   settingsForm.showLimits(frame.defaults ?? {}, state.limits);
-  applySavedSettings();
-  connection.send({ type: "history" }); // show whatever the server holds for this session
+  if (!link.ready(frame)) startSession(); // else `resume` went out first, and `resumed` follows
   updateControls();
+}
+
+// The page holds `link.current` from now on: show its id, send the browser's settings.
+function startSession() {
+  const session = link.current.session;
+  ui.status.dataset.session = session;
+  ui.model.textContent = `${state.model} · session ${session}`;
+  chatList.render(session);
+  applySavedSettings();
+}
+
+function onResumed(frame) {
+  const resumed = link.resumed(frame);
+  if (!resumed) return;
+  state.running?.reply.streaming(); // the reply goes on where it stopped
+  if (resumed.render) {
+    if (frame.gap) clearPage(); // frames are missing: the history shows what the server kept
+    requestHistory();
+  }
+  startSession();
+  updateControls();
+}
+
+function onResumeFailed() {
+  if (state.running) state.running.reply.finish("interrupted", "interrupted: the conversation could not be resumed");
+  state.running = null;
+  state.turns.clear();
+  conversation.markStale();
+  conversation.addNotice("That conversation could not be resumed (it expired or was deleted), so it left the list; a new one started.", "session-break");
+  startSession();
+  updateControls();
+}
+
+function requestHistory() {
+  state.historyId = `history-${state.nextId++}`;
+  connection.send({ type: "history", id: state.historyId, include_images: true });
+}
+
+// The fresh session `forgotten` announces has no resume token (only a `ready` carries one), so a reload
+// could not bring it back: a new socket gets a session that can.
+function onForgotten(frame) {
+  if (link.forgotten(frame)) startNewChat();
 }
 
 function applySavedSettings() {
@@ -103,8 +149,9 @@ function applySavedSettings() {
 }
 
 function onAccepted(frame) {
-  const turn = state.turns.get(frame.id);
-  if (turn) turn.accepted = true;
+  adoptTurn(frame.id).accepted = true;
+  link.turnAccepted(frame.id, frame.seq);
+  chatList.render(link.current?.session);
   if (frame.dropped_turns > 0) {
     conversation.addNotice(`${frame.dropped_turns} oldest exchange(s) no longer fit the context window; the model will not see them.`);
   }
@@ -117,37 +164,62 @@ function onQueued(frame) {
 
 function onToken(frame) {
   if (ui.statusText.textContent.includes("waiting")) ui.statusText.textContent = "Connected";
-  state.turns.get(frame.id)?.reply.append(frame.text);
+  adoptTurn(frame.id).reply.append(frame.text);
 }
 
 function onDone(frame) {
-  const turn = state.turns.get(frame.id);
-  if (turn) {
-    turn.reply.set(frame.text); // the server's final text is authoritative
-    turn.reply.finish(frame.finish_reason, describeDone(frame));
-  }
+  const turn = adoptTurn(frame.id);
+  turn.reply.set(frame.text); // the server's final text is authoritative
+  turn.reply.finish(frame.finish_reason, describeDone(frame));
+  link.turnEnded(frame.id);
   if (state.running?.id === frame.id) state.running = null;
   updateControls();
 }
 
+// A turn of this page, or one it did not send itself: after a reload or a switch, the server replays a
+// reply still streaming from its `accepted` on, and the page shows it as it goes on.
+function adoptTurn(id) {
+  const known = state.turns.get(id);
+  if (known) return known;
+  const text = link.pendingText(id); // the message itself is in the history only once its reply ends
+  const user = text === null ? null : conversation.addUser(text);
+  const turn = { id, text: text ?? "", attachments: [], user, reply: conversation.addReply(), accepted: true };
+  turn.reply.streaming();
+  state.turns.set(id, turn);
+  state.running = turn;
+  updateControls();
+  return turn;
+}
+
 function onError(frame) {
+  if (link.resumeFailed(frame)) return onResumeFailed();
   const turn = state.turns.get(frame.id);
   const message = turn ? nameImages(frame.message, turn.attachments) : frame.message;
   if (frame.id && frame.id === state.configure?.id) return onConfigureRefused(frame.code, message);
   const shown = conversation.addError(frame.code, message);
   // A turn the server refused before accepting it is over before it began: it goes back to the composer.
   if (turn && !turn.accepted) {
+    link.turnEnded(turn.id);
     restoreComposer(turn);
     shown.append(element("span", { className: "restored", textContent: "Not sent to the model: your message is back in the message box." }));
   }
 }
 
+// The history goes before the replies replayed meanwhile; a replayed turn that has ended since is in
+// it too, and takes the history's message (with its images) in place of the one kept for the reload.
 function onHistory(frame) {
-  // Only fill an empty session: anything shown already came from this same connection.
-  if (state.turns.size > 0 || state.running || !frame.turns?.length) return;
+  if (frame.id !== state.historyId) return;
+  state.historyId = null;
+  const live = [...state.turns.values()];
+  const first = live.find((turn) => turn.user)?.user ?? live[0]?.reply.item ?? null;
+  conversation.insertHistory(frame.turns.filter((entry) => !state.turns.has(entry.id)), first);
   for (const entry of frame.turns) {
-    if (entry.role === "user") conversation.addUser(entry.text, entry.images ?? []);
-    else conversation.addReply(entry.text).finish(entry.partial ? "cancelled" : "stop", entry.partial ? "cancelled" : "");
+    const turn = state.turns.get(entry.id);
+    if (entry.role !== "user" || !turn) continue;
+    const item = userItem(entry.text, entry.images ?? []);
+    turn.reply.item.before(item);
+    turn.user?.remove();
+    turn.user = item;
   }
 }
 
@@ -166,9 +238,12 @@ function onConfigureRefused(code, message) {
   state.configure = null;
 }
 
-function onReset() {
+function clearPage() {
   conversation.clear();
   state.turns.clear();
+  state.running = null;
+  state.historyId = null;
+  updateControls();
 }
 
 // ---- turns --------------------------------------------------------------------------------------
@@ -178,7 +253,7 @@ function sendTurn() {
   const attachments = composer.attachments;
   if (!text.trim() && attachments.length === 0) return;
   if (state.running) return note("Wait for the reply to finish, or press Stop.");
-  if (!connection.connected) return note("Not connected; your message is kept here until the connection is back.");
+  if (!connection.connected || link.resuming) return note("Not connected; your message is kept here until the connection is back.");
   const problem = checkTurn(text, attachments);
   if (problem) return note(problem);
   const id = `turn-${Date.now().toString(36)}-${state.nextId++}`;
@@ -188,6 +263,7 @@ function sendTurn() {
     return note(`This message is ${payload.length} bytes; the server accepts at most ${state.limits.max_frame_bytes}.`);
   }
   connection.send(payload);
+  link.turnSent(id, text);
   const turn = { id, text, attachments, user: conversation.addUser(text, attachments), reply: conversation.addReply(), accepted: false };
   turn.reply.streaming();
   state.turns.set(id, turn);
@@ -214,11 +290,10 @@ function restoreComposer(turn) {
   composer.restore(turn.text, turn.attachments);
 }
 
-function interruptRunningTurn() {
-  state.session = null;
-  if (!state.running) return;
-  state.running.reply.finish("interrupted", "interrupted: the connection was lost");
-  state.running = null;
+// The server goes on with a running turn for a while without us: its reply continues once resumed.
+function pauseRunningTurn() {
+  link.lost();
+  state.running?.reply.streaming("connection lost; the reply continues when the page reconnects");
 }
 
 function stopTurn() {
@@ -226,16 +301,36 @@ function stopTurn() {
   ui.stop.disabled = true; // one cancel is enough; a second would find no running turn
 }
 
+// New chat asks whether to keep this conversation under Chats or delete it on the server (`forget`,
+// which needs the connection); an empty one is already new.
 async function newChat() {
-  if (!conversation.isEmpty || state.running) {
-    ui.confirmNewChat.returnValue = "";
-    ui.confirmNewChat.showModal();
-    const answer = await new Promise((resolve) => ui.confirmNewChat.addEventListener("close", () => resolve(ui.confirmNewChat.returnValue), { once: true }));
-    if (answer !== "confirm") return;
-  }
-  // Without a connection there is no server history to clear; the next session starts empty anyway.
-  if (!connection.send({ type: "reset" })) onReset();
+  if (conversation.isEmpty && !state.running) return ui.prompt.focus();
+  if (!connection.connected || link.resuming) return note("Not connected: New chat waits for the connection.");
+  ui.confirmNewChat.returnValue = "";
+  ui.confirmNewChat.showModal();
+  const answer = await new Promise((resolve) => ui.confirmNewChat.addEventListener("close", () => resolve(ui.confirmNewChat.returnValue), { once: true }));
+  if (answer === "keep") startNewChat();
+  else if (answer === "confirm" && !link.forget()) note("Not connected: deleting the conversation needs the server.");
   ui.prompt.focus();
+}
+
+// A new socket brings a fresh session; the one left stays listed under Chats.
+function startNewChat() {
+  link.leave();
+  clearPage();
+  chatList.render(null);
+  connection.connect();
+}
+
+// Another conversation takes a new socket: `resume` is refused once a socket has run a turn, and on a
+// socket that holds a session it would discard that one.
+function switchChat(session) {
+  const entry = listConversations().find((other) => other.session === session);
+  if (!entry || session === link.current?.session) return;
+  link.switchTo(entry);
+  clearPage();
+  chatList.render(session);
+  connection.connect();
 }
 
 function describeDone(frame) {
@@ -250,17 +345,6 @@ function describeDone(frame) {
 }
 
 const FINISH_LABELS = { stop: "finished", length: "stopped at max tokens", cancelled: "cancelled", error: "failed" };
-
-function markSessionBreak() {
-  const old = conversation.markStale();
-  state.turns.clear();
-  conversation.addNotice(
-    old
-      ? "Reconnected: a new session started. The server does not keep the messages above; the model will not see them."
-      : "Reconnected: a new session started.",
-    "session-break",
-  );
-}
 
 // ---- settings -----------------------------------------------------------------------------------
 
@@ -284,6 +368,13 @@ function toggleSettings() {
   if (open) ui.settings.elements.system.focus();
 }
 
+function toggleChats() {
+  const open = ui.chats.hidden;
+  ui.chats.hidden = !open;
+  ui.chatsToggle.setAttribute("aria-expanded", String(open));
+  if (open) chatList.render(link.current?.session);
+}
+
 // ---- controls -----------------------------------------------------------------------------------
 
 function note(text) {
@@ -295,7 +386,7 @@ function updateControls() {
   ui.send.hidden = running;
   ui.stop.hidden = !running;
   ui.stop.disabled = !running;
-  ui.send.disabled = !connection.connected;
+  ui.send.disabled = !connection.connected || Boolean(link.resuming);
   const canAttach = state.vision && (state.limits.max_images_per_turn ?? 1) > 0;
   ui.fileInput.disabled = !canAttach;
   ui.fileInput.labels[0].classList.toggle("disabled", !canAttach);
@@ -319,6 +410,7 @@ function wire() {
   ui.stop.addEventListener("click", stopTurn);
   ui.newChat.addEventListener("click", newChat);
   ui.settingsToggle.addEventListener("click", toggleSettings);
+  ui.chatsToggle.addEventListener("click", toggleChats);
   ui.settings.addEventListener("submit", (event) => {
     event.preventDefault();
     const { values, problem } = settingsForm.read();
@@ -336,6 +428,7 @@ function wire() {
   });
   ui.retryNow.addEventListener("click", () => connection.connect());
   composer.wire();
+  window.addEventListener("pagehide", () => link.current && sync(link.current)); // for a switch back later
   window.addEventListener("online", () => {
     if (connection.waiting) connection.connect(); // no point waiting out the backoff once the network is back
   });

@@ -7,7 +7,7 @@ const TICK_MS = 250;
 const SHORT_STATES = {
   connected: "Connected", connecting: "Connecting…", loading: "Model loading", failed: "Model failed to load",
   "key-missing": "API key needed", "key-wrong": "API key refused", "key-unusable": "API key unusable",
-  origin: "Origin refused",
+  origin: "Origin refused", "taken-over": "Open elsewhere",
 };
 
 export class ConnectionBanner {
@@ -40,7 +40,7 @@ export class ConnectionBanner {
     const needsKey = kind.startsWith("key-");
     keyForm.hidden = !needsKey;
     retryNow.hidden = needsKey;
-    retryNow.textContent = retry ? "Try now" : "Try again";
+    retryNow.textContent = kind === "taken-over" ? "Continue here" : retry ? "Try now" : "Try again";
     if (needsKey && (wasHidden || document.activeElement !== apiKey)) {
       apiKey.value = this.keyOf();
       apiKey.focus();

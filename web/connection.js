@@ -13,6 +13,7 @@ const LOADING_POLL_MS = 2_000;
 // What an HTTP token (and so a subprotocol) may hold: a key with other characters cannot be sent.
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const ORDINARY_CLOSE_CODES = [1000, 1001, 1005, 1006];
+const TAKEN_OVER = 4003; // another tab or client resumed this conversation: taking it back would ping-pong
 
 // Each reason the page is not connected: what to tell the user, and whether waiting can help.
 const PROBLEMS = {
@@ -23,6 +24,7 @@ const PROBLEMS = {
   full: { retry: true, text: () => "The server has no free connection right now." },
   refused: { retry: true, text: () => "The server refused the connection." },
   lost: { retry: true, text: (s, event) => `The connection was lost${closeDetail(event)}.` },
+  "taken-over": { retry: false, text: () => "This conversation was opened in another tab or window." },
   "key-missing": { retry: false, text: () => "This server needs an API key." },
   "key-wrong": { retry: false, text: () => "The server did not accept this API key." },
   "key-unusable": {
@@ -145,7 +147,7 @@ export class Connection {
     if (this.ready) {
       this.ready = false;
       this.onLost();
-      this.problem("lost", null, event);
+      this.problem(event.code === TAKEN_OVER ? "taken-over" : "lost", null, event);
     } else {
       this.connect({ refused: true }); // the handshake failed: /status says why, if it can
     }

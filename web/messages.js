@@ -26,11 +26,9 @@ export class Conversation {
     return this.list.childElementCount === 0;
   }
 
-  // `images`: attachments with object URLs, or the server's history metadata (no bytes).
+  // `images`: attachments with object URLs, or the server's history entries (with or without bytes).
   addUser(text, images = []) {
-    const children = [roleLabel("You"), element("div", { className: "text", textContent: text })];
-    if (images.length) children.push(element("div", { className: "images" }, images.map(imageOrChip)));
-    return this.append(element("li", { className: "message user" }, children));
+    return this.append(userItem(text, images));
   }
 
   addReply(text = "") {
@@ -38,6 +36,15 @@ export class Conversation {
     this.append(reply.item);
     if (text) reply.set(text);
     return reply;
+  }
+
+  // Entries of the server's history, placed before `reference` (null: at the end).
+  insertHistory(entries, reference) {
+    const items = entries.map((entry) => (entry.role === "user" ? userItem(entry.text, entry.images ?? []) : finishedReply(this, entry).item));
+    const fragment = document.createDocumentFragment();
+    fragment.append(...items);
+    this.list.insertBefore(fragment, reference);
+    this.scrollToBottom();
   }
 
   addNotice(text, className = "") {
@@ -50,7 +57,7 @@ export class Conversation {
     return this.append(item);
   }
 
-  // After a reconnect the server holds a new, empty session: what is shown stays, visibly past.
+  // A conversation the server could not resume: what is shown stays, visibly past.
   markStale() {
     const old = this.list.querySelectorAll("li:not(.stale)");
     old.forEach((item) => item.classList.add("stale"));
@@ -109,8 +116,9 @@ class Reply {
     if (follow) this.conversation.scrollToBottom();
   }
 
-  streaming() {
+  streaming(note = "") {
     this.item.setAttribute("aria-busy", "true"); // screen readers wait for the finished reply
+    this.meta.textContent = note;
   }
 
   finish(reason, description) {
@@ -121,11 +129,31 @@ class Reply {
   }
 }
 
+// A user's message, not yet placed: `images` as for addUser.
+export function userItem(text, images) {
+  const children = [roleLabel("You"), element("div", { className: "text", textContent: text })];
+  if (images.length) children.push(element("div", { className: "images" }, images.map(imageOrChip)));
+  return element("li", { className: "message user" }, children);
+}
+
+function finishedReply(conversation, entry) {
+  const reply = new Reply(conversation);
+  reply.raw = entry.text;
+  renderMarkdown(reply.body, entry.text);
+  reply.item.dataset.finishReason = entry.partial ? "cancelled" : "stop";
+  reply.meta.textContent = entry.partial ? "cancelled" : "";
+  return reply;
+}
+
 function roleLabel(text) {
   return element("div", { className: "role", textContent: text });
 }
 
+// An attachment (with its object URL), or a history image: a thumbnail from its bytes, else a chip.
 function imageOrChip(image) {
   if (image.url) return thumbnail(image);
-  return element("span", { className: "chip", textContent: `${image.format} ${image.width}×${image.height}` });
+  const name = `${image.format} ${image.width}×${image.height}`;
+  if (!image.data) return element("span", { className: "chip", textContent: name });
+  const url = URL.createObjectURL(new Blob([image.data], { type: `image/${image.format}` }));
+  return thumbnail({ url, name }); // revoked by clear()
 }
