@@ -383,30 +383,6 @@ def test_stop_cancels_the_running_reply(server: RunningServer, open_chat: Callab
     assert chat.connection(server).session.exchanges[-1].partial
 
 
-def test_new_chat_asks_then_clears_page_and_server_history(server: RunningServer, open_chat: Callable[..., Chat]) -> None:
-    """New chat asks first: keeping the chat changes nothing; confirming sends `reset` and empties both sides."""
-    chat = open_chat(server)
-    chat.send("Hello")
-    chat.wait_done()
-    assert len(chat.connection(server).session.exchanges) == 1
-
-    chat.page.click("#new-chat")
-    dialog = chat.page.locator("#confirm-new-chat")
-    expect(dialog).to_be_visible()
-    save_screenshot(chat.page, "web-confirm-new-chat.png")
-    chat.page.click("#confirm-new-chat button[value=cancel]")
-    expect(dialog).to_be_hidden()
-    expect(chat.page.locator("#messages > li")).to_have_count(2)
-    assert not any(_unpack(f)["type"] == "reset" for f in chat.sent)
-
-    chat.page.click("#new-chat")
-    chat.page.click("#confirm-new-chat button[value=confirm]")
-    expect(chat.page.locator("#messages > li")).to_have_count(0)
-    expect(chat.page.locator("#welcome")).to_be_visible()
-    assert chat.connection(server).session.exchanges == []
-    assert any(_unpack(f)["type"] == "reset" for f in chat.sent)
-
-
 def bmp_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 24), (10, 120, 40)).save(buffer, "BMP")

@@ -123,11 +123,12 @@ def test_refused_origin_is_explained(server: RunningServer, open_chat: Callable[
     expect(chat.page.locator("#status-text")).to_have_text("Origin refused")
 
 
-def test_reconnects_with_a_real_countdown_as_a_new_session(
+def test_reconnects_with_a_real_countdown_and_resumes_after_a_restart(
     demo_dirs: DemoDirs, open_chat: Callable[..., Chat], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After the server goes away the page counts down to each retry, second by second, and when it is back
-    on the same port reconnects by itself and says the session is new."""
+    """After the server goes away the page counts down to each retry, second by second; when it is back on
+    the same port and data directory the page resumes the same session, told of the gap, and shows its
+    history again from the store."""
     first = start_server(demo_dirs.model)
     second: RunningServer | None = None
     try:
@@ -145,15 +146,17 @@ def test_reconnects_with_a_real_countdown_as_a_new_session(
         save_screenshot(chat.page, "web-reconnecting.png")
         # conftest.start_server picks a free port; pin it so the new server is where the page looks.
         monkeypatch.setattr(conftest, "free_port", lambda: first.port)
-        second = start_server(demo_dirs.model)
+        second = start_server(demo_dirs.model, Settings(data_dir=first.settings.data_dir))
         chat.wait_connected(timeout_ms=30_000)
 
-        assert chat.session_id() != old_session
-        expect(chat.page.locator(".session-break")).to_contain_text("new session")
-        expect(chat.page.locator(".message.stale")).to_have_count(2)
+        expect(chat.page.locator("#status")).to_have_attribute("data-session", old_session)
+        resumed = next(f for f in chat.received if f["type"] == "resumed")
+        assert resumed["gap"] is True  # a restart keeps the history, not the frames
+        expect(chat.page.locator(".message.user .text")).to_have_text(["Hello"])
+        expect(chat.page.locator(".message.assistant")).to_have_count(1)
         chat.send("Hello again")
         chat.wait_done()
-        assert len(chat.connection(second).session.exchanges) == 1
+        assert len(chat.connection(second).session.exchanges) == 2
         save_screenshot(chat.page, "web-chat-reconnected.png")
     finally:
         for running in (first, second):

@@ -37,6 +37,7 @@ class Relay:
     twice: bool = False
     hold_done: bool = False
     frames: list[dict[str, Any]] = field(default_factory=list)
+    forwarded: int = 0  # messages sent on to the page
     held: list[tuple[WebSocketRoute, bytes | str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,6 +54,7 @@ class Relay:
             return
         for _ in range(2 if self.twice else 1):
             ws.send(message)
+            self.forwarded += 1
 
     def release(self) -> None:
         for ws, message in self.held:
@@ -79,11 +81,12 @@ def relayed(open_chat: Callable[..., Chat]) -> Iterator[Callable[..., tuple[Chat
     yield open_
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float) -> None:
+def wait_for(page: Page, predicate: Callable[[], bool], timeout_s: float) -> None:
+    """Waits in Playwright's own loop: the relay's handlers run only while the test is inside a call."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
+        page.wait_for_timeout(50)
 
 
 def sent_since(chat: Chat, count: int) -> list[dict[str, Any]]:
@@ -161,7 +164,7 @@ def test_a_reload_during_a_reply_picks_it_up_from_its_start(
     expect(chat.page.locator(".message.user .text")).to_have_text(LONG_PROMPT)
     expect(chat.last_reply()).to_have_attribute("aria-busy", "true")
     save_screenshot(chat.page, "web-resume-streaming.png")
-    wait_for(lambda: bool(relay.held), timeout_s=120)
+    wait_for(chat.page, lambda: bool(relay.held), timeout_s=120)
     done = _unpack(relay.held[0][1])
     replayed = relay.since_last("resumed")
     assert replayed[0] == accepted, "the replay starts with the turn's `accepted`"
@@ -212,11 +215,11 @@ def test_a_dropped_connection_resumes_and_the_reply_continues_in_place(
 
 def test_frames_seen_already_are_ignored(server: RunningServer, relayed: Callable[..., tuple[Chat, Relay]]) -> None:
     """Every frame sent twice: the page takes the second copy (same seq) for what it is, a duplicate."""
-    chat, _ = relayed(server, twice=True)
+    chat, relay = relayed(server, twice=True)
     chat.send("Hello")
     chat.wait_done()
-    done = next(f for f in chat.received if f["type"] == "done")
-    assert sum(f["type"] == "done" for f in chat.received) == 2
+    done = next(f for f in relay.frames if f["type"] == "done")
+    assert relay.forwarded == 2 * len(relay.frames)
     expect(chat.page.locator(".message")).to_have_count(2)
     assert words(chat.last_reply().locator(".text").text_content() or "") == words(done["text"])
     assert current(chat.page)["lastSeq"] == done["seq"]

@@ -20,7 +20,6 @@ export class SessionLink {
 
   // A socket's `ready`: true when a `resume` went out, false when the fresh session was kept.
   ready(frame) {
-    this.stream = { session: frame.session, lastSeq: frame.seq ?? 0 };
     this.fresh = { session: frame.session, token: frame.resume_token };
     const current = this.current;
     if (!current || !frame.resume_token) return this.adoptFresh(); // a version 1 server cannot resume
@@ -32,9 +31,12 @@ export class SessionLink {
   }
 
   // False for a frame taken already (its seq at or below the last one taken): a replay never shows twice.
+  // `ready` and `forgotten` begin the stream of a new session.
   take(frame) {
-    if (typeof frame?.seq !== "number" || frame.type === "ready" || !this.stream) return true;
-    if (frame.type === "forgotten") this.stream = { session: frame.session, lastSeq: 0 };
+    if (typeof frame?.seq !== "number") return true;
+    const starts = frame.type === "ready" || frame.type === "forgotten";
+    if (starts && this.stream?.session !== frame.session) this.stream = { session: frame.session, lastSeq: 0 };
+    if (!this.stream) return true;
     if (frame.seq <= this.stream.lastSeq) return false;
     this.stream.lastSeq = frame.seq;
     if (this.current?.session === this.stream.session) {
@@ -70,7 +72,7 @@ export class SessionLink {
   }
 
   adoptFresh() {
-    this.current = { session: this.fresh.session, token: this.fresh.token, lastSeq: this.stream.lastSeq, pending: null };
+    this.current = { session: this.fresh.session, token: this.fresh.token, lastSeq: this.stream?.lastSeq ?? 0, pending: null };
     if (this.fresh.token) saveCurrent(this.current);
     else clearCurrent();
     this.shown = this.current.session;
