@@ -248,9 +248,7 @@ def test_a_conversation_that_cannot_be_resumed_starts_fresh_and_leaves_the_list(
     save_screenshot(chat.page, "web-resume-failed.png")
 
 
-def test_new_chat_asks_then_forgets_the_conversation_on_the_server(
-    server: RunningServer, open_chat: Callable[..., Chat]
-) -> None:
+def test_new_chat_asks_then_forgets_the_conversation_on_the_server(server: RunningServer, open_chat: Callable[..., Chat]) -> None:
     """New chat asks first; Cancel changes nothing; Delete sends `forget`, and the old session can no
     longer be resumed; the page reconnects for a session with a resume token of its own."""
     chat = open_chat(server)
