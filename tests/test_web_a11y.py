@@ -56,16 +56,18 @@ def audit(chat: Chat) -> list[str]:
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_chat_states_have_no_serious_violations(site: Site, open_chat: Callable[..., Chat], layout: str) -> None:
-    """The welcome, a conversation with markdown and code, the settings, a refused message and the
-    New chat dialog pass axe in this theme and width (contrast included)."""
+    """The welcome, a conversation with markdown and code, the list of chats, the settings, a refused
+    message and the New chat dialog pass axe in this theme and width (contrast included)."""
     color_scheme, viewport = LAYOUTS[layout]
     chat = open_chat(site, viewport=viewport, color_scheme=color_scheme, bypass_csp=True)
     problems = {"welcome": audit(chat)}
     chat.send("markdown")
     chat.wait_done()
+    chat.page.click("#chats-toggle")  # lists the conversation, before the clear below
+    expect(chat.page.locator("#chat-list button")).to_have_count(1)
     chat.page.evaluate("localStorage.clear()")
     chat.page.click("#settings-toggle")
-    problems["conversation and settings"] = audit(chat)
+    problems["conversation, chats and settings"] = audit(chat)
     save_screenshot(chat.page, f"web-a11y-{layout}.png")
     chat.page.click("#new-chat")
     expect(chat.page.locator("#confirm-new-chat")).to_be_visible()

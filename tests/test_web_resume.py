@@ -140,6 +140,7 @@ def test_a_reload_resumes_the_conversation_with_its_image_thumbnails(
     assert history["type"] == "history" and history["include_images"] is True
     assert all(token not in socket.url for socket in chat.sockets)
     assert token not in chat.page.content()
+    chat.page.locator(".message.user").scroll_into_view_if_needed()
     save_screenshot(chat.page, "web-resume-reload.png")
 
     chat.send("And now?")  # the resumed session takes turns: its history holds both exchanges
