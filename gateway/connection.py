@@ -84,6 +84,7 @@ class Connection:
         self.state = ConnectionState.CONNECTING
         self.owner = owner_of(settings.api_key)
         self.live = hub.create(self.owner)
+        self._fresh: LiveSession | None = self.live  # the session of `ready`, until the client resumes another
         self._registry = registry  # session id -> connection, for draining and inspection
         self.log = SessionLog(log, {"session": self.live.id})
         self._journal: Journal | None = self.live.journal  # what the writer streams; None once taken over
@@ -277,21 +278,24 @@ class Connection:
         live = await self.hub.resume(frame.session, frame.token, self.owner)
         if self.state is not ConnectionState.OPEN:
             return
-        fresh = self.live
+        fresh = self.live if self.live is self._fresh else None  # only its own unused session is discarded
         # No await from the switch to the rewind: neither writer may take a frame of `live` in between.
         self._switch_to(live)
         replayed, gap = live.journal.rewind(frame.last_seq)
         self._direct.append(
             p.ResumedFrame(session=live.id, last_seq=live.journal.last_seq, replayed=replayed, gap=gap, id=frame.id)
         )
-        await self.hub.forget(fresh)
+        if fresh is not None:
+            self._fresh = None
+            await self.hub.forget(fresh)
         self.log.info("resumed (%d frames replayed%s)", replayed, ", with a gap" if gap else "")
 
     async def _forget(self, frame: p.ForgetFrame) -> None:
         old = self.live
         self._switch_to(self.hub.create(self.owner))
+        self._fresh = self.live
         await self.hub.forget(old)
-        self.put(p.ForgottenFrame(session=self.live.id, id=frame.id))
+        self.put(p.ForgottenFrame(session=self.live.id, resume_token=self.live.token, id=frame.id))
 
     def _switch_to(self, live: LiveSession) -> None:
         """Stream `live` from now on: the writer leaves the old journal and follows the new one."""

@@ -142,6 +142,7 @@ class ResumedFrame(_Frame, tag="resumed"):
 
 class ForgottenFrame(_ServerFrame, tag="forgotten"):
     session: str  # the fresh session the connection now has
+    resume_token: str  # and its resume token
     id: str | None = None
 
 

@@ -370,3 +370,25 @@ async def test_python_client_resumes_on_its_own(durable: RunningServer) -> None:
     assert client.reconnects == 1 and result.done is not None
     assert result.text == result.done["text"] and result.done["finish_reason"] == "length"
     assert next_turn.done is not None and next_turn.accepted and next_turn.accepted["prompt_tokens"] > 20
+
+
+async def test_resuming_twice_on_one_connection_keeps_both_sessions(durable: RunningServer) -> None:
+    """A connection that resumed A and then resumes B only discards its own fresh session: A stays."""
+    a, b = await Raw(durable.ws_url).open(), await Raw(durable.ws_url).open()
+    for client in (a, b):
+        await client.send({"type": "configure", "system": f"I am {client.ready['session']}"})
+        await client.until("configured")
+    await a.close()
+    await b.close()
+    switcher = await Raw(durable.ws_url).open()
+    for client in (a, b):
+        await switcher.send({"type": "resume", "session": client.ready["session"], "token": client.ready["resume_token"]})
+        await switcher.until("resumed")
+    await switcher.close()
+    again = await Raw(durable.ws_url).open()
+    await again.send({"type": "resume", "session": a.ready["session"], "token": a.ready["resume_token"]})
+    resumed = await again.until("resumed")
+    await again.send({"type": "forget"})
+    forgotten = await again.until("forgotten")
+    await again.close()
+    assert resumed["session"] == a.ready["session"] and len(forgotten["resume_token"]) >= 22
