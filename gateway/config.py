@@ -74,6 +74,7 @@ class Settings:
     engine_queue_size: int = 64  # turns waiting for a free batch slot before `overloaded`
     max_batch: int = 16  # turns decoding together in one forward pass
     engine: str = "real"  # "scripted": no model, instant replies (protocol tests, benchmarks)
+    kv_cache_bytes: int = 256 * MiB  # finished turns' KV held for prompts that start the same way; 0 disables
 
     # Access and image URLs.
     api_key: str | None = None  # when set, /v1/* and /ws need it (Bearer header or `bearer.<key>` subprotocol)

@@ -11,6 +11,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from gateway.engine.detok import TextStream
 from gateway.engine.loader import LoadedModel
+from gateway.engine.prefix_cache import HeldPrefix, LayerStates
 from gateway.engine.prompt import ModelInputs
 from gateway.engine.sampling import choose_token, make_generator
 from gateway.engine.types import GenerationRequest
@@ -27,6 +28,8 @@ class Sequence:
     position: int = 0  # the text position of the next token fed (rope offset included)
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None  # context ids, kept only when a repetition penalty needs them
+    prompt_ids: tuple[int, ...] | None = None  # set for prompts whose KV may be held after the turn
+    cached_tokens: int = 0  # prompt tokens whose KV came from a held prefix
     token_ids: list[int] = field(default_factory=list)
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -86,12 +89,39 @@ class Batch:
             **self._adapter_args(seqs),
         )
         for seq, item in zip(seqs, inputs):
-            seq.prompt_tokens = item.prompt_tokens
-            seq.position = item.prompt_tokens + delta
-            seq.generator = make_generator(seq.request.params, device)
-            if seq.request.params.repetition_penalty != 1.0:
-                seq.seen = item.input_ids[0].to(device)
+            self._start(seq, item, delta)
         return out.logits[:, -1], _cache_of(out), mask
+
+    @torch.inference_mode()
+    def prefill_on(self, seq: Sequence, item: ModelInputs, held: HeldPrefix) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Prefill a text-only prompt's tokens after a held prefix on top of that prefix's KV, positions
+        continuing from it; return what `prefill` does for one sequence."""
+        device = self.loaded.device
+        cache = DynamicCache()
+        for index, (keys, values) in enumerate(held.layers):
+            cache.update(keys[:, :, : held.length].to(device), values[:, :, : held.length].to(device), index)
+        input_ids = item.input_ids[:, held.length :].to(device)
+        mask = torch.ones(1, item.prompt_tokens, dtype=torch.long, device=device)
+        text = torch.arange(held.length, item.prompt_tokens, device=device).view(1, -1)
+        positions = text.unsqueeze(0).expand(3, -1, -1) if self._rope is not None else text
+        out = self.loaded.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            **self._adapter_args([seq]),
+        )
+        self._start(seq, item, 0)
+        seq.cached_tokens = held.length
+        return out.logits[:, -1], _cache_of(out), mask
+
+    def _start(self, seq: Sequence, item: ModelInputs, delta: int) -> None:
+        seq.prompt_tokens = item.prompt_tokens
+        seq.position = item.prompt_tokens + delta
+        seq.generator = make_generator(seq.request.params, self.loaded.device)
+        if seq.request.params.repetition_penalty != 1.0:
+            seq.seen = item.input_ids[0].to(self.loaded.device)
 
     def _prompt_positions(
         self, input_ids: torch.Tensor, mask: torch.Tensor, extras: dict[str, torch.Tensor]
@@ -195,6 +225,16 @@ class Batch:
 
 
 _EMPTY = torch.empty(0, dtype=torch.long)
+
+
+def row_states(cache: Any, mask: torch.Tensor, row: int) -> LayerStates:
+    """One row's real (unpadded) keys and values per layer, copied out of a shared left-padded cache.
+    Real columns are always a row's rightmost ones: padding only ever goes on the left."""
+    start = mask.shape[1] - int(mask[row].sum().item())
+    return [
+        (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
+        for layer in cache.layers
+    ]
 
 
 def _pad_left(cache: Any, n: int) -> None:

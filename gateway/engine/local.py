@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from gateway.engine.batch import Batch, Sequence, supports_batching
+from gateway.engine.batch import Batch, Sequence, row_states, supports_batching
 from gateway.engine.detok import TextStream
 from gateway.engine.loader import LoadedModel
+from gateway.engine.prefix_cache import PrefixCache
 from gateway.engine.probe import probe_vision
 from gateway.engine.prompt import ModelInputs
 from gateway.engine.relay import EventRelay
@@ -60,6 +61,7 @@ class LocalEngine:
         max_prefills_per_step: int = 16,
         image_cache_bytes: int = 256 << 20,
         image_workers: int = 2,
+        kv_cache_bytes: int = 256 << 20,
     ) -> None:
         self.loaded = loaded
         self.model_id = loaded.model_id
@@ -78,6 +80,7 @@ class LocalEngine:
         self.max_prefills_per_step = max_prefills_per_step
         self.queue_size = queue_size
         self.tokens_generated = 0  # written only by the generation thread
+        self.prefix_cache = PrefixCache(kv_cache_bytes)  # finished turns' KV; the generation thread's alone
         self.busy = threading.Event()  # set while any turn is on the model
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -208,17 +211,36 @@ class LocalEngine:
         if ready:
             self.busy.set()
         text_only = [pair for pair in ready if not pair[1].extras]
+        cold = [pair for pair in text_only if not self._prefill_warm(batch, *pair)]
         # Cheap text prompts first: a turn with many images must not hold up the first token of the
         # text turns admitted with it.
-        groups = [text_only] if text_only and self.max_batch > 1 else [[pair] for pair in text_only]
+        groups = [cold] if cold and self.max_batch > 1 else [[pair] for pair in cold]
         groups.extend([pair] for pair in ready if pair[1].extras)
         for group in groups:
             self._prefill_group(batch, group)
 
-    def _prefill_group(self, batch: Batch, group: list[tuple[Sequence, ModelInputs]]) -> None:
+    def _prefill_warm(self, batch: Batch, seq: Sequence, inputs: ModelInputs) -> bool:
+        """Prefill a text-only prompt on the longest held prefix of its token ids; False when none is
+        held (or reuse is off), leaving it to the cold prefill. Images never reuse: their 3-D positions
+        would need the held prefix's rope offset."""
+        if self.prefix_cache.max_bytes <= 0:
+            return False
+        seq.prompt_ids = tuple(inputs.input_ids[0].tolist())
+        held = self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids)
+        if held is None:
+            return False
+        self._prefill_group(batch, [(seq, inputs)], lambda: batch.prefill_on(seq, inputs, held))
+        return True
+
+    def _prefill_group(
+        self,
+        batch: Batch,
+        group: list[tuple[Sequence, ModelInputs]],
+        run: Callable[[], tuple[torch.Tensor, Any, torch.Tensor]] | None = None,
+    ) -> None:
         seqs = [seq for seq, _ in group]
         try:
-            logits, cache, mask = batch.prefill(seqs, [inputs for _, inputs in group])
+            logits, cache, mask = run() if run else batch.prefill(seqs, [inputs for _, inputs in group])
             if not supports_batching(cache) and self.max_batch > 1:
                 log.warning("this model's cache cannot be merged; decoding one turn at a time")
                 self.max_batch = 1
@@ -228,6 +250,7 @@ class LocalEngine:
             for seq in seqs:
                 self._finish(seq, "error", "generation failed")
             return
+        self._hold(seqs, cache, mask, alive)
         if alive:
             if len(alive) < len(seqs):
                 cache.batch_select_indices(torch.tensor(alive, device=mask.device))
@@ -253,7 +276,21 @@ class LocalEngine:
             batch.keep([])
             return
         keep = [i for i, seq in enumerate(batch.sequences) if not self._after_token(seq, batch.choose(seq, logits[i]))]
+        self._hold(batch.sequences, batch.cache, batch.mask, keep)
         batch.keep(keep)
+
+    def _hold(self, seqs: list[Sequence], cache: Any, mask: Any, alive: list[int]) -> None:
+        """Keep the KV of the sequences that just finished (prompt and every reply token fed; the last
+        one sampled never was) for later prompts that start the same way."""
+        try:
+            for row in sorted(set(range(len(seqs))) - set(alive)):
+                seq = seqs[row]
+                if seq.prompt_ids is not None:
+                    ids = seq.prompt_ids + tuple(seq.token_ids[:-1])
+                    self.prefix_cache.store(seq.request.adapter, ids, row_states(cache, mask, row))
+        except Exception:  # holding is an optimisation: a failure (out of memory) costs a later prefill only
+            log.exception("holding a finished turn's KV failed")
+            self.prefix_cache.clear()
 
     def _after_token(self, seq: Sequence, token: int) -> bool:
         """Stream one sampled token's text; True when the turn ended with it."""
@@ -290,6 +327,7 @@ class LocalEngine:
             total_ms=(now - job.submitted) * 1000,
             tokens_per_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
             error=error,
+            cached_tokens=seq.cached_tokens,
         )
         self._emit(job, job.sink.on_done, result)
 

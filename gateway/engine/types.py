@@ -62,6 +62,7 @@ class GenerationResult:
     total_ms: float
     tokens_per_s: float  # decode rate: tokens after the first over the time since the first
     error: str | None = None
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier turn, not prefilled
 
     @property
     def completion_tokens(self) -> int:

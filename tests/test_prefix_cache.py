@@ -1,0 +1,116 @@
+"""Held KV prefixes: longest exact match, LRU within a byte budget, and replies identical with reuse on and off."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import torch
+
+from gateway.engine.loader import load_model
+from gateway.engine.local import LocalEngine
+from gateway.engine.prefix_cache import PrefixCache, states_bytes
+from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
+from tests.conftest import DemoDirs
+from tests.test_engine import Collector
+
+GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+
+
+def states(tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(torch.zeros(1, 2, tokens, 4), torch.zeros(1, 2, tokens, 4)) for _ in range(2)]
+
+
+def test_lookup_finds_the_longest_exact_prefix_within_an_adapter() -> None:
+    """The longest common prefix wins, at least one token is left to prefill, adapters never mix."""
+    cache = PrefixCache(1 << 20)
+    cache.store(None, (1, 2, 3), states(3))
+    cache.store(None, (1, 2, 9, 9, 9), states(5))
+    cache.store("tuned", (1, 2, 3, 4, 5), states(5))
+    held = cache.lookup(None, (1, 2, 3, 4))
+    assert held is not None and held.length == 3
+    full = cache.lookup(None, (1, 2, 3))
+    assert full is not None and full.length == 2
+    assert cache.lookup(None, (7, 1, 2)) is None
+    tuned = cache.lookup("tuned", (1, 2, 3, 4, 5, 6))
+    assert tuned is not None and tuned.length == 5
+
+
+def test_an_extension_replaces_the_prefix_it_extends() -> None:
+    """Storing a longer sequence drops held entries that are its prefixes."""
+    cache = PrefixCache(1 << 20)
+    cache.store(None, (1, 2), states(2))
+    cache.store(None, (1, 2, 3, 4), states(4))
+    assert len(cache) == 1 and cache.bytes == states_bytes(states(4))
+
+
+def test_held_bytes_never_exceed_the_budget_and_the_least_recent_go_first() -> None:
+    """Over budget, the least recently used entry is evicted; an entry larger than the budget is not held."""
+    one = states_bytes(states(4))
+    cache = PrefixCache(3 * one)
+    for first in range(3):
+        cache.store(None, (first, 1, 2, 3), states(4))
+    assert cache.lookup(None, (0, 1, 2, 3, 4)) is not None  # 0 is now the most recent
+    cache.store(None, (5, 1, 2, 3), states(4))
+    assert cache.bytes <= cache.max_bytes and len(cache) == 3
+    assert cache.lookup(None, (1, 1, 2, 3, 4)) is None  # evicted
+    assert cache.lookup(None, (0, 1, 2, 3, 4)) is not None
+    cache.store(None, (8,) * 20, states(20))
+    assert cache.bytes <= cache.max_bytes and cache.lookup(None, (8,) * 21) is None
+
+
+@pytest.fixture
+async def engines(demo_dirs: DemoDirs) -> AsyncIterator[tuple[LocalEngine, LocalEngine]]:
+    warm = LocalEngine(load_model(demo_dirs.model), max_batch=8)
+    cold = LocalEngine(load_model(demo_dirs.model), max_batch=8, kv_cache_bytes=0)
+    warm.start()
+    cold.start()
+    yield warm, cold
+    await asyncio.to_thread(warm.stop)
+    await asyncio.to_thread(cold.stop)
+
+
+async def generate(engine: LocalEngine, messages: list[ChatMessage], params: SamplingParams = GREEDY) -> GenerationResult:
+    sink = Collector()
+    engine.submit(GenerationRequest(messages=messages, params=params), sink)
+    return await asyncio.wait_for(sink.done, 60)
+
+
+async def converse(engine: LocalEngine, turns: int, opening: str) -> list[GenerationResult]:
+    history = [ChatMessage("system", "You are terse.")]
+    results = []
+    for turn in range(turns):
+        history.append(ChatMessage("user", f"{opening} question number {turn} about the sky"))
+        result = await generate(engine, history)
+        history.append(ChatMessage("assistant", result.text))
+        results.append(result)
+    return results
+
+
+async def test_ten_turns_are_identical_with_reuse_on_and_off(engines: tuple[LocalEngine, LocalEngine]) -> None:
+    """Greedy replies over a 10-turn conversation match token for token; later turns reuse held KV."""
+    warm, cold = engines
+    with_reuse = await converse(warm, 10, "a")
+    without = await converse(cold, 10, "a")
+    assert [r.token_ids for r in with_reuse] == [r.token_ids for r in without]
+    assert with_reuse[0].cached_tokens == 0 and all(r.cached_tokens > 0 for r in with_reuse[1:])
+    assert all(r.cached_tokens == 0 for r in without)
+    assert warm.prefix_cache.bytes <= warm.prefix_cache.max_bytes
+
+
+async def test_a_batch_mixing_warm_and_cold_turns_matches_cold(engines: tuple[LocalEngine, LocalEngine]) -> None:
+    """Warm continuations and cold prompts admitted together each get their solo tokens."""
+    warm, cold = engines
+    histories = []
+    for opening in ("first", "second", "third"):
+        history = [ChatMessage("user", f"{opening} thing to say")]
+        reply = await generate(warm, history)
+        histories.append([*history, ChatMessage("assistant", reply.text), ChatMessage("user", "and then?")])
+    fresh = [[ChatMessage("user", f"unrelated prompt {n} with words")] for n in range(3)]
+    prompts = [p for pair in zip(histories, fresh) for p in pair]
+    params = [SamplingParams(temperature=0, max_tokens=8 + 3 * i, ignore_eos=True) for i in range(len(prompts))]
+    together = await asyncio.gather(*(generate(warm, m, p) for m, p in zip(prompts, params)))
+    solo = [await generate(cold, m, p) for m, p in zip(prompts, params)]
+    assert [r.token_ids for r in together] == [r.token_ids for r in solo]
+    assert all(w.cached_tokens > c.cached_tokens for w, c in zip(together[0::2], together[1::2]))
