@@ -232,8 +232,7 @@ def row_states(cache: Any, mask: torch.Tensor, row: int) -> LayerStates:
     Real columns are always a row's rightmost ones: padding only ever goes on the left."""
     start = mask.shape[1] - int(mask[row].sum().item())
     return [
-        (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
-        for layer in cache.layers
+        (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone()) for layer in cache.layers
     ]
 
 
