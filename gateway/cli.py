@@ -138,6 +138,9 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-tokens", dest="max_tokens", type=int, default=64)
     bench.add_argument("--prompt-words", dest="prompt_words", type=int, default=48)
     bench.add_argument("--images", type=int, default=0, help="images per turn")
+    bench.add_argument(
+        "--history", type=int, default=0, help="instead: one conversation of N turns, TTFT by turn with KV reuse and without"
+    )
     bench.add_argument("--baseline", action="store_true", help="also measure raw generate, single and static batch")
     bench.add_argument("--direct-url", dest="direct_url", help="also run the load straight to this OpenAI-compatible server")
     bench.add_argument("--port", type=int, default=8765, help="port for the started gateway")
