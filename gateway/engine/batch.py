@@ -98,8 +98,11 @@ class Batch:
         continuing from it; return what `prefill` does for one sequence."""
         device = self.loaded.device
         cache = DynamicCache()
-        for index, (keys, values) in enumerate(held.layers):
-            cache.update(keys[:, :, : held.length].to(device), values[:, :, : held.length].to(device), index)
+        for keys, values in held.layers:  # views, not copies: the forward pass concatenates onto them
+            layer = DynamicLayer()  # type: ignore[no-untyped-call]
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys[:, :, : held.length].to(device), values[:, :, : held.length].to(device)
+            cache.layers.append(layer)
         input_ids = item.input_ids[:, held.length :].to(device)
         mask = torch.ones(1, item.prompt_tokens, dtype=torch.long, device=device)
         text = torch.arange(held.length, item.prompt_tokens, device=device).view(1, -1)
