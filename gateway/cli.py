@@ -37,7 +37,13 @@ def build_engine(settings: Settings) -> Engine:
         chat_template=settings.chat_template,
     )
     return LocalEngine(
-        loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens, max_batch=settings.max_batch
+        loaded,
+        queue_size=settings.engine_queue_size,
+        context_tokens=settings.context_tokens,
+        max_batch=settings.max_batch,
+        image_cache_bytes=settings.image_cache_bytes,
+        image_workers=settings.image_workers,
+        kv_cache_bytes=settings.kv_cache_bytes,
     )
 
 

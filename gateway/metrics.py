@@ -29,11 +29,15 @@ class Metrics:
         )
         self.active_turns = Gauge("gateway_turns_active", "Turns on the model", registry=r)
         self.queued_turns = Gauge("gateway_turns_queued", "Turns waiting for a batch slot", registry=r)
+        self.kv_bytes = Gauge("gateway_kv_cache_bytes", "Bytes of finished turns' KV held for reuse", registry=r)
+        self.kv_hit_rate = Gauge("gateway_kv_cache_hit_rate", "Share of prefills that started from held KV", registry=r)
 
     def watch_engine(self, load: Callable[[], EngineLoad]) -> None:
         """Read active/queued counts from the engine at scrape time."""
         self.active_turns.set_function(lambda: float(load().active))
         self.queued_turns.set_function(lambda: float(load().waiting))
+        self.kv_bytes.set_function(lambda: float(load().kv_cache_bytes))
+        self.kv_hit_rate.set_function(lambda: _rate(load()))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -45,3 +49,8 @@ class Metrics:
             self.ttft.observe(result.ttft_ms / 1000)
         if result.tokens_per_s > 0:
             self.inter_token.observe(1 / result.tokens_per_s)
+
+
+def _rate(load: EngineLoad) -> float:
+    lookups = load.kv_cache_hits + load.kv_cache_misses
+    return load.kv_cache_hits / lookups if lookups else 0.0

@@ -89,8 +89,8 @@ def _failure(result: GenerationResult) -> GatewayError | None:
     return None
 
 
-def _usage(result: GenerationResult) -> dict[str, int]:
-    return schema.usage_body(result.prompt_tokens, result.completion_tokens)
+def _usage(result: GenerationResult) -> dict[str, Any]:
+    return schema.usage_body(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
 
 
 @dataclass(frozen=True)

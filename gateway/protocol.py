@@ -166,6 +166,7 @@ class Usage(Struct):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV was held from an earlier turn, not computed again
 
 
 class Timing(Struct):

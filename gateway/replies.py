@@ -61,6 +61,7 @@ def done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
             total_tokens=result.prompt_tokens + result.completion_tokens,
+            cached_tokens=result.cached_tokens,
         ),
         timing=p.Timing(
             ttft_ms=None if result.ttft_ms is None else round(result.ttft_ms, 2),

@@ -116,8 +116,16 @@ class LocalEngine:
         return request.handle
 
     def load(self) -> EngineLoad:
+        held = self.prefix_cache  # written by the generation thread: these three are a moment's reading
         with self._lock:
-            return EngineLoad(active=self._active, waiting=len(self._waiting), capacity=self.max_batch)
+            return EngineLoad(
+                active=self._active,
+                waiting=len(self._waiting),
+                capacity=self.max_batch,
+                kv_cache_bytes=held.bytes,
+                kv_cache_hits=held.hits,
+                kv_cache_misses=held.misses,
+            )
 
     def health(self) -> EngineHealth:
         if self._thread.is_alive() or not self._thread.ident:

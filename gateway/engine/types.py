@@ -109,6 +109,9 @@ class EngineLoad:
     active: int  # turns generating now
     waiting: int  # turns admitted but waiting for a slot
     capacity: int  # turns that can generate at once
+    kv_cache_bytes: int = 0  # finished turns' KV held for reuse
+    kv_cache_hits: int = 0  # prefills that started from held KV
+    kv_cache_misses: int = 0
 
 
 @dataclass(frozen=True)
