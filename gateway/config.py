@@ -97,6 +97,16 @@ class Settings:
     upstream_health_interval_s: float = 2.0
     upstream_max_in_flight: int = 256  # turns streaming at once, all upstreams together
 
+    # The door: sockets before their request is read, and who may ask at all (gateway/door.py, hosts.py).
+    header_timeout_s: float = 10.0  # a request line and headers must arrive within this long, else the socket is closed
+    body_timeout_s: float = 30.0  # an HTTP request body must arrive within this long of its headers, else 408
+    max_header_bytes: int = 8192  # request line and headers together; beyond it, 431 (the WebSocket parser's line cap)
+    max_headers: int = 100  # header lines per request; beyond it, 431
+    max_pending_handshakes: int = 256  # sockets still sending their first request; beyond it, the oldest is closed
+    accept_error_log_interval_s: float = 10.0  # failed accept() calls (out of descriptors) logged at most this often
+    allowed_hosts: str = ""  # comma-separated Host names; "" = localhost and the bound host; "*" = any; IPs always pass
+    metrics_public: bool = False  # serve /metrics without the API key
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
 from types import FrameType
 from typing import Any
@@ -14,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.websockets import WebSocket
 
 from gateway.config import Settings
+from gateway.door import Door, DoorProtocol, throttle_accept_errors
 from gateway.errors import CloseCode
 
 log = logging.getLogger("gateway.server")
@@ -25,11 +27,16 @@ class DrainingServer(uvicorn.Server):
     shut down. (uvicorn alone closes WebSockets with 1012 at once, cutting turns mid-stream.)
     A second signal skips the wait."""
 
-    def __init__(self, config: uvicorn.Config, app: Starlette, drain_timeout_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, app: Starlette, settings: Settings) -> None:
         super().__init__(config)
         self.app = app
-        self.drain_timeout_s = drain_timeout_s
+        self.drain_timeout_s = settings.drain_timeout_s
+        self.accept_error_log_interval_s = settings.accept_error_log_interval_s
         self._drain: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        throttle_accept_errors(asyncio.get_running_loop(), self.accept_error_log_interval_s)
+        await super().startup(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain is None and getattr(self.app.state, "connections", None) is not None:
@@ -75,11 +82,14 @@ def transport_of(websocket: WebSocket) -> Any:
 
 
 def make_server(app: Starlette, settings: Settings, **overrides: Any) -> DrainingServer:
-    """A uvicorn server for `app` with the WebSocket limits the protocol needs and a draining shutdown."""
+    """A uvicorn server for `app` with the door's bounds, the WebSocket limits the protocol needs and a
+    draining shutdown."""
     options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        http=DoorProtocol.bound_to(Door.from_settings(settings)),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         ws_max_size=settings.max_frame_bytes,
         ws_max_queue=settings.max_inbound_queue,  # a flooding client waits on TCP, not on our memory
         ws_ping_interval=settings.keepalive_interval_s,
@@ -87,7 +97,7 @@ def make_server(app: Starlette, settings: Settings, **overrides: Any) -> Drainin
         timeout_graceful_shutdown=10,
     )
     config = uvicorn.Config(app, **(options | overrides))
-    return DrainingServer(config, app, settings.drain_timeout_s)
+    return DrainingServer(config, app, settings)
 
 
 def serve(app: Starlette, settings: Settings) -> None:
