@@ -1,4 +1,4 @@
-"""The application factory: routes, static web client, and a lifespan that loads and frees the engine."""
+"""The application factory: routes, static web client, the Host guard, and a lifespan that loads and frees the engine."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from gateway import openai
+from gateway.auth import bearer_accepted
 from gateway.config import Settings
 from gateway.engine.types import Engine
+from gateway.hosts import HostGuard, host_policy
 from gateway.hub import SessionHub
 from gateway.metrics import Metrics
 from gateway.status import status_endpoint
@@ -74,7 +77,8 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
     if WEB_DIR.is_dir():
         routes.append(Route("/", lambda request: RedirectResponse("/web/index.html")))
         routes.append(Mount("/web", StaticFiles(directory=WEB_DIR, html=True), name="web"))
-    return Starlette(routes=routes, lifespan=lifespan)
+    guard = Middleware(HostGuard, policy=host_policy(settings))
+    return Starlette(routes=routes, middleware=[guard], lifespan=lifespan)
 
 
 async def _load(app: Starlette, settings: Settings, factory: EngineFactory) -> None:
@@ -99,6 +103,9 @@ def _serve_engine(app: Starlette, engine: Engine) -> None:
 
 
 async def metrics_endpoint(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    if not settings.metrics_public and not bearer_accepted(request.headers.get("authorization"), settings.api_key):
+        return JSONResponse({"error": "missing or incorrect API key"}, 401, headers={"WWW-Authenticate": "Bearer"})
     body, content_type = request.app.state.metrics.render()
     return Response(body, media_type=content_type)
 

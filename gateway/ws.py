@@ -13,6 +13,7 @@ from gateway.auth import websocket_accepted
 from gateway.config import Settings
 from gateway.connection import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Connection
 from gateway.engine.types import Engine
+from gateway.hosts import host_policy
 from gateway.hub import SessionHub
 from gateway.metrics import Metrics
 
@@ -84,14 +85,17 @@ def _refusal(websocket: WebSocket, settings: Settings, engine: Engine | None, dr
 
 def _origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
     """Browsers always send Origin; a page from another site must not ride a user's access
-    (cross-site WebSocket hijacking). Clients without Origin are not browsers and pass."""
+    (cross-site WebSocket hijacking). Clients without Origin are not browsers and pass. Same origin
+    alone is not enough: after DNS rebinding an attacker's page is same-origin with its own name, so
+    that name must also be one the server answers for."""
     origin = websocket.headers.get("origin")
     if origin is None:
         return True
     allowed = {o.strip().rstrip("/") for o in settings.allowed_origins.split(",") if o.strip()}
     if "*" in allowed or origin.rstrip("/") in allowed:
         return True
-    return urlsplit(origin).netloc == websocket.headers.get("host")
+    netloc = urlsplit(origin).netloc
+    return netloc == websocket.headers.get("host") and host_policy(settings).allows(netloc)
 
 
 async def _deny(websocket: WebSocket, status: int, reason: str) -> None:
