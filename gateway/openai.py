@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -86,6 +86,9 @@ async def _answering_errors(request: Request, endpoint: Callable[[], Awaitable[R
         return exc.response()
     except GatewayError as exc:
         return ApiError.from_gateway(exc).response()
+    except ClientDisconnect:  # the client left mid-body (or its body timed out): nobody reads an answer
+        log.debug("%s %s: the client disconnected before its body arrived", request.method, request.url.path)
+        return Response(status_code=400)
     except Exception:  # a bug: log it, tell the client nothing about it
         log.exception("%s %s failed", request.method, request.url.path)
         return ApiError(500, "internal server error", "server_error", ErrorCode.INTERNAL.value).response()
@@ -124,14 +127,16 @@ async def list_models(request: Request) -> Response:
 
 async def retrieve_model(request: Request) -> Response:
     model_id = request.path_params["model_id"]
-    for entry in _model_entries(_ready_turns(request).engine):
+    engine = _ready_turns(request).engine
+    for entry in _model_entries(engine):
         if entry["id"] == model_id:
             return JSONResponse(entry)
-    raise _model_not_found(model_id)
+    raise _model_not_found(model_id, engine)
 
 
-def _model_not_found(model_id: str) -> ApiError:
-    message = f"The model `{model_id[:200]}` does not exist or you do not have access to it."
+def _model_not_found(model_id: str, engine: Engine) -> ApiError:
+    served = ", ".join(f"`{entry['id']}`" for entry in _model_entries(engine))
+    message = f"The model `{model_id[:200]}` does not exist or you do not have access to it. This server has {served}."
     return ApiError(404, message, "invalid_request_error", "model_not_found", "model")
 
 
@@ -146,7 +151,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         adapter = turns.adapter_for(chat.model)
     except GatewayError:
-        raise _model_not_found(chat.model) from None
+        raise _model_not_found(chat.model, turns.engine) from None
     _check_limits(chat, prompt, turns)
     messages = await _chat_messages(prompt, turns)
     params = await _sampling_params(chat, messages, turns)
@@ -160,6 +165,10 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    # A browser sends text/plain (and form types) cross-site without a preflight; JSON needs one.
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(415, "the body must be JSON sent as Content-Type: application/json", code="unsupported_media_type")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the request body is over the {limit}-byte limit", code=ErrorCode.TOO_LARGE.value)

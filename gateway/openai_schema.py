@@ -113,6 +113,8 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
         raise _schema_error(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise SchemaError(f"the body is not valid JSON: {str(exc)[:200]}") from None
+    except UnicodeDecodeError:  # msgspec lets it through from a string with invalid UTF-8
+        raise SchemaError("the body is not valid UTF-8") from None
     _check_consistency(request)
     return request
 

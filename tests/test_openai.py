@@ -72,7 +72,7 @@ def submitted(api: RunningServer, monkeypatch: pytest.MonkeyPatch) -> list[Gener
 
 
 def post(api: RunningServer, body: Any, key: str | None = API_KEY, **kwargs: Any) -> requests.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     return requests.post(f"{api.http_url}/v1/chat/completions", data=data, headers=headers, timeout=60, **kwargs)
 
