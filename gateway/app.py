@@ -35,7 +35,8 @@ EngineFactory = Callable[[Settings], Engine]
 
 
 def create_app(settings: Settings, engine: Engine | None = None, engine_factory: EngineFactory | None = None) -> Starlette:
-    """Build the app around a ready engine, or one the factory builds in the background after start-up."""
+    """Build the app around a ready engine, or one the factory builds in the background after start-up.
+    (`gateway serve` loads its engine before it listens, so a model that cannot load stops it at once.)"""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -5,19 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from websockets.exceptions import WebSocketException
 
 from gateway.client import GatewayClient, TurnResult
+from gateway.startup import model_dir as resolve_model_dir
+
+T = TypeVar("T")
+QUIET_LOADING = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # model-loading bars would cut through the bench's own
+
+
+class BenchError(Exception):
+    """The gateway could not be started or reached; the message says why, in one line."""
+
 
 PROMPT_WORDS = "the red house on the left shows a small cat and a large dog under one blue sky".split()
 
@@ -98,11 +107,15 @@ async def _session(config: BenchConfig, index: int, results: list[TurnResult], t
 async def run_load(config: BenchConfig) -> LoadReport:
     """Run `sessions` concurrent sessions of `turns` turns each; measure latencies and throughput."""
     results: list[TurnResult] = []
-    bar = _progress(config.sessions * config.turns, config.progress, f"{config.sessions} sessions")
+    bar = _progress(
+        config.sessions * config.turns, config.progress, f"{config.sessions} session{'s' if config.sessions > 1 else ''}"
+    )
     started = time.perf_counter()
-    await asyncio.gather(*(_session(config, i, results, bar.update) for i in range(config.sessions)))
+    try:
+        await asyncio.gather(*(_session(config, i, results, bar.update) for i in range(config.sessions)))
+    finally:
+        bar.close()  # before any error is printed, so the two do not share a line
     wall = time.perf_counter() - started
-    bar.close()
     done = [r for r in results if r.done is not None]
     ttft = [(r.token_times[0] - r.sent_at) * 1000 for r in done if r.token_times]
     itl = [(b - a) * 1000 for r in done for a, b in zip(r.token_times, r.token_times[1:])]
@@ -149,11 +162,13 @@ async def late_joiner(config: BenchConfig) -> dict[str, float]:
 def baselines(model_dir: str, batch: int, max_tokens: int, prompt_words: int, images: int) -> dict[str, float]:
     """Raw transformers `generate` on the same model and prompt: one stream, then one static batch."""
     import torch
+    from transformers.utils import logging as transformers_logging
 
     from gateway.engine.loader import load_model
     from gateway.engine.types import ChatMessage
     from gateway.images import ImageLimits, check_image
 
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     loaded = load_model(model_dir)
     picture = check_image(bench_image(), ImageLimits(max_bytes=1 << 24, max_pixels=1 << 24))
     chat_images = (picture,) * images
@@ -192,7 +207,7 @@ def local_server(model_dir: str | None, port: int, engine: str) -> Iterator[str]
         command += ["--model", model_dir]
     if engine == "scripted":
         command += ["--engine", "scripted"]
-    process = subprocess.Popen(command, env={**os.environ, "GATEWAY_ENGINE_QUEUE_SIZE": "1024"})
+    process = subprocess.Popen(command, env={**os.environ, **QUIET_LOADING, "GATEWAY_ENGINE_QUEUE_SIZE": "1024"})
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/healthz", process)
         yield f"ws://127.0.0.1:{port}/ws"
@@ -208,7 +223,7 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float =
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError("the gateway exited before it was ready")
+            raise BenchError("the gateway started for the benchmark exited before it was ready (its error is above)")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -216,7 +231,7 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float =
         except OSError:
             pass
         time.sleep(0.2)
-    raise RuntimeError("the gateway did not become ready in time")
+    raise BenchError(f"the gateway started for the benchmark was not ready within {timeout_s:.0f} s")
 
 
 def _progress(total: int, enabled: bool, label: str) -> Any:
@@ -229,10 +244,20 @@ def run_bench(args: Any) -> dict[str, Any]:
     """The whole benchmark: 1 session, N sessions, the late joiner, then the baselines; with ratios."""
     from gateway.engine.demo import cached_demo_model
 
-    model_dir = args.model or (None if args.url or args.engine == "scripted" else str(cached_demo_model(args.size)))
+    model_dir = str(resolve_model_dir(args.model)) if args.model else None
+    if model_dir is None and not args.url and args.engine == "real":
+        model_dir = str(cached_demo_model(args.size))
     if getattr(args, "history", 0) and model_dir:
         return run_history(model_dir, args.history, args.prompt_words, args.max_tokens)
-    report: dict[str, Any] = {"model": model_dir or args.url, "engine": args.engine, "max_tokens": args.max_tokens}
+    report: dict[str, Any] = {
+        "model": model_dir or args.url,
+        "engine": args.engine,
+        "sessions": args.sessions,
+        "turns_per_session": args.turns,
+        "max_tokens": args.max_tokens,
+        "prompt_words": args.prompt_words,
+        "images": args.images,
+    }
     with contextlib.ExitStack() as stack:
         url = args.url or stack.enter_context(local_server(model_dir, args.port, args.engine))
         config = BenchConfig(
@@ -244,9 +269,9 @@ def run_bench(args: Any) -> dict[str, Any]:
             images=args.images,
             progress=not args.json,
         )
-        asyncio.run(run_load(BenchConfig(**{**asdict(config), "sessions": 1, "turns": 1, "max_tokens": 8})))  # warm-up
-        single = asyncio.run(run_load(BenchConfig(**{**asdict(config), "sessions": 1})))
-        many = asyncio.run(run_load(config))
+        _run(run_load(BenchConfig(**{**asdict(config), "sessions": 1, "turns": 1, "max_tokens": 8})), url)  # warm-up
+        single = _run(run_load(BenchConfig(**{**asdict(config), "sessions": 1})), url)
+        many = _run(run_load(config), url)
         report["gateway_1_session"] = {
             **asdict(single),
             "tokens_per_s": round(single.tokens_per_s, 2),
@@ -258,7 +283,7 @@ def run_bench(args: Any) -> dict[str, Any]:
             "frames_per_s": round(many.frames_per_s, 1),
         }
         if args.sessions > 1 and args.engine == "real":
-            joiner = asyncio.run(late_joiner(config))
+            joiner = _run(late_joiner(config), url)
             # the target: its own prefill (a lone turn's TTFT) plus two decode steps of the full batch
             budget = single.ttft_ms["p50"] + 2 * many.itl_ms["p50"]
             report["late_joiner"] = {**joiner, "budget_ms": round(budget, 3), "within_budget": joiner["ttft_ms"] <= budget}
@@ -366,19 +391,9 @@ def direct_comparison(args: Any, through: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def print_report(report: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(report, indent=2))
-        return
-    for key, value in report.items():
-        if isinstance(value, dict):
-            print(f"{key}:")
-            for k, v in value.items():
-                print(f"  {k}: {v}")
-        else:
-            print(f"{key}: {value}")
-
-
-def write_report(report: dict[str, Any], path: str | None) -> None:
-    if path:
-        Path(path).write_text(json.dumps(report, indent=2))
+def _run(work: Coroutine[Any, Any, T], url: str) -> T:
+    """Run one phase; a gateway that cannot be reached (or refuses) is a BenchError, not a traceback."""
+    try:
+        return asyncio.run(work)
+    except (OSError, WebSocketException) as exc:
+        raise BenchError(f"cannot talk to the gateway at {url}: {str(exc) or type(exc).__name__}") from None

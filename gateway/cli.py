@@ -1,4 +1,4 @@
-"""Command line: `gateway serve` runs the server, `gateway demo-model DIR` writes the demo model."""
+"""Command line: `gateway serve` runs the server, `gateway bench` measures one, `gateway demo-model` writes the demo model."""
 
 from __future__ import annotations
 
@@ -7,82 +7,64 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from gateway import __version__
 from gateway.config import Settings
-from gateway.engine.types import Engine
+from gateway.startup import StartupError, build_engine, parse_adapters
+
+log = logging.getLogger("gateway.cli")
+DEFAULTS = Settings()
 
 
-def build_engine(settings: Settings) -> Engine:
-    """Load the configured model (or the cached demo model) and wrap it in the local engine."""
-    from gateway.engine.demo import cached_demo_model
-    from gateway.engine.loader import load_model
-    from gateway.engine.local import LocalEngine
-    from gateway.engine.scripted import ScriptedEngine
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (off, or said in the help)."""
 
-    if settings.engine == "scripted":
-        return ScriptedEngine(queue_size=settings.engine_queue_size)
-    if settings.upstreams:
-        from gateway.engine.upstream import build_upstream_engine
-
-        return build_upstream_engine(settings)
-    path = settings.model or cached_demo_model()
-    loaded = load_model(
-        path,
-        base_model=settings.base_model,
-        device=settings.device,
-        dtype=settings.dtype,
-        trust_remote_code=settings.trust_remote_code,
-        model_id=settings.model_id or (None if settings.model else "gateway-demo"),
-        adapters=parse_adapters(settings.adapters),
-        chat_template=settings.chat_template,
-    )
-    return LocalEngine(
-        loaded,
-        queue_size=settings.engine_queue_size,
-        context_tokens=settings.context_tokens,
-        max_batch=settings.max_batch,
-        image_cache_bytes=settings.image_cache_bytes,
-        image_workers=settings.image_workers,
-        kv_cache_bytes=settings.kv_cache_bytes,
-    )
-
-
-def parse_adapters(text: str) -> dict[str, str]:
-    """ "a=/x,b=/y" -> {"a": "/x", "b": "/y"}"""
-    adapters: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, directory = item.partition("=")
-        if not sep or not name or not directory:
-            raise SystemExit(f"--adapter wants NAME=DIR, got {item!r}")
-        adapters[name.strip()] = directory.strip()
-    return adapters
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.server import serve
 
-    overrides = {
-        k: v
-        for k, v in vars(args).items()
-        if k in Settings.__dataclass_fields__ and v is not None and v is not False and k not in ("adapters", "upstreams")
-    }
-    if args.adapters:
-        overrides["adapters"] = ",".join(args.adapters)
-    if args.upstreams:
-        overrides["upstreams"] = ",".join(args.upstreams)
-    settings = Settings.from_env().replace(**overrides)
+    settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, engine_factory=build_engine)
-    serve(app, settings)
+    try:
+        engine = build_engine(settings)
+    except StartupError as exc:
+        log.debug("the model failed to load", exc_info=exc.__cause__)  # the whole story, at --log-level debug
+        raise SystemExit(f"gateway serve: cannot load the model: {exc}") from None
+    serve(create_app(settings, engine=engine), settings)
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from gateway.bench import print_report, run_bench, write_report
+def _settings(args: argparse.Namespace) -> Settings:
+    """GATEWAY_* variables, overridden by the flags given."""
+    flags = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__ and v is not None and v is not False}
+    if args.adapters:
+        flags["adapters"] = ",".join(f"{name}={directory}" for name, directory in args.adapters)
+    if args.upstreams:
+        flags["upstreams"] = ",".join(args.upstreams)
+    try:
+        settings = Settings.from_env().replace(**flags)
+        parse_adapters(settings.adapters)
+    except ValueError as exc:
+        raise SystemExit(f"gateway serve: a GATEWAY_* variable is malformed: {exc}") from None
+    return settings
 
-    report = run_bench(args)
-    print_report(report, args.json)
+
+def _bench(args: argparse.Namespace) -> int:
+    from gateway.bench import BenchError, run_bench
+    from gateway.bench_report import format_report, write_report
+
+    try:
+        report = run_bench(args)
+    except BenchError as exc:
+        raise SystemExit(f"gateway bench: {exc}") from None
+    print(format_report(report, args.json))
     write_report(report, args.out)
     return 0
 
@@ -97,66 +79,151 @@ def _demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="WebSocket streaming chat gateway for vision-language models")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _adapter(text: str) -> tuple[str, str]:
+    try:
+        [(name, directory)] = parse_adapters(text).items()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}") from None
+    return name, directory
 
-    serve = commands.add_parser("serve", help="serve a model (the built-in demo model by default)")
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1; GATEWAY_HOST)")
-    serve.add_argument("--port", type=int, help="port (default 8000; GATEWAY_PORT)")
-    serve.add_argument("--model", help="local model or LoRA adapter directory (default: the demo model)")
-    serve.add_argument("--model-id", dest="model_id", help="name clients see (default: the directory name)")
-    serve.add_argument("--base-model", dest="base_model", help="base model directory for an adapter")
-    serve.add_argument(
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
+    return port
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _ws_url(text: str) -> str:
+    if not text.startswith(("ws://", "wss://")):
+        raise argparse.ArgumentTypeError(f"expected a ws:// or wss:// URL such as ws://127.0.0.1:8000/ws, got {text!r}")
+    return text
+
+
+def _setting(name: str, text: str, default: Any = None) -> str:
+    """Help for a serve option: what it does, its default and its environment variable."""
+    shown = getattr(DEFAULTS, name) if default is None else default
+    return f"{text} (default: {shown}; env GATEWAY_{name.upper()})"
+
+
+def _add_serve(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="serve a model (the built-in demo model by default)", formatter_class=HelpFormatter)
+    add = serve.add_argument
+    add("--host", help=_setting("host", "address to bind"))
+    add("--port", type=_port, help=_setting("port", "port to listen on"))
+    add("--model", help=_setting("model", "local model or LoRA adapter directory", "the demo model"))
+    add(
+        "--model-id",
+        dest="model_id",
+        help=_setting(
+            "model_id",
+            "the model name clients see",
+            "the directory's name; gateway-demo for the demo; BASE:ADAPTER for an adapter",
+        ),
+    )
+    add(
+        "--base-model", dest="base_model", help=_setting("base_model", "base model directory for an adapter", "the adapter's own")
+    )
+    add(
         "--adapter",
         dest="adapters",
         action="append",
+        type=_adapter,
         metavar="NAME=DIR",
-        help="serve a LoRA adapter as model id NAME (repeatable)",
+        help=_setting("adapters", "also serve a LoRA adapter as model id NAME, repeatable", "none"),
     )
-    serve.add_argument(
+    add(
         "--upstream",
         dest="upstreams",
         action="append",
         metavar="URL",
-        help="generate on this OpenAI-compatible server (repeatable)",
+        help=_setting("upstreams", "generate on this OpenAI-compatible server, repeatable", "none: a local model"),
     )
-    serve.add_argument("--tokenizer", help="local tokenizer directory for exact prompt lengths (default: the upstream's)")
-    serve.add_argument("--api-key", dest="api_key", help="require this key (or set GATEWAY_API_KEY)")
-    serve.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
-    serve.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="weights dtype")
-    serve.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", help="run the model repo's own code")
-    serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--max-batch", dest="max_batch", type=int, help="turns decoding together (default 16)")
-    serve.add_argument("--engine", choices=["real", "scripted"], help="scripted: no model, instant replies")
-    serve.add_argument("--chat-template", dest="chat_template", help="a Jinja chat template file (default: the model's)")
-    serve.add_argument("--data-dir", dest="data_dir", help="the SQLite store's directory (~/.local/share/gateway)")
-    serve.add_argument("--session-store", dest="session_store", help="sqlite (default), memory, or a redis:// URL")
+    add("--tokenizer", help=_setting("tokenizer", "local tokenizer directory for exact prompt lengths", "the upstream's"))
+    add("--api-key", dest="api_key", help=_setting("api_key", "require this key on HTTP and WebSocket", "none"))
+    add("--device", help=_setting("device", "torch device: cpu, cuda, cuda:N", "cuda when available, else cpu"))
+    add(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        help=_setting("dtype", "weights dtype", "bf16/fp16 on GPU, fp32 on CPU"),
+    )
+    add("--trust-remote-code", dest="trust_remote_code", action="store_true", help="run the model repository's own Python code")
+    add(
+        "--log-level",
+        dest="log_level",
+        choices=["debug", "info", "warning", "error"],
+        help=_setting("log_level", "logging level"),
+    )
+    add(
+        "--max-batch", dest="max_batch", type=_positive, help=_setting("max_batch", "turns decoding together in one forward pass")
+    )
+    add("--chat-template", dest="chat_template", help=_setting("chat_template", "a Jinja chat template file", "the model's"))
+    add("--engine", choices=["real", "scripted"], help=_setting("engine", "scripted: no model, instant replies"))
+    add(
+        "--data-dir", dest="data_dir", help=_setting("data_dir", "the SQLite session store's directory", "~/.local/share/gateway")
+    )
+    add("--session-store", dest="session_store", help=_setting("session_store", "sqlite, memory, or a redis:// URL"))
     serve.set_defaults(run=_serve)
 
-    bench = commands.add_parser("bench", help="load-test a gateway and compare with raw generate")
-    bench.add_argument("--url", help="a running gateway's ws:// URL (default: start one)")
-    bench.add_argument("--model", help="model directory for the started gateway and the baselines")
-    bench.add_argument("--size", choices=["tiny", "small"], default="small", help="demo model profile (default small)")
-    bench.add_argument("--engine", choices=["real", "scripted"], default="real")
-    bench.add_argument("--sessions", type=int, default=16)
-    bench.add_argument("--turns", type=int, default=2, help="turns per session")
-    bench.add_argument("--max-tokens", dest="max_tokens", type=int, default=64)
-    bench.add_argument("--prompt-words", dest="prompt_words", type=int, default=48)
-    bench.add_argument("--images", type=int, default=0, help="images per turn")
-    bench.add_argument(
-        "--history", type=int, default=0, help="instead: one conversation of N turns, TTFT by turn with KV reuse and without"
+
+def _add_bench(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench", help="load-test a gateway and compare it with raw generate", formatter_class=HelpFormatter
     )
-    bench.add_argument("--baseline", action="store_true", help="also measure raw generate, single and static batch")
-    bench.add_argument("--direct-url", dest="direct_url", help="also run the load straight to this OpenAI-compatible server")
-    bench.add_argument("--port", type=int, default=8765, help="port for the started gateway")
-    bench.add_argument("--json", action="store_true", help="print the report as JSON")
-    bench.add_argument("--out", help="also write the JSON report to this file")
+    add = bench.add_argument
+    add("--url", type=_ws_url, help="a running gateway's ws:// URL (default: start one here)")
+    add("--model", help="model directory, or a directory `gateway demo-model` wrote (default: the demo model of --size)")
+    add("--size", choices=["tiny", "small"], default="small", help="demo model profile when no --model is given")
+    add("--engine", choices=["real", "scripted"], default="real", help="scripted: no model, to measure the WebSocket layer")
+    add("--sessions", type=_positive, default=16, help="concurrent WebSocket sessions")
+    add("--turns", type=_positive, default=2, help="turns per session")
+    add("--max-tokens", dest="max_tokens", type=_positive, default=64, help="tokens generated per turn")
+    add("--prompt-words", dest="prompt_words", type=_positive, default=48, help="words in each prompt")
+    add("--images", type=_count, default=0, help="images per turn")
+    add(
+        "--history",
+        type=_count,
+        default=0,
+        help="instead: one conversation of N turns, time to first token by turn with KV reuse and without (0: off)",
+    )
+    add("--direct-url", dest="direct_url", help="also run the load straight to this OpenAI-compatible server (default: off)")
+    add("--baseline", action="store_true", help="also measure raw transformers generate: one stream, one static batch")
+    add("--port", type=_port, default=8765, help="port for the gateway started here")
+    add("--json", action="store_true", help="print the report as JSON")
+    add("--out", help="also write the JSON report to this file (default: print only)")
     bench.set_defaults(run=_bench)
 
-    demo = commands.add_parser("demo-model", help="write the demo model and a LoRA adapter for it to DIR")
-    demo.add_argument("dir")
-    demo.add_argument("--size", choices=["tiny", "small"], default="tiny")
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="WebSocket streaming chat gateway for vision-language models")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands)
+    _add_bench(commands)
+    demo = commands.add_parser(
+        "demo-model", help="write the demo model and a LoRA adapter for it under DIR", formatter_class=HelpFormatter
+    )
+    demo.add_argument("dir", metavar="DIR", help="where to write DIR/model and DIR/adapter")
+    demo.add_argument(
+        "--size",
+        choices=["tiny", "small"],
+        default="tiny",
+        help="tiny: ~0.2M parameters, instant; small: ~31M, so compute dominates",
+    )
     demo.set_defaults(run=_demo_model)
     return parser
 

@@ -80,3 +80,10 @@ def test_metrics_public_opens_them(demo_dirs: DemoDirs) -> None:
         assert requests.get(f"{running.http_url}/metrics", timeout=5).status_code == 200
     finally:
         running.stop()
+
+
+def test_unknown_model_404_lists_the_served_ids(keyed: RunningServer) -> None:
+    """A 404 for an unknown model says which ids this server has."""
+    response = chat(keyed, BODY.replace(b"gateway-demo", b"adapter"), "application/json")
+    assert response.status_code == 404
+    assert "This server has `gateway-demo`." in response.json()["error"]["message"]

@@ -1,0 +1,146 @@
+"""`gateway bench`'s report for people: a table with units, and what each ratio means and what good looks like."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (
+    ("turns", 6),
+    ("errors", 7),
+    ("wall s", 8),
+    ("tokens/s", 10),
+    ("frames/s", 10),
+    ("TTFT ms p50/p90/p99", 23),
+    ("ITL ms p50/p90/p99", 22),
+    ("tokens/s per turn p50", 23),
+)
+
+
+def format_report(report: dict[str, Any], as_json: bool = False) -> str:
+    if as_json:
+        return json.dumps(report, indent=2)
+    if "history_turns" in report:
+        return _history(report)
+    parts = [_header(report), _table(report), _legend()]
+    if "late_joiner" in report:
+        parts.append(_late_joiner(report))
+    if "ratios" in report:
+        parts.append(_ratios(report))
+    if "vs_direct" in report:
+        parts.append(_direct(report))
+    return "\n\n".join(parts)
+
+
+def write_report(report: dict[str, Any], path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2))
+
+
+def _header(report: dict[str, Any]) -> str:
+    return (
+        f"gateway bench: {report['model']} ({report['engine']} engine)\n"
+        f"{report['sessions']} sessions of {report['turns_per_session']} turns each; per turn a {report['prompt_words']}-word "
+        f"prompt, {report['images']} images and {report['max_tokens']} generated tokens"
+    )
+
+
+def _table(report: dict[str, Any]) -> str:
+    rows = [f"{'':<14}" + "".join(f"{title:>{width}}" for title, width in COLUMNS)]
+    for key, label in (("gateway_1_session", "1 session"), (f"gateway_{report['sessions']}_sessions", "")):
+        run = report[key]
+        cells = (
+            run["turns"],
+            run["errors"],
+            f"{run['wall_s']:.2f}",
+            f"{run['tokens_per_s']:.1f}",
+            f"{run['frames_per_s']:.1f}",
+            _spread(run["ttft_ms"]),
+            _spread(run["itl_ms"]),
+            f"{run['session_tokens_per_s']['p50']:.1f}",
+        )
+        name = label or f"{run['sessions']} sessions"
+        rows.append(f"{name:<14}" + "".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, COLUMNS)))
+    return "\n".join(rows)
+
+
+def _spread(percentiles: dict[str, float]) -> str:
+    return " / ".join(f"{percentiles[p]:.1f}" for p in ("p50", "p90", "p99"))
+
+
+def _legend() -> str:
+    return (
+        "TTFT: time to first token, from sending a turn to its first token. ITL: inter-token latency, the time\n"
+        "between two tokens of one turn. tokens/s: all completion tokens over the wall time; per turn: one turn's\n"
+        "tokens over its own duration. frames/s: token frames received (several tokens can share a frame)."
+    )
+
+
+def _late_joiner(report: dict[str, Any]) -> str:
+    joiner = report["late_joiner"]
+    verdict = "within budget" if joiner["within_budget"] else "OVER budget"
+    return (
+        f"late joiner: {joiner['ttft_ms']:.1f} ms to first token, budget {joiner['budget_ms']:.1f} ms: {verdict}\n"
+        f"  One turn sent while the other {report['sessions'] - 1} sessions are mid-stream. The budget is a lone turn's\n"
+        "  TTFT plus two decode steps of the full batch: within it (good), the running batch takes the newcomer in\n"
+        "  at once instead of making it wait for the others to finish."
+    )
+
+
+def _ratios(report: dict[str, Any]) -> str:
+    base, ratios, n = report["baselines"], report["ratios"], report["sessions"]
+    single, static = base["generate_single_tokens_per_s"], base[f"generate_static_batch_{n}_tokens_per_s"]
+    explained = (
+        (
+            "1_session_vs_generate_single",
+            "1 session / generate, 1 stream",
+            "the gateway's overhead on one stream; good: close to 1",
+        ),
+        (
+            f"{n}_sessions_vs_static_batch",
+            f"{n} sessions / static batch of {n}",
+            "continuous batching against one ideal static batch; good: close to 1 (0.8 and up is fine)",
+        ),
+        (
+            f"{n}_sessions_vs_generate_single",
+            f"{n} sessions / generate, 1 stream",
+            f"throughput gained by batching; good: well above 1, up to the static batch's own {static / single:.1f}",
+        ),
+    )
+    lines = [
+        f"raw transformers generate, same model and prompt: 1 stream {single:.1f} tokens/s; static batch of {n}: "
+        f"{static:.1f} tokens/s",
+        "ratios are the gateway's tokens/s over these (compare ratios, not absolute numbers: machines are noisy):",
+    ]
+    lines += [f"  {label:<34}{ratios[key]:>7.2f}   {meaning}" for key, label, meaning in explained]
+    return "\n".join(lines)
+
+
+def _direct(report: dict[str, Any]) -> str:
+    direct, versus = report[f"direct_{report['sessions']}_sessions"], report["vs_direct"]
+    ratio = versus["tokens_per_s_ratio"]
+    return (
+        f"straight to the upstream, same load: {direct['tokens_per_s']:.1f} tokens/s, ITL p50 {direct['itl_ms']['p50']:.1f} ms\n"
+        f"  gateway / direct tokens/s {'n/a' if ratio is None else f'{ratio:.2f}'} (good: close to 1); "
+        f"ITL the gateway adds at p50 {versus['added_itl_p50_ms']:.1f} ms (good: near 0)"
+    )
+
+
+def _history(report: dict[str, Any]) -> str:
+    reuse, cold = report["reuse"], report["no_reuse"]
+    rows = [
+        f"gateway bench --history: {report['model']}, one conversation of {report['history_turns']} turns, "
+        f"{report['prompt_words']}-word user turns",
+        "",
+        f"{'turn':>4}{'TTFT ms, KV reuse':>20}{'without':>10}",
+    ]
+    for turn, (warm_ms, cold_ms) in enumerate(zip(reuse["ttft_ms_by_turn"], cold["ttft_ms_by_turn"]), 1):
+        rows.append(f"{turn:>4}{warm_ms:>20.1f}{cold_ms:>10.1f}")
+    rows += [
+        "",
+        f"late turns' TTFT over early turns': {reuse['late_over_early']:.2f} with reuse, {cold['late_over_early']:.2f} without"
+        " (good: close to 1 with reuse, where a turn costs only its new tokens)",
+        f"reuse's speed-up on late turns: {report['speedup_late_turns']:.2f}x (good: above 1, growing with the history)",
+    ]
+    return "\n".join(rows)

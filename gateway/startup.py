@@ -1,0 +1,117 @@
+"""What `gateway serve` does before it listens: find the model directory, name it, and load the engine."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.config import Settings
+from gateway.engine.types import Engine
+
+DEMO_MODEL_ID = "gateway-demo"
+DEMO_MARKER = "gateway_demo.json"  # written into every demo model directory
+
+
+class StartupError(Exception):
+    """The model or an adapter cannot be served; the message says why, in one line."""
+
+
+def parse_adapters(text: str) -> dict[str, str]:
+    """ "a=/x,b=/y" -> {"a": "/x", "b": "/y"}; a malformed item is a ValueError naming it."""
+    adapters: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, directory = item.partition("=")
+        if not sep or not name.strip() or not directory.strip():
+            raise ValueError(f"an adapter is NAME=DIR, got {item!r}")
+        adapters[name.strip()] = directory.strip()
+    return adapters
+
+
+def model_dir(path: str) -> Path:
+    """The model directory `path` names; the root `gateway demo-model DIR` writes stands for its model."""
+    source = Path(path).expanduser()
+    holds_model = (source / "config.json").exists() or (source / "adapter_config.json").exists()
+    if not holds_model and (source / "model" / DEMO_MARKER).exists():
+        return source / "model"
+    return source
+
+
+def model_id_of(source: Path, base_model: str | None = None) -> str:
+    """The id clients see: a demo model is `gateway-demo`, any other model its directory's name, and
+    an adapter `BASE:ADAPTER` (its base's id and its own directory's name), as OpenAI names fine-tunes."""
+    config = source / "adapter_config.json"
+    if config.exists():
+        base = base_model or _adapter_base(config)
+        return f"{model_id_of(Path(base)) if base else 'adapter'}:{source.resolve().name}"
+    if (source / DEMO_MARKER).exists():
+        return DEMO_MODEL_ID
+    return source.resolve().name
+
+
+def _adapter_base(config: Path) -> str | None:
+    try:
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None  # the loader reports a broken adapter config, with its reason
+    return str(base) if base else None
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The engine to serve: the scripted one, the upstreams, or the configured model (by default the
+    cached demo model) in the local engine; any failure is a StartupError with a one-line reason."""
+    from gateway.engine.scripted import ScriptedEngine
+
+    if settings.engine == "scripted":
+        return ScriptedEngine(queue_size=settings.engine_queue_size)
+    if settings.upstreams:
+        return _guarded(_upstream_engine, settings)
+    if settings.model and not Path(settings.model).expanduser().is_dir():  # said before torch takes seconds to import
+        raise StartupError(f"{settings.model} is not a directory")
+    return _guarded(_local_engine, settings)
+
+
+def _guarded(build: Callable[[Settings], Engine], settings: Settings) -> Engine:
+    try:
+        return build(settings)
+    except Exception as exc:
+        raise StartupError(one_line(exc)) from exc
+
+
+def _upstream_engine(settings: Settings) -> Engine:
+    from gateway.engine.upstream import build_upstream_engine
+
+    return build_upstream_engine(settings)
+
+
+def _local_engine(settings: Settings) -> Engine:
+    from gateway.engine.demo import cached_demo_model
+    from gateway.engine.loader import load_model
+    from gateway.engine.local import LocalEngine
+
+    source = model_dir(settings.model) if settings.model else cached_demo_model()
+    loaded = load_model(
+        source,
+        base_model=settings.base_model,
+        device=settings.device,
+        dtype=settings.dtype,
+        trust_remote_code=settings.trust_remote_code,
+        model_id=settings.model_id or model_id_of(source, settings.base_model),
+        adapters=parse_adapters(settings.adapters),
+        chat_template=settings.chat_template,
+    )
+    return LocalEngine(
+        loaded,
+        queue_size=settings.engine_queue_size,
+        context_tokens=settings.context_tokens,
+        max_batch=settings.max_batch,
+        image_cache_bytes=settings.image_cache_bytes,
+        image_workers=settings.image_workers,
+        kv_cache_bytes=settings.kv_cache_bytes,
+    )
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type's name when it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

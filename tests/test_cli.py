@@ -1,0 +1,175 @@
+"""The command line: failing fast with one line, argument errors, help and defaults, model ids, bench output."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import __version__
+from gateway.bench_report import format_report
+from gateway.cli import main, make_parser
+from gateway.config import Settings
+from gateway.startup import build_engine, model_dir, model_id_of
+from tests.conftest import DemoDirs, free_port
+
+
+def gateway(*args: str, timeout_s: float = 60) -> tuple[int, str, float]:
+    """Run `gateway ARGS` in a process of its own: exit status, stderr, seconds taken."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=timeout_s)
+    return done.returncode, done.stderr, time.monotonic() - started
+
+
+def test_missing_model_exits_at_once_with_one_line() -> None:
+    """`serve --model /nonexistent` exits non-zero within seconds, with one line naming the path."""
+    status, err, took = gateway("serve", "--model", "/nonexistent", "--port", str(free_port()))
+    assert status != 0 and took < 10
+    assert err.strip().splitlines() == ["gateway serve: cannot load the model: /nonexistent is not a directory"]
+
+
+def test_directory_without_a_model_exits_with_one_line(tmp_path: Path) -> None:
+    """A directory that holds no model: one line on stderr, no traceback, and nothing served."""
+    status, err, _ = gateway("serve", "--model", str(tmp_path), "--port", str(free_port()), "--log-level", "warning")
+    lines = err.strip().splitlines()
+    assert status != 0 and len(lines) == 1 and str(tmp_path) in lines[0] and "Traceback" not in err
+
+
+def test_broken_adapter_exits_with_one_line(demo_dirs: DemoDirs) -> None:
+    """An extra adapter that cannot load stops the server before it serves; --log-level debug adds the traceback."""
+    args = ["serve", "--model", str(demo_dirs.model), "--adapter", "x=/nonexistent", "--port", str(free_port())]
+    status, err, _ = gateway(*args, "--log-level", "warning")
+    assert status != 0 and err.strip().splitlines()[-1].endswith("adapter 'x': /nonexistent holds no adapter_config.json")
+    assert "Traceback" not in err
+    status, err, _ = gateway(*args, "--log-level", "debug")
+    assert status != 0 and "Traceback" in err
+
+
+@pytest.mark.parametrize(
+    "args,complaint",
+    [
+        (["serve", "--adapter", "bogus"], "argument --adapter: expected NAME=DIR"),
+        (["serve", "--port", "70000"], "argument --port"),
+        (["serve", "--max-batch", "0"], "argument --max-batch"),
+        (["bench", "--url", "http://127.0.0.1:8000/ws"], "argument --url"),
+        (["bench", "--sessions", "-1"], "argument --sessions"),
+    ],
+)
+def test_bad_arguments_are_argparse_errors(args: list[str], complaint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Malformed arguments are usage errors (exit status 2) that name the argument."""
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 2 and complaint in capsys.readouterr().err
+
+
+def test_malformed_environment_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GATEWAY_* variable that does not parse is one line, not a traceback."""
+    monkeypatch.setenv("GATEWAY_PORT", "eighty")
+    with pytest.raises(SystemExit) as caught:
+        main(["serve"])
+    assert "GATEWAY_* variable is malformed" in str(caught.value.code)
+
+
+def test_bench_connection_error_is_one_line() -> None:
+    """`gateway bench --url` at a port nobody listens on: one line naming the URL."""
+    url = f"ws://127.0.0.1:{free_port()}/ws"
+    with pytest.raises(SystemExit) as caught:
+        main(["bench", "--url", url, "--sessions", "1", "--turns", "1", "--json"])
+    message = str(caught.value.code)
+    assert message.startswith(f"gateway bench: cannot talk to the gateway at {url}") and "\n" not in message
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway --version` prints the package version."""
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"gateway {__version__}"
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    """Each option of each command has help text, and each that takes a value says its default."""
+    commands: Any = next(a for a in make_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in commands.choices.items():
+        formatter = parser.formatter_class(prog=name)
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, (name, action.dest)
+            if action.nargs != 0 and action.option_strings:
+                assert "(default: " in (formatter._get_help_string(action) or ""), (name, action.dest)
+
+
+def test_model_ids(demo_dirs: DemoDirs, tmp_path: Path) -> None:
+    """The demo model is `gateway-demo`, an adapter BASE:ADAPTER, any other model its directory's name."""
+    assert model_id_of(demo_dirs.model) == "gateway-demo"
+    assert model_id_of(demo_dirs.adapter) == "gateway-demo:adapter"
+    assert model_id_of(demo_dirs.adapter, base_model=str(demo_dirs.text_model)) == "text-model:adapter"
+    assert model_id_of(demo_dirs.text_model) == "text-model"
+
+
+def test_serving_an_adapter_directory_names_it(demo_dirs: DemoDirs) -> None:
+    """`serve --model ADAPTER_DIR` serves it as `gateway-demo:adapter`, not `adapter`."""
+    assert build_engine(Settings(model=str(demo_dirs.adapter))).model_id == "gateway-demo:adapter"
+
+
+def test_demo_model_root_stands_for_its_model(demo_dirs: DemoDirs) -> None:
+    """The directory `gateway demo-model DIR` writes can be given as --model (bench and serve): DIR/model."""
+    root = demo_dirs.model.parent
+    assert model_dir(str(root)) == demo_dirs.model
+    assert model_dir(str(demo_dirs.adapter)) == demo_dirs.adapter
+
+
+def test_bench_report_is_a_table_with_units_and_meanings() -> None:
+    """The human report has a row per run with units, explains the late joiner and each ratio."""
+    run = {
+        "sessions": 1,
+        "turns": 2,
+        "errors": 0,
+        "wall_s": 1.5,
+        "tokens_per_s": 100.0,
+        "frames_per_s": 90.0,
+        "ttft_ms": {"p50": 5.0, "p90": 6.0, "p99": 7.0},
+        "itl_ms": {"p50": 1.0, "p90": 1.5, "p99": 2.0},
+        "session_tokens_per_s": {"p50": 99.0, "p90": 99.0, "p99": 99.0},
+    }
+    report = {
+        "model": "/m",
+        "engine": "real",
+        "sessions": 4,
+        "turns_per_session": 2,
+        "max_tokens": 64,
+        "prompt_words": 48,
+        "images": 0,
+        "gateway_1_session": run,
+        "gateway_4_sessions": {**run, "sessions": 4, "turns": 8},
+        "late_joiner": {"ttft_ms": 9.0, "budget_ms": 7.0, "within_budget": False},
+        "baselines": {"generate_single_tokens_per_s": 120.0, "generate_static_batch_4_tokens_per_s": 400.0},
+        "ratios": {
+            "1_session_vs_generate_single": 0.83,
+            "4_sessions_vs_static_batch": 0.9,
+            "4_sessions_vs_generate_single": 3.0,
+        },
+    }
+    text = format_report(report)
+    assert "TTFT ms p50/p90/p99" in text and "5.0 / 6.0 / 7.0" in text and "4 sessions" in text
+    assert "late joiner: 9.0 ms to first token, budget 7.0 ms: OVER budget" in text
+    assert text.count("good:") == 3 and "{" not in text
+
+
+def test_bench_history_report_is_a_table_by_turn() -> None:
+    """`bench --history` prints TTFT by turn with and without KV reuse, and what the ratios should be."""
+    report = {
+        "model": "/m",
+        "history_turns": 2,
+        "prompt_words": 48,
+        "reuse": {"ttft_ms_by_turn": [5.0, 6.0], "late_over_early": 1.2},
+        "no_reuse": {"ttft_ms_by_turn": [5.0, 9.0], "late_over_early": 1.8},
+        "speedup_late_turns": 1.5,
+    }
+    text = format_report(report)
+    assert "   2                 6.0       9.0" in text and text.count("good:") == 2 and "{" not in text
