@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
@@ -42,6 +43,17 @@ def host_policy(settings: Settings) -> HostPolicy:
     if "*" in listed:
         return HostPolicy(frozenset(), any_host=True)
     return HostPolicy(frozenset(listed or {*LOOPBACK_NAMES, host_name(settings.host)}))
+
+
+def origin_allowed(origin: str, host: str | None, settings: Settings) -> bool:
+    """A browser page may open /ws when its origin is on `allowed_origins`, or is the server's own host
+    and that host is one the server answers for (after DNS rebinding, an attacker's page is same-origin
+    with its own name). The handshake and /status both ask this."""
+    allowed = {o.strip().rstrip("/") for o in settings.allowed_origins.split(",") if o.strip()}
+    if "*" in allowed or origin.rstrip("/") in allowed:
+        return True
+    netloc = urlsplit(origin).netloc
+    return netloc == host and host_policy(settings).allows(netloc)
 
 
 def host_name(host: str) -> str:

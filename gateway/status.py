@@ -4,13 +4,13 @@ page cannot see the status of): loading, failed, draining or full, whether its k
 from __future__ import annotations
 
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.auth import bearer_accepted
 from gateway.config import Settings
+from gateway.hosts import origin_allowed
 
 State = Literal["ready", "loading", "failed", "draining", "full"]
 Auth = Literal["none", "ok", "missing", "wrong"]
@@ -19,12 +19,6 @@ Auth = Literal["none", "ok", "missing", "wrong"]
 def serves_demo_model(settings: Settings) -> bool:
     """The built-in demo model (random weights) is served when no model directory is configured."""
     return settings.model is None and settings.engine == "real" and not settings.upstreams
-
-
-def origin_allowed(origin: str, host: str | None, settings: Settings) -> bool:
-    """The handshake's origin rule (gateway.ws): the server's own host, or one on `allowed_origins`."""
-    allowed = {o.strip().rstrip("/") for o in settings.allowed_origins.split(",") if o.strip()}
-    return "*" in allowed or origin.rstrip("/") in allowed or urlsplit(origin).netloc == host
 
 
 def auth_of(authorization: str | None, settings: Settings) -> Auth:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import logging
-from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
@@ -13,7 +12,7 @@ from gateway.auth import websocket_accepted
 from gateway.config import Settings
 from gateway.connection import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Connection
 from gateway.engine.types import Engine
-from gateway.hosts import host_policy
+from gateway.hosts import origin_allowed
 from gateway.hub import SessionHub
 from gateway.metrics import Metrics
 
@@ -89,13 +88,7 @@ def _origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
     alone is not enough: after DNS rebinding an attacker's page is same-origin with its own name, so
     that name must also be one the server answers for."""
     origin = websocket.headers.get("origin")
-    if origin is None:
-        return True
-    allowed = {o.strip().rstrip("/") for o in settings.allowed_origins.split(",") if o.strip()}
-    if "*" in allowed or origin.rstrip("/") in allowed:
-        return True
-    netloc = urlsplit(origin).netloc
-    return netloc == websocket.headers.get("host") and host_policy(settings).allows(netloc)
+    return origin is None or origin_allowed(origin, websocket.headers.get("host"), settings)
 
 
 async def _deny(websocket: WebSocket, status: int, reason: str) -> None:
