@@ -22,7 +22,7 @@ MaxTokens = Annotated[int, Meta(ge=1)]
 RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=10.0)]
 StopString = Annotated[str, Meta(min_length=1, max_length=128)]
 Seed = Annotated[int, Meta(ge=0, le=2**63 - 1)]
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "tool_calls"]
 
 
 ModelId = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -30,6 +30,63 @@ ModelId = Annotated[str, Meta(min_length=1, max_length=256)]
 
 class _Frame(Struct, forbid_unknown_fields=True, tag_field="type"):
     """Base of every frame: a map whose `type` field names the frame."""
+
+
+class TextFormat(Struct, forbid_unknown_fields=True, tag_field="type", tag="text"):
+    """Free text: no constraint (OpenAI's default)."""
+
+
+class JsonObjectFormat(Struct, forbid_unknown_fields=True, tag_field="type", tag="json_object"):
+    """Any JSON object."""
+
+
+class JsonSchemaSpec(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    schema: dict[str, Any] = {}  # a JSON Schema; {} allows any JSON value
+    strict: bool | None = None  # accepted; the schema is always enforced
+    description: str | None = None
+
+
+class JsonSchemaFormat(Struct, forbid_unknown_fields=True, tag_field="type", tag="json_schema"):
+    """JSON valid under `json_schema.schema`."""
+
+    json_schema: JsonSchemaSpec
+
+
+class RegexFormat(Struct, forbid_unknown_fields=True, tag_field="type", tag="regex"):
+    """Text matching a regular expression as a whole (an extension)."""
+
+    regex: Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+ResponseFormat = Union[TextFormat, JsonObjectFormat, JsonSchemaFormat, RegexFormat]
+FunctionName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class FunctionSpec(Struct, forbid_unknown_fields=True):
+    name: FunctionName
+    description: Annotated[str, Meta(max_length=4096)] | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema for the arguments object
+    strict: bool | None = None  # accepted; a forced call always follows `parameters`
+
+
+class ToolSpec(Struct, forbid_unknown_fields=True):
+    """One tool in OpenAI's shape: {"type": "function", "function": {...}}."""
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class FunctionRef(Struct, forbid_unknown_fields=True):
+    name: FunctionName
+
+
+class NamedToolChoice(Struct, forbid_unknown_fields=True):
+    type: Literal["function"]
+    function: FunctionRef
+
+
+ToolChoice = Union[Literal["auto", "none", "required"], NamedToolChoice]
 
 
 class SamplingOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -44,6 +101,9 @@ class SamplingOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
     seed: Seed | None = None
     ignore_eos: bool | None = None
     model: ModelId | None = None  # the base model or an adapter, as listed in `ready.models`
+    response_format: ResponseFormat | None = None  # constrains the reply (see gateway/structured.py)
+    tools: Annotated[list[ToolSpec], Meta(max_length=64)] | None = None
+    tool_choice: ToolChoice | None = None
 
 
 # ---- client to server -------------------------------------------------------------------------

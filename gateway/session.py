@@ -10,6 +10,7 @@ from typing import Any
 from gateway.engine.types import ChatImage, ChatMessage, SamplingParams
 from gateway.errors import ErrorCode, GatewayError
 from gateway.protocol import SamplingOptions
+from gateway.structured import response_grammar
 
 
 @dataclass(frozen=True)
@@ -166,4 +167,5 @@ def resolve_params(
         stop=stop,
         seed=merged.get("seed"),
         ignore_eos=bool(merged.get("ignore_eos", False)),
+        grammar=response_grammar(merged.get("response_format")),
     )

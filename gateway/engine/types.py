@@ -37,6 +37,14 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class Grammar:
+    """A constraint on a reply's tokens, in llguidance's serialized form (JSON schema, regex or Lark)."""
+
+    kind: Literal["json_object", "json_schema", "regex", "tool_call"]
+    source: str  # llguidance's grammar text, checked when the request was validated
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
@@ -46,6 +54,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # keep generating past end-of-turn tokens (benchmarks want fixed lengths)
+    grammar: Grammar | None = None  # every token is masked to what the grammar allows
 
     @property
     def greedy(self) -> bool:
@@ -63,6 +72,7 @@ class GenerationResult:
     tokens_per_s: float  # decode rate: tokens after the first over the time since the first
     error: str | None = None
     cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier turn, not prefilled
+    structured: bool | None = None  # None: no grammar; True: the reply completed it; False: it was cut short
 
     @property
     def completion_tokens(self) -> int:
