@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 
@@ -11,8 +11,11 @@ from gateway import protocol as p
 from gateway.engine.types import Grammar
 from gateway.errors import ErrorCode, GatewayError
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
 # Compact JSON: with flexible whitespace a random (or confused) model can pad forever between tokens.
-JSON_OPTIONS: llguidance.JsonCompileOptions = {"whitespace_flexible": False}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 
 
 def response_grammar(response_format: p.ResponseFormat | None) -> Grammar | None:
