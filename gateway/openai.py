@@ -17,9 +17,10 @@ from starlette.routing import Route
 from gateway import openai_schema as schema
 from gateway.auth import bearer_accepted
 from gateway.config import Settings
-from gateway.engine.types import ChatImage, ChatMessage, Engine, SamplingParams
+from gateway.engine.types import ChatImage, ChatMessage, Engine, Grammar, SamplingParams
 from gateway.errors import HTTP_STATUS, ErrorCode, GatewayError, RetryLater
 from gateway.openai_stream import EventStreamResponse, Reply, TurnEvents, turn_events
+from gateway.structured import response_grammar
 from gateway.turns import TurnService
 
 log = logging.getLogger("gateway.openai")
@@ -232,4 +233,12 @@ async def _sampling_params(chat: schema.ChatCompletionRequest, messages: list[Ch
         ),
         stop=chat.stop_strings,
         seed=chat.seed,
+        grammar=_grammar(chat),
     )
+
+
+def _grammar(chat: schema.ChatCompletionRequest) -> Grammar | None:
+    try:
+        return response_grammar(chat.response_format)
+    except GatewayError as exc:
+        raise ApiError.from_gateway(exc, "response_format") from None

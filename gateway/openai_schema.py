@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from gateway.protocol import MaxTokens, RepetitionPenalty, Seed, StopString, Temperature, TopK, TopP
+from gateway.protocol import MaxTokens, RepetitionPenalty, ResponseFormat, Seed, StopString, Temperature, TopK, TopP
 
 Role = Literal["system", "user", "assistant"]
 
@@ -61,6 +61,7 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True):
     stream_options: StreamOptions | None = None
     top_k: TopK | None = None  # extension
     repetition_penalty: RepetitionPenalty | None = None  # extension
+    response_format: ResponseFormat | None = None
     # Accepted and ignored, but only with the value that changes nothing (see NEUTRAL_VALUES).
     n: int | None = None
     presence_penalty: float | None = None

@@ -241,6 +241,7 @@ class DoneFrame(_ServerFrame, tag="done"):
     text: str
     usage: Usage
     timing: Timing
+    structured: bool | None = None  # with a response_format or a forced tool call: did the reply complete it
 
 
 class ErrorFrame(_ServerFrame, tag="error"):

@@ -68,6 +68,7 @@ def done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
             total_ms=round(result.total_ms, 2),
             tokens_per_s=round(result.tokens_per_s, 2),
         ),
+        structured=result.structured,
     )
 
 

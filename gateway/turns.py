@@ -30,6 +30,7 @@ from gateway.images import ImageLimits, check_image, yield_cpu
 from gateway.metrics import Metrics
 from gateway.replies import server_defaults
 from gateway.session import PromptPlan, Session, UserTurn, resolve_params
+from gateway.structured import response_grammar
 from gateway.url_guard import FetchPolicy
 
 log = logging.getLogger("gateway.turns")
@@ -135,6 +136,7 @@ class TurnService:
             raise GatewayError(ErrorCode.TOO_LARGE, f"at most {self.settings.max_stop_strings} stop strings")
         if options.model is not None:
             self.adapter_for(options.model)
+        response_grammar(options.response_format)  # an unusable schema or regex is refused now
 
     def adapter_for(self, model: str | None) -> str | None:
         """The adapter a model id selects (None: the base model), or `invalid_field` naming the ids."""
