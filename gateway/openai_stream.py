@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway import openai_schema as schema
-from gateway.engine.types import GenerationResult, TurnHandle
+from gateway.engine.types import GenerationResult, ToolCall, TurnHandle
 from gateway.errors import ErrorCode, GatewayError
 
 TurnEvent = str | GenerationResult  # a text delta, then the result once
@@ -24,6 +24,7 @@ class TurnEvents:
 
     def __init__(self) -> None:
         self._text: list[str] = []
+        self._calls: list[ToolCall] = []
         self._result: GenerationResult | None = None
         self._gone = False
         self._wake = asyncio.Event()
@@ -36,6 +37,10 @@ class TurnEvents:
 
     def on_token(self, text: str) -> None:
         self._text.append(text)
+        self._wake.set()
+
+    def on_tool_call(self, call: ToolCall) -> None:
+        self._calls.append(call)
         self._wake.set()
 
     def on_done(self, result: GenerationResult) -> None:

@@ -164,7 +164,17 @@ class ForgetFrame(_Frame, tag="forget"):
     id: TurnId | None = None
 
 
-ClientFrame = Union[TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame, ResumeFrame, ForgetFrame]
+class ToolResultFrame(_Frame, tag="tool_result"):
+    """The client's answer to a `tool_call`; it joins the history as a tool message."""
+
+    call_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    content: Annotated[str, Meta(max_length=256_000)]
+    id: TurnId | None = None
+
+
+ClientFrame = Union[
+    TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame, ResumeFrame, ForgetFrame, ToolResultFrame
+]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
 
 
@@ -222,6 +232,15 @@ class TokenFrame(_ServerFrame, tag="token"):
     text: str
 
 
+class ToolCallFrame(_ServerFrame, tag="tool_call"):
+    """A function call in the reply, whole; `done` (finish_reason `tool_calls`) follows the last one."""
+
+    id: str
+    call_id: str
+    name: str
+    arguments: str  # a JSON object, as text
+
+
 class Usage(Struct):
     prompt_tokens: int
     completion_tokens: int
@@ -267,12 +286,20 @@ class ImageInfo(Struct):
     data: builtins.bytes | None = None  # `bytes` is shadowed by the field above
 
 
+class ToolCallInfo(Struct):
+    call_id: str
+    name: str
+    arguments: str
+
+
 class HistoryEntry(Struct):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "tool"]
     text: str
     id: str | None = None
     images: list[ImageInfo] = []
     partial: bool = False
+    tool_calls: list[ToolCallInfo] = []  # an assistant entry's calls
+    call_id: str | None = None  # the call a tool entry answers
 
 
 class HistoryFrame(_ServerFrame, tag="history"):
@@ -301,6 +328,7 @@ SessionFrame = Union[
     AcceptedFrame,
     QueuedFrame,
     TokenFrame,
+    ToolCallFrame,
     DoneFrame,
     ErrorFrame,
     HistoryFrame,
@@ -316,6 +344,7 @@ ServerFrame = Union[
     AcceptedFrame,
     QueuedFrame,
     TokenFrame,
+    ToolCallFrame,
     DoneFrame,
     ErrorFrame,
     HistoryFrame,

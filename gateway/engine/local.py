@@ -77,6 +77,7 @@ class LocalEngine:
         self._image_pool = ThreadPoolExecutor(max(1, image_workers), thread_name_prefix="gateway-images", initializer=yield_cpu)
         self.context_tokens = min(loaded.context_tokens, context_tokens or loaded.context_tokens)
         self.adapters: tuple[str, ...] = loaded.adapter_names
+        self.chat_template: str | None = loaded.tokenizer.chat_template
         self.max_batch = max_batch
         self.max_prefills_per_step = max_prefills_per_step
         self.queue_size = queue_size
@@ -95,8 +96,8 @@ class LocalEngine:
 
     # ---- called from the event loop --------------------------------------------------------------
 
-    async def count_prompt_tokens(self, messages: Seq[ChatMessage]) -> int:
-        return await asyncio.get_running_loop().run_in_executor(self._count_pool, self._counter.count, messages)
+    async def count_prompt_tokens(self, messages: Seq[ChatMessage], tools: Seq[dict[str, Any]] = ()) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._count_pool, self._counter.count, messages, tools)
 
     async def prepare(self, images: Seq[ChatImage]) -> None:
         cache = self.loaded.prompt.images
@@ -221,7 +222,7 @@ class LocalEngine:
                 self._finish(seq, "error", "this model's tokenizer does not support constrained decoding")
                 continue
             try:
-                ready.append((seq, self.loaded.prompt.build(job.request.messages)))
+                ready.append((seq, self.loaded.prompt.build(job.request.messages, job.request.tools)))
             except GatewayError as exc:
                 self._finish(seq, "error", exc.message)
             except Exception:  # a bad input ends this turn, never the thread
