@@ -35,6 +35,7 @@ from gateway.protocol import (
     SamplingOptions,
     Timing,
     TokenFrame,
+    ToolResultFrame,
     TurnFrame,
     Usage,
 )
