@@ -11,7 +11,7 @@ from typing import Any
 from gateway.engine.types import ToolCall
 from gateway.tools.formats import ParsedReply, ToolFormat, parameters_schema
 
-_CALL = re.compile(r"<tool_call>\s*([^<\s]+)\s*(.*?)</tool_call>", re.S)
+_CALL = re.compile(r"<tool_call>\s*([A-Za-z0-9_.-]+)\s*(.*?)</tool_call>", re.S)
 _ARG = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.S)
 
 
@@ -20,12 +20,13 @@ class GlmFormat(ToolFormat):
     opening = "<tool_call>"
 
     def parse(self, text: str) -> ParsedReply:
-        calls = tuple(
-            ToolCall(self.new_call_id(), name, json.dumps(_arguments(body), ensure_ascii=False))
-            for name, body in _CALL.findall(text)
-        )
+        calls = []
+        for name, body in _CALL.findall(text):
+            if _ARG.sub("", body).strip():  # anything but key/value pairs: not a call
+                return ParsedReply(text, ())
+            calls.append(ToolCall(self.new_call_id(), name, json.dumps(_arguments(body), ensure_ascii=False)))
         start = text.find(self.opening)
-        return ParsedReply(text[:start].rstrip() if calls else text, calls)
+        return ParsedReply(text[:start].rstrip() if calls else text, tuple(calls))
 
     def grammar(self, tools: Sequence[dict[str, Any]]) -> str:
         """One call: the name, then each required parameter (in declared order) as a key and a JSON value
