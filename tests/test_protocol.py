@@ -35,7 +35,6 @@ from gateway.protocol import (
     SamplingOptions,
     Timing,
     TokenFrame,
-    ToolResultFrame,
     TurnFrame,
     Usage,
 )
