@@ -32,10 +32,10 @@ async def test_turn_with_json_schema_is_valid_and_marked_structured(server: Runn
 async def test_configured_format_applies_to_later_turns_and_free_turns_say_null(server: RunningServer) -> None:
     """`configure` sets a session-wide format; a turn may switch back to text; free turns carry structured null."""
     async with GatewayClient(server.ws_url) as ws:
-        configured = await ws.request({"type": "configure", "response_format": {"type": "json_object"}})
-        constrained = await ws.turn("c1", "x", max_tokens=200, temperature=1.0, seed=1)
+        configured = await ws.request({"type": "configure", "response_format": PET_FORMAT})
+        constrained = await ws.turn("c1", "x", max_tokens=256, temperature=1.0, seed=1)
         free = await ws.turn("c2", "x", max_tokens=4, temperature=0, response_format={"type": "text"})
-    assert configured["defaults"]["response_format"] == {"type": "json_object"}
+    assert configured["defaults"]["response_format"]["json_schema"]["name"] == "pet"
     assert constrained.done and constrained.done["structured"] is True
     assert isinstance(json.loads(constrained.text), dict)
     assert free.done and free.done["structured"] is None

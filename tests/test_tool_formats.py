@@ -159,3 +159,9 @@ def test_filter_releases_held_text_that_was_no_call() -> None:
     stream.on_token("a <tool")
     stream.on_done(result("a <tool", "length"))
     assert sink.events == ["a ", "<tool", ("length", "a <tool", 0)]
+
+
+def test_llama3_semicolons_inside_strings_do_not_split_calls() -> None:
+    """Several calls are separated by `;`, but a `;` inside an argument is just text."""
+    text = '{"name": "a", "parameters": {"q": "x; y"}}; {"name": "b", "parameters": {}}'
+    assert [(c.name, json.loads(c.arguments)) for c in Llama3Format().parse(text).calls] == [("a", {"q": "x; y"}), ("b", {})]

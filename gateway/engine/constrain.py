@@ -21,12 +21,53 @@ class GrammarVocabulary:
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Iterable[int]) -> None:
         self.vocab_size = vocab_size
-        eos = sorted(eos_token_ids)
-        self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos or None)
+        eos = sorted(eos_token_ids) or None
+        try:
+            self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos)
+        except ValueError:  # a decoder llguidance does not read (a word-level Metaspace one, say)
+            wrapper = llguidance.TokenizerWrapper(DecodedVocabulary(tokenizer))
+            self.tokenizer = llguidance.LLTokenizer(wrapper, n_vocab=vocab_size, eos_token=eos)
         self.words = (vocab_size + 31) // 32  # int32 words per row of the bitmask
 
     def matcher(self, grammar: Grammar) -> RowGrammar:
         return RowGrammar(llguidance.LLMatcher(self.tokenizer, grammar.source))
+
+
+class DecodedVocabulary:
+    """Each token's bytes, read by decoding it after an anchor token (so a leading space survives the
+    decoder's start-of-text rules); special tokens get llguidance's 0xFF prefix, so no text can match them."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self.eos_token_id = tokenizer.eos_token_id
+        self.bos_token_id = tokenizer.bos_token_id
+        special = {int(i) for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+        self.special_token_ids = sorted(special | set(tokenizer.all_special_ids))
+        anchor = tokenizer.encode("a", add_special_tokens=False)[-1]
+        prefix = tokenizer.decode([anchor])
+        self.tokens = [
+            b"\xff" + str(tokenizer.convert_ids_to_tokens(i)).encode()
+            if i in special
+            else tokenizer.decode([anchor, i]).removeprefix(prefix).encode()
+            for i in range(len(tokenizer))
+        ]
+
+        self._ids = {token: i for i, token in enumerate(self.tokens) if i not in special and token}
+        self._longest = max(map(len, self._ids), default=1)
+
+    def __call__(self, text: str) -> list[int]:
+        """Some tokenization of `text` by these tokens (greedy longest match): llguidance only needs a valid
+        one, and the tokenizer's own may not exist (a word-level one writes unknown pieces as <unk>)."""
+        data, ids, at = text.encode(), [], 0
+        while at < len(data):
+            for end in range(min(len(data), at + self._longest), at, -1):
+                if (token := self._ids.get(data[at:end])) is not None:
+                    ids.append(token)
+                    at = end
+                    break
+            else:
+                return ids  # bytes no token spells: a grammar needing them cannot be followed anyway
+        return ids
 
 
 class RowGrammar:
