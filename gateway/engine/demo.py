@@ -95,7 +95,7 @@ _STARTERS = "The A An It This That There Here We You I In On At What How Why Yes
 _PUNCTUATION = [".", ",", "!", "?", ":", ";", "'", ")", "▁(", "▁-", '▁"']
 # Single characters with no space before them: enough to spell any JSON (keys, braces, numbers) and the
 # tool-call syntaxes, which constrained decoding (gateway/engine/constrain.py) can only build from tokens.
-_CHARACTERS = [*string.ascii_letters, *string.digits, *'{}[]"_-+*/\\<>=|&%$#@^~`\n']
+_CHARACTERS = [*string.ascii_letters, *string.digits, *'{}[]"_-<>/', "\n"]
 UNK_TOKEN = "<unk>"
 SPACE = "▁"  # stands for the space before a word in the vocabulary and in pre-tokenized text
 # Pre-tokenized text: a space-led run of up to 8 letters or digits, or one other character. Words the
