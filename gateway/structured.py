@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
 
 import llguidance
+import msgspec
 
 from gateway import protocol as p
 from gateway.engine.types import Grammar
@@ -23,10 +25,17 @@ def response_grammar(response_format: p.ResponseFormat | None) -> Grammar | None
     if response_format is None or isinstance(response_format, p.TextFormat):
         return None
     if isinstance(response_format, p.JsonObjectFormat):
-        return json_grammar({"type": "object"}, "json_object")
-    if isinstance(response_format, p.JsonSchemaFormat):
-        return json_grammar(response_format.json_schema.schema, "json_schema")
-    return checked(Grammar("regex", llguidance.LLMatcher.grammar_from_regex(response_format.regex)), "response_format.regex")
+        grammar = json_grammar({"type": "object"}, "json_object")
+    elif isinstance(response_format, p.JsonSchemaFormat):
+        grammar = json_grammar(response_format.json_schema.schema, "json_schema")
+    else:
+        source = llguidance.LLMatcher.grammar_from_regex(response_format.regex)
+        grammar = checked(Grammar("regex", source), "response_format.regex")
+    fields = msgspec.to_builtins(response_format)
+    if "json_schema" in fields:  # unset options stay unset: some servers refuse explicit nulls
+        fields["json_schema"] = {k: v for k, v in fields["json_schema"].items() if v is not None}
+    upstream = msgspec.json.encode({"response_format": fields}).decode()
+    return dataclasses.replace(grammar, upstream=upstream)
 
 
 def json_grammar(schema: dict[str, Any], kind: str = "json_schema") -> Grammar:

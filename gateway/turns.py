@@ -191,7 +191,7 @@ class TurnService:
         params = tools.params(params)
 
         async def count(messages: Sequence[ChatMessage]) -> int:
-            return await self.engine.count_prompt_tokens(messages, tools.tools)
+            return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
 
         with _engine_failures(request.id, bool(images)):
             await self.engine.prepare(images)
@@ -268,7 +268,7 @@ class TurnService:
 
     async def count(self, messages: Sequence[ChatMessage], tools: ToolPlan = NO_TOOLS) -> int:
         with _engine_failures(None, any(m.images for m in messages)):
-            return await self.engine.count_prompt_tokens(messages, tools.tools)
+            return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
 
     # ---- the engine --------------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ class Grammar:
 
     kind: Literal["json_object", "json_schema", "regex", "tool_call"]
     source: str  # llguidance's grammar text, checked when the request was validated
+    upstream: str = ""  # the same constraint as OpenAI request fields (a JSON object), for an upstream to enforce
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import msgspec
+
 from gateway import protocol as p
 from gateway.engine.types import Grammar, SamplingParams, ToolCallSink, TurnSink
 from gateway.errors import ErrorCode, GatewayError
@@ -50,7 +52,8 @@ def plan_tools(tools: Sequence[p.ToolSpec] | None, choice: p.ToolChoice | None, 
         forced = tuple(d for d in definitions if d["function"]["name"] == choice.function.name)
         if not forced:
             raise GatewayError(ErrorCode.INVALID_FIELD, f"tool_choice names {choice.function.name!r}, which is not in tools")
-    grammar = checked(Grammar("tool_call", syntax.grammar(forced)), "tools") if forced else None
+    upstream = msgspec.json.encode({"tool_choice": choice}).decode()
+    grammar = checked(Grammar("tool_call", syntax.grammar(forced), upstream), "tools") if forced else None
     return ToolPlan(definitions, grammar, syntax)
 
 

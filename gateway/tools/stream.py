@@ -31,7 +31,10 @@ class ToolCallFilter:
             self._sent = end
 
     def on_done(self, result: GenerationResult) -> None:
-        calls = self._syntax.parse(self._text).calls if result.finish_reason == "stop" and self._sent < len(self._text) else ()
+        for call in result.tool_calls:  # calls an upstream server parsed itself
+            self._sink.on_tool_call(call)
+        held = result.finish_reason == "stop" and self._sent < len(self._text) and not result.tool_calls
+        calls = self._syntax.parse(self._text).calls if held else ()
         if not calls:
             if self._sent < len(self._text):
                 self._sink.on_token(self._text[self._sent :])
