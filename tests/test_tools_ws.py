@@ -48,7 +48,7 @@ async def test_required_choice_always_calls_one_of_the_tools_validly(server: Run
     async with GatewayClient(server.ws_url) as ws:
         await ws.request({"type": "configure", "tools": TOOLS, "tool_choice": "required", "temperature": 1.0, "max_tokens": 120})
         names = set()
-        for i in range(12):
+        for i in range(8):
             await ws.request({"type": "reset"})
             calls, done = await call_turn(ws, f"r{i}", seed=i)
             assert done["finish_reason"] == "tool_calls" and done["structured"] is True and len(calls) == 1
