@@ -13,7 +13,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import protocol as p
 from gateway.config import Settings
-from gateway.engine.types import GenerationResult
+from gateway.engine.types import GenerationResult, ToolCall
 from gateway.errors import CloseCode, ConnectionClosing, ErrorCode, GatewayError, RetryLater
 from gateway.hub import LiveSession, SessionHub
 from gateway.journal import Journal
@@ -63,6 +63,9 @@ class TurnEvents:
 
     def on_token(self, text: str) -> None:
         self._hub.emit(self._live, p.TokenFrame(id=self._turn_id, text=text))
+
+    def on_tool_call(self, call: ToolCall) -> None:
+        self._hub.emit(self._live, p.ToolCallFrame(id=self._turn_id, call_id=call.id, name=call.name, arguments=call.arguments))
 
     def on_done(self, result: GenerationResult) -> None:
         assert self.started is not None
@@ -266,6 +269,9 @@ class Connection:
             await self._resume(frame)
         elif isinstance(frame, p.ForgetFrame):
             await self._forget(frame)
+        elif isinstance(frame, p.ToolResultFrame):
+            self.session.add_tool_result(frame.call_id, frame.content)
+            await self.hub.save_history(self.live)
         else:
             self.put(p.PongFrame(id=frame.id))
 

@@ -17,9 +17,11 @@ from starlette.routing import Route
 from gateway import openai_schema as schema
 from gateway.auth import bearer_accepted
 from gateway.config import Settings
-from gateway.engine.types import ChatImage, ChatMessage, Engine, SamplingParams
+from gateway.engine.types import ChatImage, ChatMessage, Engine, Grammar, SamplingParams
 from gateway.errors import HTTP_STATUS, ErrorCode, GatewayError, RetryLater
 from gateway.openai_stream import EventStreamResponse, Reply, TurnEvents, turn_events
+from gateway.structured import response_grammar
+from gateway.tools.plan import ToolPlan, plan_tools
 from gateway.turns import TurnService
 
 log = logging.getLogger("gateway.openai")
@@ -153,10 +155,11 @@ async def chat_completions(request: Request) -> Response:
     except GatewayError:
         raise _model_not_found(chat.model, turns.engine) from None
     _check_limits(chat, prompt, turns)
+    tools = _tool_plan(chat, turns)
     messages = await _chat_messages(prompt, turns)
-    params = await _sampling_params(chat, messages, turns)
+    params = await _sampling_params(chat, messages, turns, tools)
     events = TurnEvents()
-    handle = await turns.start_stateless(messages, params, adapter, events)
+    handle = await turns.start_stateless(messages, params, adapter, events, tools)
     stream = turn_events(events, handle, request.receive)
     reply = Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
     if chat.stream:
@@ -215,13 +218,22 @@ async def _chat_messages(prompt: list[schema.PromptMessage], turns: TurnService)
 
     urls = [(url, message.param) for message in prompt for url in message.image_urls]
     images = iter(await asyncio.gather(*(load(url, i, param) for i, (url, param) in enumerate(urls))))
-    return [ChatMessage(m.role, m.text, tuple(next(images) for _ in m.image_urls)) for m in prompt]
+    return [ChatMessage(m.role, m.text, tuple(next(images) for _ in m.image_urls), m.tool_calls, m.tool_call_id) for m in prompt]
 
 
-async def _sampling_params(chat: schema.ChatCompletionRequest, messages: list[ChatMessage], turns: TurnService) -> SamplingParams:
+def _tool_plan(chat: schema.ChatCompletionRequest, turns: TurnService) -> ToolPlan:
+    try:
+        return plan_tools(chat.tools, chat.tool_choice, turns.tool_syntax)
+    except GatewayError as exc:
+        raise ApiError.from_gateway(exc, "tool_choice" if "tool_choice" in exc.message else "tools") from None
+
+
+async def _sampling_params(
+    chat: schema.ChatCompletionRequest, messages: list[ChatMessage], turns: TurnService, tools: ToolPlan
+) -> SamplingParams:
     """The request's options over the server's defaults; max_tokens defaults to what the context has room for."""
     settings, engine = turns.settings, turns.engine
-    prompt_tokens = await turns.count(messages)
+    prompt_tokens = await turns.count(messages, tools)
     room = engine.context_tokens - prompt_tokens
     requested = chat.max_new_tokens
     max_tokens = requested if requested is not None else min(settings.default_max_tokens, room)
@@ -241,4 +253,12 @@ async def _sampling_params(chat: schema.ChatCompletionRequest, messages: list[Ch
         ),
         stop=chat.stop_strings,
         seed=chat.seed,
+        grammar=_grammar(chat),
     )
+
+
+def _grammar(chat: schema.ChatCompletionRequest) -> Grammar | None:
+    try:
+        return response_grammar(chat.response_format)
+    except GatewayError as exc:
+        raise ApiError.from_gateway(exc, "response_format") from None

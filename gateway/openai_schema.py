@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
-from gateway.protocol import MaxTokens, RepetitionPenalty, Seed, StopString, Temperature, TopK, TopP
+from gateway.engine.types import ToolCall
+from gateway.protocol import (
+    FunctionName,
+    MaxTokens,
+    RepetitionPenalty,
+    ResponseFormat,
+    Seed,
+    StopString,
+    Temperature,
+    ToolChoice,
+    ToolSpec,
+    TopK,
+    TopP,
+)
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 
 class SchemaError(Exception):
@@ -36,10 +50,23 @@ class ImagePart(Struct, tag_field="type", tag="image_url", forbid_unknown_fields
     image_url: ImageURL
 
 
+class CalledFunction(Struct, forbid_unknown_fields=True):
+    name: FunctionName
+    arguments: str  # a JSON object, as text
+
+
+class AssistantToolCall(Struct, forbid_unknown_fields=True):
+    id: Annotated[str, Meta(min_length=1, max_length=64)]
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class Message(Struct, forbid_unknown_fields=True):
-    role: Literal["system", "developer", "user", "assistant"]  # developer is OpenAI's newer name for system
-    content: str | list[TextPart | ImagePart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]  # developer is OpenAI's newer name for system
+    content: str | list[TextPart | ImagePart] | None = None  # None only for an assistant message with tool_calls
     name: str | None = None  # accepted and ignored
+    tool_calls: list[AssistantToolCall] | None = None  # assistant messages
+    tool_call_id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None  # tool messages
 
 
 class StreamOptions(Struct, forbid_unknown_fields=True):
@@ -61,6 +88,10 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True):
     stream_options: StreamOptions | None = None
     top_k: TopK | None = None  # extension
     repetition_penalty: RepetitionPenalty | None = None  # extension
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[ToolSpec], Meta(max_length=64)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # accepted; a forced call is always one call
     # Accepted and ignored, but only with the value that changes nothing (see NEUTRAL_VALUES).
     n: int | None = None
     presence_penalty: float | None = None
@@ -99,6 +130,8 @@ class PromptMessage:
     text: str
     image_urls: tuple[str, ...]
     param: str  # where it sat in the request, for errors about it
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
@@ -138,9 +171,21 @@ def _check_consistency(request: ChatCompletionRequest) -> None:
             raise SchemaError(f"{name} is only accepted as {neutral[0]!r}; this server does not support it", name)
     if request.stream_options is not None and not request.stream:
         raise SchemaError("stream_options is only allowed when stream is true", "stream_options")
+    for i, message in enumerate(request.messages):
+        _check_message(message, f"messages[{i}]")
     both = request.max_tokens is not None and request.max_completion_tokens is not None
     if both and request.max_tokens != request.max_completion_tokens:
         raise SchemaError("max_tokens and max_completion_tokens disagree; send one of them", "max_tokens")
+
+
+def _check_message(message: Message, param: str) -> None:
+    """Tool fields only where they belong; content may be absent only beside tool calls."""
+    if message.tool_calls is not None and message.role != "assistant":
+        raise SchemaError("tool_calls are only accepted in assistant messages", f"{param}.tool_calls")
+    if (message.role == "tool") != (message.tool_call_id is not None):
+        raise SchemaError("a tool message needs tool_call_id, and only a tool message has one", f"{param}.tool_call_id")
+    if message.content is None and not message.tool_calls:
+        raise SchemaError("content is required", f"{param}.content")
 
 
 def prompt_messages(request: ChatCompletionRequest) -> list[PromptMessage]:
@@ -149,14 +194,15 @@ def prompt_messages(request: ChatCompletionRequest) -> list[PromptMessage]:
     for i, message in enumerate(request.messages):
         role: Role = "system" if message.role == "developer" else message.role
         param = f"messages[{i}].content"
-        if isinstance(message.content, str):
-            messages.append(PromptMessage(role, message.content, (), param))
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ())
+        if not isinstance(message.content, list):
+            messages.append(PromptMessage(role, message.content or "", (), param, calls, message.tool_call_id))
             continue
         texts = [part.text for part in message.content if isinstance(part, TextPart)]
         urls = tuple(part.image_url.url for part in message.content if isinstance(part, ImagePart))
         if urls and role != "user":
             raise SchemaError(f"images are only accepted in user messages, not {message.role}", param)
-        messages.append(PromptMessage(role, "\n".join(texts), urls, param))
+        messages.append(PromptMessage(role, "\n".join(texts), urls, param, calls, message.tool_call_id))
     return messages
 
 
@@ -172,9 +218,24 @@ def usage_body(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 
     }
 
 
+def tool_calls_body(calls: Sequence[ToolCall], with_index: bool = False) -> list[dict[str, Any]]:
+    """Calls in OpenAI's shape; stream deltas also carry each call's index."""
+    bodies = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+    return [{"index": i} | body for i, body in enumerate(bodies)] if with_index else bodies
+
+
 def completion_body(
-    completion_id: str, created: int, model: str, text: str, finish_reason: str, usage: dict[str, int]
+    completion_id: str,
+    created: int,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage: dict[str, int],
+    calls: Sequence[ToolCall] = (),
 ) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message = {"role": "assistant", "content": text or None, "tool_calls": tool_calls_body(calls)}
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -184,7 +245,7 @@ def completion_body(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }
@@ -197,7 +258,7 @@ def chunk_body(
     completion_id: str,
     created: int,
     model: str,
-    delta: dict[str, str] | None,
+    delta: dict[str, Any] | None,
     finish_reason: str | None = None,
     usage: dict[str, int] | None = None,
 ) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway import openai_schema as schema
-from gateway.engine.types import GenerationResult, TurnHandle
+from gateway.engine.types import GenerationResult, ToolCall, TurnHandle
 from gateway.errors import ErrorCode, GatewayError
 
-TurnEvent = str | GenerationResult  # a text delta, then the result once
+TurnEvent = str | tuple[ToolCall, ...] | GenerationResult  # text deltas, the calls (if any), then the result once
 
 
 class TurnEvents:
@@ -24,6 +24,7 @@ class TurnEvents:
 
     def __init__(self) -> None:
         self._text: list[str] = []
+        self._calls: list[ToolCall] = []
         self._result: GenerationResult | None = None
         self._gone = False
         self._wake = asyncio.Event()
@@ -36,6 +37,10 @@ class TurnEvents:
 
     def on_token(self, text: str) -> None:
         self._text.append(text)
+        self._wake.set()
+
+    def on_tool_call(self, call: ToolCall) -> None:
+        self._calls.append(call)
         self._wake.set()
 
     def on_done(self, result: GenerationResult) -> None:
@@ -55,6 +60,10 @@ class TurnEvents:
                 text = "".join(self._text)
                 self._text.clear()
                 return text
+            if self._calls:
+                calls = tuple(self._calls)
+                self._calls.clear()
+                return calls
             if self._result is not None:
                 return self._result
             self._wake.clear()
@@ -104,15 +113,18 @@ class Reply:
     async def json(self, stream: AsyncGenerator[TurnEvent, None]) -> JSONResponse:
         """Wait for the whole turn; raises GatewayError when generation failed."""
         result: GenerationResult | None = None
+        calls: tuple[ToolCall, ...] = ()
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if isinstance(event, GenerationResult):
                     result = event
+                elif isinstance(event, tuple):
+                    calls += event
         if result is None:  # the client has gone; nobody will read this
             return JSONResponse(None, status_code=499)
         if (failure := _failure(result)) is not None:
             raise failure
-        body = schema.completion_body(self.id, self.created, self.model, result.text, result.finish_reason, _usage(result))
+        body = schema.completion_body(self.id, self.created, self.model, result.text, result.finish_reason, _usage(result), calls)
         return JSONResponse(body)
 
     async def sse(self, stream: AsyncGenerator[TurnEvent, None], include_usage: bool) -> AsyncGenerator[bytes, None]:
@@ -121,6 +133,8 @@ class Reply:
         async for event in stream:
             if isinstance(event, str):
                 yield self._chunk({"content": event})
+            elif isinstance(event, tuple):  # whole calls, each in one delta with its index
+                yield self._chunk({"tool_calls": schema.tool_calls_body(event, with_index=True)})
             elif (failure := _failure(event)) is not None:
                 yield schema.sse_event(schema.error_body(failure.message, "server_error", None, failure.code.value))
             else:
@@ -129,7 +143,7 @@ class Reply:
                     yield schema.sse_event(schema.chunk_body(self.id, self.created, self.model, None, None, _usage(event)))
         yield schema.SSE_DONE
 
-    def _chunk(self, delta: dict[str, str], finish_reason: str | None = None) -> bytes:
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         return schema.sse_event(schema.chunk_body(self.id, self.created, self.model, delta, finish_reason))
 
 

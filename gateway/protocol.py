@@ -22,7 +22,7 @@ MaxTokens = Annotated[int, Meta(ge=1)]
 RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=10.0)]
 StopString = Annotated[str, Meta(min_length=1, max_length=128)]
 Seed = Annotated[int, Meta(ge=0, le=2**63 - 1)]
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "tool_calls"]
 
 
 ModelId = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -30,6 +30,63 @@ ModelId = Annotated[str, Meta(min_length=1, max_length=256)]
 
 class _Frame(Struct, forbid_unknown_fields=True, tag_field="type"):
     """Base of every frame: a map whose `type` field names the frame."""
+
+
+class TextFormat(Struct, forbid_unknown_fields=True, tag_field="type", tag="text"):
+    """Free text: no constraint (OpenAI's default)."""
+
+
+class JsonObjectFormat(Struct, forbid_unknown_fields=True, tag_field="type", tag="json_object"):
+    """Any JSON object."""
+
+
+class JsonSchemaSpec(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    schema: dict[str, Any] = {}  # a JSON Schema; {} allows any JSON value
+    strict: bool | None = None  # accepted; the schema is always enforced
+    description: str | None = None
+
+
+class JsonSchemaFormat(Struct, forbid_unknown_fields=True, tag_field="type", tag="json_schema"):
+    """JSON valid under `json_schema.schema`."""
+
+    json_schema: JsonSchemaSpec
+
+
+class RegexFormat(Struct, forbid_unknown_fields=True, tag_field="type", tag="regex"):
+    """Text matching a regular expression as a whole (an extension)."""
+
+    regex: Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+ResponseFormat = Union[TextFormat, JsonObjectFormat, JsonSchemaFormat, RegexFormat]
+FunctionName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class FunctionSpec(Struct, forbid_unknown_fields=True):
+    name: FunctionName
+    description: Annotated[str, Meta(max_length=4096)] | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema for the arguments object
+    strict: bool | None = None  # accepted; a forced call always follows `parameters`
+
+
+class ToolSpec(Struct, forbid_unknown_fields=True):
+    """One tool in OpenAI's shape: {"type": "function", "function": {...}}."""
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class FunctionRef(Struct, forbid_unknown_fields=True):
+    name: FunctionName
+
+
+class NamedToolChoice(Struct, forbid_unknown_fields=True):
+    type: Literal["function"]
+    function: FunctionRef
+
+
+ToolChoice = Union[Literal["auto", "none", "required"], NamedToolChoice]
 
 
 class SamplingOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -44,6 +101,9 @@ class SamplingOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
     seed: Seed | None = None
     ignore_eos: bool | None = None
     model: ModelId | None = None  # the base model or an adapter, as listed in `ready.models`
+    response_format: ResponseFormat | None = None  # constrains the reply (see gateway/structured.py)
+    tools: Annotated[list[ToolSpec], Meta(max_length=64)] | None = None
+    tool_choice: ToolChoice | None = None
 
 
 # ---- client to server -------------------------------------------------------------------------
@@ -104,7 +164,17 @@ class ForgetFrame(_Frame, tag="forget"):
     id: TurnId | None = None
 
 
-ClientFrame = Union[TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame, ResumeFrame, ForgetFrame]
+class ToolResultFrame(_Frame, tag="tool_result"):
+    """The client's answer to a `tool_call`; it joins the history as a tool message."""
+
+    call_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    content: Annotated[str, Meta(max_length=256_000)]
+    id: TurnId | None = None
+
+
+ClientFrame = Union[
+    TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame, ResumeFrame, ForgetFrame, ToolResultFrame
+]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
 
 
@@ -162,6 +232,15 @@ class TokenFrame(_ServerFrame, tag="token"):
     text: str
 
 
+class ToolCallFrame(_ServerFrame, tag="tool_call"):
+    """A function call in the reply, whole; `done` (finish_reason `tool_calls`) follows the last one."""
+
+    id: str
+    call_id: str
+    name: str
+    arguments: str  # a JSON object, as text
+
+
 class Usage(Struct):
     prompt_tokens: int
     completion_tokens: int
@@ -181,6 +260,7 @@ class DoneFrame(_ServerFrame, tag="done"):
     text: str
     usage: Usage
     timing: Timing
+    structured: bool | None = None  # with a response_format or a forced tool call: did the reply complete it
 
 
 class ErrorFrame(_ServerFrame, tag="error"):
@@ -206,12 +286,20 @@ class ImageInfo(Struct):
     data: builtins.bytes | None = None  # `bytes` is shadowed by the field above
 
 
+class ToolCallInfo(Struct):
+    call_id: str
+    name: str
+    arguments: str
+
+
 class HistoryEntry(Struct):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "tool"]
     text: str
     id: str | None = None
     images: list[ImageInfo] = []
     partial: bool = False
+    tool_calls: list[ToolCallInfo] = []  # an assistant entry's calls
+    call_id: str | None = None  # the call a tool entry answers
 
 
 class HistoryFrame(_ServerFrame, tag="history"):
@@ -240,6 +328,7 @@ SessionFrame = Union[
     AcceptedFrame,
     QueuedFrame,
     TokenFrame,
+    ToolCallFrame,
     DoneFrame,
     ErrorFrame,
     HistoryFrame,
@@ -255,6 +344,7 @@ ServerFrame = Union[
     AcceptedFrame,
     QueuedFrame,
     TokenFrame,
+    ToolCallFrame,
     DoneFrame,
     ErrorFrame,
     HistoryFrame,

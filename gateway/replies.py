@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import protocol as p
 from gateway.config import Settings
 from gateway.engine.types import Engine, GenerationResult
-from gateway.session import Session
+from gateway.session import Exchange, Session
 
 if TYPE_CHECKING:
     from gateway.turns import TurnService
@@ -68,6 +68,7 @@ def done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
             total_ms=round(result.total_ms, 2),
             tokens_per_s=round(result.tokens_per_s, 2),
         ),
+        structured=result.structured,
     )
 
 
@@ -95,6 +96,15 @@ def history_frame(session: Session, frame: p.HistoryRequestFrame) -> p.HistoryFr
             )
             for i in exchange.turn.images
         ]
-        entries.append(p.HistoryEntry(role="user", text=exchange.turn.text, id=exchange.turn.id, images=images))
-        entries.append(p.HistoryEntry(role="assistant", text=exchange.reply, id=exchange.turn.id, partial=exchange.partial))
+        if not exchange.turn.continues:  # an empty turn that went on from tool results added no user message
+            entries.append(p.HistoryEntry(role="user", text=exchange.turn.text, id=exchange.turn.id, images=images))
+        entries += _reply_entries(exchange)
     return p.HistoryFrame(system=session.system, turns=entries, id=frame.id)
+
+
+def _reply_entries(exchange: Exchange) -> list[p.HistoryEntry]:
+    """The assistant's entry (with its calls) and one tool entry per result."""
+    calls = [p.ToolCallInfo(call_id=c.id, name=c.name, arguments=c.arguments) for c in exchange.tool_calls]
+    turn_id = exchange.turn.id
+    reply = p.HistoryEntry(role="assistant", text=exchange.reply, id=turn_id, partial=exchange.partial, tool_calls=calls)
+    return [reply, *(p.HistoryEntry(role="tool", text=r.content, id=turn_id, call_id=r.call_id) for r in exchange.tool_results)]

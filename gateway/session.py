@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.engine.types import ChatImage, ChatMessage, SamplingParams
+from gateway.engine.types import ChatImage, ChatMessage, SamplingParams, ToolCall
 from gateway.errors import ErrorCode, GatewayError
 from gateway.protocol import SamplingOptions
+from gateway.structured import response_grammar
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class UserTurn:
     id: str
     text: str
     images: tuple[ChatImage, ...] = ()  # the client's bytes; pixels are the engine's business
+    continues: bool = False  # an empty turn after tool results: the model goes on from them
 
     @property
     def image_bytes(self) -> int:
@@ -24,13 +26,28 @@ class UserTurn:
 
 
 @dataclass(frozen=True)
+class ToolResult:
+    call_id: str
+    content: str
+
+
+@dataclass(frozen=True)
 class Exchange:
-    """A user turn and the reply it got; `partial` marks a reply cut short by cancel."""
+    """A user turn and the reply it got; `partial` marks a reply cut short by cancel. A reply that called
+    tools holds its calls, and the client's results join it as they arrive."""
 
     turn: UserTurn
     reply: str
     partial: bool = False
     number: int = 0  # 1, 2, 3, ... in the order exchanges joined this session; never reused
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
+
+    @property
+    def pending_calls(self) -> list[str]:
+        """Ids of calls the client has not answered yet."""
+        answered = {r.call_id for r in self.tool_results}
+        return [c.id for c in self.tool_calls if c.id not in answered]
 
 
 @dataclass(frozen=True)
@@ -120,29 +137,50 @@ class Session:
     def drop_oldest(self, n: int) -> None:
         del self.exchanges[:n]
 
-    def record(self, turn: UserTurn, reply: str, partial: bool, epoch: int) -> bool:
+    def record(self, turn: UserTurn, reply: str, partial: bool, epoch: int, tool_calls: tuple[ToolCall, ...] = ()) -> bool:
         """Append a finished exchange; False when a reset happened since the turn started."""
         if epoch != self.epoch:
             return False
         number = self.exchanges[-1].number + 1 if self.exchanges else self.numbered + 1
         self.numbered = number
-        self.exchanges.append(Exchange(turn=turn, reply=reply, partial=partial, number=number))
+        self.exchanges.append(Exchange(turn=turn, reply=reply, partial=partial, number=number, tool_calls=tool_calls))
         overflow = len(self.exchanges) - self.max_history_turns
         if overflow > 0:
             del self.exchanges[:overflow]
         return True
 
+    def add_tool_result(self, call_id: str, content: str) -> None:
+        """The client's answer to one of the last reply's calls joins the history as a tool message."""
+        last = self.exchanges[-1] if self.exchanges else None
+        if last is None or call_id not in last.pending_calls:
+            answered = last is not None and any(r.call_id == call_id for r in last.tool_results)
+            problem = "was already answered" if answered else "is not a call of the last reply"
+            raise GatewayError(ErrorCode.NOT_FOUND, f"tool call {call_id!r} {problem}")
+        self.exchanges[-1] = replace(last, tool_results=(*last.tool_results, ToolResult(call_id, content)))
+
+    def check_turn(self, turn: UserTurn) -> UserTurn:
+        """A turn may start once every call is answered; an empty one right after results continues from
+        them (no user message is added)."""
+        last = self.exchanges[-1] if self.exchanges else None
+        if last is not None and last.pending_calls:
+            raise GatewayError(
+                ErrorCode.INVALID_FIELD, f"answer tool calls {', '.join(last.pending_calls)} with tool_result first", turn.id
+            )
+        continues = last is not None and bool(last.tool_results) and not turn.text and not turn.images
+        return replace(turn, continues=continues)
+
     def _messages(self, exchanges: Sequence[Exchange], turn: UserTurn) -> list[ChatMessage]:
         messages = [ChatMessage("system", self.system)] if self.system else []
         for exchange in exchanges:
-            messages.append(_user_message(exchange.turn))
-            messages.append(ChatMessage("assistant", exchange.reply))
-        messages.append(_user_message(turn))
+            messages += _user_message(exchange.turn)
+            messages.append(ChatMessage("assistant", exchange.reply, tool_calls=exchange.tool_calls))
+            messages += [ChatMessage("tool", r.content, tool_call_id=r.call_id) for r in exchange.tool_results]
+        messages += _user_message(turn)
         return messages
 
 
-def _user_message(turn: UserTurn) -> ChatMessage:
-    return ChatMessage("user", turn.text, turn.images)
+def _user_message(turn: UserTurn) -> list[ChatMessage]:
+    return [] if turn.continues else [ChatMessage("user", turn.text, turn.images)]
 
 
 def resolve_params(
@@ -166,4 +204,5 @@ def resolve_params(
         stop=stop,
         seed=merged.get("seed"),
         ignore_eos=bool(merged.get("ignore_eos", False)),
+        grammar=response_grammar(merged.get("response_format")),
     )

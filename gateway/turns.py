@@ -20,6 +20,7 @@ from gateway.engine.types import (
     GenerationRequest,
     GenerationResult,
     SamplingParams,
+    ToolCallSink,
     TurnHandle,
     TurnSink,
 )
@@ -30,6 +31,9 @@ from gateway.images import ImageLimits, check_image, yield_cpu
 from gateway.metrics import Metrics
 from gateway.replies import server_defaults
 from gateway.session import PromptPlan, Session, UserTurn, resolve_params
+from gateway.structured import response_grammar
+from gateway.tools.formats import detect
+from gateway.tools.plan import NO_TOOLS, ToolPlan, plan_tools
 from gateway.url_guard import FetchPolicy
 
 log = logging.getLogger("gateway.turns")
@@ -97,6 +101,7 @@ class TurnService:
             max(1, settings.image_workers), thread_name_prefix="gateway-decode", initializer=yield_cpu
         )
         self._turn_ms = 1000.0  # a moving average of turn durations, for Retry-After
+        self.tool_syntax = detect(engine.chat_template)  # how this model writes tool calls
 
     def close(self) -> None:
         self._fetch_pool.shutdown(wait=False, cancel_futures=True)
@@ -135,6 +140,9 @@ class TurnService:
             raise GatewayError(ErrorCode.TOO_LARGE, f"at most {self.settings.max_stop_strings} stop strings")
         if options.model is not None:
             self.adapter_for(options.model)
+        response_grammar(options.response_format)  # an unusable schema or regex is refused now
+        if options.tools:
+            plan_tools(options.tools, "required", self.tool_syntax)  # so is an unusable parameters schema
 
     def adapter_for(self, model: str | None) -> str | None:
         """The adapter a model id selects (None: the base model), or `invalid_field` naming the ids."""
@@ -171,22 +179,29 @@ class TurnService:
 
     # ---- a session's turn (WebSocket) -------------------------------------------------------------
 
-    async def start(self, session: Session, request: TurnRequest, sink: TurnSink) -> StartedTurn:
+    async def start(self, session: Session, request: TurnRequest, sink: ToolCallSink) -> StartedTurn:
         """Check, load, plan and submit one turn of `session`; the caller records it with `record`."""
         self.check_open(request.id)
         self.check_turn(request)
         images = await self.load_images(request.images, request.image_urls)
-        turn = UserTurn(id=request.id, text=request.text, images=images)
+        turn = session.check_turn(UserTurn(id=request.id, text=request.text, images=images))
         room = self._image_room(session, turn)
         params, model = self.resolve(session.defaults, request.options)
+        tools = self.tools_for(session.defaults, request.options)
+        params = tools.params(params)
+
+        async def count(messages: Sequence[ChatMessage]) -> int:
+            return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
+
         with _engine_failures(request.id, bool(images)):
             await self.engine.prepare(images)
-            count = self.engine.count_prompt_tokens
             plan = await session.plan(turn, params.max_tokens, self.engine.context_tokens, count, room)
         self.check_open(request.id)  # planning awaited: the server may have begun draining meanwhile
         started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model)
-        generation = GenerationRequest(plan.messages, params, started.handle, adapter=model, affinity=session.id)
-        self._submit(generation, sink)
+        generation = GenerationRequest(
+            plan.messages, params, started.handle, adapter=model, affinity=session.id, tools=tools.tools
+        )
+        self._submit(generation, tools.sink(sink))
         session.drop_oldest(plan.dropped_turns)
         self.images.hold(session.id, session.image_bytes + turn.image_bytes)
         return started
@@ -195,7 +210,8 @@ class TurnService:
         """The turn's end: its exchange joins the history (partial when cancelled); a failed one does not."""
         recorded = False
         if result.finish_reason != "error":
-            recorded = session.record(started.turn, result.text, result.finish_reason == "cancelled", started.epoch)
+            cancelled = result.finish_reason == "cancelled"
+            recorded = session.record(started.turn, result.text, cancelled, started.epoch, result.tool_calls)
         self.images.hold(session.id, session.image_bytes)
         return recorded
 
@@ -203,6 +219,12 @@ class TurnService:
         params = resolve_params(self.server_defaults, defaults, options, self.settings.max_tokens_limit)
         model = options.model if options is not None and options.model is not None else defaults.model
         return params, self.adapter_for(model)
+
+    def tools_for(self, defaults: p.SamplingOptions, options: p.SamplingOptions | None) -> ToolPlan:
+        """The turn's tools and tool_choice, each from its options over the session's defaults."""
+        tools = options.tools if options is not None and options.tools is not None else defaults.tools
+        choice = options.tool_choice if options is not None and options.tool_choice is not None else defaults.tool_choice
+        return plan_tools(tools, choice, self.tool_syntax)
 
     def _image_room(self, session: Session, turn: UserTurn) -> int:
         """How many image bytes this session may hold with the turn: its own bound, and what the other
@@ -228,20 +250,25 @@ class TurnService:
     # ---- a stateless turn (HTTP) ------------------------------------------------------------------
 
     async def start_stateless(
-        self, messages: Sequence[ChatMessage], params: SamplingParams, model: str | None, sink: TurnSink
+        self,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+        model: str | None,
+        sink: ToolCallSink,
+        tools: ToolPlan = NO_TOOLS,
     ) -> TurnHandle:
         self.check_open(None)
         images = [image for message in messages for image in message.images]
         with _engine_failures(None, bool(images)):
             await self.engine.prepare(images)
-        request = GenerationRequest(messages=messages, params=params, adapter=model)
+        request = GenerationRequest(messages=messages, params=tools.params(params), adapter=model, tools=tools.tools)
         self.check_open(None)
-        self._submit(request, sink)
+        self._submit(request, tools.sink(sink))
         return request.handle
 
-    async def count(self, messages: Sequence[ChatMessage]) -> int:
+    async def count(self, messages: Sequence[ChatMessage], tools: ToolPlan = NO_TOOLS) -> int:
         with _engine_failures(None, any(m.images for m in messages)):
-            return await self.engine.count_prompt_tokens(messages)
+            return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
 
     # ---- the engine --------------------------------------------------------------------------------
 

@@ -165,8 +165,8 @@ async def test_role_tokens_in_text_never_become_special_under_concurrency(bounde
     built: list[list[int]] = []
     original = builder.build
 
-    def recording(messages: Any) -> Any:
-        inputs = original(messages)
+    def recording(messages: Any, *tools: Any) -> Any:
+        inputs = original(messages, *tools)
         built.append(inputs.input_ids[0].tolist())
         return inputs
 
@@ -268,9 +268,9 @@ def test_event_loop_threads_are_never_the_counting_thread(bounded: RunningServer
     seen: list[str] = []
     original = bounded.engine._counter.count
 
-    def spy(messages: Any) -> int:
+    def spy(messages: Any, *tools: Any) -> int:
         seen.append(threading.current_thread().name)
-        return original(messages)
+        return original(messages, *tools)
 
     bounded.engine._counter.count = spy  # type: ignore[method-assign]
     try:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from gateway.engine.constrain import RowGrammar
 from gateway.engine.detok import TextStream
 from gateway.engine.loader import LoadedModel
 from gateway.engine.prefix_cache import HeldPrefix, LayerStates
@@ -31,6 +32,7 @@ class Sequence:
     prompt_ids: tuple[int, ...] | None = None  # set for prompts whose KV may be held after the turn
     cached_tokens: int = 0  # prompt tokens whose KV came from a held prefix
     token_ids: list[int] = field(default_factory=list)
+    grammar: RowGrammar | None = None  # set when the reply is constrained (see engine/constrain.py)
     first_token_at: float | None = None
     last_token_at: float | None = None
 
@@ -218,6 +220,8 @@ class Batch:
     def choose(self, seq: Sequence, logits: torch.Tensor) -> int:
         seen = seq.seen if seq.seen is not None else _EMPTY
         token = choose_token(logits, seq.request.params, seen, seq.generator)
+        if seq.grammar is not None:
+            seq.grammar.accept(token)
         if seq.seen is not None:
             seq.seen = torch.cat([seq.seen, torch.tensor([token], device=seq.seen.device)])
         now = time.perf_counter()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import string
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-DEMO_VERSION = "3"  # bump whenever the files change: cached copies of older versions are rebuilt
+DEMO_VERSION = "4"  # bump whenever the files change: cached copies of older versions are rebuilt
 DemoSize = Literal["tiny", "small"]
 
 # One `<|image|>` token stands for merge_size**2 patches; the pixel cap keeps demo prompts short.
@@ -92,6 +93,9 @@ _WORDS = """
 """.split()
 _STARTERS = "The A An It This That There Here We You I In On At What How Why Yes No Some Each".split()
 _PUNCTUATION = [".", ",", "!", "?", ":", ";", "'", ")", "▁(", "▁-", '▁"']
+# Single characters with no space before them: enough to spell any JSON (keys, braces, numbers) and the
+# tool-call syntaxes, which constrained decoding (gateway/engine/constrain.py) can only build from tokens.
+_CHARACTERS = [*string.ascii_letters, *string.digits, *'{}[]"_-<>/', "\n"]
 UNK_TOKEN = "<unk>"
 SPACE = "▁"  # stands for the space before a word in the vocabulary and in pre-tokenized text
 # Pre-tokenized text: a space-led run of up to 8 letters or digits, or one other character. Words the
@@ -100,9 +104,9 @@ _PIECES = r"▁?[\p{L}\p{N}\p{M}]{1,8}|▁?[^\p{L}\p{N}\p{M}▁]|▁"
 
 
 def _vocabulary() -> dict[str, int]:
-    """Special tokens first (ids 0-16, as before), then <unk>, words, digits and punctuation."""
+    """Special tokens first (ids 0-16, as before), then <unk>, words, digits, punctuation and single characters."""
     words = [SPACE + w for w in [*_WORDS, *_STARTERS, *"0123456789"]]
-    tokens = dict.fromkeys([*SPECIAL_TOKENS, UNK_TOKEN, *words, *_PUNCTUATION])
+    tokens = dict.fromkeys([*SPECIAL_TOKENS, UNK_TOKEN, *words, *_PUNCTUATION, *_CHARACTERS])
     return {token: i for i, token in enumerate(tokens)}
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from gateway.engine.batch import Batch, Sequence, row_states, supports_batching
+from gateway.engine.constrain import GrammarVocabulary, logits_width, mask_logits
 from gateway.engine.detok import TextStream
 from gateway.engine.loader import LoadedModel
 from gateway.engine.prefix_cache import PrefixCache
@@ -76,6 +77,7 @@ class LocalEngine:
         self._image_pool = ThreadPoolExecutor(max(1, image_workers), thread_name_prefix="gateway-images", initializer=yield_cpu)
         self.context_tokens = min(loaded.context_tokens, context_tokens or loaded.context_tokens)
         self.adapters: tuple[str, ...] = loaded.adapter_names
+        self.chat_template: str | None = loaded.tokenizer.chat_template
         self.max_batch = max_batch
         self.max_prefills_per_step = max_prefills_per_step
         self.queue_size = queue_size
@@ -90,11 +92,12 @@ class LocalEngine:
         self._abort = threading.Event()
         self._relay = EventRelay()
         self._thread = threading.Thread(target=self._run, name="gateway-generation", daemon=True)
+        self.grammars = _grammar_vocabulary(loaded)
 
     # ---- called from the event loop --------------------------------------------------------------
 
-    async def count_prompt_tokens(self, messages: Seq[ChatMessage]) -> int:
-        return await asyncio.get_running_loop().run_in_executor(self._count_pool, self._counter.count, messages)
+    async def count_prompt_tokens(self, messages: Seq[ChatMessage], tools: Seq[dict[str, Any]] = ()) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._count_pool, self._counter.count, messages, tools)
 
     async def prepare(self, images: Seq[ChatImage]) -> None:
         cache = self.loaded.prompt.images
@@ -198,7 +201,13 @@ class LocalEngine:
             return admitted, cancelled, list(self._waiting) if moved else []
 
     def _sequence(self, job: _Job) -> Sequence:
-        return Sequence(request=job.request, stream=TextStream(self.loaded.tokenizer, job.request.params.stop), job=job)
+        params = job.request.params
+        grammar = None
+        if params.grammar is not None and self.grammars is not None:
+            grammar = self.grammars.matcher(params.grammar)
+        # A stop string would cut a constrained reply short of its grammar: constrained rows ignore them.
+        stop = () if params.grammar is not None else params.stop
+        return Sequence(request=job.request, stream=TextStream(self.loaded.tokenizer, stop), job=job, grammar=grammar)
 
     def _prefill(self, batch: Batch, jobs: list[_Job]) -> None:
         """Prefill newly admitted turns: text-only prompts together in one padded forward pass, each
@@ -209,8 +218,11 @@ class LocalEngine:
             if job.request.handle.cancelled.is_set():
                 self._finish(seq, "cancelled")
                 continue
+            if job.request.params.grammar is not None and seq.grammar is None:
+                self._finish(seq, "error", "this model's tokenizer does not support constrained decoding")
+                continue
             try:
-                ready.append((seq, self.loaded.prompt.build(job.request.messages)))
+                ready.append((seq, self.loaded.prompt.build(job.request.messages, job.request.tools)))
             except GatewayError as exc:
                 self._finish(seq, "error", exc.message)
             except Exception:  # a bad input ends this turn, never the thread
@@ -249,6 +261,7 @@ class LocalEngine:
         seqs = [seq for seq, _ in group]
         try:
             logits, cache, mask = run() if run else batch.prefill(seqs, [inputs for _, inputs in group])
+            mask_logits(logits, [seq.grammar for seq in seqs])
             if not supports_batching(cache) and self.max_batch > 1:
                 log.warning("this model's cache cannot be merged; decoding one turn at a time")
                 self.max_batch = 1
@@ -277,6 +290,7 @@ class LocalEngine:
             return
         try:
             logits = batch.decode([seq.token_ids[-1] for seq in batch.sequences])
+            mask_logits(logits, [seq.grammar for seq in batch.sequences])
         except Exception:
             log.exception("decode step failed; ending every turn in the batch")
             for seq in batch.sequences:
@@ -303,13 +317,18 @@ class LocalEngine:
     def _after_token(self, seq: Sequence, token: int) -> bool:
         """Stream one sampled token's text; True when the turn ended with it."""
         self.tokens_generated += 1
-        if token in self.loaded.eos_token_ids and not seq.request.params.ignore_eos:
+        grammar = seq.grammar
+        if grammar is not None and grammar.failed:
+            self._finish(seq, "error", grammar.error)
+            return True
+        # The grammar allows an end-of-turn token only where the reply is complete: it always ends the turn.
+        if token in self.loaded.eos_token_ids and (not seq.request.params.ignore_eos or grammar is not None):
             self._finish(seq, "stop")
             return True
         delta = seq.stream.push(token)
         if delta:
             self._emit(seq.job, seq.job.sink.on_token, delta)
-        if seq.stream.stopped:
+        if seq.stream.stopped or (grammar is not None and grammar.complete):
             self._finish(seq, "stop")
             return True
         if len(seq.token_ids) >= seq.request.params.max_tokens:
@@ -336,6 +355,7 @@ class LocalEngine:
             tokens_per_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
             error=error,
             cached_tokens=seq.cached_tokens,
+            structured=None if seq.grammar is None else reason == "stop" and seq.grammar.accepting,
         )
         self._emit(job, job.sink.on_done, result)
 
@@ -344,3 +364,12 @@ class LocalEngine:
 
     def _flush(self) -> None:
         self._relay.flush()
+
+
+def _grammar_vocabulary(loaded: LoadedModel) -> GrammarVocabulary | None:
+    """The vocabulary for constrained decoding; a tokenizer llguidance cannot read leaves it off."""
+    try:
+        return GrammarVocabulary(loaded.tokenizer, logits_width(loaded.model, loaded.tokenizer), loaded.eos_token_ids)
+    except Exception:
+        log.warning("constrained decoding is unavailable for this tokenizer", exc_info=True)
+        return None

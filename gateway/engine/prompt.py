@@ -16,6 +16,10 @@ from gateway.engine.image_cache import ImageCache, ProcessedImage
 from gateway.engine.types import ChatImage, ChatMessage
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import decode_pixels
+from gateway.tools.fallback import needs_fallback, plain_messages
+from gateway.tools.formats import arguments_object, renders_tools
+
+Tools = Sequence[dict[str, Any]]
 
 _MARKED = re.compile("\U000f0000(.*?)\U000f0001|[\U000f0000\U000f0001]", re.DOTALL)  # transformers' markers
 
@@ -103,15 +107,16 @@ class PromptBuilder:
             twin._adopt_processor(self.processor)
         return twin
 
-    def count(self, messages: Sequence[ChatMessage]) -> int:
+    def count(self, messages: Sequence[ChatMessage], tools: Tools = ()) -> int:
         """Prompt length in tokens; without touching pixels where the family counts image tokens from sizes."""
+        messages, tools = self._with_tools(messages, tools)
         images = self._images_of(messages)
         if not images:
-            return len(self._encode(self._render(messages)))
+            return len(self._encode(self._render(messages, tools)))
         if not self.family.tokens_from_size:
-            return self.build(messages).prompt_tokens
+            return self.build(messages, tools).prompt_tokens
         replacements = [self.processor.image_token * self.image_tokens(i.height, i.width) for i in images]
-        text, _ = self.processor.get_text_with_replacements([self._render(messages)], replacements)
+        text, _ = self.processor.get_text_with_replacements([self._render(messages, tools)], replacements)
         return len(self._encode(text[0]))
 
     @property
@@ -139,10 +144,11 @@ class PromptBuilder:
             ) from None
         return {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in processed.items()}
 
-    def build(self, messages: Sequence[ChatMessage]) -> ModelInputs:
+    def build(self, messages: Sequence[ChatMessage], tools: Tools = ()) -> ModelInputs:
         """Model inputs for a prompt; images come from the processed-image cache (a miss is processed here)."""
+        messages, tools = self._with_tools(messages, tools)
         images = self._images_of(messages)
-        rendered = self._render(messages)
+        rendered = self._render(messages, tools)
         if not images:
             return ModelInputs(torch.tensor([self._encode(rendered)], dtype=torch.long), {})
         self._prepared.features = self.family.combine([self.images.get(image) for image in images])
@@ -174,20 +180,37 @@ class PromptBuilder:
             raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, "the served model is text-only; send turns without images")
         return images
 
-    def _render(self, messages: Sequence[ChatMessage]) -> str:
+    def _with_tools(self, messages: Sequence[ChatMessage], tools: Tools) -> tuple[Sequence[ChatMessage], Tools]:
+        """A template that does not render tools gets them (and calls, results) as plain text instead."""
+        if renders_tools(self.template) or not needs_fallback(messages, tools):
+            return messages, tools
+        return plain_messages(messages, tools), ()
+
+    def _render(self, messages: Sequence[ChatMessage], tools: Tools = ()) -> str:
         from transformers.utils.chat_template_utils import mark_control_tokens
 
         chat = mark_control_tokens([self._template_message(m) for m in messages], self._control)
+        # Tool definitions and call arguments are client text too: their control tokens are marked the same way.
+        extra = {"tools": mark_control_tokens(list(tools), self._control)} if tools else {}
         return str(
-            self.tokenizer.apply_chat_template(chat, chat_template=self.template, tokenize=False, add_generation_prompt=True)
+            self.tokenizer.apply_chat_template(
+                chat, chat_template=self.template, tokenize=False, add_generation_prompt=True, **extra
+            )
         )
 
     def _template_message(self, message: ChatMessage) -> dict[str, Any]:
-        if not self.vision:
-            return {"role": message.role, "content": message.text}
-        parts: list[dict[str, Any]] = [{"type": "image"} for _ in message.images]
-        parts.append({"type": "text", "text": message.text})
-        return {"role": message.role, "content": parts}
+        rendered: dict[str, Any] = {"role": message.role, "content": message.text}
+        if self.vision and message.role != "tool":
+            parts: list[dict[str, Any]] = [{"type": "image"} for _ in message.images]
+            rendered["content"] = [*parts, {"type": "text", "text": message.text}]
+        if message.tool_calls:
+            rendered["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": arguments_object(c.arguments)}}
+                for c in message.tool_calls
+            ]
+        if message.tool_call_id is not None:
+            rendered["tool_call_id"] = message.tool_call_id
+        return rendered
 
     def _encode(self, text: str) -> list[int]:
         # The template wrote every special token; adding BOS/EOS again would change the prompt.

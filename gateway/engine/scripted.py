@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from gateway.engine.types import (
     ChatImage,
@@ -30,10 +31,11 @@ class ScriptedEngine:
         self.token_counter = "estimate"
         self.context_tokens = context_tokens
         self.adapters: tuple[str, ...] = ()
+        self.chat_template: str | None = None
         self.queue_size = queue_size
         self._running: set[asyncio.Task[None]] = set()
 
-    async def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+    async def count_prompt_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] = ()) -> int:
         return self.count(messages)
 
     def count(self, messages: Sequence[ChatMessage]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from gateway.protocol import FinishReason as FinishReason
 
@@ -30,10 +30,30 @@ class ChatImage:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made: its id, the function's name, the arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class ChatMessage:
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     text: str
     images: tuple[ChatImage, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant message's calls
+    tool_call_id: str | None = None  # a tool message answers this call
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A constraint on a reply's tokens, in llguidance's serialized form (JSON schema, regex or Lark)."""
+
+    kind: Literal["json_object", "json_schema", "regex", "tool_call"]
+    source: str  # llguidance's grammar text, checked when the request was validated
+    upstream: str = ""  # the same constraint as OpenAI request fields (a JSON object), for an upstream to enforce
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # keep generating past end-of-turn tokens (benchmarks want fixed lengths)
+    grammar: Grammar | None = None  # every token is masked to what the grammar allows
 
     @property
     def greedy(self) -> bool:
@@ -63,6 +84,8 @@ class GenerationResult:
     tokens_per_s: float  # decode rate: tokens after the first over the time since the first
     error: str | None = None
     cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier turn, not prefilled
+    structured: bool | None = None  # None: no grammar; True: the reply completed it; False: it was cut short
+    tool_calls: tuple[ToolCall, ...] = ()  # parsed from the reply (finish_reason "tool_calls"); text is the rest
 
     @property
     def completion_tokens(self) -> int:
@@ -77,6 +100,12 @@ class TurnSink(Protocol):
     def on_token(self, text: str) -> None: ...
 
     def on_done(self, result: GenerationResult) -> None: ...
+
+
+class ToolCallSink(TurnSink, Protocol):
+    """A front end's sink for turns that may call tools: each call arrives before `done`."""
+
+    def on_tool_call(self, call: ToolCall) -> None: ...
 
 
 @dataclass
@@ -96,6 +125,7 @@ class GenerationRequest:
     handle: TurnHandle = field(default_factory=TurnHandle)
     adapter: str | None = None  # a LoRA adapter's name from Engine.adapters; None is the base model
     affinity: str | None = None  # a session's key: its turns go to the same upstream replica (prefix cache)
+    tools: Sequence[dict[str, Any]] = ()  # OpenAI function definitions, for the chat template to render
 
 
 class EngineFull(Exception):
@@ -128,6 +158,7 @@ class Engine(Protocol):
     vision: bool  # True only when an image prompt was built and run at start-up
     context_tokens: int
     adapters: tuple[str, ...]  # names of extra LoRA adapters a request may select
+    chat_template: str | None  # the model's, for reading its tool-call syntax (None: no template)
 
     @property
     def token_counter(self) -> str:
@@ -135,7 +166,7 @@ class Engine(Protocol):
         "tokenizer" (a local tokenizer directory), "estimate" (the scripted engine: words)."""
         ...
 
-    async def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+    async def count_prompt_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] = ()) -> int:
         """The prompt's length in tokens, exactly as `submit` would build it; off the event loop."""
         ...
 

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx2 as httpx
 
@@ -55,6 +56,7 @@ class UpstreamEngine:
         self.vision = info.vision
         self.context_tokens = info.context_tokens
         self.adapters = info.adapters
+        self.chat_template: str | None = None  # the upstream renders tools and parses calls itself
         self.replicas = replicas
         self.options = options
         self._http: httpx.AsyncClient | None = None
@@ -68,7 +70,10 @@ class UpstreamEngine:
 
     # ---- the contract ------------------------------------------------------------------------------
 
-    async def count_prompt_tokens(self, messages: Sequence[ChatMessage], affinity: str | None = None) -> int:
+    async def count_prompt_tokens(
+        self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] = (), affinity: str | None = None
+    ) -> int:
+        """(Tool definitions are not counted: the upstream's /tokenize takes messages only.)"""
         self._ensure_tasks()
         try:
             return await self.counter.count(messages, affinity)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.engine.types import FinishReason, GenerationRequest, GenerationResult, TurnSink
+from gateway.engine.types import FinishReason, GenerationRequest, GenerationResult, ToolCall, TurnSink
 from gateway.engine.upstream import wire
 from gateway.engine.upstream.client import Overloaded, ReplicaClient, Unavailable, UpstreamError
 from gateway.engine.upstream.replicas import NoReplica, Replica, ReplicaSet
@@ -47,6 +47,7 @@ class UpstreamTurn:
     _token_ids: list[int] = field(default_factory=list)
     _first_at: float | None = None
     _usage: wire.StreamEvent = field(default_factory=wire.StreamEvent)
+    _calls: dict[int, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.deadline = self.started + self.context.deadlines.first_token_s
@@ -92,7 +93,7 @@ class UpstreamTurn:
                 failure = exc
 
     async def _stream(self, replica: Replica) -> tuple[FinishReason, str | None]:
-        body = wire.chat_body(self.context.model, self.request.messages, self.request.params)
+        body = wire.chat_body(self.context.model, self.request.messages, self.request.params, self.request.tools)
         if self.context.send_token_ids:
             body["return_token_ids"] = True
         replica.active += 1
@@ -113,6 +114,7 @@ class UpstreamTurn:
         if event.prompt_tokens is not None:
             self._usage = event
         self._token_ids.extend(event.token_ids)
+        wire.merge_tool_call_deltas(self._calls, event.tool_calls)
         if event.text:
             if self._first_at is None:
                 self._first_at = now
@@ -144,6 +146,10 @@ class UpstreamTurn:
             # Servers without token ids: the usage count, else one per chunk; the ids themselves unknown (0).
             ids = (0,) * (completion if completion is not None else len(self._texts))
         decode_s = end - self._first_at if self._first_at is not None else 0.0
+        calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(self._calls.items()))
+        if calls and reason == "stop":
+            reason = "tool_calls"
+        constrained = self.request.params.grammar is not None
         return GenerationResult(
             finish_reason=reason,
             text="".join(self._texts),
@@ -153,4 +159,6 @@ class UpstreamTurn:
             total_ms=(end - self.started) * 1000,
             tokens_per_s=(len(ids) - 1) / decode_s if decode_s > 0 and len(ids) > 1 else 0.0,
             error=error,
+            structured=reason in ("stop", "tool_calls") if constrained else None,  # the upstream enforced it
+            tool_calls=calls,
         )

@@ -22,12 +22,17 @@ def image_part(image: ChatImage) -> dict[str, Any]:
 
 
 def message_body(message: ChatMessage) -> dict[str, Any]:
-    if not message.images:
-        return {"role": message.role, "content": message.text}
-    parts = [image_part(image) for image in message.images]
-    if message.text:
-        parts.append({"type": "text", "text": message.text})
-    return {"role": message.role, "content": parts}
+    body: dict[str, Any] = {"role": message.role, "content": message.text}
+    if message.images:
+        parts = [image_part(image) for image in message.images]
+        body["content"] = [*parts, {"type": "text", "text": message.text}] if message.text else parts
+    if message.tool_calls:
+        body["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        body["tool_call_id"] = message.tool_call_id
+    return body
 
 
 def messages_body(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
@@ -55,14 +60,22 @@ def sampling_body(params: SamplingParams) -> dict[str, Any]:
     return body
 
 
-def chat_body(model: str, messages: Sequence[ChatMessage], params: SamplingParams) -> dict[str, Any]:
-    return {
+def chat_body(
+    model: str, messages: Sequence[ChatMessage], params: SamplingParams, tools: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """The turn as a streamed chat request; tools and constraints pass through for the upstream to enforce."""
+    body = {
         "model": model,
         "messages": messages_body(messages),
         "stream": True,
         "stream_options": {"include_usage": True},
         **sampling_body(params),
     }
+    if tools:
+        body["tools"] = list(tools)
+    if params.grammar is not None and params.grammar.upstream:
+        body.update(json.loads(params.grammar.upstream))
+    return body
 
 
 def tokenize_body(model: str, messages: Sequence[ChatMessage]) -> dict[str, Any]:
@@ -79,6 +92,7 @@ class StreamEvent:
     completion_tokens: int | None = None
     token_ids: tuple[int, ...] = ()  # vLLM's `return_token_ids` extension
     error: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()  # tool-call deltas, as the upstream parsed them
 
 
 def parse_sse_line(line: str) -> StreamEvent | None:
@@ -105,13 +119,24 @@ def parse_chunk(chunk: dict[str, Any]) -> StreamEvent:
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=usage.get("completion_tokens"),
         token_ids=tuple(choice.get("token_ids") or ()),
+        tool_calls=tuple(delta.get("tool_calls") or ()),
     )
 
 
+def merge_tool_call_deltas(calls: dict[int, dict[str, str]], deltas: Sequence[dict[str, Any]]) -> None:
+    """Stream deltas into whole calls, keyed by index: the id and name arrive once, arguments in pieces."""
+    for delta in deltas:
+        call = calls.setdefault(int(delta.get("index", len(calls))), {"id": "", "name": "", "arguments": ""})
+        function = delta.get("function") or {}
+        call["id"] = delta.get("id") or call["id"]
+        call["name"] += function.get("name") or ""
+        call["arguments"] += function.get("arguments") or ""
+
+
 def finish_reason(upstream: str | None) -> FinishReason:
-    """The upstream's reason in our terms: tool calls and content filters end a turn like a stop."""
-    if upstream == "length":
-        return "length"
+    """The upstream's reason in our terms: content filters end a turn like a stop."""
+    if upstream in ("length", "tool_calls"):
+        return upstream  # type: ignore[return-value]
     if upstream == "abort":
         return "cancelled"
     return "stop"
