@@ -284,30 +284,37 @@ async def test_two_gateways_share_sessions_through_redis(demo_dirs: DemoDirs, tm
     assert [t["text"] for t in history_["turns"]] == ["hello from one", done["text"]]
 
 
-async def test_redis_store_round_trip(redis_url: str) -> None:
-    """The Redis store keeps what the SQLite store keeps: settings, history with image bytes, pending."""
-    from gateway.session import Exchange, UserTurn
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+async def test_store_round_trip(kind: str, redis_url: str, tmp_path: Path) -> None:
+    """Both stores keep settings, history with image bytes, tool calls and results (which join the
+    newest exchange after it was saved), trimming, and the pending turn."""
+    from dataclasses import replace
+
+    from gateway.engine.types import ToolCall
+    from gateway.session import Exchange, ToolResult, UserTurn
     from gateway.store.base import SessionRecord
-    from gateway.store.redis import RedisStore
+    from gateway.store.open import open_store
     from tests.conftest import chat_image
 
-    store = RedisStore(redis_url, Settings())
+    store = open_store(Settings(session_store="sqlite" if kind == "sqlite" else redis_url, data_dir=str(tmp_path)))
     image = chat_image()
-    exchanges = [Exchange(UserTurn("a", "one", (image,)), "r1", False, 1), Exchange(UserTurn("b", "two"), "r2", True, 2)]
+    called = Exchange(UserTurn("b", "two"), "r2", True, 2, tool_calls=(ToolCall("c1", "look", '{"q": 1}'),))
+    exchanges = [Exchange(UserTurn("a", "one", (image,)), "r1", False, 1), called]
+    answered = replace(called, tool_results=(ToolResult("c1", "found it"),))
     record = SessionRecord(id="rt", token_hash="h", owner="", system="sys", last_seq=9, updated_at=time.time())
     try:
         await store.save_meta(record)
         await store.sync_history("rt", exchanges)
-        await store.sync_history("rt", exchanges[1:])  # the oldest was trimmed
-        await store.set_pending("rt", UserTurn("c", "three"))
+        await store.sync_history("rt", [answered])  # the oldest was trimmed; the call got its result
+        await store.set_pending("rt", UserTurn("c", "", continues=True))
         loaded = await store.load("rt")
         await store.delete("rt")
         gone = await store.load("rt")
     finally:
         await store.close()
     assert loaded is not None and gone is None
-    assert loaded.system == "sys" and loaded.last_seq == 9 and loaded.exchanges == exchanges[1:]
-    assert loaded.pending is not None and loaded.pending.text == "three"
+    assert loaded.system == "sys" and loaded.last_seq == 9 and loaded.exchanges == [answered]
+    assert loaded.pending is not None and loaded.pending.continues
 
 
 async def test_a_thousand_drop_and_resume_cycles_leak_nothing(durable: RunningServer) -> None:

@@ -7,9 +7,9 @@ from typing import Protocol
 
 import msgspec
 
-from gateway.engine.types import ChatImage
+from gateway.engine.types import ChatImage, ToolCall
 from gateway.protocol import SamplingOptions
-from gateway.session import Exchange, Session, UserTurn
+from gateway.session import Exchange, Session, ToolResult, UserTurn
 
 
 @dataclass
@@ -72,12 +72,37 @@ class SessionStore(Protocol):
 
 def encode_turn(turn: UserTurn) -> bytes:
     images = [[i.data, i.mime, i.width, i.height, i.sha256] for i in turn.images]
-    return msgspec.msgpack.encode([turn.id, turn.text, images])
+    return msgspec.msgpack.encode([turn.id, turn.text, images, turn.continues])
 
 
 def decode_turn(blob: bytes) -> UserTurn:
-    turn_id, text, images = msgspec.msgpack.decode(blob)
-    return UserTurn(id=turn_id, text=text, images=tuple(ChatImage(*image) for image in images))
+    turn_id, text, images, continues = msgspec.msgpack.decode(blob)
+    return UserTurn(id=turn_id, text=text, images=tuple(ChatImage(*image) for image in images), continues=continues)
+
+
+def encode_exchange(exchange: Exchange) -> bytes:
+    """Everything of an exchange but its number: the turn, the reply, its tool calls and their results."""
+    calls = [[c.id, c.name, c.arguments] for c in exchange.tool_calls]
+    results = [[r.call_id, r.content] for r in exchange.tool_results]
+    return msgspec.msgpack.encode([encode_turn(exchange.turn), exchange.reply, exchange.partial, calls, results])
+
+
+def decode_exchange(blob: bytes, number: int) -> Exchange:
+    turn, reply, partial, calls, results = msgspec.msgpack.decode(blob)
+    return Exchange(
+        turn=decode_turn(turn),
+        reply=reply,
+        partial=partial,
+        number=number,
+        tool_calls=tuple(ToolCall(*c) for c in calls),
+        tool_results=tuple(ToolResult(*r) for r in results),
+    )
+
+
+def changed_exchanges(exchanges: list[Exchange], stored_newest: int | None) -> list[Exchange]:
+    """What a store must write: the exchanges it lacks, and its newest one again (tool results join
+    the newest exchange after it was first saved)."""
+    return [e for e in exchanges if stored_newest is None or e.number >= stored_newest]
 
 
 def encode_options(options: SamplingOptions) -> bytes:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 import redis.asyncio as aioredis
 
 from gateway.config import Settings
 from gateway.session import Exchange, UserTurn
 from gateway.store.base import (
     SessionRecord,
+    changed_exchanges,
+    decode_exchange,
     decode_options,
     decode_turn,
+    encode_exchange,
     encode_options,
     encode_turn,
     exchange_bytes,
@@ -46,8 +48,7 @@ class RedisStore:
             return None
         exchanges = []
         for number, blob in sorted(history.items(), key=lambda item: int(item[0])):
-            turn, reply, partial = msgspec.msgpack.decode(blob)
-            exchanges.append(Exchange(decode_turn(turn), reply, partial, int(number)))
+            exchanges.append(decode_exchange(blob, int(number)))
         system = meta.get(b"system")
         pending = meta.get(b"pending")
         return SessionRecord(
@@ -82,12 +83,8 @@ class RedisStore:
         stored = sorted(int(n) for n in await self.redis.hkeys(_history(session_id)))
         first = exchanges[0].number if exchanges else None
         gone = [n for n in stored if first is None or n < first]
-        newest = stored[-1] if stored else 0
-        new = {
-            str(e.number): msgspec.msgpack.encode([encode_turn(e.turn), e.reply, e.partial])
-            for e in exchanges
-            if e.number > newest
-        }
+        newest = stored[-1] if stored else None
+        new = {str(e.number): encode_exchange(e) for e in changed_exchanges(exchanges, newest)}
         async with self.redis.pipeline(transaction=True) as pipe:
             if gone:
                 pipe.hdel(_history(session_id), *(str(n) for n in gone))

@@ -13,8 +13,11 @@ from gateway.config import Settings
 from gateway.session import Exchange, UserTurn
 from gateway.store.base import (
     SessionRecord,
+    changed_exchanges,
+    decode_exchange,
     decode_options,
     decode_turn,
+    encode_exchange,
     encode_options,
     encode_turn,
     exchange_bytes,
@@ -36,9 +39,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE TABLE IF NOT EXISTS exchanges (
     session_id TEXT NOT NULL,
     number INTEGER NOT NULL,
-    turn BLOB NOT NULL,
-    reply TEXT NOT NULL,
-    partial INTEGER NOT NULL,
+    exchange BLOB NOT NULL,
     bytes INTEGER NOT NULL,
     PRIMARY KEY (session_id, number)
 ) WITHOUT ROWID;
@@ -84,9 +85,9 @@ class SqliteStore:
             if row is None:
                 return None
             rows = db.execute(
-                "SELECT number, turn, reply, partial FROM exchanges WHERE session_id = ? ORDER BY number", (session_id,)
+                "SELECT number, exchange FROM exchanges WHERE session_id = ? ORDER BY number", (session_id,)
             ).fetchall()
-            exchanges = [Exchange(decode_turn(t), reply, bool(partial), number) for number, t, reply, partial in rows]
+            exchanges = [decode_exchange(blob, number) for number, blob in rows]
             token_hash, owner, system, defaults, last_seq, updated_at, pending = row
             return SessionRecord(
                 id=session_id,
@@ -129,10 +130,9 @@ class SqliteStore:
                 return
             db.execute("DELETE FROM exchanges WHERE session_id = ? AND number < ?", (session_id, first))
             (stored,) = db.execute("SELECT MAX(number) FROM exchanges WHERE session_id = ?", (session_id,)).fetchone()
-            new = [e for e in exchanges if stored is None or e.number > stored]
             db.executemany(
-                "INSERT INTO exchanges (session_id, number, turn, reply, partial, bytes) VALUES (?, ?, ?, ?, ?, ?)",
-                [(session_id, e.number, encode_turn(e.turn), e.reply, int(e.partial), exchange_bytes(e)) for e in new],
+                "INSERT OR REPLACE INTO exchanges (session_id, number, exchange, bytes) VALUES (?, ?, ?, ?)",
+                [(session_id, e.number, encode_exchange(e), exchange_bytes(e)) for e in changed_exchanges(exchanges, stored)],
             )
 
         await self._run(sync)
