@@ -4,11 +4,13 @@ by token, saved to the session store as they change."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -171,13 +173,10 @@ class SessionHub:
         self.spawn(self._finish(live, started, result))
 
     async def _finish(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
-        try:
-            async with live.saving:
-                await self._save_meta(live)
-                await self.store.sync_history(live.id, live.session.exchanges)
-                await self.store.set_pending(live.id, None)
-        except Exception:  # a store failure must not lose the reply the client is owed
-            log.exception("session %s: saving the exchange failed", live.id)
+        async with self._saving(live, "the exchange"):  # a store failure must not lose the reply the client is owed
+            await self._save_meta(live)
+            await self.store.sync_history(live.id, live.session.exchanges)
+            await self.store.set_pending(live.id, None)
         if result.finish_reason == "error":
             self.emit(live, _error(ErrorCode.GENERATION, result.error or "generation failed", started.turn.id))
         self.emit(live, done_frame(started.turn.id, result))
@@ -186,7 +185,7 @@ class SessionHub:
 
     async def turn_started(self, live: LiveSession, started: StartedTurn) -> None:
         """Called right after submit, before any await: the lock is ours before the turn can end."""
-        async with live.saving:
+        async with self._saving(live, "the turn in progress"):
             await self._save_meta(live)
             await self.store.sync_history(live.id, live.session.exchanges)  # the oldest may have been dropped
             await self.store.set_pending(live.id, started.turn)
@@ -196,16 +195,26 @@ class SessionHub:
         await self.store.save_meta(live.record())
 
     async def save_settings(self, live: LiveSession) -> None:
-        async with live.saving:
+        async with self._saving(live, "the settings"):
             await self._save_meta(live)
 
     async def save_history(self, live: LiveSession) -> None:
-        async with live.saving:
+        async with self._saving(live, "the history"):
             await self._save_meta(live)
             await self.store.sync_history(live.id, live.session.exchanges)
 
-    async def _save_all(self, live: LiveSession) -> None:
+    @contextlib.asynccontextmanager
+    async def _saving(self, live: LiveSession, what: str) -> AsyncIterator[None]:
+        """One session's writes, in order. A failing store is logged and the session goes on in
+        memory: the conversation must never break because the disk or Redis did."""
         async with live.saving:
+            try:
+                yield
+            except Exception:
+                log.exception("session %s: saving %s failed; the session goes on in memory", live.id, what)
+
+    async def _save_all(self, live: LiveSession) -> None:
+        async with self._saving(live, "the revived session"):
             await self._save_meta(live)
             await self.store.sync_history(live.id, live.session.exchanges)
             await self.store.set_pending(live.id, None)

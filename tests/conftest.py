@@ -32,6 +32,19 @@ from gateway.server import DrainingServer, make_server
 pytest_plugins = ["tests.vllm_fixtures"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every server the tests start (in-process or not) keeps its sessions in a temporary data home,
+    never in the user's ~/.local/share."""
+    previous = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data-home"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = previous
+
+
 @dataclass(frozen=True)
 class DemoDirs:
     model: Path

@@ -399,3 +399,21 @@ async def test_resuming_twice_on_one_connection_keeps_both_sessions(durable: Run
     forgotten = await again.until("forgotten")
     await again.close()
     assert resumed["session"] == a.ready["session"] and len(forgotten["resume_token"]) >= 22
+
+
+async def test_a_failing_store_never_breaks_the_conversation(durable: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the store fails (a full disk, Redis gone), configure and turns still work in memory."""
+    store = durable.app.state.hub.store
+
+    async def broken(*args: object) -> None:
+        raise OSError("disk full")
+
+    for method in ("save_meta", "sync_history", "set_pending"):
+        monkeypatch.setattr(store, method, broken)
+    client = await Raw(durable.ws_url).open()
+    await client.send({"type": "configure", "system": "still here"})
+    configured = await client.until("configured")
+    await client.send({"type": "turn", "id": "t", "text": "hello", "options": {"max_tokens": 3}})
+    done = await client.until("done")
+    await client.close()
+    assert configured["defaults"]["system"] == "still here" and done["finish_reason"] in ("length", "stop")

@@ -9,6 +9,8 @@ from gateway.config import Settings
 from gateway.store.base import SessionStore
 from gateway.store.memory import MemoryStore
 
+SQLITE_FILE = "sessions-v2.db"  # the schema's version is in the name: a changed schema starts a new file
+
 
 def data_dir(settings: Settings) -> Path:
     """`--data-dir`, else $XDG_DATA_HOME/gateway, else ~/.local/share/gateway."""
@@ -30,5 +32,5 @@ def open_store(settings: Settings) -> SessionStore:
     if kind == "sqlite":
         from gateway.store.sqlite import SqliteStore
 
-        return SqliteStore(data_dir(settings) / "sessions.db", settings)
+        return SqliteStore(data_dir(settings) / SQLITE_FILE, settings)
     raise ValueError(f"unknown session store {kind!r}: use sqlite, memory or a redis:// URL")
