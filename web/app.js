@@ -75,6 +75,7 @@ const HANDLERS = {
   accepted: onAccepted,
   queued: onQueued,
   token: onToken,
+  tool_call: (frame) => adoptTurn(frame.id).reply.addToolCall(frame),
   done: onDone,
   error: onError,
   history: onHistory,
@@ -215,6 +216,7 @@ function onHistory(frame) {
   conversation.insertHistory(frame.turns.filter((entry) => !state.turns.has(entry.id)), first);
   for (const entry of frame.turns) {
     const turn = state.turns.get(entry.id);
+    if (entry.role === "tool" && turn) turn.reply.addToolResult(entry.call_id, entry.text);
     if (entry.role !== "user" || !turn) continue;
     const item = userItem(entry.text, entry.images ?? []);
     turn.reply.item.before(item);
@@ -344,7 +346,7 @@ function describeDone(frame) {
   ].join(" · ");
 }
 
-const FINISH_LABELS = { stop: "finished", length: "stopped at max tokens", cancelled: "cancelled", error: "failed" };
+const FINISH_LABELS = { stop: "finished", length: "stopped at max tokens", cancelled: "cancelled", error: "failed", tool_calls: "called tools" };
 
 // ---- settings -----------------------------------------------------------------------------------
 

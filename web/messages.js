@@ -1,5 +1,6 @@
 // The conversation on screen: the user's messages as plain text with thumbnails; replies rendered as
-// markdown while they stream (at most once per animation frame), each with a copy button; notices.
+// markdown while they stream (at most once per animation frame), each with a copy button; the tool
+// calls a reply made, each with its result once the history has one; notices.
 
 import { copyButton } from "./clipboard.js";
 import { renderMarkdown } from "./markdown.js";
@@ -38,11 +39,18 @@ export class Conversation {
     return reply;
   }
 
-  // Entries of the server's history, placed before `reference` (null: at the end).
+  // Entries of the server's history, placed before `reference` (null: at the end). A tool entry (a
+  // result) goes under the call it answers; one whose call is not shown stands on its own.
   insertHistory(entries, reference) {
-    const items = entries.map((entry) => (entry.role === "user" ? userItem(entry.text, entry.images ?? []) : finishedReply(this, entry).item));
     const fragment = document.createDocumentFragment();
-    fragment.append(...items);
+    for (const entry of entries) {
+      if (entry.role === "user") fragment.append(userItem(entry.text, entry.images ?? []));
+      else if (entry.role === "tool") {
+        const call = findCall(fragment, entry.call_id) ?? findCall(this.list, entry.call_id);
+        if (call) showResult(call, entry.text);
+        else fragment.append(orphanResult(entry));
+      } else fragment.append(finishedReply(this, entry).item);
+    }
     this.list.insertBefore(fragment, reference);
     this.scrollToBottom();
   }
@@ -93,9 +101,23 @@ class Reply {
     this.frame = null; // a pending render
     this.body = element("div", { className: "text" });
     this.meta = element("span", { className: "meta" });
+    this.calls = element("div", { className: "tool-calls", hidden: true });
     const copy = copyButton("Copy", "Copy reply", () => this.raw);
     const footer = element("div", { className: "reply-footer" }, [copy, this.meta]);
-    this.item = element("li", { className: "message assistant" }, [roleLabel("Assistant"), this.body, footer]);
+    this.item = element("li", { className: "message assistant" }, [roleLabel("Assistant"), this.body, this.calls, footer]);
+  }
+
+  // A `tool_call` frame, or a history entry's call: {call_id, name, arguments}. Shown once per call_id
+  // (a resumed reply may replay its frames).
+  addToolCall(call) {
+    if (findCall(this.calls, call.call_id)) return;
+    this.calls.hidden = false;
+    this.calls.append(toolCallItem(call));
+  }
+
+  addToolResult(callId, text) {
+    const call = findCall(this.calls, callId);
+    if (call) showResult(call, text);
   }
 
   append(delta) {
@@ -140,9 +162,67 @@ function finishedReply(conversation, entry) {
   const reply = new Reply(conversation);
   reply.raw = entry.text;
   renderMarkdown(reply.body, entry.text);
-  reply.item.dataset.finishReason = entry.partial ? "cancelled" : "stop";
+  for (const call of entry.tool_calls ?? []) reply.addToolCall(call);
+  const called = (entry.tool_calls ?? []).length > 0;
+  reply.item.dataset.finishReason = entry.partial ? "cancelled" : called ? "tool_calls" : "stop";
   reply.meta.textContent = entry.partial ? "cancelled" : "";
   return reply;
+}
+
+// ---- tool calls: names, ids and arguments are the model's text, so they only ever go in as text ----
+
+// A call: its function's name, its id (small), its arguments pretty-printed as JSON (as sent, when they
+// do not parse), and a place for its result.
+function toolCallItem({ call_id: callId, name, arguments: args }) {
+  const title = element("div", { className: "tool-call-head" }, [
+    element("span", { className: "tool-label", textContent: "Tool call" }),
+    element("code", { className: "tool-name", textContent: String(name ?? "") }),
+    element("small", { className: "tool-call-id", textContent: String(callId ?? "") }),
+  ]);
+  const argsBlock = codeBlock("tool-args", prettyJson(args));
+  const item = element("div", { className: "tool-call" }, [title, argsBlock]);
+  item.dataset.callId = String(callId ?? "");
+  item.setAttribute("role", "group");
+  item.setAttribute("aria-label", `Tool call ${name ?? ""}`);
+  return item;
+}
+
+function showResult(call, text) {
+  call.querySelector(".tool-result")?.remove();
+  call.append(element("div", { className: "tool-result" }, [
+    element("div", { className: "tool-label", textContent: "Result" }),
+    codeBlock("tool-result-text", prettyJson(text)),
+  ]));
+}
+
+// A result whose call is not on the page (e.g. its reply scrolled out of the server's history).
+function orphanResult(entry) {
+  const head = element("div", { className: "tool-call-head" }, [
+    element("span", { className: "tool-label", textContent: "Tool result" }),
+    element("small", { className: "tool-call-id", textContent: String(entry.call_id ?? "") }),
+  ]);
+  const item = element("li", { className: "message tool" }, [roleLabel("Tool"), head, codeBlock("tool-result-text", prettyJson(entry.text))]);
+  item.dataset.callId = String(entry.call_id ?? "");
+  return item;
+}
+
+function codeBlock(className, text) {
+  return element("pre", { className }, [element("code", { textContent: text })]);
+}
+
+// JSON text re-indented; anything else as it came.
+function prettyJson(text) {
+  const raw = String(text ?? "");
+  try {
+    const value = JSON.parse(raw);
+    return value !== null && typeof value === "object" ? JSON.stringify(value, null, 2) : raw;
+  } catch {
+    return raw;
+  }
+}
+
+function findCall(root, callId) {
+  return [...root.querySelectorAll(".tool-call")].find((call) => call.dataset.callId === String(callId)) ?? null;
 }
 
 function roleLabel(text) {
