@@ -139,12 +139,16 @@ async def test_four_concurrent_turns_equal_each_alone(served: Served) -> None:
     vision = served.reference.vision
     turns = [(text, images if vision else []) for text, images in TURNS]
 
-    async def one(i: int, text: str, images: list[bytes]) -> str:
-        async with GatewayClient(served.server.ws_url) as client:
-            result = await client.turn(f"c{i}", text, images, temperature=0, max_tokens=32, ignore_eos=True)
-            return result.text
+    async def one(client: GatewayClient, i: int, text: str, images: list[bytes]) -> str:
+        result = await client.turn(f"c{i}", text, images, temperature=0, max_tokens=48, ignore_eos=True)
+        return result.text
 
-    alone = [await one(i, *turn) for i, turn in enumerate(turns)]
+    clients = [GatewayClient(served.server.ws_url) for _ in turns]
+    for client in clients:  # all connected first, so that the four turns start within one step
+        await client.__aenter__()
+    alone = [await one(clients[i], i, *turn) for i, turn in enumerate(turns)]
+    for client in clients:  # the same prompts again, not continuations of the first replies
+        await client.request({"type": "reset"})
     peak = 0
 
     async def watch() -> None:
@@ -154,8 +158,10 @@ async def test_four_concurrent_turns_equal_each_alone(served: Served) -> None:
             await asyncio.sleep(0.001)
 
     watcher = asyncio.create_task(watch())
-    together = await asyncio.gather(*(one(i, *turn) for i, turn in enumerate(turns)))
+    together = await asyncio.gather(*(one(clients[i], i, *turn) for i, turn in enumerate(turns)))
     watcher.cancel()
+    for client in clients:
+        await client.__aexit__(None, None, None)
     assert list(together) == alone
     assert peak == len(turns) and served.server.engine.max_batch > 1  # decoded together, never one at a time
 
