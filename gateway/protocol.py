@@ -337,22 +337,7 @@ SessionFrame = Union[
     PongFrame,
 ]
 
-ServerFrame = Union[
-    ReadyFrame,
-    ResumedFrame,
-    ForgottenFrame,
-    AcceptedFrame,
-    QueuedFrame,
-    TokenFrame,
-    ToolCallFrame,
-    DoneFrame,
-    ErrorFrame,
-    HistoryFrame,
-    ConfiguredFrame,
-    ResetDoneFrame,
-    PongFrame,
-    ClosingFrame,
-]
+ServerFrame = Union[SessionFrame, ResumedFrame, ClosingFrame]  # typing flattens it: one tagged union
 
 # msgpack-python refuses these before any object is built: ext types (timestamps too) are never
 # part of the protocol, and no legitimate frame nests deeper or wider than this.
