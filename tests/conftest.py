@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from PIL import Image
 
 from gateway.app import create_app
@@ -174,3 +176,37 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(10)
+
+
+@contextlib.contextmanager
+def serve_app(app: Any) -> Iterator[str]:
+    """An app built by a test, on a real uvicorn on a free loopback port; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+CORPUS_WORDS = (
+    "the a an of to and in is it that for on with as was by this be are from at or image picture "
+    "colour color red green blue yellow cat dog house tree sky sun model token chat reply question "
+    "answer hello world please thank you what where when why how see look shows photo small large "
+    "left right top bottom one two three four five six seven eight nine ten gateway stream socket "
+    "bonjour café naïve über straße ñandú 你好 世界 图片 模型 こんにちは 画像 😀 🚀 🌍 ✨"
+).split()
+
+
+def utf8_corpus() -> list[str]:
+    """A deterministic corpus with ASCII and multi-byte words, for tokenizers trained on the spot:
+    their merges split UTF-8 characters, as real tokenizers' do."""
+    n = len(CORPUS_WORDS)
+    return [" ".join(CORPUS_WORDS[(i * 7 + j * 13) % n] for j in range(12)) + "." for i in range(400)]

@@ -4,7 +4,7 @@ exercise the UTF-8 paths)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 
 from gateway.engine.demo import SPECIAL_TOKENS
 from gateway.engine.detok import TextStream
+from tests.conftest import utf8_corpus
 
 MULTIBYTE_TEXTS = [
     "café naïve é",
@@ -21,22 +22,6 @@ MULTIBYTE_TEXTS = [
     "你好😀é",
     "straße über ñandú こんにちは 画像 the end.",
 ]
-
-
-CORPUS_WORDS = (
-    "the a an of to and in is it that for on with as was by this be are from at or image picture "
-    "colour color red green blue yellow cat dog house tree sky sun model token chat reply question "
-    "answer hello world please thank you what where when why how see look shows photo small large "
-    "left right top bottom one two three four five six seven eight nine ten gateway stream socket "
-    "bonjour café naïve über straße ñandú 你好 世界 图片 模型 こんにちは 画像 😀 🚀 🌍 ✨"
-).split()
-
-
-def corpus() -> Iterator[str]:
-    """A deterministic corpus with ASCII and multi-byte words, so that merges split UTF-8 characters."""
-    n = len(CORPUS_WORDS)
-    for i in range(400):
-        yield " ".join(CORPUS_WORDS[(i * 7 + j * 13) % n] for j in range(12)) + "."
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +35,7 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     bpe.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False)
-    bpe.train_from_iterator(corpus(), trainer=trainer)
+    bpe.train_from_iterator(utf8_corpus(), trainer=trainer)
     directory = tmp_path_factory.mktemp("tokenizer")
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<pad>").save_pretrained(directory)
     return AutoTokenizer.from_pretrained(directory)

@@ -7,7 +7,6 @@ import base64
 import contextlib
 import itertools
 import json
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -15,7 +14,6 @@ from typing import Any
 import openai
 import pytest
 import requests
-import uvicorn
 from openai import OpenAI
 
 from gateway.app import create_app
@@ -30,7 +28,7 @@ from gateway.engine.types import (
     TurnSink,
 )
 from gateway.url_guard import FetchPolicy
-from tests.conftest import DemoDirs, RunningServer, free_port, image_bytes, start_server
+from tests.conftest import DemoDirs, RunningServer, image_bytes, serve_app, start_server
 from tests.test_fetch import HANDLERS, LoopbackServer
 
 API_KEY = "sk-test-0123456789"
@@ -423,16 +421,8 @@ class ScriptedEngine(BaseScriptedEngine):
 @contextlib.contextmanager
 def serving(app: Any) -> Iterator[str]:
     """Serve an app built here with a real uvicorn on a free loopback port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_for(lambda: server.started, 30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serve_app(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +10,6 @@ from typing import Any
 
 import pytest
 import requests
-import uvicorn
 import websockets
 from websockets.exceptions import InvalidStatus
 
@@ -19,28 +17,14 @@ from gateway.app import EngineFactory, create_app
 from gateway.config import Settings
 from gateway.engine.scripted import ScriptedEngine
 from gateway.engine.types import Engine
-from tests.conftest import free_port
+from tests.conftest import serve_app
 
 
 @contextlib.contextmanager
 def serving(settings: Settings, engine: Engine | None = None, factory: EngineFactory | None = None) -> Iterator[str]:
     """The app with this engine (or factory) on a free loopback port; yields the base URL."""
-    port = free_port()
-    if settings.data_dir is None:  # a store of its own, never the user's data directory
-        settings = settings.replace(data_dir=tempfile.mkdtemp(prefix="gateway-test-"))
-    app = create_app(settings, engine=engine, engine_factory=factory)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serve_app(create_app(settings, engine=engine, engine_factory=factory)) as url:
+        yield url
 
 
 def status(url: str, key: str | None = None, **params: str) -> dict[str, Any]:

@@ -9,9 +9,6 @@ import hashlib
 import io
 import json
 import re
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +16,6 @@ from typing import Any, Protocol, cast
 
 import msgpack
 import pytest
-import uvicorn
 from PIL import Image
 from playwright.sync_api import (
     Browser,
@@ -39,7 +35,7 @@ from gateway.config import Settings
 from gateway.connection import Connection
 from gateway.engine.scripted import ScriptedEngine
 from gateway.engine.types import GenerationRequest, GenerationResult, TurnHandle, TurnSink
-from tests.conftest import DemoDirs, RunningServer, free_port, image_bytes, start_server
+from tests.conftest import DemoDirs, RunningServer, image_bytes, serve_app, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -212,22 +208,8 @@ class ReplyEngine(ScriptedEngine):
 @contextlib.contextmanager
 def serving(settings: Settings, engine: Any = None, factory: Any = None) -> Iterator[Site]:
     """The app around this engine (or engine factory) on a real uvicorn, on a free loopback port."""
-    port = free_port()
-    if settings.data_dir is None:  # a store of its own, never the user's data directory
-        settings = settings.replace(data_dir=tempfile.mkdtemp(prefix="gateway-test-"))
-    app = create_app(settings, engine=engine, engine_factory=factory)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield Site(f"http://127.0.0.1:{port}")
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serve_app(create_app(settings, engine=engine, engine_factory=factory)) as url:
+        yield Site(url)
 
 
 # ---- the chat, on the demo model ----------------------------------------------------------------------

@@ -16,21 +16,7 @@ from typing import Any
 from gateway.engine import demo
 from gateway.engine.demo import cache_root
 from gateway.engine.families.processors import tolerant
-
-_CORPUS_WORDS = (
-    "the a an of to and in is it that for on with as was by this be are from at or image picture "
-    "colour color red green blue yellow cat dog house tree sky sun model token chat reply question "
-    "answer hello world please thank you what where when why how see look shows photo small large "
-    "left right top bottom one two three four five six seven eight nine ten gateway stream socket "
-    "bonjour café naïve über straße ñandú 你好 世界 图片 模型 こんにちは 画像 😀 🚀 🌍 ✨"
-).split()
-
-
-def _corpus() -> list[str]:
-    """A deterministic corpus with ASCII and multi-byte words, so replies exercise UTF-8 splitting."""
-    n = len(_CORPUS_WORDS)
-    return [" ".join(_CORPUS_WORDS[(i * 7 + j * 13) % n] for j in range(12)) + "." for i in range(400)]
-
+from tests.conftest import utf8_corpus
 
 FAMILIES_VERSION = "2"
 
@@ -99,7 +85,7 @@ def train_tokenizer(spec: Spec, out_dir: Path, vocab_size: int = 600) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = _corpus() + ["USER: ASSISTANT: User: Assistant: what is this picture? Describe it."] * 20
+    corpus = utf8_corpus() + ["USER: ASSISTANT: User: Assistant: what is this picture? Describe it."] * 20
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
