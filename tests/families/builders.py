@@ -524,6 +524,11 @@ SPECS: dict[str, Spec] = {
 }
 
 
+# ---- SmolVLM -----------------------------------------------------------------------------------------
+
+SPECS.update({s.name: s for s in (SMOLVLM,)})
+
+
 def write_family(spec: Spec, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(spec, out_dir)

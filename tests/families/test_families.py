@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,9 +45,14 @@ class Reference:
         if not self.vision:
             flat = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p["type"] == "text")} for m in chat]
             return self.tokenizer.apply_chat_template(flat, add_generation_prompt=True, return_dict=True, return_tensors="pt")
-        return self.processor.apply_chat_template(
-            chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )
+        apply = self.processor.apply_chat_template
+        if getattr(self.processor, "video_processor", False) is None:
+            # Without torchvision there is no video processor; SmolVLM's override only reads video
+            # defaults from it, so the base method does the same work here.
+            from transformers import ProcessorMixin
+
+            apply = functools.partial(ProcessorMixin.apply_chat_template, self.processor)
+        return apply(chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
 
     def generate(self, chat: list[dict[str, Any]]) -> tuple[int, list[int]]:
         inputs = self.inputs(chat)
