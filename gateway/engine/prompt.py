@@ -135,9 +135,8 @@ class PromptBuilder:
     def process_image(self, image: ChatImage) -> ProcessedImage:
         """One image through the image processor, with the options the processor would pass it."""
         pixels = decode_pixels(image)
-        batch = [[pixels]] if self.family.image_axis == 1 else [pixels]
         try:
-            processed = self._image_processor(images=batch, **self._images_kwargs)
+            processed = self.family.process(self._image_processor, pixels, self._images_kwargs)
         except ValueError as exc:
             raise GatewayError(
                 ErrorCode.BAD_IMAGE, f"image of {image.width}x{image.height} rejected by the model: {exc}"

@@ -524,9 +524,60 @@ SPECS: dict[str, Spec] = {
 }
 
 
-# ---- SmolVLM -----------------------------------------------------------------------------------------
+# ---- SmolVLM, LLaVA-OneVision ------------------------------------------------------------------------
 
-SPECS.update({s.name: s for s in (SMOLVLM,)})
+SIGLIP = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+SIGLIP |= {"num_attention_heads": 2, "patch_size": 14, "vision_use_head": False}
+
+
+def _llava_onevision(tok: Any, out: Path) -> None:
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
+
+    pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
+    text = {**TEXT, "model_type": "qwen2", "vocab_size": len(tok), "max_position_embeddings": 2048}
+    config = LlavaOnevisionConfig(
+        text_config=text,
+        vision_config={**SIGLIP, "image_size": 28},
+        image_token_index=ids(tok, "<image>")[0],
+        video_token_index=ids(tok, "<video>")[0],
+        image_grid_pinpoints=pinpoints,
+    )
+    save_model(LlavaOnevisionForConditionalGeneration, config, tok, LLAVA_ONEVISION, out)
+    images = LlavaOnevisionImageProcessorPil(size={"height": 28, "width": 28}, image_grid_pinpoints=pinpoints)
+    save_processor(
+        LlavaOnevisionProcessor,
+        images,
+        tok,
+        out,
+        video_processor=None,
+        num_image_tokens=4,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+    )
+
+
+# llava-hf/llava-onevision-qwen2-*-ov-hf's template: a space after the role, images, then "\n" + text.
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}{% endfor %}"
+    "{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ '\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAVA_ONEVISION = Spec(
+    "llava_onevision",
+    [*QWEN_TOKENS, "<image>", "<video>"],
+    ONEVISION_TEMPLATE,
+    _llava_onevision,
+    eos=("<|im_end|>", "<|endoftext|>"),
+)
+
+
+SPECS.update({s.name: s for s in (SMOLVLM, LLAVA_ONEVISION)})
 
 
 def write_family(spec: Spec, out_dir: Path) -> Path:

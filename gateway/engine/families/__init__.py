@@ -1,8 +1,9 @@
 """Model families: what differs between architectures, chosen from `config.model_type`.
 
 Everything a processor already knows (placeholders, tokens per image, structural tokens, the tensors
-prefill needs) comes from the model's own transformers processor; a family only says how one prompt's
-separately processed images combine, and whether an image's tokens follow from its size alone."""
+prefill needs) comes from the model's own transformers processor; a family only says how one image is
+processed, how one prompt's separately processed images combine, and whether an image's tokens follow
+from its size alone."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ class Family:
     # True where each image's replacement is the placeholder repeated, with a count the processor can
     # give from the image's size (`_get_num_multimodal_tokens`): prompts are then counted without pixels.
     tokens_from_size: bool = False
+
+    def process(self, image_processor: Any, pixels: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """One image's outputs from the image processor, as for a prompt holding only that image."""
+        return dict(image_processor(images=[[pixels]] if self.image_axis == 1 else [pixels], **kwargs))
 
     def combine(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
         """One prompt's processor outputs from each image's own outputs, as if processed together."""
@@ -52,6 +57,26 @@ def _stack(tensors: list[torch.Tensor], axis: int) -> torch.Tensor:
     return torch.cat(padded, dim=axis)
 
 
+_SEVERAL = "several:"  # the prefix of an image's outputs as processed for a prompt of several images
+
+
+@dataclass(frozen=True)
+class LoneImageTiles(Family):
+    """LLaVA-OneVision tiles an image (anyres) only where it is its prompt's one image; among several, each
+    image is one square patch. Each image is processed both ways, and `combine` picks by count."""
+
+    def process(self, image_processor: Any, pixels: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        alone = super().process(image_processor, pixels, kwargs)
+        # The image processor tells "several" from one prompt's list: two copies, the first one kept.
+        several = image_processor(images=[[pixels, pixels]], **kwargs)
+        return alone | {_SEVERAL + k: v[:1] for k, v in several.items() if k != "batch_num_images"}
+
+    def combine(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        several = len(outputs) > 1
+        picked = [{k.removeprefix(_SEVERAL): v for k, v in o.items() if k.startswith(_SEVERAL) == several} for o in outputs]
+        return super().combine(picked) | {"batch_num_images": torch.tensor([len(outputs)])}
+
+
 GENERIC = Family("generic")
 _SIZED = ("glm4v", "glm4v_moe", "glm46v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava")
 _BY_IMAGE_AXIS_1 = ("idefics3", "smolvlm", "mllama")
@@ -59,6 +84,7 @@ _BY_IMAGE_AXIS_1 = ("idefics3", "smolvlm", "mllama")
 FAMILIES: dict[str, Family] = {
     **{name: Family(name, tokens_from_size=True) for name in _SIZED},
     **{name: Family(name, image_axis=1) for name in _BY_IMAGE_AXIS_1},
+    "llava_onevision": LoneImageTiles("llava_onevision"),
 }
 
 
