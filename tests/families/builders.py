@@ -524,7 +524,7 @@ SPECS: dict[str, Spec] = {
 }
 
 
-# ---- SmolVLM, LLaVA-OneVision ------------------------------------------------------------------------
+# ---- SmolVLM, LLaVA-OneVision, Aya Vision ------------------------------------------------------------
 
 SIGLIP = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
 SIGLIP |= {"num_attention_heads": 2, "patch_size": 14, "vision_use_head": False}
@@ -577,7 +577,51 @@ LLAVA_ONEVISION = Spec(
 )
 
 
-SPECS.update({s.name: s for s in (SMOLVLM, LLAVA_ONEVISION)})
+def _aya_vision(tok: Any, out: Path) -> None:
+    from transformers import AyaVisionConfig, AyaVisionForConditionalGeneration, AyaVisionProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    text = {
+        **TEXT,
+        "model_type": "cohere2",
+        "head_dim": 16,
+        "vocab_size": len(tok),
+        "max_position_embeddings": 2048,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "pad_token_id": ids(tok, "<PAD>")[0],
+        "bos_token_id": ids(tok, "<BOS_TOKEN>")[0],
+        "eos_token_id": ids(tok, "<|END_OF_TURN_TOKEN|>")[0],
+        **SLIDING,
+    }
+    config = AyaVisionConfig(
+        text_config=text,
+        vision_config={**SIGLIP, "image_size": 56},
+        downsample_factor=2,
+        image_token_index=ids(tok, "<|IMG_PATCH|>")[0],
+    )
+    save_model(AyaVisionForConditionalGeneration, config, tok, AYA_VISION, out)
+    images = GotOcr2ImageProcessorPil(size={"height": 56, "width": 56}, crop_to_patches=True, max_patches=4)
+    save_processor(AyaVisionProcessor, images, tok, out, patch_size=28, img_size=56, downsample_factor=1)
+
+
+# Cohere's turn tokens (CohereForAI/aya-vision-8b): images as <image>, expanded into tiles by the processor.
+AYA_ROLES = {"user": "<|USER_TOKEN|>", "assistant": "<|CHATBOT_TOKEN|>", "system": "<|SYSTEM_TOKEN|>"}
+AYA_TEMPLATE = layout(
+    "<BOS_TOKEN>",
+    "<|START_OF_TURN_TOKEN|>ROLE",
+    "<|END_OF_TURN_TOKEN|>",
+    "<image>",
+    "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
+    AYA_ROLES,
+)
+AYA_TOKENS = ["<|END_OF_TURN_TOKEN|>", "<BOS_TOKEN>", "<PAD>", "<|START_OF_TURN_TOKEN|>", *AYA_ROLES.values()]
+AYA_TOKENS += ["<image>", "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>"]
+AYA_VISION = Spec(
+    "aya_vision", AYA_TOKENS, AYA_TEMPLATE, _aya_vision, eos=("<|END_OF_TURN_TOKEN|>",), pad="<PAD>", bos="<BOS_TOKEN>"
+)
+
+
+SPECS.update({s.name: s for s in (SMOLVLM, LLAVA_ONEVISION, AYA_VISION)})
 
 
 def write_family(spec: Spec, out_dir: Path) -> Path:
