@@ -524,7 +524,7 @@ SPECS: dict[str, Spec] = {
 }
 
 
-# ---- SmolVLM, LLaVA-OneVision, Aya Vision ------------------------------------------------------------
+# ---- SmolVLM, LLaVA-OneVision, Aya Vision, InternVL --------------------------------------------------
 
 SIGLIP = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
 SIGLIP |= {"num_attention_heads": 2, "patch_size": 14, "vision_use_head": False}
@@ -621,7 +621,44 @@ AYA_VISION = Spec(
 )
 
 
-SPECS.update({s.name: s for s in (SMOLVLM, LLAVA_ONEVISION, AYA_VISION)})
+def _internvl(tok: Any, out: Path) -> None:
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    text = {**TEXT, "model_type": "qwen2", "vocab_size": len(tok), "max_position_embeddings": 2048}
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": [56, 56],
+        "patch_size": [14, 14],
+    }
+    config = InternVLConfig(
+        text_config=text, vision_config=vision, image_token_id=ids(tok, "<IMG_CONTEXT>")[0], image_seq_length=4
+    )
+    save_model(InternVLForConditionalGeneration, config, tok, INTERNVL, out)
+    images = GotOcr2ImageProcessorPil(size={"height": 56, "width": 56}, crop_to_patches=True, max_patches=4)
+    save_processor(InternVLProcessor, images, tok, out, video_processor=None, image_seq_length=4)
+
+
+# OpenGVLab/InternVL3-*-hf: ChatML, each image as <IMG_CONTEXT> on a line of its own.
+INTERNVL_NAMED = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+}
+INTERNVL = Spec(
+    "internvl",
+    [*QWEN_TOKENS, *INTERNVL_NAMED.values()],
+    layout(CHATML[0], CHATML[1], CHATML[2], "<IMG_CONTEXT>\n", CHATML[3]),
+    _internvl,
+    eos=("<|im_end|>", "<|endoftext|>"),
+    named_tokens=INTERNVL_NAMED,
+)
+
+SPECS.update({s.name: s for s in (SMOLVLM, LLAVA_ONEVISION, AYA_VISION, INTERNVL)})
 
 
 def write_family(spec: Spec, out_dir: Path) -> Path:
