@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def _stack(tensors: list[torch.Tensor], axis: int) -> torch.Tensor:
 
 
 _SEVERAL = "several:"  # the prefix of an image's outputs as processed for a prompt of several images
+_COMPANION = Image.new("RGB", (8, 8))  # not 1x1: a 1x1x3 array reads as channels-first
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,8 @@ class LoneImageTiles(Family):
 
     def process(self, image_processor: Any, pixels: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         alone = super().process(image_processor, pixels, kwargs)
-        # The image processor tells "several" from one prompt's list: two copies, the first one kept.
-        several = image_processor(images=[[pixels, pixels]], **kwargs)
+        # The image processor tells "several" from one prompt's list: a small companion, then dropped.
+        several = image_processor(images=[[pixels, _COMPANION]], **kwargs)
         return alone | {_SEVERAL + k: v[:1] for k, v in several.items() if k != "batch_num_images"}
 
     def combine(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
