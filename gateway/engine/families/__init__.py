@@ -58,6 +58,22 @@ def _stack(tensors: list[torch.Tensor], axis: int) -> torch.Tensor:
     return torch.cat(padded, dim=axis)
 
 
+GENERIC = Family("generic")
+_SIZED = ("glm4v", "glm4v_moe", "glm46v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava")
+_BY_IMAGE_AXIS_1 = ("idefics3", "smolvlm", "mllama")
+
+FAMILIES: dict[str, Family] = {
+    **{name: Family(name, tokens_from_size=True) for name in _SIZED},
+    **{name: Family(name, image_axis=1) for name in _BY_IMAGE_AXIS_1},
+}
+
+
+def family_for(model_type: str) -> Family:
+    return FAMILIES.get(model_type, GENERIC)
+
+
+# ---- LLaVA-OneVision -------------------------------------------------------------------------------------
+
 _SEVERAL = "several:"  # the prefix of an image's outputs as processed for a prompt of several images
 _COMPANION = Image.new("RGB", (8, 8))  # not 1x1: a 1x1x3 array reads as channels-first
 
@@ -79,16 +95,4 @@ class LoneImageTiles(Family):
         return super().combine(picked) | {"batch_num_images": torch.tensor([len(outputs)])}
 
 
-GENERIC = Family("generic")
-_SIZED = ("glm4v", "glm4v_moe", "glm46v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava")
-_BY_IMAGE_AXIS_1 = ("idefics3", "smolvlm", "mllama")
-
-FAMILIES: dict[str, Family] = {
-    **{name: Family(name, tokens_from_size=True) for name in _SIZED},
-    **{name: Family(name, image_axis=1) for name in _BY_IMAGE_AXIS_1},
-    "llava_onevision": LoneImageTiles("llava_onevision"),
-}
-
-
-def family_for(model_type: str) -> Family:
-    return FAMILIES.get(model_type, GENERIC)
+FAMILIES["llava_onevision"] = LoneImageTiles("llava_onevision")
