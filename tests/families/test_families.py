@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
+from transformers import ProcessorMixin
 
 from gateway.client import GatewayClient, TurnResult
 from gateway.engine.families.processors import load_processor
@@ -38,6 +39,10 @@ class Reference:
         auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
         self.model = auto.from_pretrained(path, dtype=torch.float32).eval()
         self.processor = load_processor(path, config.model_type, False) if vision else None
+        if getattr(self.processor, "video_processor", False) is None:
+            # Without torchvision there is no video processor; SmolVLM's apply_chat_template only reads video
+            # defaults from it, so the base method does the same work here.
+            self.processor.apply_chat_template = functools.partial(ProcessorMixin.apply_chat_template, self.processor)
         self.tokenizer = self.processor.tokenizer if vision else AutoTokenizer.from_pretrained(path)
         self.vision = vision
 
@@ -45,14 +50,9 @@ class Reference:
         if not self.vision:
             flat = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p["type"] == "text")} for m in chat]
             return self.tokenizer.apply_chat_template(flat, add_generation_prompt=True, return_dict=True, return_tensors="pt")
-        apply = self.processor.apply_chat_template
-        if getattr(self.processor, "video_processor", False) is None:
-            # Without torchvision there is no video processor; SmolVLM's override only reads video
-            # defaults from it, so the base method does the same work here.
-            from transformers import ProcessorMixin
-
-            apply = functools.partial(ProcessorMixin.apply_chat_template, self.processor)
-        return apply(chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+        return self.processor.apply_chat_template(
+            chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
 
     def generate(self, chat: list[dict[str, Any]]) -> tuple[int, list[int]]:
         inputs = self.inputs(chat)
