@@ -64,6 +64,7 @@ class Batch:
         self.cache: Any = None  # a DynamicCache whose layers are all plain DynamicLayers
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
         self._rope = _rope_index_owner(loaded.model)
+        self._first = loaded.prompt.family.first_position
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -107,7 +108,7 @@ class Batch:
             cache.layers.append(layer)
         input_ids = item.input_ids[:, held.length :].to(device)
         mask = torch.ones(1, item.prompt_tokens, dtype=torch.long, device=device)
-        text = torch.arange(held.length, item.prompt_tokens, device=device).view(1, -1)
+        text = torch.arange(held.length, item.prompt_tokens, device=device).view(1, -1) + self._first
         positions = text.unsqueeze(0).expand(3, -1, -1) if self._rope is not None else text
         out = self.loaded.model(
             input_ids=input_ids,
@@ -117,7 +118,7 @@ class Batch:
             use_cache=True,
             **self._adapter_args([seq]),
         )
-        self._start(seq, item, 0)
+        self._start(seq, item, self._first)
         seq.cached_tokens = held.length
         return out.logits[:, -1], _cache_of(out), mask
 
@@ -133,9 +134,9 @@ class Batch:
     ) -> tuple[torch.Tensor, int]:
         """Text positions count real tokens only (left padding sits at 0); multimodal models get
         their 3-D positions and the offset images add to every later position."""
-        text = (mask.cumsum(-1) - 1).clamp(min=0)
+        text = (mask.cumsum(-1) - 1).clamp(min=0) + self._first
         if self._rope is None:
-            return text, 0
+            return text, self._first
         if "image_grid_thw" not in extras:
             return text.unsqueeze(0).expand(3, -1, -1), 0
         positions, deltas = self._rope.get_rope_index(
