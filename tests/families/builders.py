@@ -554,7 +554,14 @@ def _mistral3(tok: Any, out: Path) -> None:
 
     from gateway.engine.families.processors import processor_class
 
-    text = {"model_type": "mistral", **TEXT, "head_dim": 16, "vocab_size": len(tok), "max_position_embeddings": 2048}
+    text = {
+        "model_type": "mistral",
+        **TEXT,
+        "head_dim": 16,
+        "vocab_size": len(tok),
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": False,
+    }
     vision = {
         "model_type": "pixtral",
         "hidden_size": 32,
@@ -564,7 +571,14 @@ def _mistral3(tok: Any, out: Path) -> None:
         "image_size": 112,
         "patch_size": 14,
     }
-    config = Mistral3Config(text_config=text, vision_config=vision, image_token_index=ids(tok, "[IMG]")[0], spatial_merge_size=2)
+    # Untied, as Mistral Small 3.1 ships: a tiny random model with tied embeddings only repeats its last token.
+    config = Mistral3Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=ids(tok, "[IMG]")[0],
+        spatial_merge_size=2,
+        tie_word_embeddings=False,
+    )
     save_model(Mistral3ForConditionalGeneration, config, tok, MISTRAL3, out)
     images = PixtralImageProcessorPil(size={"longest_edge": 112}, patch_size={"height": 14, "width": 14})
     save_processor(processor_class("PixtralProcessor"), images, tok, out, patch_size=14, spatial_merge_size=2)
@@ -637,7 +651,67 @@ PALIGEMMA = Spec(
     named_tokens={"image_token": "<image>"},
     ships_template=False,
 )
-FAMILIES_B = [MISTRAL3, PALIGEMMA]
+
+MLLAMA_TOKENS = [*LLAMA3_TOKENS, "<|image|>", "<|finetune_right_pad_id|>"]
+MLLAMA_TEMPLATE = layout(
+    "<|begin_of_text|>",
+    "<|start_header_id|>ROLE<|end_header_id|>\n\n",
+    "<|eot_id|>",
+    "<|image|>",
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+)
+
+
+def _mllama(tok: Any, out: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    text = {
+        **TEXT,
+        "num_hidden_layers": 3,
+        "cross_attention_layers": [1],
+        "vocab_size": len(tok),
+        "max_position_embeddings": 2048,
+        "bos_token_id": ids(tok, "<|begin_of_text|>")[0],
+        "eos_token_id": ids(tok, *MLLAMA.eos),
+        "pad_token_id": ids(tok, MLLAMA.pad)[0],
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_global_layers": 1,
+        "attention_heads": 2,
+        "image_size": 56,
+        "patch_size": 14,
+        "intermediate_layers_indices": [0],
+        "vision_output_dim": 64,
+    }
+    config = MllamaConfig(text_config=text, vision_config=vision, image_token_index=ids(tok, "<|image|>")[0])
+    torch.manual_seed(0)
+    model = MllamaForConditionalGeneration(config)
+    with torch.no_grad():  # the gates start closed (tanh(0)): opened, the images reach the text
+        for name, parameter in model.named_parameters():
+            if name.endswith("_gate") and "language_model" in name:
+                parameter.fill_(1.0)
+    eos = ids(tok, *MLLAMA.eos)
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=ids(tok, MLLAMA.pad)[0])  # type: ignore[no-untyped-call]
+    model.save_pretrained(out)
+    images = MllamaImageProcessorPil(size={"height": 56, "width": 56}, max_image_tiles=4)
+    save_processor(MllamaProcessor, images, tok, out)
+
+
+MLLAMA = Spec(
+    "mllama",
+    MLLAMA_TOKENS,
+    MLLAMA_TEMPLATE,
+    _mllama,
+    eos=("<|eot_id|>", "<|end_of_text|>"),
+    pad="<|finetune_right_pad_id|>",
+    bos="<|begin_of_text|>",
+)
+FAMILIES_B = [MISTRAL3, PALIGEMMA, MLLAMA]
 
 
 SPECS: dict[str, Spec] = {
