@@ -62,7 +62,7 @@ class Batch:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.sequences: list[Sequence] = []
-        self.cache: Any = None  # a DynamicCache whose layers are all plain DynamicLayers
+        self.cache: Any = None  # a DynamicCache of plain DynamicLayers (and CrossLayers, see engine/cross.py)
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
         self._rope = _rope_index_owner(loaded.model)
         self._first = loaded.prompt.family.first_position

@@ -30,6 +30,7 @@ class CrossLayer(DynamicLayer):
 
 
 def cross_layer_indices(model: Any) -> frozenset[int]:
+    """The decoder layers that attend to image states instead of the text (none for most models)."""
     config = model.config.get_text_config(decoder=True)
     return frozenset(getattr(config, "cross_attention_layers", None) or ())
 
