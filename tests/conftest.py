@@ -101,7 +101,9 @@ def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kw
     settings = (settings or Settings()).replace(port=port)
     if settings.data_dir is None:  # each server its own store, never the user's data directory
         settings = settings.replace(data_dir=tempfile.mkdtemp(prefix="gateway-test-"))
-    loaded = load_model(model_dir, model_id="gateway-demo", adapters=parse_adapters(settings.adapters))
+    loaded = load_model(
+        model_dir, model_id="gateway-demo", adapters=parse_adapters(settings.adapters), chat_template=settings.chat_template
+    )
     engine = LocalEngine(loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens)
     app = create_app(settings, engine=engine)
     server = make_server(app, settings, host="127.0.0.1", port=port, log_level="warning", **uvicorn_kwargs)

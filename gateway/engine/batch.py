@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from gateway.engine import cross
 from gateway.engine.constrain import RowGrammar
 from gateway.engine.detok import TextStream
 from gateway.engine.loader import LoadedModel
@@ -52,7 +53,7 @@ def model_extras(extras: dict[str, torch.Tensor], device: torch.device, dtype: t
 
 def supports_batching(cache: Any) -> bool:
     """Only plain growing caches can be padded and merged; sliding-window or quantized ones cannot."""
-    return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
+    return isinstance(cache, DynamicCache) and all(type(layer) in _MERGEABLE for layer in cache.layers)
 
 
 class Batch:
@@ -61,9 +62,11 @@ class Batch:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.sequences: list[Sequence] = []
-        self.cache: Any = None  # a DynamicCache whose layers are all plain DynamicLayers
+        self.cache: Any = None  # a DynamicCache of plain DynamicLayers (and CrossLayers, see engine/cross.py)
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
         self._rope = _rope_index_owner(loaded.model)
+        self._first = loaded.prompt.family.first_position
+        self._cross = cross.cross_layer_indices(loaded.model)  # mllama's cross-attention layers
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -92,7 +95,10 @@ class Batch:
         )
         for seq, item in zip(seqs, inputs):
             self._start(seq, item, delta)
-        return out.logits[:, -1], _cache_of(out), mask
+        cache = _cache_of(out)
+        if self._cross:
+            cross.adopt(cache, self._cross, len(inputs), extras.get("cross_attention_mask"))
+        return out.logits[:, -1], cache, mask
 
     @torch.inference_mode()
     def prefill_on(self, seq: Sequence, item: ModelInputs, held: HeldPrefix) -> tuple[torch.Tensor, Any, torch.Tensor]:
@@ -107,7 +113,7 @@ class Batch:
             cache.layers.append(layer)
         input_ids = item.input_ids[:, held.length :].to(device)
         mask = torch.ones(1, item.prompt_tokens, dtype=torch.long, device=device)
-        text = torch.arange(held.length, item.prompt_tokens, device=device).view(1, -1)
+        text = torch.arange(held.length, item.prompt_tokens, device=device).view(1, -1) + self._first
         positions = text.unsqueeze(0).expand(3, -1, -1) if self._rope is not None else text
         out = self.loaded.model(
             input_ids=input_ids,
@@ -117,9 +123,12 @@ class Batch:
             use_cache=True,
             **self._adapter_args([seq]),
         )
-        self._start(seq, item, 0)
+        self._start(seq, item, self._first)
         seq.cached_tokens = held.length
-        return out.logits[:, -1], _cache_of(out), mask
+        cache = _cache_of(out)
+        if self._cross:
+            cross.adopt(cache, self._cross, 1, None)
+        return out.logits[:, -1], cache, mask
 
     def _start(self, seq: Sequence, item: ModelInputs, delta: int) -> None:
         seq.prompt_tokens = item.prompt_tokens
@@ -133,9 +142,9 @@ class Batch:
     ) -> tuple[torch.Tensor, int]:
         """Text positions count real tokens only (left padding sits at 0); multimodal models get
         their 3-D positions and the offset images add to every later position."""
-        text = (mask.cumsum(-1) - 1).clamp(min=0)
+        text = (mask.cumsum(-1) - 1).clamp(min=0) + self._first
         if self._rope is None:
-            return text, 0
+            return text, self._first
         if "image_grid_thw" not in extras:
             return text.unsqueeze(0).expand(3, -1, -1), 0
         positions, deltas = self._rope.get_rope_index(
@@ -145,6 +154,12 @@ class Batch:
             attention_mask=torch.ones_like(input_ids),
         )
         return positions, int(deltas.view(-1)[0].item())
+
+    def _cross_args(self) -> dict[str, Any]:
+        """Rows with images attend to them at every step, as their prompt's last token did."""
+        layers = [layer for layer in self.cache.layers if isinstance(layer, cross.CrossLayer)]
+        mask = layers[0].decode_mask() if layers else None
+        return {"cross_attention_mask": mask} if mask is not None else {}
 
     def _adapter_args(self, sequences: list[Sequence]) -> dict[str, Any]:
         """With several adapters loaded, each row names its own (peft routes LoRA per row)."""
@@ -167,7 +182,10 @@ class Batch:
         elif length > width:
             _pad_left(self.cache, length - width)
             self.mask = torch.cat([self.mask.new_zeros(self.mask.shape[0], length - width), self.mask], dim=1)
-        for mine, theirs in zip(self.cache.layers, cache.layers):
+        for index, (mine, theirs) in enumerate(zip(self.cache.layers, cache.layers)):
+            if isinstance(mine, cross.CrossLayer):
+                self.cache.layers[index] = cross.merge(mine, theirs)
+                continue
             mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
             mine.values = torch.cat([mine.values, theirs.values], dim=0)
         self.mask = torch.cat([self.mask, rows], dim=0)
@@ -189,6 +207,7 @@ class Batch:
             position_ids=position_ids,
             cache=self.cache,
             use_cache=True,
+            **self._cross_args(),
             **self._adapter_args(self.sequences),
         )
         self.cache = _cache_of(out)
@@ -212,7 +231,7 @@ class Batch:
         real = self.mask.any(dim=0).nonzero()
         start = int(real[0].item()) if real.numel() else 0
         if start > 0:
-            for layer in self.cache.layers:
+            for layer in _self_attention(self.cache):
                 layer.keys = layer.keys[:, :, start:]
                 layer.values = layer.values[:, :, start:]
             self.mask = self.mask[:, start:]
@@ -232,19 +251,29 @@ class Batch:
 
 
 _EMPTY = torch.empty(0, dtype=torch.long)
+_MERGEABLE = (DynamicLayer, cross.CrossLayer)
 
 
 def row_states(cache: Any, mask: torch.Tensor, row: int) -> LayerStates:
     """One row's real (unpadded) keys and values per layer, copied out of a shared left-padded cache.
     Real columns are always a row's rightmost ones: padding only ever goes on the left."""
     start = mask.shape[1] - int(mask[row].sum().item())
+    like = cache.layers[0].keys
     return [
-        (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone()) for layer in cache.layers
+        cross.row_states(layer, row, like)
+        if isinstance(layer, cross.CrossLayer)
+        else (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
+        for layer in cache.layers
     ]
 
 
+def _self_attention(cache: Any) -> list[Any]:
+    """The layers whose states follow the text (left-padded, trimmed); cross-attention ones follow images."""
+    return [layer for layer in cache.layers if not isinstance(layer, cross.CrossLayer)]
+
+
 def _pad_left(cache: Any, n: int) -> None:
-    for layer in cache.layers:
+    for layer in _self_attention(cache):
         layer.keys = _zeros_before(layer.keys, n)
         layer.values = _zeros_before(layer.values, n)
 

@@ -77,7 +77,7 @@ class LocalEngine:
         self._image_pool = ThreadPoolExecutor(max(1, image_workers), thread_name_prefix="gateway-images", initializer=yield_cpu)
         self.context_tokens = min(loaded.context_tokens, context_tokens or loaded.context_tokens)
         self.adapters: tuple[str, ...] = loaded.adapter_names
-        self.chat_template: str | None = loaded.tokenizer.chat_template
+        self.chat_template: str | None = loaded.prompt.template  # the served one: --chat-template FILE or the model's
         self.max_batch = max_batch
         self.max_prefills_per_step = max_prefills_per_step
         self.queue_size = queue_size

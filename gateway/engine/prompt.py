@@ -29,6 +29,7 @@ def _break(match: re.Match[str]) -> str:
     return token[:1] + "\u2060" + token[1:]
 
 
+_NOT_PREFILL = ("input_ids", "attention_mask", "labels")  # labels: PaliGemma's processor returns them for training
 _STAND_IN = Image.new("RGB", (1, 1))  # what the processor is handed in place of an image already processed
 
 
@@ -90,7 +91,7 @@ class PromptBuilder:
         if self.vision and processor is not None:
             self._image_processor = processor.image_processor
             merged = processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs, return_tensors="pt")
-            self._images_kwargs = merged["images_kwargs"]
+            self._images_kwargs = {**merged["images_kwargs"], **family.image_options(processor)}
             self._adopt_processor(processor)
 
     def _adopt_processor(self, processor: Any) -> None:
@@ -157,7 +158,7 @@ class PromptBuilder:
             raise GatewayError(ErrorCode.INTERNAL, f"the processor refused the prompt: {exc}") from None
         finally:
             self._prepared.features = None
-        extras = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in ("input_ids", "attention_mask")}
+        extras = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in _NOT_PREFILL}
         return ModelInputs(input_ids=out["input_ids"].to(torch.long), extras=extras)
 
     def _process(self, rendered: str, images: int) -> Any:

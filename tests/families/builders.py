@@ -70,6 +70,7 @@ class Spec:
     bos: str | None = None
     vision: bool = True
     named_tokens: dict[str, str] = field(default_factory=dict)  # tokenizer attributes: image_token, boi_token, ...
+    ships_template: bool = True  # False: the checkpoint has none; it is served with --chat-template (PaliGemma)
 
 
 def train_tokenizer(spec: Spec, out_dir: Path, vocab_size: int = 600) -> Any:
@@ -94,7 +95,7 @@ def train_tokenizer(spec: Spec, out_dir: Path, vocab_size: int = 600) -> Any:
         bos_token=spec.bos,
         extra_special_tokens=spec.named_tokens,
     )
-    fast.chat_template = spec.template
+    fast.chat_template = spec.template if spec.ships_template else None
     fast.save_pretrained(out_dir)
     return fast
 
@@ -519,9 +520,204 @@ TEXT_SPECS = [
     ),
 ]
 
+# ---- Mistral 3 (Pixtral), PaliGemma, Llama 3.2 Vision (mllama) ------------------------------------------
+
+# Mistral Small 3.1's layout: BOS, a system prompt in its own tags, images before the text inside [INST].
+MISTRAL3_TOKENS = [
+    "</s>",
+    "<s>",
+    "<unk>",
+    "<pad>",
+    "[INST]",
+    "[/INST]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
+    "[IMG]",
+    "[IMG_BREAK]",
+    "[IMG_END]",
+]
+_TEXT_OF = (
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] if c['type'] == 'text' %}{{ c['text'] }}{% endfor %}{% endif %}"
+)
+_IMAGES_OF = "{% if m['content'] is not string %}{% for c in m['content'] if c['type'] == 'image' %}IMAGE{% endfor %}{% endif %}"
+MISTRAL3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}[SYSTEM_PROMPT]" + _TEXT_OF + "[/SYSTEM_PROMPT]"
+    "{% elif m['role'] == 'user' %}[INST]" + _IMAGES_OF.replace("IMAGE", "[IMG]") + _TEXT_OF + "[/INST]"
+    "{% else %}" + _TEXT_OF + "</s>{% endif %}{% endfor %}"
+)
+
+
+def _mistral3(tok: Any, out: Path) -> None:
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    from gateway.engine.families.processors import processor_class
+
+    text = {
+        "model_type": "mistral",
+        **TEXT,
+        "head_dim": 16,
+        "vocab_size": len(tok),
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": False,
+    }
+    vision = {
+        "model_type": "pixtral",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 112,
+        "patch_size": 14,
+    }
+    # Untied, as Mistral Small 3.1 ships: a tiny random model with tied embeddings only repeats its last token.
+    config = Mistral3Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=ids(tok, "[IMG]")[0],
+        spatial_merge_size=2,
+        tie_word_embeddings=False,
+    )
+    save_model(Mistral3ForConditionalGeneration, config, tok, MISTRAL3, out)
+    images = PixtralImageProcessorPil(size={"longest_edge": 112}, patch_size={"height": 14, "width": 14})
+    save_processor(processor_class("PixtralProcessor"), images, tok, out, patch_size=14, spatial_merge_size=2)
+
+
+MISTRAL3 = Spec("mistral3", MISTRAL3_TOKENS, MISTRAL3_TEMPLATE, _mistral3, eos=("</s>",), pad="<pad>", bos="<s>")
+
+# PaliGemma ships no chat template: this one (served with --chat-template) lays turns out as the processor
+# expects, images first; the processor itself puts BOS after the last image and "\n" after the prompt, so
+# the template does both only for prompts without images.
+PALIGEMMA_TEMPLATE = (
+    "{% set ns = namespace(images=false) %}{% for m in messages %}{% if m['content'] is not string %}"
+    "{% for c in m['content'] if c['type'] == 'image' %}{% set ns.images = true %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if not ns.images %}<bos>{% endif %}{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}\n"
+    + _TEXT_OF
+    + "\n{% else %}"
+    + _IMAGES_OF.replace("IMAGE", "<image>")
+    + _TEXT_OF
+    + "{% if m['role'] == 'system' %}\n{% endif %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt and not ns.images %}\n{% endif %}"
+)
+
+
+def _paligemma(tok: Any, out: Path) -> None:
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    images = SiglipImageProcessorPil(size={"height": 56, "width": 56}, image_seq_length=16)
+    PaliGemmaProcessor(image_processor=images, tokenizer=tok)  # adds its <loc>/<seg> tokens, as checkpoints hold them
+    tok.save_pretrained(out)
+    text = {
+        "model_type": "gemma2",
+        **TEXT,
+        "head_dim": 16,
+        "vocab_size": len(tok),
+        "max_position_embeddings": 2048,
+        "layer_types": ["sliding_attention", "full_attention"],
+        **SLIDING,
+    }
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 56,
+        "patch_size": 14,
+    }
+    config = PaliGemmaConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=ids(tok, "<image>")[0],
+        vocab_size=len(tok),
+        projection_dim=64,
+        hidden_size=64,
+    )
+    save_model(PaliGemmaForConditionalGeneration, config, tok, PALIGEMMA, out)
+    save_processor(PaliGemmaProcessor, images, tok, out)
+
+
+PALIGEMMA = Spec(
+    "paligemma",
+    ["<eos>", "<bos>", "<pad>", "<image>"],
+    PALIGEMMA_TEMPLATE,
+    _paligemma,
+    eos=("<eos>",),
+    pad="<pad>",
+    bos="<bos>",
+    named_tokens={"image_token": "<image>"},
+    ships_template=False,
+)
+
+MLLAMA_TOKENS = [*LLAMA3_TOKENS, "<|image|>", "<|finetune_right_pad_id|>"]
+MLLAMA_TEMPLATE = layout(
+    "<|begin_of_text|>",
+    "<|start_header_id|>ROLE<|end_header_id|>\n\n",
+    "<|eot_id|>",
+    "<|image|>",
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+)
+
+
+def _mllama(tok: Any, out: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    text = {
+        **TEXT,
+        "num_hidden_layers": 3,
+        "cross_attention_layers": [1],
+        "vocab_size": len(tok),
+        "max_position_embeddings": 2048,
+        "bos_token_id": ids(tok, "<|begin_of_text|>")[0],
+        "eos_token_id": ids(tok, *MLLAMA.eos),
+        "pad_token_id": ids(tok, MLLAMA.pad)[0],
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_global_layers": 1,
+        "attention_heads": 2,
+        "image_size": 56,
+        "patch_size": 14,
+        "intermediate_layers_indices": [0],
+        "vision_output_dim": 64,
+    }
+    config = MllamaConfig(text_config=text, vision_config=vision, image_token_index=ids(tok, "<|image|>")[0])
+    torch.manual_seed(0)
+    model = MllamaForConditionalGeneration(config)
+    with torch.no_grad():  # the gates start closed (tanh(0)): opened, the images reach the text
+        for name, parameter in model.named_parameters():
+            if name.endswith("_gate") and "language_model" in name:
+                parameter.fill_(1.0)
+    eos = ids(tok, *MLLAMA.eos)
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=ids(tok, MLLAMA.pad)[0])  # type: ignore[no-untyped-call]
+    model.save_pretrained(out)
+    images = MllamaImageProcessorPil(size={"height": 56, "width": 56}, max_image_tiles=4)
+    save_processor(MllamaProcessor, images, tok, out)
+
+
+MLLAMA = Spec(
+    "mllama",
+    MLLAMA_TOKENS,
+    MLLAMA_TEMPLATE,
+    _mllama,
+    eos=("<|eot_id|>", "<|end_of_text|>"),
+    pad="<|finetune_right_pad_id|>",
+    bos="<|begin_of_text|>",
+)
+FAMILIES_B = [MISTRAL3, PALIGEMMA, MLLAMA]
+
+
 SPECS: dict[str, Spec] = {
     s.name: s for s in (GLM4V, QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, GEMMA3, IDEFICS3, *TEXT_SPECS)
 }
+SPECS.update({s.name: s for s in FAMILIES_B})
 
 
 # ---- SmolVLM, LLaVA-OneVision, Aya Vision, InternVL --------------------------------------------------

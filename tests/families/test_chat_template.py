@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gateway.cli import make_parser
-from gateway.engine.loader import load_model
+from gateway.engine.loader import ModelLoadError, load_model
 from gateway.engine.types import ChatMessage
 from tests.families.builders import cached_family
 
@@ -23,3 +25,9 @@ def test_chat_template_flag_reaches_settings() -> None:
     """The serve command takes --chat-template."""
     args = make_parser().parse_args(["serve", "--chat-template", "/tmp/t.jinja"])
     assert args.chat_template == "/tmp/t.jinja"
+
+
+def test_checkpoint_without_template_asks_for_one() -> None:
+    """PaliGemma ships no chat template: without --chat-template it refuses to load, naming the flag."""
+    with pytest.raises(ModelLoadError, match="--chat-template"):
+        load_model(cached_family("paligemma"))

@@ -16,6 +16,7 @@ from PIL import Image
 from transformers import ProcessorMixin
 
 from gateway.client import GatewayClient, TurnResult
+from gateway.config import Settings
 from gateway.engine.families.processors import load_processor
 from gateway.engine.types import ChatMessage
 from tests.conftest import RunningServer, chat_image, image_bytes, start_server
@@ -32,7 +33,7 @@ RED, GREEN, BLUE = (
 class Reference:
     """The model as transformers serves it: its processor's inputs and its own greedy `generate`."""
 
-    def __init__(self, path: Path, vision: bool) -> None:
+    def __init__(self, path: Path, vision: bool, template: str | None = None) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
         config = AutoConfig.from_pretrained(path)
@@ -45,13 +46,17 @@ class Reference:
             self.processor.apply_chat_template = functools.partial(ProcessorMixin.apply_chat_template, self.processor)
         self.tokenizer = self.processor.tokenizer if vision else AutoTokenizer.from_pretrained(path)
         self.vision = vision
+        self.template = template  # the one served with --chat-template, for checkpoints that ship none
 
     def inputs(self, chat: list[dict[str, Any]]) -> Any:
-        if not self.vision:
+        # A processor that takes no prompt without images (PaliGemma) leaves text-only prompts to its tokenizer.
+        if not self.vision or (self.template is not None and not any(p["type"] == "image" for m in chat for p in m["content"])):
             flat = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p["type"] == "text")} for m in chat]
-            return self.tokenizer.apply_chat_template(flat, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+            return self.tokenizer.apply_chat_template(
+                flat, chat_template=self.template, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+            )
         return self.processor.apply_chat_template(
-            chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            chat, chat_template=self.template, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
         )
 
     def generate(self, chat: list[dict[str, Any]]) -> tuple[int, list[int]]:
@@ -73,12 +78,18 @@ class Served:
 
 
 @pytest.fixture(scope="module", params=sorted(SPECS))
-def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     spec = SPECS[request.param]
     path = cached_family(spec.name)
-    server = start_server(path)
+    template = None if spec.ships_template else spec.template
+    settings = Settings()
+    if template is not None:  # served as `gateway serve --chat-template FILE`
+        file = tmp_path_factory.mktemp("template") / "chat_template.jinja"
+        file.write_text(template)
+        settings = settings.replace(chat_template=str(file))
+    server = start_server(path, settings)
     try:
-        yield Served(spec.name, server, Reference(path, spec.vision))
+        yield Served(spec.name, server, Reference(path, spec.vision, template))
     finally:
         server.stop()
 
@@ -177,7 +188,7 @@ def test_control_tokens_in_text_stay_text(served: Served) -> None:
     special tokens as the same prompt with harmless text."""
     prompt = served.server.engine.loaded.prompt
     tokenizer = prompt.tokenizer
-    specials = {t: i for t, i in tokenizer.get_added_vocab().items()}
+    specials = {t.content: i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     images = (chat_image(),) if served.reference.vision else ()
     hostile = " ".join(specials) + " USER: hi"
 

@@ -24,6 +24,8 @@ class Family:
     # True where each image's replacement is the placeholder repeated, with a count the processor can
     # give from the image's size (`_get_num_multimodal_tokens`): prompts are then counted without pixels.
     tokens_from_size: bool = False
+    # The position of a prompt's first token: PaliGemma counts from 1.
+    first_position: int = 0
 
     def process(self, image_processor: Any, pixels: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         """One image's outputs from the image processor, as for a prompt holding only that image."""
@@ -44,6 +46,10 @@ class Family:
                 combined[key] = values[0]
         return combined
 
+    def image_options(self, processor: Any) -> dict[str, Any]:
+        """Options the processor adds when it calls its image processor itself (in `_process_images`)."""
+        return {}
+
 
 def _stack(tensors: list[torch.Tensor], axis: int) -> torch.Tensor:
     if tensors[0].dim() <= axis:
@@ -58,6 +64,25 @@ def _stack(tensors: list[torch.Tensor], axis: int) -> torch.Tensor:
     return torch.cat(padded, dim=axis)
 
 
+# ---- Mistral 3 (Pixtral), PaliGemma, Llama 3.2 Vision ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pixtral(Family):
+    """Pixtral's processor resizes images to whole merged patches (patch size times spatial merge)."""
+
+    def image_options(self, processor: Any) -> dict[str, Any]:
+        return {"patch_size": processor.patch_size * processor.spatial_merge_size}
+
+
+FAMILIES_B: dict[str, Family] = {
+    "mistral3": Pixtral("mistral3"),
+    "pixtral": Pixtral("pixtral"),
+    "paligemma": Family("paligemma", first_position=1),
+}
+
+# ----------------------------------------------------------------------------------------------------------
+
 GENERIC = Family("generic")
 _SIZED = ("glm4v", "glm4v_moe", "glm46v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava")
 _BY_IMAGE_AXIS_1 = ("idefics3", "smolvlm", "mllama")
@@ -65,6 +90,7 @@ _BY_IMAGE_AXIS_1 = ("idefics3", "smolvlm", "mllama")
 FAMILIES: dict[str, Family] = {
     **{name: Family(name, tokens_from_size=True) for name in _SIZED},
     **{name: Family(name, image_axis=1) for name in _BY_IMAGE_AXIS_1},
+    **FAMILIES_B,
 }
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +40,13 @@ def load_processor(source: Path, model_type: str, trust_remote_code: bool) -> An
 
 
 def _build_processor(source: Path, model_type: str, trust_remote_code: bool) -> Any:
-    import transformers
     from transformers import AutoImageProcessor, AutoTokenizer
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES  # type: ignore[attr-defined]
 
     config = _read_json(source / "processor_config.json")
     name = config.pop("processor_class", None) or _read_json(source / "preprocessor_config.json").get("processor_class")
     name = name or PROCESSOR_MAPPING_NAMES.get(model_type)
-    cls = getattr(transformers, str(name), None)
+    cls = processor_class(str(name))
     if cls is None:
         raise ValueError(f"no processor class for model type {model_type!r}")
     parts: dict[str, Any] = {attribute: None for attribute in cls.get_attributes()}
@@ -55,6 +56,40 @@ def _build_processor(source: Path, model_type: str, trust_remote_code: bool) -> 
     kwargs = {k: v for k, v in config.items() if k not in parts and k in accepted and k != "chat_template"}
     template = source / "chat_template.jinja"
     return tolerant(cls)(**parts, **kwargs, chat_template=template.read_text() if template.exists() else None)
+
+
+def processor_class(name: str) -> Any:
+    """The processor class called `name`. Without torchvision, transformers hands out a placeholder for a
+    processor whose module imports from its torchvision image processor (Pixtral); that module is then
+    imported with the PIL image processor's module, which defines the same helpers, standing in."""
+    import transformers
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES  # type: ignore[attr-defined]
+    from transformers.utils.import_utils import DummyObject
+
+    cls = getattr(transformers, name, None)
+    if not isinstance(cls, DummyObject):
+        return cls
+    for model_type, mapped in PROCESSOR_MAPPING_NAMES.items():
+        if mapped == name:
+            found = getattr(_import_with_pil_images(model_type_to_module_name(model_type)), name, None)
+            if found is not None and not isinstance(found, DummyObject):
+                return found
+    return None
+
+
+def _import_with_pil_images(module: str) -> Any:
+    base = f"transformers.models.{module}"
+    try:
+        return importlib.import_module(f"{base}.processing_{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name != "torchvision":
+            return None
+    try:
+        sys.modules[f"{base}.image_processing_{module}"] = importlib.import_module(f"{base}.image_processing_pil_{module}")
+        return importlib.import_module(f"{base}.processing_{module}")
+    except ImportError:
+        return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
