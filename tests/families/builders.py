@@ -125,6 +125,30 @@ def save_processor(processor_cls: Any, images: Any, tok: Any, out_dir: Path, **k
 
 
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+SLIDING = {"sliding_window": 8}  # shorter than every prompt, so batching is proven across the window
+SIGLIP_56 = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 56,
+    "patch_size": 14,
+}
+
+
+def sliding_text(tok: Any, **extra: Any) -> dict[str, Any]:
+    """A tiny text config whose layers alternate a sliding window and full attention (Gemma, Cohere 2)."""
+    layers = ["sliding_attention", "full_attention"]
+    return {
+        **TEXT,
+        "head_dim": 16,
+        "vocab_size": len(tok),
+        "max_position_embeddings": 2048,
+        "layer_types": layers,
+        **SLIDING,
+        **extra,
+    }
 
 
 def _qwen2_vl(tok: Any, out: Path) -> None:
@@ -295,23 +319,8 @@ def _gemma3(tok: Any, out: Path) -> None:
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
     boi, eoi, image = ids(tok, "<start_of_image>", "<end_of_image>", "<image_soft_token>")
-    text = {
-        **TEXT,
-        "head_dim": 16,
-        "vocab_size": len(tok),
-        "max_position_embeddings": 2048,
-        "layer_types": ["sliding_attention", "full_attention"],
-        **SLIDING,
-    }
-    vision = {
-        "model_type": "siglip_vision_model",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 56,
-        "patch_size": 14,
-    }
+    text = sliding_text(tok)
+    vision = SIGLIP_56
     config = Gemma3Config(
         text_config=text,
         vision_config=vision,
@@ -401,7 +410,6 @@ MISTRAL_TEMPLATE = (
 )
 PHI3_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 PHI3_TEMPLATE = layout("", "<|ROLE|>\n", "<|end|>\n", "", "<|assistant|>\n")
-SLIDING = {"sliding_window": 8}  # shorter than every prompt, so batching is proven across the window
 
 QWEN2_VL = Spec("qwen2_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen2_vl, eos=("<|im_end|>", "<|endoftext|>"))
 QWEN2_5_VL = Spec("qwen2_5_vl", QWEN_TOKENS, QWEN_VL_TEMPLATE, _qwen2_5_vl, eos=("<|im_end|>", "<|endoftext|>"))
@@ -610,24 +618,8 @@ def _paligemma(tok: Any, out: Path) -> None:
     images = SiglipImageProcessorPil(size={"height": 56, "width": 56}, image_seq_length=16)
     PaliGemmaProcessor(image_processor=images, tokenizer=tok)  # adds its <loc>/<seg> tokens, as checkpoints hold them
     tok.save_pretrained(out)
-    text = {
-        "model_type": "gemma2",
-        **TEXT,
-        "head_dim": 16,
-        "vocab_size": len(tok),
-        "max_position_embeddings": 2048,
-        "layer_types": ["sliding_attention", "full_attention"],
-        **SLIDING,
-    }
-    vision = {
-        "model_type": "siglip_vision_model",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 56,
-        "patch_size": 14,
-    }
+    text = sliding_text(tok, model_type="gemma2")
+    vision = SIGLIP_56
     config = PaliGemmaConfig(
         text_config=text,
         vision_config=vision,
@@ -777,18 +769,13 @@ def _aya_vision(tok: Any, out: Path) -> None:
     from transformers import AyaVisionConfig, AyaVisionForConditionalGeneration, AyaVisionProcessor
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-    text = {
-        **TEXT,
-        "model_type": "cohere2",
-        "head_dim": 16,
-        "vocab_size": len(tok),
-        "max_position_embeddings": 2048,
-        "layer_types": ["sliding_attention", "full_attention"],
-        "pad_token_id": ids(tok, "<PAD>")[0],
-        "bos_token_id": ids(tok, "<BOS_TOKEN>")[0],
-        "eos_token_id": ids(tok, "<|END_OF_TURN_TOKEN|>")[0],
-        **SLIDING,
-    }
+    text = sliding_text(
+        tok,
+        model_type="cohere2",
+        pad_token_id=ids(tok, "<PAD>")[0],
+        bos_token_id=ids(tok, "<BOS_TOKEN>")[0],
+        eos_token_id=ids(tok, "<|END_OF_TURN_TOKEN|>")[0],
+    )
     config = AyaVisionConfig(
         text_config=text,
         vision_config={**SIGLIP, "image_size": 56},
