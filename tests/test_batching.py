@@ -48,20 +48,23 @@ async def alone(engine: LocalEngine, messages: list[ChatMessage], params: Sampli
     return (await asyncio.wait_for(sink.done, 60)).token_ids
 
 
+async def staggered(engine: LocalEngine, prompts: list[list[ChatMessage]], params: list[SamplingParams]) -> list[tuple[int, ...]]:
+    """Each prompt's tokens when they join one batch a few steps apart, in order."""
+    sinks = []
+    for messages, p in zip(prompts, params):
+        sink, _ = submit(engine, messages, p)
+        sinks.append(sink)
+        while len(sink.deltas) < 3 and not sink.done.done():  # the batch takes a few steps before the next joins
+            await asyncio.sleep(0.001)
+    return [(await asyncio.wait_for(s.done, 60)).token_ids for s in sinks]
+
+
 async def test_greedy_batched_equals_alone_with_staggered_joins(engine: LocalEngine) -> None:
     """Text and image turns joining the batch at different steps each get exactly their solo tokens."""
     lengths = [40, 25, 33, 18, 45, 29]
     params = [SamplingParams(temperature=0, max_tokens=n) for n in lengths]
     solo = [await alone(engine, m, p) for m, p in zip(PROMPTS, params)]
-    sinks = []
-    for messages, p in zip(PROMPTS, params):
-        sink, _ = submit(engine, messages, p)
-        sinks.append(sink)
-        # let the batch take a few steps before the next turn arrives, so joins are staggered
-        while len(sink.deltas) < 3 and not sink.done.done():
-            await asyncio.sleep(0.001)
-    batched = [(await asyncio.wait_for(s.done, 60)).token_ids for s in sinks]
-    assert batched == solo
+    assert await staggered(engine, PROMPTS, params) == solo
 
 
 async def test_seeded_sampling_batched_equals_alone(engine: LocalEngine) -> None:

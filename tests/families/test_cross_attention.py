@@ -12,7 +12,7 @@ from gateway.engine.local import LocalEngine
 from gateway.engine.types import ChatMessage, SamplingParams
 from tests.conftest import chat_image
 from tests.families.builders import cached_family
-from tests.test_batching import alone, submit
+from tests.test_batching import alone, staggered, submit
 
 RED, BLUE, GREEN = chat_image((220, 20, 20)), chat_image((20, 20, 220), (56, 90)), chat_image((20, 200, 20), (80, 60))
 PROMPTS = [
@@ -36,13 +36,7 @@ async def test_rows_join_and_leave_at_different_steps(engine: LocalEngine) -> No
     """Staggered joins and different lengths: the image states and masks are padded, merged and cut per row."""
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (30, 12, 40, 8, 20)]
     solo = [await alone(engine, m, p) for m, p in zip(PROMPTS, params)]
-    sinks = []
-    for messages, p in zip(PROMPTS, params):
-        sink, _ = submit(engine, messages, p)
-        sinks.append(sink)
-        while len(sink.deltas) < 3 and not sink.done.done():
-            await asyncio.sleep(0.001)
-    assert [(await asyncio.wait_for(s.done, 60)).token_ids for s in sinks] == solo
+    assert await staggered(engine, PROMPTS, params) == solo
 
 
 async def test_held_text_prefix_joins_rows_with_images(engine: LocalEngine) -> None:
