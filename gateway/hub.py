@@ -178,7 +178,11 @@ class SessionHub:
             await self.store.sync_history(live.id, live.session.exchanges)
             await self.store.set_pending(live.id, None)
         if result.finish_reason == "error":
-            self.emit(live, _error(ErrorCode.GENERATION, result.error or "generation failed", started.turn.id))
+            code = result.error_code or ErrorCode.GENERATION
+            message = result.error or "generation failed"
+            self.emit(
+                live, p.ErrorFrame(code=code.value, message=message, id=started.turn.id, retry_after_ms=result.retry_after_ms)
+            )
         self.emit(live, done_frame(started.turn.id, result))
         if live.active is started:
             live.active = None
@@ -245,7 +249,3 @@ class SessionHub:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
-
-
-def _error(code: ErrorCode, message: str, turn_id: str | None) -> p.ErrorFrame:
-    return p.ErrorFrame(code=code.value, message=message, id=turn_id)

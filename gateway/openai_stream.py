@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import openai_schema as schema
 from gateway.engine.types import GenerationResult, ToolCall, TurnHandle
-from gateway.errors import ErrorCode, GatewayError
+from gateway.errors import ErrorCode, GatewayError, RetryLater
 
 TurnEvent = str | tuple[ToolCall, ...] | GenerationResult  # text deltas, the calls (if any), then the result once
 
@@ -92,7 +92,8 @@ async def _wait_for_disconnect(receive: Receive, events: TurnEvents) -> None:
 
 def _failure(result: GenerationResult) -> GatewayError | None:
     if result.finish_reason == "error":
-        return GatewayError(ErrorCode.GENERATION, result.error or "generation failed")
+        code, message = result.error_code or ErrorCode.GENERATION, result.error or "generation failed"
+        return GatewayError(code, message) if result.retry_after_ms is None else RetryLater(code, message, result.retry_after_ms)
     if result.finish_reason == "cancelled":  # only the engine shutting down cancels a turn whose client stayed
         return GatewayError(ErrorCode.GENERATION, "the turn was cancelled; the server may be shutting down")
     return None

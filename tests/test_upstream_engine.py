@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.engine.upstream.discovery import UpstreamInfo
@@ -21,56 +14,8 @@ from gateway.engine.upstream.engine import UpstreamEngine, UpstreamOptions
 from gateway.engine.upstream.replicas import ReplicaSet
 from gateway.engine.upstream.turn import Deadlines
 from gateway.errors import ErrorCode, RetryLater
+from tests.upstream_fake import FakeUpstream
 from tests.vllm_support import free_port
-
-
-class FakeUpstream:
-    """Streams `tokens` words, or misbehaves as `mode` says: 429, 500, context, stall, slow."""
-
-    def __init__(self) -> None:
-        self.mode = "ok"
-        self.requests = 0
-        self.port = free_port()
-        app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]), Route("/health", self.health)])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def health(self, request: Request) -> Response:
-        return Response(status_code=200)
-
-    async def chat(self, request: Request) -> Response:
-        self.requests += 1
-        body = await request.json()
-        if self.mode == "429":
-            return JSONResponse({"error": {"message": "full"}}, 429, headers={"Retry-After": "7"})
-        if self.mode == "500":
-            return JSONResponse({"error": {"message": "boom"}}, 500)
-        if self.mode == "context":
-            return JSONResponse({"error": {"message": "This model's maximum context length is 64 tokens"}}, 400)
-        return StreamingResponse(self.stream(body["max_tokens"]), media_type="text/event-stream")
-
-    async def stream(self, max_tokens: int) -> AsyncIterator[str]:
-        if self.mode == "slow":
-            await asyncio.sleep(30)
-        for i in range(max_tokens):
-            chunk = {"choices": [{"index": 0, "delta": {"content": f" w{i}"}, "finish_reason": None}]}
-            yield f"data: {json.dumps(chunk)}\n\n"
-            if self.mode == "stall":
-                await asyncio.sleep(30)
-        usage = {"prompt_tokens": 5, "completion_tokens": max_tokens, "total_tokens": 5 + max_tokens}
-        yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'length'}]})}\n\n"
-        yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +32,9 @@ def healthy(fakes: tuple[FakeUpstream, FakeUpstream]) -> None:
         fake.mode = "ok"
 
 
-def engine_for(*urls: str, gap_s: float = 5.0) -> UpstreamEngine:
+def engine_for(*urls: str, gap_s: float = 5.0, health_interval_s: float = 60.0) -> UpstreamEngine:
     info = UpstreamInfo("fake", 1024, (), vllm=False, vision=False, vision_detail="")
-    options = UpstreamOptions(connect_timeout_s=1.0, deadlines=Deadlines(5.0, gap_s), health_interval_s=60.0)
+    options = UpstreamOptions(connect_timeout_s=1.0, deadlines=Deadlines(5.0, gap_s), health_interval_s=health_interval_s)
     return UpstreamEngine(info, ReplicaSet(list(urls)), options)
 
 
@@ -119,9 +64,10 @@ async def run(engine: UpstreamEngine, req: GenerationRequest | None = None) -> t
 
 
 async def test_streams_tokens_usage_and_timing(fakes: tuple[FakeUpstream, FakeUpstream]) -> None:
-    """Chunks become on_token calls; usage comes from the upstream, timing from the gateway's clock."""
+    """Chunks become on_token calls (those of one network read together); usage comes from the upstream,
+    timing from the gateway's clock."""
     result, sink = await run(engine_for(fakes[0].url))
-    assert sink.tokens == [" w0", " w1", " w2"] and result.text == " w0 w1 w2"
+    assert "".join(sink.tokens) == result.text == " w0 w1 w2"
     assert (result.finish_reason, result.prompt_tokens, result.completion_tokens) == ("length", 5, 3)
     assert result.ttft_ms is not None and result.total_ms >= result.ttft_ms
 
@@ -184,3 +130,14 @@ async def test_cancel_before_the_first_token(fakes: tuple[FakeUpstream, FakeUpst
     cancelled_at = time.monotonic()
     result = await asyncio.wait_for(sink.done, 2)
     assert result.finish_reason == "cancelled" and time.monotonic() - cancelled_at < 0.5
+
+
+async def test_a_slow_health_answer_does_not_mark_a_replica_down(fakes: tuple[FakeUpstream, FakeUpstream]) -> None:
+    """A replica that streams but answers /health after the timeout is busy, not gone; a refused one is down."""
+    fakes[0].mode = "slow_health"
+    engine = engine_for(fakes[0].url, f"http://127.0.0.1:{free_port()}", health_interval_s=0.2)
+    result, _ = await run(engine, request(key=None))
+    await asyncio.sleep(1.5)  # several checks, each timing out after connect_timeout_s (1 s)
+    assert result.finish_reason == "length"
+    assert [r.state.value for r in engine.replicas.replicas] == ["up", "down"]
+    engine.stop()

@@ -6,7 +6,7 @@ import json
 
 from gateway import protocol as p
 from gateway.engine.types import ChatMessage, SamplingParams, ToolCall
-from gateway.engine.upstream import wire
+from gateway.engine.upstream import stream, wire
 from gateway.structured import response_grammar
 from gateway.tools.hermes import HermesFormat
 from gateway.tools.plan import plan_tools
@@ -62,7 +62,7 @@ def test_streamed_tool_call_deltas_merge_into_calls() -> None:
     calls: dict[int, dict[str, str]] = {}
     reason = None
     for line in lines:
-        event = wire.parse_sse_line("data: " + json.dumps(line))
+        event = stream.parse_sse_line("data: " + json.dumps(line))
         assert event is not None
         wire.merge_tool_call_deltas(calls, event.tool_calls)
         reason = event.finish_reason or reason

@@ -7,8 +7,8 @@ import base64
 import pytest
 
 from gateway.engine.types import ChatMessage, SamplingParams
-from gateway.engine.upstream import wire
-from gateway.engine.upstream.client import ContextOverflow, Overloaded, Rejected, Unavailable, classify
+from gateway.engine.upstream import stream, wire
+from gateway.engine.upstream.client import ContextOverflow, Overloaded, Rejected, Unavailable, classify, classify_event
 from gateway.engine.upstream.replicas import NoReplica, ReplicaSet
 from tests.conftest import chat_image
 
@@ -34,12 +34,38 @@ def test_vllm_extensions_only_when_they_change_something() -> None:
 
 
 def test_sse_lines_become_events() -> None:
-    chunk = '{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null,"token_ids":[7]}]}'
-    assert wire.parse_sse_line(f"data: {chunk}") == wire.StreamEvent(text="hi", token_ids=(7,))
-    usage = wire.parse_sse_line('data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2}}')
+    chunk = '{"id":"x","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null,"logprobs":null}]}'
+    assert stream.parse_sse_line(f"data: {chunk}") == stream.StreamEvent(text="hi")
+    usage = stream.parse_sse_line('data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2}}')
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (4, 2)
-    assert wire.parse_sse_line("data: [DONE]") is None and wire.parse_sse_line(": keep-alive") is None
-    assert wire.parse_sse_line('data: {"error":{"message":"boom"}}') == wire.StreamEvent(error="boom")
+    assert stream.parse_sse_line("data: [DONE]") is None and stream.parse_sse_line(": keep-alive") is None
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        ('data: {"error":{"message":"boom"}}', Unavailable),
+        ('data: {"error":{"message":"full","code":429}}', Overloaded),
+        ('data: {"object":"error","message":"busy","type":"ServiceUnavailable","code":503}', Overloaded),
+        ('data: {"error":{"message":"maximum context length is 64 tokens","code":"context_length_exceeded"}}', ContextOverflow),
+        ('data: {"error":{"message":"bad field","code":400}}', Rejected),
+        ("data: {not json", Unavailable),
+    ],
+)
+def test_error_chunks_map_to_errors(line: str, kind: type) -> None:
+    """An error inside a 200 stream is classified like an error response: by its status, else its words."""
+    event = stream.parse_sse_line(line)
+    assert event is not None and event.error and isinstance(classify_event(event), kind)
+
+
+def test_sse_decoder_joins_lines_cut_across_reads() -> None:
+    """Chunks arrive in arbitrary pieces: every whole line is decoded once, in order, CRLF or LF."""
+    body = b"".join(f'data: {{"choices":[{{"delta":{{"content":"t{i}"}}}}]}}\r\n\r\n'.encode() for i in range(20))
+    body += b"data: [DONE]\n\n"
+    for size in (1, 7, 64, len(body)):
+        decoder = stream.SseDecoder()
+        events = [e for i in range(0, len(body), size) for e in decoder.feed(body[i : i + size])]
+        assert [e.text for e in events] == [f"t{i}" for i in range(20)]
 
 
 @pytest.mark.parametrize(

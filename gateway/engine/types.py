@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from gateway.errors import ErrorCode
 from gateway.protocol import FinishReason as FinishReason
 
 GREEDY_TEMPERATURE = 1e-5
@@ -86,6 +87,8 @@ class GenerationResult:
     cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier turn, not prefilled
     structured: bool | None = None  # None: no grammar; True: the reply completed it; False: it was cut short
     tool_calls: tuple[ToolCall, ...] = ()  # parsed from the reply (finish_reason "tool_calls"); text is the rest
+    error_code: ErrorCode | None = None  # with finish_reason "error": the stable code (None: `generation`)
+    retry_after_ms: int | None = None  # with `overloaded`: when the engine is likely to take the turn
 
     @property
     def completion_tokens(self) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx2 as httpx
 
 from gateway.engine.upstream import wire
+from gateway.engine.upstream.stream import SseDecoder, StreamEvent
 
 logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request drowns the gateway's own logs
 
@@ -49,7 +50,17 @@ def timeouts(connect_s: float, read_s: float) -> httpx.Timeout:
 
 
 def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamError:
-    message = wire.error_message(body)
+    """An error response as the failure it means."""
+    return classify_message(status, wire.error_message(body), retry_after)
+
+
+def classify_event(event: StreamEvent) -> UpstreamError:
+    """An error chunk inside a stream (the response itself said 200) as the failure it means."""
+    message = event.error or "error"
+    return classify_message(wire.stream_error_status(event.error_status, message), message, None)
+
+
+def classify_message(status: int, message: str, retry_after: str | None) -> UpstreamError:
     if status in (429, 503):
         return Overloaded(message, wire.retry_after_s(retry_after, time.time()))
     if status >= 500:
@@ -76,16 +87,22 @@ class ReplicaClient:
             raise classify(response.status_code, response.content, response.headers.get("retry-after"))
         return response.json()
 
-    async def healthy(self, timeout_s: float) -> bool:
+    async def healthy(self, timeout_s: float) -> bool | None:
+        """None when it took the connection but did not answer in time: a replica busy streaming to many
+        clients can be slow to answer /health, and is no reason to fail the turns it would take."""
         try:
             response = await self.http.get(self.base_url + "/health", headers=self.headers, timeout=timeout_s)
+        except httpx.ReadTimeout:
+            return None
         except httpx.TransportError:
             return False
         return response.status_code == 200
 
-    async def stream_chat(self, body: dict[str, Any], gap_s: float) -> AsyncIterator[wire.StreamEvent]:
-        """The completion's chunks as they arrive. Leaving the iteration early (cancel, deadline) closes
-        the response, and with it the connection: vLLM aborts the request when its client goes away."""
+    async def stream_chat(self, body: dict[str, Any], gap_s: float) -> AsyncIterator[list[StreamEvent]]:
+        """The completion's chunks, in the batches the network delivers them (a server that runs many
+        sequences writes one chunk each per step, and they often arrive together). Leaving the iteration
+        early (cancel, deadline) closes the response, and with it the connection: vLLM aborts the
+        request when its client goes away."""
         request = self.http.build_request(
             "POST", self.base_url + "/v1/chat/completions", json=body, headers=self.headers, timeout=self._read(gap_s)
         )
@@ -96,10 +113,11 @@ class ReplicaClient:
         try:
             if response.status_code != 200:
                 raise classify(response.status_code, await response.aread(), response.headers.get("retry-after"))
-            async for line in response.aiter_lines():
-                event = wire.parse_sse_line(line)
-                if event is not None:
-                    yield event
+            decoder = SseDecoder()
+            async for data in response.aiter_bytes():
+                events = decoder.feed(data)
+                if events:
+                    yield events
         except httpx.TransportError as exc:
             raise Unavailable(type(exc).__name__) from exc
         finally:

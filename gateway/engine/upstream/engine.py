@@ -21,7 +21,7 @@ from gateway.engine.types import (
     TurnHandle,
     TurnSink,
 )
-from gateway.engine.upstream.client import ReplicaClient, UpstreamError, timeouts
+from gateway.engine.upstream.client import Overloaded, ReplicaClient, UpstreamError, timeouts
 from gateway.engine.upstream.counting import TokenCounter, UpstreamCounter
 from gateway.engine.upstream.discovery import UpstreamInfo
 from gateway.engine.upstream.replicas import NoReplica, Replica, ReplicaSet
@@ -66,7 +66,7 @@ class UpstreamEngine:
         self._ticker: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.context = TurnContext(replicas, self.client_for, info.model, options.deadlines, info.vllm)
+        self.context = TurnContext(replicas, self.client_for, info.model, options.deadlines)
 
     # ---- the contract ------------------------------------------------------------------------------
 
@@ -79,6 +79,9 @@ class UpstreamEngine:
             return await self.counter.count(messages, affinity)
         except NoReplica as exc:
             raise RetryLater(ErrorCode.OVERLOADED, str(exc), int(exc.retry_after_s * 1000)) from None
+        except Overloaded as exc:
+            message = f"the upstream is overloaded; retry in {exc.retry_after_s:.0f} s"
+            raise RetryLater(ErrorCode.OVERLOADED, message, max(1, round(exc.retry_after_s * 1000))) from None
         except UpstreamError as exc:
             raise GatewayError(ErrorCode.GENERATION, f"the upstream could not count the prompt: {str(exc)[:200]}") from None
 
@@ -163,6 +166,8 @@ class UpstreamEngine:
             await asyncio.sleep(self.options.health_interval_s)
             checks = [self.client_for(r).healthy(self.options.connect_timeout_s) for r in self.replicas.replicas]
             for replica, ok in zip(self.replicas.replicas, await asyncio.gather(*checks)):
+                if ok is None:
+                    continue  # slow, not gone: its state stands
                 if ok != (replica in self.replicas.up):
                     log.warning("upstream %s is %s", replica.url, "back" if ok else "down")
                 (self.replicas.mark_up if ok else self.replicas.mark_down)(replica)

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 from gateway.engine.types import FinishReason, GenerationRequest, GenerationResult, ToolCall, TurnSink
 from gateway.engine.upstream import wire
-from gateway.engine.upstream.client import Overloaded, ReplicaClient, Unavailable, UpstreamError
+from gateway.engine.upstream.client import ContextOverflow, Overloaded, ReplicaClient, Unavailable, UpstreamError, classify_event
 from gateway.engine.upstream.replicas import NoReplica, Replica, ReplicaSet
+from gateway.engine.upstream.stream import StreamEvent
+from gateway.errors import ErrorCode, GatewayError, RetryLater
 
 log = logging.getLogger("gateway.upstream")
 
@@ -31,7 +33,6 @@ class TurnContext:
     client_for: Callable[[Replica], ReplicaClient]
     model: str
     deadlines: Deadlines
-    send_token_ids: bool  # vLLM's `return_token_ids` extension
 
 
 @dataclass(eq=False)
@@ -44,9 +45,9 @@ class UpstreamTurn:
     timed_out: str | None = None  # which deadline passed
     task: asyncio.Task[None] | None = None
     _texts: list[str] = field(default_factory=list)
-    _token_ids: list[int] = field(default_factory=list)
+    _chunks: int = 0  # text chunks received: the token count when the upstream reports no usage
     _first_at: float | None = None
-    _usage: wire.StreamEvent = field(default_factory=wire.StreamEvent)
+    _usage: StreamEvent = field(default_factory=StreamEvent)
     _calls: dict[int, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,17 +65,17 @@ class UpstreamTurn:
 
     async def run(self) -> None:
         try:
-            reason, error = await self._attempts()
+            reason, failure = await self._attempts()
         except asyncio.CancelledError:
-            reason, error = self._stopped_reason()
-        self.sink.on_done(self._result(reason, error))
+            reason, failure = self._stopped()
+        self.sink.on_done(self._result(reason, failure))
 
-    def _stopped_reason(self) -> tuple[FinishReason, str | None]:
+    def _stopped(self) -> tuple[FinishReason, GatewayError | None]:
         if self.timed_out is not None:
-            return "error", f"the upstream sent no {self.timed_out} in time"
+            return "error", GatewayError(ErrorCode.GENERATION, f"the upstream sent no {self.timed_out} in time")
         return "cancelled", None
 
-    async def _attempts(self) -> tuple[FinishReason, str | None]:
+    async def _attempts(self) -> tuple[FinishReason, GatewayError | None]:
         """Stream from the session's replica; before the first token, one retry on another."""
         tried: list[Replica] = []
         failure: UpstreamError | None = None
@@ -82,44 +83,56 @@ class UpstreamTurn:
             try:
                 replica = self.context.replicas.pick(self.request.affinity, time.monotonic(), tried)
             except NoReplica as exc:
-                return "error", self._describe(failure) if failure is not None else str(exc)
+                if failure is not None:
+                    return "error", self._failure(failure)
+                return "error", RetryLater(ErrorCode.OVERLOADED, str(exc), _ms(exc.retry_after_s))
             try:
-                return await self._stream(replica)
+                return await self._stream(replica), None
             except UpstreamError as exc:
                 self._note_failure(replica, exc)
                 if not exc.retryable or self._first_at is not None or tried:
-                    return "error", self._describe(exc)
+                    return "error", self._failure(exc)
                 tried.append(replica)
                 failure = exc
 
-    async def _stream(self, replica: Replica) -> tuple[FinishReason, str | None]:
+    async def _stream(self, replica: Replica) -> FinishReason:
         body = wire.chat_body(self.context.model, self.request.messages, self.request.params, self.request.tools)
-        if self.context.send_token_ids:
-            body["return_token_ids"] = True
         replica.active += 1
         try:
             upstream_reason: str | None = None
-            async for event in self.context.client_for(replica).stream_chat(body, self._read_timeout()):
-                if event.error is not None:
-                    raise Unavailable(event.error)
-                self._take(event)
-                upstream_reason = event.finish_reason or upstream_reason
-            return wire.finish_reason(upstream_reason), None
+            async for events in self.context.client_for(replica).stream_chat(body, self._read_timeout()):
+                upstream_reason = self._take(events) or upstream_reason
+            return wire.finish_reason(upstream_reason)
         finally:
             replica.active -= 1
 
-    def _take(self, event: wire.StreamEvent) -> None:
+    def _take(self, events: list[StreamEvent]) -> str | None:
+        """One network read's chunks: their text in one `on_token` (the front ends merge deltas anyway, and
+        one call instead of one per chunk keeps the event loop free); an error chunk raises, after the
+        text before it. Returns the finish reason, when one came."""
         now = time.perf_counter()
         self.deadline = now + self.context.deadlines.token_gap_s
-        if event.prompt_tokens is not None:
-            self._usage = event
-        self._token_ids.extend(event.token_ids)
-        wire.merge_tool_call_deltas(self._calls, event.tool_calls)
-        if event.text:
-            if self._first_at is None:
-                self._first_at = now
-            self._texts.append(event.text)
-            self.sink.on_token(event.text)
+        texts: list[str] = []
+        reason: str | None = None
+        failure: UpstreamError | None = None
+        for event in events:
+            if event.error is not None:
+                failure = classify_event(event)
+                break
+            if event.prompt_tokens is not None:
+                self._usage = event
+            wire.merge_tool_call_deltas(self._calls, event.tool_calls)
+            reason = event.finish_reason or reason
+            if event.text:
+                texts.append(event.text)
+        if texts:
+            self._first_at = self._first_at or now
+            self._chunks += len(texts)
+            self._texts.append("".join(texts))
+            self.sink.on_token(self._texts[-1])
+        if failure is not None:
+            raise failure
+        return reason
 
     def _read_timeout(self) -> float:
         """The HTTP client's own backstop; the ticker enforces the real deadlines."""
@@ -133,18 +146,21 @@ class UpstreamTurn:
         elif isinstance(exc, Unavailable) and self._first_at is None:
             self.context.replicas.mark_down(replica)
 
-    def _describe(self, exc: UpstreamError) -> str:
+    def _failure(self, exc: UpstreamError) -> GatewayError:
+        """What the client is told: a stable code, and with `overloaded` the upstream's Retry-After."""
         if isinstance(exc, Overloaded):
-            return f"the upstream is overloaded; retry in {exc.retry_after_s:.0f} s"
-        return "the upstream failed" if self._first_at is not None else str(exc)[:300]
+            message = f"the upstream is overloaded; retry in {exc.retry_after_s:.0f} s"
+            return RetryLater(ErrorCode.OVERLOADED, message, _ms(exc.retry_after_s))
+        if isinstance(exc, ContextOverflow):
+            return GatewayError(ErrorCode.CONTEXT_OVERFLOW, f"the turn does not fit the upstream's context: {str(exc)[:300]}")
+        return GatewayError(ErrorCode.GENERATION, "the upstream failed" if self._first_at is not None else str(exc)[:300])
 
-    def _result(self, reason: FinishReason, error: str | None) -> GenerationResult:
+    def _result(self, reason: FinishReason, failure: GatewayError | None) -> GenerationResult:
         end = time.perf_counter()
         completion = self._usage.completion_tokens
-        ids = tuple(self._token_ids)
-        if not ids or (completion is not None and completion != len(ids)):
-            # Servers without token ids: the usage count, else one per chunk; the ids themselves unknown (0).
-            ids = (0,) * (completion if completion is not None else len(self._texts))
+        # Token ids are never asked for (vLLM's return_token_ids costs it work on every chunk): the usage's
+        # count, else one per text chunk; the ids themselves unknown (0).
+        ids = (0,) * (completion if completion is not None else self._chunks)
         decode_s = end - self._first_at if self._first_at is not None else 0.0
         calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(self._calls.items()))
         if calls and reason == "stop":
@@ -158,7 +174,13 @@ class UpstreamTurn:
             ttft_ms=(self._first_at - self.started) * 1000 if self._first_at is not None else None,
             total_ms=(end - self.started) * 1000,
             tokens_per_s=(len(ids) - 1) / decode_s if decode_s > 0 and len(ids) > 1 else 0.0,
-            error=error,
+            error=failure.message if failure is not None else None,
             structured=reason in ("stop", "tool_calls") if constrained else None,  # the upstream enforced it
             tool_calls=calls,
+            error_code=failure.code if failure is not None else None,
+            retry_after_ms=failure.retry_after_ms if isinstance(failure, RetryLater) else None,
         )
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

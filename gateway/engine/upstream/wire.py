@@ -6,7 +6,6 @@ import base64
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -82,47 +81,6 @@ def tokenize_body(model: str, messages: Sequence[ChatMessage]) -> dict[str, Any]
     return {"model": model, "messages": messages_body(messages), "add_generation_prompt": True}
 
 
-@dataclass(frozen=True)
-class StreamEvent:
-    """One SSE chunk, reduced to what a turn needs."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    token_ids: tuple[int, ...] = ()  # vLLM's `return_token_ids` extension
-    error: str | None = None
-    tool_calls: tuple[dict[str, Any], ...] = ()  # tool-call deltas, as the upstream parsed them
-
-
-def parse_sse_line(line: str) -> StreamEvent | None:
-    """A `data:` line's chunk; None for blank lines, comments, other fields and the final `[DONE]`."""
-    if not line.startswith("data:"):
-        return None
-    payload = line[5:].strip()
-    if payload == "[DONE]" or not payload:
-        return None
-    return parse_chunk(json.loads(payload))
-
-
-def parse_chunk(chunk: dict[str, Any]) -> StreamEvent:
-    if "error" in chunk:
-        error = chunk["error"]
-        return StreamEvent(error=str(error.get("message", error) if isinstance(error, dict) else error))
-    usage = chunk.get("usage") or {}
-    choices = chunk.get("choices") or []
-    choice = choices[0] if choices else {}
-    delta = choice.get("delta") or {}
-    return StreamEvent(
-        text=delta.get("content") or "",
-        finish_reason=choice.get("finish_reason"),
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-        token_ids=tuple(choice.get("token_ids") or ()),
-        tool_calls=tuple(delta.get("tool_calls") or ()),
-    )
-
-
 def merge_tool_call_deltas(calls: dict[int, dict[str, str]], deltas: Sequence[dict[str, Any]]) -> None:
     """Stream deltas into whole calls, keyed by index: the id and name arrive once, arguments in pieces."""
     for delta in deltas:
@@ -145,6 +103,13 @@ def finish_reason(upstream: str | None) -> FinishReason:
 def is_context_error(status: int, message: str) -> bool:
     lowered = message.lower()
     return status == 400 and any(words in lowered for words in _CONTEXT_WORDS)
+
+
+def stream_error_status(status: int | None, message: str) -> int:
+    """An error chunk's status: the one it names; else 400 when it is about the context, else 500."""
+    if status is not None:
+        return status
+    return 400 if is_context_error(400, message) else 500
 
 
 def error_message(body: bytes) -> str:
