@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from websockets.exceptions import WebSocketException
 
+from gateway.bench_openai import BENCH_SAMPLING, per_token_ms
 from gateway.client import GatewayClient, TurnResult
 from gateway.startup import model_dir as resolve_model_dir
 
@@ -39,7 +40,8 @@ class LoadReport:
     wall_s: float
     errors: int
     ttft_ms: dict[str, float]
-    itl_ms: dict[str, float]
+    itl_ms: dict[str, float]  # between two token frames (a frame can carry several tokens)
+    tpot_ms: dict[str, float]  # per token, each turn's decode time over its tokens (see per_token_ms)
     session_tokens_per_s: dict[str, float]
     token_frames: int
 
@@ -92,16 +94,13 @@ async def _session(config: BenchConfig, index: int, results: list[TurnResult], t
     async with GatewayClient(config.url) as client:
         for turn in range(config.turns):
             result = await client.turn(
-                f"s{index}-t{turn}",
-                prompt_text(config.prompt_words),
-                images,
-                temperature=0,
-                max_tokens=config.max_tokens,
-                ignore_eos=True,
+                f"s{index}-t{turn}", prompt_text(config.prompt_words), images, max_tokens=config.max_tokens, **BENCH_SAMPLING
             )
             results.append(result)
             tick()
-            await client.request({"type": "reset"})  # every turn sees the same prompt length
+            # Every turn sees the same prompt length. Not awaited: the server takes a connection's frames in
+            # order, so the next turn finds the history empty without the bench waiting a round trip for it.
+            await client.send({"type": "reset"})
 
 
 async def run_load(config: BenchConfig) -> LoadReport:
@@ -119,6 +118,7 @@ async def run_load(config: BenchConfig) -> LoadReport:
     done = [r for r in results if r.done is not None]
     ttft = [(r.token_times[0] - r.sent_at) * 1000 for r in done if r.token_times]
     itl = [(b - a) * 1000 for r in done for a, b in zip(r.token_times, r.token_times[1:])]
+    tpot = [t for r in done if r.done and (t := per_token_ms(r.token_times, r.done["usage"]["completion_tokens"])) is not None]
     per_session = [
         r.done["usage"]["completion_tokens"] / (r.token_times[-1] - r.sent_at)
         for r in done
@@ -132,6 +132,7 @@ async def run_load(config: BenchConfig) -> LoadReport:
         errors=sum(len(r.errors) for r in results) + len(results) - len(done),
         ttft_ms=percentiles(ttft),
         itl_ms=percentiles(itl),
+        tpot_ms=percentiles(tpot),
         session_tokens_per_s=percentiles(per_session),
         token_frames=sum(len(r.token_times) for r in done),
     )
@@ -287,8 +288,8 @@ def run_bench(args: Any) -> dict[str, Any]:
             # the target: its own prefill (a lone turn's TTFT) plus two decode steps of the full batch
             budget = single.ttft_ms["p50"] + 2 * many.itl_ms["p50"]
             report["late_joiner"] = {**joiner, "budget_ms": round(budget, 3), "within_budget": joiner["ttft_ms"] <= budget}
-    if getattr(args, "direct_url", None):
-        report.update(direct_comparison(args, report[f"gateway_{args.sessions}_sessions"]))
+        if getattr(args, "direct_url", None):
+            report.update(direct_comparison(args, config))
     if args.baseline and model_dir and args.engine == "real":
         base = baselines(model_dir, args.sessions, args.max_tokens, args.prompt_words, args.images)
         report["baselines"] = base
@@ -364,31 +365,50 @@ async def _engine_turn(engine: Any, messages: list[Any], params: Any) -> Any:
     return await done
 
 
-def direct_comparison(args: Any, through: dict[str, Any]) -> dict[str, Any]:
-    """The same load straight to the gateway's OpenAI-compatible upstream, and what the gateway adds."""
+def direct_comparison(args: Any, config: BenchConfig) -> dict[str, Any]:
+    """The same load through the gateway and straight to its upstream, alternated `rounds` times so both
+    see the same machine: each side's median round, and the median of the rounds' ratios."""
     from gateway.bench_openai import run_direct
 
-    results, wall = asyncio.run(
-        run_direct(args.direct_url, args.sessions, args.turns, prompt_text(args.prompt_words), args.max_tokens)
-    )
-    done = [r for r in results if r.error is None]
-    itl = percentiles([(b - a) * 1000 for r in done for a, b in zip(r.token_times, r.token_times[1:])])
-    tokens_per_s = sum(r.completion_tokens for r in done) / wall if wall else 0.0
-    ttft = percentiles([(r.token_times[0] - r.sent_at) * 1000 for r in done if r.token_times])
-    direct = {
-        "tokens_per_s": round(tokens_per_s, 2),
-        "ttft_ms": ttft,
-        "itl_ms": itl,
-        "errors": len(results) - len(done),
-        "wall_s": round(wall, 4),
-    }
+    prompt = prompt_text(args.prompt_words)
+    asyncio.run(run_direct(args.direct_url, 2, 1, prompt, 8))  # warm-up
+    load_before = os.getloadavg()
+    rounds = []
+    for _ in range(args.rounds):
+        through = _run(run_load(BenchConfig(**{**asdict(config), "progress": False})), config.url)
+        results, wall = asyncio.run(run_direct(args.direct_url, args.sessions, args.turns, prompt, args.max_tokens))
+        rounds.append(
+            (_side(through.tokens_per_s, through.ttft_ms, through.tpot_ms, through.errors), _direct_side(results, wall))
+        )
+    ratios = [g["tokens_per_s"] / d["tokens_per_s"] for g, d in rounds if d["tokens_per_s"]]
+    added = [g["tpot_ms"]["p50"] - d["tpot_ms"]["p50"] for g, d in rounds]
     return {
-        f"direct_{args.sessions}_sessions": direct,
+        f"direct_{args.sessions}_sessions": _median_side([d for _, d in rounds]),
         "vs_direct": {
-            "tokens_per_s_ratio": round(through["tokens_per_s"] / tokens_per_s, 3) if tokens_per_s else None,
-            "added_itl_p50_ms": round(through["itl_ms"]["p50"] - itl["p50"], 3),
+            "tokens_per_s_ratio": round(statistics.median(ratios), 3) if ratios else None,
+            "added_itl_p50_ms": round(statistics.median(added), 3),
+            "itl_basis": "per token: each turn's (last token - first token) / (tokens - 1), both sides",
+            "rounds": [{"gateway": g, "direct": d} for g, d in rounds],
+            "load_average": [round(x, 2) for x in (*load_before, *os.getloadavg())],
         },
     }
+
+
+def _side(tokens_per_s: float, ttft: dict[str, float], tpot: dict[str, float], errors: int) -> dict[str, Any]:
+    return {"tokens_per_s": round(tokens_per_s, 2), "ttft_ms": ttft, "tpot_ms": tpot, "errors": errors}
+
+
+def _direct_side(results: list[Any], wall: float) -> dict[str, Any]:
+    done = [r for r in results if r.error is None]
+    tokens_per_s = sum(r.completion_tokens for r in done) / wall if wall else 0.0
+    ttft = percentiles([(r.token_times[0] - r.sent_at) * 1000 for r in done if r.token_times])
+    tpot = [t for r in done if (t := per_token_ms(r.token_times, r.completion_tokens)) is not None]
+    return _side(tokens_per_s, ttft, percentiles(tpot), len(results) - len(done))
+
+
+def _median_side(sides: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median throughput, whole (its latencies belong with its throughput)."""
+    return sorted(sides, key=lambda side: float(side["tokens_per_s"]))[len(sides) // 2]
 
 
 def _run(work: Coroutine[Any, Any, T], url: str) -> T:

@@ -120,10 +120,15 @@ def _ratios(report: dict[str, Any]) -> str:
 def _direct(report: dict[str, Any]) -> str:
     direct, versus = report[f"direct_{report['sessions']}_sessions"], report["vs_direct"]
     ratio = versus["tokens_per_s_ratio"]
+    load = versus.get("load_average", [])
     return (
-        f"straight to the upstream, same load: {direct['tokens_per_s']:.1f} tokens/s, ITL p50 {direct['itl_ms']['p50']:.1f} ms\n"
-        f"  gateway / direct tokens/s {'n/a' if ratio is None else f'{ratio:.2f}'} (good: close to 1); "
-        f"ITL the gateway adds at p50 {versus['added_itl_p50_ms']:.1f} ms (good: near 0)"
+        f"straight to the upstream, same load and sampling, alternated with the gateway {len(versus.get('rounds', []))} times: "
+        f"{direct['tokens_per_s']:.1f} tokens/s, per-token ITL p50 {direct['tpot_ms']['p50']:.2f} ms\n"
+        f"  gateway / direct tokens/s {'n/a' if ratio is None else f'{ratio:.2f}'} (median of the rounds; good: close to 1); "
+        f"ITL the gateway adds at p50 {versus['added_itl_p50_ms']:.2f} ms (good: near 0)\n"
+        "  ITL here is per token on both sides, each turn's decode time over its tokens: the gateway merges the\n"
+        "  deltas a client has not taken yet into one frame, so gaps between frames would not compare.\n"
+        f"  load average before and after (1, 5, 15 min): {load}"
     )
 
 

@@ -201,6 +201,7 @@ def _add_bench(commands: Any) -> None:
         help="instead: one conversation of N turns, time to first token by turn with KV reuse and without (0: off)",
     )
     add("--direct-url", dest="direct_url", help="also run the load straight to this OpenAI-compatible server (default: off)")
+    add("--rounds", type=_positive, default=3, help="with --direct-url: gateway and direct loads alternated this many times")
     add("--baseline", action="store_true", help="also measure raw transformers generate: one stream, one static batch")
     add("--port", type=_port, default=8765, help="port for the gateway started here")
     add("--json", action="store_true", help="print the report as JSON")
