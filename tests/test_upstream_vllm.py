@@ -15,12 +15,10 @@ from gateway.app import create_app
 from gateway.cli import build_engine
 from gateway.client import GatewayClient
 from gateway.config import Settings
-from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
-from gateway.engine.upstream import build_upstream_engine
 from gateway.engine.upstream.replicas import rendezvous_score
 from gateway.server import DrainingServer, make_server
 from tests.conftest import image_bytes
-from tests.vllm_support import VllmPair, VllmServer, free_port
+from tests.vllm_support import VllmPair, free_port
 
 pytestmark = pytest.mark.timeout(900)  # the first test also installs vLLM (cached after) and starts two servers
 
@@ -141,52 +139,62 @@ async def test_image_turn_through_vllm(gateway: Gateway, vllm_pair: VllmPair) ->
     assert pictured.accepted["prompt_tokens"] > plain.accepted["prompt_tokens"]
 
 
-# ---- two replicas: the engine directly, each request carrying a session key -----------------------
+async def test_local_tokenizer_counts_exactly(vllm_pair: VllmPair) -> None:
+    """`--tokenizer DIR`: `ready` says the local tokenizer counts, its counts are its chat template's and
+    equal vLLM's own, and trimming by them keeps every prompt inside a small window."""
+    from transformers import AutoTokenizer
 
-
-class Collect:
-    def __init__(self) -> None:
-        self.done: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
-        self.tokens: list[str] = []
-
-    def on_queued(self, position: int) -> None:
-        pass
-
-    def on_token(self, text: str) -> None:
-        self.tokens.append(text)
-
-    def on_done(self, result: GenerationResult) -> None:
-        self.done.set_result(result)
-
-
-def key_for(target: VllmServer, pair: VllmPair) -> str:
-    """A session key whose rendezvous choice is `target`."""
-    urls = [pair.primary.url, pair.secondary.url]
-    return next(k for k in (f"session-{i}" for i in range(1000)) if max(urls, key=lambda u: rendezvous_score(k, u)) == target.url)
-
-
-async def turn(engine: object, key: str, text: str) -> GenerationResult:
-    sink = Collect()
-    request = GenerationRequest([ChatMessage("user", text)], SamplingParams(temperature=0, max_tokens=3), affinity=key)
-    engine.submit(request, sink)  # type: ignore[attr-defined]
-    return await sink.done
-
-
-async def test_affinity_then_failover(vllm_pair: VllmPair) -> None:
-    """A session's turns all reach its replica; when that replica dies, its next turn succeeds on the other."""
-    engine = await asyncio.to_thread(
-        build_upstream_engine, Settings(upstreams=f"{vllm_pair.primary.url},{vllm_pair.secondary.url}")
-    )
-    key = key_for(vllm_pair.secondary, vllm_pair)
-    counts = [vllm_pair.primary.metric(SUCCESS_TOTAL), vllm_pair.secondary.metric(SUCCESS_TOTAL)]
+    settings = Settings(upstreams=vllm_pair.primary.url, tokenizer=str(vllm_pair.model_dir), context_tokens=80)
+    gateway = start_gateway(settings)
     try:
-        for i in range(3):
-            assert (await turn(engine, key, f"turn {i}")).finish_reason == "length"
-        assert vllm_pair.primary.metric(SUCCESS_TOTAL) == counts[0]
-        assert vllm_pair.secondary.metric(SUCCESS_TOTAL) == counts[1] + 3
-        vllm_pair.secondary.kill()
-        moved = await turn(engine, key, "after the crash")
-        assert moved.finish_reason == "length" and moved.error is None
-        assert vllm_pair.primary.metric(SUCCESS_TOTAL) == counts[0] + 1
+        async with GatewayClient(gateway.ws_url) as client:
+            results = [
+                await client.turn(f"k{i}", "one two three four five six", max_tokens=16, ignore_eos=True, **GREEDY)
+                for i in range(8)
+            ]
     finally:
-        await asyncio.to_thread(engine.stop)
+        gateway.stop()
+    assert client.ready["token_counter"] == "tokenizer"
+    assert all(r.accepted and r.done for r in results)
+    first, second = results[0], results[1]
+    assert first.done and second.accepted and second.done
+    conversation = [{"role": "user", "content": "one two three four five six"}]
+    tokenizer = AutoTokenizer.from_pretrained(vllm_pair.model_dir)
+    templated = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert first.accepted and first.accepted["prompt_tokens"] == len(templated)
+    conversation += [{"role": "assistant", "content": first.done["text"]}, conversation[0]]
+    templated = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert second.accepted["prompt_tokens"] == len(templated)
+    assert any(r.accepted and r.accepted["dropped_turns"] for r in results), "the history never outgrew the window"
+    for result in results:
+        assert result.accepted and result.done
+        assert result.accepted["prompt_tokens"] == result.done["usage"]["prompt_tokens"]
+        assert result.accepted["prompt_tokens"] + 16 <= 80
+
+
+# ---- two replicas: kills one, so it runs last -----------------------------------------------------
+
+
+async def test_websocket_session_sticks_to_one_replica_then_fails_over(vllm_pair: VllmPair) -> None:
+    """One WebSocket session's turns all reach one replica (its rendezvous choice); when that replica dies
+    between turns, the next turn succeeds on the other, with the history the gateway kept."""
+    servers = [vllm_pair.primary, vllm_pair.secondary]
+    gateway = start_gateway(Settings(upstreams=",".join(server.url for server in servers)))
+    try:
+        async with GatewayClient(gateway.ws_url) as client:
+            before = [server.metric(SUCCESS_TOTAL) for server in servers]
+            turns = [await client.turn(f"a{i}", f"turn {i}", max_tokens=3, **GREEDY) for i in range(3)]
+            after = [server.metric(SUCCESS_TOTAL) for server in servers]
+            home = max(servers, key=lambda server: rendezvous_score(client.ready["session"], server.url))
+            other = servers[1 - servers.index(home)]
+            home.kill()
+            moved = await client.turn("a3", "after the crash", max_tokens=3, **GREEDY)
+            final = other.metric(SUCCESS_TOTAL)
+    finally:
+        gateway.stop()
+    assert [a - b for a, b in zip(after, before)] == [3 if server is home else 0 for server in servers]
+    assert all(t.done and t.done["finish_reason"] == "length" for t in turns)
+    assert moved.done and moved.done["finish_reason"] == "length" and not moved.errors
+    assert final == after[servers.index(other)] + 1
+    assert moved.accepted and turns[-1].accepted
+    assert moved.accepted["prompt_tokens"] == moved.done["usage"]["prompt_tokens"] > turns[-1].accepted["prompt_tokens"]
