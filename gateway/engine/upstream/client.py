@@ -92,7 +92,9 @@ class ReplicaClient:
         clients can be slow to answer /health, and is no reason to fail the turns it would take."""
         try:
             response = await self.http.get(self.base_url + "/health", headers=self.headers, timeout=timeout_s)
-        except httpx.ReadTimeout:
+        except httpx.ConnectTimeout:
+            return False
+        except httpx.TimeoutException:
             return None
         except httpx.TransportError:
             return False

@@ -31,6 +31,9 @@ from gateway.errors import ErrorCode, GatewayError, RetryLater
 log = logging.getLogger("gateway.upstream")
 
 TICK_S = 0.05  # how often running turns are checked for cancellation and deadlines
+# Idle connections are dropped before uvicorn's (vLLM's server) 5 s keep-alive timeout: at equal
+# timeouts a request can go out on a connection the server is closing, and fail as if it were down.
+KEEPALIVE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ class UpstreamEngine:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_S)
             self._http = httpx.AsyncClient(timeout=timeouts(self.options.connect_timeout_s, 60.0), limits=limits)
         return self._http
 
