@@ -107,3 +107,18 @@ def test_no_replica_says_when_to_retry() -> None:
     with pytest.raises(NoReplica) as refused:
         replicas.pick("k", now=11.0)
     assert refused.value.retry_after_s == pytest.approx(4.0)
+
+
+def test_down_replicas_are_still_tried_when_no_other_can_be() -> None:
+    """Up replicas come first; when all are down they are tried anyway (one failed connect must not refuse
+    every turn until the next health check); an overloaded one waits out its Retry-After."""
+    replicas = ReplicaSet(["http://a", "http://b"])
+    a, b = replicas.replicas
+    replicas.mark_down(a)
+    assert all(replicas.pick(f"k{i}", now=0) is b for i in range(20))
+    replicas.mark_down(b)
+    assert {replicas.pick(f"k{i}", now=0).url for i in range(20)} == {"http://a", "http://b"}
+    replicas.mark_overloaded(b, now=0, retry_after_s=5)
+    assert replicas.pick("k", now=1) is a
+    with pytest.raises(NoReplica):
+        replicas.pick("k", now=1, exclude=[a])

@@ -47,9 +47,15 @@ class ReplicaSet:
         self.down_retry_s = down_retry_s
 
     def pick(self, key: str | None, now: float, exclude: Iterable[Replica] = ()) -> Replica:
-        """The session's replica by rendezvous hashing over the available ones; with no key, the least busy."""
+        """The session's replica by rendezvous hashing over the available ones; with no key, the least busy.
+        When every replica not excluded is down, the down ones are tried all the same: one failed connect
+        or a 5xx under load marks a replica down until the next health check, and refusing every turn
+        meanwhile would turn a blip into an outage (more so with a single replica). Overloaded replicas
+        are left alone until their Retry-After."""
         skipped = set(map(id, exclude))
         candidates = [r for r in self.replicas if r.available(now) and id(r) not in skipped]
+        if not candidates:
+            candidates = [r for r in self.replicas if now >= r.overloaded_until and id(r) not in skipped]
         if not candidates:
             raise NoReplica(*self._why_none(now))
         if key is None:
