@@ -89,9 +89,28 @@ def bench_image() -> bytes:
     return buffer.getvalue()
 
 
-async def _session(config: BenchConfig, index: int, results: list[TurnResult], tick: Any) -> None:
+class StartLine:
+    """Connected sessions wait here, so that every first turn starts together, as the direct load's do:
+    staggered starts would make the upstream run more, smaller batches, and the gateway would be blamed
+    for the WebSocket handshakes. The wall clock starts when the line opens."""
+
+    def __init__(self, sessions: int) -> None:
+        self.waiting = sessions
+        self.opened = asyncio.Event()
+        self.opened_at = time.perf_counter()
+
+    async def reach(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.opened_at = time.perf_counter()
+            self.opened.set()
+        await self.opened.wait()
+
+
+async def _session(config: BenchConfig, index: int, results: list[TurnResult], tick: Any, line: StartLine) -> None:
     images = [bench_image()] * config.images
     async with GatewayClient(config.url) as client:
+        await line.reach()
         for turn in range(config.turns):
             result = await client.turn(
                 f"s{index}-t{turn}", prompt_text(config.prompt_words), images, max_tokens=config.max_tokens, **BENCH_SAMPLING
@@ -109,12 +128,12 @@ async def run_load(config: BenchConfig) -> LoadReport:
     bar = _progress(
         config.sessions * config.turns, config.progress, f"{config.sessions} session{'s' if config.sessions > 1 else ''}"
     )
-    started = time.perf_counter()
+    line = StartLine(config.sessions)
     try:
-        await asyncio.gather(*(_session(config, i, results, bar.update) for i in range(config.sessions)))
+        await asyncio.gather(*(_session(config, i, results, bar.update, line) for i in range(config.sessions)))
     finally:
         bar.close()  # before any error is printed, so the two do not share a line
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - line.opened_at
     done = [r for r in results if r.done is not None]
     ttft = [(r.token_times[0] - r.sent_at) * 1000 for r in done if r.token_times]
     itl = [(b - a) * 1000 for r in done for a, b in zip(r.token_times, r.token_times[1:])]
