@@ -18,6 +18,7 @@ import torch
 from gateway.engine.batch import Batch, Sequence, row_states, supports_batching
 from gateway.engine.constrain import GrammarVocabulary, logits_width, mask_logits
 from gateway.engine.detok import TextStream
+from gateway.engine.image_prefix import content_key
 from gateway.engine.loader import LoadedModel
 from gateway.engine.prefix_cache import PrefixCache
 from gateway.engine.probe import probe_vision
@@ -230,22 +231,24 @@ class LocalEngine:
                 self._finish(seq, "error", "generation failed")
         if ready:
             self.busy.set()
-        text_only = [pair for pair in ready if not pair[1].extras]
-        cold = [pair for pair in text_only if not self._prefill_warm(batch, *pair)]
+        cold = [pair for pair in ready if not self._prefill_warm(batch, *pair)]
+        text_only = [pair for pair in cold if not pair[1].extras]
         # Cheap text prompts first: a turn with many images must not hold up the first token of the
         # text turns admitted with it.
-        groups = [cold] if cold and self.max_batch > 1 else [[pair] for pair in cold]
-        groups.extend([pair] for pair in ready if pair[1].extras)
+        groups = [text_only] if text_only and self.max_batch > 1 else [[pair] for pair in text_only]
+        groups.extend([pair] for pair in cold if pair[1].extras)
         for group in groups:
             self._prefill_group(batch, group)
 
     def _prefill_warm(self, batch: Batch, seq: Sequence, inputs: ModelInputs) -> bool:
-        """Prefill a text-only prompt on the longest held prefix of its token ids; False when none is
-        held (or reuse is off), leaving it to the cold prefill. Images never reuse: their 3-D positions
-        would need the held prefix's rope offset."""
+        """Prefill a prompt on the longest held prefix of its content key (token ids, images by content);
+        False when none is held (or reuse is off, or its images' layout is not understood), leaving it
+        to the cold prefill."""
         if self.prefix_cache.max_bytes <= 0:
             return False
-        seq.prompt_ids = tuple(inputs.input_ids[0].tolist())
+        seq.prompt_ids = content_key(inputs)
+        if seq.prompt_ids is None:
+            return False
         held = self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids)
         if held is None:
             return False
