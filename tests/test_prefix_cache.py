@@ -11,8 +11,9 @@ import torch
 
 from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
-from gateway.engine.prefix_cache import PrefixCache, pin_to_host, spill_for, states_bytes
+from gateway.engine.prefix_cache import LayerStates, PrefixCache, Spill, pin_to_host, spill_for, states_bytes
 from gateway.engine.types import ChatImage, ChatMessage, GenerationRequest, GenerationResult, SamplingParams
+from gateway.session import Session, UserTurn
 from tests.conftest import DemoDirs, RunningServer, chat_image
 from tests.test_engine import Collector
 
@@ -282,3 +283,72 @@ async def test_a_batch_mixing_warm_and_cold_turns_with_images_matches_cold(engin
     solo = [await generate(cold, m, p) for m, p in zip(prompts, params)]
     assert [r.token_ids for r in together] == [r.token_ids for r in solo]
     assert all(w.cached_tokens > 16 and c.cached_tokens < 8 for w, c in zip(together[0::2], together[1::2]))
+
+
+class Watched(PrefixCache):
+    """A prefix cache that remembers the most it ever held in each tier."""
+
+    peak = 0
+    peak_spilled = 0
+
+    def store(self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates) -> None:
+        super().store(adapter, token_ids, layers)
+        self.peak = max(self.peak, self.bytes)
+        self.peak_spilled = max(self.peak_spilled, self.spilled_bytes)
+
+
+async def lockstep(engines: tuple[LocalEngine, LocalEngine], messages: list[ChatMessage]) -> GenerationResult:
+    """One turn on both engines: the replies must match token for token."""
+    warm, cold = engines
+    hot, reference = await generate(warm, messages), await generate(cold, messages)
+    assert hot.token_ids == reference.token_ids
+    return hot
+
+
+LONG = " ".join(["the red house shows a small cat"] * 4)
+
+
+def pinned_on_cpu(layers: LayerStates) -> LayerStates:
+    return [(k.clone(), v.clone()) for k, v in layers]
+
+
+@pytest.mark.parametrize("spill", [None, pinned_on_cpu], ids=["drop", "spill"])
+async def test_after_an_eviction_replies_match_and_held_bytes_stay_in_budget(
+    engines: tuple[LocalEngine, LocalEngine], spill: Spill | None
+) -> None:
+    """A second conversation evicts the first from a small budget: the first's next turn prefills in
+    full (or, spilled, from host memory), the turn after reuses again; held bytes never pass the budget."""
+    warm, _ = engines
+    cache = warm.prefix_cache = Watched(1 << 30, spill_bytes=1 << 30, spill=spill)
+    first: list[ChatMessage] = [ChatMessage("user", "first conversation", (picture(1),))]
+    second: list[ChatMessage] = [ChatMessage("user", "another one entirely " + LONG)]
+    for turn in range(3):
+        first += [ChatMessage("assistant", (await lockstep(engines, first)).text), ChatMessage("user", f"more {turn}")]
+    cache.max_bytes = int(cache.bytes * 1.6)
+    for turn in range(3):
+        second += [ChatMessage("assistant", (await lockstep(engines, second)).text), ChatMessage("user", f"else {turn} " + LONG)]
+    back = await lockstep(engines, first)
+    first += [ChatMessage("assistant", back.text), ChatMessage("user", "and finally")]
+    again = await lockstep(engines, first)
+    assert (back.cached_tokens > 30) == (spill is not None) and again.cached_tokens >= back.prompt_tokens
+    assert 0 < cache.peak <= cache.max_bytes and cache.peak_spilled <= cache.spill_bytes
+    assert (cache.peak_spilled > 0) == (spill is not None)
+
+
+async def test_after_trimming_replies_match_and_the_next_prefill_is_full(engines: tuple[LocalEngine, LocalEngine]) -> None:
+    """A session trimmed to its context window: a turn that drops old exchanges reuses only the shared
+    opening; replies match with reuse on and off throughout."""
+    warm, _ = engines
+    session = Session(max_history_turns=100, system="You are terse.")
+    cached = []
+    for turn in range(12):
+        images = (picture(turn),) if turn % 4 == 0 else ()
+        user = UserTurn(f"t{turn}", f"turn {turn} asks about the sky and the sea", images)
+        plan = await session.plan(user, 10, 150, warm.count_prompt_tokens)
+        session.drop_oldest(plan.dropped_turns)
+        result = await lockstep(engines, plan.messages)
+        session.record(user, result.text, False, session.epoch)
+        cached.append((plan.dropped_turns, result.cached_tokens, result.prompt_tokens))
+    assert any(dropped for dropped, _, _ in cached)
+    assert all(hit < 12 for dropped, hit, _ in cached if dropped)
+    assert all(hit > 30 for dropped, hit, _ in cached[1:] if not dropped)
