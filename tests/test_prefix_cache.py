@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import torch
@@ -226,63 +225,6 @@ async def test_cached_tokens_reach_done_openai_usage_and_metrics(server: Running
 def picture(n: int) -> ChatImage:
     """A distinct picture per n, in one of two sizes (the same token count, different grids)."""
     return chat_image((40 * n % 256, 90, 200 - 17 * n % 200), (112, 56) if n % 2 else (56, 112))
-
-
-async def converse_with_images(engine: LocalEngine, turns: int) -> list[GenerationResult]:
-    history = [ChatMessage("system", "You are terse.")]
-    results = []
-    for turn in range(turns):
-        images = (picture(turn),) if turn % 3 == 0 else (picture(turn), picture(turn + 1)) if turn % 3 == 1 else ()
-        history.append(ChatMessage("user", f"what about picture {turn}", images))
-        result = await generate(engine, history)
-        history.append(ChatMessage("assistant", result.text))
-        results.append(result)
-    return results
-
-
-async def test_ten_turns_with_images_are_identical_with_reuse_on_and_off(engines: tuple[LocalEngine, LocalEngine]) -> None:
-    """Held KV with images in it is reused (3-D positions continue the held offset) and greedy replies
-    match token for token; only the new turn's images go through the vision tower."""
-    warm, cold = engines
-    model = warm.loaded.model.model
-    encode, encoded = model.get_image_features, []
-
-    def counting(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, **kwargs: Any) -> Any:
-        encoded.append(image_grid_thw.shape[0])
-        return encode(pixel_values, image_grid_thw, **kwargs)
-
-    model.get_image_features = counting
-    with_reuse = await converse_with_images(warm, 10)
-    without = await converse_with_images(cold, 10)
-    assert [r.token_ids for r in with_reuse] == [r.token_ids for r in without]
-    assert all(r.cached_tokens > 0 for r in with_reuse[1:]) and all(r.cached_tokens == 0 for r in without)
-    assert sum(encoded) == 10  # each picture once, on the turn it was sent
-
-
-async def test_a_different_picture_under_the_same_tokens_is_not_reused(engines: tuple[LocalEngine, LocalEngine]) -> None:
-    """Two pictures with the same placeholder tokens: the held prefix stops before the image."""
-    warm, _ = engines
-    first = await generate(warm, [ChatMessage("user", "describe", (picture(1),))])
-    other = await generate(warm, [ChatMessage("user", "describe", (picture(3),)), ChatMessage("assistant", "x")])
-    assert first.prompt_tokens > 10 and 0 < other.cached_tokens < 8
-
-
-async def test_a_batch_mixing_warm_and_cold_turns_with_images_matches_cold(engines: tuple[LocalEngine, LocalEngine]) -> None:
-    """Warm image continuations (with a new image or none) and cold image prompts admitted together."""
-    warm, cold = engines
-    histories = []
-    for n in range(3):
-        history = [ChatMessage("user", f"picture {n} here", (picture(n),))]
-        reply = await generate(warm, history)
-        again = (picture(n + 5),) if n % 2 else ()
-        histories.append([*history, ChatMessage("assistant", reply.text), ChatMessage("user", "and this?", again)])
-    fresh = [[ChatMessage("user", f"new picture {n}", (picture(n + 7),))] for n in range(3)]
-    prompts = [p for pair in zip(histories, fresh) for p in pair]
-    params = [SamplingParams(temperature=0, max_tokens=6 + 2 * i, ignore_eos=True) for i in range(len(prompts))]
-    together = await asyncio.gather(*(generate(warm, m, p) for m, p in zip(prompts, params)))
-    solo = [await generate(cold, m, p) for m, p in zip(prompts, params)]
-    assert [r.token_ids for r in together] == [r.token_ids for r in solo]
-    assert all(w.cached_tokens > 16 and c.cached_tokens < 8 for w, c in zip(together[0::2], together[1::2]))
 
 
 class Watched(PrefixCache):
