@@ -267,8 +267,12 @@ def run_bench(args: Any) -> dict[str, Any]:
     model_dir = str(resolve_model_dir(args.model)) if args.model else None
     if model_dir is None and not args.url and args.engine == "real":
         model_dir = str(cached_demo_model(args.size))
-    if getattr(args, "history", 0) and model_dir:
-        return run_history(model_dir, args.history, args.prompt_words, args.max_tokens)
+    history = getattr(args, "history", 0)
+    args.sessions = args.sessions or (1 if history else 16)
+    if history and model_dir:
+        from gateway.bench_history import run_history
+
+        return run_history(model_dir, history, args.sessions, args.prompt_words, args.max_tokens)
     report: dict[str, Any] = {
         "model": model_dir or args.url,
         "engine": args.engine,
@@ -320,68 +324,6 @@ def run_bench(args: Any) -> dict[str, Any]:
             f"{args.sessions}_sessions_vs_generate_single": round(many.tokens_per_s / base["generate_single_tokens_per_s"], 3),
         }
     return report
-
-
-def run_history(model_dir: str, turns: int, prompt_words: int, max_tokens: int) -> dict[str, Any]:
-    """One conversation of `turns` turns straight on the local engine, with KV reuse and without:
-    time to first token by turn index, the late/early ratio of each, and reuse's speed-up late on."""
-    report: dict[str, Any] = {"model": model_dir, "history_turns": turns, "prompt_words": prompt_words}
-    ttft = {
-        label: _history_ttft(model_dir, turns, prompt_words, max_tokens, kv)
-        for label, kv in (("reuse", 256 << 20), ("no_reuse", 0))
-    }
-    for label, values in ttft.items():
-        report[label] = {"ttft_ms_by_turn": [round(v, 2) for v in values], "late_over_early": round(_late_over_early(values), 3)}
-    late = slice(20, None) if turns > 20 else slice(turns // 2, None)
-    report["speedup_late_turns"] = round(statistics.mean(ttft["no_reuse"][late]) / statistics.mean(ttft["reuse"][late]), 2)
-    return report
-
-
-def _late_over_early(values: list[float]) -> float:
-    k = max(1, min(3, len(values) // 4))
-    return statistics.mean(values[-k:]) / statistics.mean(values[:k])
-
-
-def _history_ttft(model_dir: str, turns: int, prompt_words: int, max_tokens: int, kv_cache_bytes: int) -> list[float]:
-    from gateway.engine.loader import load_model
-    from gateway.engine.local import LocalEngine
-
-    engine = LocalEngine(load_model(model_dir), kv_cache_bytes=kv_cache_bytes)
-    engine.start()
-    try:
-        return asyncio.run(_conversation(engine, turns, prompt_words, max_tokens))
-    finally:
-        engine.stop()
-
-
-async def _conversation(engine: Any, turns: int, prompt_words: int, max_tokens: int) -> list[float]:
-    from gateway.engine.types import ChatMessage, SamplingParams
-
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-    await _engine_turn(engine, [ChatMessage("user", "warm up")], params)
-    history: list[ChatMessage] = []
-    ttft = []
-    for turn in range(turns):
-        history.append(ChatMessage("user", f"turn {turn} " + prompt_text(prompt_words)))
-        result = await _engine_turn(engine, history, params)
-        history.append(ChatMessage("assistant", result.text))
-        ttft.append(result.ttft_ms or 0.0)
-    return ttft
-
-
-async def _engine_turn(engine: Any, messages: list[Any], params: Any) -> Any:
-    from gateway.engine.types import GenerationRequest
-
-    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    class Sink:
-        def on_queued(self, position: int) -> None: ...
-        def on_token(self, text: str) -> None: ...
-        def on_done(self, result: Any) -> None:
-            done.set_result(result)
-
-    engine.submit(GenerationRequest(messages=messages, params=params), Sink())
-    return await done
 
 
 def direct_comparison(args: Any, config: BenchConfig) -> dict[str, Any]:

@@ -135,8 +135,8 @@ def _direct(report: dict[str, Any]) -> str:
 def _history(report: dict[str, Any]) -> str:
     reuse, cold = report["reuse"], report["no_reuse"]
     rows = [
-        f"gateway bench --history: {report['model']}, one conversation of {report['history_turns']} turns, "
-        f"{report['prompt_words']}-word user turns",
+        f"gateway bench --history: {report['model']}, {report.get('sessions', 1)} conversation(s) of "
+        f"{report['history_turns']} turns at once, {report['prompt_words']}-word user turns",
         "",
         f"{'turn':>4}{'TTFT ms, KV reuse':>20}{'without':>10}",
     ]
@@ -148,4 +148,11 @@ def _history(report: dict[str, Any]) -> str:
         " (good: close to 1 with reuse, where a turn costs only its new tokens)",
         f"reuse's speed-up on late turns: {report['speedup_late_turns']:.2f}x (good: above 1, growing with the history)",
     ]
+    if "tokens_per_s_ratio" in report:
+        rows.append(
+            f"aggregate tokens/s: {reuse['tokens_per_s']:.1f} with reuse, {cold['tokens_per_s']:.1f} without, ratio "
+            f"{report['tokens_per_s_ratio']:.2f} (good: 1 or above)"
+        )
+    if "load_average_before" in report:
+        rows.append(f"load average (1, 5, 15 min): {report['load_average_before']} before, {report['load_average_after']} after")
     return "\n".join(rows)

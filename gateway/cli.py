@@ -189,7 +189,7 @@ def _add_bench(commands: Any) -> None:
     add("--model", help="model directory, or a directory `gateway demo-model` wrote (default: the demo model of --size)")
     add("--size", choices=["tiny", "small"], default="small", help="demo model profile when no --model is given")
     add("--engine", choices=["real", "scripted"], default="real", help="scripted: no model, to measure the WebSocket layer")
-    add("--sessions", type=_positive, default=16, help="concurrent WebSocket sessions")
+    add("--sessions", type=_positive, help="concurrent sessions (default: 16; with --history, 1)")
     add("--turns", type=_positive, default=2, help="turns per session")
     add("--max-tokens", dest="max_tokens", type=_positive, default=64, help="tokens generated per turn")
     add("--prompt-words", dest="prompt_words", type=_positive, default=48, help="words in each prompt")
@@ -198,7 +198,8 @@ def _add_bench(commands: Any) -> None:
         "--history",
         type=_count,
         default=0,
-        help="instead: one conversation of N turns, time to first token by turn with KV reuse and without (0: off)",
+        help="instead: --sessions conversations of N turns at once, time to first token by turn and tokens/s, with KV "
+        "reuse and without (0: off)",
     )
     add("--direct-url", dest="direct_url", help="also run the load straight to this OpenAI-compatible server (default: off)")
     add("--rounds", type=_positive, default=3, help="with --direct-url: gateway and direct loads alternated this many times")

@@ -75,6 +75,8 @@ class Settings:
     max_batch: int = 16  # turns decoding together in one forward pass
     engine: str = "real"  # "scripted": no model, instant replies (protocol tests, benchmarks)
     kv_cache_bytes: int = 256 * MiB  # finished turns' KV held for prompts that start the same way; 0 disables
+    kv_cache_idle_s: float = 300.0  # a held KV unused this long is dropped; 0: never
+    kv_spill_bytes: int = 1024 * MiB  # on a GPU, held KV evicted from the device waits in pinned host memory
 
     # Access and image URLs.
     api_key: str | None = None  # when set, /v1/* and /ws need it (Bearer header or `bearer.<key>` subprotocol)

@@ -30,6 +30,9 @@ class Metrics:
         self.active_turns = Gauge("gateway_turns_active", "Turns on the model", registry=r)
         self.queued_turns = Gauge("gateway_turns_queued", "Turns waiting for a batch slot", registry=r)
         self.kv_bytes = Gauge("gateway_kv_cache_bytes", "Bytes of finished turns' KV held for reuse", registry=r)
+        self.kv_spilled_bytes = Gauge(
+            "gateway_kv_cache_spilled_bytes", "Bytes of held KV spilled to pinned host memory", registry=r
+        )
         self.kv_hit_rate = Gauge("gateway_kv_cache_hit_rate", "Share of prefills that started from held KV", registry=r)
 
     def watch_engine(self, load: Callable[[], EngineLoad]) -> None:
@@ -37,6 +40,7 @@ class Metrics:
         self.active_turns.set_function(lambda: float(load().active))
         self.queued_turns.set_function(lambda: float(load().waiting))
         self.kv_bytes.set_function(lambda: float(load().kv_cache_bytes))
+        self.kv_spilled_bytes.set_function(lambda: float(load().kv_cache_spilled_bytes))
         self.kv_hit_rate.set_function(lambda: _rate(load()))
 
     def render(self) -> tuple[bytes, str]:

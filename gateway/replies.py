@@ -49,6 +49,8 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
         "keepalive_interval_s": int(settings.keepalive_interval_s),
         "keepalive_timeout_s": int(settings.keepalive_timeout_s),
         "send_timeout_s": int(settings.send_timeout_s),
+        "kv_cache_bytes": settings.kv_cache_bytes,
+        "kv_cache_idle_s": int(settings.kv_cache_idle_s),
     }
 
 

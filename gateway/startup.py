@@ -108,6 +108,8 @@ def _local_engine(settings: Settings) -> Engine:
         image_cache_bytes=settings.image_cache_bytes,
         image_workers=settings.image_workers,
         kv_cache_bytes=settings.kv_cache_bytes,
+        kv_cache_idle_s=settings.kv_cache_idle_s,
+        kv_spill_bytes=settings.kv_spill_bytes,
     )
 
 

@@ -173,3 +173,22 @@ def test_bench_history_report_is_a_table_by_turn() -> None:
     }
     text = format_report(report)
     assert "   2                 6.0       9.0" in text and text.count("good:") == 2 and "{" not in text
+
+
+def test_bench_history_report_with_many_sessions_gives_tokens_per_s_and_load() -> None:
+    """`bench --history N --sessions S` adds aggregate tokens/s with and without reuse, and the load average."""
+    report = {
+        "model": "/m",
+        "history_turns": 2,
+        "sessions": 16,
+        "prompt_words": 48,
+        "reuse": {"ttft_ms_by_turn": [5.0, 6.0], "late_over_early": 1.2, "tokens_per_s": 300.0},
+        "no_reuse": {"ttft_ms_by_turn": [5.0, 9.0], "late_over_early": 1.8, "tokens_per_s": 200.0},
+        "speedup_late_turns": 1.5,
+        "tokens_per_s_ratio": 1.5,
+        "load_average_before": [1.0, 1.0, 1.0],
+        "load_average_after": [2.0, 1.0, 1.0],
+    }
+    text = format_report(report)
+    assert "16 conversation(s) of 2 turns" in text and "300.0 with reuse, 200.0 without, ratio 1.50" in text
+    assert "load average" in text and text.count("good:") == 3

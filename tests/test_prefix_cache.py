@@ -10,9 +10,10 @@ import torch
 
 from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
-from gateway.engine.prefix_cache import PrefixCache, states_bytes
-from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
-from tests.conftest import DemoDirs, RunningServer
+from gateway.engine.prefix_cache import LayerStates, PrefixCache, Spill, pin_to_host, spill_for, states_bytes
+from gateway.engine.types import ChatImage, ChatMessage, GenerationRequest, GenerationResult, SamplingParams
+from gateway.session import Session, UserTurn
+from tests.conftest import DemoDirs, RunningServer, chat_image
 from tests.test_engine import Collector
 
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
@@ -58,6 +59,85 @@ def test_held_bytes_never_exceed_the_budget_and_the_least_recent_go_first() -> N
     assert cache.lookup(None, (0, 1, 2, 3, 4)) is not None
     cache.store(None, (8,) * 20, states(20))
     assert cache.bytes <= cache.max_bytes and cache.lookup(None, (8,) * 21) is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_entries_unused_for_idle_s_expire() -> None:
+    """An entry goes once unused for `idle_s`; a lookup counts as use; the thread knows when to wake."""
+    clock = Clock()
+    cache = PrefixCache(1 << 20, idle_s=10, clock=clock)
+    cache.store(None, (1, 2, 3), states(3))
+    clock.now = 5
+    cache.store(None, (4, 5, 6), states(3))
+    clock.now = 12
+    cache.expire()
+    assert cache.lookup(None, (1, 2, 3, 4)) is None and len(cache) == 1 and cache.seconds_to_expiry() == 3
+    clock.now = 14
+    assert cache.lookup(None, (4, 5, 6, 7)) is not None
+    clock.now = 20
+    cache.expire()
+    assert len(cache) == 1 and cache.seconds_to_expiry() == 4
+    clock.now = 24
+    cache.expire()
+    assert len(cache) == 0 and cache.bytes == 0 and cache.seconds_to_expiry() is None
+    assert PrefixCache(1 << 20).seconds_to_expiry() is None
+
+
+def test_evicted_entries_spill_to_host_within_its_own_budget_then_go() -> None:
+    """With a spill target (a GPU), the device's least recent entries move to the host tier, whose
+    oldest go in turn; a spilled entry is still found, and an extension replaces it."""
+    one = states_bytes(states(4))
+    spilled: list[int] = []
+
+    def spill(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        spilled.append(layers[0][0].shape[2])
+        return [(k.clone(), v.clone()) for k, v in layers]
+
+    cache = PrefixCache(2 * one, spill_bytes=2 * one, spill=spill)
+    for first in range(5):
+        cache.store(None, (first, 1, 2, 3), states(4))
+        assert cache.bytes <= cache.max_bytes and cache.spilled_bytes <= cache.spill_bytes
+    assert len(spilled) == 3 and len(cache) == 4 and cache.spilled_bytes == 2 * one
+    assert cache.lookup(None, (0, 1, 2, 3, 4)) is None  # spilled, then dropped
+    held = cache.lookup(None, (1, 1, 2, 3, 4))
+    assert held is not None and held.length == 4
+    cache.store(None, (1, 1, 2, 3, 4, 5), states(6))
+    assert cache.bytes <= cache.max_bytes and cache.spilled_bytes <= cache.spill_bytes and len(cache) == 3
+    longer = cache.lookup(None, (1, 1, 2, 3, 4, 5, 6))
+    assert longer is not None and longer.length == 6 and longer.layers[0][0].shape[2] == 6
+
+
+def test_only_a_gpu_spills() -> None:
+    """On the CPU held KV is in host memory already: eviction drops it; on CUDA it is pinned first."""
+    assert spill_for(torch.device("cuda")) is pin_to_host
+    assert spill_for(torch.device("cpu")) is None
+    cache = PrefixCache(states_bytes(states(4)), spill_bytes=1 << 20, spill=spill_for(torch.device("cpu")))
+    cache.store(None, (1, 2, 3, 4), states(4))
+    cache.store(None, (5, 6, 7, 8), states(4))
+    assert len(cache) == 1 and cache.spill_bytes == 0 and cache.spilled_bytes == 0
+
+
+async def test_the_idle_generation_thread_lets_held_kv_expire(demo_dirs: DemoDirs) -> None:
+    """With no turns at all, the generation thread still wakes to drop what has been idle too long."""
+    engine = LocalEngine(load_model(demo_dirs.model), kv_cache_idle_s=0.3)
+    engine.start()
+    try:
+        await generate(engine, [ChatMessage("user", "hold this")])
+        assert len(engine.prefix_cache) == 1
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if engine.load().kv_cache_bytes == 0:
+                break
+        assert engine.load().kv_cache_bytes == 0 and len(engine.prefix_cache) == 0
+    finally:
+        await asyncio.to_thread(engine.stop)
 
 
 @pytest.fixture
@@ -140,3 +220,77 @@ async def test_cached_tokens_reach_done_openai_usage_and_metrics(server: Running
     metrics = requests.get(f"{server.http_url}/metrics", timeout=10).text
     held = next(line for line in metrics.splitlines() if line.startswith("gateway_kv_cache_bytes "))
     assert float(held.split()[1]) > 0
+
+
+def picture(n: int) -> ChatImage:
+    """A distinct picture per n, in one of two sizes (the same token count, different grids)."""
+    return chat_image((40 * n % 256, 90, 200 - 17 * n % 200), (112, 56) if n % 2 else (56, 112))
+
+
+class Watched(PrefixCache):
+    """A prefix cache that remembers the most it ever held in each tier."""
+
+    peak = 0
+    peak_spilled = 0
+
+    def store(self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates) -> None:
+        super().store(adapter, token_ids, layers)
+        self.peak = max(self.peak, self.bytes)
+        self.peak_spilled = max(self.peak_spilled, self.spilled_bytes)
+
+
+async def lockstep(engines: tuple[LocalEngine, LocalEngine], messages: list[ChatMessage]) -> GenerationResult:
+    """One turn on both engines: the replies must match token for token."""
+    warm, cold = engines
+    hot, reference = await generate(warm, messages), await generate(cold, messages)
+    assert hot.token_ids == reference.token_ids
+    return hot
+
+
+LONG = " ".join(["the red house shows a small cat"] * 4)
+
+
+def pinned_on_cpu(layers: LayerStates) -> LayerStates:
+    return [(k.clone(), v.clone()) for k, v in layers]
+
+
+@pytest.mark.parametrize("spill", [None, pinned_on_cpu], ids=["drop", "spill"])
+async def test_after_an_eviction_replies_match_and_held_bytes_stay_in_budget(
+    engines: tuple[LocalEngine, LocalEngine], spill: Spill | None
+) -> None:
+    """A second conversation evicts the first from a small budget: the first's next turn prefills in
+    full (or, spilled, from host memory), the turn after reuses again; held bytes never pass the budget."""
+    warm, _ = engines
+    cache = warm.prefix_cache = Watched(1 << 30, spill_bytes=1 << 30, spill=spill)
+    first: list[ChatMessage] = [ChatMessage("user", "first conversation", (picture(1),))]
+    second: list[ChatMessage] = [ChatMessage("user", "another one entirely " + LONG)]
+    for turn in range(3):
+        first += [ChatMessage("assistant", (await lockstep(engines, first)).text), ChatMessage("user", f"more {turn}")]
+    cache.max_bytes = int(cache.bytes * 1.6)
+    for turn in range(3):
+        second += [ChatMessage("assistant", (await lockstep(engines, second)).text), ChatMessage("user", f"else {turn} " + LONG)]
+    back = await lockstep(engines, first)
+    first += [ChatMessage("assistant", back.text), ChatMessage("user", "and finally")]
+    again = await lockstep(engines, first)
+    assert (back.cached_tokens > 30) == (spill is not None) and again.cached_tokens >= back.prompt_tokens
+    assert 0 < cache.peak <= cache.max_bytes and cache.peak_spilled <= cache.spill_bytes
+    assert (cache.peak_spilled > 0) == (spill is not None)
+
+
+async def test_after_trimming_replies_match_and_the_next_prefill_is_full(engines: tuple[LocalEngine, LocalEngine]) -> None:
+    """A session trimmed to its context window: a turn that drops old exchanges reuses only the shared
+    opening; replies match with reuse on and off throughout."""
+    warm, _ = engines
+    session = Session(max_history_turns=100, system="You are terse.")
+    cached = []
+    for turn in range(12):
+        images = (picture(turn),) if turn % 4 == 0 else ()
+        user = UserTurn(f"t{turn}", f"turn {turn} asks about the sky and the sea", images)
+        plan = await session.plan(user, 10, 150, warm.count_prompt_tokens)
+        session.drop_oldest(plan.dropped_turns)
+        result = await lockstep(engines, plan.messages)
+        session.record(user, result.text, False, session.epoch)
+        cached.append((plan.dropped_turns, result.cached_tokens, result.prompt_tokens))
+    assert any(dropped for dropped, _, _ in cached)
+    assert all(hit < 12 for dropped, hit, _ in cached if dropped)
+    assert all(hit > 30 for dropped, hit, _ in cached[1:] if not dropped)

@@ -12,6 +12,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from gateway.engine import cross
 from gateway.engine.constrain import RowGrammar
 from gateway.engine.detok import TextStream
+from gateway.engine.image_prefix import rope_inputs, suffix_extras
 from gateway.engine.loader import LoadedModel
 from gateway.engine.prefix_cache import HeldPrefix, LayerStates
 from gateway.engine.prompt import ModelInputs
@@ -102,28 +103,29 @@ class Batch:
 
     @torch.inference_mode()
     def prefill_on(self, seq: Sequence, item: ModelInputs, held: HeldPrefix) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """Prefill a text-only prompt's tokens after a held prefix on top of that prefix's KV, positions
-        continuing from it; return what `prefill` does for one sequence."""
-        device = self.loaded.device
+        """Prefill a prompt's tokens after a held prefix on top of that prefix's KV; return what `prefill`
+        does for one sequence. Positions are the whole prompt's, sliced, so 3-D ones continue the held
+        images' offset exactly; only images after the held part go through the vision tower."""
+        device, dtype = self.loaded.device, self.loaded.dtype
         cache = DynamicCache()
         for keys, values in held.layers:  # views, not copies: the forward pass concatenates onto them
             layer = DynamicLayer()  # type: ignore[no-untyped-call]
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys[:, :, : held.length].to(device), values[:, :, : held.length].to(device)
             cache.layers.append(layer)
-        input_ids = item.input_ids[:, held.length :].to(device)
+        input_ids = item.input_ids.to(device)
         mask = torch.ones(1, item.prompt_tokens, dtype=torch.long, device=device)
-        text = torch.arange(held.length, item.prompt_tokens, device=device).view(1, -1) + self._first
-        positions = text.unsqueeze(0).expand(3, -1, -1) if self._rope is not None else text
+        positions, delta = self._prompt_positions(input_ids, mask, model_extras(rope_inputs(item.extras), device, dtype))
         out = self.loaded.model(
-            input_ids=input_ids,
+            input_ids=input_ids[:, held.length :],
             attention_mask=mask,
-            position_ids=positions,
+            position_ids=positions[..., held.length :],
             cache=cache,
             use_cache=True,
+            **model_extras(suffix_extras(item.extras, held.length), device, dtype),
             **self._adapter_args([seq]),
         )
-        self._start(seq, item, self._first)
+        self._start(seq, item, delta)
         seq.cached_tokens = held.length
         cache = _cache_of(out)
         if self._cross:

@@ -18,8 +18,9 @@ import torch
 from gateway.engine.batch import Batch, Sequence, row_states, supports_batching
 from gateway.engine.constrain import GrammarVocabulary, logits_width, mask_logits
 from gateway.engine.detok import TextStream
+from gateway.engine.image_prefix import content_key
 from gateway.engine.loader import LoadedModel
-from gateway.engine.prefix_cache import PrefixCache
+from gateway.engine.prefix_cache import PrefixCache, spill_for
 from gateway.engine.probe import probe_vision
 from gateway.engine.prompt import ModelInputs
 from gateway.engine.relay import EventRelay
@@ -63,6 +64,8 @@ class LocalEngine:
         image_cache_bytes: int = 256 << 20,
         image_workers: int = 2,
         kv_cache_bytes: int = 256 << 20,
+        kv_cache_idle_s: float = 300.0,
+        kv_spill_bytes: int = 1 << 30,
     ) -> None:
         self.loaded = loaded
         self.model_id = loaded.model_id
@@ -82,7 +85,8 @@ class LocalEngine:
         self.max_prefills_per_step = max_prefills_per_step
         self.queue_size = queue_size
         self.tokens_generated = 0  # written only by the generation thread
-        self.prefix_cache = PrefixCache(kv_cache_bytes)  # finished turns' KV; the generation thread's alone
+        # Finished turns' KV; the generation thread's alone.
+        self.prefix_cache = PrefixCache(kv_cache_bytes, kv_cache_idle_s, kv_spill_bytes, spill_for(loaded.device))
         self.busy = threading.Event()  # set while any turn is on the model
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -126,6 +130,7 @@ class LocalEngine:
                 waiting=len(self._waiting),
                 capacity=self.max_batch,
                 kv_cache_bytes=held.bytes,
+                kv_cache_spilled_bytes=held.spilled_bytes,
                 kv_cache_hits=held.hits,
                 kv_cache_misses=held.misses,
             )
@@ -163,6 +168,7 @@ class LocalEngine:
     def _run(self) -> None:
         batch = Batch(self.loaded)
         while True:
+            self.prefix_cache.expire()
             admitted, cancelled, still_waiting = self._next_admissions(len(batch))
             for job in cancelled:
                 self._finish(self._sequence(job), "cancelled")
@@ -185,7 +191,9 @@ class LocalEngine:
         """Block until there is work; take the waiting turns that fit (their prefill costs this step)."""
         with self._lock:
             while not self._waiting and not active and not self._stopping:
-                self._wake.wait()
+                # Idle, the thread still wakes when a held entry's time is up, to let it go.
+                if not self._wake.wait(self.prefix_cache.seconds_to_expiry()):
+                    return [], [], []
             if self._stopping:
                 cancelled = list(self._waiting)
                 self._waiting.clear()
@@ -230,22 +238,24 @@ class LocalEngine:
                 self._finish(seq, "error", "generation failed")
         if ready:
             self.busy.set()
-        text_only = [pair for pair in ready if not pair[1].extras]
-        cold = [pair for pair in text_only if not self._prefill_warm(batch, *pair)]
+        cold = [pair for pair in ready if not self._prefill_warm(batch, *pair)]
+        text_only = [pair for pair in cold if not pair[1].extras]
         # Cheap text prompts first: a turn with many images must not hold up the first token of the
         # text turns admitted with it.
-        groups = [cold] if cold and self.max_batch > 1 else [[pair] for pair in cold]
-        groups.extend([pair] for pair in ready if pair[1].extras)
+        groups = [text_only] if text_only and self.max_batch > 1 else [[pair] for pair in text_only]
+        groups.extend([pair] for pair in cold if pair[1].extras)
         for group in groups:
             self._prefill_group(batch, group)
 
     def _prefill_warm(self, batch: Batch, seq: Sequence, inputs: ModelInputs) -> bool:
-        """Prefill a text-only prompt on the longest held prefix of its token ids; False when none is
-        held (or reuse is off), leaving it to the cold prefill. Images never reuse: their 3-D positions
-        would need the held prefix's rope offset."""
+        """Prefill a prompt on the longest held prefix of its content key (token ids, images by content);
+        False when none is held (or reuse is off, or its images' layout is not understood), leaving it
+        to the cold prefill."""
         if self.prefix_cache.max_bytes <= 0:
             return False
-        seq.prompt_ids = tuple(inputs.input_ids[0].tolist())
+        seq.prompt_ids = content_key(inputs)
+        if seq.prompt_ids is None:
+            return False
         held = self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids)
         if held is None:
             return False

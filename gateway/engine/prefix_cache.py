@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import collections
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 LayerStates = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, heads, tokens, dim]
+Spill = Callable[[LayerStates], LayerStates]  # copies states off the device, into host memory
+Tier = collections.OrderedDict[int, "_Entry"]  # least recently used first
 
 
 @dataclass(frozen=True)
@@ -18,12 +22,13 @@ class HeldPrefix:
     layers: LayerStates
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Entry:
     adapter: str | None
     token_ids: tuple[int, ...]
     layers: LayerStates
     nbytes: int
+    used_at: float
 
 
 def states_bytes(layers: LayerStates) -> int:
@@ -38,54 +43,122 @@ def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return n
 
 
-class PrefixCache:
-    """A byte-bounded, least-recently-used store of sequences' KV states. Owned by the generation
-    thread: nothing here is locked. Held bytes never exceed `max_bytes`."""
+def pin_to_host(layers: LayerStates) -> LayerStates:
+    """A copy in pinned host memory, so a later hit copies back to the GPU at full speed."""
+    return [(_pinned(k), _pinned(v)) for k, v in layers]
 
-    def __init__(self, max_bytes: int) -> None:
+
+def _pinned(states: torch.Tensor) -> torch.Tensor:
+    return torch.empty(states.shape, dtype=states.dtype, pin_memory=True).copy_(states)
+
+
+def spill_for(device: torch.device) -> Spill | None:
+    """Where entries evicted from the device go before they are dropped: pinned host memory on a GPU;
+    on the CPU they are in host memory already, so nowhere."""
+    return pin_to_host if device.type == "cuda" else None
+
+
+class PrefixCache:
+    """A byte-bounded, least-recently-used store of sequences' KV states on the device, spilling what
+    it evicts to a second bounded tier in host memory (on a GPU) before dropping it; an entry unused for
+    `idle_s` goes. Owned by the generation thread: nothing here is locked. `bytes` never exceeds
+    `max_bytes`, nor `spilled_bytes` `spill_bytes`."""
+
+    def __init__(
+        self,
+        max_bytes: int,
+        idle_s: float = 0.0,
+        spill_bytes: int = 0,
+        spill: Spill | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_bytes = max_bytes
+        self.idle_s = idle_s  # 0: entries never expire
+        self.spill_bytes = spill_bytes if spill is not None else 0
         self.bytes = 0
+        self.spilled_bytes = 0
         self.hits = 0
         self.misses = 0
-        self._entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
+        self._spill = spill
+        self._clock = clock
+        self._device: Tier = collections.OrderedDict()
+        self._host: Tier = collections.OrderedDict()
         self._next_key = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._device) + len(self._host)
 
     def lookup(self, adapter: str | None, token_ids: tuple[int, ...]) -> HeldPrefix | None:
         """The longest held prefix of `token_ids`, leaving at least one token to prefill (its logits
         start the reply); None when nothing useful is held."""
-        best_key, best = -1, 0
-        for key, entry in self._entries.items():
-            if entry.adapter == adapter:
-                length = min(common_prefix(entry.token_ids, token_ids), len(token_ids) - 1)
-                if length > best:
-                    best_key, best = key, length
-        if best == 0:
+        best: tuple[int, Tier, int] = (0, self._device, -1)
+        for tier in (self._device, self._host):
+            for key, entry in tier.items():
+                if entry.adapter == adapter:
+                    length = min(common_prefix(entry.token_ids, token_ids), len(token_ids) - 1)
+                    if length > best[0]:
+                        best = (length, tier, key)
+        length, tier, key = best
+        if length == 0:
             self.misses += 1
             return None
         self.hits += 1
-        self._entries.move_to_end(best_key)
-        return HeldPrefix(best, self._entries[best_key].layers)
+        tier.move_to_end(key)
+        tier[key].used_at = self._clock()
+        return HeldPrefix(length, tier[key].layers)
 
     def store(self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates) -> None:
-        """Hold `layers` for `token_ids`; entries it extends are dropped, the oldest go while over budget."""
+        """Hold `layers` for `token_ids`; entries it extends are dropped, the oldest spill or go while
+        over budget."""
         nbytes = states_bytes(layers)
         if nbytes > self.max_bytes or not token_ids:
             return
-        for key, entry in list(self._entries.items()):
-            if entry.adapter == adapter and common_prefix(entry.token_ids, token_ids) == len(entry.token_ids):
-                self._drop(key)
+        for tier in (self._device, self._host):
+            for key, entry in list(tier.items()):
+                if entry.adapter == adapter and common_prefix(entry.token_ids, token_ids) == len(entry.token_ids):
+                    self._drop(tier, key)
         while self.bytes + nbytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
-        self._entries[self._next_key] = _Entry(adapter, token_ids, layers, nbytes)
+            self._evict()
+        self._device[self._next_key] = _Entry(adapter, token_ids, layers, nbytes, self._clock())
         self._next_key += 1
         self.bytes += nbytes
 
-    def clear(self) -> None:
-        self._entries.clear()
-        self.bytes = 0
+    def expire(self) -> None:
+        """Drop entries unused for `idle_s`: only the least recently used of each tier are looked at."""
+        if self.idle_s <= 0:
+            return
+        cutoff = self._clock() - self.idle_s
+        for tier in (self._device, self._host):
+            while tier and next(iter(tier.values())).used_at <= cutoff:
+                self._drop(tier, next(iter(tier)))
 
-    def _drop(self, key: int) -> None:
-        self.bytes -= self._entries.pop(key).nbytes
+    def seconds_to_expiry(self) -> float | None:
+        """How long until `expire` has something to drop; None when nothing ever will."""
+        oldest = [next(iter(tier.values())).used_at for tier in (self._device, self._host) if tier]
+        if self.idle_s <= 0 or not oldest:
+            return None
+        return max(0.0, min(oldest) + self.idle_s - self._clock())
+
+    def clear(self) -> None:
+        self._device.clear()
+        self._host.clear()
+        self.bytes = self.spilled_bytes = 0
+
+    def _evict(self) -> None:
+        """The device's least recently used entry moves to host memory where it fits, else goes."""
+        key, entry = self._device.popitem(last=False)
+        self.bytes -= entry.nbytes
+        if self._spill is None or entry.nbytes > self.spill_bytes:
+            return
+        while self.spilled_bytes + entry.nbytes > self.spill_bytes:
+            self._drop(self._host, next(iter(self._host)))
+        entry.layers = self._spill(entry.layers)
+        self._host[key] = entry
+        self.spilled_bytes += entry.nbytes
+
+    def _drop(self, tier: Tier, key: int) -> None:
+        entry = tier.pop(key)
+        if tier is self._device:
+            self.bytes -= entry.nbytes
+        else:
+            self.spilled_bytes -= entry.nbytes

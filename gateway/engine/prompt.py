@@ -39,6 +39,7 @@ class ModelInputs:
 
     input_ids: torch.Tensor
     extras: dict[str, torch.Tensor]  # pixel_values, image_grid_thw, mm_token_type_ids, ...
+    images: tuple[str, ...] = ()  # each image's sha256, in prompt order (held KV is keyed by them)
 
     @property
     def prompt_tokens(self) -> int:
@@ -159,7 +160,7 @@ class PromptBuilder:
         finally:
             self._prepared.features = None
         extras = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in _NOT_PREFILL}
-        return ModelInputs(input_ids=out["input_ids"].to(torch.long), extras=extras)
+        return ModelInputs(out["input_ids"].to(torch.long), extras, tuple(image.sha256 for image in images))
 
     def _process(self, rendered: str, images: int) -> Any:
         """The processor on the rendered prompt. Text holding no control token is tokenized as is (the

@@ -142,7 +142,8 @@ class EngineLoad:
     active: int  # turns generating now
     waiting: int  # turns admitted but waiting for a slot
     capacity: int  # turns that can generate at once
-    kv_cache_bytes: int = 0  # finished turns' KV held for reuse
+    kv_cache_bytes: int = 0  # finished turns' KV held for reuse on the device
+    kv_cache_spilled_bytes: int = 0  # and spilled to pinned host memory (GPU only)
     kv_cache_hits: int = 0  # prefills that started from held KV
     kv_cache_misses: int = 0
 
