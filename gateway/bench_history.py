@@ -65,7 +65,7 @@ def _late_over_early(values: list[float]) -> float:
     return statistics.mean(values[-k:]) / statistics.mean(values[:k])
 
 
-def _history_run(model_dir: str, turns: int, sessions: int, prompt_words: int, max_tokens: int, kv: int) -> HistoryRun:
+def _history_run(model_dir: str, turns: int, sessions: int, prompt_words: int, max_tokens: int, kv: int | None) -> HistoryRun:
     from gateway.engine.loader import load_model
     from gateway.engine.local import LocalEngine
 

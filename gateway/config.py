@@ -74,7 +74,9 @@ class Settings:
     engine_queue_size: int = 64  # turns waiting for a free batch slot before `overloaded`
     max_batch: int = 16  # turns decoding together in one forward pass
     engine: str = "real"  # "scripted": no model, instant replies (protocol tests, benchmarks)
-    kv_cache_bytes: int = 256 * MiB  # finished turns' KV held for prompts that start the same way; 0 disables
+    # Finished turns' KV held for prompts that start the same way; 0 disables. Default: a quarter of the
+    # GPU's memory free after loading, or 256 MiB on the CPU (whose memory everything else shares).
+    kv_cache_bytes: int | None = None
     kv_cache_idle_s: float = 300.0  # a held KV unused this long is dropped; 0: never
     kv_spill_bytes: int = 1024 * MiB  # on a GPU, held KV evicted from the device waits in pinned host memory
 

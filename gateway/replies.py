@@ -26,6 +26,7 @@ def server_defaults(settings: Settings) -> p.SamplingOptions:
 
 def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
     """The limits a client must respect, as announced in `ready`."""
+    held = engine.load()  # the engine's KV budgets: a default depends on the device's free memory
     return {
         "max_frame_bytes": settings.max_frame_bytes,
         "max_image_bytes": settings.max_image_bytes,
@@ -49,7 +50,8 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
         "keepalive_interval_s": int(settings.keepalive_interval_s),
         "keepalive_timeout_s": int(settings.keepalive_timeout_s),
         "send_timeout_s": int(settings.send_timeout_s),
-        "kv_cache_bytes": settings.kv_cache_bytes,
+        "kv_cache_bytes": held.kv_cache_budget,
+        "kv_spill_bytes": held.kv_spill_budget,
         "kv_cache_idle_s": int(settings.kv_cache_idle_s),
     }
 

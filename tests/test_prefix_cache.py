@@ -10,7 +10,15 @@ import torch
 
 from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
-from gateway.engine.prefix_cache import LayerStates, PrefixCache, Spill, pin_to_host, spill_for, states_bytes
+from gateway.engine.prefix_cache import (
+    LayerStates,
+    PrefixCache,
+    Spill,
+    default_budget,
+    pin_to_host,
+    spill_for,
+    states_bytes,
+)
 from gateway.engine.types import ChatImage, ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.session import Session, UserTurn
 from tests.conftest import DemoDirs, RunningServer, chat_image
@@ -124,6 +132,13 @@ def test_only_a_gpu_spills() -> None:
     assert len(cache) == 1 and cache.spill_bytes == 0 and cache.spilled_bytes == 0
 
 
+def test_the_default_budget_is_a_share_of_free_gpu_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, the budget is a quarter of the GPU's free memory; on the CPU, 256 MiB."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 << 30, 80 << 30))
+    assert default_budget(torch.device("cuda")) == 10 << 30
+    assert default_budget(torch.device("cpu")) == 256 << 20
+
+
 async def test_the_idle_generation_thread_lets_held_kv_expire(demo_dirs: DemoDirs) -> None:
     """With no turns at all, the generation thread still wakes to drop what has been idle too long."""
     engine = LocalEngine(load_model(demo_dirs.model), kv_cache_idle_s=0.3)
@@ -207,6 +222,8 @@ async def test_cached_tokens_reach_done_openai_usage_and_metrics(server: Running
         first = await client.turn("a", "tell me about the sky", max_tokens=8, temperature=0)
         second = await client.turn("b", "and the sea?", max_tokens=4, temperature=0)
     assert first.done and second.done and first.done["usage"]["cached_tokens"] == 0
+    assert client.ready["limits"]["kv_cache_bytes"] == server.engine.load().kv_cache_budget == 256 << 20
+    assert client.ready["limits"]["kv_spill_bytes"] == 0  # nothing spills on the CPU
     assert second.done["usage"]["cached_tokens"] > first.done["usage"]["prompt_tokens"] // 2
     body = {"model": "gateway-demo", "messages": [{"role": "user", "content": "hello there sky"}], "max_tokens": 4}
     url = f"{server.http_url}/v1/chat/completions"

@@ -20,7 +20,7 @@ from gateway.engine.constrain import GrammarVocabulary, logits_width, mask_logit
 from gateway.engine.detok import TextStream
 from gateway.engine.image_prefix import content_key
 from gateway.engine.loader import LoadedModel
-from gateway.engine.prefix_cache import PrefixCache, spill_for
+from gateway.engine.prefix_cache import PrefixCache, default_budget, spill_for
 from gateway.engine.probe import probe_vision
 from gateway.engine.prompt import ModelInputs
 from gateway.engine.relay import EventRelay
@@ -63,7 +63,7 @@ class LocalEngine:
         max_prefills_per_step: int = 16,
         image_cache_bytes: int = 256 << 20,
         image_workers: int = 2,
-        kv_cache_bytes: int = 256 << 20,
+        kv_cache_bytes: int | None = None,
         kv_cache_idle_s: float = 300.0,
         kv_spill_bytes: int = 1 << 30,
     ) -> None:
@@ -86,7 +86,8 @@ class LocalEngine:
         self.queue_size = queue_size
         self.tokens_generated = 0  # written only by the generation thread
         # Finished turns' KV; the generation thread's alone.
-        self.prefix_cache = PrefixCache(kv_cache_bytes, kv_cache_idle_s, kv_spill_bytes, spill_for(loaded.device))
+        budget = default_budget(loaded.device) if kv_cache_bytes is None else kv_cache_bytes
+        self.prefix_cache = PrefixCache(budget, kv_cache_idle_s, kv_spill_bytes, spill_for(loaded.device))
         self.busy = threading.Event()  # set while any turn is on the model
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -133,6 +134,8 @@ class LocalEngine:
                 kv_cache_spilled_bytes=held.spilled_bytes,
                 kv_cache_hits=held.hits,
                 kv_cache_misses=held.misses,
+                kv_cache_budget=held.max_bytes,
+                kv_spill_budget=held.spill_bytes,
             )
 
     def health(self) -> EngineHealth:

@@ -52,6 +52,15 @@ def _pinned(states: torch.Tensor) -> torch.Tensor:
     return torch.empty(states.shape, dtype=states.dtype, pin_memory=True).copy_(states)
 
 
+def default_budget(device: torch.device) -> int:
+    """Held KV's byte budget when none is set: a quarter of what the GPU has free once the model is
+    loaded (the rest is for the running batch's own cache and activations); 256 MiB on the CPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free) // 4
+    return 256 << 20
+
+
 def spill_for(device: torch.device) -> Spill | None:
     """Where entries evicted from the device go before they are dropped: pinned host memory on a GPU;
     on the CPU they are in host memory already, so nowhere."""

@@ -146,6 +146,8 @@ class EngineLoad:
     kv_cache_spilled_bytes: int = 0  # and spilled to pinned host memory (GPU only)
     kv_cache_hits: int = 0  # prefills that started from held KV
     kv_cache_misses: int = 0
+    kv_cache_budget: int = 0  # the most held KV may take on the device (0: none is held)
+    kv_spill_budget: int = 0  # and in pinned host memory
 
 
 @dataclass(frozen=True)
