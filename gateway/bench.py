@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import os
 import statistics
 import subprocess
@@ -22,6 +23,7 @@ from gateway.client import GatewayClient, TurnResult
 from gateway.startup import model_dir as resolve_model_dir
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.bench")
 QUIET_LOADING = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # model-loading bars would cut through the bench's own
 
 
@@ -63,6 +65,7 @@ class BenchConfig:
     prompt_words: int = 48
     images: int = 0
     progress: bool = True
+    turn_timeout_s: float = 300.0  # a turn with no `done` by then counts as an error and ends its session
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,14 +115,25 @@ async def _session(config: BenchConfig, index: int, results: list[TurnResult], t
     async with GatewayClient(config.url) as client:
         await line.reach()
         for turn in range(config.turns):
-            result = await client.turn(
-                f"s{index}-t{turn}", prompt_text(config.prompt_words), images, max_tokens=config.max_tokens, **BENCH_SAMPLING
+            result = TurnResult(id=f"s{index}-t{turn}", sent_at=time.perf_counter())
+            await client.start_turn(
+                result.id, prompt_text(config.prompt_words), images, max_tokens=config.max_tokens, **BENCH_SAMPLING
             )
             results.append(result)
+            try:
+                await asyncio.wait_for(client.collect(result.id, result), config.turn_timeout_s)
+            except asyncio.TimeoutError:  # counted as an error; the connection's state is unknown, so it ends here
+                log.warning("bench turn %s: no done in %.0f s (%s)", result.id, config.turn_timeout_s, _progress_of(result))
+                return
             tick()
             # Every turn sees the same prompt length. Not awaited: the server takes a connection's frames in
             # order, so the next turn finds the history empty without the bench waiting a round trip for it.
             await client.send({"type": "reset"})
+
+
+def _progress_of(result: TurnResult) -> str:
+    accepted = "accepted" if result.accepted is not None else "not accepted"
+    return f"{accepted}, {len(result.deltas)} token frames, errors {[e.get('code') for e in result.errors]}"
 
 
 async def run_load(config: BenchConfig) -> LoadReport:
