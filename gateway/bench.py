@@ -162,7 +162,7 @@ async def run_load(config: BenchConfig) -> LoadReport:
         turns=len(results),
         completion_tokens=sum(r.done["usage"]["completion_tokens"] for r in done if r.done),
         wall_s=round(wall, 4),
-        errors=sum(len(r.errors) for r in results) + len(results) - len(done),
+        errors=sum(1 for r in results if r.errors or r.done is None),  # turns, each counted once
         ttft_ms=percentiles(ttft),
         itl_ms=percentiles(itl),
         tpot_ms=percentiles(tpot),

@@ -98,3 +98,15 @@ async def test_openai_status_and_retry_after(
         response = await http.post(gateway_url + "/v1/chat/completions", json=body)
     assert response.status_code == status and response.json()["error"]["code"] == code
     assert response.headers.get("retry-after") == retry_after
+
+
+@pytest.mark.parametrize(("mode", "failed"), [("ok", 0), ("503", 4)])
+async def test_bench_counts_each_failed_turn_once(fake: FakeUpstream, gateway_url: str, mode: str, failed: int) -> None:
+    """`gateway bench` through a failing upstream finishes, and a turn with an `error` and a `done` is one error."""
+    from gateway.bench import BenchConfig, run_load
+
+    fake.mode = mode
+    config = BenchConfig(url=gateway_url.replace("http", "ws") + "/ws", sessions=2, turns=2, max_tokens=4, progress=False)
+    report = await run_load(config)
+    assert (report.turns, report.errors) == (4, failed)
+    assert report.completion_tokens == (16 if failed == 0 else 0)
