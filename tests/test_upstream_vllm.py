@@ -8,12 +8,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from gateway.app import create_app
 from gateway.cli import build_engine
-from gateway.client import GatewayClient
+from gateway.client import GatewayClient, TurnResult
 from gateway.config import Settings
 from gateway.engine.upstream.replicas import rendezvous_score
 from gateway.server import DrainingServer, make_server
@@ -118,9 +119,10 @@ async def test_cancel_frees_vllm(gateway: Gateway, vllm_pair: VllmPair) -> None:
     pytest.fail("vLLM finished all 4,000 tokens before the cancel reached it, three times")
 
 
-async def test_trimming_uses_exact_counts(vllm_pair: VllmPair) -> None:
-    """With a small window the oldest exchanges are dropped by vLLM's own counts: every prompt fits exactly."""
-    gateway = start_gateway(Settings(upstreams=vllm_pair.primary.url, context_tokens=80))
+async def eight_turns(settings: Settings) -> tuple[dict[str, Any], list[TurnResult]]:
+    """Eight turns of six words and 16 tokens in one session, through a gateway of its own started with
+    `settings`: its `ready` frame and the turns."""
+    gateway = start_gateway(settings)
     try:
         async with GatewayClient(gateway.ws_url) as client:
             results = [
@@ -129,6 +131,12 @@ async def test_trimming_uses_exact_counts(vllm_pair: VllmPair) -> None:
             ]
     finally:
         gateway.stop()
+    return client.ready, results
+
+
+async def test_trimming_uses_exact_counts(vllm_pair: VllmPair) -> None:
+    """With a small window the oldest exchanges are dropped by vLLM's own counts: every prompt fits exactly."""
+    _, results = await eight_turns(Settings(upstreams=vllm_pair.primary.url, context_tokens=80))
     dropped = [r.accepted["prompt_tokens"] for r in results if r.accepted and r.accepted["dropped_turns"]]
     assert dropped, "the history never outgrew the window"
     for result in results:
@@ -156,16 +164,8 @@ async def test_local_tokenizer_counts_exactly(vllm_pair: VllmPair) -> None:
     from transformers import AutoTokenizer
 
     settings = Settings(upstreams=vllm_pair.primary.url, tokenizer=str(vllm_pair.model_dir), context_tokens=80)
-    gateway = start_gateway(settings)
-    try:
-        async with GatewayClient(gateway.ws_url) as client:
-            results = [
-                await client.turn(f"k{i}", "one two three four five six", max_tokens=16, ignore_eos=True, **GREEDY)
-                for i in range(8)
-            ]
-    finally:
-        gateway.stop()
-    assert client.ready["token_counter"] == "tokenizer"
+    ready, results = await eight_turns(settings)
+    assert ready["token_counter"] == "tokenizer"
     assert all(r.accepted and r.done for r in results)
     first, second = results[0], results[1]
     assert first.done and second.accepted and second.done
