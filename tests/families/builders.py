@@ -151,11 +151,24 @@ def sliding_text(tok: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
+def save_qwen_vl(config_cls: Any, model_cls: Any, spec: Spec, tok: Any, out: Path, text: Any, vision: Any) -> None:
+    """A Qwen-VL family's model: its config from `text` and `vision` with the tokenizer's vision tokens."""
+    image_pad, video_pad, start, end = ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    config = config_cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=image_pad,
+        video_token_id=video_pad,
+        vision_start_token_id=start,
+        vision_end_token_id=end,
+    )
+    save_model(model_cls, config, tok, spec, out)
+
+
 def _qwen2_vl(tok: Any, out: Path) -> None:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    image_pad, video_pad, start, end = ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
     text = {
         **TEXT,
         "vocab_size": len(tok),
@@ -172,15 +185,7 @@ def _qwen2_vl(tok: Any, out: Path) -> None:
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=image_pad,
-        video_token_id=video_pad,
-        vision_start_token_id=start,
-        vision_end_token_id=end,
-    )
-    save_model(Qwen2VLForConditionalGeneration, config, tok, QWEN2_VL, out)
+    save_qwen_vl(Qwen2VLConfig, Qwen2VLForConditionalGeneration, QWEN2_VL, tok, out, text, vision)
     images = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112})
     save_processor(Qwen2VLProcessor, images, tok, out, video_processor=None)
 
@@ -213,7 +218,6 @@ def _qwen2_5_vl(tok: Any, out: Path) -> None:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    image_pad, video_pad, start, end = ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
     text = {
         **TEXT,
         "vocab_size": len(tok),
@@ -232,15 +236,7 @@ def _qwen2_5_vl(tok: Any, out: Path) -> None:
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    config = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=image_pad,
-        video_token_id=video_pad,
-        vision_start_token_id=start,
-        vision_end_token_id=end,
-    )
-    save_model(Qwen2_5_VLForConditionalGeneration, config, tok, QWEN2_5_VL, out)
+    save_qwen_vl(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, QWEN2_5_VL, tok, out, text, vision)
     images = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112})
     save_processor(Qwen2_5_VLProcessor, images, tok, out, video_processor=None)
 
@@ -249,7 +245,6 @@ def _qwen3_vl(tok: Any, out: Path) -> None:
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    image_pad, video_pad, start, end = ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
     text = {**TEXT, "head_dim": 16, "vocab_size": len(tok), "max_position_embeddings": 2048, "rope_parameters": rope}
     vision = {
@@ -262,15 +257,7 @@ def _qwen3_vl(tok: Any, out: Path) -> None:
         "num_position_embeddings": 16,
         "deepstack_visual_indexes": [0],
     }
-    config = Qwen3VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=image_pad,
-        video_token_id=video_pad,
-        vision_start_token_id=start,
-        vision_end_token_id=end,
-    )
-    save_model(Qwen3VLForConditionalGeneration, config, tok, QWEN3_VL, out)
+    save_qwen_vl(Qwen3VLConfig, Qwen3VLForConditionalGeneration, QWEN3_VL, tok, out, text, vision)
     images = Qwen2VLImageProcessorPil(
         patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3, size={"shortest_edge": 64 * 64, "longest_edge": 128 * 128}
     )
