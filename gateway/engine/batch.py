@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
-from gateway.engine import cross
+from gateway.engine import cross, kv
 from gateway.engine.constrain import RowGrammar
 from gateway.engine.detok import TextStream
 from gateway.engine.image_prefix import rope_inputs, suffix_extras
@@ -63,7 +63,7 @@ class Batch:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.sequences: list[Sequence] = []
-        self.cache: Any = None  # a DynamicCache of plain DynamicLayers (and CrossLayers, see engine/cross.py)
+        self.cache: Any = None  # a DynamicCache of GrowingLayers (and CrossLayers, see engine/cross.py)
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
         self._rope = _rope_index_owner(loaded.model)
         self._first = loaded.prompt.family.first_position
@@ -89,7 +89,7 @@ class Batch:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
-            cache=DynamicCache(),  # plain layers even for sliding-window models: the mask keeps the window
+            cache=kv.new_cache(),  # plain layers even for sliding-window models: the mask keeps the window
             use_cache=True,
             **extras,
             **self._adapter_args(seqs),
@@ -107,9 +107,9 @@ class Batch:
         does for one sequence. Positions are the whole prompt's, sliced, so 3-D ones continue the held
         images' offset exactly; only images after the held part go through the vision tower."""
         device, dtype = self.loaded.device, self.loaded.dtype
-        cache = DynamicCache()
-        for keys, values in held.layers:  # views, not copies: the forward pass concatenates onto them
-            layer = DynamicLayer()  # type: ignore[no-untyped-call]
+        cache = kv.new_cache()
+        for keys, values in held.layers:  # views, not copies: the forward pass copies them into its buffer
+            layer = kv.GrowingLayer()
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys[:, :, : held.length].to(device), values[:, :, : held.length].to(device)
             cache.layers.append(layer)
@@ -253,7 +253,7 @@ class Batch:
 
 
 _EMPTY = torch.empty(0, dtype=torch.long)
-_MERGEABLE = (DynamicLayer, cross.CrossLayer)
+_MERGEABLE = (kv.GrowingLayer, cross.CrossLayer)
 
 
 def row_states(cache: Any, mask: torch.Tensor, row: int) -> LayerStates:
