@@ -4,6 +4,7 @@ images prefill them in full."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from gateway.engine.image_prefix import content_key
 from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
 from gateway.engine.prompt import PromptBuilder
-from gateway.engine.types import ChatMessage, GenerationResult
+from gateway.engine.types import ChatMessage, GenerationResult, SamplingParams
 from tests.families.builders import SPECS, cached_family
 from tests.test_prefix_cache import generate, picture
 
@@ -154,6 +155,24 @@ async def test_a_different_picture_of_the_same_size_is_not_reused(reusing: Serve
     assert hot.token_ids == reference.token_ids
     assert_same_logits(reusing)
     assert 0 < hot.cached_tokens <= inputs.layout.spans[0][0]
+
+
+async def test_warm_and_cold_image_turns_decoded_together_match_each_alone(reusing: Served) -> None:
+    """Continuations on held images (one with a new image, one without) and fresh image prompts, decoding
+    in one batch, give what each gives alone on a full prefill."""
+    continued = []
+    for n in range(2):
+        history = [ChatMessage("user", f"picture {n} here", (picture(10 + n),))]
+        reply = await generate(reusing.warm, history)
+        again = (picture(20 + n),) if n else ()
+        continued.append([*history, ChatMessage("assistant", reply.text), ChatMessage("user", "and this?", again)])
+    fresh = [[ChatMessage("user", f"new picture {n}", (picture(30 + n),))] for n in range(2)]
+    prompts = [continued[0], fresh[0], continued[1], fresh[1]]
+    params = [SamplingParams(temperature=0, max_tokens=6 + 2 * i, ignore_eos=True) for i in range(len(prompts))]
+    together = await asyncio.gather(*(generate(reusing.warm, m, p) for m, p in zip(prompts, params)))
+    alone = [await generate(reusing.cold, m, p) for m, p in zip(prompts, params)]
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    assert together[0].cached_tokens > 0 and together[2].cached_tokens > 0
 
 
 async def test_families_that_cannot_reuse_images_prefill_them_in_full(not_reusing: Served) -> None:
