@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from gateway.engine.image_prefix import content_key, image_spans, suffix_extras
+from gateway.engine.image_layout import ImageLayout, Stacked
+from gateway.engine.image_prefix import content_key, suffix_extras
 from gateway.engine.local import LocalEngine
 from gateway.engine.prompt import ModelInputs
 from gateway.engine.types import ChatMessage, GenerationResult, SamplingParams
@@ -24,7 +25,9 @@ def grid_prompt(images: tuple[str, ...]) -> ModelInputs:
     types = (ids == IMAGE).long()
     pixels = torch.arange(12).view(12, 1).float()
     grid = torch.tensor([[1, 2, 4], [1, 2, 2]])
-    return ModelInputs(ids, {"pixel_values": pixels, "image_grid_thw": grid, "mm_token_type_ids": types}, images)
+    stacked = {"pixel_values": Stacked(0, (8, 4)), "image_grid_thw": Stacked(0, (1, 1))}
+    layout = ImageLayout(((2, 4), (6, 7)), stacked, ("mm_token_type_ids",))
+    return ModelInputs(ids, {"pixel_values": pixels, "image_grid_thw": grid, "mm_token_type_ids": types}, images, layout)
 
 
 def test_image_tokens_are_keyed_by_the_picture() -> None:
@@ -34,23 +37,38 @@ def test_image_tokens_are_keyed_by_the_picture() -> None:
     assert one[:2] == other[:2] == (1, 2) and one[2] != other[2] and one[2] < 0 and one[4:6] == (3, 4)
 
 
-def test_text_prompts_key_as_their_token_ids_and_unknown_layouts_are_not_keyed() -> None:
-    """No images: the key is the token ids; a layout other than the grid one: no key (full prefill)."""
+def test_text_prompts_key_as_their_token_ids_and_prompts_without_a_layout_are_not_keyed() -> None:
+    """No images: the key is the token ids; images with no layout (a family that cannot reuse them): no key."""
     assert content_key(ModelInputs(torch.tensor([[5, 6]]), {})) == (5, 6)
     odd = grid_prompt(("a" * 64, "b" * 64))
-    odd.extras["image_sizes"] = torch.tensor([[2, 2]])
-    assert image_spans(odd.extras) is None and content_key(odd) is None
+    odd.layout = None
+    assert content_key(odd) is None
+
+
+def test_the_same_picture_processed_another_way_keys_differently() -> None:
+    """A picture's key covers how it was processed: another variant gives another key from the image on."""
+    one, other = content_key(grid_prompt(("a" * 64, "b" * 64))), content_key(grid_prompt(("a" * 64 + ":x", "b" * 64)))
+    assert one is not None and other is not None and one[:2] == other[:2] and one[2] != other[2]
 
 
 def test_the_suffix_carries_only_the_images_after_the_held_part() -> None:
     """Held through the first image: the second image's pixel rows, grid and token types remain."""
-    extras = grid_prompt(("a" * 64, "b" * 64)).extras
-    assert image_spans(extras) == [(2, 4), (6, 7)]
-    suffix = suffix_extras(extras, 4)
+    inputs = grid_prompt(("a" * 64, "b" * 64))
+    suffix = suffix_extras(inputs, 4)
     assert suffix["pixel_values"].view(-1).tolist() == [8, 9, 10, 11]
     assert suffix["image_grid_thw"].tolist() == [[1, 2, 2]]
     assert suffix["mm_token_type_ids"].tolist() == [[0, 0, 1, 0]]
-    assert suffix_extras(extras, 7) == {} and suffix_extras(extras, 1)["pixel_values"].shape[0] == 12
+    assert suffix_extras(inputs, 7) == {} and suffix_extras(inputs, 1)["pixel_values"].shape[0] == 12
+
+
+def test_tensors_read_per_prompt_or_by_absolute_position_stay_whole() -> None:
+    """A tensor neither stacked by image nor sliced per token (a prompt's image count, Gemma 3's token
+    types) reaches the suffix whole."""
+    inputs = grid_prompt(("a" * 64, "b" * 64))
+    inputs.extras["batch_num_images"] = torch.tensor([2])
+    inputs.extras["token_type_ids"] = inputs.extras["mm_token_type_ids"].clone()
+    suffix = suffix_extras(inputs, 4)
+    assert suffix["batch_num_images"].tolist() == [2] and suffix["token_type_ids"].shape == (1, 8)
 
 
 async def converse_with_images(engine: LocalEngine, turns: int) -> list[GenerationResult]:

@@ -122,7 +122,7 @@ class Batch:
             position_ids=positions[..., held.length :],
             cache=cache,
             use_cache=True,
-            **model_extras(suffix_extras(item.extras, held.length), device, dtype),
+            **model_extras(suffix_extras(item, held.length), device, dtype),
             **self._adapter_args([seq]),
         )
         self._start(seq, item, delta)

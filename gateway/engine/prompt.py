@@ -13,6 +13,7 @@ from PIL import Image
 
 from gateway.engine.families import GENERIC, Family
 from gateway.engine.image_cache import ImageCache, ProcessedImage
+from gateway.engine.image_layout import ImageLayout, image_spans
 from gateway.engine.types import ChatImage, ChatMessage
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import decode_pixels
@@ -39,7 +40,10 @@ class ModelInputs:
 
     input_ids: torch.Tensor
     extras: dict[str, torch.Tensor]  # pixel_values, image_grid_thw, mm_token_type_ids, ...
-    images: tuple[str, ...] = ()  # each image's sha256, in prompt order (held KV is keyed by them)
+    # Each image's sha256 (and how it was processed, where the family varies that), in prompt order: held
+    # KV is keyed by them.
+    images: tuple[str, ...] = ()
+    layout: ImageLayout | None = None  # None where the images cannot come from held KV
 
     @property
     def prompt_tokens(self) -> int:
@@ -89,6 +93,8 @@ class PromptBuilder:
         self._control = _get_control_token_patterns(tuple(sorted(control)))[0]
         self._image_processor: Any = None
         self._images_kwargs: dict[str, Any] = {}
+        # The tokens the processor types as image tokens (placeholders, and on some the breaks between tiles).
+        self._image_ids = frozenset(i for i in getattr(processor, "image_token_ids", None) or () if i is not None)
         if self.vision and processor is not None:
             self._image_processor = processor.image_processor
             merged = processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs, return_tensors="pt")
@@ -152,7 +158,8 @@ class PromptBuilder:
         rendered = self._render(messages, tools)
         if not images:
             return ModelInputs(torch.tensor([self._encode(rendered)], dtype=torch.long), {})
-        self._prepared.features = self.family.combine([self.images.get(image) for image in images])
+        processed = [self.images.get(image) for image in images]
+        self._prepared.features = self.family.combine(processed)
         try:
             out = self._process(rendered, len(images))
         except ValueError as exc:
@@ -160,7 +167,33 @@ class PromptBuilder:
         finally:
             self._prepared.features = None
         extras = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in _NOT_PREFILL}
-        return ModelInputs(out["input_ids"].to(torch.long), extras, tuple(image.sha256 for image in images))
+        input_ids = out["input_ids"].to(torch.long)
+        keys = tuple(image.sha256 + self.family.variant(len(images)) for image in images)
+        layout = self._layout(input_ids, extras, processed, out.get("text_replacement_offsets"))
+        return ModelInputs(input_ids, extras, keys, layout)
+
+    def _layout(
+        self, input_ids: torch.Tensor, extras: dict[str, torch.Tensor], processed: list[ProcessedImage], offsets: Any
+    ) -> ImageLayout | None:
+        """Where each image sits: in the prompt, its image-typed tokens as counted in the processor's
+        replacement of its placeholder; in the tensors, its rows as in its own outputs. None where the
+        family cannot reuse images or the counts disagree with the prompt's."""
+        if not self.family.image_kv or not offsets:
+            return None
+        counts = [self._image_tokens_in(o["replacement"]) for o in offsets[0] if o["type"] == "image"]
+        spans = image_spans(input_ids[0].tolist(), self._image_ids, counts)
+        stacked = {k: v for k, v in self.family.stacked(processed).items() if k in extras}
+        if spans is None or len(spans) != len(processed):
+            return None
+        if any(sum(rows.sizes) != extras[k].shape[rows.axis] for k, rows in stacked.items()):
+            return None
+        not_sliced = {*stacked, *self.family.positional}
+        per_token = tuple(k for k, v in extras.items() if v.shape == input_ids.shape and k not in not_sliced)
+        return ImageLayout(spans, stacked, per_token)
+
+    def _image_tokens_in(self, replacement: str) -> int:
+        # Image-typed tokens are special tokens, so they encode alike alone and inside the prompt.
+        return sum(token in self._image_ids for token in self.tokenizer(replacement, add_special_tokens=False)["input_ids"])
 
     def _process(self, rendered: str, images: int) -> Any:
         """The processor on the rendered prompt. Text holding no control token is tokenized as is (the
@@ -168,6 +201,8 @@ class PromptBuilder:
         plain path); marked control tokens are encoded as text, or where the processor cannot sanitize,
         broken with a word joiner so they cannot match."""
         kwargs: dict[str, Any] = {"images": [_STAND_IN] * images, "add_special_tokens": False, "return_tensors": "pt"}
+        if self.family.image_kv:  # each image's replacement text: where its tokens are (see `_layout`)
+            kwargs["return_text_replacement_offsets"] = True
         if not _MARKED.search(rendered):
             return self.processor(text=[rendered], **kwargs)
         try:

@@ -2,8 +2,8 @@
 
 Everything a processor already knows (placeholders, tokens per image, structural tokens, the tensors
 prefill needs) comes from the model's own transformers processor; a family only says how one image is
-processed, how one prompt's separately processed images combine, and whether an image's tokens follow
-from its size alone."""
+processed, how one prompt's separately processed images combine (and split again, for a prompt's images
+after held KV), and whether an image's tokens follow from its size alone."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 from PIL import Image
+
+from gateway.engine.image_layout import Stacked
 
 
 @dataclass(frozen=True)
@@ -26,14 +28,39 @@ class Family:
     tokens_from_size: bool = False
     # The position of a prompt's first token: PaliGemma counts from 1.
     first_position: int = 0
+    # False where a prompt's held images cannot serve a later prompt (see FAMILIES_B): its image prompts
+    # are prefilled in full.
+    image_kv: bool = True
+    # Per-token tensors the model reads by absolute position (Gemma 3's bidirectional image mask, as
+    # transformers' own `prepare_inputs_for_generation` says): a suffix after held KV gets them whole.
+    positional: tuple[str, ...] = ()
 
     def process(self, image_processor: Any, pixels: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         """One image's outputs from the image processor, as for a prompt holding only that image."""
         return dict(image_processor(images=[[pixels]] if self.image_axis == 1 else [pixels], **kwargs))
 
+    def variant(self, images: int) -> str:
+        """How an image is processed in a prompt of `images` images, where that varies ("" for most): held
+        KV of a picture processed one way never serves a prompt that processes it another."""
+        return ""
+
+    def used(self, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each image's outputs as a prompt of these images uses them: for most, as processed alone."""
+        return outputs
+
+    def stacked(self, outputs: list[dict[str, Any]]) -> dict[str, Stacked]:
+        """For each tensor `combine` stacks, the axis it stacks along and each image's extent on it."""
+        used = self.used(outputs)
+        return {
+            key: Stacked(self._axis(value), tuple(int(o[key].shape[self._axis(value)]) for o in used))
+            for key, value in used[0].items()
+            if isinstance(value, torch.Tensor)
+        }
+
     def combine(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
         """One prompt's processor outputs from each image's own outputs, as if processed together."""
         combined: dict[str, Any] = {}
+        outputs = self.used(outputs)
         for key in outputs[0]:
             values = [o[key] for o in outputs]
             if isinstance(values[0], torch.Tensor):
@@ -49,6 +76,9 @@ class Family:
     def image_options(self, processor: Any) -> dict[str, Any]:
         """Options the processor adds when it calls its image processor itself (in `_process_images`)."""
         return {}
+
+    def _axis(self, tensor: torch.Tensor) -> int:
+        return self.image_axis if tensor.dim() > self.image_axis else 0
 
 
 def _stack(tensors: list[torch.Tensor], axis: int) -> torch.Tensor:
@@ -78,18 +108,25 @@ class Pixtral(Family):
 FAMILIES_B: dict[str, Family] = {
     "mistral3": Pixtral("mistral3"),
     "pixtral": Pixtral("pixtral"),
-    "paligemma": Family("paligemma", first_position=1),
+    # Prefix-LM: every prompt token attends to every other, so a prompt's KV changes with what follows it.
+    "paligemma": Family("paligemma", first_position=1, image_kv=False),
+    # Images reach the text through cross-attention, not the self-attention KV that is held.
+    "mllama": Family("mllama", image_axis=1, image_kv=False),
 }
 
 # ----------------------------------------------------------------------------------------------------------
 
-GENERIC = Family("generic")
+# An architecture not checked here keeps its image prompts out of held KV: how its images attend is unknown.
+GENERIC = Family("generic", image_kv=False)
 _SIZED = ("glm4v", "glm4v_moe", "glm46v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava")
-_BY_IMAGE_AXIS_1 = ("idefics3", "smolvlm", "mllama")
+_BY_IMAGE_AXIS_1 = ("idefics3", "smolvlm")
+_PLAIN = ("llava_next", "aya_vision", "internvl")
 
 FAMILIES: dict[str, Family] = {
     **{name: Family(name, tokens_from_size=True) for name in _SIZED},
     **{name: Family(name, image_axis=1) for name in _BY_IMAGE_AXIS_1},
+    **{name: Family(name) for name in _PLAIN},
+    "gemma3": Family("gemma3", positional=("token_type_ids",)),
     **FAMILIES_B,
 }
 
@@ -115,10 +152,21 @@ class LoneImageTiles(Family):
         several = image_processor(images=[[pixels, _COMPANION]], **kwargs)
         return alone | {_SEVERAL + k: v[:1] for k, v in several.items() if k != "batch_num_images"}
 
-    def combine(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    def variant(self, images: int) -> str:
+        return ":alone" if images == 1 else ":several"
+
+    def used(self, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         several = len(outputs) > 1
-        picked = [{k.removeprefix(_SEVERAL): v for k, v in o.items() if k.startswith(_SEVERAL) == several} for o in outputs]
-        return super().combine(picked) | {"batch_num_images": torch.tensor([len(outputs)])}
+        return [
+            {k.removeprefix(_SEVERAL): v for k, v in o.items() if k.startswith(_SEVERAL) == several and k != "batch_num_images"}
+            for o in outputs
+        ]
+
+    def combine(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        # The prompt's image count: the model makes it one "tile it" flag per image (only a lone image is
+        # tiled) and pairs the flags with the images it is given, so a suffix's images, given the whole
+        # prompt's count, stay processed as the prompt processed them.
+        return super().combine(outputs) | {"batch_num_images": torch.tensor([len(outputs)])}
 
 
 FAMILIES["llava_onevision"] = LoneImageTiles("llava_onevision")
