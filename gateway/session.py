@@ -91,10 +91,19 @@ class Session:
         return sum(exchange.turn.image_bytes for exchange in self.exchanges)
 
     async def plan(
-        self, turn: UserTurn, max_tokens: int, context_tokens: int, count: TokenCounter, image_room: int | None = None
+        self,
+        turn: UserTurn,
+        max_tokens: int,
+        context_tokens: int,
+        count: TokenCounter,
+        image_room: int | None = None,
+        headroom: int = 0,
     ) -> PromptPlan:
         """Messages for the model, dropping the oldest exchanges until the history's images and the
-        turn's fit in `image_room` bytes and prompt + max_tokens fits the context window."""
+        turn's fit in `image_room` bytes and prompt + max_tokens fits the context window. A turn that
+        must drop exchanges drops enough to leave `headroom` tokens free where it can: dropping changes
+        the prompt's opening, so the KV held from earlier turns no longer applies, and without headroom a
+        session at the window's edge would drop one exchange, and prefill in full, on every turn."""
         budget = context_tokens - max_tokens
         counted: dict[int, int] = {}
 
@@ -112,6 +121,8 @@ class Session:
                     f"with max_tokens={max_tokens}",
                     turn.id,
                 )
+            if headroom > 0 and await tokens_after_dropping(len(self.exchanges)) <= budget - headroom:
+                budget -= headroom
             # Token count only falls as exchanges are dropped, so binary-search the fewest drops.
             low, high = low + 1, len(self.exchanges)
             while low < high:

@@ -84,6 +84,8 @@ class TurnService:
     and trimming, submission, recording, metrics and draining: written once for WebSocket and HTTP."""
 
     def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+        if not 0 <= settings.trim_headroom < 1:
+            raise ValueError(f"trim_headroom is a share of the context window, at least 0 and below 1: {settings.trim_headroom}")
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
@@ -195,7 +197,9 @@ class TurnService:
 
         with _engine_failures(request.id, bool(images)):
             await self.engine.prepare(images)
-            plan = await session.plan(turn, params.max_tokens, self.engine.context_tokens, count, room)
+            window = self.engine.context_tokens
+            headroom = int(window * self.settings.trim_headroom)
+            plan = await session.plan(turn, params.max_tokens, window, count, room, headroom)
         self.check_open(request.id)  # planning awaited: the server may have begun draining meanwhile
         started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model)
         generation = GenerationRequest(

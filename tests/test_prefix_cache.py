@@ -311,3 +311,26 @@ async def test_after_trimming_replies_match_and_the_next_prefill_is_full(engines
     assert any(dropped for dropped, _, _ in cached)
     assert all(hit < 12 for dropped, hit, _ in cached if dropped)
     assert all(hit > 30 for dropped, hit, _ in cached[1:] if not dropped)
+
+
+async def test_trim_headroom_keeps_a_session_at_the_window_edge_warm(engines: tuple[LocalEngine, LocalEngine]) -> None:
+    """Without headroom, a session whose history fills the window drops an exchange, and prefills in
+    full, on nearly every turn; with it, trims are rare and the turns between them reuse held KV."""
+    warm, _ = engines
+    runs = {}
+    for headroom in (0, 40):
+        session = Session(max_history_turns=100, system="You are terse.")
+        trims = hits = 0
+        for turn in range(16):
+            user = UserTurn(f"t{turn}", f"turn {turn} asks about the sky and the sea")
+            plan = await session.plan(user, 10, 150, warm.count_prompt_tokens, headroom=headroom)
+            session.drop_oldest(plan.dropped_turns)
+            result = await lockstep(engines, plan.messages)
+            session.record(user, result.text, False, session.epoch)
+            assert plan.prompt_tokens + 10 <= 150
+            trims += plan.dropped_turns > 0
+            hits += not plan.dropped_turns and result.cached_tokens > 30
+        runs[headroom] = (trims, hits)
+    (trims_without, hits_without), (trims_with, hits_with) = runs[0], runs[40]
+    assert trims_without >= 8 and trims_with <= trims_without // 2, runs
+    assert hits_with > hits_without, runs

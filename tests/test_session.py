@@ -148,6 +148,25 @@ async def test_trimming_drops_the_fewest_exchanges_that_fit_exactly() -> None:
     assert (plan.dropped_turns, plan.prompt_tokens) == (2, 14)
 
 
+async def test_trimming_with_headroom_frees_that_much_more() -> None:
+    """A turn that must drop exchanges drops until `headroom` is free as well; one that fits drops none."""
+    session = Session(max_history_turns=10)
+    chat(session, "1", "2", "3", "4", "5")
+    # budget 20 - 6 = 14: two drops leave 3 exchanges + turn = 14; headroom 4 asks for 10: three drops
+    plan = await session.plan(UserTurn(id="6", text="u6"), 6, 20, count_chars, headroom=4)
+    assert (plan.dropped_turns, plan.prompt_tokens) == (3, 10)
+    fits = await session.plan(UserTurn(id="6", text="u6"), 6, 40, count_chars, headroom=30)
+    assert fits.dropped_turns == 0
+
+
+async def test_headroom_the_turn_alone_cannot_leave_falls_back_to_the_fewest_drops() -> None:
+    """When even the turn alone leaves less than `headroom` free, trimming drops only what it must."""
+    session = Session(max_history_turns=10)
+    chat(session, "1", "2", "3", "4", "5")
+    plan = await session.plan(UserTurn(id="6", text="u6"), 6, 20, count_chars, headroom=13)
+    assert (plan.dropped_turns, plan.prompt_tokens) == (2, 14)
+
+
 async def test_trimming_never_drops_the_system_prompt() -> None:
     """However much history is dropped, the system prompt stays first."""
     session = Session(max_history_turns=10, system="system!")
