@@ -284,8 +284,11 @@ def run_bench(args: Any) -> dict[str, Any]:
     history = getattr(args, "history", 0)
     args.sessions = args.sessions or (1 if history else 16)
     if history and model_dir:
-        from gateway.bench_history import run_history
+        from gateway.bench_history import run_history, run_window
 
+        window = getattr(args, "context_tokens", None)
+        if window:
+            return run_window(model_dir, history, args.sessions, args.prompt_words, args.max_tokens, window)
         return run_history(model_dir, history, args.sessions, args.prompt_words, args.max_tokens)
     report: dict[str, Any] = {
         "model": model_dir or args.url,

@@ -17,6 +17,7 @@ class HistoryRun:
     ttft_ms: list[list[float]]  # per session, per turn
     completion_tokens: int
     wall_s: float
+    trimmed: list[list[bool]] | None = None  # per session, per turn: it dropped old exchanges (with a window)
 
     def ttft_by_turn(self) -> list[float]:
         """Each turn's time to first token, the mean over sessions."""
@@ -33,14 +34,7 @@ def run_history(model_dir: str, turns: int, sessions: int, prompt_words: int, ma
     aggregate tokens/s of each. The load average is noted with it: a busy machine skews every figure."""
     from gateway.config import Settings
 
-    report: dict[str, Any] = {
-        "model": model_dir,
-        "history_turns": turns,
-        "sessions": sessions,
-        "prompt_words": prompt_words,
-        "max_tokens": max_tokens,
-        "load_average_before": [round(x, 2) for x in os.getloadavg()],
-    }
+    report = _header(model_dir, turns, sessions, prompt_words, max_tokens)
     runs = {
         label: _history_run(model_dir, turns, sessions, prompt_words, max_tokens, kv)
         for label, kv in (("reuse", Settings().kv_cache_bytes), ("no_reuse", 0))
@@ -53,11 +47,59 @@ def run_history(model_dir: str, turns: int, sessions: int, prompt_words: int, ma
             "tokens_per_s": round(run.tokens_per_s, 2),
             "wall_s": round(run.wall_s, 2),
         }
+    _speedups(report, runs, ttft, turns)
+    return _with_load(report)
+
+
+def run_window(model_dir: str, turns: int, sessions: int, prompt_words: int, max_tokens: int, window: int) -> dict[str, Any]:
+    """Conversations trimmed to a `window`-token context, KV reuse on, with `trim_headroom` (the default)
+    and without: how often turns drop exchanges, and time to first token at the window's edge (the turns
+    from the first trim on), where without headroom nearly every turn drops one and prefills in full."""
+    from gateway.config import Settings
+
+    report = _header(model_dir, turns, sessions, prompt_words, max_tokens) | {"window_tokens": window}
+    share = Settings().trim_headroom
+    for label, headroom in (("headroom", share), ("no_headroom", 0.0)):
+        run = _history_run(model_dir, turns, sessions, prompt_words, max_tokens, Settings().kv_cache_bytes, (window, headroom))
+        assert run.trimmed is not None
+        edge = [ms for times, trims in zip(run.ttft_ms, run.trimmed) for ms in times[_first_trim(trims) :]]
+        report[label] = {
+            "trim_headroom": headroom,
+            "ttft_ms_by_turn": [round(v, 2) for v in run.ttft_by_turn()],
+            "trims": sum(map(sum, run.trimmed)),
+            "edge_turns": len(edge),
+            "edge_ttft_ms": round(statistics.mean(edge), 2) if edge else None,
+            "tokens_per_s": round(run.tokens_per_s, 2),
+        }
+    with_, without = report["headroom"]["edge_ttft_ms"], report["no_headroom"]["edge_ttft_ms"]
+    report["edge_speedup"] = round(without / with_, 2) if with_ and without else None
+    return _with_load(report)
+
+
+def _first_trim(trims: list[bool]) -> int:
+    return trims.index(True) if True in trims else len(trims)
+
+
+def _header(model_dir: str, turns: int, sessions: int, prompt_words: int, max_tokens: int) -> dict[str, Any]:
+    return {
+        "model": model_dir,
+        "history_turns": turns,
+        "sessions": sessions,
+        "prompt_words": prompt_words,
+        "max_tokens": max_tokens,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _with_load(report: dict[str, Any]) -> dict[str, Any]:
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
+def _speedups(report: dict[str, Any], runs: dict[str, HistoryRun], ttft: dict[str, list[float]], turns: int) -> None:
     late = slice(20, None) if turns > 20 else slice(turns // 2, None)
     report["speedup_late_turns"] = round(statistics.mean(ttft["no_reuse"][late]) / statistics.mean(ttft["reuse"][late]), 2)
     report["tokens_per_s_ratio"] = round(runs["reuse"].tokens_per_s / runs["no_reuse"].tokens_per_s, 3)
-    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    return report
 
 
 def _late_over_early(values: list[float]) -> float:
@@ -65,40 +107,56 @@ def _late_over_early(values: list[float]) -> float:
     return statistics.mean(values[-k:]) / statistics.mean(values[:k])
 
 
-def _history_run(model_dir: str, turns: int, sessions: int, prompt_words: int, max_tokens: int, kv: int | None) -> HistoryRun:
+Window = tuple[int, float]  # a context window in tokens, and the share of it trimming frees as headroom
+
+
+def _history_run(
+    model_dir: str, turns: int, sessions: int, prompt_words: int, max_tokens: int, kv: int | None, window: Window | None = None
+) -> HistoryRun:
     from gateway.engine.loader import load_model
     from gateway.engine.local import LocalEngine
 
     engine = LocalEngine(load_model(model_dir), max_batch=max(16, sessions), kv_cache_bytes=kv)
     engine.start()
     try:
-        return asyncio.run(_conversations(engine, turns, sessions, prompt_words, max_tokens))
+        return asyncio.run(_conversations(engine, turns, sessions, prompt_words, max_tokens, window))
     finally:
         engine.stop()
 
 
-async def _conversations(engine: Any, turns: int, sessions: int, prompt_words: int, max_tokens: int) -> HistoryRun:
+async def _conversations(
+    engine: Any, turns: int, sessions: int, prompt_words: int, max_tokens: int, window: Window | None
+) -> HistoryRun:
     from gateway.engine.types import ChatMessage, SamplingParams
 
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     await _engine_turn(engine, [ChatMessage("user", "warm up")], params)
     started = time.perf_counter()
-    ttft = await asyncio.gather(*(_conversation(engine, s, turns, prompt_words, params) for s in range(sessions)))
+    runs = await asyncio.gather(*(_conversation(engine, s, turns, prompt_words, params, window) for s in range(sessions)))
     wall = time.perf_counter() - started
-    return HistoryRun(ttft_ms=list(ttft), completion_tokens=sessions * turns * max_tokens, wall_s=wall)
+    trimmed = [trims for _, trims in runs] if window else None
+    return HistoryRun([ttft for ttft, _ in runs], sessions * turns * max_tokens, wall, trimmed)
 
 
-async def _conversation(engine: Any, session: int, turns: int, prompt_words: int, params: Any) -> list[float]:
-    from gateway.engine.types import ChatMessage
+async def _conversation(
+    engine: Any, session: int, turns: int, prompt_words: int, params: Any, window: Window | None
+) -> tuple[list[float], list[bool]]:
+    """One conversation's TTFT by turn, and which turns dropped old exchanges (trimmed as the gateway's
+    sessions are, when a window is given)."""
+    from gateway.session import Session, UserTurn
 
-    history: list[ChatMessage] = []
-    ttft = []
+    history = Session(max_history_turns=turns)
+    ttft, trims = [], []
     for turn in range(turns):
-        history.append(ChatMessage("user", f"session {session} turn {turn} " + prompt_text(prompt_words)))
-        result = await _engine_turn(engine, history, params)
-        history.append(ChatMessage("assistant", result.text))
+        user = UserTurn(f"t{turn}", f"session {session} turn {turn} " + prompt_text(prompt_words))
+        tokens, share = window or (1 << 62, 0.0)
+        plan = await history.plan(user, params.max_tokens, tokens, engine.count_prompt_tokens, None, int(tokens * share))
+        history.drop_oldest(plan.dropped_turns)
+        result = await _engine_turn(engine, plan.messages, params)
+        history.record(user, result.text, False, history.epoch)
         ttft.append(result.ttft_ms or 0.0)
-    return ttft
+        trims.append(plan.dropped_turns > 0)
+    return ttft, trims
 
 
 async def _engine_turn(engine: Any, messages: list[Any], params: Any) -> Any:

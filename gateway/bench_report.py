@@ -21,6 +21,8 @@ COLUMNS = (
 def format_report(report: dict[str, Any], as_json: bool = False) -> str:
     if as_json:
         return json.dumps(report, indent=2)
+    if "window_tokens" in report:
+        return _window(report)
     if "history_turns" in report:
         return _history(report)
     parts = [_header(report), _table(report), _legend()]
@@ -155,4 +157,25 @@ def _history(report: dict[str, Any]) -> str:
         )
     if "load_average_before" in report:
         rows.append(f"load average (1, 5, 15 min): {report['load_average_before']} before, {report['load_average_after']} after")
+    return "\n".join(rows)
+
+
+def _window(report: dict[str, Any]) -> str:
+    kept, bare = report["headroom"], report["no_headroom"]
+    rows = [
+        f"gateway bench --history --context-tokens: {report['model']}, {report.get('sessions', 1)} conversation(s) of "
+        f"{report['history_turns']} turns at once, {report['prompt_words']}-word user turns, trimmed to a "
+        f"{report['window_tokens']}-token window, KV reuse on",
+        "",
+        f"{'turn':>4}{'TTFT ms, trim_headroom ' + str(kept['trim_headroom']):>32}{'0':>10}",
+    ]
+    for turn, (warm_ms, cold_ms) in enumerate(zip(kept["ttft_ms_by_turn"], bare["ttft_ms_by_turn"]), 1):
+        rows.append(f"{turn:>4}{warm_ms:>32.1f}{cold_ms:>10.1f}")
+    rows += [
+        "",
+        f"turns that dropped old exchanges: {kept['trims']} with headroom, {bare['trims']} without",
+        f"mean TTFT at the window's edge (from each conversation's first trim): {kept['edge_ttft_ms']} ms with headroom, "
+        f"{bare['edge_ttft_ms']} ms without, speed-up {report['edge_speedup']}x (good: above 1)",
+        f"load average (1, 5, 15 min): {report['load_average_before']} before, {report['load_average_after']} after",
+    ]
     return "\n".join(rows)

@@ -201,6 +201,12 @@ def _add_bench(commands: Any) -> None:
         help="instead: --sessions conversations of N turns at once, time to first token by turn and tokens/s, with KV "
         "reuse and without (0: off)",
     )
+    add(
+        "--context-tokens",
+        dest="context_tokens",
+        type=_positive,
+        help="with --history: trim each conversation to this window, with trim_headroom and without (default: no trimming)",
+    )
     add("--direct-url", dest="direct_url", help="also run the load straight to this OpenAI-compatible server (default: off)")
     add("--rounds", type=_positive, default=3, help="with --direct-url: gateway and direct loads alternated this many times")
     add("--baseline", action="store_true", help="also measure raw transformers generate: one stream, one static batch")
