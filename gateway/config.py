@@ -114,6 +114,10 @@ class Settings:
     allowed_hosts: str = ""  # comma-separated Host names; "" = localhost and the bound host; "*" = any; IPs always pass
     metrics_public: bool = False  # serve /metrics without the API key
 
+    def trim_headroom_tokens(self, context_tokens: int) -> int:
+        """The tokens a turn that must drop exchanges frees beyond its own need, in a window this long."""
+        return int(context_tokens * self.trim_headroom)
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

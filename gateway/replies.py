@@ -37,6 +37,7 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
         "max_stop_strings": settings.max_stop_strings,
         "max_tokens": settings.max_tokens_limit,
         "context_tokens": engine.context_tokens,
+        "trim_headroom_tokens": settings.trim_headroom_tokens(engine.context_tokens),
         "max_session_image_bytes": settings.max_session_image_bytes,
         "max_total_image_bytes": settings.max_total_image_bytes,
         "inbound_bytes_per_second": settings.inbound_bytes_per_second,

@@ -23,6 +23,7 @@ async def test_ready_announces_session_model_and_limits(server: RunningServer) -
     assert ready["type"] == "ready" and ready["model"] == "gateway-demo" and ready["protocol"] == 2
     assert ready["limits"]["max_images_per_turn"] == server.settings.max_images_per_turn
     assert ready["limits"]["context_tokens"] == 2048 and ready["session"]
+    assert ready["limits"]["trim_headroom_tokens"] == 2048 // 4  # trim_headroom: a quarter of the window
 
 
 async def test_multi_turn_chat_with_two_images(server: RunningServer) -> None:
