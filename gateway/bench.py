@@ -290,6 +290,8 @@ def run_bench(args: Any) -> dict[str, Any]:
         if window:
             return run_window(model_dir, history, args.sessions, args.prompt_words, args.max_tokens, window)
         return run_history(model_dir, history, args.sessions, args.prompt_words, args.max_tokens)
+    if getattr(args, "context_tokens", None):
+        raise SystemExit("gateway bench: --context-tokens goes with --history N (conversations trimmed to that window)")
     report: dict[str, Any] = {
         "model": model_dir or args.url,
         "engine": args.engine,

@@ -115,11 +115,14 @@ def _history_run(
 ) -> HistoryRun:
     from gateway.engine.loader import load_model
     from gateway.engine.local import LocalEngine
+    from gateway.errors import GatewayError
 
     engine = LocalEngine(load_model(model_dir), max_batch=max(16, sessions), kv_cache_bytes=kv)
     engine.start()
     try:
         return asyncio.run(_conversations(engine, turns, sessions, prompt_words, max_tokens, window))
+    except GatewayError as exc:  # a window too small for one turn
+        raise SystemExit(f"gateway bench: {exc.message}; give --context-tokens more room") from None
     finally:
         engine.stop()
 
@@ -147,16 +150,21 @@ async def _conversation(
 
     history = Session(max_history_turns=turns)
     ttft, trims = [], []
+    tokens, share = window or (1 << 62, 0.0)
+    count = engine.count_prompt_tokens if window else _uncounted  # no window: nothing to count for
     for turn in range(turns):
         user = UserTurn(f"t{turn}", f"session {session} turn {turn} " + prompt_text(prompt_words))
-        tokens, share = window or (1 << 62, 0.0)
-        plan = await history.plan(user, params.max_tokens, tokens, engine.count_prompt_tokens, None, int(tokens * share))
+        plan = await history.plan(user, params.max_tokens, tokens, count, None, share)
         history.drop_oldest(plan.dropped_turns)
         result = await _engine_turn(engine, plan.messages, params)
         history.record(user, result.text, False, history.epoch)
         ttft.append(result.ttft_ms or 0.0)
         trims.append(plan.dropped_turns > 0)
     return ttft, trims
+
+
+async def _uncounted(messages: Any) -> int:
+    return 0
 
 
 async def _engine_turn(engine: Any, messages: list[Any], params: Any) -> Any:

@@ -171,11 +171,16 @@ def _window(report: dict[str, Any]) -> str:
     ]
     for turn, (warm_ms, cold_ms) in enumerate(zip(kept["ttft_ms_by_turn"], bare["ttft_ms_by_turn"]), 1):
         rows.append(f"{turn:>4}{warm_ms:>32.1f}{cold_ms:>10.1f}")
+    edge = (
+        f"mean TTFT at the window's edge (from each conversation's first trim): {kept['edge_ttft_ms']} ms with headroom, "
+        f"{bare['edge_ttft_ms']} ms without, speed-up {report['edge_speedup']}x (good: above 1)"
+        if report["edge_speedup"] is not None
+        else "no conversation outgrew the window: give --history more turns or --context-tokens fewer"
+    )
     rows += [
         "",
         f"turns that dropped old exchanges: {kept['trims']} with headroom, {bare['trims']} without",
-        f"mean TTFT at the window's edge (from each conversation's first trim): {kept['edge_ttft_ms']} ms with headroom, "
-        f"{bare['edge_ttft_ms']} ms without, speed-up {report['edge_speedup']}x (good: above 1)",
+        edge,
         f"load average (1, 5, 15 min): {report['load_average_before']} before, {report['load_average_after']} after",
     ]
     return "\n".join(rows)

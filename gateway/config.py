@@ -71,8 +71,9 @@ class Settings:
     default_max_tokens: int = 512
     max_tokens_limit: int = 4096
     context_tokens: int | None = None  # default: the model's max_position_embeddings
-    # A turn that must drop old exchanges to fit drops enough to free this share of the window too, so the
-    # next turns fit as they are and reuse held KV instead of each dropping one exchange and prefilling all.
+    # A turn that must drop old exchanges to fit drops enough to free this share of the window (or of its
+    # image bytes) too, at most half the history's room, so the next turns fit as they are and reuse held KV
+    # instead of each dropping one exchange and prefilling all.
     trim_headroom: float = 0.25
     engine_queue_size: int = 64  # turns waiting for a free batch slot before `overloaded`
     max_batch: int = 16  # turns decoding together in one forward pass
@@ -115,7 +116,7 @@ class Settings:
     metrics_public: bool = False  # serve /metrics without the API key
 
     def trim_headroom_tokens(self, context_tokens: int) -> int:
-        """The tokens a turn that must drop exchanges frees beyond its own need, in a window this long."""
+        """The most tokens a turn that must drop exchanges frees beyond its own need, in a window this long."""
         return int(context_tokens * self.trim_headroom)
 
     def replace(self, **changes: Any) -> Settings:

@@ -97,13 +97,16 @@ class Session:
         context_tokens: int,
         count: TokenCounter,
         image_room: int | None = None,
-        headroom: int = 0,
+        headroom: float = 0.0,
     ) -> PromptPlan:
         """Messages for the model, dropping the oldest exchanges until the history's images and the
-        turn's fit in `image_room` bytes and prompt + max_tokens fits the context window. A turn that
-        must drop exchanges drops enough to leave `headroom` tokens free where it can: dropping changes
-        the prompt's opening, so the KV held from earlier turns no longer applies, and without headroom a
-        session at the window's edge would drop one exchange, and prefill in full, on every turn."""
+        turn's fit in `image_room` bytes and prompt + max_tokens fits the context window.
+
+        A turn that must drop exchanges drops enough to free `headroom` (a share) of the window, or of
+        `image_room`, as well; at most half of the room the history has beside the turn, so a turn never
+        clears the history for it. Dropping changes the prompt's opening, so KV held from earlier turns no
+        longer applies: without headroom a session at the edge would drop one exchange, and prefill in
+        full, on every turn."""
         budget = context_tokens - max_tokens
         counted: dict[int, int] = {}
 
@@ -112,17 +115,17 @@ class Session:
                 counted[n] = await count(self._messages(self.exchanges[n:], turn))
             return counted[n]
 
-        low = self._drops_for_images(turn, image_room)
+        low = self._drops_for_images(turn, image_room, headroom)
         if await tokens_after_dropping(low) > budget:  # the usual case fits at once: one count per turn
-            if await tokens_after_dropping(len(self.exchanges)) > budget:
+            alone = await tokens_after_dropping(len(self.exchanges))
+            if alone > budget:
                 raise GatewayError(
                     ErrorCode.CONTEXT_OVERFLOW,
                     f"this turn alone needs more than the {context_tokens}-token context window allows "
                     f"with max_tokens={max_tokens}",
                     turn.id,
                 )
-            if headroom > 0 and await tokens_after_dropping(len(self.exchanges)) <= budget - headroom:
-                budget -= headroom
+            budget -= _headroom(context_tokens, headroom, budget - alone)
             # Token count only falls as exchanges are dropped, so binary-search the fewest drops.
             low, high = low + 1, len(self.exchanges)
             while low < high:
@@ -134,13 +137,15 @@ class Session:
         messages = self._messages(self.exchanges[low:], turn)
         return PromptPlan(messages=messages, prompt_tokens=await tokens_after_dropping(low), dropped_turns=low)
 
-    def _drops_for_images(self, turn: UserTurn, image_room: int | None) -> int:
-        """The fewest oldest exchanges to drop so that the history's images and the turn's fit."""
-        if image_room is None:
-            return 0
+    def _drops_for_images(self, turn: UserTurn, image_room: int | None, headroom: float) -> int:
+        """The fewest oldest exchanges to drop so that the history's images and the turn's fit (with
+        headroom, as for tokens, once any must go)."""
         held = self.image_bytes + turn.image_bytes
+        if image_room is None or held <= image_room:
+            return 0
+        room = image_room - _headroom(image_room, headroom, image_room - turn.image_bytes)
         for dropped, exchange in enumerate(self.exchanges):
-            if held <= image_room:
+            if held <= room:
                 return dropped
             held -= exchange.turn.image_bytes
         return len(self.exchanges)
@@ -217,3 +222,8 @@ def resolve_params(
         ignore_eos=bool(merged.get("ignore_eos", False)),
         grammar=response_grammar(merged.get("response_format")),
     )
+
+
+def _headroom(limit: int, share: float, history_room: int) -> int:
+    """What trimming frees beyond its need: `share` of the limit, at most half the history's room."""
+    return max(0, min(int(limit * share), history_room // 2))

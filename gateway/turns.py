@@ -198,8 +198,7 @@ class TurnService:
         with _engine_failures(request.id, bool(images)):
             await self.engine.prepare(images)
             window = self.engine.context_tokens
-            headroom = self.settings.trim_headroom_tokens(window)
-            plan = await session.plan(turn, params.max_tokens, window, count, room, headroom)
+            plan = await session.plan(turn, params.max_tokens, window, count, room, self.settings.trim_headroom)
         self.check_open(request.id)  # planning awaited: the server may have begun draining meanwhile
         started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model)
         generation = GenerationRequest(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from gateway.engine.kv import MIN_GROWTH, GrowingLayer, new_cache
+from gateway.engine.kv import MAX_GROWTH, MIN_GROWTH, GrowingLayer, new_cache
 
 
 def states(tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,12 +26,14 @@ def test_updates_read_back_as_concatenation_does() -> None:
 
 
 def test_steps_write_in_place_until_the_buffer_is_full() -> None:
-    """The buffer outlives many steps (no copy per token) and grows by a share of what it holds."""
+    """A prefill is stored at its exact size; the first step grows the buffer by a bounded share, and
+    the steps after it write in place (no copy per token) until it is full."""
     layer = GrowingLayer()
     layer.update(*states(10, 0))
-    buffer = layer.capacity()
-    assert buffer >= 10 + MIN_GROWTH
+    assert layer.capacity() == 10
     first = layer.update(*states(1, 1))[0]
+    buffer = layer.capacity()
+    assert buffer == 11 + MIN_GROWTH
     second = layer.update(*states(1, 2))[0]
     assert first.data_ptr() == second.data_ptr()  # the same storage: written in place
     for step in range(buffer - 12):
@@ -39,6 +41,14 @@ def test_steps_write_in_place_until_the_buffer_is_full() -> None:
     assert layer.capacity() == buffer and layer.get_seq_length() == buffer
     layer.update(*states(1, 99))
     assert layer.capacity() > buffer and layer.get_seq_length() == buffer + 1
+
+
+def test_growth_is_bounded_for_long_histories() -> None:
+    """A 10K-token row grows by MAX_GROWTH tokens, not by a quarter of itself."""
+    layer = GrowingLayer()
+    layer.update(torch.zeros(1, 1, 10_000, 2), torch.zeros(1, 1, 10_000, 2))
+    layer.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
+    assert layer.capacity() == 10_001 + MAX_GROWTH
 
 
 def test_assigned_states_are_never_written_to() -> None:

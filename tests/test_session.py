@@ -149,22 +149,39 @@ async def test_trimming_drops_the_fewest_exchanges_that_fit_exactly() -> None:
 
 
 async def test_trimming_with_headroom_frees_that_much_more() -> None:
-    """A turn that must drop exchanges drops until `headroom` is free as well; one that fits drops none."""
+    """A turn that must drop exchanges drops until a share of the window is free as well; one that fits
+    drops none."""
     session = Session(max_history_turns=10)
     chat(session, "1", "2", "3", "4", "5")
-    # budget 20 - 6 = 14: two drops leave 3 exchanges + turn = 14; headroom 4 asks for 10: three drops
-    plan = await session.plan(UserTurn(id="6", text="u6"), 6, 20, count_chars, headroom=4)
+    # budget 20 - 6 = 14: two drops leave 3 exchanges + turn = 14; headroom 0.2 of 20 asks for 10: three drops
+    plan = await session.plan(UserTurn(id="6", text="u6"), 6, 20, count_chars, headroom=0.2)
     assert (plan.dropped_turns, plan.prompt_tokens) == (3, 10)
-    fits = await session.plan(UserTurn(id="6", text="u6"), 6, 40, count_chars, headroom=30)
+    fits = await session.plan(UserTurn(id="6", text="u6"), 6, 40, count_chars, headroom=0.75)
     assert fits.dropped_turns == 0
 
 
-async def test_headroom_the_turn_alone_cannot_leave_falls_back_to_the_fewest_drops() -> None:
-    """When even the turn alone leaves less than `headroom` free, trimming drops only what it must."""
+async def test_headroom_is_at_most_half_the_room_the_history_has() -> None:
+    """However large the share, trimming keeps half of what the history could use beside the turn."""
     session = Session(max_history_turns=10)
     chat(session, "1", "2", "3", "4", "5")
-    plan = await session.plan(UserTurn(id="6", text="u6"), 6, 20, count_chars, headroom=13)
-    assert (plan.dropped_turns, plan.prompt_tokens) == (2, 14)
+    # budget 14, the turn alone 2: the history's room is 12, so at most 6 is freed: 8 asks for four drops
+    plan = await session.plan(UserTurn(id="6", text="u6"), 6, 20, count_chars, headroom=0.65)
+    assert (plan.dropped_turns, plan.prompt_tokens) == (4, 6)
+
+
+async def test_image_trimming_has_headroom_too() -> None:
+    """A session at its image-bytes limit drops enough images to take a few more turns with images,
+    instead of one exchange (and a full prefill) on every such turn."""
+    pictures = [png_image((40, 0, 0))] * 7
+    one = len(pictures[0].data)
+    for headroom, drops in ((0.0, 1), (0.25, 3)):
+        session = Session(max_history_turns=10)
+        for n in range(5):
+            session.record(UserTurn(id=str(n), text="", images=(pictures[n],)), "a", partial=False, epoch=0)
+        # six images, room for five: one must go; a quarter of the room (1.25 images) more: three
+        turn = UserTurn(id="6", text="", images=(pictures[6],))
+        plan = await session.plan(turn, 1, BIG_CONTEXT, count_chars, 5 * one, headroom)
+        assert plan.dropped_turns == drops
 
 
 async def test_trimming_never_drops_the_system_prompt() -> None:

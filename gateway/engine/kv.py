@@ -7,10 +7,12 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-# A full buffer grows by a quarter of what it holds (at least this many tokens): each token's states
-# are then copied a handful of times over a turn, where transformers' DynamicLayer copies the whole
-# cache on every decode step (torch.cat), which was 43% of decode time for a 4K-token history.
+# A full buffer grows by a quarter of what it holds, within these bounds (tokens): each token's states
+# are then copied a few times over a turn, where transformers' DynamicLayer copies the whole cache on
+# every decode step (torch.cat), which was 43% of decode time for a 4K-token history. The first write
+# (a prefill) is sized exactly: a prompt at the edge of memory needs no more than it did.
 MIN_GROWTH = 64
+MAX_GROWTH = 512
 GROWTH = 0.25
 
 
@@ -52,7 +54,7 @@ class GrowingLayer(DynamicLayer):
         assert start == self._value_length, "keys and values hold different token counts"
         end = start + key_states.shape[-2]
         if keys is None or values is None or keys.dim() != 4 or start == 0:
-            keys, values = key_states.new_empty(_room(key_states, end)), value_states.new_empty(_room(value_states, end))
+            keys, values = torch.empty_like(key_states), torch.empty_like(value_states)
         elif end > keys.shape[-2] or end > values.shape[-2]:
             keys, values = _grown(keys, start, end), _grown(values, start, end)
         keys[:, :, start:end] = key_states
@@ -85,7 +87,7 @@ def _tokens(states: torch.Tensor | None) -> int:
 
 def _room(states: torch.Tensor, end: int) -> list[int]:
     batch, heads, _, dim = states.shape
-    return [batch, heads, end + max(MIN_GROWTH, int(end * GROWTH)), dim]
+    return [batch, heads, end + min(MAX_GROWTH, max(MIN_GROWTH, int(end * GROWTH))), dim]
 
 
 def _grown(buffer: torch.Tensor, length: int, end: int) -> torch.Tensor:
