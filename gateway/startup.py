@@ -110,6 +110,7 @@ def _local_engine(settings: Settings) -> Engine:
         kv_cache_bytes=settings.kv_cache_bytes,
         kv_cache_idle_s=settings.kv_cache_idle_s,
         kv_spill_bytes=settings.kv_spill_bytes,
+        encoder_cache_bytes=settings.encoder_cache_bytes,
     )
 
 

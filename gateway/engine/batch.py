@@ -12,7 +12,8 @@ from transformers.cache_utils import DynamicCache
 from gateway.engine import cross, kv
 from gateway.engine.constrain import RowGrammar
 from gateway.engine.detok import TextStream
-from gateway.engine.image_prefix import rope_inputs, suffix_extras
+from gateway.engine.encoder_cache import EncoderCache
+from gateway.engine.image_prefix import images_before, rope_inputs, suffix_extras
 from gateway.engine.loader import LoadedModel
 from gateway.engine.prefix_cache import HeldPrefix, LayerStates
 from gateway.engine.prompt import ModelInputs
@@ -60,8 +61,9 @@ def supports_batching(cache: Any) -> bool:
 class Batch:
     """The shared cache of all active sequences, left-padded to a common length, plus their mask."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, encoder: EncoderCache | None = None) -> None:
         self.loaded = loaded
+        self.encoder = encoder if encoder is not None else EncoderCache(0, None)  # vision-encoder outputs seen before
         self.sequences: list[Sequence] = []
         self.cache: Any = None  # a DynamicCache of GrowingLayers (and CrossLayers, see engine/cross.py)
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
@@ -85,15 +87,17 @@ class Batch:
             mask[row, length - item.prompt_tokens :] = 1
         extras = model_extras(inputs[0].extras, device, self.loaded.dtype) if len(inputs) == 1 else {}
         positions, delta = self._prompt_positions(input_ids, mask, extras)
+        images = inputs[0].images if extras else ()
         out = self.loaded.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
             cache=kv.new_cache(),  # plain layers even for sliding-window models: the mask keeps the window
             use_cache=True,
-            **extras,
+            **self.encoder.inputs(images, extras),
             **self._adapter_args(seqs),
         )
+        self.encoder.keep(images, out, inputs[0].layout, 0)
         for seq, item in zip(seqs, inputs):
             self._start(seq, item, delta)
         cache = _cache_of(out)
@@ -116,15 +120,18 @@ class Batch:
         input_ids = item.input_ids.to(device)
         mask = torch.ones(1, item.prompt_tokens, dtype=torch.long, device=device)
         positions, delta = self._prompt_positions(input_ids, mask, model_extras(rope_inputs(item.extras), device, dtype))
+        first = images_before(item, held.length)
+        images = item.images[first:] if item.extras else ()
         out = self.loaded.model(
             input_ids=input_ids[:, held.length :],
             attention_mask=mask,
             position_ids=positions[..., held.length :],
             cache=cache,
             use_cache=True,
-            **model_extras(suffix_extras(item, held.length), device, dtype),
+            **self.encoder.inputs(images, model_extras(suffix_extras(item, held.length), device, dtype)),
             **self._adapter_args([seq]),
         )
+        self.encoder.keep(images, out, item.layout, first)
         self._start(seq, item, delta)
         seq.cached_tokens = held.length
         cache = _cache_of(out)

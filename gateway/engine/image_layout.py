@@ -30,6 +30,7 @@ class ImageLayout:
     spans: tuple[Span, ...]  # each image's [first, last + 1) image-typed token positions, in prompt order
     stacked: dict[str, Stacked]  # the tensors holding each image's own rows (pixels, sizes, grids)
     per_token: tuple[str, ...]  # [1, prompt_tokens] tensors a suffix slices from its first token
+    tokens: tuple[int, ...] = ()  # each image's image-typed tokens (its span may hold structural ones too)
 
 
 def image_spans(input_ids: Sequence[int], image_ids: Collection[int], counts: Sequence[int]) -> tuple[Span, ...] | None:

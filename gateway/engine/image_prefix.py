@@ -41,7 +41,7 @@ def suffix_extras(inputs: ModelInputs, start: int) -> Extras:
         return {}
     assert layout is not None, "a held prefix with images needs their layout"
     spans = layout.spans
-    held = sum(1 for first, _ in spans if first < start)
+    held = images_before(inputs, start)
     assert held == 0 or spans[held - 1][1] <= start, "a held prefix never ends inside an image"
     if held == len(spans):
         return {}
@@ -51,6 +51,12 @@ def suffix_extras(inputs: ModelInputs, start: int) -> Extras:
     for key in layout.per_token:
         suffix[key] = extras[key][:, start:]
     return suffix
+
+
+def images_before(inputs: ModelInputs, start: int) -> int:
+    """How many of the prompt's images begin before token `start` (those a held prefix holds)."""
+    layout = inputs.layout
+    return 0 if layout is None else sum(1 for first, _ in layout.spans if first < start)
 
 
 def rope_inputs(extras: Extras) -> Extras:

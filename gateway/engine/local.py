@@ -18,6 +18,7 @@ import torch
 from gateway.engine.batch import Batch, Sequence, row_states, supports_batching
 from gateway.engine.constrain import GrammarVocabulary, logits_width, mask_logits
 from gateway.engine.detok import TextStream
+from gateway.engine.encoder_cache import EncoderCache
 from gateway.engine.image_prefix import content_key
 from gateway.engine.loader import LoadedModel
 from gateway.engine.prefix_cache import PrefixCache, default_budget, spill_for
@@ -66,6 +67,7 @@ class LocalEngine:
         kv_cache_bytes: int | None = None,
         kv_cache_idle_s: float = 300.0,
         kv_spill_bytes: int = 1 << 30,
+        encoder_cache_bytes: int = 128 << 20,
     ) -> None:
         self.loaded = loaded
         self.model_id = loaded.model_id
@@ -88,6 +90,8 @@ class LocalEngine:
         # Finished turns' KV; the generation thread's alone.
         budget = default_budget(loaded.device) if kv_cache_bytes is None else kv_cache_bytes
         self.prefix_cache = PrefixCache(budget, kv_cache_idle_s, kv_spill_bytes, spill_for(loaded.device))
+        family = loaded.prompt.family
+        self.encoder_cache = EncoderCache(encoder_cache_bytes, family.encoder_rows if family.image_kv else None)
         self.busy = threading.Event()  # set while any turn is on the model
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -169,7 +173,7 @@ class LocalEngine:
     # ---- the generation thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        batch = Batch(self.loaded)
+        batch = Batch(self.loaded, self.encoder_cache)
         while True:
             self.prefix_cache.expire()
             admitted, cancelled, still_waiting = self._next_admissions(len(batch))

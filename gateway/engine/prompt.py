@@ -189,7 +189,7 @@ class PromptBuilder:
             return None
         not_sliced = {*stacked, *self.family.positional}
         per_token = tuple(k for k, v in extras.items() if v.shape == input_ids.shape and k not in not_sliced)
-        return ImageLayout(spans, stacked, per_token)
+        return ImageLayout(spans, stacked, per_token, tuple(counts))
 
     def _image_tokens_in(self, replacement: str) -> int:
         # Image-typed tokens are special tokens, so they encode alike alone and inside the prompt.

@@ -71,9 +71,14 @@ def serve(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
         template = tmp_path_factory.mktemp("template") / "chat_template.jinja"
         template.write_text(spec.template)
     path = cached_family(name)
-    warm, cold = (
-        LocalEngine(load_model(path, chat_template=str(template) if template else None), max_batch=4, kv_cache_bytes=budget)
-        for budget in (None, 0)
+    warm, cold = (  # the cold engine holds nothing: no KV, no vision-encoder outputs
+        LocalEngine(
+            load_model(path, chat_template=str(template) if template else None),
+            max_batch=4,
+            kv_cache_bytes=budget,
+            encoder_cache_bytes=encoder,
+        )
+        for budget, encoder in ((None, 128 << 20), (0, 0))
     )
     served = Served(warm, cold, warm.loaded.prompt.for_another_thread())
     for engine, key in ((warm, "warm"), (cold, "cold")):
@@ -173,6 +178,28 @@ async def test_warm_and_cold_image_turns_decoded_together_match_each_alone(reusi
     alone = [await generate(reusing.cold, m, p) for m, p in zip(prompts, params)]
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
     assert together[0].cached_tokens > 0 and together[2].cached_tokens > 0
+
+
+async def test_images_seen_before_skip_the_vision_tower_without_held_kv(reusing: Served) -> None:
+    """A prompt that shares no held KV but whose images were all encoded before (as a text turn after its
+    history's KV was trimmed or evicted) takes their encoder outputs from the cache: the same replies and
+    first-token logits as encoding them again. One new image among them and every image is encoded.
+    Qwen3-VL's language model also takes per-layer (deepstack) vision features: nothing is held for it."""
+    held = 0 if reusing.prompt.family.encoder_rows is None else 1
+    await generate(reusing.warm, [ChatMessage("user", "first look", (picture(40), picture(41)))])
+    reusing.logits["warm"].clear()
+    reusing.logits["cold"].clear()
+    again = [ChatMessage("system", "Another opening."), ChatMessage("user", "these again", (picture(40), picture(41)))]
+    hits = reusing.warm.encoder_cache.hits
+    hot, reference = await generate(reusing.warm, again), await generate(reusing.cold, again)
+    assert hot.token_ids == reference.token_ids
+    assert_same_logits(reusing)
+    assert reusing.warm.encoder_cache.hits == hits + held and reusing.cold.encoder_cache.hits == 0
+    mixed = [ChatMessage("system", "A third opening."), ChatMessage("user", "and", (picture(40), picture(42)))]
+    hot, reference = await generate(reusing.warm, mixed), await generate(reusing.cold, mixed)
+    assert hot.token_ids == reference.token_ids and reusing.warm.encoder_cache.hits == hits + held
+    assert_same_logits(reusing)
+    assert reusing.warm.encoder_cache.bytes <= reusing.warm.encoder_cache.max_bytes
 
 
 async def test_families_that_cannot_reuse_images_prefill_them_in_full(not_reusing: Served) -> None:

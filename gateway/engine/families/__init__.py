@@ -8,12 +8,14 @@ after held KV), and whether an image's tokens follow from its size alone."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
 
 from gateway.engine.image_layout import Stacked
+
+EncoderRows = Literal["per_image", "pixel_rows", "token_rows"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class Family:
     # Per-token tensors the model reads by absolute position (Gemma 3's bidirectional image mask, as
     # transformers' own `prepare_inputs_for_generation` says): a suffix after held KV gets them whole.
     positional: tuple[str, ...] = ()
+    # How the model's vision-encoder output holds a pass's images (see engine/encoder_cache.py): one item
+    # per image, or one tensor of the images' pixel rows, or one item per prompt of the images' tokens;
+    # None where that output is not all the model takes from its vision tower (its outputs are not held).
+    encoder_rows: EncoderRows | None = "per_image"
 
     def process(self, image_processor: Any, pixels: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         """One image's outputs from the image processor, as for a prompt holding only that image."""
@@ -118,15 +124,18 @@ FAMILIES_B: dict[str, Family] = {
 
 # An architecture not checked here keeps its image prompts out of held KV: how its images attend is unknown.
 GENERIC = Family("generic", image_kv=False)
-_SIZED = ("glm4v", "glm4v_moe", "glm46v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava")
+_SIZED = ("glm4v", "glm4v_moe", "glm46v", "qwen2_vl", "qwen2_5_vl", "llava")
+_DEEPSTACK = ("qwen3_vl", "qwen3_vl_moe")  # their language model also takes per-layer vision features
 _BY_IMAGE_AXIS_1 = ("idefics3", "smolvlm")
-_PLAIN = ("llava_next", "aya_vision", "internvl")
+_TILED = ("aya_vision", "internvl")
 
 FAMILIES: dict[str, Family] = {
     **{name: Family(name, tokens_from_size=True) for name in _SIZED},
-    **{name: Family(name, image_axis=1) for name in _BY_IMAGE_AXIS_1},
-    **{name: Family(name) for name in _PLAIN},
-    "gemma3": Family("gemma3", positional=("token_type_ids",)),
+    **{name: Family(name, tokens_from_size=True, encoder_rows=None) for name in _DEEPSTACK},
+    **{name: Family(name, image_axis=1, encoder_rows="token_rows") for name in _BY_IMAGE_AXIS_1},
+    "llava_next": Family("llava_next"),
+    **{name: Family(name, encoder_rows="pixel_rows") for name in _TILED},
+    "gemma3": Family("gemma3", positional=("token_type_ids",), encoder_rows="pixel_rows"),
     **FAMILIES_B,
 }
 

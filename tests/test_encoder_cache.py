@@ -1,0 +1,68 @@
+"""EncoderCache: each image's share of an encoder output, byte-bounded, used only when every image is held."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from gateway.engine.encoder_cache import EncoderCache
+from gateway.engine.image_layout import ImageLayout, Stacked
+
+PIXELS = torch.zeros(2, 3)
+
+
+def output(pooled: Any) -> dict[str, Any]:
+    return {"image_outputs": SimpleNamespace(pooler_output=pooled)}
+
+
+def layout(tokens: tuple[int, ...] = (), rows: tuple[int, ...] = ()) -> ImageLayout:
+    stacked = {"pixel_values": Stacked(0, rows)} if rows else {}
+    return ImageLayout(spans=(), stacked=stacked, per_token=(), tokens=tokens)
+
+
+def test_a_pass_whose_images_are_all_held_gets_their_outputs_instead_of_pixels() -> None:
+    cache = EncoderCache(1 << 20, "per_image")
+    a, b = torch.ones(4, 8), torch.full((4, 8), 2.0)
+    cache.keep(["a", "b"], output((a, b)), layout(), 0)
+    extras = {"pixel_values": PIXELS, "image_sizes": torch.ones(2, 2)}
+    given = cache.inputs(["b", "a"], extras)
+    assert "pixel_values" not in given and torch.equal(given["image_sizes"], extras["image_sizes"])
+    pooled = given["mm_encoder_outputs"]["image"].pooler_output
+    assert torch.equal(pooled[0], b) and torch.equal(pooled[1], a) and cache.hits == 1
+    assert cache.inputs(["a", "c"], extras) is extras and cache.hits == 1  # one image not held: all encoded
+
+
+def test_outputs_are_split_as_the_family_holds_them() -> None:
+    """Pixel rows (tiles) and token rows (one item per prompt) split by each image's own extent."""
+    tiles = EncoderCache(1 << 20, "pixel_rows")
+    tiles.keep(["a", "b"], output(torch.arange(5 * 2.0).view(5, 2)), layout(rows=(3, 2)), 0)
+    assert torch.equal(
+        tiles.inputs(["b"], {"pixel_values": PIXELS})["mm_encoder_outputs"]["image"].pooler_output,
+        torch.tensor([[6.0, 7], [8, 9]]),
+    )
+    tokens = EncoderCache(1 << 20, "token_rows")
+    tokens.keep(["b"], output([torch.ones(4, 2)]), layout(tokens=(2, 4)), 1)  # the prompt's second image
+    assert len(tokens) == 1 and tokens.inputs(["b"], {"pixel_values": PIXELS})["mm_encoder_outputs"]["image"].pooler_output[
+        0
+    ].shape == (4, 2)
+    tokens.keep(["c", "d"], output([torch.ones(5, 2)]), layout(tokens=(2, 4)), 0)  # sizes disagree: nothing held
+    assert len(tokens) == 1
+
+
+def test_held_bytes_stay_within_the_budget_least_recent_first() -> None:
+    one = torch.ones(4, 8)
+    cache = EncoderCache(2 * one.numel() * one.element_size(), "per_image")
+    cache.keep(["a", "b"], output((one, one)), layout(), 0)
+    cache.inputs(["a"], {"pixel_values": PIXELS})  # a is now the most recent
+    cache.keep(["c"], output((one,)), layout(), 0)
+    assert len(cache) == 2 and cache.bytes <= cache.max_bytes
+    assert cache.inputs(["b"], {"pixel_values": PIXELS}).get("mm_encoder_outputs") is None
+    assert cache.inputs(["a", "c"], {"pixel_values": PIXELS}).get("mm_encoder_outputs") is not None
+
+
+def test_a_family_whose_outputs_are_not_all_its_model_takes_holds_nothing() -> None:
+    cache = EncoderCache(1 << 20, None)
+    cache.keep(["a"], output((torch.ones(2, 2),)), layout(), 0)
+    assert len(cache) == 0 and cache.max_bytes == 0
