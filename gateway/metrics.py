@@ -34,6 +34,12 @@ class Metrics:
             "gateway_kv_cache_spilled_bytes", "Bytes of held KV spilled to pinned host memory", registry=r
         )
         self.kv_hit_rate = Gauge("gateway_kv_cache_hit_rate", "Share of prefills that started from held KV", registry=r)
+        self.encoder_bytes = Gauge(
+            "gateway_encoder_cache_bytes", "Bytes of vision-encoder outputs held for images seen before", registry=r
+        )
+        self.encoder_hits = Gauge(
+            "gateway_encoder_cache_hits", "Prefills whose images all came from held encoder outputs", registry=r
+        )
 
     def watch_engine(self, load: Callable[[], EngineLoad]) -> None:
         """Read active/queued counts from the engine at scrape time."""
@@ -42,6 +48,8 @@ class Metrics:
         self.kv_bytes.set_function(lambda: float(load().kv_cache_bytes))
         self.kv_spilled_bytes.set_function(lambda: float(load().kv_cache_spilled_bytes))
         self.kv_hit_rate.set_function(lambda: _rate(load()))
+        self.encoder_bytes.set_function(lambda: float(load().encoder_cache_bytes))
+        self.encoder_hits.set_function(lambda: float(load().encoder_cache_hits))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -239,6 +239,28 @@ async def test_cached_tokens_reach_done_openai_usage_and_metrics(server: Running
     assert float(held.split()[1]) > 0
 
 
+async def test_an_image_seen_before_skips_the_vision_tower_over_websockets(server: RunningServer) -> None:
+    """A second session sending a picture the first sent, after its own system prompt (so no KV is
+    shared), takes the picture's held encoder output: /metrics counts the hit and the held bytes."""
+    import requests
+
+    from gateway.client import GatewayClient
+
+    def metric(name: str) -> float:
+        text = requests.get(f"{server.http_url}/metrics", timeout=10).text
+        return float(next(line for line in text.splitlines() if line.startswith(name + " ")).split()[1])
+
+    image = picture(60).data
+    async with GatewayClient(server.ws_url) as client:
+        first = await client.turn("a", "what is this", [image], max_tokens=2, temperature=0)
+    hits = metric("gateway_encoder_cache_hits")
+    async with GatewayClient(server.ws_url) as client:
+        await client.request({"type": "configure", "system": "Answer in one word."})
+        second = await client.turn("b", "and this", [image], max_tokens=2, temperature=0)
+    assert first.done and second.done and second.done["usage"]["cached_tokens"] < first.done["usage"]["prompt_tokens"] // 2
+    assert metric("gateway_encoder_cache_hits") == hits + 1 and metric("gateway_encoder_cache_bytes") > 0
+
+
 def picture(n: int) -> ChatImage:
     """A distinct picture per n, in one of two sizes (the same token count, different grids)."""
     return chat_image((40 * n % 256, 90, 200 - 17 * n % 200), (112, 56) if n % 2 else (56, 112))

@@ -128,7 +128,7 @@ class LocalEngine:
         return request.handle
 
     def load(self) -> EngineLoad:
-        held = self.prefix_cache  # written by the generation thread: these three are a moment's reading
+        held = self.prefix_cache  # written by the generation thread (as the encoder cache): a moment's reading
         with self._lock:
             return EngineLoad(
                 active=self._active,
@@ -140,6 +140,8 @@ class LocalEngine:
                 kv_cache_misses=held.misses,
                 kv_cache_budget=held.max_bytes,
                 kv_spill_budget=held.spill_bytes,
+                encoder_cache_bytes=self.encoder_cache.bytes,
+                encoder_cache_hits=self.encoder_cache.hits,
             )
 
     def health(self) -> EngineHealth:

@@ -147,6 +147,8 @@ class EngineLoad:
     kv_cache_hits: int = 0  # prefills that started from held KV
     kv_cache_misses: int = 0
     kv_cache_budget: int = 0  # the most held KV may take on the device (0: none is held)
+    encoder_cache_bytes: int = 0  # vision-encoder outputs held for images seen before
+    encoder_cache_hits: int = 0  # prefills whose images all came from held encoder outputs
     kv_spill_budget: int = 0  # and in pinned host memory
 
 
