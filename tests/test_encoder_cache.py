@@ -66,3 +66,16 @@ def test_a_family_whose_outputs_are_not_all_its_model_takes_holds_nothing() -> N
     cache = EncoderCache(1 << 20, None)
     cache.keep(["a"], output((torch.ones(2, 2),)), layout(), 0)
     assert len(cache) == 0 and cache.max_bytes == 0
+
+
+def test_per_layer_deepstack_features_are_held_per_image_and_given_back() -> None:
+    """Qwen3-VL's encoder output also carries, per layer, each image's features: they travel with it."""
+    cache = EncoderCache(1 << 20, "per_image")
+    a, b = torch.ones(2, 4), torch.zeros(2, 4)
+    layers = [(a + 10, b + 10), (a + 20, b + 20)]
+    cache.keep(["a", "b"], {"image_outputs": SimpleNamespace(pooler_output=(a, b), deepstack_features=layers)}, layout(), 0)
+    given = cache.inputs(["b"], {"pixel_values": PIXELS})["mm_encoder_outputs"]["image"]
+    assert torch.equal(given.pooler_output[0], b)
+    assert [torch.equal(layer[0], b + 10 * (n + 1)) for n, layer in enumerate(given.deepstack_features)] == [True, True]
+    cache.keep(["c"], {"image_outputs": SimpleNamespace(pooler_output=(a,), deepstack_features=[a])}, layout(), 0)
+    assert len(cache) == 2  # deepstack features not one per image: nothing held

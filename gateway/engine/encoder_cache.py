@@ -14,11 +14,13 @@ from gateway.engine.families import EncoderRows
 from gateway.engine.image_layout import ImageLayout
 
 PIXELS = "pixel_values"
+DEEPSTACK = "deepstack_features"  # Qwen3-VL: per layer, each image's features its language model adds in
 
 
 @dataclass(frozen=True)
 class _Piece:
     features: torch.Tensor
+    layers: tuple[torch.Tensor, ...]  # the image's deepstack features, one per layer (none for most)
     nbytes: int
 
 
@@ -35,6 +37,7 @@ class EncoderCache:
         self.bytes = 0
         self.hits = 0  # passes that skipped the vision tower
         self._held: collections.OrderedDict[str, _Piece] = collections.OrderedDict()
+        self._output: type[Any] = BaseModelOutputWithPooling  # the model's own encoder-output class, once seen
 
     def __len__(self) -> int:
         return len(self._held)
@@ -44,18 +47,22 @@ class EncoderCache:
         is held; else unchanged."""
         if not keys or PIXELS not in extras or any(key not in self._held for key in keys):
             return extras
-        pieces = [self._held[key].features for key in keys]
+        held = [self._held[key] for key in keys]
         for key in keys:
             self._held.move_to_end(key)
         self.hits += 1
+        pieces = [piece.features for piece in held]
+        encoded: dict[str, Any] = {}
         if self.rows == "per_image":
-            pooled: Any = tuple(pieces)
+            encoded["pooler_output"] = tuple(pieces)
+            if held[0].layers:
+                encoded[DEEPSTACK] = [tuple(piece.layers[n] for piece in held) for n in range(len(held[0].layers))]
         elif self.rows == "pixel_rows":
-            pooled = torch.cat(pieces)
+            encoded["pooler_output"] = torch.cat(pieces)
         else:
-            pooled = [torch.cat(pieces)]
+            encoded["pooler_output"] = [torch.cat(pieces)]
         rest = {k: v for k, v in extras.items() if k != PIXELS}
-        return rest | {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=pooled)}}
+        return rest | {"mm_encoder_outputs": {"image": self._output(**encoded)}}
 
     def keep(self, keys: Sequence[str], output: Any, layout: ImageLayout | None, first: int) -> None:
         """Hold each image's share of a pass's encoder output: `keys` are the pass's images, which are
@@ -65,22 +72,36 @@ class EncoderCache:
             return
         assert self.rows is not None
         parts = _split(self.rows, encoded.pooler_output, len(keys), layout, first)
-        for key, features in zip(keys, parts or ()):
-            self._hold(key, features)
+        layers = _per_image_layers(getattr(encoded, DEEPSTACK, None), len(keys))
+        if parts is None or layers is None:
+            return
+        self._output = type(encoded)
+        for index, (key, features) in enumerate(zip(keys, parts)):
+            self._hold(key, features, tuple(layer[index] for layer in layers))
 
     def clear(self) -> None:
         self._held.clear()
         self.bytes = 0
 
-    def _hold(self, key: str, features: torch.Tensor) -> None:
-        nbytes = features.numel() * features.element_size()
+    def _hold(self, key: str, features: torch.Tensor, layers: tuple[torch.Tensor, ...]) -> None:
+        nbytes = sum(t.numel() * t.element_size() for t in (features, *layers))
         if key in self._held or nbytes > self.max_bytes:
             return
         while self.bytes + nbytes > self.max_bytes:
             _, oldest = self._held.popitem(last=False)
             self.bytes -= oldest.nbytes
-        self._held[key] = _Piece(features.detach().clone(), nbytes)
+        self._held[key] = _Piece(features.detach().clone(), tuple(t.detach().clone() for t in layers), nbytes)
         self.bytes += nbytes
+
+
+def _per_image_layers(layers: Any, images: int) -> list[Sequence[torch.Tensor]] | None:
+    """Deepstack features as each layer's per-image items ([] where the model has none); None where they
+    are not one item per image."""
+    if layers is None:
+        return []
+    if all(isinstance(layer, (list, tuple)) and len(layer) == images for layer in layers):
+        return list(layers)
+    return None
 
 
 def _split(rows: EncoderRows, pooled: Any, images: int, layout: ImageLayout, first: int) -> list[torch.Tensor] | None:

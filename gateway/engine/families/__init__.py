@@ -37,9 +37,8 @@ class Family:
     # transformers' own `prepare_inputs_for_generation` says): a suffix after held KV gets them whole.
     positional: tuple[str, ...] = ()
     # How the model's vision-encoder output holds a pass's images (see engine/encoder_cache.py): one item
-    # per image, or one tensor of the images' pixel rows, or one item per prompt of the images' tokens;
-    # None where that output is not all the model takes from its vision tower (its outputs are not held).
-    encoder_rows: EncoderRows | None = "per_image"
+    # per image, or one tensor of the images' pixel rows, or one item per prompt of the images' tokens.
+    encoder_rows: EncoderRows = "per_image"
 
     def process(self, image_processor: Any, pixels: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         """One image's outputs from the image processor, as for a prompt holding only that image."""
@@ -124,14 +123,12 @@ FAMILIES_B: dict[str, Family] = {
 
 # An architecture not checked here keeps its image prompts out of held KV: how its images attend is unknown.
 GENERIC = Family("generic", image_kv=False)
-_SIZED = ("glm4v", "glm4v_moe", "glm46v", "qwen2_vl", "qwen2_5_vl", "llava")
-_DEEPSTACK = ("qwen3_vl", "qwen3_vl_moe")  # their language model also takes per-layer vision features
+_SIZED = ("glm4v", "glm4v_moe", "glm46v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava")
 _BY_IMAGE_AXIS_1 = ("idefics3", "smolvlm")
 _TILED = ("aya_vision", "internvl")
 
 FAMILIES: dict[str, Family] = {
     **{name: Family(name, tokens_from_size=True) for name in _SIZED},
-    **{name: Family(name, tokens_from_size=True, encoder_rows=None) for name in _DEEPSTACK},
     **{name: Family(name, image_axis=1, encoder_rows="token_rows") for name in _BY_IMAGE_AXIS_1},
     "llava_next": Family("llava_next"),
     **{name: Family(name, encoder_rows="pixel_rows") for name in _TILED},
