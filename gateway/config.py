@@ -82,8 +82,8 @@ class Settings:
     # GPU's memory free after loading, or 256 MiB on the CPU (whose memory everything else shares).
     kv_cache_bytes: int | None = None
     kv_cache_idle_s: float = 300.0  # a held KV unused this long is dropped; 0: never
-    # Vision-encoder outputs of images seen before, on the device: a prompt whose images are all held (a
-    # text turn after its history's KV was trimmed or evicted) skips the vision tower. 0: off.
+    # Vision-encoder outputs of images seen before, on the device: a prompt whose history's KV was trimmed
+    # or evicted sends only its new images through the vision tower. 0: off.
     encoder_cache_bytes: int = 128 * MiB
     kv_spill_bytes: int = 1024 * MiB  # on a GPU, held KV evicted from the device waits in pinned host memory
 

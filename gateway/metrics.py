@@ -38,7 +38,7 @@ class Metrics:
             "gateway_encoder_cache_bytes", "Bytes of vision-encoder outputs held for images seen before", registry=r
         )
         self.encoder_hits = Gauge(
-            "gateway_encoder_cache_hits", "Prefills whose images all came from held encoder outputs", registry=r
+            "gateway_encoder_cache_hits", "Prefills that took images' encoder outputs from those held", registry=r
         )
 
     def watch_engine(self, load: Callable[[], EngineLoad]) -> None:

@@ -79,3 +79,30 @@ def test_per_layer_deepstack_features_are_held_per_image_and_given_back() -> Non
     assert [torch.equal(layer[0], b + 10 * (n + 1)) for n, layer in enumerate(given.deepstack_features)] == [True, True]
     cache.keep(["c"], {"image_outputs": SimpleNamespace(pooler_output=(a,), deepstack_features=[a])}, layout(), 0)
     assert len(cache) == 2  # deepstack features not one per image: nothing held
+
+
+def test_a_pass_with_new_images_encodes_those_alone_and_takes_the_rest() -> None:
+    """Held images come from the cache; the tower runs on the new ones' rows only, given whole what it
+    takes whole; a tower that will not run alone leaves the pass as it was."""
+    cache = EncoderCache(1 << 20, "pixel_rows")
+    rows = layout(rows=(1, 2, 1))
+    pixels = torch.arange(4.0).view(4, 1)  # image 0: row 0; image 1: rows 1-2; image 2: row 3
+    cache.keep(["b"], output(torch.full((2, 3), 7.0)), rows, 1)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def encode(tensors: dict[str, torch.Tensor]) -> Any:
+        seen.append(tensors)
+        return SimpleNamespace(pooler_output=tensors["pixel_values"].expand(-1, 3) * 10)
+
+    extras = {"pixel_values": pixels, "batch_num_images": torch.tensor([3])}
+    given = cache.inputs(["a", "b", "c"], extras, rows, 0, encode)
+    assert torch.equal(seen[0]["pixel_values"], torch.tensor([[0.0], [3.0]])) and torch.equal(
+        seen[0]["batch_num_images"], torch.tensor([3])
+    )
+    pooled = given["mm_encoder_outputs"]["image"].pooler_output
+    assert pooled[:, 0].tolist() == [0.0, 7.0, 7.0, 30.0] and cache.encoded == 2 and cache.hits == 1 and len(cache) == 3
+
+    def broken(tensors: dict[str, torch.Tensor]) -> Any:
+        raise RuntimeError("this tower needs the whole prompt")
+
+    assert cache.inputs(["a", "d"], {"pixel_values": pixels[:2]}, layout(rows=(1, 1)), 0, broken)["pixel_values"] is not None

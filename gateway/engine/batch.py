@@ -94,7 +94,7 @@ class Batch:
             position_ids=positions,
             cache=kv.new_cache(),  # plain layers even for sliding-window models: the mask keeps the window
             use_cache=True,
-            **self.encoder.inputs(images, extras),
+            **self.encoder.inputs(images, extras, inputs[0].layout, 0, self._encode),
             **self._adapter_args(seqs),
         )
         self.encoder.keep(images, out, inputs[0].layout, 0)
@@ -128,7 +128,9 @@ class Batch:
             position_ids=positions[..., held.length :],
             cache=cache,
             use_cache=True,
-            **self.encoder.inputs(images, model_extras(suffix_extras(item, held.length), device, dtype)),
+            **self.encoder.inputs(
+                images, model_extras(suffix_extras(item, held.length), device, dtype), item.layout, first, self._encode
+            ),
             **self._adapter_args([seq]),
         )
         self.encoder.keep(images, out, item.layout, first)
@@ -138,6 +140,10 @@ class Batch:
         if self._cross:
             cross.adopt(cache, self._cross, 1, None)
         return out.logits[:, -1], cache, mask
+
+    def _encode(self, tensors: dict[str, torch.Tensor]) -> Any:
+        """The vision tower alone over some images (see engine/encoder_cache.py)."""
+        return self.loaded.model.get_image_features(**tensors, return_dict=True)
 
     def _start(self, seq: Sequence, item: ModelInputs, delta: int) -> None:
         seq.prompt_tokens = item.prompt_tokens

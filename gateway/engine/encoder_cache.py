@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,10 +12,16 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from gateway.engine.families import EncoderRows
-from gateway.engine.image_layout import ImageLayout
+from gateway.engine.image_layout import ImageLayout, Stacked
 
 PIXELS = "pixel_values"
 DEEPSTACK = "deepstack_features"  # Qwen3-VL: per layer, each image's features its language model adds in
+# Tensors an image pass takes whole, not per image (LLaVA-OneVision's prompt image count: whether to tile).
+WHOLE = ("batch_num_images",)
+
+Encode = Callable[[dict[str, torch.Tensor]], Any]  # the vision tower alone over some images' tensors
+
+log = logging.getLogger("gateway.engine")
 
 
 @dataclass(frozen=True)
@@ -26,26 +33,41 @@ class _Piece:
 
 class EncoderCache:
     """Byte-bounded, least recently used; keyed as held KV keys images (sha256, processing, token count).
-    Used all or nothing per forward pass: when every image a pass would encode is held, the pass gets
-    their outputs (`mm_encoder_outputs`) instead of pixels. The typical case is a text turn after held KV
-    was lost (trimmed, evicted, expired): the history's images are not encoded again. Owned by the
-    generation thread; nothing here is locked."""
+    A pass whose images are all held gets their outputs (`mm_encoder_outputs`) instead of pixels; one
+    with some new images runs the vision tower on those alone (`encode`) and takes the rest from here.
+    The typical case is a turn after its history's KV was lost (trimmed, evicted, expired): the history's
+    images are not encoded again. Owned by the generation thread; nothing here is locked."""
 
     def __init__(self, max_bytes: int, rows: EncoderRows | None) -> None:
         self.max_bytes = max_bytes if rows is not None else 0  # None: the family's outputs are not held
         self.rows = rows
         self.bytes = 0
-        self.hits = 0  # passes that skipped the vision tower
+        self.hits = 0  # passes that took images' outputs from here
+        self.encoded = 0  # images encoded on their own, beside held ones, in such passes
         self._held: collections.OrderedDict[str, _Piece] = collections.OrderedDict()
         self._output: type[Any] = BaseModelOutputWithPooling  # the model's own encoder-output class, once seen
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def inputs(self, keys: Sequence[str], extras: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """`extras` for a pass over these images: without pixels, with their held outputs, when every one
-        is held; else unchanged."""
-        if not keys or PIXELS not in extras or any(key not in self._held for key in keys):
+    def inputs(
+        self,
+        keys: Sequence[str],
+        extras: dict[str, torch.Tensor],
+        layout: ImageLayout | None = None,
+        first: int = 0,
+        encode: Encode | None = None,
+    ) -> dict[str, Any]:
+        """`extras` for a pass over these images (the prompt's from its `first` on): without pixels, with
+        their outputs, when at least one is held (the others encoded alone); else unchanged."""
+        if not keys or PIXELS not in extras or self.max_bytes <= 0:
+            return extras
+        missing = [i for i, key in enumerate(keys) if key not in self._held]
+        if len(missing) == len(keys):
+            return extras
+        if missing and not self._encode(keys, missing, extras, layout, first, encode):
+            return extras
+        if any(key not in self._held for key in keys):  # the new ones did not fit the budget
             return extras
         held = [self._held[key] for key in keys]
         for key in keys:
@@ -68,20 +90,50 @@ class EncoderCache:
         """Hold each image's share of a pass's encoder output: `keys` are the pass's images, which are
         the prompt's from its `first` on. An output this cache cannot split is not held."""
         encoded = output.get("image_outputs") if hasattr(output, "get") else None
-        if self.max_bytes <= 0 or not keys or encoded is None or layout is None:
-            return
-        assert self.rows is not None
-        parts = _split(self.rows, encoded.pooler_output, len(keys), layout, first)
-        layers = _per_image_layers(getattr(encoded, DEEPSTACK, None), len(keys))
-        if parts is None or layers is None:
-            return
-        self._output = type(encoded)
-        for index, (key, features) in enumerate(zip(keys, parts)):
-            self._hold(key, features, tuple(layer[index] for layer in layers))
+        if self.max_bytes > 0 and keys and encoded is not None and layout is not None:
+            self._keep(keys, encoded, layout, range(first, first + len(keys)))
 
     def clear(self) -> None:
         self._held.clear()
         self.bytes = 0
+
+    def _encode(
+        self,
+        keys: Sequence[str],
+        missing: list[int],
+        extras: dict[str, torch.Tensor],
+        layout: ImageLayout | None,
+        first: int,
+        encode: Encode | None,
+    ) -> bool:
+        """Run the vision tower on the pass's images not held, and hold them; False where it cannot."""
+        if layout is None or encode is None:
+            return False
+        # The pass's tensors hold the prompt's images from `first` on (a suffix after held KV), in order.
+        tensors = {
+            key: Stacked(rows.axis, rows.sizes[first : first + len(keys)]).pick(extras[key], missing)
+            for key, rows in layout.stacked.items()
+            if key in extras
+        }
+        tensors |= {key: extras[key] for key in WHOLE if key in extras}
+        try:
+            encoded = encode(tensors)
+        except Exception:  # a family whose tower will not run on its own: encode everything, as before
+            log.exception("encoding images on their own failed; encoding them all")
+            return False
+        self.encoded += len(missing)
+        return self._keep([keys[i] for i in missing], encoded, layout, [first + i for i in missing])
+
+    def _keep(self, keys: Sequence[str], encoded: Any, layout: ImageLayout, images: Sequence[int]) -> bool:
+        assert self.rows is not None
+        parts = _split(self.rows, encoded.pooler_output, layout, images)
+        layers = _per_image_layers(getattr(encoded, DEEPSTACK, None), len(keys))
+        if parts is None or layers is None:
+            return False
+        self._output = type(encoded)
+        for index, (key, features) in enumerate(zip(keys, parts)):
+            self._hold(key, features, tuple(layer[index] for layer in layers))
+        return True
 
     def _hold(self, key: str, features: torch.Tensor, layers: tuple[torch.Tensor, ...]) -> None:
         nbytes = sum(t.numel() * t.element_size() for t in (features, *layers))
@@ -104,17 +156,18 @@ def _per_image_layers(layers: Any, images: int) -> list[Sequence[torch.Tensor]] 
     return None
 
 
-def _split(rows: EncoderRows, pooled: Any, images: int, layout: ImageLayout, first: int) -> list[torch.Tensor] | None:
-    """Each image's share of an encoder output held as `rows` says; None where its sizes disagree."""
+def _split(rows: EncoderRows, pooled: Any, layout: ImageLayout, images: Sequence[int]) -> list[torch.Tensor] | None:
+    """Each image's share of an encoder output of the prompt's `images`, held as `rows` says; None where
+    its sizes disagree."""
     if rows == "per_image":
-        return list(pooled) if isinstance(pooled, (list, tuple)) and len(pooled) == images else None
+        return list(pooled) if isinstance(pooled, (list, tuple)) and len(pooled) == len(images) else None
     if rows == "token_rows":
-        tokens = layout.tokens[first : first + images]
-        if isinstance(pooled, (list, tuple)) and len(pooled) == 1 and len(tokens) == images:
-            return list(torch.split(pooled[0], list(tokens))) if pooled[0].shape[0] == sum(tokens) else None
-        return None
+        if not isinstance(pooled, (list, tuple)) or len(pooled) != 1 or max(images) >= len(layout.tokens):
+            return None
+        tokens = [layout.tokens[i] for i in images]
+        return list(torch.split(pooled[0], tokens)) if pooled[0].shape[0] == sum(tokens) else None
     stacked = layout.stacked.get(PIXELS)
-    if not isinstance(pooled, torch.Tensor) or stacked is None or stacked.axis != 0:
+    if not isinstance(pooled, torch.Tensor) or stacked is None or stacked.axis != 0 or max(images) >= len(stacked.sizes):
         return None
-    sizes = stacked.sizes[first : first + images]
-    return list(torch.split(pooled, list(sizes))) if len(sizes) == images and pooled.shape[0] == sum(sizes) else None
+    sizes = [stacked.sizes[i] for i in images]
+    return list(torch.split(pooled, sizes)) if pooled.shape[0] == sum(sizes) else None

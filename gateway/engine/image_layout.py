@@ -22,6 +22,11 @@ class Stacked:
         start = sum(self.sizes[:images])
         return tensor.narrow(self.axis, start, tensor.shape[self.axis] - start)
 
+    def pick(self, tensor: torch.Tensor, images: Sequence[int]) -> torch.Tensor:
+        """The parts of these images (prompt indices), in this order."""
+        starts = [sum(self.sizes[:i]) for i in images]
+        return torch.cat([tensor.narrow(self.axis, start, self.sizes[i]) for start, i in zip(starts, images)], dim=self.axis)
+
 
 @dataclass(frozen=True)
 class ImageLayout:

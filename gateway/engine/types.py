@@ -148,7 +148,7 @@ class EngineLoad:
     kv_cache_misses: int = 0
     kv_cache_budget: int = 0  # the most held KV may take on the device (0: none is held)
     encoder_cache_bytes: int = 0  # vision-encoder outputs held for images seen before
-    encoder_cache_hits: int = 0  # prefills whose images all came from held encoder outputs
+    encoder_cache_hits: int = 0  # prefills that took images' encoder outputs from those held
     kv_spill_budget: int = 0  # and in pinned host memory
 
 

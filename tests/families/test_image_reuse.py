@@ -183,8 +183,8 @@ async def test_warm_and_cold_image_turns_decoded_together_match_each_alone(reusi
 async def test_images_seen_before_skip_the_vision_tower_without_held_kv(reusing: Served) -> None:
     """A prompt that shares no held KV but whose images were all encoded before (as a text turn after its
     history's KV was trimmed or evicted) takes their encoder outputs from the cache: the same replies and
-    first-token logits as encoding them again (Qwen3-VL's per-layer deepstack features included). One
-    new image among them and every image is encoded."""
+    first-token logits as encoding them again (Qwen3-VL's per-layer deepstack features included). With one
+    new image among them, only that one goes through the vision tower."""
     await generate(reusing.warm, [ChatMessage("user", "first look", (picture(40), picture(41)))])
     reusing.logits["warm"].clear()
     reusing.logits["cold"].clear()
@@ -195,8 +195,10 @@ async def test_images_seen_before_skip_the_vision_tower_without_held_kv(reusing:
     assert_same_logits(reusing)
     assert reusing.warm.encoder_cache.hits == hits + 1 and reusing.cold.encoder_cache.hits == 0
     mixed = [ChatMessage("system", "A third opening."), ChatMessage("user", "and", (picture(40), picture(42)))]
+    encoded = reusing.warm.encoder_cache.encoded
     hot, reference = await generate(reusing.warm, mixed), await generate(reusing.cold, mixed)
-    assert hot.token_ids == reference.token_ids and reusing.warm.encoder_cache.hits == hits + 1
+    assert hot.token_ids == reference.token_ids and reusing.warm.encoder_cache.hits == hits + 2
+    assert reusing.warm.encoder_cache.encoded == encoded + 1  # the new picture alone went through the tower
     assert_same_logits(reusing)
     assert reusing.warm.encoder_cache.bytes <= reusing.warm.encoder_cache.max_bytes
 
