@@ -129,6 +129,7 @@ async def test_adapters_mix_in_one_batch(demo_dirs: DemoDirs) -> None:
     engine.start()
     try:
         assert engine.adapters == ("tuned",)
+        assert engine.encoder_cache.max_bytes == 0  # an adapter may adapt the vision tower: nothing held
         params = SamplingParams(temperature=0, max_tokens=24)
 
         async def run(adapter: str | None) -> tuple[int, ...]:

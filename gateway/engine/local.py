@@ -90,8 +90,9 @@ class LocalEngine:
         # Finished turns' KV; the generation thread's alone.
         budget = default_budget(loaded.device) if kv_cache_bytes is None else kv_cache_bytes
         self.prefix_cache = PrefixCache(budget, kv_cache_idle_s, kv_spill_bytes, spill_for(loaded.device))
-        family = loaded.prompt.family
-        self.encoder_cache = EncoderCache(encoder_cache_bytes, family.encoder_rows if family.image_kv else None)
+        # Not with LoRA adapters: one may adapt the vision tower, and held outputs are not keyed by adapter.
+        family, plain = loaded.prompt.family, not loaded.adapter_names
+        self.encoder_cache = EncoderCache(encoder_cache_bytes, family.encoder_rows if family.image_kv and plain else None)
         self.busy = threading.Event()  # set while any turn is on the model
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
