@@ -72,8 +72,8 @@ class Settings:
     max_tokens_limit: int = 4096
     context_tokens: int | None = None  # default: the model's max_position_embeddings
     # A turn that must drop old exchanges to fit drops enough to free this share of the window (or of its
-    # image bytes) too, at most half the history's room, so the next turns fit as they are and reuse held KV
-    # instead of each dropping one exchange and prefilling all.
+    # image bytes, or of max_history_turns) too, at most half the history's room, so the next turns fit as
+    # they are and reuse held KV instead of each dropping one exchange and prefilling all.
     trim_headroom: float = 0.25
     engine_queue_size: int = 64  # turns waiting for a free batch slot before `overloaded`
     max_batch: int = 16  # turns decoding together in one forward pass

@@ -153,8 +153,18 @@ class Session:
     def drop_oldest(self, n: int) -> None:
         del self.exchanges[:n]
 
-    def record(self, turn: UserTurn, reply: str, partial: bool, epoch: int, tool_calls: tuple[ToolCall, ...] = ()) -> bool:
-        """Append a finished exchange; False when a reset happened since the turn started."""
+    def record(
+        self,
+        turn: UserTurn,
+        reply: str,
+        partial: bool,
+        epoch: int,
+        tool_calls: tuple[ToolCall, ...] = (),
+        headroom: float = 0.0,
+    ) -> bool:
+        """Append a finished exchange; False when a reset happened since the turn started. Past
+        `max_history_turns`, the oldest go, with `headroom` (a share of the cap, at most half) more, as in
+        `plan`: each drop changes the prompt's opening, so one at a time would cost every turn its held KV."""
         if epoch != self.epoch:
             return False
         number = self.exchanges[-1].number + 1 if self.exchanges else self.numbered + 1
@@ -162,7 +172,7 @@ class Session:
         self.exchanges.append(Exchange(turn=turn, reply=reply, partial=partial, number=number, tool_calls=tool_calls))
         overflow = len(self.exchanges) - self.max_history_turns
         if overflow > 0:
-            del self.exchanges[:overflow]
+            del self.exchanges[: overflow + _headroom(self.max_history_turns, headroom, self.max_history_turns - 1)]
         return True
 
     def add_tool_result(self, call_id: str, content: str) -> None:

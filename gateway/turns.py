@@ -214,7 +214,8 @@ class TurnService:
         recorded = False
         if result.finish_reason != "error":
             cancelled = result.finish_reason == "cancelled"
-            recorded = session.record(started.turn, result.text, cancelled, started.epoch, result.tool_calls)
+            headroom = self.settings.trim_headroom
+            recorded = session.record(started.turn, result.text, cancelled, started.epoch, result.tool_calls, headroom)
         self.images.hold(session.id, session.image_bytes)
         return recorded
 

@@ -283,6 +283,19 @@ def test_reset_keeps_system_prompt_and_defaults() -> None:
     assert (session.system, session.defaults.temperature) == ("sys", 0.3)
 
 
+def test_past_max_history_turns_a_share_more_goes_at_once() -> None:
+    """With headroom, reaching the cap drops a share of it more, so the next turns keep their opening."""
+    session = Session(max_history_turns=8)
+    chat(session, *"123456789")
+    assert [e.turn.text for e in session.exchanges] == ["u2", "u3", "u4", "u5", "u6", "u7", "u8", "u9"]
+    session = Session(max_history_turns=8)
+    for n in range(1, 12):
+        session.record(UserTurn(id=str(n), text=f"u{n}"), f"a{n}", partial=False, epoch=0, headroom=0.25)
+        if n == 9:
+            assert [e.turn.text for e in session.exchanges] == ["u4", "u5", "u6", "u7", "u8", "u9"]  # 1 + 2 more
+    assert len(session.exchanges) == 8 and session.exchanges[0].turn.text == "u4"  # u10, u11: no drop
+
+
 def test_history_is_bounded_by_max_history_turns() -> None:
     """Recording beyond max_history_turns drops the oldest exchanges."""
     session = Session(max_history_turns=2)

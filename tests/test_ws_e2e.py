@@ -210,6 +210,22 @@ async def test_turn_too_large_for_context_and_trimming(demo_dirs: DemoDirs) -> N
         running.stop()
 
 
+async def test_past_max_history_turns_a_share_more_goes_at_once(demo_dirs: DemoDirs) -> None:
+    """With max_history_turns 4, the fifth exchange drops two (trim_headroom's share of 4, one more), and
+    the sixth none: the history's opening changes once, not on every turn."""
+    running = start_server(demo_dirs.model, Settings(max_history_turns=4, default_max_tokens=2))
+    try:
+        async with GatewayClient(running.ws_url) as client:
+            sizes = []
+            for i in range(6):
+                result = await client.turn(f"t{i}", f"turn {i}", **GREEDY)
+                assert result.done, result.errors
+                sizes.append(len((await client.request({"type": "history"}))["turns"]) // 2)
+        assert sizes == [1, 2, 3, 4, 3, 4]
+    finally:
+        running.stop()
+
+
 async def test_text_only_server_rejects_images(demo_dirs: DemoDirs) -> None:
     """With a text-only model a turn with an image gets images_unsupported, and text turns work."""
     running = start_server(demo_dirs.text_model)
