@@ -47,7 +47,9 @@ def run_history(model_dir: str, turns: int, sessions: int, prompt_words: int, ma
             "tokens_per_s": round(run.tokens_per_s, 2),
             "wall_s": round(run.wall_s, 2),
         }
-    _speedups(report, runs, ttft, turns)
+    late = slice(20, None) if turns > 20 else slice(turns // 2, None)
+    report["speedup_late_turns"] = round(statistics.mean(ttft["no_reuse"][late]) / statistics.mean(ttft["reuse"][late]), 2)
+    report["tokens_per_s_ratio"] = round(runs["reuse"].tokens_per_s / runs["no_reuse"].tokens_per_s, 3)
     return _with_load(report)
 
 
@@ -94,12 +96,6 @@ def _header(model_dir: str, turns: int, sessions: int, prompt_words: int, max_to
 def _with_load(report: dict[str, Any]) -> dict[str, Any]:
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return report
-
-
-def _speedups(report: dict[str, Any], runs: dict[str, HistoryRun], ttft: dict[str, list[float]], turns: int) -> None:
-    late = slice(20, None) if turns > 20 else slice(turns // 2, None)
-    report["speedup_late_turns"] = round(statistics.mean(ttft["no_reuse"][late]) / statistics.mean(ttft["reuse"][late]), 2)
-    report["tokens_per_s_ratio"] = round(runs["reuse"].tokens_per_s / runs["no_reuse"].tokens_per_s, 3)
 
 
 def _late_over_early(values: list[float]) -> float:

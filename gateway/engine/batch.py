@@ -61,9 +61,9 @@ def supports_batching(cache: Any) -> bool:
 class Batch:
     """The shared cache of all active sequences, left-padded to a common length, plus their mask."""
 
-    def __init__(self, loaded: LoadedModel, encoder: EncoderCache | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, encoder: EncoderCache) -> None:
         self.loaded = loaded
-        self.encoder = encoder if encoder is not None else EncoderCache(0, None)  # vision-encoder outputs seen before
+        self.encoder = encoder  # vision-encoder outputs of images seen before
         self.sequences: list[Sequence] = []
         self.cache: Any = None  # a DynamicCache of GrowingLayers (and CrossLayers, see engine/cross.py)
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
