@@ -379,12 +379,12 @@ def decode(data: bytes | str) -> ClientFrame:
     try:
         if isinstance(data, bytes):
             # builtin_types: msgpack attachments must be `bin`; a base64 str is JSON's way only
-            return msgspec.convert(raw, ClientFrame, builtin_types=(bytes,))  # type: ignore[no-any-return]
+            return msgspec.convert(raw, ClientFrame, builtin_types=(bytes,))  # type: ignore[no-any-return,unused-ignore]
         # JSON carries attachments as base64 strings; the typed decoder turns them into bytes.
         frame = msgspec.json.decode(data, type=ClientFrame)
         if not _is_valid_unicode(raw):  # "\ud800" escapes are legal JSON but not text we can store
             raise GatewayError(ErrorCode.BAD_FRAME, "a string holds a lone UTF-16 surrogate", frame_id)
-        return frame  # type: ignore[no-any-return]
+        return frame  # type: ignore[no-any-return,unused-ignore]
     except msgspec.ValidationError as exc:
         raise GatewayError(ErrorCode.INVALID_FIELD, str(exc), frame_id) from None
     except msgspec.DecodeError as exc:
@@ -408,8 +408,8 @@ def encode_client(frame: ClientFrame, as_json: bool = False) -> bytes | str:
 def decode_server(data: bytes | str) -> ServerFrame:
     """Decode a server frame (used by Python clients)."""
     if isinstance(data, bytes):
-        return msgspec.msgpack.decode(data, type=ServerFrame)  # type: ignore[no-any-return]
-    return msgspec.json.decode(data, type=ServerFrame)  # type: ignore[no-any-return]
+        return msgspec.msgpack.decode(data, type=ServerFrame)  # type: ignore[no-any-return,unused-ignore]
+    return msgspec.json.decode(data, type=ServerFrame)  # type: ignore[no-any-return,unused-ignore]
 
 
 def _is_valid_unicode(value: Any) -> bool:

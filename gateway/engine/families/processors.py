@@ -51,7 +51,7 @@ def _build_processor(source: Path, model_type: str, trust_remote_code: bool) -> 
         raise ValueError(f"no processor class for model type {model_type!r}")
     parts: dict[str, Any] = {attribute: None for attribute in cls.get_attributes()}
     parts["tokenizer"] = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    parts["image_processor"] = AutoImageProcessor.from_pretrained(source, backend="pil")  # type: ignore[no-untyped-call]
+    parts["image_processor"] = AutoImageProcessor.from_pretrained(source, backend="pil")  # type: ignore[no-untyped-call,unused-ignore]
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in config.items() if k not in parts and k in accepted and k != "chat_template"}
     template = source / "chat_template.jinja"
