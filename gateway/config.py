@@ -48,6 +48,10 @@ class Settings:
     session_store: str = "sqlite"  # "sqlite" (in data_dir), "memory", or a redis:// URL
     data_dir: str | None = None  # default: the user's data directory (~/.local/share/gateway)
     max_store_bytes: int = 4096 * MiB  # the store's size limit: least recently used sessions go first
+    # Sessions in memory (attached or detached) per client address, and per API key when keys are in use:
+    # past either, that client's oldest detached session is unloaded (it stays resumable from the store).
+    max_sessions_per_client: int = 128
+    max_sessions_per_key: int = 4096
 
     # Connections: admission, pacing and liveness.
     max_connections: int = 1024  # open WebSockets, all clients together
@@ -61,6 +65,8 @@ class Settings:
     send_timeout_s: float = 10.0  # a client that does not read for this long is closed, its turn stopped
     max_outbox_frames: int = 512  # frames waiting for a slow reader before it is closed
     max_inbound_queue: int = 4  # unread client messages the server buffers per connection
+    # Image bytes `history` frames with include_images may send per connection (bursts of a full session's).
+    history_image_bytes_per_second: int = 8 * MiB
     drain_timeout_s: float = 30.0  # on SIGTERM, how long running turns may finish
 
     # Generation defaults (a session's `configure` and a turn's `options` override them).

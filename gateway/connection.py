@@ -86,7 +86,8 @@ class Connection:
         self.metrics = metrics
         self.state = ConnectionState.CONNECTING
         self.owner = owner_of(settings.api_key)
-        self.live = hub.create(self.owner)
+        self.client = websocket.client.host if websocket.client else "unknown"  # whose quota its sessions count in
+        self.live = hub.create(self.owner, self.client)
         self._fresh: LiveSession | None = self.live  # the session of `ready`, until the client resumes another
         self._registry = registry  # session id -> connection, for draining and inspection
         self.log = SessionLog(log, {"session": self.live.id})
@@ -99,6 +100,10 @@ class Connection:
         # Inflated bytes: a compressed frame costs its full size in decompression and decoding work.
         rate = float(settings.inbound_bytes_per_second)
         self._bytes = TokenBucket(rate=rate, burst=max(rate, float(settings.max_frame_bytes)))
+        # Image bytes sent in `history` frames: 60 bytes of request must not buy megabytes of reply at will.
+        rate = float(settings.history_image_bytes_per_second)
+        self._history_bytes = TokenBucket(rate=rate, burst=max(rate, float(settings.max_session_image_bytes)))
+        self._history_seq = 0  # the seq of the last `history` frame with images, until the writer has sent it
         self._strikes = 0  # frames refused by the rate limit in a row
         self._closing: ConnectionClosing | None = None
         self._reader: asyncio.Task[Any] | None = None
@@ -128,7 +133,7 @@ class Connection:
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
         self._registry[self.live.id] = self
-        self.hub.attach(self.live, self)
+        self.hub.attach(self.live, self, self.client)
         self.put(self._ready_frame())
         self._reader = asyncio.current_task()
         writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.live.id}")
@@ -264,7 +269,7 @@ class Connection:
         elif isinstance(frame, p.ConfigureFrame):
             await self._configure(frame)
         elif isinstance(frame, p.HistoryRequestFrame):
-            self.put(history_frame(self.session, frame))
+            self._history(frame)
         elif isinstance(frame, p.ResumeFrame):
             await self._resume(frame)
         elif isinstance(frame, p.ForgetFrame):
@@ -275,13 +280,28 @@ class Connection:
         else:
             self.put(p.PongFrame(id=frame.id))
 
+    def _history(self, frame: p.HistoryRequestFrame) -> None:
+        """The history; with images only within the connection's budget, and never while the last such
+        frame still waits for the writer (a client that does not read cannot pile them up)."""
+        if frame.include_images:
+            if self._history_seq > self.live.journal.taken:
+                raise GatewayError(ErrorCode.BUSY, "the last history with images is still being sent; wait for it", frame.id)
+            wait_s = self._history_bytes.take_bytes(float(self.session.image_bytes))
+            if wait_s > 0:
+                message = "history with images is sent at a bounded rate (history_image_bytes_per_second); try again later"
+                raise RetryLater(ErrorCode.RATE_LIMITED, message, int(wait_s * 1000) + 1, frame.id)
+        reply = history_frame(self.session, frame)
+        self.put(reply)
+        if frame.include_images and reply.seq is not None:
+            self._history_seq = reply.seq
+
     async def _resume(self, frame: p.ResumeFrame) -> None:
         """Take up the session `frame` names; this connection's fresh one is discarded."""
         if self._turned:
             raise GatewayError(ErrorCode.INVALID_FIELD, "resume must come before the connection's first turn", frame.id)
         if frame.session == self.live.id:
             raise GatewayError(ErrorCode.INVALID_FIELD, "this connection already holds that session", frame.id)
-        live = await self.hub.resume(frame.session, frame.token, self.owner)
+        live = await self.hub.resume(frame.session, frame.token, self.owner, self.client)
         if self.state is not ConnectionState.OPEN:
             return
         fresh = self.live if self.live is self._fresh else None  # only its own unused session is discarded
@@ -298,7 +318,7 @@ class Connection:
 
     async def _forget(self, frame: p.ForgetFrame) -> None:
         old = self.live
-        self._switch_to(self.hub.create(self.owner))
+        self._switch_to(self.hub.create(self.owner, self.client))
         self._fresh = self.live
         await self.hub.forget(old)
         self.put(p.ForgottenFrame(session=self.live.id, resume_token=self.live.token, id=frame.id))
@@ -313,7 +333,7 @@ class Connection:
         self.live = live
         self.log = SessionLog(log, {"session": live.id})
         self._registry[live.id] = self
-        self.hub.attach(live, self)
+        self.hub.attach(live, self, self.client)
         self._journal = live.journal
 
     async def _start_turn(self, frame: p.TurnFrame) -> None:

@@ -16,9 +16,11 @@ from typing import Protocol
 
 from gateway import protocol as p
 from gateway.config import Settings
-from gateway.engine.types import GenerationResult
-from gateway.errors import ErrorCode, GatewayError
+from gateway.detached import DetachedSessions
+from gateway.engine.types import GenerationResult, TurnHandle
+from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.journal import Journal
+from gateway.quota import SessionQuota
 from gateway.replies import done_frame
 from gateway.session import Session
 from gateway.store.base import SessionRecord, SessionStore
@@ -52,6 +54,13 @@ class LiveSession:
     expiry: asyncio.TimerHandle | None = None
     used_at: float = field(default_factory=time.time)
     saving: asyncio.Lock = field(default_factory=asyncio.Lock)  # one store write sequence at a time, in order
+    client: str = ""  # the address of the connection that created or last attached it (its quota)
+    detached_at: float | None = None  # when its connection went (monotonic); None while attached
+    yielding: bool = False  # its detached turn was stopped for an attached client's and has not ended yet
+
+    @property
+    def running(self) -> TurnHandle | None:
+        return None if self.active is None else self.active.handle
 
     @property
     def id(self) -> str:
@@ -79,12 +88,21 @@ class SessionHub:
         self.turns = turns
         self.store = store
         self.live: dict[str, LiveSession] = {}
+        self.quota: SessionQuota[LiveSession] = SessionQuota(settings.max_sessions_per_client, settings.max_sessions_per_key)
+        self.detached: DetachedSessions[LiveSession] = DetachedSessions(turns.metrics.preempted.inc)
+        turns.make_room = self.detached.make_room  # an attached client's turn never waits behind a detached one
+        turns.free_images = self.free_images  # nor lacks image room that a detached session holds
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def create(self, owner: str) -> LiveSession:
+    def create(self, owner: str, client: str) -> LiveSession:
+        """A new session of `client` (an address); past its quota its oldest detached sessions go first."""
+        for old in list(self.quota.over(client, owner)):
+            log.info("session %s: unloaded for a new session of the same client (max_sessions_per_client)", old.id)
+            self.unload(old)
         session = Session(max_history_turns=self.settings.max_history_turns)
-        live = LiveSession(session, secrets.token_urlsafe(24), owner, self._journal())
+        live = LiveSession(session, secrets.token_urlsafe(24), owner, self._journal(), client=client)
         self.live[live.id] = live
+        self.quota.add(live)
         return live
 
     def _journal(self, next_seq: int = 1) -> Journal:
@@ -92,11 +110,15 @@ class SessionHub:
 
     # ---- attach, detach, resume, forget --------------------------------------------------------------
 
-    def attach(self, live: LiveSession, connection: Attachment) -> None:
+    def attach(self, live: LiveSession, connection: Attachment, client: str) -> None:
         """`connection` streams this session from now on; one it was attached to is closed with 4003."""
         if live.expiry is not None:
             live.expiry.cancel()
             live.expiry = None
+        live.detached_at = None
+        self.detached.discard(live)
+        if live.client != client:
+            self.quota.move(live, client)
         previous, live.attached = live.attached, connection
         if previous is not None and previous is not connection:
             previous.taken_over()
@@ -107,8 +129,14 @@ class SessionHub:
             return  # taken over: the session belongs to another connection now
         live.attached = None
         live.used_at = time.time()
+        live.detached_at = time.monotonic()
+        self.detached.add(live)
+        for old in list(self.quota.over(live.client, live.owner, adding=0)):  # over while all were attached
+            self.unload(old)
         if cancel_turn and live.active is not None:
             live.active.handle.cancel()
+        elif live.active is not None and self.turns.engine.load().waiting > 0:
+            self.detached.make_room(1)  # someone is waiting for a slot: nobody listens to this turn
         if self.settings.session_grace_s <= 0:
             self.unload(live)
         else:
@@ -121,10 +149,18 @@ class SessionHub:
             return
         if live.active is not None:
             live.active.handle.cancel()
+        if live.expiry is not None:
+            live.expiry.cancel()
         del self.live[live.id]
+        self._drop(live)
+
+    def _drop(self, live: LiveSession) -> None:
+        """`live` left memory: it no longer counts against its client's quota or the image ledger."""
+        self.quota.remove(live)
+        self.detached.discard(live)
         self.turns.forget(live.session)
 
-    async def resume(self, session_id: str, token: str, owner: str) -> LiveSession:
+    async def resume(self, session_id: str, token: str, owner: str, client: str = "") -> LiveSession:
         """The live session, or the stored one loaded again; `resume_failed` alike for every refusal."""
         live = self.live.get(session_id)
         if live is not None:
@@ -136,27 +172,50 @@ class SessionHub:
             raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
         if not hmac.compare_digest(record.owner, owner) or self._expired(record.updated_at):
             raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
-        return self._revive(record, token)
+        return self._revive(record, token, client)
 
     def _expired(self, updated_at: float) -> bool:
         return time.time() - updated_at > self.settings.session_ttl_s
 
-    def _revive(self, record: SessionRecord, token: str) -> LiveSession:
+    def _revive(self, record: SessionRecord, token: str, client: str) -> LiveSession:
         if record.id in self.live:  # loaded meanwhile by a concurrent resume
             return self.live[record.id]
         session = record.session(self.settings.max_history_turns)
-        live = LiveSession(session, token, record.owner, self._journal(record.last_seq + SEQ_AFTER_RESTART))
+        self._make_image_room(record.id, session.image_bytes)
+        for old in list(self.quota.over(client, record.owner)):
+            self.unload(old)
+        live = LiveSession(session, token, record.owner, self._journal(record.last_seq + SEQ_AFTER_RESTART), client=client)
         self.live[live.id] = live
+        self.quota.add(live)
         self.turns.images.hold(live.id, session.image_bytes)
         self.spawn(self._save_all(live))  # the partial turn joined the history
         return live
+
+    def _make_image_room(self, session_id: str, nbytes: int) -> None:
+        """Room in the image ledger for a session coming back into memory: detached sessions holding
+        images are unloaded first (they stay resumable); attached ones are never pushed out."""
+        if nbytes > self.free_images(session_id, nbytes):
+            message = "the server holds all the images it can; this session cannot be loaded now, try again later"
+            raise RetryLater(ErrorCode.OVERLOADED, message, self.turns.retry_after_ms())
+
+    def free_images(self, session_id: str, nbytes: int) -> int:
+        """Unload detached sessions holding images, oldest first, until `session_id` may hold `nbytes`;
+        returns the room it has then."""
+        ledger = self.turns.images
+        for old in self.detached:
+            if nbytes <= ledger.room_for(session_id):
+                break
+            if ledger.holds(old.id) and old.id != session_id:
+                log.info("session %s: unloaded to make room for an attached session's images", old.id)
+                self.unload(old)
+        return ledger.room_for(session_id)
 
     async def forget(self, live: LiveSession) -> None:
         """Gone now, from memory and from the store."""
         if live.active is not None:
             live.active.handle.cancel()
-        self.live.pop(live.id, None)
-        self.turns.forget(live.session)
+        if self.live.pop(live.id, None) is live:
+            self._drop(live)
         await self.store.delete(live.id)
 
     # ---- frames and turns -------------------------------------------------------------------------
@@ -169,7 +228,8 @@ class SessionHub:
 
     def turn_done(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
         """Record the exchange, make it durable, then send `done` (a task: the store is asynchronous)."""
-        self.turns.record(live.session, started, result)
+        self.detached.turn_ended(live)
+        self.turns.record(live.session, started, result, held=self.live.get(live.id) is live)
         self.spawn(self._finish(live, started, result))
 
     async def _finish(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:

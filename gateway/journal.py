@@ -23,6 +23,9 @@ class _Entry:
 def _size(frame: p.SessionFrame) -> int:
     if isinstance(frame, p.TokenFrame):
         return len(frame.text) * 4 + _TOKEN_OVERHEAD  # an upper bound: no encoding on the hot path
+    if isinstance(frame, p.HistoryFrame):  # megabytes of images: counted, not encoded again on the event loop
+        images = sum(len(i.data or b"") + _TOKEN_OVERHEAD for e in frame.turns for i in e.images)
+        return images + sum(len(e.text) * 4 + _TOKEN_OVERHEAD for e in frame.turns)
     return len(msgspec.msgpack.encode(frame))
 
 

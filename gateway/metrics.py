@@ -22,6 +22,9 @@ class Metrics:
         self.rejected = Counter("gateway_connections_rejected", "WebSocket handshakes refused", ["reason"], registry=r)
         self.turns = Counter("gateway_turns", "Turns finished", ["finish_reason"], registry=r)
         self.tokens = Counter("gateway_tokens_generated", "Completion tokens streamed", registry=r)
+        self.preempted = Counter(
+            "gateway_turns_preempted", "Detached sessions' turns stopped for an attached client's turn", registry=r
+        )
         self.errors = Counter("gateway_errors", "Error frames sent", ["code"], registry=r)
         self.ttft = Histogram("gateway_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS_S, registry=r)
         self.inter_token = Histogram(

@@ -29,6 +29,19 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / self.rate if self.rate > 0 else float("inf")
 
+    def take_bytes(self, amount: float, now: float | None = None) -> float:
+        """Spend `amount` if the bucket holds it (0.0), else spend nothing and say how long until it will.
+        An amount above `burst` is allowed from a full bucket, into debt."""
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        needed = min(amount, self.burst)
+        if self.tokens >= needed:
+            self.tokens -= amount
+            return 0.0
+        needed -= self.tokens
+        return needed / self.rate if self.rate > 0 else float("inf")
+
     def spend(self, amount: float, now: float | None = None) -> float:
         """Spend `amount` even into debt (the work is already done); the seconds until the debt is paid."""
         now = time.monotonic() if now is None else now

@@ -45,6 +45,8 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
         "session_ttl_s": int(settings.session_ttl_s),
         "max_connections": settings.max_connections,
         "max_connections_per_client": settings.max_connections_per_client,
+        "max_sessions_per_client": settings.max_sessions_per_client,
+        "history_image_bytes_per_second": settings.history_image_bytes_per_second,
         "frames_per_second": int(settings.frames_per_second),
         "turns_per_minute": int(settings.turns_per_minute),
         "idle_timeout_s": int(settings.idle_timeout_s),

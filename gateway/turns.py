@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -103,6 +103,11 @@ class TurnService:
             max(1, settings.image_workers), thread_name_prefix="gateway-decode", initializer=yield_cpu
         )
         self._turn_ms = 1000.0  # a moving average of turn durations, for Retry-After
+        # Given the count of turns that would wait for a slot, stops as many turns nobody listens to (the hub's
+        # detached sessions'), so an attached client is never queued or refused behind abandoned work.
+        self.make_room: Callable[[int], int] | None = None
+        # Given a session and the image bytes it needs, unloads detached sessions holding images until it has them.
+        self.free_images: Callable[[str, int], int] | None = None
         self.tool_syntax = detect(engine.chat_template)  # how this model writes tool calls
 
     def close(self) -> None:
@@ -209,14 +214,16 @@ class TurnService:
         self.images.hold(session.id, session.image_bytes + turn.image_bytes)
         return started
 
-    def record(self, session: Session, started: StartedTurn, result: GenerationResult) -> bool:
-        """The turn's end: its exchange joins the history (partial when cancelled); a failed one does not."""
+    def record(self, session: Session, started: StartedTurn, result: GenerationResult, held: bool = True) -> bool:
+        """The turn's end: its exchange joins the history (partial when cancelled); a failed one does not.
+        `held`: the session is still in memory, so its images still count."""
         recorded = False
         if result.finish_reason != "error":
             cancelled = result.finish_reason == "cancelled"
             headroom = self.settings.trim_headroom
             recorded = session.record(started.turn, result.text, cancelled, started.epoch, result.tool_calls, headroom)
-        self.images.hold(session.id, session.image_bytes)
+        if held:
+            self.images.hold(session.id, session.image_bytes)
         return recorded
 
     def resolve(self, defaults: p.SamplingOptions, options: p.SamplingOptions | None) -> tuple[SamplingParams, str | None]:
@@ -240,6 +247,9 @@ class TurnService:
                 f"the turn's images are {turn.image_bytes} bytes; a session holds at most {s.max_session_image_bytes}",
                 turn.id,
             )
+        wanted = min(s.max_session_image_bytes, session.image_bytes + turn.image_bytes)
+        if turn.image_bytes and self.free_images is not None and wanted > self.images.room_for(session.id):
+            self.free_images(session.id, wanted)
         room = min(s.max_session_image_bytes, self.images.room_for(session.id))
         if turn.image_bytes > room:
             raise RetryLater(
@@ -277,6 +287,10 @@ class TurnService:
     # ---- the engine --------------------------------------------------------------------------------
 
     def _submit(self, request: GenerationRequest, sink: TurnSink) -> None:
+        load = self.engine.load()
+        waiting = load.active + load.waiting + 1 - load.capacity
+        if waiting > 0 and self.make_room is not None:
+            self.make_room(waiting)
         try:
             self.engine.submit(request, _Observed(sink, self))
         except EngineFull:

@@ -104,7 +104,9 @@ def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kw
     loaded = load_model(
         model_dir, model_id="gateway-demo", adapters=parse_adapters(settings.adapters), chat_template=settings.chat_template
     )
-    engine = LocalEngine(loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens)
+    engine = LocalEngine(
+        loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens, max_batch=settings.max_batch
+    )
     app = create_app(settings, engine=engine)
     server = make_server(app, settings, host="127.0.0.1", port=port, log_level="warning", **uvicorn_kwargs)
     thread = threading.Thread(target=server.run, daemon=True)

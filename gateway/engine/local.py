@@ -98,6 +98,7 @@ class LocalEngine:
         self._wake = threading.Condition(self._lock)
         self._waiting: collections.deque[_Job] = collections.deque()
         self._active = 0
+        self._active_handles: list[TurnHandle] = []  # the active turns', so that cancelled ones hold no place
         self._stopping = False
         self._abort = threading.Event()
         self._relay = EventRelay()
@@ -119,7 +120,11 @@ class LocalEngine:
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
         job = _Job(request=request, sink=sink, loop=asyncio.get_running_loop())
         with self._lock:
-            ahead = len(self._waiting) - (self.max_batch - self._active)
+            # Cancelled turns still in line leave at the next step: they hold no place (a turn that yields
+            # to this one, say).
+            waiting = sum(1 for waiting_job in self._waiting if not waiting_job.request.handle.cancelled.is_set())
+            active = sum(1 for handle in self._active_handles if not handle.cancelled.is_set())
+            ahead = waiting - (self.max_batch - active)
             if self._stopping or ahead >= self.queue_size:
                 raise EngineFull()
             self._waiting.append(job)
@@ -193,6 +198,7 @@ class LocalEngine:
                 self._step(batch)
             with self._lock:
                 self._active = len(batch)
+                self._active_handles = [seq.request.handle for seq in batch.sequences]
             if not batch:
                 self.busy.clear()
             self._flush()
@@ -215,6 +221,7 @@ class LocalEngine:
             while self._waiting and active + len(admitted) < self.max_batch and len(admitted) < self.max_prefills_per_step:
                 admitted.append(self._waiting.popleft())
             self._active = active + len(admitted)
+            self._active_handles += [job.request.handle for job in admitted]
             moved = admitted or cancelled
             return admitted, cancelled, list(self._waiting) if moved else []
 

@@ -93,7 +93,7 @@ class UpstreamEngine:
 
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
         self._ensure_tasks()
-        if len(self._turns) >= self.options.max_in_flight:
+        if sum(1 for turn in self._turns if not turn.request.handle.cancelled.is_set()) >= self.options.max_in_flight:
             raise EngineFull()
         try:  # refuse now, with the upstream's Retry-After, when no replica could take it
             self.replicas.pick(request.affinity, time.monotonic())

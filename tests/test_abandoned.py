@@ -1,0 +1,91 @@
+"""Abandoned work yields: turns nobody listens to give way to attached clients, and each client's
+detached sessions are bounded by its own quota (real server, real clients from distinct loopback addresses)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets
+
+from gateway.config import Settings
+from tests.conftest import DemoDirs, RunningServer, start_server, wait_until
+from tests.test_sessions import Raw
+
+LONG = {"max_tokens": 1800, "ignore_eos": True, "temperature": 0}
+
+
+class From(Raw):
+    """A msgpack client whose socket is bound to a loopback address of its own (127.0.0.0/8 is all local)."""
+
+    def __init__(self, url: str, address: str) -> None:
+        super().__init__(url)
+        self.address = address
+
+    async def open(self) -> From:
+        self.ws = await websockets.connect(
+            self.url,
+            subprotocols=["gateway.msgpack"],  # type: ignore[list-item]
+            local_addr=(self.address, 0),
+            max_size=1 << 26,
+        )
+        self.ready = await self.recv()
+        return self
+
+
+@pytest.fixture(scope="module")
+def small(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
+    """Two turns decode at once and one may wait: a handful of abandoned turns fill it."""
+    settings = Settings(max_batch=2, engine_queue_size=1, turns_per_minute=1e6, max_sessions_per_client=3)
+    running = start_server(demo_dirs.model, settings)
+    yield running
+    running.stop()
+
+
+async def abandon(server: RunningServer, address: str, turn_id: str) -> dict[str, Any]:
+    """Open a session from `address`, start a long turn, and vanish (no close frame)."""
+    client = await From(server.ws_url, address).open()
+    await client.send({"type": "turn", "id": turn_id, "text": "go on and on", "options": LONG})
+    await client.until("accepted")
+    client.abort()
+    return client.ready
+
+
+async def test_an_attached_turn_stops_the_oldest_abandoned_ones(small: RunningServer) -> None:
+    """With every slot and the queue held by turns whose clients vanished, a fresh client's turn is not
+    refused: the oldest detached turns are cancelled for it, and their `done` replays as `cancelled`."""
+    hub = small.app.state.hub
+    abandoned = [await abandon(small, f"127.0.0.{n + 2}", f"a{n}") for n in range(3)]
+    await wait_until(lambda: len(hub.detached) == 3, 30)
+
+    fresh = await Raw(small.ws_url).open()
+    await fresh.send({"type": "turn", "id": "mine", "text": "hello", "options": {"max_tokens": 4, "temperature": 0}})
+    done = await fresh.until("done")
+    assert [f for f in fresh.frames if f["type"] == "error"] == []
+    assert done["finish_reason"] in ("length", "stop")
+    # a0 gave way when a2 detached while waiting for a slot (and a1 when this turn came, unless it had ended)
+    assert small.app.state.metrics.preempted._value.get() >= 1
+    await fresh.close()
+
+    oldest = await Raw(small.ws_url).open()
+    await oldest.send({"type": "resume", "id": "r", "session": abandoned[0]["session"], "token": abandoned[0]["resume_token"]})
+    replayed_done = await oldest.until("done")
+    assert replayed_done["id"] == "a0" and replayed_done["finish_reason"] == "cancelled"
+    await oldest.close()
+
+
+async def test_a_client_cannot_pile_up_detached_sessions(small: RunningServer) -> None:
+    """Connect-and-vanish from one address keeps at most `max_sessions_per_client` of its sessions in
+    memory (the oldest detached go first, to the store); other addresses' sessions are untouched."""
+    hub = small.app.state.hub
+    other = await From(small.ws_url, "127.0.0.20").open()
+    for _ in range(8):
+        client = await From(small.ws_url, "127.0.0.21").open()
+        client.abort()
+    await wait_until(lambda: len([s for s in hub.live.values() if s.client == "127.0.0.21"]) <= 3)
+    assert hub.quota.count("127.0.0.21") <= 3
+    assert other.ready["session"] in hub.live
+    await other.send({"type": "ping", "id": "p"})
+    assert (await other.until("pong"))["id"] == "p"
+    await other.close()

@@ -1,0 +1,88 @@
+"""Session quotas and detached sessions, without a server: who is unloaded, and which turns yield."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.detached import DetachedSessions
+from gateway.engine.types import TurnHandle
+from gateway.quota import SessionQuota
+from gateway.ratelimit import TokenBucket
+
+
+@dataclass(eq=False)
+class Fake:
+    id: str
+    client: str = "a"
+    owner: str = ""
+    detached_at: float | None = None
+    handle: TurnHandle | None = None
+    yielding: bool = False
+
+    @property
+    def running(self) -> TurnHandle | None:
+        return self.handle
+
+
+def test_past_the_cap_the_oldest_detached_sessions_go_first() -> None:
+    """Three of one client's sessions at a cap of three: the next one unloads the oldest detached, never an attached one."""
+    quota: SessionQuota[Fake] = SessionQuota(per_client=3, per_key=100)
+    attached, old, young = Fake("x"), Fake("y", detached_at=1.0), Fake("z", detached_at=2.0)
+    for held in (attached, old, young):
+        quota.add(held)
+    assert [h.id for h in quota.over("a", "")] == ["y"]
+    assert list(quota.over("b", "")) == []  # another address has its own quota
+
+
+def test_an_all_attached_client_is_not_unloaded() -> None:
+    """With none detached there is nothing to unload: the connection caps bound attached sessions."""
+    quota: SessionQuota[Fake] = SessionQuota(per_client=1, per_key=100)
+    quota.add(Fake("x"))
+    assert list(quota.over("a", "")) == []
+
+
+def test_the_key_quota_counts_across_addresses() -> None:
+    """Sessions opened with one key from many addresses count together against `per_key`."""
+    quota: SessionQuota[Fake] = SessionQuota(per_client=100, per_key=2)
+    quota.add(Fake("x", client="a", owner="k", detached_at=5.0))
+    quota.add(Fake("y", client="b", owner="k", detached_at=3.0))
+    assert [h.id for h in quota.over("c", "k")] == ["y"]
+    assert list(quota.over("c", "")) == []  # without keys there is no key quota
+
+
+def test_moving_a_session_moves_its_count() -> None:
+    """A session resumed from another address counts there from then on."""
+    quota: SessionQuota[Fake] = SessionQuota(per_client=5, per_key=5)
+    held = Fake("x")
+    quota.add(held)
+    quota.move(held, "b")
+    assert (quota.count("a"), quota.count("b"), held.client) == (0, 1, "b")
+    quota.remove(held)
+    assert quota.count("b") == 0
+
+
+def test_make_room_stops_the_oldest_running_detached_turns_once() -> None:
+    """Two waiting turns stop the two oldest running detached turns; asking again before they end stops nothing more."""
+    detached: DetachedSessions[Fake] = DetachedSessions()
+    sessions = [Fake(str(n), handle=TurnHandle()) for n in range(3)]
+    idle = Fake("idle")
+    detached.add(idle)
+    for session in sessions:
+        detached.add(session)
+    assert detached.make_room(2) == 2
+    assert [s.handle is not None and s.handle.cancelled.is_set() for s in sessions] == [True, True, False]
+    assert detached.make_room(2) == 0  # the two stopping turns are already the room asked for
+    sessions[0].handle = None  # its turn ended: the session has no running turn any more
+    detached.turn_ended(sessions[0])
+    assert detached.stopping == 1 and not sessions[0].yielding
+    assert detached.make_room(2) == 1 and sessions[2].yielding
+
+
+def test_take_bytes_refuses_without_spending() -> None:
+    """A byte bucket refuses an amount it does not hold and says when it will; a refusal costs nothing."""
+    bucket = TokenBucket(rate=100.0, burst=1000.0, updated=0.0)
+    assert bucket.take_bytes(800, now=0.0) == 0.0
+    assert bucket.take_bytes(800, now=0.0) == 6.0  # 200 held, 600 more at 100 a second
+    assert bucket.take_bytes(800, now=6.0) == 0.0
+    assert bucket.take_bytes(5000, now=16.0) == 0.0  # above the burst: allowed from a full bucket, into debt
+    assert bucket.tokens == -4000.0
