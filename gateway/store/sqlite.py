@@ -82,7 +82,8 @@ class SqliteStore:
     def _reader(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"  # as_uri escapes what a URI would misread (?, #, %)
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             self._local.db = db
             self._reader_dbs.append(db)
         return db
