@@ -177,7 +177,7 @@ class SessionHub:
         live = LiveSession(session, token, record.owner, self._journal(record.last_seq + SEQ_AFTER_RESTART))
         self.live[live.id] = live
         self.turns.images.hold(live.id, session.image_bytes)
-        self.spawn(self._save_all(live))  # the partial turn joined the history
+        self.spawn(self._save(live, "the revived session", history=True, pending=True))  # the partial turn joined the history
         return live
 
     async def forget(self, live: LiveSession) -> None:
@@ -220,7 +220,7 @@ class SessionHub:
     async def _finish(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
         # `done` follows the save, but waits no longer than store_timeout_s: a hung store (or a long
         # write queue) must not hold a reply, and the write goes on in order behind the session's lock.
-        saved = self.spawn(self._save_exchange(live))
+        saved = self.spawn(self._save(live, "the exchange", history=True, pending=True))
         await asyncio.wait({saved}, timeout=self.settings.store_timeout_s)
         if result.finish_reason == "error":
             code = result.error_code or ErrorCode.GENERATION
@@ -241,12 +241,6 @@ class SessionHub:
 
     async def save_history(self, live: LiveSession) -> None:
         await self._save(live, "the history", history=True)
-
-    async def _save_exchange(self, live: LiveSession) -> None:
-        await self._save(live, "the exchange", history=True, pending=True)
-
-    async def _save_all(self, live: LiveSession) -> None:
-        await self._save(live, "the revived session", history=True, pending=True)
 
     async def _save(
         self, live: LiveSession, what: str, history: bool = False, pending: bool = False, turn: UserTurn | None = None
