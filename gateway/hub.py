@@ -196,13 +196,15 @@ class SessionHub:
         self.turns.forget(live.session)
 
     async def discard(self, live: LiveSession) -> None:
-        """A connection's unused fresh session: out of memory, and out of the store if it answers."""
-        try:
-            await self.forget(live)
-        except GatewayError:
-            live.forgotten = True
-            self.live.pop(live.id, None)
-            self.turns.forget(live.session)
+        """A connection's unused fresh session: out of memory at once (its connection may close while
+        the store answers), then out of the store if it answers."""
+        live.forgotten = True  # writes queued from now on are skipped
+        if self.live.get(live.id) is live:
+            del self.live[live.id]
+        self.turns.forget(live.session)
+        async with live.saving:
+            with contextlib.suppress(StoreUnavailable):
+                await self.guard.call(self.store.delete, live.id)
 
     # ---- frames and turns -------------------------------------------------------------------------
 
