@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import Settings
-from gateway.startup import StartupError, build_engine, parse_adapters
+from gateway.startup import StartupError, build_engine, check_store, parse_adapters
 
 log = logging.getLogger("gateway.cli")
 DEFAULTS = Settings()
@@ -32,6 +32,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        check_store(settings)
+    except StartupError as exc:
+        raise SystemExit(f"gateway serve: {exc}") from None
     try:
         engine = build_engine(settings)
     except StartupError as exc:
@@ -177,6 +181,12 @@ def _add_serve(commands: Any) -> None:
         "--data-dir", dest="data_dir", help=_setting("data_dir", "the SQLite session store's directory", "~/.local/share/gateway")
     )
     add("--session-store", dest="session_store", help=_setting("session_store", "sqlite, memory, or a redis:// URL"))
+    add(
+        "--allow-volatile-sessions",
+        dest="allow_volatile_sessions",
+        action="store_true",
+        help="serve even when the session store cannot open at start (sessions then are not durable until it works)",
+    )
     serve.set_defaults(run=_serve)
 
 

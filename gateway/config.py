@@ -47,7 +47,9 @@ class Settings:
     session_replay_bytes: int = 4 * MiB  # frames kept per session for replay after a reconnect
     session_store: str = "sqlite"  # "sqlite" (in data_dir), "memory", or a redis:// URL
     data_dir: str | None = None  # default: the user's data directory (~/.local/share/gateway)
-    max_store_bytes: int = 4096 * MiB  # the store's size limit: least recently used sessions go first
+    max_store_bytes: int = 4096 * MiB  # the store's size limit, enforced on write: least recently used sessions go first
+    store_timeout_s: float = 2.0  # the longest a store call (and so a `done`) waits for a hung disk or Redis
+    allow_volatile_sessions: bool = False  # serve without durable sessions when the store cannot open at start
     # Sessions in memory (attached or detached) per client address, and per API key when keys are in use:
     # past either, that client's oldest detached session is unloaded (it stays resumable from the store).
     max_sessions_per_client: int = 128

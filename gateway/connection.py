@@ -313,14 +313,14 @@ class Connection:
         )
         if fresh is not None:
             self._fresh = None
-            await self.hub.forget(fresh)
+            await self.hub.discard(fresh)
         self.log.info("resumed (%d frames replayed%s)", replayed, ", with a gap" if gap else "")
 
     async def _forget(self, frame: p.ForgetFrame) -> None:
         old = self.live
+        await self.hub.forget(old)  # a store that cannot delete it answers `store_unavailable`: nothing changed
         self._switch_to(self.hub.create(self.owner, self.client))
         self._fresh = self.live
-        await self.hub.forget(old)
         self.put(p.ForgottenFrame(session=self.live.id, resume_token=self.live.token, id=frame.id))
 
     def _switch_to(self, live: LiveSession) -> None:
@@ -380,6 +380,7 @@ class Connection:
             demo=serves_demo_model(self.settings),
             resume_token=self.live.token,
             token_counter=engine.token_counter,
+            durable=self.hub.guard.durable,
         )
 
     def _abort_transport(self) -> None:

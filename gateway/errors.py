@@ -36,6 +36,7 @@ class ErrorCode(str, enum.Enum):
     RATE_LIMITED = "rate_limited"  # too many frames or turns; retry after `retry_after_ms`
     SHUTTING_DOWN = "shutting_down"  # the server is draining; no new turns
     RESUME_FAILED = "resume_failed"  # wrong token, or an unknown or expired session (never says which)
+    STORE_UNAVAILABLE = "store_unavailable"  # the session store failed or did not answer: resume/forget later
     GENERATION = "generation"  # the model failed while generating
     INTERNAL = "internal"  # a bug; details are logged, never sent
 
@@ -84,6 +85,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.RESUME_FAILED: 400,
+    ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.GENERATION: 500,
     ErrorCode.INTERNAL: 500,
 }

@@ -10,7 +10,6 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,13 +21,15 @@ from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.journal import Journal
 from gateway.quota import SessionQuota
 from gateway.replies import done_frame
-from gateway.session import Session
-from gateway.store.base import SessionRecord, SessionStore
+from gateway.session import Session, UserTurn
+from gateway.store.base import SessionMeta, SessionRecord, SessionStore
+from gateway.store.guard import StoreGuard, StoreUnavailable
 from gateway.turns import StartedTurn, TurnService
 
 log = logging.getLogger("gateway.sessions")
 
 RESUME_FAILED = "the session cannot be resumed: unknown, expired, or the token does not match"
+STORE_UNAVAILABLE = "the session store is unavailable; try again later"
 SEQ_AFTER_RESTART = 1 << 20  # seqs jump after a restart, so none is ever given out twice
 PURGE_EVERY_S = 600.0
 
@@ -43,6 +44,10 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# What an unknown id is checked against, so that every refusal hashes and compares the same way.
+NOBODY = SessionMeta(id="", token_hash=token_hash(secrets.token_urlsafe(24)), owner="\x00", updated_at=0.0)
+
+
 @dataclass(eq=False)
 class LiveSession:
     session: Session
@@ -54,6 +59,12 @@ class LiveSession:
     expiry: asyncio.TimerHandle | None = None
     used_at: float = field(default_factory=time.time)
     saving: asyncio.Lock = field(default_factory=asyncio.Lock)  # one store write sequence at a time, in order
+    forgotten: bool = False  # deleted from the store: no later write may bring it back
+    token_hash: str = ""
+
+    def __post_init__(self) -> None:
+        self.token_hash = token_hash(self.token)  # once: a resume's check hashes only the offered token
+
     client: str = ""  # the address of the connection that created or last attached it (its quota)
     detached_at: float | None = None  # when its connection went (monotonic); None while attached
     yielding: bool = False  # its detached turn was stopped for an attached client's and has not ended yet
@@ -66,11 +77,14 @@ class LiveSession:
     def id(self) -> str:
         return self.session.id
 
+    def meta(self) -> SessionMeta:
+        return SessionMeta(self.id, self.token_hash, self.owner, time.time())  # live: never expired
+
     def record(self) -> SessionRecord:
         s = self.session
         return SessionRecord(
             id=s.id,
-            token_hash=token_hash(self.token),
+            token_hash=self.token_hash,
             owner=self.owner,
             system=s.system,
             defaults=s.defaults,
@@ -87,6 +101,7 @@ class SessionHub:
         self.settings = settings
         self.turns = turns
         self.store = store
+        self.guard = StoreGuard(store.persistent, settings.store_timeout_s)
         self.live: dict[str, LiveSession] = {}
         self.quota: SessionQuota[LiveSession] = SessionQuota(settings.max_sessions_per_client, settings.max_sessions_per_key)
         self.detached: DetachedSessions[LiveSession] = DetachedSessions(turns.metrics.preempted.inc)
@@ -161,18 +176,33 @@ class SessionHub:
         self.turns.forget(live.session)
 
     async def resume(self, session_id: str, token: str, owner: str, client: str = "") -> LiveSession:
-        """The live session, or the stored one loaded again; `resume_failed` alike for every refusal."""
+        """The live session, or the stored one loaded again. Every id costs the same before the token
+        is known good (one small lookup, one hash, the same compares) and every refusal is `resume_failed`;
+        the history is read only for the right token."""
         live = self.live.get(session_id)
+        try:
+            stored = await self.guard.call(self.store.load_meta, session_id)
+        except StoreUnavailable:
+            if live is None:
+                raise GatewayError(ErrorCode.STORE_UNAVAILABLE, STORE_UNAVAILABLE) from None
+            stored = None  # a live session resumes without the store
+        if not self._accepts(live.meta() if live is not None else stored, token, owner):
+            raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
         if live is not None:
-            if hmac.compare_digest(token_hash(live.token), token_hash(token)) and hmac.compare_digest(live.owner, owner):
-                return live
-            raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
-        record = await self.store.load(session_id)
-        if record is None or not hmac.compare_digest(record.token_hash, token_hash(token)):
-            raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
-        if not hmac.compare_digest(record.owner, owner) or self._expired(record.updated_at):
+            return live
+        try:
+            record = await self.guard.call(self.store.load, session_id)
+        except StoreUnavailable:
+            raise GatewayError(ErrorCode.STORE_UNAVAILABLE, STORE_UNAVAILABLE) from None
+        if record is None:  # forgotten meanwhile
             raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
         return self._revive(record, token, client)
+
+    def _accepts(self, meta: SessionMeta | None, token: str, owner: str) -> bool:
+        known = meta or NOBODY
+        token_ok = hmac.compare_digest(known.token_hash, token_hash(token))
+        owner_ok = hmac.compare_digest(known.owner, owner)
+        return meta is not None and token_ok and owner_ok and not self._expired(known.updated_at)
 
     def _expired(self, updated_at: float) -> bool:
         return time.time() - updated_at > self.settings.session_ttl_s
@@ -188,7 +218,7 @@ class SessionHub:
         self.live[live.id] = live
         self.quota.add(live)
         self.turns.images.hold(live.id, session.image_bytes)
-        self.spawn(self._save_all(live))  # the partial turn joined the history
+        self.spawn(self._save(live, "the revived session", history=True, pending=True))  # the partial turn joined the history
         return live
 
     def _make_image_room(self, session_id: str, nbytes: int) -> None:
@@ -211,12 +241,30 @@ class SessionHub:
         return ledger.room_for(session_id)
 
     async def forget(self, live: LiveSession) -> None:
-        """Gone now, from memory and from the store."""
+        """Gone now, from the store and then from memory; a store that cannot delete it answers
+        `store_unavailable` and the session stays as it was."""
+        async with live.saving:  # after the session's own writes, so that none brings it back
+            try:
+                await self.guard.call(self.store.delete, live.id)
+            except StoreUnavailable:
+                raise GatewayError(ErrorCode.STORE_UNAVAILABLE, STORE_UNAVAILABLE) from None
+            live.forgotten = True
         if live.active is not None:
             live.active.handle.cancel()
-        if self.live.pop(live.id, None) is live:
-            self._drop(live)
-        await self.store.delete(live.id)
+        if self.live.get(live.id) is live:
+            del self.live[live.id]
+        self._drop(live)
+
+    async def discard(self, live: LiveSession) -> None:
+        """A connection's unused fresh session: out of memory at once (its connection may close while
+        the store answers), then out of the store if it answers."""
+        live.forgotten = True  # writes queued from now on are skipped
+        if self.live.get(live.id) is live:
+            del self.live[live.id]
+        self._drop(live)
+        async with live.saving:
+            with contextlib.suppress(StoreUnavailable):
+                await self.guard.call(self.store.delete, live.id)
 
     # ---- frames and turns -------------------------------------------------------------------------
 
@@ -233,10 +281,10 @@ class SessionHub:
         self.spawn(self._finish(live, started, result))
 
     async def _finish(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
-        async with self._saving(live, "the exchange"):  # a store failure must not lose the reply the client is owed
-            await self._save_meta(live)
-            await self.store.sync_history(live.id, live.session.exchanges)
-            await self.store.set_pending(live.id, None)
+        # `done` follows the save, but waits no longer than store_timeout_s: a hung store (or a long
+        # write queue) must not hold a reply, and the write goes on in order behind the session's lock.
+        saved = self.spawn(self._save(live, "the exchange", history=True, pending=True))
+        await asyncio.wait({saved}, timeout=self.settings.store_timeout_s)
         if result.finish_reason == "error":
             code = result.error_code or ErrorCode.GENERATION
             message = result.error or "generation failed"
@@ -249,58 +297,55 @@ class SessionHub:
 
     async def turn_started(self, live: LiveSession, started: StartedTurn) -> None:
         """Called right after submit, before any await: the lock is ours before the turn can end."""
-        async with self._saving(live, "the turn in progress"):
-            await self._save_meta(live)
-            await self.store.sync_history(live.id, live.session.exchanges)  # the oldest may have been dropped
-            await self.store.set_pending(live.id, started.turn)
-
-    async def _save_meta(self, live: LiveSession) -> None:
-        live.used_at = time.time()
-        await self.store.save_meta(live.record())
+        await self._save(live, "the turn in progress", history=True, pending=True, turn=started.turn)
 
     async def save_settings(self, live: LiveSession) -> None:
-        async with self._saving(live, "the settings"):
-            await self._save_meta(live)
+        await self._save(live, "the settings")
 
     async def save_history(self, live: LiveSession) -> None:
-        async with self._saving(live, "the history"):
-            await self._save_meta(live)
-            await self.store.sync_history(live.id, live.session.exchanges)
+        await self._save(live, "the history", history=True)
 
-    @contextlib.asynccontextmanager
-    async def _saving(self, live: LiveSession, what: str) -> AsyncIterator[None]:
-        """One session's writes, in order. A failing store is logged and the session goes on in
-        memory: the conversation must never break because the disk or Redis did."""
+    async def _save(
+        self, live: LiveSession, what: str, history: bool = False, pending: bool = False, turn: UserTurn | None = None
+    ) -> None:
+        """One session's writes, in order, each bounded by store_timeout_s. A failing store is logged
+        and the session goes on in memory: the conversation must never break because the disk or Redis did."""
         async with live.saving:
+            if live.forgotten:
+                return
             try:
-                yield
+                live.used_at = time.time()
+                await self.guard.call(self.store.save_meta, live.record())
+                if history:  # the oldest exchanges may have been dropped
+                    await self.guard.call(self.store.sync_history, live.id, live.session.exchanges)
+                if pending:  # the turn in progress, or none
+                    await self.guard.call(self.store.set_pending, live.id, turn)
+            except StoreUnavailable:
+                log.debug("session %s: saving %s failed; the session goes on in memory", live.id, what)
             except Exception:
                 log.exception("session %s: saving %s failed; the session goes on in memory", live.id, what)
-
-    async def _save_all(self, live: LiveSession) -> None:
-        async with self._saving(live, "the revived session"):
-            await self._save_meta(live)
-            await self.store.sync_history(live.id, live.session.exchanges)
-            await self.store.set_pending(live.id, None)
 
     def start(self) -> None:
         """Purge expired and least recently used sessions now, then every `PURGE_EVERY_S`."""
         self.spawn(self._purge_forever())
 
     async def _purge_forever(self) -> None:
+        with contextlib.suppress(StoreUnavailable):  # said by the guard; sessions are not durable meanwhile
+            await self.guard.call(self.store.open)
         while True:
             try:
-                purged = await self.store.purge(time.time())
+                purged = await self.guard.call(self.store.purge, time.time())
                 if purged:
                     log.info("purged %d stored sessions", purged)
-            except Exception:
-                log.exception("purging the session store failed")
+            except StoreUnavailable:
+                pass
             await asyncio.sleep(PURGE_EVERY_S)
 
-    def spawn(self, work: object) -> None:
+    def spawn(self, work: object) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def close(self) -> None:
         for task in list(self._tasks):

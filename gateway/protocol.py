@@ -198,6 +198,7 @@ class ReadyFrame(_ServerFrame, tag="ready"):
     demo: bool = False  # the built-in demo model: random weights, so random replies
     resume_token: str = ""  # the secret that resumes this session from another connection
     token_counter: str = ""  # who counts prompt tokens for trimming: model, upstream, tokenizer, estimate
+    durable: bool = False  # sessions are kept in a store that works now, so they outlive a restart
 
 
 class ResumedFrame(_Frame, tag="resumed"):

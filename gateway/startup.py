@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from gateway.config import Settings
 from gateway.engine.types import Engine
+from gateway.store.base import SessionStore
+
+log = logging.getLogger("gateway.startup")
 
 DEMO_MODEL_ID = "gateway-demo"
 DEMO_MARKER = "gateway_demo.json"  # written into every demo model directory
@@ -112,6 +117,36 @@ def _local_engine(settings: Settings) -> Engine:
         kv_spill_bytes=settings.kv_spill_bytes,
         encoder_cache_bytes=settings.encoder_cache_bytes,
     )
+
+
+def check_store(settings: Settings) -> None:
+    """Open the session store once before serving: one that cannot work is a StartupError, unless the
+    operator allowed volatile sessions (then it is logged, and sessions are not durable until it works)."""
+    from gateway.store.open import open_store, store_name
+
+    if settings.session_store == "memory":
+        return
+    try:
+        store = open_store(settings)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        asyncio.run(_open_and_close(store, settings))
+    except Exception as exc:
+        reason = f"cannot open the session store {store_name(settings)}: {one_line(exc)}"
+        if not settings.allow_volatile_sessions:
+            escape = "serve without durable sessions: --session-store memory or --allow-volatile-sessions"
+            raise StartupError(f"{reason} ({escape})") from exc
+        log.warning("%s; sessions are not durable until it works", reason)
+
+
+async def _open_and_close(store: SessionStore, settings: Settings) -> None:
+    try:
+        # A local file may take a one-time VACUUM to open; a server that does not answer is bounded.
+        opening = store.open()
+        await (opening if settings.session_store == "sqlite" else asyncio.wait_for(opening, settings.store_timeout_s))
+    finally:
+        await store.close()
 
 
 def one_line(exc: BaseException) -> str:

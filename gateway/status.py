@@ -43,6 +43,12 @@ def state_of(request: Request) -> State:
     return "ready"
 
 
+def durable_of(request: Request) -> bool | None:
+    """Whether sessions outlive a restart: a persistent store that works now (None while loading)."""
+    hub = request.app.state.hub
+    return None if hub is None else bool(hub.guard.durable)
+
+
 async def status_endpoint(request: Request) -> JSONResponse:
     """Always 200: the body says why /ws would refuse. The load error's text (which may name paths)
     is shown only to a client that holds the key, or when no key is configured."""
@@ -58,5 +64,6 @@ async def status_endpoint(request: Request) -> JSONResponse:
         "auth": auth,
         "origin_allowed": None if origin is None else origin_allowed(origin, request.headers.get("host"), settings),
         "error": request.app.state.load_error if auth in ("none", "ok") else None,
+        "durable": durable_of(request),
     }
     return JSONResponse(body, headers={"Cache-Control": "no-store"})

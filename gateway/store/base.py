@@ -43,8 +43,26 @@ class SessionRecord:
         )
 
 
+@dataclass(frozen=True)
+class SessionMeta:
+    """What a resume is checked against before any history is read: a few bytes, one lookup."""
+
+    id: str
+    token_hash: str
+    owner: str
+    updated_at: float
+
+
 class SessionStore(Protocol):
     """Every method is a coroutine and does its blocking work off the event loop."""
+
+    persistent: bool  # whether sessions outlive the process here (the memory store's do not)
+
+    async def open(self) -> None:
+        """Make sure the store works (its file opens, its server answers); raises when it does not."""
+        ...
+
+    async def load_meta(self, session_id: str) -> SessionMeta | None: ...
 
     async def load(self, session_id: str) -> SessionRecord | None: ...
 

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from gateway.session import Exchange, UserTurn
-from gateway.store.base import SessionRecord
+from gateway.store.base import SessionMeta, SessionRecord
 
 
 class MemoryStore:
     """Keeps nothing: live sessions are held by the hub, and they are all there is."""
+
+    persistent = False
+
+    async def open(self) -> None:
+        pass
+
+    async def load_meta(self, session_id: str) -> SessionMeta | None:
+        return None
 
     async def load(self, session_id: str) -> SessionRecord | None:
         return None

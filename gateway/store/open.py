@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway.config import Settings
 from gateway.store.base import SessionStore
@@ -34,3 +35,12 @@ def open_store(settings: Settings) -> SessionStore:
 
         return SqliteStore(data_dir(settings) / SQLITE_FILE, settings)
     raise ValueError(f"unknown session store {kind!r}: use sqlite, memory or a redis:// URL")
+
+
+def store_name(settings: Settings) -> str:
+    """The store as a log line may name it: the SQLite file, or the Redis URL without its credentials."""
+    kind = settings.session_store
+    if kind == "sqlite":
+        return str(data_dir(settings) / SQLITE_FILE)
+    url = urlsplit(kind)
+    return f"{url.scheme}://{url.hostname or ''}{f':{url.port}' if url.port else ''}{url.path}"

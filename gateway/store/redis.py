@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from gateway.config import Settings
 from gateway.session import Exchange, UserTurn
 from gateway.store.base import (
+    SessionMeta,
     SessionRecord,
     changed_exchanges,
     decode_exchange,
@@ -23,6 +24,16 @@ from gateway.store.base import (
 PREFIX = "gateway:"
 USED = PREFIX + "used"  # sorted set: session id -> last use (unix seconds)
 SIZES = PREFIX + "bytes"  # hash: session id -> bytes its history holds
+TOTAL = PREFIX + "total"  # the sum of SIZES, kept as each size changes so a write need not add them up
+LOW_WATER = 0.75  # past max_store_bytes, the least recently used go until this share of it is left
+
+# Set one session's size and adjust the total by the difference, atomically; the new total.
+RESIZE = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local new = tonumber(ARGV[2])
+if new > 0 then redis.call('HSET', KEYS[1], ARGV[1], new) else redis.call('HDEL', KEYS[1], ARGV[1]) end
+return redis.call('INCRBY', KEYS[2], new - old)
+"""
 
 
 def _meta(session_id: str) -> str:
@@ -35,12 +46,25 @@ def _history(session_id: str) -> str:
 
 class RedisStore:
     """A session is a hash of its settings and a hash of its exchanges by number; keys expire with
-    the TTL, and a sorted set by last use lets `purge` evict the least recently used."""
+    the TTL, and a sorted set by last use lets a write past the size limit evict the least recently used."""
+
+    persistent = True
 
     def __init__(self, url: str, settings: Settings) -> None:
         self.ttl_s = int(settings.session_ttl_s)
         self.max_bytes = settings.max_store_bytes
-        self.redis: Any = aioredis.from_url(url, decode_responses=False)
+        timeout = settings.store_timeout_s  # a hung server fails the call instead of holding it forever
+        self.redis: Any = aioredis.from_url(url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._resize = self.redis.register_script(RESIZE)
+
+    async def open(self) -> None:
+        await self.redis.ping()
+
+    async def load_meta(self, session_id: str) -> SessionMeta | None:
+        token_hash, owner, updated_at = await self.redis.hmget(_meta(session_id), ["token_hash", "owner", "updated_at"])
+        if token_hash is None or owner is None or updated_at is None:
+            return None
+        return SessionMeta(session_id, token_hash.decode(), owner.decode(), float(updated_at))
 
     async def load(self, session_id: str) -> SessionRecord | None:
         meta, history = await self.redis.hgetall(_meta(session_id)), await self.redis.hgetall(_history(session_id))
@@ -91,8 +115,10 @@ class RedisStore:
             if new:
                 pipe.hset(_history(session_id), mapping=new)
                 pipe.expire(_history(session_id), self.ttl_s)
-            pipe.hset(SIZES, session_id, sum(exchange_bytes(e) for e in exchanges))
             await pipe.execute()
+        total = await self._resize(keys=[SIZES, TOTAL], args=[session_id, sum(exchange_bytes(e) for e in exchanges)])
+        if int(total) > self.max_bytes:
+            await self._evict(int(self.max_bytes * LOW_WATER), keep=session_id)
 
     async def set_pending(self, session_id: str, turn: UserTurn | None) -> None:
         if turn is None:
@@ -104,26 +130,29 @@ class RedisStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(_meta(session_id), _history(session_id))
             pipe.zrem(USED, session_id)
-            pipe.hdel(SIZES, session_id)
             await pipe.execute()
+        await self._resize(keys=[SIZES, TOTAL], args=[session_id, 0])
 
     async def purge(self, now: float) -> int:
         """Expired sessions go (their keys expire by themselves too), then the least recently used
-        while the store is over its size limit."""
+        while the store is over its size limit; the total is counted again from the sizes."""
         doomed = [i.decode() for i in await self.redis.zrangebyscore(USED, "-inf", now - self.ttl_s)]
-        sizes = {k.decode(): int(v) for k, v in (await self.redis.hgetall(SIZES)).items()}
-        total = sum(size for session_id, size in sizes.items() if session_id not in doomed)
-        if total > self.max_bytes:
-            for raw in await self.redis.zrange(USED, 0, -1):
-                session_id = raw.decode()
-                if total <= self.max_bytes:
-                    break
-                if session_id not in doomed:
-                    doomed.append(session_id)
-                    total -= sizes.get(session_id, 0)
         for session_id in doomed:
             await self.delete(session_id)
-        return len(doomed)
+        sizes = await self.redis.hvals(SIZES)
+        await self.redis.set(TOTAL, sum(int(size) for size in sizes))
+        return len(doomed) + await self._evict(self.max_bytes, keep=None)
+
+    async def _evict(self, target: int, keep: str | None) -> int:
+        """Delete the least recently used sessions (not `keep`) until the total is at most `target`."""
+        evicted = 0
+        for raw in await self.redis.zrange(USED, 0, -1):
+            if int(await self.redis.get(TOTAL) or 0) <= target:
+                break
+            if raw.decode() != keep:
+                await self.delete(raw.decode())
+                evicted += 1
+        return evicted
 
     async def close(self) -> None:
         await self.redis.aclose()
