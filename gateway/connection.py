@@ -275,6 +275,7 @@ class Connection:
         elif isinstance(frame, p.ForgetFrame):
             await self._forget(frame)
         elif isinstance(frame, p.ToolResultFrame):
+            self.turns.check_text(frame.content, "a tool result")
             self.session.add_tool_result(frame.call_id, frame.content)
             await self.hub.save_history(self.live)
         else:

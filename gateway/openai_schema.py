@@ -11,6 +11,8 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.engine.types import ToolCall
+from gateway.errors import GatewayError
+from gateway.json_bounds import MAX_JSON_DEPTH, check_json_value
 from gateway.protocol import (
     FunctionName,
     MaxTokens,
@@ -23,6 +25,7 @@ from gateway.protocol import (
     ToolSpec,
     TopK,
     TopP,
+    free_json,
 )
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -148,8 +151,20 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
         raise SchemaError(f"the body is not valid JSON: {str(exc)[:200]}") from None
     except UnicodeDecodeError:  # msgspec lets it through from a string with invalid UTF-8
         raise SchemaError("the body is not valid UTF-8") from None
+    except RecursionError:  # only a body far deeper than any field may nest gets here
+        raise SchemaError(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    _check_free_json(request)
     _check_consistency(request)
     return request
+
+
+def _check_free_json(request: ChatCompletionRequest) -> None:
+    """The schema and tool parameters within the WebSocket's bounds (gateway/json_bounds.py)."""
+    for param, value in free_json(request.response_format, request.tools):
+        try:
+            check_json_value(value, param)
+        except GatewayError as exc:
+            raise SchemaError(exc.message, param) from None
 
 
 def _schema_error(text: str) -> SchemaError:

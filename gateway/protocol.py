@@ -11,6 +11,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.errors import ErrorCode, GatewayError
+from gateway.json_bounds import check_json_value
 
 PROTOCOL_VERSION = 2
 
@@ -358,6 +359,16 @@ def _unpack(data: bytes) -> Any:
     )
 
 
+def free_json(response_format: ResponseFormat | None, tools: list[ToolSpec] | None) -> list[tuple[str, Any]]:
+    """The free-form JSON among the options, by field: the schema and each tool's parameters."""
+    fields: list[tuple[str, Any]] = [
+        (f"tools[{i}].function.parameters", t.function.parameters) for i, t in enumerate(tools or ())
+    ]
+    if isinstance(response_format, JsonSchemaFormat):
+        fields.append(("response_format.json_schema.schema", response_format.json_schema.schema))
+    return fields
+
+
 def decode(data: bytes | str) -> ClientFrame:
     """Decode one client message (binary = msgpack, text = JSON) into a validated frame."""
     try:
@@ -377,15 +388,26 @@ def decode(data: bytes | str) -> ClientFrame:
             f"unknown frame type {frame_type!r}; expected one of {', '.join(CLIENT_TYPES)}",
             frame_id,
         )
+    frame = _typed(data, raw, frame_id)
+    options = frame.options if isinstance(frame, TurnFrame) else frame if isinstance(frame, ConfigureFrame) else None
+    for field, value in free_json(options.response_format, options.tools) if options else ():
+        try:
+            check_json_value(value, field)
+        except GatewayError as exc:
+            raise GatewayError(exc.code, exc.message, frame_id) from None
+    # Only now is the whole frame known to be shallow enough for a recursive walk.
+    if isinstance(data, str) and not _is_valid_unicode(raw):  # "\ud800" escapes are legal JSON, not storable text
+        raise GatewayError(ErrorCode.BAD_FRAME, "a string holds a lone UTF-16 surrogate", frame_id)
+    return frame
+
+
+def _typed(data: bytes | str, raw: Any, frame_id: str | None) -> ClientFrame:
     try:
         if isinstance(data, bytes):
             # builtin_types: msgpack attachments must be `bin`; a base64 str is JSON's way only
             return msgspec.convert(raw, ClientFrame, builtin_types=(bytes,))  # type: ignore[no-any-return,unused-ignore]
         # JSON carries attachments as base64 strings; the typed decoder turns them into bytes.
-        frame = msgspec.json.decode(data, type=ClientFrame)
-        if not _is_valid_unicode(raw):  # "\ud800" escapes are legal JSON but not text we can store
-            raise GatewayError(ErrorCode.BAD_FRAME, "a string holds a lone UTF-16 surrogate", frame_id)
-        return frame  # type: ignore[no-any-return,unused-ignore]
+        return msgspec.json.decode(data, type=ClientFrame)  # type: ignore[no-any-return,unused-ignore]
     except msgspec.ValidationError as exc:
         raise GatewayError(ErrorCode.INVALID_FIELD, str(exc), frame_id) from None
     except msgspec.DecodeError as exc:
@@ -414,7 +436,7 @@ def decode_server(data: bytes | str) -> ServerFrame:
 
 
 def _is_valid_unicode(value: Any) -> bool:
-    """Every string in an already schema-checked (so shallow) JSON value encodes as UTF-8."""
+    """Every string in an already schema- and depth-checked (so shallow) JSON value encodes as UTF-8."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")

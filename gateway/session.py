@@ -109,25 +109,28 @@ class Session:
         full, on every turn."""
         budget = context_tokens - max_tokens
         counted: dict[int, int] = {}
+        # A turn that continues from tool results keeps the exchange it continues (the question, the calls,
+        # the results): without it there is nothing to go on from.
+        most = len(self.exchanges) - (1 if turn.continues else 0)
 
         async def tokens_after_dropping(n: int) -> int:
             if n not in counted:
                 counted[n] = await count(self._messages(self.exchanges[n:], turn))
             return counted[n]
 
-        low = self._drops_for_images(turn, image_room, headroom)
+        low = min(self._drops_for_images(turn, image_room, headroom), most)
         if await tokens_after_dropping(low) > budget:  # the usual case fits at once: one count per turn
-            alone = await tokens_after_dropping(len(self.exchanges))
+            alone = await tokens_after_dropping(most)
             if alone > budget:
+                what = "the tool results this turn continues from need" if turn.continues else "this turn alone needs"
                 raise GatewayError(
                     ErrorCode.CONTEXT_OVERFLOW,
-                    f"this turn alone needs more than the {context_tokens}-token context window allows "
-                    f"with max_tokens={max_tokens}",
+                    f"{what} more than the {context_tokens}-token context window allows with max_tokens={max_tokens}",
                     turn.id,
                 )
             budget -= _headroom(context_tokens, headroom, budget - alone)
             # Token count only falls as exchanges are dropped, so binary-search the fewest drops.
-            low, high = low + 1, len(self.exchanges)
+            low, high = low + 1, most
             while low < high:
                 mid = (low + high) // 2
                 if await tokens_after_dropping(mid) <= budget:

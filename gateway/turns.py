@@ -125,12 +125,16 @@ class TurnService:
             raise GatewayError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect shortly", frame_id)
 
     def check_turn(self, request: TurnRequest) -> None:
-        s = self.settings
-        if len(request.text) > s.max_text_chars:
-            raise GatewayError(ErrorCode.TOO_LARGE, f"text is {len(request.text)} characters; the limit is {s.max_text_chars}")
+        self.check_text(request.text, "text")
         self.check_images(len(request.images) + len(request.image_urls))
         if request.options is not None:
             self.check_options(request.options)
+
+    def check_text(self, text: str, what: str) -> None:
+        """Client text that joins the history (a turn's, a tool result's) is at most max_text_chars."""
+        limit = self.settings.max_text_chars
+        if len(text) > limit:
+            raise GatewayError(ErrorCode.TOO_LARGE, f"{what} is {len(text)} characters; the limit is {limit}")
 
     def check_images(self, count: int) -> None:
         if count and not self.engine.vision:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 from PIL import Image
 
-from gateway.engine.types import ChatImage, ChatMessage, SamplingParams
+from gateway.engine.types import ChatImage, ChatMessage, SamplingParams, ToolCall
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import ImageLimits, check_image
 from gateway.protocol import SamplingOptions
@@ -381,3 +381,34 @@ def test_resolve_params_max_tokens_above_the_limit_is_invalid_field() -> None:
         with pytest.raises(GatewayError) as info:
             resolve_params(*layers, 64)
         assert info.value.code is ErrorCode.INVALID_FIELD
+
+
+# ---- continuing from tool results ---------------------------------------------------------------
+
+
+def called_and_answered(session: Session, result: str) -> UserTurn:
+    """One exchange whose reply called a tool, answered with `result`; the empty turn that continues."""
+    call = ToolCall("c1", "f", "{}")
+    session.record(UserTurn(id="q", text="uq"), "aq", partial=False, epoch=session.epoch, tool_calls=(call,))
+    session.add_tool_result("c1", result)
+    return session.check_turn(UserTurn(id="go", text=""))
+
+
+async def test_continuation_keeps_the_exchange_it_continues() -> None:
+    """Trimming drops older exchanges but never the one a continuing turn goes on from."""
+    session = Session(max_history_turns=10)
+    chat(session, "1", "2")
+    turn = called_and_answered(session, "r" * 6)
+    assert turn.continues
+    # the continued exchange is 2 + 2 + 6 = 10 characters; the budget 12 - 2 leaves no room for more
+    plan = await session.plan(turn, 2, 12, count_chars)
+    assert texts(plan.messages) == [("user", "uq"), ("assistant", "aq"), ("tool", "r" * 6)] and plan.dropped_turns == 2
+
+
+async def test_continuation_that_cannot_fit_is_context_overflow() -> None:
+    """Tool results too big for the window with max_tokens: `context_overflow`, never an empty prompt."""
+    session = Session(max_history_turns=10)
+    turn = called_and_answered(session, "r" * 100)
+    with pytest.raises(GatewayError) as refused:
+        await session.plan(turn, 2, 50, count_chars)
+    assert refused.value.code is ErrorCode.CONTEXT_OVERFLOW and refused.value.frame_id == "go"

@@ -25,6 +25,18 @@ Tools = Sequence[dict[str, Any]]
 _MARKED = re.compile("\U000f0000(.*?)\U000f0001|[\U000f0000\U000f0001]", re.DOTALL)  # transformers' markers
 
 
+def _mark(value: Any, control: re.Pattern[str]) -> Any:
+    """Client text marked as transformers' `mark_control_tokens` marks it, JSON object keys included: a
+    template that writes `tools | tojson`, or loops over a schema's properties, prints parameter names too."""
+    from transformers.utils.chat_template_utils import mark_control_tokens
+
+    if isinstance(value, dict):
+        return {_mark(k, control): _mark(v, control) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mark(v, control) for v in value]
+    return mark_control_tokens(value, control)
+
+
 def _break(match: re.Match[str]) -> str:
     token = match.group(1) or ""
     return token[:1] + "\u2060" + token[1:]
@@ -223,11 +235,9 @@ class PromptBuilder:
         return plain_messages(messages, tools), ()
 
     def _render(self, messages: Sequence[ChatMessage], tools: Tools = ()) -> str:
-        from transformers.utils.chat_template_utils import mark_control_tokens
-
-        chat = mark_control_tokens([self._template_message(m) for m in messages], self._control)
+        chat = _mark([self._template_message(m) for m in messages], self._control)
         # Tool definitions and call arguments are client text too: their control tokens are marked the same way.
-        extra = {"tools": mark_control_tokens(list(tools), self._control)} if tools else {}
+        extra = {"tools": _mark(list(tools), self._control)} if tools else {}
         return str(
             self.tokenizer.apply_chat_template(
                 chat, chat_template=self.template, tokenize=False, add_generation_prompt=True, **extra

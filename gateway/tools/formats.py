@@ -78,7 +78,7 @@ def arguments_text(arguments: Any) -> str | None:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):  # a client's replayed arguments may nest past the parser
             return None
     return json.dumps(arguments, ensure_ascii=False) if isinstance(arguments, dict) else None
 
@@ -87,7 +87,7 @@ def arguments_object(arguments: str) -> dict[str, Any]:
     """Arguments JSON text as the object chat templates expect (they write it with `tojson`)."""
     try:
         value = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
