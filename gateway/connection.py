@@ -15,8 +15,9 @@ from gateway import protocol as p
 from gateway.config import Settings
 from gateway.engine.types import GenerationResult, ToolCall
 from gateway.errors import CloseCode, ConnectionClosing, ErrorCode, GatewayError, RetryLater
-from gateway.hub import LiveSession, SessionHub
+from gateway.hub import SessionHub
 from gateway.journal import Journal
+from gateway.live_session import LiveSession
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBucket
 from gateway.replies import history_frame, limits_of, session_defaults

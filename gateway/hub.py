@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from gateway import protocol as p
 from gateway.config import Settings
 from gateway.detached import DetachedSessions
-from gateway.engine.types import GenerationResult, TurnHandle
+from gateway.engine.types import GenerationResult
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.journal import Journal
+from gateway.live_session import NOBODY, Attachment, LiveSession, token_hash
 from gateway.quota import SessionQuota
 from gateway.replies import done_frame
 from gateway.session import Session, UserTurn
@@ -32,65 +30,6 @@ RESUME_FAILED = "the session cannot be resumed: unknown, expired, or the token d
 STORE_UNAVAILABLE = "the session store is unavailable; try again later"
 SEQ_AFTER_RESTART = 1 << 20  # seqs jump after a restart, so none is ever given out twice
 PURGE_EVERY_S = 600.0
-
-
-class Attachment(Protocol):
-    """The connection a live session streams to."""
-
-    def taken_over(self) -> None: ...
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-# What an unknown id is checked against, so that every refusal hashes and compares the same way.
-NOBODY = SessionMeta(id="", token_hash=token_hash(secrets.token_urlsafe(24)), owner="\x00", updated_at=0.0)
-
-
-@dataclass(eq=False)
-class LiveSession:
-    session: Session
-    token: str
-    owner: str
-    journal: Journal
-    attached: Attachment | None = None
-    active: StartedTurn | None = None
-    expiry: asyncio.TimerHandle | None = None
-    used_at: float = field(default_factory=time.time)
-    saving: asyncio.Lock = field(default_factory=asyncio.Lock)  # one store write sequence at a time, in order
-    forgotten: bool = False  # deleted from the store: no later write may bring it back
-    token_hash: str = ""
-
-    def __post_init__(self) -> None:
-        self.token_hash = token_hash(self.token)  # once: a resume's check hashes only the offered token
-
-    client: str = ""  # the address of the connection that created or last attached it (its quota)
-    detached_at: float | None = None  # when its connection went (monotonic); None while attached
-    yielding: bool = False  # its detached turn was stopped for an attached client's and has not ended yet
-
-    @property
-    def running(self) -> TurnHandle | None:
-        return None if self.active is None else self.active.handle
-
-    @property
-    def id(self) -> str:
-        return self.session.id
-
-    def meta(self) -> SessionMeta:
-        return SessionMeta(self.id, self.token_hash, self.owner, time.time())  # live: never expired
-
-    def record(self) -> SessionRecord:
-        s = self.session
-        return SessionRecord(
-            id=s.id,
-            token_hash=self.token_hash,
-            owner=self.owner,
-            system=s.system,
-            defaults=s.defaults,
-            last_seq=self.journal.last_seq,
-            updated_at=self.used_at,
-        )
 
 
 class SessionHub:
