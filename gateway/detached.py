@@ -59,16 +59,21 @@ class DetachedSessions(Generic[S]):
         for session in self:
             if waiting - self.stopping <= 0:
                 break
-            running = session.running
-            if running is None or session.yielding:
-                continue
-            running.cancel()
-            session.yielding = True
-            self.stopping += 1
-            stopped += 1
-            self._on_preempt()
-            log.info("session %s: its detached turn yields to an attached client's", session.id)
+            if self.stop(session):
+                stopped += 1
         return stopped
+
+    def stop(self, session: S) -> bool:
+        """Cancel `session`'s running turn for attached clients' (False: none runs, or it is stopping)."""
+        running = session.running
+        if running is None or session.yielding:
+            return False
+        running.cancel()
+        session.yielding = True
+        self.stopping += 1
+        self._on_preempt()
+        log.info("session %s: its detached turn yields to attached clients'", session.id)
+        return True
 
     def turn_ended(self, session: S) -> None:
         if session.yielding:

@@ -90,7 +90,7 @@ class SessionHub:
         if cancel_turn and live.active is not None:
             live.active.handle.cancel()
         elif live.active is not None and self.turns.engine.load().waiting > 0:
-            self.detached.make_room(1)  # someone is waiting for a slot: nobody listens to this turn
+            self.detached.stop(live)  # others wait for a slot, and nobody listens to this turn any more
         if self.settings.session_grace_s <= 0:
             self.unload(live)
         else:

@@ -157,24 +157,23 @@ async def history_amplifier(server: Server) -> str:
 
 
 async def revived_images(server: Server) -> str:
-    """Six stored sessions of about 8 MiB of images each, resumed from one address one after another."""
+    """Six stored sessions of about 15 MiB of images each, resumed by one connection one after another."""
     stored = []
     for seed in range(6):
         ws, ready = await open_client(server.url, "127.0.7.7")
-        images = [noise_png(seed * 10 + k, 960) for k in range(3)]
+        images = [noise_png(seed * 10 + k, 1150) for k in range(4)]
         await send(ws, {"type": "turn", "id": "t", "text": "look", "images": images, "options": {"max_tokens": 1}})
         await until(ws, "done", timeout_s=120)
         await ws.close()
         stored.append((ready["session"], ready["resume_token"]))
     await asyncio.sleep(1.5)  # GATEWAY_SESSION_GRACE_S=1: they leave memory
     answers = []
-    holders = []
+    resumer, _ = await open_client(server.url, "127.0.7.8")
     for session, token in stored:
-        ws, _ = await open_client(server.url, "127.0.7.8")
-        await send(ws, {"type": "resume", "id": "r", "session": session, "token": token})
-        answer = await until(ws, "resumed", "error")
+        await send(resumer, {"type": "resume", "id": "r", "session": session, "token": token})
+        answer = await until(resumer, "resumed", "error")
         answers.append(str(answer.get("code", answer["type"])))
-        holders.append(ws)
+    holders = [resumer]
     # another client's image turn afterwards
     ws, _ = await open_client(server.url, "127.0.7.9")
     await send(ws, {"type": "turn", "id": "t", "text": "look", "images": [noise_png(99, 960)], "options": {"max_tokens": 1}})
