@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -145,10 +146,32 @@ def chat_image(color: Any = (200, 30, 30), size: tuple[int, int] = (64, 48), fmt
     return check_image(image_bytes(fmt, size, color), ImageLimits(max_bytes=1 << 26, max_pixels=1 << 26))
 
 
-def ensure_program(name: str, package: str) -> str:
+def announce(config: pytest.Config, line: str) -> None:
+    """A line on the terminal at once, even while pytest captures a test's output: slow set-up steps say
+    what they are doing instead of looking hung."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        print(f"[setup] {line}", file=sys.stderr)
+        return
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        reporter.ensure_newline()
+        reporter.write_line(f"[setup] {line}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the vLLM servers carry the `vllm` marker: `-m "not vllm"` leaves them (and vLLM's
+    3.5 GB install) out."""
+    for item in items:
+        if "vllm_pair" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vllm)
+
+
+def ensure_program(name: str, package: str, config: pytest.Config) -> str:
     """The path of a Debian program the tests need, installed on first use (as CI installs chromium)."""
     found = shutil.which(name)
     if found is None:
+        announce(config, f"installing {package} with apt-get (once; about 30 s)")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env, capture_output=True)
@@ -158,9 +181,9 @@ def ensure_program(name: str, package: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[str]:
     """A real redis-server on a free loopback port, for the whole test session."""
-    program = ensure_program("redis-server", "redis-server")
+    program = ensure_program("redis-server", "redis-server", pytestconfig)
     port = free_port()
     directory = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(

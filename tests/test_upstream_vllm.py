@@ -86,8 +86,8 @@ async def test_history_reaches_vllm_with_exact_counts(gateway: Gateway, vllm_pai
 
 
 async def test_cancel_frees_vllm(gateway: Gateway, vllm_pair: VllmPair) -> None:
-    """`cancel` closes the upstream stream: vLLM's running-requests gauge is back to 0 within a second,
-    and it generated far fewer than the 4,000 tokens the turn asked for (it ignores end-of-sequence)."""
+    """`cancel` closes the upstream stream: vLLM's running-requests gauge goes back to 0 having generated
+    far fewer than the 4,000 tokens the turn asked for (it ignores end-of-sequence)."""
     vllm = vllm_pair.primary
 
     async def metric(name: str) -> float:  # off the event loop: a loaded vLLM can take a while to answer
@@ -114,7 +114,8 @@ async def test_cancel_frees_vllm(gateway: Gateway, vllm_pair: VllmPair) -> None:
             result = await client.collect("c1")
             cancelled_at = time.monotonic()
             while await metric(RUNNING) != 0:
-                assert time.monotonic() - cancelled_at < 1.0, "vLLM still runs the cancelled request"
+                # The bound is the token count below, not this time (a busy machine may be slow to tell).
+                assert time.monotonic() - cancelled_at < 60.0, "vLLM still runs the cancelled request"
                 await asyncio.sleep(0.05)
         assert result.done is not None
         if result.done["finish_reason"] == "length" or await metric(GENERATED) - generated >= 4000:

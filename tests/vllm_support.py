@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def vllm_python() -> str:
-    """vLLM's interpreter, installing it on first use (a few minutes; cached after)."""
-    done = subprocess.run([str(ROOT / "scripts" / "install-vllm")], check=True, capture_output=True, text=True)
-    return done.stdout.strip().splitlines()[-1]
+def vllm_python(say: Callable[[str], None] = print, script: Path = ROOT / "scripts" / "install-vllm") -> str:
+    """vLLM's interpreter, installing it on first use (a few minutes; cached after); the script's
+    progress lines go to `say` as they come."""
+    with subprocess.Popen([str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None and process.stderr is not None
+        others = []
+        for line in process.stderr:
+            if line.startswith("==> "):
+                say(line[4:].rstrip())
+            else:
+                others.append(line)
+        out = process.stdout.read()
+    if process.returncode != 0:
+        raise RuntimeError(f"scripts/install-vllm failed ({process.returncode}):\n{''.join(others)[-4000:]}")
+    return out.strip().splitlines()[-1]
 
 
 @dataclass
@@ -153,8 +165,9 @@ class VllmPair:
     model_dir: Path
 
 
-def start_pair(model_dir: Path, ports: tuple[int, int], log_dir: Path) -> VllmPair:
-    python = vllm_python()
+def start_pair(model_dir: Path, ports: tuple[int, int], log_dir: Path, say: Callable[[str], None] = print) -> VllmPair:
+    python = vllm_python(say)
+    say(f"starting two vLLM servers on ports {ports[0]} and {ports[1]} (about 1.5 minutes on 2 cores)")
     servers = [start_vllm(model_dir, port, log_dir, python) for port in ports]
     try:
         for server in servers:
