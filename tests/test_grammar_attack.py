@@ -19,9 +19,9 @@ GREEDY = {"temperature": 0}
 
 @pytest.fixture(scope="module")
 def guarded(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
-    """The default grammar bounds, but a lexer budget that refuses a 650 KB alternation (as the default
-    refuses a 1.7 MB one) in half a second, so the attack is quick to run."""
-    settings = Settings(turns_per_minute=1e6, frames_per_second=1e6, grammar_lexer_fuel=200_000)
+    """The default grammar bounds, but less lexer fuel: it refuses a 530 KB alternation (as the default
+    refuses a 1.7 MB one) in half a second, so the attack is quick to run, and still takes 9,000 properties."""
+    settings = Settings(turns_per_minute=1e6, frames_per_second=1e6, grammar_lexer_fuel=300_000)
     running = start_server(demo_dirs.model, settings)
     yield running
     running.stop()
@@ -34,9 +34,15 @@ def pattern_format(seed: int, words: int = 60_000) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": f"p{seed}", "schema": schema}}
 
 
-def required_format(seed: int, count: int = 9_000) -> dict[str, Any]:
-    """A distinct schema of `count` required integer properties: heavy (about a second), but accepted."""
-    properties = {f"k{seed}_{i}": {"type": "integer"} for i in range(count)}
+def required_format(seed: int, groups: int = 9, each: int = 1_000) -> dict[str, Any]:
+    """A distinct schema of 9,000 required integer properties (in groups, as a msgpack map holds at most
+    1,024 entries): heavy (about a second of compiling), but accepted."""
+
+    def group(g: int) -> dict[str, Any]:
+        properties = {f"k{seed}_{g}_{i}": {"type": "integer"} for i in range(each)}
+        return {"type": "object", "properties": properties, "required": list(properties)}
+
+    properties = {f"g{g}": group(g) for g in range(groups)}
     schema = {"type": "object", "properties": properties, "required": list(properties)}
     return {"type": "json_schema", "json_schema": {"name": f"r{seed}", "schema": schema}}
 
@@ -87,3 +93,36 @@ async def test_twelve_huge_pattern_schemas_are_refused_off_the_loop(guarded: Run
     assert vocabulary(guarded).compiles - compiled_before == codes.count("invalid_field")
     print(f"\n[grammar] {len(victims)} victim turns; slowest loop callback {watch.slowest_ms:.1f} ms CPU of {watch.callbacks}")
     watch.check()
+
+
+async def test_heavy_accepted_schemas_compile_once_off_the_loop(guarded: RunningServer) -> None:
+    """Three distinct schemas of 9,000 required properties from 3 connections, then each again by `configure`
+    on a fourth: all accepted, no loop callback takes 50 ms of CPU, the victim's turns all complete, and the
+    engine compiled each schema once (its turns copy the compiled matcher)."""
+    compiled_before = vocabulary(guarded).compiles
+    formats = [required_format(seed) for seed in range(3)]
+    with watching(guarded.thread) as watch:
+        stop = asyncio.Event()
+        victim = asyncio.create_task(victim_turns(guarded.ws_url, stop))
+        answers = await asyncio.gather(*(attack(guarded.ws_url, [fmt], f"h{n}-") for n, fmt in enumerate(formats)))
+        async with GatewayClient(guarded.ws_url) as again:
+            configured = [await again.request({"type": "configure", "response_format": fmt}) for fmt in formats]
+            repeated = await again.turn("r", "x", max_tokens=2, **GREEDY)
+        stop.set()
+        victims = await victim
+    assert all(results[0].done is not None and results[0].done["structured"] is False for results in answers)
+    assert [frame["type"] for frame in configured] == ["configured"] * 3 and repeated.done is not None
+    assert all(result.done is not None and result.done["finish_reason"] == "length" for result in victims)
+    assert vocabulary(guarded).compiles - compiled_before == 3
+    print(f"\n[grammar] {len(victims)} victim turns; slowest loop callback {watch.slowest_ms:.1f} ms CPU of {watch.callbacks}")
+    watch.check()
+
+
+async def test_ready_announces_the_grammar_bounds(guarded: RunningServer) -> None:
+    """`ready.limits` carries max_grammar_bytes and both compile rates, as configured."""
+    async with GatewayClient(guarded.ws_url) as client:
+        limits = client.ready["limits"]
+    s = guarded.settings
+    assert limits["max_grammar_bytes"] == s.max_grammar_bytes
+    assert limits["grammar_compiles_per_minute"] == s.grammar_compiles_per_minute
+    assert limits["grammar_compiles_per_minute_per_client"] == s.grammar_compiles_per_minute_per_client
