@@ -107,7 +107,8 @@ class Settings:
     grammar_max_lexer_states: int = 50_000  # llguidance's lexer states per grammar (memory: 1-2 kB each)
     grammar_compiles_per_minute: float = 30.0  # distinct grammars compiled for one connection (bursts of a sixth)
     grammar_compiles_per_minute_per_client: float = 60.0  # the same, for all of one client address's connections
-    grammar_cache_entries: int = 1024  # distinct grammars whose outcome (and compiled matcher) is kept
+    grammar_cache_bytes: int = 64 * MiB  # grammar text of the distinct grammars whose outcome is kept
+    grammar_matchers_kept: int = 16  # compiled matchers kept for later turns (a huge grammar's is tens of MB)
 
     # Upstream engines: generation on OpenAI-compatible servers (vLLM) instead of a local model.
     upstreams: str = ""  # comma-separated base URLs ("http://10.0.0.5:8000"); set, they replace the local model

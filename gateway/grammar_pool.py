@@ -80,12 +80,13 @@ class GrammarPool:
     compiles wait for one (beyond, `overloaded`). Each distinct source compiles once (structured.CHECKED);
     with a local engine the check is the engine's own compile, kept for its turns."""
 
-    def __init__(self, settings: Settings, check: Checker | None = None) -> None:
+    def __init__(self, settings: Settings, check: Checker | None = None, holds: Callable[[str], bool] | None = None) -> None:
         self.settings = settings
+        self.holds = holds  # whether the engine still keeps a grammar's compiled matcher
         self.limits = GrammarLimits(settings.max_grammar_bytes, settings.grammar_lexer_fuel, settings.grammar_max_lexer_states)
         self.check = check or validate
         self.compiles = 0  # compiles started, ever
-        CHECKED.capacity = max(CHECKED.capacity, settings.grammar_cache_entries)
+        CHECKED.capacity_bytes = settings.grammar_cache_bytes
         workers = max(1, settings.grammar_workers)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="gateway-grammar", initializer=yield_cpu)
         self._running: dict[str, _Compile] = {}
@@ -128,10 +129,15 @@ class GrammarPool:
 
     async def _checked(self, key: str, quota: CompileQuota, compile_: Callable[[], Grammar | GatewayError]) -> Grammar:
         outcome = CHECKED.get(key)
-        if outcome is None:
+        if outcome is None or self._evicted(outcome):
             running = self._running.get(key) or self._start(key, quota, compile_)
             outcome = await self._outcome(key, running)
         return settled(outcome)
+
+    def _evicted(self, outcome: Grammar | GatewayError) -> bool:
+        """An accepted grammar whose compiled matcher the engine has let go: compiled again here, so the
+        generation thread never has to."""
+        return self.holds is not None and isinstance(outcome, Grammar) and not self.holds(outcome.source)
 
     def _start(self, key: str, quota: CompileQuota, compile_: Callable[[], Grammar | GatewayError]) -> _Compile:
         wait_s = quota.take()
@@ -174,7 +180,7 @@ class GrammarPool:
                     outcome = GatewayError(
                         ErrorCode.INVALID_FIELD, f"compiling the grammar took over grammar_cpu_s ({budget:g} s)"
                     )
-        if CHECKED.get(key) is None:
+        if CHECKED.get(key) is None or isinstance(outcome, Grammar):
             CHECKED.put(key, outcome)
         return outcome
 

@@ -61,11 +61,13 @@ def validate(source: str, limits: GrammarLimits) -> str:
 
 
 class CheckedGrammars:
-    """Each distinct source's outcome (the grammar, or the refusal), least recently used first out; keyed by
-    a sha256 of the source, so repeats cost a hash. Shared by the event loop and the compile workers."""
+    """Each distinct source's outcome (the grammar, or the refusal), keyed by a sha256 of the source, so
+    repeats cost a hash; least recently used first out past `capacity_bytes` of grammar text. Shared by
+    the event loop and the compile workers."""
 
-    def __init__(self, capacity: int = 1024) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity_bytes: int = 64 * 1024 * 1024) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.held_bytes = 0
         self._entries: OrderedDict[str, Grammar | GatewayError] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -78,10 +80,18 @@ class CheckedGrammars:
 
     def put(self, key: str, outcome: Grammar | GatewayError) -> None:
         with self._lock:
+            previous = self._entries.pop(key, None)
+            self.held_bytes += _size(outcome) - (_size(previous) if previous is not None else 0)
             self._entries[key] = outcome
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            while self.held_bytes > self.capacity_bytes and len(self._entries) > 1:
+                self.held_bytes -= _size(self._entries.popitem(last=False)[1])
+
+
+def _size(outcome: Grammar | GatewayError) -> int:
+    """Roughly what an outcome holds: its texts (a refusal's message is short)."""
+    if isinstance(outcome, GatewayError):
+        return len(outcome.message) + 100
+    return len(outcome.source) + len(outcome.upstream) + 100
 
 
 CHECKED = CheckedGrammars()

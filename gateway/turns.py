@@ -32,7 +32,6 @@ from gateway.images import ImageLimits, check_image, yield_cpu
 from gateway.metrics import Metrics
 from gateway.replies import server_defaults
 from gateway.session import PromptPlan, Session, UserTurn, resolve_params
-from gateway.structured import Checker
 from gateway.tools.formats import detect
 from gateway.tools.plan import NO_TOOLS, ToolPlan, plan_tools
 from gateway.url_guard import FetchPolicy
@@ -105,7 +104,7 @@ class TurnService:
         )
         self._turn_ms = 1000.0  # a moving average of turn durations, for Retry-After
         self.tool_syntax = detect(engine.chat_template)  # how this model writes tool calls
-        self.grammars = GrammarPool(settings, _grammar_checker(engine, settings))
+        self.grammars = _grammar_pool(engine, settings)
 
     def close(self) -> None:
         self.grammars.close()
@@ -318,15 +317,15 @@ class TurnService:
         return int(min(60_000, max(100, rounds * self._turn_ms)))
 
 
-def _grammar_checker(engine: Engine, settings: Settings) -> Checker | None:
-    """A local engine's own compile as the check, so each grammar compiles once for both; None elsewhere."""
+def _grammar_pool(engine: Engine, settings: Settings) -> GrammarPool:
+    """With a local engine, its own compile is the check, so each grammar compiles once for both."""
     from gateway.engine.constrain import GrammarVocabulary  # torch: only where a local engine already loaded it
 
     vocabulary = getattr(engine, "grammars", None)
     if not isinstance(vocabulary, GrammarVocabulary):
-        return None
-    vocabulary.capacity = settings.grammar_cache_entries
-    return vocabulary.check
+        return GrammarPool(settings)
+    vocabulary.capacity = settings.grammar_matchers_kept
+    return GrammarPool(settings, vocabulary.check, vocabulary.holds)
 
 
 @contextlib.contextmanager

@@ -24,11 +24,11 @@ class LoopWatch:
     slowest_ms: float = 0.0
     slow: list[tuple[float, str]] = field(default_factory=list)  # (CPU ms, the callback) past the limit
 
-    def observe(self, cpu_ms: float, handle: asyncio.Handle) -> None:
+    def observe(self, cpu_ms: float, callback: Any) -> None:
         self.callbacks += 1
         self.slowest_ms = max(self.slowest_ms, cpu_ms)
         if cpu_ms > self.limit_ms:
-            self.slow.append((cpu_ms, describe(handle)))
+            self.slow.append((cpu_ms, describe(callback)))
 
     def check(self) -> None:
         """Fail naming each callback that took more than the limit."""
@@ -37,13 +37,12 @@ class LoopWatch:
         assert not self.slow, f"{len(self.slow)} event-loop callbacks over {self.limit_ms:.0f} ms CPU:\n{lines}"
 
 
-def describe(handle: asyncio.Handle) -> str:
+def describe(callback: Any) -> str:
     """The callback, and for a task's step the coroutine it was running."""
-    callback: Any = getattr(handle, "_callback", None)
     task = getattr(callback, "__self__", None)
     if isinstance(task, asyncio.Task):
         return f"task {task.get_name()} running {task.get_coro()!r}"[:300]
-    return repr(handle)[:300]
+    return repr(callback)[:300]
 
 
 @contextlib.contextmanager
@@ -57,11 +56,12 @@ def watching(thread: threading.Thread, limit_ms: float = LIMIT_MS) -> Iterator[L
     def timed_run(handle: asyncio.Handle) -> None:
         if threading.current_thread() is not watch.thread:
             return original(handle)
+        callback = handle._callback  # type: ignore[attr-defined]  # read first: running may clear it
         began = time.thread_time()
         try:
             return original(handle)
         finally:
-            watch.observe((time.thread_time() - began) * 1000, handle)
+            watch.observe((time.thread_time() - began) * 1000, callback)
 
     asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
     try:

@@ -11,9 +11,10 @@ import pytest
 
 from gateway import protocol as p
 from gateway.config import Settings
+from gateway.engine.types import Grammar
 from gateway.errors import GatewayError, RetryLater
 from gateway.grammar_pool import GrammarPool
-from gateway.structured import GrammarLimits, validate
+from gateway.structured import CheckedGrammars, GrammarLimits, validate
 
 
 def schema_format(n: int, tag: str) -> p.JsonSchemaFormat:
@@ -111,3 +112,31 @@ async def test_compile_rate_is_per_connection_and_per_address() -> None:
     with pytest.raises(RetryLater, match="slow down"):
         await pool.response_grammar(schema_format(5, "rate"), sibling)
     assert await pool.response_grammar(schema_format(0, "rate"), sibling) is not None  # compiled already: free
+
+
+async def test_a_grammar_whose_matcher_the_engine_let_go_compiles_again_on_the_pool() -> None:
+    """Accepted once, then evicted from the engine's kept matchers: the next check compiles it on the pool
+    again (the generation thread never has to), and while kept it is a cache hit."""
+    calls: list[str] = []
+    kept: set[str] = set()
+
+    def check(source: str, limits: GrammarLimits) -> str:
+        calls.append(source)
+        kept.add(source)
+        return validate(source, limits)
+
+    pool = GrammarPool(Settings(), check, kept.__contains__)
+    fmt = schema_format(0, "evicted")
+    quota = pool.quota("10.3.0.1")
+    grammar = await pool.response_grammar(fmt, quota)
+    await pool.response_grammar(fmt, quota)
+    kept.clear()
+    assert await pool.response_grammar(fmt, quota) == grammar and len(calls) == 2
+
+
+def test_checked_outcomes_are_bounded_by_bytes() -> None:
+    """The outcome cache lets the least recently used go once its grammar text passes capacity_bytes."""
+    cache = CheckedGrammars(capacity_bytes=1000)
+    for n in range(5):
+        cache.put(f"k{n}", Grammar("regex", "x" * 300))
+    assert cache.held_bytes <= 1000 and cache.get("k0") is None and cache.get("k4") is not None

@@ -25,7 +25,7 @@ class GrammarVocabulary:
     second for a 150k vocabulary), and the matchers compiled from it: the compile pool's workers build each
     distinct grammar's once (`check`), and the generation thread copies it per turn (`matcher`)."""
 
-    capacity = 256  # compiled matchers kept (the compile pool sets its grammar_cache_entries)
+    capacity = 16  # compiled matchers kept, up to tens of MB each (the compile pool sets grammar_matchers_kept)
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Iterable[int]) -> None:
         self.vocab_size = vocab_size
@@ -51,6 +51,11 @@ class GrammarVocabulary:
             while len(self._compiled) > self.capacity:
                 self._compiled.popitem(last=False)
         return ""
+
+    def holds(self, source: str) -> bool:
+        """Whether `source`'s compiled matcher is kept (a turn using it copies it, compiling nothing)."""
+        with self._lock:
+            return source in self._compiled
 
     def matcher(self, grammar: Grammar) -> RowGrammar:
         """A fresh parser for one turn: a copy of the compiled matcher (microseconds), compiled here only
