@@ -126,3 +126,20 @@ async def test_ready_announces_the_grammar_bounds(guarded: RunningServer) -> Non
     assert limits["max_grammar_bytes"] == s.max_grammar_bytes
     assert limits["grammar_compiles_per_minute"] == s.grammar_compiles_per_minute
     assert limits["grammar_compiles_per_minute_per_client"] == s.grammar_compiles_per_minute_per_client
+
+
+async def test_huge_tool_parameter_schemas_are_refused_off_the_loop(guarded: RunningServer) -> None:
+    """Tools whose parameters schema is a huge `pattern`, in `configure` and in a turn: `invalid_field`
+    naming the lexer budget, compiled once on the pool, no loop callback over 50 ms of CPU."""
+    schema = pattern_format(1000)["json_schema"]["schema"]
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": schema}}]
+    compiled_before = vocabulary(guarded).compiles
+    with watching(guarded.thread) as watch:
+        async with GatewayClient(guarded.ws_url) as client:
+            configured = await client.request({"type": "configure", "id": "c", "tools": tools})
+            refused = await client.turn("t", "x", max_tokens=2, tools=tools, tool_choice="required")
+    assert configured["type"] == "error" and configured["code"] == "invalid_field"
+    assert "grammar_lexer_fuel" in configured["message"]
+    assert refused.errors[0]["code"] == "invalid_field" and refused.done is None
+    assert vocabulary(guarded).compiles - compiled_before == 1
+    watch.check()
