@@ -21,11 +21,13 @@ class LoopWatch:
     thread: threading.Thread
     limit_ms: float = LIMIT_MS
     callbacks: int = 0
+    cpu_ms: float = 0.0  # all callbacks together
     slowest_ms: float = 0.0
     slow: list[tuple[float, str]] = field(default_factory=list)  # (CPU ms, the callback) past the limit
 
     def observe(self, cpu_ms: float, callback: Any) -> None:
         self.callbacks += 1
+        self.cpu_ms += cpu_ms
         self.slowest_ms = max(self.slowest_ms, cpu_ms)
         if cpu_ms > self.limit_ms:
             self.slow.append((cpu_ms, describe(callback)))
