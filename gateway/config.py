@@ -106,6 +106,18 @@ class Settings:
 
     chat_template: str | None = None  # a Jinja chat template file, for checkpoints that ship none (PaliGemma)
 
+    # Structured output: response_format and forced tool calls compile off the event loop (gateway/grammar_pool.py).
+    grammar_workers: int = 1  # threads compiling grammars (each distinct schema once; repeats are a hash look-up)
+    grammar_queue: int = 8  # compiles waiting for a worker; beyond it, `overloaded`
+    grammar_cpu_s: float = 5.0  # CPU time one compile may use; past it the schema is refused (`invalid_field`)
+    max_grammar_bytes: int = 1024 * 1024  # a response_format's JSON (or a forced call's grammar); larger is refused
+    grammar_lexer_fuel: int = 1_000_000  # llguidance's lexer budget per compile (CPU: about 50k a millisecond)
+    grammar_max_lexer_states: int = 50_000  # llguidance's lexer states per grammar (memory: 1-2 kB each)
+    grammar_compiles_per_minute: float = 30.0  # distinct grammars compiled for one connection (bursts of a sixth)
+    grammar_compiles_per_minute_per_client: float = 60.0  # the same, for all of one client address's connections
+    grammar_cache_bytes: int = 64 * MiB  # grammar text of the distinct grammars whose outcome is kept
+    grammar_matchers_kept: int = 16  # compiled matchers kept for later turns (a huge grammar's is tens of MB)
+
     # Upstream engines: generation on OpenAI-compatible servers (vLLM) instead of a local model.
     upstreams: str = ""  # comma-separated base URLs ("http://10.0.0.5:8000"); set, they replace the local model
     upstream_api_key: str | None = None  # sent to the upstreams as a Bearer token

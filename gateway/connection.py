@@ -106,6 +106,7 @@ class Connection:
         self._history_bytes = TokenBucket(rate=rate, burst=max(rate, float(settings.max_session_image_bytes)))
         self._history_seq = 0  # the seq of the last `history` frame with images, until the writer has sent it
         self._strikes = 0  # frames refused by the rate limit in a row
+        self._compiles = self.turns.grammars.quota(websocket.client.host if websocket.client else "unknown")
         self._closing: ConnectionClosing | None = None
         self._reader: asyncio.Task[Any] | None = None
 
@@ -352,7 +353,7 @@ class Connection:
         live = self.live
         events = TurnEvents(self.hub, live, frame.id)
         # The reader awaits this (no other frame of ours is read meanwhile), so the turn cannot race a reset.
-        started = events.started = await self.turns.start(live.session, request, events)
+        started = events.started = await self.turns.start(live.session, request, events, self._compiles)
         live.active = started  # before any await: the turn's events may already be queued
         self.put(p.AcceptedFrame(id=frame.id, prompt_tokens=started.plan.prompt_tokens, dropped_turns=started.plan.dropped_turns))
         await self.hub.turn_started(live, started)
@@ -365,6 +366,7 @@ class Connection:
     async def _configure(self, frame: p.ConfigureFrame) -> None:
         options = p.SamplingOptions(**{k: getattr(frame, k) for k in p.SamplingOptions.__struct_fields__})
         self.turns.check_options(options)
+        await self.turns.check_grammars(options, self._compiles)
         self.session.configure(frame.system, options)
         await self.hub.save_settings(self.live)
         self.put(p.ConfiguredFrame(defaults=session_defaults(self.turns, self.session), id=frame.id))

@@ -19,8 +19,8 @@ from gateway.auth import bearer_accepted
 from gateway.config import Settings
 from gateway.engine.types import ChatImage, ChatMessage, Engine, Grammar, SamplingParams
 from gateway.errors import HTTP_STATUS, ErrorCode, GatewayError, RetryLater
+from gateway.grammar_pool import CompileQuota
 from gateway.openai_stream import EventStreamResponse, Reply, TurnEvents, turn_events
-from gateway.structured import response_grammar
 from gateway.tools.plan import ToolPlan, plan_tools
 from gateway.turns import TurnService
 
@@ -155,9 +155,10 @@ async def chat_completions(request: Request) -> Response:
     except GatewayError:
         raise _model_not_found(chat.model, turns.engine) from None
     _check_limits(chat, prompt, turns)
-    tools = _tool_plan(chat, turns)
+    quota = turns.grammars.quota(request.client.host if request.client else "unknown")
+    tools = await _tool_plan(chat, turns, quota)
     messages = await _chat_messages(prompt, turns)
-    params = await _sampling_params(chat, messages, turns, tools)
+    params = await _sampling_params(chat, messages, turns, tools, await _grammar(chat, turns, quota))
     events = TurnEvents()
     handle = await turns.start_stateless(messages, params, adapter, events, tools)
     stream = turn_events(events, handle, request.receive)
@@ -221,15 +222,17 @@ async def _chat_messages(prompt: list[schema.PromptMessage], turns: TurnService)
     return [ChatMessage(m.role, m.text, tuple(next(images) for _ in m.image_urls), m.tool_calls, m.tool_call_id) for m in prompt]
 
 
-def _tool_plan(chat: schema.ChatCompletionRequest, turns: TurnService) -> ToolPlan:
+async def _tool_plan(chat: schema.ChatCompletionRequest, turns: TurnService, quota: CompileQuota) -> ToolPlan:
     try:
-        return plan_tools(chat.tools, chat.tool_choice, turns.tool_syntax)
+        plan = plan_tools(chat.tools, chat.tool_choice, turns.tool_syntax)
+        await turns.grammars.checked(plan.grammar, "tools", quota)
+        return plan
     except GatewayError as exc:
         raise ApiError.from_gateway(exc, "tool_choice" if "tool_choice" in exc.message else "tools") from None
 
 
 async def _sampling_params(
-    chat: schema.ChatCompletionRequest, messages: list[ChatMessage], turns: TurnService, tools: ToolPlan
+    chat: schema.ChatCompletionRequest, messages: list[ChatMessage], turns: TurnService, tools: ToolPlan, grammar: Grammar | None
 ) -> SamplingParams:
     """The request's options over the server's defaults; max_tokens defaults to what the context has room for."""
     settings, engine = turns.settings, turns.engine
@@ -253,12 +256,13 @@ async def _sampling_params(
         ),
         stop=chat.stop_strings,
         seed=chat.seed,
-        grammar=_grammar(chat),
+        grammar=grammar,
     )
 
 
-def _grammar(chat: schema.ChatCompletionRequest) -> Grammar | None:
+async def _grammar(chat: schema.ChatCompletionRequest, turns: TurnService, quota: CompileQuota) -> Grammar | None:
+    """The response_format's grammar, compiled on the turn service's grammar pool."""
     try:
-        return response_grammar(chat.response_format)
+        return await turns.grammars.response_grammar(chat.response_format, quota)
     except GatewayError as exc:
         raise ApiError.from_gateway(exc, "response_format") from None

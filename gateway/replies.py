@@ -56,6 +56,9 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
         "kv_cache_bytes": held.kv_cache_budget,
         "kv_spill_bytes": held.kv_spill_budget,
         "kv_cache_idle_s": int(settings.kv_cache_idle_s),
+        "max_grammar_bytes": settings.max_grammar_bytes,
+        "grammar_compiles_per_minute": int(settings.grammar_compiles_per_minute),
+        "grammar_compiles_per_minute_per_client": int(settings.grammar_compiles_per_minute_per_client),
     }
 
 

@@ -26,12 +26,12 @@ from gateway.engine.types import (
 )
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.fetch import data_url_bytes, fetch_image_bytes
+from gateway.grammar_pool import CompileQuota, GrammarPool
 from gateway.image_ledger import ImageLedger
 from gateway.images import ImageLimits, check_image, yield_cpu
 from gateway.metrics import Metrics
 from gateway.replies import server_defaults
 from gateway.session import PromptPlan, Session, UserTurn, resolve_params
-from gateway.structured import response_grammar
 from gateway.tools.formats import detect
 from gateway.tools.plan import NO_TOOLS, ToolPlan, plan_tools
 from gateway.url_guard import FetchPolicy
@@ -109,8 +109,10 @@ class TurnService:
         # Given a session and the image bytes it needs, unloads detached sessions holding images until it has them.
         self.free_images: Callable[[str, int], int] | None = None
         self.tool_syntax = detect(engine.chat_template)  # how this model writes tool calls
+        self.grammars = _grammar_pool(engine, settings)
 
     def close(self) -> None:
+        self.grammars.close()
         self._fetch_pool.shutdown(wait=False, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -151,9 +153,13 @@ class TurnService:
             raise GatewayError(ErrorCode.TOO_LARGE, f"at most {self.settings.max_stop_strings} stop strings")
         if options.model is not None:
             self.adapter_for(options.model)
-        response_grammar(options.response_format)  # an unusable schema or regex is refused now
+
+    async def check_grammars(self, options: p.SamplingOptions, quota: CompileQuota) -> None:
+        """An unusable schema or regex is refused now, and so is an unusable tool parameters schema: each
+        compiled on the grammar pool, within the client's compile rate."""
+        await self.grammars.response_grammar(options.response_format, quota)
         if options.tools:
-            plan_tools(options.tools, "required", self.tool_syntax)  # so is an unusable parameters schema
+            await self.grammars.checked(plan_tools(options.tools, "required", self.tool_syntax).grammar, "tools", quota)
 
     def adapter_for(self, model: str | None) -> str | None:
         """The adapter a model id selects (None: the base model), or `invalid_field` naming the ids."""
@@ -190,10 +196,11 @@ class TurnService:
 
     # ---- a session's turn (WebSocket) -------------------------------------------------------------
 
-    async def start(self, session: Session, request: TurnRequest, sink: ToolCallSink) -> StartedTurn:
+    async def start(self, session: Session, request: TurnRequest, sink: ToolCallSink, quota: CompileQuota) -> StartedTurn:
         """Check, load, plan and submit one turn of `session`; the caller records it with `record`."""
         self.check_open(request.id)
         self.check_turn(request)
+        await self._compile_turn_grammars(session.defaults, request.options, quota)
         images = await self.load_images(request.images, request.image_urls)
         turn = session.check_turn(UserTurn(id=request.id, text=request.text, images=images))
         room = self._image_room(session, turn)
@@ -240,6 +247,17 @@ class TurnService:
         tools = options.tools if options is not None and options.tools is not None else defaults.tools
         choice = options.tool_choice if options is not None and options.tool_choice is not None else defaults.tool_choice
         return plan_tools(tools, choice, self.tool_syntax)
+
+    async def _compile_turn_grammars(
+        self, defaults: p.SamplingOptions, options: p.SamplingOptions | None, quota: CompileQuota
+    ) -> None:
+        """The turn's grammars, compiled (or found compiled) on the pool before anything uses them: so
+        `resolve` and `tools_for` look them up on the loop, never compile there."""
+        if options is not None:
+            await self.check_grammars(options, quota)
+        fmt = options.response_format if options is not None and options.response_format is not None else defaults.response_format
+        await self.grammars.response_grammar(fmt, quota)
+        await self.grammars.checked(self.tools_for(defaults, options).grammar, "tools", quota)
 
     def _image_room(self, session: Session, turn: UserTurn) -> int:
         """How many image bytes this session may hold with the turn: its own bound, and what the other
@@ -315,6 +333,17 @@ class TurnService:
         load = self.engine.load()
         rounds = math.ceil((load.waiting + 1) / max(1, load.capacity))
         return int(min(60_000, max(100, rounds * self._turn_ms)))
+
+
+def _grammar_pool(engine: Engine, settings: Settings) -> GrammarPool:
+    """With a local engine, its own compile is the check, so each grammar compiles once for both."""
+    from gateway.engine.constrain import GrammarVocabulary  # torch: only where a local engine already loaded it
+
+    vocabulary = getattr(engine, "grammars", None)
+    if not isinstance(vocabulary, GrammarVocabulary):
+        return GrammarPool(settings)
+    vocabulary.capacity = settings.grammar_matchers_kept
+    return GrammarPool(settings, vocabulary.check, vocabulary.holds)
 
 
 @contextlib.contextmanager

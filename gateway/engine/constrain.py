@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 import llguidance.hf
@@ -12,12 +14,18 @@ import torch
 
 from gateway.engine.types import Grammar
 
+if TYPE_CHECKING:
+    from gateway.structured import GrammarLimits
+
 _BITS = torch.arange(32, dtype=torch.int32)
 
 
 class GrammarVocabulary:
     """The model's vocabulary as llguidance sees it, built once from the tokenizer at start-up (about a
-    second for a 150k vocabulary). Immutable afterwards, so the generation thread may use it freely."""
+    second for a 150k vocabulary), and the matchers compiled from it: the compile pool's workers build each
+    distinct grammar's once (`check`), and the generation thread copies it per turn (`matcher`)."""
+
+    capacity = 16  # compiled matchers kept, up to tens of MB each (the compile pool sets grammar_matchers_kept)
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Iterable[int]) -> None:
         self.vocab_size = vocab_size
@@ -28,9 +36,40 @@ class GrammarVocabulary:
             wrapper = llguidance.TokenizerWrapper(DecodedVocabulary(tokenizer))
             self.tokenizer = llguidance.LLTokenizer(wrapper, n_vocab=vocab_size, eos_token=eos)
         self.words = (vocab_size + 31) // 32  # int32 words per row of the bitmask
+        self.compiles = 0  # grammars compiled against this vocabulary, ever
+        self._compiled: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, source: str, limits: GrammarLimits) -> str:
+        """Compile `source` within `limits` (on a compile worker: llguidance drops the GIL meanwhile) and
+        keep the matcher for its turns; llguidance's complaint, or "" when usable."""
+        matcher = self._compile(source, limits.parser_limits())
+        if matcher.is_error():
+            return matcher.get_error() or "the grammar is unusable"
+        with self._lock:
+            self._compiled[source] = matcher
+            while len(self._compiled) > self.capacity:
+                self._compiled.popitem(last=False)
+        return ""
+
+    def holds(self, source: str) -> bool:
+        """Whether `source`'s compiled matcher is kept (a turn using it copies it, compiling nothing)."""
+        with self._lock:
+            return source in self._compiled
 
     def matcher(self, grammar: Grammar) -> RowGrammar:
-        return RowGrammar(llguidance.LLMatcher(self.tokenizer, grammar.source))
+        """A fresh parser for one turn: a copy of the compiled matcher (microseconds), compiled here only
+        when no worker has (a grammar built by hand, or one evicted since)."""
+        with self._lock:
+            compiled = self._compiled.get(grammar.source)
+            if compiled is not None:
+                self._compiled.move_to_end(grammar.source)
+        return RowGrammar(compiled.deep_copy() if compiled is not None else self._compile(grammar.source, None))
+
+    def _compile(self, source: str, limits: llguidance.LLParserLimits | None) -> llguidance.LLMatcher:
+        with self._lock:
+            self.compiles += 1
+        return llguidance.LLMatcher(self.tokenizer, source, limits=limits)
 
 
 class DecodedVocabulary:

@@ -11,7 +11,6 @@ import msgspec
 from gateway import protocol as p
 from gateway.engine.types import Grammar, SamplingParams, ToolCallSink, TurnSink
 from gateway.errors import ErrorCode, GatewayError
-from gateway.structured import checked
 from gateway.tools.formats import ToolFormat
 from gateway.tools.stream import ToolCallFilter
 
@@ -19,7 +18,7 @@ from gateway.tools.stream import ToolCallFilter
 @dataclass(frozen=True)
 class ToolPlan:
     tools: tuple[dict[str, Any], ...] = ()  # OpenAI function definitions, for the chat template
-    grammar: Grammar | None = None  # set when a call is required: the reply is exactly one call
+    grammar: Grammar | None = None  # set when a call is required: the reply is exactly one call (checked by the caller)
     syntax: ToolFormat | None = None  # replies are parsed for calls with it; None: no tools this turn
 
     def params(self, params: SamplingParams) -> SamplingParams:
@@ -53,7 +52,8 @@ def plan_tools(tools: Sequence[p.ToolSpec] | None, choice: p.ToolChoice | None, 
         if not forced:
             raise GatewayError(ErrorCode.INVALID_FIELD, f"tool_choice names {choice.function.name!r}, which is not in tools")
     upstream = msgspec.json.encode({"tool_choice": choice}).decode()
-    grammar = checked(Grammar("tool_call", syntax.grammar(forced), upstream), "tools") if forced else None
+    # Unchecked here: the caller compiles it on the grammar pool (gateway/grammar_pool.py), off the event loop.
+    grammar = Grammar("tool_call", syntax.grammar(forced), upstream) if forced else None
     return ToolPlan(definitions, grammar, syntax)
 
 

@@ -1,0 +1,142 @@
+"""The grammar pool's bounds: size, CPU budget, queue, per-client compile rate, and one compile per source."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from gateway import protocol as p
+from gateway.config import Settings
+from gateway.engine.types import Grammar
+from gateway.errors import GatewayError, RetryLater
+from gateway.grammar_pool import GrammarPool
+from gateway.structured import CheckedGrammars, GrammarLimits, validate
+
+
+def schema_format(n: int, tag: str) -> p.JsonSchemaFormat:
+    """A distinct small schema (the tag keeps tests from finding each other's outcomes in the shared cache)."""
+    schema = {"type": "object", "properties": {f"{tag}{n}": {"type": "integer"}}}
+    return p.JsonSchemaFormat(json_schema=p.JsonSchemaSpec(name="s", schema=schema))
+
+
+def counting(calls: list[str], gate: threading.Event | None = None) -> Callable[[str, GrammarLimits], str]:
+    def check(source: str, limits: GrammarLimits) -> str:
+        calls.append(source)
+        if gate is not None:
+            gate.wait(10)
+        return validate(source, limits)
+
+    return check
+
+
+async def test_each_distinct_schema_compiles_once_however_many_ask() -> None:
+    """Four clients asking for one schema at once share one compile; asking again is a cache hit."""
+    calls: list[str] = []
+    pool = GrammarPool(Settings(), counting(calls))
+    fmt = schema_format(0, "once")
+    grammars = await asyncio.gather(*(pool.response_grammar(fmt, pool.quota(f"10.0.0.{n}")) for n in range(4)))
+    again = await pool.response_grammar(fmt, pool.quota("10.0.0.9"))
+    assert len(calls) == 1 and all(g is grammars[0] for g in grammars) and again is grammars[0]
+
+
+async def test_a_schema_over_max_grammar_bytes_is_refused_without_compiling() -> None:
+    """A response_format larger than max_grammar_bytes is `invalid_field` naming the setting; nothing compiles."""
+    calls: list[str] = []
+    pool = GrammarPool(Settings(max_grammar_bytes=200), counting(calls))
+    big = p.JsonSchemaFormat(json_schema=p.JsonSchemaSpec(name="s", schema={"enum": ["x" * 300]}))
+    with pytest.raises(GatewayError, match="max_grammar_bytes is 200") as refused:
+        await pool.response_grammar(big, pool.quota("10.0.0.1"))
+    assert refused.value.code.value == "invalid_field" and calls == []
+
+
+async def test_a_compile_past_its_cpu_budget_is_refused_naming_it() -> None:
+    """A compile that burns grammar_cpu_s of CPU is `invalid_field` naming grammar_cpu_s; so is a repeat, at once."""
+
+    def spin(source: str, limits: GrammarLimits) -> str:
+        began = time.thread_time()
+        while time.thread_time() - began < 0.5:
+            pass
+        return ""
+
+    pool = GrammarPool(Settings(grammar_cpu_s=0.1), spin)
+    fmt = schema_format(0, "cpu")
+    for _ in range(2):
+        with pytest.raises(GatewayError, match=r"grammar_cpu_s \(0.1 s\)"):
+            await pool.response_grammar(fmt, pool.quota("10.0.0.1"))
+    assert pool.compiles == 1
+
+
+async def test_waiting_for_a_worker_costs_no_cpu_budget() -> None:
+    """A compile queued behind another is judged by its own CPU time, not by how long it waited."""
+    gate = threading.Event()
+    calls: list[str] = []
+    pool = GrammarPool(Settings(grammar_cpu_s=0.2), counting(calls, gate))
+    quota = pool.quota("10.0.0.1")
+    first = asyncio.create_task(pool.response_grammar(schema_format(0, "wait"), quota))
+    second = asyncio.create_task(pool.response_grammar(schema_format(1, "wait"), quota))
+    await asyncio.sleep(0.5)  # the first blocks (no CPU) past the budget; the second waits for the worker
+    gate.set()
+    assert await first is not None and await second is not None
+
+
+async def test_a_full_queue_is_overloaded_with_retry_after() -> None:
+    """Beyond grammar_workers + grammar_queue compiles, a new one is `overloaded` with retry_after_ms."""
+    gate = threading.Event()
+    pool = GrammarPool(Settings(grammar_workers=1, grammar_queue=2), counting([], gate))
+    tasks = [asyncio.create_task(pool.response_grammar(schema_format(n, "full"), pool.quota(f"10.1.0.{n}"))) for n in range(3)]
+    await asyncio.sleep(0.05)
+    with pytest.raises(RetryLater) as refused:
+        await pool.response_grammar(schema_format(3, "full"), pool.quota("10.1.0.3"))
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert refused.value.code.value == "overloaded" and refused.value.retry_after_ms >= 100
+
+
+async def test_compile_rate_is_per_connection_and_per_address() -> None:
+    """A connection past its compile burst is `rate_limited` with retry_after_ms, while another connection
+    from elsewhere is not; an address's connections together share the per-address rate."""
+    pool = GrammarPool(Settings(grammar_compiles_per_minute=12, grammar_compiles_per_minute_per_client=18), counting([]))
+    one = pool.quota("10.2.0.1")
+    for n in range(2):  # a sixth of a minute's rate: a burst of 2
+        await pool.response_grammar(schema_format(n, "rate"), one)
+    with pytest.raises(RetryLater) as limited:
+        await pool.response_grammar(schema_format(2, "rate"), one)
+    assert limited.value.code.value == "rate_limited" and limited.value.retry_after_ms > 1000
+    assert await pool.response_grammar(schema_format(3, "rate"), pool.quota("10.2.0.2")) is not None
+    sibling = pool.quota("10.2.0.1")  # a fresh connection, same address: 1 of the address's burst of 3 is left
+    await pool.response_grammar(schema_format(4, "rate"), sibling)
+    with pytest.raises(RetryLater, match="slow down"):
+        await pool.response_grammar(schema_format(5, "rate"), sibling)
+    assert await pool.response_grammar(schema_format(0, "rate"), sibling) is not None  # compiled already: free
+
+
+async def test_a_grammar_whose_matcher_the_engine_let_go_compiles_again_on_the_pool() -> None:
+    """Accepted once, then evicted from the engine's kept matchers: the next check compiles it on the pool
+    again (the generation thread never has to), and while kept it is a cache hit."""
+    calls: list[str] = []
+    kept: set[str] = set()
+
+    def check(source: str, limits: GrammarLimits) -> str:
+        calls.append(source)
+        kept.add(source)
+        return validate(source, limits)
+
+    pool = GrammarPool(Settings(), check, kept.__contains__)
+    fmt = schema_format(0, "evicted")
+    quota = pool.quota("10.3.0.1")
+    grammar = await pool.response_grammar(fmt, quota)
+    await pool.response_grammar(fmt, quota)
+    kept.clear()
+    assert await pool.response_grammar(fmt, quota) == grammar and len(calls) == 2
+
+
+def test_checked_outcomes_are_bounded_by_bytes() -> None:
+    """The outcome cache lets the least recently used go once its grammar text passes capacity_bytes."""
+    cache = CheckedGrammars(capacity_bytes=1000)
+    for n in range(5):
+        cache.put(f"k{n}", Grammar("regex", "x" * 300))
+    assert cache.held_bytes <= 1000 and cache.get("k0") is None and cache.get("k4") is not None
