@@ -11,6 +11,7 @@ import websockets
 
 from gateway.config import Settings
 from tests.conftest import DemoDirs, RunningServer, start_server, wait_until
+from tests.loop_watch import watching
 from tests.test_sessions import Raw
 
 LONG = {"max_tokens": 1800, "ignore_eos": True, "temperature": 0}
@@ -56,12 +57,13 @@ async def test_an_attached_turn_stops_the_oldest_abandoned_ones(small: RunningSe
     """With every slot and the queue held by turns whose clients vanished, a fresh client's turn is not
     refused: the oldest detached turns are cancelled for it, and their `done` replays as `cancelled`."""
     hub = small.app.state.hub
-    abandoned = [await abandon(small, f"127.0.0.{n + 2}", f"a{n}") for n in range(3)]
-    await wait_until(lambda: len(hub.detached) == 3, 30)
-
-    fresh = await Raw(small.ws_url).open()
-    await fresh.send({"type": "turn", "id": "mine", "text": "hello", "options": {"max_tokens": 4, "temperature": 0}})
-    done = await fresh.until("done")
+    with watching(small.thread) as watch:
+        abandoned = [await abandon(small, f"127.0.0.{n + 2}", f"a{n}") for n in range(3)]
+        await wait_until(lambda: len(hub.detached) == 3, 30)
+        fresh = await Raw(small.ws_url).open()
+        await fresh.send({"type": "turn", "id": "mine", "text": "hello", "options": {"max_tokens": 4, "temperature": 0}})
+        done = await fresh.until("done")
+    watch.check()
     assert [f for f in fresh.frames if f["type"] == "error"] == []
     assert done["finish_reason"] in ("length", "stop")
     # a0 gave way when a2 detached while waiting for a slot (and a1 when this turn came, unless it had ended)
@@ -80,9 +82,11 @@ async def test_a_client_cannot_pile_up_detached_sessions(small: RunningServer) -
     memory (the oldest detached go first, to the store); other addresses' sessions are untouched."""
     hub = small.app.state.hub
     other = await From(small.ws_url, "127.0.0.20").open()
-    for _ in range(8):
-        client = await From(small.ws_url, "127.0.0.21").open()
-        client.abort()
+    with watching(small.thread) as watch:
+        for _ in range(8):
+            client = await From(small.ws_url, "127.0.0.21").open()
+            client.abort()
+    watch.check()
     await wait_until(lambda: len([s for s in hub.live.values() if s.client == "127.0.0.21"]) <= 3)
     assert hub.quota.count("127.0.0.21") <= 3
     assert other.ready["session"] in hub.live

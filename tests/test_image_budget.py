@@ -12,6 +12,7 @@ from PIL import Image
 
 from gateway.config import Settings
 from tests.conftest import DemoDirs, RunningServer, start_server, wait_until
+from tests.loop_watch import watching
 from tests.test_abandoned import From
 
 GREEDY = {"max_tokens": 2, "temperature": 0}
@@ -76,11 +77,13 @@ async def test_revived_sessions_count_and_never_push_attached_ones_out(tight: Ru
     once one of the two is detached, the third resume unloads it instead."""
     ledger = tight.app.state.turns.images
     a, b, c = await stored_image_sessions(tight, "127.0.1.1")
-    first, answer = await resume(tight, "127.0.1.2", a)
-    assert answer["type"] == "resumed"
-    second, answer = await resume(tight, "127.0.1.3", b)
-    assert answer["type"] == "resumed"
-    third, answer = await resume(tight, "127.0.1.4", c)
+    with watching(tight.thread) as watch:
+        first, answer = await resume(tight, "127.0.1.2", a)
+        assert answer["type"] == "resumed"
+        second, answer = await resume(tight, "127.0.1.3", b)
+        assert answer["type"] == "resumed"
+        third, answer = await resume(tight, "127.0.1.4", c)
+    watch.check()
     assert answer["type"] == "error" and answer["code"] == "overloaded" and answer["retry_after_ms"]
     assert ledger.total <= ledger.max_bytes
     await third.send({"type": "ping", "id": "p"})
@@ -103,11 +106,13 @@ async def test_history_with_images_is_rate_limited(tight: RunningServer) -> None
     client = await From(tight.ws_url, "127.0.1.9").open()
     await client.send({"type": "turn", "id": "t", "text": "look", "images": [IMAGES[0]], "options": GREEDY})
     await client.until("done")
-    await client.send({"type": "history", "id": "h1", "include_images": True})
-    history = await client.until("history")
+    with watching(tight.thread) as watch:
+        await client.send({"type": "history", "id": "h1", "include_images": True})
+        history = await client.until("history")
+        await client.send({"type": "history", "id": "h2", "include_images": True})
+        refused = await client.until("error")
+    watch.check()
     assert history["turns"][0]["images"][0]["data"] == IMAGES[0]
-    await client.send({"type": "history", "id": "h2", "include_images": True})
-    refused = await client.until("error")
     assert refused["id"] == "h2" and refused["code"] == "rate_limited" and refused["retry_after_ms"] > 0
     await client.send({"type": "history", "id": "h3"})
     plain = await client.until("history")
