@@ -51,10 +51,23 @@ class Redactor(logging.Filter):
             return True
         redacted = self.redact(message)
         if redacted != message:
-            record.msg, record.args = redacted, ()
+            self._rewrite(record, redacted)
         if record.exc_info and record.exc_info[1] is not None:  # an exception's text can quote what it failed on
             record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
         return True
+
+    def _rewrite(self, record: logging.LogRecord, redacted: str) -> None:
+        """Redact the arguments one by one where that suffices, since some formatters read them (uvicorn's
+        access lines unpack them); else the whole message stands in for template and arguments."""
+        if isinstance(record.args, tuple) and "%" in str(record.msg):
+            original = record.args
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in original)
+            try:
+                if record.getMessage() == redacted:
+                    return
+            except (TypeError, ValueError):
+                pass
+        record.msg, record.args = redacted, ()
 
 
 _installed: Redactor | None = None

@@ -49,6 +49,14 @@ def test_a_known_secret_is_redacted_wherever_it_appears() -> None:
     assert Redactor([KEY, None]).redact(f"x{KEY}y") == f"x{REDACTED}y"
 
 
+def test_arguments_are_redacted_in_place_where_formatters_read_them() -> None:
+    """uvicorn's access formatter unpacks a record's arguments: they stay five, with the token hidden."""
+    args = ("127.0.0.1:5000", "GET", "/ws?token=kq3V0m8t", "1.1", 101)
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', args, None)
+    Redactor().filter(record)
+    assert record.args == ("127.0.0.1:5000", "GET", "/ws?token=[redacted]", "1.1", 101)
+
+
 def test_create_app_redacts_every_logger(caplog: pytest.LogCaptureFixture) -> None:
     """Once an app is built with a key, any logger's record (and its exception text) hides the key."""
     create_app(Settings(api_key=KEY))
