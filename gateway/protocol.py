@@ -373,7 +373,9 @@ def decode(data: bytes | str) -> ClientFrame:
     try:
         raw = _unpack(data) if isinstance(data, bytes) else json.loads(data)
     except RecursionError as exc:
-        raise _too_deep(str(data), exc) from None
+        if isinstance(data, str):
+            raise _too_deep(data, exc) from None
+        raise GatewayError(ErrorCode.BAD_FRAME, f"not valid msgpack: {_short(exc)}") from None
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         kind = "msgpack" if isinstance(data, bytes) else "JSON"
         raise GatewayError(ErrorCode.BAD_FRAME, f"not valid {kind}: {_short(exc)}") from None
