@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, redact
 from gateway.config import Settings
 from gateway.startup import StartupError, build_engine, check_store, parse_adapters
 
@@ -31,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
     settings = _settings(args)
+    redact.install(settings.api_key, settings.upstream_api_key)  # before the first line is logged
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         check_store(settings)

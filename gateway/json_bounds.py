@@ -17,26 +17,24 @@ JSON_INT_MIN, JSON_INT_MAX = -(2**63), 2**64 - 1
 
 def check_json_value(value: Any, field: str) -> None:
     """Refuse (`invalid_field`, naming `field`) a value nested deeper than MAX_JSON_DEPTH or holding an
-    integer outside 64 bits or a non-finite number. Iterative: a hostile depth cannot exhaust the stack."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    integer outside 64 bits or a non-finite number. Iterative, so a hostile depth cannot exhaust the
+    stack; only containers are stacked, as this runs on every schema a client sends."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    _check_scalar(value, field)
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            _check_json_scalar(item, field)
-            continue
+        container, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             raise GatewayError(ErrorCode.INVALID_FIELD, f"{field} nests deeper than {MAX_JSON_DEPTH} levels")
-        stack.extend((child, depth + 1) for child in children)
+        for child in container.values() if isinstance(container, dict) else container:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            else:
+                _check_scalar(child, field)
 
 
-def _check_json_scalar(item: Any, field: str) -> None:
-    if isinstance(item, bool):
-        return
-    if isinstance(item, int) and not JSON_INT_MIN <= item <= JSON_INT_MAX:
+def _check_scalar(item: Any, field: str) -> None:
+    kind = type(item)  # exact types: a bool is an int subclass, and always fine
+    if kind is int and not JSON_INT_MIN <= item <= JSON_INT_MAX:
         raise GatewayError(ErrorCode.INVALID_FIELD, f"{field} holds an integer outside the 64-bit range")
-    if isinstance(item, float) and not math.isfinite(item):
+    if kind is float and not math.isfinite(item):
         raise GatewayError(ErrorCode.INVALID_FIELD, f"{field} holds a number that is not finite")

@@ -11,7 +11,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.errors import ErrorCode, GatewayError
-from gateway.json_bounds import check_json_value
+from gateway.json_bounds import MAX_JSON_DEPTH, check_json_value
 
 PROTOCOL_VERSION = 2
 
@@ -373,7 +373,11 @@ def decode(data: bytes | str) -> ClientFrame:
     """Decode one client message (binary = msgpack, text = JSON) into a validated frame."""
     try:
         raw = _unpack(data) if isinstance(data, bytes) else json.loads(data)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, RecursionError) as exc:
+    except RecursionError as exc:
+        if isinstance(data, str):
+            raise _too_deep(data, exc) from None
+        raise GatewayError(ErrorCode.BAD_FRAME, f"not valid msgpack: {_short(exc)}") from None
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         kind = "msgpack" if isinstance(data, bytes) else "JSON"
         raise GatewayError(ErrorCode.BAD_FRAME, f"not valid {kind}: {_short(exc)}") from None
     except Exception:  # msgpack raises a zoo of types on hostile input; all mean the same
@@ -399,6 +403,18 @@ def decode(data: bytes | str) -> ClientFrame:
     if isinstance(data, str) and not _is_valid_unicode(raw):  # "\ud800" escapes are legal JSON, not storable text
         raise GatewayError(ErrorCode.BAD_FRAME, "a string holds a lone UTF-16 surrogate", frame_id)
     return frame
+
+
+def _too_deep(data: str, exc: RecursionError) -> GatewayError:
+    """JSON nested past the parser's reach. The typed decoder goes that deep only inside a free-form field
+    (a schema, tool parameters): then it is `invalid_field` (the id cannot be read); elsewhere `bad_frame`."""
+    try:
+        msgspec.json.decode(data, type=ClientFrame)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return GatewayError(ErrorCode.BAD_FRAME, f"not valid JSON: {_short(exc)}")
+    except RecursionError:
+        pass
+    return GatewayError(ErrorCode.INVALID_FIELD, f"a schema or tool parameters nest deeper than {MAX_JSON_DEPTH} levels")
 
 
 def _typed(data: bytes | str, raw: Any, frame_id: str | None) -> ClientFrame:

@@ -110,7 +110,7 @@ class Session:
         budget = context_tokens - max_tokens
         counted: dict[int, int] = {}
         # A turn that continues from tool results keeps the exchange it continues (the question, the calls,
-        # the results): without it there is nothing to go on from.
+        # the results): without it there is nothing to go on from. Its images were admitted with it.
         most = len(self.exchanges) - (1 if turn.continues else 0)
 
         async def tokens_after_dropping(n: int) -> int:

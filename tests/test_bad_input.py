@@ -72,6 +72,16 @@ async def test_out_of_range_json_frame_is_invalid_field(server: RunningServer, o
 
 
 @pytest.mark.parametrize("options", [pytest.param(o, id=n) for n, o in MSGPACK_OPTIONS])
+async def test_json_frame_nested_past_the_parser_is_invalid_field(server: RunningServer, options: dict[str, Any]) -> None:
+    """Over JSON, 1,000 levels in a schema or tool parameters (past what the parser reads) are still
+    `invalid_field`, without the id it could not read; nothing changes."""
+    async with GatewayClient(server.ws_url) as client:
+        for frame in frames(options):
+            text = json.dumps(frame).replace('"DEEP"', "[" * 1000 + "]" * 1000)
+            await check_rejected(client, text, {"invalid_field"}, None)
+
+
+@pytest.mark.parametrize("options", [pytest.param(o, id=n) for n, o in MSGPACK_OPTIONS])
 async def test_out_of_range_msgpack_frame_is_invalid_field(server: RunningServer, options: dict[str, Any]) -> None:
     """Over msgpack, deep nesting in a schema or tool parameters is `invalid_field`; nothing changes."""
     async with GatewayClient(server.ws_url) as client:

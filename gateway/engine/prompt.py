@@ -30,11 +30,14 @@ def _mark(value: Any, control: re.Pattern[str]) -> Any:
     template that writes `tools | tojson`, or loops over a schema's properties, prints parameter names too."""
     from transformers.utils.chat_template_utils import mark_control_tokens
 
-    if isinstance(value, dict):
-        return {_mark(k, control): _mark(v, control) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_mark(v, control) for v in value]
-    return mark_control_tokens(value, control)
+    def marked(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {marked(k): marked(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [marked(v) for v in item]
+        return mark_control_tokens(item, control)
+
+    return marked(value)
 
 
 def _break(match: re.Match[str]) -> str:
