@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from gateway.structured import (
     source_key,
     validate,
 )
+
+log = logging.getLogger("gateway.grammar")
 
 _MAX_ADDRESSES = 4096  # per-address buckets kept; beyond it, those refilled to full (idle clients) go
 
@@ -158,9 +161,12 @@ class GrammarPool:
             began = time.monotonic()
             try:
                 return compile_()
+            except Exception:  # the compiler's bug, not the client's: logged, and this one grammar refused
+                log.exception("compiling a grammar failed")
+                return GatewayError(ErrorCode.INTERNAL, "the grammar could not be compiled")
             finally:
                 elapsed_ms = (time.monotonic() - began) * 1000
-                loop.call_soon_threadsafe(self._finished, key, elapsed_ms)
+                loop.call_soon_threadsafe(self._finished, key, running, elapsed_ms)
 
         future = loop.run_in_executor(self._pool, work)
         future.add_done_callback(lambda done: _settle(running, done))
@@ -184,9 +190,10 @@ class GrammarPool:
             CHECKED.put(key, outcome)
         return outcome
 
-    def _finished(self, key: str, elapsed_ms: float) -> None:
+    def _finished(self, key: str, running: _Compile, elapsed_ms: float) -> None:
         self._pending -= 1
-        self._running.pop(key, None)
+        if self._running.get(key) is running:
+            del self._running[key]
         self._compile_ms += 0.2 * (elapsed_ms - self._compile_ms)
 
     def retry_after_ms(self) -> int:
@@ -213,7 +220,5 @@ def _settle(running: _Compile, done: asyncio.Future[Grammar | GatewayError]) -> 
         return
     if done.cancelled():  # the pool shut down
         outcome.set_result(GatewayError(ErrorCode.SHUTTING_DOWN, "the server is shutting down"))
-    elif (exc := done.exception()) is not None:
-        outcome.set_exception(exc)
     else:
         outcome.set_result(done.result())

@@ -16,7 +16,7 @@ from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
 from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.protocol import JsonObjectFormat, RegexFormat
-from gateway.structured import json_grammar, response_grammar
+from gateway.structured import DEFAULT_LIMITS, json_grammar, response_grammar
 from tests.conftest import DemoDirs
 from tests.test_engine import Collector
 
@@ -119,3 +119,20 @@ def test_unpack_reads_bits_little_endian_and_cuts_to_the_vocabulary() -> None:
     allowed = unpack(bitmask, 70)
     assert allowed.nonzero()[:, 1].tolist() == [0, 2, 63]
     assert allowed.shape == (1, 70)
+
+
+async def test_turns_copy_a_grammar_compiled_once_and_stay_independent(engine: LocalEngine) -> None:
+    """A grammar checked by the vocabulary (as the compile pool does) is not compiled again for its turns:
+    twenty sampled turns copy it, each copy parses its own reply (all valid), and the count stays one."""
+    vocabulary = engine.grammars
+    assert vocabulary is not None
+    schema = PET_SCHEMA | {"title": "copied"}  # a source no other test compiled
+    grammar = json_grammar(schema)
+    assert vocabulary.check(grammar.source, DEFAULT_LIMITS) == ""
+    compiled = vocabulary.compiles
+    params = [SamplingParams(temperature=1.0, max_tokens=256, seed=i, grammar=grammar) for i in range(20)]
+    sinks = [submit(engine, f"pet {i}", p) for i, p in enumerate(params)]
+    for result in await results(sinks):
+        assert result.finish_reason == "stop" and result.structured is True
+        jsonschema.validate(json.loads(result.text), PET_SCHEMA)
+    assert vocabulary.compiles == compiled and vocabulary.holds(grammar.source)

@@ -140,3 +140,19 @@ def test_checked_outcomes_are_bounded_by_bytes() -> None:
     for n in range(5):
         cache.put(f"k{n}", Grammar("regex", "x" * 300))
     assert cache.held_bytes <= 1000 and cache.get("k0") is None and cache.get("k4") is not None
+
+
+async def test_a_compiler_failure_refuses_that_grammar_only() -> None:
+    """A compiler that raises (a bug) answers `internal` for that grammar; the pool goes on compiling others."""
+
+    def failing(source: str, limits: GrammarLimits) -> str:
+        if "boom" in source:
+            raise RuntimeError("compiler bug")
+        return validate(source, limits)
+
+    pool = GrammarPool(Settings(), failing)
+    quota = pool.quota("10.4.0.1")
+    with pytest.raises(GatewayError) as failed:
+        await pool.response_grammar(schema_format(0, "boom"), quota)
+    assert failed.value.code.value == "internal" and "bug" not in failed.value.message
+    assert await pool.response_grammar(schema_format(1, "fine"), quota) is not None

@@ -37,13 +37,15 @@ class GrammarVocabulary:
             self.tokenizer = llguidance.LLTokenizer(wrapper, n_vocab=vocab_size, eos_token=eos)
         self.words = (vocab_size + 31) // 32  # int32 words per row of the bitmask
         self.compiles = 0  # grammars compiled against this vocabulary, ever
+        self._limits: llguidance.LLParserLimits | None = None  # the compile pool's, once it has checked one
         self._compiled: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
 
     def check(self, source: str, limits: GrammarLimits) -> str:
         """Compile `source` within `limits` (on a compile worker: llguidance drops the GIL meanwhile) and
         keep the matcher for its turns; llguidance's complaint, or "" when usable."""
-        matcher = self._compile(source, limits.parser_limits())
+        self._limits = limits.parser_limits()
+        matcher = self._compile(source, self._limits)
         if matcher.is_error():
             return matcher.get_error() or "the grammar is unusable"
         with self._lock:
@@ -64,7 +66,7 @@ class GrammarVocabulary:
             compiled = self._compiled.get(grammar.source)
             if compiled is not None:
                 self._compiled.move_to_end(grammar.source)
-        return RowGrammar(compiled.deep_copy() if compiled is not None else self._compile(grammar.source, None))
+        return RowGrammar(compiled.deep_copy() if compiled is not None else self._compile(grammar.source, self._limits))
 
     def _compile(self, source: str, limits: llguidance.LLParserLimits | None) -> llguidance.LLMatcher:
         with self._lock:
