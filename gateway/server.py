@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket
 from gateway.config import Settings
 from gateway.door import Door, DoorProtocol, throttle_accept_errors
 from gateway.errors import CloseCode
+from gateway.ws_deflate import GatewayWebSocketProtocol
 
 log = logging.getLogger("gateway.server")
 
@@ -90,6 +91,7 @@ def make_server(app: Starlette, settings: Settings, **overrides: Any) -> Drainin
         log_level=settings.log_level,
         http=DoorProtocol.bound_to(Door.from_settings(settings)),
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        ws=GatewayWebSocketProtocol,  # deflate, but never megabytes of images on the event loop
         ws_max_size=settings.max_frame_bytes,
         ws_max_queue=settings.max_inbound_queue,  # a flooding client waits on TCP, not on our memory
         ws_ping_interval=settings.keepalive_interval_s,

@@ -144,16 +144,17 @@ async def history_amplifier(server: Server) -> str:
     images = [noise_png(seed, 820) for seed in range(4)]
     await send(ws, {"type": "turn", "id": "t", "text": "look", "images": images, "options": {"max_tokens": 1}})
     await until(ws, "done", timeout_s=120)
-    received, refused = 0, 0
+    received, refused = 0, []
     for n in range(25):
         await send(ws, {"type": "history", "id": f"h{n}", "include_images": True})
         frame = await until(ws, "history", "error")
         if frame["type"] == "error":
-            refused += 1
+            refused.append(frame["code"])
         else:
             received += sum(len(i["data"] or b"") for t in frame["turns"] for i in t["images"])
     await ws.close()
-    return f"{received / 2**20:.0f} MiB of images sent, {refused} of 25 refused"
+    codes = ", ".join(f"{refused.count(c)} {c}" for c in sorted(set(refused)))
+    return f"{received / 2**20:.0f} MiB of images sent; refused: {codes or 'none'}"
 
 
 async def revived_images(server: Server) -> str:
