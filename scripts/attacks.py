@@ -1,7 +1,7 @@
 """Measure what hostile clients cost everyone else: each attack runs against a real `gateway serve` while a
 victim client times its connect + first token; prints the victim's p50/max, the attacker's answers and RSS.
 
-    .venv/bin/python scripts/attacks.py [--only NAME ...]
+    .venv/bin/python scripts/attacks.py [--only NAME ...] [--source TREE ...]
 
 Run it on a quiet machine; compare runs only within one invocation (or alternate two source trees with
 PYTHONPATH). The attacks are those of the availability issue: abandoned turns, connect-and-vanish,
@@ -50,12 +50,13 @@ def noise_png(seed: int, side: int) -> bytes:
 class Server:
     """`gateway serve` in a subprocess with the given GATEWAY_* settings."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], source: Path) -> None:
         self.port = free_port()
         data = tempfile.mkdtemp(prefix="attack-")
-        environ = {**os.environ, "GATEWAY_DATA_DIR": data, "GATEWAY_LOG_LEVEL": "warning", **env}
+        environ = {**os.environ, "GATEWAY_DATA_DIR": data, "GATEWAY_LOG_LEVEL": "warning", "PYTHONPATH": str(source), **env}
         command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)]
-        self.process = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # `-m` imports from the working directory first: run in the tree under test
+        self.process = subprocess.Popen(command, env=environ, cwd=source, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -116,8 +117,9 @@ async def victim(url: str, stop: asyncio.Event, samples: list[tuple[float, str]]
         await asyncio.sleep(0.05)
 
 
-async def abandoned_turns(server: Server) -> str:
+async def abandoned_turns(server: Server, armed: asyncio.Event) -> str:
     """100 connections from 100 addresses each start an 1,800-token turn and vanish."""
+    armed.set()
 
     async def one(n: int) -> str:
         ws, _ = await open_client(server.url, f"127.0.{2 + n // 200}.{1 + n % 200}")
@@ -130,20 +132,22 @@ async def abandoned_turns(server: Server) -> str:
     return ", ".join(f"{answers.count(a)} {a}" for a in sorted(set(answers)))
 
 
-async def connect_and_vanish(server: Server) -> str:
+async def connect_and_vanish(server: Server, armed: asyncio.Event) -> str:
     """2,000 connect-and-vanish cycles from one address."""
+    armed.set()
     for _ in range(2000):
         ws, _ = await open_client(server.url, "127.0.9.9")
         ws.transport.abort()
     return "2000 sessions opened and left"
 
 
-async def history_amplifier(server: Server) -> str:
+async def history_amplifier(server: Server, armed: asyncio.Event) -> str:
     """One session with 4 images of about 2 MB; 25 `history` requests with images, read as fast as they come."""
     ws, _ = await open_client(server.url, "127.0.8.8")
     images = [noise_png(seed, 820) for seed in range(4)]
     await send(ws, {"type": "turn", "id": "t", "text": "look", "images": images, "options": {"max_tokens": 1}})
     await until(ws, "done", timeout_s=120)
+    armed.set()  # the victim measures from here: the attack is the history requests alone
     received, refused = 0, []
     for n in range(25):
         await send(ws, {"type": "history", "id": f"h{n}", "include_images": True})
@@ -157,7 +161,7 @@ async def history_amplifier(server: Server) -> str:
     return f"{received / 2**20:.0f} MiB of images sent; refused: {codes or 'none'}"
 
 
-async def revived_images(server: Server) -> str:
+async def revived_images(server: Server, armed: asyncio.Event) -> str:
     """Six stored sessions of about 15 MiB of images each, resumed by one connection one after another."""
     stored = []
     for seed in range(6):
@@ -168,6 +172,7 @@ async def revived_images(server: Server) -> str:
         await ws.close()
         stored.append((ready["session"], ready["resume_token"]))
     await asyncio.sleep(1.5)  # GATEWAY_SESSION_GRACE_S=1: they leave memory
+    armed.set()  # the victim measures from here: the attack is the resumes
     answers = []
     resumer, _ = await open_client(server.url, "127.0.7.8")
     for session, token in stored:
@@ -185,7 +190,7 @@ async def revived_images(server: Server) -> str:
     return f"resumes: {resumes}; another client's image turn: {other.get('code', other['type'])}"
 
 
-ATTACKS: dict[str, tuple[Callable[[Server], Awaitable[str]], dict[str, str]]] = {
+ATTACKS: dict[str, tuple[Callable[[Server, asyncio.Event], Awaitable[str]], dict[str, str]]] = {
     "abandoned": (abandoned_turns, {}),
     "vanish": (connect_and_vanish, {"GATEWAY_MAX_CONNECTIONS_PER_CLIENT": "64"}),
     "history": (history_amplifier, {}),
@@ -193,15 +198,17 @@ ATTACKS: dict[str, tuple[Callable[[Server], Awaitable[str]], dict[str, str]]] = 
 }
 
 
-async def measure(name: str) -> dict[str, Any]:
+async def measure(name: str, source: Path) -> dict[str, Any]:
     attack, env = ATTACKS[name]
-    server = Server({"GATEWAY_TURNS_PER_MINUTE": "100000", "GATEWAY_FRAMES_PER_SECOND": "100000", **env})
+    server = Server({"GATEWAY_TURNS_PER_MINUTE": "100000", "GATEWAY_FRAMES_PER_SECOND": "100000", **env}, source)
     try:
         calm = [await victim_once(server.url) for _ in range(20)]
         rss_before = server.rss_mib()
-        stop, samples = asyncio.Event(), []
+        stop, armed, samples = asyncio.Event(), asyncio.Event(), []
+        attacking = asyncio.create_task(attack(server, armed))
+        await armed.wait()  # the attack's own setup (sessions to abuse) is not measured
         watcher = asyncio.create_task(victim(server.url, stop, samples))
-        answer = await attack(server)
+        answer = await attacking
         await asyncio.sleep(3)  # the victim keeps measuring while the attack's effects last
         stop.set()
         await watcher
@@ -209,6 +216,7 @@ async def measure(name: str) -> dict[str, Any]:
         refusals = [what for _, what in samples if what not in ("token", "done")]
         return {
             "attack": name,
+            "source": str(source),
             "calm_p50_ms": round(statistics.median(t for t, _ in calm) * 1000, 1),
             "victim_p50_ms": round(statistics.median(times) * 1000, 1),
             "victim_max_ms": round(max(times) * 1000, 1),
@@ -223,10 +231,14 @@ async def measure(name: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=sorted(ATTACKS), default=sorted(ATTACKS))
+    parser.add_argument(
+        "--source", nargs="*", type=Path, default=[ROOT], help="source trees to serve, alternated per attack (e.g. a checkout of main and this one)"
+    )
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()[0]:.2f}", file=sys.stderr)
     for name in args.only:
-        print(json.dumps(asyncio.run(measure(name))), flush=True)
+        for source in args.source:
+            print(json.dumps(asyncio.run(measure(name, source.resolve()))), flush=True)
     print(f"load average: {os.getloadavg()[0]:.2f}", file=sys.stderr)
 
 
