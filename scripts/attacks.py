@@ -231,9 +231,7 @@ async def measure(name: str, source: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=sorted(ATTACKS), default=sorted(ATTACKS))
-    parser.add_argument(
-        "--source", nargs="*", type=Path, default=[ROOT], help="source trees to serve, alternated per attack (e.g. a checkout of main and this one)"
-    )
+    parser.add_argument("--source", nargs="*", type=Path, default=[ROOT], help="source trees to serve, alternated per attack")
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()[0]:.2f}", file=sys.stderr)
     for name in args.only:
