@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway import __version__, redact
 from gateway.config import Settings
-from gateway.startup import StartupError, build_engine, check_store, parse_adapters
+from gateway.startup import StartupError, build_engine, check_store, claim_port, parse_adapters, upstream_base_url
 
 log = logging.getLogger("gateway.cli")
 DEFAULTS = Settings()
@@ -38,11 +38,15 @@ def _serve(args: argparse.Namespace) -> int:
     except StartupError as exc:
         raise SystemExit(f"gateway serve: {exc}") from None
     try:
+        listening = claim_port(settings.host, settings.port)
+    except StartupError as exc:
+        raise SystemExit(f"gateway serve: {exc} (is another server running? pick another with --port)") from None
+    try:
         engine = build_engine(settings)
     except StartupError as exc:
         log.debug("the model failed to load", exc_info=exc.__cause__)  # the whole story, at --log-level debug
         raise SystemExit(f"gateway serve: cannot load the model: {exc}") from None
-    serve(create_app(settings, engine=engine), settings)
+    serve(create_app(settings, engine=engine), settings, listening)
     return 0
 
 
@@ -58,7 +62,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         parse_adapters(settings.adapters)
     except ValueError as exc:
         raise SystemExit(f"gateway serve: a GATEWAY_* variable is malformed: {exc}") from None
-    return settings
+    try:
+        upstreams = [upstream_base_url(url) for url in settings.upstreams.split(",") if url.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"gateway serve: {exc}") from None
+    return settings.replace(upstreams=",".join(upstreams))
 
 
 def _bench(args: argparse.Namespace) -> int:

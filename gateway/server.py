@@ -38,6 +38,8 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         throttle_accept_errors(asyncio.get_running_loop(), self.accept_error_log_interval_s)
         await super().startup(sockets)
+        if sockets is not None and self.started:  # uvicorn leaves this line to a supervisor when handed sockets
+            self._log_started_message(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain is None and getattr(self.app.state, "connections", None) is not None:
@@ -102,5 +104,6 @@ def make_server(app: Starlette, settings: Settings, **overrides: Any) -> Drainin
     return DrainingServer(config, app, settings)
 
 
-def serve(app: Starlette, settings: Settings) -> None:
-    make_server(app, settings).run()
+def serve(app: Starlette, settings: Settings, listening: socket.socket | None = None) -> None:
+    """Serve until shut down; on `listening` when given (bound before the model loaded), else on the settings' address."""
+    make_server(app, settings).run(sockets=[listening] if listening is not None else None)

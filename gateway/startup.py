@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway.config import Settings
 from gateway.engine.types import Engine
@@ -31,6 +33,35 @@ def parse_adapters(text: str) -> dict[str, str]:
             raise ValueError(f"an adapter is NAME=DIR, got {item!r}")
         adapters[name.strip()] = directory.strip()
     return adapters
+
+
+def claim_port(host: str, port: int) -> socket.socket:
+    """The listening address, bound before the model loads (seconds on the demo, minutes on a real
+    model), so a busy port is said at once; uvicorn serves on this socket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart may reuse it at once
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        raise StartupError(f"cannot listen on {shown}:{port}: {exc.strerror or one_line(exc)}") from exc
+    return sock
+
+
+def upstream_base_url(url: str) -> str:
+    """An upstream's base URL as the engine wants it (no /v1: it appends /v1/...); the base URL as vLLM
+    and the OpenAI SDK print it (`http://HOST:8000/v1`) is taken too. Anything else is a ValueError
+    saying exactly what to pass."""
+    parts = urlsplit(url.strip())
+    path = parts.path.rstrip("/")
+    path = path[: -len("/v1")] if path.endswith("/v1") else path
+    base = f"{parts.scheme}://{parts.netloc}{path}"
+    example = f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else "http://HOST:8000"
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment or "/v1/" in path + "/":
+        raise ValueError(f"--upstream {url!r}: pass the server's base URL, such as {example} or {example}/v1")
+    return base
 
 
 def model_dir(path: str) -> Path:

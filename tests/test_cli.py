@@ -206,3 +206,13 @@ def test_bench_history_report_with_many_sessions_gives_tokens_per_s_and_load() -
     text = format_report(report)
     assert "16 conversation(s) of 2 turns" in text and "300.0 with reuse, 200.0 without, ratio 1.50" in text
     assert "load average" in text and text.count("good:") == 3
+
+
+def test_demo_model_writes_both_without_warnings(tmp_path: Path) -> None:
+    """`gateway demo-model DIR` prints the two directories it wrote and no Python warning."""
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "gateway.cli", "demo-model", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+    assert done.stdout.splitlines() == [f"model:   {tmp_path / 'model'}", f"adapter: {tmp_path / 'adapter'}"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -60,3 +61,23 @@ def test_not_vllm_leaves_out_exactly_the_vllm_tests() -> None:
     assert everything.returncode == 0 and "deselected" not in everything.stdout, everything.stdout
     assert any("test_upstream_vllm.py" in line for line in collected)
     assert kept == [line for line in collected if "test_upstream_vllm.py" not in line] and kept
+
+
+def test_install_says_it_is_still_working_while_pip_is_quiet(tmp_path: Path) -> None:
+    """scripts/install prints a line every few seconds while pip says nothing, and ends with `done`."""
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "install"
+    script.write_text((ROOT / "scripts" / "install").read_text())
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    for name, body in (("python", "exit 0"), ("pip", "sleep 3")):  # a pip that is silent for 3 s a step
+        (tmp_path / ".venv" / "bin" / name).write_text(f"#!/bin/sh\n{body}\n")
+    for path in (script, tmp_path / ".venv" / "bin" / "python", tmp_path / ".venv" / "bin" / "pip"):
+        path.chmod(0o755)
+    env = {**os.environ, "GATEWAY_INSTALL_TICK_S": "1"}
+    done = subprocess.run([str(script)], capture_output=True, text=True, env=env, timeout=60)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = [i for i, line in enumerate(lines) if line.startswith("==> ")]
+    assert len(steps) == 4 and lines[steps[-1]].startswith("==> done")
+    for start, end in itertools.pairwise(steps):  # every step's silent pip shows up as progress lines
+        assert any("still working" in line for line in lines[start:end]), lines

@@ -66,10 +66,10 @@ async def test_writes_past_the_bound_evict_the_least_recently_used(store: RedisS
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def own_redis(tmp_path: Path, pytestconfig: pytest.Config) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A redis-server of this test's own, which it may stop and continue."""
     port = free_port()
-    program = ensure_program("redis-server", "redis-server")
+    program = ensure_program("redis-server", "redis-server", pytestconfig)
     args = [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20

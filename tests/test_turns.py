@@ -97,10 +97,10 @@ async def ttft_ms(client: GatewayClient, turn_id: str) -> float:
 
 
 @contextlib.contextmanager
-def threads_running(monkeypatch: pytest.MonkeyPatch, bounded: RunningServer) -> Iterator[dict[str, set[str]]]:
+def threads_running(monkeypatch: pytest.MonkeyPatch, running: RunningServer) -> Iterator[dict[str, set[str]]]:
     """The names of the threads that decode attachments and that process images, while the block runs."""
     seen: dict[str, set[str]] = {"decode": set(), "process": set()}
-    cache = bounded.engine.loaded.prompt.images
+    cache = running.engine.loaded.prompt.images
     process, decode = cache._process, gateway.turns.check_image
 
     def processing(image: Any) -> Any:
@@ -116,12 +116,20 @@ def threads_running(monkeypatch: pytest.MonkeyPatch, bounded: RunningServer) -> 
     yield seen
 
 
-async def test_big_image_turns_do_not_stall_other_clients(bounded: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def roomy(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
+    """A server of its own, whose image bounds no earlier test's sessions have used up."""
+    running = start_server(demo_dirs.model, Settings(turns_per_minute=1e6, frames_per_second=1e6))
+    yield running
+    running.stop()
+
+
+async def test_big_image_turns_do_not_stall_other_clients(roomy: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """While one client sends turns of eight big images, every image is decoded and processed
     on the image pools, never on the event loop or the generation thread, and another client's text
     turns keep answering in between; its time to first token is printed as a benchmark figure."""
-    with threads_running(monkeypatch, bounded) as seen:
-        async with GatewayClient(bounded.ws_url) as victim, GatewayClient(bounded.ws_url) as attacker:
+    with threads_running(monkeypatch, roomy) as seen:
+        async with GatewayClient(roomy.ws_url) as victim, GatewayClient(roomy.ws_url) as attacker:
             idle = statistics.median([await ttft_ms(victim, f"idle{i}") for i in range(7)])
             batches = [big_images(100 + i) for i in range(2)]
             samples: list[float] = []

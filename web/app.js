@@ -8,7 +8,7 @@ import { ChatList } from "./chats.js";
 import { encode } from "./codec.js";
 import { Composer } from "./composer.js";
 import { Connection } from "./connection.js";
-import { listConversations, sync } from "./conversations.js";
+import { listConversations, outcomeOf, rememberOutcome, sync } from "./conversations.js";
 import { Conversation, element, userItem } from "./messages.js";
 import { SessionLink } from "./sessions.js";
 import { boundSettings, forgetSettings, loadSettings, saveSettings, SettingsForm } from "./settings.js";
@@ -171,7 +171,9 @@ function onToken(frame) {
 function onDone(frame) {
   const turn = adoptTurn(frame.id);
   turn.reply.set(frame.text); // the server's final text is authoritative
-  turn.reply.finish(frame.finish_reason, describeDone(frame));
+  const line = describeDone(frame);
+  turn.reply.finish(frame.finish_reason, line);
+  rememberOutcome(link.current?.session, frame.id, { reason: frame.finish_reason, line });
   link.turnEnded(frame.id);
   if (state.running?.id === frame.id) state.running = null;
   updateControls();
@@ -213,7 +215,9 @@ function onHistory(frame) {
   state.historyId = null;
   const live = [...state.turns.values()];
   const first = live.find((turn) => turn.user)?.user ?? live[0]?.reply.item ?? null;
-  conversation.insertHistory(frame.turns.filter((entry) => !state.turns.has(entry.id)), first);
+  const session = link.current?.session;
+  const shown = frame.turns.filter((entry) => !state.turns.has(entry.id));
+  conversation.insertHistory(shown, first, (id) => outcomeOf(session, id));
   for (const entry of frame.turns) {
     const turn = state.turns.get(entry.id);
     if (entry.role === "tool" && turn) turn.reply.addToolResult(entry.call_id, entry.text);

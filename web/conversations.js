@@ -5,7 +5,9 @@
 
 const CURRENT_KEY = "gateway.current";
 const LIST_KEY = "gateway.conversations";
+const OUTCOMES_KEY = "gateway.outcomes";
 const MAX_LISTED = 50; // the oldest fall off the list (the server forgets them after its session TTL)
+const MAX_OUTCOMES = 200; // per conversation: the most recent replies' meta lines
 const MAX_TITLE_CHARS = 60;
 
 // The current conversation: {session, token, lastSeq, pending}, where `pending` is the turn whose reply
@@ -54,6 +56,32 @@ export function isListed(session) {
 
 export function drop(session) {
   writeList(listConversations().filter((entry) => entry.session !== session));
+  const outcomes = readOutcomes();
+  delete outcomes[session];
+  localStorage.setItem(OUTCOMES_KEY, JSON.stringify(outcomes));
+}
+
+// How each reply ended ({reason, line}: its `done` frame's finish reason and the meta line shown under it),
+// by session and turn id: the server's history keeps a reply's text, not its `done`, so a reload or a
+// switch shows the meta lines from here.
+export function rememberOutcome(session, turnId, outcome) {
+  if (!session || !turnId) return;
+  const outcomes = readOutcomes();
+  const kept = Object.entries(outcomes[session] ?? {}).filter(([id]) => id !== turnId).slice(1 - MAX_OUTCOMES);
+  delete outcomes[session]; // re-added last: the least recently used conversations go first
+  outcomes[session] = Object.fromEntries([...kept, [turnId, outcome]]);
+  const sessions = Object.keys(outcomes);
+  for (const old of sessions.slice(0, Math.max(0, sessions.length - MAX_LISTED))) delete outcomes[old];
+  localStorage.setItem(OUTCOMES_KEY, JSON.stringify(outcomes));
+}
+
+export function outcomeOf(session, turnId) {
+  return readOutcomes()[session]?.[turnId] ?? null;
+}
+
+function readOutcomes() {
+  const outcomes = readJson(localStorage, OUTCOMES_KEY);
+  return outcomes !== null && typeof outcomes === "object" && !Array.isArray(outcomes) ? outcomes : {};
 }
 
 export function titleOf(text) {

@@ -40,8 +40,9 @@ export class Conversation {
   }
 
   // Entries of the server's history, placed before `reference` (null: at the end). A tool entry (a
-  // result) goes under the call it answers; one whose call is not shown stands on its own.
-  insertHistory(entries, reference) {
+  // result) goes under the call it answers; one whose call is not shown stands on its own. `outcomeOf(id)`
+  // is how a reply ended ({reason, line}) when the page kept its `done`, else null.
+  insertHistory(entries, reference, outcomeOf = () => null) {
     const fragment = document.createDocumentFragment();
     for (const entry of entries) {
       if (entry.role === "user") fragment.append(userItem(entry.text, entry.images ?? []));
@@ -49,7 +50,7 @@ export class Conversation {
         const call = findCall(fragment, entry.call_id) ?? findCall(this.list, entry.call_id);
         if (call) showResult(call, entry.text);
         else fragment.append(orphanResult(entry));
-      } else fragment.append(finishedReply(this, entry).item);
+      } else fragment.append(finishedReply(this, entry, outcomeOf(entry.id)).item);
     }
     this.list.insertBefore(fragment, reference);
     this.scrollToBottom();
@@ -140,14 +141,22 @@ class Reply {
 
   streaming(note = "") {
     this.item.setAttribute("aria-busy", "true"); // screen readers wait for the finished reply
-    this.meta.textContent = note;
+    this.setMeta(note);
   }
 
   finish(reason, description) {
     this.render();
     this.item.dataset.finishReason = reason;
     this.item.removeAttribute("aria-busy");
-    this.meta.textContent = description;
+    this.setMeta(description);
+  }
+
+  // On a narrow screen the meta line wraps under the copy button, growing the reply after its last
+  // render: a conversation that followed the reply keeps following it, so the line is not left below.
+  setMeta(text) {
+    const follow = this.conversation.nearBottom();
+    this.meta.textContent = text;
+    if (follow) this.conversation.scrollToBottom();
   }
 }
 
@@ -158,14 +167,15 @@ export function userItem(text, images) {
   return element("li", { className: "message user" }, children);
 }
 
-function finishedReply(conversation, entry) {
+function finishedReply(conversation, entry, outcome) {
   const reply = new Reply(conversation);
   reply.raw = entry.text;
   renderMarkdown(reply.body, entry.text);
   for (const call of entry.tool_calls ?? []) reply.addToolCall(call);
   const called = (entry.tool_calls ?? []).length > 0;
-  reply.item.dataset.finishReason = entry.partial ? "cancelled" : called ? "tool_calls" : "stop";
-  reply.meta.textContent = entry.partial ? "cancelled" : "";
+  const reason = entry.partial ? "cancelled" : called ? "tool_calls" : "stop";
+  reply.item.dataset.finishReason = outcome?.reason ?? reason;
+  reply.meta.textContent = outcome?.line ?? (entry.partial ? "cancelled" : "");
   return reply;
 }
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import string
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -220,7 +221,9 @@ def write_demo_adapter(model_dir: Path, out_dir: Path, seed: int = 1) -> Path:
 
     base = Glm4vForConditionalGeneration.from_pretrained(model_dir)
     lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"])
-    peft_model = get_peft_model(base, lora)
+    with warnings.catch_warnings():  # peft asks for a property transformers deprecated; nothing the user can change
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        peft_model = get_peft_model(base, lora)
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():

@@ -35,7 +35,12 @@ def load_processor(source: Path, model_type: str, trust_remote_code: bool) -> An
     try:
         return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)  # type: ignore[no-untyped-call]
     except Exception as exc:  # without torchvision, every processor with a video processor fails here
-        log.info("AutoProcessor failed (%s: %s); building the processor from its PIL image processor", type(exc).__name__, exc)
+        log.debug("AutoProcessor failed; building the processor from its PIL image processor", exc_info=exc)
+        if "torchvision" in str(exc).lower():  # expected without torchvision, and harmless: one calm line
+            log.info("torchvision is not installed: images go through the PIL image processor (video is not served)")
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.info("AutoProcessor failed (%s); building the processor from its PIL image processor", reason)
     return _build_processor(source, model_type, trust_remote_code)
 
 
