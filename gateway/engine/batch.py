@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
-from gateway.engine import cross, kv
+from gateway.engine import cross, kv, ragged
 from gateway.engine.constrain import RowGrammar
 from gateway.engine.detok import TextStream
 from gateway.engine.encoder_cache import EncoderCache
@@ -74,36 +74,64 @@ class Batch:
     def __len__(self) -> int:
         return len(self.sequences)
 
+    @property
+    def cross_attention(self) -> bool:
+        return bool(self._cross)
+
     @torch.inference_mode()
-    def prefill(self, seqs: list[Sequence], inputs: list[ModelInputs]) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """Run prompts together (left-padded; only text-only prompts are grouped) without touching the
-        batch; return their last logits [n, vocab], their own cache and its mask [n, length]."""
+    def prefill(self, seq: Sequence, item: ModelInputs) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Run one prompt (with its images) without touching the batch; return its last logits [1, vocab],
+        its own cache and its mask [1, length]."""
         device = self.loaded.device
-        length = max(i.prompt_tokens for i in inputs)
-        input_ids = torch.zeros(len(inputs), length, dtype=torch.long, device=device)
-        mask = torch.zeros(len(inputs), length, dtype=torch.long, device=device)
-        for row, item in enumerate(inputs):
-            input_ids[row, length - item.prompt_tokens :] = item.input_ids[0].to(device)
-            mask[row, length - item.prompt_tokens :] = 1
-        extras = model_extras(inputs[0].extras, device, self.loaded.dtype) if len(inputs) == 1 else {}
+        input_ids = item.input_ids.to(device)
+        mask = torch.ones_like(input_ids)
+        extras = model_extras(item.extras, device, self.loaded.dtype)
         positions, delta = self._prompt_positions(input_ids, mask, extras)
-        images = inputs[0].images if extras else ()
+        images = item.images if extras else ()
         out = self.loaded.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
             cache=kv.new_cache(),  # plain layers even for sliding-window models: the mask keeps the window
             use_cache=True,
-            **self.encoder.inputs(images, extras, inputs[0].layout, 0, self._encode),
-            **self._adapter_args(seqs),
+            **self.encoder.inputs(images, extras, item.layout, 0, self._encode),
+            **self._adapter_args([seq]),
         )
-        self.encoder.keep(images, out, inputs[0].layout, 0)
-        for seq, item in zip(seqs, inputs):
-            self._start(seq, item, delta)
+        self.encoder.keep(images, out, item.layout, 0)
+        self._start(seq, item, delta)
         cache = _cache_of(out)
         if self._cross:
-            cross.adopt(cache, self._cross, len(inputs), extras.get("cross_attention_mask"))
+            cross.adopt(cache, self._cross, 1, extras.get("cross_attention_mask"))
         return out.logits[:, -1], cache, mask
+
+    @torch.inference_mode()
+    def prefill_rows(
+        self, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]
+    ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Text prompts, each on its held prefix or none, in one forward pass (see engine/ragged.py); return
+        what `prefill` does for every row. Cross-attention models pass no held prefixes."""
+        device = self.loaded.device
+        layout = ragged.lay_out(
+            [item.input_ids[0] for item in inputs],
+            [held.length if held else 0 for held in helds],
+            lambda ids: self._prompt_positions(ids, torch.ones_like(ids), {}),
+            device,
+        )
+        out = self.loaded.model(
+            input_ids=layout.input_ids,
+            attention_mask=layout.mask,
+            position_ids=layout.positions,
+            cache=ragged.held_cache(helds, layout, device),
+            use_cache=True,
+            **self._adapter_args(seqs),
+        )
+        for seq, item, delta, cached in zip(seqs, inputs, layout.deltas, layout.cached):
+            self._start(seq, item, delta)
+            seq.cached_tokens = cached
+        cache = _cache_of(out)
+        if self._cross:
+            cross.adopt(cache, self._cross, len(seqs), None)
+        return out.logits[:, -1], cache, layout.mask
 
     @torch.inference_mode()
     def prefill_on(self, seq: Sequence, item: ModelInputs, held: HeldPrefix) -> tuple[torch.Tensor, Any, torch.Tensor]:
