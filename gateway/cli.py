@@ -212,6 +212,13 @@ def _add_bench(commands: Any) -> None:
     )
     add("--direct-url", dest="direct_url", help="also run the load straight to this OpenAI-compatible server (default: off)")
     add("--rounds", type=_positive, default=3, help="with --direct-url: gateway and direct loads alternated this many times")
+    add(
+        "--gateway-cpus",
+        dest="gateway_cpus",
+        type=lambda text: {int(cpu) for cpu in text.split(",")},
+        help="run the gateway started here on these CPUs (e.g. 0, as `taskset -c 0` runs the upstream) and the load "
+        "on the others (default: anywhere)",
+    )
     add("--baseline", action="store_true", help="also measure raw transformers generate: one stream, one static batch")
     add("--port", type=_port, default=8765, help="port for the gateway started here")
     add("--json", action="store_true", help="print the report as JSON")
