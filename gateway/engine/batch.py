@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
-from gateway.engine import cross, kv, ragged
+from gateway.engine import cross, kv, ragged, slots
 from gateway.engine.constrain import RowGrammar
 from gateway.engine.detok import TextStream
 from gateway.engine.encoder_cache import EncoderCache
@@ -61,7 +61,7 @@ def supports_batching(cache: Any) -> bool:
 class Batch:
     """The shared cache of all active sequences, left-padded to a common length, plus their mask."""
 
-    def __init__(self, loaded: LoadedModel, encoder: EncoderCache) -> None:
+    def __init__(self, loaded: LoadedModel, encoder: EncoderCache, max_rows: int = 16) -> None:
         self.loaded = loaded
         self.encoder = encoder  # vision-encoder outputs of images seen before
         self.sequences: list[Sequence] = []
@@ -70,6 +70,7 @@ class Batch:
         self._rope = _rope_index_owner(loaded.model)
         self._first = loaded.prompt.family.first_position
         self._cross = cross.cross_layer_indices(loaded.model)  # mllama's cross-attention layers
+        self._rows = slots.RowBuffers(max_rows)  # self-attention KV with spare rows (not with cross-attention)
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -228,9 +229,11 @@ class Batch:
         for index, (mine, theirs) in enumerate(zip(self.cache.layers, cache.layers)):
             if isinstance(mine, cross.CrossLayer):
                 self.cache.layers[index] = cross.merge(mine, theirs)
-                continue
-            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
-            mine.values = torch.cat([mine.values, theirs.values], dim=0)
+            elif self._cross:
+                mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
+                mine.values = torch.cat([mine.values, theirs.values], dim=0)
+            else:
+                self._rows.append(index, mine, theirs)
         self.mask = torch.cat([self.mask, rows], dim=0)
         self.sequences.extend(seqs)
 
@@ -263,13 +266,19 @@ class Batch:
         """Drop every sequence not listed (finished or cancelled), freeing its share of the cache."""
         if len(keep) == len(self.sequences):
             return
-        self.sequences = [self.sequences[i] for i in keep]
         if not keep or self.cache is None or self.mask is None:
             self.sequences, self.cache, self.mask = [], None, None
+            self._rows.clear()
             return
-        index = torch.tensor(keep, device=self.loaded.device)
-        self.cache.batch_select_indices(index)
-        self.mask = self.mask[index]
+        moves, order = slots.moves_for(keep)
+        if self._cross or not self._rows.owns(self.cache.layers):
+            order = keep
+            self.cache.batch_select_indices(torch.tensor(keep, device=self.loaded.device))
+        else:  # the last rows move into the leavers' places; nobody else's row is copied
+            for index, layer in enumerate(self.cache.layers):
+                self._rows.keep(index, layer, moves, len(keep))
+        self.sequences = [self.sequences[i] for i in order]
+        self.mask = self.mask[torch.tensor(order, device=self.mask.device)]
         # Columns that are padding in every remaining row are dead weight: cut them.
         real = self.mask.any(dim=0).nonzero()
         start = int(real[0].item()) if real.numel() else 0

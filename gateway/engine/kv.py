@@ -95,12 +95,13 @@ def _tokens(states: torch.Tensor | None) -> int:
     return int(states.shape[-2]) if states is not None and states.dim() == 4 else 0
 
 
-def _room(states: torch.Tensor, end: int) -> list[int]:
+def room(states: torch.Tensor, end: int) -> list[int]:
+    """The shape of a buffer holding `end` tokens of `states`' rows with room to grow."""
     batch, heads, _, dim = states.shape
     return [batch, heads, end + min(MAX_GROWTH, max(MIN_GROWTH, int(end * GROWTH))), dim]
 
 
 def _grown(buffer: torch.Tensor, length: int, end: int) -> torch.Tensor:
-    bigger = buffer.new_empty(_room(buffer, end))
+    bigger = buffer.new_empty(room(buffer, end))
     bigger[:, :, :length] = buffer[:, :, :length]
     return bigger

@@ -184,7 +184,7 @@ class LocalEngine:
 
     def _run(self) -> None:
         torch.set_num_threads(self.threads)  # in this thread: OpenMP's thread count is a per-thread setting
-        batch = Batch(self.loaded, self.encoder_cache)
+        batch = Batch(self.loaded, self.encoder_cache, self.max_batch)
         while True:
             self.prefix_cache.expire()
             admitted, cancelled, still_waiting = self._next_admissions(len(batch))
