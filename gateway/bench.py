@@ -199,10 +199,12 @@ def baselines(model_dir: str, batch: int, max_tokens: int, prompt_words: int, im
     from transformers.utils import logging as transformers_logging
 
     from gateway.engine.loader import load_model
+    from gateway.engine.local import engine_threads
     from gateway.engine.types import ChatMessage
     from gateway.images import ImageLimits, check_image
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    torch.set_num_threads(engine_threads())  # as the engine's generation thread runs
     loaded = load_model(model_dir)
     picture = check_image(bench_image(), ImageLimits(max_bytes=1 << 24, max_pixels=1 << 24))
     chat_images = (picture,) * images
@@ -234,18 +236,26 @@ def baselines(model_dir: str, batch: int, max_tokens: int, prompt_words: int, im
 
 
 @contextlib.contextmanager
-def local_server(model_dir: str | None, port: int, engine: str) -> Iterator[str]:
-    """Start `gateway serve` in its own process (so the load generator does not share its GIL)."""
+def local_server(model_dir: str | None, port: int, engine: str, cpus: set[int] | None = None) -> Iterator[tuple[str, int]]:
+    """Start `gateway serve` in its own process (so the load generator does not share its GIL); yield its
+    URL and process id. With `cpus`, the gateway runs on those CPUs and this process on the others, as
+    `taskset` would place them: an engine beside a pinned upstream gets the same cores to itself."""
     command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning"]
     if model_dir:
         command += ["--model", model_dir]
     if engine == "scripted":
         command += ["--engine", "scripted"]
-    process = subprocess.Popen(command, env={**os.environ, **QUIET_LOADING, "GATEWAY_ENGINE_QUEUE_SIZE": "1024"})
+    env = {**os.environ, **QUIET_LOADING, "GATEWAY_ENGINE_QUEUE_SIZE": "1024"}
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    process = subprocess.Popen(command, env=env, preexec_fn=pin)
+    mine = os.sched_getaffinity(0)
+    if cpus and mine - cpus:
+        os.sched_setaffinity(0, mine - cpus)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/healthz", process)
-        yield f"ws://127.0.0.1:{port}/ws"
+        yield f"ws://127.0.0.1:{port}/ws", process.pid
     finally:
+        os.sched_setaffinity(0, mine)
         process.terminate()
         try:
             process.wait(20)
@@ -302,7 +312,10 @@ def run_bench(args: Any) -> dict[str, Any]:
         "images": args.images,
     }
     with contextlib.ExitStack() as stack:
-        url = args.url or stack.enter_context(local_server(model_dir, args.port, args.engine))
+        cpus = getattr(args, "gateway_cpus", None)
+        url, gateway_pid = (
+            (args.url, None) if args.url else stack.enter_context(local_server(model_dir, args.port, args.engine, cpus))
+        )
         config = BenchConfig(
             url=url,
             sessions=args.sessions,
@@ -331,7 +344,9 @@ def run_bench(args: Any) -> dict[str, Any]:
             budget = single.ttft_ms["p50"] + 2 * many.itl_ms["p50"]
             report["late_joiner"] = {**joiner, "budget_ms": round(budget, 3), "within_budget": joiner["ttft_ms"] <= budget}
         if getattr(args, "direct_url", None):
-            report.update(direct_comparison(args, config))
+            from gateway.bench_direct import direct_comparison
+
+            report.update(direct_comparison(args, config, gateway_pid))
     if args.baseline and model_dir and args.engine == "real":
         base = baselines(model_dir, args.sessions, args.max_tokens, args.prompt_words, args.images)
         report["baselines"] = base
@@ -343,52 +358,6 @@ def run_bench(args: Any) -> dict[str, Any]:
             f"{args.sessions}_sessions_vs_generate_single": round(many.tokens_per_s / base["generate_single_tokens_per_s"], 3),
         }
     return report
-
-
-def direct_comparison(args: Any, config: BenchConfig) -> dict[str, Any]:
-    """The same load through the gateway and straight to its upstream, alternated `rounds` times so both
-    see the same machine: each side's median round, and the median of the rounds' ratios."""
-    from gateway.bench_openai import run_direct
-
-    prompt = prompt_text(args.prompt_words)
-    asyncio.run(run_direct(args.direct_url, 2, 1, prompt, 8))  # warm-up
-    load_before = os.getloadavg()
-    rounds = []
-    for _ in range(args.rounds):
-        through = _run(run_load(BenchConfig(**{**asdict(config), "progress": False})), config.url)
-        results, wall = asyncio.run(run_direct(args.direct_url, args.sessions, args.turns, prompt, args.max_tokens))
-        rounds.append(
-            (_side(through.tokens_per_s, through.ttft_ms, through.tpot_ms, through.errors), _direct_side(results, wall))
-        )
-    ratios = [g["tokens_per_s"] / d["tokens_per_s"] for g, d in rounds if d["tokens_per_s"]]
-    added = [g["tpot_ms"]["p50"] - d["tpot_ms"]["p50"] for g, d in rounds]
-    return {
-        f"direct_{args.sessions}_sessions": _median_side([d for _, d in rounds]),
-        "vs_direct": {
-            "tokens_per_s_ratio": round(statistics.median(ratios), 3) if ratios else None,
-            "added_itl_p50_ms": round(statistics.median(added), 3),
-            "itl_basis": "per token: each turn's (last token - first token) / (tokens - 1), both sides",
-            "rounds": [{"gateway": g, "direct": d} for g, d in rounds],
-            "load_average": [round(x, 2) for x in (*load_before, *os.getloadavg())],
-        },
-    }
-
-
-def _side(tokens_per_s: float, ttft: dict[str, float], tpot: dict[str, float], errors: int) -> dict[str, Any]:
-    return {"tokens_per_s": round(tokens_per_s, 2), "ttft_ms": ttft, "tpot_ms": tpot, "errors": errors}
-
-
-def _direct_side(results: list[Any], wall: float) -> dict[str, Any]:
-    done = [r for r in results if r.error is None]
-    tokens_per_s = sum(r.completion_tokens for r in done) / wall if wall else 0.0
-    ttft = percentiles([(r.token_times[0] - r.sent_at) * 1000 for r in done if r.token_times])
-    tpot = [t for r in done if (t := per_token_ms(r.token_times, r.completion_tokens)) is not None]
-    return _side(tokens_per_s, ttft, percentiles(tpot), len(results) - len(done))
-
-
-def _median_side(sides: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round with the median throughput, whole (its latencies belong with its throughput)."""
-    return sorted(sides, key=lambda side: float(side["tokens_per_s"]))[len(sides) // 2]
 
 
 def _run(work: Coroutine[Any, Any, T], url: str) -> T:

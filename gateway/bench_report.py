@@ -130,8 +130,14 @@ def _direct(report: dict[str, Any]) -> str:
         f"ITL the gateway adds at p50 {versus['added_itl_p50_ms']:.2f} ms (good: near 0)\n"
         "  ITL here is per token on both sides, each turn's decode time over its tokens: the gateway merges the\n"
         "  deltas a client has not taken yet into one frame, so gaps between frames would not compare.\n"
-        f"  load average before and after (1, 5, 15 min): {load}"
+        f"  load average before and after (1, 5, 15 min): {load}" + _idle_share(versus.get("gateway_idle_cpu_share"))
     )
+
+
+def _idle_share(share: float | None) -> str:
+    if share is None:
+        return ""
+    return f"\n  CPU the idle gateway used while the direct side ran: {share:.1%} of one core (good: near 0)"
 
 
 def _history(report: dict[str, Any]) -> str:

@@ -83,9 +83,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _demo_model(args: argparse.Namespace) -> int:
-    from gateway.engine.demo import write_demo_adapter, write_demo_model
+    from gateway.engine.demo import write_demo_adapter, write_demo_model, write_text_model
 
     out = Path(args.dir)
+    if args.arch == "llama":  # text only, no adapter: the model `gateway bench` compares with vLLM
+        print(f"model:   {write_text_model(out / 'model', size=args.size)}")
+        return 0
     write_demo_model(out / "model", size=args.size)
     write_demo_adapter(out / "model", out / "adapter")
     print(f"model:   {out / 'model'}\nadapter: {out / 'adapter'}")
@@ -228,6 +231,13 @@ def _add_bench(commands: Any) -> None:
     )
     add("--direct-url", dest="direct_url", help="also run the load straight to this OpenAI-compatible server (default: off)")
     add("--rounds", type=_positive, default=3, help="with --direct-url: gateway and direct loads alternated this many times")
+    add(
+        "--gateway-cpus",
+        dest="gateway_cpus",
+        type=lambda text: {int(cpu) for cpu in text.split(",")},
+        help="run the gateway started here on these CPUs (e.g. 0, as `taskset -c 0` runs the upstream) and the load "
+        "on the others (default: anywhere)",
+    )
     add("--baseline", action="store_true", help="also measure raw transformers generate: one stream, one static batch")
     add("--port", type=_port, default=8765, help="port for the gateway started here")
     add("--json", action="store_true", help="print the report as JSON")
@@ -249,7 +259,13 @@ def make_parser() -> argparse.ArgumentParser:
         "--size",
         choices=["tiny", "small"],
         default="tiny",
-        help="tiny: ~0.2M parameters, instant; small: ~31M, so compute dominates",
+        help="tiny: ~0.2M parameters, instant; small: ~31M (llama: 27.6M), so compute dominates",
+    )
+    demo.add_argument(
+        "--arch",
+        choices=["glm4v", "llama"],
+        default="glm4v",
+        help="glm4v: the vision demo with a LoRA adapter; llama: a text-only Llama vLLM can serve too, for bench --direct-url",
     )
     demo.set_defaults(run=_demo_model)
     return parser

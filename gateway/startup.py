@@ -141,6 +141,7 @@ def _local_engine(settings: Settings) -> Engine:
         queue_size=settings.engine_queue_size,
         context_tokens=settings.context_tokens,
         max_batch=settings.max_batch,
+        threads=settings.engine_threads,
         image_cache_bytes=settings.image_cache_bytes,
         image_workers=settings.image_workers,
         kv_cache_bytes=settings.kv_cache_bytes,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import time
@@ -173,6 +175,30 @@ def test_bench_history_report_is_a_table_by_turn() -> None:
     }
     text = format_report(report)
     assert "   2                 6.0       9.0" in text and text.count("good:") == 2 and "{" not in text
+
+
+def test_demo_model_arch_llama_writes_a_text_llama_with_the_word_tokenizer(tmp_path: Path) -> None:
+    """`demo-model --arch llama` writes a Llama (no adapter) whose tokens are whole words, as vLLM can serve."""
+    code, err, _ = gateway("demo-model", "--arch", "llama", str(tmp_path))
+    assert code == 0, err
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["hidden_size"] // config["num_attention_heads"] == 16
+    assert not (tmp_path / "adapter").exists() and (tmp_path / "model" / "tokenizer.json").exists()
+
+
+def test_bench_direct_rounds_alternate_which_side_goes_first(tmp_path: Path) -> None:
+    """`bench --direct-url`: each side goes first in every other round, and the report says what the idle
+    gateway (pinned with --gateway-cpus) took from the machine while the direct side ran."""
+    from tests.upstream_fake import FakeUpstream
+
+    upstream, out = FakeUpstream(), tmp_path / "report.json"
+    cpu = str(min(os.sched_getaffinity(0)))
+    args = ["--engine", "scripted", "--direct-url", upstream.url, "--gateway-cpus", cpu, "--sessions", "2", "--max-tokens", "4"]
+    code, err, _ = gateway("bench", *args, "--port", str(free_port()), "--json", "--out", str(out), timeout_s=120)
+    assert code == 0, err
+    report = json.loads(out.read_text())["vs_direct"]
+    assert [r["first"] for r in report["rounds"]] == ["gateway", "direct", "gateway"]
+    assert 0 <= report["gateway_idle_cpu_share"] < 1
 
 
 def test_bench_history_in_a_window_trims_less_with_headroom(demo_dirs: DemoDirs) -> None:

@@ -32,6 +32,7 @@ class FakeUpstream:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/tokenize", self.tokenize, methods=["POST"]),
             Route("/health", self.health),
+            Route("/v1/models", self.models),
         ]
         self.server = uvicorn.Server(
             uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=self.port, log_level="warning")
@@ -49,6 +50,9 @@ class FakeUpstream:
         if self.mode == "slow_health":
             await asyncio.sleep(2.5)  # past the engine's 1 s health timeout
         return Response(status_code=200)
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
     async def tokenize(self, request: Request) -> Response:
         return JSONResponse({"count": 5, "max_model_len": 1024, "tokens": [1, 2, 3, 4, 5]})

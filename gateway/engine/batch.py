@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
-from gateway.engine import cross, kv
+from gateway.engine import cross, kv, ragged, slots
 from gateway.engine.constrain import RowGrammar
 from gateway.engine.detok import TextStream
 from gateway.engine.encoder_cache import EncoderCache
@@ -61,7 +61,7 @@ def supports_batching(cache: Any) -> bool:
 class Batch:
     """The shared cache of all active sequences, left-padded to a common length, plus their mask."""
 
-    def __init__(self, loaded: LoadedModel, encoder: EncoderCache) -> None:
+    def __init__(self, loaded: LoadedModel, encoder: EncoderCache, max_rows: int = 16) -> None:
         self.loaded = loaded
         self.encoder = encoder  # vision-encoder outputs of images seen before
         self.sequences: list[Sequence] = []
@@ -70,40 +70,69 @@ class Batch:
         self._rope = _rope_index_owner(loaded.model)
         self._first = loaded.prompt.family.first_position
         self._cross = cross.cross_layer_indices(loaded.model)  # mllama's cross-attention layers
+        self._rows = slots.RowBuffers(max_rows)  # self-attention KV with spare rows (not with cross-attention)
 
     def __len__(self) -> int:
         return len(self.sequences)
 
+    @property
+    def cross_attention(self) -> bool:
+        return bool(self._cross)
+
     @torch.inference_mode()
-    def prefill(self, seqs: list[Sequence], inputs: list[ModelInputs]) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """Run prompts together (left-padded; only text-only prompts are grouped) without touching the
-        batch; return their last logits [n, vocab], their own cache and its mask [n, length]."""
+    def prefill(self, seq: Sequence, item: ModelInputs) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Run one prompt (with its images) without touching the batch; return its last logits [1, vocab],
+        its own cache and its mask [1, length]."""
         device = self.loaded.device
-        length = max(i.prompt_tokens for i in inputs)
-        input_ids = torch.zeros(len(inputs), length, dtype=torch.long, device=device)
-        mask = torch.zeros(len(inputs), length, dtype=torch.long, device=device)
-        for row, item in enumerate(inputs):
-            input_ids[row, length - item.prompt_tokens :] = item.input_ids[0].to(device)
-            mask[row, length - item.prompt_tokens :] = 1
-        extras = model_extras(inputs[0].extras, device, self.loaded.dtype) if len(inputs) == 1 else {}
+        input_ids = item.input_ids.to(device)
+        mask = torch.ones_like(input_ids)
+        extras = model_extras(item.extras, device, self.loaded.dtype)
         positions, delta = self._prompt_positions(input_ids, mask, extras)
-        images = inputs[0].images if extras else ()
+        images = item.images if extras else ()
         out = self.loaded.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
             cache=kv.new_cache(),  # plain layers even for sliding-window models: the mask keeps the window
             use_cache=True,
-            **self.encoder.inputs(images, extras, inputs[0].layout, 0, self._encode),
-            **self._adapter_args(seqs),
+            **self.encoder.inputs(images, extras, item.layout, 0, self._encode),
+            **self._adapter_args([seq]),
         )
-        self.encoder.keep(images, out, inputs[0].layout, 0)
-        for seq, item in zip(seqs, inputs):
-            self._start(seq, item, delta)
+        self.encoder.keep(images, out, item.layout, 0)
+        self._start(seq, item, delta)
         cache = _cache_of(out)
         if self._cross:
-            cross.adopt(cache, self._cross, len(inputs), extras.get("cross_attention_mask"))
+            cross.adopt(cache, self._cross, 1, extras.get("cross_attention_mask"))
         return out.logits[:, -1], cache, mask
+
+    @torch.inference_mode()
+    def prefill_rows(
+        self, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]
+    ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Text prompts, each on its held prefix or none, in one forward pass (see engine/ragged.py); return
+        what `prefill` does for every row. Cross-attention models pass no held prefixes."""
+        device = self.loaded.device
+        layout = ragged.lay_out(
+            [item.input_ids[0] for item in inputs],
+            [held.length if held else 0 for held in helds],
+            lambda ids: self._prompt_positions(ids, torch.ones_like(ids), {}),
+            device,
+        )
+        out = self.loaded.model(
+            input_ids=layout.input_ids,
+            attention_mask=layout.mask,
+            position_ids=layout.positions,
+            cache=ragged.held_cache(helds, layout, device),
+            use_cache=True,
+            **self._adapter_args(seqs),
+        )
+        for seq, item, delta, cached in zip(seqs, inputs, layout.deltas, layout.cached):
+            self._start(seq, item, delta)
+            seq.cached_tokens = cached
+        cache = _cache_of(out)
+        if self._cross:
+            cross.adopt(cache, self._cross, len(seqs), None)
+        return out.logits[:, -1], cache, layout.mask
 
     @torch.inference_mode()
     def prefill_on(self, seq: Sequence, item: ModelInputs, held: HeldPrefix) -> tuple[torch.Tensor, Any, torch.Tensor]:
@@ -200,9 +229,11 @@ class Batch:
         for index, (mine, theirs) in enumerate(zip(self.cache.layers, cache.layers)):
             if isinstance(mine, cross.CrossLayer):
                 self.cache.layers[index] = cross.merge(mine, theirs)
-                continue
-            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
-            mine.values = torch.cat([mine.values, theirs.values], dim=0)
+            elif self._cross:
+                mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
+                mine.values = torch.cat([mine.values, theirs.values], dim=0)
+            else:
+                self._rows.append(index, mine, theirs)
         self.mask = torch.cat([self.mask, rows], dim=0)
         self.sequences.extend(seqs)
 
@@ -235,13 +266,19 @@ class Batch:
         """Drop every sequence not listed (finished or cancelled), freeing its share of the cache."""
         if len(keep) == len(self.sequences):
             return
-        self.sequences = [self.sequences[i] for i in keep]
         if not keep or self.cache is None or self.mask is None:
             self.sequences, self.cache, self.mask = [], None, None
+            self._rows.clear()
             return
-        index = torch.tensor(keep, device=self.loaded.device)
-        self.cache.batch_select_indices(index)
-        self.mask = self.mask[index]
+        moves, order = slots.moves_for(keep)
+        if self._cross or not self._rows.owns(self.cache.layers):
+            order = keep
+            self.cache.batch_select_indices(torch.tensor(keep, device=self.loaded.device))
+        else:  # the last rows move into the leavers' places; nobody else's row is copied
+            for index, layer in enumerate(self.cache.layers):
+                self._rows.keep(index, layer, moves, len(keep))
+        self.sequences = [self.sequences[i] for i in order]
+        self.mask = self.mask[torch.tensor(order, device=self.mask.device)]
         # Columns that are padding in every remaining row are dead weight: cut them.
         real = self.mask.any(dim=0).nonzero()
         start = int(real[0].item()) if real.numel() else 0

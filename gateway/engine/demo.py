@@ -262,10 +262,16 @@ def cached_demo_model(size: DemoSize = "tiny") -> Path:
     return target
 
 
-def write_text_model(out_dir: Path, seed: int = 0) -> Path:
-    """A tiny text-only Llama sharing the demo tokenizer: for serving and testing the text-only path."""
+# (hidden, layers, heads, KV heads, MLP) of the text-only Llama: "tiny" for tests, "small" the bench model,
+# the issue's 27.6M-parameter shape with vLLM-compatible heads of 64 (vLLM's CPU attention wants 64 or more).
+TEXT_SHAPES = {"tiny": (64, 2, 4, 2, 128), "small": (512, 8, 8, 2, 1792)}
+
+
+def write_text_model(out_dir: Path, seed: int = 0, size: DemoSize = "tiny") -> Path:
+    """A text-only Llama sharing the demo tokenizer: for serving and testing the text-only path, and (small)
+    for comparing the local engine with vLLM on one model, each token a whole word so TTFT means what it says."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _build_tokenizer(out_dir)
@@ -273,19 +279,22 @@ def write_text_model(out_dir: Path, seed: int = 0) -> Path:
     tok.chat_template = TEXT_CHAT_TEMPLATE
     tok.save_pretrained(out_dir)
     eos = [int(tok.convert_tokens_to_ids(t)) for t in ("<|endoftext|>", "<|user|>")]
+    hidden, layers, heads, kv_heads, inter = TEXT_SHAPES[size]
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=2048,
         eos_token_id=eos,
         pad_token_id=int(tok.convert_tokens_to_ids("<pad>")),
     )
     torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out_dir)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=config.pad_token_id)  # type: ignore[no-untyped-call]
+    model.save_pretrained(out_dir)
     return out_dir
 
 

@@ -63,6 +63,16 @@ class GrowingLayer(DynamicLayer):
         self._key_length = self._value_length = end
         return keys[:, :, :end], values[:, :, :end]
 
+    @classmethod
+    def holding(cls, keys: torch.Tensor, values: torch.Tensor, length: int) -> GrowingLayer:
+        """A layer that owns `keys` and `values` (buffers nobody else reads) with their first `length`
+        tokens filled: the next update writes after them in place."""
+        layer = cls()
+        layer.lazy_initialization(keys, values)
+        layer._key_buffer, layer._value_buffer = keys, values
+        layer._key_length = layer._value_length = length
+        return layer
+
     def capacity(self) -> int:
         """Tokens the buffer holds before it must grow (for tests and memory accounting)."""
         return 0 if self._key_buffer is None or self._key_buffer.dim() != 4 else int(self._key_buffer.shape[-2])
@@ -85,12 +95,13 @@ def _tokens(states: torch.Tensor | None) -> int:
     return int(states.shape[-2]) if states is not None and states.dim() == 4 else 0
 
 
-def _room(states: torch.Tensor, end: int) -> list[int]:
+def room(states: torch.Tensor, end: int) -> list[int]:
+    """The shape of a buffer holding `end` tokens of `states`' rows with room to grow."""
     batch, heads, _, dim = states.shape
     return [batch, heads, end + min(MAX_GROWTH, max(MIN_GROWTH, int(end * GROWTH))), dim]
 
 
 def _grown(buffer: torch.Tensor, length: int, end: int) -> torch.Tensor:
-    bigger = buffer.new_empty(_room(buffer, end))
+    bigger = buffer.new_empty(room(buffer, end))
     bigger[:, :, :length] = buffer[:, :, :length]
     return bigger

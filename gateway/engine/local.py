@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,9 +23,10 @@ from gateway.engine.detok import TextStream
 from gateway.engine.encoder_cache import EncoderCache
 from gateway.engine.image_prefix import content_key
 from gateway.engine.loader import LoadedModel
-from gateway.engine.prefix_cache import PrefixCache, default_budget, spill_for
+from gateway.engine.prefix_cache import HeldPrefix, PrefixCache, default_budget, spill_for
 from gateway.engine.probe import probe_vision
 from gateway.engine.prompt import ModelInputs
+from gateway.engine.ragged import suffix_groups
 from gateway.engine.relay import EventRelay
 from gateway.engine.types import (
     ChatImage,
@@ -41,6 +44,8 @@ from gateway.errors import GatewayError
 from gateway.images import yield_cpu
 
 log = logging.getLogger("gateway.engine")
+_Prefilled = tuple[torch.Tensor, Any, torch.Tensor]  # last logits, cache, mask
+_Row = tuple[Sequence, ModelInputs, HeldPrefix | None]  # a text prompt and its held prefix, if any
 
 
 @dataclass
@@ -68,6 +73,7 @@ class LocalEngine:
         kv_cache_idle_s: float = 300.0,
         kv_spill_bytes: int = 1 << 30,
         encoder_cache_bytes: int = 128 << 20,
+        threads: int = 0,
     ) -> None:
         self.loaded = loaded
         self.model_id = loaded.model_id
@@ -84,6 +90,7 @@ class LocalEngine:
         self.adapters: tuple[str, ...] = loaded.adapter_names
         self.chat_template: str | None = loaded.prompt.template  # the served one: --chat-template FILE or the model's
         self.max_batch = max_batch
+        self.threads = threads or engine_threads()
         self.max_prefills_per_step = max_prefills_per_step
         self.queue_size = queue_size
         self.tokens_generated = 0  # written only by the generation thread
@@ -181,7 +188,8 @@ class LocalEngine:
     # ---- the generation thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        batch = Batch(self.loaded, self.encoder_cache)
+        torch.set_num_threads(self.threads)  # in this thread: OpenMP's thread count is a per-thread setting
+        batch = Batch(self.loaded, self.encoder_cache, self.max_batch)
         while True:
             self.prefix_cache.expire()
             admitted, cancelled, still_waiting = self._next_admissions(len(batch))
@@ -235,8 +243,9 @@ class LocalEngine:
         return Sequence(request=job.request, stream=TextStream(self.loaded.tokenizer, stop), job=job, grammar=grammar)
 
     def _prefill(self, batch: Batch, jobs: list[_Job]) -> None:
-        """Prefill newly admitted turns: text-only prompts together in one padded forward pass, each
-        prompt with images alone; sample each one's first token at once, then join the batch."""
+        """Prefill newly admitted turns: text prompts, each on its longest held prefix or none, in one
+        forward pass per group of similar new lengths; each prompt with images alone; sample each one's
+        first token at once, then join the batch."""
         ready: list[tuple[Sequence, ModelInputs]] = []
         for job in jobs:
             seq = self._sequence(job)
@@ -255,39 +264,43 @@ class LocalEngine:
                 self._finish(seq, "error", "generation failed")
         if ready:
             self.busy.set()
-        cold = [pair for pair in ready if not self._prefill_warm(batch, *pair)]
-        text_only = [pair for pair in cold if not pair[1].extras]
         # Cheap text prompts first: a turn with many images must not hold up the first token of the
         # text turns admitted with it.
-        groups = [text_only] if text_only and self.max_batch > 1 else [[pair] for pair in text_only]
-        groups.extend([pair] for pair in cold if pair[1].extras)
-        for group in groups:
-            self._prefill_group(batch, group)
+        text = [(seq, inputs, self._held(seq, inputs)) for seq, inputs in ready if not inputs.extras]
+        for group in self._text_groups(batch, text):
+            seqs = [seq for seq, _, _ in group]
+            run = partial(batch.prefill_rows, seqs, [item for _, item, _ in group], [held for _, _, held in group])
+            self._prefill_group(batch, seqs, run)
+        for seq, item in ready:
+            if item.extras:
+                held = self._held(seq, item)
+                run = partial(batch.prefill_on, seq, item, held) if held else partial(batch.prefill, seq, item)
+                self._prefill_group(batch, [seq], run)
 
-    def _prefill_warm(self, batch: Batch, seq: Sequence, inputs: ModelInputs) -> bool:
-        """Prefill a prompt on the longest held prefix of its content key (token ids, images by content);
-        False when none is held (or reuse is off, or its images' layout is not understood), leaving it
-        to the cold prefill."""
+    def _text_groups(self, batch: Batch, rows: list[_Row]) -> list[list[_Row]]:
+        """Text prompts in groups for one forward pass each: of similar new lengths (engine/ragged.py);
+        one at a time when turns decode alone; held prefixes alone on cross-attention models."""
+        if self.max_batch <= 1:
+            return [[row] for row in rows]
+        if batch.cross_attention:
+            cold = [row for row in rows if row[2] is None]
+            return [[row] for row in rows if row[2] is not None] + ([cold] if cold else [])
+        suffixes = [inputs.prompt_tokens - (held.length if held else 0) for _, inputs, held in rows]
+        return [[rows[i] for i in group] for group in suffix_groups(suffixes)]
+
+    def _held(self, seq: Sequence, inputs: ModelInputs) -> HeldPrefix | None:
+        """The longest held prefix of the prompt's content key (token ids, images by content); None when
+        none is held (or reuse is off, or its images' layout is not understood)."""
         if self.prefix_cache.max_bytes <= 0:
-            return False
+            return None
         seq.prompt_ids = content_key(inputs)
         if seq.prompt_ids is None:
-            return False
-        held = self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids)
-        if held is None:
-            return False
-        self._prefill_group(batch, [(seq, inputs)], lambda: batch.prefill_on(seq, inputs, held))
-        return True
+            return None
+        return self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids)
 
-    def _prefill_group(
-        self,
-        batch: Batch,
-        group: list[tuple[Sequence, ModelInputs]],
-        run: Callable[[], tuple[torch.Tensor, Any, torch.Tensor]] | None = None,
-    ) -> None:
-        seqs = [seq for seq, _ in group]
+    def _prefill_group(self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled]) -> None:
         try:
-            logits, cache, mask = run() if run else batch.prefill(seqs, [inputs for _, inputs in group])
+            logits, cache, mask = run()
             mask_logits(logits, [seq.grammar for seq in seqs])
             if not supports_batching(cache) and self.max_batch > 1:
                 log.warning("this model's cache cannot be merged; decoding one turn at a time")
@@ -391,6 +404,11 @@ class LocalEngine:
 
     def _flush(self) -> None:
         self._relay.flush()
+
+
+def engine_threads() -> int:
+    """The generation thread's default intra-op threads: one fewer than the CPUs this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def _grammar_vocabulary(loaded: LoadedModel) -> GrammarVocabulary | None:
