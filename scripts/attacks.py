@@ -79,7 +79,11 @@ class Server:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(30)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:  # still draining abandoned turns: the measurement is over
+            self.process.kill()
+            self.process.wait(30)
 
 
 async def open_client(url: str, address: str = "127.0.0.1") -> tuple[Any, dict[str, Any]]:
