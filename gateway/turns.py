@@ -92,7 +92,9 @@ class TurnService:
         self.draining = False
         self.in_flight = 0  # turns submitted and not yet done, all front ends together
         self.server_defaults = server_defaults(settings)
-        self.images = ImageLedger(settings.max_total_image_bytes)
+        # One ledger for image memory: what sessions hold comes first, the engine's processed images get the rest.
+        self.images = ImageLedger(settings.max_total_image_bytes, engine.limit_image_cache)
+        engine.limit_image_cache(settings.max_total_image_bytes)
         self.fetch_policy = FetchPolicy.from_settings(settings)
         self._limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         # URL fetches wait on the network and decoding burns CPU: each on a pool of its own, so neither

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gateway.detached import DetachedSessions
 from gateway.engine.types import TurnHandle
+from gateway.image_ledger import ImageLedger
 from gateway.quota import SessionQuota
 from gateway.ratelimit import TokenBucket
 
@@ -86,3 +87,13 @@ def test_take_bytes_refuses_without_spending() -> None:
     assert bucket.take_bytes(800, now=6.0) == 0.0
     assert bucket.take_bytes(5000, now=16.0) == 0.0  # above the burst: allowed from a full bucket, into debt
     assert bucket.tokens == -4000.0
+
+
+def test_the_ledger_tells_caches_what_sessions_leave() -> None:
+    """Every change in what sessions hold is passed on as the room left for caches."""
+    told: list[int] = []
+    ledger = ImageLedger(1000, told.append)
+    ledger.hold("a", 300)
+    ledger.hold("b", 200)
+    ledger.release("a")
+    assert told == [700, 500, 800]

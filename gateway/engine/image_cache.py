@@ -44,14 +44,20 @@ class ImageCache:
 
     def _insert(self, key: str, processed: ProcessedImage) -> None:
         size = _nbytes(processed)
-        if size > self.max_bytes:
-            return  # larger than the whole cache: use it once, keep nothing
         with self._lock:
-            if key in self._entries:
-                return
+            if key in self._entries or size > self.max_bytes:
+                return  # larger than the whole cache: use it once, keep nothing
             self._entries[key] = (processed, size)
             self.bytes += size
             while self.bytes > self.max_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self.bytes -= evicted
+
+    def limit(self, max_bytes: int) -> None:
+        """A new bound, evicting the least recently used images at once to meet it."""
+        with self._lock:
+            self.max_bytes = max_bytes
+            while self.bytes > self.max_bytes and self._entries:
                 _, (_, evicted) = self._entries.popitem(last=False)
                 self.bytes -= evicted
 

@@ -79,7 +79,7 @@ class LocalEngine:
         self.model_id = loaded.model_id
         self.vision = loaded.prompt.vision  # until start() has tried an image prompt
         self.token_counter = "model"
-        loaded.prompt.images.max_bytes = image_cache_bytes
+        loaded.prompt.images.max_bytes = self._image_cache_bytes = image_cache_bytes
         # The generation thread builds prompts with loaded.prompt; counting runs on a thread of its own
         # with its own tokenizer (no tokenizer is shared between threads), and images are processed
         # ahead of their turn on a small pool, so neither work lands on the event loop or the model.
@@ -140,6 +140,9 @@ class LocalEngine:
             job.loop.call_soon(sink.on_queued, ahead + 1)
         return request.handle
 
+    def limit_image_cache(self, max_bytes: int) -> None:
+        self.loaded.prompt.images.limit(max(0, min(self._image_cache_bytes, max_bytes)))
+
     def load(self) -> EngineLoad:
         held = self.prefix_cache  # written by the generation thread (as the encoder cache): a moment's reading
         with self._lock:
@@ -155,6 +158,7 @@ class LocalEngine:
                 kv_spill_budget=held.spill_bytes,
                 encoder_cache_bytes=self.encoder_cache.bytes,
                 encoder_cache_hits=self.encoder_cache.hits,
+                image_cache_bytes=self.loaded.prompt.images.bytes,
             )
 
     def health(self) -> EngineHealth:

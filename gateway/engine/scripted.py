@@ -44,6 +44,9 @@ class ScriptedEngine:
     async def prepare(self, images: Sequence[ChatImage]) -> None:
         pass
 
+    def limit_image_cache(self, max_bytes: int) -> None:
+        pass  # no processed images are held here
+
     def load(self) -> EngineLoad:
         return EngineLoad(active=len(self._running), waiting=0, capacity=self.queue_size)
 

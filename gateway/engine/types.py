@@ -149,6 +149,7 @@ class EngineLoad:
     kv_cache_budget: int = 0  # the most held KV may take on the device (0: none is held)
     encoder_cache_bytes: int = 0  # vision-encoder outputs held for images seen before
     encoder_cache_hits: int = 0  # prefills that took images' encoder outputs from those held
+    image_cache_bytes: int = 0  # processed images held so a history is not processed again
     kv_spill_budget: int = 0  # and in pinned host memory
 
 
@@ -183,6 +184,11 @@ class Engine(Protocol):
         ...
 
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle: ...
+
+    def limit_image_cache(self, max_bytes: int) -> None:
+        """The most bytes the engine's processed images may take from now on (it evicts at once to fit): the
+        images sessions hold come first in `max_total_image_bytes`, a cache gets what they leave."""
+        ...
 
     def load(self) -> EngineLoad: ...
 

@@ -107,6 +107,9 @@ class UpstreamEngine:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
         return request.handle
 
+    def limit_image_cache(self, max_bytes: int) -> None:
+        pass  # no processed images are held here
+
     def load(self) -> EngineLoad:
         return EngineLoad(active=len(self._turns), waiting=0, capacity=self.options.max_in_flight)
 
