@@ -270,25 +270,25 @@ class LocalEngine:
             self.busy.set()
         # Cheap text prompts first: a turn with many images must not hold up the first token of the
         # text turns admitted with it.
-        text = [(seq, inputs, self._held(seq, inputs)) for seq, inputs in ready if not inputs.extras]
-        for group in self._text_groups(batch, text):
+        # On cross-attention models every prompt prefills alone: a grouped text pass carries no
+        # cross-attention states to merge with the batch's image rows.
+        alone = batch.cross_attention
+        text = [(seq, inputs, self._held(seq, inputs)) for seq, inputs in ready if not inputs.extras and not alone]
+        for group in self._text_groups(text):
             seqs = [seq for seq, _, _ in group]
             run = partial(batch.prefill_rows, seqs, [item for _, item, _ in group], [held for _, _, held in group])
             self._prefill_group(batch, seqs, run)
         for seq, item in ready:
-            if item.extras:
+            if item.extras or alone:
                 held = self._held(seq, item)
                 run = partial(batch.prefill_on, seq, item, held) if held else partial(batch.prefill, seq, item)
                 self._prefill_group(batch, [seq], run)
 
-    def _text_groups(self, batch: Batch, rows: list[_Row]) -> list[list[_Row]]:
+    def _text_groups(self, rows: list[_Row]) -> list[list[_Row]]:
         """Text prompts in groups for one forward pass each: of similar new lengths (engine/ragged.py);
-        one at a time when turns decode alone; held prefixes alone on cross-attention models."""
+        one at a time when turns decode alone."""
         if self.max_batch <= 1:
             return [[row] for row in rows]
-        if batch.cross_attention:
-            cold = [row for row in rows if row[2] is None]
-            return [[row] for row in rows if row[2] is not None] + ([cold] if cold else [])
         suffixes = [inputs.prompt_tokens - (held.length if held else 0) for _, inputs, held in rows]
         return [[rows[i] for i in group] for group in suffix_groups(suffixes)]
 
