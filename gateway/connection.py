@@ -101,9 +101,9 @@ class Connection:
         # Inflated bytes: a compressed frame costs its full size in decompression and decoding work.
         rate = float(settings.inbound_bytes_per_second)
         self._bytes = TokenBucket(rate=rate, burst=max(rate, float(settings.max_frame_bytes)))
-        # Image bytes sent in `history` frames: 60 bytes of request must not buy megabytes of reply at will.
-        rate = float(settings.history_image_bytes_per_second)
-        self._history_bytes = TokenBucket(rate=rate, burst=max(rate, float(settings.max_session_image_bytes)))
+        # Image bytes sent in `history` frames: 60 bytes of request must not buy megabytes of reply at will,
+        # and the budget is the client address's, so reconnecting buys no fresh one.
+        self._history_bytes = hub.history_budgets.get(self.client)
         self._history_seq = 0  # the seq of the last `history` frame with images, until the writer has sent it
         self._strikes = 0  # frames refused by the rate limit in a row
         self._compiles = self.turns.grammars.quota(websocket.client.host if websocket.client else "unknown")
@@ -334,6 +334,7 @@ class Connection:
             del self._registry[self.live.id]
         self.hub.detach(self.live, self)
         self.live = live
+        self._history_seq = 0  # seqs of another session's journal
         self.log = SessionLog(log, {"session": live.id})
         self._registry[live.id] = self
         self.hub.attach(live, self, self.client)

@@ -18,6 +18,7 @@ from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.journal import Journal
 from gateway.live_session import NOBODY, Attachment, LiveSession, token_hash
 from gateway.quota import SessionQuota
+from gateway.ratelimit import BucketsByAddress
 from gateway.replies import done_frame
 from gateway.session import Session, UserTurn
 from gateway.store.base import SessionMeta, SessionRecord, SessionStore
@@ -42,6 +43,8 @@ class SessionHub:
         self.store = store
         self.guard = StoreGuard(store.persistent, settings.store_timeout_s)
         self.live: dict[str, LiveSession] = {}
+        rate = float(settings.history_image_bytes_per_second)  # image bytes `history` sends, per address
+        self.history_budgets = BucketsByAddress(rate, max(rate, float(settings.max_session_image_bytes)))
         self.quota: SessionQuota[LiveSession] = SessionQuota(settings.max_sessions_per_client, settings.max_sessions_per_key)
         self.detached: DetachedSessions[LiveSession] = DetachedSessions(turns.metrics.preempted.inc)
         turns.make_room = self.detached.make_room  # an attached client's turn never waits behind a detached one
@@ -49,8 +52,9 @@ class SessionHub:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def create(self, owner: str, client: str) -> LiveSession:
-        """A new session of `client` (an address); past its quota its oldest detached sessions go first."""
-        for old in list(self.quota.over(client, owner)):
+        """A new session of `client` (an address). The quota is enforced when a session is left (see
+        `detach`), not here: a reconnecting client's fresh session must not unload the one it resumes."""
+        for old in list(self.quota.over(client, owner, adding=0)):
             log.info("session %s: unloaded for a new session of the same client (max_sessions_per_client)", old.id)
             self.unload(old)
         session = Session(max_history_turns=self.settings.max_history_turns)
@@ -71,9 +75,11 @@ class SessionHub:
             live.expiry = None
         live.detached_at = None
         self.detached.discard(live)
+        previous, live.attached = live.attached, connection
         if live.client != client:
             self.quota.move(live, client)
-        previous, live.attached = live.attached, connection
+            for old in list(self.quota.over(client, live.owner, adding=0)):
+                self.unload(old)
         if previous is not None and previous is not connection:
             previous.taken_over()
 
@@ -151,12 +157,14 @@ class SessionHub:
             return self.live[record.id]
         session = record.session(self.settings.max_history_turns)
         self._make_image_room(record.id, session.image_bytes)
-        for old in list(self.quota.over(client, record.owner)):
+        for old in list(self.quota.over(client, record.owner, adding=0)):  # the caller's fresh session goes next
             self.unload(old)
         live = LiveSession(session, token, record.owner, self._journal(record.last_seq + SEQ_AFTER_RESTART), client=client)
         self.live[live.id] = live
         self.quota.add(live)
         self.turns.images.hold(live.id, session.image_bytes)
+        # Its resumer attaches it at once; should that connection be gone meanwhile, it still expires.
+        live.expiry = asyncio.get_running_loop().call_later(max(0.0, self.settings.session_grace_s), self.unload, live)
         self.spawn(self._save(live, "the revived session", history=True, pending=True))  # the partial turn joined the history
         return live
 
@@ -215,6 +223,7 @@ class SessionHub:
 
     def turn_done(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
         """Record the exchange, make it durable, then send `done` (a task: the store is asynchronous)."""
+        live.ended = started  # from now on it holds no slot: it must not be stopped for anyone
         self.detached.turn_ended(live)
         self.turns.record(live.session, started, result, held=self.live.get(live.id) is live)
         self.spawn(self._finish(live, started, result))

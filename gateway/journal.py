@@ -25,7 +25,8 @@ def _size(frame: p.SessionFrame) -> int:
         return len(frame.text) * 4 + _TOKEN_OVERHEAD  # an upper bound: no encoding on the hot path
     if isinstance(frame, p.HistoryFrame):  # megabytes of images: counted, not encoded again on the event loop
         images = sum(len(i.data or b"") + _TOKEN_OVERHEAD for e in frame.turns for i in e.images)
-        return images + sum(len(e.text) * 4 + _TOKEN_OVERHEAD for e in frame.turns)
+        calls = sum(len(c.arguments) * 4 + len(c.name) * 4 + _TOKEN_OVERHEAD for e in frame.turns for c in e.tool_calls)
+        return images + calls + len(frame.system or "") * 4 + sum(len(e.text) * 4 + _TOKEN_OVERHEAD for e in frame.turns)
     return len(msgspec.msgpack.encode(frame))
 
 

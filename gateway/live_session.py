@@ -52,9 +52,12 @@ class LiveSession:
     def __post_init__(self) -> None:
         self.token_hash = token_hash(self.token)  # once: a resume's check hashes only the offered token
 
+    ended: StartedTurn | None = None  # the last turn the engine finished (`active` stays until its `done` is sent)
+
     @property
     def running(self) -> TurnHandle | None:
-        return None if self.active is None else self.active.handle
+        """The grip on a turn still on the engine; None once it has ended, even while its `done` waits for the store."""
+        return None if self.active is None or self.active is self.ended else self.active.handle
 
     @property
     def id(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 
@@ -48,3 +49,23 @@ class TokenBucket:
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate) - amount
         self.updated = now
         return -self.tokens / self.rate if self.tokens < 0 and self.rate > 0 else 0.0
+
+
+class BucketsByAddress:
+    """One bucket per client address, shared by its connections, so reconnecting buys no fresh burst; the
+    least recently used of `max_addresses` go first (a forgotten address starts full again)."""
+
+    def __init__(self, rate: float, burst: float, max_addresses: int = 4096) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_addresses = max_addresses
+        self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+
+    def get(self, address: str) -> TokenBucket:
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = TokenBucket(rate=self.rate, burst=self.burst)
+            if len(self._buckets) > self.max_addresses:
+                self._buckets.popitem(last=False)
+        self._buckets.move_to_end(address)
+        return bucket

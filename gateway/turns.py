@@ -92,8 +92,11 @@ class TurnService:
         self.draining = False
         self.in_flight = 0  # turns submitted and not yet done, all front ends together
         self.server_defaults = server_defaults(settings)
-        # One ledger for image memory: what sessions hold comes first, the engine's processed images get the rest.
-        self.images = ImageLedger(settings.max_total_image_bytes, engine.limit_image_cache)
+        # One bound for image memory: sessions' images and the engine's processed ones together. The cache
+        # always keeps a share (an eighth, at most image_cache_bytes): at 0 a turn's images, processed ahead
+        # on the image pool, would be processed again on the generation thread, stalling every turn.
+        floor = min(settings.image_cache_bytes, settings.max_total_image_bytes // 8)
+        self.images = ImageLedger(settings.max_total_image_bytes - floor, lambda room: engine.limit_image_cache(room + floor))
         engine.limit_image_cache(settings.max_total_image_bytes)
         self.fetch_policy = FetchPolicy.from_settings(settings)
         self._limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)

@@ -93,3 +93,23 @@ async def test_a_client_cannot_pile_up_detached_sessions(small: RunningServer) -
     await other.send({"type": "ping", "id": "p"})
     assert (await other.until("pong"))["id"] == "p"
     await other.close()
+
+
+async def test_a_client_at_its_quota_can_reconnect_and_resume(small: RunningServer) -> None:
+    """Three detached sessions at a quota of three: a new connection from the same address resumes the
+    oldest of them live (its fresh session unloads nothing), with no gap in its frames."""
+    hub = small.app.state.hub
+    left = []
+    for _ in range(3):
+        client = await From(small.ws_url, "127.0.0.30").open()
+        await client.send({"type": "turn", "id": "t", "text": "hi", "options": {"max_tokens": 2, "temperature": 0}})
+        await client.until("done")
+        await client.close()
+        left.append(client.ready)
+    await wait_until(lambda: len([s for s in hub.live.values() if s.client == "127.0.0.30" and s.attached is None]) == 3)
+    again = await From(small.ws_url, "127.0.0.30").open()
+    oldest = left[0]
+    await again.send({"type": "resume", "id": "r", "session": oldest["session"], "token": oldest["resume_token"], "last_seq": 1})
+    resumed = await again.until("resumed")
+    assert resumed["gap"] is False and resumed["replayed"] > 0
+    await again.close()

@@ -123,7 +123,8 @@ async def test_history_with_images_is_rate_limited(tight: RunningServer) -> None
 async def test_processed_images_yield_to_what_sessions_hold(tight: RunningServer) -> None:
     """The engine's processed images and the sessions' images share `max_total_image_bytes`: after image
     turns the two together stay within it, the cache getting only what the sessions leave."""
-    ledger = tight.app.state.turns.images
+    ledger, bound = tight.app.state.turns.images, tight.settings.max_total_image_bytes
+    assert ledger.max_bytes == bound - bound // 8  # an eighth is the processed images' own
     clients = []
     for n, image in enumerate(IMAGES[:2]):
         client = await From(tight.ws_url, f"127.0.3.{n + 1}").open()
@@ -131,7 +132,7 @@ async def test_processed_images_yield_to_what_sessions_hold(tight: RunningServer
         await client.until("done")
         clients.append(client)
         held = tight.engine.load().image_cache_bytes
-        assert ledger.total + held <= ledger.max_bytes
-    assert tight.engine.loaded.prompt.images.max_bytes <= ledger.max_bytes - ledger.total
+        assert ledger.total + held <= bound
+    assert tight.engine.loaded.prompt.images.max_bytes == bound - ledger.total
     for client in clients:
         await client.close()

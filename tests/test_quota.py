@@ -7,8 +7,12 @@ from dataclasses import dataclass
 from gateway.detached import DetachedSessions
 from gateway.engine.types import TurnHandle
 from gateway.image_ledger import ImageLedger
+from gateway.journal import Journal
+from gateway.live_session import LiveSession
 from gateway.quota import SessionQuota
 from gateway.ratelimit import TokenBucket
+from gateway.session import Session, UserTurn
+from gateway.turns import StartedTurn
 
 
 @dataclass(eq=False)
@@ -97,3 +101,17 @@ def test_the_ledger_tells_caches_what_sessions_leave() -> None:
     ledger.hold("b", 200)
     ledger.release("a")
     assert told == [700, 500, 800]
+
+
+async def test_a_turn_that_ended_is_not_stopped_again() -> None:
+    """A session whose turn has ended (its `done` still waiting for the store) offers nothing to stop, so
+    the count of stopping turns cannot drift."""
+    live = LiveSession(Session(max_history_turns=8), "token", "", Journal(1 << 20, 16))
+    started = StartedTurn(turn=UserTurn(id="t", text="x"), plan=None, handle=TurnHandle(), epoch=0, model=None)  # type: ignore[arg-type]
+    live.active = started
+    assert live.running is started.handle
+    live.ended = started
+    assert live.running is None
+    detached: DetachedSessions[LiveSession] = DetachedSessions()
+    detached.add(live)
+    assert detached.make_room(1) == 0 and detached.stopping == 0

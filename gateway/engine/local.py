@@ -132,6 +132,8 @@ class LocalEngine:
             waiting = sum(1 for waiting_job in self._waiting if not waiting_job.request.handle.cancelled.is_set())
             active = sum(1 for handle in self._active_handles if not handle.cancelled.is_set())
             ahead = waiting - (self.max_batch - active)
+            if len(self._waiting) >= 2 * self.queue_size:  # cancelled entries are bounded too, until the next step
+                raise EngineFull()
             if self._stopping or ahead >= self.queue_size:
                 raise EngineFull()
             self._waiting.append(job)
