@@ -104,7 +104,6 @@ class Connection:
         # Image bytes sent in `history` frames: 60 bytes of request must not buy megabytes of reply at will,
         # and the budget is the client address's, so reconnecting buys no fresh one.
         self._history_bytes = hub.history_budgets.get(self.client)
-        self._history_seq = 0  # the seq of the last `history` frame with images, until the writer has sent it
         self._strikes = 0  # frames refused by the rate limit in a row
         self._compiles = self.turns.grammars.quota(websocket.client.host if websocket.client else "unknown")
         self._closing: ConnectionClosing | None = None
@@ -284,19 +283,14 @@ class Connection:
             self.put(p.PongFrame(id=frame.id))
 
     def _history(self, frame: p.HistoryRequestFrame) -> None:
-        """The history; with images only within the connection's budget, and never while the last such
-        frame still waits for the writer (a client that does not read cannot pile them up)."""
+        """The history; with images only within the client address's budget. A client that does not read
+        them meets the slow-consumer rule like any other (send_timeout_s, max_outbox_frames)."""
         if frame.include_images:
-            if self._history_seq > self.live.journal.taken:
-                raise GatewayError(ErrorCode.BUSY, "the last history with images is still being sent; wait for it", frame.id)
             wait_s = self._history_bytes.take_bytes(float(self.session.image_bytes))
             if wait_s > 0:
                 message = "history with images is sent at a bounded rate (history_image_bytes_per_second); try again later"
                 raise RetryLater(ErrorCode.RATE_LIMITED, message, int(wait_s * 1000) + 1, frame.id)
-        reply = history_frame(self.session, frame)
-        self.put(reply)
-        if frame.include_images and reply.seq is not None:
-            self._history_seq = reply.seq
+        self.put(history_frame(self.session, frame))
 
     async def _resume(self, frame: p.ResumeFrame) -> None:
         """Take up the session `frame` names; this connection's fresh one is discarded."""
@@ -334,7 +328,6 @@ class Connection:
             del self._registry[self.live.id]
         self.hub.detach(self.live, self)
         self.live = live
-        self._history_seq = 0  # seqs of another session's journal
         self.log = SessionLog(log, {"session": live.id})
         self._registry[live.id] = self
         self.hub.attach(live, self, self.client)

@@ -388,6 +388,10 @@ def load_server(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
     settings = Settings(
         max_connections=4 * IDLE_CONNECTIONS,
         max_connections_per_client=4 * IDLE_CONNECTIONS,  # every test client comes from 127.0.0.1
+        max_sessions_per_client=8 * IDLE_CONNECTIONS,
+        # History frames with images are how these tests owe a reader more than loopback buffers hold; the
+        # per-address budget on them (tests/test_image_budget.py) would share one burst among every client here.
+        history_image_bytes_per_second=1 << 40,
         frames_per_second=1e6,
         turns_per_minute=1e7,
     )

@@ -143,7 +143,8 @@ def noise_png(width: int, height: int) -> bytes:
 async def test_slow_consumer_is_closed_and_its_turn_stopped(make_server: Any) -> None:
     """A client that stops reading is closed with 4000 within the send deadline; its turn stops;
     another client's turn is unaffected."""
-    running = make_server(send_timeout_s=1.0)
+    # history frames with images owe it more than loopback buffers take; their budget is tested elsewhere
+    running = make_server(send_timeout_s=1.0, history_image_bytes_per_second=1 << 40)
     big = noise_png(1200, 1000)  # about 3.6 MB
     async with GatewayClient(running.ws_url, max_queue=1) as slow:
         first = await slow.turn("img", "look", [big], max_tokens=2, **GREEDY)
