@@ -15,7 +15,7 @@ from gateway.config import Settings
 from gateway.engine.types import Grammar
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.images import yield_cpu
-from gateway.ratelimit import TokenBucket
+from gateway.ratelimit import BucketsByAddress, TokenBucket
 from gateway.structured import (
     CHECKED,
     Checker,
@@ -95,21 +95,15 @@ class GrammarPool:
         self._running: dict[str, _Compile] = {}
         self._pending = 0  # compiles submitted and not finished (one past its time budget still counts)
         self._compile_ms = 100.0  # a moving average, for retry_after_ms
-        self._addresses: dict[str, TokenBucket] = {}
+        per_address = settings.grammar_compiles_per_minute_per_client
+        self._addresses = BucketsByAddress(per_address / 60, max(1.0, per_address / 6), _MAX_ADDRESSES)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def quota(self, address: str) -> CompileQuota:
         """A new connection's (or HTTP request's) quota, sharing its address's bucket."""
-        per_minute = self.settings.grammar_compiles_per_minute
-        bucket = self._addresses.get(address)
-        if bucket is None:
-            if len(self._addresses) >= _MAX_ADDRESSES:
-                self._forget_idle_addresses()
-            per_address = self.settings.grammar_compiles_per_minute_per_client
-            bucket = self._addresses[address] = _bucket(per_address)
-        return CompileQuota(_bucket(per_minute), bucket)
+        return CompileQuota(_bucket(self.settings.grammar_compiles_per_minute), self._addresses.get(address))
 
     async def response_grammar(self, response_format: p.ResponseFormat | None, quota: CompileQuota) -> Grammar | None:
         """The format's checked grammar (None for free text); `invalid_field`, `rate_limited` or `overloaded`."""
@@ -201,12 +195,6 @@ class GrammarPool:
         compile duration; at least 100 ms, at most a minute."""
         rounds = self._pending / max(1, self.settings.grammar_workers)
         return int(min(60_000, max(100, rounds * self._compile_ms)))
-
-    def _forget_idle_addresses(self) -> None:
-        now = time.monotonic()
-        idle = [a for a, b in self._addresses.items() if b.tokens + (now - b.updated) * b.rate >= b.burst]
-        for address in idle or list(self._addresses)[: _MAX_ADDRESSES // 2]:
-            del self._addresses[address]
 
 
 def _bucket(per_minute: float) -> TokenBucket:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import time
 from dataclasses import dataclass, field
 
@@ -52,20 +51,26 @@ class TokenBucket:
 
 
 class BucketsByAddress:
-    """One bucket per client address, shared by its connections, so reconnecting buys no fresh burst; the
-    least recently used of `max_addresses` go first (a forgotten address starts full again)."""
+    """One bucket per client address, shared by its connections, so reconnecting buys no fresh burst. Past
+    `max_addresses`, the buckets that have refilled to full (idle clients: forgetting them loses nothing)
+    go first, else the oldest half."""
 
     def __init__(self, rate: float, burst: float, max_addresses: int = 4096) -> None:
         self.rate = rate
         self.burst = burst
         self.max_addresses = max_addresses
-        self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+        self._buckets: dict[str, TokenBucket] = {}
 
     def get(self, address: str) -> TokenBucket:
         bucket = self._buckets.get(address)
         if bucket is None:
+            if len(self._buckets) >= self.max_addresses:
+                self._forget_idle()
             bucket = self._buckets[address] = TokenBucket(rate=self.rate, burst=self.burst)
-            if len(self._buckets) > self.max_addresses:
-                self._buckets.popitem(last=False)
-        self._buckets.move_to_end(address)
         return bucket
+
+    def _forget_idle(self) -> None:
+        now = time.monotonic()
+        idle = [a for a, b in self._buckets.items() if b.tokens + (now - b.updated) * b.rate >= b.burst]
+        for address in idle or list(self._buckets)[: self.max_addresses // 2]:
+            del self._buckets[address]

@@ -10,7 +10,7 @@ from gateway.image_ledger import ImageLedger
 from gateway.journal import Journal
 from gateway.live_session import LiveSession
 from gateway.quota import SessionQuota
-from gateway.ratelimit import TokenBucket
+from gateway.ratelimit import BucketsByAddress, TokenBucket
 from gateway.session import Session, UserTurn
 from gateway.turns import StartedTurn
 
@@ -115,3 +115,14 @@ async def test_a_turn_that_ended_is_not_stopped_again() -> None:
     detached: DetachedSessions[LiveSession] = DetachedSessions()
     detached.add(live)
     assert detached.make_room(1) == 0 and detached.stopping == 0
+
+
+def test_buckets_by_address_share_one_bucket_and_forget_idle_ones_first() -> None:
+    """An address's connections share its bucket; past the cap, full (idle) buckets are forgotten first."""
+    buckets = BucketsByAddress(rate=1.0, burst=10.0, max_addresses=2)
+    busy = buckets.get("a")
+    assert buckets.get("a") is busy
+    busy.spend(10.0)  # "a" is in debt, "b" is full
+    buckets.get("b")
+    buckets.get("c")
+    assert buckets.get("a") is busy  # the idle "b" went, not the spent "a"
