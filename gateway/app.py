@@ -15,17 +15,18 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from gateway import openai, redact
-from gateway.auth import bearer_accepted
+from gateway import redact
 from gateway.config import Settings
-from gateway.engine.types import Engine
-from gateway.hosts import HostGuard, host_policy
-from gateway.hub import SessionHub
+from gateway.core.store.open import open_store
+from gateway.core.turns import TurnService
+from gateway.edge.auth import bearer_accepted
+from gateway.edge.hosts import HostGuard, host_policy
+from gateway.edge.status import status_endpoint
+from gateway.engine.contract import Engine
 from gateway.metrics import Metrics
-from gateway.status import status_endpoint
-from gateway.store.open import open_store
-from gateway.turns import TurnService
-from gateway.ws import ConnectionCounter, websocket_endpoint
+from gateway.openai import routes as openai
+from gateway.ws.endpoint import ConnectionCounter, websocket_endpoint
+from gateway.ws.hub import SessionHub
 
 log = logging.getLogger("gateway.app")
 

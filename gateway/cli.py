@@ -70,8 +70,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gateway.bench import BenchError, run_bench
-    from gateway.bench_report import format_report, write_report
+    from gateway.bench.main import run_bench
+    from gateway.bench.report import format_report, write_report
+    from gateway.bench.run import BenchError
 
     try:
         report = run_bench(args)

@@ -89,3 +89,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.GENERATION: 500,
     ErrorCode.INTERNAL: 500,
 }
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type's name when it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

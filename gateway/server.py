@@ -12,12 +12,11 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.websockets import WebSocket
 
 from gateway.config import Settings
-from gateway.door import Door, DoorProtocol, throttle_accept_errors
+from gateway.edge.door import Door, DoorProtocol, throttle_accept_errors
 from gateway.errors import CloseCode
-from gateway.ws_deflate import GatewayWebSocketProtocol
+from gateway.ws.deflate import GatewayWebSocketProtocol
 
 log = logging.getLogger("gateway.server")
 
@@ -66,22 +65,6 @@ class DrainingServer(uvicorn.Server):
         while state.connections and time.monotonic() < wait_until:
             await asyncio.sleep(0.02)
         super().handle_exit(signal.SIGTERM, None)
-
-
-def transport_of(websocket: WebSocket) -> Any:
-    """The TCP transport under a uvicorn WebSocket. ASGI hides it, so follow the `send` callable:
-    middleware wraps it in closures, and at the bottom is a method of uvicorn's protocol object."""
-    pending: list[Any] = [getattr(websocket, "_send", None)]
-    for _ in range(16):  # a few wrappers deep at most; never loop on odd objects
-        if not pending:
-            break
-        candidate = pending.pop()
-        transport = getattr(candidate, "transport", None)
-        if transport is not None:
-            return transport
-        pending.append(getattr(candidate, "__self__", None))
-        pending.extend(c.cell_contents for c in getattr(candidate, "__closure__", None) or ())
-    return None
 
 
 def make_server(app: Starlette, settings: Settings, **overrides: Any) -> DrainingServer:

@@ -11,8 +11,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gateway.config import Settings
-from gateway.engine.types import Engine
-from gateway.store.base import SessionStore
+from gateway.core.store.base import SessionStore
+from gateway.engine.contract import Engine
+from gateway.errors import one_line
 
 log = logging.getLogger("gateway.startup")
 
@@ -154,7 +155,7 @@ def _local_engine(settings: Settings) -> Engine:
 def check_store(settings: Settings) -> None:
     """Open the session store once before serving: one that cannot work is a StartupError, unless the
     operator allowed volatile sessions (then it is logged, and sessions are not durable until it works)."""
-    from gateway.store.open import open_store, store_name
+    from gateway.core.store.open import open_store, store_name
 
     if settings.session_store == "memory":
         return
@@ -179,9 +180,3 @@ async def _open_and_close(store: SessionStore, settings: Settings) -> None:
         await (opening if settings.session_store == "sqlite" else asyncio.wait_for(opening, settings.store_timeout_s))
     finally:
         await store.close()
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its message's first line, or its type's name when it has none."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -10,12 +10,12 @@ import argparse
 import asyncio
 import time
 
+from gateway.core.structured import json_grammar
 from gateway.engine import local
+from gateway.engine.contract import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.engine.demo import cached_demo_model
 from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
-from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
-from gateway.structured import json_grammar
 
 # Never complete within the budget, so constrained rows run as long as free ones.
 SCHEMA = {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}}, "minItems": 1000}

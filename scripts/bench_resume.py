@@ -24,11 +24,11 @@ import websockets
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.core.session import Exchange, UserTurn
+from gateway.core.store.base import SessionRecord
+from gateway.core.store.open import SQLITE_FILE
+from gateway.core.store.sqlite import SqliteStore
 from gateway.engine.scripted import ScriptedEngine
-from gateway.session import Exchange, UserTurn
-from gateway.store.base import SessionRecord
-from gateway.store.open import SQLITE_FILE
-from gateway.store.sqlite import SqliteStore
 
 BIG = "big-stored-session"
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from gateway.client import GatewayClient
-from gateway.json_bounds import MAX_JSON_DEPTH
+from gateway.core.json_bounds import MAX_JSON_DEPTH
 from gateway.tools.formats import arguments_object, arguments_text
 from tests.conftest import RunningServer
 from tests.test_hardening_input import check_rejected, expect_error, good_turn, history_turns

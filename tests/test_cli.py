@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway import __version__
-from gateway.bench_report import format_report
+from gateway.bench.report import format_report
 from gateway.cli import main, make_parser
 from gateway.config import Settings
 from gateway.startup import build_engine, model_dir, model_id_of
@@ -204,7 +204,7 @@ def test_bench_direct_rounds_alternate_which_side_goes_first(tmp_path: Path) -> 
 def test_bench_history_in_a_window_trims_less_with_headroom(demo_dirs: DemoDirs) -> None:
     """`bench --history N --context-tokens W` runs real conversations trimmed to W tokens, with
     trim_headroom and without: without, nearly every turn at the edge drops exchanges; with, few do."""
-    from gateway.bench_history import run_window
+    from gateway.bench.history import run_window
 
     report = run_window(str(demo_dirs.model), 14, 1, 48, 8, 300)
     kept, bare = report["headroom"], report["no_headroom"]

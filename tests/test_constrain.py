@@ -11,12 +11,12 @@ import jsonschema
 import pytest
 import torch
 
+from gateway.core.structured import DEFAULT_LIMITS, json_grammar, response_grammar
 from gateway.engine.constrain import unpack
+from gateway.engine.contract import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
-from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
-from gateway.protocol import JsonObjectFormat, RegexFormat
-from gateway.structured import DEFAULT_LIMITS, json_grammar, response_grammar
+from gateway.ws.protocol import JsonObjectFormat, RegexFormat
 from tests.conftest import DemoDirs
 from tests.test_engine import Collector
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from gateway.config import Settings
-from gateway.door import ACCEPT_FAILED, HeadMeter, throttle_accept_errors
+from gateway.edge.door import ACCEPT_FAILED, HeadMeter, throttle_accept_errors
 from tests.conftest import DemoDirs, RunningServer, free_port, start_server
 
 HEADER_TIMEOUT_S = 0.5

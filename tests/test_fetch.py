@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 
-from gateway import url_guard
 from gateway.config import Settings
-from gateway.errors import ErrorCode
-from gateway.fetch import data_url_bytes, fetch_image_bytes, image_url_bytes
-from gateway.url_guard import (
+from gateway.core import url_guard
+from gateway.core.fetch import data_url_bytes, fetch_image_bytes, image_url_bytes
+from gateway.core.url_guard import (
     BAD_IMAGE,
     FETCH_FAILED,
     FORBIDDEN_URL,
@@ -32,6 +31,7 @@ from gateway.url_guard import (
     is_public,
     parse_allow_list,
 )
+from gateway.errors import ErrorCode
 from tests.conftest import image_bytes
 
 PNG = image_bytes("PNG")

@@ -9,12 +9,12 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway import protocol as p
 from gateway.config import Settings
-from gateway.engine.types import Grammar
+from gateway.core.grammar_pool import GrammarPool
+from gateway.core.structured import CheckedGrammars, GrammarLimits, validate
+from gateway.engine.contract import Grammar
 from gateway.errors import GatewayError, RetryLater
-from gateway.grammar_pool import GrammarPool
-from gateway.structured import CheckedGrammars, GrammarLimits, validate
+from gateway.ws import protocol as p
 
 
 def schema_format(n: int, tag: str) -> p.JsonSchemaFormat:

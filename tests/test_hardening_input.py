@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from websockets.sync.client import ClientConnection, connect
 
-from gateway import protocol as p
 from gateway.client import GatewayClient, TurnResult
 from gateway.config import Settings
 from gateway.errors import ErrorCode
+from gateway.ws import protocol as p
 from tests.conftest import DemoDirs, RunningServer, image_bytes, start_server, wait_until
 
 GREEDY: dict[str, Any] = {"temperature": 0}

@@ -10,8 +10,8 @@ import requests
 from starlette.websockets import WebSocket
 
 from gateway.config import Settings
-from gateway.hosts import host_policy
-from gateway.ws import _origin_allowed
+from gateway.edge.hosts import host_policy
+from gateway.ws.endpoint import _origin_allowed
 from tests.conftest import DemoDirs, RunningServer, start_server
 from tests.test_door import exchange
 

@@ -1,4 +1,4 @@
-"""Tests for gateway.images: allowed formats, limits checked from the header, and RGB normalisation."""
+"""Tests for gateway.media.images: allowed formats, limits checked from the header, and RGB normalisation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from gateway.errors import ErrorCode, GatewayError
-from gateway.images import ImageLimits, check_image, decode_pixels
+from gateway.media.images import ImageLimits, check_image, decode_pixels
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000)
 

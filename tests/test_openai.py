@@ -18,8 +18,8 @@ from openai import OpenAI
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.engine.scripted import ScriptedEngine as BaseScriptedEngine
-from gateway.engine.types import (
+from gateway.core.url_guard import FetchPolicy
+from gateway.engine.contract import (
     ChatMessage,
     EngineFull,
     GenerationRequest,
@@ -27,7 +27,7 @@ from gateway.engine.types import (
     TurnHandle,
     TurnSink,
 )
-from gateway.url_guard import FetchPolicy
+from gateway.engine.scripted import ScriptedEngine as BaseScriptedEngine
 from tests.conftest import DemoDirs, RunningServer, image_bytes, serve_app, start_server
 from tests.test_fetch import HANDLERS, LoopbackServer
 

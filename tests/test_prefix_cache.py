@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 import torch
 
+from gateway.core.session import Session, UserTurn
+from gateway.engine.contract import ChatImage, ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
 from gateway.engine.prefix_cache import (
@@ -19,8 +21,6 @@ from gateway.engine.prefix_cache import (
     spill_for,
     states_bytes,
 )
-from gateway.engine.types import ChatImage, ChatMessage, GenerationRequest, GenerationResult, SamplingParams
-from gateway.session import Session, UserTurn
 from tests.conftest import DemoDirs, RunningServer, chat_image
 from tests.test_engine import Collector
 

@@ -1,4 +1,4 @@
-"""Tests for gateway.protocol: client/server round trips and every decode error path, with no server."""
+"""Tests for gateway.ws.protocol: client/server round trips and every decode error path, with no server."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import protocol
 from gateway.errors import ErrorCode, GatewayError
-from gateway.protocol import (
+from gateway.ws import protocol
+from gateway.ws.protocol import (
     CLIENT_TYPES,
     AcceptedFrame,
     CancelFrame,

@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway import protocol
 from gateway.errors import ErrorCode
+from gateway.ws import protocol
 
 DOC = (Path(__file__).resolve().parent.parent / "PROTOCOL.md").read_text()
 

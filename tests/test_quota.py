@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.detached import DetachedSessions
-from gateway.engine.types import TurnHandle
-from gateway.image_ledger import ImageLedger
-from gateway.journal import Journal
-from gateway.live_session import LiveSession
-from gateway.quota import SessionQuota
-from gateway.ratelimit import BucketsByAddress, TokenBucket
-from gateway.session import Session, UserTurn
-from gateway.turns import StartedTurn
+from gateway.core.image_ledger import ImageLedger
+from gateway.core.ratelimit import BucketsByAddress, TokenBucket
+from gateway.core.session import Session, UserTurn
+from gateway.core.turns import StartedTurn
+from gateway.edge.quota import SessionQuota
+from gateway.engine.contract import TurnHandle
+from gateway.ws.detached import DetachedSessions
+from gateway.ws.journal import Journal
+from gateway.ws.live_session import LiveSession
 
 
 @dataclass(eq=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.ratelimit import TokenBucket
+from gateway.core.ratelimit import TokenBucket
 
 
 def test_burst_then_refusal_with_wait() -> None:

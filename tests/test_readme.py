@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from gateway import protocol
+from gateway.ws import protocol
 from tests.conftest import RunningServer
 from tests.test_protocol_doc import frame_classes
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from gateway.engine.contract import SamplingParams
 from gateway.engine.sampling import apply_repetition_penalty, choose_token, make_generator
-from gateway.engine.types import SamplingParams
 
 CPU = torch.device("cpu")
 LOGITS = torch.tensor([0.1, 2.0, -1.0, 1.9, 0.5, 1.95])

@@ -1,4 +1,4 @@
-"""Tests for gateway.session: history, images per turn, trimming, reset epochs and option layering."""
+"""Tests for gateway.core.session: history, images per turn, trimming, reset epochs and option layering."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import pytest
 from PIL import Image
 
-from gateway.engine.types import ChatImage, ChatMessage, SamplingParams, ToolCall
+from gateway.core.sampling import resolve_params
+from gateway.core.session import Exchange, Session, UserTurn
+from gateway.engine.contract import ChatImage, ChatMessage, SamplingParams, ToolCall
 from gateway.errors import ErrorCode, GatewayError
-from gateway.images import ImageLimits, check_image
-from gateway.protocol import SamplingOptions
-from gateway.session import Exchange, Session, UserTurn, resolve_params
+from gateway.media.images import ImageLimits, check_image
+from gateway.ws.protocol import SamplingOptions
 
 LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=1_000_000)
 BIG_CONTEXT = 1_000_000

@@ -290,10 +290,10 @@ async def test_store_round_trip(kind: str, redis_url: str, tmp_path: Path) -> No
     newest exchange after it was saved), trimming, and the pending turn."""
     from dataclasses import replace
 
-    from gateway.engine.types import ToolCall
-    from gateway.session import Exchange, ToolResult, UserTurn
-    from gateway.store.base import SessionRecord
-    from gateway.store.open import open_store
+    from gateway.core.session import Exchange, ToolResult, UserTurn
+    from gateway.core.store.base import SessionRecord
+    from gateway.core.store.open import open_store
+    from gateway.engine.contract import ToolCall
     from tests.conftest import chat_image
 
     store = open_store(Settings(session_store="sqlite" if kind == "sqlite" else redis_url, data_dir=str(tmp_path)))

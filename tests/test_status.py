@@ -15,8 +15,8 @@ from websockets.exceptions import InvalidStatus
 
 from gateway.app import EngineFactory, create_app
 from gateway.config import Settings
+from gateway.engine.contract import Engine
 from gateway.engine.scripted import ScriptedEngine
-from gateway.engine.types import Engine
 from tests.conftest import serve_app
 
 

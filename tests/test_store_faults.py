@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from gateway.config import Settings
-from gateway.store.open import SQLITE_FILE
+from gateway.core.store.open import SQLITE_FILE
 from tests.conftest import DemoDirs, RunningServer, free_port, start_server, wait_until
 from tests.test_sessions import Raw, live_session
 from tests.test_store_redis import own_redis  # noqa: F401  (a fixture)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from gateway.store.guard import StoreGuard, StoreUnavailable
+from gateway.core.store.guard import StoreGuard, StoreUnavailable
 
 
 async def answer(value: int) -> int:

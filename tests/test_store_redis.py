@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings
-from gateway.session import Exchange, UserTurn
-from gateway.store.base import SessionRecord
-from gateway.store.guard import StoreGuard, StoreUnavailable
-from gateway.store.redis import SIZES, RedisStore
+from gateway.core.session import Exchange, UserTurn
+from gateway.core.store.base import SessionRecord
+from gateway.core.store.guard import StoreGuard, StoreUnavailable
+from gateway.core.store.redis import SIZES, RedisStore
 from tests.conftest import ensure_program, free_port
 
 MiB = 1 << 20

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings
-from gateway.session import Exchange, UserTurn
-from gateway.store.base import SessionRecord
-from gateway.store.open import SQLITE_FILE
-from gateway.store.sqlite import SqliteStore
+from gateway.core.session import Exchange, UserTurn
+from gateway.core.store.base import SessionRecord
+from gateway.core.store.open import SQLITE_FILE
+from gateway.core.store.sqlite import SqliteStore
 
 MiB = 1 << 20
 

@@ -8,10 +8,10 @@ import jsonschema
 import pytest
 from openai import OpenAI
 
-from gateway import protocol as p
 from gateway.client import GatewayClient
+from gateway.core.structured import response_grammar
 from gateway.errors import GatewayError
-from gateway.structured import response_grammar
+from gateway.ws import protocol as p
 from tests.conftest import RunningServer
 from tests.test_constrain import PET_SCHEMA
 from tests.test_openai import api, client, post

@@ -11,12 +11,13 @@ import torch
 from transformers import AutoTokenizer
 
 from gateway.engine.constrain import GrammarVocabulary
-from gateway.engine.types import GenerationResult, Grammar, ToolCall
-from gateway.tools.formats import ToolFormat, detect
+from gateway.engine.contract import GenerationResult, Grammar, ToolCall
+from gateway.tools.formats import ToolFormat
 from gateway.tools.glm import GlmFormat
 from gateway.tools.hermes import HermesFormat
 from gateway.tools.llama3 import Llama3Format
 from gateway.tools.mistral import MistralFormat
+from gateway.tools.registry import detect
 from gateway.tools.stream import ToolCallFilter
 from tests.conftest import DemoDirs
 from tests.test_tools_ws import SCHEMAS, TOOLS

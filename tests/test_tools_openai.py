@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema
 from openai import OpenAI
 
-from gateway.engine.types import GenerationRequest
+from gateway.engine.contract import GenerationRequest
 from tests.test_openai import api, client, submitted
 from tests.test_tools_ws import SCHEMAS, TOOLS
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
+from gateway.engine.contract import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.engine.upstream.discovery import UpstreamInfo
 from gateway.engine.upstream.engine import UpstreamEngine, UpstreamOptions
 from gateway.engine.upstream.replicas import ReplicaSet

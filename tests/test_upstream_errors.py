@@ -103,7 +103,7 @@ async def test_openai_status_and_retry_after(
 @pytest.mark.parametrize(("mode", "failed"), [("ok", 0), ("503", 4)])
 async def test_bench_counts_each_failed_turn_once(fake: FakeUpstream, gateway_url: str, mode: str, failed: int) -> None:
     """`gateway bench` through a failing upstream finishes, and a turn with an `error` and a `done` is one error."""
-    from gateway.bench import BenchConfig, run_load
+    from gateway.bench.run import BenchConfig, run_load
 
     fake.mode = mode
     config = BenchConfig(url=gateway_url.replace("http", "ws") + "/ws", sessions=2, turns=2, max_tokens=4, progress=False)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from gateway import protocol as p
-from gateway.engine.types import ChatMessage, SamplingParams, ToolCall
+from gateway.core.structured import response_grammar
+from gateway.core.tool_plan import plan_tools
+from gateway.engine.contract import ChatMessage, SamplingParams, ToolCall
 from gateway.engine.upstream import stream, wire
-from gateway.structured import response_grammar
 from gateway.tools.hermes import HermesFormat
-from gateway.tools.plan import plan_tools
+from gateway.ws import protocol as p
 from tests.test_tools_ws import TOOLS
 
 TOOL_SPECS = [p.ToolSpec(type="function", function=p.FunctionSpec(**t["function"])) for t in TOOLS]

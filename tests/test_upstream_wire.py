@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from gateway.engine.types import ChatMessage, SamplingParams
+from gateway.engine.contract import ChatMessage, SamplingParams
 from gateway.engine.upstream import stream, wire
 from gateway.engine.upstream.client import ContextOverflow, Overloaded, Rejected, Unavailable, classify, classify_event
 from gateway.engine.upstream.replicas import NoReplica, ReplicaSet

@@ -32,9 +32,9 @@ from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.connection import Connection
+from gateway.engine.contract import GenerationRequest, GenerationResult, TurnHandle, TurnSink
 from gateway.engine.scripted import ScriptedEngine
-from gateway.engine.types import GenerationRequest, GenerationResult, TurnHandle, TurnSink
+from gateway.ws.connection import Connection
 from tests.conftest import DemoDirs, RunningServer, image_bytes, serve_app, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")

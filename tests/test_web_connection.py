@@ -11,8 +11,8 @@ import pytest
 from playwright.sync_api import Route, expect
 
 from gateway.config import Settings
+from gateway.engine.contract import Engine
 from gateway.engine.scripted import ScriptedEngine
-from gateway.engine.types import Engine
 from tests import conftest
 from tests import test_web as web
 from tests.conftest import DemoDirs, RunningServer, start_server

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Page, WebSocketRoute, expect
 from websockets.sync.client import connect
 
-from gateway.server import transport_of
+from gateway.ws.transport import transport_of
 from tests import test_web as web
 from tests.conftest import RunningServer, image_bytes
 from tests.test_web import LONG_PROMPT, LONG_REPLY, Chat, _unpack, image_file, save_screenshot, words

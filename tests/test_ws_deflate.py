@@ -9,7 +9,7 @@ import pytest
 from websockets.frames import BINARY, Frame
 
 from gateway.config import Settings
-from gateway.ws_deflate import UNCOMPRESSED_FROM_BYTES, SkipLargeMessages
+from gateway.ws.deflate import UNCOMPRESSED_FROM_BYTES, SkipLargeMessages
 from tests.conftest import DemoDirs, RunningServer, start_server
 from tests.loop_watch import watching
 from tests.test_abandoned import From

@@ -11,6 +11,7 @@ from transformers.cache_utils import DynamicCache
 
 from gateway.engine import cross, kv, ragged, slots
 from gateway.engine.constrain import RowGrammar
+from gateway.engine.contract import GenerationRequest
 from gateway.engine.detok import TextStream
 from gateway.engine.encoder_cache import EncoderCache
 from gateway.engine.image_prefix import images_before, rope_inputs, suffix_extras
@@ -18,7 +19,6 @@ from gateway.engine.loader import LoadedModel
 from gateway.engine.prefix_cache import HeldPrefix, LayerStates
 from gateway.engine.prompt import ModelInputs
 from gateway.engine.sampling import choose_token, make_generator
-from gateway.engine.types import GenerationRequest
 
 
 @dataclass

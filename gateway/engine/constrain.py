@@ -5,17 +5,21 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import llguidance
 import llguidance.hf
 import llguidance.torch
 import torch
 
-from gateway.engine.types import Grammar
+from gateway.engine.contract import Grammar
 
-if TYPE_CHECKING:
-    from gateway.structured import GrammarLimits
+
+class CompileBudget(Protocol):
+    """What a checker needs of a compile's budget (the core's `GrammarLimits`): llguidance's parser limits."""
+
+    def parser_limits(self) -> llguidance.LLParserLimits: ...
+
 
 _BITS = torch.arange(32, dtype=torch.int32)
 
@@ -41,7 +45,7 @@ class GrammarVocabulary:
         self._compiled: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
 
-    def check(self, source: str, limits: GrammarLimits) -> str:
+    def check(self, source: str, limits: CompileBudget) -> str:
         """Compile `source` within `limits` (on a compile worker: llguidance drops the GIL meanwhile) and
         keep the matcher for its turns; llguidance's complaint, or "" when usable."""
         self._limits = limits.parser_limits()

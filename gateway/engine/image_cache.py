@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from gateway.engine.types import ChatImage
+from gateway.engine.contract import ChatImage
 
 ProcessedImage = dict[str, torch.Tensor]  # one image's processor outputs: pixel_values, image_grid_thw, ...
 

@@ -19,16 +19,7 @@ import torch
 
 from gateway.engine.batch import Batch, Sequence, row_states, supports_batching
 from gateway.engine.constrain import GrammarVocabulary, logits_width, mask_logits
-from gateway.engine.detok import TextStream
-from gateway.engine.encoder_cache import EncoderCache
-from gateway.engine.image_prefix import content_key
-from gateway.engine.loader import LoadedModel
-from gateway.engine.prefix_cache import HeldPrefix, PrefixCache, default_budget, spill_for
-from gateway.engine.probe import probe_vision
-from gateway.engine.prompt import ModelInputs
-from gateway.engine.ragged import suffix_groups
-from gateway.engine.relay import EventRelay
-from gateway.engine.types import (
+from gateway.engine.contract import (
     ChatImage,
     ChatMessage,
     EngineFull,
@@ -40,8 +31,17 @@ from gateway.engine.types import (
     TurnHandle,
     TurnSink,
 )
+from gateway.engine.detok import TextStream
+from gateway.engine.encoder_cache import EncoderCache
+from gateway.engine.image_prefix import content_key
+from gateway.engine.loader import LoadedModel
+from gateway.engine.prefix_cache import HeldPrefix, PrefixCache, default_budget, spill_for
+from gateway.engine.probe import probe_vision
+from gateway.engine.prompt import ModelInputs
+from gateway.engine.ragged import suffix_groups
+from gateway.engine.relay import EventRelay
 from gateway.errors import GatewayError
-from gateway.images import yield_cpu
+from gateway.media.images import yield_cpu
 
 log = logging.getLogger("gateway.engine")
 _Prefilled = tuple[torch.Tensor, Any, torch.Tensor]  # last logits, cache, mask

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from gateway.engine.batch import model_extras
+from gateway.engine.contract import ChatMessage
 from gateway.engine.loader import LoadedModel
-from gateway.engine.types import ChatMessage
-from gateway.images import ImageLimits, check_image
+from gateway.media.images import ImageLimits, check_image
 
 log = logging.getLogger("gateway.engine")
 

@@ -11,14 +11,15 @@ from typing import Any
 import torch
 from PIL import Image
 
+from gateway.engine.contract import ChatImage, ChatMessage
 from gateway.engine.families import GENERIC, Family
 from gateway.engine.image_cache import ImageCache, ProcessedImage
 from gateway.engine.image_layout import ImageLayout, image_spans
-from gateway.engine.types import ChatImage, ChatMessage
 from gateway.errors import ErrorCode, GatewayError
-from gateway.images import decode_pixels
+from gateway.media.images import decode_pixels
 from gateway.tools.fallback import needs_fallback, plain_messages
-from gateway.tools.formats import arguments_object, renders_tools
+from gateway.tools.formats import arguments_object
+from gateway.tools.registry import renders_tools
 
 Tools = Sequence[dict[str, Any]]
 

@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from gateway.engine.types import SamplingParams
+from gateway.engine.contract import SamplingParams
 
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.engine.types import (
+from gateway.engine.contract import (
     ChatImage,
     ChatMessage,
     EngineFull,

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.engine.types import ChatMessage
+from gateway.engine.contract import ChatMessage
 from gateway.tools.hermes import HermesFormat
 
 _INTRO = (

@@ -1,4 +1,4 @@
-"""The interface every family's tool-call syntax implements, the registry, and detection from a chat template."""
+"""The interface every family's tool-call syntax implements, and the JSON helpers the formats share."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.engine.types import ToolCall
+from gateway.engine.contract import ToolCall
 
 
 @dataclass(frozen=True)
@@ -90,26 +90,3 @@ def arguments_object(arguments: str) -> dict[str, Any]:
     except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def detect(chat_template: str | None) -> ToolFormat:
-    """The family's syntax, read from what its chat template writes; Hermes (Qwen's) by default, which the
-    gateway also uses itself for templates that do not render tools."""
-    from gateway.tools.glm import GlmFormat
-    from gateway.tools.hermes import HermesFormat
-    from gateway.tools.llama3 import Llama3Format
-    from gateway.tools.mistral import MistralFormat
-
-    template = chat_template or ""
-    if "<arg_key>" in template:
-        return GlmFormat()
-    if "[TOOL_CALLS]" in template:
-        return MistralFormat()
-    if "<|python_tag|>" in template or ("ipython" in template and "<|eot_id|>" in template):
-        return Llama3Format()
-    return HermesFormat()
-
-
-def renders_tools(chat_template: str | None) -> bool:
-    """Whether the template does anything with `tools` (otherwise the gateway describes them itself)."""
-    return "tools" in (chat_template or "")

@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.engine.types import ToolCall
+from gateway.engine.contract import ToolCall
 from gateway.tools.formats import ParsedReply, ToolFormat, parameters_schema
 
 _CALL = re.compile(r"<tool_call>\s*([A-Za-z0-9_.-]+)\s*(.*?)</tool_call>", re.S)

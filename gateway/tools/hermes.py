@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.engine.types import ToolCall
+from gateway.engine.contract import ToolCall
 from gateway.tools.formats import ParsedReply, ToolFormat, arguments_text, call_schema, json_rule
 
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)

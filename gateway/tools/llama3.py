@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.engine.types import ToolCall
+from gateway.engine.contract import ToolCall
 from gateway.tools.formats import ParsedReply, ToolFormat, arguments_text, call_schema, json_rule
 
 _TAG = "<|python_tag|>"

@@ -9,7 +9,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.engine.types import ToolCall
+from gateway.engine.contract import ToolCall
 from gateway.tools.formats import ParsedReply, ToolFormat, arguments_text, call_schema, json_rule
 
 _TAG = "[TOOL_CALLS]"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gateway.engine.types import GenerationResult, ToolCallSink
+from gateway.engine.contract import GenerationResult, ToolCallSink
 from gateway.tools.formats import ToolFormat
 
 

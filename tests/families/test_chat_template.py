@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from gateway.cli import make_parser
+from gateway.engine.contract import ChatMessage
 from gateway.engine.loader import ModelLoadError, load_model
 from gateway.engine.prompt import PromptBuilder
-from gateway.engine.types import ChatMessage
 from tests.families.builders import SPECS, cached_family, train_tokenizer
 
 

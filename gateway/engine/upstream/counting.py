@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from gateway.engine.types import ChatMessage
+from gateway.engine.contract import ChatMessage
 from gateway.engine.upstream import wire
 from gateway.engine.upstream.client import ReplicaClient, UpstreamError
 from gateway.engine.upstream.replicas import Replica

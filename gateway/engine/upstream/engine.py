@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx2 as httpx
 
-from gateway.engine.types import (
+from gateway.engine.contract import (
     ChatImage,
     ChatMessage,
     EngineFull,

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.engine.types import FinishReason, GenerationRequest, GenerationResult, ToolCall, TurnSink
+from gateway.engine.contract import FinishReason, GenerationRequest, GenerationResult, ToolCall, TurnSink
 from gateway.engine.upstream import wire
 from gateway.engine.upstream.client import ContextOverflow, Overloaded, ReplicaClient, Unavailable, UpstreamError, classify_event
 from gateway.engine.upstream.replicas import NoReplica, Replica, ReplicaSet

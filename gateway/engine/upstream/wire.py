@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from gateway.engine.types import ChatImage, ChatMessage, FinishReason, SamplingParams
+from gateway.engine.contract import ChatImage, ChatMessage, FinishReason, SamplingParams
 
 _CONTEXT_WORDS = ("maximum context length", "context length", "max_model_len", "too long", "maximum model length")
 

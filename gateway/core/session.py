@@ -1,0 +1,215 @@
+"""One conversation: system prompt, sampling defaults and history, trimmed to fit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from gateway.core.request import SamplingOptions
+from gateway.engine.contract import ChatImage, ChatMessage, ToolCall
+from gateway.errors import ErrorCode, GatewayError
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    id: str
+    text: str
+    images: tuple[ChatImage, ...] = ()  # the client's bytes; pixels are the engine's business
+    continues: bool = False  # an empty turn after tool results: the model goes on from them
+
+    @property
+    def image_bytes(self) -> int:
+        return sum(len(image.data) for image in self.images)
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    call_id: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """A user turn and the reply it got; `partial` marks a reply cut short by cancel. A reply that called
+    tools holds its calls, and the client's results join it as they arrive."""
+
+    turn: UserTurn
+    reply: str
+    partial: bool = False
+    number: int = 0  # 1, 2, 3, ... in the order exchanges joined this session; never reused
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
+
+    @property
+    def pending_calls(self) -> list[str]:
+        """Ids of calls the client has not answered yet."""
+        answered = {r.call_id for r in self.tool_results}
+        return [c.id for c in self.tool_calls if c.id not in answered]
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    messages: list[ChatMessage]
+    prompt_tokens: int
+    dropped_turns: int
+
+
+TokenCounter = Callable[[Sequence[ChatMessage]], Awaitable[int]]
+
+_OPTION_FIELDS = SamplingOptions.__struct_fields__
+
+
+@dataclass
+class Session:
+    """History changes only through these methods; a reply joins it once its stream has ended."""
+
+    max_history_turns: int
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    system: str | None = None
+    defaults: SamplingOptions = field(default_factory=SamplingOptions)
+    exchanges: list[Exchange] = field(default_factory=list)
+    epoch: int = 0  # bumped by reset, so a reply that outlives its conversation is not recorded
+    numbered: int = 0  # the last exchange number given out
+
+    def configure(self, system: str | None, options: SamplingOptions) -> None:
+        if system is not None:
+            self.system = system or None  # "" clears the system prompt
+        changes = {k: getattr(options, k) for k in _OPTION_FIELDS if getattr(options, k) is not None}
+        merged = {k: getattr(self.defaults, k) for k in _OPTION_FIELDS} | changes
+        self.defaults = SamplingOptions(**merged)
+
+    def reset(self) -> None:
+        self.exchanges.clear()
+        self.epoch += 1
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of the images the history holds: what the image bounds limit."""
+        return sum(exchange.turn.image_bytes for exchange in self.exchanges)
+
+    async def plan(
+        self,
+        turn: UserTurn,
+        max_tokens: int,
+        context_tokens: int,
+        count: TokenCounter,
+        image_room: int | None = None,
+        headroom: float = 0.0,
+    ) -> PromptPlan:
+        """Messages for the model, dropping the oldest exchanges until the history's images and the
+        turn's fit in `image_room` bytes and prompt + max_tokens fits the context window.
+
+        A turn that must drop exchanges drops enough to free `headroom` (a share) of the window, or of
+        `image_room`, as well; at most half of the room the history has beside the turn, so a turn never
+        clears the history for it. Dropping changes the prompt's opening, so KV held from earlier turns no
+        longer applies: without headroom a session at the edge would drop one exchange, and prefill in
+        full, on every turn."""
+        budget = context_tokens - max_tokens
+        counted: dict[int, int] = {}
+        # A turn that continues from tool results keeps the exchange it continues (the question, the calls,
+        # the results): without it there is nothing to go on from. Its images were admitted with it.
+        most = len(self.exchanges) - (1 if turn.continues else 0)
+
+        async def tokens_after_dropping(n: int) -> int:
+            if n not in counted:
+                counted[n] = await count(self._messages(self.exchanges[n:], turn))
+            return counted[n]
+
+        low = min(self._drops_for_images(turn, image_room, headroom), most)
+        if await tokens_after_dropping(low) > budget:  # the usual case fits at once: one count per turn
+            alone = await tokens_after_dropping(most)
+            if alone > budget:
+                what = "the tool results this turn continues from need" if turn.continues else "this turn alone needs"
+                raise GatewayError(
+                    ErrorCode.CONTEXT_OVERFLOW,
+                    f"{what} more than the {context_tokens}-token context window allows with max_tokens={max_tokens}",
+                    turn.id,
+                )
+            budget -= _headroom(context_tokens, headroom, budget - alone)
+            # Token count only falls as exchanges are dropped, so binary-search the fewest drops.
+            low, high = low + 1, most
+            while low < high:
+                mid = (low + high) // 2
+                if await tokens_after_dropping(mid) <= budget:
+                    high = mid
+                else:
+                    low = mid + 1
+        messages = self._messages(self.exchanges[low:], turn)
+        return PromptPlan(messages=messages, prompt_tokens=await tokens_after_dropping(low), dropped_turns=low)
+
+    def _drops_for_images(self, turn: UserTurn, image_room: int | None, headroom: float) -> int:
+        """The fewest oldest exchanges to drop so that the history's images and the turn's fit (with
+        headroom, as for tokens, once any must go)."""
+        held = self.image_bytes + turn.image_bytes
+        if image_room is None or held <= image_room:
+            return 0
+        room = image_room - _headroom(image_room, headroom, image_room - turn.image_bytes)
+        for dropped, exchange in enumerate(self.exchanges):
+            if held <= room:
+                return dropped
+            held -= exchange.turn.image_bytes
+        return len(self.exchanges)
+
+    def drop_oldest(self, n: int) -> None:
+        del self.exchanges[:n]
+
+    def record(
+        self,
+        turn: UserTurn,
+        reply: str,
+        partial: bool,
+        epoch: int,
+        tool_calls: tuple[ToolCall, ...] = (),
+        headroom: float = 0.0,
+    ) -> bool:
+        """Append a finished exchange; False when a reset happened since the turn started. Past
+        `max_history_turns`, the oldest go, with `headroom` (a share of the cap, at most half) more, as in
+        `plan`: each drop changes the prompt's opening, so one at a time would cost every turn its held KV."""
+        if epoch != self.epoch:
+            return False
+        number = self.exchanges[-1].number + 1 if self.exchanges else self.numbered + 1
+        self.numbered = number
+        self.exchanges.append(Exchange(turn=turn, reply=reply, partial=partial, number=number, tool_calls=tool_calls))
+        overflow = len(self.exchanges) - self.max_history_turns
+        if overflow > 0:
+            del self.exchanges[: overflow + _headroom(self.max_history_turns, headroom, self.max_history_turns - 1)]
+        return True
+
+    def add_tool_result(self, call_id: str, content: str) -> None:
+        """The client's answer to one of the last reply's calls joins the history as a tool message."""
+        last = self.exchanges[-1] if self.exchanges else None
+        if last is None or call_id not in last.pending_calls:
+            answered = last is not None and any(r.call_id == call_id for r in last.tool_results)
+            problem = "was already answered" if answered else "is not a call of the last reply"
+            raise GatewayError(ErrorCode.NOT_FOUND, f"tool call {call_id!r} {problem}")
+        self.exchanges[-1] = replace(last, tool_results=(*last.tool_results, ToolResult(call_id, content)))
+
+    def check_turn(self, turn: UserTurn) -> UserTurn:
+        """A turn may start once every call is answered; an empty one right after results continues from
+        them (no user message is added)."""
+        last = self.exchanges[-1] if self.exchanges else None
+        if last is not None and last.pending_calls:
+            raise GatewayError(
+                ErrorCode.INVALID_FIELD, f"answer tool calls {', '.join(last.pending_calls)} with tool_result first", turn.id
+            )
+        continues = last is not None and bool(last.tool_results) and not turn.text and not turn.images
+        return replace(turn, continues=continues)
+
+    def _messages(self, exchanges: Sequence[Exchange], turn: UserTurn) -> list[ChatMessage]:
+        messages = [ChatMessage("system", self.system)] if self.system else []
+        for exchange in exchanges:
+            messages += _user_message(exchange.turn)
+            messages.append(ChatMessage("assistant", exchange.reply, tool_calls=exchange.tool_calls))
+            messages += [ChatMessage("tool", r.content, tool_call_id=r.call_id) for r in exchange.tool_results]
+        messages += _user_message(turn)
+        return messages
+
+
+def _user_message(turn: UserTurn) -> list[ChatMessage]:
+    return [] if turn.continues else [ChatMessage("user", turn.text, turn.images)]
+
+
+def _headroom(limit: int, share: float, history_room: int) -> int:
+    """What trimming frees beyond its need: `share` of the limit, at most half the history's room."""
+    return max(0, min(int(limit * share), history_room // 2))

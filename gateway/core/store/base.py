@@ -1,0 +1,135 @@
+"""What a session store keeps and the interface every store implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+
+from gateway.core.request import SamplingOptions
+from gateway.core.session import Exchange, Session, ToolResult, UserTurn
+from gateway.engine.contract import ChatImage, ToolCall
+
+
+@dataclass
+class SessionRecord:
+    """A session's durable part: who may resume it, its settings, its history and the turn in progress."""
+
+    id: str
+    token_hash: str  # sha256 of the resume token: the token itself is never stored
+    owner: str  # a hash of the API key that created it ("" without a key)
+    system: str | None = None
+    defaults: SamplingOptions = field(default_factory=SamplingOptions)
+    exchanges: list[Exchange] = field(default_factory=list)
+    pending: UserTurn | None = None  # a turn that was running when last saved
+    last_seq: int = 0
+    updated_at: float = 0.0
+
+    def session(self, max_history_turns: int) -> Session:
+        """The conversation again; a turn that was running when the process died joins as partial."""
+        exchanges = list(self.exchanges)
+        numbered = exchanges[-1].number if exchanges else 0
+        if self.pending is not None:
+            numbered += 1
+            exchanges.append(Exchange(turn=self.pending, reply="", partial=True, number=numbered))
+        return Session(
+            max_history_turns=max_history_turns,
+            id=self.id,
+            system=self.system,
+            defaults=self.defaults,
+            exchanges=exchanges[-max_history_turns:],
+            numbered=numbered,
+        )
+
+
+@dataclass(frozen=True)
+class SessionMeta:
+    """What a resume is checked against before any history is read: a few bytes, one lookup."""
+
+    id: str
+    token_hash: str
+    owner: str
+    updated_at: float
+
+
+class SessionStore(Protocol):
+    """Every method is a coroutine and does its blocking work off the event loop."""
+
+    persistent: bool  # whether sessions outlive the process here (the memory store's do not)
+
+    async def open(self) -> None:
+        """Make sure the store works (its file opens, its server answers); raises when it does not."""
+        ...
+
+    async def load_meta(self, session_id: str) -> SessionMeta | None: ...
+
+    async def load(self, session_id: str) -> SessionRecord | None: ...
+
+    async def save_meta(self, record: SessionRecord) -> None:
+        """Everything but the history and the pending turn."""
+        ...
+
+    async def sync_history(self, session_id: str, exchanges: list[Exchange]) -> None:
+        """Make the stored history equal `exchanges`: drop what went, add what is new (by number)."""
+        ...
+
+    async def set_pending(self, session_id: str, turn: UserTurn | None) -> None: ...
+
+    async def delete(self, session_id: str) -> None: ...
+
+    async def purge(self, now: float) -> int:
+        """Delete expired sessions and, past the size limit, the least recently used; how many went."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# ---- encoding, shared by the stores ---------------------------------------------------------------
+
+
+def encode_turn(turn: UserTurn) -> bytes:
+    images = [[i.data, i.mime, i.width, i.height, i.sha256] for i in turn.images]
+    return msgspec.msgpack.encode([turn.id, turn.text, images, turn.continues])
+
+
+def decode_turn(blob: bytes) -> UserTurn:
+    turn_id, text, images, continues = msgspec.msgpack.decode(blob)
+    return UserTurn(id=turn_id, text=text, images=tuple(ChatImage(*image) for image in images), continues=continues)
+
+
+def encode_exchange(exchange: Exchange) -> bytes:
+    """Everything of an exchange but its number: the turn, the reply, its tool calls and their results."""
+    calls = [[c.id, c.name, c.arguments] for c in exchange.tool_calls]
+    results = [[r.call_id, r.content] for r in exchange.tool_results]
+    return msgspec.msgpack.encode([encode_turn(exchange.turn), exchange.reply, exchange.partial, calls, results])
+
+
+def decode_exchange(blob: bytes, number: int) -> Exchange:
+    turn, reply, partial, calls, results = msgspec.msgpack.decode(blob)
+    return Exchange(
+        turn=decode_turn(turn),
+        reply=reply,
+        partial=partial,
+        number=number,
+        tool_calls=tuple(ToolCall(*c) for c in calls),
+        tool_results=tuple(ToolResult(*r) for r in results),
+    )
+
+
+def changed_exchanges(exchanges: list[Exchange], stored_newest: int | None) -> list[Exchange]:
+    """What a store must write: the exchanges it lacks, and its newest one again (tool results join
+    the newest exchange after it was first saved)."""
+    return [e for e in exchanges if stored_newest is None or e.number >= stored_newest]
+
+
+def encode_options(options: SamplingOptions) -> bytes:
+    return msgspec.msgpack.encode(options)
+
+
+def decode_options(blob: bytes) -> SamplingOptions:
+    return msgspec.msgpack.decode(blob, type=SamplingOptions)
+
+
+def exchange_bytes(exchange: Exchange) -> int:
+    return exchange.turn.image_bytes + len(exchange.turn.text) + len(exchange.reply)

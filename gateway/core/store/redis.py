@@ -1,0 +1,158 @@
+"""The shared store: Redis or Valkey, so that several gateway processes serve the same sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.config import Settings
+from gateway.core.session import Exchange, UserTurn
+from gateway.core.store.base import (
+    SessionMeta,
+    SessionRecord,
+    changed_exchanges,
+    decode_exchange,
+    decode_options,
+    decode_turn,
+    encode_exchange,
+    encode_options,
+    encode_turn,
+    exchange_bytes,
+)
+
+PREFIX = "gateway:"
+USED = PREFIX + "used"  # sorted set: session id -> last use (unix seconds)
+SIZES = PREFIX + "bytes"  # hash: session id -> bytes its history holds
+TOTAL = PREFIX + "total"  # the sum of SIZES, kept as each size changes so a write need not add them up
+LOW_WATER = 0.75  # past max_store_bytes, the least recently used go until this share of it is left
+
+# Set one session's size and adjust the total by the difference, atomically; the new total.
+RESIZE = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local new = tonumber(ARGV[2])
+if new > 0 then redis.call('HSET', KEYS[1], ARGV[1], new) else redis.call('HDEL', KEYS[1], ARGV[1]) end
+return redis.call('INCRBY', KEYS[2], new - old)
+"""
+
+
+def _meta(session_id: str) -> str:
+    return f"{PREFIX}session:{session_id}"
+
+
+def _history(session_id: str) -> str:
+    return f"{PREFIX}history:{session_id}"
+
+
+class RedisStore:
+    """A session is a hash of its settings and a hash of its exchanges by number; keys expire with
+    the TTL, and a sorted set by last use lets a write past the size limit evict the least recently used."""
+
+    persistent = True
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.ttl_s = int(settings.session_ttl_s)
+        self.max_bytes = settings.max_store_bytes
+        timeout = settings.store_timeout_s  # a hung server fails the call instead of holding it forever
+        self.redis: Any = aioredis.from_url(url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._resize = self.redis.register_script(RESIZE)
+
+    async def open(self) -> None:
+        await self.redis.ping()
+
+    async def load_meta(self, session_id: str) -> SessionMeta | None:
+        token_hash, owner, updated_at = await self.redis.hmget(_meta(session_id), ["token_hash", "owner", "updated_at"])
+        if token_hash is None or owner is None or updated_at is None:
+            return None
+        return SessionMeta(session_id, token_hash.decode(), owner.decode(), float(updated_at))
+
+    async def load(self, session_id: str) -> SessionRecord | None:
+        meta, history = await self.redis.hgetall(_meta(session_id)), await self.redis.hgetall(_history(session_id))
+        if not meta:
+            return None
+        exchanges = []
+        for number, blob in sorted(history.items(), key=lambda item: int(item[0])):
+            exchanges.append(decode_exchange(blob, int(number)))
+        system = meta.get(b"system")
+        pending = meta.get(b"pending")
+        return SessionRecord(
+            id=session_id,
+            token_hash=meta[b"token_hash"].decode(),
+            owner=meta[b"owner"].decode(),
+            system=system.decode() if system else None,
+            defaults=decode_options(meta[b"defaults"]),
+            exchanges=exchanges,
+            pending=decode_turn(pending) if pending else None,
+            last_seq=int(meta[b"last_seq"]),
+            updated_at=float(meta[b"updated_at"]),
+        )
+
+    async def save_meta(self, record: SessionRecord) -> None:
+        fields = {
+            "token_hash": record.token_hash,
+            "owner": record.owner,
+            "system": record.system or "",
+            "defaults": encode_options(record.defaults),
+            "last_seq": record.last_seq,
+            "updated_at": repr(record.updated_at),
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_meta(record.id), mapping=fields)
+            pipe.expire(_meta(record.id), self.ttl_s)
+            pipe.expire(_history(record.id), self.ttl_s)
+            pipe.zadd(USED, {record.id: record.updated_at})
+            await pipe.execute()
+
+    async def sync_history(self, session_id: str, exchanges: list[Exchange]) -> None:
+        stored = sorted(int(n) for n in await self.redis.hkeys(_history(session_id)))
+        first = exchanges[0].number if exchanges else None
+        gone = [n for n in stored if first is None or n < first]
+        newest = stored[-1] if stored else None
+        new = {str(e.number): encode_exchange(e) for e in changed_exchanges(exchanges, newest)}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if gone:
+                pipe.hdel(_history(session_id), *(str(n) for n in gone))
+            if new:
+                pipe.hset(_history(session_id), mapping=new)
+                pipe.expire(_history(session_id), self.ttl_s)
+            await pipe.execute()
+        total = await self._resize(keys=[SIZES, TOTAL], args=[session_id, sum(exchange_bytes(e) for e in exchanges)])
+        if int(total) > self.max_bytes:
+            await self._evict(int(self.max_bytes * LOW_WATER), keep=session_id)
+
+    async def set_pending(self, session_id: str, turn: UserTurn | None) -> None:
+        if turn is None:
+            await self.redis.hdel(_meta(session_id), "pending")
+        else:
+            await self.redis.hset(_meta(session_id), "pending", encode_turn(turn))
+
+    async def delete(self, session_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_meta(session_id), _history(session_id))
+            pipe.zrem(USED, session_id)
+            await pipe.execute()
+        await self._resize(keys=[SIZES, TOTAL], args=[session_id, 0])
+
+    async def purge(self, now: float) -> int:
+        """Expired sessions go (their keys expire by themselves too), then the least recently used
+        while the store is over its size limit; the total is counted again from the sizes."""
+        doomed = [i.decode() for i in await self.redis.zrangebyscore(USED, "-inf", now - self.ttl_s)]
+        for session_id in doomed:
+            await self.delete(session_id)
+        sizes = await self.redis.hvals(SIZES)
+        await self.redis.set(TOTAL, sum(int(size) for size in sizes))
+        return len(doomed) + await self._evict(self.max_bytes, keep=None)
+
+    async def _evict(self, target: int, keep: str | None) -> int:
+        """Delete the least recently used sessions (not `keep`) until the total is at most `target`."""
+        evicted = 0
+        for raw in await self.redis.zrange(USED, 0, -1):
+            if int(await self.redis.get(TOTAL) or 0) <= target:
+                break
+            if raw.decode() != keep:
+                await self.delete(raw.decode())
+                evicted += 1
+        return evicted
+
+    async def close(self) -> None:
+        await self.redis.aclose()

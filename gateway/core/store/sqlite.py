@@ -1,0 +1,279 @@
+"""The default store: embedded SQLite in the data directory, in WAL mode: one writer thread, two readers."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.config import Settings
+from gateway.core.session import Exchange, UserTurn
+from gateway.core.store.base import (
+    SessionMeta,
+    SessionRecord,
+    changed_exchanges,
+    decode_exchange,
+    decode_options,
+    decode_turn,
+    encode_exchange,
+    encode_options,
+    encode_turn,
+)
+
+T = TypeVar("T")
+
+READERS = 2  # loads run beside the writer (WAL), so a client reading big sessions never delays anyone's save
+LOW_WATER = 0.75  # past max_store_bytes, the least recently used go until this share of it is left
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    system TEXT,
+    defaults BLOB NOT NULL,
+    last_seq INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    pending BLOB
+);
+CREATE TABLE IF NOT EXISTS exchanges (
+    session_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    exchange BLOB NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (session_id, number)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_by_use ON sessions (updated_at);
+"""
+
+
+class SqliteStore:
+    """One writer connection, used only by the writer thread, where every write is one transaction;
+    reads run on reader threads with connections of their own."""
+
+    persistent = True
+
+    def __init__(self, path: Path, settings: Settings) -> None:
+        self.path = path
+        self.ttl_s = settings.session_ttl_s
+        self.max_bytes = settings.max_store_bytes
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
+        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="gateway-store-read")
+        self._db: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._reader_dbs: list[sqlite3.Connection] = []
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                _prepare(db)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"  # as_uri escapes what a URI would misread (?, #, %)
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            self._local.db = db
+            self._reader_dbs.append(db)
+        return db
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def in_transaction() -> T:
+            db = self._open()
+            with db:
+                db.execute("BEGIN")
+                return work(db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, in_transaction)
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def in_snapshot() -> T:
+            db = self._reader()
+            with db:
+                db.execute("BEGIN")
+                return work(db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, in_snapshot)
+
+    async def open(self) -> None:
+        await self._run(lambda db: None)
+
+    async def load_meta(self, session_id: str) -> SessionMeta | None:
+        def load_meta(db: sqlite3.Connection) -> SessionMeta | None:
+            row = db.execute("SELECT token_hash, owner, updated_at FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            return None if row is None else SessionMeta(session_id, *row)
+
+        return await self._read(load_meta)
+
+    async def load(self, session_id: str) -> SessionRecord | None:
+        def load(db: sqlite3.Connection) -> SessionRecord | None:
+            row = db.execute(
+                "SELECT token_hash, owner, system, defaults, last_seq, updated_at, pending FROM sessions WHERE id = ?",
+                (session_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            rows = db.execute(
+                "SELECT number, exchange FROM exchanges WHERE session_id = ? ORDER BY number", (session_id,)
+            ).fetchall()
+            exchanges = [decode_exchange(blob, number) for number, blob in rows]
+            token_hash, owner, system, defaults, last_seq, updated_at, pending = row
+            return SessionRecord(
+                id=session_id,
+                token_hash=token_hash,
+                owner=owner,
+                system=system,
+                defaults=decode_options(defaults),
+                exchanges=exchanges,
+                pending=decode_turn(pending) if pending is not None else None,
+                last_seq=last_seq,
+                updated_at=updated_at,
+            )
+
+        return await self._read(load)
+
+    async def save_meta(self, record: SessionRecord) -> None:
+        def save(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO sessions (id, token_hash, owner, system, defaults, last_seq, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET system = excluded.system, "
+                "defaults = excluded.defaults, last_seq = excluded.last_seq, updated_at = excluded.updated_at",
+                (
+                    record.id,
+                    record.token_hash,
+                    record.owner,
+                    record.system,
+                    encode_options(record.defaults),
+                    record.last_seq,
+                    record.updated_at,
+                ),
+            )
+
+        await self._run(save)
+
+    async def sync_history(self, session_id: str, exchanges: list[Exchange]) -> None:
+        exchanges = list(exchanges)  # the event loop may change the session's list while the thread writes
+
+        def sync(db: sqlite3.Connection) -> bool:
+            first = exchanges[0].number if exchanges else None
+            if first is None:
+                db.execute("DELETE FROM exchanges WHERE session_id = ?", (session_id,))
+                return False
+            db.execute("DELETE FROM exchanges WHERE session_id = ? AND number < ?", (session_id, first))
+            (stored,) = db.execute("SELECT MAX(number) FROM exchanges WHERE session_id = ?", (session_id,)).fetchone()
+            blobs = [(e.number, encode_exchange(e)) for e in changed_exchanges(exchanges, stored)]
+            db.executemany(
+                "INSERT OR REPLACE INTO exchanges (session_id, number, exchange, bytes) VALUES (?, ?, ?, ?)",
+                [(session_id, number, blob, len(blob)) for number, blob in blobs],
+            )
+            return self._bound(db, session_id)
+
+        await self._write_bounded(sync)
+
+    async def set_pending(self, session_id: str, turn: UserTurn | None) -> None:
+        blob = encode_turn(turn) if turn is not None else None
+
+        def pend(db: sqlite3.Connection) -> bool:
+            db.execute("UPDATE sessions SET pending = ? WHERE id = ?", (blob, session_id))
+            return blob is not None and self._bound(db, session_id)
+
+        await self._write_bounded(pend)
+
+    async def delete(self, session_id: str) -> None:
+        await self._run(lambda db: _delete(db, session_id))
+
+    async def purge(self, now: float) -> int:
+        """Sessions unused past the TTL go; then, while the store is over its size, the least recently used."""
+
+        def purge(db: sqlite3.Connection) -> int:
+            expired = [r[0] for r in db.execute("SELECT id FROM sessions WHERE updated_at < ?", (now - self.ttl_s,))]
+            for session_id in expired:
+                _delete(db, session_id)
+            evicted = _evict(db, self.max_bytes, keep=None) if _used_bytes(db) > self.max_bytes else 0
+            return len(expired) + evicted
+
+        purged = await self._run(purge)
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._compact)
+        return purged
+
+    def _bound(self, db: sqlite3.Connection, keep: str) -> bool:
+        """Past `max_store_bytes`, the least recently used sessions (never `keep`) go; whether any
+        did, so that the caller compacts the file."""
+        if _used_bytes(db) <= self.max_bytes:
+            return False
+        _evict(db, int(self.max_bytes * LOW_WATER), keep)
+        return True
+
+    async def _write_bounded(self, work: Callable[[sqlite3.Connection], bool]) -> None:
+        if await self._run(work):
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._compact)
+
+    def _compact(self) -> None:
+        """Free pages go back to the file system: the vacuum moves them to the file's end and cuts
+        it there, and in WAL mode the file itself shrinks only when a checkpoint copies that in.
+        (A script, outside any transaction: `execute` runs one step of the vacuum, one page.)"""
+        if self._db is not None:
+            self._db.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, close)
+        self._thread.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        for db in self._reader_dbs:
+            db.close()
+        self._reader_dbs.clear()
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    """Settings, schema, and incremental vacuum (a file made before it had none: one VACUUM turns it on)."""
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("VACUUM")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what kill -9 is
+    db.execute("PRAGMA journal_size_limit=4194304")  # a checkpointed WAL is cut back to 4 MiB, not left at its peak
+    db.executescript(SCHEMA)
+
+
+def _delete(db: sqlite3.Connection, session_id: str) -> None:
+    db.execute("DELETE FROM exchanges WHERE session_id = ?", (session_id,))
+    db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+
+def _used_bytes(db: sqlite3.Connection) -> int:
+    """The database's pages in use (free pages excluded): what the file holds after a vacuum."""
+    pages, free, size = (db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "freelist_count", "page_size"))
+    return int((pages - free) * size)
+
+
+def _evict(db: sqlite3.Connection, target: int, keep: str | None) -> int:
+    """Delete the least recently used sessions (not `keep`) until about `target` bytes are in use."""
+    used, evicted = _used_bytes(db), 0
+    sizes = db.execute(
+        "SELECT s.id, COALESCE(LENGTH(s.pending), 0) + COALESCE((SELECT SUM(bytes) FROM exchanges e "
+        "WHERE e.session_id = s.id), 0) FROM sessions s ORDER BY s.updated_at"
+    ).fetchall()
+    for session_id, size in sizes:
+        if used <= target:
+            break
+        if session_id != keep:
+            _delete(db, session_id)
+            used -= size
+            evicted += 1
+    return evicted

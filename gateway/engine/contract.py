@@ -1,0 +1,199 @@
+"""The engine's contract with its callers: requests, sampling parameters, events and results."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from gateway.errors import ErrorCode
+
+GREEDY_TEMPERATURE = 1e-5
+FinishReason = Literal["stop", "length", "cancelled", "error", "tool_calls"]
+
+
+@dataclass(frozen=True, eq=False)
+class ChatImage:
+    """An image as the client sent it: the original bytes and their MIME type, with the size (after
+    EXIF orientation) and sha256 read when it was checked. Pixels are derived by whoever needs them."""
+
+    data: bytes
+    mime: str  # "image/png", "image/jpeg", "image/webp", "image/gif"
+    width: int
+    height: int
+    sha256: str
+
+    @property
+    def format(self) -> str:
+        """ "png", "jpeg", ...: the MIME subtype."""
+        return self.mime.partition("/")[2]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made: its id, the function's name, the arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant", "tool"]
+    text: str
+    images: tuple[ChatImage, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant message's calls
+    tool_call_id: str | None = None  # a tool message answers this call
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A constraint on a reply's tokens, in llguidance's serialized form (JSON schema, regex or Lark)."""
+
+    kind: Literal["json_object", "json_schema", "regex", "tool_call"]
+    source: str  # llguidance's grammar text, checked when the request was validated
+    upstream: str = ""  # the same constraint as OpenAI request fields (a JSON object), for an upstream to enforce
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    max_tokens: int = 512
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False  # keep generating past end-of-turn tokens (benchmarks want fixed lengths)
+    grammar: Grammar | None = None  # every token is masked to what the grammar allows
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= GREEDY_TEMPERATURE
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    finish_reason: FinishReason
+    text: str
+    token_ids: tuple[int, ...]
+    prompt_tokens: int
+    ttft_ms: float | None  # from submission (queue wait included) to the first token
+    total_ms: float
+    tokens_per_s: float  # decode rate: tokens after the first over the time since the first
+    error: str | None = None
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier turn, not prefilled
+    structured: bool | None = None  # None: no grammar; True: the reply completed it; False: it was cut short
+    tool_calls: tuple[ToolCall, ...] = ()  # parsed from the reply (finish_reason "tool_calls"); text is the rest
+    error_code: ErrorCode | None = None  # with finish_reason "error": the stable code (None: `generation`)
+    retry_after_ms: int | None = None  # with `overloaded`: when the engine is likely to take the turn
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class TurnSink(Protocol):
+    """Receives one turn's events, always on the event loop thread, in order; `done` comes exactly once."""
+
+    def on_queued(self, position: int) -> None: ...
+
+    def on_token(self, text: str) -> None: ...
+
+    def on_done(self, result: GenerationResult) -> None: ...
+
+
+class ToolCallSink(TurnSink, Protocol):
+    """A front end's sink for turns that may call tools: each call arrives before `done`."""
+
+    def on_tool_call(self, call: ToolCall) -> None: ...
+
+
+@dataclass
+class TurnHandle:
+    """The caller's grip on a submitted turn: cancel it from any thread; the engine stops at the next token."""
+
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class GenerationRequest:
+    messages: Sequence[ChatMessage]
+    params: SamplingParams
+    handle: TurnHandle = field(default_factory=TurnHandle)
+    adapter: str | None = None  # a LoRA adapter's name from Engine.adapters; None is the base model
+    affinity: str | None = None  # a session's key: its turns go to the same upstream replica (prefix cache)
+    tools: Sequence[dict[str, Any]] = ()  # OpenAI function definitions, for the chat template to render
+
+
+class EngineFull(Exception):
+    """The engine's bounded queue has no room; the caller answers `overloaded`."""
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """A snapshot of an engine's occupancy, for metrics and for estimating Retry-After."""
+
+    active: int  # turns generating now
+    waiting: int  # turns admitted but waiting for a slot
+    capacity: int  # turns that can generate at once
+    kv_cache_bytes: int = 0  # finished turns' KV held for reuse on the device
+    kv_cache_spilled_bytes: int = 0  # and spilled to pinned host memory (GPU only)
+    kv_cache_hits: int = 0  # prefills that started from held KV
+    kv_cache_misses: int = 0
+    kv_cache_budget: int = 0  # the most held KV may take on the device (0: none is held)
+    encoder_cache_bytes: int = 0  # vision-encoder outputs held for images seen before
+    encoder_cache_hits: int = 0  # prefills that took images' encoder outputs from those held
+    image_cache_bytes: int = 0  # processed images held so a history is not processed again
+    kv_spill_budget: int = 0  # and in pinned host memory
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    ok: bool
+    detail: str = ""  # why not, when not ok
+
+
+class Engine(Protocol):
+    """What the turn service needs from an engine, local or remote. Every method but the async ones
+    is called on the event loop thread and must not block it."""
+
+    model_id: str
+    vision: bool  # True only when an image prompt was built and run at start-up
+    context_tokens: int
+    adapters: tuple[str, ...]  # names of extra LoRA adapters a request may select
+    chat_template: str | None  # the model's, for reading its tool-call syntax (None: no template)
+
+    @property
+    def token_counter(self) -> str:
+        """Who counts prompt tokens: "model" (the served model's tokenizer), "upstream" (its /tokenize),
+        "tokenizer" (a local tokenizer directory), "estimate" (the scripted engine: words)."""
+        ...
+
+    async def count_prompt_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] = ()) -> int:
+        """The prompt's length in tokens, exactly as `submit` would build it; off the event loop."""
+        ...
+
+    async def prepare(self, images: Sequence[ChatImage]) -> None:
+        """Optional head start on a turn's new images (decode, process) before it is submitted."""
+        ...
+
+    def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle: ...
+
+    def limit_image_cache(self, max_bytes: int) -> None:
+        """The most bytes the engine's processed images may take from now on (it evicts at once to fit): the
+        images sessions hold come first in `max_total_image_bytes`, a cache gets what they leave."""
+        ...
+
+    def load(self) -> EngineLoad: ...
+
+    def health(self) -> EngineHealth: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...

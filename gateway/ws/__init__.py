@@ -1,0 +1,1 @@
+"""The WebSocket front end: the endpoint, connections, live sessions, the journal and the frames."""

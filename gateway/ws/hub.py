@@ -1,0 +1,304 @@
+"""Live sessions: created by connections, kept through a grace period after the socket goes, resumed
+by token, saved to the session store as they change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import time
+
+from gateway.config import Settings
+from gateway.core.ratelimit import BucketsByAddress
+from gateway.core.session import Session, UserTurn
+from gateway.core.store.base import SessionMeta, SessionRecord, SessionStore
+from gateway.core.store.guard import StoreGuard, StoreUnavailable
+from gateway.core.turns import StartedTurn, TurnService
+from gateway.edge.quota import SessionQuota
+from gateway.engine.contract import GenerationResult
+from gateway.errors import ErrorCode, GatewayError, RetryLater
+from gateway.ws import protocol as p
+from gateway.ws.detached import DetachedSessions
+from gateway.ws.journal import Journal
+from gateway.ws.live_session import NOBODY, Attachment, LiveSession, token_hash
+from gateway.ws.replies import done_frame
+
+log = logging.getLogger("gateway.sessions")
+
+RESUME_FAILED = "the session cannot be resumed: unknown, expired, or the token does not match"
+STORE_UNAVAILABLE = "the session store is unavailable; try again later"
+SEQ_AFTER_RESTART = 1 << 20  # seqs jump after a restart, so none is ever given out twice
+PURGE_EVERY_S = 600.0
+
+
+class SessionHub:
+    """Every live session by id. The hub owns their lifetimes: a session outlives its connection for
+    `session_grace_s`, its running turn generating to the end with its frames kept for replay."""
+
+    def __init__(self, settings: Settings, turns: TurnService, store: SessionStore) -> None:
+        self.settings = settings
+        self.turns = turns
+        self.store = store
+        self.guard = StoreGuard(store.persistent, settings.store_timeout_s)
+        self.live: dict[str, LiveSession] = {}
+        rate = float(settings.history_image_bytes_per_second)  # image bytes `history` sends, per address
+        self.history_budgets = BucketsByAddress(rate, max(rate, float(settings.max_session_image_bytes)))
+        self.quota: SessionQuota[LiveSession] = SessionQuota(settings.max_sessions_per_client, settings.max_sessions_per_key)
+        self.detached: DetachedSessions[LiveSession] = DetachedSessions(turns.metrics.preempted.inc)
+        turns.make_room = self.detached.make_room  # an attached client's turn never waits behind a detached one
+        turns.free_images = self.free_images  # nor lacks image room that a detached session holds
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def create(self, owner: str, client: str) -> LiveSession:
+        """A new session of `client` (an address). The quota is enforced when a session is left (see
+        `detach`), not here: a reconnecting client's fresh session must not unload the one it resumes."""
+        for old in list(self.quota.over(client, owner, adding=0)):
+            log.info("session %s: unloaded for a new session of the same client (max_sessions_per_client)", old.id)
+            self.unload(old)
+        session = Session(max_history_turns=self.settings.max_history_turns)
+        live = LiveSession(session, secrets.token_urlsafe(24), owner, self._journal(), client=client)
+        self.live[live.id] = live
+        self.quota.add(live)
+        return live
+
+    def _journal(self, next_seq: int = 1) -> Journal:
+        return Journal(self.settings.session_replay_bytes, self.settings.max_outbox_frames, next_seq)
+
+    # ---- attach, detach, resume, forget --------------------------------------------------------------
+
+    def attach(self, live: LiveSession, connection: Attachment, client: str) -> None:
+        """`connection` streams this session from now on; one it was attached to is closed with 4003."""
+        if live.expiry is not None:
+            live.expiry.cancel()
+            live.expiry = None
+        live.detached_at = None
+        self.detached.discard(live)
+        previous, live.attached = live.attached, connection
+        if live.client != client:
+            self.quota.move(live, client)
+            for old in list(self.quota.over(client, live.owner, adding=0)):
+                self.unload(old)
+        if previous is not None and previous is not connection:
+            previous.taken_over()
+
+    def detach(self, live: LiveSession, connection: Attachment, cancel_turn: bool = False) -> None:
+        """The connection has gone: the session stays for the grace period (0: it goes now)."""
+        if live.attached is not connection:
+            return  # taken over: the session belongs to another connection now
+        live.attached = None
+        live.used_at = time.time()
+        live.detached_at = time.monotonic()
+        self.detached.add(live)
+        for old in list(self.quota.over(live.client, live.owner, adding=0)):  # over while all were attached
+            self.unload(old)
+        if cancel_turn and live.active is not None:
+            live.active.handle.cancel()
+        elif live.active is not None and self.turns.engine.load().waiting > 0:
+            self.detached.stop(live)  # others wait for a slot, and nobody listens to this turn any more
+        if self.settings.session_grace_s <= 0:
+            self.unload(live)
+        else:
+            loop = asyncio.get_running_loop()
+            live.expiry = loop.call_later(self.settings.session_grace_s, self.unload, live)
+
+    def unload(self, live: LiveSession) -> None:
+        """Out of memory: its turn is cancelled if still running; it stays resumable from the store."""
+        if live.attached is not None or self.live.get(live.id) is not live:
+            return
+        if live.active is not None:
+            live.active.handle.cancel()
+        if live.expiry is not None:
+            live.expiry.cancel()
+        del self.live[live.id]
+        self._drop(live)
+
+    def _drop(self, live: LiveSession) -> None:
+        """`live` left memory: it no longer counts against its client's quota or the image ledger."""
+        self.quota.remove(live)
+        self.detached.discard(live)
+        self.turns.forget(live.session)
+
+    async def resume(self, session_id: str, token: str, owner: str, client: str = "") -> LiveSession:
+        """The live session, or the stored one loaded again. Every id costs the same before the token
+        is known good (one small lookup, one hash, the same compares) and every refusal is `resume_failed`;
+        the history is read only for the right token."""
+        live = self.live.get(session_id)
+        try:
+            stored = await self.guard.call(self.store.load_meta, session_id)
+        except StoreUnavailable:
+            if live is None:
+                raise GatewayError(ErrorCode.STORE_UNAVAILABLE, STORE_UNAVAILABLE) from None
+            stored = None  # a live session resumes without the store
+        if not self._accepts(live.meta() if live is not None else stored, token, owner):
+            raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
+        if live is not None:
+            return live
+        try:
+            record = await self.guard.call(self.store.load, session_id)
+        except StoreUnavailable:
+            raise GatewayError(ErrorCode.STORE_UNAVAILABLE, STORE_UNAVAILABLE) from None
+        if record is None:  # forgotten meanwhile
+            raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
+        return self._revive(record, token, client)
+
+    def _accepts(self, meta: SessionMeta | None, token: str, owner: str) -> bool:
+        known = meta or NOBODY
+        token_ok = hmac.compare_digest(known.token_hash, token_hash(token))
+        owner_ok = hmac.compare_digest(known.owner, owner)
+        return meta is not None and token_ok and owner_ok and not self._expired(known.updated_at)
+
+    def _expired(self, updated_at: float) -> bool:
+        return time.time() - updated_at > self.settings.session_ttl_s
+
+    def _revive(self, record: SessionRecord, token: str, client: str) -> LiveSession:
+        if record.id in self.live:  # loaded meanwhile by a concurrent resume
+            return self.live[record.id]
+        session = record.session(self.settings.max_history_turns)
+        self._make_image_room(record.id, session.image_bytes)
+        for old in list(self.quota.over(client, record.owner, adding=0)):  # the caller's fresh session goes next
+            self.unload(old)
+        live = LiveSession(session, token, record.owner, self._journal(record.last_seq + SEQ_AFTER_RESTART), client=client)
+        self.live[live.id] = live
+        self.quota.add(live)
+        self.turns.images.hold(live.id, session.image_bytes)
+        # Its resumer attaches it at once; should that connection be gone meanwhile, it still expires.
+        live.expiry = asyncio.get_running_loop().call_later(max(0.0, self.settings.session_grace_s), self.unload, live)
+        self.spawn(self._save(live, "the revived session", history=True, pending=True))  # the partial turn joined the history
+        return live
+
+    def _make_image_room(self, session_id: str, nbytes: int) -> None:
+        """Room in the image ledger for a session coming back into memory: detached sessions holding
+        images are unloaded first (they stay resumable); attached ones are never pushed out."""
+        if nbytes > self.free_images(session_id, nbytes):
+            message = "the server holds all the images it can; this session cannot be loaded now, try again later"
+            raise RetryLater(ErrorCode.OVERLOADED, message, self.turns.retry_after_ms())
+
+    def free_images(self, session_id: str, nbytes: int) -> int:
+        """Unload detached sessions holding images, oldest first, until `session_id` may hold `nbytes`;
+        returns the room it has then."""
+        ledger = self.turns.images
+        for old in self.detached:
+            if nbytes <= ledger.room_for(session_id):
+                break
+            if ledger.holds(old.id) and old.id != session_id:
+                log.info("session %s: unloaded to make room for an attached session's images", old.id)
+                self.unload(old)
+        return ledger.room_for(session_id)
+
+    async def forget(self, live: LiveSession) -> None:
+        """Gone now, from the store and then from memory; a store that cannot delete it answers
+        `store_unavailable` and the session stays as it was."""
+        async with live.saving:  # after the session's own writes, so that none brings it back
+            try:
+                await self.guard.call(self.store.delete, live.id)
+            except StoreUnavailable:
+                raise GatewayError(ErrorCode.STORE_UNAVAILABLE, STORE_UNAVAILABLE) from None
+            live.forgotten = True
+        if live.active is not None:
+            live.active.handle.cancel()
+        if self.live.get(live.id) is live:
+            del self.live[live.id]
+        self._drop(live)
+
+    async def discard(self, live: LiveSession) -> None:
+        """A connection's unused fresh session: out of memory at once (its connection may close while
+        the store answers), then out of the store if it answers."""
+        live.forgotten = True  # writes queued from now on are skipped
+        if self.live.get(live.id) is live:
+            del self.live[live.id]
+        self._drop(live)
+        async with live.saving:
+            with contextlib.suppress(StoreUnavailable):
+                await self.guard.call(self.store.delete, live.id)
+
+    # ---- frames and turns -------------------------------------------------------------------------
+
+    def emit(self, live: LiveSession, frame: p.SessionFrame) -> None:
+        live.journal.append(frame)
+        if live.attached is None and live.active is not None and live.journal.overflowing:
+            log.info("session %s: replay budget full while detached; stopping its turn", live.id)
+            live.active.handle.cancel()
+
+    def turn_done(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
+        """Record the exchange, make it durable, then send `done` (a task: the store is asynchronous)."""
+        live.ended = started  # from now on it holds no slot: it must not be stopped for anyone
+        self.detached.turn_ended(live)
+        self.turns.record(live.session, started, result, held=self.live.get(live.id) is live)
+        self.spawn(self._finish(live, started, result))
+
+    async def _finish(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
+        # `done` follows the save, but waits no longer than store_timeout_s: a hung store (or a long
+        # write queue) must not hold a reply, and the write goes on in order behind the session's lock.
+        saved = self.spawn(self._save(live, "the exchange", history=True, pending=True))
+        await asyncio.wait({saved}, timeout=self.settings.store_timeout_s)
+        if result.finish_reason == "error":
+            code = result.error_code or ErrorCode.GENERATION
+            message = result.error or "generation failed"
+            self.emit(
+                live, p.ErrorFrame(code=code.value, message=message, id=started.turn.id, retry_after_ms=result.retry_after_ms)
+            )
+        self.emit(live, done_frame(started.turn.id, result))
+        if live.active is started:
+            live.active = None
+
+    async def turn_started(self, live: LiveSession, started: StartedTurn) -> None:
+        """Called right after submit, before any await: the lock is ours before the turn can end."""
+        await self._save(live, "the turn in progress", history=True, pending=True, turn=started.turn)
+
+    async def save_settings(self, live: LiveSession) -> None:
+        await self._save(live, "the settings")
+
+    async def save_history(self, live: LiveSession) -> None:
+        await self._save(live, "the history", history=True)
+
+    async def _save(
+        self, live: LiveSession, what: str, history: bool = False, pending: bool = False, turn: UserTurn | None = None
+    ) -> None:
+        """One session's writes, in order, each bounded by store_timeout_s. A failing store is logged
+        and the session goes on in memory: the conversation must never break because the disk or Redis did."""
+        async with live.saving:
+            if live.forgotten:
+                return
+            try:
+                live.used_at = time.time()
+                await self.guard.call(self.store.save_meta, live.record())
+                if history:  # the oldest exchanges may have been dropped
+                    await self.guard.call(self.store.sync_history, live.id, live.session.exchanges)
+                if pending:  # the turn in progress, or none
+                    await self.guard.call(self.store.set_pending, live.id, turn)
+            except StoreUnavailable:
+                log.debug("session %s: saving %s failed; the session goes on in memory", live.id, what)
+            except Exception:
+                log.exception("session %s: saving %s failed; the session goes on in memory", live.id, what)
+
+    def start(self) -> None:
+        """Purge expired and least recently used sessions now, then every `PURGE_EVERY_S`."""
+        self.spawn(self._purge_forever())
+
+    async def _purge_forever(self) -> None:
+        with contextlib.suppress(StoreUnavailable):  # said by the guard; sessions are not durable meanwhile
+            await self.guard.call(self.store.open)
+        while True:
+            try:
+                purged = await self.guard.call(self.store.purge, time.time())
+                if purged:
+                    log.info("purged %d stored sessions", purged)
+            except StoreUnavailable:
+                pass
+            await asyncio.sleep(PURGE_EVERY_S)
+
+    def spawn(self, work: object) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            if task.get_coro().__name__ == "_purge_forever":  # type: ignore[union-attr]
+                task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()

@@ -1,0 +1,109 @@
+"""Server frames built from settings, sessions and engine results: limits, defaults, history, `done`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gateway.config import Settings
+from gateway.core.session import Exchange, Session
+from gateway.engine.contract import Engine, GenerationResult
+from gateway.ws import protocol as p
+
+if TYPE_CHECKING:
+    from gateway.core.turns import TurnService
+
+
+def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
+    """The limits a client must respect, as announced in `ready`."""
+    held = engine.load()  # the engine's KV budgets: a default depends on the device's free memory
+    return {
+        "max_frame_bytes": settings.max_frame_bytes,
+        "max_image_bytes": settings.max_image_bytes,
+        "max_image_pixels": settings.max_image_pixels,
+        "max_images_per_turn": settings.max_images_per_turn if engine.vision else 0,
+        "max_text_chars": settings.max_text_chars,
+        "max_history_turns": settings.max_history_turns,
+        "max_stop_strings": settings.max_stop_strings,
+        "max_tokens": settings.max_tokens_limit,
+        "context_tokens": engine.context_tokens,
+        "trim_headroom_tokens": settings.trim_headroom_tokens(engine.context_tokens),
+        "max_session_image_bytes": settings.max_session_image_bytes,
+        "max_total_image_bytes": settings.max_total_image_bytes,
+        "inbound_bytes_per_second": settings.inbound_bytes_per_second,
+        "session_grace_s": int(settings.session_grace_s),
+        "session_ttl_s": int(settings.session_ttl_s),
+        "max_connections": settings.max_connections,
+        "max_connections_per_client": settings.max_connections_per_client,
+        "max_sessions_per_client": settings.max_sessions_per_client,
+        "history_image_bytes_per_second": settings.history_image_bytes_per_second,
+        "frames_per_second": int(settings.frames_per_second),
+        "turns_per_minute": int(settings.turns_per_minute),
+        "idle_timeout_s": int(settings.idle_timeout_s),
+        "keepalive_interval_s": int(settings.keepalive_interval_s),
+        "keepalive_timeout_s": int(settings.keepalive_timeout_s),
+        "send_timeout_s": int(settings.send_timeout_s),
+        "kv_cache_bytes": held.kv_cache_budget,
+        "kv_spill_bytes": held.kv_spill_budget,
+        "kv_cache_idle_s": int(settings.kv_cache_idle_s),
+        "max_grammar_bytes": settings.max_grammar_bytes,
+        "grammar_compiles_per_minute": int(settings.grammar_compiles_per_minute),
+        "grammar_compiles_per_minute_per_client": int(settings.grammar_compiles_per_minute_per_client),
+    }
+
+
+def done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
+    return p.DoneFrame(
+        id=turn_id,
+        finish_reason=result.finish_reason,
+        text=result.text,
+        usage=p.Usage(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            total_tokens=result.prompt_tokens + result.completion_tokens,
+            cached_tokens=result.cached_tokens,
+        ),
+        timing=p.Timing(
+            ttft_ms=None if result.ttft_ms is None else round(result.ttft_ms, 2),
+            total_ms=round(result.total_ms, 2),
+            tokens_per_s=round(result.tokens_per_s, 2),
+        ),
+        structured=result.structured,
+    )
+
+
+def session_defaults(turns: TurnService, session: Session) -> dict[str, Any]:
+    """The options a turn of `session` runs with unless it says otherwise, and its system prompt."""
+    server = turns.server_defaults
+    merged = {k: getattr(server, k) for k in p.SamplingOptions.__struct_fields__}
+    merged.update({k: v for k in merged if (v := getattr(session.defaults, k)) is not None})
+    merged["model"] = merged["model"] or turns.engine.model_id
+    merged["system"] = session.system
+    return merged
+
+
+def history_frame(session: Session, frame: p.HistoryRequestFrame) -> p.HistoryFrame:
+    entries: list[p.HistoryEntry] = []
+    for exchange in session.exchanges:
+        images = [
+            p.ImageInfo(
+                format=i.format,
+                width=i.width,
+                height=i.height,
+                bytes=len(i.data),
+                sha256=i.sha256,
+                data=i.data if frame.include_images else None,
+            )
+            for i in exchange.turn.images
+        ]
+        if not exchange.turn.continues:  # an empty turn that went on from tool results added no user message
+            entries.append(p.HistoryEntry(role="user", text=exchange.turn.text, id=exchange.turn.id, images=images))
+        entries += _reply_entries(exchange)
+    return p.HistoryFrame(system=session.system, turns=entries, id=frame.id)
+
+
+def _reply_entries(exchange: Exchange) -> list[p.HistoryEntry]:
+    """The assistant's entry (with its calls) and one tool entry per result."""
+    calls = [p.ToolCallInfo(call_id=c.id, name=c.name, arguments=c.arguments) for c in exchange.tool_calls]
+    turn_id = exchange.turn.id
+    reply = p.HistoryEntry(role="assistant", text=exchange.reply, id=turn_id, partial=exchange.partial, tool_calls=calls)
+    return [reply, *(p.HistoryEntry(role="tool", text=r.content, id=turn_id, call_id=r.call_id) for r in exchange.tool_results)]
