@@ -62,6 +62,8 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
         finally:
             if loading is not None:
                 loading.cancel()
+            if app.state.turns is not None:
+                await app.state.turns.settle()  # turns' ends waiting for their store writes
             if app.state.hub is not None:
                 await app.state.hub.close()
             if app.state.turns is not None:

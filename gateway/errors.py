@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Iterator
 
 
 class CloseCode(enum.IntEnum):
@@ -42,13 +44,15 @@ class ErrorCode(str, enum.Enum):
 
 
 class GatewayError(Exception):
-    """A recoverable problem with one client frame, answered with an `error` frame."""
+    """A recoverable problem with what a client asked: each front end answers it in its own terms (an `error`
+    frame, an HTTP status). `field` names the request field at fault, in the core's names (`tools`,
+    `response_format`, `max_tokens`, `images[2]`...), for a front end to translate."""
 
-    def __init__(self, code: ErrorCode, message: str, frame_id: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.frame_id = frame_id
+        self.field = field
 
 
 class ConnectionClosing(Exception):
@@ -63,8 +67,8 @@ class ConnectionClosing(Exception):
 class RetryLater(GatewayError):
     """Refused for now (`overloaded`, `rate_limited`): the client may retry after `retry_after_ms`."""
 
-    def __init__(self, code: ErrorCode, message: str, retry_after_ms: int, frame_id: str | None = None) -> None:
-        super().__init__(code, message, frame_id)
+    def __init__(self, code: ErrorCode, message: str, retry_after_ms: int, *, field: str | None = None) -> None:
+        super().__init__(code, message, field=field)
         self.retry_after_ms = retry_after_ms
 
 
@@ -95,3 +99,13 @@ def one_line(exc: BaseException) -> str:
     """An exception as one line: its message's first line, or its type's name when it has none."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def naming(field: str) -> Iterator[None]:
+    """A refusal raised within names `field`, unless it already names a finer one."""
+    try:
+        yield
+    except GatewayError as exc:
+        exc.field = exc.field or field
+        raise
