@@ -41,6 +41,12 @@ class Settings:
     image_workers: int = 2  # threads that check attachments and process images ahead of their turn
     inbound_bytes_per_second: int = 8 * MiB  # per connection, inflated: reading pauses when exceeded
 
+    # Live vision (issue 23): video attachments, decoded on the image workers under the image byte and pixel
+    # limits, and each session's live window of camera or screen frames per source (never history).
+    video_fps: float = 2.0  # frames sampled per second of video, while max_video_frames allows
+    max_video_frames: int = 32  # frames kept per video; a longer one's spread evenly over all of it
+    max_video_duration_s: float = 120.0  # a longer video is refused (`too_large`), from its header where it says
+
     # Sessions: how long they outlive their socket and where they are kept.
     session_grace_s: float = 300.0  # a detached session stays in memory (its turn running) this long
     session_ttl_s: float = 7 * 24 * 3600.0  # then it is resumable from the store until this long unused
