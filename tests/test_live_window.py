@@ -168,6 +168,14 @@ def test_the_rate_refills_with_time() -> None:
     assert window.admit(0.6)
 
 
+def test_a_clock_read_out_of_order_takes_no_allowance_away() -> None:
+    """An arrival stamped earlier than the last refill neither refills nor drains the rate's allowance."""
+    window = LiveWindow(LiveLimits(max_frames=4, max_bytes=1_000_000, frames_per_second=2.0), 10.0)
+    assert window.admit(5.0)
+    window.release()
+    assert window.admit(10.0)
+
+
 def test_frames_waiting_for_their_hash_are_bounded() -> None:
     """While MAX_PENDING admitted frames await their hash, the next is dropped, rate or not; one
     released makes room."""

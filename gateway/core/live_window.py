@@ -120,7 +120,8 @@ class LiveWindow:
 
     def admit(self, now_s: float) -> bool:
         """Whether a frame arriving now may be hashed and added; a refused one is counted as dropped."""
-        self._tokens = min(self._burst, self._tokens + (now_s - self._refilled_s) * self.limits.frames_per_second)
+        elapsed_s = max(0.0, now_s - self._refilled_s)  # a clock read out of order adds nothing
+        self._tokens = min(self._burst, self._tokens + elapsed_s * self.limits.frames_per_second)
         self._refilled_s = max(self._refilled_s, now_s)
         if self._tokens < 1 or self._pending >= MAX_PENDING:
             self.counters.dropped += 1

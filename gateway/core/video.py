@@ -136,6 +136,8 @@ class _FrameSampler:
             allowed = ", ".join(sorted(ALLOWED_CODECS))
             raise GatewayError(ErrorCode.BAD_VIDEO, f"{self._label}: codec {codec} is not one of {allowed}")
         self._check_pixels(stream.codec_context.width, stream.codec_context.height)  # from the header
+        # The decoder itself refuses a larger frame later in the stream, before allocating it.
+        stream.codec_context.options = {"max_pixels": str(self._limits.max_pixels)}
         # One decoding thread: the decode pool's workers are the CPU this work may take.
         stream.thread_type = "SLICE"
         stream.codec_context.thread_count = 1
