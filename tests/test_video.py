@@ -137,21 +137,32 @@ def test_a_short_clip_of_slow_frames_repeats_no_frame() -> None:
     assert times(decoded) == [0, 500, 1000, 1500, 2000, 2500]
 
 
-def test_decoding_stops_at_the_last_sample(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Samples far apart are reached by seeking, and decoding stops at the last: one frame every 2.5 s of a
-    20 s clip with a keyframe every second decodes under half of its 80 frames."""
-    decoded_frames = 0
+def decoded_frames(monkeypatch: pytest.MonkeyPatch, data: bytes) -> tuple[DecodedVideo, int]:
+    """The video decoded, and how many frames the decoder produced on the way."""
+    count = 0
     timestamp = video._FrameSampler._timestamp
 
     def counted(sampler: Any, frame: Any) -> float:
-        nonlocal decoded_frames
-        decoded_frames += 1
+        nonlocal count
+        count += 1
         return timestamp(sampler, frame)
 
     monkeypatch.setattr(video._FrameSampler, "_timestamp", counted)
-    decoded = decode_video(clip(seconds=20.0, fps=4, gop=4), LIMITS)
+    return decode_video(data, LIMITS), count
+
+
+def test_samples_past_a_keyframe_are_reached_by_seeking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samples far apart are reached by seeking, and decoding stops at the last: one frame every 2.5 s of a
+    20 s clip with a keyframe every second decodes under half of its 80 frames."""
+    decoded, count = decoded_frames(monkeypatch, clip(seconds=20.0, fps=4, gop=4))
     assert times(decoded) == [0, 2500, 5000, 7500, 10000, 12500, 15000, 17500]
-    assert decoded_frames < 40
+    assert count < 40
+
+
+def test_a_clip_with_one_keyframe_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no keyframe lies between samples, seeking would only go back: each frame is decoded at most once."""
+    decoded, count = decoded_frames(monkeypatch, clip(seconds=20.0, fps=4))
+    assert len(decoded.frames) == LIMITS.max_frames and count <= 80
 
 
 # ---- limits ------------------------------------------------------------------------------------

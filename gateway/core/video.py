@@ -26,8 +26,8 @@ MAX_SOURCE_FPS = 240
 # Sampled frames are kept as JPEG (like the images clients send): near-lossless at 95, a fifth of PNG's
 # bytes and several times faster to write, so a clip's frames cost what its photos would.
 FRAME_JPEG_QUALITY = 95
-# The next sample at least this far ahead is reached by seeking to the keyframe before it, not by
-# decoding every frame on the way; nearer, decoding on is cheaper than a seek's keyframe restart.
+# A keyframe at least this far ahead and before the next sample is reached by seeking, not by decoding
+# every frame on the way; nearer, decoding on costs about what a seek's demuxer and decoder restart does.
 SEEK_GAP_S = 1.0
 _EPSILON_S = 1e-6  # timestamps are rationals read as floats: a frame at 0.1 s fills the 0.1 s sample
 
@@ -109,6 +109,8 @@ class _FrameSampler:
         self._last_s = 0.0
         self._may_seek = True
         self._sought_tick = -1  # the sample the last seek went for: never sought twice
+        self._last_key_s: float | None = None
+        self._key_gap_s: float | None = None  # the widest gap between keyframes seen; seeks assume none wider
 
     def run(self) -> list[VideoFrame]:
         while self._pass():  # each pass decodes on from the start or from a seek
@@ -119,13 +121,30 @@ class _FrameSampler:
         """Decode on until the video ends (False) or a seek moved ahead (True)."""
         for frame in self._container.decode(self._stream):
             at_s = self._timestamp(frame)
+            if frame.key_frame:
+                self._note_keyframe(at_s)
             if at_s >= self._due_s() - _EPSILON_S:
                 self._keep(frame, at_s)
             if self._known_end_s is not None and self._due_s() >= self._known_end_s - _EPSILON_S:
                 return False  # every sample is taken: the rest is never decoded
-            if self._may_seek and self._due_s() - at_s >= SEEK_GAP_S and self._next_tick != self._sought_tick:
+            if self._worth_seeking(at_s):
                 return self._seek()
         return False
+
+    def _note_keyframe(self, at_s: float) -> None:
+        if self._last_key_s is not None and at_s > self._last_key_s:
+            self._key_gap_s = max(self._key_gap_s or 0.0, at_s - self._last_key_s)
+        self._last_key_s = at_s
+
+    def _worth_seeking(self, at_s: float) -> bool:
+        """Whether a keyframe at least SEEK_GAP_S ahead surely comes before the next sample, so a seek skips
+        frames no sample needs. Until two keyframes were seen their spacing is unknown: decode on."""
+        if not self._may_seek or self._next_tick == self._sought_tick:
+            return False
+        if self._last_key_s is None or self._key_gap_s is None:
+            return False
+        next_key_s = self._last_key_s + self._key_gap_s
+        return next_key_s <= self._due_s() + _EPSILON_S and next_key_s - at_s >= SEEK_GAP_S
 
     def _video_stream(self) -> av.video.stream.VideoStream:
         if not self._container.streams.video:
@@ -196,6 +215,7 @@ class _FrameSampler:
     def _seek(self) -> bool:
         """Move to the keyframe at or before the next sample; where the container cannot seek, decode on."""
         self._sought_tick = self._next_tick
+        self._last_key_s = None  # the keyframe it lands on is no measure of their spacing
         time_base = self._stream.time_base
         if not time_base:
             self._may_seek = False
