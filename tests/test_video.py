@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+from itertools import pairwise
 from typing import Any
 
 import av
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from gateway.core import video
@@ -54,7 +57,7 @@ def clip(
             stream.codec_context.gop_size = gop
         if rotation:
             stream.set_display_rotation(rotation)
-        for index in range(round(seconds * fps)):
+        for index in range(max(1, round(seconds * fps))):
             pixels = np.zeros((height, width, 3), np.uint8)
             pixels[:] = (index * SHADE_STEP) % 256
             for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
@@ -130,11 +133,40 @@ def test_a_video_of_undeclared_length_still_keeps_at_most_max_frames_spread_over
     assert times(decoded)[-1] >= 15_000
 
 
+def test_sparse_frames_of_undeclared_length_still_keep_at_most_max_frames() -> None:
+    """Two frames a second apart, sampled every half second, with room for one: the first alone is kept
+    (the step doubles as often as it must)."""
+    data = clip("webm", "libvpx", seconds=2.0, fps=1, seekable=False)
+    assert times(decode_video(data, VideoLimits(5_000_000, 1_000_000, 30.0, 1, 2.0))) == [0]
+
+
 def test_a_short_clip_of_slow_frames_repeats_no_frame() -> None:
     """A 2 fps GIF sampled at 4 fps gives each of its frames once, not twice."""
     limits = VideoLimits(max_bytes=5_000_000, max_pixels=1_000_000, max_duration_s=30.0, max_frames=32, fps=4.0)
     decoded = decode_video(clip("gif", "gif", seconds=3.0, fps=2), limits)
     assert times(decoded) == [0, 500, 1000, 1500, 2000, 2500]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seconds=st.floats(0.3, 12.0),
+    source_fps=st.sampled_from([1, 3, 10, 24]),
+    sample_fps=st.sampled_from([0.5, 1.0, 2.0, 5.0]),
+    max_frames=st.integers(1, 12),
+    declared=st.booleans(),
+)
+def test_any_clip_gives_at_most_max_frames_in_time_order(
+    seconds: float, source_fps: int, sample_fps: float, max_frames: int, declared: bool
+) -> None:
+    """Whatever the clip's length and rates, and whether it declares its length: at least one and at most
+    max_frames frames, the first at 0, their times strictly rising (no frame twice), none past the clip's end."""
+    frames = max(1, round(seconds * source_fps))
+    data = clip("webm", "libvpx", seconds=seconds, fps=source_fps, size=(16, 16), seekable=declared)
+    decoded = decode_video(data, VideoLimits(5_000_000, 1_000_000, 30.0, max_frames, sample_fps))
+    stamps = times(decoded)
+    assert 1 <= len(stamps) <= max_frames and stamps[0] == 0
+    assert all(earlier < later for earlier, later in pairwise(stamps))
+    assert stamps[-1] < frames * 1000 / source_fps
 
 
 def decoded_frames(monkeypatch: pytest.MonkeyPatch, data: bytes) -> tuple[DecodedVideo, int]:

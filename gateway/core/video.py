@@ -207,7 +207,7 @@ class _FrameSampler:
         tick = max(self._next_tick, math.floor(at_s / span + _EPSILON_S) * self._stride)  # the latest sample it fills
         self._kept.append((tick, VideoFrame(image=_jpeg(frame), ts_ms=round(at_s * 1000))))
         self._next_tick = tick + self._stride
-        if len(self._kept) > self._limits.max_frames:
+        while len(self._kept) > self._limits.max_frames:  # sparse ticks may need the stride doubled again
             self._stride *= 2
             self._kept = [(kept_tick, kept) for kept_tick, kept in self._kept if kept_tick % self._stride == 0]
             self._next_tick = math.ceil(self._next_tick / self._stride) * self._stride
