@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+from itertools import pairwise
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from gateway.core.live_window import (
@@ -17,6 +20,7 @@ from gateway.core.live_window import (
     LiveWindows,
     Outcome,
     frame_thumb,
+    thumb_distance,
 )
 from gateway.engine.types import ChatImage
 from gateway.errors import ErrorCode, GatewayError
@@ -237,3 +241,32 @@ def test_a_source_past_max_sources_is_too_large() -> None:
     assert info.value.code == ErrorCode.TOO_LARGE
     windows.close("camera")
     assert windows.window("door", 0.0) is windows.get("door")
+
+
+# ---- invariants --------------------------------------------------------------------------------
+
+
+ARRIVALS = st.lists(st.tuples(st.floats(0.0, 0.5), st.integers(0, 40), st.integers(100, 4000)), max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrivals=ARRIVALS, max_frames=st.integers(1, 5), rate=st.sampled_from([1.0, 2.0, 10.0]))
+def test_any_stream_of_frames_keeps_the_window_within_its_bounds(
+    arrivals: list[tuple[float, int, int]], max_frames: int, rate: float
+) -> None:
+    """Whatever frames arrive when: within the frame and byte bounds, no frame within the merge distance
+    of the one before it, every arrival counted once as accepted, merged or dropped."""
+    limits = LiveLimits(max_frames=max_frames, max_bytes=10_000, frames_per_second=rate)
+    window = LiveWindow(limits, 0.0)
+    now_s = 0.0
+    for ts_ms, (gap_s, level, size) in enumerate(arrivals):
+        now_s += gap_s
+        if window.admit(now_s):
+            image = ChatImage(bytes(size), "image/jpeg", 1, 1, str(ts_ms))
+            window.add(image, bytes([level * 6]) * THUMB_SIDE * THUMB_SIDE, ts_ms)
+        snapshot = window.snapshot()
+        frames = snapshot.frames if snapshot else ()
+        assert len(frames) <= max_frames and sum(len(frame.image.data) for frame in frames) <= limits.max_bytes
+        assert all(thumb_distance(a.thumb, b.thumb) > limits.merge_distance for a, b in pairwise(frames))
+    counted = window.counters
+    assert counted.accepted + counted.merged + counted.dropped == len(arrivals)
