@@ -27,6 +27,7 @@ class ErrorCode(str, enum.Enum):
     UNKNOWN_TYPE = "unknown_type"  # `type` missing or not a known client frame
     INVALID_FIELD = "invalid_field"  # unknown, missing, mistyped or out-of-range field
     BAD_IMAGE = "bad_image"  # attachment is not a decodable image of an allowed format
+    BAD_VIDEO = "bad_video"  # video attachment is not a decodable MP4, WebM or GIF of an allowed codec
     TOO_LARGE = "too_large"  # text, attachment or count above a limit
     IMAGES_UNSUPPORTED = "images_unsupported"  # the served model is text-only
     FORBIDDEN_URL = "forbidden_url"  # image URL refused by the SSRF guard (scheme, credentials, address)
@@ -78,6 +79,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_TYPE: 400,
     ErrorCode.INVALID_FIELD: 400,
     ErrorCode.BAD_IMAGE: 400,
+    ErrorCode.BAD_VIDEO: 400,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.IMAGES_UNSUPPORTED: 400,
     ErrorCode.FORBIDDEN_URL: 400,
