@@ -10,7 +10,8 @@ from gateway.core.sampling import OPTION_FIELDS
 from gateway.errors import HTTP_STATUS, ErrorCode, GatewayError, RetryLater
 from gateway.openai import schema
 
-OPENAI_CODES = {ErrorCode.CONTEXT_OVERFLOW: "context_length_exceeded"}  # where OpenAI names it otherwise
+# Where OpenAI has a code of its own: messages that leave the completion no room in the context window.
+OPENAI_CODES: dict[tuple[ErrorCode, str | None], str] = {(ErrorCode.CONTEXT_OVERFLOW, "messages"): "context_length_exceeded"}
 OPTION_PARAMS = frozenset(OPTION_FIELDS)
 
 
@@ -38,7 +39,7 @@ class ApiError(Exception):
         status = HTTP_STATUS[exc.code]
         if status == 413 and exc.field in OPTION_PARAMS:
             status = 400
-        code = getattr(exc, "reason", None) or OPENAI_CODES.get(exc.code, exc.code.value)
+        code = getattr(exc, "reason", None) or OPENAI_CODES.get((exc.code, exc.field), exc.code.value)
         retry_after_ms = exc.retry_after_ms if isinstance(exc, RetryLater) else None
         kind = "server_error" if status >= 500 else "invalid_request_error"
         return cls(status, exc.message, kind, code, exc.field, retry_after_ms)
