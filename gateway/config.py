@@ -155,6 +155,11 @@ class Settings:
     allowed_hosts: str = ""  # comma-separated Host names; "" = localhost and the bound host; "*" = any; IPs always pass
     metrics_public: bool = False  # serve /metrics without the API key
 
+    @property
+    def serves_demo_model(self) -> bool:
+        """The built-in demo model (random weights) is served when no model directory is configured."""
+        return self.model is None and self.engine == "real" and not self.upstreams
+
     def trim_headroom_tokens(self, context_tokens: int) -> int:
         """The most tokens a turn that must drop exchanges frees beyond its own need, in a window this long."""
         return int(context_tokens * self.trim_headroom)

@@ -62,16 +62,23 @@ class SessionKeeper(Protocol):
         ...
 
 
+class Drain:
+    """The server's one drain flag: once on, both front ends refuse new turns (and the WebSocket new connections)."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+
 class TurnService(TurnLimits):
     """Validation and limits, images, sampling, planning and trimming, submission, the typed event stream,
     and the end of every turn (record, store, final event): written once for WebSocket and HTTP."""
 
-    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics, drain: Drain | None = None) -> None:
         if not 0 <= settings.trim_headroom < 1:
             raise ValueError(f"trim_headroom is a share of the context window, at least 0 and below 1: {settings.trim_headroom}")
         super().__init__(settings, engine)
         self.metrics = metrics
-        self.draining = False
+        self.drain = drain or Drain()
         self.in_flight = 0  # turns submitted and not yet done, all front ends together
         self.server_defaults = server_defaults(settings)
         # One bound for image memory: sessions' images and the engine's processed ones together. The cache
@@ -101,7 +108,7 @@ class TurnService(TurnLimits):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def check_open(self) -> None:
-        if self.draining:
+        if self.drain.on:
             raise GatewayError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect shortly")
 
     async def check_grammars(self, options: SamplingOptions, quota: CompileQuota) -> None:

@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from gateway.config import Settings
 from gateway.core.request import ConversationRequest, RequestMessage, SamplingOptions
+from gateway.core.runtime import runtime_of
 from gateway.core.turns import TurnService
 from gateway.edge.auth import bearer_accepted
 from gateway.engine.contract import Engine
@@ -64,13 +65,13 @@ api_key_accepted = bearer_accepted
 
 
 def _check_api_key(request: Request) -> None:
-    api_key = request.app.state.settings.api_key
+    api_key = runtime_of(request.app).settings.api_key
     if not api_key_accepted(request.headers.get("authorization"), api_key):
         raise ApiError(401, "missing or incorrect API key", "invalid_request_error", "invalid_api_key")
 
 
 def _ready_turns(request: Request) -> TurnService:
-    turns: TurnService | None = request.app.state.turns
+    turns = runtime_of(request.app).turns
     if turns is None:
         raise ApiError(503, "the model is still loading; try again shortly", "server_error", "model_loading")
     return turns
@@ -108,7 +109,7 @@ def _model_not_found(model_id: str, engine: Engine) -> ApiError:
 
 async def chat_completions(request: Request) -> Response:
     turns = _ready_turns(request)
-    settings: Settings = request.app.state.settings
+    settings: Settings = runtime_of(request.app).settings
     try:
         chat = schema.decode_chat_request(await _read_body(request, settings.max_frame_bytes))
         prompt = schema.prompt_messages(chat)

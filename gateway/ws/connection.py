@@ -16,7 +16,6 @@ from gateway.core.ratelimit import TokenBucket
 from gateway.core.request import TurnRequest
 from gateway.core.session import Session
 from gateway.core.turns import StartedTurn
-from gateway.edge.status import serves_demo_model
 from gateway.errors import CloseCode, ConnectionClosing, ErrorCode, GatewayError, RetryLater
 from gateway.metrics import Metrics
 from gateway.ws import protocol as p
@@ -352,7 +351,7 @@ class Connection:
             defaults=session_defaults(self.turns, self.session),
             vision=engine.vision,
             models=self.turns.models,
-            demo=serves_demo_model(self.settings),
+            demo=self.settings.serves_demo_model,
             resume_token=self.live.token,
             token_counter=engine.token_counter,
             durable=self.hub.guard.durable,
