@@ -13,8 +13,7 @@ from playwright.sync_api import Route, expect
 from gateway.config import Settings
 from gateway.engine.contract import Engine
 from gateway.engine.scripted import ScriptedEngine
-from tests import conftest
-from tests import test_web as web
+from tests import conftest, test_web as web
 from tests.conftest import DemoDirs, RunningServer, start_server
 from tests.test_web import Chat, save_screenshot, serving
 
