@@ -272,3 +272,15 @@ def test_clear_removes_every_branch() -> None:
     t.edit("i1", "v")
     t.clear()
     assert len(t) == 0 and t.path == [] and t.bytes == 0
+
+
+def test_deleting_the_last_reply_shows_its_sibling() -> None:
+    """Where nothing followed the deleted item, the active path goes on down the branch left."""
+    t = tree()
+    chat(t, "1")
+    t.attach("i1", Content.reply("b"))
+    t.delete("i3")
+    assert said(t) == ["u1", "a1"]
+    t.edit("i1", "other")
+    t.delete("i4")
+    assert said(t) == ["u1", "a1"]

@@ -94,7 +94,9 @@ class Conversation(ItemTree):
 
     def delete(self, item_id: str) -> list[str]:
         """Item `item_id` leaves the active path (a reply with its calls and results, and the inactive
-        branches below them); what followed takes its place. Returns the ids of every item removed."""
+        branches below them); what followed takes its place, and where nothing did, the path goes on down
+        the most recently active branch that is left (a deleted reply shows its sibling). Returns the ids of
+        every item removed."""
         at = self._path_index(item_id)
         item = self._items[item_id]
         if item.role in TOOLS:
@@ -116,15 +118,12 @@ class Conversation(ItemTree):
         else:
             siblings[slot] = follower
             self._items[follower] = replace(self._items[follower], parent=item.parent)
-        self._activate([*self._path[:at], *self._path[end:]])
+        self._activate(self._descend([*self._path[:at], *self._path[end:]]))
         return [*run, *removed]
 
     def switch(self, item_id: str) -> list[Item]:
         """Make the path through `item_id` active: below it, the most recently active branch at each step."""
-        path = [item.id for item in self.path_to(item_id)]
-        while kids := self._children[path[-1]]:
-            path.append(max(kids, key=self._touched.__getitem__))
-        self._activate(path)
+        self._activate(self._descend([item.id for item in self.path_to(item_id)]))
         return self.path
 
     def fork(self, item_id: str | None = None) -> Conversation:

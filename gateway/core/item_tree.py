@@ -190,6 +190,12 @@ class ItemTree:
             item = self._items.get(item.parent) if item.parent is not None else None
         return calls[::-1], answered
 
+    def _descend(self, path: list[str]) -> list[str]:
+        """`path` (the roots where empty) followed down to a leaf, by the most recently active child each step."""
+        while kids := self._children[path[-1] if path else None]:
+            path.append(max(kids, key=self._touched.__getitem__))
+        return path
+
     def _activate(self, path: list[str]) -> None:
         self._clock += 1
         self._path = path
