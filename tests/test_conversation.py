@@ -284,3 +284,17 @@ def test_deleting_the_last_reply_shows_its_sibling() -> None:
     t.edit("i1", "other")
     t.delete("i4")
     assert said(t) == ["u1", "a1"]
+
+
+def test_drop_turns_keeps_what_follows_and_its_branches() -> None:
+    """Dropping the first turns removes them and the branches off them; branches further on stay."""
+    t = tree()
+    chat(t, "1", "2", "3")
+    t.attach("i1", Content.reply("b1"))  # a branch off the first turn
+    t.attach("i3", Content.reply("b2"))  # a branch off the second turn
+    t.switch("i4")
+    t.edit("i1", "other first")
+    t.switch("i4")
+    assert sorted(t.drop_turns(1)) == ["i1", "i2", "i7", "i9"]
+    assert said(t) == ["u2", "a2", "u3", "a3"] and [c.content.text for c in t.children("i3")] == ["a2", "b2"]
+    assert len(t.drop_turns(5)) == 5 and len(t) == 0

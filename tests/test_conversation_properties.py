@@ -18,7 +18,7 @@ from gateway.engine.types import ToolCall
 from gateway.errors import ErrorCode
 from tests.conversation_support import counting_ids, picture
 
-BOUNDS = Bounds(max_turns=6, max_bytes=700, max_siblings=3, trim_extra=1)
+BOUNDS = Bounds(max_turns=6, max_bytes=700, max_siblings=2, trim_extra=1)
 PICTURES = [picture(name, 150) for name in "pqr"]
 TEXTS = st.text(max_size=60)
 PLACES = st.integers(min_value=0, max_value=1_000)
@@ -110,6 +110,10 @@ class Operations(RuleBasedStateMachine):
     @rule(n=PLACES)
     def switch(self, n: int) -> None:
         self.attempt(lambda: self.tree.switch(self.pick(n)))
+
+    @rule(count=st.integers(min_value=0, max_value=3))
+    def drop_turns(self, count: int) -> None:
+        self.attempt(lambda: self.tree.drop_turns(count))
 
     @rule(n=PLACES)
     def fork(self, n: int) -> None:

@@ -133,6 +133,16 @@ class Conversation(ItemTree):
             self.bounds, [(i, self._touched[i.id]) for i in path], [i.id for i in path], self._clock, self._new_id
         )
 
+    def drop_turns(self, count: int) -> list[str]:
+        """The active path's first `count` turns go, with every branch that does not run through what stays
+        (as gateway/session.py's `drop_oldest`, for a prompt to fit the context window); the ids removed."""
+        starts = turn_starts([item.role for item in self.path])
+        if count >= len(starts):
+            removed = [item.id for item, _ in self.walk()]
+            self.clear()
+            return removed
+        return self._cut_before(starts[count]) if count > 0 else []
+
     def clear(self) -> None:
         for root in list(self._children[None]):
             self._remove(root)

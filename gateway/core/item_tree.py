@@ -157,13 +157,22 @@ class ItemTree:
                 continue
             starts = turn_starts([self._items[i].role for i in self._path])
             assert len(starts) > 1, "the newest turn fits on its own"
-            drop = starts[min(len(starts) - 1, 1 if trimmed else 1 + self.bounds.trim_extra)]
-            for i in self._path[:drop]:
-                self._forget(i)
-            self._path = self._path[drop:]
-            self._children[None] = [self._path[0]]
-            self._items[self._path[0]] = replace(self._items[self._path[0]], parent=None)
+            self._cut_before(starts[min(len(starts) - 1, 1 if trimmed else 1 + self.bounds.trim_extra)])
             trimmed = True
+
+    def _cut_before(self, start: int) -> list[str]:
+        """Keep only the active path's item at `start`, now a root, and what is below it; the ids removed."""
+        head, first = self._path[:start], self._path[start]
+        removed = [r for root in list(self._children[None]) if root != self._path[0] for r in self._remove(root)]
+        for i in head:
+            for child in [c for c in self._children[i] if c not in self._path]:
+                removed += self._remove(child)
+        for i in head:
+            self._forget(i)
+        self._children[None] = [first]
+        self._items[first] = replace(self._items[first], parent=None)
+        self._path = self._path[start:]
+        return [*head, *removed]
 
     def _is_turn(self, item: Item) -> bool:
         if item.role is Role.ASSISTANT:
