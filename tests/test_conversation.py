@@ -298,3 +298,14 @@ def test_drop_turns_keeps_what_follows_and_its_branches() -> None:
     assert sorted(t.drop_turns(1)) == ["i1", "i2", "i7", "i9"]
     assert said(t) == ["u2", "a2", "u3", "a3"] and [c.content.text for c in t.children("i3")] == ["a2", "b2"]
     assert len(t.drop_turns(5)) == 5 and len(t) == 0
+
+
+def test_ids_named_before_the_items_join_are_theirs() -> None:
+    """A turn's ids, drawn with fresh_id when it is accepted, are the ids its items get when it ends."""
+    t = tree()
+    chat(t, "1")
+    user_id, reply_id = t.fresh_id(), t.fresh_id()
+    t.append(Content.user("u2"), user_id)
+    assert t.append(Content.reply("a2"), reply_id).id == reply_id and t.get(user_id).content.text == "u2"
+    with pytest.raises(ValueError):
+        t.append(Content.user("u3"), user_id)

@@ -16,17 +16,18 @@ class Conversation(ItemTree):
     preconditions and raises `ConversationError` (`not_found`, `invalid_field`, `too_large`) before it
     changes anything; refusing a change while a turn runs (`busy`) is the caller's."""
 
-    def append(self, content: Content) -> Item:
+    def append(self, content: Content, item_id: str | None = None) -> Item:
         """A new item at the end of the active path: a turn's message, its reply, a call, a result."""
-        return self.attach(self._path[-1] if self._path else None, content)
+        return self.attach(self._path[-1] if self._path else None, content, item_id)
 
-    def attach(self, parent: str | None, content: Content) -> Item:
-        """A new child of `parent` (None: a new root), made the active path's end. What was active below
-        `parent` stays as an inactive branch: so a regenerated reply and an edited message become siblings."""
+    def attach(self, parent: str | None, content: Content, item_id: str | None = None) -> Item:
+        """A new child of `parent` (None: a new root), made the active path's end, with id `item_id` (one
+        from `fresh_id`) or a new one. What was active below `parent` stays as an inactive branch: so a
+        regenerated reply and an edited message become siblings."""
         self._check_place(parent, content)
         base = [item.id for item in self.path_to(parent)]
         self._refuse_oversized([*(self._items[i].content for i in base), content])
-        item = self._add(parent, content)
+        item = self._add(parent, content, item_id=item_id)
         self._activate([*base, item.id])
         self._cap_siblings(parent)
         self._fit()

@@ -211,10 +211,18 @@ class ItemTree:
         for item_id in path:
             self._touched[item_id] = self._clock
 
-    def _add(self, parent: str | None, content: Content, slot: int | None = None) -> Item:
+    def fresh_id(self) -> str:
+        """An id no item has: a caller may name items before they join (a turn's, in `accepted`)."""
         item_id = self._new_id()
         while item_id in self._items:
             item_id = self._new_id()
+        return item_id
+
+    def _add(self, parent: str | None, content: Content, slot: int | None = None, item_id: str | None = None) -> Item:
+        if item_id is None:
+            item_id = self.fresh_id()
+        elif item_id in self._items:
+            raise ValueError(f"item id {item_id!r} is taken")  # a caller's bug: ids it reserves are fresh
         self._clock += 1
         item = Item(item_id, parent, replace(content, images=self._hold(content.images)), self._clock)
         self._items[item_id], self._children[item_id], self._touched[item_id] = item, [], self._clock
