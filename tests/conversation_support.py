@@ -10,7 +10,7 @@ from gateway.core.item_tree import Bounds, IdSource
 from gateway.core.items import Content
 from gateway.engine.types import ChatImage
 
-ROOMY = Bounds(max_turns=100, max_bytes=1_000_000, max_siblings=8)
+ROOMY = Bounds(max_turns=100, max_image_bytes=1_000_000, max_siblings=8)
 
 
 def counting_ids() -> IdSource:

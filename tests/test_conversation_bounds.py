@@ -14,14 +14,14 @@ from tests.conversation_support import chat, picture, said, tree
 def test_bounds_out_of_range_are_refused() -> None:
     """No turn or no sibling allowed is a configuration error."""
     with pytest.raises(ValueError):
-        Bounds(max_turns=0, max_bytes=10, max_siblings=1)
+        Bounds(max_turns=0, max_image_bytes=10, max_siblings=1)
     with pytest.raises(ValueError):
-        Bounds(max_turns=1, max_bytes=10, max_siblings=0)
+        Bounds(max_turns=1, max_image_bytes=10, max_siblings=0)
 
 
 def test_past_max_siblings_the_least_recently_active_sibling_goes() -> None:
     """A third reply to one message removes the sibling seen longest ago, not the oldest made."""
-    t = tree(Bounds(max_turns=100, max_bytes=10_000, max_siblings=2))
+    t = tree(Bounds(max_turns=100, max_image_bytes=10_000, max_siblings=2))
     chat(t, "1")  # i1, i2
     t.attach("i1", Content.reply("b"))  # i3
     t.switch("i2")  # a1 seen again: b is now the one seen longest ago
@@ -31,7 +31,7 @@ def test_past_max_siblings_the_least_recently_active_sibling_goes() -> None:
 
 def test_siblings_go_with_everything_below_them() -> None:
     """A sibling removed for the cap takes its branch with it."""
-    t = tree(Bounds(max_turns=100, max_bytes=10_000, max_siblings=1))
+    t = tree(Bounds(max_turns=100, max_image_bytes=10_000, max_siblings=1))
     chat(t, "1", "2")
     t.edit("i1", "again")
     assert len(t) == 1 and said(t) == ["again"]
@@ -39,7 +39,7 @@ def test_siblings_go_with_everything_below_them() -> None:
 
 def test_one_sibling_means_regenerate_replaces() -> None:
     """With max_siblings 1 a regenerated reply takes the old one's place."""
-    t = tree(Bounds(max_turns=100, max_bytes=10_000, max_siblings=1))
+    t = tree(Bounds(max_turns=100, max_image_bytes=10_000, max_siblings=1))
     chat(t, "1")
     t.attach(t.regenerate().id, Content.reply("new"))
     assert said(t) == ["u1", "new"] and len(t) == 2
@@ -47,7 +47,7 @@ def test_one_sibling_means_regenerate_replaces() -> None:
 
 def test_inactive_branches_go_before_active_turns() -> None:
     """Over max_turns, the inactive branch goes and the active path keeps every turn."""
-    t = tree(Bounds(max_turns=3, max_bytes=10_000, max_siblings=8))
+    t = tree(Bounds(max_turns=3, max_image_bytes=10_000, max_siblings=8))
     chat(t, "1", "2")
     t.attach("i3", Content.reply("b2"))  # a third reply: a2 is inactive
     assert t.turns == 3
@@ -57,7 +57,7 @@ def test_inactive_branches_go_before_active_turns() -> None:
 
 def test_the_least_recently_active_branch_goes_first() -> None:
     """Of two inactive branches, the one seen longest ago goes."""
-    t = tree(Bounds(max_turns=3, max_bytes=10_000, max_siblings=8))
+    t = tree(Bounds(max_turns=3, max_image_bytes=10_000, max_siblings=8))
     chat(t, "1")  # i1, i2
     t.attach("i1", Content.reply("b"))  # i3
     t.attach("i1", Content.reply("c"))  # i4
@@ -69,14 +69,14 @@ def test_the_least_recently_active_branch_goes_first() -> None:
 
 def test_with_no_inactive_branch_the_oldest_turn_goes() -> None:
     """Over max_turns on one branch, the active path loses its first turn, whole."""
-    t = tree(Bounds(max_turns=2, max_bytes=10_000, max_siblings=8))
+    t = tree(Bounds(max_turns=2, max_image_bytes=10_000, max_siblings=8))
     chat(t, "1", "2", "3")
     assert said(t) == ["u2", "a2", "u3", "a3"] and t.path[0].parent is None
 
 
 def test_trim_extra_frees_room_for_the_next_turns() -> None:
     """Once the active path must be trimmed, trim_extra more turns go with the first."""
-    t = tree(Bounds(max_turns=3, max_bytes=10_000, max_siblings=8, trim_extra=1))
+    t = tree(Bounds(max_turns=3, max_image_bytes=10_000, max_siblings=8, trim_extra=1))
     chat(t, "1", "2", "3", "4")
     assert said(t) == ["u3", "a3", "u4", "a4"]
     chat(t, "5")
@@ -85,7 +85,7 @@ def test_trim_extra_frees_room_for_the_next_turns() -> None:
 
 def test_a_turn_with_tool_results_goes_whole() -> None:
     """Trimming never leaves a reply's calls or results without their reply."""
-    t = tree(Bounds(max_turns=2, max_bytes=10_000, max_siblings=8))
+    t = tree(Bounds(max_turns=2, max_image_bytes=10_000, max_siblings=8))
     t.append(Content.user("u"))
     t.append(Content.reply("a"))
     t.append(Content.tool_call(ToolCall("c1", "f", "{}")))
@@ -106,9 +106,9 @@ def test_a_picture_shown_twice_counts_once() -> None:
     assert t.path[-1].content.images[0] is t.path[0].content.images[0]
 
 
-def test_over_max_bytes_the_oldest_go() -> None:
-    """Branches and then the oldest turns go until text and pictures fit max_bytes."""
-    t = tree(Bounds(max_turns=100, max_bytes=1_000, max_siblings=8))
+def test_over_max_image_bytes_the_oldest_go() -> None:
+    """The oldest turns go until the pictures fit max_image_bytes."""
+    t = tree(Bounds(max_turns=100, max_image_bytes=1_000, max_siblings=8))
     t.append(Content.user("one", (picture("p", 600),)))
     t.append(Content.reply("a"))
     t.append(Content.user("two", (picture("q", 600),)))
@@ -124,10 +124,14 @@ def test_a_picture_goes_when_no_item_shows_it() -> None:
     assert t.image_bytes == 0 and t.bytes == 2
 
 
-def test_a_turn_larger_than_max_bytes_alone_is_too_large() -> None:
-    """An item, or a turn it would make, above max_bytes is refused with too_large and changes nothing."""
-    t = tree(Bounds(max_turns=100, max_bytes=100, max_siblings=8))
-    t.append(Content.user("x" * 60))
-    with pytest.raises(ConversationError) as raised:
-        t.append(Content.reply("y" * 60))
-    assert raised.value.code is ErrorCode.TOO_LARGE and said(t) == ["x" * 60]
+def test_a_turn_whose_pictures_pass_max_image_bytes_is_too_large() -> None:
+    """A message, or an edit of one, whose pictures alone pass the bound is refused and changes nothing."""
+    t = tree(Bounds(max_turns=100, max_image_bytes=100, max_siblings=8))
+    t.append(Content.user("small", (picture("p", 60),)))
+    for change in (
+        lambda: t.append(Content.user("big", (picture("q", 101),))),
+        lambda: t.edit("i1", images=(picture("r", 101),)),
+    ):
+        with pytest.raises(ConversationError) as raised:
+            change()
+        assert raised.value.code is ErrorCode.TOO_LARGE and said(t) == ["small"]

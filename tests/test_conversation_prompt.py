@@ -50,7 +50,7 @@ def test_trimming_keeps_what_the_session_keeps() -> None:
     """With max_turns and trim_extra from the session's settings, the tree holds the session's exchanges."""
     cap, share = 5, 0.4
     s = Session(max_history_turns=cap)
-    t = tree(Bounds(max_turns=cap, max_bytes=1_000_000, max_siblings=4, trim_extra=flat._headroom(cap, share, cap - 1)))
+    t = tree(Bounds(max_turns=cap, max_image_bytes=1_000_000, max_siblings=4, trim_extra=flat._headroom(cap, share, cap - 1)))
     for n in range(1, 13):
         s.record(UserTurn(id=str(n), text=f"u{n}"), f"a{n}", False, s.epoch, headroom=share)
         t.append(Content.user(f"u{n}", turn_id=str(n)))

@@ -18,8 +18,8 @@ from gateway.engine.types import ToolCall
 from gateway.errors import ErrorCode
 from tests.conversation_support import counting_ids, picture
 
-BOUNDS = Bounds(max_turns=6, max_bytes=700, max_siblings=2, trim_extra=1)
-PICTURES = [picture(name, 150) for name in "pqr"]
+BOUNDS = Bounds(max_turns=6, max_image_bytes=320, max_siblings=2, trim_extra=1)
+PICTURES = [picture("p", 100), picture("q", 150), picture("r", 200)]  # q and r together are too large
 TEXTS = st.text(max_size=60)
 PLACES = st.integers(min_value=0, max_value=1_000)
 
@@ -35,7 +35,8 @@ def check_invariant(tree: Conversation) -> None:
         assert len(tree.children(parent)) <= BOUNDS.max_siblings
         assert all(child.parent == parent for child in tree.children(parent))
     pictures = {image.sha256: len(image.data) for item in items for image in item.content.images}
-    assert tree.bytes == sum(item.content.text_bytes for item in items) + sum(pictures.values()) <= BOUNDS.max_bytes
+    assert tree.image_bytes == sum(pictures.values()) <= BOUNDS.max_image_bytes
+    assert tree.bytes == sum(item.content.text_bytes for item in items) + tree.image_bytes
     answered = {c.parent for c in items if c.role is Role.ASSISTANT}
     turns = sum(1 for i in items if i.role is Role.ASSISTANT or (i.role in OPENERS and i.id not in answered))
     assert tree.turns == turns <= BOUNDS.max_turns

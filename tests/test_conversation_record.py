@@ -64,7 +64,7 @@ def test_a_record_under_smaller_bounds_is_trimmed() -> None:
     chat(t, "1", "2", "3")
     t.attach("i1", Content.reply("b"))
     t.switch("i2")
-    again = load(dump(t), Bounds(max_turns=3, max_bytes=10_000, max_siblings=8))
+    again = load(dump(t), Bounds(max_turns=3, max_image_bytes=10_000, max_siblings=8))
     assert again.turns == 3 and [c.content.text for c in again.children("i1")] == ["a1"]
 
 

@@ -179,8 +179,9 @@ class Conversation(ItemTree):
         for start, end in zip(starts, [*starts[1:], len(path)]):
             turn = path[start:end]
             pictures = {i.sha256: len(i.data) for c in turn for i in c.images}
-            if sum(c.text_bytes for c in turn) + sum(pictures.values()) > self.bounds.max_bytes:
-                raise ConversationError(ErrorCode.TOO_LARGE, f"a turn holds at most {self.bounds.max_bytes} bytes")
+            if sum(pictures.values()) > self.bounds.max_image_bytes:
+                limit = self.bounds.max_image_bytes
+                raise ConversationError(ErrorCode.TOO_LARGE, f"an exchange's images are at most {limit} bytes")
 
     def _last_reply(self) -> Item:
         replies = [i for i in self.path if i.role is Role.ASSISTANT]

@@ -20,14 +20,14 @@ def random_id() -> str:
 @dataclass(frozen=True)
 class Bounds:
     max_turns: int  # replies, and messages no reply answers, on every branch
-    max_bytes: int  # text and pictures (each picture once) on every branch
+    max_image_bytes: int  # pictures on every branch, each once (text is bounded by turns, as today)
     max_siblings: int  # items with the same parent
     # Turns trimmed beyond the need once the active path must be: each trim changes the prompt's opening,
     # so KV held from earlier turns no longer applies; one at a time would cost every turn its held KV.
     trim_extra: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_turns < 1 or self.max_siblings < 1 or self.max_bytes < 0 or self.trim_extra < 0:
+        if self.max_turns < 1 or self.max_siblings < 1 or self.max_image_bytes < 0 or self.trim_extra < 0:
             raise ValueError(f"bounds out of range: {self}")
 
 
@@ -37,12 +37,12 @@ class ItemTree:
     Invariant, after every operation: every item's parent is in the tree and lists it once among its
     children; the active path runs from a root, each item the parent of the next, to an item with no
     children (it is empty only when the tree is); no parent has more than `max_siblings` children; the
-    tree holds at most `max_turns` turns and `max_bytes` bytes, every branch counted (a turn is a reply, or
+    tree holds at most `max_turns` turns and `max_image_bytes` of pictures, every branch counted (a turn is a reply, or
     a message or note no reply answers; a picture counts once, however many items show it). Over a bound,
     the least recently active inactive branch goes first (a branch: an item off the active path whose
     parent is on it, with everything below it); with none left, the active path's oldest turns go, whole.
     The newest turn always stays: a change that would make a turn of the active path too large for
-    `max_bytes` on its own is refused."""
+    `max_image_bytes` on its own is refused."""
 
     def __init__(self, bounds: Bounds, new_id: IdSource = random_id) -> None:
         self.bounds = bounds
@@ -150,7 +150,7 @@ class ItemTree:
 
     def _fit(self) -> None:
         trimmed = False
-        while self.turns > self.bounds.max_turns or self.bytes > self.bounds.max_bytes:
+        while self.turns > self.bounds.max_turns or self._image_bytes > self.bounds.max_image_bytes:
             branches = [c for p, a in zip([None, *self._path], [*self._path, None]) for c in self._children[p] if c != a]
             if branches:
                 self._remove(min(branches, key=self._touched.__getitem__))
