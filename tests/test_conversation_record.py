@@ -68,6 +68,15 @@ def test_a_record_under_smaller_bounds_is_trimmed() -> None:
     assert again.turns == 3 and [c.content.text for c in again.children("i1")] == ["a1"]
 
 
+def test_a_record_whose_last_turn_no_longer_fits_loads_empty() -> None:
+    """A newest exchange whose pictures pass a lowered image bound cannot be kept whole: nothing is."""
+    t = tree()
+    chat(t, "1")
+    t.append(Content.user("look", (picture("p", 500),)))
+    again = load(dump(t), Bounds(max_turns=100, max_image_bytes=400, max_siblings=8))
+    assert len(again) == 0 and again.path == [] and again.image_bytes == 0
+
+
 @pytest.mark.parametrize(
     "corrupt",
     [

@@ -144,11 +144,6 @@ class Conversation(ItemTree):
             return removed
         return self._cut_before(starts[count]) if count > 0 else []
 
-    def clear(self) -> None:
-        for root in list(self._children[None]):
-            self._remove(root)
-        self._path = []
-
     @classmethod
     def rebuild(
         cls, bounds: Bounds, items: Iterable[tuple[Item, int]], path: list[str], clock: int, new_id: IdSource = random_id

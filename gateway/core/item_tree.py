@@ -37,12 +37,13 @@ class ItemTree:
     Invariant, after every operation: every item's parent is in the tree and lists it once among its
     children; the active path runs from a root, each item the parent of the next, to an item with no
     children (it is empty only when the tree is); no parent has more than `max_siblings` children; the
-    tree holds at most `max_turns` turns and `max_image_bytes` of pictures, every branch counted (a turn is a reply, or
-    a message or note no reply answers; a picture counts once, however many items show it). Over a bound,
-    the least recently active inactive branch goes first (a branch: an item off the active path whose
-    parent is on it, with everything below it); with none left, the active path's oldest turns go, whole.
-    The newest turn always stays: a change that would make a turn of the active path too large for
-    `max_image_bytes` on its own is refused."""
+    tree holds at most `max_turns` turns and `max_image_bytes` of pictures, every branch counted (a turn
+    is a reply, or a message or note no reply answers; a picture counts once, however many items show
+    it). Over a bound, the least recently active inactive branch goes first (a branch: an item off the
+    active path whose parent is on it, with everything below it); with none left, the active path's
+    oldest turns go, whole. The newest turn always stays: a change that would make a turn of the active
+    path too large for `max_image_bytes` on its own is refused (only a record loaded under smaller bounds
+    can hold one, and then nothing is kept)."""
 
     def __init__(self, bounds: Bounds, new_id: IdSource = random_id) -> None:
         self.bounds = bounds
@@ -123,6 +124,11 @@ class ItemTree:
             yield self._items[item_id], self._touched[item_id]
             stack += self._children[item_id][::-1]
 
+    def clear(self) -> None:
+        for root in list(self._children[None]):
+            self._remove(root)
+        self._path = []
+
     # ---- keeping the invariant ---------------------------------------------------------------------
 
     def _load(self, items: Iterable[tuple[Item, int]], path: list[str], clock: int) -> None:
@@ -156,7 +162,9 @@ class ItemTree:
                 self._remove(min(branches, key=self._touched.__getitem__))
                 continue
             starts = turn_starts([self._items[i].role for i in self._path])
-            assert len(starts) > 1, "the newest turn fits on its own"
+            if len(starts) == 1:  # only a record loaded under smaller bounds: operations refuse such a turn
+                self.clear()
+                return
             self._cut_before(starts[min(len(starts) - 1, 1 if trimmed else 1 + self.bounds.trim_extra)])
             trimmed = True
 
