@@ -25,8 +25,10 @@ class Conversation(ItemTree):
         from `fresh_id`) or a new one. What was active below `parent` stays as an inactive branch: so a
         regenerated reply and an edited message become siblings."""
         self._check_place(parent, content)
-        base = [item.id for item in self.path_to(parent)]
-        self._refuse_oversized([*(self._items[i].content for i in base), content])
+        leaf = self._path[-1] if self._path else None
+        base = list(self._path) if parent == leaf else [item.id for item in self.path_to(parent)]
+        if content.images:
+            self._refuse_oversized([*(self._items[i].content for i in base), content])
         item = self._add(parent, content, item_id=item_id)
         self._activate([*base, item.id])
         self._cap_siblings(parent)
@@ -81,8 +83,9 @@ class Conversation(ItemTree):
         if follower is not None and self._items[follower].role in TOOLS:
             raise invalid(f"item {after!r} is followed by its reply's tool calls: insert after them")
         self._check_place(after, content)
-        contents = [self._items[i].content for i in self._path]
-        self._refuse_oversized([*contents[: at + 1], content, *contents[at + 1 :]])
+        if content.images:
+            contents = [self._items[i].content for i in self._path]
+            self._refuse_oversized([*contents[: at + 1], content, *contents[at + 1 :]])
         siblings = self._children[after]
         item = self._add(after, content, slot=siblings.index(follower) if follower is not None else None)
         if follower is not None:
@@ -170,6 +173,8 @@ class Conversation(ItemTree):
             raise invalid(f"answer tool calls {', '.join(pending)} with tool_result first")
 
     def _refuse_oversized(self, path: list[Content]) -> None:
+        """Refuse a path with a turn whose pictures alone pass the bound. Only a new item with pictures can
+        make one (so only such an item is checked): every turn the tree holds fits already."""
         starts = turn_starts([c.role for c in path])
         for start, end in zip(starts, [*starts[1:], len(path)]):
             turn = path[start:end]

@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
-from gateway.core.items import TOOLS, Content, Item, Placed, Role, not_found, turn_starts
+from gateway.core.items import OPENERS, TOOLS, Content, Item, Placed, Role, not_found, turn_starts
 from gateway.engine.types import ChatImage
 
 IdSource = Callable[[], str]
@@ -89,7 +89,13 @@ class ItemTree:
 
     @property
     def turns(self) -> int:
-        return sum(1 for item in self._items.values() if self._is_turn(item))
+        """Replies, and messages and notes that no reply answers, on every branch."""
+        answered = {item.parent for item in self._items.values() if item.content.role is Role.ASSISTANT}
+        return sum(
+            1
+            for i in self._items.values()
+            if i.content.role is Role.ASSISTANT or (i.content.role in OPENERS and i.id not in answered)
+        )
 
     def touched(self, item_id: str) -> int:
         return self._touched[item_id]
@@ -181,13 +187,6 @@ class ItemTree:
         self._items[first] = replace(self._items[first], parent=None)
         self._path = self._path[start:]
         return [*head, *removed]
-
-    def _is_turn(self, item: Item) -> bool:
-        if item.role is Role.ASSISTANT:
-            return True
-        return item.role in (Role.USER, Role.NOTE) and all(
-            self._items[c].role is not Role.ASSISTANT for c in self._children[item.id]
-        )
 
     def _is_chain(self, path: list[str]) -> bool:
         if not path:
