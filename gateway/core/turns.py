@@ -6,21 +6,21 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 from gateway.config import Settings
 from gateway.core.attachments import Attachments
 from gateway.core.events import Accepted, Ended, Listener
-from gateway.core.grammar_pool import CompileQuota, GrammarPool
+from gateway.core.grammar_pool import CompileQuota, pool_for
 from gateway.core.image_ledger import ImageLedger
 from gateway.core.limits import TurnLimits
 from gateway.core.relay import EventSink, Observed
 from gateway.core.request import ConversationRequest, SamplingOptions, TurnRequest
 from gateway.core.sampling import resolve_params, server_defaults
-from gateway.core.session import PromptPlan, Session, UserTurn
+from gateway.core.session import Session, UserTurn
 from gateway.core.tool_plan import ToolPlan, plan_tools
+from gateway.core.turn_types import Drain, SessionKeeper, StartedTurn
 from gateway.engine.contract import (
     ChatImage,
     ChatMessage,
@@ -37,36 +37,6 @@ from gateway.metrics import Metrics
 from gateway.tools.registry import detect
 
 log = logging.getLogger("gateway.core.turns")
-
-
-@dataclass
-class StartedTurn:
-    """A session's turn on the engine: what to record when it ends, and the grip to cancel it."""
-
-    turn: UserTurn
-    plan: PromptPlan
-    handle: TurnHandle
-    epoch: int
-    model: str | None  # the adapter it runs on; None is the base model
-
-
-class SessionKeeper(Protocol):
-    """Whoever holds a session in memory (the WebSocket front end's hub), told of its turn's end."""
-
-    def turn_ended(self, started: StartedTurn) -> bool:
-        """The engine has finished the turn; whether the session is still in memory (its images still count)."""
-        ...
-
-    def persist(self, started: StartedTurn) -> Awaitable[None]:
-        """Make the recorded exchange durable (a store write, in order behind the session's others)."""
-        ...
-
-
-class Drain:
-    """The server's one drain flag: once on, both front ends refuse new turns (and the WebSocket new connections)."""
-
-    def __init__(self) -> None:
-        self.on = False
 
 
 class TurnService(TurnLimits):
@@ -95,7 +65,7 @@ class TurnService(TurnLimits):
         # Given a session and the image bytes it needs, unloads detached sessions holding images until it has them.
         self.free_images: Callable[[str, int], int] | None = None
         self.tool_syntax = detect(engine.chat_template)  # how this model writes tool calls
-        self.grammars = _grammar_pool(engine, settings)
+        self.grammars = pool_for(engine, settings)
         self._tasks: set[asyncio.Task[None]] = set()  # turns' ends waiting for their store writes
 
     def close(self) -> None:
@@ -309,17 +279,6 @@ class TurnService(TurnLimits):
         load = self.engine.load()
         rounds = math.ceil((load.waiting + 1) / max(1, load.capacity))
         return int(min(60_000, max(100, rounds * self._turn_ms)))
-
-
-def _grammar_pool(engine: Engine, settings: Settings) -> GrammarPool:
-    """With a local engine, its own compile is the check, so each grammar compiles once for both."""
-    from gateway.engine.constrain import GrammarVocabulary  # torch: only where a local engine already loaded it
-
-    vocabulary = getattr(engine, "grammars", None)
-    if not isinstance(vocabulary, GrammarVocabulary):
-        return GrammarPool(settings)
-    vocabulary.capacity = settings.grammar_matchers_kept
-    return GrammarPool(settings, vocabulary.check, vocabulary.holds)
 
 
 @contextlib.contextmanager

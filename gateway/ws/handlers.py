@@ -12,7 +12,8 @@ from gateway.core.grammar_pool import CompileQuota
 from gateway.core.ratelimit import TokenBucket
 from gateway.core.request import TurnRequest
 from gateway.core.session import Session
-from gateway.core.turns import StartedTurn, TurnService
+from gateway.core.turn_types import StartedTurn
+from gateway.core.turns import TurnService
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.ws import protocol as p
 from gateway.ws.hub import SessionHub

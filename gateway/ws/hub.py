@@ -15,7 +15,8 @@ from gateway.core.ratelimit import BucketsByAddress
 from gateway.core.session import Session
 from gateway.core.store.base import SessionMeta, SessionRecord, SessionStore
 from gateway.core.store.guard import StoreGuard, StoreUnavailable
-from gateway.core.turns import StartedTurn, TurnService
+from gateway.core.turn_types import StartedTurn
+from gateway.core.turns import TurnService
 from gateway.edge.quota import SessionQuota
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.ws import protocol as p

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from gateway.core.session import Session
 from gateway.core.store.base import SessionMeta, SessionRecord
-from gateway.core.turns import StartedTurn
+from gateway.core.turn_types import StartedTurn
 from gateway.engine.contract import TurnHandle
 from gateway.ws.journal import Journal
 from gateway.ws.states import LIVE_MOVES, LiveState, moved

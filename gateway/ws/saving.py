@@ -11,7 +11,7 @@ from gateway.config import Settings
 from gateway.core.session import UserTurn
 from gateway.core.store.base import SessionStore
 from gateway.core.store.guard import StoreGuard, StoreUnavailable
-from gateway.core.turns import StartedTurn
+from gateway.core.turn_types import StartedTurn
 from gateway.ws.live_session import LiveSession
 
 log = logging.getLogger("gateway.sessions")
