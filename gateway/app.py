@@ -21,7 +21,7 @@ from gateway.config import Settings
 from gateway.engine.types import Engine
 from gateway.hosts import HostGuard, host_policy
 from gateway.hub import SessionHub
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, ServiceGauges
 from gateway.status import status_endpoint
 from gateway.store.open import open_store
 from gateway.turns import TurnService
@@ -101,7 +101,19 @@ def _serve_engine(app: Starlette, engine: Engine) -> None:
     app.state.hub = SessionHub(app.state.settings, app.state.turns, open_store(app.state.settings))
     app.state.hub.start()
     app.state.metrics.watch_engine(engine.load)
+    app.state.metrics.watch_service(_gauges(app.state.turns, app.state.hub))
     app.state.engine = engine
+
+
+def _gauges(turns: TurnService, hub: SessionHub) -> ServiceGauges:
+    return ServiceGauges(
+        in_flight=lambda: turns.in_flight,
+        image_bytes=lambda: turns.images.total,
+        image_bytes_limit=turns.images.max_bytes,
+        sessions=lambda: len(hub.live),
+        sessions_detached=lambda: len(hub.detached),
+        store_healthy=lambda: hub.guard.healthy,
+    )
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -41,7 +41,7 @@ class SessionHub:
         self.settings = settings
         self.turns = turns
         self.store = store
-        self.guard = StoreGuard(store.persistent, settings.store_timeout_s)
+        self.guard = StoreGuard(store.persistent, settings.store_timeout_s, turns.metrics.store_failures.inc)
         self.live: dict[str, LiveSession] = {}
         rate = float(settings.history_image_bytes_per_second)  # image bytes `history` sends, per address
         self.history_budgets = BucketsByAddress(rate, max(rate, float(settings.max_session_image_bytes)))
