@@ -24,6 +24,7 @@ class Settings:
     dtype: str | None = None  # "float32", "float16", "bfloat16"; default by device
     trust_remote_code: bool = False
     log_level: str = "info"
+    log_format: str = "text"  # "text", or "json": one object a line with structured fields (gateway/logs.py)
 
     # Limits on what one client may send.
     max_frame_bytes: int = 16 * MiB

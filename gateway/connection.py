@@ -392,6 +392,7 @@ class Connection:
 
     def send_error(self, code: ErrorCode, message: str, frame_id: str | None, retry_after_ms: int | None = None) -> None:
         self.metrics.errors.labels(code.value).inc()
+        self.log.info("sent error %s", code.value, extra={"code": code.value})
         self.put(p.ErrorFrame(code=code.value, message=message, id=frame_id, retry_after_ms=retry_after_ms))
 
     async def _close(self, code: CloseCode, reason: str) -> None:

@@ -17,6 +17,7 @@ from gateway.engine.types import GenerationResult
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.journal import Journal
 from gateway.live_session import NOBODY, Attachment, LiveSession, token_hash
+from gateway.logs import turn_fields
 from gateway.quota import SessionQuota
 from gateway.ratelimit import BucketsByAddress
 from gateway.replies import done_frame
@@ -226,6 +227,7 @@ class SessionHub:
         live.ended = started  # from now on it holds no slot: it must not be stopped for anyone
         self.detached.turn_ended(live)
         self.turns.record(live.session, started, result, held=self.live.get(live.id) is live)
+        log.info("session %s: turn ended (%s)", live.id, result.finish_reason, extra=turn_fields(result))
         self.spawn(self._finish(live, started, result))
 
     async def _finish(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
