@@ -198,6 +198,12 @@ def _add_serve(commands: Any) -> None:
     add("--chat-template", dest="chat_template", help=_setting("chat_template", "a Jinja chat template file", "the model's"))
     add("--engine", choices=["real", "scripted"], help=_setting("engine", "scripted: no model, instant replies"))
     add(
+        "--otlp-traces-endpoint",
+        dest="otlp_traces_endpoint",
+        metavar="URL",
+        help=_setting("otlp_traces_endpoint", "send OpenTelemetry traces to this OTLP/HTTP URL (the otel extra)", "off"),
+    )
+    add(
         "--data-dir", dest="data_dir", help=_setting("data_dir", "the SQLite session store's directory", "~/.local/share/gateway")
     )
     add("--session-store", dest="session_store", help=_setting("session_store", "sqlite, memory, or a redis:// URL"))

@@ -142,6 +142,8 @@ class Settings:
     accept_error_log_interval_s: float = 10.0  # failed accept() calls (out of descriptors) logged at most this often
     allowed_hosts: str = ""  # comma-separated Host names; "" = localhost and the bound host; "*" = any; IPs always pass
     metrics_public: bool = False  # serve /metrics without the API key
+    # OpenTelemetry traces (the `otel` extra): an OTLP/HTTP collector's traces URL, e.g. http://collector:4318/v1/traces
+    otlp_traces_endpoint: str | None = None
 
     def trim_headroom_tokens(self, context_tokens: int) -> int:
         """The most tokens a turn that must drop exchanges frees beyond its own need, in a window this long."""

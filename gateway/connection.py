@@ -341,7 +341,12 @@ class Connection:
         if wait_s > 0:
             raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1, frame.id)
         request = TurnRequest(
-            id=frame.id, text=frame.text, images=frame.images, image_urls=frame.image_urls, options=frame.options
+            id=frame.id,
+            text=frame.text,
+            images=frame.images,
+            image_urls=frame.image_urls,
+            options=frame.options,
+            traceparent=self.websocket.headers.get("traceparent"),  # the handshake's: each turn a span in that trace
         )
         self._turned = True
         live = self.live

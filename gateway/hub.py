@@ -233,6 +233,7 @@ class SessionHub:
     async def _finish(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
         # `done` follows the save, but waits no longer than store_timeout_s: a hung store (or a long
         # write queue) must not hold a reply, and the write goes on in order behind the session's lock.
+        started.trace.phase("store_write")
         saved = self.spawn(self._save(live, "the exchange", history=True, pending=True))
         await asyncio.wait({saved}, timeout=self.settings.store_timeout_s)
         if result.finish_reason == "error":
@@ -242,6 +243,7 @@ class SessionHub:
                 live, p.ErrorFrame(code=code.value, message=message, id=started.turn.id, retry_after_ms=result.retry_after_ms)
             )
         self.emit(live, done_frame(started.turn.id, result))
+        started.trace.end()
         if live.active is started:
             live.active = None
 

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from gateway import openai_schema as schema
 from gateway.auth import bearer_accepted
 from gateway.config import Settings
+from gateway.core.tracing import TurnTrace
 from gateway.engine.types import ChatImage, ChatMessage, Engine, Grammar, SamplingParams
 from gateway.errors import HTTP_STATUS, ErrorCode, GatewayError, RetryLater
 from gateway.grammar_pool import CompileQuota
@@ -144,6 +145,13 @@ def _model_not_found(model_id: str, engine: Engine) -> ApiError:
 
 async def chat_completions(request: Request) -> Response:
     turns = _ready_turns(request)
+    trace = turns.tracer.turn(request.headers.get("traceparent"), "http")
+    with trace.opened():
+        return await _chat_completion(request, turns, trace)
+
+
+async def _chat_completion(request: Request, turns: TurnService, trace: TurnTrace) -> Response:
+    trace.phase("admission")
     settings: Settings = request.app.state.settings
     try:
         chat = schema.decode_chat_request(await _read_body(request, settings.max_frame_bytes))
@@ -157,10 +165,13 @@ async def chat_completions(request: Request) -> Response:
     _check_limits(chat, prompt, turns)
     quota = turns.grammars.quota(request.client.host if request.client else "unknown")
     tools = await _tool_plan(chat, turns, quota)
+    grammar = await _grammar(chat, turns, quota)
+    trace.phase("images")
     messages = await _chat_messages(prompt, turns)
-    params = await _sampling_params(chat, messages, turns, tools, await _grammar(chat, turns, quota))
+    trace.phase("planning")
+    params = await _sampling_params(chat, messages, turns, tools, grammar)
     events = TurnEvents()
-    handle = await turns.start_stateless(messages, params, adapter, events, tools)
+    handle = await turns.start_stateless(messages, params, adapter, events, tools, trace)
     stream = turn_events(events, handle, request.receive)
     reply = Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
     if chat.stream:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from gateway import protocol as p
 from gateway.config import Settings
+from gateway.core.tracing import NO_TRACE, Tracer, TurnTrace
 from gateway.engine.types import (
     ChatImage,
     ChatMessage,
@@ -48,6 +49,7 @@ class TurnRequest:
     images: Sequence[bytes] = ()
     image_urls: Sequence[str] = ()
     options: p.SamplingOptions | None = None
+    traceparent: str | None = None  # the W3C trace context the client sent (on the WebSocket handshake)
 
 
 @dataclass
@@ -59,14 +61,18 @@ class StartedTurn:
     handle: TurnHandle
     epoch: int
     model: str | None  # the adapter it runs on; None is the base model
+    trace: TurnTrace = NO_TRACE  # ended by whoever sends the turn's `done` last (the hub, after the store write)
 
 
 @dataclass
 class _Observed:
-    """Wraps a front end's sink: the service sees every turn's end (metrics, in-flight count, timing)."""
+    """Wraps a front end's sink: the service sees every turn's end (metrics, in-flight count, timing, trace)."""
 
     sink: TurnSink
     service: TurnService
+    trace: TurnTrace = NO_TRACE
+    parses_tools: bool = False  # the sink is a tool-call parser: its work at `done` is a phase of the trace
+    ends_trace: bool = False  # a stateless turn's trace ends with `done`
 
     def on_queued(self, position: int) -> None:
         self.sink.on_queued(position)
@@ -76,7 +82,14 @@ class _Observed:
 
     def on_done(self, result: GenerationResult) -> None:
         self.service.turn_ended(result)
+        self.trace.engine_done(result)
+        if self.parses_tools:
+            self.trace.phase("tool_parsing")
         self.sink.on_done(result)
+        if self.ends_trace:
+            self.trace.end()
+        else:
+            self.trace.end_phase()
 
 
 class TurnService:
@@ -115,9 +128,11 @@ class TurnService:
         self.free_images: Callable[[str, int], int] | None = None
         self.tool_syntax = detect(engine.chat_template)  # how this model writes tool calls
         self.grammars = _grammar_pool(engine, settings)
+        self.tracer = Tracer.from_endpoint(settings.otlp_traces_endpoint)
 
     def close(self) -> None:
         self.grammars.close()
+        self.tracer.close()
         self._fetch_pool.shutdown(wait=False, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -203,10 +218,20 @@ class TurnService:
 
     async def start(self, session: Session, request: TurnRequest, sink: ToolCallSink, quota: CompileQuota) -> StartedTurn:
         """Check, load, plan and submit one turn of `session`; the caller records it with `record`."""
+        trace = self.tracer.turn(request.traceparent, "websocket")
+        with trace.opened():
+            return await self._start(session, request, sink, quota, trace)
+
+    async def _start(
+        self, session: Session, request: TurnRequest, sink: ToolCallSink, quota: CompileQuota, trace: TurnTrace
+    ) -> StartedTurn:
+        trace.phase("admission")
         self.check_open(request.id)
         self.check_turn(request)
         await self._compile_turn_grammars(session.defaults, request.options, quota)
+        trace.phase("images")
         images = await self.load_images(request.images, request.image_urls)
+        trace.phase("planning")
         turn = session.check_turn(UserTurn(id=request.id, text=request.text, images=images))
         room = self._image_room(session, turn)
         params, model = self.resolve(session.defaults, request.options)
@@ -221,11 +246,11 @@ class TurnService:
             window = self.engine.context_tokens
             plan = await session.plan(turn, params.max_tokens, window, count, room, self.settings.trim_headroom)
         self.check_open(request.id)  # planning awaited: the server may have begun draining meanwhile
-        started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model)
+        started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model, trace=trace)
         generation = GenerationRequest(
             plan.messages, params, started.handle, adapter=model, affinity=session.id, tools=tools.tools
         )
-        self._submit(generation, tools.sink(sink))
+        self._submit(generation, _Observed(tools.sink(sink), self, trace, tools.syntax is not None))
         session.drop_oldest(plan.dropped_turns)
         self.images.hold(session.id, session.image_bytes + turn.image_bytes)
         return started
@@ -297,6 +322,7 @@ class TurnService:
         model: str | None,
         sink: ToolCallSink,
         tools: ToolPlan = NO_TOOLS,
+        trace: TurnTrace = NO_TRACE,
     ) -> TurnHandle:
         self.check_open(None)
         images = [image for message in messages for image in message.images]
@@ -304,7 +330,7 @@ class TurnService:
             await self.engine.prepare(images)
         request = GenerationRequest(messages=messages, params=tools.params(params), adapter=model, tools=tools.tools)
         self.check_open(None)
-        self._submit(request, tools.sink(sink))
+        self._submit(request, _Observed(tools.sink(sink), self, trace, tools.syntax is not None, ends_trace=True))
         return request.handle
 
     async def count(self, messages: Sequence[ChatMessage], tools: ToolPlan = NO_TOOLS) -> int:
@@ -313,18 +339,20 @@ class TurnService:
 
     # ---- the engine --------------------------------------------------------------------------------
 
-    def _submit(self, request: GenerationRequest, sink: TurnSink) -> None:
+    def _submit(self, request: GenerationRequest, sink: _Observed) -> None:
+        request.traceparent = sink.trace.traceparent
         load = self.engine.load()
         waiting = load.active + load.waiting + 1 - load.capacity
         if waiting > 0 and self.make_room is not None:
             self.make_room(waiting)
         try:
-            self.engine.submit(request, _Observed(sink, self))
+            self.engine.submit(request, sink)
         except EngineFull:
             raise RetryLater(
                 ErrorCode.OVERLOADED, "the server is at capacity; try again shortly", self.retry_after_ms()
             ) from None
         self.in_flight += 1
+        sink.trace.submitted(request.adapter or self.engine.model_id)
 
     def turn_ended(self, result: GenerationResult) -> None:
         self.in_flight -= 1
