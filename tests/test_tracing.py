@@ -169,6 +169,16 @@ def test_an_http_turn_is_a_span_in_the_requests_trace(traced: RunningServer, rec
     no_text(receiver)
 
 
+def test_a_turn_with_tools_has_a_tool_parsing_phase(traced: RunningServer, receiver: OtlpReceiver) -> None:
+    """With tools offered, the reply is parsed for calls when it ends: a phase after decode."""
+    traceparent, trace_id, _ = caller_context()
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    body = {"model": "gateway-demo", "max_tokens": 3, "tools": [tool], "messages": [{"role": "user", "content": PROMPT}]}
+    assert post(traced.http_url, body, traceparent).status_code == 200
+    root, children = received(receiver, traced.app.state.turns.tracer, trace_id)
+    check_tree(root, children, ["admission", "images", "planning", "queue", "prefill", "decode", "tool_parsing"])
+
+
 def test_a_refused_request_ends_its_span_with_the_code(traced: RunningServer, receiver: OtlpReceiver) -> None:
     """A request refused before it reaches the engine is a span with an error status naming the code, never the message."""
     traceparent, trace_id, _ = caller_context()
