@@ -107,3 +107,18 @@ def test_the_dashboard_covers_what_an_operator_watches() -> None:
         "gateway_prompt_tokens_cached_total",
     }
     assert wanted <= used, sorted(wanted - used)
+
+
+def test_alert_rules_and_panels_are_well_formed() -> None:
+    """Each alert has a name, a duration, a severity and a summary; panels have unique ids and fit the 24-column grid;
+    every expression's brackets balance."""
+    rules = yaml.safe_load((DOCS / "prometheus-alerts.yml").read_text())["groups"][0]["rules"]
+    for rule in rules:
+        assert rule["alert"].startswith("Gateway") and re.fullmatch(r"\d+[smh]", rule["for"])
+        assert rule["labels"]["severity"] in {"warning", "critical"} and rule["annotations"]["summary"]
+    panels = json.loads((DOCS / "grafana-dashboard.json").read_text())["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    assert all(panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24 for panel in panels)
+    for expr in dashboard_expressions() + alert_expressions():
+        for opening, closing in ("()", "{}", "[]"):
+            assert expr.count(opening) == expr.count(closing), expr
