@@ -118,6 +118,7 @@ class TurnRequest:
     images: Sequence[bytes] = ()
     image_urls: Sequence[str] = ()  # fetched behind the SSRF guard, after `images`
     options: SamplingOptions | None = None
+    traceparent: str | None = None  # the W3C trace context the client sent (on the WebSocket handshake)
 
 
 @dataclass(frozen=True)

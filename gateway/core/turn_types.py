@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.core.session import PromptPlan, UserTurn
-from gateway.engine.contract import TurnHandle
+from gateway.core.tracing import NO_TRACE, TurnTrace
+from gateway.engine.contract import GenerationResult, TurnHandle
 
 
 @dataclass
@@ -19,12 +20,13 @@ class StartedTurn:
     handle: TurnHandle
     epoch: int
     model: str | None  # the adapter it runs on; None is the base model
+    trace: TurnTrace = NO_TRACE  # ended by the turn service once the turn's `Ended` is delivered
 
 
 class SessionKeeper(Protocol):
     """Whoever holds a session in memory (the WebSocket front end's hub), told of its turn's end."""
 
-    def turn_ended(self, started: StartedTurn) -> bool:
+    def turn_ended(self, started: StartedTurn, result: GenerationResult) -> bool:
         """The engine has finished the turn; whether the session is still in memory (its images still count)."""
         ...
 

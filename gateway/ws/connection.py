@@ -62,6 +62,7 @@ class Connection(FrameHandlers):
         self.history_bytes = hub.history_budgets.get(self.client)
         self._strikes = 0  # frames refused by the rate limit in a row
         self.compiles = self.turns.grammars.quota(websocket.client.host if websocket.client else "unknown")
+        self.traceparent = websocket.headers.get("traceparent")
         self._closing: ConnectionClosing | None = None
         self._reader: asyncio.Task[Any] | None = None
 
@@ -242,6 +243,7 @@ class Connection(FrameHandlers):
 
     def send_error(self, code: ErrorCode, message: str, frame_id: str | None, retry_after_ms: int | None = None) -> None:
         self.metrics.errors.labels(code.value).inc()
+        self.log.info("sent error %s", code.value, extra={"code": code.value})
         self.put(p.ErrorFrame(code=code.value, message=message, id=frame_id, retry_after_ms=retry_after_ms))
 
     async def _close(self, code: CloseCode, reason: str) -> None:

@@ -41,6 +41,7 @@ class FrameHandlers:
     turn_rate: TokenBucket
     history_bytes: TokenBucket
     compiles: CompileQuota
+    traceparent: str | None  # the W3C trace context of the handshake
 
     @property
     def session(self) -> Session:
@@ -121,7 +122,12 @@ class FrameHandlers:
         if wait_s > 0:
             raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1)
         request = TurnRequest(
-            id=frame.id, text=frame.text, images=frame.images, image_urls=frame.image_urls, options=frame.options
+            id=frame.id,
+            text=frame.text,
+            images=frame.images,
+            image_urls=frame.image_urls,
+            options=frame.options,
+            traceparent=self.traceparent,  # the handshake's: each turn a span in that trace
         )
         self.turned = True
         live = self.live

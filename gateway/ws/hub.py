@@ -18,7 +18,9 @@ from gateway.core.store.guard import StoreGuard, StoreUnavailable
 from gateway.core.turn_types import StartedTurn
 from gateway.core.turns import TurnService
 from gateway.edge.quota import SessionQuota
+from gateway.engine.contract import GenerationResult
 from gateway.errors import ErrorCode, GatewayError, RetryLater
+from gateway.logs import turn_fields
 from gateway.ws import protocol as p
 from gateway.ws.detached import DetachedSessions
 from gateway.ws.journal import Journal
@@ -41,7 +43,7 @@ class SessionHub(SessionSaving):
         self.settings = settings
         self.turns = turns
         self.store = store
-        self.guard = StoreGuard(store.persistent, settings.store_timeout_s)
+        self.guard = StoreGuard(store.persistent, settings.store_timeout_s, turns.metrics.store_failures.inc)
         self.live: dict[str, LiveSession] = {}
         rate = float(settings.history_image_bytes_per_second)  # image bytes `history` sends, per address
         self.history_budgets = BucketsByAddress(rate, max(rate, float(settings.max_session_image_bytes)))
@@ -239,7 +241,8 @@ class LiveKeeper:
         self._hub = hub
         self._live = live
 
-    def turn_ended(self, started: StartedTurn) -> bool:
+    def turn_ended(self, started: StartedTurn, result: GenerationResult) -> bool:
+        log.info("session %s: turn ended (%s)", self._live.id, result.finish_reason, extra=turn_fields(result))
         self._live.ended = started  # from now on it holds no slot: it must not be stopped for anyone
         self._hub.detached.turn_ended(self._live)
         return self._hub.live.get(self._live.id) is self._live
