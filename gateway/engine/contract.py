@@ -62,6 +62,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 disables top-k
+    min_p: float = 0.0  # tokens less likely than min_p times the likeliest are dropped; 0 disables
     max_tokens: int = 512
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()

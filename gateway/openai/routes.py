@@ -144,6 +144,7 @@ def sampling_options(chat: schema.ChatCompletionRequest) -> SamplingOptions:
         temperature=chat.temperature,
         top_p=chat.top_p,
         top_k=chat.top_k,
+        min_p=chat.min_p,
         max_tokens=chat.max_new_tokens,
         repetition_penalty=chat.repetition_penalty,
         stop=list(chat.stop_strings) or None,

@@ -14,6 +14,7 @@ from gateway.core.json_bounds import MAX_JSON_DEPTH, check_json_value
 from gateway.core.request import (
     FunctionName,
     MaxTokens,
+    MinP,
     RepetitionPenalty,
     ResponseFormat,
     Seed,
@@ -90,6 +91,7 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     top_k: TopK | None = None  # extension
+    min_p: MinP | None = None  # extension (vLLM's)
     repetition_penalty: RepetitionPenalty | None = None  # extension
     response_format: ResponseFormat | None = None
     tools: Annotated[list[ToolSpec], Meta(max_length=64)] | None = None
