@@ -198,8 +198,8 @@ def baselines(model_dir: str, batch: int, max_tokens: int, prompt_words: int, im
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from gateway.engine.loader import load_model
-    from gateway.engine.local import engine_threads
+    from gateway.engine.local.engine import engine_threads
+    from gateway.engine.local.loader import load_model
     from gateway.engine.types import ChatMessage
     from gateway.images import ImageLimits, check_image
 

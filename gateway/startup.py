@@ -122,8 +122,8 @@ def _upstream_engine(settings: Settings) -> Engine:
 
 def _local_engine(settings: Settings) -> Engine:
     from gateway.engine.demo import cached_demo_model
-    from gateway.engine.loader import load_model
-    from gateway.engine.local import LocalEngine
+    from gateway.engine.local.engine import LocalEngine
+    from gateway.engine.local.loader import load_model
 
     source = model_dir(settings.model) if settings.model else cached_demo_model()
     loaded = load_model(

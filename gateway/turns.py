@@ -342,7 +342,7 @@ class TurnService:
 
 def _grammar_pool(engine: Engine, settings: Settings) -> GrammarPool:
     """With a local engine, its own compile is the check, so each grammar compiles once for both."""
-    from gateway.engine.constrain import GrammarVocabulary  # torch: only where a local engine already loaded it
+    from gateway.engine.local.constrain import GrammarVocabulary  # torch: only where a local engine already loaded it
 
     vocabulary = getattr(engine, "grammars", None)
     if not isinstance(vocabulary, GrammarVocabulary):

@@ -10,10 +10,10 @@ import argparse
 import asyncio
 import time
 
-from gateway.engine import local
 from gateway.engine.demo import cached_demo_model
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
+from gateway.engine.local import engine as local
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
 from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.structured import json_grammar
 

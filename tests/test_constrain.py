@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 import torch
 
-from gateway.engine.constrain import unpack
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
+from gateway.engine.local.constrain import unpack
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
 from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.protocol import JsonObjectFormat, RegexFormat
 from gateway.structured import DEFAULT_LIMITS, json_grammar, response_grammar

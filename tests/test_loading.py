@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from gateway.engine.loader import ModelLoadError, load_model
-from gateway.engine.local import LocalEngine
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import ModelLoadError, load_model
 from gateway.engine.types import ChatMessage, SamplingParams
 from gateway.errors import ErrorCode, GatewayError
 from tests.conftest import DemoDirs, chat_image

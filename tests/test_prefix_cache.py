@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 import torch
 
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
-from gateway.engine.prefix_cache import (
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
+from gateway.engine.local.prefix_cache import (
     LayerStates,
     PrefixCache,
     Spill,

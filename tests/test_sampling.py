@@ -1,10 +1,10 @@
-"""Tests for gateway.engine.sampling: greedy choice, top-k/top-p filtering, seeds and repetition penalty."""
+"""Tests for gateway.engine.local.sampling: greedy choice, top-k/top-p filtering, seeds and repetition penalty."""
 
 from __future__ import annotations
 
 import torch
 
-from gateway.engine.sampling import apply_repetition_penalty, choose_token, make_generator
+from gateway.engine.local.sampling import apply_repetition_penalty, choose_token, make_generator
 from gateway.engine.types import SamplingParams
 
 CPU = torch.device("cpu")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from gateway.engine.constrain import GrammarVocabulary
+from gateway.engine.local.constrain import GrammarVocabulary
 from gateway.engine.types import GenerationResult, Grammar, ToolCall
 from gateway.tools.formats import ToolFormat, detect
 from gateway.tools.glm import GlmFormat

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from gateway.cli import make_parser
-from gateway.engine.loader import ModelLoadError, load_model
-from gateway.engine.prompt import PromptBuilder
+from gateway.engine.local.loader import ModelLoadError, load_model
+from gateway.engine.local.prompt import PromptBuilder
 from gateway.engine.types import ChatMessage
 from tests.families.builders import SPECS, cached_family, train_tokenizer
 

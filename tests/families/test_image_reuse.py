@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-from gateway.engine.image_prefix import content_key
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
-from gateway.engine.prompt import PromptBuilder
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.image_prefix import content_key
+from gateway.engine.local.loader import load_model
+from gateway.engine.local.prompt import PromptBuilder
 from gateway.engine.types import ChatMessage, GenerationResult, SamplingParams
 from tests.families.builders import SPECS, cached_family
 from tests.test_prefix_cache import generate, picture

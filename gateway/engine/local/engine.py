@@ -17,17 +17,17 @@ from typing import Any
 
 import torch
 
-from gateway.engine.batch import Batch, Sequence, row_states, supports_batching
-from gateway.engine.constrain import GrammarVocabulary, logits_width, mask_logits
-from gateway.engine.detok import TextStream
-from gateway.engine.encoder_cache import EncoderCache
-from gateway.engine.image_prefix import content_key
-from gateway.engine.loader import LoadedModel
-from gateway.engine.prefix_cache import HeldPrefix, PrefixCache, default_budget, spill_for
-from gateway.engine.probe import probe_vision
-from gateway.engine.prompt import ModelInputs
-from gateway.engine.ragged import suffix_groups
-from gateway.engine.relay import EventRelay
+from gateway.engine.local.batch import Batch, Sequence, row_states, supports_batching
+from gateway.engine.local.constrain import GrammarVocabulary, logits_width, mask_logits
+from gateway.engine.local.detok import TextStream
+from gateway.engine.local.encoder_cache import EncoderCache
+from gateway.engine.local.image_prefix import content_key
+from gateway.engine.local.loader import LoadedModel
+from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache, default_budget, spill_for
+from gateway.engine.local.probe import probe_vision
+from gateway.engine.local.prompt import ModelInputs
+from gateway.engine.local.ragged import suffix_groups
+from gateway.engine.local.relay import EventRelay
 from gateway.engine.types import (
     ChatImage,
     ChatMessage,
@@ -287,7 +287,7 @@ class LocalEngine:
                 self._prefill_group(batch, [seq], run)
 
     def _text_groups(self, rows: list[_Row]) -> list[list[_Row]]:
-        """Text prompts in groups for one forward pass each: of similar new lengths (engine/ragged.py);
+        """Text prompts in groups for one forward pass each: of similar new lengths (engine/local/ragged.py);
         one at a time when turns decode alone."""
         if self.max_batch <= 1:
             return [[row] for row in rows]

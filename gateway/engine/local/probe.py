@@ -8,8 +8,8 @@ import logging
 import torch
 from PIL import Image
 
-from gateway.engine.batch import model_extras
-from gateway.engine.loader import LoadedModel
+from gateway.engine.local.batch import model_extras
+from gateway.engine.local.loader import LoadedModel
 from gateway.engine.types import ChatMessage
 from gateway.images import ImageLimits, check_image
 

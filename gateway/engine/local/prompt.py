@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from gateway.engine.families import GENERIC, Family
-from gateway.engine.image_cache import ImageCache, ProcessedImage
-from gateway.engine.image_layout import ImageLayout, image_spans
+from gateway.engine.local.families import GENERIC, Family
+from gateway.engine.local.image_cache import ImageCache, ProcessedImage
+from gateway.engine.local.image_layout import ImageLayout, image_spans
 from gateway.engine.types import ChatImage, ChatMessage
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import decode_pixels

@@ -9,15 +9,15 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
-from gateway.engine import cross, kv, ragged, slots
-from gateway.engine.constrain import RowGrammar
-from gateway.engine.detok import TextStream
-from gateway.engine.encoder_cache import EncoderCache
-from gateway.engine.image_prefix import images_before, rope_inputs, suffix_extras
-from gateway.engine.loader import LoadedModel
-from gateway.engine.prefix_cache import HeldPrefix, LayerStates
-from gateway.engine.prompt import ModelInputs
-from gateway.engine.sampling import choose_token, make_generator
+from gateway.engine.local import cross, kv, ragged, slots
+from gateway.engine.local.constrain import RowGrammar
+from gateway.engine.local.detok import TextStream
+from gateway.engine.local.encoder_cache import EncoderCache
+from gateway.engine.local.image_prefix import images_before, rope_inputs, suffix_extras
+from gateway.engine.local.loader import LoadedModel
+from gateway.engine.local.prefix_cache import HeldPrefix, LayerStates
+from gateway.engine.local.prompt import ModelInputs
+from gateway.engine.local.sampling import choose_token, make_generator
 from gateway.engine.types import GenerationRequest
 
 
@@ -35,7 +35,7 @@ class Sequence:
     prompt_ids: tuple[int, ...] | None = None  # set for prompts whose KV may be held after the turn
     cached_tokens: int = 0  # prompt tokens whose KV came from a held prefix
     token_ids: list[int] = field(default_factory=list)
-    grammar: RowGrammar | None = None  # set when the reply is constrained (see engine/constrain.py)
+    grammar: RowGrammar | None = None  # set when the reply is constrained (see engine/local/constrain.py)
     first_token_at: float | None = None
     last_token_at: float | None = None
 
@@ -65,7 +65,7 @@ class Batch:
         self.loaded = loaded
         self.encoder = encoder  # vision-encoder outputs of images seen before
         self.sequences: list[Sequence] = []
-        self.cache: Any = None  # a DynamicCache of GrowingLayers (and CrossLayers, see engine/cross.py)
+        self.cache: Any = None  # a DynamicCache of GrowingLayers (and CrossLayers, see engine/local/cross.py)
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
         self._rope = _rope_index_owner(loaded.model)
         self._first = loaded.prompt.family.first_position
@@ -109,7 +109,7 @@ class Batch:
     def prefill_rows(
         self, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]
     ) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """Text prompts, each on its held prefix or none, in one forward pass (see engine/ragged.py); return
+        """Text prompts, each on its held prefix or none, in one forward pass (see engine/local/ragged.py); return
         what `prefill` does for every row. Cross-attention models pass no held prefixes."""
         device = self.loaded.device
         layout = ragged.lay_out(
@@ -171,7 +171,7 @@ class Batch:
         return out.logits[:, -1], cache, mask
 
     def _encode(self, tensors: dict[str, torch.Tensor]) -> Any:
-        """The vision tower alone over some images (see engine/encoder_cache.py)."""
+        """The vision tower alone over some images (see engine/local/encoder_cache.py)."""
         return self.loaded.model.get_image_features(**tensors, return_dict=True)
 
     def _start(self, seq: Sequence, item: ModelInputs, delta: int) -> None:
