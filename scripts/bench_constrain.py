@@ -11,7 +11,7 @@ import asyncio
 import time
 
 from gateway.engine.demo import cached_demo_model
-from gateway.engine.local import engine as local
+from gateway.engine.local import generation
 from gateway.engine.local.engine import LocalEngine
 from gateway.engine.local.loader import load_model
 from gateway.engine.types import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
@@ -67,7 +67,7 @@ async def main() -> None:
     args.add_argument("--tokens", type=int, default=200)
     args.add_argument("--repeats", type=int, default=3)
     opts = args.parse_args()
-    local.mask_logits = timed_mask(local.mask_logits)  # type: ignore[no-untyped-call]
+    generation.mask_logits = timed_mask(generation.mask_logits)  # type: ignore[no-untyped-call]
     engine = LocalEngine(load_model(cached_demo_model(opts.size)), max_batch=16)
     engine.start()
     await run(engine, 8, 20)  # warm up both paths

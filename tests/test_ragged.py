@@ -6,13 +6,15 @@ from typing import Any
 
 import torch
 
-from gateway.engine.local.batch import Batch, Sequence, row_states
+from gateway.engine.local.batch import Batch
 from gateway.engine.local.detok import TextStream
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.loader import LoadedModel, load_model
+from gateway.engine.local.padded import row_states
 from gateway.engine.local.prefix_cache import HeldPrefix
 from gateway.engine.local.prompt import ModelInputs
 from gateway.engine.local.ragged import lay_out, suffix_groups
+from gateway.engine.local.sequence import Sequence
 from gateway.engine.types import ChatMessage, GenerationRequest, SamplingParams
 from tests.conftest import DemoDirs
 

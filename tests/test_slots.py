@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from gateway.engine.local.batch import Batch, Sequence
+from gateway.engine.local.batch import Batch
 from gateway.engine.local.detok import TextStream
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.kv import GrowingLayer
 from gateway.engine.local.loader import LoadedModel, load_model
+from gateway.engine.local.sequence import Sequence
 from gateway.engine.local.slots import RowBuffers, moves_for
 from gateway.engine.types import ChatMessage, GenerationRequest, SamplingParams
 from tests.conftest import DemoDirs
