@@ -142,6 +142,7 @@ def _local_engine(settings: Settings) -> Engine:
         context_tokens=settings.context_tokens,
         max_batch=settings.max_batch,
         threads=settings.engine_threads,
+        gather_ms=settings.engine_gather_ms,
         image_cache_bytes=settings.image_cache_bytes,
         image_workers=settings.image_workers,
         kv_cache_bytes=settings.kv_cache_bytes,

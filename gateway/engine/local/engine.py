@@ -49,6 +49,7 @@ class LocalEngine:
         kv_spill_bytes: int = 1 << 30,
         encoder_cache_bytes: int = 128 << 20,
         threads: int = 0,
+        gather_ms: float = 0.0,
     ) -> None:
         self.loaded = loaded
         self.model_id = loaded.model_id
@@ -65,7 +66,7 @@ class LocalEngine:
         self.adapters: tuple[str, ...] = loaded.adapter_names
         self.chat_template: str | None = loaded.prompt.template  # the served one: --chat-template FILE or the model's
         self.threads = threads or engine_threads()
-        self._line = WaitingLine(queue_size, max_batch, max_prefills_per_step)
+        self._line = WaitingLine(queue_size, max_batch, max_prefills_per_step, gather_ms / 1000)
         # Finished turns' KV; the generation thread's alone.
         budget = default_budget(loaded.device) if kv_cache_bytes is None else kv_cache_bytes
         prefix_cache = PrefixCache(budget, kv_cache_idle_s, kv_spill_bytes, spill_for(loaded.device))

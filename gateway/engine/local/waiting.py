@@ -27,12 +27,14 @@ Admissions = tuple[list[Job] | None, list[Job], list[Job]]  # admitted (None: st
 class WaitingLine:
     """At most `queue_size` live turns wait beyond the batch's free places (cancelled ones hold none, and
     leave at the generation thread's next step; with them the line holds at most twice that). `max_batch`
-    is the batch's bound; the generation thread lowers it to 1 for a model whose cache cannot be merged."""
+    is the batch's bound; the generation thread lowers it to 1 for a model whose cache cannot be merged.
+    A burst of turns meeting an empty batch is gathered for up to `gather_s` (see `take`)."""
 
-    def __init__(self, queue_size: int, max_batch: int, max_prefills_per_step: int) -> None:
+    def __init__(self, queue_size: int, max_batch: int, max_prefills_per_step: int, gather_s: float = 0.0) -> None:
         self.queue_size = queue_size
         self.max_batch = max_batch
         self.max_prefills_per_step = max_prefills_per_step
+        self.gather_s = gather_s
         self.lock = threading.Lock()
         self._wake = threading.Condition(self.lock)
         self._waiting: collections.deque[Job] = collections.deque()
@@ -71,6 +73,8 @@ class WaitingLine:
             while not self._waiting and not active and not self.stopping:
                 if not self._wake.wait(idle_s):
                     return [], [], []
+            if not active:
+                self._gather()
             if self.stopping:
                 cancelled = list(self._waiting)
                 self._waiting.clear()
@@ -85,6 +89,19 @@ class WaitingLine:
             self._active_handles += [job.request.handle for job in admitted]
             moved = admitted or cancelled
             return admitted, cancelled, list(self._waiting) if moved else []
+
+    def _gather(self) -> None:
+        """With the batch empty and a burst arriving (two turns or more waiting), wait until `gather_s`
+        after its first turn for the rest of it, or until the batch's room is full: one prefill pass then
+        takes them all, where a second one would pause the first group's decoding for its whole length
+        (clients answering the same step's `done` frames arrive over tens of ms). A lone turn goes at once,
+        and nothing waits while turns decode: then a newcomer joins at the next step."""
+        room = min(self.max_batch, self.max_prefills_per_step)
+        deadline = self._waiting[0].submitted + self.gather_s if self._waiting else 0.0
+        while 2 <= len(self._waiting) < room and not self.stopping:
+            left = deadline - time.perf_counter()
+            if left <= 0 or not self._wake.wait(left):
+                return
 
     def settle(self, handles: list[TurnHandle]) -> None:
         """Record the turns left in the batch after a step (generation thread)."""
