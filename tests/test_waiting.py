@@ -1,4 +1,4 @@
-"""The local engine's waiting line: bounded admission, and a burst meeting an idle engine gathered into one prefill."""
+"""The local engine's waiting line: bounded admission, and turns arriving together at an idle engine gathered into one prefill."""
 
 from __future__ import annotations
 
@@ -45,19 +45,19 @@ def admitted(taken: list[Admissions]) -> int:
     return len(taken[0][0])
 
 
-def test_a_lone_turn_on_an_idle_engine_is_taken_at_once(loop: asyncio.AbstractEventLoop) -> None:
-    """One waiting turn is no burst: the window does not hold it."""
-    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S)
+def test_a_lone_turn_on_an_idle_engine_waits_only_the_quiet_gap(loop: asyncio.AbstractEventLoop) -> None:
+    """One turn with no other after it within `quiet_s` is taken without waiting out the gather window."""
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S, quiet_s=0.01)
     line.offer(job(loop))
     thread, taken = take_in_thread(line, active=0)
     thread.join(60)
     assert admitted(taken) == 1
 
 
-def test_a_burst_on_an_idle_engine_is_gathered_until_the_batch_is_full(loop: asyncio.AbstractEventLoop) -> None:
-    """Two turns waiting on an empty batch wait for the rest of their burst; a full batch's room ends the wait,
+def test_turns_arriving_together_are_gathered_until_the_batch_is_full(loop: asyncio.AbstractEventLoop) -> None:
+    """Turns waiting on an empty batch wait for the rest of their burst; a full batch's room ends the wait,
     and every turn is admitted in the same step (one prefill pass)."""
-    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S)
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S, quiet_s=FOREVER_S)
     line.offer(job(loop))
     line.offer(job(loop))
     thread, taken = take_in_thread(line, active=0)
@@ -69,9 +69,19 @@ def test_a_burst_on_an_idle_engine_is_gathered_until_the_batch_is_full(loop: asy
     assert admitted(taken) == 4
 
 
-def test_the_gather_window_ends_a_partial_burst(loop: asyncio.AbstractEventLoop) -> None:
-    """A burst that never fills the batch is taken when the window after its first turn is over."""
-    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=0.01)
+def test_the_gather_window_ends_a_burst_that_keeps_coming(loop: asyncio.AbstractEventLoop) -> None:
+    """However closely turns follow each other, the burst is taken `gather_s` after its first turn."""
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=0.01, quiet_s=FOREVER_S)
+    line.offer(job(loop))
+    line.offer(job(loop))
+    thread, taken = take_in_thread(line, active=0)
+    thread.join(60)
+    assert admitted(taken) == 2
+
+
+def test_a_quiet_gap_ends_a_burst(loop: asyncio.AbstractEventLoop) -> None:
+    """No new turn within `quiet_s` of the last one: the burst is over and is taken."""
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S, quiet_s=0.01)
     line.offer(job(loop))
     line.offer(job(loop))
     thread, taken = take_in_thread(line, active=0)
@@ -81,7 +91,7 @@ def test_the_gather_window_ends_a_partial_burst(loop: asyncio.AbstractEventLoop)
 
 def test_nothing_waits_while_turns_decode(loop: asyncio.AbstractEventLoop) -> None:
     """With turns decoding, newcomers join at the next step, however many arrive."""
-    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S)
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S, quiet_s=FOREVER_S)
     line.offer(job(loop))
     line.offer(job(loop))
     thread, taken = take_in_thread(line, active=1)
@@ -91,7 +101,7 @@ def test_nothing_waits_while_turns_decode(loop: asyncio.AbstractEventLoop) -> No
 
 def test_stopping_ends_a_gather_and_cancels_the_waiting(loop: asyncio.AbstractEventLoop) -> None:
     """Stop during a gather: the thread is told to stop and the waiting turns come back to be cancelled."""
-    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S)
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S, quiet_s=FOREVER_S)
     line.offer(job(loop))
     line.offer(job(loop))
     thread, taken = take_in_thread(line, active=0)

@@ -66,7 +66,7 @@ class LocalEngine:
         self.adapters: tuple[str, ...] = loaded.adapter_names
         self.chat_template: str | None = loaded.prompt.template  # the served one: --chat-template FILE or the model's
         self.threads = threads or engine_threads()
-        self._line = WaitingLine(queue_size, max_batch, max_prefills_per_step, gather_ms / 1000)
+        self._line = WaitingLine(queue_size, max_batch, max_prefills_per_step, gather_ms / 1000, gather_ms / 4000)
         # Finished turns' KV; the generation thread's alone.
         budget = default_budget(loaded.device) if kv_cache_bytes is None else kv_cache_bytes
         prefix_cache = PrefixCache(budget, kv_cache_idle_s, kv_spill_bytes, spill_for(loaded.device))

@@ -28,13 +28,16 @@ class WaitingLine:
     """At most `queue_size` live turns wait beyond the batch's free places (cancelled ones hold none, and
     leave at the generation thread's next step; with them the line holds at most twice that). `max_batch`
     is the batch's bound; the generation thread lowers it to 1 for a model whose cache cannot be merged.
-    A burst of turns meeting an empty batch is gathered for up to `gather_s` (see `take`)."""
+    Turns arriving together at an empty batch are gathered for up to `gather_s` (see `_gather`)."""
 
-    def __init__(self, queue_size: int, max_batch: int, max_prefills_per_step: int, gather_s: float = 0.0) -> None:
+    def __init__(
+        self, queue_size: int, max_batch: int, max_prefills_per_step: int, gather_s: float = 0.0, quiet_s: float = 0.0
+    ) -> None:
         self.queue_size = queue_size
         self.max_batch = max_batch
         self.max_prefills_per_step = max_prefills_per_step
         self.gather_s = gather_s
+        self.quiet_s = quiet_s
         self.lock = threading.Lock()
         self._wake = threading.Condition(self.lock)
         self._waiting: collections.deque[Job] = collections.deque()
@@ -91,15 +94,15 @@ class WaitingLine:
             return admitted, cancelled, list(self._waiting) if moved else []
 
     def _gather(self) -> None:
-        """With the batch empty and a burst arriving (two turns or more waiting), wait until `gather_s`
-        after its first turn for the rest of it, or until the batch's room is full: one prefill pass then
-        takes them all, where a second one would pause the first group's decoding for its whole length
-        (clients answering the same step's `done` frames arrive over tens of ms). A lone turn goes at once,
-        and nothing waits while turns decode: then a newcomer joins at the next step."""
+        """With the batch empty, gather the turns arriving together: wait while each comes within `quiet_s`
+        of the one before, at most `gather_s` after the first, and no longer than the batch's room is full.
+        One prefill pass then takes them all, where a second one would pause the first ones' decoding for
+        its whole length (clients answering one step's `done` frames arrive over tens of ms). A lone turn
+        waits `quiet_s`; nothing waits while turns decode: a newcomer then joins at the next step."""
         room = min(self.max_batch, self.max_prefills_per_step)
-        deadline = self._waiting[0].submitted + self.gather_s if self._waiting else 0.0
-        while 2 <= len(self._waiting) < room and not self.stopping:
-            left = deadline - time.perf_counter()
+        while self._waiting and len(self._waiting) < room and not self.stopping:
+            first, last = self._waiting[0].submitted, self._waiting[-1].submitted
+            left = min(first + self.gather_s, last + self.quiet_s) - time.perf_counter()
             if left <= 0 or not self._wake.wait(left):
                 return
 
