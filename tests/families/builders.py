@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.engine import demo
 from gateway.engine.demo import cache_root
-from gateway.engine.families.processors import tolerant
+from gateway.engine.local.families.processors import tolerant
 from tests.conftest import utf8_corpus
 
 FAMILIES_VERSION = "2"
@@ -547,7 +547,7 @@ def _mistral3(tok: Any, out: Path) -> None:
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
     from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
-    from gateway.engine.families.processors import processor_class
+    from gateway.engine.local.families.processors import processor_class
 
     text = {
         "model_type": "mistral",
