@@ -10,7 +10,7 @@ from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.loader import LoadedModel, load_model
 from gateway.engine.local.sampling import make_generator
 from gateway.engine.local.sequence import Sequence
-from gateway.engine.types import ChatMessage, GenerationRequest, SamplingParams
+from gateway.engine.contract import ChatMessage, GenerationRequest, SamplingParams
 from tests.conftest import DemoDirs
 
 PARAMS = [

@@ -191,13 +191,13 @@ async def test_sigterm_drains_running_turns_then_closes_with_1001(make_server: A
 
 async def test_handler_bug_closes_only_that_connection_with_1011(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug while handling a frame closes that connection with 1011 and no exception text."""
-    import gateway.ws.connection
+    import gateway.ws.handlers
 
     def broken(session: object, frame: object) -> object:
         raise RuntimeError("secret internal detail")
 
     async with GatewayClient(server.ws_url) as bystander, GatewayClient(server.ws_url) as victim:
-        monkeypatch.setattr(gateway.ws.connection, "history_frame", broken)
+        monkeypatch.setattr(gateway.ws.handlers, "history_frame", broken)
         await victim.send({"type": "history"})
         frames, code = await close_code(victim)
         monkeypatch.undo()

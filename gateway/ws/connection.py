@@ -207,13 +207,16 @@ class Connection(FrameHandlers):
         """Stream `live` from now on: the writer leaves the old journal and follows the new one."""
         if self._journal is not None:
             self._journal.interrupt()
-        if self._registry.get(self.live.id) is self:
-            del self._registry[self.live.id]
-        self.hub.detach(self.live, self)
+        old = self.live
+        if self._registry.get(old.id) is self:
+            del self._registry[old.id]
         self.live = live
         self.log = SessionLog(log, {"session": live.id})
         self._registry[live.id] = self
+        # Attached first: leaving the old one may put its client over quota, and the detached session that
+        # unloads must never be the one this connection moves to.
         self.hub.attach(live, self, self.client)
+        self.hub.detach(old, self)
         self._journal = live.journal
 
     def _ready_frame(self) -> p.ReadyFrame:

@@ -122,8 +122,10 @@ class SessionHub(SessionSaving):
         self._drop(live)
 
     def _drop(self, live: LiveSession) -> None:
-        """`live` left memory: it no longer counts against its client's quota or the image ledger."""
-        live.move(LiveState.GONE)
+        """`live` left memory: it no longer counts against its client's quota or the image ledger. (A session
+        both unloaded by a quota and then discarded by its connection goes once: the second time changes nothing.)"""
+        if live.state is not LiveState.GONE:
+            live.move(LiveState.GONE)
         self.quota.remove(live)
         self.detached.discard(live)
         self.turns.forget(live.session)
