@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import logging
 from typing import Any
@@ -15,7 +14,7 @@ from gateway.core.ratelimit import TokenBucket
 from gateway.errors import CloseCode, ConnectionClosing, ErrorCode, GatewayError, RetryLater
 from gateway.metrics import Metrics
 from gateway.ws import protocol as p
-from gateway.ws.handlers import FrameHandlers
+from gateway.ws.handlers import FrameHandlers, SessionLog
 from gateway.ws.hub import SessionHub
 from gateway.ws.journal import Journal
 from gateway.ws.live_session import LiveSession
@@ -36,39 +35,20 @@ class Connection(FrameHandlers):
     def __init__(
         self, websocket: WebSocket, settings: Settings, hub: SessionHub, metrics: Metrics, registry: dict[str, Connection]
     ) -> None:
+        client = websocket.client.host if websocket.client else "unknown"
+        super().__init__(settings, hub, client, owner_of(settings.api_key), websocket.headers.get("traceparent"))
         self.websocket = websocket
-        self.settings = settings
-        self.hub = hub
-        self.turns = hub.turns
         self.metrics = metrics
-        self.state = ConnectionState.CONNECTING
-        self.owner = owner_of(settings.api_key)
-        self.client = websocket.client.host if websocket.client else "unknown"  # whose quota its sessions count in
-        self.live = hub.create(self.owner, self.client)
-        self.fresh: LiveSession | None = self.live  # the session of `ready`, until the client resumes another
         self._registry = registry  # session id -> connection, for draining and inspection
-        self.log = SessionLog(log, {"session": self.live.id})
         self._journal: Journal | None = self.live.journal  # what the writer streams; None once taken over
-        self.direct: collections.deque[p.ServerFrame] = collections.deque()  # frames outside any journal
         self.json_mode = False  # answer in the encoding the client last used
-        self.turned = False  # a turn was started: `resume` is no longer allowed
         self._frames = TokenBucket(rate=settings.frames_per_second, burst=2 * settings.frames_per_second)
-        self.turn_rate = TokenBucket(rate=settings.turns_per_minute / 60, burst=max(1.0, settings.turns_per_minute / 6))
         # Inflated bytes: a compressed frame costs its full size in decompression and decoding work.
         rate = float(settings.inbound_bytes_per_second)
         self._bytes = TokenBucket(rate=rate, burst=max(rate, float(settings.max_frame_bytes)))
-        # Image bytes sent in `history` frames: 60 bytes of request must not buy megabytes of reply at will,
-        # and the budget is the client address's, so reconnecting buys no fresh one.
-        self.history_bytes = hub.history_budgets.get(self.client)
         self._strikes = 0  # frames refused by the rate limit in a row
-        self.compiles = self.turns.grammars.quota(websocket.client.host if websocket.client else "unknown")
-        self.traceparent = websocket.headers.get("traceparent")
         self._closing: ConnectionClosing | None = None
         self._reader: asyncio.Task[Any] | None = None
-
-    def put(self, frame: p.SessionFrame) -> None:
-        """A frame of this connection's session: numbered, kept for replay, streamed when attached."""
-        self.hub.emit(self.live, frame)
 
     def _move(self, state: ConnectionState) -> None:
         self.state = moved(self.state, state, CONNECTION_MOVES, "connection")
@@ -261,13 +241,6 @@ class Connection(FrameHandlers):
             await asyncio.wait_for(self.websocket.close(code=int(code), reason=reason), 1.0)
         except Exception:  # the socket may already be gone; closing is best effort
             pass
-
-
-class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Every line a connection logs starts with its session id (the one `ready` told the client)."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"session {self.extra['session'] if self.extra else '?'}: {msg}", kwargs
 
 
 async def _forever() -> None:

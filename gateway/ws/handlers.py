@@ -22,26 +22,33 @@ from gateway.ws.replies import history_frame, session_defaults
 from gateway.ws.states import ConnectionState
 from gateway.ws.turn_frames import TurnFrames
 
+log = logging.getLogger("gateway.ws.endpoint")
+
 
 class FrameHandlers:
-    """The handlers, as the connection's own methods (the connection owns the socket, the reader and the writer;
-    these own what a frame means). Each runs on the reader task: the next frame waits until it returns."""
+    """A connection's side of its session, without the socket: what each client frame means, one handler per
+    frame type. The connection (ws/connection.py) adds the socket, the reader and the writer; tests drive these
+    handlers with no socket at all (tests/test_handlers.py). Each runs on the reader task: the next frame waits
+    until it returns. Frames for the client go to the session's journal (`put`), or to `direct`."""
 
-    settings: Settings
-    hub: SessionHub
-    turns: TurnService
-    live: LiveSession
-    owner: str
-    client: str
-    state: ConnectionState
-    log: logging.LoggerAdapter  # type: ignore[type-arg]
-    direct: collections.deque[p.ServerFrame]  # frames outside any journal (`resumed`)
-    fresh: LiveSession | None  # the session of `ready`, until the client resumes another
-    turned: bool  # a turn was started: `resume` is no longer allowed
-    turn_rate: TokenBucket
-    history_bytes: TokenBucket
-    compiles: CompileQuota
-    traceparent: str | None  # the W3C trace context of the handshake
+    def __init__(self, settings: Settings, hub: SessionHub, client: str, owner: str, traceparent: str | None) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.turns: TurnService = hub.turns
+        self.owner = owner
+        self.client = client  # the address whose quota its sessions count in
+        self.traceparent = traceparent  # the W3C trace context of the handshake: each turn a span in that trace
+        self.live = hub.create(owner, client)
+        self.fresh: LiveSession | None = self.live  # the session of `ready`, until the client resumes another
+        self.state = ConnectionState.CONNECTING
+        self.log: logging.LoggerAdapter = SessionLog(log, {"session": self.live.id})  # type: ignore[type-arg]
+        self.direct: collections.deque[p.ServerFrame] = collections.deque()  # frames outside any journal (`resumed`)
+        self.turned = False  # a turn was started: `resume` is no longer allowed
+        self.turn_rate = TokenBucket(rate=settings.turns_per_minute / 60, burst=max(1.0, settings.turns_per_minute / 6))
+        # Image bytes sent in `history` frames: 60 bytes of request must not buy megabytes of reply at will,
+        # and the budget is the client address's, so reconnecting buys no fresh one.
+        self.history_bytes = hub.history_budgets.get(client)
+        self.compiles: CompileQuota = self.turns.grammars.quota(client)
 
     @property
     def session(self) -> Session:
@@ -52,7 +59,8 @@ class FrameHandlers:
         return self.live.active
 
     def put(self, frame: p.SessionFrame) -> None:
-        raise NotImplementedError
+        """A frame of this connection's session: numbered, kept for replay, streamed when attached."""
+        self.hub.emit(self.live, frame)
 
     def switch_to(self, live: LiveSession) -> None:
         raise NotImplementedError
@@ -164,3 +172,10 @@ HANDLERS: dict[type, Handler] = {
     p.ToolResultFrame: FrameHandlers.tool_result,
     p.PingFrame: FrameHandlers.ping,
 }
+
+
+class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Every line a connection logs starts with its session id (the one `ready` told the client)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"session {self.extra['session'] if self.extra else '?'}: {msg}", kwargs
