@@ -18,7 +18,7 @@ from gateway.engine.loader import load_model
 from gateway.engine.local import LocalEngine
 from gateway.engine.prompt import PromptBuilder
 from tests.families.builders import SPECS, cached_family
-from tests.test_prefix_cache import generate, picture
+from tests.unit.engine.test_prefix_cache import generate, picture
 
 REUSING = [
     "aya_vision",
