@@ -11,7 +11,7 @@ import pytest
 
 from gateway.client import GatewayClient
 from gateway.config import Settings
-from gateway.engine.demo import CHAT_TEMPLATE
+from gateway.engine.demo.tokenizer import CHAT_TEMPLATE
 from tests.conftest import DemoDirs, RunningServer, start_server
 
 # Qwen's way of offering tools, in front of the demo model's own layout.

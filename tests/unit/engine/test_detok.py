@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from gateway.engine.demo import SPECIAL_TOKENS
+from gateway.engine.demo.tokenizer import SPECIAL_TOKENS
 from gateway.engine.detok import TextStream
 from tests.conftest import utf8_corpus
 
