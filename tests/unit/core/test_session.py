@@ -1,4 +1,4 @@
-"""Tests for gateway.core.session: history, images per turn, trimming, reset epochs and option layering."""
+"""Tests for gateway.core.session: history, images per turn, trimming, reset epochs and session defaults."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from collections.abc import Sequence
 import pytest
 from PIL import Image
 
-from gateway.core.sampling import resolve_params
 from gateway.core.session import Exchange, Session, UserTurn
-from gateway.engine.contract import ChatImage, ChatMessage, SamplingParams, ToolCall
+from gateway.engine.contract import ChatImage, ChatMessage, ToolCall
 from gateway.errors import ErrorCode, GatewayError
 from gateway.media.images import ImageLimits, check_image
 from gateway.ws.protocol import SamplingOptions
@@ -334,54 +333,6 @@ def test_configure_merges_options_into_defaults() -> None:
     session.configure(None, SamplingOptions(temperature=0.2, top_k=5))
     session.configure(None, SamplingOptions(top_k=9, stop=["END"]))
     assert session.defaults == SamplingOptions(temperature=0.2, top_k=9, stop=["END"])
-
-
-# ---- resolve_params ----------------------------------------------------------------------------
-
-
-def test_resolve_params_uses_builtin_defaults_when_nothing_is_set() -> None:
-    """With no options anywhere, parameters are the built-in ones and max_tokens is the limit."""
-    params = resolve_params(SamplingOptions(), SamplingOptions(), None, 256)
-    assert params == SamplingParams(max_tokens=256)
-
-
-def test_resolve_params_session_overrides_server() -> None:
-    """A session default beats the server default for the same option."""
-    params = resolve_params(SamplingOptions(temperature=0.9, top_p=0.8), SamplingOptions(temperature=0.1), None, 64)
-    assert (params.temperature, params.top_p) == (0.1, 0.8)
-
-
-def test_resolve_params_turn_overrides_session_and_server() -> None:
-    """A per-turn option beats both the session and the server default."""
-    params = resolve_params(
-        SamplingOptions(temperature=0.9, top_k=1),
-        SamplingOptions(temperature=0.5, seed=1),
-        SamplingOptions(temperature=0.0),
-        64,
-    )
-    assert (params.temperature, params.top_k, params.seed) == (0.0, 1, 1)
-
-
-def test_resolve_params_converts_stop_to_a_tuple() -> None:
-    """Stop strings come out as a tuple in the order given."""
-    params = resolve_params(SamplingOptions(), SamplingOptions(stop=["a", "b"]), None, 64)
-    assert params.stop == ("a", "b")
-
-
-def test_resolve_params_max_tokens_at_the_limit_is_allowed() -> None:
-    """max_tokens equal to the limit is accepted."""
-    assert resolve_params(SamplingOptions(), SamplingOptions(), SamplingOptions(max_tokens=64), 64).max_tokens == 64
-
-
-def test_resolve_params_max_tokens_above_the_limit_is_invalid_field() -> None:
-    """max_tokens above the server's limit, from any layer, is refused as invalid_field."""
-    for layers in [
-        (SamplingOptions(), SamplingOptions(), SamplingOptions(max_tokens=65)),
-        (SamplingOptions(), SamplingOptions(max_tokens=65), None),
-    ]:
-        with pytest.raises(GatewayError) as info:
-            resolve_params(*layers, 64)
-        assert info.value.code is ErrorCode.INVALID_FIELD
 
 
 # ---- continuing from tool results ---------------------------------------------------------------
