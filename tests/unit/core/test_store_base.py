@@ -6,13 +6,14 @@ from gateway.core.request import SamplingOptions
 from gateway.core.session import Exchange, ToolResult, UserTurn
 from gateway.core.store.base import (
     SessionRecord,
-    changed_exchanges,
     decode_exchange,
     decode_options,
+    decode_record,
     decode_turn,
     encode_exchange,
     encode_options,
     encode_turn,
+    exchanges_to_write,
 )
 from gateway.engine.contract import ChatImage, ToolCall
 
@@ -52,10 +53,19 @@ def test_options_survive_encoding_with_unset_fields_unset() -> None:
 
 
 def test_a_store_writes_what_it_lacks_and_its_newest_again() -> None:
-    """changed_exchanges: the exchanges from the stored newest on (tool results join it later); all when empty."""
+    """exchanges_to_write: from the stored newest on (tool results join it later), all when the store has none."""
     history = [exchange(n) for n in (3, 4, 5)]
-    assert [e.number for e in changed_exchanges(history, 4)] == [4, 5]
-    assert [e.number for e in changed_exchanges(history, None)] == [3, 4, 5]
+    assert [number for number, _ in exchanges_to_write(history, 4)] == [4, 5]
+    assert [number for number, _ in exchanges_to_write(history, None)] == [3, 4, 5]
+
+
+def test_a_record_is_decoded_from_what_a_store_keeps() -> None:
+    """decode_record puts the exchanges in number order, whatever order the store returns them in."""
+    blobs = exchanges_to_write([exchange(1), exchange(2)], None)
+    defaults = encode_options(SamplingOptions(top_k=3))
+    record = decode_record("s", ("h", "o", None, defaults, None, 9, 1.5), reversed(blobs))
+    assert [e.reply for e in record.exchanges] == ["a1", "a2"] and record.defaults.top_k == 3
+    assert (record.token_hash, record.owner, record.pending, record.last_seq, record.updated_at) == ("h", "o", None, 9, 1.5)
 
 
 def test_a_turn_pending_at_a_crash_joins_as_partial() -> None:
