@@ -1,4 +1,4 @@
-"""The command line: failing fast with one line, argument errors, help and defaults, model ids, bench output."""
+"""The command line: failing fast with one line, argument errors, help and defaults, model ids, demo models, bench runs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from gateway import __version__
-from gateway.bench.report import format_report
 from gateway.cli import main, make_parser
 from gateway.config import Settings
 from gateway.startup import build_engine, model_dir, model_id_of
@@ -126,57 +125,6 @@ def test_demo_model_root_stands_for_its_model(demo_dirs: DemoDirs) -> None:
     assert model_dir(str(demo_dirs.adapter)) == demo_dirs.adapter
 
 
-def test_bench_report_is_a_table_with_units_and_meanings() -> None:
-    """The human report has a row per run with units, explains the late joiner and each ratio."""
-    run = {
-        "sessions": 1,
-        "turns": 2,
-        "errors": 0,
-        "wall_s": 1.5,
-        "tokens_per_s": 100.0,
-        "frames_per_s": 90.0,
-        "ttft_ms": {"p50": 5.0, "p90": 6.0, "p99": 7.0},
-        "itl_ms": {"p50": 1.0, "p90": 1.5, "p99": 2.0},
-        "session_tokens_per_s": {"p50": 99.0, "p90": 99.0, "p99": 99.0},
-    }
-    report = {
-        "model": "/m",
-        "engine": "real",
-        "sessions": 4,
-        "turns_per_session": 2,
-        "max_tokens": 64,
-        "prompt_words": 48,
-        "images": 0,
-        "gateway_1_session": run,
-        "gateway_4_sessions": {**run, "sessions": 4, "turns": 8},
-        "late_joiner": {"ttft_ms": 9.0, "budget_ms": 7.0, "within_budget": False},
-        "baselines": {"generate_single_tokens_per_s": 120.0, "generate_static_batch_4_tokens_per_s": 400.0},
-        "ratios": {
-            "1_session_vs_generate_single": 0.83,
-            "4_sessions_vs_static_batch": 0.9,
-            "4_sessions_vs_generate_single": 3.0,
-        },
-    }
-    text = format_report(report)
-    assert "TTFT ms p50/p90/p99" in text and "5.0 / 6.0 / 7.0" in text and "4 sessions" in text
-    assert "late joiner: 9.0 ms to first token, budget 7.0 ms: OVER budget" in text
-    assert text.count("good:") == 3 and "{" not in text
-
-
-def test_bench_history_report_is_a_table_by_turn() -> None:
-    """`bench --history` prints TTFT by turn with and without KV reuse, and what the ratios should be."""
-    report = {
-        "model": "/m",
-        "history_turns": 2,
-        "prompt_words": 48,
-        "reuse": {"ttft_ms_by_turn": [5.0, 6.0], "late_over_early": 1.2},
-        "no_reuse": {"ttft_ms_by_turn": [5.0, 9.0], "late_over_early": 1.8},
-        "speedup_late_turns": 1.5,
-    }
-    text = format_report(report)
-    assert "   2                 6.0       9.0" in text and text.count("good:") == 2 and "{" not in text
-
-
 def test_demo_model_arch_llama_writes_a_text_llama_with_the_word_tokenizer(tmp_path: Path) -> None:
     """`demo-model --arch llama` writes a Llama (no adapter) whose tokens are whole words, as vLLM can serve."""
     code, err, _ = gateway("demo-model", "--arch", "llama", str(tmp_path))
@@ -199,39 +147,6 @@ def test_bench_direct_rounds_alternate_which_side_goes_first(tmp_path: Path) -> 
     report = json.loads(out.read_text())["vs_direct"]
     assert [r["first"] for r in report["rounds"]] == ["gateway", "direct", "gateway"]
     assert 0 <= report["gateway_idle_cpu_share"] < 1
-
-
-def test_bench_history_in_a_window_trims_less_with_headroom(demo_dirs: DemoDirs) -> None:
-    """`bench --history N --context-tokens W` runs real conversations trimmed to W tokens, with
-    trim_headroom and without: without, nearly every turn at the edge drops exchanges; with, few do."""
-    from gateway.bench.history import run_window
-
-    report = run_window(str(demo_dirs.model), 14, 1, 48, 8, 300)
-    kept, bare = report["headroom"], report["no_headroom"]
-    assert (kept["trim_headroom"], bare["trim_headroom"]) == (Settings().trim_headroom, 0.0)
-    assert bare["trims"] >= bare["edge_turns"] - 1 >= 4 and kept["trims"] < bare["trims"], report
-    assert len(kept["ttft_ms_by_turn"]) == 14 and report["edge_speedup"] is not None
-    text = format_report(report)
-    assert "trimmed to a 300-token window" in text and f"{kept['trims']} with headroom, {bare['trims']} without" in text
-
-
-def test_bench_history_report_with_many_sessions_gives_tokens_per_s_and_load() -> None:
-    """`bench --history N --sessions S` adds aggregate tokens/s with and without reuse, and the load average."""
-    report = {
-        "model": "/m",
-        "history_turns": 2,
-        "sessions": 16,
-        "prompt_words": 48,
-        "reuse": {"ttft_ms_by_turn": [5.0, 6.0], "late_over_early": 1.2, "tokens_per_s": 300.0},
-        "no_reuse": {"ttft_ms_by_turn": [5.0, 9.0], "late_over_early": 1.8, "tokens_per_s": 200.0},
-        "speedup_late_turns": 1.5,
-        "tokens_per_s_ratio": 1.5,
-        "load_average_before": [1.0, 1.0, 1.0],
-        "load_average_after": [2.0, 1.0, 1.0],
-    }
-    text = format_report(report)
-    assert "16 conversation(s) of 2 turns" in text and "300.0 with reuse, 200.0 without, ratio 1.50" in text
-    assert "load average" in text and text.count("good:") == 3
 
 
 def test_demo_model_writes_both_without_warnings(tmp_path: Path) -> None:
