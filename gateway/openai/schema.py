@@ -167,7 +167,7 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
 
 
 def _check_free_json(request: ChatCompletionRequest) -> None:
-    """The schema and tool parameters within the WebSocket's bounds (gateway/json_bounds.py)."""
+    """The schema and tool parameters within the WebSocket's bounds (gateway/core/json_bounds.py)."""
     for param, value in free_json(request.response_format, request.tools):
         try:
             check_json_value(value, param)

@@ -1,4 +1,4 @@
-"""PROTOCOL.md and gateway/protocol.py describe the same frames, fields and error codes."""
+"""PROTOCOL.md and gateway/ws/protocol.py describe the same frames, fields and error codes."""
 
 from __future__ import annotations
 
