@@ -17,16 +17,17 @@ from starlette.staticfiles import StaticFiles
 
 from gateway import redact
 from gateway.config import Settings
+from gateway.core.runtime import Runtime, runtime_of
 from gateway.core.store.open import open_store
-from gateway.core.turns import TurnService
 from gateway.edge.auth import bearer_accepted
 from gateway.edge.hosts import HostGuard, host_policy
-from gateway.edge.status import status_endpoint
 from gateway.engine.contract import Engine
 from gateway.metrics import Metrics
 from gateway.openai import routes as openai
-from gateway.ws.endpoint import ConnectionCounter, websocket_endpoint
+from gateway.status import status_endpoint
+from gateway.ws.endpoint import websocket_endpoint
 from gateway.ws.hub import SessionHub
+from gateway.ws.state import WsState
 
 log = logging.getLogger("gateway.app")
 
@@ -42,32 +43,27 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.settings = settings
-        app.state.engine = None
-        app.state.turns = None  # the turn service, once the engine is ready
-        app.state.hub = None  # the live sessions, once the engine is ready
-        app.state.load_error = None
-        app.state.connections = {}  # session id -> Connection, for draining and inspection
-        app.state.connection_counter = ConnectionCounter()
-        app.state.metrics = metrics
-        app.state.draining = False
+        runtime, ws = Runtime(settings, metrics), WsState()
+        app.state.runtime, app.state.ws = runtime, ws  # the app's whole state: two typed objects
         loading: asyncio.Task[None] | None = None
         if engine is not None:
             engine.start()
-            _serve_engine(app, engine)
+            _serve_engine(runtime, ws, engine)
         elif engine_factory is not None:
-            loading = asyncio.create_task(_load(app, settings, engine_factory))
+            loading = asyncio.create_task(_load(runtime, ws, engine_factory))
         try:
             yield
         finally:
             if loading is not None:
                 loading.cancel()
-            if app.state.hub is not None:
-                await app.state.hub.close()
-            if app.state.turns is not None:
-                app.state.turns.close()
-            if app.state.engine is not None:
-                await asyncio.to_thread(app.state.engine.stop)
+            if runtime.turns is not None:
+                await runtime.turns.settle()  # turns' ends waiting for their store writes
+            if ws.hub is not None:
+                await ws.hub.close()
+            if runtime.turns is not None:
+                runtime.turns.close()
+            if runtime.engine is not None:
+                await asyncio.to_thread(runtime.engine.stop)
 
     metrics = Metrics()
     routes = [
@@ -84,38 +80,38 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
     return Starlette(routes=routes, middleware=[guard], lifespan=lifespan)
 
 
-async def _load(app: Starlette, settings: Settings, factory: EngineFactory) -> None:
+async def _load(runtime: Runtime, ws: WsState, factory: EngineFactory) -> None:
     try:
-        engine = await asyncio.to_thread(factory, settings)
+        engine = await asyncio.to_thread(factory, runtime.settings)
     except Exception as exc:
         log.exception("model failed to load")
-        app.state.load_error = str(exc)
+        runtime.load_error = str(exc)
         return
     await asyncio.to_thread(engine.start)
-    _serve_engine(app, engine)
+    _serve_engine(runtime, ws, engine)
     log.info("model %s ready", engine.model_id)
 
 
-def _serve_engine(app: Starlette, engine: Engine) -> None:
+def _serve_engine(runtime: Runtime, ws: WsState, engine: Engine) -> None:
     """From here on both front ends reach the engine through one turn service."""
-    app.state.turns = TurnService(app.state.settings, engine, app.state.metrics)
-    app.state.hub = SessionHub(app.state.settings, app.state.turns, open_store(app.state.settings))
-    app.state.hub.start()
-    app.state.metrics.watch_engine(engine.load)
-    app.state.engine = engine
+    turns = runtime.serve(engine)
+    ws.hub = SessionHub(runtime.settings, turns, open_store(runtime.settings))
+    ws.hub.start()
+    runtime.metrics.watch_engine(engine.load)
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
+    runtime = runtime_of(request.app)
+    settings = runtime.settings
     if not settings.metrics_public and not bearer_accepted(request.headers.get("authorization"), settings.api_key):
         return JSONResponse({"error": "missing or incorrect API key"}, 401, headers={"WWW-Authenticate": "Bearer"})
-    body, content_type = request.app.state.metrics.render()
+    body, content_type = runtime.metrics.render()
     return Response(body, media_type=content_type)
 
 
 async def healthz(request: Request) -> Response:
-    state = request.app.state
-    if state.engine is not None:
-        return JSONResponse({"status": "ok", "model": state.engine.model_id})
-    status = "failed" if state.load_error else "loading"
+    runtime = runtime_of(request.app)
+    if runtime.engine is not None:
+        return JSONResponse({"status": "ok", "model": runtime.engine.model_id})
+    status = "failed" if runtime.load_error else "loading"
     return JSONResponse({"status": status}, status_code=503)

@@ -41,6 +41,19 @@ class Settings:
     image_workers: int = 2  # threads that check attachments and process images ahead of their turn
     inbound_bytes_per_second: int = 8 * MiB  # per connection, inflated: reading pauses when exceeded
 
+    # Live vision (issue 23): video attachments, decoded on the image workers under the image byte and pixel
+    # limits, and each session's live window of camera or screen frames per source (never history).
+    video_fps: float = 2.0  # frames sampled per second of video, while max_video_frames allows
+    max_video_frames: int = 32  # frames kept per video; a longer one's spread evenly over all of it
+    max_video_duration_s: float = 120.0  # a longer video is refused (`too_large`), from its header where it says
+    live_window_frames: int = 16  # distinct frames a live window keeps per source, the oldest going first
+    live_window_bytes: int = 16 * MiB  # image bytes a live window keeps per source, the oldest going first
+    max_frames_per_second: float = 2.0  # live frames taken per source (bursts of one second's), the rest dropped
+    max_live_sources: int = 4  # live windows (cameras, screens) per session
+    # Grey levels (of 255) within which every cell of a live frame's 32x32 thumbnail must stay, its overall
+    # brightness shift aside, for it to merge into the window's latest frame (core/live_window.py says why 8).
+    live_merge_distance: int = 8
+
     # Sessions: how long they outlive their socket and where they are kept.
     session_grace_s: float = 300.0  # a detached session stays in memory (its turn running) this long
     session_ttl_s: float = 7 * 24 * 3600.0  # then it is resumable from the store until this long unused
@@ -141,6 +154,11 @@ class Settings:
     accept_error_log_interval_s: float = 10.0  # failed accept() calls (out of descriptors) logged at most this often
     allowed_hosts: str = ""  # comma-separated Host names; "" = localhost and the bound host; "*" = any; IPs always pass
     metrics_public: bool = False  # serve /metrics without the API key
+
+    @property
+    def serves_demo_model(self) -> bool:
+        """The built-in demo model (random weights) is served when no model directory is configured."""
+        return self.model is None and self.engine == "real" and not self.upstreams
 
     def trim_headroom_tokens(self, context_tokens: int) -> int:
         """The most tokens a turn that must drop exchanges frees beyond its own need, in a window this long."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Iterator
 
 
 class CloseCode(enum.IntEnum):
@@ -25,6 +27,7 @@ class ErrorCode(str, enum.Enum):
     UNKNOWN_TYPE = "unknown_type"  # `type` missing or not a known client frame
     INVALID_FIELD = "invalid_field"  # unknown, missing, mistyped or out-of-range field
     BAD_IMAGE = "bad_image"  # attachment is not a decodable image of an allowed format
+    BAD_VIDEO = "bad_video"  # video attachment is not a decodable MP4, WebM or GIF of an allowed codec
     TOO_LARGE = "too_large"  # text, attachment or count above a limit
     IMAGES_UNSUPPORTED = "images_unsupported"  # the served model is text-only
     FORBIDDEN_URL = "forbidden_url"  # image URL refused by the SSRF guard (scheme, credentials, address)
@@ -42,13 +45,15 @@ class ErrorCode(str, enum.Enum):
 
 
 class GatewayError(Exception):
-    """A recoverable problem with one client frame, answered with an `error` frame."""
+    """A recoverable problem with what a client asked: each front end answers it in its own terms (an `error`
+    frame, an HTTP status). `field` names the request field at fault, in the core's names (`tools`,
+    `response_format`, `max_tokens`, `images[2]`...), for a front end to translate."""
 
-    def __init__(self, code: ErrorCode, message: str, frame_id: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.frame_id = frame_id
+        self.field = field
 
 
 class ConnectionClosing(Exception):
@@ -63,8 +68,8 @@ class ConnectionClosing(Exception):
 class RetryLater(GatewayError):
     """Refused for now (`overloaded`, `rate_limited`): the client may retry after `retry_after_ms`."""
 
-    def __init__(self, code: ErrorCode, message: str, retry_after_ms: int, frame_id: str | None = None) -> None:
-        super().__init__(code, message, frame_id)
+    def __init__(self, code: ErrorCode, message: str, retry_after_ms: int, *, field: str | None = None) -> None:
+        super().__init__(code, message, field=field)
         self.retry_after_ms = retry_after_ms
 
 
@@ -74,6 +79,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_TYPE: 400,
     ErrorCode.INVALID_FIELD: 400,
     ErrorCode.BAD_IMAGE: 400,
+    ErrorCode.BAD_VIDEO: 400,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.IMAGES_UNSUPPORTED: 400,
     ErrorCode.FORBIDDEN_URL: 400,
@@ -95,3 +101,13 @@ def one_line(exc: BaseException) -> str:
     """An exception as one line: its message's first line, or its type's name when it has none."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def naming(field: str) -> Iterator[None]:
+    """A refusal raised within names `field`, unless it already names a finer one."""
+    try:
+        yield
+    except GatewayError as exc:
+        exc.field = exc.field or field
+        raise

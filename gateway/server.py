@@ -14,9 +14,11 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gateway.config import Settings
+from gateway.core.runtime import runtime_of
 from gateway.edge.door import Door, DoorProtocol, throttle_accept_errors
 from gateway.errors import CloseCode
 from gateway.ws.deflate import GatewayWebSocketProtocol
+from gateway.ws.state import ws_state_of
 
 log = logging.getLogger("gateway.server")
 
@@ -41,19 +43,17 @@ class DrainingServer(uvicorn.Server):
             self._log_started_message(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain is None and getattr(self.app.state, "connections", None) is not None:
+        if self._drain is None and getattr(self.app.state, "ws", None) is not None:
             self._drain = asyncio.get_event_loop().create_task(self.drain())
             return
         super().handle_exit(sig, frame)
 
     async def drain(self) -> None:
-        state = self.app.state
-        state.draining = True
-        if state.turns is not None:
-            state.turns.draining = True  # both front ends: no new turns
+        runtime, state = runtime_of(self.app), ws_state_of(self.app)
+        runtime.drain.on = True  # both front ends: no new connections, no new turns
         log.info("draining: %d connections, up to %.0f s for running turns", len(state.connections), self.drain_timeout_s)
         deadline = time.monotonic() + self.drain_timeout_s
-        while state.turns is not None and state.turns.in_flight and time.monotonic() < deadline:
+        while runtime.turns is not None and runtime.turns.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for connection in list(state.connections.values()):
             if connection.active is not None:

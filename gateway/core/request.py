@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
 from msgspec import Meta, Struct
+
+from gateway.engine.contract import ToolCall
 
 Temperature = Annotated[float, Meta(ge=0.0, le=5.0)]
 TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
@@ -100,3 +104,39 @@ def free_json(response_format: ResponseFormat | None, tools: list[ToolSpec] | No
     if isinstance(response_format, JsonSchemaFormat):
         fields.append(("response_format.json_schema.schema", response_format.json_schema.schema))
     return fields
+
+
+# ---- what a front end maps its request into, once ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """One turn of a session (the WebSocket's `turn` frame): the user's text and images, and its options."""
+
+    id: str
+    text: str
+    images: Sequence[bytes] = ()
+    image_urls: Sequence[str] = ()  # fetched behind the SSRF guard, after `images`
+    options: SamplingOptions | None = None
+
+
+@dataclass(frozen=True)
+class RequestMessage:
+    """One message of a stateless conversation, its image URLs still to fetch; `field` is where it sat in the
+    request, for errors about it."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    text: str
+    image_urls: tuple[str, ...] = ()
+    field: str = "messages"
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ConversationRequest:
+    """A stateless turn (the OpenAI API): the whole conversation and its options. Unset `max_tokens` means what
+    the context window leaves, at most the server's default."""
+
+    messages: Sequence[RequestMessage]
+    options: SamplingOptions = field(default_factory=lambda: SamplingOptions())

@@ -124,7 +124,6 @@ class Session:
                 raise GatewayError(
                     ErrorCode.CONTEXT_OVERFLOW,
                     f"{what} more than the {context_tokens}-token context window allows with max_tokens={max_tokens}",
-                    turn.id,
                 )
             budget -= _headroom(context_tokens, headroom, budget - alone)
             # Token count only falls as exchanges are dropped, so binary-search the fewest drops.
@@ -191,7 +190,7 @@ class Session:
         last = self.exchanges[-1] if self.exchanges else None
         if last is not None and last.pending_calls:
             raise GatewayError(
-                ErrorCode.INVALID_FIELD, f"answer tool calls {', '.join(last.pending_calls)} with tool_result first", turn.id
+                ErrorCode.INVALID_FIELD, f"answer tool calls {', '.join(last.pending_calls)} with tool_result first"
             )
         continues = last is not None and bool(last.tool_results) and not turn.text and not turn.images
         return replace(turn, continues=continues)

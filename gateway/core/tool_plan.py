@@ -37,12 +37,12 @@ def plan_tools(tools: Sequence[req.ToolSpec] | None, choice: req.ToolChoice | No
     if not tools:
         if choice in (None, "auto", "none"):
             return NO_TOOLS
-        raise GatewayError(ErrorCode.INVALID_FIELD, "tool_choice requires tools")
+        raise GatewayError(ErrorCode.INVALID_FIELD, "tool_choice requires tools", field="tool_choice")
     if choice == "none":
         return NO_TOOLS
     names = [t.function.name for t in tools]
     if len(set(names)) != len(names):
-        raise GatewayError(ErrorCode.INVALID_FIELD, "tools: function names must be unique")
+        raise GatewayError(ErrorCode.INVALID_FIELD, "tools: function names must be unique", field="tools")
     definitions = tuple(definition(t) for t in tools)
     forced: tuple[dict[str, Any], ...] = ()
     if choice == "required":
@@ -50,7 +50,9 @@ def plan_tools(tools: Sequence[req.ToolSpec] | None, choice: req.ToolChoice | No
     elif isinstance(choice, req.NamedToolChoice):
         forced = tuple(d for d in definitions if d["function"]["name"] == choice.function.name)
         if not forced:
-            raise GatewayError(ErrorCode.INVALID_FIELD, f"tool_choice names {choice.function.name!r}, which is not in tools")
+            raise GatewayError(
+                ErrorCode.INVALID_FIELD, f"tool_choice names {choice.function.name!r}, which is not in tools", field="tool_choice"
+            )
     upstream = msgspec.json.encode({"tool_choice": choice}).decode()
     # Unchecked here: the caller compiles it on the grammar pool (gateway/core/grammar_pool.py), off the event loop.
     grammar = Grammar("tool_call", syntax.grammar(forced), upstream) if forced else None

@@ -1,4 +1,4 @@
-"""The turn service: one lifecycle for every front end, from validation to the recorded exchange."""
+"""The turn service: one owner of a turn's life for both front ends, from the validated request to the recorded end."""
 
 from __future__ import annotations
 
@@ -6,19 +6,21 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from gateway.config import Settings
-from gateway.core import request as req
-from gateway.core.fetch import data_url_bytes, fetch_image_bytes
+from gateway.core.attachments import Attachments
+from gateway.core.events import Accepted, Ended, Listener
 from gateway.core.grammar_pool import CompileQuota, GrammarPool
 from gateway.core.image_ledger import ImageLedger
+from gateway.core.limits import TurnLimits
+from gateway.core.relay import EventSink, Observed
+from gateway.core.request import ConversationRequest, SamplingOptions, TurnRequest
 from gateway.core.sampling import resolve_params, server_defaults
 from gateway.core.session import PromptPlan, Session, UserTurn
-from gateway.core.tool_plan import NO_TOOLS, ToolPlan, plan_tools
-from gateway.core.url_guard import FetchPolicy
+from gateway.core.tool_plan import ToolPlan, plan_tools
 from gateway.engine.contract import (
     ChatImage,
     ChatMessage,
@@ -27,27 +29,14 @@ from gateway.engine.contract import (
     GenerationRequest,
     GenerationResult,
     SamplingParams,
-    ToolCallSink,
     TurnHandle,
     TurnSink,
 )
-from gateway.errors import ErrorCode, GatewayError, RetryLater
-from gateway.media.images import ImageLimits, check_image, yield_cpu
+from gateway.errors import ErrorCode, GatewayError, RetryLater, naming
 from gateway.metrics import Metrics
 from gateway.tools.registry import detect
 
 log = logging.getLogger("gateway.core.turns")
-
-
-@dataclass(frozen=True)
-class TurnRequest:
-    """One user turn as any front end received it."""
-
-    id: str
-    text: str
-    images: Sequence[bytes] = ()
-    image_urls: Sequence[str] = ()
-    options: req.SamplingOptions | None = None
 
 
 @dataclass
@@ -61,35 +50,35 @@ class StartedTurn:
     model: str | None  # the adapter it runs on; None is the base model
 
 
-@dataclass
-class _Observed:
-    """Wraps a front end's sink: the service sees every turn's end (metrics, in-flight count, timing)."""
+class SessionKeeper(Protocol):
+    """Whoever holds a session in memory (the WebSocket front end's hub), told of its turn's end."""
 
-    sink: TurnSink
-    service: TurnService
+    def turn_ended(self, started: StartedTurn) -> bool:
+        """The engine has finished the turn; whether the session is still in memory (its images still count)."""
+        ...
 
-    def on_queued(self, position: int) -> None:
-        self.sink.on_queued(position)
-
-    def on_token(self, text: str) -> None:
-        self.sink.on_token(text)
-
-    def on_done(self, result: GenerationResult) -> None:
-        self.service.turn_ended(result)
-        self.sink.on_done(result)
+    def persist(self, started: StartedTurn) -> Awaitable[None]:
+        """Make the recorded exchange durable (a store write, in order behind the session's others)."""
+        ...
 
 
-class TurnService:
-    """Validation and limits, image loading on a bounded pool of its own, sampling resolution, planning
-    and trimming, submission, recording, metrics and draining: written once for WebSocket and HTTP."""
+class Drain:
+    """The server's one drain flag: once on, both front ends refuse new turns (and the WebSocket new connections)."""
 
-    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self) -> None:
+        self.on = False
+
+
+class TurnService(TurnLimits):
+    """Validation and limits, images, sampling, planning and trimming, submission, the typed event stream,
+    and the end of every turn (record, store, final event): written once for WebSocket and HTTP."""
+
+    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics, drain: Drain | None = None) -> None:
         if not 0 <= settings.trim_headroom < 1:
             raise ValueError(f"trim_headroom is a share of the context window, at least 0 and below 1: {settings.trim_headroom}")
-        self.settings = settings
-        self.engine = engine
+        super().__init__(settings, engine)
         self.metrics = metrics
-        self.draining = False
+        self.drain = drain or Drain()
         self.in_flight = 0  # turns submitted and not yet done, all front ends together
         self.server_defaults = server_defaults(settings)
         # One bound for image memory: sessions' images and the engine's processed ones together. The cache
@@ -98,15 +87,7 @@ class TurnService:
         floor = min(settings.image_cache_bytes, settings.max_total_image_bytes // 8)
         self.images = ImageLedger(settings.max_total_image_bytes - floor, lambda room: engine.limit_image_cache(room + floor))
         engine.limit_image_cache(settings.max_total_image_bytes)
-        self.fetch_policy = FetchPolicy.from_settings(settings)
-        self._limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-        # URL fetches wait on the network and decoding burns CPU: each on a pool of its own, so neither
-        # starves the other, and neither shares asyncio's default executor with anything else.
-        self._fetch_slots = asyncio.Semaphore(settings.image_fetch_concurrency)
-        self._fetch_pool = ThreadPoolExecutor(settings.image_fetch_concurrency, thread_name_prefix="gateway-fetch")
-        self._decode_pool = ThreadPoolExecutor(
-            max(1, settings.image_workers), thread_name_prefix="gateway-decode", initializer=yield_cpu
-        )
+        self.attachments = Attachments(settings)
         self._turn_ms = 1000.0  # a moving average of turn durations, for Retry-After
         # Given the count of turns that would wait for a slot, stops as many turns nobody listens to (the hub's
         # detached sessions'), so an attached client is never queued or refused behind abandoned work.
@@ -115,98 +96,41 @@ class TurnService:
         self.free_images: Callable[[str, int], int] | None = None
         self.tool_syntax = detect(engine.chat_template)  # how this model writes tool calls
         self.grammars = _grammar_pool(engine, settings)
+        self._tasks: set[asyncio.Task[None]] = set()  # turns' ends waiting for their store writes
 
     def close(self) -> None:
         self.grammars.close()
-        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.attachments.close()
 
-    @property
-    def models(self) -> list[str]:
-        return [self.engine.model_id, *self.engine.adapters]
+    async def settle(self) -> None:
+        """Every turn's end that still waits for its store write, delivered."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    # ---- checks ----------------------------------------------------------------------------------
+    def check_open(self) -> None:
+        if self.drain.on:
+            raise GatewayError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect shortly")
 
-    def check_open(self, frame_id: str | None) -> None:
-        if self.draining:
-            raise GatewayError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect shortly", frame_id)
-
-    def check_turn(self, request: TurnRequest) -> None:
-        self.check_text(request.text, "text")
-        self.check_images(len(request.images) + len(request.image_urls))
-        if request.options is not None:
-            self.check_options(request.options)
-
-    def check_text(self, text: str, what: str) -> None:
-        """Client text that joins the history (a turn's, a tool result's) is at most max_text_chars."""
-        limit = self.settings.max_text_chars
-        if len(text) > limit:
-            raise GatewayError(ErrorCode.TOO_LARGE, f"{what} is {len(text)} characters; the limit is {limit}")
-
-    def check_images(self, count: int) -> None:
-        if count and not self.engine.vision:
-            raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, "the served model cannot take images; send turns without them")
-        if count > self.settings.max_images_per_turn:
-            raise GatewayError(ErrorCode.TOO_LARGE, f"{count} images; the limit is {self.settings.max_images_per_turn} per turn")
-
-    def check_options(self, options: req.SamplingOptions) -> None:
-        """The limits on sampling options that the schema alone cannot know (they are settings)."""
-        limit = self.settings.max_tokens_limit
-        if options.max_tokens is not None and options.max_tokens > limit:
-            raise GatewayError(ErrorCode.INVALID_FIELD, f"max_tokens {options.max_tokens} is above the limit of {limit}")
-        if options.stop is not None and len(options.stop) > self.settings.max_stop_strings:
-            raise GatewayError(ErrorCode.TOO_LARGE, f"at most {self.settings.max_stop_strings} stop strings")
-        if options.model is not None:
-            self.adapter_for(options.model)
-
-    async def check_grammars(self, options: req.SamplingOptions, quota: CompileQuota) -> None:
+    async def check_grammars(self, options: SamplingOptions, quota: CompileQuota) -> None:
         """An unusable schema or regex is refused now, and so is an unusable tool parameters schema: each
         compiled on the grammar pool, within the client's compile rate."""
-        await self.grammars.response_grammar(options.response_format, quota)
+        with naming("response_format"):
+            await self.grammars.response_grammar(options.response_format, quota)
         if options.tools:
-            await self.grammars.checked(plan_tools(options.tools, "required", self.tool_syntax).grammar, "tools", quota)
-
-    def adapter_for(self, model: str | None) -> str | None:
-        """The adapter a model id selects (None: the base model), or `invalid_field` naming the ids."""
-        if model is None or model == self.engine.model_id:
-            return None
-        if model in self.engine.adapters:
-            return model
-        raise GatewayError(ErrorCode.INVALID_FIELD, f"unknown model {model[:100]!r}; this server has {', '.join(self.models)}")
-
-    # ---- images ----------------------------------------------------------------------------------
-
-    async def load_images(self, blobs: Sequence[bytes], urls: Sequence[str]) -> tuple[ChatImage, ...]:
-        """Attachments, then URL images, checked on the service's pools; numbered in that order."""
-        loads = [self.check_blob(blob, i) for i, blob in enumerate(blobs)]
-        loads += [self.load_url(url, len(blobs) + i) for i, url in enumerate(urls)]
-        results = await asyncio.gather(*loads, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return tuple(results)  # type: ignore[arg-type]
-
-    async def check_blob(self, blob: bytes, index: int) -> ChatImage:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decode_pool, check_image, blob, self._limits, index)
-
-    async def load_url(self, url: str, index: int) -> ChatImage:
-        """A data: URI is decoded here; an http(s) URL waits for one of the fetch slots both front ends share."""
-        if url[:5].lower() == "data:":
-            return await self.check_blob(data_url_bytes(url, self._limits.max_bytes), index)
-        async with self._fetch_slots:
-            loop = asyncio.get_running_loop()
-            blob = await loop.run_in_executor(self._fetch_pool, fetch_image_bytes, url, self.fetch_policy)
-        return await self.check_blob(blob, index)
+            with naming("tools"):
+                await self.grammars.checked(plan_tools(options.tools, "required", self.tool_syntax).grammar, "tools", quota)
 
     # ---- a session's turn (WebSocket) -------------------------------------------------------------
 
-    async def start(self, session: Session, request: TurnRequest, sink: ToolCallSink, quota: CompileQuota) -> StartedTurn:
-        """Check, load, plan and submit one turn of `session`; the caller records it with `record`."""
-        self.check_open(request.id)
+    async def start(
+        self, session: Session, request: TurnRequest, listener: Listener, quota: CompileQuota, keeper: SessionKeeper
+    ) -> StartedTurn:
+        """Check, load, plan and submit one turn of `session`. Its end is this service's: the exchange is
+        recorded, `keeper` makes it durable, and only then does `listener` hear `Ended`."""
+        self.check_open()
         self.check_turn(request)
-        await self._compile_turn_grammars(session.defaults, request.options, quota)
-        images = await self.load_images(request.images, request.image_urls)
+        await self._compile_grammars(session.defaults, request.options, quota)
+        images = await self.attachments.load(request.images, request.image_urls)
         turn = session.check_turn(UserTurn(id=request.id, text=request.text, images=images))
         room = self._image_room(session, turn)
         params, model = self.resolve(session.defaults, request.options)
@@ -216,22 +140,43 @@ class TurnService:
         async def count(messages: Sequence[ChatMessage]) -> int:
             return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
 
-        with _engine_failures(request.id, bool(images)):
+        with _engine_failures(bool(images)):
             await self.engine.prepare(images)
             window = self.engine.context_tokens
             plan = await session.plan(turn, params.max_tokens, window, count, room, self.settings.trim_headroom)
-        self.check_open(request.id)  # planning awaited: the server may have begun draining meanwhile
+        self.check_open()  # planning awaited: the server may have begun draining meanwhile
         started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model)
         generation = GenerationRequest(
             plan.messages, params, started.handle, adapter=model, affinity=session.id, tools=tools.tools
         )
-        self._submit(generation, tools.sink(sink))
+
+        def end(result: GenerationResult) -> None:
+            self._end(session, started, result, listener, keeper)
+
+        self._submit(generation, tools.sink(EventSink(listener, end)))
         session.drop_oldest(plan.dropped_turns)
         self.images.hold(session.id, session.image_bytes + turn.image_bytes)
+        listener(Accepted(plan.prompt_tokens, plan.dropped_turns))  # before any engine event: those come by call_soon
         return started
 
+    def _end(
+        self, session: Session, started: StartedTurn, result: GenerationResult, listener: Listener, keeper: SessionKeeper
+    ) -> None:
+        """The turn's end, in one place: recorded at once (a partial reply when cancelled), made durable, then
+        `Ended`; which waits for the store no longer than store_timeout_s (a hung store must not hold a reply)."""
+        self.record(session, started, result, held=keeper.turn_ended(started))
+
+        async def deliver() -> None:
+            saved = asyncio.ensure_future(keeper.persist(started))
+            await asyncio.wait({saved}, timeout=self.settings.store_timeout_s)
+            listener(Ended(result))
+
+        task = asyncio.get_running_loop().create_task(deliver())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def record(self, session: Session, started: StartedTurn, result: GenerationResult, held: bool = True) -> bool:
-        """The turn's end: its exchange joins the history (partial when cancelled); a failed one does not.
+        """The turn's exchange joins the history (partial when cancelled); a failed one does not.
         `held`: the session is still in memory, so its images still count."""
         recorded = False
         if result.finish_reason != "error":
@@ -242,38 +187,35 @@ class TurnService:
             self.images.hold(session.id, session.image_bytes)
         return recorded
 
-    def resolve(self, defaults: req.SamplingOptions, options: req.SamplingOptions | None) -> tuple[SamplingParams, str | None]:
+    def resolve(self, defaults: SamplingOptions, options: SamplingOptions | None) -> tuple[SamplingParams, str | None]:
         params = resolve_params(self.server_defaults, defaults, options, self.settings.max_tokens_limit)
         model = options.model if options is not None and options.model is not None else defaults.model
         return params, self.adapter_for(model)
 
-    def tools_for(self, defaults: req.SamplingOptions, options: req.SamplingOptions | None) -> ToolPlan:
+    def tools_for(self, defaults: SamplingOptions, options: SamplingOptions | None) -> ToolPlan:
         """The turn's tools and tool_choice, each from its options over the session's defaults."""
         tools = options.tools if options is not None and options.tools is not None else defaults.tools
         choice = options.tool_choice if options is not None and options.tool_choice is not None else defaults.tool_choice
         return plan_tools(tools, choice, self.tool_syntax)
 
-    async def _compile_turn_grammars(
-        self, defaults: req.SamplingOptions, options: req.SamplingOptions | None, quota: CompileQuota
-    ) -> None:
+    async def _compile_grammars(self, defaults: SamplingOptions, options: SamplingOptions | None, quota: CompileQuota) -> None:
         """The turn's grammars, compiled (or found compiled) on the pool before anything uses them: so
         `resolve` and `tools_for` look them up on the loop, never compile there."""
         if options is not None:
             await self.check_grammars(options, quota)
         fmt = options.response_format if options is not None and options.response_format is not None else defaults.response_format
-        await self.grammars.response_grammar(fmt, quota)
-        await self.grammars.checked(self.tools_for(defaults, options).grammar, "tools", quota)
+        with naming("response_format"):
+            await self.grammars.response_grammar(fmt, quota)
+        with naming("tools"):
+            await self.grammars.checked(self.tools_for(defaults, options).grammar, "tools", quota)
 
     def _image_room(self, session: Session, turn: UserTurn) -> int:
         """How many image bytes this session may hold with the turn: its own bound, and what the other
         sessions leave of the process-wide one."""
         s = self.settings
         if turn.image_bytes > s.max_session_image_bytes:
-            raise GatewayError(
-                ErrorCode.TOO_LARGE,
-                f"the turn's images are {turn.image_bytes} bytes; a session holds at most {s.max_session_image_bytes}",
-                turn.id,
-            )
+            message = f"the turn's images are {turn.image_bytes} bytes; a session holds at most {s.max_session_image_bytes}"
+            raise GatewayError(ErrorCode.TOO_LARGE, message, field="images")
         wanted = min(s.max_session_image_bytes, session.image_bytes + turn.image_bytes)
         if turn.image_bytes and self.free_images is not None and wanted > self.images.room_for(session.id):
             self.free_images(session.id, wanted)
@@ -290,26 +232,55 @@ class TurnService:
 
     # ---- a stateless turn (HTTP) ------------------------------------------------------------------
 
-    async def start_stateless(
-        self,
-        messages: Sequence[ChatMessage],
-        params: SamplingParams,
-        model: str | None,
-        sink: ToolCallSink,
-        tools: ToolPlan = NO_TOOLS,
-    ) -> TurnHandle:
-        self.check_open(None)
+    async def start_conversation(self, request: ConversationRequest, listener: Listener, quota: CompileQuota) -> TurnHandle:
+        """Check, load and submit a whole conversation; `listener` hears its events, `Ended` last."""
+        self.check_open()
+        self.check_conversation(request.messages, request.options)
+        options = request.options
+        await self._compile_grammars(SamplingOptions(), options, quota)
+        tools = self.tools_for(SamplingOptions(), options)
+        messages = await self._conversation_messages(request)
+        params, model = self.resolve(SamplingOptions(), options)
+        with naming("messages"):
+            params = await self._fit_context(messages, params, options.max_tokens, tools)
         images = [image for message in messages for image in message.images]
-        with _engine_failures(None, bool(images)):
+        with _engine_failures(bool(images)):
             await self.engine.prepare(images)
-        request = GenerationRequest(messages=messages, params=tools.params(params), adapter=model, tools=tools.tools)
-        self.check_open(None)
-        self._submit(request, tools.sink(sink))
-        return request.handle
+        generation = GenerationRequest(messages=messages, params=tools.params(params), adapter=model, tools=tools.tools)
+        self.check_open()
+        self._submit(generation, tools.sink(EventSink(listener, lambda result: listener(Ended(result)))))
+        return generation.handle
 
-    async def count(self, messages: Sequence[ChatMessage], tools: ToolPlan = NO_TOOLS) -> int:
-        with _engine_failures(None, any(m.images for m in messages)):
-            return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
+    async def _conversation_messages(self, request: ConversationRequest) -> list[ChatMessage]:
+        """Every image fetched and checked on the service's pools (its fetch slots), errors naming their message."""
+
+        async def load(url: str, index: int, field: str) -> ChatImage:
+            with naming(field):
+                return await self.attachments.load_url(url, index)
+
+        urls = [(url, message.field) for message in request.messages for url in message.image_urls]
+        images = iter(await asyncio.gather(*(load(url, i, field) for i, (url, field) in enumerate(urls))))
+        return [
+            ChatMessage(m.role, m.text, tuple(next(images) for _ in m.image_urls), m.tool_calls, m.tool_call_id)
+            for m in request.messages
+        ]
+
+    async def _fit_context(
+        self, messages: list[ChatMessage], params: SamplingParams, requested: int | None, tools: ToolPlan
+    ) -> SamplingParams:
+        """max_tokens within what the context window leaves after the prompt; unset, the server's default at most."""
+        with _engine_failures(any(m.images for m in messages)):
+            prompt_tokens = await self.engine.count_prompt_tokens(messages, tools=tools.tools)
+        window = self.engine.context_tokens
+        room = window - prompt_tokens
+        max_tokens = requested if requested is not None else min(self.settings.default_max_tokens, room)
+        if max_tokens > room or max_tokens < 1:
+            message = (
+                f"This model's maximum context length is {window} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion)."
+            )
+            raise GatewayError(ErrorCode.CONTEXT_OVERFLOW, message)
+        return replace(params, max_tokens=max_tokens)
 
     # ---- the engine --------------------------------------------------------------------------------
 
@@ -319,7 +290,7 @@ class TurnService:
         if waiting > 0 and self.make_room is not None:
             self.make_room(waiting)
         try:
-            self.engine.submit(request, _Observed(sink, self))
+            self.engine.submit(request, Observed(sink, self.turn_ended))
         except EngineFull:
             raise RetryLater(
                 ErrorCode.OVERLOADED, "the server is at capacity; try again shortly", self.retry_after_ms()
@@ -352,7 +323,7 @@ def _grammar_pool(engine: Engine, settings: Settings) -> GrammarPool:
 
 
 @contextlib.contextmanager
-def _engine_failures(frame_id: str | None, with_images: bool) -> Iterator[None]:
+def _engine_failures(with_images: bool) -> Iterator[None]:
     """An unexpected failure while the engine reads a prompt (another family's image processor, say)
     fails this turn with an `error`, never the connection; the details go to the log only."""
     try:
@@ -362,5 +333,5 @@ def _engine_failures(frame_id: str | None, with_images: bool) -> Iterator[None]:
     except Exception:
         log.exception("the engine could not read a prompt")
         if with_images:
-            raise GatewayError(ErrorCode.BAD_IMAGE, "the served model could not take this turn's images", frame_id) from None
-        raise GatewayError(ErrorCode.INTERNAL, "the served model could not read this prompt", frame_id) from None
+            raise GatewayError(ErrorCode.BAD_IMAGE, "the served model could not take this turn's images") from None
+        raise GatewayError(ErrorCode.INTERNAL, "the served model could not read this prompt") from None

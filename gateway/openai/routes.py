@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -15,50 +13,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.config import Settings
-from gateway.core.grammar_pool import CompileQuota
-from gateway.core.tool_plan import ToolPlan, plan_tools
+from gateway.core.request import ConversationRequest, RequestMessage, SamplingOptions
+from gateway.core.runtime import runtime_of
 from gateway.core.turns import TurnService
 from gateway.edge.auth import bearer_accepted
-from gateway.engine.contract import ChatImage, ChatMessage, Engine, Grammar, SamplingParams
-from gateway.errors import HTTP_STATUS, ErrorCode, GatewayError, RetryLater
+from gateway.engine.contract import Engine
+from gateway.errors import ErrorCode, GatewayError
 from gateway.openai import schema
-from gateway.openai.stream import EventStreamResponse, Reply, TurnEvents, turn_events
+from gateway.openai.errors import ApiError
+from gateway.openai.stream import EventStreamResponse, Reply, ReplyEvents, turn_events
 
 log = logging.getLogger("gateway.openai.routes")
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        retry_after_ms: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
-        self.retry_after_ms = retry_after_ms
-
-    @classmethod
-    def from_gateway(cls, exc: GatewayError, param: str | None = None) -> ApiError:
-        """Through the one status table in errors.py; a fetch error keeps its finer reason as the code."""
-        code = getattr(exc, "reason", exc.code.value)
-        status = HTTP_STATUS[exc.code]
-        retry_after_ms = exc.retry_after_ms if isinstance(exc, RetryLater) else None
-        return cls(status, exc.message, "server_error" if status >= 500 else "invalid_request_error", code, param, retry_after_ms)
-
-    def response(self) -> JSONResponse:
-        headers = {}
-        if self.retry_after_ms is not None or self.status == 503:
-            headers["Retry-After"] = str(max(1, math.ceil((self.retry_after_ms or 1000) / 1000)))
-        if self.status == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        body = schema.error_body(self.message, self.type, self.param, self.code)
-        return JSONResponse(body, status_code=self.status, headers=headers)
 
 
 def routes() -> list[Route]:
@@ -100,13 +65,13 @@ api_key_accepted = bearer_accepted
 
 
 def _check_api_key(request: Request) -> None:
-    api_key = request.app.state.settings.api_key
+    api_key = runtime_of(request.app).settings.api_key
     if not api_key_accepted(request.headers.get("authorization"), api_key):
         raise ApiError(401, "missing or incorrect API key", "invalid_request_error", "invalid_api_key")
 
 
 def _ready_turns(request: Request) -> TurnService:
-    turns: TurnService | None = request.app.state.turns
+    turns = runtime_of(request.app).turns
     if turns is None:
         raise ApiError(503, "the model is still loading; try again shortly", "server_error", "model_loading")
     return turns
@@ -144,28 +109,46 @@ def _model_not_found(model_id: str, engine: Engine) -> ApiError:
 
 async def chat_completions(request: Request) -> Response:
     turns = _ready_turns(request)
-    settings: Settings = request.app.state.settings
+    settings: Settings = runtime_of(request.app).settings
     try:
         chat = schema.decode_chat_request(await _read_body(request, settings.max_frame_bytes))
         prompt = schema.prompt_messages(chat)
     except schema.SchemaError as exc:
         raise ApiError(400, exc.message, param=exc.param, code=ErrorCode.INVALID_FIELD.value) from None
     try:
-        adapter = turns.adapter_for(chat.model)
+        turns.adapter_for(chat.model)
     except GatewayError:
         raise _model_not_found(chat.model, turns.engine) from None
-    _check_limits(chat, prompt, turns)
+    conversation = ConversationRequest([_message(m) for m in prompt], sampling_options(chat))
     quota = turns.grammars.quota(request.client.host if request.client else "unknown")
-    tools = await _tool_plan(chat, turns, quota)
-    messages = await _chat_messages(prompt, turns)
-    params = await _sampling_params(chat, messages, turns, tools, await _grammar(chat, turns, quota))
-    events = TurnEvents()
-    handle = await turns.start_stateless(messages, params, adapter, events, tools)
+    events = ReplyEvents()
+    handle = await turns.start_conversation(conversation, events, quota)
     stream = turn_events(events, handle, request.receive)
     reply = Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
     if chat.stream:
         return EventStreamResponse(stream, reply.sse(stream, chat.include_usage))
     return await reply.json(stream)
+
+
+def sampling_options(chat: schema.ChatCompletionRequest) -> SamplingOptions:
+    """The body's options in the request type both front ends share: one line per option."""
+    return SamplingOptions(
+        temperature=chat.temperature,
+        top_p=chat.top_p,
+        top_k=chat.top_k,
+        max_tokens=chat.max_new_tokens,
+        repetition_penalty=chat.repetition_penalty,
+        stop=list(chat.stop_strings) or None,
+        seed=chat.seed,
+        model=chat.model,
+        response_format=chat.response_format,
+        tools=chat.tools,
+        tool_choice=chat.tool_choice,
+    )
+
+
+def _message(message: schema.PromptMessage) -> RequestMessage:
+    return RequestMessage(message.role, message.text, message.image_urls, message.param, message.tool_calls, message.tool_call_id)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -182,87 +165,3 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise ApiError(413, f"the request body is over the {limit}-byte limit", code=ErrorCode.TOO_LARGE.value)
     return bytes(body)
-
-
-def _check_limits(chat: schema.ChatCompletionRequest, prompt: list[schema.PromptMessage], turns: TurnService) -> None:
-    """The turn service's limits, with OpenAI's `param` named where a field is at fault."""
-    settings = turns.settings
-    if len(prompt) > 2 * settings.max_history_turns + 2:
-        raise ApiError(
-            413, f"at most {2 * settings.max_history_turns + 2} messages", code=ErrorCode.TOO_LARGE.value, param="messages"
-        )
-    for message in prompt:
-        if len(message.text) > settings.max_text_chars:
-            message_text = f"a message's text is over the {settings.max_text_chars}-character limit"
-            raise ApiError(413, message_text, code=ErrorCode.TOO_LARGE.value, param=message.param)
-    urls = [message.param for message in prompt for _ in message.image_urls]
-    try:
-        turns.check_images(len(urls))
-    except GatewayError as exc:
-        raise ApiError.from_gateway(exc, urls[0] if exc.code == ErrorCode.IMAGES_UNSUPPORTED else "messages") from None
-    if len(chat.stop_strings) > settings.max_stop_strings:
-        raise ApiError(400, f"at most {settings.max_stop_strings} stop strings", code=ErrorCode.INVALID_FIELD.value, param="stop")
-    if (chat.max_new_tokens or 0) > settings.max_tokens_limit:
-        limit = settings.max_tokens_limit
-        raise ApiError(400, f"max_tokens is above the limit of {limit}", code=ErrorCode.INVALID_FIELD.value, param="max_tokens")
-
-
-async def _chat_messages(prompt: list[schema.PromptMessage], turns: TurnService) -> list[ChatMessage]:
-    """Fetch and check every image through the turn service (its pools, its fetch slots) and build
-    the engine's messages."""
-
-    async def load(url: str, index: int, param: str) -> ChatImage:
-        try:
-            return await turns.load_url(url, index)
-        except GatewayError as exc:
-            raise ApiError.from_gateway(exc, param) from None
-
-    urls = [(url, message.param) for message in prompt for url in message.image_urls]
-    images = iter(await asyncio.gather(*(load(url, i, param) for i, (url, param) in enumerate(urls))))
-    return [ChatMessage(m.role, m.text, tuple(next(images) for _ in m.image_urls), m.tool_calls, m.tool_call_id) for m in prompt]
-
-
-async def _tool_plan(chat: schema.ChatCompletionRequest, turns: TurnService, quota: CompileQuota) -> ToolPlan:
-    try:
-        plan = plan_tools(chat.tools, chat.tool_choice, turns.tool_syntax)
-        await turns.grammars.checked(plan.grammar, "tools", quota)
-        return plan
-    except GatewayError as exc:
-        raise ApiError.from_gateway(exc, "tool_choice" if "tool_choice" in exc.message else "tools") from None
-
-
-async def _sampling_params(
-    chat: schema.ChatCompletionRequest, messages: list[ChatMessage], turns: TurnService, tools: ToolPlan, grammar: Grammar | None
-) -> SamplingParams:
-    """The request's options over the server's defaults; max_tokens defaults to what the context has room for."""
-    settings, engine = turns.settings, turns.engine
-    prompt_tokens = await turns.count(messages, tools)
-    room = engine.context_tokens - prompt_tokens
-    requested = chat.max_new_tokens
-    max_tokens = requested if requested is not None else min(settings.default_max_tokens, room)
-    if max_tokens > room or max_tokens < 1:
-        message = (
-            f"This model's maximum context length is {engine.context_tokens} tokens. However, you requested "
-            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion)."
-        )
-        raise ApiError(400, message, code="context_length_exceeded", param="messages")
-    return SamplingParams(
-        temperature=chat.temperature if chat.temperature is not None else settings.default_temperature,
-        top_p=chat.top_p if chat.top_p is not None else settings.default_top_p,
-        top_k=chat.top_k if chat.top_k is not None else settings.default_top_k,
-        max_tokens=max_tokens,
-        repetition_penalty=(
-            chat.repetition_penalty if chat.repetition_penalty is not None else settings.default_repetition_penalty
-        ),
-        stop=chat.stop_strings,
-        seed=chat.seed,
-        grammar=grammar,
-    )
-
-
-async def _grammar(chat: schema.ChatCompletionRequest, turns: TurnService, quota: CompileQuota) -> Grammar | None:
-    """The response_format's grammar, compiled on the turn service's grammar pool."""
-    try:
-        return await turns.grammars.response_grammar(chat.response_format, quota)
-    except GatewayError as exc:
-        raise ApiError.from_gateway(exc, "response_format") from None

@@ -6,85 +6,79 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gateway.core.events import Delta, Ended, ToolCalled, TurnEvent
 from gateway.engine.contract import GenerationResult, ToolCall, TurnHandle
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.openai import schema
 
-TurnEvent = str | tuple[ToolCall, ...] | GenerationResult  # text deltas, the calls (if any), then the result once
+ReplyEvent = Union[Delta, ToolCalled, Ended]  # merged deltas, the calls (if any), then the end once
 
 
-class TurnEvents:
-    """The engine's sink for one HTTP turn (on the event loop thread). Text waiting for a slow client
-    merges into one delta, so what is buffered is bounded by the turn's own text."""
+class ReplyEvents:
+    """Listens to one HTTP turn (on the event loop thread). Text waiting for a slow client merges into one
+    delta, and calls into one event, so what is buffered is bounded by the turn's own reply."""
 
     def __init__(self) -> None:
         self._text: list[str] = []
         self._calls: list[ToolCall] = []
-        self._result: GenerationResult | None = None
+        self._end: Ended | None = None
         self._gone = False
         self._wake = asyncio.Event()
 
-    def on_queued(self, position: int) -> None:
-        pass  # OpenAI's stream has no place for a queue position
-
-    def on_start(self) -> None:
-        pass
-
-    def on_token(self, text: str) -> None:
-        self._text.append(text)
-        self._wake.set()
-
-    def on_tool_call(self, call: ToolCall) -> None:
-        self._calls.append(call)
-        self._wake.set()
-
-    def on_done(self, result: GenerationResult) -> None:
-        self._result = result
+    def __call__(self, event: TurnEvent) -> None:
+        if isinstance(event, Delta):
+            self._text.append(event.text)
+        elif isinstance(event, ToolCalled):
+            self._calls.extend(event.calls)
+        elif isinstance(event, Ended):
+            self._end = event
+        else:
+            return  # OpenAI's stream has no place for a queue position or the prompt's length
         self._wake.set()
 
     def client_gone(self) -> None:
         self._gone = True
         self._wake.set()
 
-    async def next(self) -> TurnEvent | None:
-        """The text since the last call, else the result; None once the client has gone."""
+    async def next(self) -> ReplyEvent | None:
+        """The text since the last call, else the calls, else the end; None once the client has gone."""
         while True:
             if self._gone:
                 return None
             if self._text:
                 text = "".join(self._text)
                 self._text.clear()
-                return text
+                return Delta(text)
             if self._calls:
                 calls = tuple(self._calls)
                 self._calls.clear()
-                return calls
-            if self._result is not None:
-                return self._result
+                return ToolCalled(calls)
+            if self._end is not None:
+                return self._end
             self._wake.clear()
             await self._wake.wait()
 
 
-async def turn_events(events: TurnEvents, handle: TurnHandle, receive: Receive) -> AsyncGenerator[TurnEvent, None]:
+async def turn_events(events: ReplyEvents, handle: TurnHandle, receive: Receive) -> AsyncGenerator[ReplyEvent, None]:
     """The turn's deltas then its result. However this generator ends (finished, client gone, closed
     early), the turn is cancelled on the way out; for a finished turn that changes nothing."""
     watcher = asyncio.create_task(_wait_for_disconnect(receive, events))
     try:
         while (event := await events.next()) is not None:
             yield event
-            if isinstance(event, GenerationResult):
+            if isinstance(event, Ended):
                 return
     finally:
         watcher.cancel()
         handle.cancel()
 
 
-async def _wait_for_disconnect(receive: Receive, events: TurnEvents) -> None:
+async def _wait_for_disconnect(receive: Receive, events: ReplyEvents) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     events.client_gone()
@@ -111,16 +105,16 @@ class Reply:
     created: int
     model: str
 
-    async def json(self, stream: AsyncGenerator[TurnEvent, None]) -> JSONResponse:
+    async def json(self, stream: AsyncGenerator[ReplyEvent, None]) -> JSONResponse:
         """Wait for the whole turn; raises GatewayError when generation failed."""
         result: GenerationResult | None = None
         calls: tuple[ToolCall, ...] = ()
         async with contextlib.aclosing(stream):
             async for event in stream:
-                if isinstance(event, GenerationResult):
-                    result = event
-                elif isinstance(event, tuple):
-                    calls += event
+                if isinstance(event, Ended):
+                    result = event.result
+                elif isinstance(event, ToolCalled):
+                    calls += event.calls
         if result is None:  # the client has gone; nobody will read this
             return JSONResponse(None, status_code=499)
         if (failure := _failure(result)) is not None:
@@ -128,20 +122,21 @@ class Reply:
         body = schema.completion_body(self.id, self.created, self.model, result.text, result.finish_reason, _usage(result), calls)
         return JSONResponse(body)
 
-    async def sse(self, stream: AsyncGenerator[TurnEvent, None], include_usage: bool) -> AsyncGenerator[bytes, None]:
+    async def sse(self, stream: AsyncGenerator[ReplyEvent, None], include_usage: bool) -> AsyncGenerator[bytes, None]:
         """`chat.completion.chunk` events: the role, each delta, the finish reason, the usage if asked, [DONE]."""
         yield self._chunk({"role": "assistant", "content": ""})
         async for event in stream:
-            if isinstance(event, str):
-                yield self._chunk({"content": event})
-            elif isinstance(event, tuple):  # whole calls, each in one delta with its index
-                yield self._chunk({"tool_calls": schema.tool_calls_body(event, with_index=True)})
-            elif (failure := _failure(event)) is not None:
+            if isinstance(event, Delta):
+                yield self._chunk({"content": event.text})
+            elif isinstance(event, ToolCalled):  # whole calls, each in one delta with its index
+                yield self._chunk({"tool_calls": schema.tool_calls_body(event.calls, with_index=True)})
+            elif (failure := _failure(event.result)) is not None:
                 yield schema.sse_event(schema.error_body(failure.message, "server_error", None, failure.code.value))
             else:
-                yield self._chunk({}, event.finish_reason)
+                yield self._chunk({}, event.result.finish_reason)
                 if include_usage:
-                    yield schema.sse_event(schema.chunk_body(self.id, self.created, self.model, None, None, _usage(event)))
+                    usage = _usage(event.result)
+                    yield schema.sse_event(schema.chunk_body(self.id, self.created, self.model, None, None, usage))
         yield schema.SSE_DONE
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
@@ -153,7 +148,7 @@ class EventStreamResponse(StreamingResponse):
     StreamingResponse this never reads `receive`; closing both generators on the way out stops the turn
     even where the server reports a vanished client only by failing a send."""
 
-    def __init__(self, source: AsyncGenerator[TurnEvent, None], body: AsyncGenerator[bytes, None]) -> None:
+    def __init__(self, source: AsyncGenerator[ReplyEvent, None], body: AsyncGenerator[bytes, None]) -> None:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         super().__init__(body, media_type="text/event-stream", headers=headers)
         self._generators: tuple[AsyncGenerator[Any, None], ...] = (body, source)

@@ -13,10 +13,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.config import Settings
 from gateway.core.ratelimit import TokenBucket
+from gateway.core.request import TurnRequest
 from gateway.core.session import Session
-from gateway.core.turns import StartedTurn, TurnRequest
-from gateway.edge.status import serves_demo_model
-from gateway.engine.contract import GenerationResult, ToolCall
+from gateway.core.turns import StartedTurn
 from gateway.errors import CloseCode, ConnectionClosing, ErrorCode, GatewayError, RetryLater
 from gateway.metrics import Metrics
 from gateway.ws import protocol as p
@@ -25,6 +24,7 @@ from gateway.ws.journal import Journal
 from gateway.ws.live_session import LiveSession
 from gateway.ws.replies import history_frame, limits_of, session_defaults
 from gateway.ws.transport import transport_of
+from gateway.ws.turn_frames import TurnFrames
 
 log = logging.getLogger("gateway.ws.endpoint")
 
@@ -47,30 +47,6 @@ _TRANSITIONS = {
     ConnectionState.CLOSING: {ConnectionState.CLOSED},
     ConnectionState.CLOSED: set(),
 }
-
-
-class TurnEvents:
-    """The engine's sink for one turn; runs on the event loop thread. Events go to the session, not to
-    a connection: a turn outlives a dropped socket, and a resuming one picks its frames up."""
-
-    def __init__(self, hub: SessionHub, live: LiveSession, turn_id: str) -> None:
-        self._hub = hub
-        self._live = live
-        self._turn_id = turn_id
-        self.started: StartedTurn | None = None  # set once submit returned; events come after that
-
-    def on_queued(self, position: int) -> None:
-        self._hub.emit(self._live, p.QueuedFrame(id=self._turn_id, position=position))
-
-    def on_token(self, text: str) -> None:
-        self._hub.emit(self._live, p.TokenFrame(id=self._turn_id, text=text))
-
-    def on_tool_call(self, call: ToolCall) -> None:
-        self._hub.emit(self._live, p.ToolCallFrame(id=self._turn_id, call_id=call.id, name=call.name, arguments=call.arguments))
-
-    def on_done(self, result: GenerationResult) -> None:
-        assert self.started is not None
-        self._hub.turn_done(self._live, self.started, result)
 
 
 class Connection:
@@ -205,10 +181,11 @@ class Connection:
                 frame = p.decode(data)
                 frame_id = getattr(frame, "id", None)
                 await self._handle(frame)
-            except RetryLater as exc:
-                self.send_error(exc.code, exc.message, exc.frame_id or frame_id, exc.retry_after_ms)
             except GatewayError as exc:
-                self.send_error(exc.code, exc.message, exc.frame_id or frame_id)
+                retry_after_ms = exc.retry_after_ms if isinstance(exc, RetryLater) else None
+                self.send_error(
+                    exc.code, exc.message, exc.frame_id if isinstance(exc, p.FrameError) else frame_id, retry_after_ms
+                )
             await self._pace(len(data))
 
     async def _pace(self, nbytes: int) -> None:
@@ -289,15 +266,15 @@ class Connection:
             wait_s = self._history_bytes.take_bytes(float(self.session.image_bytes))
             if wait_s > 0:
                 message = "history with images is sent at a bounded rate (history_image_bytes_per_second); try again later"
-                raise RetryLater(ErrorCode.RATE_LIMITED, message, int(wait_s * 1000) + 1, frame.id)
+                raise RetryLater(ErrorCode.RATE_LIMITED, message, int(wait_s * 1000) + 1)
         self.put(history_frame(self.session, frame))
 
     async def _resume(self, frame: p.ResumeFrame) -> None:
         """Take up the session `frame` names; this connection's fresh one is discarded."""
         if self._turned:
-            raise GatewayError(ErrorCode.INVALID_FIELD, "resume must come before the connection's first turn", frame.id)
+            raise GatewayError(ErrorCode.INVALID_FIELD, "resume must come before the connection's first turn")
         if frame.session == self.live.id:
-            raise GatewayError(ErrorCode.INVALID_FIELD, "this connection already holds that session", frame.id)
+            raise GatewayError(ErrorCode.INVALID_FIELD, "this connection already holds that session")
         live = await self.hub.resume(frame.session, frame.token, self.owner, self.client)
         if self.state is not ConnectionState.OPEN:
             return
@@ -334,27 +311,26 @@ class Connection:
         self._journal = live.journal
 
     async def _start_turn(self, frame: p.TurnFrame) -> None:
-        self.turns.check_open(frame.id)
+        self.turns.check_open()
         if self.active is not None:
             raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
         wait_s = self._turns.take()
         if wait_s > 0:
-            raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1, frame.id)
+            raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1)
         request = TurnRequest(
             id=frame.id, text=frame.text, images=frame.images, image_urls=frame.image_urls, options=frame.options
         )
         self._turned = True
         live = self.live
-        events = TurnEvents(self.hub, live, frame.id)
+        frames = TurnFrames(self.hub.emit, live, frame.id)
         # The reader awaits this (no other frame of ours is read meanwhile), so the turn cannot race a reset.
-        started = events.started = await self.turns.start(live.session, request, events, self._compiles)
+        started = frames.started = await self.turns.start(live.session, request, frames, self._compiles, self.hub.keeper(live))
         live.active = started  # before any await: the turn's events may already be queued
-        self.put(p.AcceptedFrame(id=frame.id, prompt_tokens=started.plan.prompt_tokens, dropped_turns=started.plan.dropped_turns))
         await self.hub.turn_started(live, started)
 
     def _cancel(self, turn_id: str) -> None:
         if self.active is None or self.active.turn.id != turn_id:
-            raise GatewayError(ErrorCode.NOT_FOUND, f"no running turn with id {turn_id!r}", turn_id)
+            raise GatewayError(ErrorCode.NOT_FOUND, f"no running turn with id {turn_id!r}")
         self.active.handle.cancel()
 
     async def _configure(self, frame: p.ConfigureFrame) -> None:
@@ -375,7 +351,7 @@ class Connection:
             defaults=session_defaults(self.turns, self.session),
             vision=engine.vision,
             models=self.turns.models,
-            demo=serves_demo_model(self.settings),
+            demo=self.settings.serves_demo_model,
             resume_token=self.live.token,
             token_counter=engine.token_counter,
             durable=self.hub.guard.durable,

@@ -2,67 +2,40 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from gateway.config import Settings
+from gateway.core.runtime import runtime_of
 from gateway.edge.auth import websocket_accepted
 from gateway.edge.hosts import origin_allowed
 from gateway.engine.contract import Engine
-from gateway.metrics import Metrics
 from gateway.ws.connection import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Connection
-from gateway.ws.hub import SessionHub
+from gateway.ws.state import ws_state_of
 
 log = logging.getLogger("gateway.ws.endpoint")
 
 
-class ConnectionCounter:
-    """Open connections in total and per client address; the check and the count are one step."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.per_client: collections.Counter[str] = collections.Counter()
-
-    def admit(self, client: str, settings: Settings) -> str | None:
-        """Count the connection in, or return why it is refused."""
-        if self.total >= settings.max_connections:
-            return "capacity"
-        if self.per_client[client] >= settings.max_connections_per_client:
-            return "per_client"
-        self.total += 1
-        self.per_client[client] += 1
-        return None
-
-    def release(self, client: str) -> None:
-        self.total -= 1
-        self.per_client[client] -= 1
-        if self.per_client[client] <= 0:
-            del self.per_client[client]
-
-
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    state = websocket.app.state
-    settings: Settings = state.settings
-    metrics: Metrics = state.metrics
-    engine: Engine | None = state.engine
-    refusal = _refusal(websocket, settings, engine, state.draining)
+    runtime, state = runtime_of(websocket.app), ws_state_of(websocket.app)
+    settings, metrics = runtime.settings, runtime.metrics
+    refusal = _refusal(websocket, settings, runtime.engine, runtime.draining)
     if refusal is not None:
         status, reason = refusal
         metrics.rejected.labels(reason).inc()
         await _deny(websocket, status, reason)
         return
     client = websocket.client.host if websocket.client else "unknown"
-    counter: ConnectionCounter = state.connection_counter
+    counter = state.counter
     over = counter.admit(client, settings)
     if over is not None:
         metrics.rejected.labels(over).inc()
         await _deny(websocket, 503, "too many connections" if over == "capacity" else "too many connections from this client")
         return
-    hub: SessionHub = state.hub
-    connection = Connection(websocket, settings, hub, metrics, state.connections)
+    assert state.hub is not None  # the engine is ready, so is the hub
+    connection = Connection(websocket, settings, state.hub, metrics, state.connections)
     try:
         await connection.run(_negotiate_encoding(websocket, connection))
     finally:

@@ -17,13 +17,11 @@ from gateway.core.store.base import SessionMeta, SessionRecord, SessionStore
 from gateway.core.store.guard import StoreGuard, StoreUnavailable
 from gateway.core.turns import StartedTurn, TurnService
 from gateway.edge.quota import SessionQuota
-from gateway.engine.contract import GenerationResult
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.ws import protocol as p
 from gateway.ws.detached import DetachedSessions
 from gateway.ws.journal import Journal
 from gateway.ws.live_session import NOBODY, Attachment, LiveSession, token_hash
-from gateway.ws.replies import done_frame
 
 log = logging.getLogger("gateway.sessions")
 
@@ -221,31 +219,16 @@ class SessionHub:
             log.info("session %s: replay budget full while detached; stopping its turn", live.id)
             live.active.handle.cancel()
 
-    def turn_done(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
-        """Record the exchange, make it durable, then send `done` (a task: the store is asynchronous)."""
-        live.ended = started  # from now on it holds no slot: it must not be stopped for anyone
-        self.detached.turn_ended(live)
-        self.turns.record(live.session, started, result, held=self.live.get(live.id) is live)
-        self.spawn(self._finish(live, started, result))
-
-    async def _finish(self, live: LiveSession, started: StartedTurn, result: GenerationResult) -> None:
-        # `done` follows the save, but waits no longer than store_timeout_s: a hung store (or a long
-        # write queue) must not hold a reply, and the write goes on in order behind the session's lock.
-        saved = self.spawn(self._save(live, "the exchange", history=True, pending=True))
-        await asyncio.wait({saved}, timeout=self.settings.store_timeout_s)
-        if result.finish_reason == "error":
-            code = result.error_code or ErrorCode.GENERATION
-            message = result.error or "generation failed"
-            self.emit(
-                live, p.ErrorFrame(code=code.value, message=message, id=started.turn.id, retry_after_ms=result.retry_after_ms)
-            )
-        self.emit(live, done_frame(started.turn.id, result))
-        if live.active is started:
-            live.active = None
+    def keeper(self, live: LiveSession) -> LiveKeeper:
+        """What the turn service tells of `live`'s turn's end, which it owns: recording, the store, `done`."""
+        return LiveKeeper(self, live)
 
     async def turn_started(self, live: LiveSession, started: StartedTurn) -> None:
         """Called right after submit, before any await: the lock is ours before the turn can end."""
         await self._save(live, "the turn in progress", history=True, pending=True, turn=started.turn)
+
+    async def save_exchange(self, live: LiveSession) -> None:
+        await self._save(live, "the exchange", history=True, pending=True)
 
     async def save_settings(self, live: LiveSession) -> None:
         await self._save(live, "the settings")
@@ -302,3 +285,19 @@ class SessionHub:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
+
+
+class LiveKeeper:
+    """The hub's side of a turn's end (gateway.core.turns.SessionKeeper), for one live session."""
+
+    def __init__(self, hub: SessionHub, live: LiveSession) -> None:
+        self._hub = hub
+        self._live = live
+
+    def turn_ended(self, started: StartedTurn) -> bool:
+        self._live.ended = started  # from now on it holds no slot: it must not be stopped for anyone
+        self._hub.detached.turn_ended(self._live)
+        return self._hub.live.get(self._live.id) is self._live
+
+    def persist(self, started: StartedTurn) -> asyncio.Task[None]:
+        return self._hub.spawn(self._hub.save_exchange(self._live))

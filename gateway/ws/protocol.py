@@ -341,6 +341,14 @@ def _unpack(data: bytes) -> Any:
     )
 
 
+class FrameError(GatewayError):
+    """A frame refused while decoding, with the id it carried when one could be read (errors echo it)."""
+
+    def __init__(self, code: ErrorCode, message: str, frame_id: str | None) -> None:
+        super().__init__(code, message)
+        self.frame_id = frame_id
+
+
 def decode(data: bytes | str) -> ClientFrame:
     """Decode one client message (binary = msgpack, text = JSON) into a validated frame."""
     try:
@@ -359,7 +367,7 @@ def decode(data: bytes | str) -> ClientFrame:
     frame_id = _echoable_id(raw.get("id"))
     frame_type = raw.get("type")
     if frame_type not in CLIENT_TYPES:
-        raise GatewayError(
+        raise FrameError(
             ErrorCode.UNKNOWN_TYPE,
             f"unknown frame type {frame_type!r}; expected one of {', '.join(CLIENT_TYPES)}",
             frame_id,
@@ -370,10 +378,10 @@ def decode(data: bytes | str) -> ClientFrame:
         try:
             check_json_value(value, field)
         except GatewayError as exc:
-            raise GatewayError(exc.code, exc.message, frame_id) from None
+            raise FrameError(exc.code, exc.message, frame_id) from None
     # Only now is the whole frame known to be shallow enough for a recursive walk.
     if isinstance(data, str) and not _is_valid_unicode(raw):  # "\ud800" escapes are legal JSON, not storable text
-        raise GatewayError(ErrorCode.BAD_FRAME, "a string holds a lone UTF-16 surrogate", frame_id)
+        raise FrameError(ErrorCode.BAD_FRAME, "a string holds a lone UTF-16 surrogate", frame_id)
     return frame
 
 
@@ -397,9 +405,9 @@ def _typed(data: bytes | str, raw: Any, frame_id: str | None) -> ClientFrame:
         # JSON carries attachments as base64 strings; the typed decoder turns them into bytes.
         return msgspec.json.decode(data, type=ClientFrame)  # type: ignore[no-any-return,unused-ignore]
     except msgspec.ValidationError as exc:
-        raise GatewayError(ErrorCode.INVALID_FIELD, str(exc), frame_id) from None
+        raise FrameError(ErrorCode.INVALID_FIELD, str(exc), frame_id) from None
     except msgspec.DecodeError as exc:
-        raise GatewayError(ErrorCode.BAD_FRAME, _short(exc), frame_id) from None
+        raise FrameError(ErrorCode.BAD_FRAME, _short(exc), frame_id) from None
 
 
 def encode(frame: ServerFrame, as_json: bool = False) -> bytes | str:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config import Settings
 from gateway.core.session import Exchange, Session
-from gateway.engine.contract import Engine, GenerationResult
+from gateway.engine.contract import Engine
 from gateway.ws import protocol as p
 
 if TYPE_CHECKING:
@@ -49,26 +49,6 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
         "grammar_compiles_per_minute": int(settings.grammar_compiles_per_minute),
         "grammar_compiles_per_minute_per_client": int(settings.grammar_compiles_per_minute_per_client),
     }
-
-
-def done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
-    return p.DoneFrame(
-        id=turn_id,
-        finish_reason=result.finish_reason,
-        text=result.text,
-        usage=p.Usage(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            total_tokens=result.prompt_tokens + result.completion_tokens,
-            cached_tokens=result.cached_tokens,
-        ),
-        timing=p.Timing(
-            ttft_ms=None if result.ttft_ms is None else round(result.ttft_ms, 2),
-            total_ms=round(result.total_ms, 2),
-            tokens_per_s=round(result.tokens_per_s, 2),
-        ),
-        structured=result.structured,
-    )
 
 
 def session_defaults(turns: TurnService, session: Session) -> dict[str, Any]:

@@ -68,7 +68,7 @@ async def test_an_attached_turn_stops_the_oldest_abandoned_ones(small: RunningSe
     """With every slot and the queue taken by turns whose clients vanished, a fresh client's turn is not
     refused: detached turns give way (when their client leaves while others wait, or when an attached turn
     needs the slot), and a stopped one's `done` replays as `cancelled`."""
-    hub = small.app.state.hub
+    hub = small.app.state.ws.hub
     with watching(small.thread) as watch:
         abandoned = [await abandon(small, f"127.0.0.{n + 2}", f"a{n}") for n in range(3)]
         await wait_until(lambda: len(hub.detached) == 3, 30)
@@ -83,7 +83,7 @@ async def test_an_attached_turn_stops_the_oldest_abandoned_ones(small: RunningSe
     # one may have decoded beside the attached turn.
     sessions = [hub.live[ready["session"]] for ready in abandoned]
     assert sum(live.running is not None for live in sessions) <= 1
-    assert small.app.state.metrics.preempted._value.get() >= 2
+    assert small.app.state.runtime.metrics.preempted._value.get() >= 2
 
     await wait_until(lambda: any(live.active is None for live in sessions))
     stopped = next(ready for ready, live in zip(abandoned, sessions) if live.active is None)
@@ -97,7 +97,7 @@ async def test_an_attached_turn_stops_the_oldest_abandoned_ones(small: RunningSe
 async def test_a_client_cannot_pile_up_detached_sessions(small: RunningServer) -> None:
     """Connect-and-vanish from one address keeps at most `max_sessions_per_client` of its sessions in
     memory (the oldest detached go first, to the store); other addresses' sessions are untouched."""
-    hub = small.app.state.hub
+    hub = small.app.state.ws.hub
     other = await From(small.ws_url, "127.0.0.20").open()
     with watching(small.thread) as watch:
         for _ in range(8):
@@ -115,7 +115,7 @@ async def test_a_client_cannot_pile_up_detached_sessions(small: RunningServer) -
 async def test_a_client_at_its_quota_can_reconnect_and_resume(small: RunningServer) -> None:
     """Three detached sessions at a quota of three: a new connection from the same address resumes the
     oldest of them live (its fresh session unloads nothing), with no gap in its frames."""
-    hub = small.app.state.hub
+    hub = small.app.state.ws.hub
     left = []
     for _ in range(3):
         client = await From(small.ws_url, "127.0.0.30").open()

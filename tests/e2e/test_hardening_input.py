@@ -229,7 +229,7 @@ def test_protocol_violation_closes_with_its_code(
     server: RunningServer, frames: list[tuple[int, bytes, bool]], expected: int
 ) -> None:
     """A frame that breaks RFC 6455 gets a close frame with the matching code, then the TCP close."""
-    registry = server.app.state.connections
+    registry = server.app.state.ws.connections
     raw = RawWebSocket(server.port)
     try:
         opcode, payload = raw.read_frame()
@@ -254,7 +254,7 @@ async def test_invalid_utf8_text_message_closes_1007(server: RunningServer) -> N
         with pytest.raises(websockets.ConnectionClosedError):
             await asyncio.wait_for(client.recv(), 10)
         assert client.ws.close_code == 1007
-    await wait_until(lambda: client.ready["session"] not in server.app.state.connections)
+    await wait_until(lambda: client.ready["session"] not in server.app.state.ws.connections)
 
 
 async def test_message_over_max_frame_bytes_closes_1009(small: RunningServer) -> None:
@@ -269,7 +269,7 @@ async def test_message_over_max_frame_bytes_closes_1009(small: RunningServer) ->
         with pytest.raises(websockets.ConnectionClosedError):
             await asyncio.wait_for(client.recv(), 10)
         assert client.ws.close_code == 1009
-    await wait_until(lambda: client.ready["session"] not in small.app.state.connections)
+    await wait_until(lambda: client.ready["session"] not in small.app.state.ws.connections)
 
 
 async def test_compressed_message_over_max_frame_bytes_closes_1009(small: RunningServer) -> None:
@@ -923,7 +923,7 @@ def test_random_messages_never_break_the_connection(lenient: RunningServer) -> N
     assert prober.sent >= 200 and prober.errors, (prober.sent, prober.errors)
     assert prober.accepted == prober.done and prober.running is None
     print(f"\nproperty test: {prober.sent} messages, {prober.accepted} turns accepted, errors {prober.errors}")
-    wait_for(lambda: ready["session"] not in lenient.app.state.connections)
+    wait_for(lambda: ready["session"] not in lenient.app.state.ws.connections)
 
 
 # ---- invariant: abuse on one connection does not reach another ------------------------------------------

@@ -58,7 +58,7 @@ async def stored_image_sessions(server: RunningServer, address: str) -> list[tup
         made.append((client.ready["session"], client.ready["resume_token"]))
     last = await From(server.ws_url, address).open()  # pushes the third out too
     await last.close()
-    hub = server.app.state.hub
+    hub = server.app.state.ws.hub
     await wait_until(lambda: not any(session in hub.live for session, _ in made))
     return made
 
@@ -75,7 +75,7 @@ async def resume(server: RunningServer, address: str, session: tuple[str, str]) 
 async def test_revived_sessions_count_and_never_push_attached_ones_out(tight: RunningServer) -> None:
     """Two revived sessions fill the ledger; a third resume is `overloaded` and the connection stays usable;
     once one of the two is detached, the third resume unloads it instead."""
-    ledger = tight.app.state.turns.images
+    ledger = tight.app.state.runtime.turns.images
     a, b, c = await stored_image_sessions(tight, "127.0.1.1")
     with watching(tight.thread) as watch:
         first, answer = await resume(tight, "127.0.1.2", a)
@@ -91,10 +91,10 @@ async def test_revived_sessions_count_and_never_push_attached_ones_out(tight: Ru
     await third.close()
 
     await first.close()  # a is detached now: it may go to make room
-    await wait_until(lambda: len(tight.app.state.hub.detached) >= 1)
+    await wait_until(lambda: len(tight.app.state.ws.hub.detached) >= 1)
     again, answer = await resume(tight, "127.0.1.5", c)
     assert answer["type"] == "resumed"
-    assert a[0] not in tight.app.state.hub.live and b[0] in tight.app.state.hub.live
+    assert a[0] not in tight.app.state.ws.hub.live and b[0] in tight.app.state.ws.hub.live
     assert ledger.total <= ledger.max_bytes
     await second.close()
     await again.close()
@@ -123,7 +123,7 @@ async def test_history_with_images_is_rate_limited(tight: RunningServer) -> None
 async def test_processed_images_yield_to_what_sessions_hold(tight: RunningServer) -> None:
     """The engine's processed images and the sessions' images share `max_total_image_bytes`: after image
     turns the two together stay within it, the cache getting only what the sessions leave."""
-    ledger, bound = tight.app.state.turns.images, tight.settings.max_total_image_bytes
+    ledger, bound = tight.app.state.runtime.turns.images, tight.settings.max_total_image_bytes
     assert ledger.max_bytes == bound - bound // 8  # an eighth is the processed images' own
     clients = []
     for n, image in enumerate(IMAGES[:2]):

@@ -402,7 +402,7 @@ def load_server(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
 
 def connections_gauge(server: RunningServer) -> float:
     """The `gateway_connections` gauge that /metrics reports."""
-    return float(server.app.state.metrics.registry.get_sample_value("gateway_connections") or 0.0)
+    return float(server.app.state.runtime.metrics.registry.get_sample_value("gateway_connections") or 0.0)
 
 
 def uvicorn_connections(server: RunningServer) -> int:
@@ -429,7 +429,7 @@ def test_idle_connections_are_cheap_and_answer(load_server: RunningServer) -> No
     """500 plain connections, then 500 more with permessage-deflate, all held at once: each gets `ready`
     and answers a ping; the server's memory per connection of each kind is measured (RSS delta / N);
     no thread is spent per connection; all are freed on close."""
-    registry = load_server.app.state.connections
+    registry = load_server.app.state.ws.connections
     clients = ClientProcess({"scenario": "idle", "url": load_server.ws_url, "n": IDLE_CONNECTIONS, "warmup": 8})
     figures: dict[str, Any] = {"connections_per_batch": IDLE_CONNECTIONS}
     batches = []
@@ -472,7 +472,7 @@ def test_50_concurrent_turns_beside_slow_and_stalled_readers(load_server: Runnin
     """10 clients stop reading with megabytes owed to them (their writers blocked); then 30 fast readers
     and 10 slow ones (a frame per 100 ms) run turns: every reader gets its `done` with the streamed text
     equal to `done.text`; memory stays bounded; the stalled clients' turns stop once they vanish."""
-    registry, engine = load_server.app.state.connections, load_server.engine
+    registry, engine = load_server.app.state.ws.connections, load_server.engine
     assert settle(lambda: len(registry) == 0)
     rss_before = rss_bytes()
     peak = [rss_before]
@@ -538,7 +538,7 @@ def test_50_concurrent_turns_beside_slow_and_stalled_readers(load_server: Runnin
 def test_clients_vanishing_mid_send_are_fully_released(load_server: RunningServer) -> None:
     """Five clients whose server-side writers are blocked mid-send reset their TCP connections: their
     sessions leave the registry and the `gateway_connections` gauge comes back to where it was."""
-    registry = load_server.app.state.connections
+    registry = load_server.app.state.ws.connections
     assert settle(lambda: len(registry) == 0)
     gauge_before = connections_gauge(load_server)
     clients = ClientProcess({"scenario": "vanish", "url": load_server.ws_url, "stalled": 5, "history_requests": 40})
@@ -562,7 +562,7 @@ def test_slow_consumer_closed_by_the_server_releases_its_socket(demo_dirs: DemoD
     from tests.conftest import start_server
 
     impatient = start_server(demo_dirs.model, Settings(send_timeout_s=2.0, frames_per_second=1e6, turns_per_minute=1e7))
-    registry = impatient.app.state.connections
+    registry = impatient.app.state.ws.connections
 
     def orphans() -> int:  # sockets the server still holds for sessions it has already closed
         return uvicorn_connections(impatient) - len(registry)
@@ -590,7 +590,7 @@ def test_slow_consumer_closed_by_the_server_releases_its_socket(demo_dirs: DemoD
 def test_1000_connect_turn_disconnect_cycles_leave_nothing_behind(load_server: RunningServer) -> None:
     """1,000 cycles of connect / two-token turn / disconnect, 8 at a time, all succeed; afterwards the
     server's threads, event-loop tasks, file descriptors and sessions are back at their baseline."""
-    registry = load_server.app.state.connections
+    registry = load_server.app.state.ws.connections
 
     def measure() -> dict[str, int]:
         return {

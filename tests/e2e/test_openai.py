@@ -38,7 +38,7 @@ HELLO: Any = [{"role": "user", "content": "hello"}]
 
 def use_fetch_policy(app: Any, policy: FetchPolicy | None = None) -> None:
     """Image URLs are fetched under `policy` (default: the settings', which refuse loopback)."""
-    app.state.turns.fetch_policy = policy or FetchPolicy.from_settings(app.state.settings)
+    app.state.runtime.turns.attachments.fetch_policy = policy or FetchPolicy.from_settings(app.state.runtime.settings)
 
 
 @pytest.fixture(scope="module")

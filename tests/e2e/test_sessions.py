@@ -68,7 +68,7 @@ def durable(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
 
 
 def live_session(server: RunningServer, session_id: str) -> Any:
-    return server.app.state.hub.live.get(session_id)
+    return server.app.state.ws.hub.live.get(session_id)
 
 
 async def test_frames_are_numbered_from_one(durable: RunningServer) -> None:
@@ -160,7 +160,7 @@ async def test_forget_deletes_the_session(durable: RunningServer) -> None:
     await later.close()
     assert forgotten["session"] != old and forgotten["id"] == "f"
     assert failed["code"] == "resume_failed" and live_session(durable, old) is None
-    assert await durable.app.state.hub.store.load(old) is None
+    assert await durable.app.state.ws.hub.store.load(old) is None
 
 
 async def test_expired_session_cannot_be_resumed(demo_dirs: DemoDirs) -> None:
@@ -322,7 +322,7 @@ async def test_a_thousand_drop_and_resume_cycles_leak_nothing(durable: RunningSe
     descriptor, live session, store row or memory is left behind; the reconnect-to-resumed time is reported."""
     from tests.e2e.test_load import open_fds, rss_bytes
 
-    hub = durable.app.state.hub
+    hub = durable.app.state.ws.hub
     owner = await Raw(durable.ws_url).open()
     session, token = owner.ready["session"], owner.ready["resume_token"]
     await owner.send({"type": "turn", "id": "t", "text": "keep me", "options": {"max_tokens": 2}})
@@ -345,10 +345,10 @@ async def test_a_thousand_drop_and_resume_cycles_leak_nothing(durable: RunningSe
     async def store_rows() -> int:
         return int(await hub.store._run(lambda db: db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]))
 
-    connections, live, rows_before = len(durable.app.state.connections), len(hub.live), await store_rows()
+    connections, live, rows_before = len(durable.app.state.ws.connections), len(hub.live), await store_rows()
     threads, fds, rss, tasks = threading.active_count(), open_fds(), rss_bytes(), len(asyncio.all_tasks())
     latencies = sorted([await cycle() for _ in range(1000)])
-    await wait_until(lambda: len(durable.app.state.connections) <= connections and len(hub.live) <= live, timeout_s=20)
+    await wait_until(lambda: len(durable.app.state.ws.connections) <= connections and len(hub.live) <= live, timeout_s=20)
     await asyncio.sleep(0.5)
     rows = await store_rows()
     grown = rss_bytes() - rss
@@ -403,7 +403,7 @@ async def test_resuming_twice_on_one_connection_keeps_both_sessions(durable: Run
 
 async def test_a_failing_store_never_breaks_the_conversation(durable: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """When the store fails (a full disk, Redis gone), configure and turns still work in memory."""
-    store = durable.app.state.hub.store
+    store = durable.app.state.ws.hub.store
 
     async def broken(*args: object) -> None:
         raise OSError("disk full")

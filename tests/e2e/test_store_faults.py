@@ -66,7 +66,7 @@ async def test_a_wrong_token_never_reads_the_history(quick: RunningServer, monke
     lookup and no history read; only the right token loads the history."""
     stored, token = await stored_session(quick)
     holder = await Raw(quick.ws_url).open()
-    calls = count_calls(quick.app.state.hub.store, monkeypatch, "load_meta", "load")
+    calls = count_calls(quick.app.state.ws.hub.store, monkeypatch, "load_meta", "load")
     client = await Raw(quick.ws_url).open()
     answers = []
     for session in (stored, holder.ready["session"], "no-such-session"):
@@ -85,7 +85,7 @@ async def test_a_hung_store_write_holds_no_other_sessions_done(quick: RunningSer
     """Session A's history write hangs the store's writer thread: A's and B's `done` both arrive while
     it is still hung (each waited store_timeout_s at most), sessions are reported not durable, and once
     the store answers again a save makes them durable again."""
-    store, hub = quick.app.state.hub.store, quick.app.state.hub
+    store, hub = quick.app.state.ws.hub.store, quick.app.state.ws.hub
     a, b = await Raw(quick.ws_url).open(), await Raw(quick.ws_url).open()
     hung, release = threading.Event(), threading.Event()
     sync_history = store.sync_history
@@ -127,7 +127,7 @@ async def test_a_failing_store_answers_store_unavailable(quick: RunningServer, m
     """While every store call fails: turns go on, `resume` and `forget` answer `store_unavailable` on a
     connection that stays open, and `ready` and /status say sessions are not durable; then it heals."""
     stored, token = await stored_session(quick)
-    store, hub = quick.app.state.hub.store, quick.app.state.hub
+    store, hub = quick.app.state.ws.hub.store, quick.app.state.ws.hub
 
     async def broken(*args: object) -> None:
         raise OSError("disk I/O error")
@@ -180,7 +180,7 @@ async def test_a_stopped_redis_holds_no_done(
         refused = await other.until("error", timeout_s=30)
         os.kill(redis.pid, signal.SIGCONT)
         for n in range(50):  # saves until one works: the connections the timeouts broke are replaced
-            if running.app.state.hub.guard.durable:
+            if running.app.state.ws.hub.guard.durable:
                 break
             await client.send({"type": "turn", "id": f"t{n + 3}", "text": "after", "options": TURN})
             await client.until("done")

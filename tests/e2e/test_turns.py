@@ -64,9 +64,9 @@ async def test_big_images_in_history_stay_within_the_bounds(bounded: RunningServ
         for turn in range(4):
             for n, client in enumerate((one, two)):
                 results.append(await client.turn(f"t{turn}-{n}", "look", big_images(2 * turn + n), max_tokens=1, **GREEDY))
-        sessions = [bounded.app.state.connections[c.ready["session"]].session for c in (one, two)]
+        sessions = [bounded.app.state.ws.connections[c.ready["session"]].session for c in (one, two)]
         held = [s.image_bytes for s in sessions]
-        ledger = bounded.app.state.turns.images.total
+        ledger = bounded.app.state.runtime.turns.images.total
     growth = rss_bytes() - before
     print(f"\n[turns] rss growth after 8 turns of 8 big images: {growth / MiB:.0f} MiB; held {held}, ledger {ledger}")
     assert all(r.done is not None for r in results), [r.errors for r in results]

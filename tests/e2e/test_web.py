@@ -93,7 +93,7 @@ class Chat:
 
     def connection(self, running: RunningServer) -> Connection:
         app = cast(Starlette, running.server.config.app)
-        connections: dict[str, Connection] = app.state.connections
+        connections: dict[str, Connection] = app.state.ws.connections
         return connections[self.session_id()]
 
     def wait_connected(self, timeout_ms: float = 15_000) -> None:

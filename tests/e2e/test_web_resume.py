@@ -99,7 +99,7 @@ def current(page: Page) -> dict[str, Any]:
 
 def drop_connection(running: RunningServer, session: str) -> None:
     """Cut the TCP connection under the session's WebSocket, with no close frame: a network drop."""
-    transport = transport_of(running.app.state.connections[session].websocket)
+    transport = transport_of(running.app.state.ws.connections[session].websocket)
     transport._loop.call_soon_threadsafe(transport.abort)
 
 

@@ -35,7 +35,7 @@ async def test_multi_turn_chat_with_two_images(server: RunningServer) -> None:
         first = await client.turn("t1", "look", [red, blue], max_tokens=6, **GREEDY)
         second = await client.turn("t2", "and now?", max_tokens=6, **GREEDY)
         history = await client.request({"type": "history", "include_images": True})
-        connection = server.app.state.connections[client.ready["session"]]
+        connection = server.app.state.ws.connections[client.ready["session"]]
     assert first.done and second.done and first.done["finish_reason"] in ("length", "stop")
     per_image = server.engine.loaded.prompt.image_tokens(48, 64) + 2  # plus begin/end-of-image tokens
     assert per_image > 2

@@ -1,5 +1,5 @@
 """The session hub with no server: sessions created, resumed by token, kept through the grace period,
-taken over, forgotten, and a turn's end recorded before its `done`."""
+taken over, forgotten, and a turn on the scripted engine recorded before its `done`."""
 
 from __future__ import annotations
 
@@ -9,18 +9,19 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings
-from gateway.core.session import PromptPlan, UserTurn
+from gateway.core.request import SamplingOptions, TurnRequest
+from gateway.core.session import UserTurn
 from gateway.core.store.base import SessionStore
 from gateway.core.store.memory import MemoryStore
 from gateway.core.store.sqlite import SqliteStore
-from gateway.core.turns import StartedTurn, TurnService
-from gateway.engine.contract import GenerationResult, TurnHandle
+from gateway.core.turns import TurnService
 from gateway.engine.scripted import ScriptedEngine
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
 from gateway.ws import protocol as p
 from gateway.ws.hub import SessionHub
 from gateway.ws.live_session import LiveSession
+from gateway.ws.turn_frames import TurnFrames
 
 
 class Socket:
@@ -134,36 +135,32 @@ async def test_emitted_frames_are_numbered_in_the_sessions_journal(hub: SessionH
     assert [(type(f).__name__, f.seq) for f in frames if f is not None] == [("AcceptedFrame", 1), ("TokenFrame", 2)]
 
 
-def started_turn(live: LiveSession, turn_id: str) -> StartedTurn:
-    started = StartedTurn(UserTurn(turn_id, "q"), PromptPlan([], 3, 0), TurnHandle(), live.session.epoch, None)
-    live.active = started
-    return started
+async def run_turn(hub: SessionHub, live: LiveSession, turn_id: str, max_tokens: int) -> list[p.SessionFrame]:
+    """One turn through the turn service on the scripted engine, as a connection starts it; its frames up to `done`."""
+    frames = TurnFrames(hub.emit, live, turn_id)
+    request = TurnRequest(turn_id, "hello", options=SamplingOptions(max_tokens=max_tokens))
+    started = await hub.turns.start(live.session, request, frames, hub.turns.grammars.quota("10.0.0.1"), hub.keeper(live))
+    frames.started = live.active = started
+    seen: list[p.SessionFrame] = []
+    while not seen or not isinstance(seen[-1], p.DoneFrame):
+        frame = await live.journal.take()
+        assert frame is not None
+        seen.append(frame)
+    return seen
 
 
-def result(finish_reason: str, **fields: object) -> GenerationResult:
-    return GenerationResult(finish_reason, "a reply", (1, 2), 3, 1.0, 2.0, 10.0, **fields)  # type: ignore[arg-type]
-
-
-async def next_frames(live: LiveSession, count: int) -> list[p.SessionFrame]:
-    frames = [await live.journal.take() for _ in range(count)]
-    return [f for f in frames if f is not None]
+async def test_a_turn_streams_accepted_tokens_then_done(hub: SessionHub) -> None:
+    """A session's turn comes out as `accepted`, one `token` per delta, then `done`, numbered in order."""
+    live = hub.create(owner="", client="10.0.0.1")
+    frames = await run_turn(hub, live, "t1", max_tokens=3)
+    kinds = [type(f).__name__ for f in frames]
+    assert kinds[0] == "AcceptedFrame" and kinds[-1] == "DoneFrame" and set(kinds[1:-1]) <= {"TokenFrame"}
+    assert [f.seq for f in frames] == list(range(1, len(frames) + 1))
 
 
 async def test_a_finished_turn_joins_the_history_before_its_done(hub: SessionHub) -> None:
-    """turn_done records the exchange, then emits `done`; the session has no active turn after."""
+    """When `done` is read, the exchange is in the history and the session has no running turn."""
     live = hub.create(owner="", client="10.0.0.1")
-    hub.turn_done(live, started_turn(live, "t1"), result("stop"))
-    (done,) = await next_frames(live, 1)
-    assert isinstance(done, p.DoneFrame) and done.id == "t1" and done.usage.total_tokens == 5
-    assert [e.reply for e in live.session.exchanges] == ["a reply"] and live.active is None
-
-
-async def test_a_failed_turn_sends_its_error_then_done_and_joins_no_history(hub: SessionHub) -> None:
-    """A failed turn: an `error` frame with its stable code, then `done`; the history is unchanged."""
-    live = hub.create(owner="", client="10.0.0.1")
-    hub.turn_done(
-        live, started_turn(live, "t1"), result("error", error="boom", error_code=ErrorCode.OVERLOADED, retry_after_ms=50)
-    )
-    error, done = await next_frames(live, 2)
-    assert isinstance(error, p.ErrorFrame) and (error.code, error.id, error.retry_after_ms) == ("overloaded", "t1", 50)
-    assert isinstance(done, p.DoneFrame) and done.finish_reason == "error" and live.session.exchanges == []
+    done = (await run_turn(hub, live, "t1", max_tokens=3))[-1]
+    assert isinstance(done, p.DoneFrame) and done.text == " w0 w1 w2"
+    assert [e.reply for e in live.session.exchanges] == [" w0 w1 w2"] and live.active is None

@@ -1,14 +1,13 @@
-"""Server frames built from settings, sessions and engine results, with no server: `ready`'s limits,
-`done`, and `history`."""
+"""Server frames built from settings and sessions, with no server: `ready`'s limits and `history`."""
 
 from __future__ import annotations
 
 from gateway.config import Settings
 from gateway.core.session import Exchange, Session, ToolResult, UserTurn
-from gateway.engine.contract import ChatImage, GenerationResult, ToolCall
+from gateway.engine.contract import ChatImage, ToolCall
 from gateway.engine.scripted import ScriptedEngine
 from gateway.ws import protocol as p
-from gateway.ws.replies import done_frame, history_frame, limits_of
+from gateway.ws.replies import history_frame, limits_of
 
 IMAGE = ChatImage(b"\x89PNG-bytes", "image/png", 4, 3, "ab" * 32)
 
@@ -29,19 +28,6 @@ def test_a_text_only_engine_announces_no_images_per_turn() -> None:
 def test_every_limit_is_a_whole_number() -> None:
     """Limits are integers on the wire (seconds rounded down), so every client reads them alike."""
     assert all(isinstance(v, int) for v in limits_of(Settings(), ScriptedEngine()).values())
-
-
-def test_done_carries_usage_and_rounded_timing() -> None:
-    """`done` totals the tokens, keeps cached tokens, and rounds timings to hundredths."""
-    result = GenerationResult("stop", "hi", (1, 2), 5, 1.23456, 9.87654, 3.33333, cached_tokens=2)
-    done = done_frame("t1", result)
-    assert (done.usage.total_tokens, done.usage.cached_tokens) == (7, 2)
-    assert (done.timing.ttft_ms, done.timing.total_ms, done.timing.tokens_per_s) == (1.23, 9.88, 3.33)
-
-
-def test_done_of_a_turn_without_tokens_has_no_ttft() -> None:
-    """A turn that produced no token reports ttft_ms as null, not zero."""
-    assert done_frame("t1", GenerationResult("cancelled", "", (), 5, None, 1.0, 0.0)).timing.ttft_ms is None
 
 
 def session_with(*exchanges: Exchange) -> Session:

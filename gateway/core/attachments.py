@@ -1,0 +1,54 @@
+"""A turn's images loaded off the event loop: attachments checked on a decode pool, URLs fetched on a pool of their own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from gateway.config import Settings
+from gateway.core.fetch import data_url_bytes, fetch_image_bytes
+from gateway.core.url_guard import FetchPolicy
+from gateway.engine.contract import ChatImage
+from gateway.media.images import ImageLimits, check_image, yield_cpu
+
+
+class Attachments:
+    """Checks and fetches for both front ends. URL fetches wait on the network and decoding burns CPU: each on a
+    pool of its own, so neither starves the other, and neither shares asyncio's default executor."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.fetch_policy = FetchPolicy.from_settings(settings)
+        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self._fetch_slots = asyncio.Semaphore(settings.image_fetch_concurrency)
+        self._fetch_pool = ThreadPoolExecutor(settings.image_fetch_concurrency, thread_name_prefix="gateway-fetch")
+        self._decode_pool = ThreadPoolExecutor(
+            max(1, settings.image_workers), thread_name_prefix="gateway-decode", initializer=yield_cpu
+        )
+
+    def close(self) -> None:
+        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def load(self, blobs: Sequence[bytes], urls: Sequence[str]) -> tuple[ChatImage, ...]:
+        """Attachments, then URL images, checked on the pools; numbered in that order."""
+        loads = [self.check_blob(blob, i) for i, blob in enumerate(blobs)]
+        loads += [self.load_url(url, len(blobs) + i) for i, url in enumerate(urls)]
+        results = await asyncio.gather(*loads, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return tuple(results)  # type: ignore[arg-type]
+
+    async def check_blob(self, blob: bytes, index: int) -> ChatImage:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decode_pool, check_image, blob, self.limits, index)
+
+    async def load_url(self, url: str, index: int) -> ChatImage:
+        """A data: URI is decoded here; an http(s) URL waits for one of the fetch slots both front ends share."""
+        if url[:5].lower() == "data:":
+            return await self.check_blob(data_url_bytes(url, self.limits.max_bytes), index)
+        async with self._fetch_slots:
+            loop = asyncio.get_running_loop()
+            blob = await loop.run_in_executor(self._fetch_pool, fetch_image_bytes, url, self.fetch_policy)
+        return await self.check_blob(blob, index)

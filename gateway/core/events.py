@@ -1,0 +1,49 @@
+"""A turn's events as the turn service hands them to a front end: a small sum type that each front end renders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Union
+
+from gateway.engine.contract import GenerationResult, ToolCall
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The turn is planned and on the engine: its prompt's length and the old exchanges trimmed to fit."""
+
+    prompt_tokens: int
+    dropped_turns: int
+
+
+@dataclass(frozen=True)
+class Queued:
+    """It waits for a slot: `position` turns ahead of it, itself included."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Reply text, outside any tool call."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCalled:
+    """Whole tool calls, parsed from the reply, before it ends."""
+
+    calls: tuple[ToolCall, ...]
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The turn's end, exactly once and last: finish reason, usage, timing (and the error, if it failed)."""
+
+    result: GenerationResult
+
+
+TurnEvent = Union[Accepted, Queued, Delta, ToolCalled, Ended]
+Listener = Callable[[TurnEvent], None]  # called on the event loop thread, in order
