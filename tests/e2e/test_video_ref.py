@@ -16,7 +16,7 @@ from tests.conftest import announce
 from tests.families.builders import cached_family
 from tests.vllm_support import vllm_python
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.video_ref, pytest.mark.timeout(900)]  # the first run also installs the environment
 
 
