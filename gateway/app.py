@@ -19,10 +19,11 @@ from gateway import redact
 from gateway.config import Settings
 from gateway.core.runtime import Runtime, runtime_of
 from gateway.core.store.open import open_store
+from gateway.core.turns import TurnService
 from gateway.edge.auth import bearer_accepted
 from gateway.edge.hosts import HostGuard, host_policy
 from gateway.engine.contract import Engine
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, ServiceGauges
 from gateway.openai import routes as openai
 from gateway.status import status_endpoint
 from gateway.ws.endpoint import websocket_endpoint
@@ -98,6 +99,18 @@ def _serve_engine(runtime: Runtime, ws: WsState, engine: Engine) -> None:
     ws.hub = SessionHub(runtime.settings, turns, open_store(runtime.settings))
     ws.hub.start()
     runtime.metrics.watch_engine(engine.load)
+    runtime.metrics.watch_service(_gauges(turns, ws.hub))
+
+
+def _gauges(turns: TurnService, hub: SessionHub) -> ServiceGauges:
+    return ServiceGauges(
+        in_flight=lambda: turns.in_flight,
+        image_bytes=lambda: turns.images.total,
+        image_bytes_limit=turns.images.max_bytes,
+        sessions=lambda: len(hub.live),
+        sessions_detached=lambda: len(hub.detached),
+        store_healthy=lambda: hub.guard.healthy,
+    )
 
 
 async def metrics_endpoint(request: Request) -> Response:

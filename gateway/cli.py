@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__, redact
+from gateway import __version__, logs, redact
 from gateway.config import Settings
 from gateway.startup import StartupError, build_engine, check_store, claim_port, parse_adapters, upstream_base_url
 
@@ -32,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     redact.install(settings.api_key, settings.upstream_api_key)  # before the first line is logged
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings)
     try:
         check_store(settings)
     except StartupError as exc:
@@ -62,6 +62,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         parse_adapters(settings.adapters)
     except ValueError as exc:
         raise SystemExit(f"gateway serve: a GATEWAY_* variable is malformed: {exc}") from None
+    if settings.log_format not in logs.FORMATS:
+        raise SystemExit(f"gateway serve: GATEWAY_LOG_FORMAT is one of {', '.join(logs.FORMATS)}, not {settings.log_format!r}")
     try:
         upstreams = [upstream_base_url(url) for url in settings.upstreams.split(",") if url.strip()]
     except ValueError as exc:
@@ -186,10 +188,22 @@ def _add_serve(commands: Any) -> None:
         help=_setting("log_level", "logging level"),
     )
     add(
+        "--log-format",
+        dest="log_format",
+        choices=list(logs.FORMATS),
+        help=_setting("log_format", "json: one JSON object a line (ts, level, logger, message, fields)"),
+    )
+    add(
         "--max-batch", dest="max_batch", type=_positive, help=_setting("max_batch", "turns decoding together in one forward pass")
     )
     add("--chat-template", dest="chat_template", help=_setting("chat_template", "a Jinja chat template file", "the model's"))
     add("--engine", choices=["real", "scripted"], help=_setting("engine", "scripted: no model, instant replies"))
+    add(
+        "--otlp-traces-endpoint",
+        dest="otlp_traces_endpoint",
+        metavar="URL",
+        help=_setting("otlp_traces_endpoint", "send OpenTelemetry traces to this OTLP/HTTP URL (the otel extra)", "off"),
+    )
     add(
         "--data-dir", dest="data_dir", help=_setting("data_dir", "the SQLite session store's directory", "~/.local/share/gateway")
     )

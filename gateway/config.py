@@ -24,6 +24,7 @@ class Settings:
     dtype: str | None = None  # "float32", "float16", "bfloat16"; default by device
     trust_remote_code: bool = False
     log_level: str = "info"
+    log_format: str = "text"  # "text", or "json": one object a line with structured fields (gateway/logs.py)
 
     # Limits on what one client may send.
     max_frame_bytes: int = 16 * MiB
@@ -154,6 +155,8 @@ class Settings:
     accept_error_log_interval_s: float = 10.0  # failed accept() calls (out of descriptors) logged at most this often
     allowed_hosts: str = ""  # comma-separated Host names; "" = localhost and the bound host; "*" = any; IPs always pass
     metrics_public: bool = False  # serve /metrics without the API key
+    # OpenTelemetry traces (the `otel` extra): an OTLP/HTTP collector's traces URL, e.g. http://collector:4318/v1/traces
+    otlp_traces_endpoint: str | None = None
 
     @property
     def serves_demo_model(self) -> bool:

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.engine.contract import EngineLoad
+
+
+@dataclass(frozen=True)
+class ServiceGauges:
+    """What the gauges above the engine read at scrape time (the app wires them to the service and hub)."""
+
+    in_flight: Callable[[], int]
+    image_bytes: Callable[[], int]
+    image_bytes_limit: int
+    sessions: Callable[[], int]
+    sessions_detached: Callable[[], int]
+    store_healthy: Callable[[], bool]
+
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -43,6 +57,23 @@ class Metrics:
         self.encoder_hits = Gauge(
             "gateway_encoder_cache_hits", "Prefills that took images' encoder outputs from those held", registry=r
         )
+        self.image_cache_bytes = Gauge("gateway_image_cache_bytes", "Bytes of processed images held for reuse", registry=r)
+        self.prompt_tokens = Counter("gateway_prompt_tokens", "Prompt tokens of finished turns", registry=r)
+        self.cached_tokens = Counter(
+            "gateway_prompt_tokens_cached", "Prompt tokens whose KV was reused instead of prefilled", registry=r
+        )
+        self.turn_seconds = Histogram(
+            "gateway_turn_duration_seconds", "Turns' time from submission to done", buckets=LATENCY_BUCKETS_S, registry=r
+        )
+        self.store_failures = Counter("gateway_store_failures", "Session store calls that failed or timed out", registry=r)
+        self.store_healthy = Gauge("gateway_store_healthy", "1 while the session store answers, else 0", registry=r)
+        self.image_bytes = Gauge("gateway_session_image_bytes", "Image bytes sessions' histories hold", registry=r)
+        self.image_bytes_limit = Gauge(
+            "gateway_session_image_bytes_limit", "The most image bytes sessions' histories may hold together", registry=r
+        )
+        self.sessions = Gauge("gateway_sessions", "Sessions in memory, attached or detached", registry=r)
+        self.sessions_detached = Gauge("gateway_sessions_detached", "Sessions in memory with no connection", registry=r)
+        self.in_flight = Gauge("gateway_turns_in_flight", "Turns submitted and not yet done, both front ends", registry=r)
 
     def watch_engine(self, load: Callable[[], EngineLoad]) -> None:
         """Read active/queued counts from the engine at scrape time."""
@@ -53,6 +84,16 @@ class Metrics:
         self.kv_hit_rate.set_function(lambda: _rate(load()))
         self.encoder_bytes.set_function(lambda: float(load().encoder_cache_bytes))
         self.encoder_hits.set_function(lambda: float(load().encoder_cache_hits))
+        self.image_cache_bytes.set_function(lambda: float(load().image_cache_bytes))
+
+    def watch_service(self, watched: ServiceGauges) -> None:
+        """Read the turn service's and the hub's sizes at scrape time."""
+        self.in_flight.set_function(lambda: float(watched.in_flight()))
+        self.image_bytes.set_function(lambda: float(watched.image_bytes()))
+        self.image_bytes_limit.set(watched.image_bytes_limit)
+        self.sessions.set_function(lambda: float(watched.sessions()))
+        self.sessions_detached.set_function(lambda: float(watched.sessions_detached()))
+        self.store_healthy.set_function(lambda: float(watched.store_healthy()))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -60,6 +101,9 @@ class Metrics:
     def observe_turn(self, result: Any) -> None:
         self.turns.labels(result.finish_reason).inc()
         self.tokens.inc(result.completion_tokens)
+        self.prompt_tokens.inc(result.prompt_tokens)
+        self.cached_tokens.inc(result.cached_tokens)
+        self.turn_seconds.observe(result.total_ms / 1000)
         if result.ttft_ms is not None:
             self.ttft.observe(result.ttft_ms / 1000)
         if result.tokens_per_s > 0:

@@ -17,6 +17,7 @@ from gateway.config import Settings
 from gateway.core.runtime import runtime_of
 from gateway.edge.door import Door, DoorProtocol, throttle_accept_errors
 from gateway.errors import CloseCode
+from gateway.logs import uvicorn_config
 from gateway.ws.deflate import GatewayWebSocketProtocol
 from gateway.ws.state import ws_state_of
 
@@ -74,6 +75,7 @@ def make_server(app: Starlette, settings: Settings, **overrides: Any) -> Drainin
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=uvicorn_config(settings),  # JSON lines for uvicorn's access and error logs too
         http=DoorProtocol.bound_to(Door.from_settings(settings)),
         h11_max_incomplete_event_size=settings.max_header_bytes,
         ws=GatewayWebSocketProtocol,  # deflate, but never megabytes of images on the event loop

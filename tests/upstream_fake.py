@@ -27,6 +27,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.mode = "ok"
         self.requests = 0
+        self.traceparents: list[str | None] = []  # each chat request's W3C trace context header
         self.port = free_port()
         routes = [
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -59,6 +60,7 @@ class FakeUpstream:
 
     async def chat(self, request: Request) -> Response:
         self.requests += 1
+        self.traceparents.append(request.headers.get("traceparent"))
         body = await request.json()
         if self.mode == "429":
             return JSONResponse({"error": {"message": "full"}}, 429, headers={"Retry-After": "7"})

@@ -24,7 +24,7 @@ from gateway.core.structured import (
     source_key,
     validate,
 )
-from gateway.engine.contract import Grammar
+from gateway.engine.contract import Engine, Grammar
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.media.images import yield_cpu
 
@@ -210,3 +210,14 @@ def _settle(running: _Compile, done: asyncio.Future[Grammar | GatewayError]) -> 
         outcome.set_result(GatewayError(ErrorCode.SHUTTING_DOWN, "the server is shutting down"))
     else:
         outcome.set_result(done.result())
+
+
+def pool_for(engine: Engine, settings: Settings) -> GrammarPool:
+    """With a local engine, its own compile is the check, so each grammar compiles once for both."""
+    from gateway.engine.constrain import GrammarVocabulary  # torch: only where a local engine already loaded it
+
+    vocabulary = getattr(engine, "grammars", None)
+    if not isinstance(vocabulary, GrammarVocabulary):
+        return GrammarPool(settings)
+    vocabulary.capacity = settings.grammar_matchers_kept
+    return GrammarPool(settings, vocabulary.check, vocabulary.holds)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.core.events import Delta, Listener, Queued, ToolCalled
+from gateway.core.tracing import NO_TRACE, TurnTrace
 from gateway.engine.contract import GenerationResult, ToolCall, TurnSink
 
 
@@ -32,10 +33,13 @@ class EventSink:
 
 @dataclass
 class Observed:
-    """The outermost sink: the service sees every turn's raw end first (metrics, in-flight count, timing)."""
+    """The outermost sink: the service sees every turn's raw end first (metrics, in-flight count, timing, the
+    trace's engine phases; with tools, parsing the reply is a phase of its own)."""
 
     sink: TurnSink
     ended: Callable[[GenerationResult], None]
+    trace: TurnTrace = NO_TRACE
+    parses_tools: bool = False
 
     def on_queued(self, position: int) -> None:
         self.sink.on_queued(position)
@@ -45,4 +49,7 @@ class Observed:
 
     def on_done(self, result: GenerationResult) -> None:
         self.ended(result)
+        self.trace.engine_done(result)
+        if self.parses_tools:
+            self.trace.phase("tool_parsing")
         self.sink.on_done(result)

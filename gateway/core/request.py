@@ -13,6 +13,7 @@ from gateway.engine.contract import ToolCall
 Temperature = Annotated[float, Meta(ge=0.0, le=5.0)]
 TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
 TopK = Annotated[int, Meta(ge=0, le=100_000)]
+MinP = Annotated[float, Meta(ge=0.0, le=1.0)]
 MaxTokens = Annotated[int, Meta(ge=1)]
 RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=10.0)]
 StopString = Annotated[str, Meta(min_length=1, max_length=128)]
@@ -85,6 +86,7 @@ class SamplingOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
     temperature: Temperature | None = None
     top_p: TopP | None = None
     top_k: TopK | None = None
+    min_p: MinP | None = None
     max_tokens: MaxTokens | None = None
     repetition_penalty: RepetitionPenalty | None = None
     stop: list[StopString] | None = None
@@ -118,6 +120,7 @@ class TurnRequest:
     images: Sequence[bytes] = ()
     image_urls: Sequence[str] = ()  # fetched behind the SSRF guard, after `images`
     options: SamplingOptions | None = None
+    traceparent: str | None = None  # the W3C trace context the client sent (on the WebSocket handshake)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from gateway.config import Settings
-from gateway.core.turns import Drain, TurnService
+from gateway.core.turn_types import Drain
+from gateway.core.turns import TurnService
 from gateway.engine.contract import Engine
 from gateway.metrics import Metrics
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from gateway.config import Settings
@@ -11,6 +12,7 @@ from gateway.engine.contract import SamplingParams
 from gateway.errors import ErrorCode, GatewayError
 
 OPTION_FIELDS = SamplingOptions.__struct_fields__
+PARAM_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams)) - {"max_tokens", "stop", "grammar"}
 
 
 def server_defaults(settings: Settings) -> SamplingOptions:
@@ -27,23 +29,21 @@ def server_defaults(settings: Settings) -> SamplingOptions:
 def resolve_params(
     server: SamplingOptions, session: SamplingOptions, turn: SamplingOptions | None, max_tokens_limit: int
 ) -> SamplingParams:
-    """Per-turn options over session defaults over server defaults, checked against the limits."""
+    """Per-turn options over session defaults over server defaults, checked against the limits. An option the
+    engine takes under the same name passes through as it is (a new sampling option needs no line here); only
+    the options that change shape on the way are named below."""
     layers = [server, session] + ([turn] if turn is not None else [])
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update({k: getattr(layer, k) for k in OPTION_FIELDS if getattr(layer, k) is not None})
     max_tokens = int(merged.get("max_tokens", max_tokens_limit))
     if max_tokens > max_tokens_limit:
-        raise GatewayError(ErrorCode.INVALID_FIELD, f"max_tokens {max_tokens} is above the limit of {max_tokens_limit}")
-    stop = tuple(merged.get("stop") or ())
+        message = f"max_tokens {max_tokens} is above the limit of {max_tokens_limit}"
+        raise GatewayError(ErrorCode.INVALID_FIELD, message, field="max_tokens")
+    same = {k: v for k, v in merged.items() if k in PARAM_FIELDS}
     return SamplingParams(
-        temperature=float(merged.get("temperature", 1.0)),
-        top_p=float(merged.get("top_p", 1.0)),
-        top_k=int(merged.get("top_k", 0)),
+        **same,
         max_tokens=max_tokens,
-        repetition_penalty=float(merged.get("repetition_penalty", 1.0)),
-        stop=stop,
-        seed=merged.get("seed"),
-        ignore_eos=bool(merged.get("ignore_eos", False)),
+        stop=tuple(merged.get("stop") or ()),
         grammar=response_grammar(merged.get("response_format")),
     )

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol
+from collections.abc import Callable, Sequence
 
 from gateway.config import Settings
 from gateway.core.attachments import Attachments
 from gateway.core.events import Accepted, Ended, Listener
-from gateway.core.grammar_pool import CompileQuota, GrammarPool
+from gateway.core.grammar_pool import CompileQuota, pool_for
 from gateway.core.image_ledger import ImageLedger
 from gateway.core.limits import TurnLimits
+from gateway.core.prompts import conversation_messages, engine_failures, fit_context
 from gateway.core.relay import EventSink, Observed
 from gateway.core.request import ConversationRequest, SamplingOptions, TurnRequest
 from gateway.core.sampling import resolve_params, server_defaults
-from gateway.core.session import PromptPlan, Session, UserTurn
+from gateway.core.session import Session, UserTurn
 from gateway.core.tool_plan import ToolPlan, plan_tools
+from gateway.core.tracing import NO_TRACE, Tracer, TurnTrace
+from gateway.core.turn_types import Drain, SessionKeeper, StartedTurn
 from gateway.engine.contract import (
-    ChatImage,
     ChatMessage,
     Engine,
     EngineFull,
@@ -37,36 +36,6 @@ from gateway.metrics import Metrics
 from gateway.tools.registry import detect
 
 log = logging.getLogger("gateway.core.turns")
-
-
-@dataclass
-class StartedTurn:
-    """A session's turn on the engine: what to record when it ends, and the grip to cancel it."""
-
-    turn: UserTurn
-    plan: PromptPlan
-    handle: TurnHandle
-    epoch: int
-    model: str | None  # the adapter it runs on; None is the base model
-
-
-class SessionKeeper(Protocol):
-    """Whoever holds a session in memory (the WebSocket front end's hub), told of its turn's end."""
-
-    def turn_ended(self, started: StartedTurn) -> bool:
-        """The engine has finished the turn; whether the session is still in memory (its images still count)."""
-        ...
-
-    def persist(self, started: StartedTurn) -> Awaitable[None]:
-        """Make the recorded exchange durable (a store write, in order behind the session's others)."""
-        ...
-
-
-class Drain:
-    """The server's one drain flag: once on, both front ends refuse new turns (and the WebSocket new connections)."""
-
-    def __init__(self) -> None:
-        self.on = False
 
 
 class TurnService(TurnLimits):
@@ -95,11 +64,13 @@ class TurnService(TurnLimits):
         # Given a session and the image bytes it needs, unloads detached sessions holding images until it has them.
         self.free_images: Callable[[str, int], int] | None = None
         self.tool_syntax = detect(engine.chat_template)  # how this model writes tool calls
-        self.grammars = _grammar_pool(engine, settings)
+        self.grammars = pool_for(engine, settings)
+        self.tracer = Tracer.from_endpoint(settings.otlp_traces_endpoint)
         self._tasks: set[asyncio.Task[None]] = set()  # turns' ends waiting for their store writes
 
     def close(self) -> None:
         self.grammars.close()
+        self.tracer.close()
         self.attachments.close()
 
     async def settle(self) -> None:
@@ -126,11 +97,27 @@ class TurnService(TurnLimits):
         self, session: Session, request: TurnRequest, listener: Listener, quota: CompileQuota, keeper: SessionKeeper
     ) -> StartedTurn:
         """Check, load, plan and submit one turn of `session`. Its end is this service's: the exchange is
-        recorded, `keeper` makes it durable, and only then does `listener` hear `Ended`."""
+        recorded, `keeper` makes it durable, and only then does `listener` hear `Ended`. One trace span."""
+        trace = self.tracer.turn(request.traceparent, "websocket")
+        with trace.opened():
+            return await self._start(session, request, listener, quota, keeper, trace)
+
+    async def _start(
+        self,
+        session: Session,
+        request: TurnRequest,
+        listener: Listener,
+        quota: CompileQuota,
+        keeper: SessionKeeper,
+        trace: TurnTrace,
+    ) -> StartedTurn:
+        trace.phase("admission")
         self.check_open()
         self.check_turn(request)
         await self._compile_grammars(session.defaults, request.options, quota)
+        trace.phase("images")
         images = await self.attachments.load(request.images, request.image_urls)
+        trace.phase("planning")
         turn = session.check_turn(UserTurn(id=request.id, text=request.text, images=images))
         room = self._image_room(session, turn)
         params, model = self.resolve(session.defaults, request.options)
@@ -140,12 +127,12 @@ class TurnService(TurnLimits):
         async def count(messages: Sequence[ChatMessage]) -> int:
             return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
 
-        with _engine_failures(bool(images)):
+        with engine_failures(bool(images)):
             await self.engine.prepare(images)
             window = self.engine.context_tokens
             plan = await session.plan(turn, params.max_tokens, window, count, room, self.settings.trim_headroom)
         self.check_open()  # planning awaited: the server may have begun draining meanwhile
-        started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model)
+        started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model, trace=trace)
         generation = GenerationRequest(
             plan.messages, params, started.handle, adapter=model, affinity=session.id, tools=tools.tools
         )
@@ -153,7 +140,7 @@ class TurnService(TurnLimits):
         def end(result: GenerationResult) -> None:
             self._end(session, started, result, listener, keeper)
 
-        self._submit(generation, tools.sink(EventSink(listener, end)))
+        self._submit(generation, tools.sink(EventSink(listener, end)), trace, tools.syntax is not None)
         session.drop_oldest(plan.dropped_turns)
         self.images.hold(session.id, session.image_bytes + turn.image_bytes)
         listener(Accepted(plan.prompt_tokens, plan.dropped_turns))  # before any engine event: those come by call_soon
@@ -164,12 +151,14 @@ class TurnService(TurnLimits):
     ) -> None:
         """The turn's end, in one place: recorded at once (a partial reply when cancelled), made durable, then
         `Ended`; which waits for the store no longer than store_timeout_s (a hung store must not hold a reply)."""
-        self.record(session, started, result, held=keeper.turn_ended(started))
+        self.record(session, started, result, held=keeper.turn_ended(started, result))
+        started.trace.phase("store_write")
 
         async def deliver() -> None:
             saved = asyncio.ensure_future(keeper.persist(started))
             await asyncio.wait({saved}, timeout=self.settings.store_timeout_s)
             listener(Ended(result))
+            started.trace.end()
 
         task = asyncio.get_running_loop().create_task(deliver())
         self._tasks.add(task)
@@ -232,70 +221,51 @@ class TurnService(TurnLimits):
 
     # ---- a stateless turn (HTTP) ------------------------------------------------------------------
 
-    async def start_conversation(self, request: ConversationRequest, listener: Listener, quota: CompileQuota) -> TurnHandle:
-        """Check, load and submit a whole conversation; `listener` hears its events, `Ended` last."""
+    async def start_conversation(
+        self, request: ConversationRequest, listener: Listener, quota: CompileQuota, trace: TurnTrace = NO_TRACE
+    ) -> TurnHandle:
+        """Check, load and submit a whole conversation; `listener` hears its events, `Ended` last. The caller
+        opened `trace` (its admission phase began with the body)."""
         self.check_open()
         self.check_conversation(request.messages, request.options)
         options = request.options
         await self._compile_grammars(SamplingOptions(), options, quota)
         tools = self.tools_for(SamplingOptions(), options)
-        messages = await self._conversation_messages(request)
+        trace.phase("images")
+        messages = await conversation_messages(self.attachments, request)
+        trace.phase("planning")
         params, model = self.resolve(SamplingOptions(), options)
         with naming("messages"):
-            params = await self._fit_context(messages, params, options.max_tokens, tools)
+            params = await fit_context(self.engine, self.settings.default_max_tokens, messages, params, options.max_tokens, tools)
         images = [image for message in messages for image in message.images]
-        with _engine_failures(bool(images)):
+        with engine_failures(bool(images)):
             await self.engine.prepare(images)
         generation = GenerationRequest(messages=messages, params=tools.params(params), adapter=model, tools=tools.tools)
         self.check_open()
-        self._submit(generation, tools.sink(EventSink(listener, lambda result: listener(Ended(result)))))
+
+        def end(result: GenerationResult) -> None:
+            listener(Ended(result))
+            trace.end()
+
+        self._submit(generation, tools.sink(EventSink(listener, end)), trace, tools.syntax is not None)
         return generation.handle
-
-    async def _conversation_messages(self, request: ConversationRequest) -> list[ChatMessage]:
-        """Every image fetched and checked on the service's pools (its fetch slots), errors naming their message."""
-
-        async def load(url: str, index: int, field: str) -> ChatImage:
-            with naming(field):
-                return await self.attachments.load_url(url, index)
-
-        urls = [(url, message.field) for message in request.messages for url in message.image_urls]
-        images = iter(await asyncio.gather(*(load(url, i, field) for i, (url, field) in enumerate(urls))))
-        return [
-            ChatMessage(m.role, m.text, tuple(next(images) for _ in m.image_urls), m.tool_calls, m.tool_call_id)
-            for m in request.messages
-        ]
-
-    async def _fit_context(
-        self, messages: list[ChatMessage], params: SamplingParams, requested: int | None, tools: ToolPlan
-    ) -> SamplingParams:
-        """max_tokens within what the context window leaves after the prompt; unset, the server's default at most."""
-        with _engine_failures(any(m.images for m in messages)):
-            prompt_tokens = await self.engine.count_prompt_tokens(messages, tools=tools.tools)
-        window = self.engine.context_tokens
-        room = window - prompt_tokens
-        max_tokens = requested if requested is not None else min(self.settings.default_max_tokens, room)
-        if max_tokens > room or max_tokens < 1:
-            message = (
-                f"This model's maximum context length is {window} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion)."
-            )
-            raise GatewayError(ErrorCode.CONTEXT_OVERFLOW, message)
-        return replace(params, max_tokens=max_tokens)
 
     # ---- the engine --------------------------------------------------------------------------------
 
-    def _submit(self, request: GenerationRequest, sink: TurnSink) -> None:
+    def _submit(self, request: GenerationRequest, sink: TurnSink, trace: TurnTrace, parses_tools: bool) -> None:
+        request.traceparent = trace.traceparent  # an upstream's spans join the turn's trace
         load = self.engine.load()
         waiting = load.active + load.waiting + 1 - load.capacity
         if waiting > 0 and self.make_room is not None:
             self.make_room(waiting)
         try:
-            self.engine.submit(request, Observed(sink, self.turn_ended))
+            self.engine.submit(request, Observed(sink, self.turn_ended, trace, parses_tools))
         except EngineFull:
             raise RetryLater(
                 ErrorCode.OVERLOADED, "the server is at capacity; try again shortly", self.retry_after_ms()
             ) from None
         self.in_flight += 1
+        trace.submitted(request.adapter or self.engine.model_id)
 
     def turn_ended(self, result: GenerationResult) -> None:
         self.in_flight -= 1
@@ -309,29 +279,3 @@ class TurnService(TurnLimits):
         load = self.engine.load()
         rounds = math.ceil((load.waiting + 1) / max(1, load.capacity))
         return int(min(60_000, max(100, rounds * self._turn_ms)))
-
-
-def _grammar_pool(engine: Engine, settings: Settings) -> GrammarPool:
-    """With a local engine, its own compile is the check, so each grammar compiles once for both."""
-    from gateway.engine.constrain import GrammarVocabulary  # torch: only where a local engine already loaded it
-
-    vocabulary = getattr(engine, "grammars", None)
-    if not isinstance(vocabulary, GrammarVocabulary):
-        return GrammarPool(settings)
-    vocabulary.capacity = settings.grammar_matchers_kept
-    return GrammarPool(settings, vocabulary.check, vocabulary.holds)
-
-
-@contextlib.contextmanager
-def _engine_failures(with_images: bool) -> Iterator[None]:
-    """An unexpected failure while the engine reads a prompt (another family's image processor, say)
-    fails this turn with an `error`, never the connection; the details go to the log only."""
-    try:
-        yield
-    except GatewayError:
-        raise
-    except Exception:
-        log.exception("the engine could not read a prompt")
-        if with_images:
-            raise GatewayError(ErrorCode.BAD_IMAGE, "the served model could not take this turn's images") from None
-        raise GatewayError(ErrorCode.INTERNAL, "the served model could not read this prompt") from None

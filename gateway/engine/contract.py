@@ -62,6 +62,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 disables top-k
+    min_p: float = 0.0  # tokens less likely than min_p times the likeliest are dropped; 0 disables
     max_tokens: int = 512
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
@@ -89,6 +90,7 @@ class GenerationResult:
     tool_calls: tuple[ToolCall, ...] = ()  # parsed from the reply (finish_reason "tool_calls"); text is the rest
     error_code: ErrorCode | None = None  # with finish_reason "error": the stable code (None: `generation`)
     retry_after_ms: int | None = None  # with `overloaded`: when the engine is likely to take the turn
+    queue_ms: float | None = None  # from submission until a batch slot took it (None: the engine cannot tell)
 
     @property
     def completion_tokens(self) -> int:
@@ -129,6 +131,7 @@ class GenerationRequest:
     adapter: str | None = None  # a LoRA adapter's name from Engine.adapters; None is the base model
     affinity: str | None = None  # a session's key: its turns go to the same upstream replica (prefix cache)
     tools: Sequence[dict[str, Any]] = ()  # OpenAI function definitions, for the chat template to render
+    traceparent: str | None = None  # W3C trace context of the turn's span: an upstream request carries it on
 
 
 class EngineFull(Exception):

@@ -8,8 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from collections.abc import Sequence as Seq
+from collections.abc import Callable, Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,6 +53,7 @@ class _Job:
     sink: TurnSink
     loop: asyncio.AbstractEventLoop
     submitted: float = field(default_factory=time.perf_counter)
+    admitted: float | None = None  # when a batch slot took it: its prefill begins
 
 
 class LocalEngine:
@@ -234,6 +234,7 @@ class LocalEngine:
             admitted: list[_Job] = []
             while self._waiting and active + len(admitted) < self.max_batch and len(admitted) < self.max_prefills_per_step:
                 admitted.append(self._waiting.popleft())
+                admitted[-1].admitted = time.perf_counter()
             self._active = active + len(admitted)
             self._active_handles += [job.request.handle for job in admitted]
             moved = admitted or cancelled
@@ -402,6 +403,7 @@ class LocalEngine:
             error=error,
             cached_tokens=seq.cached_tokens,
             structured=None if seq.grammar is None else reason == "stop" and seq.grammar.accepting,
+            queue_ms=(job.admitted - job.submitted) * 1000 if job.admitted is not None else None,
         )
         self._emit(job, job.sink.on_done, result)
 

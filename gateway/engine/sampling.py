@@ -1,4 +1,4 @@
-"""Next-token choice: repetition penalty, then greedy or temperature / top-k / top-p sampling."""
+"""Next-token choice: repetition penalty, then greedy or temperature / top-k / top-p / min-p sampling."""
 
 from __future__ import annotations
 
@@ -44,4 +44,6 @@ def choose_token(logits: torch.Tensor, params: SamplingParams, seen: torch.Tenso
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
+    if params.min_p > 0.0:  # relative to the likeliest token, after temperature, top-k and top-p
+        probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
     return int(torch.multinomial(probs, 1, generator=generator).item())

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from gateway.config import Settings
 from gateway.core.request import ConversationRequest, RequestMessage, SamplingOptions
 from gateway.core.runtime import runtime_of
+from gateway.core.tracing import TurnTrace
 from gateway.core.turns import TurnService
 from gateway.edge.auth import bearer_accepted
 from gateway.engine.contract import Engine
@@ -109,6 +110,13 @@ def _model_not_found(model_id: str, engine: Engine) -> ApiError:
 
 async def chat_completions(request: Request) -> Response:
     turns = _ready_turns(request)
+    trace = turns.tracer.turn(request.headers.get("traceparent"), "http")
+    with trace.opened():
+        return await _chat_completion(request, turns, trace)
+
+
+async def _chat_completion(request: Request, turns: TurnService, trace: TurnTrace) -> Response:
+    trace.phase("admission")
     settings: Settings = runtime_of(request.app).settings
     try:
         chat = schema.decode_chat_request(await _read_body(request, settings.max_frame_bytes))
@@ -122,7 +130,7 @@ async def chat_completions(request: Request) -> Response:
     conversation = ConversationRequest([_message(m) for m in prompt], sampling_options(chat))
     quota = turns.grammars.quota(request.client.host if request.client else "unknown")
     events = ReplyEvents()
-    handle = await turns.start_conversation(conversation, events, quota)
+    handle = await turns.start_conversation(conversation, events, quota, trace)
     stream = turn_events(events, handle, request.receive)
     reply = Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
     if chat.stream:
@@ -136,6 +144,7 @@ def sampling_options(chat: schema.ChatCompletionRequest) -> SamplingOptions:
         temperature=chat.temperature,
         top_p=chat.top_p,
         top_k=chat.top_k,
+        min_p=chat.min_p,
         max_tokens=chat.max_new_tokens,
         repetition_penalty=chat.repetition_penalty,
         stop=list(chat.stop_strings) or None,

@@ -13,6 +13,7 @@ from gateway.core.json_bounds import MAX_JSON_DEPTH, check_json_value
 from gateway.core.request import (
     FunctionName,
     MaxTokens,
+    MinP,
     RepetitionPenalty,
     ResponseFormat,
     Seed,
@@ -28,13 +29,15 @@ from gateway.engine.contract import ToolCall
 from gateway.errors import GatewayError
 
 # Re-exported while the routes and the stream name the response bodies through this module.
-from gateway.openai.bodies import SSE_DONE as SSE_DONE
-from gateway.openai.bodies import chunk_body as chunk_body
-from gateway.openai.bodies import completion_body as completion_body
-from gateway.openai.bodies import error_body as error_body
-from gateway.openai.bodies import sse_event as sse_event
-from gateway.openai.bodies import tool_calls_body as tool_calls_body
-from gateway.openai.bodies import usage_body as usage_body
+from gateway.openai.bodies import (
+    SSE_DONE as SSE_DONE,
+    chunk_body as chunk_body,
+    completion_body as completion_body,
+    error_body as error_body,
+    sse_event as sse_event,
+    tool_calls_body as tool_calls_body,
+    usage_body as usage_body,
+)
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -98,6 +101,7 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     top_k: TopK | None = None  # extension
+    min_p: MinP | None = None  # extension (vLLM's)
     repetition_penalty: RepetitionPenalty | None = None  # extension
     response_format: ResponseFormat | None = None
     tools: Annotated[list[ToolSpec], Meta(max_length=64)] | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import enum
 import hashlib
 import logging
 from typing import Any
@@ -13,18 +12,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.config import Settings
 from gateway.core.ratelimit import TokenBucket
-from gateway.core.request import TurnRequest
-from gateway.core.session import Session
-from gateway.core.turns import StartedTurn
 from gateway.errors import CloseCode, ConnectionClosing, ErrorCode, GatewayError, RetryLater
 from gateway.metrics import Metrics
 from gateway.ws import protocol as p
+from gateway.ws.handlers import FrameHandlers
 from gateway.ws.hub import SessionHub
 from gateway.ws.journal import Journal
 from gateway.ws.live_session import LiveSession
-from gateway.ws.replies import history_frame, limits_of, session_defaults
+from gateway.ws.replies import limits_of, session_defaults
+from gateway.ws.states import CONNECTION_MOVES, ConnectionState, moved
 from gateway.ws.transport import transport_of
-from gateway.ws.turn_frames import TurnFrames
 
 log = logging.getLogger("gateway.ws.endpoint")
 
@@ -32,24 +29,7 @@ MSGPACK_SUBPROTOCOL = "gateway.msgpack"
 JSON_SUBPROTOCOL = "gateway.json"
 
 
-class ConnectionState(enum.Enum):
-    """CONNECTING -> OPEN -> CLOSING -> CLOSED; CLOSING is skipped when the client simply leaves."""
-
-    CONNECTING = "connecting"  # the handshake is not accepted yet
-    OPEN = "open"
-    CLOSING = "closing"  # a close reason is set; the reader is being stopped
-    CLOSED = "closed"  # clean-up has begun and must run to its end
-
-
-_TRANSITIONS = {
-    ConnectionState.CONNECTING: {ConnectionState.OPEN, ConnectionState.CLOSED},
-    ConnectionState.OPEN: {ConnectionState.CLOSING, ConnectionState.CLOSED},
-    ConnectionState.CLOSING: {ConnectionState.CLOSED},
-    ConnectionState.CLOSED: set(),
-}
-
-
-class Connection:
+class Connection(FrameHandlers):
     """Reads frames, applies them to the session, starts turns through the turn service and streams
     their events back."""
 
@@ -65,42 +45,33 @@ class Connection:
         self.owner = owner_of(settings.api_key)
         self.client = websocket.client.host if websocket.client else "unknown"  # whose quota its sessions count in
         self.live = hub.create(self.owner, self.client)
-        self._fresh: LiveSession | None = self.live  # the session of `ready`, until the client resumes another
+        self.fresh: LiveSession | None = self.live  # the session of `ready`, until the client resumes another
         self._registry = registry  # session id -> connection, for draining and inspection
         self.log = SessionLog(log, {"session": self.live.id})
         self._journal: Journal | None = self.live.journal  # what the writer streams; None once taken over
-        self._direct: collections.deque[p.ServerFrame] = collections.deque()  # frames outside any journal
+        self.direct: collections.deque[p.ServerFrame] = collections.deque()  # frames outside any journal
         self.json_mode = False  # answer in the encoding the client last used
-        self._turned = False  # a turn was started: `resume` is no longer allowed
+        self.turned = False  # a turn was started: `resume` is no longer allowed
         self._frames = TokenBucket(rate=settings.frames_per_second, burst=2 * settings.frames_per_second)
-        self._turns = TokenBucket(rate=settings.turns_per_minute / 60, burst=max(1.0, settings.turns_per_minute / 6))
+        self.turn_rate = TokenBucket(rate=settings.turns_per_minute / 60, burst=max(1.0, settings.turns_per_minute / 6))
         # Inflated bytes: a compressed frame costs its full size in decompression and decoding work.
         rate = float(settings.inbound_bytes_per_second)
         self._bytes = TokenBucket(rate=rate, burst=max(rate, float(settings.max_frame_bytes)))
         # Image bytes sent in `history` frames: 60 bytes of request must not buy megabytes of reply at will,
         # and the budget is the client address's, so reconnecting buys no fresh one.
-        self._history_bytes = hub.history_budgets.get(self.client)
+        self.history_bytes = hub.history_budgets.get(self.client)
         self._strikes = 0  # frames refused by the rate limit in a row
-        self._compiles = self.turns.grammars.quota(websocket.client.host if websocket.client else "unknown")
+        self.compiles = self.turns.grammars.quota(websocket.client.host if websocket.client else "unknown")
+        self.traceparent = websocket.headers.get("traceparent")
         self._closing: ConnectionClosing | None = None
         self._reader: asyncio.Task[Any] | None = None
-
-    @property
-    def session(self) -> Session:
-        return self.live.session
-
-    @property
-    def active(self) -> StartedTurn | None:
-        return self.live.active
 
     def put(self, frame: p.SessionFrame) -> None:
         """A frame of this connection's session: numbered, kept for replay, streamed when attached."""
         self.hub.emit(self.live, frame)
 
     def _move(self, state: ConnectionState) -> None:
-        if state not in _TRANSITIONS[self.state]:
-            raise RuntimeError(f"connection state {self.state.value} cannot become {state.value}")
-        self.state = state
+        self.state = moved(self.state, state, CONNECTION_MOVES, "connection")
 
     async def run(self, subprotocol: str | None) -> None:
         await self.websocket.accept(subprotocol=subprotocol)
@@ -180,7 +151,7 @@ class Connection:
                 self._check_frame_rate()
                 frame = p.decode(data)
                 frame_id = getattr(frame, "id", None)
-                await self._handle(frame)
+                await self.handle(frame)
             except GatewayError as exc:
                 retry_after_ms = exc.retry_after_ms if isinstance(exc, RetryLater) else None
                 self.send_error(
@@ -208,8 +179,8 @@ class Connection:
     async def _write_loop(self) -> None:
         try:
             while True:
-                while self._direct:
-                    await self._send(self._direct.popleft())
+                while self.direct:
+                    await self._send(self.direct.popleft())
                 journal = self._journal
                 if journal is None:
                     await _forever()
@@ -232,72 +203,7 @@ class Connection:
         except asyncio.TimeoutError:
             raise ConnectionClosing(CloseCode.SLOW_CONSUMER, "client is not reading") from None
 
-    async def _handle(self, frame: p.ClientFrame) -> None:
-        if isinstance(frame, p.TurnFrame):
-            await self._start_turn(frame)
-        elif isinstance(frame, p.CancelFrame):
-            self._cancel(frame.id)
-        elif isinstance(frame, p.ResetFrame):
-            if self.active is not None:
-                self.active.handle.cancel()
-            self.session.reset()
-            self.turns.images.hold(self.live.id, 0)
-            await self.hub.save_history(self.live)
-            self.put(p.ResetDoneFrame(id=frame.id))
-        elif isinstance(frame, p.ConfigureFrame):
-            await self._configure(frame)
-        elif isinstance(frame, p.HistoryRequestFrame):
-            self._history(frame)
-        elif isinstance(frame, p.ResumeFrame):
-            await self._resume(frame)
-        elif isinstance(frame, p.ForgetFrame):
-            await self._forget(frame)
-        elif isinstance(frame, p.ToolResultFrame):
-            self.turns.check_text(frame.content, "a tool result")
-            self.session.add_tool_result(frame.call_id, frame.content)
-            await self.hub.save_history(self.live)
-        else:
-            self.put(p.PongFrame(id=frame.id))
-
-    def _history(self, frame: p.HistoryRequestFrame) -> None:
-        """The history; with images only within the client address's budget. A client that does not read
-        them meets the slow-consumer rule like any other (send_timeout_s, max_outbox_frames)."""
-        if frame.include_images:
-            wait_s = self._history_bytes.take_bytes(float(self.session.image_bytes))
-            if wait_s > 0:
-                message = "history with images is sent at a bounded rate (history_image_bytes_per_second); try again later"
-                raise RetryLater(ErrorCode.RATE_LIMITED, message, int(wait_s * 1000) + 1)
-        self.put(history_frame(self.session, frame))
-
-    async def _resume(self, frame: p.ResumeFrame) -> None:
-        """Take up the session `frame` names; this connection's fresh one is discarded."""
-        if self._turned:
-            raise GatewayError(ErrorCode.INVALID_FIELD, "resume must come before the connection's first turn")
-        if frame.session == self.live.id:
-            raise GatewayError(ErrorCode.INVALID_FIELD, "this connection already holds that session")
-        live = await self.hub.resume(frame.session, frame.token, self.owner, self.client)
-        if self.state is not ConnectionState.OPEN:
-            return
-        fresh = self.live if self.live is self._fresh else None  # only its own unused session is discarded
-        # No await from the switch to the rewind: neither writer may take a frame of `live` in between.
-        self._switch_to(live)
-        replayed, gap = live.journal.rewind(frame.last_seq)
-        self._direct.append(
-            p.ResumedFrame(session=live.id, last_seq=live.journal.last_seq, replayed=replayed, gap=gap, id=frame.id)
-        )
-        if fresh is not None:
-            self._fresh = None
-            await self.hub.discard(fresh)
-        self.log.info("resumed (%d frames replayed%s)", replayed, ", with a gap" if gap else "")
-
-    async def _forget(self, frame: p.ForgetFrame) -> None:
-        old = self.live
-        await self.hub.forget(old)  # a store that cannot delete it answers `store_unavailable`: nothing changed
-        self._switch_to(self.hub.create(self.owner, self.client))
-        self._fresh = self.live
-        self.put(p.ForgottenFrame(session=self.live.id, resume_token=self.live.token, id=frame.id))
-
-    def _switch_to(self, live: LiveSession) -> None:
+    def switch_to(self, live: LiveSession) -> None:
         """Stream `live` from now on: the writer leaves the old journal and follows the new one."""
         if self._journal is not None:
             self._journal.interrupt()
@@ -309,37 +215,6 @@ class Connection:
         self._registry[live.id] = self
         self.hub.attach(live, self, self.client)
         self._journal = live.journal
-
-    async def _start_turn(self, frame: p.TurnFrame) -> None:
-        self.turns.check_open()
-        if self.active is not None:
-            raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
-        wait_s = self._turns.take()
-        if wait_s > 0:
-            raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1)
-        request = TurnRequest(
-            id=frame.id, text=frame.text, images=frame.images, image_urls=frame.image_urls, options=frame.options
-        )
-        self._turned = True
-        live = self.live
-        frames = TurnFrames(self.hub.emit, live, frame.id)
-        # The reader awaits this (no other frame of ours is read meanwhile), so the turn cannot race a reset.
-        started = frames.started = await self.turns.start(live.session, request, frames, self._compiles, self.hub.keeper(live))
-        live.active = started  # before any await: the turn's events may already be queued
-        await self.hub.turn_started(live, started)
-
-    def _cancel(self, turn_id: str) -> None:
-        if self.active is None or self.active.turn.id != turn_id:
-            raise GatewayError(ErrorCode.NOT_FOUND, f"no running turn with id {turn_id!r}")
-        self.active.handle.cancel()
-
-    async def _configure(self, frame: p.ConfigureFrame) -> None:
-        options = p.SamplingOptions(**{k: getattr(frame, k) for k in p.SamplingOptions.__struct_fields__})
-        self.turns.check_options(options)
-        await self.turns.check_grammars(options, self._compiles)
-        self.session.configure(frame.system, options)
-        await self.hub.save_settings(self.live)
-        self.put(p.ConfiguredFrame(defaults=session_defaults(self.turns, self.session), id=frame.id))
 
     def _ready_frame(self) -> p.ReadyFrame:
         engine = self.turns.engine
@@ -368,6 +243,7 @@ class Connection:
 
     def send_error(self, code: ErrorCode, message: str, frame_id: str | None, retry_after_ms: int | None = None) -> None:
         self.metrics.errors.labels(code.value).inc()
+        self.log.info("sent error %s", code.value, extra={"code": code.value})
         self.put(p.ErrorFrame(code=code.value, message=message, id=frame_id, retry_after_ms=retry_after_ms))
 
     async def _close(self, code: CloseCode, reason: str) -> None:

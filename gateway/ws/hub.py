@@ -12,26 +12,30 @@ import time
 
 from gateway.config import Settings
 from gateway.core.ratelimit import BucketsByAddress
-from gateway.core.session import Session, UserTurn
+from gateway.core.session import Session
 from gateway.core.store.base import SessionMeta, SessionRecord, SessionStore
 from gateway.core.store.guard import StoreGuard, StoreUnavailable
-from gateway.core.turns import StartedTurn, TurnService
+from gateway.core.turn_types import StartedTurn
+from gateway.core.turns import TurnService
 from gateway.edge.quota import SessionQuota
+from gateway.engine.contract import GenerationResult
 from gateway.errors import ErrorCode, GatewayError, RetryLater
+from gateway.logs import turn_fields
 from gateway.ws import protocol as p
 from gateway.ws.detached import DetachedSessions
 from gateway.ws.journal import Journal
 from gateway.ws.live_session import NOBODY, Attachment, LiveSession, token_hash
+from gateway.ws.saving import SessionSaving
+from gateway.ws.states import LiveState
 
 log = logging.getLogger("gateway.sessions")
 
 RESUME_FAILED = "the session cannot be resumed: unknown, expired, or the token does not match"
 STORE_UNAVAILABLE = "the session store is unavailable; try again later"
 SEQ_AFTER_RESTART = 1 << 20  # seqs jump after a restart, so none is ever given out twice
-PURGE_EVERY_S = 600.0
 
 
-class SessionHub:
+class SessionHub(SessionSaving):
     """Every live session by id. The hub owns their lifetimes: a session outlives its connection for
     `session_grace_s`, its running turn generating to the end with its frames kept for replay."""
 
@@ -39,7 +43,7 @@ class SessionHub:
         self.settings = settings
         self.turns = turns
         self.store = store
-        self.guard = StoreGuard(store.persistent, settings.store_timeout_s)
+        self.guard = StoreGuard(store.persistent, settings.store_timeout_s, turns.metrics.store_failures.inc)
         self.live: dict[str, LiveSession] = {}
         rate = float(settings.history_image_bytes_per_second)  # image bytes `history` sends, per address
         self.history_budgets = BucketsByAddress(rate, max(rate, float(settings.max_session_image_bytes)))
@@ -73,6 +77,7 @@ class SessionHub:
             live.expiry = None
         live.detached_at = None
         self.detached.discard(live)
+        live.move(LiveState.ATTACHED)
         previous, live.attached = live.attached, connection
         if live.client != client:
             self.quota.move(live, client)
@@ -85,6 +90,10 @@ class SessionHub:
         """The connection has gone: the session stays for the grace period (0: it goes now)."""
         if live.attached is not connection:
             return  # taken over: the session belongs to another connection now
+        if live.state is LiveState.GONE:  # forgotten while attached: nothing stays
+            live.attached = None
+            return
+        live.move(LiveState.DETACHED)
         live.attached = None
         live.used_at = time.time()
         live.detached_at = time.monotonic()
@@ -114,6 +123,7 @@ class SessionHub:
 
     def _drop(self, live: LiveSession) -> None:
         """`live` left memory: it no longer counts against its client's quota or the image ledger."""
+        live.move(LiveState.GONE)
         self.quota.remove(live)
         self.detached.discard(live)
         self.turns.forget(live.session)
@@ -131,8 +141,8 @@ class SessionHub:
             stored = None  # a live session resumes without the store
         if not self._accepts(live.meta() if live is not None else stored, token, owner):
             raise GatewayError(ErrorCode.RESUME_FAILED, RESUME_FAILED)
-        if live is not None:
-            return live
+        if live is not None and self.live.get(session_id) is live:
+            return live  # (unloaded while the store answered: it is loaded again below)
         try:
             record = await self.guard.call(self.store.load, session_id)
         except StoreUnavailable:
@@ -223,69 +233,6 @@ class SessionHub:
         """What the turn service tells of `live`'s turn's end, which it owns: recording, the store, `done`."""
         return LiveKeeper(self, live)
 
-    async def turn_started(self, live: LiveSession, started: StartedTurn) -> None:
-        """Called right after submit, before any await: the lock is ours before the turn can end."""
-        await self._save(live, "the turn in progress", history=True, pending=True, turn=started.turn)
-
-    async def save_exchange(self, live: LiveSession) -> None:
-        await self._save(live, "the exchange", history=True, pending=True)
-
-    async def save_settings(self, live: LiveSession) -> None:
-        await self._save(live, "the settings")
-
-    async def save_history(self, live: LiveSession) -> None:
-        await self._save(live, "the history", history=True)
-
-    async def _save(
-        self, live: LiveSession, what: str, history: bool = False, pending: bool = False, turn: UserTurn | None = None
-    ) -> None:
-        """One session's writes, in order, each bounded by store_timeout_s. A failing store is logged
-        and the session goes on in memory: the conversation must never break because the disk or Redis did."""
-        async with live.saving:
-            if live.forgotten:
-                return
-            try:
-                live.used_at = time.time()
-                await self.guard.call(self.store.save_meta, live.record())
-                if history:  # the oldest exchanges may have been dropped
-                    await self.guard.call(self.store.sync_history, live.id, live.session.exchanges)
-                if pending:  # the turn in progress, or none
-                    await self.guard.call(self.store.set_pending, live.id, turn)
-            except StoreUnavailable:
-                log.debug("session %s: saving %s failed; the session goes on in memory", live.id, what)
-            except Exception:
-                log.exception("session %s: saving %s failed; the session goes on in memory", live.id, what)
-
-    def start(self) -> None:
-        """Purge expired and least recently used sessions now, then every `PURGE_EVERY_S`."""
-        self.spawn(self._purge_forever())
-
-    async def _purge_forever(self) -> None:
-        with contextlib.suppress(StoreUnavailable):  # said by the guard; sessions are not durable meanwhile
-            await self.guard.call(self.store.open)
-        while True:
-            try:
-                purged = await self.guard.call(self.store.purge, time.time())
-                if purged:
-                    log.info("purged %d stored sessions", purged)
-            except StoreUnavailable:
-                pass
-            await asyncio.sleep(PURGE_EVERY_S)
-
-    def spawn(self, work: object) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            if task.get_coro().__name__ == "_purge_forever":  # type: ignore[union-attr]
-                task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.store.close()
-
 
 class LiveKeeper:
     """The hub's side of a turn's end (gateway.core.turns.SessionKeeper), for one live session."""
@@ -294,7 +241,8 @@ class LiveKeeper:
         self._hub = hub
         self._live = live
 
-    def turn_ended(self, started: StartedTurn) -> bool:
+    def turn_ended(self, started: StartedTurn, result: GenerationResult) -> bool:
+        log.info("session %s: turn ended (%s)", self._live.id, result.finish_reason, extra=turn_fields(result))
         self._live.ended = started  # from now on it holds no slot: it must not be stopped for anyone
         self._hub.detached.turn_ended(self._live)
         return self._hub.live.get(self._live.id) is self._live

@@ -12,9 +12,10 @@ from typing import Protocol
 
 from gateway.core.session import Session
 from gateway.core.store.base import SessionMeta, SessionRecord
-from gateway.core.turns import StartedTurn
+from gateway.core.turn_types import StartedTurn
 from gateway.engine.contract import TurnHandle
 from gateway.ws.journal import Journal
+from gateway.ws.states import LIVE_MOVES, LiveState, moved
 
 
 class Attachment(Protocol):
@@ -49,8 +50,13 @@ class LiveSession:
     detached_at: float | None = None  # when its connection went (monotonic); None while attached
     yielding: bool = False  # its detached turn was stopped for an attached client's and has not ended yet
 
+    state: LiveState = LiveState.DETACHED
+
     def __post_init__(self) -> None:
         self.token_hash = token_hash(self.token)  # once: a resume's check hashes only the offered token
+
+    def move(self, to: LiveState) -> None:
+        self.state = moved(self.state, to, LIVE_MOVES, "live session")
 
     ended: StartedTurn | None = None  # the last turn the engine finished (`active` stays until its `done` is sent)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import builtins
 import json
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Union, get_args
 
 import msgpack
 import msgspec
@@ -13,89 +12,69 @@ from msgspec import Meta, Struct
 from gateway.core.json_bounds import MAX_JSON_DEPTH, check_json_value
 from gateway.core.request import (
     FunctionName as FunctionName,
-)
-from gateway.core.request import (
     FunctionRef as FunctionRef,
-)
-from gateway.core.request import (
     FunctionSpec as FunctionSpec,
-)
-from gateway.core.request import (
     JsonObjectFormat as JsonObjectFormat,
-)
-from gateway.core.request import (
     JsonSchemaFormat as JsonSchemaFormat,
-)
-from gateway.core.request import (
     JsonSchemaSpec as JsonSchemaSpec,
-)
-from gateway.core.request import (
     MaxTokens as MaxTokens,
-)
-from gateway.core.request import (
     ModelId as ModelId,
-)
-from gateway.core.request import (
     NamedToolChoice as NamedToolChoice,
-)
-from gateway.core.request import (
     RegexFormat as RegexFormat,
-)
-from gateway.core.request import (
     RepetitionPenalty as RepetitionPenalty,
-)
-from gateway.core.request import (
     ResponseFormat as ResponseFormat,
-)
-from gateway.core.request import (
     SamplingOptions as SamplingOptions,
-)
-from gateway.core.request import (
     Seed as Seed,
-)
-from gateway.core.request import (
     StopString as StopString,
-)
-from gateway.core.request import (
     Temperature as Temperature,
-)
-from gateway.core.request import (
     TextFormat as TextFormat,
-)
-from gateway.core.request import (
     ToolChoice as ToolChoice,
-)
-from gateway.core.request import (
     ToolSpec as ToolSpec,
-)
-from gateway.core.request import (
     TopK as TopK,
-)
-from gateway.core.request import (
     TopP as TopP,
-)
-from gateway.core.request import (
     free_json,
 )
 from gateway.engine.contract import FinishReason as FinishReason
 from gateway.errors import ErrorCode, GatewayError
-
-PROTOCOL_VERSION = 2
-
-TurnId = Annotated[str, Meta(min_length=1, max_length=64)]
-
-
-class _Frame(Struct, forbid_unknown_fields=True, tag_field="type"):
-    """Base of every frame: a map whose `type` field names the frame."""
-
+from gateway.ws.frames import (
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+    AcceptedFrame as AcceptedFrame,
+    ClosingFrame as ClosingFrame,
+    ConfiguredFrame as ConfiguredFrame,
+    DoneFrame as DoneFrame,
+    ErrorFrame as ErrorFrame,
+    ForgottenFrame as ForgottenFrame,
+    Frame as Frame,
+    HistoryEntry as HistoryEntry,
+    HistoryFrame as HistoryFrame,
+    ImageInfo as ImageInfo,
+    PongFrame as PongFrame,
+    QueuedFrame as QueuedFrame,
+    ReadyFrame as ReadyFrame,
+    ResetDoneFrame as ResetDoneFrame,
+    ResumedFrame as ResumedFrame,
+    ServerBase as ServerBase,
+    ServerFrame as ServerFrame,
+    SessionFrame as SessionFrame,
+    Timing as Timing,
+    TokenFrame as TokenFrame,
+    ToolCallFrame as ToolCallFrame,
+    ToolCallInfo as ToolCallInfo,
+    TurnId as TurnId,
+    Usage as Usage,
+)
 
 # ---- client to server -------------------------------------------------------------------------
+
+
+class _ClientFrame(Struct, forbid_unknown_fields=True, tag_field="type"):
+    """Base of every client frame: a map whose `type` field names the frame."""
 
 
 ImageUrl = Annotated[str, Meta(min_length=1, max_length=4096)]
 
 
-class TurnFrame(_Frame, tag="turn"):
+class TurnFrame(_ClientFrame, tag="turn"):
     id: TurnId
     text: str = ""
     images: list[bytes] = []
@@ -103,27 +82,27 @@ class TurnFrame(_Frame, tag="turn"):
     options: SamplingOptions | None = None
 
 
-class CancelFrame(_Frame, tag="cancel"):
+class CancelFrame(_ClientFrame, tag="cancel"):
     id: TurnId
 
 
-class ResetFrame(_Frame, tag="reset"):
+class ResetFrame(_ClientFrame, tag="reset"):
     id: TurnId | None = None
 
 
-class ConfigureFrame(_Frame, SamplingOptions, tag="configure"):
+class ConfigureFrame(_ClientFrame, SamplingOptions, tag="configure"):
     """Session defaults: every sampling option, flat in the frame, plus the system prompt."""
 
     id: TurnId | None = None
     system: Annotated[str, Meta(max_length=32_000)] | None = None
 
 
-class HistoryRequestFrame(_Frame, tag="history"):
+class HistoryRequestFrame(_ClientFrame, tag="history"):
     id: TurnId | None = None
     include_images: bool = False
 
 
-class PingFrame(_Frame, tag="ping"):
+class PingFrame(_ClientFrame, tag="ping"):
     id: TurnId | None = None
 
 
@@ -131,7 +110,7 @@ SessionId = Annotated[str, Meta(min_length=1, max_length=64)]
 ResumeToken = Annotated[str, Meta(min_length=1, max_length=256)]
 
 
-class ResumeFrame(_Frame, tag="resume"):
+class ResumeFrame(_ClientFrame, tag="resume"):
     """Take up an earlier session (before this connection's first turn): its history, its running turn
     and every frame after `last_seq` that the server still holds."""
 
@@ -141,13 +120,13 @@ class ResumeFrame(_Frame, tag="resume"):
     id: TurnId | None = None
 
 
-class ForgetFrame(_Frame, tag="forget"):
+class ForgetFrame(_ClientFrame, tag="forget"):
     """Delete this session and everything stored for it; the connection goes on with a fresh one."""
 
     id: TurnId | None = None
 
 
-class ToolResultFrame(_Frame, tag="tool_result"):
+class ToolResultFrame(_ClientFrame, tag="tool_result"):
     """The client's answer to a `tool_call`; it joins the history as a tool message."""
 
     call_id: Annotated[str, Meta(min_length=1, max_length=64)]
@@ -161,170 +140,6 @@ ClientFrame = Union[
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
 
 
-# ---- server to client -------------------------------------------------------------------------
-
-
-class _ServerFrame(_Frame, kw_only=True):
-    """Base of every server frame: `seq` numbers a session's frames 1, 2, 3, ... across reconnects."""
-
-    seq: int | None = None  # set when the frame joins its session's journal; `resumed` has none
-
-
-class ReadyFrame(_ServerFrame, tag="ready"):
-    session: str
-    model: str
-    protocol: int
-    limits: dict[str, int]
-    defaults: dict[str, Any]
-    vision: bool
-    models: list[str] = []  # every id `model` may name: the base model, then each adapter
-    demo: bool = False  # the built-in demo model: random weights, so random replies
-    resume_token: str = ""  # the secret that resumes this session from another connection
-    token_counter: str = ""  # who counts prompt tokens for trimming: model, upstream, tokenizer, estimate
-    durable: bool = False  # sessions are kept in a store that works now, so they outlive a restart
-
-
-class ResumedFrame(_Frame, tag="resumed"):
-    """The answer to `resume`; `replayed` frames with their original `seq` follow, then live ones."""
-
-    session: str
-    last_seq: int  # the server's latest seq for this session
-    replayed: int
-    gap: bool  # frames after the client's last_seq are no longer held: ask for `history`
-    id: str | None = None
-
-
-class ForgottenFrame(_ServerFrame, tag="forgotten"):
-    session: str  # the fresh session the connection now has
-    resume_token: str  # and its resume token
-    id: str | None = None
-
-
-class AcceptedFrame(_ServerFrame, tag="accepted"):
-    id: str
-    prompt_tokens: int
-    dropped_turns: int = 0
-
-
-class QueuedFrame(_ServerFrame, tag="queued"):
-    id: str
-    position: int  # 1 = next to start
-
-
-class TokenFrame(_ServerFrame, tag="token"):
-    id: str
-    text: str
-
-
-class ToolCallFrame(_ServerFrame, tag="tool_call"):
-    """A function call in the reply, whole; `done` (finish_reason `tool_calls`) follows the last one."""
-
-    id: str
-    call_id: str
-    name: str
-    arguments: str  # a JSON object, as text
-
-
-class Usage(Struct):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    cached_tokens: int = 0  # prompt tokens whose KV was held from an earlier turn, not computed again
-
-
-class Timing(Struct):
-    ttft_ms: float | None  # None when no token was produced
-    total_ms: float
-    tokens_per_s: float
-
-
-class DoneFrame(_ServerFrame, tag="done"):
-    id: str
-    finish_reason: FinishReason
-    text: str
-    usage: Usage
-    timing: Timing
-    structured: bool | None = None  # with a response_format or a forced tool call: did the reply complete it
-
-
-class ErrorFrame(_ServerFrame, tag="error"):
-    code: str
-    message: str
-    id: str | None = None
-    retry_after_ms: int | None = None  # set with `rate_limited`, `overloaded`, `shutting_down`
-
-
-class ClosingFrame(_Frame, tag="closing"):
-    """The last frame before the server closes the connection, saying why."""
-
-    code: int
-    reason: str
-
-
-class ImageInfo(Struct):
-    format: str
-    width: int
-    height: int
-    bytes: int
-    sha256: str
-    data: builtins.bytes | None = None  # `bytes` is shadowed by the field above
-
-
-class ToolCallInfo(Struct):
-    call_id: str
-    name: str
-    arguments: str
-
-
-class HistoryEntry(Struct):
-    role: Literal["user", "assistant", "tool"]
-    text: str
-    id: str | None = None
-    images: list[ImageInfo] = []
-    partial: bool = False
-    tool_calls: list[ToolCallInfo] = []  # an assistant entry's calls
-    call_id: str | None = None  # the call a tool entry answers
-
-
-class HistoryFrame(_ServerFrame, tag="history"):
-    system: str | None
-    turns: list[HistoryEntry]
-    id: str | None = None
-
-
-class ConfiguredFrame(_ServerFrame, tag="configured"):
-    defaults: dict[str, Any]
-    id: str | None = None
-
-
-class ResetDoneFrame(_ServerFrame, tag="reset"):
-    id: str | None = None
-
-
-class PongFrame(_ServerFrame, tag="pong"):
-    id: str | None = None
-
-
-# Every server frame but `resumed` and `closing` (both about the connection) is numbered in its session.
-SessionFrame = Union[
-    ReadyFrame,
-    ForgottenFrame,
-    AcceptedFrame,
-    QueuedFrame,
-    TokenFrame,
-    ToolCallFrame,
-    DoneFrame,
-    ErrorFrame,
-    HistoryFrame,
-    ConfiguredFrame,
-    ResetDoneFrame,
-    PongFrame,
-]
-
-ServerFrame = Union[SessionFrame, ResumedFrame, ClosingFrame]  # typing flattens it: one tagged union
-
-# msgpack-python refuses these before any object is built: ext types (timestamps too) are never
-# part of the protocol, and no legitimate frame nests deeper or wider than this.
 _MAX_CONTAINER_LEN = 1024
 
 

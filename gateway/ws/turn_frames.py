@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway.core.events import Accepted, Delta, Ended, Queued, ToolCalled, TurnEvent
-from gateway.core.turns import StartedTurn
+from gateway.core.turn_types import StartedTurn
 from gateway.engine.contract import GenerationResult
 from gateway.errors import ErrorCode
 from gateway.ws import protocol as p

@@ -20,8 +20,7 @@ from typing import Any
 import msgpack
 import pytest
 import websockets
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 from websockets.sync.client import ClientConnection, connect
 

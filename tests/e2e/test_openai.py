@@ -282,6 +282,7 @@ def body(**changes: Any) -> dict[str, Any]:
         (body(stop=["a"] * 9), "stop"),
         (body(stop=""), "stop"),
         (body(seed=-1), "seed"),
+        (body(min_p=2), "min_p"),
         (body(messages=[*HELLO, {"role": "assistant", "content": [IMAGE_PART]}]), "messages[1].content"),
         (body(messages=with_image("ftp://example.com/a.png")), "messages[0].content"),
         (body(messages=with_image("file:///etc/passwd")), "messages[0].content"),
@@ -301,6 +302,14 @@ def test_invalid_requests_are_400_naming_the_field(api: RunningServer, request_b
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+
+
+def test_min_p_reaches_the_engine(client: OpenAI) -> None:
+    """min_p 1 leaves only the likeliest token: sampling at temperature 1.5 then answers as greedy decoding does."""
+    sampled = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=12, temperature=1.5, seed=7, extra_body={"min_p": 1.0}
+    )
+    assert sampled.choices[0].message.content == greedy(client).choices[0].message.content
 
 
 def test_context_overflow_has_openai_code(client: OpenAI) -> None:

@@ -175,6 +175,21 @@ async def test_configure_sets_session_defaults(server: RunningServer) -> None:
     assert result.accepted and bare.accepted and result.accepted["prompt_tokens"] > bare.accepted["prompt_tokens"]
 
 
+async def test_min_p_is_a_turn_option_and_a_session_default(server: RunningServer) -> None:
+    """min_p 1 leaves only the likeliest token: a turn sampled at temperature 1.5 with it, or in a session configured
+    with it, answers as greedy decoding does."""
+    async with GatewayClient(server.ws_url) as client:
+        greedy = await client.turn("g", "tell me about the sky", max_tokens=8, **GREEDY)
+        await client.request({"type": "reset"})
+        sampled = await client.turn("m", "tell me about the sky", max_tokens=8, temperature=1.5, min_p=1.0)
+        await client.request({"type": "reset"})
+        configured = await client.request({"type": "configure", "min_p": 1.0, "temperature": 1.5})
+        by_default = await client.turn("d", "tell me about the sky", max_tokens=8)
+    assert greedy.done and sampled.done and by_default.done
+    assert configured["defaults"]["min_p"] == 1.0
+    assert sampled.done["text"] == greedy.done["text"] == by_default.done["text"]
+
+
 async def test_json_mode_turn(server: RunningServer) -> None:
     """A JSON text frame (images as base64) is answered in JSON text frames."""
     import base64

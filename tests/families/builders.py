@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.engine.demo import cache_root
-from gateway.engine.demo import tokenizer as demo_tokenizer
+from gateway.engine.demo import cache_root, tokenizer as demo_tokenizer
 from gateway.engine.families.processors import tolerant
 from tests.conftest import utf8_corpus
 

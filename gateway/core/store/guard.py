@@ -24,9 +24,10 @@ class StoreGuard:
     time probes it and every other fails at once, so a hung Redis or disk holds at most one waiter, not
     one per turn; the first call that works makes sessions durable again."""
 
-    def __init__(self, persistent: bool, timeout_s: float) -> None:
+    def __init__(self, persistent: bool, timeout_s: float, on_failure: Callable[[], None] = lambda: None) -> None:
         self.persistent = persistent
         self.timeout_s = timeout_s
+        self.on_failure = on_failure  # counts each failed call (the store_failures metric)
         self.healthy = True
         self._probing = False
 
@@ -54,6 +55,7 @@ class StoreGuard:
         return result
 
     def _failed(self, exc: Exception) -> None:
+        self.on_failure()
         reason = "no answer within store_timeout_s" if isinstance(exc, TimeoutError) else one_line(exc)
         if self.healthy:
             log.warning("the session store failed (%s): sessions go on in memory, not durable", reason)

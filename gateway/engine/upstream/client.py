@@ -100,13 +100,16 @@ class ReplicaClient:
             return False
         return response.status_code == 200
 
-    async def stream_chat(self, body: dict[str, Any], gap_s: float) -> AsyncIterator[list[StreamEvent]]:
+    async def stream_chat(
+        self, body: dict[str, Any], gap_s: float, traceparent: str | None = None
+    ) -> AsyncIterator[list[StreamEvent]]:
         """The completion's chunks, in the batches the network delivers them (a server that runs many
         sequences writes one chunk each per step, and they often arrive together). Leaving the iteration
         early (cancel, deadline) closes the response, and with it the connection: vLLM aborts the
         request when its client goes away."""
+        headers = self.headers | {"traceparent": traceparent} if traceparent else self.headers  # the turn's trace goes on
         request = self.http.build_request(
-            "POST", self.base_url + "/v1/chat/completions", json=body, headers=self.headers, timeout=self._read(gap_s)
+            "POST", self.base_url + "/v1/chat/completions", json=body, headers=headers, timeout=self._read(gap_s)
         )
         try:
             response = await self.http.send(request, stream=True)

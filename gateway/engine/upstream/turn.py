@@ -100,7 +100,8 @@ class UpstreamTurn:
         replica.active += 1
         try:
             upstream_reason: str | None = None
-            async for events in self.context.client_for(replica).stream_chat(body, self._read_timeout()):
+            client = self.context.client_for(replica)
+            async for events in client.stream_chat(body, self._read_timeout(), self.request.traceparent):
                 upstream_reason = self._take(events) or upstream_reason
             return wire.finish_reason(upstream_reason)
         finally:

@@ -52,6 +52,8 @@ def sampling_body(params: SamplingParams) -> dict[str, Any]:
         body["seed"] = params.seed
     if params.top_k > 0:
         body["top_k"] = params.top_k
+    if params.min_p > 0.0:
+        body["min_p"] = params.min_p
     if params.repetition_penalty != 1.0:
         body["repetition_penalty"] = params.repetition_penalty
     if params.ignore_eos:

@@ -195,7 +195,7 @@ async def test_trimming_never_drops_the_system_prompt() -> None:
 
 async def test_single_turn_too_large_is_context_overflow() -> None:
     """A turn that alone cannot fit with max_tokens is refused as context_overflow, naming the window (the
-    WebSocket front end adds the turn's id: tests/test_ws_e2e.py)."""
+    WebSocket front end adds the turn's id: tests/e2e/test_ws_e2e.py)."""
     session = Session(max_history_turns=10)
     with pytest.raises(GatewayError) as info:
         await session.plan(UserTurn(id="big", text="x" * 100), 10, 100, count_chars)

@@ -56,3 +56,14 @@ async def test_the_memory_store_is_never_durable() -> None:
     """A store that keeps nothing past the process is not durable, even when every call works."""
     guard = StoreGuard(persistent=False, timeout_s=1)
     assert await guard.call(answer, 1) == 1 and guard.durable is False
+
+
+async def test_each_failed_call_is_counted() -> None:
+    """`on_failure` (the store_failures metric) hears of every failed or timed-out call, and of no call that worked."""
+    failures: list[None] = []
+    guard = StoreGuard(persistent=True, timeout_s=0.05, on_failure=lambda: failures.append(None))
+    assert await guard.call(answer, 1) == 1
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable):
+            await guard.call(fail)
+    assert len(failures) == 2

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from gateway.core.image_ledger import ImageLedger
 from gateway.core.ratelimit import BucketsByAddress, TokenBucket
 from gateway.core.session import Session, UserTurn
-from gateway.core.turns import StartedTurn
+from gateway.core.turn_types import StartedTurn
 from gateway.edge.quota import SessionQuota
 from gateway.engine.contract import TurnHandle
 from gateway.ws.detached import DetachedSessions

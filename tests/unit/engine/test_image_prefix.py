@@ -13,8 +13,11 @@ from gateway.engine.image_layout import ImageLayout, Stacked
 from gateway.engine.image_prefix import content_key, suffix_extras
 from gateway.engine.local import LocalEngine
 from gateway.engine.prompt import ModelInputs
-from tests.unit.engine.test_prefix_cache import engines as engines  # the fixture: the same engine with reuse on and off
-from tests.unit.engine.test_prefix_cache import generate, picture
+from tests.unit.engine.test_prefix_cache import (
+    engines as engines,  # the fixture: the same engine with reuse on and off
+    generate,
+    picture,
+)
 
 IMAGE = 99
 

@@ -71,6 +71,16 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass() -> None:
     assert set(sample(SamplingParams(temperature=1.0, top_p=0.75), 400, logits=logits)) == {0, 1}
 
 
+def test_min_p_keeps_only_tokens_near_the_likeliest() -> None:
+    """min_p drops every token less likely than min_p times the likeliest: here all but three near-equal ones."""
+    assert set(sample(SamplingParams(temperature=1.0, min_p=0.9), 400)) == {1, 3, 5}
+
+
+def test_min_p_of_one_equals_greedy() -> None:
+    """At min_p 1 only the likeliest token is left, whatever the temperature."""
+    assert set(sample(SamplingParams(temperature=2.0, min_p=1.0), 200)) == {1}
+
+
 def test_repetition_penalty_lowers_a_seen_positive_logit() -> None:
     """A seen token with a positive logit has it divided by the penalty."""
     penalised = apply_repetition_penalty(LOGITS, torch.tensor([1]), 2.0)

@@ -31,6 +31,7 @@ def test_vllm_extensions_only_when_they_change_something() -> None:
     )
     assert body["temperature"] == 0.0 and body["top_k"] == 5 and body["ignore_eos"] is True
     assert body["stop"] == ["x"] and body["seed"] == 3 and body["repetition_penalty"] == 1.2
+    assert "min_p" not in body and wire.sampling_body(SamplingParams(min_p=0.05))["min_p"] == 0.05
 
 
 def test_sse_lines_become_events() -> None:

@@ -10,8 +10,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from gateway.errors import ErrorCode, GatewayError

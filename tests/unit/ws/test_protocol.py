@@ -10,8 +10,7 @@ from typing import Any
 import msgpack
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gateway.errors import ErrorCode, GatewayError
 from gateway.ws import protocol
