@@ -30,7 +30,7 @@ def json_server(demo_dirs: DemoDirs, tmp_path: Path) -> Iterator[tuple[str, Path
     port, log_path = free_port(), tmp_path / "serve.log"
     command = [sys.executable, "-m", "gateway.cli", "serve", "--model", str(demo_dirs.model), "--port", str(port)]
     command += ["--api-key", KEY, "--log-format", "json", "--log-level", "debug", "--data-dir", str(tmp_path / "data")]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -103,7 +103,7 @@ def test_fields_outside_the_allowlist_never_reach_the_line() -> None:
 
 def test_an_unknown_log_format_is_one_line() -> None:
     """GATEWAY_LOG_FORMAT other than text or json stops `serve` at once with one line."""
-    env = dict(os.environ, GATEWAY_LOG_FORMAT="yaml", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, GATEWAY_LOG_FORMAT="yaml", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve"], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode != 0 and done.stderr.strip().splitlines() == [
         "gateway serve: GATEWAY_LOG_FORMAT is one of text, json, not 'yaml'"
