@@ -103,6 +103,10 @@ class Settings:
     # one), so the event loop and the image workers keep a core. More threads than free cores is ruinous:
     # the pool waits at every barrier for a thread the scheduler parked (12 against 448 tokens/s measured).
     engine_threads: int = 0
+    # Turns arriving together at an idle local engine wait for each other, up to this long after the first
+    # and while each comes within a quarter of it of the one before, so one prefill pass takes them all instead
+    # of a second pass pausing the first ones' decoding for its whole length; 0: off.
+    engine_gather_ms: float = 50.0
     engine: str = "real"  # "scripted": no model, instant replies (protocol tests, benchmarks)
     # Finished turns' KV held for prompts that start the same way; 0 disables. Default: a quarter of the
     # GPU's memory free after loading, or 256 MiB on the CPU (whose memory everything else shares).

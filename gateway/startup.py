@@ -123,8 +123,8 @@ def _upstream_engine(settings: Settings) -> Engine:
 
 def _local_engine(settings: Settings) -> Engine:
     from gateway.engine.demo import cached_demo_model
-    from gateway.engine.loader import load_model
-    from gateway.engine.local import LocalEngine
+    from gateway.engine.local.engine import LocalEngine
+    from gateway.engine.local.loader import load_model
 
     source = model_dir(settings.model) if settings.model else cached_demo_model()
     loaded = load_model(
@@ -143,6 +143,7 @@ def _local_engine(settings: Settings) -> Engine:
         context_tokens=settings.context_tokens,
         max_batch=settings.max_batch,
         threads=settings.engine_threads,
+        gather_ms=settings.engine_gather_ms,
         image_cache_bytes=settings.image_cache_bytes,
         image_workers=settings.image_workers,
         kv_cache_bytes=settings.kv_cache_bytes,

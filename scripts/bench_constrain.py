@@ -11,11 +11,11 @@ import asyncio
 import time
 
 from gateway.core.structured import json_grammar
-from gateway.engine import local
 from gateway.engine.contract import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.engine.demo import cached_demo_model
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
+from gateway.engine.local import generation
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
 
 # Never complete within the budget, so constrained rows run as long as free ones.
 SCHEMA = {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}}, "minItems": 1000}
@@ -67,7 +67,7 @@ async def main() -> None:
     args.add_argument("--tokens", type=int, default=200)
     args.add_argument("--repeats", type=int, default=3)
     opts = args.parse_args()
-    local.mask_logits = timed_mask(local.mask_logits)  # type: ignore[no-untyped-call]
+    generation.mask_logits = timed_mask(generation.mask_logits)  # type: ignore[no-untyped-call]
     engine = LocalEngine(load_model(cached_demo_model(opts.size)), max_batch=16)
     engine.start()
     await run(engine, 8, 20)  # warm up both paths

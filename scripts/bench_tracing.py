@@ -25,8 +25,8 @@ from gateway.config import Settings
 from gateway.core.tracing import Tracer
 from gateway.engine.contract import GenerationResult
 from gateway.engine.demo import write_demo_model
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
 from gateway.server import make_server
 
 

@@ -27,8 +27,8 @@ from gateway.cli import parse_adapters
 from gateway.config import Settings
 from gateway.engine.contract import ChatImage
 from gateway.engine.demo import write_demo_adapter, write_demo_model, write_text_model
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
 from gateway.media.images import ImageLimits, check_image
 from gateway.server import DrainingServer, make_server
 

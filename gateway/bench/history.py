@@ -109,8 +109,8 @@ Window = tuple[int, float]  # a context window in tokens, and the share of it tr
 def _history_run(
     model_dir: str, turns: int, sessions: int, prompt_words: int, max_tokens: int, kv: int | None, window: Window | None = None
 ) -> HistoryRun:
-    from gateway.engine.loader import load_model
-    from gateway.engine.local import LocalEngine
+    from gateway.engine.local.engine import LocalEngine
+    from gateway.engine.local.loader import load_model
     from gateway.errors import GatewayError
 
     engine = LocalEngine(load_model(model_dir), max_batch=max(16, sessions), kv_cache_bytes=kv)

@@ -23,8 +23,8 @@ def baselines(model_dir: str, batch: int, max_tokens: int, prompt_words: int, im
     from transformers.utils import logging as transformers_logging
 
     from gateway.engine.contract import ChatMessage
-    from gateway.engine.loader import load_model
-    from gateway.engine.local import engine_threads
+    from gateway.engine.local.engine import engine_threads
+    from gateway.engine.local.loader import load_model
     from gateway.media.images import ImageLimits, check_image
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

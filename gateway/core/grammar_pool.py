@@ -24,7 +24,7 @@ from gateway.core.structured import (
     source_key,
     validate,
 )
-from gateway.engine.contract import Engine, Grammar
+from gateway.engine.contract import Engine, Grammar, GrammarCompiler
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.media.images import yield_cpu
 
@@ -213,11 +213,10 @@ def _settle(running: _Compile, done: asyncio.Future[Grammar | GatewayError]) -> 
 
 
 def pool_for(engine: Engine, settings: Settings) -> GrammarPool:
-    """With a local engine, its own compile is the check, so each grammar compiles once for both."""
-    from gateway.engine.constrain import GrammarVocabulary  # torch: only where a local engine already loaded it
-
+    """With an engine that compiles grammars itself (the local one), its compile is the check, so each grammar
+    compiles once for both."""
     vocabulary = getattr(engine, "grammars", None)
-    if not isinstance(vocabulary, GrammarVocabulary):
+    if not isinstance(vocabulary, GrammarCompiler):
         return GrammarPool(settings)
     vocabulary.capacity = settings.grammar_matchers_kept
     return GrammarPool(settings, vocabulary.check, vocabulary.holds)

@@ -1,1 +1,1 @@
-"""The model side: loading, the generation thread, sampling and the demo model."""
+"""The model side: the engine contract, the local engine, an upstream server as engine, and the demo model."""

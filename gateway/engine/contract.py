@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from gateway.errors import ErrorCode
 
@@ -132,6 +132,18 @@ class GenerationRequest:
     affinity: str | None = None  # a session's key: its turns go to the same upstream replica (prefix cache)
     tools: Sequence[dict[str, Any]] = ()  # OpenAI function definitions, for the chat template to render
     traceparent: str | None = None  # W3C trace context of the turn's span: an upstream request carries it on
+
+
+@runtime_checkable
+class GrammarCompiler(Protocol):
+    """An engine's own grammar compile (its `grammars`, when it has one), lent to the turn service's grammar pool
+    as the check, so each grammar compiles once: `check` answers "" when usable, else why not."""
+
+    capacity: int  # compiled grammars kept
+
+    def check(self, source: str, limits: Any) -> str: ...
+
+    def holds(self, source: str) -> bool: ...
 
 
 class EngineFull(Exception):

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from gateway.config import Settings
 from gateway.core.request import ConversationRequest, RequestMessage, SamplingOptions
 from gateway.core.runtime import runtime_of
+from gateway.core.sampling import OPTION_FIELDS
 from gateway.core.tracing import TurnTrace
 from gateway.core.turns import TurnService
 from gateway.edge.auth import bearer_accepted
@@ -139,21 +140,13 @@ async def _chat_completion(request: Request, turns: TurnService, trace: TurnTrac
 
 
 def sampling_options(chat: schema.ChatCompletionRequest) -> SamplingOptions:
-    """The body's options in the request type both front ends share: one line per option."""
-    return SamplingOptions(
-        temperature=chat.temperature,
-        top_p=chat.top_p,
-        top_k=chat.top_k,
-        min_p=chat.min_p,
-        max_tokens=chat.max_new_tokens,
-        repetition_penalty=chat.repetition_penalty,
-        stop=list(chat.stop_strings) or None,
-        seed=chat.seed,
-        model=chat.model,
-        response_format=chat.response_format,
-        tools=chat.tools,
-        tool_choice=chat.tool_choice,
-    )
+    """The body's options in the request type both front ends share. Those the body names as the request type does
+    pass as they are (a new one needs only its field in the body's schema); two change shape on the way."""
+    same = {name: getattr(chat, name) for name in SAME_OPTIONS}
+    return SamplingOptions(**same, max_tokens=chat.max_new_tokens, stop=list(chat.stop_strings) or None)
+
+
+SAME_OPTIONS = (set(OPTION_FIELDS) & set(schema.ChatCompletionRequest.__struct_fields__)) - {"max_tokens", "stop"}
 
 
 def _message(message: schema.PromptMessage) -> RequestMessage:

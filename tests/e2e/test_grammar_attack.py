@@ -10,7 +10,7 @@ import pytest
 
 from gateway.client import GatewayClient, TurnResult
 from gateway.config import Settings
-from gateway.engine.constrain import GrammarVocabulary
+from gateway.engine.local.constrain import GrammarVocabulary
 from tests.conftest import DemoDirs, RunningServer, start_server
 from tests.loop_watch import watching
 

@@ -262,8 +262,8 @@ async def test_an_image_the_model_cannot_take_is_an_error_frame(bounded: Running
 
 def test_vision_is_false_when_the_start_up_image_prompt_fails(demo_dirs: DemoDirs) -> None:
     """`ready.vision` is a fact: a model whose image prompt cannot be built starts text-only."""
-    from gateway.engine.loader import load_model
-    from gateway.engine.local import LocalEngine
+    from gateway.engine.local.engine import LocalEngine
+    from gateway.engine.local.loader import load_model
 
     loaded = load_model(demo_dirs.model)
 
@@ -281,8 +281,8 @@ def test_vision_is_false_when_the_start_up_image_prompt_fails(demo_dirs: DemoDir
 
 def test_counting_and_building_use_different_tokenizers(demo_dirs: DemoDirs) -> None:
     """No tokenizer object is shared by two threads: the counting thread has its own copy."""
-    from gateway.engine.loader import load_model
-    from gateway.engine.local import LocalEngine
+    from gateway.engine.local.engine import LocalEngine
+    from gateway.engine.local.loader import load_model
 
     engine = LocalEngine(load_model(demo_dirs.model))
     assert engine._counter.tokenizer is not engine.loaded.prompt.tokenizer

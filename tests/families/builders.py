@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.engine.demo import cache_root, tokenizer as demo_tokenizer
-from gateway.engine.families.processors import tolerant
+from gateway.engine.local.families.processors import tolerant
 from tests.conftest import utf8_corpus
 
 FAMILIES_VERSION = "2"
@@ -551,7 +551,7 @@ def _mistral3(tok: Any, out: Path) -> None:
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
     from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
-    from gateway.engine.families.processors import processor_class
+    from gateway.engine.local.families.processors import processor_class
 
     text = {
         "model_type": "mistral",

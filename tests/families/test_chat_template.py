@@ -10,8 +10,8 @@ import pytest
 
 from gateway.cli import make_parser
 from gateway.engine.contract import ChatMessage
-from gateway.engine.loader import ModelLoadError, load_model
-from gateway.engine.prompt import PromptBuilder
+from gateway.engine.local.loader import ModelLoadError, load_model
+from gateway.engine.local.prompt import PromptBuilder
 from tests.families.builders import SPECS, cached_family, train_tokenizer
 
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.engine.contract import ChatMessage, SamplingParams
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
 from tests.conftest import chat_image
 from tests.families.builders import cached_family
 from tests.unit.engine.test_batching import alone, staggered, submit

@@ -18,7 +18,7 @@ from transformers import ProcessorMixin
 from gateway.client import GatewayClient, TurnResult
 from gateway.config import Settings
 from gateway.engine.contract import ChatMessage, GenerationRequest, TurnHandle, TurnSink
-from gateway.engine.families.processors import load_processor
+from gateway.engine.local.families.processors import load_processor
 from tests.conftest import RunningServer, chat_image, image_bytes, start_server
 from tests.families.builders import SPECS, cached_family
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from gateway.engine.contract import ChatMessage, GenerationResult, SamplingParams
-from gateway.engine.image_prefix import content_key
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
-from gateway.engine.prompt import PromptBuilder
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.image_prefix import content_key
+from gateway.engine.local.loader import load_model
+from gateway.engine.local.prompt import PromptBuilder
 from tests.families.builders import SPECS, cached_family
 from tests.unit.engine.test_prefix_cache import generate, picture
 

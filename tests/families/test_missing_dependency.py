@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gateway.engine.loader import load_model
+from gateway.engine.local.loader import load_model
 from tests.families.builders import cached_family
 
 

@@ -81,7 +81,7 @@ _WORDS = """
 _STARTERS = "The A An It This That There Here We You I In On At What How Why Yes No Some Each".split()
 _PUNCTUATION = [".", ",", "!", "?", ":", ";", "'", ")", "▁(", "▁-", '▁"']
 # Single characters with no space before them: enough to spell any JSON (keys, braces, numbers) and the
-# tool-call syntaxes, which constrained decoding (gateway/engine/constrain.py) can only build from tokens.
+# tool-call syntaxes, which constrained decoding (gateway/engine/local/constrain.py) can only build from tokens.
 _CHARACTERS = [*string.ascii_letters, *string.digits, *'{}[]"_-<>/', "\n"]
 UNK_TOKEN = "<unk>"
 SPACE = "▁"  # stands for the space before a word in the vocabulary and in pre-tokenized text

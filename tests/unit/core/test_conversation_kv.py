@@ -7,7 +7,7 @@ from gateway.core.conversation import Conversation
 from gateway.core.conversation_prompt import prompt_messages
 from gateway.core.items import Content, Item
 from gateway.engine.contract import ChatMessage, GenerationResult, SamplingParams
-from gateway.engine.local import LocalEngine
+from gateway.engine.local.engine import LocalEngine
 from tests.conversation_support import ROOMY, counting_ids
 from tests.unit.engine.test_prefix_cache import engines, generate
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.engine.contract import ChatImage, ChatMessage, EngineFull, GenerationRequest, SamplingParams
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
 from tests.conftest import DemoDirs, chat_image
 from tests.unit.engine.test_engine import Collector
 

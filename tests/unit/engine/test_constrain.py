@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from gateway.core.structured import DEFAULT_LIMITS, json_grammar, response_grammar
-from gateway.engine.constrain import unpack
 from gateway.engine.contract import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
+from gateway.engine.local.constrain import unpack
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
 from gateway.ws.protocol import JsonObjectFormat, RegexFormat
 from tests.conftest import DemoDirs
 from tests.unit.engine.test_engine import Collector

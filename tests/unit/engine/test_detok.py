@@ -1,4 +1,4 @@
-"""Tests for gateway.engine.detok: UTF-8-safe deltas and stop strings, on a byte-level BPE tokenizer
+"""Tests for gateway.engine.local.detok: UTF-8-safe deltas and stop strings, on a byte-level BPE tokenizer
 like real models use (the demo model's word-level tokenizer never splits a character, so it cannot
 exercise the UTF-8 paths)."""
 
@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from gateway.engine.demo.tokenizer import SPECIAL_TOKENS
-from gateway.engine.detok import TextStream
+from gateway.engine.local.detok import TextStream
 from tests.conftest import utf8_corpus
 
 MULTIBYTE_TEXTS = [

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from gateway.engine.encoder_cache import EncoderCache
-from gateway.engine.image_layout import ImageLayout, Stacked
+from gateway.engine.local.encoder_cache import EncoderCache
+from gateway.engine.local.image_layout import ImageLayout, Stacked
 
 PIXELS = torch.zeros(2, 3)
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway.engine.contract import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
 from tests.conftest import DemoDirs, chat_image
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gateway.engine.image_layout import Stacked, image_spans
+from gateway.engine.local.image_layout import Stacked, image_spans
 
 IMAGE, BREAK = 7, 8
 

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from gateway.engine.contract import ChatMessage, GenerationResult, SamplingParams
-from gateway.engine.image_layout import ImageLayout, Stacked
-from gateway.engine.image_prefix import content_key, suffix_extras
-from gateway.engine.local import LocalEngine
-from gateway.engine.prompt import ModelInputs
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.image_layout import ImageLayout, Stacked
+from gateway.engine.local.image_prefix import content_key, suffix_extras
+from gateway.engine.local.prompt import ModelInputs
 from tests.unit.engine.test_prefix_cache import (
     engines as engines,  # the fixture: the same engine with reuse on and off
     generate,

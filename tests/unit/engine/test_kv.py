@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from gateway.engine.kv import MAX_GROWTH, MIN_GROWTH, GrowingLayer, new_cache
+from gateway.engine.local.kv import MAX_GROWTH, MIN_GROWTH, GrowingLayer, new_cache
 
 
 def states(tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from gateway.engine.contract import ChatMessage, SamplingParams
-from gateway.engine.loader import ModelLoadError, load_model
-from gateway.engine.local import LocalEngine
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import ModelLoadError, load_model
 from gateway.errors import ErrorCode, GatewayError
 from tests.conftest import DemoDirs, chat_image
 from tests.unit.engine.test_engine import generate

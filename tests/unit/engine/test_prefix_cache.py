@@ -10,9 +10,9 @@ import torch
 
 from gateway.core.session import Session, UserTurn
 from gateway.engine.contract import ChatImage, ChatMessage, GenerationRequest, GenerationResult, SamplingParams
-from gateway.engine.loader import load_model
-from gateway.engine.local import LocalEngine
-from gateway.engine.prefix_cache import (
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
+from gateway.engine.local.prefix_cache import (
     LayerStates,
     PrefixCache,
     Spill,

@@ -6,14 +6,16 @@ from typing import Any
 
 import torch
 
-from gateway.engine.batch import Batch, Sequence, row_states
 from gateway.engine.contract import ChatMessage, GenerationRequest, SamplingParams
-from gateway.engine.detok import TextStream
-from gateway.engine.encoder_cache import EncoderCache
-from gateway.engine.loader import LoadedModel, load_model
-from gateway.engine.prefix_cache import HeldPrefix
-from gateway.engine.prompt import ModelInputs
-from gateway.engine.ragged import lay_out, suffix_groups
+from gateway.engine.local.batch import Batch
+from gateway.engine.local.detok import TextStream
+from gateway.engine.local.encoder_cache import EncoderCache
+from gateway.engine.local.loader import LoadedModel, load_model
+from gateway.engine.local.padded import row_states
+from gateway.engine.local.prefix_cache import HeldPrefix
+from gateway.engine.local.prompt import ModelInputs
+from gateway.engine.local.ragged import lay_out, suffix_groups
+from gateway.engine.local.sequence import Sequence
 from tests.conftest import DemoDirs
 
 CONVERSATIONS = [

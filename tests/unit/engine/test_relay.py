@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 
-from gateway.engine.relay import EventRelay
+from gateway.engine.local.relay import EventRelay
 
 
 async def test_events_arrive_in_order_from_another_thread() -> None:

@@ -1,11 +1,11 @@
-"""Tests for gateway.engine.sampling: greedy choice, top-k/top-p filtering, seeds and repetition penalty."""
+"""Tests for gateway.engine.local.sampling: greedy choice, top-k/top-p filtering, seeds and repetition penalty."""
 
 from __future__ import annotations
 
 import torch
 
 from gateway.engine.contract import SamplingParams
-from gateway.engine.sampling import apply_repetition_penalty, choose_token, make_generator
+from gateway.engine.local.sampling import apply_repetition_penalty, choose_token, make_generator
 
 CPU = torch.device("cpu")
 LOGITS = torch.tensor([0.1, 2.0, -1.0, 1.9, 0.5, 1.95])

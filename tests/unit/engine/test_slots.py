@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from gateway.engine.batch import Batch, Sequence
 from gateway.engine.contract import ChatMessage, GenerationRequest, SamplingParams
-from gateway.engine.detok import TextStream
-from gateway.engine.encoder_cache import EncoderCache
-from gateway.engine.kv import GrowingLayer
-from gateway.engine.loader import LoadedModel, load_model
-from gateway.engine.slots import RowBuffers, moves_for
+from gateway.engine.local.batch import Batch, Sequence
+from gateway.engine.local.detok import TextStream
+from gateway.engine.local.encoder_cache import EncoderCache
+from gateway.engine.local.kv import GrowingLayer
+from gateway.engine.local.loader import LoadedModel, load_model
+from gateway.engine.local.slots import RowBuffers, moves_for
 from tests.conftest import DemoDirs
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from gateway.engine.constrain import GrammarVocabulary
 from gateway.engine.contract import GenerationResult, Grammar, ToolCall
+from gateway.engine.local.constrain import GrammarVocabulary
 from gateway.tools.formats import ToolFormat
 from gateway.tools.glm import GlmFormat
 from gateway.tools.hermes import HermesFormat

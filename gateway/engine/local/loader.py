@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from gateway.engine.families import family_for
-from gateway.engine.families.processors import load_processor
-from gateway.engine.prompt import PromptBuilder
+from gateway.engine.local.families import family_for
+from gateway.engine.local.families.processors import load_processor
+from gateway.engine.local.prompt import PromptBuilder
 
 log = logging.getLogger("gateway.loader")
 

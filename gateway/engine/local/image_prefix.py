@@ -6,7 +6,7 @@ import hashlib
 
 import torch
 
-from gateway.engine.prompt import ModelInputs
+from gateway.engine.local.prompt import ModelInputs
 
 Extras = dict[str, torch.Tensor]
 

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from gateway.engine.contract import ChatImage, ChatMessage
-from gateway.engine.families import GENERIC, Family
-from gateway.engine.image_cache import ImageCache, ProcessedImage
-from gateway.engine.image_layout import ImageLayout, image_spans
+from gateway.engine.local.families import GENERIC, Family
+from gateway.engine.local.image_cache import ImageCache, ProcessedImage
+from gateway.engine.local.image_layout import ImageLayout, image_spans
 from gateway.errors import ErrorCode, GatewayError
 from gateway.media.images import decode_pixels
 from gateway.tools.fallback import needs_fallback, plain_messages

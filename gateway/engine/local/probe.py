@@ -8,9 +8,9 @@ import logging
 import torch
 from PIL import Image
 
-from gateway.engine.batch import model_extras
 from gateway.engine.contract import ChatMessage
-from gateway.engine.loader import LoadedModel
+from gateway.engine.local.batch import model_extras
+from gateway.engine.local.loader import LoadedModel
 from gateway.media.images import ImageLimits, check_image
 
 log = logging.getLogger("gateway.engine")

@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
 
-from gateway.engine import cross, kv, ragged, slots
-from gateway.engine.constrain import RowGrammar
-from gateway.engine.contract import GenerationRequest
-from gateway.engine.detok import TextStream
-from gateway.engine.encoder_cache import EncoderCache
-from gateway.engine.image_prefix import images_before, rope_inputs, suffix_extras
-from gateway.engine.loader import LoadedModel
-from gateway.engine.prefix_cache import HeldPrefix, LayerStates
-from gateway.engine.prompt import ModelInputs
-from gateway.engine.sampling import choose_token, make_generator
-
-
-@dataclass
-class Sequence:
-    """One turn's decoding state inside the batch."""
-
-    request: GenerationRequest
-    stream: TextStream
-    job: Any = None  # the engine's record of who is listening
-    prompt_tokens: int = 0
-    position: int = 0  # the text position of the next token fed (rope offset included)
-    generator: torch.Generator | None = None
-    seen: torch.Tensor | None = None  # context ids, kept only when a repetition penalty needs them
-    prompt_ids: tuple[int, ...] | None = None  # set for prompts whose KV may be held after the turn
-    cached_tokens: int = 0  # prompt tokens whose KV came from a held prefix
-    token_ids: list[int] = field(default_factory=list)
-    grammar: RowGrammar | None = None  # set when the reply is constrained (see engine/constrain.py)
-    first_token_at: float | None = None
-    last_token_at: float | None = None
+from gateway.engine.local import cross, kv, padded, ragged, slots
+from gateway.engine.local.encoder_cache import EncoderCache
+from gateway.engine.local.image_prefix import images_before, rope_inputs, suffix_extras
+from gateway.engine.local.loader import LoadedModel
+from gateway.engine.local.prefix_cache import HeldPrefix
+from gateway.engine.local.prompt import ModelInputs
+from gateway.engine.local.sampling import choose_token, make_generator
+from gateway.engine.local.sequence import Sequence
 
 
 def _rope_index_owner(model: Any) -> Any | None:
@@ -53,11 +30,6 @@ def model_extras(extras: dict[str, torch.Tensor], device: torch.device, dtype: t
     return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in extras.items()}
 
 
-def supports_batching(cache: Any) -> bool:
-    """Only plain growing caches can be padded and merged; sliding-window or quantized ones cannot."""
-    return isinstance(cache, DynamicCache) and all(type(layer) in _MERGEABLE for layer in cache.layers)
-
-
 class Batch:
     """The shared cache of all active sequences, left-padded to a common length, plus their mask."""
 
@@ -65,7 +37,7 @@ class Batch:
         self.loaded = loaded
         self.encoder = encoder  # vision-encoder outputs of images seen before
         self.sequences: list[Sequence] = []
-        self.cache: Any = None  # a DynamicCache of GrowingLayers (and CrossLayers, see engine/cross.py)
+        self.cache: Any = None  # a DynamicCache of GrowingLayers (and CrossLayers, see engine/local/cross.py)
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
         self._rope = _rope_index_owner(loaded.model)
         self._first = loaded.prompt.family.first_position
@@ -100,7 +72,7 @@ class Batch:
         )
         self.encoder.keep(images, out, item.layout, 0)
         self._start(seq, item, delta)
-        cache = _cache_of(out)
+        cache = padded.cache_of(out)
         if self._cross:
             cross.adopt(cache, self._cross, 1, extras.get("cross_attention_mask"))
         return out.logits[:, -1], cache, mask
@@ -109,7 +81,7 @@ class Batch:
     def prefill_rows(
         self, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]
     ) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """Text prompts, each on its held prefix or none, in one forward pass (see engine/ragged.py); return
+        """Text prompts, each on its held prefix or none, in one forward pass (see engine/local/ragged.py); return
         what `prefill` does for every row. Cross-attention models pass no held prefixes."""
         device = self.loaded.device
         layout = ragged.lay_out(
@@ -129,7 +101,7 @@ class Batch:
         for seq, item, delta, cached in zip(seqs, inputs, layout.deltas, layout.cached):
             self._start(seq, item, delta)
             seq.cached_tokens = cached
-        cache = _cache_of(out)
+        cache = padded.cache_of(out)
         if self._cross:
             cross.adopt(cache, self._cross, len(seqs), None)
         return out.logits[:, -1], cache, layout.mask
@@ -165,13 +137,13 @@ class Batch:
         self.encoder.keep(images, out, item.layout, first)
         self._start(seq, item, delta)
         seq.cached_tokens = held.length
-        cache = _cache_of(out)
+        cache = padded.cache_of(out)
         if self._cross:
             cross.adopt(cache, self._cross, 1, None)
         return out.logits[:, -1], cache, mask
 
     def _encode(self, tensors: dict[str, torch.Tensor]) -> Any:
-        """The vision tower alone over some images (see engine/encoder_cache.py)."""
+        """The vision tower alone over some images (see engine/local/encoder_cache.py)."""
         return self.loaded.model.get_image_features(**tensors, return_dict=True)
 
     def _start(self, seq: Sequence, item: ModelInputs, delta: int) -> None:
@@ -221,10 +193,10 @@ class Batch:
             return
         width, length = self.mask.shape[1], rows.shape[1]
         if length < width:
-            _pad_left(cache, width - length)
+            padded.pad_left(cache, width - length)
             rows = torch.cat([rows.new_zeros(rows.shape[0], width - length), rows], dim=1)
         elif length > width:
-            _pad_left(self.cache, length - width)
+            padded.pad_left(self.cache, length - width)
             self.mask = torch.cat([self.mask.new_zeros(self.mask.shape[0], length - width), self.mask], dim=1)
         for index, (mine, theirs) in enumerate(zip(self.cache.layers, cache.layers)):
             if isinstance(mine, cross.CrossLayer):
@@ -256,7 +228,7 @@ class Batch:
             **self._cross_args(),
             **self._adapter_args(self.sequences),
         )
-        self.cache = _cache_of(out)
+        self.cache = padded.cache_of(out)
         for seq in self.sequences:
             seq.position += 1
         logits: torch.Tensor = out.logits[:, -1]
@@ -283,7 +255,7 @@ class Batch:
         real = self.mask.any(dim=0).nonzero()
         start = int(real[0].item()) if real.numel() else 0
         if start > 0:
-            for layer in _self_attention(self.cache):
+            for layer in padded.self_attention(self.cache):
                 layer.keys = layer.keys[:, :, start:]
                 layer.values = layer.values[:, :, start:]
             self.mask = self.mask[:, start:]
@@ -303,38 +275,3 @@ class Batch:
 
 
 _EMPTY = torch.empty(0, dtype=torch.long)
-_MERGEABLE = (kv.GrowingLayer, cross.CrossLayer)
-
-
-def row_states(cache: Any, mask: torch.Tensor, row: int) -> LayerStates:
-    """One row's real (unpadded) keys and values per layer, copied out of a shared left-padded cache.
-    Real columns are always a row's rightmost ones: padding only ever goes on the left."""
-    start = mask.shape[1] - int(mask[row].sum().item())
-    like = cache.layers[0].keys
-    return [
-        cross.row_states(layer, row, like)
-        if isinstance(layer, cross.CrossLayer)
-        else (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
-        for layer in cache.layers
-    ]
-
-
-def _self_attention(cache: Any) -> list[Any]:
-    """The layers whose states follow the text (left-padded, trimmed); cross-attention ones follow images."""
-    return [layer for layer in cache.layers if not isinstance(layer, cross.CrossLayer)]
-
-
-def _pad_left(cache: Any, n: int) -> None:
-    for layer in _self_attention(cache):
-        layer.keys = _zeros_before(layer.keys, n)
-        layer.values = _zeros_before(layer.values, n)
-
-
-def _zeros_before(states: torch.Tensor, n: int) -> torch.Tensor:
-    batch, heads, _, dim = states.shape
-    return torch.cat([states.new_zeros(batch, heads, n, dim), states], dim=2)
-
-
-def _cache_of(output: Any) -> Any:
-    # transformers 5 renamed the output field from past_key_values to cache
-    return output["cache"] if "cache" in output else output["past_key_values"]

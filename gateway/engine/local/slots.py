@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from gateway.engine.kv import GrowingLayer, room
+from gateway.engine.local.kv import GrowingLayer, room
 
 
 class RowBuffers:

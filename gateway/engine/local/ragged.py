@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from gateway.engine import kv
-from gateway.engine.prefix_cache import HeldPrefix
+from gateway.engine.local import kv
+from gateway.engine.local.prefix_cache import HeldPrefix
 
 # A group is fed its longest new part; rows with shorter ones are padded (or feed held tokens again), which
 # costs as much as real tokens. Rows join a group while its longest part is at most twice its shortest plus

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from gateway.engine.image_layout import Stacked
+from gateway.engine.local.image_layout import Stacked
 
 EncoderRows = Literal["per_image", "pixel_rows", "token_rows"]
 
@@ -36,7 +36,7 @@ class Family:
     # Per-token tensors the model reads by absolute position (Gemma 3's bidirectional image mask, as
     # transformers' own `prepare_inputs_for_generation` says): a suffix after held KV gets them whole.
     positional: tuple[str, ...] = ()
-    # How the model's vision-encoder output holds a pass's images (see engine/encoder_cache.py): one item
+    # How the model's vision-encoder output holds a pass's images (see engine/local/encoder_cache.py): one item
     # per image, or one tensor of the images' pixel rows, or one item per prompt of the images' tokens.
     encoder_rows: EncoderRows = "per_image"
 

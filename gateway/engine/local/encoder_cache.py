@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from gateway.engine.families import EncoderRows
-from gateway.engine.image_layout import ImageLayout, Stacked
+from gateway.engine.local.families import EncoderRows
+from gateway.engine.local.image_layout import ImageLayout, Stacked
 
 PIXELS = "pixel_values"
 DEEPSTACK = "deepstack_features"  # Qwen3-VL: per layer, each image's features its language model adds in

@@ -1,0 +1,255 @@
+"""The generation thread's work: admit turns, prefill them, decode every active turn together, stream tokens."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+
+from gateway.engine.contract import FinishReason, GenerationResult
+from gateway.engine.local.batch import Batch
+from gateway.engine.local.constrain import GrammarVocabulary, mask_logits
+from gateway.engine.local.detok import TextStream
+from gateway.engine.local.encoder_cache import EncoderCache
+from gateway.engine.local.image_prefix import content_key
+from gateway.engine.local.loader import LoadedModel
+from gateway.engine.local.padded import row_states, supports_batching
+from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache
+from gateway.engine.local.prompt import ModelInputs
+from gateway.engine.local.ragged import suffix_groups
+from gateway.engine.local.relay import EventRelay
+from gateway.engine.local.sequence import Sequence
+from gateway.engine.local.waiting import Job, WaitingLine
+from gateway.errors import GatewayError
+
+log = logging.getLogger("gateway.engine")
+_Prefilled = tuple[torch.Tensor, Any, torch.Tensor]  # last logits, cache, mask
+_Row = tuple[Sequence, ModelInputs, HeldPrefix | None]  # a text prompt and its held prefix, if any
+
+
+class Generation:
+    """What the generation thread does, and the state it alone writes (`tokens_generated` and the held
+    KV are read elsewhere only as a moment's figures)."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        line: WaitingLine,
+        prefix_cache: PrefixCache,
+        encoder_cache: EncoderCache,
+        grammars: GrammarVocabulary | None,
+        threads: int,
+    ) -> None:
+        self.loaded = loaded
+        self.line = line
+        self.prefix_cache = prefix_cache
+        self.encoder_cache = encoder_cache
+        self.grammars = grammars
+        self.threads = threads
+        self.tokens_generated = 0
+        self.busy = threading.Event()  # set while any turn is on the model
+        self.abort = threading.Event()  # set to cut running turns short (after stop's grace)
+        self._relay = EventRelay()
+
+    @property
+    def max_batch(self) -> int:
+        return self.line.max_batch
+
+    def run(self) -> None:
+        torch.set_num_threads(self.threads)  # in this thread: OpenMP's thread count is a per-thread setting
+        batch = Batch(self.loaded, self.encoder_cache, self.line.max_batch)
+        while True:
+            self.prefix_cache.expire()
+            admitted, cancelled, still_waiting = self.line.take(len(batch), self.prefix_cache.seconds_to_expiry())
+            for job in cancelled:
+                self._finish(self._sequence(job), "cancelled")
+            if admitted is None:
+                self._flush()
+                break
+            if admitted:
+                self._prefill(batch, admitted)
+            for position, job in enumerate(still_waiting, start=1):
+                self._emit(job, job.sink.on_queued, position)
+            if batch:
+                self._step(batch)
+            self.line.settle([seq.request.handle for seq in batch.sequences])
+            if not batch:
+                self.busy.clear()
+            self._flush()
+
+    def _sequence(self, job: Job) -> Sequence:
+        params = job.request.params
+        grammar = None
+        if params.grammar is not None and self.grammars is not None:
+            grammar = self.grammars.matcher(params.grammar)
+        # A stop string would cut a constrained reply short of its grammar: constrained rows ignore them.
+        stop = () if params.grammar is not None else params.stop
+        return Sequence(request=job.request, stream=TextStream(self.loaded.tokenizer, stop), job=job, grammar=grammar)
+
+    def _prefill(self, batch: Batch, jobs: list[Job]) -> None:
+        """Prefill newly admitted turns: text prompts, each on its longest held prefix or none, in one
+        forward pass per group of similar new lengths; each prompt with images alone; sample each one's
+        first token at once, then join the batch."""
+        ready: list[tuple[Sequence, ModelInputs]] = []
+        for job in jobs:
+            seq = self._sequence(job)
+            if job.request.handle.cancelled.is_set():
+                self._finish(seq, "cancelled")
+                continue
+            if job.request.params.grammar is not None and seq.grammar is None:
+                self._finish(seq, "error", "this model's tokenizer does not support constrained decoding")
+                continue
+            try:
+                ready.append((seq, self.loaded.prompt.build(job.request.messages, job.request.tools)))
+            except GatewayError as exc:
+                self._finish(seq, "error", exc.message)
+            except Exception:  # a bad input ends this turn, never the thread
+                log.exception("building the prompt failed")
+                self._finish(seq, "error", "generation failed")
+        if ready:
+            self.busy.set()
+        # Cheap text prompts first: a turn with many images must not hold up the first token of the
+        # text turns admitted with it.
+        # On cross-attention models every prompt prefills alone: a grouped text pass carries no
+        # cross-attention states to merge with the batch's image rows.
+        alone = batch.cross_attention
+        text = [(seq, inputs, self._held(seq, inputs)) for seq, inputs in ready if not inputs.extras and not alone]
+        for group in self._text_groups(text):
+            seqs = [seq for seq, _, _ in group]
+            run = partial(batch.prefill_rows, seqs, [item for _, item, _ in group], [held for _, _, held in group])
+            self._prefill_group(batch, seqs, run)
+        for seq, item in ready:
+            if item.extras or alone:
+                held = self._held(seq, item)
+                run = partial(batch.prefill_on, seq, item, held) if held else partial(batch.prefill, seq, item)
+                self._prefill_group(batch, [seq], run)
+
+    def _text_groups(self, rows: list[_Row]) -> list[list[_Row]]:
+        """Text prompts in groups for one forward pass each: of similar new lengths (engine/local/ragged.py);
+        one at a time when turns decode alone."""
+        if self.max_batch <= 1:
+            return [[row] for row in rows]
+        suffixes = [inputs.prompt_tokens - (held.length if held else 0) for _, inputs, held in rows]
+        return [[rows[i] for i in group] for group in suffix_groups(suffixes)]
+
+    def _held(self, seq: Sequence, inputs: ModelInputs) -> HeldPrefix | None:
+        """The longest held prefix of the prompt's content key (token ids, images by content); None when
+        none is held (or reuse is off, or its images' layout is not understood)."""
+        if self.prefix_cache.max_bytes <= 0:
+            return None
+        seq.prompt_ids = content_key(inputs)
+        if seq.prompt_ids is None:
+            return None
+        return self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids)
+
+    def _prefill_group(self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled]) -> None:
+        try:
+            logits, cache, mask = run()
+            mask_logits(logits, [seq.grammar for seq in seqs])
+            if not supports_batching(cache) and self.max_batch > 1:
+                log.warning("this model's cache cannot be merged; decoding one turn at a time")
+                self.line.max_batch = 1
+            alive = [i for i, seq in enumerate(seqs) if not self._after_token(seq, batch.choose(seq, logits[i]))]
+        except Exception:  # a model failure ends these turns, never the thread
+            log.exception("prefill failed")
+            for seq in seqs:
+                self._finish(seq, "error", "generation failed")
+            return
+        self._hold(seqs, cache, mask, alive)
+        if alive:
+            if len(alive) < len(seqs):
+                cache.batch_select_indices(torch.tensor(alive, device=mask.device))
+                mask = mask[alive]
+            batch.join([seqs[i] for i in alive], cache, mask)
+
+    def _step(self, batch: Batch) -> None:
+        keep = []
+        for i, seq in enumerate(batch.sequences):
+            if seq.request.handle.cancelled.is_set() or self.abort.is_set():
+                self._finish(seq, "cancelled")
+            else:
+                keep.append(i)
+        batch.keep(keep)
+        if not batch:
+            return
+        try:
+            logits = batch.decode([seq.token_ids[-1] for seq in batch.sequences])
+            mask_logits(logits, [seq.grammar for seq in batch.sequences])
+        except Exception:
+            log.exception("decode step failed; ending every turn in the batch")
+            for seq in batch.sequences:
+                self._finish(seq, "error", "generation failed")
+            batch.keep([])
+            return
+        keep = [i for i, seq in enumerate(batch.sequences) if not self._after_token(seq, batch.choose(seq, logits[i]))]
+        self._hold(batch.sequences, batch.cache, batch.mask, keep)
+        batch.keep(keep)
+
+    def _hold(self, seqs: list[Sequence], cache: Any, mask: Any, alive: list[int]) -> None:
+        """Keep the KV of the sequences that just finished (prompt and every reply token fed; the last
+        one sampled never was) for later prompts that start the same way."""
+        try:
+            for row in sorted(set(range(len(seqs))) - set(alive)):
+                seq = seqs[row]
+                if seq.prompt_ids is not None:
+                    ids = seq.prompt_ids + tuple(seq.token_ids[:-1])
+                    self.prefix_cache.store(seq.request.adapter, ids, row_states(cache, mask, row))
+        except Exception:  # holding is an optimisation: a failure (out of memory) costs a later prefill only
+            log.exception("holding a finished turn's KV failed")
+            self.prefix_cache.clear()
+
+    def _after_token(self, seq: Sequence, token: int) -> bool:
+        """Stream one sampled token's text; True when the turn ended with it."""
+        self.tokens_generated += 1
+        grammar = seq.grammar
+        if grammar is not None and grammar.failed:
+            self._finish(seq, "error", grammar.error)
+            return True
+        # The grammar allows an end-of-turn token only where the reply is complete: it always ends the turn.
+        if token in self.loaded.eos_token_ids and (not seq.request.params.ignore_eos or grammar is not None):
+            self._finish(seq, "stop")
+            return True
+        delta = seq.stream.push(token)
+        if delta:
+            self._emit(seq.job, seq.job.sink.on_token, delta)
+        if seq.stream.stopped or (grammar is not None and grammar.complete):
+            self._finish(seq, "stop")
+            return True
+        if len(seq.token_ids) >= seq.request.params.max_tokens:
+            self._finish(seq, "length")
+            return True
+        return False
+
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        job: Job = seq.job
+        tail = seq.stream.finish()
+        if tail and reason != "error":
+            self._emit(job, job.sink.on_token, tail)
+        now = time.perf_counter()
+        first, last = seq.first_token_at, seq.last_token_at
+        decode_s = (last - first) if first is not None and last is not None else 0.0
+        n = len(seq.token_ids)
+        result = GenerationResult(
+            finish_reason=reason,
+            text=seq.stream.text,
+            token_ids=tuple(seq.token_ids),
+            prompt_tokens=seq.prompt_tokens,
+            ttft_ms=(first - job.submitted) * 1000 if first is not None else None,
+            total_ms=(now - job.submitted) * 1000,
+            tokens_per_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
+            error=error,
+            cached_tokens=seq.cached_tokens,
+            structured=None if seq.grammar is None else reason == "stop" and seq.grammar.accepting,
+        )
+        self._emit(job, job.sink.on_done, result)
+
+    def _emit(self, job: Job, callback: Callable[..., None], *args: Any) -> None:
+        self._relay.emit(job.loop, callback, *args)
+
+    def _flush(self) -> None:
+        self._relay.flush()

@@ -1,0 +1,54 @@
+"""The batch's left-padded KV cache: which caches merge, padding, one row's states, the self-attention layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from gateway.engine.local import cross, kv
+from gateway.engine.local.prefix_cache import LayerStates
+
+_MERGEABLE = (kv.GrowingLayer, cross.CrossLayer)
+
+
+def supports_batching(cache: Any) -> bool:
+    """Only plain growing caches can be padded and merged; sliding-window or quantized ones cannot."""
+    return isinstance(cache, DynamicCache) and all(type(layer) in _MERGEABLE for layer in cache.layers)
+
+
+def row_states(cache: Any, mask: torch.Tensor, row: int) -> LayerStates:
+    """One row's real (unpadded) keys and values per layer, copied out of a shared left-padded cache.
+    Real columns are always a row's rightmost ones: padding only ever goes on the left."""
+    start = mask.shape[1] - int(mask[row].sum().item())
+    like = cache.layers[0].keys
+    return [
+        cross.row_states(layer, row, like)
+        if isinstance(layer, cross.CrossLayer)
+        else (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
+        for layer in cache.layers
+    ]
+
+
+def self_attention(cache: Any) -> list[Any]:
+    """The layers whose states follow the text (left-padded, trimmed); cross-attention ones follow images."""
+    return [layer for layer in cache.layers if not isinstance(layer, cross.CrossLayer)]
+
+
+def pad_left(cache: Any, n: int) -> None:
+    """Put `n` columns of padding before every row's text states."""
+    for layer in self_attention(cache):
+        layer.keys = _zeros_before(layer.keys, n)
+        layer.values = _zeros_before(layer.values, n)
+
+
+def _zeros_before(states: torch.Tensor, n: int) -> torch.Tensor:
+    batch, heads, _, dim = states.shape
+    return torch.cat([states.new_zeros(batch, heads, n, dim), states], dim=2)
+
+
+def cache_of(output: Any) -> Any:
+    """The cache a forward pass returned."""
+    # transformers 5 renamed the output field from past_key_values to cache
+    return output["cache"] if "cache" in output else output["past_key_values"]

@@ -1,0 +1,113 @@
+"""The local engine's waiting line: turns offered from event loops, taken by the generation thread, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+
+from gateway.engine.contract import EngineFull, GenerationRequest, TurnHandle, TurnSink
+
+
+@dataclass
+class Job:
+    """A submitted turn: its request, who listens, on which loop, and since when."""
+
+    request: GenerationRequest
+    sink: TurnSink
+    loop: asyncio.AbstractEventLoop
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+Admissions = tuple[list[Job] | None, list[Job], list[Job]]  # admitted (None: stop), cancelled, still waiting
+
+
+class WaitingLine:
+    """At most `queue_size` live turns wait beyond the batch's free places (cancelled ones hold none, and
+    leave at the generation thread's next step; with them the line holds at most twice that). `max_batch`
+    is the batch's bound; the generation thread lowers it to 1 for a model whose cache cannot be merged.
+    Turns arriving together at an empty batch are gathered for up to `gather_s` (see `_gather`)."""
+
+    def __init__(
+        self, queue_size: int, max_batch: int, max_prefills_per_step: int, gather_s: float = 0.0, quiet_s: float = 0.0
+    ) -> None:
+        self.queue_size = queue_size
+        self.max_batch = max_batch
+        self.max_prefills_per_step = max_prefills_per_step
+        self.gather_s = gather_s
+        self.quiet_s = quiet_s
+        self.lock = threading.Lock()
+        self._wake = threading.Condition(self.lock)
+        self._waiting: collections.deque[Job] = collections.deque()
+        self.active = 0
+        self._active_handles: list[TurnHandle] = []  # the active turns', so that cancelled ones hold no place
+        self.stopping = False
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def offer(self, job: Job) -> int:
+        """Line a turn up (any thread); return how many turns wait ahead of it beyond the batch's free
+        places (negative: none, it joins the batch at the next step). Raises EngineFull."""
+        with self.lock:
+            waiting = sum(1 for waiting_job in self._waiting if not waiting_job.request.handle.cancelled.is_set())
+            active = sum(1 for handle in self._active_handles if not handle.cancelled.is_set())
+            ahead = waiting - (self.max_batch - active)
+            if len(self._waiting) >= 2 * self.queue_size:  # cancelled entries are bounded too, until the next step
+                raise EngineFull()
+            if self.stopping or ahead >= self.queue_size:
+                raise EngineFull()
+            self._waiting.append(job)
+            self._wake.notify()
+        return ahead
+
+    def stop(self) -> None:
+        """Refuse new turns; the generation thread cancels the waiting ones at its next step."""
+        with self.lock:
+            self.stopping = True
+            self._wake.notify()
+
+    def take(self, active: int, idle_s: float | None) -> Admissions:
+        """Block until there is work (generation thread); take the waiting turns that fit (their prefill
+        costs this step). Idle, return nothing after `idle_s`, so that held KV can expire."""
+        with self.lock:
+            while not self._waiting and not active and not self.stopping:
+                if not self._wake.wait(idle_s):
+                    return [], [], []
+            if not active:
+                self._gather()
+            if self.stopping:
+                cancelled = list(self._waiting)
+                self._waiting.clear()
+                return (None if not active else []), cancelled, []
+            cancelled = [j for j in self._waiting if j.request.handle.cancelled.is_set()]
+            for job in cancelled:
+                self._waiting.remove(job)
+            admitted: list[Job] = []
+            while self._waiting and active + len(admitted) < self.max_batch and len(admitted) < self.max_prefills_per_step:
+                admitted.append(self._waiting.popleft())
+            self.active = active + len(admitted)
+            self._active_handles += [job.request.handle for job in admitted]
+            moved = admitted or cancelled
+            return admitted, cancelled, list(self._waiting) if moved else []
+
+    def _gather(self) -> None:
+        """With the batch empty, gather the turns arriving together: wait while each comes within `quiet_s`
+        of the one before, at most `gather_s` after the first, and no longer than the batch's room is full.
+        One prefill pass then takes them all, where a second one would pause the first ones' decoding for
+        its whole length (clients answering one step's `done` frames arrive over tens of ms). A lone turn
+        waits `quiet_s`; nothing waits while turns decode: a newcomer then joins at the next step."""
+        room = min(self.max_batch, self.max_prefills_per_step)
+        while self._waiting and len(self._waiting) < room and not self.stopping:
+            first, last = self._waiting[0].submitted, self._waiting[-1].submitted
+            left = min(first + self.gather_s, last + self.quiet_s) - time.perf_counter()
+            if left <= 0 or not self._wake.wait(left):
+                return
+
+    def settle(self, handles: list[TurnHandle]) -> None:
+        """Record the turns left in the batch after a step (generation thread)."""
+        with self.lock:
+            self.active = len(handles)
+            self._active_handles = handles

@@ -1,0 +1,120 @@
+"""The local engine's waiting line: bounded admission, and turns arriving together at an idle engine gathered into one prefill."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.engine.contract import ChatMessage, EngineFull, GenerationRequest, GenerationResult, SamplingParams
+from gateway.engine.local.waiting import Admissions, Job, WaitingLine
+
+FOREVER_S = 3600.0  # a gather window no test outlives: a take that returns did not wait for it
+
+
+class Sink:
+    def on_queued(self, position: int) -> None: ...
+
+    def on_token(self, text: str) -> None: ...
+
+    def on_done(self, result: GenerationResult) -> None: ...
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def job(loop: asyncio.AbstractEventLoop) -> Job:
+    return Job(GenerationRequest([ChatMessage("user", "hi")], SamplingParams()), Sink(), loop)
+
+
+def take_in_thread(line: WaitingLine, active: int) -> tuple[threading.Thread, list[Admissions]]:
+    taken: list[Admissions] = []
+    thread = threading.Thread(target=lambda: taken.append(line.take(active, None)), daemon=True)
+    thread.start()
+    return thread, taken
+
+
+def admitted(taken: list[Admissions]) -> int:
+    assert len(taken) == 1 and taken[0][0] is not None
+    return len(taken[0][0])
+
+
+def test_a_lone_turn_on_an_idle_engine_waits_only_the_quiet_gap(loop: asyncio.AbstractEventLoop) -> None:
+    """One turn with no other after it within `quiet_s` is taken without waiting out the gather window."""
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S, quiet_s=0.01)
+    line.offer(job(loop))
+    thread, taken = take_in_thread(line, active=0)
+    thread.join(60)
+    assert admitted(taken) == 1
+
+
+def test_turns_arriving_together_are_gathered_until_the_batch_is_full(loop: asyncio.AbstractEventLoop) -> None:
+    """Turns waiting on an empty batch wait for the rest of their burst; a full batch's room ends the wait,
+    and every turn is admitted in the same step (one prefill pass)."""
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S, quiet_s=FOREVER_S)
+    line.offer(job(loop))
+    line.offer(job(loop))
+    thread, taken = take_in_thread(line, active=0)
+    line.offer(job(loop))
+    thread.join(0.5)
+    assert thread.is_alive() and not taken  # still gathering three turns of four
+    line.offer(job(loop))
+    thread.join(60)
+    assert admitted(taken) == 4
+
+
+def test_the_gather_window_ends_a_burst_that_keeps_coming(loop: asyncio.AbstractEventLoop) -> None:
+    """However closely turns follow each other, the burst is taken `gather_s` after its first turn."""
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=0.01, quiet_s=FOREVER_S)
+    line.offer(job(loop))
+    line.offer(job(loop))
+    thread, taken = take_in_thread(line, active=0)
+    thread.join(60)
+    assert admitted(taken) == 2
+
+
+def test_a_quiet_gap_ends_a_burst(loop: asyncio.AbstractEventLoop) -> None:
+    """No new turn within `quiet_s` of the last one: the burst is over and is taken."""
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S, quiet_s=0.01)
+    line.offer(job(loop))
+    line.offer(job(loop))
+    thread, taken = take_in_thread(line, active=0)
+    thread.join(60)
+    assert admitted(taken) == 2
+
+
+def test_nothing_waits_while_turns_decode(loop: asyncio.AbstractEventLoop) -> None:
+    """With turns decoding, newcomers join at the next step, however many arrive."""
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S, quiet_s=FOREVER_S)
+    line.offer(job(loop))
+    line.offer(job(loop))
+    thread, taken = take_in_thread(line, active=1)
+    thread.join(60)
+    assert admitted(taken) == 2
+
+
+def test_stopping_ends_a_gather_and_cancels_the_waiting(loop: asyncio.AbstractEventLoop) -> None:
+    """Stop during a gather: the thread is told to stop and the waiting turns come back to be cancelled."""
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4, gather_s=FOREVER_S, quiet_s=FOREVER_S)
+    line.offer(job(loop))
+    line.offer(job(loop))
+    thread, taken = take_in_thread(line, active=0)
+    thread.join(0.5)
+    line.stop()
+    thread.join(60)
+    assert len(taken) == 1 and taken[0][0] is None and len(taken[0][1]) == 2
+
+
+def test_turns_beyond_the_batch_and_the_queue_are_refused(loop: asyncio.AbstractEventLoop) -> None:
+    """Free batch places plus `queue_size` turns wait; the next is refused as full."""
+    line = WaitingLine(queue_size=3, max_batch=3, max_prefills_per_step=3)
+    aheads = [line.offer(job(loop)) for _ in range(6)]
+    assert aheads == [-3, -2, -1, 0, 1, 2]
+    with pytest.raises(EngineFull):
+        line.offer(job(loop))
