@@ -262,7 +262,16 @@ class Batch:
 
     def choose(self, seq: Sequence, logits: torch.Tensor) -> int:
         seen = seq.seen if seq.seen is not None else _EMPTY
-        token = choose_token(logits, seq.request.params, seen, seq.generator)
+        return self._record(seq, choose_token(logits, seq.request.params, seen, seq.generator))
+
+    def choose_all(self, logits: torch.Tensor) -> list[int]:
+        """Every row's next token: plain greedy rows (no repetition penalty) from one argmax over the batch,
+        the same first maximum each row's own argmax picks; the others one by one."""
+        plain = [seq.seen is None and seq.request.params.greedy for seq in self.sequences]
+        greedy: list[int] = logits.float().argmax(-1).tolist() if any(plain) else []
+        return [self._record(seq, greedy[i]) if plain[i] else self.choose(seq, logits[i]) for i, seq in enumerate(self.sequences)]
+
+    def _record(self, seq: Sequence, token: int) -> int:
         if seq.grammar is not None:
             seq.grammar.accept(token)
         if seq.seen is not None:

@@ -186,7 +186,8 @@ class Generation:
                 self._finish(seq, "error", "generation failed")
             batch.keep([])
             return
-        keep = [i for i, seq in enumerate(batch.sequences) if not self._after_token(seq, batch.choose(seq, logits[i]))]
+        tokens = batch.choose_all(logits)
+        keep = [i for i, seq in enumerate(batch.sequences) if not self._after_token(seq, tokens[i])]
         self._hold(batch.sequences, batch.cache, batch.mask, keep)
         batch.keep(keep)
 
