@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from gateway.engine.contract import ChatMessage, GenerationRequest, SamplingParams
 from gateway.engine.local.batch import Batch
 from gateway.engine.local.detok import TextStream
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.loader import LoadedModel, load_model
 from gateway.engine.local.sampling import make_generator
 from gateway.engine.local.sequence import Sequence
-from gateway.engine.types import ChatMessage, GenerationRequest, SamplingParams
 from tests.conftest import DemoDirs
 
 PARAMS = [
