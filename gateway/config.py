@@ -128,7 +128,7 @@ class Settings:
 
     chat_template: str | None = None  # a Jinja chat template file, for checkpoints that ship none (PaliGemma)
 
-    # Structured output: response_format and forced tool calls compile off the event loop (gateway/grammar_pool.py).
+    # Structured output: response_format and forced tool calls compile off the event loop (gateway/core/grammar_pool.py).
     grammar_workers: int = 1  # threads compiling grammars (each distinct schema once; repeats are a hash look-up)
     grammar_queue: int = 8  # compiles waiting for a worker; beyond it, `overloaded`
     grammar_cpu_s: float = 5.0  # CPU time one compile may use; past it the schema is refused (`invalid_field`)
@@ -150,7 +150,7 @@ class Settings:
     upstream_health_interval_s: float = 2.0
     upstream_max_in_flight: int = 256  # turns streaming at once, all upstreams together
 
-    # The door: sockets before their request is read, and who may ask at all (gateway/door.py, hosts.py).
+    # The door: sockets before their request is read, and who may ask at all (gateway/edge/door.py, hosts.py).
     header_timeout_s: float = 10.0  # a request line and headers must arrive within this long, else the socket is closed
     body_timeout_s: float = 30.0  # an HTTP request body must arrive within this long of its headers, else 408
     max_header_bytes: int = 8192  # request line and headers together; beyond it, 431 (the WebSocket parser's line cap)

@@ -120,13 +120,6 @@ def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kw
     return RunningServer(settings=settings, engine=engine, server=server, thread=thread, port=port)
 
 
-@pytest.fixture(scope="module")
-def server(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
-    running = start_server(demo_dirs.model)
-    yield running
-    running.stop()
-
-
 def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: Any = (200, 30, 30), mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, size, color).save(buffer, fmt)
@@ -178,31 +171,6 @@ def ensure_program(name: str, package: str, config: pytest.Config) -> str:
         found = shutil.which(name)
     assert found is not None, f"{name} could not be installed"
     return found
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[str]:
-    """A real redis-server on a free loopback port, for the whole test session."""
-    program = ensure_program("redis-server", "redis-server", pytestconfig)
-    port = free_port()
-    directory = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
 
 
 @contextlib.contextmanager

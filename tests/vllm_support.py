@@ -40,12 +40,12 @@ def write_vision_model(out_dir: Path, seed: int = 0) -> Path:
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
     from transformers.models.idefics3.processing_idefics3 import Idefics3Processor
 
-    from gateway.engine.demo import _build_tokenizer
+    from gateway.engine.demo.tokenizer import build_tokenizer
 
     if (out_dir / "config.json").exists():
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    _build_tokenizer(out_dir)
+    build_tokenizer(out_dir)
     tok: Any = AutoTokenizer.from_pretrained(out_dir)
     extra = ["<fake_token_around_image>", IMAGE_TOKEN, "<end_of_utterance>", "<global-img>"]
     tok.add_special_tokens({"additional_special_tokens": extra})

@@ -54,7 +54,7 @@ def plan_tools(tools: Sequence[req.ToolSpec] | None, choice: req.ToolChoice | No
                 ErrorCode.INVALID_FIELD, f"tool_choice names {choice.function.name!r}, which is not in tools", field="tool_choice"
             )
     upstream = msgspec.json.encode({"tool_choice": choice}).decode()
-    # Unchecked here: the caller compiles it on the grammar pool (gateway/grammar_pool.py), off the event loop.
+    # Unchecked here: the caller compiles it on the grammar pool (gateway/core/grammar_pool.py), off the event loop.
     grammar = Grammar("tool_call", syntax.grammar(forced), upstream) if forced else None
     return ToolPlan(definitions, grammar, syntax)
 

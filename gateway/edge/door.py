@@ -27,26 +27,20 @@ LINGER_S = 2.0
 
 @dataclass
 class Door:
-    """One server's bounds, and its sockets still sending their first request head, oldest first."""
+    """One server's bounds (its settings' header_timeout_s, body_timeout_s, max_header_bytes, max_headers
+    and max_pending_handshakes), and its sockets still sending their first request head, oldest first."""
 
-    header_timeout_s: float
-    body_timeout_s: float
-    max_header_bytes: int
-    max_headers: int
-    max_pending: int
+    settings: Settings
     evictions: ThrottledLog
     pending: dict[DoorProtocol, None] = field(default_factory=dict)  # an ordered set
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Door:
-        return cls(
-            header_timeout_s=settings.header_timeout_s,
-            body_timeout_s=settings.body_timeout_s,
-            max_header_bytes=settings.max_header_bytes,
-            max_headers=settings.max_headers,
-            max_pending=settings.max_pending_handshakes,
-            evictions=ThrottledLog("gateway.edge.door", settings.accept_error_log_interval_s),
-        )
+        return cls(settings, ThrottledLog("gateway.edge.door", settings.accept_error_log_interval_s))
+
+    def meter(self) -> HeadMeter:
+        """A fresh count for one request head."""
+        return HeadMeter(self.settings.max_header_bytes, self.settings.max_headers)
 
 
 class HeadMeter:
@@ -113,19 +107,19 @@ class DoorProtocol(H11Protocol):
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(config, server_state, app_state, **kwargs)
         self.phase = Phase.HEAD
-        self.meter = HeadMeter(self.door.max_header_bytes, self.door.max_headers)
+        self.meter = self.door.meter()
         self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         pending = self.door.pending
-        if len(pending) >= self.door.max_pending:
+        if len(pending) >= self.door.settings.max_pending_handshakes:
             # Closing the oldest rather than the newest: a flood of stalled sockets then cannot
             # lock out a client whose head arrives in milliseconds.
             self.door.evictions.warning("closed the oldest of %d sockets still sending their first request", len(pending))
             next(iter(pending)).evict()
         pending[self] = None
-        self._arm(self.door.header_timeout_s, self.transport.close)
+        self._arm(self.door.settings.header_timeout_s, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -165,12 +159,12 @@ class DoorProtocol(H11Protocol):
         self.phase = phase
         self._disarm()
         if phase is Phase.HEAD:
-            self.meter = HeadMeter(self.door.max_header_bytes, self.door.max_headers)
-            self._arm(self.door.header_timeout_s, self.transport.close)
+            self.meter = self.door.meter()
+            self._arm(self.door.settings.header_timeout_s, self.transport.close)
         else:
             self._release()
         if phase is Phase.BODY:
-            self._arm(self.door.body_timeout_s, self._body_expired)
+            self._arm(self.door.settings.body_timeout_s, self._body_expired)
 
     def _body_expired(self) -> None:
         if self.cycle is not None and not self.cycle.response_started:

@@ -1,9 +1,8 @@
-"""The OpenAI chat-completions wire shapes: the request decoded and validated, response and error bodies."""
+"""The OpenAI chat-completions request: its wire shapes, decoded and validated once, and its messages for the prompt."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -28,6 +27,17 @@ from gateway.core.request import (
 )
 from gateway.engine.contract import ToolCall
 from gateway.errors import GatewayError
+
+# Re-exported while the routes and the stream name the response bodies through this module.
+from gateway.openai.bodies import (
+    SSE_DONE as SSE_DONE,
+    chunk_body as chunk_body,
+    completion_body as completion_body,
+    error_body as error_body,
+    sse_event as sse_event,
+    tool_calls_body as tool_calls_body,
+    usage_body as usage_body,
+)
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -161,7 +171,7 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
 
 
 def _check_free_json(request: ChatCompletionRequest) -> None:
-    """The schema and tool parameters within the WebSocket's bounds (gateway/json_bounds.py)."""
+    """The schema and tool parameters within the WebSocket's bounds (gateway/core/json_bounds.py)."""
     for param, value in free_json(request.response_format, request.tools):
         try:
             check_json_value(value, param)
@@ -221,83 +231,3 @@ def prompt_messages(request: ChatCompletionRequest) -> list[PromptMessage]:
             raise SchemaError(f"images are only accepted in user messages, not {message.role}", param)
         messages.append(PromptMessage(role, "\n".join(texts), urls, param, calls, message.tool_call_id))
     return messages
-
-
-# ---- responses ---------------------------------------------------------------------------------
-
-
-def usage_body(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
-    }
-
-
-def tool_calls_body(calls: Sequence[ToolCall], with_index: bool = False) -> list[dict[str, Any]]:
-    """Calls in OpenAI's shape; stream deltas also carry each call's index."""
-    bodies = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
-    return [{"index": i} | body for i, body in enumerate(bodies)] if with_index else bodies
-
-
-def completion_body(
-    completion_id: str,
-    created: int,
-    model: str,
-    text: str,
-    finish_reason: str,
-    usage: dict[str, int],
-    calls: Sequence[ToolCall] = (),
-) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": text}
-    if calls:
-        message = {"role": "assistant", "content": text or None, "tool_calls": tool_calls_body(calls)}
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": usage,
-    }
-
-
-def chunk_body(
-    completion_id: str,
-    created: int,
-    model: str,
-    delta: dict[str, Any] | None,
-    finish_reason: str | None = None,
-    usage: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    """A `chat.completion.chunk`; delta None makes the usage-only chunk (empty choices)."""
-    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
-    return {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": choices,
-        "usage": usage,
-    }
-
-
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def sse_event(body: dict[str, Any]) -> bytes:
-    return b"data: " + msgspec.json.encode(body) + b"\n\n"
-
-
-SSE_DONE = b"data: [DONE]\n\n"

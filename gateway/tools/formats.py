@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,49 @@ class ToolFormat:
 
     def new_call_id(self) -> str:
         return "call_" + secrets.token_hex(12)
+
+    def json_call(self, value: Any, arguments_key: str = "arguments", missing: Any = None) -> ToolCall | None:
+        """A JSON object {"name": ..., <arguments_key>: {...}} as a call; None when it is not one."""
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            return None
+        arguments = arguments_text(value.get(arguments_key, missing))
+        return None if arguments is None else ToolCall(self.new_call_id(), value["name"], arguments)
+
+
+class WholeReplyFormat(ToolFormat):
+    """A reply that is nothing but calls, after a tag the detokenizer may or may not have dropped."""
+
+    at_start_only = True
+    tag = ""
+
+    def parse(self, text: str) -> ParsedReply:
+        calls = self.calls_in(text.strip().removeprefix(self.tag).strip())
+        return ParsedReply("", calls) if calls else ParsedReply(text, ())
+
+    def calls_in(self, body: str) -> tuple[ToolCall, ...]:
+        """Every call `body` holds, or none when it is not wholly calls."""
+        raise NotImplementedError
+
+
+class TaggedFormat(ToolFormat):
+    """Calls each wrapped in tags, anywhere in the reply: the text before the first is the content, and a
+    tagged body that is not a call makes the whole reply text."""
+
+    pattern: re.Pattern[str]  # one call, tags included
+
+    def parse(self, text: str) -> ParsedReply:
+        calls = []
+        for match in self.pattern.finditer(text):
+            call = self.call_in(match)
+            if call is None:
+                return ParsedReply(text, ())
+            calls.append(call)
+        start = text.find(self.opening)
+        return ParsedReply(text[:start].rstrip() if calls else text, tuple(calls))
+
+    def call_in(self, match: re.Match[str]) -> ToolCall | None:
+        """The call one match of `pattern` holds, or None."""
+        raise NotImplementedError
 
 
 def call_schema(tools: Sequence[dict[str, Any]], arguments_key: str = "arguments") -> dict[str, Any]:

@@ -9,24 +9,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.engine.contract import ToolCall
-from gateway.tools.formats import ParsedReply, ToolFormat, parameters_schema
+from gateway.tools.formats import TaggedFormat, parameters_schema
 
-_CALL = re.compile(r"<tool_call>\s*([A-Za-z0-9_.-]+)\s*(.*?)</tool_call>", re.S)
 _ARG = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.S)
 
 
-class GlmFormat(ToolFormat):
+class GlmFormat(TaggedFormat):
     name = "glm"
     opening = "<tool_call>"
+    pattern = re.compile(r"<tool_call>\s*([A-Za-z0-9_.-]+)\s*(.*?)</tool_call>", re.S)
 
-    def parse(self, text: str) -> ParsedReply:
-        calls = []
-        for name, body in _CALL.findall(text):
-            if _ARG.sub("", body).strip():  # anything but key/value pairs: not a call
-                return ParsedReply(text, ())
-            calls.append(ToolCall(self.new_call_id(), name, json.dumps(_arguments(body), ensure_ascii=False)))
-        start = text.find(self.opening)
-        return ParsedReply(text[:start].rstrip() if calls else text, tuple(calls))
+    def call_in(self, match: re.Match[str]) -> ToolCall | None:
+        name, body = match.groups()
+        if _ARG.sub("", body).strip():  # anything but key/value pairs: not a call
+            return None
+        return ToolCall(self.new_call_id(), name, json.dumps(_arguments(body), ensure_ascii=False))
 
     def grammar(self, tools: Sequence[dict[str, Any]]) -> str:
         """One call: the name, then each required parameter (in declared order) as a key and a JSON value

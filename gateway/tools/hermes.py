@@ -8,34 +8,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.engine.contract import ToolCall
-from gateway.tools.formats import ParsedReply, ToolFormat, arguments_text, call_schema, json_rule
-
-_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+from gateway.tools.formats import TaggedFormat, call_schema, json_rule
 
 
-class HermesFormat(ToolFormat):
+class HermesFormat(TaggedFormat):
     name = "hermes"
     opening = "<tool_call>"
+    pattern = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
-    def parse(self, text: str) -> ParsedReply:
-        calls = []
-        for body in _CALL.findall(text):
-            call = self._call(body)
-            if call is None:
-                return ParsedReply(text, ())
-            calls.append(call)
-        start = text.find(self.opening)
-        return ParsedReply(text[:start].rstrip() if calls else text, tuple(calls))
-
-    def _call(self, body: str) -> ToolCall | None:
+    def call_in(self, match: re.Match[str]) -> ToolCall | None:
         try:
-            value = json.loads(body)
+            value = json.loads(match.group(1))
         except ValueError:
             return None
-        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-            return None
-        arguments = arguments_text(value.get("arguments", {}))
-        return None if arguments is None else ToolCall(self.new_call_id(), value["name"], arguments)
+        return self.json_call(value, missing={})  # Hermes may leave out the arguments of a call that has none
 
     def grammar(self, tools: Sequence[dict[str, Any]]) -> str:
         return f'start: "<tool_call>\\n" call "\\n</tool_call>"\ncall: {json_rule(call_schema(tools))}'

@@ -7,33 +7,29 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.engine.contract import ToolCall
-from gateway.tools.formats import ParsedReply, ToolFormat, arguments_text, call_schema, json_rule
+from gateway.tools.formats import WholeReplyFormat, call_schema, json_rule
 
-_TAG = "<|python_tag|>"
 _DECODER = json.JSONDecoder()
 
 
-class Llama3Format(ToolFormat):
+class Llama3Format(WholeReplyFormat):
     name = "llama3"
     opening = "{"
-    at_start_only = True
+    tag = "<|python_tag|>"
 
-    def parse(self, text: str) -> ParsedReply:
-        body = text.strip().removeprefix(_TAG).strip()
+    def calls_in(self, body: str) -> tuple[ToolCall, ...]:
         calls, at = [], 0
         while body.startswith("{", at):  # several calls come separated by ";"
             try:
                 value, at = _DECODER.raw_decode(body, at)
             except ValueError:
-                return ParsedReply(text, ())
-            arguments = arguments_text(value.get("parameters", value.get("arguments"))) if isinstance(value, dict) else None
-            if arguments is None or not isinstance(value.get("name"), str):
-                return ParsedReply(text, ())
-            calls.append(ToolCall(self.new_call_id(), value["name"], arguments))
+                return ()
+            key = "parameters" if isinstance(value, dict) and "parameters" in value else "arguments"  # older templates
+            if (call := self.json_call(value, key)) is None:
+                return ()
+            calls.append(call)
             at = len(body) - len(body[at:].lstrip().removeprefix(";").lstrip())
-        if at < len(body):  # text after the calls: not a reply of calls
-            return ParsedReply(text, ())
-        return ParsedReply("" if calls else text, tuple(calls))
+        return tuple(calls) if at == len(body) else ()  # text after the calls: not a reply of calls
 
     def grammar(self, tools: Sequence[dict[str, Any]]) -> str:
         return f"start: {json_rule(call_schema(tools, 'parameters'))}"

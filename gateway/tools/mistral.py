@@ -10,32 +10,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.engine.contract import ToolCall
-from gateway.tools.formats import ParsedReply, ToolFormat, arguments_text, call_schema, json_rule
+from gateway.tools.formats import WholeReplyFormat, call_schema, json_rule
 
-_TAG = "[TOOL_CALLS]"
 _ID_CHARS = string.ascii_letters + string.digits
 
 
-class MistralFormat(ToolFormat):
+class MistralFormat(WholeReplyFormat):
     name = "mistral"
     opening = "["
-    at_start_only = True
+    tag = "[TOOL_CALLS]"
 
-    def parse(self, text: str) -> ParsedReply:
-        body = text.strip().removeprefix(_TAG).strip()
+    def calls_in(self, body: str) -> tuple[ToolCall, ...]:
         try:
             values = json.loads(body) if body.startswith("[") else None
         except ValueError:
-            values = None
-        if not isinstance(values, list) or not values:
-            return ParsedReply(text, ())
-        calls = []
-        for value in values:
-            arguments = arguments_text(value.get("arguments")) if isinstance(value, dict) else None
-            if arguments is None or not isinstance(value.get("name"), str):
-                return ParsedReply(text, ())
-            calls.append(ToolCall(self.new_call_id(), value["name"], arguments))
-        return ParsedReply("", tuple(calls))
+            return ()
+        calls = [self.json_call(value) for value in values] if isinstance(values, list) else []
+        return () if None in calls else tuple(call for call in calls if call is not None)
 
     def grammar(self, tools: Sequence[dict[str, Any]]) -> str:
         return f'start: "[" call "]"\ncall: {json_rule(call_schema(tools))}'

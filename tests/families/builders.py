@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.engine import demo
-from gateway.engine.demo import cache_root
+from gateway.engine.demo import cache_root, tokenizer as demo_tokenizer
 from gateway.engine.local.families.processors import tolerant
 from tests.conftest import utf8_corpus
 
@@ -444,7 +443,12 @@ SMOLVLM = Spec(
     pad="<|end_of_text|>",
 )
 GLM4V = Spec(
-    "glm4v", demo.SPECIAL_TOKENS, demo.CHAT_TEMPLATE, _glm4v, eos=("<|endoftext|>", "<|user|>", "<|observation|>"), pad="<pad>"
+    "glm4v",
+    demo_tokenizer.SPECIAL_TOKENS,
+    demo_tokenizer.CHAT_TEMPLATE,
+    _glm4v,
+    eos=("<|endoftext|>", "<|user|>", "<|observation|>"),
+    pad="<pad>",
 )
 LLAVA = Spec("llava", LLAMA2_TOKENS, LLAVA_TEMPLATE, _llava, eos=("</s>",), pad="<pad>", bos="<s>")
 QWEN_TEXT_TEMPLATE = layout(*CHATML[:3], "", CHATML[3])

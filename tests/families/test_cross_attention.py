@@ -12,7 +12,7 @@ from gateway.engine.local.engine import LocalEngine
 from gateway.engine.local.loader import load_model
 from tests.conftest import chat_image
 from tests.families.builders import cached_family
-from tests.test_batching import alone, staggered, submit
+from tests.unit.engine.test_batching import alone, staggered, submit
 
 RED, BLUE, GREEN = chat_image((220, 20, 20)), chat_image((20, 20, 220), (56, 90)), chat_image((20, 200, 20), (80, 60))
 PROMPTS = [

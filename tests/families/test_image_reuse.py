@@ -18,7 +18,7 @@ from gateway.engine.local.image_prefix import content_key
 from gateway.engine.local.loader import load_model
 from gateway.engine.local.prompt import PromptBuilder
 from tests.families.builders import SPECS, cached_family
-from tests.test_prefix_cache import generate, picture
+from tests.unit.engine.test_prefix_cache import generate, picture
 
 REUSING = [
     "aya_vision",

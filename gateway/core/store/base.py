@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -87,6 +88,35 @@ class SessionStore(Protocol):
 
 # ---- encoding, shared by the stores ---------------------------------------------------------------
 
+LOW_WATER = 0.75  # past max_store_bytes, the least recently used go until this share of it is left
+
+
+def decode_record(
+    session_id: str,
+    meta: tuple[str, str, str | None, bytes, bytes | None, int, float],
+    exchanges: Iterable[tuple[int, bytes]],
+) -> SessionRecord:
+    """A record from what a store keeps: (token_hash, owner, system, defaults, pending, last_seq,
+    updated_at) and the encoded exchanges by number, in any order."""
+    token_hash, owner, system, defaults, pending, last_seq, updated_at = meta
+    return SessionRecord(
+        id=session_id,
+        token_hash=token_hash,
+        owner=owner,
+        system=system,
+        defaults=decode_options(defaults),
+        exchanges=[decode_exchange(blob, number) for number, blob in sorted(exchanges)],
+        pending=decode_turn(pending) if pending else None,
+        last_seq=last_seq,
+        updated_at=updated_at,
+    )
+
+
+def exchanges_to_write(exchanges: list[Exchange], stored_newest: int | None) -> list[tuple[int, bytes]]:
+    """The encoded exchanges a store lacks, and its newest one again (tool results join the newest
+    exchange after it was first saved), by number."""
+    return [(e.number, encode_exchange(e)) for e in exchanges if stored_newest is None or e.number >= stored_newest]
+
 
 def encode_turn(turn: UserTurn) -> bytes:
     images = [[i.data, i.mime, i.width, i.height, i.sha256] for i in turn.images]
@@ -115,12 +145,6 @@ def decode_exchange(blob: bytes, number: int) -> Exchange:
         tool_calls=tuple(ToolCall(*c) for c in calls),
         tool_results=tuple(ToolResult(*r) for r in results),
     )
-
-
-def changed_exchanges(exchanges: list[Exchange], stored_newest: int | None) -> list[Exchange]:
-    """What a store must write: the exchanges it lacks, and its newest one again (tool results join
-    the newest exchange after it was first saved)."""
-    return [e for e in exchanges if stored_newest is None or e.number >= stored_newest]
 
 
 def encode_options(options: SamplingOptions) -> bytes:

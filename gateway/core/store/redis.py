@@ -8,24 +8,12 @@ import redis.asyncio as aioredis
 
 from gateway.config import Settings
 from gateway.core.session import Exchange, UserTurn
-from gateway.core.store.base import (
-    SessionMeta,
-    SessionRecord,
-    changed_exchanges,
-    decode_exchange,
-    decode_options,
-    decode_turn,
-    encode_exchange,
-    encode_options,
-    encode_turn,
-    exchange_bytes,
-)
+from gateway.core.store import base
 
 PREFIX = "gateway:"
 USED = PREFIX + "used"  # sorted set: session id -> last use (unix seconds)
 SIZES = PREFIX + "bytes"  # hash: session id -> bytes its history holds
 TOTAL = PREFIX + "total"  # the sum of SIZES, kept as each size changes so a write need not add them up
-LOW_WATER = 0.75  # past max_store_bytes, the least recently used go until this share of it is left
 
 # Set one session's size and adjust the total by the difference, atomically; the new total.
 RESIZE = """
@@ -60,39 +48,27 @@ class RedisStore:
     async def open(self) -> None:
         await self.redis.ping()
 
-    async def load_meta(self, session_id: str) -> SessionMeta | None:
+    async def load_meta(self, session_id: str) -> base.SessionMeta | None:
         token_hash, owner, updated_at = await self.redis.hmget(_meta(session_id), ["token_hash", "owner", "updated_at"])
         if token_hash is None or owner is None or updated_at is None:
             return None
-        return SessionMeta(session_id, token_hash.decode(), owner.decode(), float(updated_at))
+        return base.SessionMeta(session_id, token_hash.decode(), owner.decode(), float(updated_at))
 
-    async def load(self, session_id: str) -> SessionRecord | None:
+    async def load(self, session_id: str) -> base.SessionRecord | None:
         meta, history = await self.redis.hgetall(_meta(session_id)), await self.redis.hgetall(_history(session_id))
         if not meta:
             return None
-        exchanges = []
-        for number, blob in sorted(history.items(), key=lambda item: int(item[0])):
-            exchanges.append(decode_exchange(blob, int(number)))
         system = meta.get(b"system")
-        pending = meta.get(b"pending")
-        return SessionRecord(
-            id=session_id,
-            token_hash=meta[b"token_hash"].decode(),
-            owner=meta[b"owner"].decode(),
-            system=system.decode() if system else None,
-            defaults=decode_options(meta[b"defaults"]),
-            exchanges=exchanges,
-            pending=decode_turn(pending) if pending else None,
-            last_seq=int(meta[b"last_seq"]),
-            updated_at=float(meta[b"updated_at"]),
-        )
+        fields = (meta[b"token_hash"].decode(), meta[b"owner"].decode(), system.decode() if system else None, meta[b"defaults"])
+        stored = (*fields, meta.get(b"pending"), int(meta[b"last_seq"]), float(meta[b"updated_at"]))
+        return base.decode_record(session_id, stored, ((int(n), blob) for n, blob in history.items()))
 
-    async def save_meta(self, record: SessionRecord) -> None:
+    async def save_meta(self, record: base.SessionRecord) -> None:
         fields = {
             "token_hash": record.token_hash,
             "owner": record.owner,
             "system": record.system or "",
-            "defaults": encode_options(record.defaults),
+            "defaults": base.encode_options(record.defaults),
             "last_seq": record.last_seq,
             "updated_at": repr(record.updated_at),
         }
@@ -108,7 +84,7 @@ class RedisStore:
         first = exchanges[0].number if exchanges else None
         gone = [n for n in stored if first is None or n < first]
         newest = stored[-1] if stored else None
-        new = {str(e.number): encode_exchange(e) for e in changed_exchanges(exchanges, newest)}
+        new = {str(number): blob for number, blob in base.exchanges_to_write(exchanges, newest)}
         async with self.redis.pipeline(transaction=True) as pipe:
             if gone:
                 pipe.hdel(_history(session_id), *(str(n) for n in gone))
@@ -116,15 +92,15 @@ class RedisStore:
                 pipe.hset(_history(session_id), mapping=new)
                 pipe.expire(_history(session_id), self.ttl_s)
             await pipe.execute()
-        total = await self._resize(keys=[SIZES, TOTAL], args=[session_id, sum(exchange_bytes(e) for e in exchanges)])
+        total = await self._resize(keys=[SIZES, TOTAL], args=[session_id, sum(base.exchange_bytes(e) for e in exchanges)])
         if int(total) > self.max_bytes:
-            await self._evict(int(self.max_bytes * LOW_WATER), keep=session_id)
+            await self._evict(int(self.max_bytes * base.LOW_WATER), keep=session_id)
 
     async def set_pending(self, session_id: str, turn: UserTurn | None) -> None:
         if turn is None:
             await self.redis.hdel(_meta(session_id), "pending")
         else:
-            await self.redis.hset(_meta(session_id), "pending", encode_turn(turn))
+            await self.redis.hset(_meta(session_id), "pending", base.encode_turn(turn))
 
     async def delete(self, session_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -12,22 +12,11 @@ from typing import TypeVar
 
 from gateway.config import Settings
 from gateway.core.session import Exchange, UserTurn
-from gateway.core.store.base import (
-    SessionMeta,
-    SessionRecord,
-    changed_exchanges,
-    decode_exchange,
-    decode_options,
-    decode_turn,
-    encode_exchange,
-    encode_options,
-    encode_turn,
-)
+from gateway.core.store import base
 
 T = TypeVar("T")
 
 READERS = 2  # loads run beside the writer (WAL), so a client reading big sessions never delays anyone's save
-LOW_WATER = 0.75  # past max_store_bytes, the least recently used go until this share of it is left
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -89,61 +78,37 @@ class SqliteStore:
         return db
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def in_transaction() -> T:
-            db = self._open()
-            with db:
-                db.execute("BEGIN")
-                return work(db)
-
-        return await asyncio.get_running_loop().run_in_executor(self._thread, in_transaction)
+        """`work` in one transaction on the writer thread."""
+        return await _in_transaction(self._thread, self._open, work)
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def in_snapshot() -> T:
-            db = self._reader()
-            with db:
-                db.execute("BEGIN")
-                return work(db)
-
-        return await asyncio.get_running_loop().run_in_executor(self._readers, in_snapshot)
+        """`work` in one snapshot on a reader thread, beside the writer (WAL)."""
+        return await _in_transaction(self._readers, self._reader, work)
 
     async def open(self) -> None:
         await self._run(lambda db: None)
 
-    async def load_meta(self, session_id: str) -> SessionMeta | None:
-        def load_meta(db: sqlite3.Connection) -> SessionMeta | None:
+    async def load_meta(self, session_id: str) -> base.SessionMeta | None:
+        def load_meta(db: sqlite3.Connection) -> base.SessionMeta | None:
             row = db.execute("SELECT token_hash, owner, updated_at FROM sessions WHERE id = ?", (session_id,)).fetchone()
-            return None if row is None else SessionMeta(session_id, *row)
+            return None if row is None else base.SessionMeta(session_id, *row)
 
         return await self._read(load_meta)
 
-    async def load(self, session_id: str) -> SessionRecord | None:
-        def load(db: sqlite3.Connection) -> SessionRecord | None:
+    async def load(self, session_id: str) -> base.SessionRecord | None:
+        def load(db: sqlite3.Connection) -> base.SessionRecord | None:
             row = db.execute(
-                "SELECT token_hash, owner, system, defaults, last_seq, updated_at, pending FROM sessions WHERE id = ?",
+                "SELECT token_hash, owner, system, defaults, pending, last_seq, updated_at FROM sessions WHERE id = ?",
                 (session_id,),
             ).fetchone()
             if row is None:
                 return None
-            rows = db.execute(
-                "SELECT number, exchange FROM exchanges WHERE session_id = ? ORDER BY number", (session_id,)
-            ).fetchall()
-            exchanges = [decode_exchange(blob, number) for number, blob in rows]
-            token_hash, owner, system, defaults, last_seq, updated_at, pending = row
-            return SessionRecord(
-                id=session_id,
-                token_hash=token_hash,
-                owner=owner,
-                system=system,
-                defaults=decode_options(defaults),
-                exchanges=exchanges,
-                pending=decode_turn(pending) if pending is not None else None,
-                last_seq=last_seq,
-                updated_at=updated_at,
-            )
+            rows = db.execute("SELECT number, exchange FROM exchanges WHERE session_id = ?", (session_id,)).fetchall()
+            return base.decode_record(session_id, row, rows)
 
         return await self._read(load)
 
-    async def save_meta(self, record: SessionRecord) -> None:
+    async def save_meta(self, record: base.SessionRecord) -> None:
         def save(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO sessions (id, token_hash, owner, system, defaults, last_seq, updated_at) "
@@ -154,7 +119,7 @@ class SqliteStore:
                     record.token_hash,
                     record.owner,
                     record.system,
-                    encode_options(record.defaults),
+                    base.encode_options(record.defaults),
                     record.last_seq,
                     record.updated_at,
                 ),
@@ -172,7 +137,7 @@ class SqliteStore:
                 return False
             db.execute("DELETE FROM exchanges WHERE session_id = ? AND number < ?", (session_id, first))
             (stored,) = db.execute("SELECT MAX(number) FROM exchanges WHERE session_id = ?", (session_id,)).fetchone()
-            blobs = [(e.number, encode_exchange(e)) for e in changed_exchanges(exchanges, stored)]
+            blobs = base.exchanges_to_write(exchanges, stored)
             db.executemany(
                 "INSERT OR REPLACE INTO exchanges (session_id, number, exchange, bytes) VALUES (?, ?, ?, ?)",
                 [(session_id, number, blob, len(blob)) for number, blob in blobs],
@@ -182,7 +147,7 @@ class SqliteStore:
         await self._write_bounded(sync)
 
     async def set_pending(self, session_id: str, turn: UserTurn | None) -> None:
-        blob = encode_turn(turn) if turn is not None else None
+        blob = base.encode_turn(turn) if turn is not None else None
 
         def pend(db: sqlite3.Connection) -> bool:
             db.execute("UPDATE sessions SET pending = ? WHERE id = ?", (blob, session_id))
@@ -212,7 +177,7 @@ class SqliteStore:
         did, so that the caller compacts the file."""
         if _used_bytes(db) <= self.max_bytes:
             return False
-        _evict(db, int(self.max_bytes * LOW_WATER), keep)
+        _evict(db, int(self.max_bytes * base.LOW_WATER), keep)
         return True
 
     async def _write_bounded(self, work: Callable[[sqlite3.Connection], bool]) -> None:
@@ -238,6 +203,18 @@ class SqliteStore:
         for db in self._reader_dbs:
             db.close()
         self._reader_dbs.clear()
+
+
+async def _in_transaction(
+    pool: ThreadPoolExecutor, connection: Callable[[], sqlite3.Connection], work: Callable[[sqlite3.Connection], T]
+) -> T:
+    def transaction() -> T:
+        db = connection()
+        with db:
+            db.execute("BEGIN")
+            return work(db)
+
+    return await asyncio.get_running_loop().run_in_executor(pool, transaction)
 
 
 def _prepare(db: sqlite3.Connection) -> None:

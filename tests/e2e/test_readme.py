@@ -1,0 +1,62 @@
+"""The README's samples are what the server really says and does: the websocat session, the tools bot."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway.ws import protocol
+from tests.conftest import RunningServer
+from tests.unit.ws.test_protocol_doc import frame_classes
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def block_after(marker: str, fence: str) -> str:
+    """The first ```fence block after `marker` in the README."""
+    start = README.index(f"```{fence}\n", README.index(marker)) + len(fence) + 4
+    return README[start : README.index("\n```", start)]
+
+
+def websocat_frames() -> list[dict[str, Any]]:
+    """The websocat sample's frames, its `{...}` and `[...]` elisions read as empty."""
+    lines = block_after("## A session with websocat", "console").splitlines()[1:]
+    texts = [re.sub(r"\{\.\.\.\}", "{}", re.sub(r"\[\.\.\.\]", "[]", line)) for line in lines if line.startswith("{")]
+    return [json.loads(text) for text in texts]
+
+
+def test_websocat_sample_shows_the_protocol_version_the_server_speaks() -> None:
+    """The sample's `ready` carries `protocol.PROTOCOL_VERSION`, so the README cannot fall behind it."""
+    ready = next(frame for frame in websocat_frames() if frame["type"] == "ready")
+    assert ready["protocol"] == protocol.PROTOCOL_VERSION
+
+
+def test_websocat_sample_frames_are_real_frames() -> None:
+    """Each frame the sample sends decodes as a client frame; each it shows coming back names only fields
+    its server frame has."""
+    servers = frame_classes(protocol.ServerFrame)
+    clients = frame_classes(protocol.ClientFrame)
+    for frame in websocat_frames():
+        if (frame["type"] in clients and frame["type"] not in servers) or frame.keys() == {"type"}:
+            msgspec.json.decode(json.dumps(frame), type=clients[frame["type"]])
+        else:
+            assert set(frame) - {"type"} <= set(servers[frame["type"]].__struct_fields__), frame
+
+
+def test_tools_bot_example_shows_a_whole_tool_call_loop(server: RunningServer, tmp_path: Path) -> None:
+    """The README's tools bot, run as written against the demo model: a tool call, its result sent
+    back, and the reply after it."""
+    code = block_after("A bot with one tool", "python").replace("ws://127.0.0.1:8000/ws", server.ws_url)
+    script = tmp_path / "bot.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith('tool call: get_weather({"city": ') and '-> {"city": ' in lines[0], lines
+    assert lines[-1].startswith("reply: "), lines

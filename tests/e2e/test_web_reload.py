@@ -1,0 +1,58 @@
+"""What a reply shows around it stays right: its meta line in view at phone width, back after a reload, and
+an error shown once; real Chromium against a real server on the demo model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from playwright.sync_api import expect
+
+from tests.conftest import RunningServer
+from tests.e2e import test_web as web
+from tests.e2e.test_web import PHONE, Chat, save_screenshot
+
+browser = web.browser
+open_chat = web.open_chat
+
+
+def send_and_wait(chat: Chat, text: str) -> None:
+    """Send `text` and wait for its reply to finish (the n-th finished reply on the page)."""
+    finished = chat.page.locator(".message.assistant[data-finish-reason]")
+    before = finished.count()
+    chat.send(text)
+    expect(finished).to_have_count(before + 1, timeout=60_000)
+
+
+def test_at_390_px_the_last_replys_meta_line_is_in_view(server: RunningServer, open_chat: Callable[..., Chat]) -> None:
+    """At phone width, once replies fill the screen, the last reply's meta line (which wraps under its
+    copy button there) is inside the conversation's view, above the composer, not scrolled past."""
+    chat = open_chat(server, viewport=PHONE)
+    chat.apply_settings(temperature="0", max_tokens="120")
+    chat.page.click("#settings-toggle")
+    for i in range(3):
+        send_and_wait(chat, f"Tell me a story, part {i}")
+    main = chat.page.locator("main")
+    assert main.evaluate("m => m.scrollHeight > m.clientHeight"), "the replies should overflow the screen"
+    meta = chat.last_reply().locator(".meta")
+    expect(meta).to_contain_text("tokens")
+    line, view, composer = meta.bounding_box(), main.bounding_box(), chat.page.locator("#composer").bounding_box()
+    assert line is not None and view is not None and composer is not None
+    assert line["y"] + line["height"] <= view["y"] + view["height"] <= composer["y"] + 1
+    save_screenshot(chat.page, "web-phone-last-meta.png")
+
+
+def test_a_reload_brings_back_each_replys_meta_line(server: RunningServer, open_chat: Callable[..., Chat]) -> None:
+    """Each finished reply's meta line (how it ended, tokens, timings) is shown again after a reload,
+    though the server's history holds the replies' text only."""
+    chat = open_chat(server)
+    chat.apply_settings(max_tokens="8")
+    for text in ("Hello", "And again"):
+        send_and_wait(chat, text)
+    metas = chat.page.locator(".message.assistant .meta").all_text_contents()
+    assert len(metas) == 2 and all(" tokens (prompt " in meta for meta in metas), metas
+
+    chat.page.reload()
+    chat.wait_connected()
+    expect(chat.page.locator(".message.assistant")).to_have_count(2)
+    expect(chat.page.locator(".message.assistant .meta")).to_have_text(metas)
+    save_screenshot(chat.page, "web-reload-meta.png")

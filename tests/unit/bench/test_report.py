@@ -1,0 +1,75 @@
+"""`gateway bench`'s report for people, from report dicts: tables with units, and what each ratio means."""
+
+from __future__ import annotations
+
+from gateway.bench.report import format_report
+
+
+def test_bench_report_is_a_table_with_units_and_meanings() -> None:
+    """The human report has a row per run with units, explains the late joiner and each ratio."""
+    run = {
+        "sessions": 1,
+        "turns": 2,
+        "errors": 0,
+        "wall_s": 1.5,
+        "tokens_per_s": 100.0,
+        "frames_per_s": 90.0,
+        "ttft_ms": {"p50": 5.0, "p90": 6.0, "p99": 7.0},
+        "itl_ms": {"p50": 1.0, "p90": 1.5, "p99": 2.0},
+        "session_tokens_per_s": {"p50": 99.0, "p90": 99.0, "p99": 99.0},
+    }
+    report = {
+        "model": "/m",
+        "engine": "real",
+        "sessions": 4,
+        "turns_per_session": 2,
+        "max_tokens": 64,
+        "prompt_words": 48,
+        "images": 0,
+        "gateway_1_session": run,
+        "gateway_4_sessions": {**run, "sessions": 4, "turns": 8},
+        "late_joiner": {"ttft_ms": 9.0, "budget_ms": 7.0, "within_budget": False},
+        "baselines": {"generate_single_tokens_per_s": 120.0, "generate_static_batch_4_tokens_per_s": 400.0},
+        "ratios": {
+            "1_session_vs_generate_single": 0.83,
+            "4_sessions_vs_static_batch": 0.9,
+            "4_sessions_vs_generate_single": 3.0,
+        },
+    }
+    text = format_report(report)
+    assert "TTFT ms p50/p90/p99" in text and "5.0 / 6.0 / 7.0" in text and "4 sessions" in text
+    assert "late joiner: 9.0 ms to first token, budget 7.0 ms: OVER budget" in text
+    assert text.count("good:") == 3 and "{" not in text
+
+
+def test_bench_history_report_is_a_table_by_turn() -> None:
+    """`bench --history` prints TTFT by turn with and without KV reuse, and what the ratios should be."""
+    report = {
+        "model": "/m",
+        "history_turns": 2,
+        "prompt_words": 48,
+        "reuse": {"ttft_ms_by_turn": [5.0, 6.0], "late_over_early": 1.2},
+        "no_reuse": {"ttft_ms_by_turn": [5.0, 9.0], "late_over_early": 1.8},
+        "speedup_late_turns": 1.5,
+    }
+    text = format_report(report)
+    assert "   2                 6.0       9.0" in text and text.count("good:") == 2 and "{" not in text
+
+
+def test_bench_history_report_with_many_sessions_gives_tokens_per_s_and_load() -> None:
+    """`bench --history N --sessions S` adds aggregate tokens/s with and without reuse, and the load average."""
+    report = {
+        "model": "/m",
+        "history_turns": 2,
+        "sessions": 16,
+        "prompt_words": 48,
+        "reuse": {"ttft_ms_by_turn": [5.0, 6.0], "late_over_early": 1.2, "tokens_per_s": 300.0},
+        "no_reuse": {"ttft_ms_by_turn": [5.0, 9.0], "late_over_early": 1.8, "tokens_per_s": 200.0},
+        "speedup_late_turns": 1.5,
+        "tokens_per_s_ratio": 1.5,
+        "load_average_before": [1.0, 1.0, 1.0],
+        "load_average_after": [2.0, 1.0, 1.0],
+    }
+    text = format_report(report)
+    assert "16 conversation(s) of 2 turns" in text and "300.0 with reuse, 200.0 without, ratio 1.50" in text
+    assert "load average" in text and text.count("good:") == 3
