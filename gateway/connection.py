@@ -202,6 +202,8 @@ class Connection:
             frame_id: str | None = None
             try:
                 self._check_frame_rate()
+                if isinstance(data, str):
+                    p.check_json_size(data, self.settings.max_json_frame_bytes)
                 frame = p.decode(data)
                 frame_id = getattr(frame, "id", None)
                 await self._handle(frame)

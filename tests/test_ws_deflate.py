@@ -3,10 +3,15 @@ the event loop deflating it, and small frames are still compressed (unit and rea
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from typing import Any
 
+import msgpack
 import pytest
-from websockets.frames import BINARY, Frame
+import websockets
+from websockets.exceptions import PayloadTooBig
+from websockets.frames import BINARY, CONT, Frame
 
 from gateway.config import Settings
 from gateway.ws_deflate import UNCOMPRESSED_FROM_BYTES, SkipLargeMessages
@@ -58,3 +63,66 @@ async def test_history_with_megabytes_of_images_does_not_deflate_on_the_loop(ser
     watch.check()
     assert [i["data"] for i in history["turns"][0]["images"]] == images
     await client.close()
+
+
+def bounded(max_inflated: int) -> SkipLargeMessages:
+    extension = deflate()
+    extension.max_inflated = max_inflated
+    return extension
+
+
+def test_a_compressed_message_inflates_to_at_most_its_bound() -> None:
+    """Inflating to exactly the bound is read; one byte more is refused (1009) before it is all inflated."""
+    sender = deflate()
+    assert len(bounded(4096).decode(sender.encode(Frame(BINARY, bytes(4096))), max_size=1 << 20).data) == 4096
+    with pytest.raises(PayloadTooBig):
+        bounded(4096).decode(deflate().encode(Frame(BINARY, bytes(4097))), max_size=1 << 20)
+
+
+def test_the_bound_counts_a_fragmented_message_whole() -> None:
+    """Fragments of one compressed message count together; the next message starts from nothing."""
+    receiver = bounded(4096)
+    sender = deflate()
+    receiver.decode(sender.encode(Frame(BINARY, bytes(3000), fin=False)), max_size=1 << 20)
+    with pytest.raises(PayloadTooBig):
+        receiver.decode(sender.encode(Frame(CONT, bytes(3000))), max_size=1 << 20)
+    fresh, sender = bounded(4096), deflate()
+    for _ in range(3):
+        assert len(fresh.decode(sender.encode(Frame(BINARY, bytes(3000))), max_size=1 << 20).data) == 3000
+
+
+def test_an_uncompressed_message_is_bound_only_by_the_message_size() -> None:
+    """A message sent as it is (RSV1 unset) costs no inflating: the compressed bound does not apply."""
+    frame = Frame(BINARY, bytes(8192))
+    assert bounded(4096).decode(frame, max_size=1 << 20) is frame
+
+
+@pytest.fixture(scope="module")
+def small_inflate(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
+    running = start_server(demo_dirs.model, Settings(max_compressed_frame_bytes=256 * 1024))
+    yield running
+    running.stop()
+
+
+async def open_msgpack(url: str, **options: Any) -> tuple[websockets.ClientConnection, dict[str, Any]]:
+    ws = await websockets.connect(url, subprotocols=["gateway.msgpack"], **options)  # type: ignore[list-item]
+    return ws, msgpack.unpackb(await ws.recv())
+
+
+async def test_a_compressed_message_past_the_bound_closes_1009_and_an_uncompressed_one_is_read(
+    small_inflate: RunningServer,
+) -> None:
+    """`ready.limits` names the bound; 512 KiB of zeros (a few hundred bytes compressed) closes the
+    connection with 1009; the same message uncompressed gets an ordinary answer."""
+    compressing, ready = await open_msgpack(small_inflate.ws_url)
+    assert compressing.protocol.extensions, "the server negotiated permessage-deflate"
+    assert ready["limits"]["max_compressed_frame_bytes"] == 256 * 1024
+    await compressing.send(bytes(512 * 1024))
+    with pytest.raises(websockets.ConnectionClosedError):
+        await asyncio.wait_for(compressing.recv(), 10)
+    assert compressing.close_code == 1009
+    plain, _ = await open_msgpack(small_inflate.ws_url, compression=None)
+    await plain.send(bytes(512 * 1024))
+    answer = msgpack.unpackb(await asyncio.wait_for(plain.recv(), 10))
+    assert answer["type"] == "error" and answer["code"] == "bad_frame"
+    await plain.close()
