@@ -67,6 +67,7 @@ class _Observed:
 
     sink: TurnSink
     service: TurnService
+    handle: TurnHandle
 
     def on_queued(self, position: int) -> None:
         self.sink.on_queued(position)
@@ -75,7 +76,7 @@ class _Observed:
         self.sink.on_token(text)
 
     def on_done(self, result: GenerationResult) -> None:
-        self.service.turn_ended(result)
+        self.service.turn_ended(result, self.handle)
         self.sink.on_done(result)
 
 
@@ -91,6 +92,7 @@ class TurnService:
         self.metrics = metrics
         self.draining = False
         self.in_flight = 0  # turns submitted and not yet done, all front ends together
+        self._handles: dict[int, TurnHandle] = {}  # theirs, by id(): a cancelled one frees its slot within a step
         self.server_defaults = server_defaults(settings)
         # One bound for image memory: sessions' images and the engine's processed ones together. The cache
         # always keeps a share (an eighth, at most image_cache_bytes): at 0 a turn's images, processed ahead
@@ -108,9 +110,10 @@ class TurnService:
             max(1, settings.image_workers), thread_name_prefix="gateway-decode", initializer=yield_cpu
         )
         self._turn_ms = 1000.0  # a moving average of turn durations, for Retry-After
-        # Given the count of turns that would wait for a slot, stops as many turns nobody listens to (the hub's
-        # detached sessions'), so an attached client is never queued or refused behind abandoned work.
-        self.make_room: Callable[[int], int] | None = None
+        # Given the count of turns that would wait for a slot and of those cancelled (whatever the cause) that
+        # free theirs within a step, stops as many turns nobody listens to as the cancelled ones do not cover
+        # (the hub's detached sessions'), so an attached client is never queued or refused behind abandoned work.
+        self.make_room: Callable[[int, int], int] | None = None
         # Given a session and the image bytes it needs, unloads detached sessions holding images until it has them.
         self.free_images: Callable[[str, int], int] | None = None
         self.tool_syntax = detect(engine.chat_template)  # how this model writes tool calls
@@ -317,17 +320,19 @@ class TurnService:
         load = self.engine.load()
         waiting = load.active + load.waiting + 1 - load.capacity
         if waiting > 0 and self.make_room is not None:
-            self.make_room(waiting)
+            self.make_room(waiting, sum(handle.cancelled.is_set() for handle in self._handles.values()))
         try:
-            self.engine.submit(request, _Observed(sink, self))
+            self.engine.submit(request, _Observed(sink, self, request.handle))
         except EngineFull:
             raise RetryLater(
                 ErrorCode.OVERLOADED, "the server is at capacity; try again shortly", self.retry_after_ms()
             ) from None
         self.in_flight += 1
+        self._handles[id(request.handle)] = request.handle
 
-    def turn_ended(self, result: GenerationResult) -> None:
+    def turn_ended(self, result: GenerationResult, handle: TurnHandle) -> None:
         self.in_flight -= 1
+        self._handles.pop(id(handle), None)
         self.metrics.observe_turn(result)
         if result.finish_reason in ("stop", "length"):
             self._turn_ms += 0.2 * (result.total_ms - self._turn_ms)
