@@ -155,7 +155,7 @@ async def chat_completions(request: Request) -> Response:
     except GatewayError:
         raise _model_not_found(chat.model, turns.engine) from None
     _check_limits(chat, prompt, turns)
-    quota = turns.grammars.quota(request.client.host if request.client else "unknown")
+    quota = turns.grammars.http_quota(request.client.host if request.client else "unknown")
     tools = await _tool_plan(chat, turns, quota)
     messages = await _chat_messages(prompt, turns)
     params = await _sampling_params(chat, messages, turns, tools, await _grammar(chat, turns, quota))
