@@ -114,8 +114,9 @@ class TurnService:
         # free theirs within a step, stops as many turns nobody listens to as the cancelled ones do not cover
         # (the hub's detached sessions'), so an attached client is never queued or refused behind abandoned work.
         self.make_room: Callable[[int, int], int] | None = None
-        # Given a session and the image bytes it needs, unloads detached sessions holding images until it has them.
-        self.free_images: Callable[[str, int], int] | None = None
+        # Given a session, the image bytes it wants and the least it needs, unloads detached sessions holding
+        # images until it has what it wants, and none when even all of them would not give what it needs.
+        self.free_images: Callable[[str, int, int], int] | None = None
         self.tool_syntax = detect(engine.chat_template)  # how this model writes tool calls
         self.grammars = _grammar_pool(engine, settings)
 
@@ -212,6 +213,20 @@ class TurnService:
         images = await self.load_images(request.images, request.image_urls)
         turn = session.check_turn(UserTurn(id=request.id, text=request.text, images=images))
         room = self._image_room(session, turn)
+        # Reserved before planning awaits, so a turn checked meanwhile sees this one's room as taken; given
+        # back if the turn goes no further.
+        self.images.hold(session.id, max(session.image_bytes, min(room, session.image_bytes + turn.image_bytes)))
+        try:
+            started = await self._plan_and_submit(session, request, turn, room, sink)
+        except BaseException:
+            self.images.hold(session.id, session.image_bytes)
+            raise
+        self.images.hold(session.id, session.image_bytes + turn.image_bytes)
+        return started
+
+    async def _plan_and_submit(
+        self, session: Session, request: TurnRequest, turn: UserTurn, room: int, sink: ToolCallSink
+    ) -> StartedTurn:
         params, model = self.resolve(session.defaults, request.options)
         tools = self.tools_for(session.defaults, request.options)
         params = tools.params(params)
@@ -219,8 +234,8 @@ class TurnService:
         async def count(messages: Sequence[ChatMessage]) -> int:
             return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
 
-        with _engine_failures(request.id, bool(images)):
-            await self.engine.prepare(images)
+        with _engine_failures(request.id, bool(turn.images)):
+            await self.engine.prepare(turn.images)
             window = self.engine.context_tokens
             plan = await session.plan(turn, params.max_tokens, window, count, room, self.settings.trim_headroom)
         self.check_open(request.id)  # planning awaited: the server may have begun draining meanwhile
@@ -230,7 +245,6 @@ class TurnService:
         )
         self._submit(generation, tools.sink(sink))
         session.drop_oldest(plan.dropped_turns)
-        self.images.hold(session.id, session.image_bytes + turn.image_bytes)
         return started
 
     def record(self, session: Session, started: StartedTurn, result: GenerationResult, held: bool = True) -> bool:
@@ -279,7 +293,7 @@ class TurnService:
             )
         wanted = min(s.max_session_image_bytes, session.image_bytes + turn.image_bytes)
         if turn.image_bytes and self.free_images is not None and wanted > self.images.room_for(session.id):
-            self.free_images(session.id, wanted)
+            self.free_images(session.id, wanted, turn.image_bytes)
         room = min(s.max_session_image_bytes, self.images.room_for(session.id))
         if turn.image_bytes > room:
             raise RetryLater(

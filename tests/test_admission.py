@@ -3,15 +3,27 @@ room is taken before the awaits of planning."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from gateway.config import Settings
 from gateway.detached import DetachedSessions
 from gateway.engine.scripted import ScriptedEngine
-from gateway.engine.types import ChatMessage, EngineLoad, GenerationRequest, TurnHandle, TurnSink
+from gateway.engine.types import ChatImage, ChatMessage, EngineLoad, GenerationRequest, TurnHandle, TurnSink
+from gateway.errors import ErrorCode, GatewayError, RetryLater
+from gateway.hub import SessionHub
+from gateway.image_ledger import ImageLedger
+from gateway.live_session import LiveSession
 from gateway.metrics import Metrics
-from gateway.turns import TurnService
+from gateway.session import Session
+from gateway.store.memory import MemoryStore
+from gateway.turns import TurnRequest, TurnService
+from tests.conftest import wait_until
+from tests.test_image_budget import noise_png
 from tests.test_quota import Fake
 
 
@@ -64,4 +76,84 @@ async def test_a_turn_cancelled_by_its_client_frees_the_slot_a_detached_turn_wou
     assert abandoned.handle is not None and not abandoned.handle.cancelled.is_set()
     await submit(turns)  # now every slot is held by a turn nobody cancelled
     assert abandoned.handle.cancelled.is_set() and detached.stopping == 1
+    turns.close()
+
+
+class Connection:
+    def taken_over(self) -> None: ...
+
+
+def hub_with_images(max_bytes: int) -> tuple[SessionHub, ImageLedger]:
+    settings = Settings(engine="scripted", max_total_image_bytes=max_bytes, image_cache_bytes=0, session_store="memory")
+    turns = TurnService(settings, HeldEngine(capacity=4), Metrics())
+    return SessionHub(settings, turns, MemoryStore()), turns.images
+
+
+def holding(hub: SessionHub, nbytes: int, client: str, detached: bool) -> LiveSession:
+    live = hub.create("", client)
+    connection = Connection()
+    hub.attach(live, connection, client)
+    hub.turns.images.hold(live.id, nbytes)
+    if detached:
+        hub.detach(live, connection)
+    return live
+
+
+async def test_detached_sessions_are_unloaded_for_images_only_when_that_makes_enough_room() -> None:
+    """6,000 of 8,000 bytes held (5,000 attached, 1,000 detached): a session needing 4,000 is refused with
+    the detached session kept; one needing 3,000 gets it by unloading the detached session."""
+    hub, ledger = hub_with_images(8000)
+    holding(hub, 5000, "a", detached=False)
+    left = holding(hub, 1000, "b", detached=True)
+    newcomer = holding(hub, 0, "c", detached=False)
+    assert hub.free_images(newcomer.id, 4000) == 2000
+    assert left.id in hub.live and ledger.held(left.id) == 1000
+    assert hub.free_images(newcomer.id, 3000) == 3000
+    assert left.id not in hub.live
+    hub.turns.close()
+
+
+class SlowPlanning(HeldEngine):
+    """Planning waits until released, so two turns can be checked while both plan."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=4)
+        self.release = asyncio.Event()
+
+    async def prepare(self, images: Sequence[ChatImage]) -> None:
+        await self.release.wait()
+
+
+async def test_image_room_is_reserved_before_planning() -> None:
+    """Room for one turn's image: while it plans, a second session's image turn is `overloaded`, and the
+    ledger never holds more than its bound."""
+    image = noise_png(1)
+    engine = SlowPlanning()
+    settings = Settings(engine="scripted", max_total_image_bytes=int(1.5 * len(image)), image_cache_bytes=0)
+    turns = TurnService(settings, engine, Metrics())
+    quota = turns.grammars.quota("a")
+    first = asyncio.create_task(turns.start(Session(8), TurnRequest("t1", "look", [image]), Ignored(), quota))
+    await wait_until(lambda: turns.images.total > 0)
+    with pytest.raises(RetryLater) as refused:
+        await turns.start(Session(8), TurnRequest("t2", "look", [image]), Ignored(), quota)
+    assert refused.value.code is ErrorCode.OVERLOADED
+    engine.release.set()
+    await first
+    assert turns.images.total == len(image) <= turns.images.max_bytes
+    turns.close()
+
+
+async def test_a_turn_that_fails_while_planning_gives_its_image_room_back() -> None:
+    """A turn refused after its room was reserved (the server began draining) leaves the ledger as it was."""
+    image = noise_png(2)
+    engine = SlowPlanning()
+    turns = TurnService(Settings(engine="scripted", image_cache_bytes=0), engine, Metrics())
+    quota = turns.grammars.quota("a")
+    started = asyncio.create_task(turns.start(Session(8), TurnRequest("t", "look", [image]), Ignored(), quota))
+    await wait_until(lambda: turns.images.total > 0)
+    turns.draining = True
+    engine.release.set()
+    with pytest.raises(GatewayError):
+        await started
+    assert turns.images.total == 0
     turns.close()
