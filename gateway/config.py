@@ -28,6 +28,12 @@ class Settings:
 
     # Limits on what one client may send.
     max_frame_bytes: int = 16 * MiB
+    # A JSON text message costs the event loop about ten times a msgpack one per MB (every value is parsed
+    # text; 15 MB took 333 ms before a single typed pass, about 20 ms a MB now): big frames go as msgpack.
+    max_json_frame_bytes: int = 2 * MiB
+    # A compressed (permessage-deflate) message is inflated in one event-loop callback, about 5 ms a MiB:
+    # this bounds it, inflated, while letting a browser (which compresses every message) send a whole image.
+    max_compressed_frame_bytes: int = 9 * MiB
     max_image_bytes: int = 8 * MiB
     max_image_pixels: int = 16_000_000
     max_images_per_turn: int = 8

@@ -78,7 +78,8 @@ def make_server(app: Starlette, settings: Settings, **overrides: Any) -> Drainin
         log_config=uvicorn_config(settings),  # JSON lines for uvicorn's access and error logs too
         http=DoorProtocol.bound_to(Door.from_settings(settings)),
         h11_max_incomplete_event_size=settings.max_header_bytes,
-        ws=GatewayWebSocketProtocol,  # deflate, but never megabytes of images on the event loop
+        # deflate, but never megabytes of images on the event loop
+        ws=GatewayWebSocketProtocol.bound_to(settings.max_compressed_frame_bytes),
         ws_max_size=settings.max_frame_bytes,
         ws_max_queue=settings.max_inbound_queue,  # a flooding client waits on TCP, not on our memory
         ws_ping_interval=settings.keepalive_interval_s,

@@ -126,6 +126,20 @@ function onResumeFailed() {
   updateControls();
 }
 
+// The store could not answer a `resume` or `forget` (the server goes on, without durable sessions for
+// now): the conversation stays as it is, and a button sends the same request again.
+function onStoreUnavailable(kind, message) {
+  const shown = conversation.addError("store_unavailable", message);
+  const label = kind === "resume" ? "Try resuming again" : "Try deleting again";
+  const retry = element("button", { type: "button", className: "retry-store", textContent: label });
+  retry.addEventListener("click", () => {
+    const sent = kind === "resume" ? link.retryResume() : link.forget();
+    if (sent) shown.remove();
+    else note("Not connected: the page resumes the conversation when it reconnects.");
+  });
+  shown.append(" ", retry);
+}
+
 function requestHistory() {
   state.historyId = `history-${state.nextId++}`;
   connection.send({ type: "history", id: state.historyId, include_images: true });
@@ -196,6 +210,8 @@ function adoptTurn(id) {
 
 function onError(frame) {
   if (link.resumeFailed(frame)) return onResumeFailed();
+  const stalled = link.storeUnavailable(frame);
+  if (stalled) return onStoreUnavailable(stalled, frame.message);
   const turn = state.turns.get(frame.id);
   const message = turn ? nameImages(frame.message, turn.attachments) : frame.message;
   if (frame.id && frame.id === state.configure?.id) return onConfigureRefused(frame.code, message);

@@ -15,6 +15,7 @@ export class SessionLink {
     this.resuming = null; // the `resume` awaiting its answer: {id, session, lastSeq, render}
     this.shown = null; // the session whose conversation is on the page (none after a reload or a switch)
     this.forgetting = null; // the id of the `forget` awaiting its answer
+    this.unresumed = null; // a `resume` the store could not answer (`store_unavailable`), to send again
     this.nextId = 0;
   }
 
@@ -71,6 +72,32 @@ export class SessionLink {
     return failed;
   }
 
+  // `store_unavailable` answering our `resume` or `forget`: "resume" or "forget", no longer in flight so
+  // the user may try it again (the page keeps the conversation meanwhile), or null for any other error.
+  storeUnavailable(frame) {
+    if (frame.code !== "store_unavailable" || !frame.id) return null;
+    if (frame.id === this.resuming?.id) {
+      this.unresumed = this.resuming;
+      this.resuming = null;
+      return "resume";
+    }
+    if (frame.id !== this.forgetting) return null;
+    this.forgetting = null;
+    return "forget";
+  }
+
+  // Send the `resume` the store could not answer again, on this socket; true when it went out.
+  retryResume() {
+    const last = this.unresumed;
+    if (!last || !this.current || this.current.session !== last.session) return false;
+    const id = `resume-${this.nextId++}`;
+    const frame = { type: "resume", id, session: last.session, token: this.current.token, last_seq: last.lastSeq };
+    if (!this.send(frame)) return false;
+    this.resuming = { ...last, id };
+    this.unresumed = null;
+    return true;
+  }
+
   adoptFresh() {
     this.current = { session: this.fresh.session, token: this.fresh.token, lastSeq: this.stream?.lastSeq ?? 0, pending: null };
     if (this.fresh.token) saveCurrent(this.current);
@@ -116,6 +143,7 @@ export class SessionLink {
   // The socket is gone: a `resume` or `forget` in flight will get no answer.
   lost() {
     this.resuming = null;
+    this.unresumed = null; // the next socket's `ready` resumes anyway
     this.forgetting = null;
     this.stream = null;
   }

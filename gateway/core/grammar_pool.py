@@ -97,6 +97,8 @@ class GrammarPool:
         self._compile_ms = 100.0  # a moving average, for retry_after_ms
         per_address = settings.grammar_compiles_per_minute_per_client
         self._addresses = BucketsByAddress(per_address / 60, max(1.0, per_address / 6), _MAX_ADDRESSES)
+        per_connection = settings.grammar_compiles_per_minute
+        self._http = BucketsByAddress(per_connection / 60, max(1.0, per_connection / 6), _MAX_ADDRESSES)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -104,6 +106,12 @@ class GrammarPool:
     def quota(self, address: str) -> CompileQuota:
         """A new connection's (or HTTP request's) quota, sharing its address's bucket."""
         return CompileQuota(_bucket(self.settings.grammar_compiles_per_minute), self._addresses.get(address))
+
+    def http_quota(self, address: str) -> CompileQuota:
+        """An HTTP request's quota. A request is no connection to get a fresh burst each time: all of an
+        address's HTTP requests share one connection's bucket, besides the address's bucket that its
+        WebSockets share too. (The server has one API key, so an address is the finest client there is.)"""
+        return CompileQuota(self._http.get(address), self._addresses.get(address))
 
     async def response_grammar(self, response_format: req.ResponseFormat | None, quota: CompileQuota) -> Grammar | None:
         """The format's checked grammar (None for free text); `invalid_field`, `rate_limited` or `overloaded`."""

@@ -33,6 +33,9 @@ class ImageLedger:
     def holds(self, session_id: str) -> bool:
         return session_id in self._held
 
+    def held(self, session_id: str) -> int:
+        return self._held.get(session_id, 0)
+
     def room_for(self, session_id: str) -> int:
         """What `session_id` may hold in all: the bound less what every other session holds."""
         return self.max_bytes - (self.total - self._held.get(session_id, 0))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.core.session import PromptPlan, UserTurn
 from gateway.core.tracing import NO_TRACE, TurnTrace
-from gateway.engine.contract import GenerationResult, TurnHandle
+from gateway.engine.contract import Engine, GenerationResult, TurnHandle
 
 
 @dataclass
@@ -40,3 +41,22 @@ class Drain:
 
     def __init__(self) -> None:
         self.on = False
+
+
+class TurnPace:
+    """How long turns take lately (a moving average of clean ends), and so when a slot is likely free."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.turn_ms = 1000.0
+
+    def observe(self, result: GenerationResult) -> None:
+        if result.finish_reason in ("stop", "length"):
+            self.turn_ms += 0.2 * (result.total_ms - self.turn_ms)
+
+    def retry_after_ms(self) -> int:
+        """The turns ahead, in rounds of the engine's capacity, times the recent turn duration; at least 100 ms,
+        at most a minute."""
+        load = self.engine.load()
+        rounds = math.ceil((load.waiting + 1) / max(1, load.capacity))
+        return int(min(60_000, max(100, rounds * self.turn_ms)))

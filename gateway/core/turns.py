@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from gateway.config import Settings
 from gateway.core.attachments import Attachments
@@ -20,7 +19,7 @@ from gateway.core.sampling import resolve_params, server_defaults
 from gateway.core.session import Session, UserTurn
 from gateway.core.tool_plan import ToolPlan, plan_tools
 from gateway.core.tracing import NO_TRACE, Tracer, TurnTrace
-from gateway.core.turn_types import Drain, SessionKeeper, StartedTurn
+from gateway.core.turn_types import Drain, SessionKeeper, StartedTurn, TurnPace
 from gateway.engine.contract import (
     ChatMessage,
     Engine,
@@ -34,8 +33,6 @@ from gateway.engine.contract import (
 from gateway.errors import ErrorCode, GatewayError, RetryLater, naming
 from gateway.metrics import Metrics
 from gateway.tools.registry import detect
-
-log = logging.getLogger("gateway.core.turns")
 
 
 class TurnService(TurnLimits):
@@ -57,12 +54,15 @@ class TurnService(TurnLimits):
         self.images = ImageLedger(settings.max_total_image_bytes - floor, lambda room: engine.limit_image_cache(room + floor))
         engine.limit_image_cache(settings.max_total_image_bytes)
         self.attachments = Attachments(settings)
-        self._turn_ms = 1000.0  # a moving average of turn durations, for Retry-After
-        # Given the count of turns that would wait for a slot, stops as many turns nobody listens to (the hub's
-        # detached sessions'), so an attached client is never queued or refused behind abandoned work.
-        self.make_room: Callable[[int], int] | None = None
-        # Given a session and the image bytes it needs, unloads detached sessions holding images until it has them.
-        self.free_images: Callable[[str, int], int] | None = None
+        self.pace = TurnPace(engine)  # for Retry-After
+        # Given the count of turns that would wait for a slot and of those cancelled (whatever the cause) that
+        # free theirs within a step, stops as many turns nobody listens to as the cancelled ones do not cover
+        # (the hub's detached sessions'), so an attached client is never queued or refused behind abandoned work.
+        self.make_room: Callable[[int, int], int] | None = None
+        # Given a session, the image bytes it wants and the least it needs, unloads detached sessions holding
+        # images until it has what it wants, and none when even all of them would not give what it needs.
+        self.free_images: Callable[[str, int, int], int] | None = None
+        self._handles: dict[int, TurnHandle] = {}  # running turns', by id(): a cancelled one frees its slot within a step
         self.tool_syntax = detect(engine.chat_template)  # how this model writes tool calls
         self.grammars = pool_for(engine, settings)
         self.tracer = Tracer.from_endpoint(settings.otlp_traces_endpoint)
@@ -120,6 +120,28 @@ class TurnService(TurnLimits):
         trace.phase("planning")
         turn = session.check_turn(UserTurn(id=request.id, text=request.text, images=images))
         room = self._image_room(session, turn)
+        # Reserved before planning awaits, so a turn checked meanwhile sees this one's room as taken; given back
+        # if the turn goes no further.
+        self.images.hold(session.id, max(session.image_bytes, min(room, session.image_bytes + turn.image_bytes)))
+        try:
+            started = await self._plan_and_submit(session, request, turn, room, listener, keeper, trace)
+        except BaseException:
+            self.images.hold(session.id, session.image_bytes)
+            raise
+        self.images.hold(session.id, session.image_bytes + turn.image_bytes)
+        listener(Accepted(started.plan.prompt_tokens, started.plan.dropped_turns))  # before any engine event
+        return started
+
+    async def _plan_and_submit(
+        self,
+        session: Session,
+        request: TurnRequest,
+        turn: UserTurn,
+        room: int,
+        listener: Listener,
+        keeper: SessionKeeper,
+        trace: TurnTrace,
+    ) -> StartedTurn:
         params, model = self.resolve(session.defaults, request.options)
         tools = self.tools_for(session.defaults, request.options)
         params = tools.params(params)
@@ -127,8 +149,8 @@ class TurnService(TurnLimits):
         async def count(messages: Sequence[ChatMessage]) -> int:
             return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
 
-        with engine_failures(bool(images)):
-            await self.engine.prepare(images)
+        with engine_failures(bool(turn.images)):
+            await self.engine.prepare(turn.images)
             window = self.engine.context_tokens
             plan = await session.plan(turn, params.max_tokens, window, count, room, self.settings.trim_headroom)
         self.check_open()  # planning awaited: the server may have begun draining meanwhile
@@ -142,8 +164,6 @@ class TurnService(TurnLimits):
 
         self._submit(generation, tools.sink(EventSink(listener, end)), trace, tools.syntax is not None)
         session.drop_oldest(plan.dropped_turns)
-        self.images.hold(session.id, session.image_bytes + turn.image_bytes)
-        listener(Accepted(plan.prompt_tokens, plan.dropped_turns))  # before any engine event: those come by call_soon
         return started
 
     def _end(
@@ -207,7 +227,7 @@ class TurnService(TurnLimits):
             raise GatewayError(ErrorCode.TOO_LARGE, message, field="images")
         wanted = min(s.max_session_image_bytes, session.image_bytes + turn.image_bytes)
         if turn.image_bytes and self.free_images is not None and wanted > self.images.room_for(session.id):
-            self.free_images(session.id, wanted)
+            self.free_images(session.id, wanted, turn.image_bytes)
         room = min(s.max_session_image_bytes, self.images.room_for(session.id))
         if turn.image_bytes > room:
             raise RetryLater(
@@ -257,25 +277,22 @@ class TurnService(TurnLimits):
         load = self.engine.load()
         waiting = load.active + load.waiting + 1 - load.capacity
         if waiting > 0 and self.make_room is not None:
-            self.make_room(waiting)
+            self.make_room(waiting, sum(handle.cancelled.is_set() for handle in self._handles.values()))
         try:
-            self.engine.submit(request, Observed(sink, self.turn_ended, trace, parses_tools))
+            self.engine.submit(request, Observed(sink, partial(self.turn_ended, handle=request.handle), trace, parses_tools))
         except EngineFull:
             raise RetryLater(
                 ErrorCode.OVERLOADED, "the server is at capacity; try again shortly", self.retry_after_ms()
             ) from None
         self.in_flight += 1
+        self._handles[id(request.handle)] = request.handle
         trace.submitted(request.adapter or self.engine.model_id)
 
-    def turn_ended(self, result: GenerationResult) -> None:
+    def turn_ended(self, result: GenerationResult, handle: TurnHandle) -> None:
         self.in_flight -= 1
+        self._handles.pop(id(handle), None)
         self.metrics.observe_turn(result)
-        if result.finish_reason in ("stop", "length"):
-            self._turn_ms += 0.2 * (result.total_ms - self._turn_ms)
+        self.pace.observe(result)
 
     def retry_after_ms(self) -> int:
-        """When a slot is likely free: the turns ahead, in rounds of the engine's capacity, times the
-        recent turn duration; at least 100 ms, at most a minute."""
-        load = self.engine.load()
-        rounds = math.ceil((load.waiting + 1) / max(1, load.capacity))
-        return int(min(60_000, max(100, rounds * self._turn_ms)))
+        return self.pace.retry_after_ms()

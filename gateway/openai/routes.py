@@ -129,7 +129,7 @@ async def _chat_completion(request: Request, turns: TurnService, trace: TurnTrac
     except GatewayError:
         raise _model_not_found(chat.model, turns.engine) from None
     conversation = ConversationRequest([_message(m) for m in prompt], sampling_options(chat))
-    quota = turns.grammars.quota(request.client.host if request.client else "unknown")
+    quota = turns.grammars.http_quota(request.client.host if request.client else "unknown")
     events = ReplyEvents()
     handle = await turns.start_conversation(conversation, events, quota, trace)
     stream = turn_events(events, handle, request.receive)

@@ -129,6 +129,8 @@ class Connection(FrameHandlers):
             frame_id: str | None = None
             try:
                 self._check_frame_rate()
+                if isinstance(data, str):
+                    p.check_json_size(data, self.settings.max_json_frame_bytes)
                 frame = p.decode(data)
                 frame_id = getattr(frame, "id", None)
                 await self.handle(frame)

@@ -52,12 +52,15 @@ class DetachedSessions(Generic[S]):
     def __iter__(self) -> Iterator[S]:
         return iter(list(self._sessions.values()))
 
-    def make_room(self, waiting: int) -> int:
+    def make_room(self, waiting: int, cancelled: int = 0) -> int:
         """`waiting` attached turns would wait for a slot: stop that many detached turns, oldest first,
-        less those already stopping. Returns how many were stopped now."""
+        less those already stopping, or less every turn already cancelled when the caller counts them
+        (`cancelled`: a turn its client cancelled frees its slot as soon as one stopped here). Returns how
+        many were stopped now."""
         stopped = 0
+        freeing = max(self.stopping, cancelled)
         for session in self:
-            if waiting - self.stopping <= 0:
+            if waiting - freeing - stopped <= 0:
                 break
             if self.stop(session):
                 stopped += 1

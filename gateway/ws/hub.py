@@ -185,16 +185,19 @@ class SessionHub(SessionSaving):
             message = "the server holds all the images it can; this session cannot be loaded now, try again later"
             raise RetryLater(ErrorCode.OVERLOADED, message, self.turns.retry_after_ms())
 
-    def free_images(self, session_id: str, nbytes: int) -> int:
+    def free_images(self, session_id: str, nbytes: int, needed: int | None = None) -> int:
         """Unload detached sessions holding images, oldest first, until `session_id` may hold `nbytes`;
-        returns the room it has then."""
+        returns the room it has then. None is unloaded when unloading all of them would still leave less
+        than `needed` (default `nbytes`): the caller refuses then, and they would have gone for nothing."""
         ledger = self.turns.images
-        for old in self.detached:
+        holders = [old for old in self.detached if old.id != session_id and ledger.holds(old.id)]
+        if ledger.room_for(session_id) + sum(ledger.held(old.id) for old in holders) < (nbytes if needed is None else needed):
+            return ledger.room_for(session_id)
+        for old in holders:
             if nbytes <= ledger.room_for(session_id):
                 break
-            if ledger.holds(old.id) and old.id != session_id:
-                log.info("session %s: unloaded to make room for an attached session's images", old.id)
-                self.unload(old)
+            log.info("session %s: unloaded to make room for an attached session's images", old.id)
+            self.unload(old)
         return ledger.room_for(session_id)
 
     async def forget(self, live: LiveSession) -> None:

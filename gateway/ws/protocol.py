@@ -164,65 +164,109 @@ class FrameError(GatewayError):
         self.frame_id = frame_id
 
 
+def check_json_size(data: str, max_bytes: int) -> None:
+    """Refuse (`too_large`) a JSON text message of more than `max_bytes` UTF-8 bytes before it is parsed.
+    A character is at least one byte, so only a short non-ASCII text is encoded to count them."""
+    size = len(data) if data.isascii() or len(data) > max_bytes else len(data.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        message = f"a JSON frame of {size} bytes or more; max_json_frame_bytes is {max_bytes}: send big frames as msgpack"
+        raise GatewayError(ErrorCode.TOO_LARGE, message)
+
+
 def decode(data: bytes | str) -> ClientFrame:
     """Decode one client message (binary = msgpack, text = JSON) into a validated frame."""
+    frame = _decode_json(data) if isinstance(data, str) else _decode_msgpack(data)
+    options = frame.options if isinstance(frame, TurnFrame) else frame if isinstance(frame, ConfigureFrame) else None
+    for field, value in free_json(options.response_format, options.tools) if options else ():
+        try:
+            check_json_value(value, field)
+        except GatewayError as exc:
+            raise FrameError(exc.code, exc.message, getattr(frame, "id", None)) from None
+    return frame
+
+
+class _Head(Struct):
+    """What an error names of a frame that did not decode: its type and id (other fields are skipped)."""
+
+    type: Any = None
+    id: Any = None
+
+
+_CLIENT_FRAME_FROM_JSON = msgspec.json.Decoder(ClientFrame)
+_HEAD_FROM_JSON = msgspec.json.Decoder(_Head)
+
+
+def _decode_json(data: str) -> ClientFrame:
+    """One typed pass: msgspec builds the frame straight from the text, checking every field's type and
+    bound and the UTF-16 escapes on the way (a lone surrogate is not valid JSON to it). Only a frame that
+    fails is read again, skipping its fields, to name its type and id."""
     try:
-        raw = _unpack(data) if isinstance(data, bytes) else json.loads(data)
-    except RecursionError as exc:
-        if isinstance(data, str):
-            raise _too_deep(data, exc) from None
+        return _CLIENT_FRAME_FROM_JSON.decode(data)  # type: ignore[no-any-return,unused-ignore]
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        failure = exc
+    if str(failure).startswith("Integer value out of range"):  # past the digits Python reads: not JSON to us
+        raise GatewayError(ErrorCode.BAD_FRAME, "not valid JSON: an integer with too many digits")
+    try:
+        head: _Head = _HEAD_FROM_JSON.decode(data)
+    except msgspec.ValidationError:  # a subclass of DecodeError: first
+        raise GatewayError(ErrorCode.BAD_FRAME, "a frame must be a map with a `type` field") from None
+    except msgspec.DecodeError as exc:
+        raise FrameError(ErrorCode.BAD_FRAME, f"not valid JSON: {_short(exc)}", _lenient_id(data)) from None
+    except RecursionError:  # nested past the parser's reach: the id cannot be read
+        raise _too_deep(failure) from None
+    frame_id = _echoable_id(head.id)
+    _check_type(head.type, frame_id)
+    if isinstance(failure, msgspec.ValidationError):
+        raise FrameError(ErrorCode.INVALID_FIELD, str(failure), frame_id)
+    if isinstance(failure, RecursionError):
+        raise _too_deep(failure) from None
+    raise FrameError(ErrorCode.BAD_FRAME, f"not valid JSON: {_short(failure)}", frame_id)
+
+
+def _lenient_id(data: str) -> str | None:
+    """The id of a frame that is JSON only to Python's lenient parser (NaN, lone surrogates), to echo in
+    the error; it runs only on text msgspec refused, at most max_json_frame_bytes of it."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return _echoable_id(raw.get("id")) if isinstance(raw, dict) else None
+
+
+def _too_deep(failure: Exception) -> GatewayError:
+    """JSON nested past the parser's reach. The typed decoder goes that deep only inside a free-form field
+    (a schema, tool parameters): then it is `invalid_field`; elsewhere it stops at the first wrong type,
+    and the frame is `bad_frame`."""
+    if isinstance(failure, RecursionError):
+        return GatewayError(ErrorCode.INVALID_FIELD, f"a schema or tool parameters nest deeper than {MAX_JSON_DEPTH} levels")
+    return GatewayError(ErrorCode.BAD_FRAME, "not valid JSON: nested too deep")
+
+
+def _decode_msgpack(data: bytes) -> ClientFrame:
+    try:
+        raw = _unpack(data)
+    except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise GatewayError(ErrorCode.BAD_FRAME, f"not valid msgpack: {_short(exc)}") from None
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        kind = "msgpack" if isinstance(data, bytes) else "JSON"
-        raise GatewayError(ErrorCode.BAD_FRAME, f"not valid {kind}: {_short(exc)}") from None
     except Exception:  # msgpack raises a zoo of types on hostile input; all mean the same
         raise GatewayError(ErrorCode.BAD_FRAME, "not valid msgpack") from None
     if not isinstance(raw, dict):
         raise GatewayError(ErrorCode.BAD_FRAME, "a frame must be a map with a `type` field")
     frame_id = _echoable_id(raw.get("id"))
-    frame_type = raw.get("type")
+    _check_type(raw.get("type"), frame_id)
+    try:
+        # builtin_types: msgpack attachments must be `bin`; a base64 str is JSON's way only
+        return msgspec.convert(raw, ClientFrame, builtin_types=(bytes,))  # type: ignore[no-any-return,unused-ignore]
+    except msgspec.ValidationError as exc:
+        raise FrameError(ErrorCode.INVALID_FIELD, str(exc), frame_id) from None
+
+
+def _check_type(frame_type: Any, frame_id: str | None) -> None:
     if frame_type not in CLIENT_TYPES:
         raise FrameError(
             ErrorCode.UNKNOWN_TYPE,
             f"unknown frame type {frame_type!r}; expected one of {', '.join(CLIENT_TYPES)}",
             frame_id,
         )
-    frame = _typed(data, raw, frame_id)
-    options = frame.options if isinstance(frame, TurnFrame) else frame if isinstance(frame, ConfigureFrame) else None
-    for field, value in free_json(options.response_format, options.tools) if options else ():
-        try:
-            check_json_value(value, field)
-        except GatewayError as exc:
-            raise FrameError(exc.code, exc.message, frame_id) from None
-    # Only now is the whole frame known to be shallow enough for a recursive walk.
-    if isinstance(data, str) and not _is_valid_unicode(raw):  # "\ud800" escapes are legal JSON, not storable text
-        raise FrameError(ErrorCode.BAD_FRAME, "a string holds a lone UTF-16 surrogate", frame_id)
-    return frame
-
-
-def _too_deep(data: str, exc: RecursionError) -> GatewayError:
-    """JSON nested past the parser's reach. The typed decoder goes that deep only inside a free-form field
-    (a schema, tool parameters): then it is `invalid_field` (the id cannot be read); elsewhere `bad_frame`."""
-    try:
-        msgspec.json.decode(data, type=ClientFrame)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return GatewayError(ErrorCode.BAD_FRAME, f"not valid JSON: {_short(exc)}")
-    except RecursionError:
-        pass
-    return GatewayError(ErrorCode.INVALID_FIELD, f"a schema or tool parameters nest deeper than {MAX_JSON_DEPTH} levels")
-
-
-def _typed(data: bytes | str, raw: Any, frame_id: str | None) -> ClientFrame:
-    try:
-        if isinstance(data, bytes):
-            # builtin_types: msgpack attachments must be `bin`; a base64 str is JSON's way only
-            return msgspec.convert(raw, ClientFrame, builtin_types=(bytes,))  # type: ignore[no-any-return,unused-ignore]
-        # JSON carries attachments as base64 strings; the typed decoder turns them into bytes.
-        return msgspec.json.decode(data, type=ClientFrame)  # type: ignore[no-any-return,unused-ignore]
-    except msgspec.ValidationError as exc:
-        raise FrameError(ErrorCode.INVALID_FIELD, str(exc), frame_id) from None
-    except msgspec.DecodeError as exc:
-        raise FrameError(ErrorCode.BAD_FRAME, _short(exc), frame_id) from None
 
 
 def encode(frame: ServerFrame, as_json: bool = False) -> bytes | str:
@@ -244,21 +288,6 @@ def decode_server(data: bytes | str) -> ServerFrame:
     if isinstance(data, bytes):
         return msgspec.msgpack.decode(data, type=ServerFrame)  # type: ignore[no-any-return,unused-ignore]
     return msgspec.json.decode(data, type=ServerFrame)  # type: ignore[no-any-return,unused-ignore]
-
-
-def _is_valid_unicode(value: Any) -> bool:
-    """Every string in an already schema- and depth-checked (so shallow) JSON value encodes as UTF-8."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(_is_valid_unicode(k) and _is_valid_unicode(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_is_valid_unicode(v) for v in value)
-    return True
 
 
 def _echoable_id(value: Any) -> str | None:

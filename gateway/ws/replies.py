@@ -18,6 +18,8 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
     held = engine.load()  # the engine's KV budgets: a default depends on the device's free memory
     return {
         "max_frame_bytes": settings.max_frame_bytes,
+        "max_json_frame_bytes": min(settings.max_json_frame_bytes, settings.max_frame_bytes),
+        "max_compressed_frame_bytes": min(settings.max_compressed_frame_bytes, settings.max_frame_bytes),
         "max_image_bytes": settings.max_image_bytes,
         "max_image_pixels": settings.max_image_pixels,
         "max_images_per_turn": settings.max_images_per_turn if engine.vision else 0,

@@ -3,9 +3,13 @@ is sent without the event loop deflating it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from typing import Any
 
+import msgpack
 import pytest
+import websockets
 
 from gateway.config import Settings
 from tests.conftest import DemoDirs, RunningServer, start_server
@@ -35,3 +39,34 @@ async def test_history_with_megabytes_of_images_does_not_deflate_on_the_loop(ser
     watch.check()
     assert [i["data"] for i in history["turns"][0]["images"]] == images
     await client.close()
+
+
+@pytest.fixture(scope="module")
+def small_inflate(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
+    running = start_server(demo_dirs.model, Settings(max_compressed_frame_bytes=256 * 1024))
+    yield running
+    running.stop()
+
+
+async def open_msgpack(url: str, **options: Any) -> tuple[websockets.ClientConnection, dict[str, Any]]:
+    ws = await websockets.connect(url, subprotocols=["gateway.msgpack"], **options)  # type: ignore[list-item]
+    return ws, msgpack.unpackb(await ws.recv())
+
+
+async def test_a_compressed_message_past_the_bound_closes_1009_and_an_uncompressed_one_is_read(
+    small_inflate: RunningServer,
+) -> None:
+    """`ready.limits` names the bound; 512 KiB of zeros (a few hundred bytes compressed) closes the
+    connection with 1009; the same message uncompressed gets an ordinary answer."""
+    compressing, ready = await open_msgpack(small_inflate.ws_url)
+    assert compressing.protocol.extensions, "the server negotiated permessage-deflate"
+    assert ready["limits"]["max_compressed_frame_bytes"] == 256 * 1024
+    await compressing.send(bytes(512 * 1024))
+    with pytest.raises(websockets.ConnectionClosedError):
+        await asyncio.wait_for(compressing.recv(), 10)
+    assert compressing.close_code == 1009
+    plain, _ = await open_msgpack(small_inflate.ws_url, compression=None)
+    await plain.send(bytes(512 * 1024))
+    answer = msgpack.unpackb(await asyncio.wait_for(plain.recv(), 10))
+    assert answer["type"] == "error" and answer["code"] == "bad_frame"
+    await plain.close()

@@ -114,6 +114,18 @@ async def test_compile_rate_is_per_connection_and_per_address() -> None:
     assert await pool.response_grammar(schema_format(0, "rate"), sibling) is not None  # compiled already: free
 
 
+async def test_http_requests_from_one_address_share_one_connections_compile_rate() -> None:
+    """Each HTTP request is no fresh connection: an address's requests together get one connection's burst
+    (2 here, below the address's 30), while another address's requests get their own."""
+    pool = GrammarPool(Settings(grammar_compiles_per_minute=12, grammar_compiles_per_minute_per_client=180), counting([]))
+    for n in range(2):
+        await pool.response_grammar(schema_format(n, "http"), pool.http_quota("10.4.0.1"))
+    with pytest.raises(RetryLater) as limited:
+        await pool.response_grammar(schema_format(2, "http"), pool.http_quota("10.4.0.1"))
+    assert limited.value.code.value == "rate_limited"
+    assert await pool.response_grammar(schema_format(3, "http"), pool.http_quota("10.4.0.2")) is not None
+
+
 async def test_a_grammar_whose_matcher_the_engine_let_go_compiles_again_on_the_pool() -> None:
     """Accepted once, then evicted from the engine's kept matchers: the next check compiles it on the pool
     again (the generation thread never has to), and while kept it is a cache hit."""
