@@ -114,13 +114,21 @@ class GatewayClient:
         return await self.recv()
 
     async def start_turn(
-        self, turn_id: str, text: str, images: list[bytes] | None = None, image_urls: list[str] | None = None, **options: Any
+        self,
+        turn_id: str,
+        text: str,
+        images: list[bytes] | None = None,
+        image_urls: list[str] | None = None,
+        videos: list[bytes] | None = None,
+        **options: Any,
     ) -> None:
         frame: dict[str, Any] = {"type": "turn", "id": turn_id, "text": text}
         if images:
             frame["images"] = images
         if image_urls:
             frame["image_urls"] = image_urls
+        if videos:
+            frame["videos"] = videos
         if options:
             frame["options"] = options
         await self.send(frame)
@@ -145,10 +153,16 @@ class GatewayClient:
                     return result
 
     async def turn(
-        self, turn_id: str, text: str, images: list[bytes] | None = None, image_urls: list[str] | None = None, **options: Any
+        self,
+        turn_id: str,
+        text: str,
+        images: list[bytes] | None = None,
+        image_urls: list[str] | None = None,
+        videos: list[bytes] | None = None,
+        **options: Any,
     ) -> TurnResult:
         result = TurnResult(id=turn_id, sent_at=time.perf_counter())
-        await self.start_turn(turn_id, text, images, image_urls, **options)
+        await self.start_turn(turn_id, text, images, image_urls, videos, **options)
         return await self.collect(turn_id, result)
 
 

@@ -46,6 +46,7 @@ class Settings:
     video_fps: float = 2.0  # frames sampled per second of video, while max_video_frames allows
     max_video_frames: int = 32  # frames kept per video; a longer one's spread evenly over all of it
     max_video_duration_s: float = 120.0  # a longer video is refused (`too_large`), from its header where it says
+    max_videos_per_turn: int = 2  # video attachments per turn; their frames count as the turn's images do
     live_window_frames: int = 16  # distinct frames a live window keeps per source, the oldest going first
     live_window_bytes: int = 16 * MiB  # image bytes a live window keeps per source, the oldest going first
     max_frames_per_second: float = 2.0  # live frames taken per source (bursts of one second's), the rest dropped

@@ -118,6 +118,7 @@ class TurnRequest:
     images: Sequence[bytes] = ()
     image_urls: Sequence[str] = ()  # fetched behind the SSRF guard, after `images`
     options: SamplingOptions | None = None
+    videos: Sequence[bytes] = ()  # MP4, WebM or GIF: their sampled frames follow the images
 
 
 @dataclass(frozen=True)

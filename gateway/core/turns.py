@@ -21,6 +21,7 @@ from gateway.core.request import ConversationRequest, SamplingOptions, TurnReque
 from gateway.core.sampling import resolve_params, server_defaults
 from gateway.core.session import PromptPlan, Session, UserTurn
 from gateway.core.tool_plan import ToolPlan, plan_tools
+from gateway.core.video_frames import frames_as_images, with_markers
 from gateway.engine.contract import (
     ChatImage,
     ChatMessage,
@@ -131,7 +132,9 @@ class TurnService(TurnLimits):
         self.check_turn(request)
         await self._compile_grammars(session.defaults, request.options, quota)
         images = await self.attachments.load(request.images, request.image_urls)
-        turn = session.check_turn(UserTurn(id=request.id, text=request.text, images=images))
+        videos = await self.attachments.load_videos(request.videos)
+        images += frames_as_images(videos)  # every family reads a video as its frames, named in the text
+        turn = session.check_turn(UserTurn(id=request.id, text=with_markers(request.text, videos), images=images))
         room = self._image_room(session, turn)
         params, model = self.resolve(session.defaults, request.options)
         tools = self.tools_for(session.defaults, request.options)

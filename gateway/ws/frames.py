@@ -31,7 +31,7 @@ class ReadyFrame(ServerBase, tag="ready"):
     session: str
     model: str
     protocol: int
-    limits: dict[str, int]
+    limits: dict[str, int | float]  # ints, but for `video_fps`
     defaults: dict[str, Any]
     vision: bool
     models: list[str] = []  # every id `model` may name: the base model, then each adapter

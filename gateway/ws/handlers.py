@@ -120,7 +120,12 @@ class FrameHandlers:
         if wait_s > 0:
             raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1)
         request = TurnRequest(
-            id=frame.id, text=frame.text, images=frame.images, image_urls=frame.image_urls, options=frame.options
+            id=frame.id,
+            text=frame.text,
+            images=frame.images,
+            image_urls=frame.image_urls,
+            options=frame.options,
+            videos=frame.videos,
         )
         self.turned = True
         live = self.live

@@ -80,6 +80,7 @@ class TurnFrame(_ClientFrame, tag="turn"):
     images: list[bytes] = []
     image_urls: list[ImageUrl] = []  # fetched by the server behind its SSRF guard, after `images`
     options: SamplingOptions | None = None
+    videos: list[bytes] = []  # MP4, WebM or GIF; each sampled into frames that follow the images
 
 
 class CancelFrame(_ClientFrame, tag="cancel"):
