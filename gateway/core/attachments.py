@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway.config import Settings
-from gateway.core.fetch import data_url_bytes, fetch_image_bytes
+from gateway.core.fetch import VIDEO, data_url_bytes, fetch_image_bytes
 from gateway.core.url_guard import FetchPolicy
 from gateway.engine.contract import ChatImage
 from gateway.media.images import ImageLimits, check_image, yield_cpu
@@ -55,6 +55,16 @@ class Attachments:
             loop.run_in_executor(self._decode_pool, decode_video, blob, self.video_limits, i) for i, blob in enumerate(blobs, 1)
         ]
         return tuple(await asyncio.gather(*decodes))
+
+    async def load_video_url(self, url: str, index: int) -> DecodedVideo:
+        """A video by data: URI or http(s) URL (fetched as image URLs are, behind the SSRF guard), decoded on the pool."""
+        loop = asyncio.get_running_loop()
+        if url[:5].lower() == "data:":
+            blob = data_url_bytes(url, self.video_limits.max_bytes, VIDEO)
+        else:
+            async with self._fetch_slots:
+                blob = await loop.run_in_executor(self._fetch_pool, fetch_image_bytes, url, self.fetch_policy, VIDEO)
+        return await loop.run_in_executor(self._decode_pool, decode_video, blob, self.video_limits, index)
 
     async def check_blob(self, blob: bytes, index: int) -> ChatImage:
         loop = asyncio.get_running_loop()

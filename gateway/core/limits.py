@@ -37,6 +37,8 @@ class TurnLimits:
             self.check_text(message.text, "a message's text", message.field)
         urls = [message.field for message in messages for _ in message.image_urls]
         self.check_images(len(urls), urls[0] if urls else "messages", "messages")
+        videos = [message.field for message in messages for _ in message.video_urls]
+        self.check_videos(len(videos), videos[0] if videos else "messages")
         self.check_options(options)
 
     def check_text(self, text: str, what: str, field: str = "text") -> None:

@@ -132,6 +132,7 @@ class RequestMessage:
     field: str = "messages"
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    video_urls: tuple[str, ...] = ()  # data: URIs or fetched URLs; each video's frames follow the images
 
 
 @dataclass(frozen=True)

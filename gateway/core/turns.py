@@ -34,6 +34,7 @@ from gateway.engine.contract import (
     TurnSink,
 )
 from gateway.errors import ErrorCode, GatewayError, RetryLater, naming
+from gateway.media.video import DecodedVideo
 from gateway.metrics import Metrics
 from gateway.tools.registry import detect
 
@@ -261,12 +262,20 @@ class TurnService(TurnLimits):
             with naming(field):
                 return await self.attachments.load_url(url, index)
 
+        async def load_video(url: str, index: int, field: str) -> DecodedVideo:
+            with naming(field):
+                return await self.attachments.load_video_url(url, index)
+
         urls = [(url, message.field) for message in request.messages for url in message.image_urls]
         images = iter(await asyncio.gather(*(load(url, i, field) for i, (url, field) in enumerate(urls))))
-        return [
-            ChatMessage(m.role, m.text, tuple(next(images) for _ in m.image_urls), m.tool_calls, m.tool_call_id)
-            for m in request.messages
-        ]
+        video_urls = [(url, message.field) for message in request.messages for url in message.video_urls]
+        videos = iter(await asyncio.gather(*(load_video(url, i, f) for i, (url, f) in enumerate(video_urls, 1))))
+        messages = []
+        for m in request.messages:
+            clips = tuple(next(videos) for _ in m.video_urls)
+            pictures = tuple(next(images) for _ in m.image_urls) + frames_as_images(clips)
+            messages.append(ChatMessage(m.role, with_markers(m.text, clips), pictures, m.tool_calls, m.tool_call_id))
+        return messages
 
     async def _fit_context(
         self, messages: list[ChatMessage], params: SamplingParams, requested: int | None, tools: ToolPlan
