@@ -120,6 +120,7 @@ class GatewayClient:
         images: list[bytes] | None = None,
         image_urls: list[str] | None = None,
         videos: list[bytes] | None = None,
+        live: bool | dict[str, Any] = False,
         **options: Any,
     ) -> None:
         frame: dict[str, Any] = {"type": "turn", "id": turn_id, "text": text}
@@ -129,6 +130,8 @@ class GatewayClient:
             frame["image_urls"] = image_urls
         if videos:
             frame["videos"] = videos
+        if live:
+            frame["live"] = live
         if options:
             frame["options"] = options
         await self.send(frame)
@@ -159,10 +162,11 @@ class GatewayClient:
         images: list[bytes] | None = None,
         image_urls: list[str] | None = None,
         videos: list[bytes] | None = None,
+        live: bool | dict[str, Any] = False,
         **options: Any,
     ) -> TurnResult:
         result = TurnResult(id=turn_id, sent_at=time.perf_counter())
-        await self.start_turn(turn_id, text, images, image_urls, videos, **options)
+        await self.start_turn(turn_id, text, images, image_urls, videos, live, **options)
         return await self.collect(turn_id, result)
 
 

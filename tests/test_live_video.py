@@ -32,12 +32,13 @@ def mp4(seconds: float = 2.0, fps: int = 10, size: tuple[int, int] = (64, 48)) -
 
 
 async def test_ready_announces_the_video_limits(server: RunningServer) -> None:
-    """`ready.limits` carries the video bounds a client must respect."""
+    """`ready.limits` carries the video and live window bounds a client must respect."""
     async with GatewayClient(server.ws_url) as client:
         limits = client.ready["limits"]
     s = server.settings
     assert limits["max_videos_per_turn"] == s.max_videos_per_turn and limits["max_video_frames"] == s.max_video_frames
     assert limits["video_fps"] == s.video_fps and limits["max_video_duration_s"] == s.max_video_duration_s
+    assert limits["live_window_frames"] == s.live_window_frames and limits["max_frames_per_second"] == s.max_frames_per_second
 
 
 async def test_a_video_reaches_the_prompt_as_frames_named_with_their_times(server: RunningServer) -> None:

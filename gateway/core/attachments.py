@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway.config import Settings
 from gateway.core.fetch import VIDEO, data_url_bytes, fetch_image_bytes
+from gateway.core.live_window import frame_thumb
 from gateway.core.url_guard import FetchPolicy
 from gateway.engine.contract import ChatImage
 from gateway.media.images import ImageLimits, check_image, yield_cpu
@@ -65,6 +66,14 @@ class Attachments:
             async with self._fetch_slots:
                 blob = await loop.run_in_executor(self._fetch_pool, fetch_image_bytes, url, self.fetch_policy, VIDEO)
         return await loop.run_in_executor(self._decode_pool, decode_video, blob, self.video_limits, index)
+
+    async def check_live_frame(self, blob: bytes) -> tuple[ChatImage, bytes]:
+        """A live frame checked as an image is, and its perceptual hash, on the decode pool."""
+
+        def check() -> tuple[ChatImage, bytes]:
+            return check_image(blob, self.limits), frame_thumb(blob)
+
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, check)
 
     async def check_blob(self, blob: bytes, index: int) -> ChatImage:
         loop = asyncio.get_running_loop()

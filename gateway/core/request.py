@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Union
 
 from msgspec import Meta, Struct
 
+from gateway.core.live_view import LiveView
 from gateway.engine.contract import ToolCall
 
 Temperature = Annotated[float, Meta(ge=0.0, le=5.0)]
@@ -119,6 +120,7 @@ class TurnRequest:
     image_urls: Sequence[str] = ()  # fetched behind the SSRF guard, after `images`
     options: SamplingOptions | None = None
     videos: Sequence[bytes] = ()  # MP4, WebM or GIF: their sampled frames follow the images
+    live: LiveView | None = None  # answered over these frames of a live window, after the images
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from gateway.core.events import Accepted, Ended, Listener
 from gateway.core.grammar_pool import CompileQuota, GrammarPool
 from gateway.core.image_ledger import ImageLedger
 from gateway.core.limits import TurnLimits
+from gateway.core.live_turn import live_turns
+from gateway.core.live_view import LiveFrames
 from gateway.core.relay import EventSink, Observed
 from gateway.core.request import ConversationRequest, SamplingOptions, TurnRequest
 from gateway.core.sampling import resolve_params, server_defaults
@@ -135,8 +137,10 @@ class TurnService(TurnLimits):
         images = await self.attachments.load(request.images, request.image_urls)
         videos = await self.attachments.load_videos(request.videos)
         images += frames_as_images(videos)  # every family reads a video as its frames, named in the text
-        turn = session.check_turn(UserTurn(id=request.id, text=with_markers(request.text, videos), images=images))
-        room = self._image_room(session, turn)
+        turn = prompted = session.check_turn(UserTurn(id=request.id, text=with_markers(request.text, videos), images=images))
+        if request.live is not None:  # the window's frames are read now, never kept: history holds their summary
+            prompted, turn = live_turns(turn, request.live, self.settings.live_history_last_frame)
+        room = self._image_room(session, prompted)
         params, model = self.resolve(session.defaults, request.options)
         tools = self.tools_for(session.defaults, request.options)
         params = tools.params(params)
@@ -144,10 +148,10 @@ class TurnService(TurnLimits):
         async def count(messages: Sequence[ChatMessage]) -> int:
             return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
 
-        with _engine_failures(bool(images)):
-            await self.engine.prepare(images)
+        with _engine_failures(bool(prompted.images)):
+            await self.engine.prepare(prompted.images)
             window = self.engine.context_tokens
-            plan = await session.plan(turn, params.max_tokens, window, count, room, self.settings.trim_headroom)
+            plan = await session.plan(prompted, params.max_tokens, window, count, room, self.settings.trim_headroom)
         self.check_open()  # planning awaited: the server may have begun draining meanwhile
         started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model)
         generation = GenerationRequest(
@@ -160,7 +164,8 @@ class TurnService(TurnLimits):
         self._submit(generation, tools.sink(EventSink(listener, end)))
         session.drop_oldest(plan.dropped_turns)
         self.images.hold(session.id, session.image_bytes + turn.image_bytes)
-        listener(Accepted(plan.prompt_tokens, plan.dropped_turns))  # before any engine event: those come by call_soon
+        live = LiveFrames.of(request.live) if request.live is not None else None
+        listener(Accepted(plan.prompt_tokens, plan.dropped_turns, live))  # before any engine event: those come by call_soon
         return started
 
     def _end(

@@ -57,10 +57,19 @@ class ForgottenFrame(ServerBase, tag="forgotten"):
     id: str | None = None
 
 
+class LiveFramesInfo(Struct):
+    """The live frames a turn's prompt reads: how many, the first's and the last's client times (ms)."""
+
+    count: int
+    first_ts: int
+    last_ts: int
+
+
 class AcceptedFrame(ServerBase, tag="accepted"):
     id: str
     prompt_tokens: int
     dropped_turns: int = 0
+    live_frames: LiveFramesInfo | None = None  # set on a live turn
 
 
 class QueuedFrame(ServerBase, tag="queued"):

@@ -16,6 +16,7 @@ from gateway.core.turns import StartedTurn, TurnService
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.ws import protocol as p
 from gateway.ws.hub import SessionHub
+from gateway.ws.live_frames import add_frame, live_view
 from gateway.ws.live_session import LiveSession
 from gateway.ws.replies import history_frame, session_defaults
 from gateway.ws.states import ConnectionState
@@ -126,6 +127,7 @@ class FrameHandlers:
             image_urls=frame.image_urls,
             options=frame.options,
             videos=frame.videos,
+            live=live_view(self.live, frame.live),
         )
         self.turned = True
         live = self.live
@@ -140,6 +142,9 @@ class FrameHandlers:
         if self.active is None or self.active.turn.id != turn_id:
             raise GatewayError(ErrorCode.NOT_FOUND, f"no running turn with id {turn_id!r}")
         self.active.handle.cancel()
+
+    async def live_frame(self, frame: p.LiveImageFrame) -> None:
+        await add_frame(self.live, frame, self.turns)
 
     async def configure(self, frame: p.ConfigureFrame) -> None:
         options = p.SamplingOptions(**{k: getattr(frame, k) for k in p.SamplingOptions.__struct_fields__})
@@ -161,4 +166,5 @@ HANDLERS: dict[type, Handler] = {
     p.ForgetFrame: FrameHandlers.forget,
     p.ToolResultFrame: FrameHandlers.tool_result,
     p.PingFrame: FrameHandlers.ping,
+    p.LiveImageFrame: FrameHandlers.live_frame,
 }

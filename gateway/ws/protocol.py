@@ -48,6 +48,7 @@ from gateway.ws.frames import (
     HistoryEntry as HistoryEntry,
     HistoryFrame as HistoryFrame,
     ImageInfo as ImageInfo,
+    LiveFramesInfo as LiveFramesInfo,
     PongFrame as PongFrame,
     QueuedFrame as QueuedFrame,
     ReadyFrame as ReadyFrame,
@@ -74,6 +75,17 @@ class _ClientFrame(Struct, forbid_unknown_fields=True, tag_field="type"):
 ImageUrl = Annotated[str, Meta(min_length=1, max_length=4096)]
 
 
+SourceName = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class LiveSpec(Struct, forbid_unknown_fields=True):
+    """Which live window a turn reads: a source (the one streaming, when the session streams one) and how many
+    of its latest frames (all it holds when unset)."""
+
+    source: SourceName | None = None
+    frames: Annotated[int, Meta(ge=1)] | None = None
+
+
 class TurnFrame(_ClientFrame, tag="turn"):
     id: TurnId
     text: str = ""
@@ -81,6 +93,7 @@ class TurnFrame(_ClientFrame, tag="turn"):
     image_urls: list[ImageUrl] = []  # fetched by the server behind its SSRF guard, after `images`
     options: SamplingOptions | None = None
     videos: list[bytes] = []  # MP4, WebM or GIF; each sampled into frames that follow the images
+    live: bool | LiveSpec = False  # answered over a live window's frames (true: the session's one source, all)
 
 
 class CancelFrame(_ClientFrame, tag="cancel"):
@@ -127,6 +140,15 @@ class ForgetFrame(_ClientFrame, tag="forget"):
     id: TurnId | None = None
 
 
+class LiveImageFrame(_ClientFrame, tag="frame"):
+    """A camera's or a screen's frame for the session's live window of `source`: no reply, errors only."""
+
+    source: SourceName
+    image: bytes
+    ts: Annotated[int, Meta(ge=0)]  # the client's time in ms
+    id: TurnId | None = None
+
+
 class ToolResultFrame(_ClientFrame, tag="tool_result"):
     """The client's answer to a `tool_call`; it joins the history as a tool message."""
 
@@ -136,7 +158,16 @@ class ToolResultFrame(_ClientFrame, tag="tool_result"):
 
 
 ClientFrame = Union[
-    TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame, ResumeFrame, ForgetFrame, ToolResultFrame
+    TurnFrame,
+    CancelFrame,
+    ResetFrame,
+    ConfigureFrame,
+    HistoryRequestFrame,
+    PingFrame,
+    ResumeFrame,
+    ForgetFrame,
+    ToolResultFrame,
+    LiveImageFrame,
 ]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
 

@@ -15,7 +15,11 @@ from gateway.ws.live_session import LiveSession
 def frames_of(turn_id: str, event: TurnEvent) -> list[p.SessionFrame]:
     """One frame per event, and an `error` before a failed turn's `done`."""
     if isinstance(event, Accepted):
-        return [p.AcceptedFrame(id=turn_id, prompt_tokens=event.prompt_tokens, dropped_turns=event.dropped_turns)]
+        live = event.live_frames
+        info = p.LiveFramesInfo(live.count, live.first_ts, live.last_ts) if live is not None else None
+        return [
+            p.AcceptedFrame(id=turn_id, prompt_tokens=event.prompt_tokens, dropped_turns=event.dropped_turns, live_frames=info)
+        ]
     if isinstance(event, Queued):
         return [p.QueuedFrame(id=turn_id, position=event.position)]
     if isinstance(event, Delta):
