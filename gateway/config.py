@@ -54,6 +54,7 @@ class Settings:
     # Grey levels (of 255) within which every cell of a live frame's 32x32 thumbnail must stay, its overall
     # brightness shift aside, for it to merge into the window's latest frame (core/live_window.py says why 8).
     live_merge_distance: int = 8
+    min_watch_every_s: float = 1.0  # the shortest interval a `watch` may ask for between its live turns
     live_history_last_frame: bool = False  # a live turn's exchange keeps its window's last frame, not only the summary
 
     # Sessions: how long they outlive their socket and where they are kept.

@@ -70,6 +70,7 @@ class AcceptedFrame(ServerBase, tag="accepted"):
     prompt_tokens: int
     dropped_turns: int = 0
     live_frames: LiveFramesInfo | None = None  # set on a live turn
+    initiated: str | None = None  # "watch": a turn the server started for the session's watch
 
 
 class QueuedFrame(ServerBase, tag="queued"):
@@ -111,6 +112,7 @@ class DoneFrame(ServerBase, tag="done"):
     usage: Usage
     timing: Timing
     structured: bool | None = None  # with a response_format or a forced tool call: did the reply complete it
+    initiated: str | None = None  # "watch": a turn the server started for the session's watch
 
 
 class ErrorFrame(ServerBase, tag="error"):

@@ -121,6 +121,8 @@ class SessionHub(SessionSaving):
     def _drop(self, live: LiveSession) -> None:
         """`live` left memory: it no longer counts against its client's quota or the image ledger."""
         live.move(LiveState.GONE)
+        if live.watcher is not None:
+            live.watcher.cancel()
         self.quota.remove(live)
         self.detached.discard(live)
         self.turns.forget(live.session)

@@ -63,3 +63,11 @@ def live_view(live: LiveSession, spec: bool | p.LiveSpec) -> LiveView | None:
     if snapshot is None:
         raise GatewayError(ErrorCode.NOT_FOUND, f"no live frames from {source!r}", field="live")
     return LiveView(source, snapshot)
+
+
+async def yield_watch(live: LiveSession) -> None:
+    """The client's turn comes first: a watch turn running is cancelled, and its end (`done`, `cancelled`) awaited."""
+    watched = live.watched
+    if watched is not None and live.active is watched[0]:
+        watched[0].handle.cancel()
+        await watched[1].wait()

@@ -53,6 +53,9 @@ class LiveSession:
 
     state: LiveState = LiveState.DETACHED
     windows: LiveWindows | None = None  # its cameras' and screens' latest frames: "now", never stored
+    watcher: asyncio.Task[None] | None = None  # its watch: a live turn now and then (one per session)
+    watched: tuple[StartedTurn, asyncio.Event] | None = None  # the watch's turn running, and its end
+    starting: asyncio.Lock = field(default_factory=asyncio.Lock)  # the client's turns and the watch's start one at a time
 
     def __post_init__(self) -> None:
         self.token_hash = token_hash(self.token)  # once: a resume's check hashes only the offered token

@@ -149,6 +149,20 @@ class LiveImageFrame(_ClientFrame, tag="frame"):
     id: TurnId | None = None
 
 
+class WatchFrame(_ClientFrame, tag="watch"):
+    """Have the server ask `text` about `source`'s live window every `every_s` while new frames arrive."""
+
+    source: SourceName
+    every_s: Annotated[float, Meta(gt=0)]
+    text: str
+    max_tokens: MaxTokens | None = None
+    id: TurnId | None = None
+
+
+class UnwatchFrame(_ClientFrame, tag="unwatch"):
+    id: TurnId | None = None
+
+
 class ToolResultFrame(_ClientFrame, tag="tool_result"):
     """The client's answer to a `tool_call`; it joins the history as a tool message."""
 
@@ -168,6 +182,8 @@ ClientFrame = Union[
     ForgetFrame,
     ToolResultFrame,
     LiveImageFrame,
+    WatchFrame,
+    UnwatchFrame,
 ]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
 

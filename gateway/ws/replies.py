@@ -30,6 +30,7 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int | float]:
         "max_frames_per_second": settings.max_frames_per_second,
         "max_live_sources": settings.max_live_sources,
         "live_merge_distance": settings.live_merge_distance,
+        "min_watch_every_s": settings.min_watch_every_s,
         "max_text_chars": settings.max_text_chars,
         "max_history_turns": settings.max_history_turns,
         "max_stop_strings": settings.max_stop_strings,
