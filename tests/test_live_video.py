@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import threading
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from gateway.client import GatewayClient
+from gateway.client import GatewayClient, frames_from
 from gateway.core import attachments
 from gateway.media.video import DecodedVideo, VideoLimits, decode_video
 from tests.conftest import RunningServer, image_bytes
@@ -98,3 +99,11 @@ async def test_videos_over_the_limits_are_too_large(server: RunningServer) -> No
         history = await client.request({"type": "history"})
     assert [e["code"] for e in many.errors] == ["too_large"] and [e["code"] for e in huge.errors] == ["too_large"]
     assert history["turns"] == []
+
+
+def test_frames_from_reads_a_video_file_as_a_camera_would_send_it(tmp_path: Path) -> None:
+    """The client's `frames_from` takes a 2 s clip's frames at 2 per second of video, each a JPEG."""
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(mp4())
+    frames = list(frames_from(path, fps=2.0))
+    assert len(frames) == 4 and all(frame[:3] == b"\xff\xd8\xff" for frame in frames)
