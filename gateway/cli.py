@@ -239,6 +239,12 @@ def _add_bench(commands: Any) -> None:
         help="run the gateway started here on these CPUs (e.g. 0, as `taskset -c 0` runs the upstream) and the load "
         "on the others (default: anywhere)",
     )
+    add(
+        "--live",
+        action="store_true",
+        help="instead: sessions streaming 2 frames/s of 640x480 JPEG, asking a live and a text question every 5 s",
+    )
+    add("--seconds", type=_positive, default=30, help="with --live: how long each session streams")
     add("--baseline", action="store_true", help="also measure raw transformers generate: one stream, one static batch")
     add("--port", type=_port, default=8765, help="port for the gateway started here")
     add("--json", action="store_true", help="print the report as JSON")
