@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,18 +113,14 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
 
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return parse
 
 
 def _ws_url(text: str) -> str:
@@ -194,7 +190,10 @@ def _add_serve(commands: Any) -> None:
         help=_setting("log_format", "json: one JSON object a line (ts, level, logger, message, fields)"),
     )
     add(
-        "--max-batch", dest="max_batch", type=_positive, help=_setting("max_batch", "turns decoding together in one forward pass")
+        "--max-batch",
+        dest="max_batch",
+        type=_at_least(1),
+        help=_setting("max_batch", "turns decoding together in one forward pass"),
     )
     add("--chat-template", dest="chat_template", help=_setting("chat_template", "a Jinja chat template file", "the model's"))
     add("--engine", choices=["real", "scripted"], help=_setting("engine", "scripted: no model, instant replies"))
@@ -226,14 +225,14 @@ def _add_bench(commands: Any) -> None:
     add("--model", help="model directory, or a directory `gateway demo-model` wrote (default: the demo model of --size)")
     add("--size", choices=["tiny", "small"], default="small", help="demo model profile when no --model is given")
     add("--engine", choices=["real", "scripted"], default="real", help="scripted: no model, to measure the WebSocket layer")
-    add("--sessions", type=_positive, help="concurrent sessions (default: 16; with --history, 1)")
-    add("--turns", type=_positive, default=2, help="turns per session")
-    add("--max-tokens", dest="max_tokens", type=_positive, default=64, help="tokens generated per turn")
-    add("--prompt-words", dest="prompt_words", type=_positive, default=48, help="words in each prompt")
-    add("--images", type=_count, default=0, help="images per turn")
+    add("--sessions", type=_at_least(1), help="concurrent sessions (default: 16; with --history, 1)")
+    add("--turns", type=_at_least(1), default=2, help="turns per session")
+    add("--max-tokens", dest="max_tokens", type=_at_least(1), default=64, help="tokens generated per turn")
+    add("--prompt-words", dest="prompt_words", type=_at_least(1), default=48, help="words in each prompt")
+    add("--images", type=_at_least(0), default=0, help="images per turn")
     add(
         "--history",
-        type=_count,
+        type=_at_least(0),
         default=0,
         help="instead: --sessions conversations of N turns at once, time to first token by turn and tokens/s, with KV "
         "reuse and without (0: off)",
@@ -241,11 +240,11 @@ def _add_bench(commands: Any) -> None:
     add(
         "--context-tokens",
         dest="context_tokens",
-        type=_positive,
+        type=_at_least(1),
         help="with --history: trim each conversation to this window, with trim_headroom and without (default: no trimming)",
     )
     add("--direct-url", dest="direct_url", help="also run the load straight to this OpenAI-compatible server (default: off)")
-    add("--rounds", type=_positive, default=3, help="with --direct-url: gateway and direct loads alternated this many times")
+    add("--rounds", type=_at_least(1), default=3, help="with --direct-url: gateway and direct loads alternated this many times")
     add(
         "--gateway-cpus",
         dest="gateway_cpus",
@@ -253,6 +252,12 @@ def _add_bench(commands: Any) -> None:
         help="run the gateway started here on these CPUs (e.g. 0, as `taskset -c 0` runs the upstream) and the load "
         "on the others (default: anywhere)",
     )
+    add(
+        "--live",
+        action="store_true",
+        help="instead: sessions streaming 2 frames/s of 640x480 JPEG, asking a live and a text question every 5 s",
+    )
+    add("--seconds", type=_at_least(1), default=30, help="with --live: how long each session streams")
     add("--baseline", action="store_true", help="also measure raw transformers generate: one stream, one static batch")
     add("--port", type=_port, default=8765, help="port for the gateway started here")
     add("--json", action="store_true", help="print the report as JSON")

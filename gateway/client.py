@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -108,19 +111,52 @@ class GatewayClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def stream_frames(self, source: str, frames: Iterable[bytes], fps: float | None = None) -> int:
+        """Send each image as a `frame` of the live window `source`, stamped with the time now, paced at `fps`
+        (by default the server's `max_frames_per_second`, so none is dropped); how many were sent."""
+        interval_s = 1 / (fps or float(self.ready["limits"].get("max_frames_per_second", 2)))
+        sent = 0
+        for image in frames:
+            if sent:
+                await asyncio.sleep(interval_s)
+            await self.send({"type": "frame", "source": source, "image": image, "ts": int(time.time() * 1000)})
+            sent += 1
+        return sent
+
+    async def watch(self, source: str, every_s: float, text: str, max_tokens: int | None = None) -> None:
+        """Have the server ask `text` about `source` every `every_s` while it changes (turns `watch-1`, ...)."""
+        frame: dict[str, Any] = {"type": "watch", "source": source, "every_s": every_s, "text": text}
+        if max_tokens is not None:
+            frame["max_tokens"] = max_tokens
+        await self.send(frame)
+
+    async def unwatch(self) -> None:
+        await self.send({"type": "unwatch"})
+
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send a frame and return the next frame the server sends."""
         await self.send(frame)
         return await self.recv()
 
     async def start_turn(
-        self, turn_id: str, text: str, images: list[bytes] | None = None, image_urls: list[str] | None = None, **options: Any
+        self,
+        turn_id: str,
+        text: str,
+        images: list[bytes] | None = None,
+        image_urls: list[str] | None = None,
+        videos: list[bytes] | None = None,
+        live: bool | dict[str, Any] = False,
+        **options: Any,
     ) -> None:
         frame: dict[str, Any] = {"type": "turn", "id": turn_id, "text": text}
         if images:
             frame["images"] = images
         if image_urls:
             frame["image_urls"] = image_urls
+        if videos:
+            frame["videos"] = videos
+        if live:
+            frame["live"] = live
         if options:
             frame["options"] = options
         await self.send(frame)
@@ -145,11 +181,41 @@ class GatewayClient:
                     return result
 
     async def turn(
-        self, turn_id: str, text: str, images: list[bytes] | None = None, image_urls: list[str] | None = None, **options: Any
+        self,
+        turn_id: str,
+        text: str,
+        images: list[bytes] | None = None,
+        image_urls: list[str] | None = None,
+        videos: list[bytes] | None = None,
+        live: bool | dict[str, Any] = False,
+        **options: Any,
     ) -> TurnResult:
         result = TurnResult(id=turn_id, sent_at=time.perf_counter())
-        await self.start_turn(turn_id, text, images, image_urls, **options)
+        await self.start_turn(turn_id, text, images, image_urls, videos, live, **options)
         return await self.collect(turn_id, result)
+
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
+
+
+def frames_from(path: Path, fps: float = 2.0) -> Iterator[bytes]:
+    """A folder's images in name order, or a video file's frames `fps` per second of video as JPEG: what a
+    camera would send, for `GatewayClient.stream_frames`."""
+    if path.is_dir():
+        for image in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            yield image.read_bytes()
+        return
+    import av  # only a client streaming a video file needs PyAV
+
+    with av.open(str(path)) as container:
+        next_s = 0.0
+        for frame in container.decode(video=0):
+            if frame.time is not None and frame.time + 1e-6 < next_s:
+                continue
+            next_s += 1 / fps
+            out = io.BytesIO()
+            frame.to_image().save(out, format="JPEG", quality=85)  # type: ignore[no-untyped-call]
+            yield out.getvalue()
 
 
 def _decode(data: bytes | str) -> dict[str, Any]:

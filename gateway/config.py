@@ -53,6 +53,7 @@ class Settings:
     video_fps: float = 2.0  # frames sampled per second of video, while max_video_frames allows
     max_video_frames: int = 32  # frames kept per video; a longer one's spread evenly over all of it
     max_video_duration_s: float = 120.0  # a longer video is refused (`too_large`), from its header where it says
+    max_videos_per_turn: int = 2  # video attachments per turn; their frames count as the turn's images do
     live_window_frames: int = 16  # distinct frames a live window keeps per source, the oldest going first
     live_window_bytes: int = 16 * MiB  # image bytes a live window keeps per source, the oldest going first
     max_frames_per_second: float = 2.0  # live frames taken per source (bursts of one second's), the rest dropped
@@ -60,6 +61,8 @@ class Settings:
     # Grey levels (of 255) within which every cell of a live frame's 32x32 thumbnail must stay, its overall
     # brightness shift aside, for it to merge into the window's latest frame (core/live_window.py says why 8).
     live_merge_distance: int = 8
+    min_watch_every_s: float = 1.0  # the shortest interval a `watch` may ask for between its live turns
+    live_history_last_frame: bool = False  # a live turn's exchange keeps its window's last frame, not only the summary
 
     # Sessions: how long they outlive their socket and where they are kept.
     session_grace_s: float = 300.0  # a detached session stays in memory (its turn running) this long

@@ -102,6 +102,16 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float =
     raise BenchError(f"the gateway started for the benchmark was not ready within {timeout_s:.0f} s")
 
 
+def _live(args: Any, model_dir: str | None) -> dict[str, Any]:
+    """Sessions streaming a camera while asking about it (gateway/bench/live.py), on a gateway started here or at --url."""
+    from gateway.bench.live import LiveConfig, run_live
+
+    with contextlib.ExitStack() as stack:
+        url, pid = (args.url, None) if args.url else stack.enter_context(local_server(model_dir, args.port, args.engine))
+        config = LiveConfig(url=url, sessions=args.sessions or 8, seconds=args.seconds, max_tokens=min(args.max_tokens, 16))
+        return {"model": model_dir or args.url, **_run(run_live(config, pid), url)}
+
+
 def run_bench(args: Any) -> dict[str, Any]:
     """The whole benchmark: 1 session, N sessions, the late joiner, then the baselines; with ratios."""
     from gateway.engine.demo import cached_demo_model
@@ -110,6 +120,8 @@ def run_bench(args: Any) -> dict[str, Any]:
     if model_dir is None and not args.url and args.engine == "real":
         model_dir = str(cached_demo_model(args.size))
     history = getattr(args, "history", 0)
+    if getattr(args, "live", False):
+        return _live(args, model_dir)
     args.sessions = args.sessions or (1 if history else 16)
     if history and model_dir:
         from gateway.bench.history import run_history, run_window

@@ -21,6 +21,8 @@ COLUMNS = (
 def format_report(report: dict[str, Any], as_json: bool = False) -> str:
     if as_json:
         return json.dumps(report, indent=2)
+    if "live_turn_ttft_ms" in report:  # --live: its figures as they are
+        return json.dumps(report, indent=2)
     if "window_tokens" in report:
         return _window(report)
     if "history_turns" in report:

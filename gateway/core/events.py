@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
 
+from gateway.core.live_view import LiveFrames
 from gateway.engine.contract import GenerationResult, ToolCall
 
 
@@ -15,6 +16,7 @@ class Accepted:
 
     prompt_tokens: int
     dropped_turns: int
+    live_frames: LiveFrames | None = None  # the live window's frames the prompt reads
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Image URL fetching: each hop guarded and pinned to its checked addresses; bytes and time capped as it streams."""
+"""Image and video URL fetching: each hop guarded and pinned to its checked addresses; bytes and time capped as it streams."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import binascii
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes, urljoin
 
@@ -19,23 +21,53 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.connection import create_connection
 
 from gateway.core.url_guard import BAD_IMAGE, FETCH_FAILED, TOO_LARGE, FetchError, FetchPolicy, Target, check_url
+from gateway.errors import ErrorCode
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK_BYTES = 64 * 1024
-_MAGIC_BYTES = 12  # enough to tell JPEG, PNG, GIF and WebP apart
+_MAGIC_BYTES = 12  # enough to tell JPEG, PNG, GIF and WebP apart, and MP4, WebM and GIF
 
 
-def fetch_image_bytes(url: str, policy: FetchPolicy) -> bytes:
-    """GET an image by http(s) URL within the policy, following redirects one checked hop at a time.
-    Blocking: run it with asyncio.to_thread."""
+def _is_image(head: bytes) -> bool:
+    return (
+        head.startswith(b"\xff\xd8\xff")
+        or head.startswith(b"\x89PNG\r\n\x1a\n")
+        or head[:6] in (b"GIF87a", b"GIF89a")
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    )
+
+
+def _is_video(head: bytes) -> bool:
+    """The containers gateway.media.video demuxes: ISO base media (MP4), EBML (WebM) and GIF."""
+    return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or head[:6] in (b"GIF87a", b"GIF89a")
+
+
+@dataclass(frozen=True)
+class MediaKind:
+    """What a URL must serve: its media types (application/octet-stream aside), its magic bytes, its error code."""
+
+    noun: str
+    media_types: tuple[str, ...]  # prefixes of the Content-Type accepted
+    magic: Callable[[bytes], bool]
+    described: str
+    bad: str  # the wire code for content of another kind
+
+
+IMAGE = MediaKind("image", ("image/",), _is_image, "a JPEG, PNG, WebP or GIF image", BAD_IMAGE)
+VIDEO = MediaKind("video", ("video/", "image/gif"), _is_video, "an MP4, WebM or GIF video", ErrorCode.BAD_VIDEO.value)
+
+
+def fetch_image_bytes(url: str, policy: FetchPolicy, kind: MediaKind = IMAGE) -> bytes:
+    """GET an image (or a video, by `kind`) by http(s) URL within the policy, following redirects one checked
+    hop at a time. Blocking: run it with asyncio.to_thread."""
     with _Deadline(policy.total_timeout_s) as deadline:
         for _ in range(policy.max_redirects + 1):
             target = check_url(url, policy)
             try:
-                with _open(target, policy, deadline) as response:
+                with _open(target, policy, deadline, kind) as response:
                     if response.status_code not in _REDIRECT_STATUSES:
-                        _check_headers(response, policy)
-                        return _read_body(response, policy, deadline)
+                        _check_headers(response, policy, kind)
+                        return _read_body(response, policy, deadline, kind)
                     location = response.headers.get("location")
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
                 deadline.check()
@@ -53,12 +85,13 @@ def image_url_bytes(url: str, policy: FetchPolicy) -> bytes:
     return fetch_image_bytes(url, policy)
 
 
-def data_url_bytes(url: str, max_bytes: int) -> bytes:
-    """Decode `data:image/<type>;base64,<payload>` (the type is checked properly by decode_image)."""
+def data_url_bytes(url: str, max_bytes: int, kind: MediaKind = IMAGE) -> bytes:
+    """Decode `data:image/<type>;base64,<payload>` (the type is checked properly by decode_image), or a video's
+    `data:video/<type>;...` by `kind`."""
     header, comma, payload = url[5:].partition(",")
     media_type, *flags = header.split(";")
-    if not comma or not media_type.strip().lower().startswith("image/"):
-        raise FetchError(BAD_IMAGE, "a data: URI must hold an image/* media type")
+    if not comma or not media_type.strip().lower().startswith(kind.media_types):
+        raise FetchError(kind.bad, f"a data: URI must hold an {kind.noun} media type ({', '.join(kind.media_types)})")
     if "base64" not in (f.strip().lower() for f in flags):
         return _capped(unquote_to_bytes(payload), max_bytes)
     if len(payload) * 3 // 4 > max_bytes + 3:  # refuse before decoding
@@ -79,14 +112,15 @@ def _too_large(max_bytes: int) -> FetchError:
     return FetchError(TOO_LARGE, f"the image is over the {max_bytes}-byte limit")
 
 
-def _open(target: Target, policy: FetchPolicy, deadline: _Deadline) -> requests.Response:
+def _open(target: Target, policy: FetchPolicy, deadline: _Deadline, kind: MediaKind) -> requests.Response:
     session = requests.Session()
     session.trust_env = False  # no proxies (they would dodge the pinning) and no .netrc credentials
     adapter = _PinnedAdapter(target, deadline)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     connect_s = max(0.01, min(policy.connect_timeout_s, deadline.remaining()))
-    headers = {"Accept": "image/*", "Accept-Encoding": "identity", "User-Agent": "gateway-image-fetch"}
+    accept = ", ".join(f"{t}*" if t.endswith("/") else t for t in kind.media_types)
+    headers = {"Accept": accept, "Accept-Encoding": "identity", "User-Agent": "gateway-image-fetch"}
     try:
         return session.get(
             target.url,
@@ -100,18 +134,18 @@ def _open(target: Target, policy: FetchPolicy, deadline: _Deadline) -> requests.
         session.close()  # the response keeps its own connection until it is closed
 
 
-def _check_headers(response: requests.Response, policy: FetchPolicy) -> None:
+def _check_headers(response: requests.Response, policy: FetchPolicy, kind: MediaKind) -> None:
     if not 200 <= response.status_code < 300:
         raise FetchError(FETCH_FAILED, f"the image URL answered HTTP {response.status_code}")
     length = response.headers.get("content-length", "")
     if length.isdigit() and int(length) > policy.max_bytes:
         raise _too_large(policy.max_bytes)
     media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type and not media_type.startswith("image/") and media_type != "application/octet-stream":
-        raise FetchError(BAD_IMAGE, f"the image URL served {media_type[:64]}, not an image")
+    if media_type and not media_type.startswith(kind.media_types) and media_type != "application/octet-stream":
+        raise FetchError(kind.bad, f"the {kind.noun} URL served {media_type[:64]}, not an {kind.noun}")
 
 
-def _read_body(response: requests.Response, policy: FetchPolicy, deadline: _Deadline) -> bytes:
+def _read_body(response: requests.Response, policy: FetchPolicy, deadline: _Deadline, kind: MediaKind) -> bytes:
     body = bytearray()
     for chunk in response.iter_content(_CHUNK_BYTES):
         deadline.check()
@@ -119,21 +153,15 @@ def _read_body(response: requests.Response, policy: FetchPolicy, deadline: _Dead
         if len(body) > policy.max_bytes:
             raise _too_large(policy.max_bytes)
         if len(body) - len(chunk) < _MAGIC_BYTES <= len(body):
-            _check_magic(bytes(body[:_MAGIC_BYTES]))
+            _check_magic(bytes(body[:_MAGIC_BYTES]), kind)
     deadline.check()  # a body cut short by the deadline can look like a clean end
-    _check_magic(bytes(body[:_MAGIC_BYTES]))
+    _check_magic(bytes(body[:_MAGIC_BYTES]), kind)
     return bytes(body)
 
 
-def _check_magic(head: bytes) -> None:
-    known = (
-        head.startswith(b"\xff\xd8\xff")
-        or head.startswith(b"\x89PNG\r\n\x1a\n")
-        or head[:6] in (b"GIF87a", b"GIF89a")
-        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
-    )
-    if not known:
-        raise FetchError(BAD_IMAGE, "the image URL's content is not a JPEG, PNG, WebP or GIF image")
+def _check_magic(head: bytes, kind: MediaKind) -> None:
+    if not kind.magic(head):
+        raise FetchError(kind.bad, f"the {kind.noun} URL's content is not {kind.described}")
 
 
 class _Deadline:

@@ -24,6 +24,7 @@ class TurnLimits:
     def check_turn(self, request: TurnRequest) -> None:
         self.check_text(request.text, "text")
         self.check_images(len(request.images) + len(request.image_urls))
+        self.check_videos(len(request.videos))
         if request.options is not None:
             self.check_options(request.options)
 
@@ -36,6 +37,8 @@ class TurnLimits:
             self.check_text(message.text, "a message's text", message.field)
         urls = [message.field for message in messages for _ in message.image_urls]
         self.check_images(len(urls), urls[0] if urls else "messages", "messages")
+        videos = [message.field for message in messages for _ in message.video_urls]
+        self.check_videos(len(videos), videos[0] if videos else "messages")
         self.check_options(options)
 
     def check_text(self, text: str, what: str, field: str = "text") -> None:
@@ -51,6 +54,15 @@ class TurnLimits:
         most = self.settings.max_images_per_turn
         if count > most:
             raise GatewayError(ErrorCode.TOO_LARGE, f"{count} images; the limit is {most} per turn", field=count_field)
+
+    def check_videos(self, count: int, field: str = "videos") -> None:
+        """Videos reach the model as their frames (images): a text-only model takes none."""
+        if count and not self.engine.vision:
+            message = "the served model cannot take images, so neither videos; send turns without them"
+            raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, message, field=field)
+        most = self.settings.max_videos_per_turn
+        if count > most:
+            raise GatewayError(ErrorCode.TOO_LARGE, f"{count} videos; the limit is {most} per turn", field=field)
 
     def check_options(self, options: SamplingOptions) -> None:
         """The limits on sampling options that the schema alone cannot know (they are settings)."""

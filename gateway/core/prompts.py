@@ -1,5 +1,4 @@
-"""A stateless conversation's turn, before it is submitted: its images loaded, max_tokens fitted to the window; and
-how an engine's unexpected failure to read a prompt becomes a clear error."""
+"""A turn before it is submitted: images and videos loaded, max_tokens fitted to the window, engine failures made clear."""
 
 from __future__ import annotations
 
@@ -10,27 +9,52 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from gateway.core.attachments import Attachments
-from gateway.core.request import ConversationRequest
+from gateway.core.live_turn import live_turns
+from gateway.core.request import ConversationRequest, TurnRequest
+from gateway.core.session import Session, UserTurn
 from gateway.core.tool_plan import ToolPlan
+from gateway.core.video_frames import frames_as_images, with_markers
 from gateway.engine.contract import ChatImage, ChatMessage, Engine, SamplingParams
 from gateway.errors import ErrorCode, GatewayError, naming
+from gateway.media.video import DecodedVideo
 
 log = logging.getLogger("gateway.core.turns")
 
 
+async def session_turns(
+    attachments: Attachments, session: Session, request: TurnRequest, keep_last_frame: bool
+) -> tuple[UserTurn, UserTurn]:
+    """A session's turn with its images and videos loaded, as the prompt reads it and as the history keeps it:
+    the same, but for a live turn, whose window frames are read now and never kept (history holds their summary)."""
+    images = await attachments.load(request.images, request.image_urls)
+    videos = await attachments.load_videos(request.videos)
+    images += frames_as_images(videos)  # every family reads a video as its frames, named in the text
+    turn = session.check_turn(UserTurn(id=request.id, text=with_markers(request.text, videos), images=images))
+    return live_turns(turn, request.live, keep_last_frame) if request.live is not None else (turn, turn)
+
+
 async def conversation_messages(attachments: Attachments, request: ConversationRequest) -> list[ChatMessage]:
-    """Every image fetched and checked on the service's pools (its fetch slots), errors naming their message."""
+    """Every image and video fetched and checked on the service's pools (its fetch slots), errors naming their
+    message; a video reads as its frames, named in the message's text."""
 
     async def load(url: str, index: int, field: str) -> ChatImage:
         with naming(field):
             return await attachments.load_url(url, index)
 
+    async def load_video(url: str, index: int, field: str) -> DecodedVideo:
+        with naming(field):
+            return await attachments.load_video_url(url, index)
+
     urls = [(url, message.field) for message in request.messages for url in message.image_urls]
     images = iter(await asyncio.gather(*(load(url, i, field) for i, (url, field) in enumerate(urls))))
-    return [
-        ChatMessage(m.role, m.text, tuple(next(images) for _ in m.image_urls), m.tool_calls, m.tool_call_id)
-        for m in request.messages
-    ]
+    video_urls = [(url, message.field) for message in request.messages for url in message.video_urls]
+    videos = iter(await asyncio.gather(*(load_video(url, i, f) for i, (url, f) in enumerate(video_urls, 1))))
+    messages = []
+    for m in request.messages:
+        clips = tuple(next(videos) for _ in m.video_urls)
+        pictures = tuple(next(images) for _ in m.image_urls) + frames_as_images(clips)
+        messages.append(ChatMessage(m.role, with_markers(m.text, clips), pictures, m.tool_calls, m.tool_call_id))
+    return messages
 
 
 async def fit_context(

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Union
 
 from msgspec import Meta, Struct
 
+from gateway.core.live_view import LiveView
 from gateway.engine.contract import ToolCall
 
 Temperature = Annotated[float, Meta(ge=0.0, le=5.0)]
@@ -120,6 +121,8 @@ class TurnRequest:
     images: Sequence[bytes] = ()
     image_urls: Sequence[str] = ()  # fetched behind the SSRF guard, after `images`
     options: SamplingOptions | None = None
+    videos: Sequence[bytes] = ()  # MP4, WebM or GIF: their sampled frames follow the images
+    live: LiveView | None = None  # answered over these frames of a live window, after the images
     traceparent: str | None = None  # the W3C trace context the client sent (on the WebSocket handshake)
 
 
@@ -134,6 +137,7 @@ class RequestMessage:
     field: str = "messages"
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    video_urls: tuple[str, ...] = ()  # data: URIs or fetched URLs; each video's frames follow the images
 
 
 @dataclass(frozen=True)

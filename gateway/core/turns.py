@@ -12,7 +12,8 @@ from gateway.core.events import Accepted, Ended, Listener
 from gateway.core.grammar_pool import CompileQuota, pool_for
 from gateway.core.image_ledger import ImageLedger
 from gateway.core.limits import TurnLimits
-from gateway.core.prompts import conversation_messages, engine_failures, fit_context
+from gateway.core.live_view import LiveFrames
+from gateway.core.prompts import conversation_messages, engine_failures, fit_context, session_turns
 from gateway.core.relay import EventSink, Observed
 from gateway.core.request import ConversationRequest, SamplingOptions, TurnRequest
 from gateway.core.sampling import resolve_params, server_defaults
@@ -116,32 +117,33 @@ class TurnService(TurnLimits):
         self.check_turn(request)
         await self._compile_grammars(session.defaults, request.options, quota)
         trace.phase("images")
-        images = await self.attachments.load(request.images, request.image_urls)
+        prompted, turn = await session_turns(self.attachments, session, request, self.settings.live_history_last_frame)
         trace.phase("planning")
-        turn = session.check_turn(UserTurn(id=request.id, text=request.text, images=images))
-        room = self._image_room(session, turn)
+        room = self._image_room(session, prompted)
         # Reserved before planning awaits, so a turn checked meanwhile sees this one's room as taken; given back
         # if the turn goes no further.
         self.images.hold(session.id, max(session.image_bytes, min(room, session.image_bytes + turn.image_bytes)))
         try:
-            started = await self._plan_and_submit(session, request, turn, room, listener, keeper, trace)
+            started = await self._plan_and_submit(session, request, (prompted, turn), room, listener, keeper, trace)
         except BaseException:
             self.images.hold(session.id, session.image_bytes)
             raise
         self.images.hold(session.id, session.image_bytes + turn.image_bytes)
-        listener(Accepted(started.plan.prompt_tokens, started.plan.dropped_turns))  # before any engine event
+        live = LiveFrames.of(request.live) if request.live is not None else None
+        listener(Accepted(started.plan.prompt_tokens, started.plan.dropped_turns, live))  # before any engine event
         return started
 
     async def _plan_and_submit(
         self,
         session: Session,
         request: TurnRequest,
-        turn: UserTurn,
+        turns: tuple[UserTurn, UserTurn],  # as the prompt reads it, as the history keeps it
         room: int,
         listener: Listener,
         keeper: SessionKeeper,
         trace: TurnTrace,
     ) -> StartedTurn:
+        prompted, turn = turns
         params, model = self.resolve(session.defaults, request.options)
         tools = self.tools_for(session.defaults, request.options)
         params = tools.params(params)
@@ -149,10 +151,10 @@ class TurnService(TurnLimits):
         async def count(messages: Sequence[ChatMessage]) -> int:
             return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
 
-        with engine_failures(bool(turn.images)):
-            await self.engine.prepare(turn.images)
+        with engine_failures(bool(prompted.images)):
+            await self.engine.prepare(prompted.images)
             window = self.engine.context_tokens
-            plan = await session.plan(turn, params.max_tokens, window, count, room, self.settings.trim_headroom)
+            plan = await session.plan(prompted, params.max_tokens, window, count, room, self.settings.trim_headroom)
         self.check_open()  # planning awaited: the server may have begun draining meanwhile
         started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model, trace=trace)
         generation = GenerationRequest(

@@ -150,7 +150,15 @@ SAME_OPTIONS = (set(OPTION_FIELDS) & set(schema.ChatCompletionRequest.__struct_f
 
 
 def _message(message: schema.PromptMessage) -> RequestMessage:
-    return RequestMessage(message.role, message.text, message.image_urls, message.param, message.tool_calls, message.tool_call_id)
+    return RequestMessage(
+        message.role,
+        message.text,
+        message.image_urls,
+        message.param,
+        message.tool_calls,
+        message.tool_call_id,
+        message.video_urls,
+    )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

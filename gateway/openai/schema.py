@@ -64,6 +64,16 @@ class ImagePart(Struct, tag_field="type", tag="image_url", forbid_unknown_fields
     image_url: ImageURL
 
 
+class VideoURL(Struct, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(min_length=1)]
+
+
+class VideoPart(Struct, tag_field="type", tag="video_url", forbid_unknown_fields=True):
+    """A video as vLLM takes it: a data: URI or an http(s) URL; its sampled frames reach the model as images."""
+
+    video_url: VideoURL
+
+
 class CalledFunction(Struct, forbid_unknown_fields=True):
     name: FunctionName
     arguments: str  # a JSON object, as text
@@ -77,7 +87,7 @@ class AssistantToolCall(Struct, forbid_unknown_fields=True):
 
 class Message(Struct, forbid_unknown_fields=True):
     role: Literal["system", "developer", "user", "assistant", "tool"]  # developer is OpenAI's newer name for system
-    content: str | list[TextPart | ImagePart] | None = None  # None only for an assistant message with tool_calls
+    content: str | list[TextPart | ImagePart | VideoPart] | None = None  # None only for an assistant message with tool_calls
     name: str | None = None  # accepted and ignored
     tool_calls: list[AssistantToolCall] | None = None  # assistant messages
     tool_call_id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None  # tool messages
@@ -147,6 +157,7 @@ class PromptMessage:
     param: str  # where it sat in the request, for errors about it
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    video_urls: tuple[str, ...] = ()
 
 
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
@@ -227,7 +238,8 @@ def prompt_messages(request: ChatCompletionRequest) -> list[PromptMessage]:
             continue
         texts = [part.text for part in message.content if isinstance(part, TextPart)]
         urls = tuple(part.image_url.url for part in message.content if isinstance(part, ImagePart))
-        if urls and role != "user":
-            raise SchemaError(f"images are only accepted in user messages, not {message.role}", param)
-        messages.append(PromptMessage(role, "\n".join(texts), urls, param, calls, message.tool_call_id))
+        videos = tuple(part.video_url.url for part in message.content if isinstance(part, VideoPart))
+        if (urls or videos) and role != "user":
+            raise SchemaError(f"images and videos are only accepted in user messages, not {message.role}", param)
+        messages.append(PromptMessage(role, "\n".join(texts), urls, param, calls, message.tool_call_id, videos))
     return messages

@@ -31,7 +31,7 @@ class ReadyFrame(ServerBase, tag="ready"):
     session: str
     model: str
     protocol: int
-    limits: dict[str, int]
+    limits: dict[str, int | float]  # ints, but for `video_fps`
     defaults: dict[str, Any]
     vision: bool
     models: list[str] = []  # every id `model` may name: the base model, then each adapter
@@ -57,10 +57,20 @@ class ForgottenFrame(ServerBase, tag="forgotten"):
     id: str | None = None
 
 
+class LiveFramesInfo(Struct):
+    """The live frames a turn's prompt reads: how many, the first's and the last's client times (ms)."""
+
+    count: int
+    first_ts: int
+    last_ts: int
+
+
 class AcceptedFrame(ServerBase, tag="accepted"):
     id: str
     prompt_tokens: int
     dropped_turns: int = 0
+    live_frames: LiveFramesInfo | None = None  # set on a live turn
+    initiated: str | None = None  # "watch": a turn the server started for the session's watch
 
 
 class QueuedFrame(ServerBase, tag="queued"):
@@ -102,6 +112,7 @@ class DoneFrame(ServerBase, tag="done"):
     usage: Usage
     timing: Timing
     structured: bool | None = None  # with a response_format or a forced tool call: did the reply complete it
+    initiated: str | None = None  # "watch": a turn the server started for the session's watch
 
 
 class ErrorFrame(ServerBase, tag="error"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,10 +18,12 @@ from gateway.core.turns import TurnService
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.ws import protocol as p
 from gateway.ws.hub import SessionHub
+from gateway.ws.live_frames import add_frame, live_view, yield_watch
 from gateway.ws.live_session import LiveSession
 from gateway.ws.replies import history_frame, session_defaults
-from gateway.ws.states import ConnectionState
+from gateway.ws.states import ConnectionState, LiveState
 from gateway.ws.turn_frames import TurnFrames
+from gateway.ws.watch import WATCH, WatchSpec, stop_watch, watch_loop
 
 log = logging.getLogger("gateway.ws.endpoint")
 
@@ -124,32 +127,73 @@ class FrameHandlers:
 
     async def start_turn(self, frame: p.TurnFrame) -> None:
         self.turns.check_open()
-        if self.active is not None:
-            raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
-        wait_s = self.turn_rate.take()
-        if wait_s > 0:
-            raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1)
-        request = TurnRequest(
-            id=frame.id,
-            text=frame.text,
-            images=frame.images,
-            image_urls=frame.image_urls,
-            options=frame.options,
-            traceparent=self.traceparent,  # the handshake's: each turn a span in that trace
-        )
-        self.turned = True
         live = self.live
-        frames = TurnFrames(self.hub.emit, live, frame.id)
+        async with live.starting:  # no watch turn starts meanwhile
+            await yield_watch(live)
+            if self.active is not None:
+                raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
+            wait_s = self.turn_rate.take()
+            if wait_s > 0:
+                raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1)
+            request = TurnRequest(
+                id=frame.id,
+                text=frame.text,
+                images=frame.images,
+                image_urls=frame.image_urls,
+                options=frame.options,
+                videos=frame.videos,
+                live=live_view(live, frame.live),
+                traceparent=self.traceparent,  # the handshake's: each turn a span in that trace
+            )
+            self.turned = True
+            await self._start(live, request)
+
+    async def _start(self, live: LiveSession, request: TurnRequest, initiated: str | None = None) -> TurnFrames:
+        frames = TurnFrames(self.hub.emit, live, request.id, initiated)
         # The reader awaits this (no other frame of ours is read meanwhile), so the turn cannot race a reset.
         started = frames.started = await self.turns.start(live.session, request, frames, self.compiles, self.hub.keeper(live))
         live.active = started  # before any await: the turn's events may already be queued
         await self.hub.turn_started(live, started)
+        return frames
+
+    async def watch(self, frame: p.WatchFrame) -> None:
+        """One watch per session: a new one replaces the last."""
+        self.turns.check_images(1, "source")
+        self.turns.check_text(frame.text, "a watch's text")
+        self.turns.check_options(p.SamplingOptions(max_tokens=frame.max_tokens))
+        if frame.every_s < self.settings.min_watch_every_s:
+            message = f"every_s is at least {self.settings.min_watch_every_s:g}"
+            raise GatewayError(ErrorCode.INVALID_FIELD, message, field="every_s")
+        live = self.live
+        stop_watch(live)
+        spec = WatchSpec(frame.source, frame.every_s, frame.text, frame.max_tokens)
+
+        async def start(request: TurnRequest) -> asyncio.Event | None:
+            async with live.starting:
+                if live.active is not None or live.state is LiveState.GONE:
+                    return None
+                frames = await self._start(live, request, WATCH)
+                live.watched = (live.active, frames.ended) if live.active is not None else None
+                return frames.ended
+
+        def refuse(turn_id: str, exc: GatewayError) -> None:
+            retry_after_ms = exc.retry_after_ms if isinstance(exc, RetryLater) else None
+            self.hub.emit(live, p.ErrorFrame(code=exc.code.value, message=exc.message, id=turn_id, retry_after_ms=retry_after_ms))
+
+        live.watcher = asyncio.get_running_loop().create_task(watch_loop(live, spec, start, refuse))
+
+    async def unwatch(self, frame: p.UnwatchFrame) -> None:
+        if not stop_watch(self.live):
+            raise GatewayError(ErrorCode.NOT_FOUND, "this session has no watch")
 
     async def cancel(self, frame: p.CancelFrame) -> None:
         turn_id = frame.id
         if self.active is None or self.active.turn.id != turn_id:
             raise GatewayError(ErrorCode.NOT_FOUND, f"no running turn with id {turn_id!r}")
         self.active.handle.cancel()
+
+    async def live_frame(self, frame: p.LiveImageFrame) -> None:
+        await add_frame(self.live, frame, self.turns)
 
     async def configure(self, frame: p.ConfigureFrame) -> None:
         options = p.SamplingOptions(**{k: getattr(frame, k) for k in p.SamplingOptions.__struct_fields__})
@@ -171,6 +215,9 @@ HANDLERS: dict[type, Handler] = {
     p.ForgetFrame: FrameHandlers.forget,
     p.ToolResultFrame: FrameHandlers.tool_result,
     p.PingFrame: FrameHandlers.ping,
+    p.LiveImageFrame: FrameHandlers.live_frame,
+    p.WatchFrame: FrameHandlers.watch,
+    p.UnwatchFrame: FrameHandlers.unwatch,
 }
 
 

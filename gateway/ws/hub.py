@@ -126,6 +126,8 @@ class SessionHub(SessionSaving):
         both unloaded by a quota and then discarded by its connection goes once: the second time changes nothing.)"""
         if live.state is not LiveState.GONE:
             live.move(LiveState.GONE)
+        if live.watcher is not None:
+            live.watcher.cancel()
         self.quota.remove(live)
         self.detached.discard(live)
         self.turns.forget(live.session)

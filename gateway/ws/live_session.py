@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.core.live_window import LiveWindows
 from gateway.core.session import Session
 from gateway.core.store.base import SessionMeta, SessionRecord
 from gateway.core.turn_types import StartedTurn
@@ -51,6 +52,10 @@ class LiveSession:
     yielding: bool = False  # its detached turn was stopped for an attached client's and has not ended yet
 
     state: LiveState = LiveState.DETACHED
+    windows: LiveWindows | None = None  # its cameras' and screens' latest frames: "now", never stored
+    watcher: asyncio.Task[None] | None = None  # its watch: a live turn now and then (one per session)
+    watched: tuple[StartedTurn, asyncio.Event] | None = None  # the watch's turn running, and its end
+    starting: asyncio.Lock = field(default_factory=asyncio.Lock)  # the client's turns and the watch's start one at a time
 
     def __post_init__(self) -> None:
         self.token_hash = token_hash(self.token)  # once: a resume's check hashes only the offered token

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Union, get_args
+from typing import Any
 
 import msgpack
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Struct
 
 from gateway.core.json_bounds import MAX_JSON_DEPTH, check_json_value
 from gateway.core.request import (
@@ -36,6 +36,27 @@ from gateway.core.request import (
 )
 from gateway.engine.contract import FinishReason as FinishReason
 from gateway.errors import ErrorCode, GatewayError
+from gateway.ws.client_frames import (
+    CLIENT_TYPES as CLIENT_TYPES,
+    CancelFrame as CancelFrame,
+    ClientFrame as ClientFrame,
+    ConfigureFrame as ConfigureFrame,
+    ForgetFrame as ForgetFrame,
+    HistoryRequestFrame as HistoryRequestFrame,
+    ImageUrl as ImageUrl,
+    LiveImageFrame as LiveImageFrame,
+    LiveSpec as LiveSpec,
+    PingFrame as PingFrame,
+    ResetFrame as ResetFrame,
+    ResumeFrame as ResumeFrame,
+    ResumeToken as ResumeToken,
+    SessionId as SessionId,
+    SourceName as SourceName,
+    ToolResultFrame as ToolResultFrame,
+    TurnFrame as TurnFrame,
+    UnwatchFrame as UnwatchFrame,
+    WatchFrame as WatchFrame,
+)
 from gateway.ws.frames import (
     PROTOCOL_VERSION as PROTOCOL_VERSION,
     AcceptedFrame as AcceptedFrame,
@@ -48,6 +69,7 @@ from gateway.ws.frames import (
     HistoryEntry as HistoryEntry,
     HistoryFrame as HistoryFrame,
     ImageInfo as ImageInfo,
+    LiveFramesInfo as LiveFramesInfo,
     PongFrame as PongFrame,
     QueuedFrame as QueuedFrame,
     ReadyFrame as ReadyFrame,
@@ -63,82 +85,6 @@ from gateway.ws.frames import (
     TurnId as TurnId,
     Usage as Usage,
 )
-
-# ---- client to server -------------------------------------------------------------------------
-
-
-class _ClientFrame(Struct, forbid_unknown_fields=True, tag_field="type"):
-    """Base of every client frame: a map whose `type` field names the frame."""
-
-
-ImageUrl = Annotated[str, Meta(min_length=1, max_length=4096)]
-
-
-class TurnFrame(_ClientFrame, tag="turn"):
-    id: TurnId
-    text: str = ""
-    images: list[bytes] = []
-    image_urls: list[ImageUrl] = []  # fetched by the server behind its SSRF guard, after `images`
-    options: SamplingOptions | None = None
-
-
-class CancelFrame(_ClientFrame, tag="cancel"):
-    id: TurnId
-
-
-class ResetFrame(_ClientFrame, tag="reset"):
-    id: TurnId | None = None
-
-
-class ConfigureFrame(_ClientFrame, SamplingOptions, tag="configure"):
-    """Session defaults: every sampling option, flat in the frame, plus the system prompt."""
-
-    id: TurnId | None = None
-    system: Annotated[str, Meta(max_length=32_000)] | None = None
-
-
-class HistoryRequestFrame(_ClientFrame, tag="history"):
-    id: TurnId | None = None
-    include_images: bool = False
-
-
-class PingFrame(_ClientFrame, tag="ping"):
-    id: TurnId | None = None
-
-
-SessionId = Annotated[str, Meta(min_length=1, max_length=64)]
-ResumeToken = Annotated[str, Meta(min_length=1, max_length=256)]
-
-
-class ResumeFrame(_ClientFrame, tag="resume"):
-    """Take up an earlier session (before this connection's first turn): its history, its running turn
-    and every frame after `last_seq` that the server still holds."""
-
-    session: SessionId
-    token: ResumeToken
-    last_seq: Annotated[int, Meta(ge=0)] = 0
-    id: TurnId | None = None
-
-
-class ForgetFrame(_ClientFrame, tag="forget"):
-    """Delete this session and everything stored for it; the connection goes on with a fresh one."""
-
-    id: TurnId | None = None
-
-
-class ToolResultFrame(_ClientFrame, tag="tool_result"):
-    """The client's answer to a `tool_call`; it joins the history as a tool message."""
-
-    call_id: Annotated[str, Meta(min_length=1, max_length=64)]
-    content: Annotated[str, Meta(max_length=256_000)]
-    id: TurnId | None = None
-
-
-ClientFrame = Union[
-    TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame, ResumeFrame, ForgetFrame, ToolResultFrame
-]
-CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
-
 
 _MAX_CONTAINER_LEN = 1024
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from gateway.core.turns import TurnService
 
 
-def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
+def limits_of(settings: Settings, engine: Engine) -> dict[str, int | float]:
     """The limits a client must respect, as announced in `ready`."""
     held = engine.load()  # the engine's KV budgets: a default depends on the device's free memory
     return {
@@ -23,6 +23,16 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
         "max_image_bytes": settings.max_image_bytes,
         "max_image_pixels": settings.max_image_pixels,
         "max_images_per_turn": settings.max_images_per_turn if engine.vision else 0,
+        "max_videos_per_turn": settings.max_videos_per_turn if engine.vision else 0,
+        "max_video_frames": settings.max_video_frames,
+        "max_video_duration_s": int(settings.max_video_duration_s),
+        "video_fps": settings.video_fps,
+        "live_window_frames": settings.live_window_frames,
+        "live_window_bytes": settings.live_window_bytes,
+        "max_frames_per_second": settings.max_frames_per_second,
+        "max_live_sources": settings.max_live_sources,
+        "live_merge_distance": settings.live_merge_distance,
+        "min_watch_every_s": settings.min_watch_every_s,
         "max_text_chars": settings.max_text_chars,
         "max_history_turns": settings.max_history_turns,
         "max_stop_strings": settings.max_stop_strings,

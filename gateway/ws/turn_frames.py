@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from gateway.core.events import Accepted, Delta, Ended, Queued, ToolCalled, TurnEvent
@@ -12,10 +13,17 @@ from gateway.ws import protocol as p
 from gateway.ws.live_session import LiveSession
 
 
-def frames_of(turn_id: str, event: TurnEvent) -> list[p.SessionFrame]:
+def frames_of(turn_id: str, event: TurnEvent, initiated: str | None = None) -> list[p.SessionFrame]:
     """One frame per event, and an `error` before a failed turn's `done`."""
     if isinstance(event, Accepted):
-        return [p.AcceptedFrame(id=turn_id, prompt_tokens=event.prompt_tokens, dropped_turns=event.dropped_turns)]
+        live = event.live_frames
+        info = p.LiveFramesInfo(live.count, live.first_ts, live.last_ts) if live is not None else None
+        dropped = event.dropped_turns
+        return [
+            p.AcceptedFrame(
+                id=turn_id, prompt_tokens=event.prompt_tokens, dropped_turns=dropped, live_frames=info, initiated=initiated
+            )
+        ]
     if isinstance(event, Queued):
         return [p.QueuedFrame(id=turn_id, position=event.position)]
     if isinstance(event, Delta):
@@ -28,11 +36,11 @@ def frames_of(turn_id: str, event: TurnEvent) -> list[p.SessionFrame]:
         code = result.error_code or ErrorCode.GENERATION
         message = result.error or "generation failed"
         frames.append(p.ErrorFrame(code=code.value, message=message, id=turn_id, retry_after_ms=result.retry_after_ms))
-    frames.append(done_frame(turn_id, result))
+    frames.append(done_frame(turn_id, result, initiated))
     return frames
 
 
-def done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
+def done_frame(turn_id: str, result: GenerationResult, initiated: str | None = None) -> p.DoneFrame:
     return p.DoneFrame(
         id=turn_id,
         finish_reason=result.finish_reason,
@@ -49,6 +57,7 @@ def done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
             tokens_per_s=round(result.tokens_per_s, 2),
         ),
         structured=result.structured,
+        initiated=initiated,
     )
 
 
@@ -56,14 +65,20 @@ class TurnFrames:
     """Listens to one turn of a live session: its frames go to the session, and after `done` the session has no
     running turn. `started` is set once the turn service returns it; every `Ended` comes after that."""
 
-    def __init__(self, emit: Callable[[LiveSession, p.SessionFrame], None], live: LiveSession, turn_id: str) -> None:
+    def __init__(
+        self, emit: Callable[[LiveSession, p.SessionFrame], None], live: LiveSession, turn_id: str, initiated: str | None = None
+    ) -> None:
         self._emit = emit
         self._live = live
         self._turn_id = turn_id
+        self._initiated = initiated
         self.started: StartedTurn | None = None
+        self.ended = asyncio.Event()  # set once `done` is out and the session has no running turn
 
     def __call__(self, event: TurnEvent) -> None:
-        for frame in frames_of(self._turn_id, event):
+        for frame in frames_of(self._turn_id, event, self._initiated):
             self._emit(self._live, frame)
-        if isinstance(event, Ended) and self._live.active is self.started:
-            self._live.active = None
+        if isinstance(event, Ended):
+            if self._live.active is self.started:
+                self._live.active = None
+            self.ended.set()

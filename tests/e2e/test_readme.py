@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from gateway.ws import protocol
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, image_bytes
 from tests.unit.ws.test_protocol_doc import frame_classes
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -59,4 +59,21 @@ def test_tools_bot_example_shows_a_whole_tool_call_loop(server: RunningServer, t
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith('tool call: get_weather({"city": ') and '-> {"city": ' in lines[0], lines
+    assert lines[-1].startswith("reply: "), lines
+
+
+def test_camera_bot_example_streams_a_folder_and_asks_about_it(server: RunningServer, tmp_path: Path) -> None:
+    """The README's camera bot, run as written on a folder of three images: it sends them all and its live
+    turn reads the distinct ones."""
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    for n, color in enumerate([(200, 0, 0), (200, 0, 0), (0, 0, 200)]):
+        (folder / f"{n:03}.jpg").write_bytes(image_bytes("JPEG", color=color))
+    code = block_after("### A camera bot", "python").replace("ws://127.0.0.1:8000/ws", server.ws_url)
+    script = tmp_path / "camera.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("sent 3 frames; the turn read {'count': 2, "), lines
     assert lines[-1].startswith("reply: "), lines

@@ -25,9 +25,15 @@ def test_a_text_only_engine_announces_no_images_per_turn() -> None:
     assert limits_of(Settings(max_images_per_turn=3), engine)["max_images_per_turn"] == 0
 
 
-def test_every_limit_is_a_whole_number() -> None:
-    """Limits are integers on the wire (seconds rounded down), so every client reads them alike."""
-    assert all(isinstance(v, int) for v in limits_of(Settings(), ScriptedEngine()).values())
+FRACTIONAL = {"video_fps", "max_frames_per_second", "min_watch_every_s"}  # numbers, as PROTOCOL.md says
+
+
+def test_every_limit_is_a_whole_number_but_the_rates() -> None:
+    """Limits are integers on the wire (seconds rounded down), so every client reads them alike; the live-vision
+    rates alone may be fractional, and are numbers."""
+    limits = limits_of(Settings(), ScriptedEngine())
+    assert all(isinstance(v, int) for k, v in limits.items() if k not in FRACTIONAL)
+    assert all(isinstance(limits[k], (int, float)) for k in FRACTIONAL)
 
 
 def session_with(*exchanges: Exchange) -> Session:

@@ -1,0 +1,111 @@
+"""`gateway bench --live`: sessions stream camera frames and ask live questions, text questions beside them in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.bench.run import percentiles
+from gateway.client import GatewayClient, TurnResult
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    url: str
+    sessions: int = 8
+    seconds: float = 30.0
+    fps: float = 2.0  # frames each session streams per second
+    ask_every_s: float = 5.0  # a live question, and half-way between two of them a text one
+    max_tokens: int = 16
+    size: tuple[int, int] = (640, 480)
+
+
+def camera_frame(index: int, size: tuple[int, int]) -> bytes:
+    """A JPEG scene: a flat room in which a box moves one step every fourth frame (still in between, as a
+    camera mostly is), so the window both merges and takes new frames."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    image = Image.new("RGB", size, (120, 130, 140))
+    step = (index // 4) % 16
+    ImageDraw.Draw(image).rectangle(
+        (step * width // 20, height // 3, step * width // 20 + width // 8, height // 2), (200, 40, 40)
+    )
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+async def _stream(client: GatewayClient, config: LiveConfig, frames: list[bytes], sent: list[int]) -> None:
+    index = 0
+    while True:
+        await client.send(
+            {"type": "frame", "source": "camera", "image": frames[index % len(frames)], "ts": int(time.time() * 1000)}
+        )
+        sent.append(len(frames[index % len(frames)]))
+        index += 1
+        await asyncio.sleep(1 / config.fps)
+
+
+def _ttft_ms(result: TurnResult) -> float | None:
+    return (result.token_times[0] - result.sent_at) * 1000 if result.token_times and result.done else None
+
+
+async def _session(config: LiveConfig, index: int, frames: list[bytes], out: dict[str, list[Any]]) -> None:
+    async with GatewayClient(config.url) as client:
+        streamer = asyncio.create_task(_stream(client, config, frames, out["sent"]))
+        ends_at = time.perf_counter() + config.seconds
+        number = 0
+        try:
+            while time.perf_counter() < ends_at:
+                number += 1
+                for kind, wait_s in (("live", config.ask_every_s / 2), ("text", config.ask_every_s / 2)):
+                    await asyncio.sleep(wait_s)
+                    live = kind == "live"
+                    text = "What moved?" if live else "Say something."
+                    result = await client.turn(f"{kind}{number}", text, live=live, max_tokens=config.max_tokens, temperature=0)
+                    out[kind].append(result)
+        finally:
+            streamer.cancel()
+
+
+def _rss_bytes(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[str, Any]:
+    """The figures: frames sent, live and text turns' time to first token (client side, from sending the turn),
+    their ratio, the frames each live turn read, and the gateway's RSS growth per session."""
+    frames = [camera_frame(i, config.size) for i in range(64)]
+    out: dict[str, list[Any]] = {"sent": [], "live": [], "text": []}
+    rss_before = _rss_bytes(gateway_pid)
+    await asyncio.gather(*(_session(config, i, frames, out) for i in range(config.sessions)))
+    rss_after = _rss_bytes(gateway_pid)
+    live_ttft = [t for t in map(_ttft_ms, out["live"]) if t is not None]
+    text_ttft = [t for t in map(_ttft_ms, out["text"]) if t is not None]
+    read = [r.accepted["live_frames"]["count"] for r in out["live"] if r.accepted and r.accepted.get("live_frames")]
+    live_p50, text_p50 = percentiles(live_ttft)["p50"], percentiles(text_ttft)["p50"]
+    return {
+        "sessions": config.sessions,
+        "seconds": config.seconds,
+        "frames_per_second": config.fps,
+        "frames_sent": len(out["sent"]),
+        "frame_bytes_mean": round(sum(out["sent"]) / max(1, len(out["sent"]))),
+        "live_turns": len(live_ttft),
+        "text_turns": len(text_ttft),
+        "errors": sum(len(r.errors) for r in out["live"] + out["text"]),
+        "live_frames_read_mean": round(sum(read) / max(1, len(read)), 2),
+        "live_turn_ttft_ms": percentiles(live_ttft),
+        "text_turn_ttft_ms": percentiles(text_ttft),
+        "live_vs_text_ttft_p50": round(live_p50 / text_p50, 3) if text_p50 else None,
+        "rss_growth_per_session_bytes": (rss_after - rss_before) // config.sessions if rss_before and rss_after else None,
+    }

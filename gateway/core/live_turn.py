@@ -1,0 +1,30 @@
+"""A live turn: the prompt reads the window's frames before the user's text; the history keeps only their summary."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gateway.core.live_view import LiveFrames, LiveView
+from gateway.core.session import UserTurn
+
+
+def frame_markers(view: LiveView) -> str:
+    """One marker per frame, in the images' order, at the client time it was first seen: a still scene's frame
+    keeps its marker as its image, so the prompt's tokens stay the same from turn to turn."""
+    return " ".join(f"[{view.source}, {frame.first_ts_ms / 1000:.3f} s]" for frame in view.snapshot.frames)
+
+
+def summary(view: LiveView) -> str:
+    """The exchange's trace of the frames in the history: their count and span, never their pixels."""
+    live = LiveFrames.of(view)
+    return f"[live {view.source}: {live.count} frames, {live.first_ts / 1000:.3f} s to {live.last_ts / 1000:.3f} s]"
+
+
+def live_turns(turn: UserTurn, view: LiveView, keep_last_frame: bool) -> tuple[UserTurn, UserTurn]:
+    """The turn as prompted (the window's frames after its own images, their markers before its text) and as
+    recorded (the summary before its text, and the last frame only when `keep_last_frame`)."""
+    frames = tuple(frame.image for frame in view.snapshot.frames)
+    prompted = replace(turn, text=f"{frame_markers(view)}\n{turn.text}", images=turn.images + frames)
+    kept = frames[-1:] if keep_last_frame else ()
+    recorded = replace(turn, text=f"{summary(view)}\n{turn.text}", images=turn.images + kept)
+    return prompted, recorded

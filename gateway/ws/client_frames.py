@@ -1,0 +1,185 @@
+"""The wire's client frames: what a client may send, typed as msgspec structs (decoding is protocol.py's)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union, get_args
+
+from msgspec import Meta, Struct
+
+from gateway.core.request import (
+    FunctionName as FunctionName,
+    FunctionRef as FunctionRef,
+    FunctionSpec as FunctionSpec,
+    JsonObjectFormat as JsonObjectFormat,
+    JsonSchemaFormat as JsonSchemaFormat,
+    JsonSchemaSpec as JsonSchemaSpec,
+    MaxTokens as MaxTokens,
+    ModelId as ModelId,
+    NamedToolChoice as NamedToolChoice,
+    RegexFormat as RegexFormat,
+    RepetitionPenalty as RepetitionPenalty,
+    ResponseFormat as ResponseFormat,
+    SamplingOptions as SamplingOptions,
+    Seed as Seed,
+    StopString as StopString,
+    Temperature as Temperature,
+    TextFormat as TextFormat,
+    ToolChoice as ToolChoice,
+    ToolSpec as ToolSpec,
+    TopK as TopK,
+    TopP as TopP,
+)
+from gateway.engine.contract import FinishReason as FinishReason
+from gateway.ws.frames import (
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+    AcceptedFrame as AcceptedFrame,
+    ClosingFrame as ClosingFrame,
+    ConfiguredFrame as ConfiguredFrame,
+    DoneFrame as DoneFrame,
+    ErrorFrame as ErrorFrame,
+    ForgottenFrame as ForgottenFrame,
+    Frame as Frame,
+    HistoryEntry as HistoryEntry,
+    HistoryFrame as HistoryFrame,
+    ImageInfo as ImageInfo,
+    LiveFramesInfo as LiveFramesInfo,
+    PongFrame as PongFrame,
+    QueuedFrame as QueuedFrame,
+    ReadyFrame as ReadyFrame,
+    ResetDoneFrame as ResetDoneFrame,
+    ResumedFrame as ResumedFrame,
+    ServerBase as ServerBase,
+    ServerFrame as ServerFrame,
+    SessionFrame as SessionFrame,
+    Timing as Timing,
+    TokenFrame as TokenFrame,
+    ToolCallFrame as ToolCallFrame,
+    ToolCallInfo as ToolCallInfo,
+    TurnId as TurnId,
+    Usage as Usage,
+)
+
+_MAX_CONTAINER_LEN = 1024
+
+
+# ---- client to server -------------------------------------------------------------------------
+
+
+class _ClientFrame(Struct, forbid_unknown_fields=True, tag_field="type"):
+    """Base of every client frame: a map whose `type` field names the frame."""
+
+
+ImageUrl = Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+SourceName = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class LiveSpec(Struct, forbid_unknown_fields=True):
+    """Which live window a turn reads: a source (the one streaming, when the session streams one) and how many
+    of its latest frames (all it holds when unset)."""
+
+    source: SourceName | None = None
+    frames: Annotated[int, Meta(ge=1)] | None = None
+
+
+class TurnFrame(_ClientFrame, tag="turn"):
+    id: TurnId
+    text: str = ""
+    images: list[bytes] = []
+    image_urls: list[ImageUrl] = []  # fetched by the server behind its SSRF guard, after `images`
+    options: SamplingOptions | None = None
+    videos: list[bytes] = []  # MP4, WebM or GIF; each sampled into frames that follow the images
+    live: bool | LiveSpec = False  # answered over a live window's frames (true: the session's one source, all)
+
+
+class CancelFrame(_ClientFrame, tag="cancel"):
+    id: TurnId
+
+
+class ResetFrame(_ClientFrame, tag="reset"):
+    id: TurnId | None = None
+
+
+class ConfigureFrame(_ClientFrame, SamplingOptions, tag="configure"):
+    """Session defaults: every sampling option, flat in the frame, plus the system prompt."""
+
+    id: TurnId | None = None
+    system: Annotated[str, Meta(max_length=32_000)] | None = None
+
+
+class HistoryRequestFrame(_ClientFrame, tag="history"):
+    id: TurnId | None = None
+    include_images: bool = False
+
+
+class PingFrame(_ClientFrame, tag="ping"):
+    id: TurnId | None = None
+
+
+SessionId = Annotated[str, Meta(min_length=1, max_length=64)]
+ResumeToken = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class ResumeFrame(_ClientFrame, tag="resume"):
+    """Take up an earlier session (before this connection's first turn): its history, its running turn
+    and every frame after `last_seq` that the server still holds."""
+
+    session: SessionId
+    token: ResumeToken
+    last_seq: Annotated[int, Meta(ge=0)] = 0
+    id: TurnId | None = None
+
+
+class ForgetFrame(_ClientFrame, tag="forget"):
+    """Delete this session and everything stored for it; the connection goes on with a fresh one."""
+
+    id: TurnId | None = None
+
+
+class LiveImageFrame(_ClientFrame, tag="frame"):
+    """A camera's or a screen's frame for the session's live window of `source`: no reply, errors only."""
+
+    source: SourceName
+    image: bytes
+    ts: Annotated[int, Meta(ge=0)]  # the client's time in ms
+    id: TurnId | None = None
+
+
+class WatchFrame(_ClientFrame, tag="watch"):
+    """Have the server ask `text` about `source`'s live window every `every_s` while new frames arrive."""
+
+    source: SourceName
+    every_s: Annotated[float, Meta(gt=0)]
+    text: str
+    max_tokens: MaxTokens | None = None
+    id: TurnId | None = None
+
+
+class UnwatchFrame(_ClientFrame, tag="unwatch"):
+    id: TurnId | None = None
+
+
+class ToolResultFrame(_ClientFrame, tag="tool_result"):
+    """The client's answer to a `tool_call`; it joins the history as a tool message."""
+
+    call_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    content: Annotated[str, Meta(max_length=256_000)]
+    id: TurnId | None = None
+
+
+ClientFrame = Union[
+    TurnFrame,
+    CancelFrame,
+    ResetFrame,
+    ConfigureFrame,
+    HistoryRequestFrame,
+    PingFrame,
+    ResumeFrame,
+    ForgetFrame,
+    ToolResultFrame,
+    LiveImageFrame,
+    WatchFrame,
+    UnwatchFrame,
+]
+CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))

@@ -1,0 +1,73 @@
+"""A session's live windows on the WebSocket: frames into them (rate-limited, merged, never stored), live turns read from them."""
+
+from __future__ import annotations
+
+import time
+
+from gateway.config import Settings
+from gateway.core.live_view import LiveView
+from gateway.core.live_window import LiveLimits, LiveWindows
+from gateway.core.turns import TurnService
+from gateway.errors import ErrorCode, GatewayError
+from gateway.ws import protocol as p
+from gateway.ws.live_session import LiveSession
+
+
+def windows_of(live: LiveSession, settings: Settings) -> LiveWindows:
+    """The session's windows, opened with its first frame (a session that streams nothing holds none)."""
+    if live.windows is None:
+        limits = LiveLimits(
+            max_frames=settings.live_window_frames,
+            max_bytes=settings.live_window_bytes,
+            frames_per_second=settings.max_frames_per_second,
+            merge_distance=settings.live_merge_distance,
+        )
+        live.windows = LiveWindows(limits, settings.max_live_sources)
+    return live.windows
+
+
+async def add_frame(live: LiveSession, frame: p.LiveImageFrame, turns: TurnService) -> None:
+    """Admit the frame at the rate (dropped and counted past it, before any decoding), check and hash it on the
+    decode pool, then merge it into its window or append it there."""
+    turns.check_images(1, "image")
+    now_s = time.monotonic()
+    windows = windows_of(live, turns.settings)
+    window = windows.window(frame.source, now_s)
+    if not window.admit(now_s):
+        return
+    try:
+        image, thumb = await turns.attachments.check_live_frame(frame.image)
+    except BaseException:
+        window.release()
+        if not len(window):  # a source whose first frames were all refused takes no place among max_live_sources
+            windows.close(frame.source)
+        raise
+    window.add(image, thumb, frame.ts)
+
+
+def live_view(live: LiveSession, spec: bool | p.LiveSpec) -> LiveView | None:
+    """What a turn's `live` field asks for: None when false; else the named source's latest frames (with no
+    source named, the session's one source), or `not_found` while that window holds none."""
+    if spec is False:
+        return None
+    source = spec.source if isinstance(spec, p.LiveSpec) else None
+    count = spec.frames if isinstance(spec, p.LiveSpec) else None
+    sources = list(live.windows or ())
+    if source is None:
+        if len(sources) != 1:
+            message = "name the live source" if sources else "no live frames yet; send `frame` first"
+            raise GatewayError(ErrorCode.NOT_FOUND, f"{message} (streaming: {', '.join(sources) or 'nothing'})", field="live")
+        source = sources[0]
+    window = live.windows.get(source) if live.windows is not None else None
+    snapshot = window.snapshot(count) if window is not None else None
+    if snapshot is None:
+        raise GatewayError(ErrorCode.NOT_FOUND, f"no live frames from {source!r}", field="live")
+    return LiveView(source, snapshot)
+
+
+async def yield_watch(live: LiveSession) -> None:
+    """The client's turn comes first: a watch turn running is cancelled, and its end (`done`, `cancelled`) awaited."""
+    watched = live.watched
+    if watched is not None and live.active is watched[0]:
+        watched[0].handle.cancel()
+        await watched[1].wait()

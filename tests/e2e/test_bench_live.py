@@ -1,0 +1,20 @@
+"""`gateway bench --live` against a real server: every session streams, asks live and text questions, and reports them."""
+
+from __future__ import annotations
+
+from gateway.bench.live import LiveConfig, camera_frame, run_live
+from tests.conftest import RunningServer
+
+
+async def test_a_short_live_bench_reports_its_turns_and_frames(server: RunningServer) -> None:
+    """Two sessions for one round: a live turn each (reading the frames streamed so far) and a text turn each."""
+    config = LiveConfig(url=server.ws_url, sessions=2, seconds=0.5, ask_every_s=1.0, max_tokens=2, size=(64, 48))
+    report = await run_live(config)
+    assert report["live_turns"] == 2 and report["text_turns"] == 2 and report["errors"] == 0
+    assert report["frames_sent"] >= 2 and report["live_frames_read_mean"] >= 1
+    assert report["live_turn_ttft_ms"]["p50"] > 0 and report["live_vs_text_ttft_p50"] is not None
+
+
+def test_the_camera_scene_is_still_between_its_moves() -> None:
+    """Frames come in fours of the same picture, so a window merges three of every four."""
+    assert camera_frame(0, (64, 48)) == camera_frame(3, (64, 48)) != camera_frame(4, (64, 48))
