@@ -33,14 +33,11 @@ class SessionRecord:
         if self.pending is not None:
             numbered += 1
             exchanges.append(Exchange(turn=self.pending, reply="", partial=True, number=numbered))
-        return Session(
-            max_history_turns=max_history_turns,
-            id=self.id,
-            system=self.system,
-            defaults=self.defaults,
-            exchanges=exchanges[-max_history_turns:],
-            numbered=numbered,
+        session = Session(
+            max_history_turns=max_history_turns, id=self.id, system=self.system, defaults=self.defaults, numbered=numbered
         )
+        session.restore(exchanges[-max_history_turns:])
+        return session
 
 
 @dataclass(frozen=True)
