@@ -15,6 +15,8 @@ class Accepted:
 
     prompt_tokens: int
     dropped_turns: int
+    item_id: str | None = None  # the user message's item (None: a turn that goes on from tool results, or no session)
+    reply_id: str | None = None  # the item the reply will be once it joins
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Ended:
     """The turn's end, exactly once and last: finish reason, usage, timing (and the error, if it failed)."""
 
     result: GenerationResult
+    reply_id: str | None = None  # the reply's item, where it joined a session's history
 
 
 TurnEvent = Union[Accepted, Queued, Delta, ToolCalled, Ended]

@@ -20,12 +20,13 @@ def from_exchanges(exchanges: Iterable[Exchange], bounds: Bounds, new_id: IdSour
     return tree
 
 
-def append_exchange(tree: Conversation, exchange: Exchange) -> Item:
-    """The exchange's items at the end of the active path; the reply item."""
+def append_exchange(tree: Conversation, exchange: Exchange, user_id: str | None = None, reply_id: str | None = None) -> Item:
+    """The exchange's items at the end of the active path (the message and reply with the ids given, where
+    given); the reply item."""
     turn = exchange.turn
     if not turn.continues:
-        tree.append(Content.user(turn.text, turn.images, turn.id))
-    reply = tree.append(Content.reply(exchange.reply, exchange.partial, turn.id))
+        tree.append(Content.user(turn.text, turn.images, turn.id), user_id)
+    reply = tree.append(Content.reply(exchange.reply, exchange.partial, turn.id), reply_id)
     for call in exchange.tool_calls:
         tree.append(Content.tool_call(call, turn.id))
     for result in exchange.tool_results:

@@ -153,20 +153,33 @@ class Session:
         epoch: int,
         tool_calls: tuple[ToolCall, ...] = (),
         headroom: float = 0.0,
+        item_ids: tuple[str | None, str | None] = (None, None),
     ) -> bool:
         """Append a finished exchange; False when a reset happened since the turn started. Past
         `max_history_turns`, the oldest go, with `headroom` (a share of the cap, at most half) more, as in
-        `plan`: each drop changes the prompt's opening, so one at a time would cost every turn its held KV."""
+        `plan`: each drop changes the prompt's opening, so one at a time would cost every turn its held KV.
+        `item_ids`: the ids `fresh_ids` named for its user message and reply (None: new ones)."""
         if epoch != self.epoch:
             return False
         self.numbered += 1
         tree = self.conversation
         tree.bounds = replace(tree.bounds, trim_extra=_headroom(self.max_history_turns, headroom, self.max_history_turns - 1))
         held = set(self._numbers)
-        reply_item = append_exchange(tree, Exchange(turn=turn, reply=reply, partial=partial, tool_calls=tool_calls))
+        exchange = Exchange(turn=turn, reply=reply, partial=partial, tool_calls=tool_calls)
+        reply_item = append_exchange(tree, exchange, *item_ids)
         self._numbers[reply_item.id] = self.numbered
         self._forget_numbers([i for i in held if i not in tree])
         return True
+
+    def fresh_ids(self, turn: UserTurn) -> tuple[str | None, str]:
+        """Ids for `turn`'s user message (None where it adds none) and its reply, before they join."""
+        reply_id = self.conversation.fresh_id()
+        if turn.continues:
+            return None, reply_id
+        item_id = self.conversation.fresh_id()
+        while item_id == reply_id:
+            item_id = self.conversation.fresh_id()
+        return item_id, reply_id
 
     def _forget_numbers(self, removed: Sequence[str]) -> None:
         for item_id in removed:

@@ -48,6 +48,8 @@ class StartedTurn:
     handle: TurnHandle
     epoch: int
     model: str | None  # the adapter it runs on; None is the base model
+    item_id: str | None = None  # the ids its user message and reply will have (named now, for `accepted`)
+    reply_id: str | None = None
 
 
 class SessionKeeper(Protocol):
@@ -145,7 +147,8 @@ class TurnService(TurnLimits):
             window = self.engine.context_tokens
             plan = await session.plan(turn, params.max_tokens, window, count, room, self.settings.trim_headroom)
         self.check_open()  # planning awaited: the server may have begun draining meanwhile
-        started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model)
+        item_id, reply_id = session.fresh_ids(turn)
+        started = StartedTurn(turn, plan, TurnHandle(), session.epoch, model, item_id, reply_id)
         generation = GenerationRequest(
             plan.messages, params, started.handle, adapter=model, affinity=session.id, tools=tools.tools
         )
@@ -156,7 +159,7 @@ class TurnService(TurnLimits):
         self._submit(generation, tools.sink(EventSink(listener, end)))
         session.drop_oldest(plan.dropped_turns)
         self.images.hold(session.id, session.image_bytes + turn.image_bytes)
-        listener(Accepted(plan.prompt_tokens, plan.dropped_turns))  # before any engine event: those come by call_soon
+        listener(Accepted(plan.prompt_tokens, plan.dropped_turns, item_id, reply_id))  # before any engine event (call_soon)
         return started
 
     def _end(
@@ -164,12 +167,12 @@ class TurnService(TurnLimits):
     ) -> None:
         """The turn's end, in one place: recorded at once (a partial reply when cancelled), made durable, then
         `Ended`; which waits for the store no longer than store_timeout_s (a hung store must not hold a reply)."""
-        self.record(session, started, result, held=keeper.turn_ended(started))
+        recorded = self.record(session, started, result, held=keeper.turn_ended(started))
 
         async def deliver() -> None:
             saved = asyncio.ensure_future(keeper.persist(started))
             await asyncio.wait({saved}, timeout=self.settings.store_timeout_s)
-            listener(Ended(result))
+            listener(Ended(result, started.reply_id if recorded else None))
 
         task = asyncio.get_running_loop().create_task(deliver())
         self._tasks.add(task)
@@ -182,7 +185,8 @@ class TurnService(TurnLimits):
         if result.finish_reason != "error":
             cancelled = result.finish_reason == "cancelled"
             headroom = self.settings.trim_headroom
-            recorded = session.record(started.turn, result.text, cancelled, started.epoch, result.tool_calls, headroom)
+            ids = (started.item_id, started.reply_id)
+            recorded = session.record(started.turn, result.text, cancelled, started.epoch, result.tool_calls, headroom, ids)
         if held:
             self.images.hold(session.id, session.image_bytes)
         return recorded

@@ -15,7 +15,12 @@ from gateway.ws.live_session import LiveSession
 def frames_of(turn_id: str, event: TurnEvent) -> list[p.SessionFrame]:
     """One frame per event, and an `error` before a failed turn's `done`."""
     if isinstance(event, Accepted):
-        return [p.AcceptedFrame(id=turn_id, prompt_tokens=event.prompt_tokens, dropped_turns=event.dropped_turns)]
+        tokens, dropped = event.prompt_tokens, event.dropped_turns
+        return [
+            p.AcceptedFrame(
+                id=turn_id, prompt_tokens=tokens, dropped_turns=dropped, item_id=event.item_id, reply_id=event.reply_id
+            )
+        ]
     if isinstance(event, Queued):
         return [p.QueuedFrame(id=turn_id, position=event.position)]
     if isinstance(event, Delta):
@@ -28,11 +33,11 @@ def frames_of(turn_id: str, event: TurnEvent) -> list[p.SessionFrame]:
         code = result.error_code or ErrorCode.GENERATION
         message = result.error or "generation failed"
         frames.append(p.ErrorFrame(code=code.value, message=message, id=turn_id, retry_after_ms=result.retry_after_ms))
-    frames.append(done_frame(turn_id, result))
+    frames.append(done_frame(turn_id, result, event.reply_id))
     return frames
 
 
-def done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
+def done_frame(turn_id: str, result: GenerationResult, reply_id: str | None = None) -> p.DoneFrame:
     return p.DoneFrame(
         id=turn_id,
         finish_reason=result.finish_reason,
@@ -49,6 +54,7 @@ def done_frame(turn_id: str, result: GenerationResult) -> p.DoneFrame:
             tokens_per_s=round(result.tokens_per_s, 2),
         ),
         structured=result.structured,
+        reply_id=reply_id,
     )
 
 
