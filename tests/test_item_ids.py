@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from gateway.client import GatewayClient
 from gateway.core.session import Session, UserTurn
+from gateway.core.store.base import decode_exchange, encode_exchange, encode_turn
 from gateway.engine.contract import ToolCall
 from gateway.ws import protocol as p
 from gateway.ws.replies import history_frame
@@ -62,3 +65,25 @@ def test_history_entries_follow_the_tree() -> None:
         ("tool", "t1", path[3].id),
     ]
     assert entries[1].tool_calls[0].item_id == path[2].id and entries[2].call_id == "c1"
+
+
+def test_a_stored_history_keeps_its_item_ids() -> None:
+    """Exchanges written by a store and read back give the session the same items, ids and all."""
+    session = Session(max_history_turns=10)
+    call = ToolCall("c1", "look", "{}")
+    session.record(UserTurn(id="t1", text="weather?"), "let me look", False, session.epoch, (call,))
+    session.add_tool_result("c1", "rain")
+    session.record(session.check_turn(UserTurn(id="t2", text="")), "rain it is", False, session.epoch)
+    stored = [decode_exchange(encode_exchange(e), e.number) for e in session.exchanges]
+    again = Session(max_history_turns=10)
+    again.restore(stored)
+    assert [i.id for i in again.conversation.path] == [i.id for i in session.conversation.path]
+    assert again.exchanges == session.exchanges
+
+
+def test_an_exchange_stored_before_item_ids_loads_with_new_ones() -> None:
+    """A blob written before exchanges carried item ids decodes, and its items get fresh ids."""
+    old = msgspec.msgpack.encode([encode_turn(UserTurn(id="t1", text="hi")), "hello", False, [], []])
+    session = Session(max_history_turns=10)
+    session.restore([decode_exchange(old, 1)])
+    assert [e.reply for e in session.exchanges] == ["hello"] and len(session.conversation) == 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.engine.contract import ChatImage, ToolCall
 
@@ -36,6 +36,8 @@ class Exchange:
     number: int = 0  # 1, 2, 3, ... in the order exchanges joined this session; never reused
     tool_calls: tuple[ToolCall, ...] = ()
     tool_results: tuple[ToolResult, ...] = ()
+    # Its items' ids in the conversation (message, reply, calls, results), kept by the stores; () for new ones.
+    item_ids: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def pending_calls(self) -> list[str]:

@@ -21,17 +21,18 @@ def from_exchanges(exchanges: Iterable[Exchange], bounds: Bounds, new_id: IdSour
 
 
 def append_exchange(tree: Conversation, exchange: Exchange, user_id: str | None = None, reply_id: str | None = None) -> Item:
-    """The exchange's items at the end of the active path (the message and reply with the ids given, where
-    given); the reply item."""
+    """The exchange's items at the end of the active path, with the ids it holds (or the message's and the
+    reply's given here; new ones where neither says); the reply item."""
     turn = exchange.turn
-    if not turn.continues:
-        tree.append(Content.user(turn.text, turn.images, turn.id), user_id)
-    reply = tree.append(Content.reply(exchange.reply, exchange.partial, turn.id), reply_id)
-    for call in exchange.tool_calls:
-        tree.append(Content.tool_call(call, turn.id))
-    for result in exchange.tool_results:
-        tree.append(Content.tool_result(result.call_id, result.content))
-    return reply
+    contents = [] if turn.continues else [Content.user(turn.text, turn.images, turn.id)]
+    contents.append(Content.reply(exchange.reply, exchange.partial, turn.id))
+    contents += [Content.tool_call(call, turn.id) for call in exchange.tool_calls]
+    contents += [Content.tool_result(result.call_id, result.content) for result in exchange.tool_results]
+    ids: list[str | None] = [*exchange.item_ids] if len(exchange.item_ids) == len(contents) else [None] * len(contents)
+    if not exchange.item_ids:
+        ids[: 2 - turn.continues] = [user_id, reply_id][turn.continues :]
+    items = [tree.append(content, item_id) for content, item_id in zip(contents, ids)]
+    return items[1 - turn.continues]
 
 
 def to_exchanges(path: Sequence[Item], numbers: Mapping[str, int]) -> list[Exchange]:
@@ -57,4 +58,5 @@ def _exchange(turn: list[Item], numbers: Mapping[str, int]) -> Exchange:
         number=numbers.get(reply.id, 0) if reply is not None else 0,
         tool_calls=calls,
         tool_results=results,
+        item_ids=tuple(item.id for item in turn),
     )

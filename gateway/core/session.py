@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from gateway.core.conversation import Conversation
+from gateway.core.conversation_prompt import prompt_messages
 from gateway.core.exchange import Exchange, ToolResult, UserTurn
 from gateway.core.exchanges import append_exchange, from_exchanges, to_exchanges
 from gateway.core.item_tree import Bounds
@@ -46,6 +47,7 @@ class Session:
     # The session's turns trim their images to fit (see `plan`); the tree's own bound is for its branches.
     max_image_bytes: int = sys.maxsize
     conversation: Conversation = field(init=False)
+    rewritten: bool = field(init=False, default=False)  # see `take_rewritten`
     _numbers: dict[str, int] = field(init=False, default_factory=dict)  # a reply's item id: its exchange's number
 
     def __post_init__(self) -> None:
@@ -154,22 +156,42 @@ class Session:
         tool_calls: tuple[ToolCall, ...] = (),
         headroom: float = 0.0,
         item_ids: tuple[str | None, str | None] = (None, None),
+        answers: str | None = None,
     ) -> bool:
         """Append a finished exchange; False when a reset happened since the turn started. Past
         `max_history_turns`, the oldest go, with `headroom` (a share of the cap, at most half) more, as in
         `plan`: each drop changes the prompt's opening, so one at a time would cost every turn its held KV.
-        `item_ids`: the ids `fresh_ids` named for its user message and reply (None: new ones)."""
-        if epoch != self.epoch:
+        `item_ids`: the ids `fresh_ids` named for its user message and reply (None: new ones). `answers`: a
+        regenerated reply's, the item it answers (see `regenerating`); it joins there, beside the old reply."""
+        if epoch != self.epoch or (answers is not None and answers not in self.conversation):
             return False
         self.numbered += 1
         tree = self.conversation
         tree.bounds = replace(tree.bounds, trim_extra=_headroom(self.max_history_turns, headroom, self.max_history_turns - 1))
         held = set(self._numbers)
-        exchange = Exchange(turn=turn, reply=reply, partial=partial, tool_calls=tool_calls)
-        reply_item = append_exchange(tree, exchange, *item_ids)
+        if answers is not None:
+            reply_item = tree.attach(answers, Content.reply(reply, partial, turn.id), item_ids[1])
+            for call in tool_calls:
+                tree.append(Content.tool_call(call, turn.id))
+            self.rewritten = True
+        else:
+            exchange = Exchange(turn=turn, reply=reply, partial=partial, tool_calls=tool_calls)
+            reply_item = append_exchange(tree, exchange, *item_ids)
         self._numbers[reply_item.id] = self.numbered
         self._forget_numbers([i for i in held if i not in tree])
         return True
+
+    def regenerating(self, item_id: str | None) -> tuple[str, list[ChatMessage]]:
+        """The item a new reply replacing reply `item_id` (default: the active path's last) answers, and the
+        prompt for it: the system prompt and the path down to that item. Nothing changes yet."""
+        answered = self.conversation.regenerate(item_id)
+        system = [ChatMessage("system", self.system)] if self.system else []
+        return answered.id, [*system, *prompt_messages(self.conversation.path_to(answered.id))]
+
+    def take_rewritten(self) -> bool:
+        """Whether the history changed other than at its end since last asked (a store must write it anew)."""
+        rewritten, self.rewritten = self.rewritten, False
+        return rewritten
 
     def fresh_ids(self, turn: UserTurn) -> tuple[str | None, str]:
         """Ids for `turn`'s user message (None where it adds none) and its reply, before they join."""

@@ -50,6 +50,7 @@ class StartedTurn:
     model: str | None  # the adapter it runs on; None is the base model
     item_id: str | None = None  # the ids its user message and reply will have (named now, for `accepted`)
     reply_id: str | None = None
+    answers: str | None = None  # a regenerated reply's: the item it answers, where it joins as a new sibling
 
 
 class SessionKeeper(Protocol):
@@ -153,14 +154,64 @@ class TurnService(TurnLimits):
             plan.messages, params, started.handle, adapter=model, affinity=session.id, tools=tools.tools
         )
 
+        self._launch(session, started, generation, tools, listener, keeper)
+        return started
+
+    async def regenerate(
+        self,
+        session: Session,
+        request: TurnRequest,
+        item_id: str | None,
+        listener: Listener,
+        quota: CompileQuota,
+        keeper: SessionKeeper,
+    ) -> StartedTurn:
+        """A new reply to what reply `item_id` (default: the last) answers, on the path down to it: its
+        prompt is what the old reply's was, so the KV held for it is reused. It joins as the old one's
+        sibling when it ends (as a turn's exchange does); a failed one joins nothing."""
+        self.check_open()
+        self.check_turn(request)
+        await self._compile_grammars(session.defaults, request.options, quota)
+        answers, messages = session.regenerating(item_id)
+        params, model = self.resolve(session.defaults, request.options)
+        tools = self.tools_for(session.defaults, request.options)
+        params = tools.params(params)
+        with _engine_failures(any(m.images for m in messages)):
+            prompt_tokens = await self.engine.count_prompt_tokens(messages, tools=tools.tools)
+        if prompt_tokens + params.max_tokens > self.engine.context_tokens:  # a regenerate trims nothing: its prompt is fixed
+            window = self.engine.context_tokens
+            message = f"the path to the reply needs more than the {window}-token context window allows"
+            message += f" with max_tokens={params.max_tokens}"
+            raise GatewayError(ErrorCode.CONTEXT_OVERFLOW, message)
+        self.check_open()
+        turn = UserTurn(id=request.id, text="", continues=True)  # it adds no user message
+        plan = PromptPlan(messages=messages, prompt_tokens=prompt_tokens, dropped_turns=0)
+        _, reply_id = session.fresh_ids(turn)
+        started = StartedTurn(turn, plan, TurnHandle(), session.epoch, model, answers, reply_id, answers=answers)
+        generation = GenerationRequest(messages, params, started.handle, adapter=model, affinity=session.id, tools=tools.tools)
+        self._launch(session, started, generation, tools, listener, keeper)
+        return started
+
+    def _launch(
+        self,
+        session: Session,
+        started: StartedTurn,
+        generation: GenerationRequest,
+        tools: ToolPlan,
+        listener: Listener,
+        keeper: SessionKeeper,
+    ) -> None:
+        """Submit a session's planned turn; `accepted` first, its end recorded by `_end`."""
+
         def end(result: GenerationResult) -> None:
             self._end(session, started, result, listener, keeper)
 
+        plan = started.plan
         self._submit(generation, tools.sink(EventSink(listener, end)))
         session.drop_oldest(plan.dropped_turns)
-        self.images.hold(session.id, session.image_bytes + turn.image_bytes)
-        listener(Accepted(plan.prompt_tokens, plan.dropped_turns, item_id, reply_id))  # before any engine event (call_soon)
-        return started
+        self.images.hold(session.id, session.image_bytes + started.turn.image_bytes)
+        accepted = Accepted(plan.prompt_tokens, plan.dropped_turns, started.item_id, started.reply_id)
+        listener(accepted)  # before any engine event: those come by call_soon
 
     def _end(
         self, session: Session, started: StartedTurn, result: GenerationResult, listener: Listener, keeper: SessionKeeper
@@ -186,7 +237,8 @@ class TurnService(TurnLimits):
             cancelled = result.finish_reason == "cancelled"
             headroom = self.settings.trim_headroom
             ids = (started.item_id, started.reply_id)
-            recorded = session.record(started.turn, result.text, cancelled, started.epoch, result.tool_calls, headroom, ids)
+            calls = result.tool_calls
+            recorded = session.record(started.turn, result.text, cancelled, started.epoch, calls, headroom, ids, started.answers)
         if held:
             self.images.hold(session.id, session.image_bytes)
         return recorded

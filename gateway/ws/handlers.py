@@ -113,12 +113,7 @@ class FrameHandlers:
         self.put(p.ForgottenFrame(session=self.live.id, resume_token=self.live.token, id=frame.id))
 
     async def start_turn(self, frame: p.TurnFrame) -> None:
-        self.turns.check_open()
-        if self.active is not None:
-            raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
-        wait_s = self.turn_rate.take()
-        if wait_s > 0:
-            raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1)
+        self._may_start()
         request = TurnRequest(
             id=frame.id, text=frame.text, images=frame.images, image_urls=frame.image_urls, options=frame.options
         )
@@ -129,6 +124,26 @@ class FrameHandlers:
         started = frames.started = await self.turns.start(live.session, request, frames, self.compiles, self.hub.keeper(live))
         live.active = started  # before any await: the turn's events may already be queued
         await self.hub.turn_started(live, started)
+
+    async def regenerate(self, frame: p.RegenerateFrame) -> None:
+        self._may_start()
+        request = TurnRequest(id=frame.id, text="", options=frame.options)
+        self.turned = True
+        live = self.live
+        frames = TurnFrames(self.hub.emit, live, frame.id)
+        keeper = self.hub.keeper(live)
+        started = await self.turns.regenerate(live.session, request, frame.item_id, frames, self.compiles, keeper)
+        frames.started = live.active = started  # before any await, as for a turn
+        await self.hub.turn_started(live, started)
+
+    def _may_start(self) -> None:
+        """A turn (or a regenerate) may start: the server is open, none runs, the client is within its rate."""
+        self.turns.check_open()
+        if self.active is not None:
+            raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
+        wait_s = self.turn_rate.take()
+        if wait_s > 0:
+            raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1)
 
     async def cancel(self, frame: p.CancelFrame) -> None:
         turn_id = frame.id
@@ -156,4 +171,5 @@ HANDLERS: dict[type, Handler] = {
     p.ForgetFrame: FrameHandlers.forget,
     p.ToolResultFrame: FrameHandlers.tool_result,
     p.PingFrame: FrameHandlers.ping,
+    p.RegenerateFrame: FrameHandlers.regenerate,
 }

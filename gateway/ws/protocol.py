@@ -82,6 +82,14 @@ class TurnFrame(_ClientFrame, tag="turn"):
     options: SamplingOptions | None = None
 
 
+class RegenerateFrame(_ClientFrame, tag="regenerate"):
+    """A new reply in place of reply `item_id` (default: the last); the old one stays as its sibling."""
+
+    id: TurnId
+    item_id: str | None = None
+    options: SamplingOptions | None = None
+
+
 class CancelFrame(_ClientFrame, tag="cancel"):
     id: TurnId
 
@@ -135,7 +143,16 @@ class ToolResultFrame(_ClientFrame, tag="tool_result"):
 
 
 ClientFrame = Union[
-    TurnFrame, CancelFrame, ResetFrame, ConfigureFrame, HistoryRequestFrame, PingFrame, ResumeFrame, ForgetFrame, ToolResultFrame
+    TurnFrame,
+    CancelFrame,
+    ResetFrame,
+    ConfigureFrame,
+    HistoryRequestFrame,
+    PingFrame,
+    ResumeFrame,
+    ForgetFrame,
+    ToolResultFrame,
+    RegenerateFrame,
 ]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
 
@@ -188,7 +205,7 @@ def decode(data: bytes | str) -> ClientFrame:
             frame_id,
         )
     frame = _typed(data, raw, frame_id)
-    options = frame.options if isinstance(frame, TurnFrame) else frame if isinstance(frame, ConfigureFrame) else None
+    options = frame if isinstance(frame, ConfigureFrame) else getattr(frame, "options", None)
     for field, value in free_json(options.response_format, options.tools) if options else ():
         try:
             check_json_value(value, field)

@@ -99,11 +99,12 @@ def encode_exchange(exchange: Exchange) -> bytes:
     """Everything of an exchange but its number: the turn, the reply, its tool calls and their results."""
     calls = [[c.id, c.name, c.arguments] for c in exchange.tool_calls]
     results = [[r.call_id, r.content] for r in exchange.tool_results]
-    return msgspec.msgpack.encode([encode_turn(exchange.turn), exchange.reply, exchange.partial, calls, results])
+    fields = [encode_turn(exchange.turn), exchange.reply, exchange.partial, calls, results, list(exchange.item_ids)]
+    return msgspec.msgpack.encode(fields)
 
 
 def decode_exchange(blob: bytes, number: int) -> Exchange:
-    turn, reply, partial, calls, results = msgspec.msgpack.decode(blob)
+    turn, reply, partial, calls, results, *rest = msgspec.msgpack.decode(blob)  # rest: the item ids, where saved
     return Exchange(
         turn=decode_turn(turn),
         reply=reply,
@@ -111,6 +112,7 @@ def decode_exchange(blob: bytes, number: int) -> Exchange:
         number=number,
         tool_calls=tuple(ToolCall(*c) for c in calls),
         tool_results=tuple(ToolResult(*r) for r in results),
+        item_ids=tuple(rest[0]) if rest else (),
     )
 
 

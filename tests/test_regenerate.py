@@ -1,0 +1,72 @@
+"""End to end: `regenerate` answers like a turn, reuses the KV of the path it answers, and keeps the old reply as a sibling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.client import GatewayClient
+from tests.conftest import RunningServer
+
+GREEDY = {"temperature": 0}
+
+
+async def until(client: GatewayClient, kind: str) -> dict[str, Any]:
+    while (frame := await client.recv())["type"] != kind:
+        pass
+    return frame
+
+
+async def regenerate(client: GatewayClient, frame: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `accepted` and `done` of a regenerate (or the `error` that refused it, twice)."""
+    await client.send({"type": "regenerate", **frame})
+    first = await client.recv()
+    while first["type"] not in ("accepted", "error"):
+        first = await client.recv()
+    return (first, first) if first["type"] == "error" else (first, await until(client, "done"))
+
+
+async def test_a_regenerate_reuses_the_whole_prompt_and_keeps_the_old_reply(server: RunningServer) -> None:
+    """The new reply's prompt is the old one's: all of it but one token comes from held KV; history shows `2/2`."""
+    async with GatewayClient(server.ws_url) as client:
+        turn = await client.turn("t1", "describe a red square", max_tokens=4, **GREEDY)
+        accepted, done = await regenerate(client, {"id": "r1", "options": {"max_tokens": 4, "temperature": 1.0, "seed": 7}})
+        history = await client.request({"type": "history"})
+    assert turn.accepted and turn.done and done["type"] == "done" and done["id"] == "r1"
+    assert accepted["item_id"] == turn.accepted["item_id"] and accepted["prompt_tokens"] == turn.accepted["prompt_tokens"]
+    assert done["usage"]["prompt_tokens"] == turn.done["usage"]["prompt_tokens"]
+    assert done["usage"]["cached_tokens"] == done["usage"]["prompt_tokens"] - 1  # every token but the one that starts decoding
+    user, reply = history["turns"]
+    assert user["item_id"] == turn.accepted["item_id"] and user["siblings"] == 1
+    assert reply["item_id"] == done["reply_id"] == accepted["reply_id"] != turn.done["reply_id"]
+    assert (reply["siblings"], reply["index"], reply["text"]) == (2, 1, done["text"])
+
+
+async def test_a_regenerate_of_an_earlier_reply_leaves_what_followed_on_the_old_branch(server: RunningServer) -> None:
+    """Regenerating the first of two replies makes a path of one exchange; the second stays on the old branch."""
+    async with GatewayClient(server.ws_url) as client:
+        first = await client.turn("t1", "one", max_tokens=3, **GREEDY)
+        await client.turn("t2", "two", max_tokens=3, **GREEDY)
+        assert first.done
+        _, done = await regenerate(client, {"id": "r1", "item_id": first.done["reply_id"], "options": {"max_tokens": 3}})
+        history = await client.request({"type": "history"})
+    assert [t["item_id"] for t in history["turns"]] == [first.accepted["item_id"], done["reply_id"]]  # type: ignore[index]
+    assert history["turns"][1]["siblings"] == 2
+
+
+async def test_regenerate_refuses_unknown_ids_wrong_kinds_and_a_running_turn(server: RunningServer) -> None:
+    """`not_found` for no reply or an unknown id, `invalid_field` for a user item, `busy` while a turn runs."""
+    async with GatewayClient(server.ws_url) as client:
+        empty, _ = await regenerate(client, {"id": "r0"})
+        turn = await client.turn("t1", "hello", max_tokens=2, **GREEDY)
+        assert turn.accepted
+        unknown, _ = await regenerate(client, {"id": "r1", "item_id": "nothing1"})
+        wrong, _ = await regenerate(client, {"id": "r2", "item_id": turn.accepted["item_id"]})
+        await client.send({"type": "turn", "id": "long", "text": "a story", "options": {"max_tokens": 300, "ignore_eos": True}})
+        await until(client, "accepted")
+        busy, _ = await regenerate(client, {"id": "r3"})
+        await client.send({"type": "cancel", "id": "long"})
+        await until(client, "done")
+        after = await client.turn("t2", "still here?", max_tokens=2, **GREEDY)
+    assert [e["code"] for e in (empty, unknown, wrong, busy)] == ["not_found", "not_found", "invalid_field", "busy"]
+    assert [e["id"] for e in (empty, unknown, wrong, busy)] == ["r0", "r1", "r2", "r3"]
+    assert after.done is not None
