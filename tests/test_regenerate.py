@@ -70,3 +70,33 @@ async def test_regenerate_refuses_unknown_ids_wrong_kinds_and_a_running_turn(ser
     assert [e["code"] for e in (empty, unknown, wrong, busy)] == ["not_found", "not_found", "invalid_field", "busy"]
     assert [e["id"] for e in (empty, unknown, wrong, busy)] == ["r0", "r1", "r2", "r3"]
     assert after.done is not None
+
+
+async def test_switch_goes_back_to_the_old_reply_and_the_next_turn_follows_it(server: RunningServer) -> None:
+    """After a regenerate, `switch` to the old reply shows it `1/2`; the next turn's prompt holds it, from held KV."""
+    async with GatewayClient(server.ws_url) as client:
+        turn = await client.turn("t1", "hello there", max_tokens=4, **GREEDY)
+        assert turn.done
+        _, regenerated = await regenerate(client, {"id": "r1", "options": {"max_tokens": 4, "temperature": 1.0, "seed": 3}})
+        switched = await client.request({"type": "switch", "item_id": turn.done["reply_id"], "id": "s1"})
+        after = await client.turn("t2", "and then?", max_tokens=2, **GREEDY)
+        history = await client.request({"type": "history"})
+    assert switched["type"] == "history" and switched["id"] == "s1"
+    assert [(t["item_id"], t["siblings"], t["index"]) for t in switched["turns"]][1] == (turn.done["reply_id"], 2, 0)
+    assert switched["turns"][1]["text"] == turn.done["text"]
+    assert [t["item_id"] for t in history["turns"]][:2] == [switched["turns"][0]["item_id"], turn.done["reply_id"]]
+    assert after.done and after.done["usage"]["cached_tokens"] > 0 and regenerated["reply_id"] not in str(history)
+
+
+async def test_switch_refuses_unknown_ids_and_a_running_turn(server: RunningServer) -> None:
+    """`not_found` for an id the session does not hold, `busy` while a turn runs; the connection stays usable."""
+    async with GatewayClient(server.ws_url) as client:
+        await client.send({"type": "switch", "item_id": "nothing1", "id": "s0"})
+        unknown = await until(client, "error")
+        await client.send({"type": "turn", "id": "long", "text": "a story", "options": {"max_tokens": 300, "ignore_eos": True}})
+        await until(client, "accepted")
+        await client.send({"type": "switch", "item_id": "nothing1", "id": "s1"})
+        busy = await until(client, "error")
+        await client.send({"type": "cancel", "id": "long"})
+        await until(client, "done")
+    assert (unknown["code"], unknown["id"], busy["code"], busy["id"]) == ("not_found", "s0", "busy", "s1")

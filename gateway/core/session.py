@@ -188,6 +188,11 @@ class Session:
         system = [ChatMessage("system", self.system)] if self.system else []
         return answered.id, [*system, *prompt_messages(self.conversation.path_to(answered.id))]
 
+    def switch(self, item_id: str) -> None:
+        """Make the branch through item `item_id` active (below it, the branch seen there most recently)."""
+        self.conversation.switch(item_id)
+        self.rewritten = True
+
     def take_rewritten(self) -> bool:
         """Whether the history changed other than at its end since last asked (a store must write it anew)."""
         rewritten, self.rewritten = self.rewritten, False

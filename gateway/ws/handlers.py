@@ -136,11 +136,21 @@ class FrameHandlers:
         frames.started = live.active = started  # before any await, as for a turn
         await self.hub.turn_started(live, started)
 
+    async def switch(self, frame: p.SwitchFrame) -> None:
+        self._check_idle()
+        self.session.switch(frame.item_id)
+        await self.hub.save_history(self.live)
+        await self.history(p.HistoryRequestFrame(id=frame.id))
+
+    def _check_idle(self) -> None:
+        """The history may change: no turn is running (its reply would join a path changed under it)."""
+        if self.active is not None:
+            raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
+
     def _may_start(self) -> None:
         """A turn (or a regenerate) may start: the server is open, none runs, the client is within its rate."""
         self.turns.check_open()
-        if self.active is not None:
-            raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
+        self._check_idle()
         wait_s = self.turn_rate.take()
         if wait_s > 0:
             raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1)
@@ -172,4 +182,5 @@ HANDLERS: dict[type, Handler] = {
     p.ToolResultFrame: FrameHandlers.tool_result,
     p.PingFrame: FrameHandlers.ping,
     p.RegenerateFrame: FrameHandlers.regenerate,
+    p.SwitchFrame: FrameHandlers.switch,
 }

@@ -82,12 +82,22 @@ class TurnFrame(_ClientFrame, tag="turn"):
     options: SamplingOptions | None = None
 
 
+ItemId = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
 class RegenerateFrame(_ClientFrame, tag="regenerate"):
     """A new reply in place of reply `item_id` (default: the last); the old one stays as its sibling."""
 
     id: TurnId
-    item_id: str | None = None
+    item_id: ItemId | None = None
     options: SamplingOptions | None = None
+
+
+class SwitchFrame(_ClientFrame, tag="switch"):
+    """Make the branch through `item_id` active; answered by `history`."""
+
+    item_id: ItemId
+    id: TurnId | None = None
 
 
 class CancelFrame(_ClientFrame, tag="cancel"):
@@ -153,6 +163,7 @@ ClientFrame = Union[
     ForgetFrame,
     ToolResultFrame,
     RegenerateFrame,
+    SwitchFrame,
 ]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
 

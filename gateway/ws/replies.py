@@ -24,6 +24,7 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int]:
         "max_images_per_turn": settings.max_images_per_turn if engine.vision else 0,
         "max_text_chars": settings.max_text_chars,
         "max_history_turns": settings.max_history_turns,
+        "max_siblings": settings.max_siblings,
         "max_stop_strings": settings.max_stop_strings,
         "max_tokens": settings.max_tokens_limit,
         "context_tokens": engine.context_tokens,

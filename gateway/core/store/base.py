@@ -26,16 +26,14 @@ class SessionRecord:
     last_seq: int = 0
     updated_at: float = 0.0
 
-    def session(self, max_history_turns: int) -> Session:
+    def session(self, max_history_turns: int, max_siblings: int = 8) -> Session:
         """The conversation again; a turn that was running when the process died joins as partial."""
         exchanges = list(self.exchanges)
         numbered = exchanges[-1].number if exchanges else 0
         if self.pending is not None:
             numbered += 1
             exchanges.append(Exchange(turn=self.pending, reply="", partial=True, number=numbered))
-        session = Session(
-            max_history_turns=max_history_turns, id=self.id, system=self.system, defaults=self.defaults, numbered=numbered
-        )
+        session = Session(max_history_turns, self.id, self.system, self.defaults, numbered=numbered, max_siblings=max_siblings)
         session.restore(exchanges[-max_history_turns:])
         return session
 
