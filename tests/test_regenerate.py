@@ -100,3 +100,27 @@ async def test_switch_refuses_unknown_ids_and_a_running_turn(server: RunningServ
         await client.send({"type": "cancel", "id": "long"})
         await until(client, "done")
     assert (unknown["code"], unknown["id"], busy["code"], busy["id"]) == ("not_found", "s0", "busy", "s1")
+
+
+async def test_a_stopped_reply_truncated_to_what_was_shown_is_all_the_next_prompt_sees(server: RunningServer) -> None:
+    """`cancel`, then `truncate` to the characters shown: history holds only those, partial, and the next
+    turn's prompt is what it would be had the reply been that short."""
+    async with GatewayClient(server.ws_url) as client:
+        await client.start_turn("c1", "tell me a long story", max_tokens=300, ignore_eos=True, **GREEDY)
+        while (await client.recv())["type"] != "token":
+            pass
+        await client.send({"type": "cancel", "id": "c1"})
+        cancelled = await client.collect("c1")
+        assert cancelled.done and len(cancelled.done["text"]) > 2
+        cut = await client.request({"type": "truncate", "item_id": cancelled.done["reply_id"], "chars": 2, "id": "x"})
+        after = await client.turn("t2", "go on", max_tokens=1, **GREEDY)
+        bad = await client.request({"type": "truncate", "item_id": cancelled.done["reply_id"], "chars": 3})
+    async with GatewayClient(server.ws_url) as fresh:
+        await fresh.turn("c1", "tell me a long story", max_tokens=300, ignore_eos=True, **GREEDY)  # then cut by hand
+        session = server.app.state.ws.connections[fresh.ready["session"]].session
+        session.truncate(session.conversation.path[-1].id, 2)
+        same = await fresh.turn("t2", "go on", max_tokens=1, **GREEDY)
+    assert cut["type"] == "history" and cut["id"] == "x"
+    assert cut["turns"][1]["text"] == cancelled.done["text"][:2] and cut["turns"][1]["partial"] is True
+    assert after.accepted and same.accepted and after.accepted["prompt_tokens"] == same.accepted["prompt_tokens"]
+    assert bad["type"] == "error" and bad["code"] == "invalid_field"

@@ -193,6 +193,11 @@ class Session:
         self.conversation.switch(item_id)
         self.rewritten = True
 
+    def truncate(self, item_id: str, chars: int) -> None:
+        """Reply `item_id` keeps its first `chars` characters (code points), marked partial: what the client showed."""
+        self.conversation.truncate(item_id, chars)
+        self.rewritten = True
+
     def take_rewritten(self) -> bool:
         """Whether the history changed other than at its end since last asked (a store must write it anew)."""
         rewritten, self.rewritten = self.rewritten, False

@@ -142,6 +142,12 @@ class FrameHandlers:
         await self.hub.save_history(self.live)
         await self.history(p.HistoryRequestFrame(id=frame.id))
 
+    async def truncate(self, frame: p.TruncateFrame) -> None:
+        self._check_idle()
+        self.session.truncate(frame.item_id, frame.chars)
+        await self.hub.save_history(self.live)
+        await self.history(p.HistoryRequestFrame(id=frame.id))
+
     def _check_idle(self) -> None:
         """The history may change: no turn is running (its reply would join a path changed under it)."""
         if self.active is not None:
@@ -183,4 +189,5 @@ HANDLERS: dict[type, Handler] = {
     p.PingFrame: FrameHandlers.ping,
     p.RegenerateFrame: FrameHandlers.regenerate,
     p.SwitchFrame: FrameHandlers.switch,
+    p.TruncateFrame: FrameHandlers.truncate,
 }

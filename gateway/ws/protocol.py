@@ -93,6 +93,14 @@ class RegenerateFrame(_ClientFrame, tag="regenerate"):
     options: SamplingOptions | None = None
 
 
+class TruncateFrame(_ClientFrame, tag="truncate"):
+    """Reply `item_id` keeps its first `chars` characters (what the client showed); answered by `history`."""
+
+    item_id: ItemId
+    chars: Annotated[int, Meta(ge=0)]
+    id: TurnId | None = None
+
+
 class SwitchFrame(_ClientFrame, tag="switch"):
     """Make the branch through `item_id` active; answered by `history`."""
 
@@ -164,6 +172,7 @@ ClientFrame = Union[
     ToolResultFrame,
     RegenerateFrame,
     SwitchFrame,
+    TruncateFrame,
 ]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
 
