@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -60,3 +61,17 @@ def test_tools_bot_example_shows_a_whole_tool_call_loop(server: RunningServer, t
     lines = done.stdout.splitlines()
     assert lines[0].startswith('tool call: get_weather({"city": ') and '-> {"city": ' in lines[0], lines
     assert lines[-1].startswith("reply: "), lines
+
+
+def test_editing_example_regenerates_switches_and_truncates(server: RunningServer, tmp_path: Path) -> None:
+    """The README's editing example, run as written against the demo model: a regenerate from held KV,
+    a switch back to `1/2`, a truncate to three characters."""
+    code = block_after("### Editing the conversation", "python").replace("ws://127.0.0.1:8000/ws", server.ws_url)
+    script = tmp_path / "edit.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("regenerated: ") and "prompt tokens held" in lines[0], lines
+    assert lines[1].startswith("back to 1/2: "), lines
+    assert lines[2].startswith("truncated: ") and len(ast.literal_eval(lines[2].removeprefix("truncated: "))) == 3, lines
