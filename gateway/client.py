@@ -194,6 +194,25 @@ class GatewayClient:
         await self.start_turn(turn_id, text, images, image_urls, videos, live, **options)
         return await self.collect(turn_id, result)
 
+    # ---- editing the conversation (PROTOCOL.md, "The conversation as items") ----------------------
+
+    async def regenerate(self, turn_id: str, item_id: str | None = None, **options: Any) -> TurnResult:
+        """A new reply in place of reply `item_id` (default: the last), streamed like a turn."""
+        frame: dict[str, Any] = {"type": "regenerate", "id": turn_id, "item_id": item_id}
+        if options:
+            frame["options"] = options
+        result = TurnResult(id=turn_id, sent_at=time.perf_counter())
+        await self.send(frame)
+        return await self.collect(turn_id, result)
+
+    async def switch(self, item_id: str) -> dict[str, Any]:
+        """Make the branch through `item_id` active; the `history` frame (or an `error`)."""
+        return await self.request({"type": "switch", "item_id": item_id})
+
+    async def truncate(self, item_id: str, chars: int) -> dict[str, Any]:
+        """Reply `item_id` keeps its first `chars` characters (code points); the `history` frame (or an `error`)."""
+        return await self.request({"type": "truncate", "item_id": item_id, "chars": chars})
+
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
 

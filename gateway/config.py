@@ -39,6 +39,7 @@ class Settings:
     max_images_per_turn: int = 8
     max_text_chars: int = 32_000
     max_history_turns: int = 256
+    max_siblings: int = 8  # versions of one message or reply (regenerate, edit); past it the one seen longest ago goes
     max_stop_strings: int = 8
 
     # Images: what histories hold (the client's bytes) and what processing them may take.

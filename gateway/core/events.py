@@ -17,6 +17,8 @@ class Accepted:
     prompt_tokens: int
     dropped_turns: int
     live_frames: LiveFrames | None = None  # the live window's frames the prompt reads
+    item_id: str | None = None  # the user message's item (None: a turn that goes on from tool results, or no session)
+    reply_id: str | None = None  # the item the reply will be once it joins
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Ended:
     """The turn's end, exactly once and last: finish reason, usage, timing (and the error, if it failed)."""
 
     result: GenerationResult
+    reply_id: str | None = None  # the reply's item, where it joined a session's history
 
 
 TurnEvent = Union[Accepted, Queued, Delta, ToolCalled, Ended]

@@ -2,50 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from gateway.core.conversation import Conversation
+from gateway.core.conversation_prompt import prompt_messages
+from gateway.core.exchange import Exchange, ToolResult, UserTurn
+from gateway.core.exchanges import append_exchange, from_exchanges, to_exchanges
+from gateway.core.item_tree import Bounds
+from gateway.core.items import Content, Role
 from gateway.core.request import SamplingOptions
-from gateway.engine.contract import ChatImage, ChatMessage, ToolCall
+from gateway.engine.contract import ChatMessage, ToolCall
 from gateway.errors import ErrorCode, GatewayError
 
-
-@dataclass(frozen=True)
-class UserTurn:
-    id: str
-    text: str
-    images: tuple[ChatImage, ...] = ()  # the client's bytes; pixels are the engine's business
-    continues: bool = False  # an empty turn after tool results: the model goes on from them
-
-    @property
-    def image_bytes(self) -> int:
-        return sum(len(image.data) for image in self.images)
-
-
-@dataclass(frozen=True)
-class ToolResult:
-    call_id: str
-    content: str
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """A user turn and the reply it got; `partial` marks a reply cut short by cancel. A reply that called
-    tools holds its calls, and the client's results join it as they arrive."""
-
-    turn: UserTurn
-    reply: str
-    partial: bool = False
-    number: int = 0  # 1, 2, 3, ... in the order exchanges joined this session; never reused
-    tool_calls: tuple[ToolCall, ...] = ()
-    tool_results: tuple[ToolResult, ...] = ()
-
-    @property
-    def pending_calls(self) -> list[str]:
-        """Ids of calls the client has not answered yet."""
-        answered = {r.call_id for r in self.tool_results}
-        return [c.id for c in self.tool_calls if c.id not in answered]
+__all__ = ["Exchange", "PromptPlan", "Session", "ToolResult", "UserTurn"]
 
 
 @dataclass(frozen=True)
@@ -62,15 +34,35 @@ _OPTION_FIELDS = SamplingOptions.__struct_fields__
 
 @dataclass
 class Session:
-    """History changes only through these methods; a reply joins it once its stream has ended."""
+    """History changes only through these methods; a reply joins it once its stream has ended. The history
+    is a conversation tree (gateway/core/conversation.py); `exchanges` is its active path, flat."""
 
     max_history_turns: int
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     system: str | None = None
     defaults: SamplingOptions = field(default_factory=SamplingOptions)
-    exchanges: list[Exchange] = field(default_factory=list)
     epoch: int = 0  # bumped by reset, so a reply that outlives its conversation is not recorded
     numbered: int = 0  # the last exchange number given out
+    max_siblings: int = 8
+    # The session's turns trim their images to fit (see `plan`); the tree's own bound is for its branches.
+    max_image_bytes: int = sys.maxsize
+    conversation: Conversation = field(init=False)
+    rewritten: bool = field(init=False, default=False)  # see `take_rewritten`
+    _numbers: dict[str, int] = field(init=False, default_factory=dict)  # a reply's item id: its exchange's number
+
+    def __post_init__(self) -> None:
+        self.conversation = Conversation(Bounds(self.max_history_turns, self.max_image_bytes, self.max_siblings))
+
+    @property
+    def exchanges(self) -> list[Exchange]:
+        """The active path as exchanges (a copy: change the history through the methods)."""
+        return to_exchanges(self.conversation.path, self._numbers)
+
+    def restore(self, exchanges: Sequence[Exchange]) -> None:
+        """Take a flat history (a stored session's from before the tree) as this session's."""
+        self.conversation = from_exchanges(exchanges, self.conversation.bounds)
+        replies = [item.id for item in self.conversation.path if item.role is Role.ASSISTANT]
+        self._numbers = {reply: exchange.number for reply, exchange in zip(replies, exchanges[-len(replies) :])}
 
     def configure(self, system: str | None, options: SamplingOptions) -> None:
         if system is not None:
@@ -80,7 +72,8 @@ class Session:
         self.defaults = SamplingOptions(**merged)
 
     def reset(self) -> None:
-        self.exchanges.clear()
+        self.conversation.clear()
+        self._numbers.clear()
         self.epoch += 1
 
     @property
@@ -105,15 +98,16 @@ class Session:
         clears the history for it. Dropping changes the prompt's opening, so KV held from earlier turns no
         longer applies: without headroom a session at the edge would drop one exchange, and prefill in
         full, on every turn."""
+        exchanges = self.exchanges
         budget = context_tokens - max_tokens
         counted: dict[int, int] = {}
         # A turn that continues from tool results keeps the exchange it continues (the question, the calls,
         # the results): without it there is nothing to go on from. Its images were admitted with it.
-        most = len(self.exchanges) - (1 if turn.continues else 0)
+        most = len(exchanges) - (1 if turn.continues else 0)
 
         async def tokens_after_dropping(n: int) -> int:
             if n not in counted:
-                counted[n] = await count(self._messages(self.exchanges[n:], turn))
+                counted[n] = await count(self._messages(exchanges[n:], turn))
             return counted[n]
 
         low = min(self._drops_for_images(turn, image_room, headroom), most)
@@ -134,7 +128,7 @@ class Session:
                     high = mid
                 else:
                     low = mid + 1
-        messages = self._messages(self.exchanges[low:], turn)
+        messages = self._messages(exchanges[low:], turn)
         return PromptPlan(messages=messages, prompt_tokens=await tokens_after_dropping(low), dropped_turns=low)
 
     def _drops_for_images(self, turn: UserTurn, image_room: int | None, headroom: float) -> int:
@@ -151,7 +145,7 @@ class Session:
         return len(self.exchanges)
 
     def drop_oldest(self, n: int) -> None:
-        del self.exchanges[:n]
+        self._forget_numbers(self.conversation.drop_turns(n))
 
     def record(
         self,
@@ -161,19 +155,67 @@ class Session:
         epoch: int,
         tool_calls: tuple[ToolCall, ...] = (),
         headroom: float = 0.0,
+        item_ids: tuple[str | None, str | None] = (None, None),
+        answers: str | None = None,
     ) -> bool:
         """Append a finished exchange; False when a reset happened since the turn started. Past
         `max_history_turns`, the oldest go, with `headroom` (a share of the cap, at most half) more, as in
-        `plan`: each drop changes the prompt's opening, so one at a time would cost every turn its held KV."""
-        if epoch != self.epoch:
+        `plan`: each drop changes the prompt's opening, so one at a time would cost every turn its held KV.
+        `item_ids`: the ids `fresh_ids` named for its user message and reply (None: new ones). `answers`: a
+        regenerated reply's, the item it answers (see `regenerating`); it joins there, beside the old reply."""
+        if epoch != self.epoch or (answers is not None and answers not in self.conversation):
             return False
-        number = self.exchanges[-1].number + 1 if self.exchanges else self.numbered + 1
-        self.numbered = number
-        self.exchanges.append(Exchange(turn=turn, reply=reply, partial=partial, number=number, tool_calls=tool_calls))
-        overflow = len(self.exchanges) - self.max_history_turns
-        if overflow > 0:
-            del self.exchanges[: overflow + _headroom(self.max_history_turns, headroom, self.max_history_turns - 1)]
+        self.numbered += 1
+        tree = self.conversation
+        tree.bounds = replace(tree.bounds, trim_extra=_headroom(self.max_history_turns, headroom, self.max_history_turns - 1))
+        held = set(self._numbers)
+        if answers is not None:
+            reply_item = tree.attach(answers, Content.reply(reply, partial, turn.id), item_ids[1])
+            for call in tool_calls:
+                tree.append(Content.tool_call(call, turn.id))
+            self.rewritten = True
+        else:
+            exchange = Exchange(turn=turn, reply=reply, partial=partial, tool_calls=tool_calls)
+            reply_item = append_exchange(tree, exchange, *item_ids)
+        self._numbers[reply_item.id] = self.numbered
+        self._forget_numbers([i for i in held if i not in tree])
         return True
+
+    def regenerating(self, item_id: str | None) -> tuple[str, list[ChatMessage]]:
+        """The item a new reply replacing reply `item_id` (default: the active path's last) answers, and the
+        prompt for it: the system prompt and the path down to that item. Nothing changes yet."""
+        answered = self.conversation.regenerate(item_id)
+        system = [ChatMessage("system", self.system)] if self.system else []
+        return answered.id, [*system, *prompt_messages(self.conversation.path_to(answered.id))]
+
+    def switch(self, item_id: str) -> None:
+        """Make the branch through item `item_id` active (below it, the branch seen there most recently)."""
+        self.conversation.switch(item_id)
+        self.rewritten = True
+
+    def truncate(self, item_id: str, chars: int) -> None:
+        """Reply `item_id` keeps its first `chars` characters (code points), marked partial: what the client showed."""
+        self.conversation.truncate(item_id, chars)
+        self.rewritten = True
+
+    def take_rewritten(self) -> bool:
+        """Whether the history changed other than at its end since last asked (a store must write it anew)."""
+        rewritten, self.rewritten = self.rewritten, False
+        return rewritten
+
+    def fresh_ids(self, turn: UserTurn) -> tuple[str | None, str]:
+        """Ids for `turn`'s user message (None where it adds none) and its reply, before they join."""
+        reply_id = self.conversation.fresh_id()
+        if turn.continues:
+            return None, reply_id
+        item_id = self.conversation.fresh_id()
+        while item_id == reply_id:
+            item_id = self.conversation.fresh_id()
+        return item_id, reply_id
+
+    def _forget_numbers(self, removed: Sequence[str]) -> None:
+        for item_id in removed:
+            self._numbers.pop(item_id, None)
 
     def add_tool_result(self, call_id: str, content: str) -> None:
         """The client's answer to one of the last reply's calls joins the history as a tool message."""
@@ -182,7 +224,7 @@ class Session:
             answered = last is not None and any(r.call_id == call_id for r in last.tool_results)
             problem = "was already answered" if answered else "is not a call of the last reply"
             raise GatewayError(ErrorCode.NOT_FOUND, f"tool call {call_id!r} {problem}")
-        self.exchanges[-1] = replace(last, tool_results=(*last.tool_results, ToolResult(call_id, content)))
+        self.conversation.append(Content.tool_result(call_id, content))
 
     def check_turn(self, turn: UserTurn) -> UserTurn:
         """A turn may start once every call is answered; an empty one right after results continues from

@@ -22,6 +22,9 @@ class StartedTurn:
     epoch: int
     model: str | None  # the adapter it runs on; None is the base model
     trace: TurnTrace = NO_TRACE  # ended by the turn service once the turn's `Ended` is delivered
+    item_id: str | None = None  # the ids its user message and reply will have (named now, for `accepted`)
+    reply_id: str | None = None
+    answers: str | None = None  # a regenerated reply's: the item it answers, where it joins as a new sibling
 
 
 class SessionKeeper(Protocol):

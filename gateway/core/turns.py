@@ -13,13 +13,13 @@ from gateway.core.grammar_pool import CompileQuota, pool_for
 from gateway.core.image_ledger import ImageLedger
 from gateway.core.limits import TurnLimits
 from gateway.core.live_view import LiveFrames
-from gateway.core.prompts import conversation_messages, engine_failures, fit_context, session_turns
+from gateway.core.prompts import engine_failures, session_turns
 from gateway.core.relay import EventSink, Observed
-from gateway.core.request import ConversationRequest, SamplingOptions, TurnRequest
+from gateway.core.request import SamplingOptions, TurnRequest
 from gateway.core.sampling import resolve_params, server_defaults
 from gateway.core.session import Session, UserTurn
 from gateway.core.tool_plan import ToolPlan, plan_tools
-from gateway.core.tracing import NO_TRACE, Tracer, TurnTrace
+from gateway.core.tracing import Tracer, TurnTrace
 from gateway.core.turn_types import Drain, SessionKeeper, StartedTurn, TurnPace
 from gateway.engine.contract import (
     ChatMessage,
@@ -115,7 +115,7 @@ class TurnService(TurnLimits):
         trace.phase("admission")
         self.check_open()
         self.check_turn(request)
-        await self._compile_grammars(session.defaults, request.options, quota)
+        await self.compile_grammars(session.defaults, request.options, quota)
         trace.phase("images")
         prompted, turn = await session_turns(self.attachments, session, request, self.settings.live_history_last_frame)
         trace.phase("planning")
@@ -128,9 +128,6 @@ class TurnService(TurnLimits):
         except BaseException:
             self.images.hold(session.id, session.image_bytes)
             raise
-        self.images.hold(session.id, session.image_bytes + turn.image_bytes)
-        live = LiveFrames.of(request.live) if request.live is not None else None
-        listener(Accepted(started.plan.prompt_tokens, started.plan.dropped_turns, live))  # before any engine event
         return started
 
     async def _plan_and_submit(
@@ -156,30 +153,49 @@ class TurnService(TurnLimits):
             window = self.engine.context_tokens
             plan = await session.plan(prompted, params.max_tokens, window, count, room, self.settings.trim_headroom)
         self.check_open()  # planning awaited: the server may have begun draining meanwhile
-        started = StartedTurn(turn=turn, plan=plan, handle=TurnHandle(), epoch=session.epoch, model=model, trace=trace)
+        item_id, reply_id = session.fresh_ids(turn)
+        started = StartedTurn(turn, plan, TurnHandle(), session.epoch, model, trace, item_id=item_id, reply_id=reply_id)
         generation = GenerationRequest(
             plan.messages, params, started.handle, adapter=model, affinity=session.id, tools=tools.tools
         )
+        live = LiveFrames.of(request.live) if request.live is not None else None
+        self.launch(session, started, generation, tools, listener, keeper, live)
+        return started
+
+    def launch(
+        self,
+        session: Session,
+        started: StartedTurn,
+        generation: GenerationRequest,
+        tools: ToolPlan,
+        listener: Listener,
+        keeper: SessionKeeper,
+        live: LiveFrames | None = None,
+    ) -> None:
+        """Submit a session's planned turn: `accepted` first (before any engine event: those come by call_soon),
+        its end recorded by `_end`."""
 
         def end(result: GenerationResult) -> None:
             self._end(session, started, result, listener, keeper)
 
-        self._submit(generation, tools.sink(EventSink(listener, end)), trace, tools.syntax is not None)
+        plan = started.plan
+        self.submit(generation, tools.sink(EventSink(listener, end)), started.trace, tools.syntax is not None)
         session.drop_oldest(plan.dropped_turns)
-        return started
+        self.images.hold(session.id, session.image_bytes + started.turn.image_bytes)
+        listener(Accepted(plan.prompt_tokens, plan.dropped_turns, live, started.item_id, started.reply_id))
 
     def _end(
         self, session: Session, started: StartedTurn, result: GenerationResult, listener: Listener, keeper: SessionKeeper
     ) -> None:
         """The turn's end, in one place: recorded at once (a partial reply when cancelled), made durable, then
         `Ended`; which waits for the store no longer than store_timeout_s (a hung store must not hold a reply)."""
-        self.record(session, started, result, held=keeper.turn_ended(started, result))
+        recorded = self.record(session, started, result, held=keeper.turn_ended(started, result))
         started.trace.phase("store_write")
 
         async def deliver() -> None:
             saved = asyncio.ensure_future(keeper.persist(started))
             await asyncio.wait({saved}, timeout=self.settings.store_timeout_s)
-            listener(Ended(result))
+            listener(Ended(result, started.reply_id if recorded else None))
             started.trace.end()
 
         task = asyncio.get_running_loop().create_task(deliver())
@@ -193,7 +209,8 @@ class TurnService(TurnLimits):
         if result.finish_reason != "error":
             cancelled = result.finish_reason == "cancelled"
             headroom = self.settings.trim_headroom
-            recorded = session.record(started.turn, result.text, cancelled, started.epoch, result.tool_calls, headroom)
+            ids, calls = (started.item_id, started.reply_id), result.tool_calls
+            recorded = session.record(started.turn, result.text, cancelled, started.epoch, calls, headroom, ids, started.answers)
         if held:
             self.images.hold(session.id, session.image_bytes)
         return recorded
@@ -209,7 +226,7 @@ class TurnService(TurnLimits):
         choice = options.tool_choice if options is not None and options.tool_choice is not None else defaults.tool_choice
         return plan_tools(tools, choice, self.tool_syntax)
 
-    async def _compile_grammars(self, defaults: SamplingOptions, options: SamplingOptions | None, quota: CompileQuota) -> None:
+    async def compile_grammars(self, defaults: SamplingOptions, options: SamplingOptions | None, quota: CompileQuota) -> None:
         """The turn's grammars, compiled (or found compiled) on the pool before anything uses them: so
         `resolve` and `tools_for` look them up on the loop, never compile there."""
         if options is not None:
@@ -241,40 +258,9 @@ class TurnService(TurnLimits):
         """The session is gone from memory: its images no longer count."""
         self.images.release(session.id)
 
-    # ---- a stateless turn (HTTP) ------------------------------------------------------------------
-
-    async def start_conversation(
-        self, request: ConversationRequest, listener: Listener, quota: CompileQuota, trace: TurnTrace = NO_TRACE
-    ) -> TurnHandle:
-        """Check, load and submit a whole conversation; `listener` hears its events, `Ended` last. The caller
-        opened `trace` (its admission phase began with the body)."""
-        self.check_open()
-        self.check_conversation(request.messages, request.options)
-        options = request.options
-        await self._compile_grammars(SamplingOptions(), options, quota)
-        tools = self.tools_for(SamplingOptions(), options)
-        trace.phase("images")
-        messages = await conversation_messages(self.attachments, request)
-        trace.phase("planning")
-        params, model = self.resolve(SamplingOptions(), options)
-        with naming("messages"):
-            params = await fit_context(self.engine, self.settings.default_max_tokens, messages, params, options.max_tokens, tools)
-        images = [image for message in messages for image in message.images]
-        with engine_failures(bool(images)):
-            await self.engine.prepare(images)
-        generation = GenerationRequest(messages=messages, params=tools.params(params), adapter=model, tools=tools.tools)
-        self.check_open()
-
-        def end(result: GenerationResult) -> None:
-            listener(Ended(result))
-            trace.end()
-
-        self._submit(generation, tools.sink(EventSink(listener, end)), trace, tools.syntax is not None)
-        return generation.handle
-
     # ---- the engine --------------------------------------------------------------------------------
 
-    def _submit(self, request: GenerationRequest, sink: TurnSink, trace: TurnTrace, parses_tools: bool) -> None:
+    def submit(self, request: GenerationRequest, sink: TurnSink, trace: TurnTrace, parses_tools: bool) -> None:
         request.traceparent = trace.traceparent  # an upstream's spans join the turn's trace
         load = self.engine.load()
         waiting = load.active + load.waiting + 1 - load.capacity

@@ -16,6 +16,7 @@ from gateway.config import Settings
 from gateway.core.request import ConversationRequest, RequestMessage, SamplingOptions
 from gateway.core.runtime import runtime_of
 from gateway.core.sampling import OPTION_FIELDS
+from gateway.core.stateless import start_conversation
 from gateway.core.tracing import TurnTrace
 from gateway.core.turns import TurnService
 from gateway.edge.auth import bearer_accepted
@@ -131,7 +132,7 @@ async def _chat_completion(request: Request, turns: TurnService, trace: TurnTrac
     conversation = ConversationRequest([_message(m) for m in prompt], sampling_options(chat))
     quota = turns.grammars.http_quota(request.client.host if request.client else "unknown")
     events = ReplyEvents()
-    handle = await turns.start_conversation(conversation, events, quota, trace)
+    handle = await start_conversation(turns, conversation, events, quota, trace)
     stream = turn_events(events, handle, request.receive)
     reply = Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
     if chat.stream:

@@ -93,6 +93,32 @@ class TurnFrame(_ClientFrame, tag="turn"):
     live: bool | LiveSpec = False  # answered over a live window's frames (true: the session's one source, all)
 
 
+ItemId = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class RegenerateFrame(_ClientFrame, tag="regenerate"):
+    """A new reply in place of reply `item_id` (default: the last); the old one stays as its sibling."""
+
+    id: TurnId
+    item_id: ItemId | None = None
+    options: SamplingOptions | None = None
+
+
+class TruncateFrame(_ClientFrame, tag="truncate"):
+    """Reply `item_id` keeps its first `chars` characters (what the client showed); answered by `history`."""
+
+    item_id: ItemId
+    chars: Annotated[int, Meta(ge=0)]
+    id: TurnId | None = None
+
+
+class SwitchFrame(_ClientFrame, tag="switch"):
+    """Make the branch through `item_id` active; answered by `history`."""
+
+    item_id: ItemId
+    id: TurnId | None = None
+
+
 class CancelFrame(_ClientFrame, tag="cancel"):
     id: TurnId
 
@@ -181,5 +207,8 @@ ClientFrame = Union[
     LiveImageFrame,
     WatchFrame,
     UnwatchFrame,
+    RegenerateFrame,
+    SwitchFrame,
+    TruncateFrame,
 ]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))

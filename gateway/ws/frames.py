@@ -71,6 +71,8 @@ class AcceptedFrame(ServerBase, tag="accepted"):
     dropped_turns: int = 0
     live_frames: LiveFramesInfo | None = None  # set on a live turn
     initiated: str | None = None  # "watch": a turn the server started for the session's watch
+    item_id: str | None = None  # the user message's item (None: a turn going on from tool results)
+    reply_id: str | None = None  # the reply's item, once it joins
 
 
 class QueuedFrame(ServerBase, tag="queued"):
@@ -113,6 +115,7 @@ class DoneFrame(ServerBase, tag="done"):
     timing: Timing
     structured: bool | None = None  # with a response_format or a forced tool call: did the reply complete it
     initiated: str | None = None  # "watch": a turn the server started for the session's watch
+    reply_id: str | None = None  # the item the reply joined the history as (None: it joined nothing)
 
 
 class ErrorFrame(ServerBase, tag="error"):
@@ -142,16 +145,20 @@ class ToolCallInfo(Struct):
     call_id: str
     name: str
     arguments: str
+    item_id: str | None = None  # the call's own item
 
 
 class HistoryEntry(Struct):
-    role: Literal["user", "assistant", "tool"]
+    role: Literal["user", "assistant", "tool", "note"]
     text: str
     id: str | None = None
     images: list[ImageInfo] = []
     partial: bool = False
     tool_calls: list[ToolCallInfo] = []  # an assistant entry's calls
     call_id: str | None = None  # the call a tool entry answers
+    item_id: str | None = None  # the item's id in the conversation (a tool entry's: its result's)
+    siblings: int = 1  # items with the same parent, itself included (versions of a message or reply)
+    index: int = 0  # its place among them, 0 for the oldest
 
 
 class HistoryFrame(ServerBase, tag="history"):

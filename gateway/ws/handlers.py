@@ -11,6 +11,7 @@ from typing import Any
 from gateway.config import Settings
 from gateway.core.grammar_pool import CompileQuota
 from gateway.core.ratelimit import TokenBucket
+from gateway.core.regenerate import regenerate
 from gateway.core.request import TurnRequest
 from gateway.core.session import Session
 from gateway.core.turn_types import StartedTurn
@@ -186,6 +187,44 @@ class FrameHandlers:
         if not stop_watch(self.live):
             raise GatewayError(ErrorCode.NOT_FOUND, "this session has no watch")
 
+    async def regenerate(self, frame: p.RegenerateFrame) -> None:
+        live = self.live
+        async with live.starting:  # as a turn: no watch turn starts meanwhile, a running one gives way
+            await yield_watch(live)
+            self._may_start()
+            request = TurnRequest(id=frame.id, text="", options=frame.options, traceparent=self.traceparent)
+            self.turned = True
+            frames = TurnFrames(self.hub.emit, live, frame.id)
+            keeper = self.hub.keeper(live)
+            started = await regenerate(self.turns, live.session, request, frame.item_id, frames, self.compiles, keeper)
+            frames.started = live.active = started  # before any await, as for a turn
+            await self.hub.turn_started(live, started)
+
+    async def switch(self, frame: p.SwitchFrame) -> None:
+        self._check_idle()
+        self.session.switch(frame.item_id)
+        await self.hub.save_history(self.live)
+        await self.history(p.HistoryRequestFrame(id=frame.id))
+
+    async def truncate(self, frame: p.TruncateFrame) -> None:
+        self._check_idle()
+        self.session.truncate(frame.item_id, frame.chars)
+        await self.hub.save_history(self.live)
+        await self.history(p.HistoryRequestFrame(id=frame.id))
+
+    def _check_idle(self) -> None:
+        """The history may change: no turn is running (its reply would join a path changed under it)."""
+        if self.active is not None:
+            raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
+
+    def _may_start(self) -> None:
+        """A turn (or a regenerate) may start: the server is open, none runs, the client is within its rate."""
+        self.turns.check_open()
+        self._check_idle()
+        wait_s = self.turn_rate.take()
+        if wait_s > 0:
+            raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1)
+
     async def cancel(self, frame: p.CancelFrame) -> None:
         turn_id = frame.id
         if self.active is None or self.active.turn.id != turn_id:
@@ -218,6 +257,9 @@ HANDLERS: dict[type, Handler] = {
     p.LiveImageFrame: FrameHandlers.live_frame,
     p.WatchFrame: FrameHandlers.watch,
     p.UnwatchFrame: FrameHandlers.unwatch,
+    p.RegenerateFrame: FrameHandlers.regenerate,
+    p.SwitchFrame: FrameHandlers.switch,
+    p.TruncateFrame: FrameHandlers.truncate,
 }
 
 

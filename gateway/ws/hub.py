@@ -59,7 +59,7 @@ class SessionHub(SessionSaving):
         for old in list(self.quota.over(client, owner, adding=0)):
             log.info("session %s: unloaded for a new session of the same client (max_sessions_per_client)", old.id)
             self.unload(old)
-        session = Session(max_history_turns=self.settings.max_history_turns)
+        session = Session(max_history_turns=self.settings.max_history_turns, max_siblings=self.settings.max_siblings)
         live = LiveSession(session, secrets.token_urlsafe(24), owner, self._journal(), client=client)
         self.live[live.id] = live
         self.quota.add(live)
@@ -167,7 +167,7 @@ class SessionHub(SessionSaving):
     def _revive(self, record: SessionRecord, token: str, client: str) -> LiveSession:
         if record.id in self.live:  # loaded meanwhile by a concurrent resume
             return self.live[record.id]
-        session = record.session(self.settings.max_history_turns)
+        session = record.session(self.settings.max_history_turns, self.settings.max_siblings)
         self._make_image_room(record.id, session.image_bytes)
         for old in list(self.quota.over(client, record.owner, adding=0)):  # the caller's fresh session goes next
             self.unload(old)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.config import Settings
-from gateway.core.session import Exchange, Session
-from gateway.engine.contract import Engine
+from gateway.core.items import Placed, Role
+from gateway.core.session import Session
+from gateway.engine.contract import ChatImage, Engine
 from gateway.ws import protocol as p
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def limits_of(settings: Settings, engine: Engine) -> dict[str, int | float]:
         "min_watch_every_s": settings.min_watch_every_s,
         "max_text_chars": settings.max_text_chars,
         "max_history_turns": settings.max_history_turns,
+        "max_siblings": settings.max_siblings,
         "max_stop_strings": settings.max_stop_strings,
         "max_tokens": settings.max_tokens_limit,
         "context_tokens": engine.context_tokens,
@@ -74,28 +76,40 @@ def session_defaults(turns: TurnService, session: Session) -> dict[str, Any]:
 
 
 def history_frame(session: Session, frame: p.HistoryRequestFrame) -> p.HistoryFrame:
+    """The active path, one entry per item (a reply's calls join its entry), each with its place among its
+    siblings; a tool entry carries its turn's id, as the reply it answers does."""
     entries: list[p.HistoryEntry] = []
-    for exchange in session.exchanges:
-        images = [
-            p.ImageInfo(
-                format=i.format,
-                width=i.width,
-                height=i.height,
-                bytes=len(i.data),
-                sha256=i.sha256,
-                data=i.data if frame.include_images else None,
-            )
-            for i in exchange.turn.images
-        ]
-        if not exchange.turn.continues:  # an empty turn that went on from tool results added no user message
-            entries.append(p.HistoryEntry(role="user", text=exchange.turn.text, id=exchange.turn.id, images=images))
-        entries += _reply_entries(exchange)
+    turn_id: str | None = None
+    for placed in session.conversation.history():
+        item, content = placed.item, placed.item.content
+        turn_id = content.turn_id if item.role is not Role.TOOL_RESULT else turn_id
+        if item.role is Role.TOOL_CALL and content.call is not None and entries:
+            call = content.call
+            entries[-1].tool_calls.append(p.ToolCallInfo(call.id, call.name, call.arguments, item_id=item.id))
+            continue
+        if item.role is Role.TOOL_RESULT:
+            entry = p.HistoryEntry(role="tool", text=content.text, id=turn_id, call_id=content.call_id)
+        elif item.role is Role.ASSISTANT:
+            entry = p.HistoryEntry(role="assistant", text=content.text, id=turn_id, partial=content.partial)
+        else:
+            images = [_image_info(i, frame.include_images) for i in content.images]
+            role: Literal["user", "note"] = "user" if item.role is Role.USER else "note"
+            entry = p.HistoryEntry(role=role, text=content.text, id=turn_id, images=images)
+        entries.append(_placed(entry, placed))
     return p.HistoryFrame(system=session.system, turns=entries, id=frame.id)
 
 
-def _reply_entries(exchange: Exchange) -> list[p.HistoryEntry]:
-    """The assistant's entry (with its calls) and one tool entry per result."""
-    calls = [p.ToolCallInfo(call_id=c.id, name=c.name, arguments=c.arguments) for c in exchange.tool_calls]
-    turn_id = exchange.turn.id
-    reply = p.HistoryEntry(role="assistant", text=exchange.reply, id=turn_id, partial=exchange.partial, tool_calls=calls)
-    return [reply, *(p.HistoryEntry(role="tool", text=r.content, id=turn_id, call_id=r.call_id) for r in exchange.tool_results)]
+def _placed(entry: p.HistoryEntry, placed: Placed) -> p.HistoryEntry:
+    entry.item_id, entry.siblings, entry.index = placed.item.id, placed.siblings, placed.index
+    return entry
+
+
+def _image_info(image: ChatImage, include_data: bool) -> p.ImageInfo:
+    return p.ImageInfo(
+        format=image.format,
+        width=image.width,
+        height=image.height,
+        bytes=len(image.data),
+        sha256=image.sha256,
+        data=image.data if include_data else None,
+    )

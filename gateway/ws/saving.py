@@ -52,6 +52,8 @@ class SessionSaving:
                 live.used_at = time.time()
                 await self.guard.call(self.store.save_meta, live.record())
                 if history:  # the oldest exchanges may have been dropped
+                    if live.session.take_rewritten():  # an earlier exchange changed: the stores write by number
+                        await self.guard.call(self.store.sync_history, live.id, [])
                     await self.guard.call(self.store.sync_history, live.id, live.session.exchanges)
                 if pending:  # the turn in progress, or none
                     await self.guard.call(self.store.set_pending, live.id, turn)

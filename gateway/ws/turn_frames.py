@@ -18,10 +18,16 @@ def frames_of(turn_id: str, event: TurnEvent, initiated: str | None = None) -> l
     if isinstance(event, Accepted):
         live = event.live_frames
         info = p.LiveFramesInfo(live.count, live.first_ts, live.last_ts) if live is not None else None
-        dropped = event.dropped_turns
+        tokens, dropped = event.prompt_tokens, event.dropped_turns
         return [
             p.AcceptedFrame(
-                id=turn_id, prompt_tokens=event.prompt_tokens, dropped_turns=dropped, live_frames=info, initiated=initiated
+                id=turn_id,
+                prompt_tokens=tokens,
+                dropped_turns=dropped,
+                live_frames=info,
+                initiated=initiated,
+                item_id=event.item_id,
+                reply_id=event.reply_id,
             )
         ]
     if isinstance(event, Queued):
@@ -36,11 +42,11 @@ def frames_of(turn_id: str, event: TurnEvent, initiated: str | None = None) -> l
         code = result.error_code or ErrorCode.GENERATION
         message = result.error or "generation failed"
         frames.append(p.ErrorFrame(code=code.value, message=message, id=turn_id, retry_after_ms=result.retry_after_ms))
-    frames.append(done_frame(turn_id, result, initiated))
+    frames.append(done_frame(turn_id, result, initiated, event.reply_id))
     return frames
 
 
-def done_frame(turn_id: str, result: GenerationResult, initiated: str | None = None) -> p.DoneFrame:
+def done_frame(turn_id: str, result: GenerationResult, initiated: str | None = None, reply_id: str | None = None) -> p.DoneFrame:
     return p.DoneFrame(
         id=turn_id,
         finish_reason=result.finish_reason,
@@ -58,6 +64,7 @@ def done_frame(turn_id: str, result: GenerationResult, initiated: str | None = N
         ),
         structured=result.structured,
         initiated=initiated,
+        reply_id=reply_id,
     )
 
 

@@ -99,9 +99,13 @@ async def assert_usable(client: GatewayClient, before: list[dict[str, Any]]) -> 
     turns = await history_turns(client)
     assert turns[:-2] == before
     assert turns[-2]["role"] == "user" and turns[-2]["id"] == "after"
-    assert (
-        turns[-1] == {"role": "assistant", "text": result.done["text"], "id": "after", "images": [], "partial": False} | NO_TOOLS
-    )
+    assert turns[-1] == {
+        "role": "assistant",
+        "text": result.done["text"],
+        "id": "after",
+        "images": [],
+        "partial": False,
+    } | NO_TOOLS | {"item_id": result.done["reply_id"], "siblings": 1, "index": 0}
 
 
 async def send_raw(client: GatewayClient, payload: bytes | str | dict[str, Any]) -> None:

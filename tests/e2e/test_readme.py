@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -77,3 +78,17 @@ def test_camera_bot_example_streams_a_folder_and_asks_about_it(server: RunningSe
     lines = done.stdout.splitlines()
     assert lines[0].startswith("sent 3 frames; the turn read {'count': 2, "), lines
     assert lines[-1].startswith("reply: "), lines
+
+
+def test_editing_example_regenerates_switches_and_truncates(server: RunningServer, tmp_path: Path) -> None:
+    """The README's editing example, run as written against the demo model: a regenerate from held KV,
+    a switch back to `1/2`, a truncate to three characters."""
+    code = block_after("### Editing the conversation", "python").replace("ws://127.0.0.1:8000/ws", server.ws_url)
+    script = tmp_path / "edit.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("regenerated: ") and "prompt tokens held" in lines[0], lines
+    assert lines[1].startswith("back to 1/2: "), lines
+    assert lines[2].startswith("truncated: ") and len(ast.literal_eval(lines[2].removeprefix("truncated: "))) == 3, lines

@@ -27,21 +27,16 @@ class SessionRecord:
     last_seq: int = 0
     updated_at: float = 0.0
 
-    def session(self, max_history_turns: int) -> Session:
+    def session(self, max_history_turns: int, max_siblings: int = 8) -> Session:
         """The conversation again; a turn that was running when the process died joins as partial."""
         exchanges = list(self.exchanges)
         numbered = exchanges[-1].number if exchanges else 0
         if self.pending is not None:
             numbered += 1
             exchanges.append(Exchange(turn=self.pending, reply="", partial=True, number=numbered))
-        return Session(
-            max_history_turns=max_history_turns,
-            id=self.id,
-            system=self.system,
-            defaults=self.defaults,
-            exchanges=exchanges[-max_history_turns:],
-            numbered=numbered,
-        )
+        session = Session(max_history_turns, self.id, self.system, self.defaults, numbered=numbered, max_siblings=max_siblings)
+        session.restore(exchanges[-max_history_turns:])
+        return session
 
 
 @dataclass(frozen=True)
@@ -132,11 +127,12 @@ def encode_exchange(exchange: Exchange) -> bytes:
     """Everything of an exchange but its number: the turn, the reply, its tool calls and their results."""
     calls = [[c.id, c.name, c.arguments] for c in exchange.tool_calls]
     results = [[r.call_id, r.content] for r in exchange.tool_results]
-    return msgspec.msgpack.encode([encode_turn(exchange.turn), exchange.reply, exchange.partial, calls, results])
+    fields = [encode_turn(exchange.turn), exchange.reply, exchange.partial, calls, results, list(exchange.item_ids)]
+    return msgspec.msgpack.encode(fields)
 
 
 def decode_exchange(blob: bytes, number: int) -> Exchange:
-    turn, reply, partial, calls, results = msgspec.msgpack.decode(blob)
+    turn, reply, partial, calls, results, *rest = msgspec.msgpack.decode(blob)  # rest: the item ids, where saved
     return Exchange(
         turn=decode_turn(turn),
         reply=reply,
@@ -144,6 +140,7 @@ def decode_exchange(blob: bytes, number: int) -> Exchange:
         number=number,
         tool_calls=tuple(ToolCall(*c) for c in calls),
         tool_results=tuple(ToolResult(*r) for r in results),
+        item_ids=tuple(rest[0]) if rest else (),
     )
 
 

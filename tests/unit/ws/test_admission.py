@@ -13,6 +13,7 @@ from gateway.config import Settings
 from gateway.core.image_ledger import ImageLedger
 from gateway.core.request import ConversationRequest, RequestMessage, TurnRequest
 from gateway.core.session import Session
+from gateway.core.stateless import start_conversation
 from gateway.core.store.memory import MemoryStore
 from gateway.core.turns import TurnService
 from gateway.engine.contract import ChatImage, EngineLoad, GenerationRequest, TurnHandle, TurnSink
@@ -59,7 +60,7 @@ class Keeper:
 
 async def submit(turns: TurnService) -> TurnHandle:
     request = ConversationRequest([RequestMessage("user", "hi")])
-    return await turns.start_conversation(request, ignored, turns.grammars.quota("a"))
+    return await start_conversation(turns, request, ignored, turns.grammars.quota("a"))
 
 
 def service(capacity: int) -> tuple[TurnService, HeldEngine, DetachedSessions[Fake]]:

@@ -38,7 +38,7 @@ def test_every_limit_is_a_whole_number_but_the_rates() -> None:
 
 def session_with(*exchanges: Exchange) -> Session:
     session = Session(max_history_turns=10, system="be brief")
-    session.exchanges.extend(exchanges)
+    session.restore(exchanges)
     return session
 
 
