@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-import gateway.core.turns
+import gateway.core.attachments
 from gateway.client import GatewayClient, TurnResult
 from gateway.config import Settings
 from gateway.engine.contract import ChatMessage
@@ -101,7 +101,7 @@ def threads_running(monkeypatch: pytest.MonkeyPatch, running: RunningServer) -> 
     """The names of the threads that decode attachments and that process images, while the block runs."""
     seen: dict[str, set[str]] = {"decode": set(), "process": set()}
     cache = running.engine.loaded.prompt.images
-    process, decode = cache._process, gateway.core.turns.check_image
+    process, decode = cache._process, gateway.core.attachments.check_image
 
     def processing(image: Any) -> Any:
         seen["process"].add(threading.current_thread().name)
@@ -112,7 +112,7 @@ def threads_running(monkeypatch: pytest.MonkeyPatch, running: RunningServer) -> 
         return decode(*args)
 
     monkeypatch.setattr(cache, "_process", processing)
-    monkeypatch.setattr(gateway.core.turns, "check_image", decoding)
+    monkeypatch.setattr(gateway.core.attachments, "check_image", decoding)
     yield seen
 
 

@@ -246,6 +246,7 @@ class Generation:
             error=error,
             cached_tokens=seq.cached_tokens,
             structured=None if seq.grammar is None else reason == "stop" and seq.grammar.accepting,
+            queue_ms=(job.admitted - job.submitted) * 1000 if job.admitted is not None else None,
         )
         self._emit(job, job.sink.on_done, result)
 

@@ -19,6 +19,7 @@ class Job:
     sink: TurnSink
     loop: asyncio.AbstractEventLoop
     submitted: float = field(default_factory=time.perf_counter)
+    admitted: float | None = None  # when a batch slot took it: its prefill begins
 
 
 Admissions = tuple[list[Job] | None, list[Job], list[Job]]  # admitted (None: stop), cancelled, still waiting
@@ -88,6 +89,7 @@ class WaitingLine:
             admitted: list[Job] = []
             while self._waiting and active + len(admitted) < self.max_batch and len(admitted) < self.max_prefills_per_step:
                 admitted.append(self._waiting.popleft())
+                admitted[-1].admitted = time.perf_counter()
             self.active = active + len(admitted)
             self._active_handles += [job.request.handle for job in admitted]
             moved = admitted or cancelled
