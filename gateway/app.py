@@ -40,7 +40,7 @@ EngineFactory = Callable[[Settings], Engine]
 def create_app(settings: Settings, engine: Engine | None = None, engine_factory: EngineFactory | None = None) -> Starlette:
     """Build the app around a ready engine, or one the factory builds in the background after start-up.
     (`gateway serve` loads its engine before it listens, so a model that cannot load stops it at once.)"""
-    redact.install(settings.api_key, settings.upstream_api_key)  # every logger, at every level
+    redact.install(*settings.secrets)  # every logger, at every level
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
