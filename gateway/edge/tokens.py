@@ -55,6 +55,11 @@ class TokenKeys:
         return [self.secret, self.previous] if keep_previous and self.previous else [self.secret]
 
 
+def keys_of(secret: str | None, previous: str | None, started_at: float, max_ttl_s: float) -> TokenKeys | None:
+    """A server's keys, None when tokens are off; a previous secret counts for one longest TTL after start."""
+    return TokenKeys(secret, previous, started_at + max_ttl_s) if secret else None
+
+
 def new_token_id() -> str:
     """A random id for a token's claims: what single use is claimed by."""
     return secrets.token_urlsafe(12)
