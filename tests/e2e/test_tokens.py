@@ -6,9 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +22,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.config import Settings
 from gateway.edge.tokens import TokenClaims, TokenKeys, mint, new_token_id
-from tests.conftest import DemoDirs, RunningServer, start_server
+from tests.conftest import DemoDirs, RunningServer, free_port, start_server, wait_until
+from tests.e2e.test_readme import block_after
 
 KEY = "sk-gw-token-test-key-0123456789"
 SECRET, OLD_SECRET = "token-secret-now-0123456789", "token-secret-old-0123456789"
@@ -222,3 +228,32 @@ async def test_no_token_or_key_reaches_the_logs(server: RunningServer, caplog: p
     assert caplog.records
     for secret in (token, token.split(".")[1], token.split(".")[2], KEY, SECRET):
         assert secret not in caplog.text
+
+
+async def test_the_readme_backend_mints_a_token_that_opens(server: RunningServer, tmp_path: Path) -> None:
+    """The README's ten-line backend, run as written against this server, answers a token a browser can open with."""
+    code = block_after("### Scoped tokens for browsers", "python").replace("8080", str(port := free_port()))
+    script = tmp_path / "backend.py"
+    script.write_text(code)
+    env = {**os.environ, "GATEWAY_URL": server.http_url, "GATEWAY_API_KEY": KEY}
+    backend = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE)
+    try:
+        await wait_until(lambda: _listening(port), 20)
+        with urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{port}/", b"", method="POST"), timeout=10
+        ) as answer:
+            token = json.loads(answer.read())["token"]
+        client = await opened(server, token)
+        assert (await turn(client, "t1"))["type"] == "done"
+        await client.ws.close()
+    finally:
+        backend.terminate()
+        backend.wait(10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
