@@ -126,6 +126,7 @@ class Settings:
     token_max_ttl_s: float = 600.0  # the longest a token may ask to wait
     token_session_s: float = 1800.0  # how long a connection a token opened may last, unless it asks less
     token_max_session_s: float = 14400.0  # the longest a token may ask its connection to last
+    web_token_url: str = ""  # where the browser page asks (POST, same origin) for a scoped token; "": a typed key
     token_closing_grace_s: float = 10.0  # from the `closing` notice at a token's end to the close (4004)
     image_fetch_allow: str = ""  # comma-separated CIDRs / host names image URLs may reach despite the SSRF guard
     image_fetch_connect_timeout_s: float = 5.0
