@@ -69,7 +69,7 @@ class FrameHandlers:
 
     async def handle(self, frame: p.ClientFrame) -> None:
         if self.scope is not None:  # opened with a scoped token: only what it allows
-            frame = self.scope.admit(frame, self.live.id)
+            frame = self.scope.admit(frame, self.session)
         await HANDLERS[type(frame)](self, frame)
 
     async def reset(self, frame: p.ResetFrame) -> None:

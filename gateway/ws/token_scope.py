@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from gateway.core.request import SamplingOptions
+from gateway.core.session import Session
 from gateway.edge.tokens import TokenClaims
 from gateway.errors import ErrorCode, GatewayError
 from gateway.ws import protocol as p
@@ -21,10 +23,10 @@ class TokenScope:
         self.turns_started = 0
         self.expired = False  # the connection's time is up: it is closing, no new turn starts
 
-    def admit(self, frame: p.ClientFrame, session_id: str) -> p.ClientFrame:
-        """`frame` as it may run (a turn's options bound to the token's), or a refusal."""
+    def admit(self, frame: p.ClientFrame, session: Session) -> p.ClientFrame:
+        """`frame` as it may run on `session` (a turn's options bound to the token's), or a refusal."""
         bound = self.claims.session
-        if bound is not None and session_id != bound and not isinstance(frame, BEFORE_RESUME):
+        if bound is not None and session.id != bound and not isinstance(frame, BEFORE_RESUME):
             raise _refused("this token opens only a resume of its own session: send resume first")
         if bound is not None and isinstance(frame, p.ResumeFrame) and frame.session != bound:
             raise _refused("this token resumes only its own session", "session")
@@ -33,20 +35,21 @@ class TokenScope:
         if isinstance(frame, p.ConfigureFrame):
             self._check(frame.model, frame.tools)
         if isinstance(frame, p.TurnFrame):
-            return self._turn(frame)
+            return self._turn(frame, session.defaults)
         return frame
 
-    def _turn(self, frame: p.TurnFrame) -> p.TurnFrame:
+    def _turn(self, frame: p.TurnFrame, defaults: SamplingOptions) -> p.TurnFrame:
         claims = self.claims
         if self.expired:
             raise _refused("this token's session time is up; the connection is closing")
         if claims.turns is not None and self.turns_started >= claims.turns:
             raise _refused(f"this token's budget of {claims.turns} turns is spent")
         options = frame.options or p.SamplingOptions()
-        self._check(options.model, options.tools)
+        # A resumed session's defaults were set before this token: a turn inherits them, so they count too.
+        self._check(options.model, options.tools or defaults.tools)
         model = claims.model or options.model  # the token's model even where the session's defaults name another
-        cap = claims.max_tokens
-        max_tokens = options.max_tokens if cap is None else min(options.max_tokens or cap, cap)
+        cap, asked = claims.max_tokens, options.max_tokens or defaults.max_tokens
+        max_tokens = options.max_tokens if cap is None else min(asked or cap, cap)
         self.turns_started += 1
         bounded = msgspec.structs.replace(options, model=model, max_tokens=max_tokens)
         return msgspec.structs.replace(frame, options=bounded)
