@@ -73,7 +73,8 @@ api_key_accepted = bearer_accepted
 async def _mint_token(request: Request) -> Response:
     """A scoped token for a browser (gateway/openai/tokens.py); the API key was checked like any /v1 request's."""
     body = await _read_body(request, tokens.MAX_BODY_BYTES)
-    return JSONResponse(tokens.minted(body, runtime_of(request.app).settings, time.time()))
+    served = _ready_turns(request).models
+    return JSONResponse(tokens.minted(body, runtime_of(request.app).settings, served, time.time()))
 
 
 def _check_api_key(request: Request) -> None:

@@ -29,7 +29,7 @@ class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     turns: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
 
 
-def minted(body: bytes, settings: Settings, now: float) -> dict[str, object]:
+def minted(body: bytes, settings: Settings, served: list[str], now: float) -> dict[str, object]:
     """The answer to a request for a token: the token, its id, when it stops opening, and its session's length."""
     if not settings.token_secret:
         raise ApiError(404, "scoped tokens are off: the server has no token_secret", code="tokens_disabled")
@@ -46,6 +46,8 @@ def minted(body: bytes, settings: Settings, now: float) -> dict[str, object]:
         raise ApiError(
             400, f"max_tokens is over max_tokens_limit ({settings.max_tokens_limit})", code="invalid_field", param="max_tokens"
         )
+    if asked.model is not None and asked.model not in served:
+        raise ApiError(400, f"model {asked.model!r} is not served here", code="model_not_found", param="model")
     scope = {f: getattr(asked, f) for f in ("single_use", "model", "session", "max_tokens", "tools", "turns")}
     claims = TokenClaims(id=new_token_id(), issued_at=now, expires_at=now + ttl_s, session_s=session_s, **scope)
     return {"token": mint(claims, keys), "id": claims.id, "expires_at": claims.expires_at, "session_s": session_s}

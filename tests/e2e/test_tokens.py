@@ -111,11 +111,13 @@ async def test_a_minted_token_opens_a_connection_that_serves_turns(server: Runni
 
 
 async def test_minting_needs_the_key_and_a_bounded_body(server: RunningServer) -> None:
-    """Without the key minting is 401; an unknown field or a TTL past the server's limit is 400."""
+    """Without the key minting is 401; an unknown field, a TTL past the server's limit or a model not served is 400."""
     assert (await asyncio.to_thread(post_token, server, {}, None))[0] == 401
     assert (await asyncio.to_thread(post_token, server, {"colour": "red"}))[0] == 400
     status, answer = await asyncio.to_thread(post_token, server, {"ttl_s": 10**6})
     assert status == 400 and answer["error"]["param"] == "ttl_s"
+    status, answer = await asyncio.to_thread(post_token, server, {"model": "not-served"})
+    assert status == 400 and answer["error"]["param"] == "model"
 
 
 async def test_an_expired_token_is_refused(server: RunningServer) -> None:
