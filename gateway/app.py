@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from gateway.core.store.open import open_store
 from gateway.core.turns import TurnService
 from gateway.edge.auth import bearer_accepted
 from gateway.edge.hosts import HostGuard, host_policy
+from gateway.edge.tokens import keys_of
 from gateway.engine.contract import Engine
 from gateway.metrics import Metrics, ServiceGauges
 from gateway.openai import routes as openai
@@ -40,11 +42,12 @@ EngineFactory = Callable[[Settings], Engine]
 def create_app(settings: Settings, engine: Engine | None = None, engine_factory: EngineFactory | None = None) -> Starlette:
     """Build the app around a ready engine, or one the factory builds in the background after start-up.
     (`gateway serve` loads its engine before it listens, so a model that cannot load stops it at once.)"""
-    redact.install(settings.api_key, settings.upstream_api_key)  # every logger, at every level
+    redact.install(*settings.secrets)  # every logger, at every level
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime, ws = Runtime(settings, metrics), WsState()
+        ws.token_keys = keys_of(settings.token_secret, settings.token_secret_previous, time.time(), settings.token_max_ttl_s)
         app.state.runtime, app.state.ws = runtime, ws  # the app's whole state: two typed objects
         loading: asyncio.Task[None] | None = None
         if engine is not None:

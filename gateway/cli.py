@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
     settings = _settings(args)
-    redact.install(settings.api_key, settings.upstream_api_key)  # before the first line is logged
+    redact.install(*settings.secrets)  # before the first line is logged
     logs.configure(settings)
     try:
         check_store(settings)
@@ -170,6 +170,7 @@ def _add_serve(commands: Any) -> None:
     )
     add("--tokenizer", help=_setting("tokenizer", "local tokenizer directory for exact prompt lengths", "the upstream's"))
     add("--api-key", dest="api_key", help=_setting("api_key", "require this key on HTTP and WebSocket", "none"))
+    add("--token-secret", dest="token_secret", help=_setting("token_secret", "sign and accept scoped tokens", "off"))
     add("--device", help=_setting("device", "torch device: cpu, cuda, cuda:N", "cuda when available, else cpu"))
     add(
         "--dtype",
@@ -189,12 +190,8 @@ def _add_serve(commands: Any) -> None:
         choices=list(logs.FORMATS),
         help=_setting("log_format", "json: one JSON object a line (ts, level, logger, message, fields)"),
     )
-    add(
-        "--max-batch",
-        dest="max_batch",
-        type=_at_least(1),
-        help=_setting("max_batch", "turns decoding together in one forward pass"),
-    )
+    batch_help = _setting("max_batch", "turns decoding together in one forward pass")
+    add("--max-batch", dest="max_batch", type=_at_least(1), help=batch_help)
     add("--chat-template", dest="chat_template", help=_setting("chat_template", "a Jinja chat template file", "the model's"))
     add("--engine", choices=["real", "scripted"], help=_setting("engine", "scripted: no model, instant replies"))
     add(

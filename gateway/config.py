@@ -129,6 +129,15 @@ class Settings:
 
     # Access and image URLs.
     api_key: str | None = None  # when set, /v1/* and /ws need it (Bearer header or `bearer.<key>` subprotocol)
+    # Scoped tokens (gateway/edge/tokens.py): minted by POST /v1/realtime/tokens with the API key, accepted where it is.
+    token_secret: str | None = None  # signs tokens; unset: no tokens are minted or accepted
+    token_secret_previous: str | None = None  # the secret before a rotation, accepted for token_max_ttl_s after start
+    token_ttl_s: float = 60.0  # how long a token may wait to open a connection, unless it asks less
+    token_max_ttl_s: float = 600.0  # the longest a token may ask to wait
+    token_session_s: float = 1800.0  # how long a connection a token opened may last, unless it asks less
+    token_max_session_s: float = 14400.0  # the longest a token may ask its connection to last
+    web_token_url: str = ""  # where the browser page asks (POST, same origin) for a scoped token; "": a typed key
+    token_closing_grace_s: float = 10.0  # from the `closing` notice at a token's end to the close (4004)
     image_fetch_allow: str = ""  # comma-separated CIDRs / host names image URLs may reach despite the SSRF guard
     image_fetch_connect_timeout_s: float = 5.0
     image_fetch_read_timeout_s: float = 10.0
@@ -176,6 +185,11 @@ class Settings:
     def serves_demo_model(self) -> bool:
         """The built-in demo model (random weights) is served when no model directory is configured."""
         return self.model is None and self.engine == "real" and not self.upstreams
+
+    @property
+    def secrets(self) -> tuple[str | None, ...]:
+        """Every configured secret, for the log redactor to hide wherever it appears."""
+        return (self.api_key, self.upstream_api_key, self.token_secret, self.token_secret_previous)
 
     def trim_headroom_tokens(self, context_tokens: int) -> int:
         """The most tokens a turn that must drop exchanges frees beyond its own need, in a window this long."""

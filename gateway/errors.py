@@ -18,6 +18,7 @@ class CloseCode(enum.IntEnum):
     IDLE_TIMEOUT = 4001  # no frames and no running turn for idle_timeout_s
     FLOODING = 4002  # kept sending far past the rate limit after `rate_limited` errors
     TAKEN_OVER = 4003  # another connection resumed this session
+    TOKEN_EXPIRED = 4004  # the scoped token's session duration is over (after `closing` with a grace)
 
 
 class ErrorCode(str, enum.Enum):
@@ -38,6 +39,7 @@ class ErrorCode(str, enum.Enum):
     OVERLOADED = "overloaded"  # the engine's queue is full
     RATE_LIMITED = "rate_limited"  # too many frames or turns; retry after `retry_after_ms`
     SHUTTING_DOWN = "shutting_down"  # the server is draining; no new turns
+    TOKEN_LIMIT = "token_limit"  # the scoped token that opened the connection does not allow this
     RESUME_FAILED = "resume_failed"  # wrong token, or an unknown or expired session (never says which)
     STORE_UNAVAILABLE = "store_unavailable"  # the session store failed or did not answer: resume/forget later
     GENERATION = "generation"  # the model failed while generating
@@ -90,6 +92,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.OVERLOADED: 503,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.TOKEN_LIMIT: 403,
     ErrorCode.RESUME_FAILED: 400,
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.GENERATION: 500,

@@ -1,4 +1,4 @@
-"""Secrets never reach a log line: API keys, Bearer credentials, Authorization headers, resume tokens."""
+"""Secrets never reach a log line: API keys, Bearer credentials, Authorization headers, resume and scoped tokens."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ _PATTERNS = (
     re.compile(r"(?i)(\bbearer[ .])[^\s,;'\"]+"),
     # resume tokens in JSON frames or text: "resume_token": "...", "token": "...", token=...
     re.compile(r"(?i)(\b(?:resume_)?token[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}]+"),
+    # scoped tokens (gateway/edge/tokens.py) wherever they appear: `gw1.` and what follows
+    re.compile(r"(\bgw1\.)[A-Za-z0-9_\-.]+"),
     # credentials in URLs (a Redis password, an upstream's user:password)
     re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@"),
     # WebSocket frame dumps (websockets at debug level): payloads hold resume tokens, in text or as hex

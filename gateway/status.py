@@ -62,5 +62,6 @@ async def status_endpoint(request: Request) -> JSONResponse:
         "origin_allowed": None if origin is None else origin_allowed(origin, request.headers.get("host"), settings),
         "error": runtime.load_error if auth in ("none", "ok") else None,
         "durable": durable_of(request),
+        "token_url": settings.web_token_url or None,  # where the page asks for a scoped token instead of a key
     }
     return JSONResponse(body, headers={"Cache-Control": "no-store"})

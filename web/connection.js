@@ -2,6 +2,8 @@
 // before each attempt the page asks /status what would stand in the way (the model loading or failed,
 // an API key missing or wrong, this page's origin refused, no free connection) and says so, instead of
 // retrying blindly. The key travels as a `bearer.<key>` subprotocol; after a loss, retries back off.
+// Where the operator names a token URL (the web app's own backend, in /status's `token_url`), the page
+// asks it for a fresh scoped token before each attempt instead of needing a key typed in.
 
 import { decode, encode } from "./codec.js";
 
@@ -23,6 +25,7 @@ const PROBLEMS = {
   draining: { retry: true, text: () => "The server is shutting down or restarting." },
   full: { retry: true, text: () => "The server has no free connection right now." },
   refused: { retry: true, text: () => "The server refused the connection." },
+  "token-failed": { retry: true, text: () => "This site's backend gave no token to connect with." },
   lost: { retry: true, text: (s, event) => `The connection was lost${closeDetail(event)}.` },
   "taken-over": { retry: false, text: () => "This conversation was opened in another tab or window." },
   "key-missing": { retry: false, text: () => "This server needs an API key." },
@@ -92,7 +95,21 @@ export class Connection {
     if (status) this.onServerStatus(status);
     const kind = problemOf(status) ?? (refused ? "refused" : null);
     if (kind) return this.problem(kind, status);
-    this.open();
+    const credential = this.key || (status?.token_url ? await this.fetchToken(status.token_url) : "");
+    if (attempt !== this.attempt) return;
+    if (credential === null) return this.problem("token-failed", status);
+    this.open(credential);
+  }
+
+  // A fresh scoped token from the operator's backend (single use: one per attempt), or null.
+  async fetchToken(url) {
+    try {
+      const response = await fetch(url, { method: "POST", credentials: "same-origin", cache: "no-store" });
+      const token = response.ok ? (await response.json())?.token : null;
+      return typeof token === "string" && TOKEN.test(token) ? token : null;
+    } catch {
+      return null;
+    }
   }
 
   // The server's view (null when it has no /status: then just try), or undefined when unreachable.
@@ -107,9 +124,9 @@ export class Connection {
     }
   }
 
-  open() {
+  open(credential) {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const protocols = [MSGPACK_SUBPROTOCOL, ...(this.key ? [`bearer.${this.key}`] : [])];
+    const protocols = [MSGPACK_SUBPROTOCOL, ...(credential ? [`bearer.${credential}`] : [])];
     const socket = new WebSocket(`${scheme}://${location.host}/ws`, protocols);
     socket.binaryType = "arraybuffer";
     socket.onmessage = (event) => this.receive(socket, event.data);
@@ -176,7 +193,7 @@ function problemOf(status) {
   if (status === undefined) return "unreachable";
   if (status === null) return null;
   if (status.origin_allowed === false) return "origin";
-  if (status.auth === "missing") return "key-missing";
+  if (status.auth === "missing" && !status.token_url) return "key-missing";
   if (status.auth === "wrong") return "key-wrong";
   if (status.state === "ready") return null;
   return status.state in PROBLEMS ? status.state : "refused";

@@ -27,3 +27,10 @@ def websocket_accepted(authorization: str | None, subprotocols: Iterable[str], a
 
 def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def offered_credentials(authorization: str | None, subprotocols: Iterable[str]) -> list[str]:
+    """Every credential a handshake carries: the Bearer header's and each `bearer.` subprotocol's."""
+    scheme, _, token = (authorization or "").partition(" ")
+    header = [token.strip()] if scheme.lower() == "bearer" and token.strip() else []
+    return header + [p[len(BEARER_SUBPROTOCOL_PREFIX) :] for p in subprotocols if p.startswith(BEARER_SUBPROTOCOL_PREFIX)]

@@ -22,7 +22,7 @@ from gateway.core.turns import TurnService
 from gateway.edge.auth import bearer_accepted
 from gateway.engine.contract import Engine
 from gateway.errors import ErrorCode, GatewayError
-from gateway.openai import schema
+from gateway.openai import schema, tokens
 from gateway.openai.errors import ApiError
 from gateway.openai.stream import EventStreamResponse, Reply, ReplyEvents, turn_events
 
@@ -41,7 +41,11 @@ def routes() -> list[Route]:
     async def model(request: Request) -> Response:
         return await _answering_errors(request, lambda: retrieve_model(request))
 
+    async def token(request: Request) -> Response:
+        return await _answering_errors(request, lambda: _mint_token(request))
+
     return [
+        Route("/v1/realtime/tokens", token, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", model, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
@@ -65,6 +69,13 @@ async def _answering_errors(request: Request, endpoint: Callable[[], Awaitable[R
 
 
 api_key_accepted = bearer_accepted
+
+
+async def _mint_token(request: Request) -> Response:
+    """A scoped token for a browser (gateway/openai/tokens.py); the API key was checked like any /v1 request's."""
+    body = await _read_body(request, tokens.MAX_BODY_BYTES)
+    served = _ready_turns(request).models
+    return JSONResponse(tokens.minted(body, runtime_of(request.app).settings, served, time.time()))
 
 
 def _check_api_key(request: Request) -> None:

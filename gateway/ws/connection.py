@@ -20,6 +20,7 @@ from gateway.ws.journal import Journal
 from gateway.ws.live_session import LiveSession
 from gateway.ws.replies import limits_of, session_defaults
 from gateway.ws.states import CONNECTION_MOVES, ConnectionState, moved
+from gateway.ws.token_scope import TokenScope
 from gateway.ws.transport import transport_of
 
 log = logging.getLogger("gateway.ws.endpoint")
@@ -65,6 +66,7 @@ class Connection(FrameHandlers):
         self.put(self._ready_frame())
         self._reader = asyncio.current_task()
         writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.live.id}")
+        timer = asyncio.create_task(self._run_out(self.scope)) if self.scope is not None else None
         try:
             await self._read_loop()
         except (WebSocketDisconnect, asyncio.CancelledError):
@@ -76,6 +78,8 @@ class Connection(FrameHandlers):
             self._closing = self._closing or ConnectionClosing(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._move(ConnectionState.CLOSED)  # from here on stop() must not cancel us: clean-up has to complete
+            if timer is not None:
+                timer.cancel()
             await self._clean_up(writer)
 
     async def _clean_up(self, writer: asyncio.Task[None]) -> None:
@@ -111,6 +115,19 @@ class Connection(FrameHandlers):
         self._closing = ConnectionClosing(code, reason)
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
+
+    async def _run_out(self, scope: TokenScope) -> None:
+        """A token's connection lasts its `session_s`: then a `closing` notice with the grace (no new turn
+        starts, a running one may finish), and after the grace the close with 4004."""
+        await asyncio.sleep(scope.claims.session_s)
+        scope.expired = True
+        grace_s, reason = self.settings.token_closing_grace_s, "the token's session time is over"
+        try:
+            await self._send(p.ClosingFrame(code=int(CloseCode.TOKEN_EXPIRED), reason=reason, grace_ms=int(grace_s * 1000)))
+        except Exception:  # the socket went meanwhile: the reader sees it and cleans up
+            return
+        await asyncio.sleep(grace_s)
+        self.stop(CloseCode.TOKEN_EXPIRED, reason)
 
     async def _read_loop(self) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""The `/ws` endpoint: admission at the handshake (capacity, origin, API key), then one Connection."""
+"""The `/ws` endpoint: admission at the handshake (capacity, origin, API key or scoped token), then one Connection."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from gateway.config import Settings
 from gateway.core.runtime import runtime_of
 from gateway.edge.auth import websocket_accepted
 from gateway.edge.hosts import origin_allowed
+from gateway.edge.tokens import TokenClaims
 from gateway.engine.contract import Engine
 from gateway.ws.connection import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Connection
-from gateway.ws.state import ws_state_of
+from gateway.ws.state import WsState, ws_state_of
+from gateway.ws.token_admission import TokenDenied, claimed, offered_token, verified
+from gateway.ws.token_scope import TokenScope
 
 log = logging.getLogger("gateway.ws.endpoint")
 
@@ -35,7 +38,15 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await _deny(websocket, 503, "too many connections" if over == "capacity" else "too many connections from this client")
         return
     assert state.hub is not None  # the engine is ready, so is the hub
+    try:
+        claims = await _token_claims(websocket, state)
+    except TokenDenied as exc:
+        counter.release(client)
+        metrics.rejected.labels("unauthorized").inc()
+        await _deny(websocket, exc.status, exc.reason)
+        return
     connection = Connection(websocket, settings, state.hub, metrics, state.connections)
+    connection.scope = TokenScope(claims) if claims is not None else None
     try:
         await connection.run(_negotiate_encoding(websocket, connection))
     finally:
@@ -46,13 +57,28 @@ def _refusal(websocket: WebSocket, settings: Settings, engine: Engine | None, dr
     if not _origin_allowed(websocket, settings):
         return 403, "origin"
     subprotocols = list(websocket.scope.get("subprotocols", []))
-    if not websocket_accepted(websocket.headers.get("authorization"), subprotocols, settings.api_key):
+    authorization = websocket.headers.get("authorization")
+    if offered_token(authorization, subprotocols) is None and not websocket_accepted(
+        authorization, subprotocols, settings.api_key
+    ):
         return 401, "unauthorized"
     if engine is None:
         return 503, "loading"
     if draining:
         return 503, "draining"
     return None
+
+
+async def _token_claims(websocket: WebSocket, state: WsState) -> TokenClaims | None:
+    """A scoped token's claims when the handshake offers one (it then binds the connection even where no key
+    is required), verified and, if single use, claimed; None when the handshake carries the key instead."""
+    token = offered_token(websocket.headers.get("authorization"), list(websocket.scope.get("subprotocols", [])))
+    if token is None:
+        return None
+    claims = verified(token, state.token_keys)
+    assert state.hub is not None
+    await claimed(claims, state.hub)
+    return claims
 
 
 def _origin_allowed(websocket: WebSocket, settings: Settings) -> bool:

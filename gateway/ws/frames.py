@@ -125,11 +125,12 @@ class ErrorFrame(ServerBase, tag="error"):
     retry_after_ms: int | None = None  # set with `rate_limited`, `overloaded`, `shutting_down`
 
 
-class ClosingFrame(Frame, tag="closing"):
+class ClosingFrame(Frame, tag="closing", omit_defaults=True):  # `grace_ms` only where set
     """The last frame before the server closes the connection, saying why."""
 
     code: int
     reason: str
+    grace_ms: int | None = None  # set on the notice ahead of a close: how long until it comes (a token's end)
 
 
 class ImageInfo(Struct):

@@ -23,6 +23,7 @@ from gateway.ws.live_frames import add_frame, live_view, yield_watch
 from gateway.ws.live_session import LiveSession
 from gateway.ws.replies import history_frame, session_defaults
 from gateway.ws.states import ConnectionState, LiveState
+from gateway.ws.token_scope import TokenScope
 from gateway.ws.turn_frames import TurnFrames
 from gateway.ws.watch import WATCH, WatchSpec, stop_watch, watch_loop
 
@@ -53,6 +54,7 @@ class FrameHandlers:
         # and the budget is the client address's, so reconnecting buys no fresh one.
         self.history_bytes = hub.history_budgets.get(client)
         self.compiles: CompileQuota = self.turns.grammars.quota(client)
+        self.scope: TokenScope | None = None  # the scoped token's restrictions, when one opened the connection
 
     @property
     def session(self) -> Session:
@@ -70,6 +72,8 @@ class FrameHandlers:
         raise NotImplementedError
 
     async def handle(self, frame: p.ClientFrame) -> None:
+        if self.scope is not None:  # opened with a scoped token: only what it allows
+            frame = self.scope.admit(frame, self.session)
         await HANDLERS[type(frame)](self, frame)
 
     async def reset(self, frame: p.ResetFrame) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from gateway.config import Settings
+from gateway.edge.tokens import TokenKeys
 
 if TYPE_CHECKING:
     from gateway.ws.connection import Connection
@@ -44,6 +45,7 @@ class WsState:
     hub: SessionHub | None = None  # the live sessions, once the engine is ready
     connections: dict[str, Connection] = field(default_factory=dict)  # session id -> connection: draining, inspection
     counter: ConnectionCounter = field(default_factory=ConnectionCounter)
+    token_keys: TokenKeys | None = None  # what scoped tokens are verified with; None: tokens are off
 
 
 def ws_state_of(app: Any) -> WsState:

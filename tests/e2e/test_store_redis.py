@@ -125,3 +125,18 @@ async def retry(guard: StoreGuard, store: RedisStore) -> object:
         except StoreUnavailable:
             await asyncio.sleep(0.1)
     return await guard.call(store.load_meta, "a")
+
+
+async def test_a_claim_holds_on_every_client_of_the_server(store: RedisStore, redis_url: str) -> None:
+    """A key claimed through one store (one gateway) is refused through another on the same Redis,
+    and expires by itself (SET NX PX)."""
+    other = RedisStore(redis_url.rsplit("/", 1)[0] + "/7", Settings())
+    try:
+        now = time.time()
+        assert await store.claim("token-1", now, now + 0.3) is True
+        assert await other.claim("token-1", now, now + 0.3) is False
+        assert await other.claim("token-2", now, now + 60) is True
+        await asyncio.sleep(0.4)
+        assert await other.claim("token-1", time.time(), time.time() + 60) is True
+    finally:
+        await other.close()

@@ -78,6 +78,11 @@ class SessionStore(Protocol):
         """Delete expired sessions and, past the size limit, the least recently used; how many went."""
         ...
 
+    async def claim(self, key: str, now: float, until: float) -> bool:
+        """Claim `key` until `until` (unix seconds): True for the first claim, False while an earlier one
+        holds, on every process sharing the store (a scoped token's single use)."""
+        ...
+
     async def close(self) -> None: ...
 
 

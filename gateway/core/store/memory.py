@@ -11,6 +11,9 @@ class MemoryStore:
 
     persistent = False
 
+    def __init__(self) -> None:
+        self._claims: dict[str, float] = {}  # claimed key -> until; only unexpired ones are kept
+
     async def open(self) -> None:
         pass
 
@@ -34,6 +37,14 @@ class MemoryStore:
 
     async def purge(self, now: float) -> int:
         return 0
+
+    async def claim(self, key: str, now: float, until: float) -> bool:
+        """Claims hold in this process only, as the sessions do; expired ones go on each claim."""
+        self._claims = {k: held for k, held in self._claims.items() if held >= now}
+        if key in self._claims:
+            return False
+        self._claims[key] = until
+        return True
 
     async def close(self) -> None:
         pass

@@ -24,6 +24,10 @@ return redis.call('INCRBY', KEYS[2], new - old)
 """
 
 
+def _claim(key: str) -> str:
+    return f"{PREFIX}claim:{key}"
+
+
 def _meta(session_id: str) -> str:
     return f"{PREFIX}session:{session_id}"
 
@@ -129,6 +133,11 @@ class RedisStore:
                 await self.delete(raw.decode())
                 evicted += 1
         return evicted
+
+    async def claim(self, key: str, now: float, until: float) -> bool:
+        """SET NX with the claim's remaining life: atomic across every gateway on this Redis, and gone by itself."""
+        ms = max(1, int((until - now) * 1000))
+        return bool(await self.redis.set(_claim(key), b"1", nx=True, px=ms))
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS exchanges (
     PRIMARY KEY (session_id, number)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sessions_by_use ON sessions (updated_at);
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -190,6 +191,15 @@ class SqliteStore:
         (A script, outside any transaction: `execute` runs one step of the vacuum, one page.)"""
         if self._db is not None:
             self._db.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
+
+    async def claim(self, key: str, now: float, until: float) -> bool:
+        """One transaction on the writer: expired claims go, then the key is inserted unless held."""
+
+        def claim(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM claims WHERE until < ?", (now,))
+            return db.execute("INSERT OR IGNORE INTO claims (key, until) VALUES (?, ?)", (key, until)).rowcount == 1
+
+        return await self._run(claim)
 
     async def close(self) -> None:
         def close() -> None:

@@ -23,6 +23,7 @@ LINES = [
     ('{"resume_token": "kq3V0m8t", "seq": 1}', '{"resume_token": "[redacted]", "seq": 1}'),
     ("GET /ws?token=kq3V0m8t&x=1", "GET /ws?token=[redacted]&x=1"),
     ("store at redis://:hunter2@127.0.0.1:6379/0", "store at redis://[redacted]127.0.0.1:6379/0"),
+    ("opening with gw1.eyJpZCI6IngifQ.AAAA-_b tail", "opening with gw1.[redacted] tail"),
     ("prompt_tokens=12 max_tokens: 5", "prompt_tokens=12 max_tokens: 5"),
 ]
 
