@@ -6,61 +6,8 @@ from typing import Annotated, Union, get_args
 
 from msgspec import Meta, Struct
 
-from gateway.core.request import (
-    FunctionName as FunctionName,
-    FunctionRef as FunctionRef,
-    FunctionSpec as FunctionSpec,
-    JsonObjectFormat as JsonObjectFormat,
-    JsonSchemaFormat as JsonSchemaFormat,
-    JsonSchemaSpec as JsonSchemaSpec,
-    MaxTokens as MaxTokens,
-    ModelId as ModelId,
-    NamedToolChoice as NamedToolChoice,
-    RegexFormat as RegexFormat,
-    RepetitionPenalty as RepetitionPenalty,
-    ResponseFormat as ResponseFormat,
-    SamplingOptions as SamplingOptions,
-    Seed as Seed,
-    StopString as StopString,
-    Temperature as Temperature,
-    TextFormat as TextFormat,
-    ToolChoice as ToolChoice,
-    ToolSpec as ToolSpec,
-    TopK as TopK,
-    TopP as TopP,
-)
-from gateway.engine.contract import FinishReason as FinishReason
-from gateway.ws.frames import (
-    PROTOCOL_VERSION as PROTOCOL_VERSION,
-    AcceptedFrame as AcceptedFrame,
-    ClosingFrame as ClosingFrame,
-    ConfiguredFrame as ConfiguredFrame,
-    DoneFrame as DoneFrame,
-    ErrorFrame as ErrorFrame,
-    ForgottenFrame as ForgottenFrame,
-    Frame as Frame,
-    HistoryEntry as HistoryEntry,
-    HistoryFrame as HistoryFrame,
-    ImageInfo as ImageInfo,
-    LiveFramesInfo as LiveFramesInfo,
-    PongFrame as PongFrame,
-    QueuedFrame as QueuedFrame,
-    ReadyFrame as ReadyFrame,
-    ResetDoneFrame as ResetDoneFrame,
-    ResumedFrame as ResumedFrame,
-    ServerBase as ServerBase,
-    ServerFrame as ServerFrame,
-    SessionFrame as SessionFrame,
-    Timing as Timing,
-    TokenFrame as TokenFrame,
-    ToolCallFrame as ToolCallFrame,
-    ToolCallInfo as ToolCallInfo,
-    TurnId as TurnId,
-    Usage as Usage,
-)
-
-_MAX_CONTAINER_LEN = 1024
-
+from gateway.core.request import MaxTokens, SamplingOptions
+from gateway.ws.frames import TurnId
 
 # ---- client to server -------------------------------------------------------------------------
 
