@@ -57,6 +57,12 @@ class ForgottenFrame(ServerBase, tag="forgotten"):
     id: str | None = None
 
 
+class ForkedFrame(ServerBase, tag="forked"):
+    session: str  # the new session, holding the path forked
+    resume_token: str  # and its resume token: `resume` takes it up
+    id: str | None = None
+
+
 class AcceptedFrame(ServerBase, tag="accepted"):
     id: str
     prompt_tokens: int
@@ -173,6 +179,7 @@ class PongFrame(ServerBase, tag="pong"):
 SessionFrame = Union[
     ReadyFrame,
     ForgottenFrame,
+    ForkedFrame,
     AcceptedFrame,
     QueuedFrame,
     TokenFrame,

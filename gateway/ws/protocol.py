@@ -44,6 +44,7 @@ from gateway.ws.frames import (
     DoneFrame as DoneFrame,
     ErrorFrame as ErrorFrame,
     ForgottenFrame as ForgottenFrame,
+    ForkedFrame as ForkedFrame,
     Frame as Frame,
     HistoryEntry as HistoryEntry,
     HistoryFrame as HistoryFrame,
@@ -98,6 +99,13 @@ class TruncateFrame(_ClientFrame, tag="truncate"):
 
     item_id: ItemId
     chars: Annotated[int, Meta(ge=0)]
+    id: TurnId | None = None
+
+
+class ForkFrame(_ClientFrame, tag="fork"):
+    """A new session holding the path to `item_id` (default: the active path); answered by `forked`."""
+
+    item_id: ItemId | None = None
     id: TurnId | None = None
 
 
@@ -173,6 +181,7 @@ ClientFrame = Union[
     RegenerateFrame,
     SwitchFrame,
     TruncateFrame,
+    ForkFrame,
 ]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))
 
