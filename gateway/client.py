@@ -209,6 +209,11 @@ class GatewayClient:
         """Make the branch through `item_id` active; the `history` frame (or an `error`)."""
         return await self.request({"type": "switch", "item_id": item_id})
 
+    async def fork(self, item_id: str | None = None) -> dict[str, Any]:
+        """A new session of the path to `item_id` (default: the active path); `forked` (its `session` and
+        `resume_token`, for `resume`) or an `error`. This client stays on its session."""
+        return await self.request({"type": "fork", "item_id": item_id})
+
     async def truncate(self, item_id: str, chars: int) -> dict[str, Any]:
         """Reply `item_id` keeps its first `chars` characters (code points); the `history` frame (or an `error`)."""
         return await self.request({"type": "truncate", "item_id": item_id, "chars": chars})

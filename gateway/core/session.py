@@ -198,6 +198,13 @@ class Session:
         self.conversation.truncate(item_id, chars)
         self.rewritten = True
 
+    def adopt(self, tree: Conversation, source: Session) -> None:
+        """Hold `tree` (a fork of `source`'s conversation) with `source`'s system prompt and defaults."""
+        tree.bounds = self.conversation.bounds
+        self.conversation, self.system, self.defaults = tree, source.system, source.defaults
+        self._numbers = {reply: number for reply, number in source._numbers.items() if reply in tree}
+        self.numbered = source.numbered
+
     def take_rewritten(self) -> bool:
         """Whether the history changed other than at its end since last asked (a store must write it anew)."""
         rewritten, self.rewritten = self.rewritten, False

@@ -59,6 +59,13 @@ class TruncateFrame(_ClientFrame, tag="truncate"):
     id: TurnId | None = None
 
 
+class ForkFrame(_ClientFrame, tag="fork"):
+    """A new session holding the path to `item_id` (default: the active path); answered by `forked`."""
+
+    item_id: ItemId | None = None
+    id: TurnId | None = None
+
+
 class SwitchFrame(_ClientFrame, tag="switch"):
     """Make the branch through `item_id` active; answered by `history`."""
 
@@ -157,5 +164,6 @@ ClientFrame = Union[
     RegenerateFrame,
     SwitchFrame,
     TruncateFrame,
+    ForkFrame,
 ]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))

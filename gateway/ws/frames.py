@@ -65,6 +65,12 @@ class LiveFramesInfo(Struct):
     last_ts: int
 
 
+class ForkedFrame(ServerBase, tag="forked"):
+    session: str  # the new session, holding the path forked
+    resume_token: str  # and its resume token: `resume` takes it up
+    id: str | None = None
+
+
 class AcceptedFrame(ServerBase, tag="accepted"):
     id: str
     prompt_tokens: int
@@ -185,6 +191,7 @@ class PongFrame(ServerBase, tag="pong"):
 SessionFrame = Union[
     ReadyFrame,
     ForgottenFrame,
+    ForkedFrame,
     AcceptedFrame,
     QueuedFrame,
     TokenFrame,

@@ -216,6 +216,12 @@ class FrameHandlers:
         await self.hub.save_history(self.live)
         await self.history(p.HistoryRequestFrame(id=frame.id))
 
+    async def fork(self, frame: p.ForkFrame) -> None:
+        """This connection stays on its session (a running turn goes on: the fork holds the path without it)."""
+        forked = self.hub.fork(self.live, frame.item_id)
+        await self.hub.save_history(forked)
+        self.put(p.ForkedFrame(session=forked.id, resume_token=forked.token, id=frame.id))
+
     def _check_idle(self) -> None:
         """The history may change: no turn is running (its reply would join a path changed under it)."""
         if self.active is not None:
@@ -264,6 +270,7 @@ HANDLERS: dict[type, Handler] = {
     p.RegenerateFrame: FrameHandlers.regenerate,
     p.SwitchFrame: FrameHandlers.switch,
     p.TruncateFrame: FrameHandlers.truncate,
+    p.ForkFrame: FrameHandlers.fork,
 }
 
 

@@ -65,6 +65,22 @@ class SessionHub(SessionSaving):
         self.quota.add(live)
         return live
 
+    def fork(self, source: LiveSession, item_id: str | None) -> LiveSession:
+        """A new session of the same owner and client holding `source`'s path down to `item_id` (default: its
+        active path), with the same item ids, system prompt and defaults. It starts detached, as a session
+        whose socket went does: taken up with `resume`, unloaded after `session_grace_s` if nobody does."""
+        tree = source.session.conversation.fork(item_id)  # an unknown id is refused before anything is made
+        live = self.create(source.owner, source.client)
+        live.session.adopt(tree, source.session)
+        live.used_at, live.detached_at = time.time(), time.monotonic()
+        self.detached.add(live)
+        self.turns.images.hold(live.id, live.session.image_bytes)
+        if self.settings.session_grace_s <= 0:
+            self.unload(live)
+        else:
+            live.expiry = asyncio.get_running_loop().call_later(self.settings.session_grace_s, self.unload, live)
+        return live
+
     def _journal(self, next_seq: int = 1) -> Journal:
         return Journal(self.settings.session_replay_bytes, self.settings.max_outbox_frames, next_seq)
 

@@ -124,3 +124,24 @@ async def test_a_stopped_reply_truncated_to_what_was_shown_is_all_the_next_promp
     assert cut["turns"][1]["text"] == cancelled.done["text"][:2] and cut["turns"][1]["partial"] is True
     assert after.accepted and same.accepted and after.accepted["prompt_tokens"] == same.accepted["prompt_tokens"]
     assert bad["type"] == "error" and bad["code"] == "invalid_field"
+
+
+async def test_a_fork_is_a_new_session_of_the_path_that_reuses_its_kv(server: RunningServer) -> None:
+    """`fork` at the first reply: `resume` takes up a session holding those items (same ids), and its first
+    turn's prompt comes from held KV; the forking session is unchanged; an unknown id is `not_found`."""
+    async with GatewayClient(server.ws_url) as client:
+        first = await client.turn("t1", "hello there", max_tokens=4, **GREEDY)
+        await client.turn("t2", "and more", max_tokens=4, **GREEDY)
+        assert first.accepted and first.done
+        forked = await client.request({"type": "fork", "item_id": first.done["reply_id"], "id": "f1"})
+        unknown = await client.request({"type": "fork", "item_id": "nothing1", "id": "f2"})
+        own = await client.request({"type": "history"})
+    async with GatewayClient(server.ws_url) as other:
+        await other.request({"type": "resume", "session": forked["session"], "token": forked["resume_token"]})
+        other.last_seq = 0  # the fork's frames are numbered from 1: the client counted its first session's
+        history = await other.request({"type": "history"})
+        turn = await other.turn("t3", "what next?", max_tokens=2, **GREEDY)
+    assert forked["type"] == "forked" and forked["id"] == "f1" and forked["session"] != client.ready["session"]
+    assert [t["item_id"] for t in history["turns"]] == [first.accepted["item_id"], first.done["reply_id"]]
+    assert len(own["turns"]) == 4 and (unknown["code"], unknown["id"]) == ("not_found", "f2")
+    assert turn.done and turn.done["usage"]["cached_tokens"] >= first.done["usage"]["prompt_tokens"] - 1
