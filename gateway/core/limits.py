@@ -48,21 +48,20 @@ class TurnLimits:
             raise GatewayError(ErrorCode.TOO_LARGE, f"{what} is {len(text)} characters; the limit is {limit}", field=field)
 
     def check_images(self, count: int, field: str = "images", count_field: str = "images") -> None:
-        if count and not self.engine.vision:
-            message = "the served model cannot take images; send turns without them"
-            raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, message, field=field)
-        most = self.settings.max_images_per_turn
-        if count > most:
-            raise GatewayError(ErrorCode.TOO_LARGE, f"{count} images; the limit is {most} per turn", field=count_field)
+        self._check_media(count, "images", self.settings.max_images_per_turn, field, count_field)
 
     def check_videos(self, count: int, field: str = "videos") -> None:
         """Videos reach the model as their frames (images): a text-only model takes none."""
+        self._check_media(count, "videos", self.settings.max_videos_per_turn, field, field)
+
+    def _check_media(self, count: int, kind: str, most: int, field: str, count_field: str) -> None:
         if count and not self.engine.vision:
-            message = "the served model cannot take images, so neither videos; send turns without them"
-            raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, message, field=field)
-        most = self.settings.max_videos_per_turn
+            takes = "images" if kind == "images" else "images, so neither videos"
+            raise GatewayError(
+                ErrorCode.IMAGES_UNSUPPORTED, f"the served model cannot take {takes}; send turns without them", field=field
+            )
         if count > most:
-            raise GatewayError(ErrorCode.TOO_LARGE, f"{count} videos; the limit is {most} per turn", field=field)
+            raise GatewayError(ErrorCode.TOO_LARGE, f"{count} {kind}; the limit is {most} per turn", field=count_field)
 
     def check_options(self, options: SamplingOptions) -> None:
         """The limits on sampling options that the schema alone cannot know (they are settings)."""
