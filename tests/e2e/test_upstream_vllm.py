@@ -54,7 +54,7 @@ def start_gateway(settings: Settings) -> Gateway:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
-    while getattr(app.state, "turns", None) is None:  # the engine is discovered and probed after start-up
+    while getattr(getattr(app.state, "runtime", None), "turns", None) is None:  # the engine is probed after start-up
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("gateway did not start")
         time.sleep(0.05)
