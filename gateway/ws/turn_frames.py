@@ -83,6 +83,9 @@ class TurnFrames:
         self.ended = asyncio.Event()  # set once `done` is out and the session has no running turn
 
     def __call__(self, event: TurnEvent) -> None:
+        if type(event) is Delta:  # nearly every event: one frame, no list (the WebSocket layer's hot path)
+            self._emit(self._live, p.TokenFrame(id=self._turn_id, text=event.text))
+            return
         for frame in frames_of(self._turn_id, event, self._initiated):
             self._emit(self._live, frame)
         if isinstance(event, Ended):
