@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from gateway.core.conversation import Conversation
-from gateway.core.conversation_prompt import prompt_messages
+from gateway.core.conversation_prompt import prompt_messages, split_turns
 from gateway.core.exchange import Exchange, ToolResult, UserTurn
 from gateway.core.exchanges import append_exchange, from_exchanges, to_exchanges
 from gateway.core.item_tree import Bounds
@@ -78,8 +78,10 @@ class Session:
 
     @property
     def image_bytes(self) -> int:
-        """Bytes of the images the history holds: what the image bounds limit."""
-        return sum(exchange.turn.image_bytes for exchange in self.exchanges)
+        """Bytes of the images the history holds: what the image bounds limit. Read from the active path's turn
+        openers directly (a turn asks this several times; building every exchange each time is not needed)."""
+        openers = (turn[0].content for turn in split_turns(self.conversation.path))
+        return sum(len(image.data) for opener in openers if opener.role is not Role.ASSISTANT for image in opener.images)
 
     async def plan(
         self,
