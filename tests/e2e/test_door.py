@@ -3,18 +3,27 @@ path, the cap on sockets still sending their first head, and throttled accept() 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import requests
+import websockets
 
+from gateway.app import create_app
 from gateway.config import Settings
+from gateway.edge.door import DoorProtocol
+from gateway.engine.scripted import ScriptedEngine
+from gateway.server import make_server
+from gateway.startup import claim_port
 from tests.conftest import DemoDirs, RunningServer, free_port, start_server
 
 HEADER_TIMEOUT_S = 0.5
@@ -204,3 +213,43 @@ def _answers(port: int) -> bool:
         return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_connections_on_a_port_claimed_before_loading_send_without_nagle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`gateway serve` binds its port before the model loads; the sockets it accepts say proto 0, so asyncio leaves
+    Nagle on. The door turns it off: a token frame written right after `accepted` never waits for a delayed ACK."""
+    seen: list[tuple[int, int]] = []  # each accepted socket's proto, and TCP_NODELAY once the door had it
+    original = DoorProtocol.connection_made
+
+    def recording(self: DoorProtocol, transport: asyncio.Transport) -> None:
+        original(self, transport)
+        sock = transport.get_extra_info("socket")
+        seen.append((sock.proto, sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+
+    monkeypatch.setattr(DoorProtocol, "connection_made", recording)
+    port = free_port()
+    settings = Settings(port=port, host="127.0.0.1", session_store="memory")
+    server = make_server(create_app(settings, engine=ScriptedEngine()), settings, log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [claim_port("127.0.0.1", port)]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        async def one_turn() -> list[str]:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.recv()  # ready
+                await ws.send(json.dumps({"type": "turn", "id": "t", "text": "hi", "options": {"max_tokens": 3}}))
+                kinds: list[str] = []
+                while not kinds or kinds[-1] != "done":
+                    kinds.append(json.loads(await ws.recv())["type"])
+                return kinds
+
+        kinds = asyncio.run(one_turn())
+        assert kinds[0] == "accepted" and "token" in kinds
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert seen and all(proto == 0 for proto, _ in seen)  # what asyncio alone would leave with Nagle on
+    assert all(no_delay for _, no_delay in seen)
