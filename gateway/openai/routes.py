@@ -52,9 +52,12 @@ def routes() -> list[Route]:
     ]
 
 
-async def _answering_errors(request: Request, endpoint: Callable[[], Awaitable[Response]]) -> Response:
+async def _answering_errors(
+    request: Request, endpoint: Callable[[], Awaitable[Response]], check: Callable[[Request], None] | None = None
+) -> Response:
+    """The endpoint's answer, or its error in OpenAI's shape; the API key (or `check`'s credential) first."""
     try:
-        _check_api_key(request)
+        (check or _check_api_key)(request)
         return await endpoint()
     except ApiError as exc:
         return exc.response()
