@@ -145,3 +145,19 @@ async def test_adapters_loaded_at_run_time_are_bounded_in_bytes(demo_dirs: DemoD
     finally:
         await asyncio.to_thread(engine.stop)
     assert (too_big.value.code, too_big.value.field) == (ErrorCode.TOO_LARGE, "path")
+
+
+def test_weights_placed_directly_are_those_peft_loads(demo_dirs: DemoDirs) -> None:
+    """The quick placement of an adapter's tensors gives every LoRA parameter peft's own loading gives."""
+    from peft import PeftModel
+
+    from gateway.engine.local.adapter_weights import attach, read_adapter
+
+    ours = load_model(demo_dirs.model)
+    model = attach(ours.model, "tuned", read_adapter(demo_dirs.adapter, ours.device, ours.dtype))
+    reference = PeftModel.from_pretrained(load_model(demo_dirs.model).model, str(demo_dirs.adapter), adapter_name="tuned")
+    mine = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    theirs = {k: v for k, v in reference.state_dict().items() if "lora_" in k}
+    assert mine.keys() == theirs.keys() and mine
+    assert all(mine[k].equal(theirs[k]) for k in mine)
+    assert not any(module.training for module in model.modules())
