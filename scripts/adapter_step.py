@@ -1,9 +1,10 @@
 """The generation thread's longest step while adapters load and unload, against the same load without: turns
-decode on the demo model while a LoRA adapter is loaded and unloaded again and again (weights read on the
+decode on the demo model while a LoRA adapter is loaded and unloaded (weights read on the
 worker thread, swapped in between two steps). A step here is the time from one decode step's end to the next's,
-so an adapter swap between them counts in it. Point PYTHONPATH at the code.
+so an adapter swap between them counts in it. One load and one unload per round, or back to back with --churn.
+Point PYTHONPATH at the code.
 
-    PYTHONPATH=$PWD .venv/bin/python scripts/adapter_step.py [--turns 4] [--tokens 300] [--rank 64] [--size small]
+    PYTHONPATH=$PWD .venv/bin/python scripts/adapter_step.py [--turns 4] [--tokens 300] [--rank 64] [--size small] [--churn]
 """
 
 from __future__ import annotations
@@ -81,10 +82,10 @@ def _message(i: int) -> Any:
     return ChatMessage("user", f"Tell me story number {i}.")
 
 
-async def churn(engine: LocalEngine, adapter: Path, running: asyncio.Future[Any]) -> int:
-    """Load and unload the adapter until the turns are done; how many loads."""
+async def churn(engine: LocalEngine, adapter: Path, running: asyncio.Future[Any], again: bool) -> int:
+    """Load and unload the adapter once while the turns decode (or, `again`, until they are done); how many loads."""
     loads = 0
-    while not running.done():
+    while not running.done() and (again or not loads):
         await engine.load_adapter("churn", str(adapter))
         await engine.unload_adapter("churn")
         loads += 1
@@ -112,12 +113,14 @@ async def main(args: argparse.Namespace) -> None:
             rounds["without"] += clock.gaps_ms(since)
             since = len(clock.ends)
             running = asyncio.ensure_future(decode(engine, args.turns, args.tokens))
-            loads += await churn(engine, adapter, running)
+            loads += await churn(engine, adapter, running, args.churn)
             await running
             rounds["while_loading"] += clock.gaps_ms(since)
         weights = (adapter / "adapter_model.safetensors").stat().st_size
         report = {name: summary(gaps) for name, gaps in rounds.items()}
-        report["swaps"] = {"count": len(clock.swaps_ms), "loads": loads, "max_ms": round(max(clock.swaps_ms), 2)}
+        swaps = clock.swaps_ms
+        report["swaps"] = {"count": len(swaps), "loads": loads, "median_ms": round(statistics.median(swaps), 2)}
+        report["swaps"]["max_ms"] = round(max(swaps), 2)
         setup = {"turns": args.turns, "tokens": args.tokens, "rank": args.rank, "size": args.size}
         report["setup"] = {**setup, "adapter_bytes": weights}
         report["loadavg"] = [round(x, 2) for x in os.getloadavg()]
@@ -131,6 +134,7 @@ if __name__ == "__main__":
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--rank", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--churn", action="store_true", help="load and unload again and again while the turns decode")
     parser.add_argument("--size", default="tiny")
     asyncio.run(main(parser.parse_args()))
