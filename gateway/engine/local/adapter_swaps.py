@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -26,14 +27,14 @@ class LocalAdapters:
         self.generation = generation
         self.registry = AdapterRegistry(max_adapters, generation.loaded.adapter_names)
         self.max_bytes = max_bytes
-        self._held: dict[str, int] = {}  # bytes of the adapters loaded at run time
+        self._held: dict[str, int] = {}  # bytes of the adapters loaded at run time (the worker's and the loop's)
+        self._held_lock = threading.Lock()
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="gateway-adapters")
 
     async def load(self, name: str, path: str) -> None:
         self.registry.claim(name)
         try:
-            adapter = await asyncio.get_running_loop().run_in_executor(self._reads, self._read, path)
-            self._held[name] = adapter.nbytes
+            adapter = await asyncio.get_running_loop().run_in_executor(self._reads, self._read, name, path)
             await self._between_steps(Errand(partial(self._attach, name, adapter)))
         except AdapterError as exc:
             self._forget(name)
@@ -55,12 +56,16 @@ class LocalAdapters:
     def close(self) -> None:
         self._reads.shutdown(wait=False, cancel_futures=True)
 
-    def _read(self, path: str) -> AdapterWeights:
-        """On the worker thread: refuse what would pass the byte bound before reading it, then read."""
-        held, size = sum(self._held.values()), weights_file(path).stat().st_size
-        if held + size > self.max_bytes:
-            message = f"the adapter's weights are {size} bytes; adapters may hold {self.max_bytes}, {held} are held"
-            raise GatewayError(ErrorCode.TOO_LARGE, message, field="path")
+    def _read(self, name: str, path: str) -> AdapterWeights:
+        """On the worker thread (one, so loads take their bytes in turn): refuse what would pass the byte bound
+        before reading it, hold its bytes, then read."""
+        size = weights_file(path).stat().st_size
+        with self._held_lock:
+            held = sum(self._held.values())
+            if held + size > self.max_bytes:
+                message = f"the adapter's weights are {size} bytes; adapters may hold {self.max_bytes}, {held} are held"
+                raise GatewayError(ErrorCode.TOO_LARGE, message, field="path")
+            self._held[name] = size
         loaded = self.generation.loaded
         return read_adapter(path, loaded.device, loaded.dtype)
 
@@ -69,7 +74,8 @@ class LocalAdapters:
         await errand.done()
 
     def _forget(self, name: str) -> None:
-        self._held.pop(name, None)
+        with self._held_lock:
+            self._held.pop(name, None)
         self.registry.gone(name)
 
     def _attach(self, name: str, adapter: AdapterWeights) -> None:
