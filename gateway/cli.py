@@ -171,6 +171,8 @@ def _add_serve(commands: Any) -> None:
     add("--tokenizer", help=_setting("tokenizer", "local tokenizer directory for exact prompt lengths", "the upstream's"))
     add("--api-key", dest="api_key", help=_setting("api_key", "require this key on HTTP and WebSocket", "none"))
     add("--token-secret", dest="token_secret", help=_setting("token_secret", "sign and accept scoped tokens", "off"))
+    add("--admin-key", dest="admin_key", help=_setting("admin_key", "require this key to load adapters", "the API key"))
+    add("--max-adapters", dest="max_adapters", type=_at_least(0), help=_setting("max_adapters", "LoRA adapters served at once"))
     add("--device", help=_setting("device", "torch device: cpu, cuda, cuda:N", "cuda when available, else cpu"))
     add(
         "--dtype",

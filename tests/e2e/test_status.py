@@ -46,7 +46,7 @@ def test_ready_server_reports_model_and_no_key_needed() -> None:
     """A ready server without a key: state ready, the model id, auth none, no error, not the demo."""
     with serving(Settings(engine="scripted"), ScriptedEngine(model_id="m1")) as url:
         expected = {"state": "ready", "model": "m1", "demo": False, "auth": "none", "origin_allowed": None, "error": None}
-        assert status(url) == {**expected, "durable": True, "token_url": None}
+        assert status(url) == {**expected, "adapters": [], "durable": True, "token_url": None}
 
 
 def test_durable_is_false_with_the_memory_store() -> None:

@@ -80,7 +80,18 @@ class Generation:
             self.line.settle([seq.request.handle for seq in batch.sequences])
             if not batch:
                 self.busy.clear()
-            self._flush()
+            self._flush()  # before the errands: a turn's `done` reaches its loop ahead of an unload it let go
+            self._run_errands(batch)
+        for errand in self.line.errands()[0]:
+            errand.abandon()
+
+    def _run_errands(self, batch: Batch) -> None:
+        """Errands (an adapter's swap) run here, between two steps; one not ready yet is posted again."""
+        errands, waiting = self.line.errands()
+        in_use = waiting | {seq.request.adapter for seq in batch.sequences}
+        for errand in errands:
+            if not errand.run(in_use):
+                self.line.post(errand)
 
     def _sequence(self, job: Job) -> Sequence:
         params = job.request.params

@@ -45,7 +45,7 @@ def test_broken_adapter_exits_with_one_line(demo_dirs: DemoDirs) -> None:
     """An extra adapter that cannot load stops the server before it serves; --log-level debug adds the traceback."""
     args = ["serve", "--model", str(demo_dirs.model), "--adapter", "x=/nonexistent", "--port", str(free_port())]
     status, err, _ = gateway(*args, "--log-level", "warning")
-    assert status != 0 and err.strip().splitlines()[-1].endswith("adapter 'x': /nonexistent holds no adapter_config.json")
+    assert status != 0 and err.strip().splitlines()[-1].endswith("adapter 'x': /nonexistent is not a directory")
     assert "Traceback" not in err
     status, err, _ = gateway(*args, "--log-level", "debug")
     assert status != 0 and "Traceback" in err
