@@ -72,17 +72,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gateway.bench.main import run_bench
-    from gateway.bench.report import format_report, write_report
-    from gateway.bench.run import BenchError
+    from gateway.bench.command import bench
 
-    try:
-        report = run_bench(args)
-    except BenchError as exc:
-        raise SystemExit(f"gateway bench: {exc}") from None
-    print(format_report(report, args.json))
-    write_report(report, args.out)
-    return 0
+    return bench(args)
 
 
 def _demo_model(args: argparse.Namespace) -> int:
@@ -259,6 +251,12 @@ def _add_bench(commands: Any) -> None:
     add("--port", type=_port, default=8765, help="port for the gateway started here")
     add("--json", action="store_true", help="print the report as JSON")
     add("--out", help="also write the JSON report to this file (default: print only)")
+    add(
+        "--plot",
+        metavar="FILE",
+        help="also draw the results into FILE.png or FILE.svg: tokens/s by session count, or with --history time to "
+        "first token by turn with and without KV reuse; needs the plot extra (default: no chart)",
+    )
     bench.set_defaults(run=_bench)
 
 
