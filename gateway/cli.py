@@ -72,22 +72,17 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gateway.bench.main import run_bench
-    from gateway.bench.report import format_report, write_report
-    from gateway.bench.run import BenchError
+    from gateway.bench.command import bench
 
-    try:
-        report = run_bench(args)
-    except BenchError as exc:
-        raise SystemExit(f"gateway bench: {exc}") from None
-    print(format_report(report, args.json))
-    write_report(report, args.out)
-    return 0
+    return bench(args)
 
 
 def _demo_model(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
     from gateway.engine.demo import write_demo_adapter, write_demo_model, write_text_model
 
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # seconds of work: bars are only noise
     out = Path(args.dir)
     if args.arch == "llama":  # text only, no adapter: the model `gateway bench` compares with vLLM
         print(f"model:   {write_text_model(out / 'model', size=args.size)}")
@@ -261,6 +256,12 @@ def _add_bench(commands: Any) -> None:
     add("--port", type=_port, default=8765, help="port for the gateway started here")
     add("--json", action="store_true", help="print the report as JSON")
     add("--out", help="also write the JSON report to this file (default: print only)")
+    add(
+        "--plot",
+        metavar="FILE",
+        help="also draw the results into FILE.png or FILE.svg: tokens/s by session count, or with --history time to "
+        "first token by turn with and without KV reuse; needs the plot extra (default: no chart)",
+    )
     bench.set_defaults(run=_bench)
 
 

@@ -131,7 +131,7 @@ def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: Any =
     return buffer.getvalue()
 
 
-async def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
+async def wait_until(predicate: Any, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:

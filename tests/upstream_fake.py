@@ -29,6 +29,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.mode = "ok"
         self.requests = 0
+        self.health_checks = 0  # /health requests begun
         self.traceparents: list[str | None] = []  # each chat request's W3C trace context header
         self.chat_models: list[str] = []  # each chat request's `model`
         self.loras: dict[str, str] = {}  # adapters loaded: name -> path
@@ -55,6 +56,7 @@ class FakeUpstream:
         return f"http://127.0.0.1:{self.port}"
 
     async def health(self, request: Request) -> Response:
+        self.health_checks += 1
         if self.mode == "slow_health":
             await asyncio.sleep(2.5)  # past the engine's 1 s health timeout
         return Response(status_code=200)

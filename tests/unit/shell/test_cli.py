@@ -28,9 +28,10 @@ def gateway(*args: str, timeout_s: float = 60) -> tuple[int, str, float]:
 
 
 def test_missing_model_exits_at_once_with_one_line() -> None:
-    """`serve --model /nonexistent` exits non-zero within seconds, with one line naming the path."""
-    status, err, took = gateway("serve", "--model", "/nonexistent", "--port", str(free_port()))
-    assert status != 0 and took < 10
+    """`serve --model /nonexistent` exits non-zero with one line naming the path (the path is checked
+    before anything loads, so it is the only line)."""
+    status, err, _ = gateway("serve", "--model", "/nonexistent", "--port", str(free_port()))
+    assert status != 0
     assert err.strip().splitlines() == ["gateway serve: cannot load the model: /nonexistent is not a directory"]
 
 
@@ -150,10 +151,11 @@ def test_bench_direct_rounds_alternate_which_side_goes_first(tmp_path: Path) -> 
 
 
 def test_demo_model_writes_both_without_warnings(tmp_path: Path) -> None:
-    """`gateway demo-model DIR` prints the two directories it wrote and no Python warning."""
+    """`gateway demo-model DIR` prints the two directories it wrote, and nothing on stderr: no Python
+    warning, no progress bar."""
     done = subprocess.run(
         [sys.executable, "-W", "default", "-m", "gateway.cli", "demo-model", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+    assert done.returncode == 0 and done.stderr == "", done.stderr
     assert done.stdout.splitlines() == [f"model:   {tmp_path / 'model'}", f"adapter: {tmp_path / 'adapter'}"]
