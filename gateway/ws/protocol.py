@@ -92,7 +92,7 @@ from gateway.ws.frames import (
     TurnId as TurnId,
     Usage as Usage,
 )
-from gateway.ws.msgpack_slices import finish, unpack_steps
+from gateway.ws.msgpack_slices import TooManyValues, finish, unpack_steps
 
 
 class FrameError(GatewayError):
@@ -192,6 +192,8 @@ def _too_deep(failure: Exception) -> GatewayError:
 def _decode_msgpack(data: bytes) -> Generator[None, None, ClientFrame]:
     try:
         raw = yield from unpack_steps(data)
+    except TooManyValues as exc:
+        raise GatewayError(ErrorCode.BAD_FRAME, f"a frame too wide: {exc}") from None
     except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise GatewayError(ErrorCode.BAD_FRAME, f"not valid msgpack: {_short(exc)}") from None
     except Exception:  # msgpack raises a zoo of types on hostile input; all mean the same

@@ -10,7 +10,7 @@ import pytest
 from gateway.core.json_bounds import MAX_JSON_VALUES, check_json_value
 from gateway.errors import ErrorCode, GatewayError
 from gateway.ws import protocol as p
-from gateway.ws.msgpack_slices import SLICE_BYTES, finish, unpack_steps
+from gateway.ws.msgpack_slices import MAX_FRAME_VALUES, SLICE_BYTES, finish, unpack_steps
 
 
 def schema_turn(schema: Any) -> bytes:
@@ -75,3 +75,14 @@ def test_free_json_of_more_than_max_json_values_entries_is_invalid_field() -> No
         p.decode(schema_turn(exact))
     assert refused.value.code is ErrorCode.INVALID_FIELD and refused.value.frame_id == "t"
     assert f"holds more than {MAX_JSON_VALUES} values" in refused.value.message
+
+
+def test_a_frame_of_more_than_max_frame_values_is_too_wide_before_it_is_all_built() -> None:
+    """Arrays, maps and entries past MAX_FRAME_VALUES: `bad_frame` (too wide), refused within the slices
+    holding the first MAX_FRAME_VALUES, however many more follow."""
+    rows = MAX_FRAME_VALUES // 1025 + 1  # each row: itself and 1,024 entries
+    data = schema_turn({"enum": [[[0] * 1024] * 1024] * (rows // 1024 + 1) + [[[0] * 1024] * 1024] * 14})
+    with pytest.raises(GatewayError, match=f"more than {MAX_FRAME_VALUES} arrays, maps and entries") as refused:
+        p.decode(data)
+    assert refused.value.code is ErrorCode.BAD_FRAME
+    assert steps_of(data) <= (MAX_FRAME_VALUES + 2 * 1025) * 1.01 // SLICE_BYTES + 1
