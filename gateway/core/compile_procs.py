@@ -60,8 +60,10 @@ class CompileProcess:
         return answer if isinstance(answer, Grammar) else GatewayError(ErrorCode(answer[0]), answer[1])
 
     def close(self) -> None:
-        with self._lock:
-            self._kill()
+        """Kill the process now, without waiting for a compile in it (its thread sees the pipe close)."""
+        process = self._process
+        if process is not None:
+            process.kill()
 
     def _started(self) -> tuple[Connection, int]:
         if self._process is None or self._conn is None or self._process.poll() is not None:
