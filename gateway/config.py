@@ -155,7 +155,7 @@ class Settings:
     # Structured output: response_format and forced tool calls compile off the event loop (gateway/core/grammar_pool.py).
     grammar_workers: int = 1  # threads compiling grammars (each distinct schema once; repeats are a hash look-up)
     grammar_queue: int = 8  # compiles waiting for a worker; beyond it, `overloaded`
-    grammar_cpu_s: float = 5.0  # CPU time one compile may use; past it the schema is refused (`invalid_field`)
+    grammar_cpu_s: float = 5.0  # CPU one compile may use; past it the schema is refused (`invalid_field`), its process killed
     max_grammar_bytes: int = 1024 * 1024  # a response_format's JSON (or a forced call's grammar); larger is refused
     grammar_lexer_fuel: int = 1_000_000  # llguidance's lexer budget per compile (CPU: about 50k a millisecond)
     grammar_max_lexer_states: int = 50_000  # llguidance's lexer states per grammar (memory: 1-2 kB each)

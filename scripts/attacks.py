@@ -87,7 +87,9 @@ class Server:
 
 
 async def open_client(url: str, address: str = "127.0.0.1") -> tuple[Any, dict[str, Any]]:
-    ws = await websockets.connect(url, subprotocols=["gateway.msgpack"], local_addr=(address, 0), max_size=1 << 28)  # type: ignore[list-item]
+    # uncompressed: a turn of 16 MiB of images is past max_compressed_frame_bytes (9 MiB), and would not shrink
+    options: dict[str, Any] = {"local_addr": (address, 0), "max_size": 1 << 28, "compression": None}
+    ws = await websockets.connect(url, subprotocols=["gateway.msgpack"], **options)  # type: ignore[list-item]
     ready = msgpack.unpackb(await ws.recv(), raw=False)
     return ws, ready
 
@@ -210,7 +212,10 @@ async def measure(name: str, source: Path) -> dict[str, Any]:
         rss_before = server.rss_mib()
         stop, armed, samples = asyncio.Event(), asyncio.Event(), []
         attacking = asyncio.create_task(attack(server, armed))
-        await armed.wait()  # the attack's own setup (sessions to abuse) is not measured
+        # the attack's own setup (sessions to abuse) is not measured; an attack that fails in it says why
+        await asyncio.wait([attacking, asyncio.create_task(armed.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if attacking.done():
+            attacking.result()
         watcher = asyncio.create_task(victim(server.url, stop, samples))
         answer = await attacking
         await asyncio.sleep(3)  # the victim keeps measuring while the attack's effects last

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 
 from gateway.config import Settings
 from gateway.core import request as req
+from gateway.core.compile_procs import CompileProcess, Job
 from gateway.core.ratelimit import BucketsByAddress, TokenBucket
 from gateway.core.structured import (
     CHECKED,
     Checker,
     GrammarLimits,
-    compile_format,
-    compile_source,
     format_key,
     settled,
     source_key,
@@ -80,8 +79,10 @@ class _Compile:
 
 class GrammarPool:
     """Checks response formats and tool grammars on `grammar_workers` threads; at most `grammar_queue`
-    compiles wait for one (beyond, `overloaded`). Each distinct source compiles once (structured.CHECKED);
-    with a local engine the check is the engine's own compile, kept for its turns."""
+    compiles wait for one (beyond, `overloaded`). Each thread has the grammar compiled in a process of its
+    own, killed and replaced once the compile uses grammar_cpu_s; with a local engine, a grammar accepted
+    there is then compiled by the engine's own check, kept for its turns. Each distinct source compiles
+    once (structured.CHECKED)."""
 
     def __init__(self, settings: Settings, check: Checker | None = None, holds: Callable[[str], bool] | None = None) -> None:
         self.settings = settings
@@ -92,6 +93,8 @@ class GrammarPool:
         CHECKED.capacity_bytes = settings.grammar_cache_bytes
         workers = max(1, settings.grammar_workers)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="gateway-grammar", initializer=yield_cpu)
+        self._processes: list[CompileProcess] = []  # one a thread, each used by its thread only
+        self._own = threading.local()
         self._running: dict[str, _Compile] = {}
         self._pending = 0  # compiles submitted and not finished (one past its time budget still counts)
         self._compile_ms = 100.0  # a moving average, for retry_after_ms
@@ -102,6 +105,13 @@ class GrammarPool:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in list(self._processes):
+            process.close()
+
+    @property
+    def kills(self) -> int:
+        """Compile processes killed past grammar_cpu_s, ever (each replaced by the next compile)."""
+        return sum(process.kills for process in list(self._processes))
 
     def quota(self, address: str) -> CompileQuota:
         """A new connection's (or HTTP request's) quota, sharing its address's bucket."""
@@ -121,7 +131,7 @@ class GrammarPool:
         if size > self.limits.max_bytes:  # refused before anything is compiled, and without a charge
             message = f"response_format is {size} bytes; max_grammar_bytes is {self.limits.max_bytes}"
             raise GatewayError(ErrorCode.INVALID_FIELD, message)
-        return await self._checked(key, quota, lambda: compile_format(response_format, size, self.limits, self.check))
+        return await self._checked(key, quota, (response_format, size), "response_format")
 
     async def checked(self, grammar: Grammar | None, field: str, quota: CompileQuota) -> Grammar | None:
         """A grammar built by the caller (a forced tool call's), checked the same way."""
@@ -130,14 +140,27 @@ class GrammarPool:
         if len(grammar.source) > self.limits.max_bytes:
             message = f"{field}: the grammar is {len(grammar.source)} characters; max_grammar_bytes is {self.limits.max_bytes}"
             raise GatewayError(ErrorCode.INVALID_FIELD, message)
-        return await self._checked(source_key(grammar), quota, lambda: compile_source(grammar, field, self.limits, self.check))
+        return await self._checked(source_key(grammar), quota, (grammar, field), field)
 
-    async def _checked(self, key: str, quota: CompileQuota, compile_: Callable[[], Grammar | GatewayError]) -> Grammar:
+    async def _checked(self, key: str, quota: CompileQuota, job: Job, field: str) -> Grammar:
         outcome = CHECKED.get(key)
         if outcome is None or self._evicted(outcome):
-            running = self._running.get(key) or self._start(key, quota, compile_)
+            running = self._running.get(key) or self._start(key, quota, lambda: self._compile(job, field))
             outcome = await self._outcome(key, running)
         return settled(outcome)
+
+    def _compile(self, job: Job, field: str) -> Grammar | GatewayError:
+        """On a pool thread: the job compiled in this thread's process, then, where the engine has a check of
+        its own, by that check (its compile in this process is what its turns copy)."""
+        process: CompileProcess | None = getattr(self._own, "process", None)
+        if process is None:
+            process = self._own.process = CompileProcess()
+            self._processes.append(process)
+        outcome = process.compile(job, self.limits, self.settings.grammar_cpu_s)
+        if not isinstance(outcome, Grammar) or self.check is validate:
+            return outcome
+        problem = self.check(outcome.source, self.limits)
+        return self.limits.refusal(field, problem) if problem else outcome
 
     def _evicted(self, outcome: Grammar | GatewayError) -> bool:
         """An accepted grammar whose compiled matcher the engine has let go: compiled again here, so the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -15,20 +16,39 @@ from gateway.errors import ErrorCode, GatewayError
 # carry (64 bits), and numbers are finite. PROTOCOL.md (structured output) states them.
 MAX_JSON_DEPTH = 64
 JSON_INT_MIN, JSON_INT_MAX = -(2**63), 2**64 - 1
+# Entries (list items and map values, at every level). Each takes 2 bytes of JSON or more (itself and a
+# comma), so no schema within max_grammar_bytes (1 MiB) holds more; a msgpack frame of 1-byte values
+# could hold 16 million, each a Python object that every later pass (the schema's hash, 30 ms for this
+# many) walks on the event loop.
+MAX_JSON_VALUES = 512 * 1024
+_STEP_VALUES = 64 * 1024  # entries looked at between two yields of json_value_checks: a few ms
 
 
 def check_json_value(value: Any, field: str) -> None:
-    """Refuse (`invalid_field`, naming `field`) a value nested deeper than MAX_JSON_DEPTH or holding an
-    integer outside 64 bits or a non-finite number. Iterative, so a hostile depth cannot exhaust the
-    stack. It runs on the event loop over up to a frame's megabytes, so no Python code touches each
-    scalar: a container's child types are gathered as a set, the floats (rare in schemas) are checked by
-    C loops, and the integers by msgspec's msgpack encoder, whose range is exactly 64 bits."""
+    """Refuse (`invalid_field`, naming `field`) a value nested deeper than MAX_JSON_DEPTH, holding more
+    than MAX_JSON_VALUES entries, an integer outside 64 bits or a non-finite number."""
+    for _ in json_value_checks(value, field):
+        pass
+
+
+def json_value_checks(value: Any, field: str) -> Iterator[None]:
+    """check_json_value, yielding after each _STEP_VALUES entries, so an event loop can serve others in
+    between. Iterative, so a hostile depth cannot exhaust the stack. No Python code touches each scalar:
+    a container's child types are gathered as a set, the floats (rare in schemas) are checked by C loops,
+    and the integers by msgspec's msgpack encoder, whose range is exactly 64 bits."""
     stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
     _check_floats([value], {type(value)}, field)
+    seen, next_step = 0, _STEP_VALUES
     while stack:
         container, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             raise GatewayError(ErrorCode.INVALID_FIELD, f"{field} nests deeper than {MAX_JSON_DEPTH} levels")
+        seen += len(container)
+        if seen > MAX_JSON_VALUES:
+            raise GatewayError(ErrorCode.INVALID_FIELD, f"{field} holds more than {MAX_JSON_VALUES} values")
+        if seen >= next_step:
+            next_step = seen + _STEP_VALUES
+            yield
         children = list(container.values()) if isinstance(container, dict) else container
         kinds = set(map(type, children))
         _check_floats(children, kinds, field)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from typing import Any
 
 import msgpack
 import msgspec
 from msgspec import Struct
 
-from gateway.core.json_bounds import MAX_JSON_DEPTH, check_json_value
+from gateway.core.json_bounds import MAX_JSON_DEPTH, json_value_checks
 from gateway.core.request import (
     FunctionName as FunctionName,
     FunctionRef as FunctionRef,
@@ -91,21 +92,7 @@ from gateway.ws.frames import (
     TurnId as TurnId,
     Usage as Usage,
 )
-
-_MAX_CONTAINER_LEN = 1024
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(
-        data,
-        raw=False,
-        strict_map_key=True,
-        max_bin_len=len(data),
-        max_str_len=len(data),
-        max_array_len=_MAX_CONTAINER_LEN,
-        max_map_len=_MAX_CONTAINER_LEN,
-        max_ext_len=0,
-    )
+from gateway.ws.msgpack_slices import TooManyValues, finish, unpack_steps
 
 
 class FrameError(GatewayError):
@@ -127,11 +114,19 @@ def check_json_size(data: str, max_bytes: int) -> None:
 
 def decode(data: bytes | str) -> ClientFrame:
     """Decode one client message (binary = msgpack, text = JSON) into a validated frame."""
-    frame = _decode_json(data) if isinstance(data, str) else _decode_msgpack(data)
+    frame: ClientFrame = finish(decode_steps(data))
+    return frame
+
+
+def decode_steps(data: bytes | str) -> Generator[None, None, ClientFrame]:
+    """`decode` a slice at a time: a generator that yields between slices of work (unpacking msgpack,
+    checking free-form JSON) and returns the frame, so the reader can let other clients' work run in
+    between (ws/connection.py); a JSON frame, bounded by max_json_frame_bytes, is parsed in one."""
+    frame = _decode_json(data) if isinstance(data, str) else (yield from _decode_msgpack(data))
     options = frame.options if isinstance(frame, TurnFrame) else frame if isinstance(frame, ConfigureFrame) else None
     for field, value in free_json(options.response_format, options.tools) if options else ():
         try:
-            check_json_value(value, field)
+            yield from json_value_checks(value, field)
         except GatewayError as exc:
             raise FrameError(exc.code, exc.message, getattr(frame, "id", None)) from None
     return frame
@@ -194,9 +189,11 @@ def _too_deep(failure: Exception) -> GatewayError:
     return GatewayError(ErrorCode.BAD_FRAME, "not valid JSON: nested too deep")
 
 
-def _decode_msgpack(data: bytes) -> ClientFrame:
+def _decode_msgpack(data: bytes) -> Generator[None, None, ClientFrame]:
     try:
-        raw = _unpack(data)
+        raw = yield from unpack_steps(data)
+    except TooManyValues as exc:
+        raise GatewayError(ErrorCode.BAD_FRAME, f"a frame too wide: {exc}") from None
     except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise GatewayError(ErrorCode.BAD_FRAME, f"not valid msgpack: {_short(exc)}") from None
     except Exception:  # msgpack raises a zoo of types on hostile input; all mean the same

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.client import GatewayClient, TurnResult
 from gateway.config import Settings
+from gateway.core.grammar_pool import GrammarPool
 from gateway.engine.local.constrain import GrammarVocabulary
 from tests.conftest import DemoDirs, RunningServer, start_server
 from tests.loop_watch import watching
@@ -53,6 +54,12 @@ def vocabulary(server: RunningServer) -> GrammarVocabulary:
     return grammars
 
 
+def pool(server: RunningServer) -> GrammarPool:
+    turns = server.app.state.runtime.turns
+    assert turns is not None
+    return turns.grammars
+
+
 async def victim_turns(url: str, stop: asyncio.Event) -> list[TurnResult]:
     """Another client's turns, one after another, until `stop`."""
     results: list[TurnResult] = []
@@ -73,8 +80,9 @@ async def attack(url: str, formats: list[dict[str, Any]], tag: str) -> list[Turn
 async def test_twelve_huge_pattern_schemas_are_refused_off_the_loop(guarded: RunningServer) -> None:
     """Twelve distinct huge `pattern` schemas from 4 connections: each answered `invalid_field` naming the
     lexer budget (or `rate_limited`), no loop callback takes 50 ms of CPU, the victim's turns all complete,
-    and each schema compiled once: sent again, the refusals come from the cache."""
-    compiled_before = vocabulary(guarded).compiles
+    and each schema compiled once, in a compile process (the engine compiles none of them): sent again,
+    the refusals come from the cache."""
+    compiled_before, engine_before = pool(guarded).compiles, vocabulary(guarded).compiles
     formats = [pattern_format(seed) for seed in range(12)]
     with watching(guarded.thread) as watch:
         stop = asyncio.Event()
@@ -90,7 +98,8 @@ async def test_twelve_huge_pattern_schemas_are_refused_off_the_loop(guarded: Run
     assert budget and all("grammar_lexer_fuel" in message for message in budget)
     assert [result.errors[0]["code"] for result in again] == ["invalid_field"] * 4  # each connection's first: compiled
     assert all(result.done is not None and result.done["finish_reason"] == "length" for result in victims)
-    assert vocabulary(guarded).compiles - compiled_before == codes.count("invalid_field")
+    assert pool(guarded).compiles - compiled_before == codes.count("invalid_field")
+    assert vocabulary(guarded).compiles == engine_before
     print(f"\n[grammar] {len(victims)} victim turns; slowest loop callback {watch.slowest_ms:.1f} ms CPU of {watch.callbacks}")
     watch.check()
 
@@ -130,10 +139,11 @@ async def test_ready_announces_the_grammar_bounds(guarded: RunningServer) -> Non
 
 async def test_huge_tool_parameter_schemas_are_refused_off_the_loop(guarded: RunningServer) -> None:
     """Tools whose parameters schema is a huge `pattern`, in `configure` and in a turn: `invalid_field`
-    naming the lexer budget, compiled once on the pool, no loop callback over 50 ms of CPU."""
+    naming the lexer budget, compiled once on the pool (in a compile process, not by the engine), no loop
+    callback over 50 ms of CPU."""
     schema = pattern_format(1000)["json_schema"]["schema"]
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": schema}}]
-    compiled_before = vocabulary(guarded).compiles
+    compiled_before, engine_before = pool(guarded).compiles, vocabulary(guarded).compiles
     with watching(guarded.thread) as watch:
         async with GatewayClient(guarded.ws_url) as client:
             configured = await client.request({"type": "configure", "id": "c", "tools": tools})
@@ -141,5 +151,5 @@ async def test_huge_tool_parameter_schemas_are_refused_off_the_loop(guarded: Run
     assert configured["type"] == "error" and configured["code"] == "invalid_field"
     assert "grammar_lexer_fuel" in configured["message"]
     assert refused.errors[0]["code"] == "invalid_field" and refused.done is None
-    assert vocabulary(guarded).compiles - compiled_before == 1
+    assert pool(guarded).compiles - compiled_before == 1 and vocabulary(guarded).compiles == engine_before
     watch.check()

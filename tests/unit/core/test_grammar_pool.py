@@ -168,3 +168,26 @@ async def test_a_compiler_failure_refuses_that_grammar_only() -> None:
         await pool.response_grammar(schema_format(0, "boom"), quota)
     assert failed.value.code.value == "internal" and "bug" not in failed.value.message
     assert await pool.response_grammar(schema_format(1, "fine"), quota) is not None
+
+
+def many_required(n: int, tag: str) -> p.JsonSchemaFormat:
+    """A schema of `n` required properties: llguidance takes about 0.1 ms of CPU a property to compile it."""
+    properties = {f"{tag}{i}": {"type": "integer"} for i in range(n)}
+    schema = {"type": "object", "properties": properties, "required": list(properties)}
+    return p.JsonSchemaFormat(json_schema=p.JsonSchemaSpec(name="s", schema=schema))
+
+
+async def test_a_compile_past_its_cpu_budget_is_killed_and_its_worker_compiles_the_next() -> None:
+    """A schema whose compile (in llguidance, which no thread can stop) outlasts grammar_cpu_s is refused
+    naming it, its process is killed, and the one worker then compiles the next schema in a new process."""
+    calls: list[str] = []
+    pool = GrammarPool(Settings(grammar_workers=1, grammar_cpu_s=0.1), counting(calls))
+    quota = pool.quota("10.5.0.1")
+    try:
+        with pytest.raises(GatewayError, match=r"grammar_cpu_s \(0.1 s\)") as refused:
+            await pool.response_grammar(many_required(20_000, "slow"), quota)
+        assert refused.value.code.value == "invalid_field" and pool.kills == 1 and calls == []
+        assert await pool.response_grammar(schema_format(0, "killed"), quota) is not None
+        assert len(calls) == 1 and pool.kills == 1
+    finally:
+        pool.close()

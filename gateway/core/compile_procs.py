@@ -1,0 +1,138 @@
+"""Grammar compiles in worker processes: one that uses its CPU budget is killed with its process, which is replaced."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+
+from gateway.core import request as req
+from gateway.core.structured import GrammarLimits, compile_format, compile_source, validate
+from gateway.engine.contract import Grammar
+from gateway.errors import ErrorCode, GatewayError
+
+log = logging.getLogger("gateway.grammar")
+
+# A compile runs in Rust (llguidance) that no thread can stop: only its process can be. A fresh interpreter
+# running this module, not a fork (the server's threads, the generation thread and torch's, would be copied
+# mid-lock) nor multiprocessing's spawn (it imports the server's main module, torch and all, again).
+_START_S = 60.0  # the most a new process may take to import what it compiles with
+_READY = "ready"
+_POLL_S = 0.02  # how often a waiting worker thread reads its process's CPU time
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+# What a process is asked: a response format with its JSON size, or a built grammar with its field.
+Job = tuple[req.ResponseFormat, int] | tuple[Grammar, str]
+
+
+class CompileProcess:
+    """One worker process, used by one compile thread at a time: `compile` sends it a job and waits for
+    its outcome, killing it once it has used `cpu_s` of CPU on that job; the next job starts a new one."""
+
+    def __init__(self) -> None:
+        self.kills = 0  # processes killed past their budget (each replaced on the next job)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    def compile(self, job: Job, limits: GrammarLimits, cpu_s: float) -> Grammar | GatewayError:
+        """The job's outcome, or `invalid_field` naming grammar_cpu_s once it has used `cpu_s` of CPU."""
+        with self._lock:
+            conn, pid = self._started()
+            began = process_cpu_s(pid)
+            conn.send((job, limits))
+            while not conn.poll(_POLL_S):
+                if process_cpu_s(pid) - began >= cpu_s:  # its own CPU: waiting for a core costs no budget
+                    self._kill()
+                    self.kills += 1
+                    return GatewayError(ErrorCode.INVALID_FIELD, f"compiling the grammar took over grammar_cpu_s ({cpu_s:g} s)")
+            try:
+                answer: Grammar | tuple[str, str] = conn.recv()
+            except (EOFError, OSError):  # the process died (out of memory, say): this grammar is refused
+                self._kill()
+                log.error("a grammar compile process ended without an answer")
+                return GatewayError(ErrorCode.INTERNAL, "the grammar could not be compiled")
+        return answer if isinstance(answer, Grammar) else GatewayError(ErrorCode(answer[0]), answer[1])
+
+    def close(self) -> None:
+        """Kill the process now, without waiting for a compile in it (its thread sees the pipe close)."""
+        process = self._process
+        if process is not None:
+            process.kill()
+
+    def _started(self) -> tuple[Connection, int]:
+        if self._process is None or self._conn is None or self._process.poll() is not None:
+            self._kill()
+            ours, theirs = socket.socketpair()
+            command = [sys.executable, "-m", __name__, str(theirs.fileno())]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # this process's gateway
+            self._process = subprocess.Popen(command, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+            theirs.close()
+            self._conn = Connection(ours.detach())
+            if not self._conn.poll(_START_S) or self._conn.recv() != _READY:  # its imports cost no job's budget
+                self._kill()
+                raise RuntimeError("a grammar compile process did not start")
+        return self._conn, self._process.pid
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(5)
+        if self._conn is not None:
+            self._conn.close()
+        self._process, self._conn = None, None
+
+
+def serve(conn: Connection) -> None:
+    """A worker process's life: each job's outcome (a refusal as its code and message), until the pipe closes."""
+    _lower_priority()
+    conn.send(_READY)
+    while True:
+        try:
+            job, limits = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        outcome = outcome_of(job, limits)
+        conn.send(outcome if isinstance(outcome, Grammar) else (outcome.code.value, outcome.message))
+
+
+def outcome_of(job: Job, limits: GrammarLimits) -> Grammar | GatewayError:
+    """A job compiled with llguidance's own check (no vocabulary: the engine compiles an accepted one)."""
+    subject, detail = job
+    try:
+        if isinstance(subject, Grammar):
+            assert isinstance(detail, str)
+            return compile_source(subject, detail, limits, validate)
+        assert isinstance(detail, int)
+        return compile_format(subject, detail, limits, validate)
+    except Exception:  # the compiler's bug, not the client's: logged, and this one grammar refused
+        log.exception("compiling a grammar failed")
+        return GatewayError(ErrorCode.INTERNAL, "the grammar could not be compiled")
+
+
+def process_cpu_s(pid: int) -> float:
+    """The CPU time (user and system) process `pid` has used, from Linux's /proc; elsewhere the time since
+    the epoch (a wall-clock budget, the nearest there is)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return time.time()
+    return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime and stime, fields 14 and 15 of stat(5)
+
+
+def _lower_priority() -> None:
+    """Compiles give way to the generation thread every session waits on."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    serve(Connection(int(sys.argv[1])))
