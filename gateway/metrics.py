@@ -74,6 +74,7 @@ class Metrics:
         self.sessions = Gauge("gateway_sessions", "Sessions in memory, attached or detached", registry=r)
         self.sessions_detached = Gauge("gateway_sessions_detached", "Sessions in memory with no connection", registry=r)
         self.in_flight = Gauge("gateway_turns_in_flight", "Turns submitted and not yet done, both front ends", registry=r)
+        self.live_frames = LiveFrameCounters(r)
 
     def watch_engine(self, load: Callable[[], EngineLoad]) -> None:
         """Read active/queued counts from the engine at scrape time."""
@@ -108,6 +109,21 @@ class Metrics:
             self.ttft.observe(result.ttft_ms / 1000)
         if result.tokens_per_s > 0:
             self.inter_token.observe(1 / result.tokens_per_s)
+
+
+class LiveFrameCounters:
+    """What sessions' live windows did with the `frame`s they were sent, all sessions together."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.accepted = Counter("gateway_live_frames_accepted", "Distinct live frames added to a window", registry=r)
+        self.merged = Counter(
+            "gateway_live_frames_merged", "Live frames merged into a window's latest as near-duplicates", registry=r
+        )
+        self.dropped = Counter(
+            "gateway_live_frames_dropped",
+            "Live frames dropped unread: over a source's rate, or while its last were being hashed",
+            registry=r,
+        )
 
 
 def _rate(load: EngineLoad) -> float:

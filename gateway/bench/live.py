@@ -73,6 +73,15 @@ async def _session(config: LiveConfig, index: int, frames: list[bytes], out: dic
             streamer.cancel()
 
 
+def _prefill(results: list[TurnResult]) -> dict[str, float]:
+    """Mean prompt tokens per turn, and how many of them came from held KV or were prefilled."""
+    usages = [r.done["usage"] for r in results if r.done and r.done.get("usage")]
+    prompt = sum(u["prompt_tokens"] for u in usages) / max(1, len(usages))
+    cached = sum(u.get("cached_tokens", 0) for u in usages) / max(1, len(usages))
+    means = {"prompt": prompt, "cached": cached, "prefilled": prompt - cached}
+    return {f"{name}_tokens_mean": round(value, 1) for name, value in means.items()}
+
+
 def _rss_bytes(pid: int | None) -> int | None:
     if pid is None:
         return None
@@ -107,5 +116,7 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
         "live_turn_ttft_ms": percentiles(live_ttft),
         "text_turn_ttft_ms": percentiles(text_ttft),
         "live_vs_text_ttft_p50": round(live_p50 / text_p50, 3) if text_p50 else None,
+        "live_turn_prefill": _prefill(out["live"]),
+        "text_turn_prefill": _prefill(out["text"]),
         "rss_growth_per_session_bytes": (rss_after - rss_before) // config.sessions if rss_before and rss_after else None,
     }
