@@ -112,6 +112,7 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
         "live_turns": len(live_ttft),
         "text_turns": len(text_ttft),
         "errors": sum(len(r.errors) for r in out["live"] + out["text"]),
+        "error_codes": sorted({e.get("code", "?") for r in out["live"] + out["text"] for e in r.errors}),
         "live_frames_read_mean": round(sum(read) / max(1, len(read)), 2),
         "live_turn_ttft_ms": percentiles(live_ttft),
         "text_turn_ttft_ms": percentiles(text_ttft),
