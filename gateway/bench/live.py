@@ -24,13 +24,14 @@ class LiveConfig:
     size: tuple[int, int] = (640, 480)
 
 
-def camera_frame(index: int, size: tuple[int, int]) -> bytes:
+def camera_frame(index: int, size: tuple[int, int], camera: int = 0) -> bytes:
     """A JPEG scene: a flat room in which a box moves one step every fourth frame (still in between, as a
-    camera mostly is), so the window both merges and takes new frames."""
+    camera mostly is), so the window both merges and takes new frames; each camera's room has its own colour,
+    so sessions share no frame (and no encoder output)."""
     from PIL import Image, ImageDraw
 
     width, height = size
-    image = Image.new("RGB", size, (120, 130, 140))
+    image = Image.new("RGB", size, (120, 130 + 7 * (camera % 16), 140))
     step = (index // 4) % 16
     ImageDraw.Draw(image).rectangle(
         (step * width // 20, height // 3, step * width // 20 + width // 8, height // 2), (200, 40, 40)
@@ -94,10 +95,10 @@ def _rss_bytes(pid: int | None) -> int | None:
 async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[str, Any]:
     """The figures: frames sent, live and text turns' time to first token (client side, from sending the turn),
     their ratio, the frames each live turn read, and the gateway's RSS growth per session."""
-    frames = [camera_frame(i, config.size) for i in range(64)]
+    cameras = [[camera_frame(i, config.size, camera) for i in range(64)] for camera in range(config.sessions)]
     out: dict[str, list[Any]] = {"sent": [], "live": [], "text": []}
     rss_before = _rss_bytes(gateway_pid)
-    await asyncio.gather(*(_session(config, i, frames, out) for i in range(config.sessions)))
+    await asyncio.gather(*(_session(config, i, cameras[i], out) for i in range(config.sessions)))
     rss_after = _rss_bytes(gateway_pid)
     live_ttft = [t for t in map(_ttft_ms, out["live"]) if t is not None]
     text_ttft = [t for t in map(_ttft_ms, out["text"]) if t is not None]

@@ -21,5 +21,7 @@ async def test_a_short_live_bench_reports_its_turns_and_frames(server: RunningSe
 
 
 def test_the_camera_scene_is_still_between_its_moves() -> None:
-    """Frames come in fours of the same picture, so a window merges three of every four."""
+    """Frames come in fours of the same picture, so a window merges three of every four; two cameras never
+    send the same picture (sessions share no encoder output)."""
     assert camera_frame(0, (64, 48)) == camera_frame(3, (64, 48)) != camera_frame(4, (64, 48))
+    assert camera_frame(0, (64, 48), camera=1) != camera_frame(0, (64, 48))
