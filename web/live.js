@@ -35,6 +35,7 @@ export class LiveView {
     this.capturing = false; // a frame is being encoded: the next tick skips rather than queue
     this.sent = 0;
     this.watching = false;
+    this.opening = 0; // bumped by each start and stop: a camera granted after a later click is let go
   }
 
   get active() {
@@ -63,12 +64,15 @@ export class LiveView {
 
   async start(kind) {
     this.stop();
+    const opening = ++this.opening;
     let stream;
     try {
       stream = await SOURCES[kind].open();
     } catch (err) {
-      return this.say(`Could not start the ${SOURCES[kind].label}: ${reason(err)}`, "problem");
+      if (opening === this.opening) this.say(`Could not start the ${SOURCES[kind].label}: ${reason(err)}`, "problem");
+      return;
     }
+    if (opening !== this.opening) return stream.getTracks().forEach((track) => track.stop()); // another click since
     this.source = kind;
     this.stream = stream;
     this.video = element("video", { muted: true, playsInline: true });
@@ -83,6 +87,7 @@ export class LiveView {
   }
 
   stop() {
+    this.opening += 1;
     if (!this.active) return;
     if (this.watching) this.unwatch();
     clearInterval(this.timer);

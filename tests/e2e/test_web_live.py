@@ -21,6 +21,14 @@ from tests.e2e.test_web_a11y import audit
 # Chromium's fake camera (a moving test pattern, so frames differ and are not merged), granted without a prompt.
 FAKE_MEDIA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 FPS = 4.0
+# The camera granted a second after it is asked for, so that a second press comes while the first is pending.
+SLOW_CAMERA = """{
+  const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  window.openedStreams = [];
+  navigator.mediaDevices.getUserMedia = (constraints) => new Promise((r) => setTimeout(r, 1000))
+    .then(() => open(constraints)).then((stream) => (window.openedStreams.push(stream), stream));
+}"""
+ALL_ENDED = "window.openedStreams.map((s) => s.getTracks().every((t) => t.readyState === 'ended'))"
 REFUSE_SCREEN = "navigator.mediaDevices.getDisplayMedia = () => Promise.reject(new DOMException('no', 'NotAllowedError'));"
 open_chat = web.open_chat  # it opens pages in the browser below
 
@@ -61,10 +69,11 @@ def until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> 
         time.sleep(0.05)
 
 
-def start_camera(chat: Chat, server: RunningServer, frames: int = 2) -> Any:
+def start_camera(chat: Chat, server: RunningServer, frames: int = 2, presses: int = 1) -> Any:
     """Press Camera with the keyboard; wait until the session's window has taken `frames` distinct frames."""
     chat.page.get_by_role("button", name="Camera").focus()
-    chat.page.keyboard.press("Enter")
+    for _ in range(presses):
+        chat.page.keyboard.press("Enter")
     expect(chat.page.locator("#live-indicator")).to_have_text("Live: camera")
     until(lambda: (window := window_of(server, chat)) is not None and window.counters.accepted >= frames, "frames in the window")
     return window_of(server, chat)
@@ -95,6 +104,22 @@ def test_the_camera_streams_frames_a_turn_reads_them_and_stop_ends_it(
     chat.wait_done()
     assert len(sent_frames(chat, "frame")) == stopped_at
     assert "live" not in sent_frames(chat, "turn")[-1]
+
+
+def test_camera_pressed_again_while_it_opens_streams_once(live_server: RunningServer, open_chat: Callable[..., Chat]) -> None:
+    """A second press while the browser is still opening the camera: the camera granted first is let go, so
+    after Stop every camera track the page opened has ended (the camera's light goes off) and no frame is sent."""
+    chat = open_chat(live_server, connected=False)
+    chat.page.add_init_script(SLOW_CAMERA)
+    chat.page.reload()
+    chat.wait_connected()
+    start_camera(chat, live_server, presses=2)
+    chat.page.get_by_role("button", name="Stop live view").click()
+    stopped_at = len(sent_frames(chat, "frame"))
+    chat.send("anything?")
+    chat.wait_done()
+    assert len(sent_frames(chat, "frame")) == stopped_at
+    assert chat.page.evaluate(ALL_ENDED) == [True, True]
 
 
 def test_watch_turns_render_as_replies_marked_from_the_watch(live_server: RunningServer, open_chat: Callable[..., Chat]) -> None:
