@@ -65,6 +65,7 @@ class Metrics:
         self.turn_seconds = Histogram(
             "gateway_turn_duration_seconds", "Turns' time from submission to done", buckets=LATENCY_BUCKETS_S, registry=r
         )
+        self.live_frames = LiveFrameCounters(r)  # what sessions' live windows did with the frames sent
         self.store_failures = Counter("gateway_store_failures", "Session store calls that failed or timed out", registry=r)
         self.store_healthy = Gauge("gateway_store_healthy", "1 while the session store answers, else 0", registry=r)
         self.image_bytes = Gauge("gateway_session_image_bytes", "Image bytes sessions' histories hold", registry=r)
@@ -74,7 +75,6 @@ class Metrics:
         self.sessions = Gauge("gateway_sessions", "Sessions in memory, attached or detached", registry=r)
         self.sessions_detached = Gauge("gateway_sessions_detached", "Sessions in memory with no connection", registry=r)
         self.in_flight = Gauge("gateway_turns_in_flight", "Turns submitted and not yet done, both front ends", registry=r)
-        self.live_frames = LiveFrameCounters(r)
 
     def watch_engine(self, load: Callable[[], EngineLoad]) -> None:
         """Read active/queued counts from the engine at scrape time."""
