@@ -65,6 +65,7 @@ class Metrics:
         self.turn_seconds = Histogram(
             "gateway_turn_duration_seconds", "Turns' time from submission to done", buckets=LATENCY_BUCKETS_S, registry=r
         )
+        self.live_frames = LiveFrameCounters(r)  # what sessions' live windows did with the frames sent
         self.store_failures = Counter("gateway_store_failures", "Session store calls that failed or timed out", registry=r)
         self.store_healthy = Gauge("gateway_store_healthy", "1 while the session store answers, else 0", registry=r)
         self.image_bytes = Gauge("gateway_session_image_bytes", "Image bytes sessions' histories hold", registry=r)
@@ -115,6 +116,21 @@ class Metrics:
             self.ttft.observe(result.ttft_ms / 1000)
         if result.tokens_per_s > 0:
             self.inter_token.observe(1 / result.tokens_per_s)
+
+
+class LiveFrameCounters:
+    """What sessions' live windows did with the `frame`s they were sent, all sessions together."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.accepted = Counter("gateway_live_frames_accepted", "Distinct live frames added to a window", registry=r)
+        self.merged = Counter(
+            "gateway_live_frames_merged", "Live frames merged into a window's latest as near-duplicates", registry=r
+        )
+        self.dropped = Counter(
+            "gateway_live_frames_dropped",
+            "Live frames dropped unread: over a source's rate, or while its last were being hashed",
+            registry=r,
+        )
 
 
 def _rate(load: EngineLoad) -> float:

@@ -9,6 +9,7 @@ import { encode } from "./codec.js";
 import { Composer } from "./composer.js";
 import { Connection } from "./connection.js";
 import { listConversations, outcomeOf, rememberOutcome, sync } from "./conversations.js";
+import { liveElements, LiveView } from "./live.js";
 import { Conversation, element, userItem } from "./messages.js";
 import { SessionLink } from "./sessions.js";
 import { boundSettings, forgetSettings, loadSettings, saveSettings, SettingsForm } from "./settings.js";
@@ -37,6 +38,7 @@ const connection = new Connection({
   },
   onState: (connectionState) => {
     banner.show(connectionState);
+    live.connectionChanged(connection.connected);
     updateControls();
   },
   onServerStatus: (status) => { if (state.demoFromReady === undefined) showDemo(status.demo); },
@@ -46,6 +48,7 @@ const connection = new Connection({
 const banner = new ConnectionBanner(ui, () => connection.key);
 const link = new SessionLink((frame) => connection.send(frame));
 const chatList = new ChatList(ui.chats, switchChat);
+const live = new LiveView(liveElements($), (frame) => connection.send(frame), () => state.limits);
 
 const state = {
   model: "", // the served model's id, from `ready`
@@ -164,12 +167,24 @@ function applySavedSettings() {
 }
 
 function onAccepted(frame) {
-  adoptTurn(frame.id).accepted = true;
+  const turn = adoptTurn(frame.id);
+  turn.accepted = true;
+  live.markLiveTurn(turn.user, frame.live_frames);
+  if (frame.initiated === "watch") adoptWatchTurn(turn);
   link.turnAccepted(frame.id, frame.seq);
   chatList.render(link.current?.session);
   if (frame.dropped_turns > 0) {
     conversation.addNotice(`${frame.dropped_turns} oldest exchange(s) no longer fit the context window; the model will not see them.`);
   }
+}
+
+// A turn the server started for the watch is shown as a reply, but the composer stays free: a turn sent
+// now cancels it on the server (a watch yields to the client).
+function adoptWatchTurn(turn) {
+  turn.watch = true;
+  live.markWatchReply(turn.reply.item);
+  if (state.running === turn) state.running = null;
+  updateControls();
 }
 
 function onQueued(frame) {
@@ -210,6 +225,7 @@ function adoptTurn(id) {
 
 function onError(frame) {
   if (link.resumeFailed(frame)) return onResumeFailed();
+  if (live.takeError(frame)) return;
   const stalled = link.storeUnavailable(frame);
   if (stalled) return onStoreUnavailable(stalled, frame.message);
   const turn = state.turns.get(frame.id);
@@ -280,7 +296,7 @@ function sendTurn() {
   if (problem) return note(problem);
   const id = `turn-${Date.now().toString(36)}-${state.nextId++}`;
   const images = attachments.length ? attachments.map((a) => a.data) : undefined;
-  const payload = encode({ type: "turn", id, text, images });
+  const payload = encode({ type: "turn", id, text, images, live: live.turnField() });
   if (payload.length > (state.limits.max_frame_bytes ?? Infinity)) {
     return note(`This message is ${payload.length} bytes; the server accepts at most ${state.limits.max_frame_bytes}.`);
   }
@@ -412,6 +428,7 @@ function updateControls() {
   const canAttach = state.vision && (state.limits.max_images_per_turn ?? 1) > 0;
   ui.fileInput.disabled = !canAttach;
   ui.fileInput.labels[0].classList.toggle("disabled", !canAttach);
+  live.enable(canAttach && connection.connected);
 }
 
 // ---- wiring -------------------------------------------------------------------------------------
@@ -450,6 +467,7 @@ function wire() {
   });
   ui.retryNow.addEventListener("click", () => connection.connect());
   composer.wire();
+  live.wire();
   window.addEventListener("pagehide", () => link.current && sync(link.current)); // for a switch back later
   window.addEventListener("online", () => {
     if (connection.waiting) connection.connect(); // no point waiting out the backoff once the network is back

@@ -24,13 +24,14 @@ class LiveConfig:
     size: tuple[int, int] = (640, 480)
 
 
-def camera_frame(index: int, size: tuple[int, int]) -> bytes:
+def camera_frame(index: int, size: tuple[int, int], camera: int = 0) -> bytes:
     """A JPEG scene: a flat room in which a box moves one step every fourth frame (still in between, as a
-    camera mostly is), so the window both merges and takes new frames."""
+    camera mostly is), so the window both merges and takes new frames; each camera's room has its own colour,
+    so sessions share no frame (and no encoder output)."""
     from PIL import Image, ImageDraw
 
     width, height = size
-    image = Image.new("RGB", size, (120, 130, 140))
+    image = Image.new("RGB", size, (120, 130 + 7 * (camera % 16), 140))
     step = (index // 4) % 16
     ImageDraw.Draw(image).rectangle(
         (step * width // 20, height // 3, step * width // 20 + width // 8, height // 2), (200, 40, 40)
@@ -73,6 +74,15 @@ async def _session(config: LiveConfig, index: int, frames: list[bytes], out: dic
             streamer.cancel()
 
 
+def _prefill(results: list[TurnResult]) -> dict[str, float]:
+    """Mean prompt tokens per turn, and how many of them came from held KV or were prefilled."""
+    usages = [r.done["usage"] for r in results if r.done and r.done.get("usage")]
+    prompt = sum(u["prompt_tokens"] for u in usages) / max(1, len(usages))
+    cached = sum(u.get("cached_tokens", 0) for u in usages) / max(1, len(usages))
+    means = {"prompt": prompt, "cached": cached, "prefilled": prompt - cached}
+    return {f"{name}_tokens_mean": round(value, 1) for name, value in means.items()}
+
+
 def _rss_bytes(pid: int | None) -> int | None:
     if pid is None:
         return None
@@ -85,10 +95,10 @@ def _rss_bytes(pid: int | None) -> int | None:
 async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[str, Any]:
     """The figures: frames sent, live and text turns' time to first token (client side, from sending the turn),
     their ratio, the frames each live turn read, and the gateway's RSS growth per session."""
-    frames = [camera_frame(i, config.size) for i in range(64)]
+    cameras = [[camera_frame(i, config.size, camera) for i in range(64)] for camera in range(config.sessions)]
     out: dict[str, list[Any]] = {"sent": [], "live": [], "text": []}
     rss_before = _rss_bytes(gateway_pid)
-    await asyncio.gather(*(_session(config, i, frames, out) for i in range(config.sessions)))
+    await asyncio.gather(*(_session(config, i, cameras[i], out) for i in range(config.sessions)))
     rss_after = _rss_bytes(gateway_pid)
     live_ttft = [t for t in map(_ttft_ms, out["live"]) if t is not None]
     text_ttft = [t for t in map(_ttft_ms, out["text"]) if t is not None]
@@ -103,9 +113,12 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
         "live_turns": len(live_ttft),
         "text_turns": len(text_ttft),
         "errors": sum(len(r.errors) for r in out["live"] + out["text"]),
+        "error_codes": sorted({e.get("code", "?") for r in out["live"] + out["text"] for e in r.errors}),
         "live_frames_read_mean": round(sum(read) / max(1, len(read)), 2),
         "live_turn_ttft_ms": percentiles(live_ttft),
         "text_turn_ttft_ms": percentiles(text_ttft),
         "live_vs_text_ttft_p50": round(live_p50 / text_p50, 3) if text_p50 else None,
+        "live_turn_prefill": _prefill(out["live"]),
+        "text_turn_prefill": _prefill(out["text"]),
         "rss_growth_per_session_bytes": (rss_after - rss_before) // config.sessions if rss_before and rss_after else None,
     }

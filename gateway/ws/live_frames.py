@@ -6,7 +6,7 @@ import time
 
 from gateway.config import Settings
 from gateway.core.live_view import LiveView
-from gateway.core.live_window import LiveLimits, LiveWindows
+from gateway.core.live_window import LiveLimits, LiveWindows, Outcome
 from gateway.core.turns import TurnService
 from gateway.errors import ErrorCode, GatewayError
 from gateway.ws import protocol as p
@@ -33,7 +33,9 @@ async def add_frame(live: LiveSession, frame: p.LiveImageFrame, turns: TurnServi
     now_s = time.monotonic()
     windows = windows_of(live, turns.settings)
     window = windows.window(frame.source, now_s)
+    counters = turns.metrics.live_frames
     if not window.admit(now_s):
+        counters.dropped.inc()
         return
     try:
         image, thumb = await turns.attachments.check_live_frame(frame.image)
@@ -42,7 +44,8 @@ async def add_frame(live: LiveSession, frame: p.LiveImageFrame, turns: TurnServi
         if not len(window):  # a source whose first frames were all refused takes no place among max_live_sources
             windows.close(frame.source)
         raise
-    window.add(image, thumb, frame.ts)
+    outcome = window.add(image, thumb, frame.ts)
+    (counters.accepted if outcome is Outcome.ACCEPTED else counters.merged).inc()
 
 
 def live_view(live: LiveSession, spec: bool | p.LiveSpec) -> LiveView | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.bench.live import LiveConfig, camera_frame, run_live
 from tests.conftest import RunningServer
 
@@ -13,8 +15,13 @@ async def test_a_short_live_bench_reports_its_turns_and_frames(server: RunningSe
     assert report["live_turns"] == 2 and report["text_turns"] == 2 and report["errors"] == 0
     assert report["frames_sent"] >= 2 and report["live_frames_read_mean"] >= 1
     assert report["live_turn_ttft_ms"]["p50"] > 0 and report["live_vs_text_ttft_p50"] is not None
+    live = report["live_turn_prefill"]
+    assert live["prompt_tokens_mean"] > 0
+    assert live["prompt_tokens_mean"] == pytest.approx(live["cached_tokens_mean"] + live["prefilled_tokens_mean"], abs=0.2)
 
 
 def test_the_camera_scene_is_still_between_its_moves() -> None:
-    """Frames come in fours of the same picture, so a window merges three of every four."""
+    """Frames come in fours of the same picture, so a window merges three of every four; two cameras never
+    send the same picture (sessions share no encoder output)."""
     assert camera_frame(0, (64, 48)) == camera_frame(3, (64, 48)) != camera_frame(4, (64, 48))
+    assert camera_frame(0, (64, 48), camera=1) != camera_frame(0, (64, 48))

@@ -91,7 +91,7 @@ async def test_the_new_gauges_and_counters_follow_the_server(server: RunningServ
 
 
 def test_the_dashboard_covers_what_an_operator_watches() -> None:
-    """Turns, tokens, TTFT, inter-token latency, queue, sessions, errors, the store, image bytes and caches each have a panel."""
+    """Turns, tokens, TTFT, inter-token latency, queue, sessions, errors, the store, images, caches, live frames: each a panel."""
     used = {name for expr in dashboard_expressions() for name in metric_names(expr)}
     wanted = {
         "gateway_turns_total",
@@ -105,6 +105,8 @@ def test_the_dashboard_covers_what_an_operator_watches() -> None:
         "gateway_session_image_bytes",
         "gateway_kv_cache_hit_rate",
         "gateway_prompt_tokens_cached_total",
+        "gateway_live_frames_accepted_total",
+        "gateway_live_frames_dropped_total",
     }
     assert wanted <= used, sorted(wanted - used)
 

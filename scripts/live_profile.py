@@ -1,0 +1,98 @@
+"""Where a live turn's time goes: `gateway bench --live` against a gateway in this process, timing on the
+generation thread the model's forward passes, the vision tower's share of them, and prompt prefills with and
+without images.
+
+    PYTHONPATH=$PWD .venv/bin/python scripts/live_profile.py [--sessions 8] [--seconds 30] [--model DIR]
+
+The timings are hooks on the model (forward pre/post hooks, so they add no work to it) and wrappers around
+the batch's prefill calls; the bench's own report (TTFT, prompt/cached/prefilled tokens) comes with them, and
+the load average, since CPU timings on a shared machine mean little without it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway.bench.live import LiveConfig, run_live
+from gateway.config import Settings
+from gateway.engine.demo import cached_demo_model
+from gateway.engine.local import batch as batch_module
+from tests.conftest import start_server
+
+Seconds = collections.defaultdict[str, float]
+
+
+def time_module(module: Any, name: str, spent: Seconds, calls: collections.Counter[str]) -> None:
+    """Add the wall time of each forward pass of `module` (run on the generation thread) to spent[name]."""
+    started: list[float] = []
+    module.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
+
+    def done(*_: Any) -> None:
+        spent[name] += time.perf_counter() - started.pop()
+        calls[name] += 1
+
+    module.register_forward_hook(done)
+
+
+def time_prefills(spent: Seconds, calls: collections.Counter[str]) -> None:
+    """Wrap the batch's prefill calls: named by whether the prompt holds images and whether it starts on held KV."""
+
+    def wrap(method: str, kind: Callable[[tuple[Any, ...]], str]) -> None:
+        original = getattr(batch_module.Batch, method)
+
+        def timed(self: Any, *args: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(self, *args)
+            finally:
+                spent[kind(args)] += time.perf_counter() - start
+                calls[kind(args)] += 1
+
+        setattr(batch_module.Batch, method, timed)
+
+    wrap("prefill", lambda args: "prefill (images)" if args[1].images else "prefill (text)")
+    wrap("prefill_on", lambda args: "prefill on held KV (images)" if args[1].images else "prefill on held KV (text)")
+    wrap("prefill_rows", lambda args: "prefill rows (text, batched)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--model", type=Path, default=None, help="a model directory (default: the demo model)")
+    args = parser.parse_args()
+    running = start_server(args.model or cached_demo_model("small"), Settings())
+    spent: Seconds = collections.defaultdict(float)
+    calls: collections.Counter[str] = collections.Counter()
+    model = running.engine.loaded.model
+    time_module(model, "forward", spent, calls)
+    tower = getattr(model.model, "visual", None) or getattr(model.model, "vision_tower", None)  # Qwen/GLM, LLaVA-like
+    assert tower is not None, "this model's vision tower is neither `visual` nor `vision_tower`"
+    time_module(tower, "vision tower", spent, calls)
+    time_prefills(spent, calls)
+    load_before = os.getloadavg()
+    report = asyncio.run(run_live(LiveConfig(url=running.ws_url, sessions=args.sessions, seconds=args.seconds)))
+    encoder = running.engine.encoder_cache
+    report["generation_thread"] = {
+        name: {"seconds": round(spent[name], 3), "calls": calls[name], "mean_ms": round(1000 * spent[name] / calls[name], 1)}
+        for name in sorted(spent)
+    }
+    report["encode_share_of_forward"] = round(spent["vision tower"] / spent["forward"], 4) if spent["forward"] else None
+    report["encoder_cache"] = {"hits": encoder.hits, "encoded_beside_held": encoder.encoded, "images_held": len(encoder)}
+    report["load_average"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
+    print(json.dumps(report, indent=2))
+    running.stop()
+
+
+if __name__ == "__main__":
+    main()
