@@ -1,0 +1,46 @@
+// The controls on a message or a reply: its versions (`‹ 2/3 ›`, flipped with `switch`) and what can be
+// done to it (regenerate a reply, branch into a new chat). Plain buttons whose names say what they act
+// on, so a keyboard or a screen reader reaches and understands each one.
+
+import { element } from "./messages.js";
+
+// `entry`: a history entry ({role, item_id, siblings, index, sibling_ids}); act(action, itemId) does what a
+// button says, on the item itself or, for a version, on the sibling to switch to. Null: none apply.
+export function itemControls(entry, act) {
+  const noun = entry.role === "user" ? "message" : "reply";
+  const own = (action) => () => act(action, entry.item_id);
+  const replyOnly = entry.role === "user" ? [] : [
+    button("Regenerate", "Regenerate reply", own("regenerate")),
+    button("Branch", "Branch into a new chat from this reply", own("fork")), // the new chat goes on from a reply
+  ];
+  const controls = [...versions(entry, noun, act), ...replyOnly];
+  if (controls.length === 0) return null;
+  const group = element("div", { className: "item-actions" }, controls);
+  group.setAttribute("role", "group");
+  group.setAttribute("aria-label", `Actions on this ${noun}`);
+  return group;
+}
+
+// `‹ n/m ›` where the item has siblings; each arrow switches to the version beside it.
+function versions({ siblings = 1, index = 0, sibling_ids: ids = [] }, noun, act) {
+  if (siblings < 2) return [];
+  const beside = (offset) => ids[index + offset];
+  const arrow = (text, label, offset) => {
+    const target = beside(offset);
+    const arrowButton = button(text, `${label} version of this ${noun}`, () => act("switch", target));
+    arrowButton.disabled = !target;
+    return arrowButton;
+  };
+  const position = element("span", { className: "version" }, [
+    element("span", { className: "visually-hidden", textContent: "Version " }),
+    `${index + 1}/${siblings}`,
+  ]);
+  return [element("span", { className: "versions" }, [arrow("‹", "Previous", -1), position, arrow("›", "Next", 1)])];
+}
+
+function button(text, label, onClick) {
+  const made = element("button", { type: "button", textContent: text });
+  made.setAttribute("aria-label", label);
+  made.addEventListener("click", onClick);
+  return made;
+}
