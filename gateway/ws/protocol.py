@@ -41,10 +41,13 @@ from gateway.ws.client_frames import (
     CancelFrame as CancelFrame,
     ClientFrame as ClientFrame,
     ConfigureFrame as ConfigureFrame,
+    DeleteFrame as DeleteFrame,
+    EditFrame as EditFrame,
     ForgetFrame as ForgetFrame,
     ForkFrame as ForkFrame,
     HistoryRequestFrame as HistoryRequestFrame,
     ImageUrl as ImageUrl,
+    InsertFrame as InsertFrame,
     ItemId as ItemId,
     LiveImageFrame as LiveImageFrame,
     LiveSpec as LiveSpec,
@@ -128,7 +131,7 @@ def check_json_size(data: str, max_bytes: int) -> None:
 def decode(data: bytes | str) -> ClientFrame:
     """Decode one client message (binary = msgpack, text = JSON) into a validated frame."""
     frame = _decode_json(data) if isinstance(data, str) else _decode_msgpack(data)
-    options = frame.options if isinstance(frame, TurnFrame) else frame if isinstance(frame, ConfigureFrame) else None
+    options = frame if isinstance(frame, ConfigureFrame) else getattr(frame, "options", None)  # a turn's, an edit's
     for field, value in free_json(options.response_format, options.tools) if options else ():
         try:
             check_json_value(value, field)
