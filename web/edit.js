@@ -1,10 +1,11 @@
-// Editing the conversation from the page: regenerate a reply, flip between versions (`switch`), branch
-// into a new chat (`fork`), and a stopped reply cut to what was shown (`truncate`). The server holds the
-// tree: after each change the page shows the `history` it answers with (asked for once a regenerated
-// reply has ended), so the screen shows the server's path.
+// Editing the conversation from the page: regenerate a reply, flip between versions (`switch`), edit a
+// message, delete, branch into a new chat (`fork`), and a stopped reply cut to what was shown
+// (`truncate`). The server holds the tree: after each change the page shows the `history` it answers
+// with (asked for once a regenerated or edited reply has ended), so the screen shows the server's path.
 
 import { listConversations, remember } from "./conversations.js";
-import { itemControls } from "./item_controls.js";
+import { editForm, itemControls } from "./item_controls.js";
+import { userItem } from "./messages.js";
 
 export class Editor {
   // hooks: send(frame) -> false when not connected; newTurnId(); beginTurn(turn, text?); dropTurn(turn);
@@ -28,7 +29,6 @@ export class Editor {
     item.querySelector(".item-actions")?.remove();
     const controls = itemControls(entry, (action, itemId) => this.act(action, item, itemId));
     const copy = item.querySelector(":scope > .reply-footer > .copy");
-    if (!controls) return;
     if (copy) copy.after(controls); // a reply's beside its Copy button, before the meta line
     else item.append(controls);
   }
@@ -44,6 +44,7 @@ export class Editor {
 
   act(action, item, itemId) {
     if (this.hooks.running()) return this.hooks.note("Wait for the reply to finish, or press Stop.");
+    if (action === "edit") return this.openEditor(item);
     if (action === "regenerate") return this.regenerate(item, itemId);
     if (!this.request({ type: action, item_id: itemId })) this.notConnected();
   }
@@ -55,14 +56,43 @@ export class Editor {
     this.startTurn({ id, text: "", user: null, kind: "regenerate" });
   }
 
+  openEditor(item) {
+    const text = item.querySelector(":scope > .text");
+    const actions = item.querySelector(".item-actions");
+    const opener = document.activeElement; // the Edit button, when pressed from the keyboard or a click
+    const close = () => {
+      form.remove();
+      text.hidden = actions.hidden = false;
+      opener?.focus();
+    };
+    const { form, area } = editForm(text.textContent, (edited) => this.sendEdit(item, edited), close);
+    text.hidden = actions.hidden = true;
+    text.after(form);
+    area.focus();
+  }
+
+  sendEdit(item, text) {
+    if (this.hooks.running()) return this.hooks.note("Wait for the reply to finish, or press Stop.");
+    const images = item.querySelector(":scope > .images");
+    if (!text.trim() && !images) return this.hooks.note("The message is empty.");
+    const id = this.hooks.newTurnId();
+    if (!this.hooks.send({ type: "edit", id, item_id: item.dataset.itemId, text, respond: true })) return this.notConnected();
+    const edited = userItem(text, []);
+    if (images) edited.append(images); // an edit keeps the message's images
+    removeFrom(item);
+    this.conversation.append(edited);
+    this.startTurn({ id, text, user: edited, kind: "edit" });
+  }
+
   startTurn({ id, text, user, kind }) {
     const turn = { id, text, attachments: [], user, reply: this.conversation.addReply(), accepted: false, kind };
-    this.hooks.beginTurn(turn);
+    this.hooks.beginTurn(turn, kind === "edit" ? text : null); // an edit's message is shown again after a reload
   }
 
   // `accepted` names the turn's items.
   accepted(frame, turn) {
     turn.itemId = frame.item_id;
+    if (turn.user && frame.item_id) this.keepImages(turn.user, frame.item_id); // an edit's, or a turn's, shown once more
   }
 
   // Stop pressed: the reply keeps what is on screen now, whatever streams before the `done`.

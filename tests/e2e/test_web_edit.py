@@ -203,8 +203,8 @@ def test_a_reload_mid_branch_brings_back_the_versions(server: RunningServer, ope
 
 
 def test_the_editing_controls_pass_axe(server: RunningServer, open_chat: Callable[..., Chat]) -> None:
-    """A conversation with versions and every item's controls has no serious or critical axe violation, in
-    the light theme and in the dark one at phone width."""
+    """A conversation with versions and every item's controls, and a message open in its editor, have no
+    serious or critical axe violation, in the light theme and in the dark one at phone width."""
     problems = {}
     for scheme, viewport in (("light", web.DESKTOP), ("dark", web.PHONE)):
         chat = open_chat(server, viewport=viewport, color_scheme=scheme, bypass_csp=True)
@@ -213,5 +213,7 @@ def test_the_editing_controls_pass_axe(server: RunningServer, open_chat: Callabl
         send_and_wait(chat, "Hello")
         regenerate_last(chat)
         problems[scheme] = audit(chat)
+        control(chat.page.locator(".message.user"), "Edit message").click()
+        problems[f"{scheme}, editing"] = audit(chat)
         save_screenshot(chat.page, f"web-edit-a11y-{scheme}.png")
     assert {scheme: found for scheme, found in problems.items() if found} == {}
