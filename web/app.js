@@ -214,7 +214,8 @@ function adoptTurn(id) {
   if (known) return known;
   const text = link.pendingText(id); // the message itself is in the history only once its reply ends
   const user = text === null ? null : conversation.addUser(text);
-  const turn = { id, text: text ?? "", attachments: [], user, reply: conversation.addReply(), accepted: true };
+  // Replayed: it may be a regenerate or an edit, so its end shows the server's history again (edit.js).
+  const turn = { id, text: text ?? "", attachments: [], user, reply: conversation.addReply(), accepted: true, kind: "replayed" };
   turn.reply.streaming();
   state.turns.set(id, turn);
   state.running = turn;

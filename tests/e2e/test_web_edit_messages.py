@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import RunningServer, image_bytes
 from tests.e2e import test_web as web
-from tests.e2e.test_web import Chat, image_file, save_screenshot
+from tests.e2e.test_web import LONG_PROMPT, LONG_REPLY, Chat, image_file, save_screenshot
 from tests.e2e.test_web_edit import control, path, received, regenerate_last, send_and_wait, sent, version
 
 browser = web.browser
@@ -91,3 +91,28 @@ def test_delete_a_regenerated_reply_then_a_message(server: RunningServer, open_c
     control(again, "Delete message").click()
     expect(chat.page.locator(".message.user .text")).to_have_text(["Hello"])
     assert again_id not in [item for item, _ in path(chat, server)]
+
+
+def test_a_reload_while_an_edits_reply_streams_ends_on_the_new_branch(
+    server: RunningServer, open_chat: Callable[..., Chat]
+) -> None:
+    """A reload while an edited message's reply streams picks the reply up; once it ends the page shows the
+    server's path: the new message at `2/2` and its reply, nothing of the old branch."""
+    chat = open_chat(server)
+    chat.apply_settings(max_tokens="8")
+    send_and_wait(chat, "Hello")
+    send_and_wait(chat, "Again")
+    chat.apply_settings(**LONG_REPLY)
+    control(chat.page.locator(".message.user").first, "Edit message").click()
+    chat.page.get_by_role("textbox", name="New version of the message").fill(LONG_PROMPT)
+    chat.page.keyboard.press("Enter")
+    expect(chat.last_reply().locator(".text")).not_to_be_empty(timeout=60_000)
+
+    chat.page.reload()
+    chat.wait_connected()
+    expect(version(chat.page.locator(".message.user").first)).to_have_text("Version 2/2", timeout=120_000)
+    expect(chat.page.locator(".message.user .text")).to_have_text([LONG_PROMPT])
+    expect(chat.page.locator(".message.assistant")).to_have_count(1)
+    done = received(chat, "done")[-1]
+    assert [item for item, _ in path(chat, server)][-1] == done["reply_id"]
+    expect(chat.last_reply()).to_have_attribute("data-item-id", done["reply_id"])
