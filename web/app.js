@@ -6,10 +6,10 @@ import { nameImages } from "./attachments.js";
 import { ConnectionBanner } from "./banner.js";
 import { ChatList } from "./chats.js";
 import { encode } from "./codec.js";
-import { Editor } from "./edit.js";
 import { Composer } from "./composer.js";
 import { Connection } from "./connection.js";
 import { listConversations, outcomeOf, rememberOutcome, sync } from "./conversations.js";
+import { Editor } from "./edit.js";
 import { Conversation, element, userItem } from "./messages.js";
 import { SessionLink } from "./sessions.js";
 import { boundSettings, forgetSettings, loadSettings, saveSettings, SettingsForm } from "./settings.js";
@@ -50,6 +50,7 @@ const chatList = new ChatList(ui.chats, switchChat);
 const editor = new Editor(conversation, {
   send: (frame) => connection.send(frame),
   newTurnId, beginTurn, dropTurn, note,
+  check: (text) => checkTurn(text, []),
   running: () => state.running,
   settled: () => state.turns.forEach((turn, id) => turn === state.running || state.turns.delete(id)),
   outcomeOf: (turnId) => outcomeOf(link.current?.session, turnId),

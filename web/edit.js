@@ -9,6 +9,7 @@ import { userItem } from "./messages.js";
 
 export class Editor {
   // hooks: send(frame) -> false when not connected; newTurnId(); beginTurn(turn, text?); dropTurn(turn);
+  // check(text) -> what stops a message from being sent, or null;
   // running() -> the turn running, or null; settled() (the ended turns leave the page's live ones);
   // note(text); outcomeOf(turnId); session() -> the current session's id; openChat(session).
   constructor(conversation, hooks) {
@@ -75,6 +76,8 @@ export class Editor {
     if (this.hooks.running()) return this.hooks.note("Wait for the reply to finish, or press Stop.");
     const images = item.querySelector(":scope > .images");
     if (!text.trim() && !images) return this.hooks.note("The message is empty.");
+    const problem = this.hooks.check(text);
+    if (problem) return this.hooks.note(problem);
     const id = this.hooks.newTurnId();
     if (!this.hooks.send({ type: "edit", id, item_id: item.dataset.itemId, text, respond: true })) return this.notConnected();
     const edited = userItem(text, []);

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from playwright.sync_api import expect
+import msgpack
+from playwright.sync_api import WebSocketRoute, expect
 
 from tests.conftest import RunningServer, image_bytes
 from tests.e2e import test_web as web
-from tests.e2e.test_web import LONG_PROMPT, LONG_REPLY, Chat, image_file, save_screenshot
+from tests.e2e.test_web import LONG_PROMPT, LONG_REPLY, Chat, _unpack, image_file, save_screenshot
 from tests.e2e.test_web_edit import control, path, received, regenerate_last, send_and_wait, sent, version
 
 browser = web.browser
@@ -116,3 +117,35 @@ def test_a_reload_while_an_edits_reply_streams_ends_on_the_new_branch(
     done = received(chat, "done")[-1]
     assert [item for item, _ in path(chat, server)][-1] == done["reply_id"]
     expect(chat.last_reply()).to_have_attribute("data-item-id", done["reply_id"])
+
+
+def unknown_regenerated_item(ws: WebSocketRoute) -> None:
+    """Between the page and the server: a `regenerate` goes on naming an item the session does not have."""
+    server = ws.connect_to_server()
+
+    def to_server(message: bytes | str) -> None:
+        frame = _unpack(message)
+        server.send(msgpack.packb({**frame, "item_id": "unknown1"}) if frame["type"] == "regenerate" else message)
+
+    ws.on_message(to_server)
+    server.on_message(ws.send)
+
+
+def test_a_refused_regenerate_puts_the_conversation_back(server: RunningServer, open_chat: Callable[..., Chat]) -> None:
+    """A regenerate the server refuses (`not_found`) is shown as an error, the page shows the server's path
+    again in place of the reply it took away, and the next message goes through."""
+    chat = open_chat(server, connected=False)
+    chat.page.context.route_web_socket("**/ws", unknown_regenerated_item)
+    chat.page.reload()
+    chat.wait_connected()
+    chat.apply_settings(max_tokens="8")
+    send_and_wait(chat, "Hello")
+    reply_id = chat.last_reply().get_attribute("data-item-id")
+
+    control(chat.last_reply(), "Regenerate reply").click()
+    expect(chat.page.locator(".message.error")).to_contain_text("not_found")
+    expect(chat.page.locator(".message.assistant")).to_have_attribute("data-item-id", reply_id or "")
+    expect(chat.page.locator("#send")).to_be_visible()
+    send_and_wait(chat, "Again")
+    expect(chat.page.locator(".message.user .text")).to_have_text(["Hello", "Again"])
+    expect(chat.page.locator(".message.error")).to_have_count(1)  # the error stays where it was shown
