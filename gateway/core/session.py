@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from gateway.core.conversation import Conversation
 from gateway.core.conversation_prompt import prompt_messages, split_turns
+from gateway.core.conversation_record import ConversationRecord, decode
 from gateway.core.exchange import Exchange, ToolResult, UserTurn
 from gateway.core.exchanges import append_exchange, from_exchanges, to_exchanges
 from gateway.core.item_tree import Bounds
@@ -47,7 +48,6 @@ class Session:
     # The session's turns trim their images to fit (see `plan`); the tree's own bound is for its branches.
     max_image_bytes: int = sys.maxsize
     conversation: Conversation = field(init=False)
-    rewritten: bool = field(init=False, default=False)  # see `take_rewritten`
     _numbers: dict[str, int] = field(init=False, default_factory=dict)  # a reply's item id: its exchange's number
 
     def __post_init__(self) -> None:
@@ -63,6 +63,13 @@ class Session:
         self.conversation = from_exchanges(exchanges, self.conversation.bounds)
         replies = [item.id for item in self.conversation.path if item.role is Role.ASSISTANT]
         self._numbers = {reply: exchange.number for reply, exchange in zip(replies, exchanges[-len(replies) :])}
+
+    def restore_tree(self, record: ConversationRecord, pending: UserTurn | None) -> None:
+        """Take a stored conversation (every branch) as this session's; `pending`, a turn that was running when
+        it was saved, joins the active path's end as a partial exchange with an empty reply."""
+        self.conversation = decode(record, self.conversation.bounds)
+        if pending is not None:
+            append_exchange(self.conversation, Exchange(turn=pending, reply="", partial=True))
 
     def configure(self, system: str | None, options: SamplingOptions) -> None:
         if system is not None:
@@ -179,7 +186,6 @@ class Session:
             reply_item = tree.attach(anchor, Content.reply(reply, partial, turn.id), item_ids[1])
             for call in tool_calls:
                 tree.append(Content.tool_call(call, turn.id))
-            self.rewritten = True
         else:
             exchange = Exchange(turn=turn, reply=reply, partial=partial, tool_calls=tool_calls)
             reply_item = append_exchange(tree, exchange, *item_ids)
@@ -200,28 +206,23 @@ class Session:
 
     def edit(self, item_id: str, text: str | None, images: tuple[ChatImage, ...] | None) -> Item:
         """A new version of user message `item_id` (text and images kept where None), with no reply yet."""
-        self.rewritten = True
         return self.conversation.edit(item_id, text, images)
 
     def insert(self, after: str | None, content: Content) -> Item:
         """A message, reply or note on the active path right after `after` (None: first); no reply is made."""
-        self.rewritten = True
         return self.conversation.insert(after, content)
 
     def delete(self, item_id: str) -> None:
         """Item `item_id` leaves the active path (a reply with its tool calls and results)."""
         self._forget_numbers(self.conversation.delete(item_id))
-        self.rewritten = True
 
     def switch(self, item_id: str) -> None:
         """Make the branch through item `item_id` active (below it, the branch seen there most recently)."""
         self.conversation.switch(item_id)
-        self.rewritten = True
 
     def truncate(self, item_id: str, chars: int) -> None:
         """Reply `item_id` keeps its first `chars` characters (code points), marked partial: what the client showed."""
         self.conversation.truncate(item_id, chars)
-        self.rewritten = True
 
     def adopt(self, tree: Conversation, source: Session) -> None:
         """Hold `tree` (a fork of `source`'s conversation) with `source`'s system prompt and defaults."""
@@ -229,11 +230,6 @@ class Session:
         self.conversation, self.system, self.defaults = tree, source.system, source.defaults
         self._numbers = {reply: number for reply, number in source._numbers.items() if reply in tree}
         self.numbered = source.numbered
-
-    def take_rewritten(self) -> bool:
-        """Whether the history changed other than at its end since last asked (a store must write it anew)."""
-        rewritten, self.rewritten = self.rewritten, False
-        return rewritten
 
     def fresh_ids(self, turn: UserTurn) -> tuple[str | None, str]:
         """Ids for `turn`'s user message (None where it adds none) and its reply, before they join."""
