@@ -148,16 +148,18 @@ export class Editor {
   }
 
   // The path in place of the messages shown; a reply still streaming stays below it, and so do the
-  // notices and errors after the last message.
+  // notices and errors after the last message. A control that had the focus keeps it (as one of its kind).
   render(entries) {
     const running = this.hooks.running();
     const live = running ? [running.user, running.reply.item] : [];
     const nodes = [...this.conversation.list.children];
+    const focus = focusedControl(this.conversation.list, nodes);
     const last = nodes.findLastIndex((node) => node.matches(".message:not(.error)") && !live.includes(node));
     for (const node of nodes.slice(0, last + 1)) if (!live.includes(node)) node.remove();
     this.missingImages = false;
     const shown = entries.filter((entry) => entry.id !== running?.id);
     this.conversation.insertHistory(shown, this.conversation.list.firstChild, this.hooks.outcomeOf);
+    if (focus) refocus(this.conversation.list.children[focus.index], focus.label);
     this.hooks.settled();
     if (this.missingImages) this.request({ type: "history", include_images: true });
   }
@@ -185,4 +187,18 @@ export class Editor {
 function removeFrom(item) {
   while (item.nextSibling) item.nextSibling.remove();
   item.remove();
+}
+
+// Where the focus is, when on an item's control: the item's place in the list, the control's name.
+function focusedControl(list, nodes) {
+  const control = document.activeElement;
+  if (!list.contains(control) || !control.closest(".item-actions")) return null;
+  return { index: nodes.indexOf(control.closest("li")), label: control.getAttribute("aria-label") };
+}
+
+// The control of that name on the item now at that place (a keyboard user flips on and on), else its
+// first one that works (the arrow just pressed may be disabled now).
+function refocus(item, label) {
+  const controls = [...(item?.querySelectorAll(".item-actions button:not(:disabled)") ?? [])];
+  (controls.find((control) => control.getAttribute("aria-label") === label) ?? controls[0])?.focus();
 }

@@ -59,7 +59,7 @@ def regenerate_last(chat: Chat) -> dict[str, Any]:
 def test_regenerate_then_flip_between_the_versions(server: RunningServer, open_chat: Callable[..., Chat]) -> None:
     """Regenerate streams a new reply in the old one's place (`regenerate` with its id) and shows `2/2`; the
     arrow back, pressed from the keyboard, sends `switch` with the old reply's id and shows it `1/2`, which
-    is the server's active path now."""
+    is the server's active path now; the focus stays on the arrows, so the keyboard flips on."""
     chat = open_chat(server)
     chat.apply_settings(max_tokens="8")
     send_and_wait(chat, "Hello")
@@ -81,6 +81,12 @@ def test_regenerate_then_flip_between_the_versions(server: RunningServer, open_c
     assert sent(chat, "switch")[-1]["item_id"] == first["reply_id"]
     assert path(chat, server)[-1][0] == first["reply_id"]
     save_screenshot(chat.page, "web-edit-versions.png")
+
+    forward = control(chat.last_reply(), "Next version of this reply")
+    expect(forward).to_be_focused()  # the arrow pressed is disabled now: the focus stays on its item's controls
+    chat.page.keyboard.press("Enter")
+    expect(version(chat.last_reply())).to_have_text("Version 2/2")
+    expect(control(chat.last_reply(), "Previous version of this reply")).to_be_focused()
 
 
 @dataclass
