@@ -1,5 +1,6 @@
-"""Editing an earlier message in place and deleting messages and replies from the page; real Chromium
-against a real server on the demo model."""
+"""Editing an earlier message in place, deleting messages and replies, a refused regenerate, and reloads
+(while an edit's reply streams, and from the store) from the page; real Chromium against a real server on
+the demo model."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import msgpack
 from playwright.sync_api import WebSocketRoute, expect
 
 from tests.conftest import RunningServer, image_bytes
-from tests.e2e import test_web as web
+from tests.e2e import test_web as web, test_web_store
 from tests.e2e.test_web import LONG_PROMPT, LONG_REPLY, Chat, _unpack, image_file, save_screenshot
 from tests.e2e.test_web_edit import control, path, received, regenerate_last, send_and_wait, sent, version
 
 browser = web.browser
 open_chat = web.open_chat
+unloading = test_web_store.unloading  # sessions leave memory as their socket goes: a reload reads the store
 
 
 def test_edit_an_earlier_message_then_flip_back_to_the_old_branch(server: RunningServer, open_chat: Callable[..., Chat]) -> None:
@@ -149,3 +151,23 @@ def test_a_refused_regenerate_puts_the_conversation_back(server: RunningServer, 
     send_and_wait(chat, "Again")
     expect(chat.page.locator(".message.user .text")).to_have_text(["Hello", "Again"])
     expect(chat.page.locator(".message.error")).to_have_count(1)  # the error stays where it was shown
+
+
+def test_a_reload_resumed_from_the_store_shows_the_versions(unloading: RunningServer, open_chat: Callable[..., Chat]) -> None:
+    """With the session read back from the store after a reload, the reply flipped to `1/2` shows `1/2`
+    again, and its arrow switches to the stored sibling."""
+    chat = open_chat(unloading)
+    chat.apply_settings(max_tokens="8")
+    send_and_wait(chat, "Hello")
+    second = regenerate_last(chat)
+    control(chat.last_reply(), "Previous version of this reply").click()
+    expect(version(chat.last_reply())).to_have_text("Version 1/2")
+    shown = chat.page.locator(".message .text").all_text_contents()
+
+    chat.page.reload()
+    chat.wait_connected()
+    expect(chat.page.locator(".message .text")).to_have_text(shown)
+    expect(version(chat.last_reply())).to_have_text("Version 1/2")
+    control(chat.last_reply(), "Next version of this reply").click()
+    expect(chat.last_reply()).to_have_attribute("data-item-id", second["reply_id"])
+    expect(version(chat.last_reply())).to_have_text("Version 2/2")
