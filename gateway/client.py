@@ -191,12 +191,32 @@ class GatewayClient:
 
     async def regenerate(self, turn_id: str, item_id: str | None = None, **options: Any) -> TurnResult:
         """A new reply in place of reply `item_id` (default: the last), streamed like a turn."""
-        frame: dict[str, Any] = {"type": "regenerate", "id": turn_id, "item_id": item_id}
+        return await self._reply({"type": "regenerate", "id": turn_id, "item_id": item_id}, options)
+
+    async def edit(
+        self, turn_id: str | None, item_id: str, text: str | None = None, images: list[bytes] | None = None, **options: Any
+    ) -> TurnResult | dict[str, Any]:
+        """A new version of user message `item_id` (its text and images kept where None). With `turn_id`, its reply
+        streams as that turn (the TurnResult); with None, nothing replies: the `history` frame (or an `error`)."""
+        frame = {"type": "edit", "item_id": item_id, "text": text, "images": images, "respond": turn_id is not None}
+        return await self.request(frame) if turn_id is None else await self._reply({**frame, "id": turn_id}, options)
+
+    async def insert(self, after: str | None, role: str, text: str, images: list[bytes] | None = None) -> dict[str, Any]:
+        """A `user`, `assistant` or `note` item on the active path after `after` (None: first), with no reply;
+        the `history` frame (or an `error`)."""
+        return await self.request({"type": "insert", "after": after, "role": role, "text": text, "images": images or []})
+
+    async def delete(self, item_id: str) -> dict[str, Any]:
+        """Item `item_id` leaves the active path; the `history` frame (or an `error`)."""
+        return await self.request({"type": "delete", "item_id": item_id})
+
+    async def _reply(self, frame: dict[str, Any], options: dict[str, Any]) -> TurnResult:
+        """Send a frame that is answered like a turn (its `id`); the turn's frames."""
         if options:
             frame["options"] = options
-        result = TurnResult(id=turn_id, sent_at=time.perf_counter())
+        result = TurnResult(id=frame["id"], sent_at=time.perf_counter())
         await self.send(frame)
-        return await self.collect(turn_id, result)
+        return await self.collect(frame["id"], result)
 
     async def switch(self, item_id: str) -> dict[str, Any]:
         """Make the branch through `item_id` active; the `history` frame (or an `error`)."""

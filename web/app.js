@@ -10,6 +10,7 @@ import { Composer } from "./composer.js";
 import { Connection } from "./connection.js";
 import { listConversations, outcomeOf, rememberOutcome, sync } from "./conversations.js";
 import { liveElements, LiveView } from "./live.js";
+import { Editor } from "./edit.js";
 import { Conversation, element, userItem } from "./messages.js";
 import { SessionLink } from "./sessions.js";
 import { boundSettings, forgetSettings, loadSettings, saveSettings, SettingsForm } from "./settings.js";
@@ -49,6 +50,16 @@ const banner = new ConnectionBanner(ui, () => connection.key);
 const link = new SessionLink((frame) => connection.send(frame));
 const chatList = new ChatList(ui.chats, switchChat);
 const live = new LiveView(liveElements($), (frame) => connection.send(frame), () => state.limits);
+const editor = new Editor(conversation, {
+  send: (frame) => connection.send(frame),
+  newTurnId, beginTurn, dropTurn, note,
+  check: (text) => checkTurn(text, []),
+  running: () => state.running,
+  settled: () => state.turns.forEach((turn, id) => turn === state.running || state.turns.delete(id)),
+  outcomeOf: (turnId) => outcomeOf(link.current?.session, turnId),
+  session: () => link.current?.session,
+  openChat: switchChat,
+});
 
 const state = {
   model: "", // the served model's id, from `ready`
@@ -82,6 +93,7 @@ const HANDLERS = {
   done: onDone,
   error: onError,
   history: onHistory,
+  forked: (frame) => editor.forked(frame),
   configured: onConfigured,
   closing: (frame) => conversation.addNotice(`The server is closing this connection: ${frame.reason} (${frame.code}).`),
   pong: () => {},
@@ -171,6 +183,7 @@ function onAccepted(frame) {
   turn.accepted = true;
   live.markLiveTurn(turn.user, frame.live_frames);
   if (frame.initiated === "watch") adoptWatchTurn(turn);
+  editor.accepted(frame, turn);
   link.turnAccepted(frame.id, frame.seq);
   chatList.render(link.current?.session);
   if (frame.dropped_turns > 0) {
@@ -194,12 +207,13 @@ function onQueued(frame) {
 
 function onToken(frame) {
   if (ui.statusText.textContent.includes("waiting")) ui.statusText.textContent = "Connected";
-  adoptTurn(frame.id).reply.append(frame.text);
+  const turn = adoptTurn(frame.id);
+  if (turn.shown === undefined) turn.reply.append(frame.text); // after Stop the reply shows no more
 }
 
 function onDone(frame) {
   const turn = adoptTurn(frame.id);
-  turn.reply.set(frame.text); // the server's final text is authoritative
+  turn.reply.set(editor.ended(frame, turn)); // the server's final text is authoritative (cut where Stop was pressed)
   const line = describeDone(frame);
   turn.reply.finish(frame.finish_reason, line);
   rememberOutcome(link.current?.session, frame.id, { reason: frame.finish_reason, line });
@@ -215,7 +229,8 @@ function adoptTurn(id) {
   if (known) return known;
   const text = link.pendingText(id); // the message itself is in the history only once its reply ends
   const user = text === null ? null : conversation.addUser(text);
-  const turn = { id, text: text ?? "", attachments: [], user, reply: conversation.addReply(), accepted: true };
+  // Replayed: it may be a regenerate or an edit, so its end shows the server's history again (edit.js).
+  const turn = { id, text: text ?? "", attachments: [], user, reply: conversation.addReply(), accepted: true, kind: "replayed" };
   turn.reply.streaming();
   state.turns.set(id, turn);
   state.running = turn;
@@ -229,12 +244,12 @@ function onError(frame) {
   const stalled = link.storeUnavailable(frame);
   if (stalled) return onStoreUnavailable(stalled, frame.message);
   const turn = state.turns.get(frame.id);
+  if (editor.refused(frame, turn)) return;
   const message = turn ? nameImages(frame.message, turn.attachments) : frame.message;
   if (frame.id && frame.id === state.configure?.id) return onConfigureRefused(frame.code, message);
   const shown = conversation.addError(frame.code, message);
   // A turn the server refused before accepting it is over before it began: it goes back to the composer.
   if (turn && !turn.accepted) {
-    link.turnEnded(turn.id);
     restoreComposer(turn);
     shown.append(element("span", { className: "restored", textContent: "Not sent to the model: your message is back in the message box." }));
   }
@@ -243,7 +258,7 @@ function onError(frame) {
 // The history goes before the replies replayed meanwhile; a replayed turn that has ended since is in
 // it too, and takes the history's message (with its images) in place of the one kept for the reload.
 function onHistory(frame) {
-  if (frame.id !== state.historyId) return;
+  if (editor.history(frame) || frame.id !== state.historyId) return;
   state.historyId = null;
   const live = [...state.turns.values()];
   const first = live.find((turn) => turn.user)?.user ?? live[0]?.reply.item ?? null;
@@ -278,6 +293,7 @@ function onConfigureRefused(code, message) {
 
 function clearPage() {
   conversation.clear();
+  editor.clear();
   state.turns.clear();
   state.running = null;
   state.historyId = null;
@@ -294,21 +310,37 @@ function sendTurn() {
   if (!connection.connected || link.resuming) return note("Not connected; your message is kept here until the connection is back.");
   const problem = checkTurn(text, attachments);
   if (problem) return note(problem);
-  const id = `turn-${Date.now().toString(36)}-${state.nextId++}`;
+  const id = newTurnId();
   const images = attachments.length ? attachments.map((a) => a.data) : undefined;
   const payload = encode({ type: "turn", id, text, images, live: live.turnField() });
   if (payload.length > (state.limits.max_frame_bytes ?? Infinity)) {
     return note(`This message is ${payload.length} bytes; the server accepts at most ${state.limits.max_frame_bytes}.`);
   }
   connection.send(payload);
-  link.turnSent(id, text);
-  const turn = { id, text, attachments, user: conversation.addUser(text, attachments), reply: conversation.addReply(), accepted: false };
-  turn.reply.streaming();
-  state.turns.set(id, turn);
-  state.running = turn;
+  beginTurn({ id, text, attachments, user: conversation.addUser(text, attachments), reply: conversation.addReply(), accepted: false }, text);
   composer.take();
+}
+
+function newTurnId() {
+  return `turn-${Date.now().toString(36)}-${state.nextId++}`;
+}
+
+// A turn sent (`text`: its message, kept for a reload) is the running one until its `done`.
+function beginTurn(turn, text = null) {
+  if (text !== null) link.turnSent(turn.id, text);
+  turn.reply.streaming();
+  state.turns.set(turn.id, turn);
+  state.running = turn;
   updateControls();
   conversation.scrollToBottom();
+}
+
+// A turn refused before it began is over.
+function dropTurn(turn) {
+  link.turnEnded(turn.id);
+  state.turns.delete(turn.id);
+  if (state.running === turn) state.running = null;
+  updateControls();
 }
 
 function checkTurn(text, attachments) {
@@ -322,9 +354,7 @@ function checkTurn(text, attachments) {
 function restoreComposer(turn) {
   turn.user.remove();
   turn.reply.item.remove();
-  state.turns.delete(turn.id);
-  if (state.running === turn) state.running = null;
-  updateControls();
+  dropTurn(turn);
   composer.restore(turn.text, turn.attachments);
 }
 
@@ -335,7 +365,9 @@ function pauseRunningTurn() {
 }
 
 function stopTurn() {
-  if (!state.running || !connection.send({ type: "cancel", id: state.running.id })) return;
+  const turn = state.running;
+  if (!turn || !connection.send({ type: "cancel", id: turn.id })) return;
+  editor.stopping(turn); // the reply keeps what is shown now
   ui.stop.disabled = true; // one cancel is enough; a second would find no running turn
 }
 

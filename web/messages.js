@@ -45,15 +45,21 @@ export class Conversation {
   insertHistory(entries, reference, outcomeOf = () => null) {
     const fragment = document.createDocumentFragment();
     for (const entry of entries) {
-      if (entry.role === "user") fragment.append(userItem(entry.text, entry.images ?? []));
+      if (entry.role === "user") fragment.append(this.placed(userItem(entry.text, entry.images ?? []), entry));
       else if (entry.role === "tool") {
         const call = findCall(fragment, entry.call_id) ?? findCall(this.list, entry.call_id);
         if (call) showResult(call, entry.text);
         else fragment.append(orphanResult(entry));
-      } else fragment.append(finishedReply(this, entry, outcomeOf(entry.id)).item);
+      } else fragment.append(this.placed(finishedReply(this, entry, outcomeOf(entry.id)).item, entry));
     }
     this.list.insertBefore(fragment, reference);
     this.scrollToBottom();
+  }
+
+  // A history entry's message or reply, given its controls by `onItem(item, entry)` (edit.js) if set.
+  placed(item, entry) {
+    this.onItem?.(item, entry);
+    return item;
   }
 
   addNotice(text, className = "") {

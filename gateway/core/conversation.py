@@ -45,18 +45,28 @@ class Conversation(ItemTree):
             raise invalid(f"reply {reply.id!r} opens the conversation: it answers nothing")
         return self._items[reply.parent]
 
-    def edit(
-        self, item_id: str, text: str | None = None, images: tuple[ChatImage, ...] | None = None, turn_id: str | None = None
-    ) -> Item:
-        """A new sibling of user item `item_id` with `text` and `images` (each kept where None), made active;
-        everything after the old one stays on the old branch."""
+    def editing(self, item_id: str) -> Item:
+        """User item `item_id`, which a new version is about to replace. Nothing changes until it joins (`edit`)."""
         old = self.get(item_id)
         if old.role is not Role.USER:
             raise invalid(f"item {item_id!r} is not a user message")
+        return old
+
+    def edit(
+        self,
+        item_id: str,
+        text: str | None = None,
+        images: tuple[ChatImage, ...] | None = None,
+        turn_id: str | None = None,
+        new_id: str | None = None,
+    ) -> Item:
+        """A new sibling of user item `item_id` with `text` and `images` (each kept where None), made active,
+        with id `new_id` (one from `fresh_id`) or a new one; everything after the old one stays on the old branch."""
+        old = self.editing(item_id)
         content = old.content
         text = content.text if text is None else text
         content = replace(content, text=text, images=content.images if images is None else images, turn_id=turn_id)
-        return self.attach(old.parent, content)
+        return self.attach(old.parent, content, new_id)
 
     def truncate(self, item_id: str, chars: int) -> Item:
         """Reply `item_id` keeps its first `chars` characters (code points), marked partial."""

@@ -47,29 +47,56 @@ class ConversationRecord(msgspec.Struct, array_like=True):
     clock: int
 
 
+class TreeHead(msgspec.Struct, array_like=True):
+    """What a store rewrites on every change of a tree kept item by item: the order, the clocks, the path."""
+
+    version: int
+    order: list[tuple[str, int]]  # every item's id and `touched` clock, each parent before its children, siblings in order
+    path: list[str]
+    clock: int
+
+
 def encode(tree: Conversation) -> ConversationRecord:
     items, images = [], {}
     for item, touched in tree.walk():
-        content = item.content
-        for image in content.images:
-            images[image.sha256] = ImageRecord(image.data, image.mime, image.width, image.height)
-        call = CallRecord(content.call.id, content.call.name, content.call.arguments) if content.call is not None else None
-        items.append(
-            ItemRecord(
-                item.id,
-                item.parent,
-                item.born,
-                touched,
-                content.role,
-                content.text,
-                [image.sha256 for image in content.images],
-                call,
-                content.call_id,
-                content.partial,
-                content.turn_id,
-            )
-        )
+        for image in item.content.images:
+            images[image.sha256] = image_record(image)
+        items.append(item_record(item, touched))
     return ConversationRecord(VERSION, items, images, [item.id for item in tree.path], tree.clock)
+
+
+def item_record(item: Item, touched: int = 0) -> ItemRecord:
+    content = item.content
+    call = CallRecord(content.call.id, content.call.name, content.call.arguments) if content.call is not None else None
+    images = [image.sha256 for image in content.images]
+    role, text, partial = content.role, content.text, content.partial
+    return ItemRecord(
+        item.id, item.parent, item.born, touched, role, text, images, call, content.call_id, partial, content.turn_id
+    )
+
+
+def image_record(image: ChatImage) -> ImageRecord:
+    return ImageRecord(image.data, image.mime, image.width, image.height)
+
+
+def head(tree: Conversation) -> TreeHead:
+    order = [(item.id, touched) for item, touched in tree.walk()]
+    return TreeHead(VERSION, order, [item.id for item in tree.path], tree.clock)
+
+
+def assemble(top: bytes, items: dict[str, bytes], images: dict[str, bytes]) -> ConversationRecord:
+    """The record of a tree a store keeps as its head, its items' blobs by id and its pictures' by sha256;
+    ValueError where the head names an item the store lacks."""
+    tree = msgspec.msgpack.decode(top, type=TreeHead)
+    try:
+        records = [msgspec.structs.replace(_item_record(items[i]), touched=touched) for i, touched in tree.order]
+    except KeyError as missing:
+        raise ValueError(f"the stored tree lacks item {missing}") from None
+    pictures = {sha: msgspec.msgpack.decode(blob, type=ImageRecord) for sha, blob in images.items()}
+    return ConversationRecord(tree.version, records, pictures, tree.path, tree.clock)
+
+
+_item_record = msgspec.msgpack.Decoder(ItemRecord).decode
 
 
 def decode(record: ConversationRecord, bounds: Bounds, new_id: IdSource = random_id) -> Conversation:

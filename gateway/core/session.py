@@ -9,12 +9,13 @@ from dataclasses import dataclass, field, replace
 
 from gateway.core.conversation import Conversation
 from gateway.core.conversation_prompt import prompt_messages, split_turns
+from gateway.core.conversation_record import ConversationRecord, decode
 from gateway.core.exchange import Exchange, ToolResult, UserTurn
 from gateway.core.exchanges import append_exchange, from_exchanges, to_exchanges
 from gateway.core.item_tree import Bounds
-from gateway.core.items import Content, Role
+from gateway.core.items import Content, Item, Role
 from gateway.core.request import SamplingOptions
-from gateway.engine.contract import ChatMessage, ToolCall
+from gateway.engine.contract import ChatImage, ChatMessage, ToolCall
 from gateway.errors import ErrorCode, GatewayError
 
 __all__ = ["Exchange", "PromptPlan", "Session", "ToolResult", "UserTurn"]
@@ -47,7 +48,6 @@ class Session:
     # The session's turns trim their images to fit (see `plan`); the tree's own bound is for its branches.
     max_image_bytes: int = sys.maxsize
     conversation: Conversation = field(init=False)
-    rewritten: bool = field(init=False, default=False)  # see `take_rewritten`
     _numbers: dict[str, int] = field(init=False, default_factory=dict)  # a reply's item id: its exchange's number
 
     def __post_init__(self) -> None:
@@ -63,6 +63,13 @@ class Session:
         self.conversation = from_exchanges(exchanges, self.conversation.bounds)
         replies = [item.id for item in self.conversation.path if item.role is Role.ASSISTANT]
         self._numbers = {reply: exchange.number for reply, exchange in zip(replies, exchanges[-len(replies) :])}
+
+    def restore_tree(self, record: ConversationRecord, pending: UserTurn | None) -> None:
+        """Take a stored conversation (every branch) as this session's; `pending`, a turn that was running when
+        it was saved, joins the active path's end as a partial exchange with an empty reply."""
+        self.conversation = decode(record, self.conversation.bounds)
+        if pending is not None:
+            append_exchange(self.conversation, Exchange(turn=pending, reply="", partial=True))
 
     def configure(self, system: str | None, options: SamplingOptions) -> None:
         if system is not None:
@@ -80,8 +87,7 @@ class Session:
     def image_bytes(self) -> int:
         """Bytes of the images the history holds: what the image bounds limit. Read from the active path's turn
         openers directly (a turn asks this several times; building every exchange each time is not needed)."""
-        openers = (turn[0].content for turn in split_turns(self.conversation.path))
-        return sum(len(image.data) for opener in openers if opener.role is not Role.ASSISTANT for image in opener.images)
+        return sum(_image_bytes(turn) for turn in split_turns(self.conversation.path))
 
     async def plan(
         self,
@@ -100,19 +106,19 @@ class Session:
         clears the history for it. Dropping changes the prompt's opening, so KV held from earlier turns no
         longer applies: without headroom a session at the edge would drop one exchange, and prefill in
         full, on every turn."""
-        exchanges = self.exchanges
+        turns = split_turns(self.conversation.path)  # as exchanges, but a note or a message alone reads as itself
         budget = context_tokens - max_tokens
         counted: dict[int, int] = {}
         # A turn that continues from tool results keeps the exchange it continues (the question, the calls,
         # the results): without it there is nothing to go on from. Its images were admitted with it.
-        most = len(exchanges) - (1 if turn.continues else 0)
+        most = len(turns) - (1 if turn.continues else 0)
 
         async def tokens_after_dropping(n: int) -> int:
             if n not in counted:
-                counted[n] = await count(self._messages(exchanges[n:], turn))
+                counted[n] = await count(self._prompt(turns[n:], turn))
             return counted[n]
 
-        low = min(self._drops_for_images(turn, image_room, headroom), most)
+        low = min(self._drops_for_images(turns, turn, image_room, headroom), most)
         if await tokens_after_dropping(low) > budget:  # the usual case fits at once: one count per turn
             alone = await tokens_after_dropping(most)
             if alone > budget:
@@ -130,21 +136,21 @@ class Session:
                     high = mid
                 else:
                     low = mid + 1
-        messages = self._messages(exchanges[low:], turn)
+        messages = self._prompt(turns[low:], turn)
         return PromptPlan(messages=messages, prompt_tokens=await tokens_after_dropping(low), dropped_turns=low)
 
-    def _drops_for_images(self, turn: UserTurn, image_room: int | None, headroom: float) -> int:
-        """The fewest oldest exchanges to drop so that the history's images and the turn's fit (with
+    def _drops_for_images(self, turns: list[list[Item]], turn: UserTurn, image_room: int | None, headroom: float) -> int:
+        """The fewest oldest turns to drop so that the history's images and the turn's fit (with
         headroom, as for tokens, once any must go)."""
         held = self.image_bytes + turn.image_bytes
         if image_room is None or held <= image_room:
             return 0
         room = image_room - _headroom(image_room, headroom, image_room - turn.image_bytes)
-        for dropped, exchange in enumerate(self.exchanges):
+        for dropped, items in enumerate(turns):
             if held <= room:
                 return dropped
-            held -= exchange.turn.image_bytes
-        return len(self.exchanges)
+            held -= _image_bytes(items)
+        return len(turns)
 
     def drop_oldest(self, n: int) -> None:
         self._forget_numbers(self.conversation.drop_turns(n))
@@ -159,23 +165,27 @@ class Session:
         headroom: float = 0.0,
         item_ids: tuple[str | None, str | None] = (None, None),
         answers: str | None = None,
+        edits: str | None = None,
     ) -> bool:
         """Append a finished exchange; False when a reset happened since the turn started. Past
         `max_history_turns`, the oldest go, with `headroom` (a share of the cap, at most half) more, as in
         `plan`: each drop changes the prompt's opening, so one at a time would cost every turn its held KV.
         `item_ids`: the ids `fresh_ids` named for its user message and reply (None: new ones). `answers`: a
-        regenerated reply's, the item it answers (see `regenerating`); it joins there, beside the old reply."""
-        if epoch != self.epoch or (answers is not None and answers not in self.conversation):
+        regenerated reply's, the item it answers (see `regenerating`); it joins there, beside the old reply. `edits`:
+        an edit's, the user message whose new version (`turn`) joins beside it, answered by the reply."""
+        anchor = answers if answers is not None else edits
+        if epoch != self.epoch or (anchor is not None and anchor not in self.conversation):
             return False
         self.numbered += 1
         tree = self.conversation
         tree.bounds = replace(tree.bounds, trim_extra=_headroom(self.max_history_turns, headroom, self.max_history_turns - 1))
         held = set(self._numbers)
-        if answers is not None:
-            reply_item = tree.attach(answers, Content.reply(reply, partial, turn.id), item_ids[1])
+        if anchor is not None:
+            if edits is not None:
+                anchor = tree.edit(edits, turn.text, turn.images, turn.id, item_ids[0]).id
+            reply_item = tree.attach(anchor, Content.reply(reply, partial, turn.id), item_ids[1])
             for call in tool_calls:
                 tree.append(Content.tool_call(call, turn.id))
-            self.rewritten = True
         else:
             exchange = Exchange(turn=turn, reply=reply, partial=partial, tool_calls=tool_calls)
             reply_item = append_exchange(tree, exchange, *item_ids)
@@ -187,18 +197,32 @@ class Session:
         """The item a new reply replacing reply `item_id` (default: the active path's last) answers, and the
         prompt for it: the system prompt and the path down to that item. Nothing changes yet."""
         answered = self.conversation.regenerate(item_id)
-        system = [ChatMessage("system", self.system)] if self.system else []
-        return answered.id, [*system, *prompt_messages(self.conversation.path_to(answered.id))]
+        return answered.id, self._prompt([self.conversation.path_to(answered.id)], None)
+
+    def editing(self, item_id: str) -> list[ChatMessage]:
+        """The prompt before a new version of user message `item_id`: the system prompt and the path above it.
+        Nothing changes yet (the new version joins with its reply, in `record`)."""
+        return self._prompt([self.conversation.path_to(self.conversation.editing(item_id).parent)], None)
+
+    def edit(self, item_id: str, text: str | None, images: tuple[ChatImage, ...] | None) -> Item:
+        """A new version of user message `item_id` (text and images kept where None), with no reply yet."""
+        return self.conversation.edit(item_id, text, images)
+
+    def insert(self, after: str | None, content: Content) -> Item:
+        """A message, reply or note on the active path right after `after` (None: first); no reply is made."""
+        return self.conversation.insert(after, content)
+
+    def delete(self, item_id: str) -> None:
+        """Item `item_id` leaves the active path (a reply with its tool calls and results)."""
+        self._forget_numbers(self.conversation.delete(item_id))
 
     def switch(self, item_id: str) -> None:
         """Make the branch through item `item_id` active (below it, the branch seen there most recently)."""
         self.conversation.switch(item_id)
-        self.rewritten = True
 
     def truncate(self, item_id: str, chars: int) -> None:
         """Reply `item_id` keeps its first `chars` characters (code points), marked partial: what the client showed."""
         self.conversation.truncate(item_id, chars)
-        self.rewritten = True
 
     def adopt(self, tree: Conversation, source: Session) -> None:
         """Hold `tree` (a fork of `source`'s conversation) with `source`'s system prompt and defaults."""
@@ -206,11 +230,6 @@ class Session:
         self.conversation, self.system, self.defaults = tree, source.system, source.defaults
         self._numbers = {reply: number for reply, number in source._numbers.items() if reply in tree}
         self.numbered = source.numbered
-
-    def take_rewritten(self) -> bool:
-        """Whether the history changed other than at its end since last asked (a store must write it anew)."""
-        rewritten, self.rewritten = self.rewritten, False
-        return rewritten
 
     def fresh_ids(self, turn: UserTurn) -> tuple[str | None, str]:
         """Ids for `turn`'s user message (None where it adds none) and its reply, before they join."""
@@ -246,18 +265,21 @@ class Session:
         continues = last is not None and bool(last.tool_results) and not turn.text and not turn.images
         return replace(turn, continues=continues)
 
-    def _messages(self, exchanges: Sequence[Exchange], turn: UserTurn) -> list[ChatMessage]:
-        messages = [ChatMessage("system", self.system)] if self.system else []
-        for exchange in exchanges:
-            messages += _user_message(exchange.turn)
-            messages.append(ChatMessage("assistant", exchange.reply, tool_calls=exchange.tool_calls))
-            messages += [ChatMessage("tool", r.content, tool_call_id=r.call_id) for r in exchange.tool_results]
-        messages += _user_message(turn)
-        return messages
+    def _prompt(self, turns: Sequence[list[Item]], turn: UserTurn | None) -> list[ChatMessage]:
+        """The system prompt, the history's `turns` as the path says them, then `turn`'s message (if any)."""
+        system = [ChatMessage("system", self.system)] if self.system else []
+        now = _user_message(turn) if turn is not None else []
+        return [*system, *prompt_messages([item for items in turns for item in items]), *now]
 
 
 def _user_message(turn: UserTurn) -> list[ChatMessage]:
     return [] if turn.continues else [ChatMessage("user", turn.text, turn.images)]
+
+
+def _image_bytes(turn: list[Item]) -> int:
+    """A turn's pictures: its opening message's (a reply that opens one has none)."""
+    opener = turn[0].content
+    return sum(len(image.data) for image in opener.images) if opener.role is not Role.ASSISTANT else 0
 
 
 def _headroom(limit: int, share: float, history_room: int) -> int:

@@ -25,6 +25,7 @@ class StartedTurn:
     item_id: str | None = None  # the ids its user message and reply will have (named now, for `accepted`)
     reply_id: str | None = None
     answers: str | None = None  # a regenerated reply's: the item it answers, where it joins as a new sibling
+    edits: str | None = None  # an edit's: the user message its own joins beside, answered by its reply
 
 
 class SessionKeeper(Protocol):

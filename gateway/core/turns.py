@@ -119,7 +119,7 @@ class TurnService(TurnLimits):
         trace.phase("images")
         prompted, turn = await session_turns(self.attachments, session, request, self.settings.live_history_last_frame)
         trace.phase("planning")
-        room = self._image_room(session, prompted)
+        room = self.image_room(session, prompted)
         # Reserved before planning awaits, so a turn checked meanwhile sees this one's room as taken; given back
         # if the turn goes no further.
         self.images.hold(session.id, max(session.image_bytes, min(room, session.image_bytes + turn.image_bytes)))
@@ -210,7 +210,8 @@ class TurnService(TurnLimits):
             cancelled = result.finish_reason == "cancelled"
             headroom = self.settings.trim_headroom
             ids, calls = (started.item_id, started.reply_id), result.tool_calls
-            recorded = session.record(started.turn, result.text, cancelled, started.epoch, calls, headroom, ids, started.answers)
+            joins = started.answers, started.edits
+            recorded = session.record(started.turn, result.text, cancelled, started.epoch, calls, headroom, ids, *joins)
         if held:
             self.images.hold(session.id, session.image_bytes)
         return recorded
@@ -237,7 +238,7 @@ class TurnService(TurnLimits):
         with naming("tools"):
             await self.grammars.checked(self.tools_for(defaults, options).grammar, "tools", quota)
 
-    def _image_room(self, session: Session, turn: UserTurn) -> int:
+    def image_room(self, session: Session, turn: UserTurn) -> int:
         """How many image bytes this session may hold with the turn: its own bound, and what the other
         sessions leave of the process-wide one."""
         s = self.settings

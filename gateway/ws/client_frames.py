@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union, get_args
+from typing import Annotated, Literal, Union, get_args
 
 from msgspec import Meta, Struct
 
@@ -49,6 +49,35 @@ class RegenerateFrame(_ClientFrame, tag="regenerate"):
     id: TurnId
     item_id: ItemId | None = None
     options: SamplingOptions | None = None
+
+
+class EditFrame(_ClientFrame, tag="edit"):
+    """A new version of user message `item_id` (text and images kept where null); with `respond`, answered like a
+    turn, else by `history`."""
+
+    item_id: ItemId
+    id: TurnId | None = None  # required with `respond`: the turn's id
+    text: str | None = None
+    images: list[bytes] | None = None
+    respond: bool = True
+    options: SamplingOptions | None = None
+
+
+class InsertFrame(_ClientFrame, tag="insert"):
+    """A message, reply or note on the active path right after `after` (null: first); answered by `history`."""
+
+    after: ItemId | None
+    role: Literal["user", "assistant", "note"]
+    text: str
+    images: list[bytes] = []
+    id: TurnId | None = None
+
+
+class DeleteFrame(_ClientFrame, tag="delete"):
+    """Item `item_id` leaves the active path (a reply with its tool calls and results); answered by `history`."""
+
+    item_id: ItemId
+    id: TurnId | None = None
 
 
 class TruncateFrame(_ClientFrame, tag="truncate"):
@@ -165,5 +194,8 @@ ClientFrame = Union[
     SwitchFrame,
     TruncateFrame,
     ForkFrame,
+    EditFrame,
+    InsertFrame,
+    DeleteFrame,
 ]
 CLIENT_TYPES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrame))

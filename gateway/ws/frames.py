@@ -166,6 +166,7 @@ class HistoryEntry(Struct):
     item_id: str | None = None  # the item's id in the conversation (a tool entry's: its result's)
     siblings: int = 1  # items with the same parent, itself included (versions of a message or reply)
     index: int = 0  # its place among them, 0 for the oldest
+    sibling_ids: list[str] = []  # their ids in `index` order: what `switch` takes to flip between them
 
 
 class HistoryFrame(ServerBase, tag="history"):

@@ -11,13 +11,12 @@ from typing import Any
 from gateway.config import Settings
 from gateway.core.grammar_pool import CompileQuota
 from gateway.core.ratelimit import TokenBucket
-from gateway.core.regenerate import regenerate
 from gateway.core.request import TurnRequest
-from gateway.core.session import Session
 from gateway.core.turn_types import StartedTurn
 from gateway.core.turns import TurnService
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.ws import protocol as p
+from gateway.ws.editing import EditingHandlers
 from gateway.ws.hub import SessionHub
 from gateway.ws.live_frames import add_frame, live_view, yield_watch
 from gateway.ws.live_session import LiveSession
@@ -30,7 +29,7 @@ from gateway.ws.watch import WATCH, WatchSpec, stop_watch, watch_loop
 log = logging.getLogger("gateway.ws.endpoint")
 
 
-class FrameHandlers:
+class FrameHandlers(EditingHandlers):
     """A connection's side of its session, without the socket: what each client frame means, one handler per
     frame type. The connection (ws/connection.py) adds the socket, the reader and the writer; tests drive these
     handlers with no socket at all (tests/test_handlers.py). Each runs on the reader task: the next frame waits
@@ -55,10 +54,6 @@ class FrameHandlers:
         self.history_bytes = hub.history_budgets.get(client)
         self.compiles: CompileQuota = self.turns.grammars.quota(client)
         self.scope: TokenScope | None = None  # the scoped token's restrictions, when one opened the connection
-
-    @property
-    def session(self) -> Session:
-        return self.live.session
 
     @property
     def active(self) -> StartedTurn | None:
@@ -191,50 +186,6 @@ class FrameHandlers:
         if not stop_watch(self.live):
             raise GatewayError(ErrorCode.NOT_FOUND, "this session has no watch")
 
-    async def regenerate(self, frame: p.RegenerateFrame) -> None:
-        live = self.live
-        async with live.starting:  # as a turn: no watch turn starts meanwhile, a running one gives way
-            await yield_watch(live)
-            self._may_start()
-            request = TurnRequest(id=frame.id, text="", options=frame.options, traceparent=self.traceparent)
-            self.turned = True
-            frames = TurnFrames(self.hub.emit, live, frame.id)
-            keeper = self.hub.keeper(live)
-            started = await regenerate(self.turns, live.session, request, frame.item_id, frames, self.compiles, keeper)
-            frames.started = live.active = started  # before any await, as for a turn
-            await self.hub.turn_started(live, started)
-
-    async def switch(self, frame: p.SwitchFrame) -> None:
-        self._check_idle()
-        self.session.switch(frame.item_id)
-        await self.hub.save_history(self.live)
-        await self.history(p.HistoryRequestFrame(id=frame.id))
-
-    async def truncate(self, frame: p.TruncateFrame) -> None:
-        self._check_idle()
-        self.session.truncate(frame.item_id, frame.chars)
-        await self.hub.save_history(self.live)
-        await self.history(p.HistoryRequestFrame(id=frame.id))
-
-    async def fork(self, frame: p.ForkFrame) -> None:
-        """This connection stays on its session (a running turn goes on: the fork holds the path without it)."""
-        forked = self.hub.fork(self.live, frame.item_id)
-        await self.hub.save_history(forked)
-        self.put(p.ForkedFrame(session=forked.id, resume_token=forked.token, id=frame.id))
-
-    def _check_idle(self) -> None:
-        """The history may change: no turn is running (its reply would join a path changed under it)."""
-        if self.active is not None:
-            raise GatewayError(ErrorCode.BUSY, f"turn {self.active.turn.id!r} is still running; cancel it or wait")
-
-    def _may_start(self) -> None:
-        """A turn (or a regenerate) may start: the server is open, none runs, the client is within its rate."""
-        self.turns.check_open()
-        self._check_idle()
-        wait_s = self.turn_rate.take()
-        if wait_s > 0:
-            raise RetryLater(ErrorCode.RATE_LIMITED, "too many turns; slow down", int(wait_s * 1000) + 1)
-
     async def cancel(self, frame: p.CancelFrame) -> None:
         turn_id = frame.id
         if self.active is None or self.active.turn.id != turn_id:
@@ -271,6 +222,9 @@ HANDLERS: dict[type, Handler] = {
     p.SwitchFrame: FrameHandlers.switch,
     p.TruncateFrame: FrameHandlers.truncate,
     p.ForkFrame: FrameHandlers.fork,
+    p.EditFrame: FrameHandlers.edit,
+    p.InsertFrame: FrameHandlers.insert,
+    p.DeleteFrame: FrameHandlers.delete,
 }
 
 

@@ -13,6 +13,7 @@ from typing import Protocol
 from gateway.core.live_window import LiveWindows
 from gateway.core.session import Session
 from gateway.core.store.base import SessionMeta, SessionRecord
+from gateway.core.store.tree_sync import StoredTree
 from gateway.core.turn_types import StartedTurn
 from gateway.engine.contract import TurnHandle
 from gateway.ws.journal import Journal
@@ -45,6 +46,7 @@ class LiveSession:
     used_at: float = field(default_factory=time.time)
     saving: asyncio.Lock = field(default_factory=asyncio.Lock)  # one store write sequence at a time, in order
     forgotten: bool = False  # deleted from the store: no later write may bring it back
+    stored: StoredTree = field(default_factory=StoredTree)  # what the store holds of its tree, as last written here
     token_hash: str = ""
 
     client: str = ""  # the address of the connection that created or last attached it (its quota)

@@ -42,10 +42,13 @@ from gateway.ws.client_frames import (
     CancelFrame as CancelFrame,
     ClientFrame as ClientFrame,
     ConfigureFrame as ConfigureFrame,
+    DeleteFrame as DeleteFrame,
+    EditFrame as EditFrame,
     ForgetFrame as ForgetFrame,
     ForkFrame as ForkFrame,
     HistoryRequestFrame as HistoryRequestFrame,
     ImageUrl as ImageUrl,
+    InsertFrame as InsertFrame,
     ItemId as ItemId,
     LiveImageFrame as LiveImageFrame,
     LiveSpec as LiveSpec,
@@ -123,7 +126,7 @@ def decode_steps(data: bytes | str) -> Generator[None, None, ClientFrame]:
     checking free-form JSON) and returns the frame, so the reader can let other clients' work run in
     between (ws/connection.py); a JSON frame, bounded by max_json_frame_bytes, is parsed in one."""
     frame = _decode_json(data) if isinstance(data, str) else (yield from _decode_msgpack(data))
-    options = frame.options if isinstance(frame, TurnFrame) else frame if isinstance(frame, ConfigureFrame) else None
+    options = frame if isinstance(frame, ConfigureFrame) else getattr(frame, "options", None)  # a turn's, an edit's
     for field, value in free_json(options.response_format, options.tools) if options else ():
         try:
             yield from json_value_checks(value, field)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.config import Settings
-from gateway.core.items import Placed, Role
+from gateway.core.items import Item, Placed, Role
 from gateway.core.session import Session
 from gateway.engine.contract import ChatImage, Engine
 from gateway.ws import protocol as p
@@ -95,12 +95,13 @@ def history_frame(session: Session, frame: p.HistoryRequestFrame) -> p.HistoryFr
             images = [_image_info(i, frame.include_images) for i in content.images]
             role: Literal["user", "note"] = "user" if item.role is Role.USER else "note"
             entry = p.HistoryEntry(role=role, text=content.text, id=turn_id, images=images)
-        entries.append(_placed(entry, placed))
+        entries.append(_placed(entry, placed, session.conversation.children(placed.item.parent)))
     return p.HistoryFrame(system=session.system, turns=entries, id=frame.id)
 
 
-def _placed(entry: p.HistoryEntry, placed: Placed) -> p.HistoryEntry:
+def _placed(entry: p.HistoryEntry, placed: Placed, siblings: list[Item]) -> p.HistoryEntry:
     entry.item_id, entry.siblings, entry.index = placed.item.id, placed.siblings, placed.index
+    entry.sibling_ids = [sibling.id for sibling in siblings]
     return entry
 
 

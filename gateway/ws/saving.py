@@ -51,10 +51,11 @@ class SessionSaving:
             try:
                 live.used_at = time.time()
                 await self.guard.call(self.store.save_meta, live.record())
-                if history:  # the oldest exchanges may have been dropped
-                    if live.session.take_rewritten():  # an earlier exchange changed: the stores write by number
-                        await self.guard.call(self.store.sync_history, live.id, [])
-                    await self.guard.call(self.store.sync_history, live.id, live.session.exchanges)
+                if history:  # only what changed since the last write that worked, every branch
+                    change, snapshot = live.stored.change(live.session.conversation)
+                    live.stored.lost()  # until this write is known to have worked
+                    await self.guard.call(self.store.sync_tree, live.id, change)
+                    live.stored.saved(snapshot)
                 if pending:  # the turn in progress, or none
                     await self.guard.call(self.store.set_pending, live.id, turn)
             except StoreUnavailable:

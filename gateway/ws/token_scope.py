@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import msgspec
 
 from gateway.core.request import SamplingOptions
@@ -9,6 +11,8 @@ from gateway.core.session import Session
 from gateway.edge.tokens import TokenClaims
 from gateway.errors import ErrorCode, GatewayError
 from gateway.ws import protocol as p
+
+Replying = TypeVar("Replying", bound=p.TurnFrame | p.RegenerateFrame | p.EditFrame)  # frames that start a turn
 
 # Frames a connection bound to one session may send before it has resumed that session.
 BEFORE_RESUME = (p.ResumeFrame, p.PingFrame)
@@ -34,11 +38,11 @@ class TokenScope:
             raise _refused("this token may not leave its session")
         if isinstance(frame, p.ConfigureFrame):
             self._check(frame.model, frame.tools)
-        if isinstance(frame, p.TurnFrame):
-            return self._turn(frame, session.defaults)
+        if isinstance(frame, (p.TurnFrame, p.RegenerateFrame)) or (isinstance(frame, p.EditFrame) and frame.respond):
+            return self._turn(frame, session.defaults)  # a regenerate and an edit's reply are turns too
         return frame
 
-    def _turn(self, frame: p.TurnFrame, defaults: SamplingOptions) -> p.TurnFrame:
+    def _turn(self, frame: Replying, defaults: SamplingOptions) -> Replying:
         claims = self.claims
         if self.expired:
             raise _refused("this token's session time is up; the connection is closing")

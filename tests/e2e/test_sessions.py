@@ -413,7 +413,7 @@ async def test_a_failing_store_never_breaks_the_conversation(durable: RunningSer
     async def broken(*args: object) -> None:
         raise OSError("disk full")
 
-    for method in ("save_meta", "sync_history", "set_pending"):
+    for method in ("save_meta", "sync_tree", "set_pending"):
         monkeypatch.setattr(store, method, broken)
     client = await Raw(durable.ws_url).open()
     await client.send({"type": "configure", "system": "still here"})

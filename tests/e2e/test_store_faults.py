@@ -88,18 +88,18 @@ async def test_a_hung_store_write_holds_no_other_sessions_done(quick: RunningSer
     store, hub = quick.app.state.ws.hub.store, quick.app.state.ws.hub
     a, b = await Raw(quick.ws_url).open(), await Raw(quick.ws_url).open()
     hung, release = threading.Event(), threading.Event()
-    sync_history = store.sync_history
+    sync_tree = store.sync_tree
 
     def hang(db: sqlite3.Connection) -> None:
         hung.set()
         release.wait(60)
 
-    async def hanging_for_a(session_id: str, exchanges: Any) -> None:
+    async def hanging_for_a(session_id: str, change: Any) -> None:
         if session_id == a.ready["session"]:
             await store._run(hang)
-        await sync_history(session_id, exchanges)
+        await sync_tree(session_id, change)
 
-    monkeypatch.setattr(store, "sync_history", hanging_for_a)
+    monkeypatch.setattr(store, "sync_tree", hanging_for_a)
     try:
         await a.send({"type": "turn", "id": "ta", "text": "first", "options": TURN})
         await asyncio.to_thread(hung.wait, 30)
@@ -133,7 +133,7 @@ async def test_a_failing_store_answers_store_unavailable(quick: RunningServer, m
         raise OSError("disk I/O error")
 
     with monkeypatch.context() as patched:
-        for method in ("load_meta", "load", "save_meta", "sync_history", "set_pending", "delete"):
+        for method in ("load_meta", "load", "save_meta", "sync_tree", "set_pending", "delete"):
             patched.setattr(store, method, broken)
         client = await Raw(quick.ws_url).open()
         await client.send({"type": "resume", "session": stored, "token": token, "id": "r"})

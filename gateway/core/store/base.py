@@ -8,8 +8,10 @@ from typing import Protocol
 
 import msgspec
 
+from gateway.core.conversation_record import ConversationRecord
 from gateway.core.request import SamplingOptions
 from gateway.core.session import Exchange, Session, ToolResult, UserTurn
+from gateway.core.store.tree_sync import TreeChange
 from gateway.engine.contract import ChatImage, ToolCall
 
 
@@ -22,13 +24,18 @@ class SessionRecord:
     owner: str  # a hash of the API key that created it ("" without a key)
     system: str | None = None
     defaults: SamplingOptions = field(default_factory=SamplingOptions)
-    exchanges: list[Exchange] = field(default_factory=list)
+    exchanges: list[Exchange] = field(default_factory=list)  # a flat history, as stores kept it before the tree
+    tree: ConversationRecord | None = None  # the conversation, every branch (a record of before has only `exchanges`)
     pending: UserTurn | None = None  # a turn that was running when last saved
     last_seq: int = 0
     updated_at: float = 0.0
 
     def session(self, max_history_turns: int, max_siblings: int = 8) -> Session:
         """The conversation again; a turn that was running when the process died joins as partial."""
+        if self.tree is not None:
+            session = Session(max_history_turns, self.id, self.system, self.defaults, max_siblings=max_siblings)
+            session.restore_tree(self.tree, self.pending)
+            return session
         exchanges = list(self.exchanges)
         numbered = exchanges[-1].number if exchanges else 0
         if self.pending is not None:
@@ -67,7 +74,13 @@ class SessionStore(Protocol):
         ...
 
     async def sync_history(self, session_id: str, exchanges: list[Exchange]) -> None:
-        """Make the stored history equal `exchanges`: drop what went, add what is new (by number)."""
+        """Make the stored flat history equal `exchanges` (a session's as kept before the tree: sessions keep
+        their trees with `sync_tree`, which replaces it)."""
+        ...
+
+    async def sync_tree(self, session_id: str, change: TreeChange) -> None:
+        """Make the stored conversation tree what `change` says: its head replaced, its items and pictures
+        written or deleted; a full change replaces everything stored of the history (a flat one included)."""
         ...
 
     async def set_pending(self, session_id: str, turn: UserTurn | None) -> None: ...
@@ -95,9 +108,11 @@ def decode_record(
     session_id: str,
     meta: tuple[str, str, str | None, bytes, bytes | None, int, float],
     exchanges: Iterable[tuple[int, bytes]],
+    tree: ConversationRecord | None = None,
 ) -> SessionRecord:
     """A record from what a store keeps: (token_hash, owner, system, defaults, pending, last_seq,
-    updated_at) and the encoded exchanges by number, in any order."""
+    updated_at), and the tree (see `conversation_record.assemble`) or, for a session stored before the
+    tree, the encoded exchanges by number, in any order."""
     token_hash, owner, system, defaults, pending, last_seq, updated_at = meta
     return SessionRecord(
         id=session_id,
@@ -105,7 +120,8 @@ def decode_record(
         owner=owner,
         system=system,
         defaults=decode_options(defaults),
-        exchanges=[decode_exchange(blob, number) for number, blob in sorted(exchanges)],
+        exchanges=[decode_exchange(blob, number) for number, blob in sorted(exchanges)] if tree is None else [],
+        tree=tree,
         pending=decode_turn(pending) if pending else None,
         last_seq=last_seq,
         updated_at=updated_at,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.core.session import Exchange, UserTurn
 from gateway.core.store.base import SessionMeta, SessionRecord
+from gateway.core.store.tree_sync import TreeChange
 
 
 class MemoryStore:
@@ -27,6 +28,9 @@ class MemoryStore:
         pass
 
     async def sync_history(self, session_id: str, exchanges: list[Exchange]) -> None:
+        pass
+
+    async def sync_tree(self, session_id: str, change: TreeChange) -> None:
         pass
 
     async def set_pending(self, session_id: str, turn: UserTurn | None) -> None:

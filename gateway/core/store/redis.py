@@ -7,8 +7,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway.config import Settings
+from gateway.core.conversation_record import ConversationRecord, assemble
 from gateway.core.session import Exchange, UserTurn
 from gateway.core.store import base
+from gateway.core.store.tree_sync import TreeChange
 
 PREFIX = "gateway:"
 USED = PREFIX + "used"  # sorted set: session id -> last use (unix seconds)
@@ -33,12 +35,18 @@ def _meta(session_id: str) -> str:
 
 
 def _history(session_id: str) -> str:
-    return f"{PREFIX}history:{session_id}"
+    return f"{PREFIX}history:{session_id}"  # a flat history, as sessions were stored before the tree
+
+
+def _tree(session_id: str) -> tuple[str, str, str]:
+    """The keys of a session's tree: its head (a string), its items by id and its pictures by sha256 (hashes)."""
+    return f"{PREFIX}tree:{session_id}", f"{PREFIX}items:{session_id}", f"{PREFIX}pictures:{session_id}"
 
 
 class RedisStore:
-    """A session is a hash of its settings and a hash of its exchanges by number; keys expire with
-    the TTL, and a sorted set by last use lets a write past the size limit evict the least recently used."""
+    """A session is a hash of its settings and its tree (a head, a hash of its items, a hash of its pictures);
+    keys expire with the TTL, and a sorted set by last use lets a write past the size limit evict the least
+    recently used."""
 
     persistent = True
 
@@ -59,13 +67,24 @@ class RedisStore:
         return base.SessionMeta(session_id, token_hash.decode(), owner.decode(), float(updated_at))
 
     async def load(self, session_id: str) -> base.SessionRecord | None:
-        meta, history = await self.redis.hgetall(_meta(session_id)), await self.redis.hgetall(_history(session_id))
+        meta = await self.redis.hgetall(_meta(session_id))
         if not meta:
             return None
+        tree = await self._load_tree(session_id)
+        history = await self.redis.hgetall(_history(session_id)) if tree is None else {}
         system = meta.get(b"system")
         fields = (meta[b"token_hash"].decode(), meta[b"owner"].decode(), system.decode() if system else None, meta[b"defaults"])
         stored = (*fields, meta.get(b"pending"), int(meta[b"last_seq"]), float(meta[b"updated_at"]))
-        return base.decode_record(session_id, stored, ((int(n), blob) for n, blob in history.items()))
+        return base.decode_record(session_id, stored, ((int(n), blob) for n, blob in history.items()), tree)
+
+    async def _load_tree(self, session_id: str) -> ConversationRecord | None:
+        head, items, pictures = _tree(session_id)
+        top = await self.redis.get(head)
+        if top is None:
+            return None
+        by_id = {key.decode(): blob for key, blob in (await self.redis.hgetall(items)).items()}
+        by_sha = {key.decode(): blob for key, blob in (await self.redis.hgetall(pictures)).items()}
+        return assemble(top, by_id, by_sha)
 
     async def save_meta(self, record: base.SessionRecord) -> None:
         fields = {
@@ -79,7 +98,8 @@ class RedisStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(_meta(record.id), mapping=fields)
             pipe.expire(_meta(record.id), self.ttl_s)
-            pipe.expire(_history(record.id), self.ttl_s)
+            for key in (_history(record.id), *_tree(record.id)):
+                pipe.expire(key, self.ttl_s)
             pipe.zadd(USED, {record.id: record.updated_at})
             await pipe.execute()
 
@@ -96,7 +116,28 @@ class RedisStore:
                 pipe.hset(_history(session_id), mapping=new)
                 pipe.expire(_history(session_id), self.ttl_s)
             await pipe.execute()
-        total = await self._resize(keys=[SIZES, TOTAL], args=[session_id, sum(base.exchange_bytes(e) for e in exchanges)])
+        await self._account(session_id, sum(base.exchange_bytes(e) for e in exchanges))
+
+    async def sync_tree(self, session_id: str, change: TreeChange) -> None:
+        head, items, pictures = _tree(session_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if change.full:
+                pipe.delete(items, pictures, _history(session_id))
+            for key, gone in ((items, change.gone_items), (pictures, change.gone_pictures)):
+                if gone:
+                    pipe.hdel(key, *gone)
+            for key, written in ((items, change.items), (pictures, change.pictures)):
+                if written:
+                    pipe.hset(key, mapping=written)
+            pipe.set(head, change.head, ex=self.ttl_s)
+            pipe.expire(items, self.ttl_s)
+            pipe.expire(pictures, self.ttl_s)
+            await pipe.execute()
+        await self._account(session_id, change.bytes)
+
+    async def _account(self, session_id: str, nbytes: int) -> None:
+        """The session's history now holds `nbytes`; past the size limit, the least recently used others go."""
+        total = await self._resize(keys=[SIZES, TOTAL], args=[session_id, nbytes])
         if int(total) > self.max_bytes:
             await self._evict(int(self.max_bytes * base.LOW_WATER), keep=session_id)
 
@@ -108,7 +149,7 @@ class RedisStore:
 
     async def delete(self, session_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_meta(session_id), _history(session_id))
+            pipe.delete(_meta(session_id), _history(session_id), *_tree(session_id))
             pipe.zrem(USED, session_id)
             await pipe.execute()
         await self._resize(keys=[SIZES, TOTAL], args=[session_id, 0])

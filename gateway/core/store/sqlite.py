@@ -12,7 +12,8 @@ from typing import TypeVar
 
 from gateway.config import Settings
 from gateway.core.session import Exchange, UserTurn
-from gateway.core.store import base
+from gateway.core.store import base, sqlite_tree
+from gateway.core.store.tree_sync import TreeChange
 
 T = TypeVar("T")
 
@@ -104,8 +105,10 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return None
-            rows = db.execute("SELECT number, exchange FROM exchanges WHERE session_id = ?", (session_id,)).fetchall()
-            return base.decode_record(session_id, row, rows)
+            tree = sqlite_tree.read_tree(db, session_id)
+            query = "SELECT number, exchange FROM exchanges WHERE session_id = ?"
+            rows = db.execute(query, (session_id,)).fetchall() if tree is None else []
+            return base.decode_record(session_id, row, rows, tree)
 
         return await self._read(load)
 
@@ -143,6 +146,13 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO exchanges (session_id, number, exchange, bytes) VALUES (?, ?, ?, ?)",
                 [(session_id, number, blob, len(blob)) for number, blob in blobs],
             )
+            return self._bound(db, session_id)
+
+        await self._write_bounded(sync)
+
+    async def sync_tree(self, session_id: str, change: TreeChange) -> None:
+        def sync(db: sqlite3.Connection) -> bool:
+            sqlite_tree.write_tree(db, session_id, change)
             return self._bound(db, session_id)
 
         await self._write_bounded(sync)
@@ -235,11 +245,11 @@ def _prepare(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what kill -9 is
     db.execute("PRAGMA journal_size_limit=4194304")  # a checkpointed WAL is cut back to 4 MiB, not left at its peak
-    db.executescript(SCHEMA)
+    db.executescript(SCHEMA + sqlite_tree.SCHEMA)
 
 
 def _delete(db: sqlite3.Connection, session_id: str) -> None:
-    db.execute("DELETE FROM exchanges WHERE session_id = ?", (session_id,))
+    sqlite_tree.delete_history(db, session_id)
     db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
 
@@ -253,8 +263,7 @@ def _evict(db: sqlite3.Connection, target: int, keep: str | None) -> int:
     """Delete the least recently used sessions (not `keep`) until about `target` bytes are in use."""
     used, evicted = _used_bytes(db), 0
     sizes = db.execute(
-        "SELECT s.id, COALESCE(LENGTH(s.pending), 0) + COALESCE((SELECT SUM(bytes) FROM exchanges e "
-        "WHERE e.session_id = s.id), 0) FROM sessions s ORDER BY s.updated_at"
+        f"SELECT s.id, COALESCE(LENGTH(s.pending), 0) + {sqlite_tree.history_bytes_sql()} FROM sessions s ORDER BY s.updated_at"
     ).fetchall()
     for session_id, size in sizes:
         if used <= target:

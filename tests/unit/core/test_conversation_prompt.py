@@ -14,6 +14,17 @@ from tests.conversation_support import ROOMY, counting_ids, picture, tree
 NOW = UserTurn(id="now", text="and now?")
 
 
+def flat_messages(s: Session, exchanges: list[flat.Exchange], turn: UserTurn) -> list[ChatMessage]:
+    """The prompt as the session built it from its exchanges before it read its tree: the reference."""
+    messages = [ChatMessage("system", s.system)] if s.system else []
+    for exchange in [*exchanges, flat.Exchange(turn=turn, reply="")]:
+        if not exchange.turn.continues:
+            messages.append(ChatMessage("user", exchange.turn.text, exchange.turn.images))
+        messages.append(ChatMessage("assistant", exchange.reply, tool_calls=exchange.tool_calls))
+        messages += [ChatMessage("tool", r.content, tool_call_id=r.call_id) for r in exchange.tool_results]
+    return messages[:-1]
+
+
 def tool_session() -> Session:
     """A session with a picture, a partial reply, two calls, their results and a turn that went on from them."""
     s = Session(max_history_turns=100, system="be brief")
@@ -32,7 +43,7 @@ def test_a_flat_history_gives_the_sessions_messages() -> None:
     s = tool_session()
     t = from_exchanges(s.exchanges, ROOMY, counting_ids())
     messages = [ChatMessage("system", "be brief"), *prompt_messages(t.path), ChatMessage("user", NOW.text)]
-    assert messages == s._messages(s.exchanges, NOW)
+    assert messages == flat_messages(s, s.exchanges, NOW)
 
 
 def test_turns_split_where_exchanges_do() -> None:
@@ -42,7 +53,7 @@ def test_turns_split_where_exchanges_do() -> None:
     assert len(turns) == len(s.exchanges)
     for dropped in range(len(turns)):
         kept = [item for turn in turns[dropped:] for item in turn]
-        tail = s._messages(s.exchanges[dropped:], NOW)[1:-1]
+        tail = flat_messages(s, s.exchanges[dropped:], NOW)[1:-1]
         assert prompt_messages(kept) == tail
 
 
@@ -55,7 +66,7 @@ def test_trimming_keeps_what_the_session_keeps() -> None:
         s.record(UserTurn(id=str(n), text=f"u{n}"), f"a{n}", False, s.epoch, headroom=share)
         t.append(Content.user(f"u{n}", turn_id=str(n)))
         t.append(Content.reply(f"a{n}", turn_id=str(n)))
-        assert prompt_messages(t.path) == s._messages(s.exchanges, NOW)[:-1]
+        assert prompt_messages(t.path) == flat_messages(s, s.exchanges, NOW)[:-1]
 
 
 def test_a_note_is_a_system_message_where_it_stands() -> None:

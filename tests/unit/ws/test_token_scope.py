@@ -70,3 +70,14 @@ def test_a_resumed_sessions_defaults_do_not_escape_the_token() -> None:
     refused(scope(tools=False), p.TurnFrame(id="t1", text="hi"), tools=[tool])
     bounded = scope(max_tokens=8).admit(p.TurnFrame(id="t1", text="hi"), session(max_tokens=4))
     assert isinstance(bounded, p.TurnFrame) and bounded.options is not None and bounded.options.max_tokens == 4
+
+
+def test_a_regenerate_and_an_edit_that_replies_are_turns_of_the_budget() -> None:
+    """Each makes a reply: it spends the turn budget and its max_tokens is capped; an edit without one spends none."""
+    token_scope = scope(turns=2, max_tokens=8)
+    regenerated = token_scope.admit(p.RegenerateFrame(id="r1", options=p.SamplingOptions(max_tokens=100)), session())
+    token_scope.admit(p.EditFrame(item_id="a", text="x", respond=False), session())
+    edited = token_scope.admit(p.EditFrame(item_id="a", id="e1", text="x"), session())
+    assert isinstance(regenerated, p.RegenerateFrame) and regenerated.options and regenerated.options.max_tokens == 8
+    assert isinstance(edited, p.EditFrame) and edited.options and edited.options.max_tokens == 8
+    refused(token_scope, p.RegenerateFrame(id="r2"))
