@@ -20,9 +20,9 @@ import gateway.core.attachments
 from gateway.client import GatewayClient, TurnResult
 from gateway.config import Settings
 from gateway.engine.contract import ChatMessage
-from tests.conftest import DemoDirs, RunningServer, start_server
+from tests.conftest import DemoDirs, RunningServer, start_server, wait_until
 from tests.e2e.test_load import rss_bytes
-from tests.unit.core.test_fetch import HANDLERS, LoopbackServer
+from tests.unit.core.test_fetch import DRIPPED, HANDLERS, LoopbackServer
 
 GREEDY = {"temperature": 0}
 MiB = 1 << 20
@@ -172,9 +172,11 @@ async def test_dripping_image_urls_do_not_starve_http(bounded: RunningServer) ->
     dripping = drip_server()
     try:
         async with GatewayClient(bounded.ws_url) as client:
-            urls = [dripping.url(f"/drip-body?{i}") for i in range(8)]
-            turn = asyncio.create_task(client.turn("drip", "look", image_urls=urls))
-            await asyncio.sleep(0.3)
+            paths = [f"/drip-body?{i}" for i in range(8)]
+            for path in paths:
+                DRIPPED.pop(path, None)
+            turn = asyncio.create_task(client.turn("drip", "look", image_urls=[dripping.url(path) for path in paths]))
+            await wait_until(lambda: all(path in DRIPPED for path in paths))  # all eight fetches hold a worker
             started = time.perf_counter()
             body = {"model": "gateway-demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
             response = await asyncio.to_thread(requests.post, f"{bounded.http_url}/v1/chat/completions", json=body, timeout=30)
