@@ -30,7 +30,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Con
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -47,7 +47,7 @@ def debug_server(demo_dirs: DemoDirs, tmp_path: Path) -> Iterator[tuple[str, Pat
 def _healthy(url: str) -> bool:
     try:
         return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-    except requests.ConnectionError:
+    except requests.RequestException:  # not up yet, or slow to answer on a loaded machine: ask again
         return False
 
 

@@ -261,7 +261,7 @@ def wait_for_status(url: str, process: subprocess.Popen[bytes]) -> dict[str, Any
             body: dict[str, Any] = requests.get(url, timeout=1).json()
             if body["durable"] is not None:
                 return body
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow to answer on a loaded machine
             pass
         threading.Event().wait(0.1)
     raise AssertionError("the server did not come up")

@@ -72,7 +72,7 @@ def own_redis(tmp_path: Path, pytestconfig: pytest.Config) -> Iterator[tuple[str
     program = ensure_program("redis-server", "redis-server", pytestconfig)
     args = [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while not answers(port):
         assert time.monotonic() < deadline and process.poll() is None, "redis-server did not start"
         time.sleep(0.05)

@@ -31,3 +31,10 @@ def test_plot_to_another_file_type_fails_before_the_run(tmp_path: Path) -> None:
     done = bench("--plot", chart, "--out", str(report))
     assert done.returncode != 0 and done.stdout == "" and not report.exists()
     assert done.stderr.strip().splitlines() == [f"gateway bench: --plot draws a .png or .svg file, not {chart!r}"]
+
+
+def test_plot_with_live_fails_before_the_run(tmp_path: Path) -> None:
+    """`--live` has no chart: `--live --plot F.svg` is one line on stderr before anything runs."""
+    done = bench("--live", "--plot", str(tmp_path / "live.svg"))
+    assert done.returncode != 0 and done.stdout == "" and not (tmp_path / "live.svg").exists()
+    assert done.stderr.strip().splitlines() == ["gateway bench: --plot draws the batching run and --history; --live has no chart"]

@@ -37,7 +37,7 @@ class Bare(FrameHandlers):
         journal = self.live.journal
         taken: list[p.SessionFrame] = []
         while len(taken) < count:
-            frame = await asyncio.wait_for(journal.take(), 5)
+            frame = await asyncio.wait_for(journal.take(), 60)
             assert frame is not None
             taken.append(frame)
         return taken
