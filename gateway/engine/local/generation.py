@@ -17,6 +17,7 @@ from gateway.engine.local.constrain import GrammarVocabulary, mask_logits
 from gateway.engine.local.detok import TextStream
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.image_prefix import content_key
+from gateway.engine.local.joining import Joining
 from gateway.engine.local.loader import LoadedModel
 from gateway.engine.local.padded import row_states, supports_batching
 from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache
@@ -44,6 +45,7 @@ class Generation:
         encoder_cache: EncoderCache,
         grammars: GrammarVocabulary | None,
         threads: int,
+        chunk_tokens: int = 0,
     ) -> None:
         self.loaded = loaded
         self.line = line
@@ -52,6 +54,7 @@ class Generation:
         self.grammars = grammars
         self.threads = threads
         self.tokens_generated = 0
+        self.joining = Joining(chunk_tokens)  # text prompts prefilled a chunk per step beside the decoding batch
         self.busy = threading.Event()  # set while any turn is on the model
         self.abort = threading.Event()  # set to cut running turns short (after stop's grace)
         self._relay = EventRelay()
@@ -65,7 +68,8 @@ class Generation:
         batch = Batch(self.loaded, self.encoder_cache, self.line.max_batch)
         while True:
             self.prefix_cache.expire()
-            admitted, cancelled, still_waiting = self.line.take(len(batch), self.prefix_cache.seconds_to_expiry())
+            active = len(batch) + len(self.joining)
+            admitted, cancelled, still_waiting = self.line.take(active, self.prefix_cache.seconds_to_expiry())
             for job in cancelled:
                 self._finish(self._sequence(job), "cancelled")
             if admitted is None:
@@ -73,12 +77,14 @@ class Generation:
                 break
             if admitted:
                 self._prefill(batch, admitted)
+            if self.joining.groups:
+                self._feed_joining(batch)
             for position, job in enumerate(still_waiting, start=1):
                 self._emit(job, job.sink.on_queued, position)
             if batch:
                 self._step(batch)
-            self.line.settle([seq.request.handle for seq in batch.sequences])
-            if not batch:
+            self.line.settle([seq.request.handle for seq in batch.sequences + self.joining.sequences()])
+            if not batch and not self.joining.groups:
                 self.busy.clear()
             self._flush()
 
@@ -121,8 +127,8 @@ class Generation:
         text = [(seq, inputs, self._held(seq, inputs)) for seq, inputs in ready if not inputs.extras and not alone]
         for group in self._text_groups(text):
             seqs = [seq for seq, _, _ in group]
-            run = partial(batch.prefill_rows, seqs, [item for _, item, _ in group], [held for _, _, held in group])
-            self._prefill_group(batch, seqs, run)
+            opened = partial(self._open_rows, batch, seqs, [item for _, item, _ in group], [held for _, _, held in group])
+            self._prefill_group(batch, seqs, opened)
         for seq, item in ready:
             if item.extras or alone:
                 held = self._held(seq, item)
@@ -147,9 +153,39 @@ class Generation:
             return None
         return self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids)
 
-    def _prefill_group(self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled]) -> None:
+    def _open_rows(
+        self, batch: Batch, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]
+    ) -> _Prefilled | None:
+        """Lay text rows out and feed them whole, or, beside a decoding batch, leave them to `_feed_joining`."""
+        rows = batch.start_rows(seqs, inputs, helds)
+        if self.joining.defers(rows, bool(batch)):
+            self.joining.groups.append(rows)
+            return None
+        return batch.feed_rows(rows)
+
+    def _feed_joining(self, batch: Batch) -> None:
+        """Feed one chunk of the oldest joining group (every group whole once nobody decodes); a group whose
+        every column is fed takes its first tokens and joins the batch."""
+        while self.joining.groups:
+            rows = self.joining.groups[0]
+            live = self._live(rows.seqs)
+            if len(live) < len(rows.seqs):
+                rows.keep(live)
+            decoding = bool(batch)
+            columns = self.joining.columns(rows) if decoding else None
+            if not rows.seqs or self._prefill_group(batch, rows.seqs, partial(batch.feed_rows, rows, columns)):
+                self.joining.groups.popleft()
+            if decoding and rows.seqs:
+                return
+
+    def _prefill_group(self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled | None]) -> bool:
+        """Run a prefill; sample each row's first token and join the batch with the rows still going. False
+        while the prefill waits for more chunks."""
         try:
-            logits, cache, mask = run()
+            prefilled = run()
+            if prefilled is None:
+                return False
+            logits, cache, mask = prefilled
             mask_logits(logits, [seq.grammar for seq in seqs])
             if not supports_batching(cache) and self.max_batch > 1:
                 log.warning("this model's cache cannot be merged; decoding one turn at a time")
@@ -159,22 +195,27 @@ class Generation:
             log.exception("prefill failed")
             for seq in seqs:
                 self._finish(seq, "error", "generation failed")
-            return
+            return True
         self._hold(seqs, cache, mask, alive)
         if alive:
             if len(alive) < len(seqs):
                 cache.batch_select_indices(torch.tensor(alive, device=mask.device))
                 mask = mask[alive]
             batch.join([seqs[i] for i in alive], cache, mask)
+        return True
 
-    def _step(self, batch: Batch) -> None:
-        keep = []
-        for i, seq in enumerate(batch.sequences):
+    def _live(self, seqs: list[Sequence]) -> list[int]:
+        """Indices of the sequences still wanted; the cancelled ones (all, on abort) are finished."""
+        live = []
+        for i, seq in enumerate(seqs):
             if seq.request.handle.cancelled.is_set() or self.abort.is_set():
                 self._finish(seq, "cancelled")
             else:
-                keep.append(i)
-        batch.keep(keep)
+                live.append(i)
+        return live
+
+    def _step(self, batch: Batch) -> None:
+        batch.keep(self._live(batch.sequences))
         if not batch:
             return
         try:
