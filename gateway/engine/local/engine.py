@@ -136,6 +136,7 @@ class LocalEngine:
                 encoder_cache_bytes=self.encoder_cache.bytes,
                 encoder_cache_hits=self.encoder_cache.hits,
                 image_cache_bytes=self.loaded.prompt.images.bytes,
+                phase_seconds=self._generation.clock.totals(),
             )
 
     def health(self) -> EngineHealth:

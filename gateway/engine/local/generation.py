@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import torch
 
-from gateway.engine.contract import FinishReason, GenerationResult
+from gateway.engine.contract import FinishReason
 from gateway.engine.local.batch import Batch
 from gateway.engine.local.constrain import GrammarVocabulary, mask_logits
 from gateway.engine.local.detok import TextStream
@@ -21,6 +20,7 @@ from gateway.engine.local.joining import Joining
 from gateway.engine.local.loader import LoadedModel
 from gateway.engine.local.padded import row_states, supports_batching
 from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache
+from gateway.engine.local.profile import PhaseClock
 from gateway.engine.local.prompt import ModelInputs
 from gateway.engine.local.ragged import suffix_groups
 from gateway.engine.local.relay import EventRelay
@@ -55,6 +55,7 @@ class Generation:
         self.threads = threads
         self.tokens_generated = 0
         self.joining = Joining(chunk_tokens)  # text prompts prefilled a chunk per step beside the decoding batch
+        self.clock = PhaseClock()  # the engine profile
         self.busy = threading.Event()  # set while any turn is on the model
         self.abort = threading.Event()  # set to cut running turns short (after stop's grace)
         self._relay = EventRelay()
@@ -68,8 +69,10 @@ class Generation:
         batch = Batch(self.loaded, self.encoder_cache, self.line.max_batch)
         while True:
             self.prefix_cache.expire()
+            self.clock.lap("holding")
             active = len(batch) + len(self.joining)
             admitted, cancelled, still_waiting = self.line.take(active, self.prefix_cache.seconds_to_expiry())
+            self.clock.lap("waiting")
             for job in cancelled:
                 self._finish(self._sequence(job), "cancelled")
             if admitted is None:
@@ -87,6 +90,7 @@ class Generation:
             if not batch and not self.joining.groups:
                 self.busy.clear()
             self._flush()
+            self.clock.lap("streaming")
 
     def _sequence(self, job: Job) -> Sequence:
         params = job.request.params
@@ -119,6 +123,7 @@ class Generation:
                 self._finish(seq, "error", "generation failed")
         if ready:
             self.busy.set()
+        self.clock.lap("prompts")
         # Cheap text prompts first: a turn with many images must not hold up the first token of the
         # text turns admitted with it.
         # On cross-attention models every prompt prefills alone: a grouped text pass carries no
@@ -173,16 +178,20 @@ class Generation:
                 rows.keep(live)
             decoding = bool(batch)
             columns = self.joining.columns(rows) if decoding else None
-            if not rows.seqs or self._prefill_group(batch, rows.seqs, partial(batch.feed_rows, rows, columns)):
+            fed = partial(batch.feed_rows, rows, columns)
+            if not rows.seqs or self._prefill_group(batch, rows.seqs, fed, "chunks" if decoding else "prefill"):
                 self.joining.groups.popleft()
             if decoding and rows.seqs:
                 return
 
-    def _prefill_group(self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled | None]) -> bool:
+    def _prefill_group(
+        self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled | None], phase: str = "prefill"
+    ) -> bool:
         """Run a prefill; sample each row's first token and join the batch with the rows still going. False
         while the prefill waits for more chunks."""
         try:
             prefilled = run()
+            self.clock.lap(phase)
             if prefilled is None:
                 return False
             logits, cache, mask = prefilled
@@ -191,6 +200,7 @@ class Generation:
                 log.warning("this model's cache cannot be merged; decoding one turn at a time")
                 self.line.max_batch = 1
             alive = [i for i, seq in enumerate(seqs) if not self._after_token(seq, batch.choose(seq, logits[i]))]
+            self.clock.lap("sampling")
         except Exception:  # a model failure ends these turns, never the thread
             log.exception("prefill failed")
             for seq in seqs:
@@ -202,6 +212,7 @@ class Generation:
                 cache.batch_select_indices(torch.tensor(alive, device=mask.device))
                 mask = mask[alive]
             batch.join([seqs[i] for i in alive], cache, mask)
+        self.clock.lap("joins")
         return True
 
     def _live(self, seqs: list[Sequence]) -> list[int]:
@@ -216,10 +227,12 @@ class Generation:
 
     def _step(self, batch: Batch) -> None:
         batch.keep(self._live(batch.sequences))
+        self.clock.lap("joins")
         if not batch:
             return
         try:
             logits = batch.decode([seq.token_ids[-1] for seq in batch.sequences])
+            self.clock.lap("decode")
             mask_logits(logits, [seq.grammar for seq in batch.sequences])
         except Exception:
             log.exception("decode step failed; ending every turn in the batch")
@@ -228,9 +241,13 @@ class Generation:
             batch.keep([])
             return
         tokens = batch.choose_all(logits)
+        self.clock.lap("sampling")
         keep = [i for i, seq in enumerate(batch.sequences) if not self._after_token(seq, tokens[i])]
+        self.clock.lap("streaming")
         self._hold(batch.sequences, batch.cache, batch.mask, keep)
+        self.clock.lap("holding")
         batch.keep(keep)
+        self.clock.lap("joins")
 
     def _hold(self, seqs: list[Sequence], cache: Any, mask: Any, alive: list[int]) -> None:
         """Keep the KV of the sequences that just finished (prompt and every reply token fed; the last
@@ -272,24 +289,7 @@ class Generation:
         tail = seq.stream.finish()
         if tail and reason != "error":
             self._emit(job, job.sink.on_token, tail)
-        now = time.perf_counter()
-        first, last = seq.first_token_at, seq.last_token_at
-        decode_s = (last - first) if first is not None and last is not None else 0.0
-        n = len(seq.token_ids)
-        result = GenerationResult(
-            finish_reason=reason,
-            text=seq.stream.text,
-            token_ids=tuple(seq.token_ids),
-            prompt_tokens=seq.prompt_tokens,
-            ttft_ms=(first - job.submitted) * 1000 if first is not None else None,
-            total_ms=(now - job.submitted) * 1000,
-            tokens_per_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
-            error=error,
-            cached_tokens=seq.cached_tokens,
-            structured=None if seq.grammar is None else reason == "stop" and seq.grammar.accepting,
-            queue_ms=(job.admitted - job.submitted) * 1000 if job.admitted is not None else None,
-        )
-        self._emit(job, job.sink.on_done, result)
+        self._emit(job, job.sink.on_done, seq.result(reason, error, job.submitted, job.admitted))
 
     def _emit(self, job: Job, callback: Callable[..., None], *args: Any) -> None:
         self._relay.emit(job.loop, callback, *args)
