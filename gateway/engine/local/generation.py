@@ -20,7 +20,7 @@ from gateway.engine.local.joining import Joining
 from gateway.engine.local.loader import LoadedModel
 from gateway.engine.local.padded import row_states, supports_batching
 from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache
-from gateway.engine.local.profile import PhaseClock
+from gateway.engine.local.profile import PhaseClock, name_os_thread
 from gateway.engine.local.prompt import ModelInputs
 from gateway.engine.local.ragged import suffix_groups
 from gateway.engine.local.relay import EventRelay
@@ -65,6 +65,7 @@ class Generation:
         return self.line.max_batch
 
     def run(self) -> None:
+        name_os_thread("gateway-engine")  # before torch starts its workers, which take the name
         torch.set_num_threads(self.threads)  # in this thread: OpenMP's thread count is a per-thread setting
         batch = Batch(self.loaded, self.encoder_cache, self.line.max_batch)
         while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 
 # waiting: blocked for work; prompts: building them; prefill: whole prefill passes (images included); chunks:
@@ -27,3 +29,10 @@ class PhaseClock:
     def totals(self) -> dict[str, float]:
         """Seconds per phase so far (any thread: a moment's reading)."""
         return dict(self._seconds)
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread `name` (15 bytes at most) where the OS shows it (top -H, /proc): the threads it
+    starts after this (OpenMP's workers) inherit it, so the engine's CPU can be told from the event loop's."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # 15: PR_SET_NAME
