@@ -26,7 +26,7 @@ from gateway.edge.hosts import HostGuard, host_policy
 from gateway.edge.tokens import keys_of
 from gateway.engine.contract import Engine
 from gateway.metrics import Metrics, ServiceGauges
-from gateway.openai import routes as openai
+from gateway.openai import adapters as openai_adapters, routes as openai
 from gateway.status import status_endpoint
 from gateway.ws.endpoint import websocket_endpoint
 from gateway.ws.hub import SessionHub
@@ -75,6 +75,7 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
         Route("/metrics", metrics_endpoint),
         Route("/status", status_endpoint),
         *openai.routes(),
+        *openai_adapters.routes(),
         WebSocketRoute("/ws", websocket_endpoint),
     ]
     if WEB_DIR.is_dir():

@@ -72,22 +72,17 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gateway.bench.main import run_bench
-    from gateway.bench.report import format_report, write_report
-    from gateway.bench.run import BenchError
+    from gateway.bench.command import bench
 
-    try:
-        report = run_bench(args)
-    except BenchError as exc:
-        raise SystemExit(f"gateway bench: {exc}") from None
-    print(format_report(report, args.json))
-    write_report(report, args.out)
-    return 0
+    return bench(args)
 
 
 def _demo_model(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
     from gateway.engine.demo import write_demo_adapter, write_demo_model, write_text_model
 
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # seconds of work: bars are only noise
     out = Path(args.dir)
     if args.arch == "llama":  # text only, no adapter: the model `gateway bench` compares with vLLM
         print(f"model:   {write_text_model(out / 'model', size=args.size)}")
@@ -171,6 +166,8 @@ def _add_serve(commands: Any) -> None:
     add("--tokenizer", help=_setting("tokenizer", "local tokenizer directory for exact prompt lengths", "the upstream's"))
     add("--api-key", dest="api_key", help=_setting("api_key", "require this key on HTTP and WebSocket", "none"))
     add("--token-secret", dest="token_secret", help=_setting("token_secret", "sign and accept scoped tokens", "off"))
+    add("--admin-key", dest="admin_key", help=_setting("admin_key", "require this key to load adapters", "the API key"))
+    add("--max-adapters", dest="max_adapters", type=_at_least(0), help=_setting("max_adapters", "LoRA adapters served at once"))
     add("--device", help=_setting("device", "torch device: cpu, cuda, cuda:N", "cuda when available, else cpu"))
     add(
         "--dtype",
@@ -259,6 +256,12 @@ def _add_bench(commands: Any) -> None:
     add("--port", type=_port, default=8765, help="port for the gateway started here")
     add("--json", action="store_true", help="print the report as JSON")
     add("--out", help="also write the JSON report to this file (default: print only)")
+    add(
+        "--plot",
+        metavar="FILE",
+        help="also draw the results into FILE.png or FILE.svg: tokens/s by session count, or with --history time to "
+        "first token by turn with and without KV reuse; needs the plot extra (default: no chart)",
+    )
     bench.set_defaults(run=_bench)
 
 

@@ -180,18 +180,11 @@ class GatewayClient:
                 if fid == turn_id and result.accepted is None:
                     return result
 
-    async def turn(
-        self,
-        turn_id: str,
-        text: str,
-        images: list[bytes] | None = None,
-        image_urls: list[str] | None = None,
-        videos: list[bytes] | None = None,
-        live: bool | dict[str, Any] = False,
-        **options: Any,
-    ) -> TurnResult:
+    async def turn(self, turn_id: str, text: str, images: list[bytes] | None = None, **fields: Any) -> TurnResult:
+        """`start_turn` (the same arguments: `image_urls`, `videos`, `live`, sampling options), then
+        `collect` its frames until its `done`."""
         result = TurnResult(id=turn_id, sent_at=time.perf_counter())
-        await self.start_turn(turn_id, text, images, image_urls, videos, live, **options)
+        await self.start_turn(turn_id, text, images, **fields)
         return await self.collect(turn_id, result)
 
     # ---- editing the conversation (PROTOCOL.md, "The conversation as items") ----------------------

@@ -20,6 +20,11 @@ class Settings:
     model_id: str | None = None  # the name clients see; defaults to the directory's name
     base_model: str | None = None  # overrides an adapter's base_model_name_or_path
     adapters: str = ""  # extra LoRA adapters, "NAME=DIR,NAME=DIR": each a model id of its own
+    # Adapters at run time (POST/DELETE /v1/adapters, gateway/openai/adapters.py): at most this many served at once,
+    # start-up ones included, and the weights of those loaded at run time at most this many bytes together.
+    max_adapters: int = 8
+    max_adapter_bytes: int = 1024 * MiB
+    admin_key: str | None = None  # when set, loading and unloading adapters needs it instead of the API key
     device: str | None = None  # "cpu", "cuda", "cuda:1"; default: cuda when available
     dtype: str | None = None  # "float32", "float16", "bfloat16"; default by device
     trust_remote_code: bool = False
@@ -193,7 +198,7 @@ class Settings:
     @property
     def secrets(self) -> tuple[str | None, ...]:
         """Every configured secret, for the log redactor to hide wherever it appears."""
-        return (self.api_key, self.upstream_api_key, self.token_secret, self.token_secret_previous)
+        return (self.api_key, self.upstream_api_key, self.token_secret, self.token_secret_previous, self.admin_key)
 
     def trim_headroom_tokens(self, context_tokens: int) -> int:
         """The most tokens a turn that must drop exchanges frees beyond its own need, in a window this long."""

@@ -42,6 +42,7 @@ class ErrorCode(str, enum.Enum):
     TOKEN_LIMIT = "token_limit"  # the scoped token that opened the connection does not allow this
     RESUME_FAILED = "resume_failed"  # wrong token, or an unknown or expired session (never says which)
     STORE_UNAVAILABLE = "store_unavailable"  # the session store failed or did not answer: resume/forget later
+    BAD_ADAPTER = "bad_adapter"  # POST /v1/adapters: the path holds no LoRA adapter this model can load
     GENERATION = "generation"  # the model failed while generating
     INTERNAL = "internal"  # a bug; details are logged, never sent
 
@@ -95,6 +96,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOKEN_LIMIT: 403,
     ErrorCode.RESUME_FAILED: 400,
     ErrorCode.STORE_UNAVAILABLE: 503,
+    ErrorCode.BAD_ADAPTER: 400,
     ErrorCode.GENERATION: 500,
     ErrorCode.INTERNAL: 500,
 }

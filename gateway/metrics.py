@@ -76,6 +76,13 @@ class Metrics:
         self.sessions = Gauge("gateway_sessions", "Sessions in memory, attached or detached", registry=r)
         self.sessions_detached = Gauge("gateway_sessions_detached", "Sessions in memory with no connection", registry=r)
         self.in_flight = Gauge("gateway_turns_in_flight", "Turns submitted and not yet done, both front ends", registry=r)
+        self.tokens_minted = Counter("gateway_scoped_tokens_minted", "Scoped tokens minted", registry=r)
+        self.tokens_refused = Counter(
+            "gateway_scoped_tokens_refused",
+            "Scoped tokens refused at the handshake, by reason (malformed, bad_signature, expired, used, off, store_unavailable)",
+            ["reason"],
+            registry=r,
+        )
 
     def watch_engine(self, load: Callable[[], EngineLoad]) -> None:
         """Read active/queued counts from the engine at scrape time."""

@@ -151,6 +151,8 @@ def _local_engine(settings: Settings) -> Engine:
         kv_cache_idle_s=settings.kv_cache_idle_s,
         kv_spill_bytes=settings.kv_spill_bytes,
         encoder_cache_bytes=settings.encoder_cache_bytes,
+        max_adapters=settings.max_adapters,
+        max_adapter_bytes=settings.max_adapter_bytes,
     )
 
 

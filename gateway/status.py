@@ -57,6 +57,7 @@ async def status_endpoint(request: Request) -> JSONResponse:
     body: dict[str, Any] = {
         "state": state_of(request),
         "model": engine.model_id if engine is not None else None,
+        "adapters": list(engine.adapters) if engine is not None else [],  # loaded at start or at run time
         "demo": settings.serves_demo_model,
         "auth": auth,
         "origin_allowed": None if origin is None else origin_allowed(origin, request.headers.get("host"), settings),

@@ -106,7 +106,12 @@ def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kw
         model_dir, model_id="gateway-demo", adapters=parse_adapters(settings.adapters), chat_template=settings.chat_template
     )
     engine = LocalEngine(
-        loaded, queue_size=settings.engine_queue_size, context_tokens=settings.context_tokens, max_batch=settings.max_batch
+        loaded,
+        queue_size=settings.engine_queue_size,
+        context_tokens=settings.context_tokens,
+        max_batch=settings.max_batch,
+        max_adapters=settings.max_adapters,
+        max_adapter_bytes=settings.max_adapter_bytes,
     )
     app = create_app(settings, engine=engine)
     server = make_server(app, settings, host="127.0.0.1", port=port, log_level="warning", **uvicorn_kwargs)
@@ -126,7 +131,7 @@ def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: Any =
     return buffer.getvalue()
 
 
-async def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
+async def wait_until(predicate: Any, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:

@@ -100,6 +100,25 @@ def vllm_python(say: Callable[[str], None] = print, script: Path = ROOT / "scrip
     return out.strip().splitlines()[-1]
 
 
+def write_vision_lora(model_dir: Path, out_dir: Path, rank: int = 8, seed: int = 1) -> Path:
+    """A LoRA adapter for `write_vision_model`'s text model (q and v projections), its B matrices random so that
+    it changes the greedy reply (peft starts B at zero)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Idefics3ForConditionalGeneration
+
+    base = Idefics3ForConditionalGeneration.from_pretrained(model_dir)
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=r".*text_model.*\.(q_proj|v_proj)")
+    model = get_peft_model(base, lora)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
 @dataclass
 class VllmServer:
     process: subprocess.Popen[bytes]
@@ -125,8 +144,9 @@ class VllmServer:
             self.process.wait(30)
 
 
-def start_vllm(model_dir: Path, port: int, log_dir: Path, python: str | None = None) -> VllmServer:
-    """Start vLLM's OpenAI server on 127.0.0.1:port; returns at once (see `wait_ready`)."""
+def start_vllm(model_dir: Path, port: int, log_dir: Path, python: str | None = None, lora_rank: int | None = None) -> VllmServer:
+    """Start vLLM's OpenAI server on 127.0.0.1:port; returns at once (see `wait_ready`). With `lora_rank`, it
+    serves LoRA adapters up to that rank and loads and unloads them at run time."""
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "INFO", "OMP_NUM_THREADS": "1"}
     env.pop("GATEWAY_CACHE_DIR", None)
     log_path = log_dir / f"vllm-{port}.log"
@@ -135,6 +155,9 @@ def start_vllm(model_dir: Path, port: int, log_dir: Path, python: str | None = N
         "--served-model-name", "tiny-vlm", "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port),
         "--max-model-len", "8192", "--max-num-seqs", "32", "--enforce-eager", "--limit-mm-per-prompt", '{"image": 1}',
     ]  # fmt: skip
+    if lora_rank is not None:
+        args += ["--enable-lora", "--max-lora-rank", str(lora_rank), "--max-loras", "2"]
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return VllmServer(process=process, port=port, log_path=log_path)

@@ -19,8 +19,10 @@ class UserTurn:
         return sum(len(image.data) for image in self.images)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a session may hold thousands
 class ToolResult:
+    """The client's answer to one of the reply's tool calls, matched by the call's id."""
+
     call_id: str
     content: str
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from gateway.config import Settings
 from gateway.core.request import RequestMessage, SamplingOptions, TurnRequest
-from gateway.engine.contract import Engine
+from gateway.engine.contract import AdapterLoader, Engine
 from gateway.errors import ErrorCode, GatewayError
 
 
@@ -80,5 +80,7 @@ class TurnLimits:
             return None
         if model in self.engine.adapters:
             return model
+        if isinstance(self.engine, AdapterLoader) and self.engine.unloading(model):
+            raise GatewayError(ErrorCode.NOT_FOUND, f"the adapter {model[:100]!r} is being unloaded", field="model")
         message = f"unknown model {model[:100]!r}; this server has {', '.join(self.models)}"
         raise GatewayError(ErrorCode.INVALID_FIELD, message, field="model")

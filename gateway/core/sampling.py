@@ -15,15 +15,12 @@ OPTION_FIELDS = SamplingOptions.__struct_fields__
 PARAM_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams)) - {"max_tokens", "stop", "grammar"}
 
 
+SERVER_DEFAULTED = ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty")  # Settings.default_<name>
+
+
 def server_defaults(settings: Settings) -> SamplingOptions:
-    return SamplingOptions(
-        temperature=settings.default_temperature,
-        top_p=settings.default_top_p,
-        top_k=settings.default_top_k,
-        max_tokens=settings.default_max_tokens,
-        repetition_penalty=settings.default_repetition_penalty,
-        ignore_eos=False,
-    )
+    """The options a turn gets for what neither it nor its session sets."""
+    return SamplingOptions(ignore_eos=False, **{name: getattr(settings, f"default_{name}") for name in SERVER_DEFAULTED})
 
 
 def resolve_params(

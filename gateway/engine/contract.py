@@ -182,7 +182,12 @@ class Engine(Protocol):
     model_id: str
     vision: bool  # True only when an image prompt was built and run at start-up
     context_tokens: int
-    adapters: tuple[str, ...]  # names of extra LoRA adapters a request may select
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Names of extra LoRA adapters a request may select (those loaded at run time too)."""
+        ...
+
     chat_template: str | None  # the model's, for reading its tool-call syntax (None: no template)
 
     @property
@@ -213,3 +218,20 @@ class Engine(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+@runtime_checkable
+class AdapterLoader(Protocol):
+    """An engine that loads and unloads LoRA adapters while it serves (POST and DELETE /v1/adapters)."""
+
+    def unloading(self, name: str) -> bool:
+        """True from an unload's start: new turns naming it are `not_found`, running ones finish."""
+        ...
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Serve the adapter at `path` as model id `name`; a refusal is a GatewayError (`bad_adapter`...)."""
+        ...
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving `name` at once; return once the turns running on it have finished and it is gone."""
+        ...

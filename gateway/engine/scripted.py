@@ -7,17 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.engine.contract import (
-    ChatImage,
-    ChatMessage,
-    EngineFull,
-    EngineHealth,
-    EngineLoad,
-    GenerationRequest,
-    GenerationResult,
-    TurnHandle,
-    TurnSink,
-)
+from gateway.engine import contract
 
 
 class ScriptedEngine:
@@ -35,27 +25,27 @@ class ScriptedEngine:
         self.queue_size = queue_size
         self._running: set[asyncio.Task[None]] = set()
 
-    async def count_prompt_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] = ()) -> int:
+    async def count_prompt_tokens(self, messages: Sequence[contract.ChatMessage], tools: Sequence[dict[str, Any]] = ()) -> int:
         return self.count(messages)
 
-    def count(self, messages: Sequence[ChatMessage]) -> int:
+    def count(self, messages: Sequence[contract.ChatMessage]) -> int:
         return sum(len(m.text.split()) + 16 * len(m.images) + 2 for m in messages)
 
-    async def prepare(self, images: Sequence[ChatImage]) -> None:
+    async def prepare(self, images: Sequence[contract.ChatImage]) -> None:
         pass
 
     def limit_image_cache(self, max_bytes: int) -> None:
         pass  # no processed images are held here
 
-    def load(self) -> EngineLoad:
-        return EngineLoad(active=len(self._running), waiting=0, capacity=self.queue_size)
+    def load(self) -> contract.EngineLoad:
+        return contract.EngineLoad(active=len(self._running), waiting=0, capacity=self.queue_size)
 
-    def health(self) -> EngineHealth:
-        return EngineHealth(ok=True)
+    def health(self) -> contract.EngineHealth:
+        return contract.EngineHealth(ok=True)
 
-    def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
+    def submit(self, request: contract.GenerationRequest, sink: contract.TurnSink) -> contract.TurnHandle:
         if len(self._running) >= self.queue_size:
-            raise EngineFull()
+            raise contract.EngineFull()
         task = asyncio.get_running_loop().create_task(self._generate(request, sink))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -68,7 +58,7 @@ class ScriptedEngine:
         for task in list(self._running):
             task.cancel()
 
-    async def _generate(self, request: GenerationRequest, sink: TurnSink) -> None:
+    async def _generate(self, request: contract.GenerationRequest, sink: contract.TurnSink) -> None:
         started = time.perf_counter()
         emitted: list[str] = []
         reason = "length"
@@ -81,7 +71,7 @@ class ScriptedEngine:
             sink.on_token(emitted[-1])
         total_ms = (time.perf_counter() - started) * 1000
         sink.on_done(
-            GenerationResult(
+            contract.GenerationResult(
                 finish_reason=reason,  # type: ignore[arg-type]
                 text="".join(emitted),
                 token_ids=tuple(range(len(emitted))),

@@ -41,7 +41,7 @@ class VideoLimits:
     fps: float  # samples per second of video, while max_frames allows
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per sampled frame
 class VideoFrame:
     """One sampled frame: its pixels as a JPEG image, upright, and its time from the video's first frame."""
 

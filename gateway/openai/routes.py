@@ -52,9 +52,12 @@ def routes() -> list[Route]:
     ]
 
 
-async def _answering_errors(request: Request, endpoint: Callable[[], Awaitable[Response]]) -> Response:
+async def _answering_errors(
+    request: Request, endpoint: Callable[[], Awaitable[Response]], check: Callable[[Request], None] | None = None
+) -> Response:
+    """The endpoint's answer, or its error in OpenAI's shape; the API key (or `check`'s credential) first."""
     try:
-        _check_api_key(request)
+        (check or _check_api_key)(request)
         return await endpoint()
     except ApiError as exc:
         return exc.response()
@@ -74,8 +77,10 @@ api_key_accepted = bearer_accepted
 async def _mint_token(request: Request) -> Response:
     """A scoped token for a browser (gateway/openai/tokens.py); the API key was checked like any /v1 request's."""
     body = await _read_body(request, tokens.MAX_BODY_BYTES)
-    served = _ready_turns(request).models
-    return JSONResponse(tokens.minted(body, runtime_of(request.app).settings, served, time.time()))
+    served, runtime = _ready_turns(request).models, runtime_of(request.app)
+    answer = tokens.minted(body, runtime.settings, served, time.time())
+    runtime.metrics.tokens_minted.inc()
+    return JSONResponse(answer)
 
 
 def _check_api_key(request: Request) -> None:

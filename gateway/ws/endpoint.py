@@ -43,6 +43,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except TokenDenied as exc:
         counter.release(client)
         metrics.rejected.labels("unauthorized").inc()
+        metrics.tokens_refused.labels(exc.cause).inc()
         await _deny(websocket, exc.status, exc.reason)
         return
     connection = Connection(websocket, settings, state.hub, metrics, state.connections)

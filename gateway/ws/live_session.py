@@ -80,9 +80,9 @@ class LiveSession:
     def record(self) -> SessionRecord:
         s = self.session
         return SessionRecord(
-            id=s.id,
-            token_hash=self.token_hash,
-            owner=self.owner,
+            s.id,  # who may resume it, as in `meta`
+            self.token_hash,
+            self.owner,
             system=s.system,
             defaults=s.defaults,
             last_seq=self.journal.last_seq,

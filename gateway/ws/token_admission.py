@@ -16,10 +16,11 @@ log = logging.getLogger("gateway.ws.tokens")
 class TokenDenied(Exception):
     """The handshake's token opens nothing: `status` is the HTTP answer, `reason` its body (never the token)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, cause: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.cause = cause  # the metric's label: malformed, bad_signature, expired, used, off, store_unavailable
 
 
 def offered_token(authorization: str | None, subprotocols: list[str]) -> str | None:
@@ -30,12 +31,12 @@ def offered_token(authorization: str | None, subprotocols: list[str]) -> str | N
 def verified(token: str, keys: TokenKeys | None) -> TokenClaims:
     """The token's claims, or `TokenDenied` (401) saying why; nothing of the token itself is logged."""
     if keys is None:
-        raise TokenDenied(401, "unauthorized")
+        raise TokenDenied(401, "unauthorized", "off")
     try:
         return verify(token, keys, time.time())
     except TokenRefused as exc:
         log.info("a scoped token was refused: %s", exc.reason)
-        raise TokenDenied(401, f"token {exc.reason}") from None
+        raise TokenDenied(401, f"token {exc.reason}", exc.reason) from None
 
 
 async def claimed(claims: TokenClaims, hub: SessionHub) -> None:
@@ -46,7 +47,7 @@ async def claimed(claims: TokenClaims, hub: SessionHub) -> None:
     try:
         first = await hub.guard.call(hub.store.claim, claims.id, time.time(), claims.expires_at)
     except StoreUnavailable:
-        raise TokenDenied(503, "store_unavailable") from None
+        raise TokenDenied(503, "store_unavailable", "store_unavailable") from None
     if not first:
         log.info("a single-use token was offered again (id %s)", claims.id)
-        raise TokenDenied(401, "token used")
+        raise TokenDenied(401, "token used", "used")

@@ -60,7 +60,7 @@ def test_client_leaving_mid_body_is_logged_quietly(keyed: RunningServer, caplog:
         with socket.create_connection(("127.0.0.1", keyed.port)) as sock:
             sock.sendall(head + b'{"model": ')
             time.sleep(0.2)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while not any("disconnected" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
             time.sleep(0.05)
     assert any(r.levelno == logging.DEBUG and "disconnected" in r.getMessage() for r in caplog.records)

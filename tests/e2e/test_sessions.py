@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -163,9 +164,12 @@ async def test_forget_deletes_the_session(durable: RunningServer) -> None:
     assert await durable.app.state.ws.hub.store.load(old) is None
 
 
-async def test_expired_session_cannot_be_resumed(demo_dirs: DemoDirs) -> None:
-    """Past the grace period a session leaves memory; past the TTL it is gone from the store too."""
-    running = start_server(demo_dirs.model, Settings(session_grace_s=0.1, session_ttl_s=0.5))
+async def test_expired_session_cannot_be_resumed(demo_dirs: DemoDirs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the grace period a session leaves memory; past the TTL it is gone from the store too (the
+    hub's clock is moved past the TTL, so a slow machine cannot make the first resume late)."""
+    import gateway.ws.hub
+
+    running = start_server(demo_dirs.model, Settings(session_grace_s=0.1, session_ttl_s=60))
     try:
         client = await Raw(running.ws_url).open()
         session, token = client.ready["session"], client.ready["resume_token"]
@@ -178,7 +182,8 @@ async def test_expired_session_cannot_be_resumed(demo_dirs: DemoDirs) -> None:
         resumed = await soon.until("resumed")  # unloaded, but within the TTL: back from the store
         await soon.close()
         await wait_until(lambda: live_session(running, session) is None)
-        await asyncio.sleep(0.6)
+        past_ttl = time.time() + 61
+        monkeypatch.setattr(gateway.ws.hub, "time", SimpleNamespace(time=lambda: past_ttl, monotonic=time.monotonic))
         late = await Raw(running.ws_url).open()
         await late.send({"type": "resume", "session": session, "token": token})
         failed = await late.until("error")

@@ -3,10 +3,13 @@ an error shown once; real Chromium against a real server on the demo model."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from playwright.sync_api import expect
 
+from gateway.config import Settings
+from gateway.engine.contract import GenerationRequest, GenerationResult, TurnHandle, TurnSink
 from tests.conftest import RunningServer
 from tests.e2e import test_web as web
 from tests.e2e.test_web import PHONE, Chat, save_screenshot
@@ -56,3 +59,49 @@ def test_a_reload_brings_back_each_replys_meta_line(server: RunningServer, open_
     expect(chat.page.locator(".message.assistant")).to_have_count(2)
     expect(chat.page.locator(".message.assistant .meta")).to_have_text(metas)
     save_screenshot(chat.page, "web-reload-meta.png")
+
+
+class FailingEngine(web.ReplyEngine):
+    """Replies as ReplyEngine does, except that a turn asking "fail" streams a word, then waits for
+    `fail()` to end it with an error (so the page can be reloaded while it runs)."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.held: tuple[asyncio.AbstractEventLoop, TurnSink, GenerationResult] | None = None
+
+    def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
+        if request.messages[-1].text != "fail":
+            return super().submit(request, sink)
+        failed = GenerationResult("error", "half", (0,), self.count(request.messages), 1.0, 2.0, 100.0, error="it broke")
+        loop = asyncio.get_running_loop()
+        loop.call_soon(sink.on_token, "half")
+        self.held = (loop, sink, failed)
+        return request.handle
+
+    def fail(self) -> None:
+        assert self.held is not None
+        loop, sink, failed = self.held
+        loop.call_soon_threadsafe(sink.on_done, failed)
+
+
+def test_a_replayed_error_is_shown_once_after_a_reload(open_chat: Callable[..., Chat]) -> None:
+    """A page reloaded while its turn runs is replayed that turn's frames; when the turn then fails, its
+    error (which comes before its done) is shown once, beside the reply's "failed" meta line."""
+    engine = FailingEngine()
+    with web.serving(Settings(engine="scripted"), engine) as site:
+        chat = open_chat(site)
+        chat.send("hello")
+        chat.wait_done()
+        chat.send("fail")
+        replies = chat.page.locator(".message.assistant")
+        expect(replies).to_have_count(2)
+        chat.page.reload()
+        chat.wait_connected()
+        expect(replies.last).to_contain_text("half")  # the running turn, replayed
+        engine.fail()
+        expect(chat.page.locator(".message.assistant[data-finish-reason]")).to_have_count(2, timeout=15_000)
+        expect(replies.last.locator(".meta")).to_contain_text("failed")
+        errors = chat.page.locator(".message.error")
+        expect(errors).to_have_count(1)
+        expect(errors).to_contain_text("it broke")
+        save_screenshot(chat.page, "web-reload-error-once.png")

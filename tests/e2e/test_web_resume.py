@@ -314,3 +314,18 @@ def test_switching_between_two_conversations_shows_each_ones_history(
         expect(chat.page.locator(".message.assistant")).to_have_count(1)
         expect(chat.page.locator(f"#chat-list button[data-session='{session}']")).to_have_attribute("aria-current", "true")
     assert json.dumps(chat.page.evaluate(LISTED)).count('"token"') == 2
+
+
+def test_an_error_frame_seen_already_is_shown_once(server: RunningServer, relayed: Callable[..., tuple[Chat, Relay]]) -> None:
+    """An `error` sent twice (a replay: the same seq again) is shown once, as token and done frames are."""
+    chat, relay = relayed(server, twice=True)
+    chat.page.set_input_files("#file-input", files=[image_file("holiday.png", web.bmp_bytes())])
+    chat.send("Look at this")
+    errors = chat.page.locator(".message.error")
+    expect(errors).to_contain_text("bad_image")
+    error = next(f for f in relay.frames if f["type"] == "error")
+    assert error["seq"] is not None and relay.forwarded == 2 * len(relay.frames)
+    chat.page.click("#attachments .remove")
+    chat.send("Hello")
+    chat.wait_done()
+    expect(errors).to_have_count(1)

@@ -97,14 +97,14 @@ def write_demo_model(out_dir: Path, size: DemoSize = "tiny", seed: int = 0) -> P
     return out_dir
 
 
-def write_demo_adapter(model_dir: Path, out_dir: Path, seed: int = 1) -> Path:
+def write_demo_adapter(model_dir: Path, out_dir: Path, seed: int = 1, rank: int = 4) -> Path:
     """Write a LoRA adapter for the demo model whose random B matrices change its greedy output."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Glm4vForConditionalGeneration
 
     base = Glm4vForConditionalGeneration.from_pretrained(model_dir)
-    lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"])
+    lora = LoraConfig(r=rank, lora_alpha=4 * rank, target_modules=["q_proj", "v_proj", "o_proj"])
     with warnings.catch_warnings():  # peft asks for a property transformers deprecated; nothing the user can change
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
         peft_model = get_peft_model(base, lora)

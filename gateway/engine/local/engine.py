@@ -19,6 +19,7 @@ from gateway.engine.contract import (
     TurnHandle,
     TurnSink,
 )
+from gateway.engine.local.adapter_swaps import LocalAdapters
 from gateway.engine.local.constrain import GrammarVocabulary, logits_width
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.generation import Generation
@@ -52,6 +53,8 @@ class LocalEngine:
         threads: int = 0,
         gather_ms: float = 0.0,
         prefill_chunk_tokens: int = 0,
+        max_adapters: int = 8,
+        max_adapter_bytes: int = 1 << 30,
     ) -> None:
         self.loaded = loaded
         self.model_id = loaded.model_id
@@ -65,7 +68,6 @@ class LocalEngine:
         self._count_pool = ThreadPoolExecutor(1, thread_name_prefix="gateway-count")
         self._image_pool = ThreadPoolExecutor(max(1, image_workers), thread_name_prefix="gateway-images", initializer=yield_cpu)
         self.context_tokens = min(loaded.context_tokens, context_tokens or loaded.context_tokens)
-        self.adapters: tuple[str, ...] = loaded.adapter_names
         self.chat_template: str | None = loaded.prompt.template  # the served one: --chat-template FILE or the model's
         self.threads = threads or engine_threads()
         self._line = WaitingLine(queue_size, max_batch, max_prefills_per_step, gather_ms / 1000, gather_ms / 4000)
@@ -80,11 +82,16 @@ class LocalEngine:
             loaded, self._line, prefix_cache, self.encoder_cache, self.grammars, self.threads, prefill_chunk_tokens
         )
         self.busy = self._generation.busy  # set while any turn is on the model
+        self._adapters = LocalAdapters(self._generation, max_adapters, max_adapter_bytes)
         self._thread = threading.Thread(target=self._generation.run, name="gateway-generation", daemon=True)
 
     @property
     def max_batch(self) -> int:
         return self._line.max_batch
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return self._adapters.registry.served
 
     @property
     def tokens_generated(self) -> int:
@@ -111,11 +118,21 @@ class LocalEngine:
             await asyncio.gather(*(loop.run_in_executor(self._image_pool, cache.get, image) for image in missing))
 
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
+        self._adapters.registry.check_servable(request.adapter)
         job = Job(request=request, sink=sink, loop=asyncio.get_running_loop())
         ahead = self._line.offer(job)
         if ahead >= 0:  # after the caller has acknowledged the turn, hence call_soon
             job.loop.call_soon(sink.on_queued, ahead + 1)
         return request.handle
+
+    def unloading(self, name: str) -> bool:
+        return self._adapters.registry.leaving(name)
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        await self._adapters.load(name, path)
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._adapters.unload(name)
 
     def limit_image_cache(self, max_bytes: int) -> None:
         self.loaded.prompt.images.limit(max(0, min(self._image_cache_bytes, max_bytes)))
@@ -163,6 +180,7 @@ class LocalEngine:
             self._generation.abort.set()
             self._thread.join(timeout_s)
         self._count_pool.shutdown(wait=False, cancel_futures=True)
+        self._adapters.close()
         self._image_pool.shutdown(wait=False, cancel_futures=True)
 
 

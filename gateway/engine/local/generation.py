@@ -18,7 +18,7 @@ from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.image_prefix import content_key
 from gateway.engine.local.joining import Joining
 from gateway.engine.local.loader import LoadedModel
-from gateway.engine.local.padded import row_states, supports_batching
+from gateway.engine.local.padded import hold_finished, supports_batching
 from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache
 from gateway.engine.local.profile import PhaseClock, name_os_thread
 from gateway.engine.local.prompt import ModelInputs
@@ -90,8 +90,20 @@ class Generation:
             self.line.settle([seq.request.handle for seq in batch.sequences + self.joining.sequences()])
             if not batch and not self.joining.groups:
                 self.busy.clear()
-            self._flush()
+            self._flush()  # before the errands: a turn's `done` reaches its loop ahead of an unload it let go
             self.clock.lap("streaming")
+            self._run_errands(batch)
+            self.clock.lap("errands")
+        for errand in self.line.errands()[0]:
+            errand.abandon()
+
+    def _run_errands(self, batch: Batch) -> None:
+        """Errands (an adapter's swap) run here, between two steps; one not ready yet is posted again."""
+        errands, waiting = self.line.errands()
+        in_use = waiting | {seq.request.adapter for seq in batch.sequences + self.joining.sequences()}
+        for errand in errands:
+            if not errand.run(in_use):
+                self.line.post(errand)
 
     def _sequence(self, job: Job) -> Sequence:
         params = job.request.params
@@ -207,7 +219,7 @@ class Generation:
             for seq in seqs:
                 self._finish(seq, "error", "generation failed")
             return True
-        self._hold(seqs, cache, mask, alive)
+        hold_finished(self.prefix_cache, seqs, cache, mask, alive)
         if alive:
             if len(alive) < len(seqs):
                 cache.batch_select_indices(torch.tensor(alive, device=mask.device))
@@ -245,23 +257,10 @@ class Generation:
         self.clock.lap("sampling")
         keep = [i for i, seq in enumerate(batch.sequences) if not self._after_token(seq, tokens[i])]
         self.clock.lap("streaming")
-        self._hold(batch.sequences, batch.cache, batch.mask, keep)
+        hold_finished(self.prefix_cache, batch.sequences, batch.cache, batch.mask, keep)
         self.clock.lap("holding")
         batch.keep(keep)
         self.clock.lap("joins")
-
-    def _hold(self, seqs: list[Sequence], cache: Any, mask: Any, alive: list[int]) -> None:
-        """Keep the KV of the sequences that just finished (prompt and every reply token fed; the last
-        one sampled never was) for later prompts that start the same way."""
-        try:
-            for row in sorted(set(range(len(seqs))) - set(alive)):
-                seq = seqs[row]
-                if seq.prompt_ids is not None:
-                    ids = seq.prompt_ids + tuple(seq.token_ids[:-1])
-                    self.prefix_cache.store(seq.request.adapter, ids, row_states(cache, mask, row))
-        except Exception:  # holding is an optimisation: a failure (out of memory) costs a later prefill only
-            log.exception("holding a finished turn's KV failed")
-            self.prefix_cache.clear()
 
     def _after_token(self, seq: Sequence, token: int) -> bool:
         """Stream one sampled token's text; True when the turn ended with it."""

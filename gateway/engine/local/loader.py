@@ -10,9 +10,12 @@ from typing import Any
 
 import torch
 
+from gateway.engine.adapters import check_adapter_name
+from gateway.engine.local.adapter_weights import AdapterError, attach, read_adapter
 from gateway.engine.local.families import family_for
 from gateway.engine.local.families.processors import load_processor
 from gateway.engine.local.prompt import PromptBuilder
+from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.loader")
 
@@ -94,7 +97,7 @@ def load_model(
     model, vision = _load_weights(source, torch_dtype, trust_remote_code)
     template = Path(chat_template).read_text() if chat_template else None
     if adapter_dir is not None or adapters:
-        model = _apply_adapters(model, adapter_dir, adapters or {})
+        model = _apply_adapters(model, adapter_dir, adapters or {}, torch_dtype)
     model.to(torch_device).eval()
     tokenizer, prompt = _load_prompt_builder(source, model, vision, trust_remote_code, template)
     name = model_id or (adapter_dir or source).resolve().name
@@ -112,25 +115,21 @@ def load_model(
     )
 
 
-def _apply_adapters(model: Any, primary: Path | None, extra: dict[str, str]) -> Any:
-    """Wrap the base in peft with the primary adapter (if any) and each named extra adapter; a batch
-    then picks one per row (peft's `adapter_names`)."""
-    from peft import PeftModel
-
-    for name, directory in extra.items():
-        if name in (PRIMARY_ADAPTER, BASE_ADAPTER) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise ModelLoadError(f"adapter name {name!r} is reserved or not a plain name")
-        if not (Path(directory) / "adapter_config.json").exists():
-            raise ModelLoadError(f"adapter {name!r}: {directory} holds no adapter_config.json")
-    items = list(extra.items())
-    if primary is not None:
-        wrapped = PeftModel.from_pretrained(model, str(primary), adapter_name=PRIMARY_ADAPTER)
-    else:
-        name, directory = items.pop(0)
-        wrapped = PeftModel.from_pretrained(model, directory, adapter_name=name)
-    for name, directory in items:
-        wrapped.load_adapter(directory, adapter_name=name)
-    return wrapped
+def _apply_adapters(model: Any, primary: Path | None, extra: dict[str, str], dtype: torch.dtype) -> Any:
+    """Wrap the base in peft with the primary adapter (if any) and each named extra adapter, as adapters loaded at
+    run time are (engine/local/adapter_weights.py); a batch then picks one per row (peft's `adapter_names`)."""
+    for name in extra:
+        try:
+            check_adapter_name(name)
+        except GatewayError as exc:
+            raise ModelLoadError(exc.message) from None
+    named = ([(PRIMARY_ADAPTER, str(primary))] if primary is not None else []) + list(extra.items())
+    for name, directory in named:
+        try:
+            model = attach(model, name, read_adapter(directory, torch.device("cpu"), dtype))
+        except AdapterError as exc:
+            raise ModelLoadError(f"adapter {name!r}: {exc}") from None
+    return model
 
 
 def _load_weights(source: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, bool]:

@@ -148,6 +148,12 @@ class PrefixCache:
             return None
         return max(0.0, min(oldest) + self.idle_s - self._clock())
 
+    def drop_adapter(self, adapter: str) -> None:
+        """Drop every entry computed with an adapter (it was unloaded)."""
+        for tier in (self._device, self._host):
+            for key in [key for key, entry in tier.items() if entry.adapter == adapter]:
+                self._drop(tier, key)
+
     def clear(self) -> None:
         self._device.clear()
         self._host.clear()

@@ -9,8 +9,8 @@ import time
 # waiting: blocked for work; prompts: building them; prefill: whole prefill passes (images included); chunks:
 # joiners' chunk passes; decode: the batch's decode passes; sampling: logits masks and token choice; streaming:
 # detokenizing and handing events to the event loops; joins: rows into and out of the batch's KV; holding:
-# finished turns' KV copied out for reuse.
-PHASES = ("waiting", "prompts", "prefill", "chunks", "decode", "sampling", "streaming", "joins", "holding")
+# finished turns' KV copied out for reuse; errands: adapters' swaps between steps.
+PHASES = ("waiting", "prompts", "prefill", "chunks", "decode", "sampling", "streaming", "joins", "holding", "errands")
 
 
 class PhaseClock:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from gateway.engine.contract import EngineFull, GenerationRequest, TurnHandle, TurnSink
+from gateway.engine.local.errands import Errand
 
 
 @dataclass
@@ -45,6 +46,7 @@ class WaitingLine:
         self.active = 0
         self._active_handles: list[TurnHandle] = []  # the active turns', so that cancelled ones hold no place
         self.stopping = False
+        self._errands: list[Errand] = []  # work for the generation thread between two steps
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -74,7 +76,7 @@ class WaitingLine:
         """Block until there is work (generation thread); take the waiting turns that fit (their prefill
         costs this step). Idle, return nothing after `idle_s`, so that held KV can expire."""
         with self.lock:
-            while not self._waiting and not active and not self.stopping:
+            while not self._waiting and not active and not self.stopping and not self._errands:
                 if not self._wake.wait(idle_s):
                     return [], [], []
             if not active:
@@ -107,6 +109,18 @@ class WaitingLine:
             left = min(first + self.gather_s, last + self.quiet_s) - time.perf_counter()
             if left <= 0 or not self._wake.wait(left):
                 return
+
+    def post(self, errand: Errand) -> None:
+        """Hand the generation thread an errand (any thread); an idle one wakes for it."""
+        with self.lock:
+            self._errands.append(errand)
+            self._wake.notify()
+
+    def errands(self) -> tuple[list[Errand], frozenset[str | None]]:
+        """The errands posted (taken from the line) and the adapters of the turns waiting (generation thread)."""
+        with self.lock:
+            errands, self._errands = self._errands, []
+            return errands, frozenset(job.request.adapter for job in self._waiting)
 
     def settle(self, handles: list[TurnHandle]) -> None:
         """Record the turns left in the batch after a step (generation thread)."""

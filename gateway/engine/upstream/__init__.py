@@ -31,6 +31,7 @@ def build_upstream_engine(settings: Settings) -> UpstreamEngine:
         health_interval_s=settings.upstream_health_interval_s,
         max_in_flight=settings.upstream_max_in_flight,
         api_key=settings.upstream_api_key,
+        max_adapters=settings.max_adapters,
     )
     return UpstreamEngine(info, ReplicaSet(urls, settings.upstream_health_interval_s), options, counter)
 

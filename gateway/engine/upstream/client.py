@@ -44,6 +44,10 @@ class ContextOverflow(UpstreamError):
 class Rejected(UpstreamError):
     """Any other 4xx: the request itself is wrong for this upstream."""
 
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 def timeouts(connect_s: float, read_s: float) -> httpx.Timeout:
     return httpx.Timeout(connect=connect_s, read=read_s, write=read_s, pool=connect_s)
@@ -67,7 +71,7 @@ def classify_message(status: int, message: str, retry_after: str | None) -> Upst
         return Unavailable(f"upstream answered {status}: {message}")
     if wire.is_context_error(status, message):
         return ContextOverflow(message)
-    return Rejected(f"upstream answered {status}: {message}")
+    return Rejected(f"upstream answered {status}: {message}", status)
 
 
 class ReplicaClient:
@@ -79,13 +83,17 @@ class ReplicaClient:
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def post_json(self, path: str, body: dict[str, Any]) -> Any:
+        return (await self.post(path, body)).json()
+
+    async def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """A 200 answer (vLLM's adapter endpoints answer plain text), else the failure it means."""
         try:
             response = await self.http.post(self.base_url + path, json=body, headers=self.headers)
         except httpx.TransportError as exc:
             raise Unavailable(f"{type(exc).__name__}") from exc
         if response.status_code != 200:
             raise classify(response.status_code, response.content, response.headers.get("retry-after"))
-        return response.json()
+        return response
 
     async def healthy(self, timeout_s: float) -> bool | None:
         """None when it took the connection but did not answer in time: a replica busy streaming to many

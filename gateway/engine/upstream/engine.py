@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx2 as httpx
 
+from gateway.engine.adapters import AdapterRegistry
 from gateway.engine.contract import (
     ChatImage,
     ChatMessage,
@@ -21,6 +22,7 @@ from gateway.engine.contract import (
     TurnHandle,
     TurnSink,
 )
+from gateway.engine.upstream.adapters import UpstreamAdapters
 from gateway.engine.upstream.client import Overloaded, ReplicaClient, UpstreamError, timeouts
 from gateway.engine.upstream.counting import TokenCounter, UpstreamCounter
 from gateway.engine.upstream.discovery import UpstreamInfo
@@ -42,6 +44,7 @@ class UpstreamOptions:
     deadlines: Deadlines = field(default_factory=Deadlines)
     health_interval_s: float = 2.0
     max_in_flight: int = 256  # turns streaming at once, all replicas together
+    max_adapters: int = 8  # adapters served at once, the upstream's own included
     api_key: str | None = None
 
 
@@ -58,7 +61,6 @@ class UpstreamEngine:
         self.model_id = info.model
         self.vision = info.vision
         self.context_tokens = info.context_tokens
-        self.adapters = info.adapters
         self.chat_template: str | None = None  # the upstream renders tools and parses calls itself
         self.replicas = replicas
         self.options = options
@@ -70,6 +72,12 @@ class UpstreamEngine:
         self._health: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.context = TurnContext(replicas, self.client_for, info.model, options.deadlines)
+        registry = AdapterRegistry(options.max_adapters, info.adapters)
+        self._adapters = UpstreamAdapters(registry, lambda: self.replicas.replicas, self.client_for, lambda: self._turns)
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return self._adapters.registry.served
 
     # ---- the contract ------------------------------------------------------------------------------
 
@@ -93,6 +101,7 @@ class UpstreamEngine:
 
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
         self._ensure_tasks()
+        self._adapters.registry.check_servable(request.adapter)
         if sum(1 for turn in self._turns if not turn.request.handle.cancelled.is_set()) >= self.options.max_in_flight:
             raise EngineFull()
         try:  # refuse now, with the upstream's Retry-After, when no replica could take it
@@ -106,6 +115,16 @@ class UpstreamEngine:
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
         return request.handle
+
+    def unloading(self, name: str) -> bool:
+        return self._adapters.registry.leaving(name)
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        self._ensure_tasks()
+        await self._adapters.load(name, path)
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._adapters.unload(name)
 
     def limit_image_cache(self, max_bytes: int) -> None:
         pass  # no processed images are held here

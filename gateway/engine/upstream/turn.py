@@ -96,7 +96,8 @@ class UpstreamTurn:
                 failure = exc
 
     async def _stream(self, replica: Replica) -> FinishReason:
-        body = wire.chat_body(self.context.model, self.request.messages, self.request.params, self.request.tools)
+        model = self.request.adapter or self.context.model  # vLLM serves each LoRA adapter as a model id of its own
+        body = wire.chat_body(model, self.request.messages, self.request.params, self.request.tools)
         replica.active += 1
         try:
             upstream_reason: str | None = None

@@ -73,3 +73,56 @@ def test_bench_history_report_with_many_sessions_gives_tokens_per_s_and_load() -
     text = format_report(report)
     assert "16 conversation(s) of 2 turns" in text and "300.0 with reuse, 200.0 without, ratio 1.50" in text
     assert "load average" in text and text.count("good:") == 3
+
+
+def test_scripted_single_session_report_names_the_engine_and_has_one_row() -> None:
+    """The scripted engine has no model: the header says what it measures (no "None"), and one session
+    is one row, "1 session" (no "1 sessions")."""
+    run = {
+        "sessions": 1,
+        "turns": 2,
+        "errors": 0,
+        "wall_s": 0.1,
+        "tokens_per_s": 1300.0,
+        "frames_per_s": 450.0,
+        "ttft_ms": {"p50": 50.0, "p90": 50.0, "p99": 50.0},
+        "itl_ms": {"p50": 0.0, "p90": 0.0, "p99": 0.1},
+        "session_tokens_per_s": {"p50": 1400.0, "p90": 1400.0, "p99": 1400.0},
+    }
+    header = {"model": None, "engine": "scripted", "turns_per_session": 2, "max_tokens": 64, "prompt_words": 48, "images": 0}
+    text = format_report({**header, "sessions": 1, "gateway_1_session": run})
+    assert "None" not in text and "1 sessions" not in text and "the scripted engine (no model" in text
+    rows = [line for line in text.splitlines() if line.startswith("1 session ") and "turns each" not in line]
+    assert len(rows) == 1 and "1 session of 2 turns each" in text
+
+
+def test_each_ratio_has_a_verdict_against_its_range() -> None:
+    """Ratios print a verdict: "fine" inside their range, "MISSED" with the floor when under it."""
+    run = {
+        "sessions": 4,
+        "turns": 8,
+        "errors": 0,
+        "wall_s": 1.0,
+        "tokens_per_s": 100.0,
+        "frames_per_s": 90.0,
+        "ttft_ms": {"p50": 5.0, "p90": 6.0, "p99": 7.0},
+        "itl_ms": {"p50": 1.0, "p90": 1.5, "p99": 2.0},
+        "session_tokens_per_s": {"p50": 99.0, "p90": 99.0, "p99": 99.0},
+    }
+    report = {
+        "model": "/m",
+        "engine": "real",
+        "sessions": 4,
+        "turns_per_session": 2,
+        "max_tokens": 64,
+        "prompt_words": 48,
+        "images": 0,
+        "gateway_1_session": {**run, "sessions": 1},
+        "gateway_4_sessions": run,
+        "baselines": {"generate_single_tokens_per_s": 120.0, "generate_static_batch_4_tokens_per_s": 400.0},
+        "ratios": {"1_session_vs_generate_single": 0.83, "4_sessions_vs_static_batch": 0.5, "4_sessions_vs_generate_single": 0.9},
+    }
+    ratios = {line.split("  ")[1].strip(): line for line in format_report(report).splitlines() if " / " in line[:40]}
+    assert "fine" in ratios["1 session / generate, 1 stream"]
+    assert "MISSED (under 0.8)" in ratios["4 sessions / static batch of 4"]
+    assert "MISSED (under 1)" in ratios["4 sessions / generate, 1 stream"]

@@ -13,6 +13,7 @@ from gateway.engine.upstream.engine import UpstreamEngine, UpstreamOptions
 from gateway.engine.upstream.replicas import ReplicaSet
 from gateway.engine.upstream.turn import Deadlines
 from gateway.errors import ErrorCode, RetryLater
+from tests.conftest import wait_until
 from tests.upstream_fake import FakeUpstream
 from tests.vllm_support import free_port
 
@@ -100,7 +101,8 @@ async def test_429_means_overloaded_with_the_upstreams_retry_after(fakes: tuple[
     assert result.finish_reason == "error" and result.error and "overloaded" in result.error
     with pytest.raises(RetryLater) as refused:
         engine.submit(request(), Collect())
-    assert refused.value.code is ErrorCode.OVERLOADED and 6000 <= refused.value.retry_after_ms <= 7000
+    # what is left of the upstream's 7 s: how much is left depends on how long the machine took since
+    assert refused.value.code is ErrorCode.OVERLOADED and 0 < refused.value.retry_after_ms <= 7000
 
 
 async def test_context_error_is_not_retried(fakes: tuple[FakeUpstream, FakeUpstream]) -> None:
@@ -135,8 +137,11 @@ async def test_a_slow_health_answer_does_not_mark_a_replica_down(fakes: tuple[Fa
     """A replica that streams but answers /health after the timeout is busy, not gone; a refused one is down."""
     fakes[0].mode = "slow_health"
     engine = engine_for(fakes[0].url, f"http://127.0.0.1:{free_port()}", health_interval_s=0.2)
+    checked = fakes[0].health_checks  # the servers outlive each test's engine
     result, _ = await run(engine, request(key=None))
-    await asyncio.sleep(1.5)  # several checks, each timing out after connect_timeout_s (1 s)
+    # rounds of checks run one after another, each applied when its slowest check times out: a second
+    # check of the slow replica means a whole round (its slow check included) has been applied
+    await wait_until(lambda: fakes[0].health_checks >= checked + 2, timeout_s=60)
     assert result.finish_reason == "length"
     assert [r.state.value for r in engine.replicas.replicas] == ["up", "down"]
     engine.stop()
