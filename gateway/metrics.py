@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from gateway.engine.contract import EngineLoad
 
@@ -93,6 +95,7 @@ class Metrics:
         self.encoder_bytes.set_function(lambda: float(load().encoder_cache_bytes))
         self.encoder_hits.set_function(lambda: float(load().encoder_cache_hits))
         self.image_cache_bytes.set_function(lambda: float(load().image_cache_bytes))
+        self.registry.register(_EnginePhases(load))
 
     def watch_service(self, watched: ServiceGauges) -> None:
         """Read the turn service's and the hub's sizes at scrape time."""
@@ -136,3 +139,16 @@ class LiveFrameCounters:
 def _rate(load: EngineLoad) -> float:
     lookups = load.kv_cache_hits + load.kv_cache_misses
     return load.kv_cache_hits / lookups if lookups else 0.0
+
+
+class _EnginePhases(Collector):
+    """The engine's time by phase (its profile, where it keeps one), read at scrape time."""
+
+    def __init__(self, load: Callable[[], EngineLoad]) -> None:
+        self.load = load
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("gateway_engine_seconds", "The generation thread's time by phase", labels=["phase"])
+        for phase, seconds in self.load().phase_seconds.items():
+            family.add_metric([phase], seconds)
+        yield family

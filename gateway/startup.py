@@ -144,6 +144,7 @@ def _local_engine(settings: Settings) -> Engine:
         max_batch=settings.max_batch,
         threads=settings.engine_threads,
         gather_ms=settings.engine_gather_ms,
+        prefill_chunk_tokens=settings.engine_prefill_chunk_tokens,
         image_cache_bytes=settings.image_cache_bytes,
         image_workers=settings.image_workers,
         kv_cache_bytes=settings.kv_cache_bytes,

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from gateway.bench.openai import per_token_ms, run_direct
+from gateway.bench.profile import cpu_seconds
 from gateway.bench.run import BenchConfig, _run, percentiles, prompt_text, run_load
 
 
@@ -54,12 +55,7 @@ def direct_comparison(args: Any, config: BenchConfig, gateway_pid: int | None) -
 
 def _cpu_seconds(pid: int | None) -> float:
     """User and system CPU time of a process, all its threads (0 when unknown or gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    return cpu_seconds(f"/proc/{pid}/stat")[1] if pid is not None else 0.0
 
 
 def _side(tokens_per_s: float, ttft: dict[str, float], tpot: dict[str, float], errors: int) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
+from gateway.bench import profile
 from gateway.bench.run import QUIET_LOADING, BenchConfig, BenchError, _run, bench_image, late_joiner, prompt_text, run_load
 from gateway.startup import model_dir as resolve_model_dir
 
@@ -157,7 +158,9 @@ def run_bench(args: Any) -> dict[str, Any]:
         )
         _run(run_load(BenchConfig(**{**asdict(config), "sessions": 1, "turns": 1, "max_tokens": 8})), url)  # warm-up
         single = _run(run_load(BenchConfig(**{**asdict(config), "sessions": 1})), url)
+        before = profile.read(url, gateway_pid)
         many = single if args.sessions == 1 else _run(run_load(config), url)  # with one session, it is the run above
+        report["engine_profile"] = profile.shares(before, profile.read(url, gateway_pid))
         report["gateway_1_session"] = {
             **asdict(single),
             "tokens_per_s": round(single.tokens_per_s, 2),

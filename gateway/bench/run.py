@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import logging
 import sys
 import time
@@ -167,7 +168,9 @@ async def run_load(config: BenchConfig) -> LoadReport:
 
 
 async def late_joiner(config: BenchConfig) -> dict[str, float]:
-    """TTFT of one turn sent while `sessions - 1` others are mid-stream, with the batch's step time."""
+    """TTFT of one turn sent while `sessions - 1` others are mid-stream, and the longest pause in the others'
+    tokens from its sending to its first token (the join's cost to them: one prefill chunk at most when the
+    engine chunks joiners' prompts, the whole prompt's prefill when it does not)."""
     background = BenchConfig(**{**asdict(config), "sessions": 1, "turns": 1, "max_tokens": config.max_tokens * 4})
     clients = [GatewayClient(config.url) for _ in range(config.sessions - 1)]
     async with contextlib.AsyncExitStack() as stack:
@@ -180,12 +183,27 @@ async def late_joiner(config: BenchConfig) -> dict[str, float]:
         for client in clients:  # wait until every background turn is streaming
             while (await client.recv())["type"] != "token":
                 pass
+        times: list[list[float]] = [[] for _ in clients]
+        readers = [asyncio.create_task(_token_times(client, stamps)) for client, stamps in zip(clients, times)]
         async with GatewayClient(config.url) as joiner:
-            result = await joiner.turn("late", prompt_text(config.prompt_words), temperature=0, max_tokens=8, ignore_eos=True)
+            # A new conversation, prefilled cold: the load's finished turns left the bench prompt's KV held.
+            cold = "later " + prompt_text(config.prompt_words - 1)
+            result = await joiner.turn("late", cold, temperature=0, max_tokens=8, ignore_eos=True)
+        for reader in readers:
+            reader.cancel()
         for i, client in enumerate(clients):
             await client.send({"type": "cancel", "id": f"bg{i}"})
-    ttft = (result.token_times[0] - result.sent_at) * 1000 if result.token_times else float("nan")
-    return {"ttft_ms": round(ttft, 3)}
+    first = result.token_times[0] if result.token_times else float("nan")
+    pauses = [b - a for stamps in times for a, b in itertools.pairwise(stamps) if a < first and b > result.sent_at]
+    ttft = (first - result.sent_at) * 1000
+    return {"ttft_ms": round(ttft, 3), "others_longest_pause_ms": round(max(pauses, default=0.0) * 1000, 3)}
+
+
+async def _token_times(client: GatewayClient, stamps: list[float]) -> None:
+    """When each of a client's token frames arrives, until cancelled."""
+    while True:
+        if (await client.recv())["type"] == "token":
+            stamps.append(time.perf_counter())
 
 
 def _progress(total: int, enabled: bool, label: str) -> Any:

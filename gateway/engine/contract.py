@@ -166,6 +166,7 @@ class EngineLoad:
     encoder_cache_hits: int = 0  # prefills that took images' encoder outputs from those held
     image_cache_bytes: int = 0  # processed images held so a history is not processed again
     kv_spill_budget: int = 0  # and in pinned host memory
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # the engine's time so far by phase (its profile)
 
 
 @dataclass(frozen=True)

@@ -77,34 +77,41 @@ class Batch:
             cross.adopt(cache, self._cross, 1, extras.get("cross_attention_mask"))
         return out.logits[:, -1], cache, mask
 
-    @torch.inference_mode()
-    def prefill_rows(
-        self, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]
-    ) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """Text prompts, each on its held prefix or none, in one forward pass (see engine/local/ragged.py); return
-        what `prefill` does for every row. Cross-attention models pass no held prefixes."""
-        device = self.loaded.device
+    def start_rows(self, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]) -> ragged.RowsPrefill:
+        """Text prompts, each on its held prefix or none, laid out as rows for `feed_rows` (see engine/local/ragged.py),
+        nothing fed yet. Cross-attention models pass no held prefixes."""
         layout = ragged.lay_out(
             [item.input_ids[0] for item in inputs],
             [held.length if held else 0 for held in helds],
             lambda ids: self._prompt_positions(ids, torch.ones_like(ids), {}),
-            device,
-        )
-        out = self.loaded.model(
-            input_ids=layout.input_ids,
-            attention_mask=layout.mask,
-            position_ids=layout.positions,
-            cache=ragged.held_cache(helds, layout, device),
-            use_cache=True,
-            **self._adapter_args(seqs),
+            self.loaded.device,
         )
         for seq, item, delta, cached in zip(seqs, inputs, layout.deltas, layout.cached):
             self._start(seq, item, delta)
             seq.cached_tokens = cached
-        cache = padded.cache_of(out)
+        return ragged.RowsPrefill(seqs, layout, ragged.held_cache(helds, layout, self.loaded.device))
+
+    @torch.inference_mode()
+    def feed_rows(self, rows: ragged.RowsPrefill, columns: int | None = None) -> tuple[torch.Tensor, Any, torch.Tensor] | None:
+        """Feed the rows' next `columns` prompt columns (None: all that are left) in one forward pass; once
+        every column is fed, return what `prefill` does for every row, else None. Each chunk sees exactly the
+        columns before it, so a prompt fed in chunks ends with the KV of one fed whole."""
+        layout, start = rows.layout, rows.fed
+        end = start + (rows.left if columns is None else min(columns, rows.left))
+        out = self.loaded.model(
+            input_ids=layout.input_ids[:, start:end],
+            attention_mask=layout.mask[:, : layout.width + end],
+            position_ids=layout.positions[..., start:end],
+            cache=rows.cache,
+            use_cache=True,
+            **self._adapter_args(rows.seqs),
+        )
+        rows.cache, rows.fed = padded.cache_of(out), end
+        if rows.left:
+            return None
         if self._cross:
-            cross.adopt(cache, self._cross, len(seqs), None)
-        return out.logits[:, -1], cache, layout.mask
+            cross.adopt(rows.cache, self._cross, len(rows.seqs), None)
+        return out.logits[:, -1], rows.cache, layout.mask
 
     @torch.inference_mode()
     def prefill_on(self, seq: Sequence, item: ModelInputs, held: HeldPrefix) -> tuple[torch.Tensor, Any, torch.Tensor]:

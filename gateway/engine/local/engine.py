@@ -33,8 +33,9 @@ log = logging.getLogger("gateway.engine")
 
 
 class LocalEngine:
-    """Admits turns through a bounded waiting line; the generation thread prefills each new turn
-    alone, then decodes it with every other active turn in one forward pass per step."""
+    """Admits turns through a bounded waiting line; the generation thread prefills new turns (text ones
+    joining a decoding batch a chunk per step, see engine/local/joining.py), then decodes each with every
+    other active turn in one forward pass per step."""
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class LocalEngine:
         encoder_cache_bytes: int = 128 << 20,
         threads: int = 0,
         gather_ms: float = 0.0,
+        prefill_chunk_tokens: int = 0,
         max_adapters: int = 8,
         max_adapter_bytes: int = 1 << 30,
     ) -> None:
@@ -76,7 +78,9 @@ class LocalEngine:
         family, plain = loaded.prompt.family, not loaded.adapter_names
         self.encoder_cache = EncoderCache(encoder_cache_bytes, family.encoder_rows if family.image_kv and plain else None)
         self.grammars = _grammar_vocabulary(loaded)
-        self._generation = Generation(loaded, self._line, prefix_cache, self.encoder_cache, self.grammars, self.threads)
+        self._generation = Generation(
+            loaded, self._line, prefix_cache, self.encoder_cache, self.grammars, self.threads, prefill_chunk_tokens
+        )
         self.busy = self._generation.busy  # set while any turn is on the model
         self._adapters = LocalAdapters(self._generation, max_adapters, max_adapter_bytes)
         self._thread = threading.Thread(target=self._generation.run, name="gateway-generation", daemon=True)
@@ -149,6 +153,7 @@ class LocalEngine:
                 encoder_cache_bytes=self.encoder_cache.bytes,
                 encoder_cache_hits=self.encoder_cache.hits,
                 image_cache_bytes=self.loaded.prompt.images.bytes,
+                phase_seconds=self._generation.clock.totals(),
             )
 
     def health(self) -> EngineHealth:

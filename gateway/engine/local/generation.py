@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import torch
 
-from gateway.engine.contract import FinishReason, GenerationResult
+from gateway.engine.contract import FinishReason
 from gateway.engine.local.batch import Batch
 from gateway.engine.local.constrain import GrammarVocabulary, mask_logits
 from gateway.engine.local.detok import TextStream
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.image_prefix import content_key
+from gateway.engine.local.joining import Joining
 from gateway.engine.local.loader import LoadedModel
-from gateway.engine.local.padded import row_states, supports_batching
+from gateway.engine.local.padded import hold_finished, supports_batching
 from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache
+from gateway.engine.local.profile import PhaseClock, name_os_thread
 from gateway.engine.local.prompt import ModelInputs
 from gateway.engine.local.ragged import suffix_groups
 from gateway.engine.local.relay import EventRelay
@@ -44,6 +45,7 @@ class Generation:
         encoder_cache: EncoderCache,
         grammars: GrammarVocabulary | None,
         threads: int,
+        chunk_tokens: int = 0,
     ) -> None:
         self.loaded = loaded
         self.line = line
@@ -52,6 +54,8 @@ class Generation:
         self.grammars = grammars
         self.threads = threads
         self.tokens_generated = 0
+        self.joining = Joining(chunk_tokens)  # text prompts prefilled a chunk per step beside the decoding batch
+        self.clock = PhaseClock()  # the engine profile
         self.busy = threading.Event()  # set while any turn is on the model
         self.abort = threading.Event()  # set to cut running turns short (after stop's grace)
         self._relay = EventRelay()
@@ -61,11 +65,15 @@ class Generation:
         return self.line.max_batch
 
     def run(self) -> None:
+        name_os_thread("gateway-engine")  # before torch starts its workers, which take the name
         torch.set_num_threads(self.threads)  # in this thread: OpenMP's thread count is a per-thread setting
         batch = Batch(self.loaded, self.encoder_cache, self.line.max_batch)
         while True:
             self.prefix_cache.expire()
-            admitted, cancelled, still_waiting = self.line.take(len(batch), self.prefix_cache.seconds_to_expiry())
+            self.clock.lap("holding")
+            active = len(batch) + len(self.joining)
+            admitted, cancelled, still_waiting = self.line.take(active, self.prefix_cache.seconds_to_expiry())
+            self.clock.lap("waiting")
             for job in cancelled:
                 self._finish(self._sequence(job), "cancelled")
             if admitted is None:
@@ -73,22 +81,26 @@ class Generation:
                 break
             if admitted:
                 self._prefill(batch, admitted)
+            if self.joining.groups:
+                self._feed_joining(batch)
             for position, job in enumerate(still_waiting, start=1):
                 self._emit(job, job.sink.on_queued, position)
             if batch:
                 self._step(batch)
-            self.line.settle([seq.request.handle for seq in batch.sequences])
-            if not batch:
+            self.line.settle([seq.request.handle for seq in batch.sequences + self.joining.sequences()])
+            if not batch and not self.joining.groups:
                 self.busy.clear()
             self._flush()  # before the errands: a turn's `done` reaches its loop ahead of an unload it let go
+            self.clock.lap("streaming")
             self._run_errands(batch)
+            self.clock.lap("errands")
         for errand in self.line.errands()[0]:
             errand.abandon()
 
     def _run_errands(self, batch: Batch) -> None:
         """Errands (an adapter's swap) run here, between two steps; one not ready yet is posted again."""
         errands, waiting = self.line.errands()
-        in_use = waiting | {seq.request.adapter for seq in batch.sequences}
+        in_use = waiting | {seq.request.adapter for seq in batch.sequences + self.joining.sequences()}
         for errand in errands:
             if not errand.run(in_use):
                 self.line.post(errand)
@@ -124,6 +136,7 @@ class Generation:
                 self._finish(seq, "error", "generation failed")
         if ready:
             self.busy.set()
+        self.clock.lap("prompts")
         # Cheap text prompts first: a turn with many images must not hold up the first token of the
         # text turns admitted with it.
         # On cross-attention models every prompt prefills alone: a grouped text pass carries no
@@ -132,8 +145,8 @@ class Generation:
         text = [(seq, inputs, self._held(seq, inputs)) for seq, inputs in ready if not inputs.extras and not alone]
         for group in self._text_groups(text):
             seqs = [seq for seq, _, _ in group]
-            run = partial(batch.prefill_rows, seqs, [item for _, item, _ in group], [held for _, _, held in group])
-            self._prefill_group(batch, seqs, run)
+            opened = partial(self._open_rows, batch, seqs, [item for _, item, _ in group], [held for _, _, held in group])
+            self._prefill_group(batch, seqs, opened)
         for seq, item in ready:
             if item.extras or alone:
                 held = self._held(seq, item)
@@ -158,38 +171,81 @@ class Generation:
             return None
         return self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids)
 
-    def _prefill_group(self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled]) -> None:
+    def _open_rows(
+        self, batch: Batch, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]
+    ) -> _Prefilled | None:
+        """Lay text rows out and feed them whole, or, beside a decoding batch, leave them to `_feed_joining`."""
+        rows = batch.start_rows(seqs, inputs, helds)
+        if self.joining.defers(rows, bool(batch)):
+            self.joining.groups.append(rows)
+            return None
+        return batch.feed_rows(rows)
+
+    def _feed_joining(self, batch: Batch) -> None:
+        """Feed one chunk of the oldest joining group (every group whole once nobody decodes); a group whose
+        every column is fed takes its first tokens and joins the batch."""
+        while self.joining.groups:
+            rows = self.joining.groups[0]
+            live = self._live(rows.seqs)
+            if len(live) < len(rows.seqs):
+                rows.keep(live)
+            decoding = bool(batch)
+            columns = self.joining.columns(rows) if decoding else None
+            fed = partial(batch.feed_rows, rows, columns)
+            if not rows.seqs or self._prefill_group(batch, rows.seqs, fed, "chunks" if decoding else "prefill"):
+                self.joining.groups.popleft()
+            if decoding and rows.seqs:
+                return
+
+    def _prefill_group(
+        self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled | None], phase: str = "prefill"
+    ) -> bool:
+        """Run a prefill; sample each row's first token and join the batch with the rows still going. False
+        while the prefill waits for more chunks."""
         try:
-            logits, cache, mask = run()
+            prefilled = run()
+            self.clock.lap(phase)
+            if prefilled is None:
+                return False
+            logits, cache, mask = prefilled
             mask_logits(logits, [seq.grammar for seq in seqs])
             if not supports_batching(cache) and self.max_batch > 1:
                 log.warning("this model's cache cannot be merged; decoding one turn at a time")
                 self.line.max_batch = 1
             alive = [i for i, seq in enumerate(seqs) if not self._after_token(seq, batch.choose(seq, logits[i]))]
+            self.clock.lap("sampling")
         except Exception:  # a model failure ends these turns, never the thread
             log.exception("prefill failed")
             for seq in seqs:
                 self._finish(seq, "error", "generation failed")
-            return
-        self._hold(seqs, cache, mask, alive)
+            return True
+        hold_finished(self.prefix_cache, seqs, cache, mask, alive)
         if alive:
             if len(alive) < len(seqs):
                 cache.batch_select_indices(torch.tensor(alive, device=mask.device))
                 mask = mask[alive]
             batch.join([seqs[i] for i in alive], cache, mask)
+        self.clock.lap("joins")
+        return True
 
-    def _step(self, batch: Batch) -> None:
-        keep = []
-        for i, seq in enumerate(batch.sequences):
+    def _live(self, seqs: list[Sequence]) -> list[int]:
+        """Indices of the sequences still wanted; the cancelled ones (all, on abort) are finished."""
+        live = []
+        for i, seq in enumerate(seqs):
             if seq.request.handle.cancelled.is_set() or self.abort.is_set():
                 self._finish(seq, "cancelled")
             else:
-                keep.append(i)
-        batch.keep(keep)
+                live.append(i)
+        return live
+
+    def _step(self, batch: Batch) -> None:
+        batch.keep(self._live(batch.sequences))
+        self.clock.lap("joins")
         if not batch:
             return
         try:
             logits = batch.decode([seq.token_ids[-1] for seq in batch.sequences])
+            self.clock.lap("decode")
             mask_logits(logits, [seq.grammar for seq in batch.sequences])
         except Exception:
             log.exception("decode step failed; ending every turn in the batch")
@@ -198,22 +254,13 @@ class Generation:
             batch.keep([])
             return
         tokens = batch.choose_all(logits)
+        self.clock.lap("sampling")
         keep = [i for i, seq in enumerate(batch.sequences) if not self._after_token(seq, tokens[i])]
-        self._hold(batch.sequences, batch.cache, batch.mask, keep)
+        self.clock.lap("streaming")
+        hold_finished(self.prefix_cache, batch.sequences, batch.cache, batch.mask, keep)
+        self.clock.lap("holding")
         batch.keep(keep)
-
-    def _hold(self, seqs: list[Sequence], cache: Any, mask: Any, alive: list[int]) -> None:
-        """Keep the KV of the sequences that just finished (prompt and every reply token fed; the last
-        one sampled never was) for later prompts that start the same way."""
-        try:
-            for row in sorted(set(range(len(seqs))) - set(alive)):
-                seq = seqs[row]
-                if seq.prompt_ids is not None:
-                    ids = seq.prompt_ids + tuple(seq.token_ids[:-1])
-                    self.prefix_cache.store(seq.request.adapter, ids, row_states(cache, mask, row))
-        except Exception:  # holding is an optimisation: a failure (out of memory) costs a later prefill only
-            log.exception("holding a finished turn's KV failed")
-            self.prefix_cache.clear()
+        self.clock.lap("joins")
 
     def _after_token(self, seq: Sequence, token: int) -> bool:
         """Stream one sampled token's text; True when the turn ended with it."""
@@ -242,24 +289,7 @@ class Generation:
         tail = seq.stream.finish()
         if tail and reason != "error":
             self._emit(job, job.sink.on_token, tail)
-        now = time.perf_counter()
-        first, last = seq.first_token_at, seq.last_token_at
-        decode_s = (last - first) if first is not None and last is not None else 0.0
-        n = len(seq.token_ids)
-        result = GenerationResult(
-            finish_reason=reason,
-            text=seq.stream.text,
-            token_ids=tuple(seq.token_ids),
-            prompt_tokens=seq.prompt_tokens,
-            ttft_ms=(first - job.submitted) * 1000 if first is not None else None,
-            total_ms=(now - job.submitted) * 1000,
-            tokens_per_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
-            error=error,
-            cached_tokens=seq.cached_tokens,
-            structured=None if seq.grammar is None else reason == "stop" and seq.grammar.accepting,
-            queue_ms=(job.admitted - job.submitted) * 1000 if job.admitted is not None else None,
-        )
-        self._emit(job, job.sink.on_done, result)
+        self._emit(job, job.sink.on_done, seq.result(reason, error, job.submitted, job.admitted))
 
     def _emit(self, job: Job, callback: Callable[..., None], *args: Any) -> None:
         self._relay.emit(job.loop, callback, *args)

@@ -1,14 +1,18 @@
-"""The batch's left-padded KV cache: which caches merge, padding, one row's states, the self-attention layers."""
+"""The batch's left-padded KV cache: which caches merge, padding, a finished row's states held, the self-attention layers."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache
 
 from gateway.engine.local import cross, kv
-from gateway.engine.local.prefix_cache import LayerStates
+from gateway.engine.local.prefix_cache import LayerStates, PrefixCache
+from gateway.engine.local.sequence import Sequence
+
+log = logging.getLogger("gateway.engine")
 
 _MERGEABLE = (kv.GrowingLayer, cross.CrossLayer)
 
@@ -29,6 +33,20 @@ def row_states(cache: Any, mask: torch.Tensor, row: int) -> LayerStates:
         else (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
         for layer in cache.layers
     ]
+
+
+def hold_finished(held: PrefixCache, seqs: list[Sequence], cache: Any, mask: Any, alive: list[int]) -> None:
+    """Keep the KV of the sequences not `alive` (they just finished: prompt and every reply token fed; the last
+    one sampled never was) for later prompts that start the same way."""
+    try:
+        for row in sorted(set(range(len(seqs))) - set(alive)):
+            seq = seqs[row]
+            if seq.prompt_ids is not None:
+                ids = seq.prompt_ids + tuple(seq.token_ids[:-1])
+                held.store(seq.request.adapter, ids, row_states(cache, mask, row))
+    except Exception:  # holding is an optimisation: a failure (out of memory) costs a later prefill only
+        log.exception("holding a finished turn's KV failed")
+        held.clear()
 
 
 def self_attention(cache: Any) -> list[Any]:

@@ -60,8 +60,9 @@ def test_warm_and_cold_text_prompts_prefill_in_one_forward_pass_as_each_alone(de
     alone = [batch.prefill(sequence(loaded), item)[0][0] for item in items]
     calls = counting_forwards(loaded.model)
     seqs = [sequence(loaded) for _ in items]
-    logits, cache, mask = batch.prefill_rows(seqs, items, [*helds, None])
-    assert len(calls) == 1
+    prefilled = batch.feed_rows(batch.start_rows(seqs, items, [*helds, None]))
+    assert prefilled is not None and len(calls) == 1
+    logits, cache, mask = prefilled
     for row, expected in enumerate(alone):
         torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)
         assert seqs[row].position == items[row].prompt_tokens  # the next token's position, as alone
@@ -69,6 +70,24 @@ def test_warm_and_cold_text_prompts_prefill_in_one_forward_pass_as_each_alone(de
     assert all(seq.cached_tokens <= (held.length if held else 0) for seq, held in zip(seqs, [*helds, None]))
     assert mask.sum(dim=1).tolist() == [item.prompt_tokens for item in items]
     assert cache.layers[0].keys.shape[2] == mask.shape[1]
+
+
+def test_rows_fed_in_chunks_end_as_rows_fed_whole(demo_dirs: DemoDirs) -> None:
+    """A warm and a cold prompt fed three columns per pass: one pass per chunk, nothing returned until the
+    last, then the same first-token logits, KV and mask as one whole pass."""
+    loaded = load_model(demo_dirs.text_model)
+    batch = Batch(loaded, EncoderCache(0, None))
+    helds: list[HeldPrefix | None] = [held_prefix(batch, loaded, prompt(loaded, CONVERSATIONS[0], False)), None]
+    items = [prompt(loaded, CONVERSATIONS[0], True), prompt(loaded, CONVERSATIONS[2], False)]
+    whole = batch.feed_rows(batch.start_rows([sequence(loaded) for _ in items], items, helds))
+    rows = batch.start_rows([sequence(loaded) for _ in items], items, helds)
+    columns, calls = rows.left, counting_forwards(loaded.model)
+    chunks = [batch.feed_rows(rows, 3) for _ in range(-(-columns // 3))]
+    assert whole is not None and chunks[-1] is not None and len(calls) == len(chunks) > 2
+    assert all(chunk is None for chunk in chunks[:-1])
+    torch.testing.assert_close(chunks[-1][0], whole[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(chunks[-1][1].layers[0].keys, whole[1].layers[0].keys, atol=1e-4, rtol=1e-4)
+    assert torch.equal(chunks[-1][2], whole[2])
 
 
 def test_a_rows_real_columns_are_contiguous_and_rightmost() -> None:

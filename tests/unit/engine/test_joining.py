@@ -1,0 +1,88 @@
+"""A text turn joining a decoding batch is prefilled a chunk per step, and the batch decodes between chunks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gateway.engine.contract import ChatMessage, SamplingParams
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
+from tests.conftest import DemoDirs
+from tests.unit.engine.test_batching import PROMPTS, alone, submit
+
+CHUNK = 8
+LONG = [ChatMessage("user", " ".join(["the red house on the left shows a small cat"] * 12))]
+RUNNING = SamplingParams(temperature=0, max_tokens=1500, ignore_eos=True)
+
+
+@pytest.fixture(params=[CHUNK, 0], ids=["chunked", "whole"])
+async def engine(request: pytest.FixtureRequest, demo_dirs: DemoDirs) -> AsyncIterator[LocalEngine]:
+    # No held KV: the joiner's prompt is prefilled in full each time.
+    engine = LocalEngine(load_model(demo_dirs.model), max_batch=8, kv_cache_bytes=0, prefill_chunk_tokens=request.param)
+    engine.start()
+    yield engine
+    await asyncio.to_thread(engine.stop)
+
+
+def forward_widths(engine: LocalEngine) -> list[tuple[int, int]]:
+    """The (rows, fed columns) of every forward pass the model runs from now on."""
+    passes: list[tuple[int, int]] = []
+
+    def record(_: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        passes.append(tuple(kwargs["input_ids"].shape))  # type: ignore[arg-type]
+
+    engine.loaded.model.register_forward_pre_hook(record, with_kwargs=True)
+    return passes
+
+
+async def joined_while_decoding(engine: LocalEngine, params: SamplingParams) -> tuple[tuple[int, ...], list[tuple[int, int]]]:
+    """LONG's tokens when it joins a decoding turn, and the forward passes from its arrival to its end."""
+    running, running_request = submit(engine, PROMPTS[0], RUNNING)
+    while len(running.deltas) < 2:
+        await asyncio.sleep(0.001)
+    passes = forward_widths(engine)
+    joiner, _ = submit(engine, LONG, params)
+    tokens = (await asyncio.wait_for(joiner.done, 60)).token_ids
+    running_request.handle.cancel()
+    await asyncio.wait_for(running.done, 60)
+    return tokens, passes
+
+
+async def test_decoding_continues_between_a_joiners_chunks(engine: LocalEngine) -> None:
+    """A long prompt joining a decoding turn is fed CHUNK tokens per pass, each pass followed by a decode
+    step of the running turn; its reply is exactly its reply alone. Off (0), it is fed in one pass."""
+    params = SamplingParams(temperature=0, max_tokens=12)
+    solo = await alone(engine, LONG, params)
+    tokens, passes = await joined_while_decoding(engine, params)
+    assert tokens == solo
+    prompt = engine.loaded.prompt.build(LONG).prompt_tokens
+    prefill = [i for i, (rows, columns) in enumerate(passes) if columns > 1]
+    expected = -(-prompt // CHUNK) if engine._generation.joining.chunk_tokens else 1
+    assert len(prefill) == expected and prompt > 4 * CHUNK
+    assert sum(columns for rows, columns in (passes[i] for i in prefill)) == prompt
+    assert all(passes[i + 1] == (1, 1) for i in prefill[:-1])  # the running turn decoded after each chunk
+
+
+@pytest.mark.parametrize("engine", [CHUNK], indirect=True)
+async def test_a_joiner_cancelled_between_chunks_ends_and_the_batch_goes_on(engine: LocalEngine) -> None:
+    """Cancelled while its chunks are fed, a joiner ends as cancelled before its prompt is through, and the
+    running turn keeps decoding."""
+    running, running_request = submit(engine, PROMPTS[0], RUNNING)
+    while len(running.deltas) < 2:
+        await asyncio.sleep(0.001)
+    passes = forward_widths(engine)
+    joiner, joiner_request = submit(engine, LONG, SamplingParams(temperature=0, max_tokens=12))
+    while not any(columns > 1 for _, columns in passes):
+        await asyncio.sleep(0.001)
+    joiner_request.handle.cancel()
+    result = await asyncio.wait_for(joiner.done, 60)
+    before = len(running.deltas)
+    while len(running.deltas) < before + 3:
+        await asyncio.sleep(0.001)
+    running_request.handle.cancel()
+    assert result.finish_reason == "cancelled" and result.completion_tokens == 0
+    assert (await asyncio.wait_for(running.done, 60)).finish_reason == "cancelled"
