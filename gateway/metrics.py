@@ -29,6 +29,18 @@ class ServiceGauges:
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+# Gauges read from the engine's load at each scrape: metric, help, EngineLoad field.
+ENGINE_GAUGES = (
+    ("gateway_turns_active", "Turns on the model", "active"),
+    ("gateway_turns_queued", "Turns waiting for a batch slot", "waiting"),
+    ("gateway_kv_cache_bytes", "Bytes of finished turns' KV held for reuse", "kv_cache_bytes"),
+    ("gateway_kv_cache_spilled_bytes", "Bytes of held KV spilled to pinned host memory", "kv_cache_spilled_bytes"),
+    ("gateway_encoder_cache_bytes", "Bytes of vision-encoder outputs held for images seen before", "encoder_cache_bytes"),
+    ("gateway_encoder_cache_hits", "Prefills that took images' encoder outputs from those held", "encoder_cache_hits"),
+    ("gateway_image_cache_bytes", "Bytes of processed images held for reuse", "image_cache_bytes"),
+)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -46,20 +58,8 @@ class Metrics:
         self.inter_token = Histogram(
             "gateway_inter_token_seconds", "Mean time between tokens per turn", buckets=LATENCY_BUCKETS_S, registry=r
         )
-        self.active_turns = Gauge("gateway_turns_active", "Turns on the model", registry=r)
-        self.queued_turns = Gauge("gateway_turns_queued", "Turns waiting for a batch slot", registry=r)
-        self.kv_bytes = Gauge("gateway_kv_cache_bytes", "Bytes of finished turns' KV held for reuse", registry=r)
-        self.kv_spilled_bytes = Gauge(
-            "gateway_kv_cache_spilled_bytes", "Bytes of held KV spilled to pinned host memory", registry=r
-        )
+        self.engine_gauges = [(Gauge(name, doc, registry=r), field) for name, doc, field in ENGINE_GAUGES]
         self.kv_hit_rate = Gauge("gateway_kv_cache_hit_rate", "Share of prefills that started from held KV", registry=r)
-        self.encoder_bytes = Gauge(
-            "gateway_encoder_cache_bytes", "Bytes of vision-encoder outputs held for images seen before", registry=r
-        )
-        self.encoder_hits = Gauge(
-            "gateway_encoder_cache_hits", "Prefills that took images' encoder outputs from those held", registry=r
-        )
-        self.image_cache_bytes = Gauge("gateway_image_cache_bytes", "Bytes of processed images held for reuse", registry=r)
         self.prompt_tokens = Counter("gateway_prompt_tokens", "Prompt tokens of finished turns", registry=r)
         self.cached_tokens = Counter(
             "gateway_prompt_tokens_cached", "Prompt tokens whose KV was reused instead of prefilled", registry=r
@@ -86,15 +86,10 @@ class Metrics:
         )
 
     def watch_engine(self, load: Callable[[], EngineLoad]) -> None:
-        """Read active/queued counts from the engine at scrape time."""
-        self.active_turns.set_function(lambda: float(load().active))
-        self.queued_turns.set_function(lambda: float(load().waiting))
-        self.kv_bytes.set_function(lambda: float(load().kv_cache_bytes))
-        self.kv_spilled_bytes.set_function(lambda: float(load().kv_cache_spilled_bytes))
+        """Read the engine's counts and cache sizes at scrape time."""
+        for gauge, field in self.engine_gauges:
+            gauge.set_function(_reading(load, field))
         self.kv_hit_rate.set_function(lambda: _rate(load()))
-        self.encoder_bytes.set_function(lambda: float(load().encoder_cache_bytes))
-        self.encoder_hits.set_function(lambda: float(load().encoder_cache_hits))
-        self.image_cache_bytes.set_function(lambda: float(load().image_cache_bytes))
         self.registry.register(_EnginePhases(load))
 
     def watch_service(self, watched: ServiceGauges) -> None:
@@ -134,6 +129,10 @@ class LiveFrameCounters:
             "Live frames dropped unread: over a source's rate, or while its last were being hashed",
             registry=r,
         )
+
+
+def _reading(load: Callable[[], EngineLoad], field: str) -> Callable[[], float]:
+    return lambda: float(getattr(load(), field))
 
 
 def _rate(load: EngineLoad) -> float:

@@ -73,11 +73,15 @@ class InsertFrame(_ClientFrame, tag="insert"):
     id: TurnId | None = None
 
 
-class DeleteFrame(_ClientFrame, tag="delete"):
-    """Item `item_id` leaves the active path (a reply with its tool calls and results); answered by `history`."""
+class _OnItem(_ClientFrame):
+    """A change to one item, named by `item_id`; `id` names the answer, as a turn's does."""
 
     item_id: ItemId
     id: TurnId | None = None
+
+
+class DeleteFrame(_OnItem, tag="delete"):
+    """Item `item_id` leaves the active path (a reply with its tool calls and results); answered by `history`."""
 
 
 class TruncateFrame(_ClientFrame, tag="truncate"):
@@ -95,11 +99,8 @@ class ForkFrame(_ClientFrame, tag="fork"):
     id: TurnId | None = None
 
 
-class SwitchFrame(_ClientFrame, tag="switch"):
+class SwitchFrame(_OnItem, tag="switch"):
     """Make the branch through `item_id` active; answered by `history`."""
-
-    item_id: ItemId
-    id: TurnId | None = None
 
 
 class CancelFrame(_ClientFrame, tag="cancel"):
