@@ -40,12 +40,24 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class ChatVideo:
+    """A video as its sampled frames (upright JPEG images), each with its time from the first frame."""
+
+    frames: tuple[ChatImage, ...]
+    ts_ms: tuple[int, ...]
+    sha256: str  # of the client's bytes
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: Literal["system", "user", "assistant", "tool"]
     text: str
     images: tuple[ChatImage, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()  # an assistant message's calls
     tool_call_id: str | None = None  # a tool message answers this call
+    # Clips the local engine lays out natively where its family reads video (see engine/local/video_prompt.py);
+    # they follow the message's images. Front ends send the others' videos as frames among the images.
+    videos: tuple[ChatVideo, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -61,4 +61,8 @@ def images_before(inputs: ModelInputs, start: int) -> int:
 
 def rope_inputs(extras: Extras) -> Extras:
     """What multimodal rotary positions are computed from over the whole prompt (no pixels)."""
-    return {k: v for k, v in extras.items() if k in ("image_grid_thw", "mm_token_type_ids")}
+    return {k: v for k, v in extras.items() if k in ROPE_INPUTS}
+
+
+# Qwen2.5-VL spaces a video's temporal patches by their seconds (`second_per_grid_ts`).
+ROPE_INPUTS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")

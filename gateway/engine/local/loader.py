@@ -13,6 +13,7 @@ import torch
 from gateway.engine.local.families import family_for
 from gateway.engine.local.families.processors import load_processor
 from gateway.engine.local.prompt import PromptBuilder
+from gateway.engine.local.video_prompt import video_processing
 
 log = logging.getLogger("gateway.loader")
 
@@ -171,7 +172,8 @@ def _load_prompt_builder(
             template = (source / "chat_template.jinja").read_text()
         else:
             raise ModelLoadError(f"{source} has no chat template; a chat gateway needs one (--chat-template FILE)")
-    return tokenizer, PromptBuilder(tokenizer, processor, family_for(model_type), template)
+    family = family_for(model_type)
+    return tokenizer, PromptBuilder(tokenizer, processor, family, template, video=video_processing(source, family))
 
 
 def _context_tokens(model: Any) -> int:

@@ -1,0 +1,61 @@
+"""A prompt's videos laid out natively: each clip's frames through the family's video processing (PIL and
+NumPy), handed to the model's own processor in place of its video processor, which needs torchvision."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gateway.engine.contract import ChatVideo
+from gateway.engine.local.families import Family
+from gateway.engine.local.video_layout import QwenVideoProcessing, sampled_fps, video_metadata
+from gateway.media.images import decode_pixels
+
+# A one-frame clip's rate, for its metadata: one temporal patch, so no spacing between patches to time.
+SINGLE_FRAME_FPS = 2.0
+# What the processor is handed in place of a clip already processed: one 1x1 frame, channels last.
+_STAND_IN = np.zeros((1, 1, 1, 3), np.uint8)
+
+
+def video_processing(source: Path, family: Family) -> QwenVideoProcessing | None:
+    """How the checkpoint's video processor processes a clip, where the family lays videos out natively:
+    its video preprocessor config, else its image preprocessor config (as transformers falls back)."""
+    if family.video != "qwen2_vl":
+        return None
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if (source / name).exists():
+            config = json.loads((source / name).read_text())
+            return QwenVideoProcessing.of(config if isinstance(config, dict) else {})
+    return QwenVideoProcessing()
+
+
+class PreparedVideos:
+    """Stands in for a processor's video processor: hands back the features of the prompt's clips, laid out
+    ahead, so the processor only expands each video's placeholder, types its tokens and tokenizes."""
+
+    def __init__(self, processing: QwenVideoProcessing) -> None:
+        self.processing = processing
+        # What processors read of their video processor while expanding placeholders.
+        self.merge_size = processing.merge_size
+        self.temporal_patch_size = processing.temporal_patch_size
+        self.patch_size = processing.patch_size
+        self.features: dict[str, Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        assert self.features is not None, "PreparedVideos called without prepared features"
+        return self.features
+
+    def prepare(self, videos: Sequence[ChatVideo]) -> list[np.ndarray]:
+        """Lay the clips out, in order; the stand-ins to hand the processor in their place."""
+        laid_out = [self.processing.pixels([decode_pixels(frame) for frame in video.frames]) for video in videos]
+        self.features = {
+            "pixel_values_videos": torch.cat([pixels for pixels, _ in laid_out]),
+            "video_grid_thw": torch.tensor([grid for _, grid in laid_out]),
+            "video_metadata": [video_metadata(len(v.frames), sampled_fps(v.ts_ms, SINGLE_FRAME_FPS)) for v in videos],
+        }
+        return [_STAND_IN] * len(videos)

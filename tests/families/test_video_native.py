@@ -1,0 +1,84 @@
+"""Qwen2-VL and Qwen2.5-VL read a video as a clip: the local engine lays it out natively (temporal patches,
+video placeholders, their grid and seconds) and gives exactly the model's own greedy `generate` over it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from gateway.engine.contract import ChatMessage, GenerationRequest, SamplingParams
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
+from gateway.errors import GatewayError
+from tests.conftest import chat_image
+from tests.families.builders import cached_family
+from tests.families.video import QWEN_VL_VIDEO_TEMPLATE, chat_video, clip
+from tests.unit.engine.test_engine import Collector
+
+MAX_TOKENS = 8
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(params=["qwen2_vl", "qwen2_5_vl"], scope="module")
+def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    template = tmp_path_factory.mktemp("template") / "video.jinja"
+    template.write_text(QWEN_VL_VIDEO_TEMPLATE)
+    return cached_family(request.param), template
+
+
+@pytest.fixture
+async def engine(family: tuple[Path, Path]) -> AsyncIterator[LocalEngine]:
+    running = LocalEngine(load_model(str(family[0]), device="cpu", chat_template=str(family[1])))
+    running.start()
+    yield running
+    await asyncio.to_thread(running.stop)
+
+
+def clip_messages() -> list[ChatMessage]:
+    """An image, then a five-frame clip (an odd count: the last temporal patch repeats its frame)."""
+    video = chat_video(clip(seconds=2.5))
+    return [ChatMessage("user", "What happens?", images=(chat_image(size=(60, 40)),), videos=(video,))]
+
+
+async def engine_reply(engine: LocalEngine, messages: list[ChatMessage]) -> tuple[int, ...]:
+    sink = Collector()
+    engine.submit(GenerationRequest(messages, SamplingParams(temperature=0, max_tokens=MAX_TOKENS)), sink)
+    return (await asyncio.wait_for(sink.done, 120)).token_ids
+
+
+async def test_the_engine_replies_as_generate_does_over_the_clip(engine: LocalEngine) -> None:
+    """Greedy tokens over an image and a clip equal the model's own `generate` on the same inputs."""
+    messages = clip_messages()
+    inputs = engine.loaded.prompt.build(messages)
+    model = engine.loaded.model
+    mask = torch.ones_like(inputs.input_ids)
+    expected = model.generate(
+        input_ids=inputs.input_ids, attention_mask=mask, **inputs.extras, max_new_tokens=MAX_TOKENS, do_sample=False
+    )
+    assert await engine_reply(engine, messages) == tuple(expected[0, inputs.prompt_tokens :].tolist())
+
+
+def test_the_prompt_holds_the_clip_as_video_tokens(engine: LocalEngine) -> None:
+    """Five frames of 150x100 make 3 temporal patches of a 6x8 grid: 3*6*8/4 video tokens, typed as video."""
+    inputs = engine.loaded.prompt.build(clip_messages())
+    assert inputs.extras["video_grid_thw"].tolist() == [[3, 6, 8]]
+    assert int((inputs.extras["mm_token_type_ids"] == 2).sum()) == 3 * 6 * 8 // 4
+    assert inputs.layout is None  # held KV is keyed by images only: a clip's prompt is prefilled whole
+
+
+def test_counting_agrees_with_building(engine: LocalEngine) -> None:
+    """A prompt with a clip counts the tokens it builds to."""
+    messages = clip_messages()
+    assert engine.loaded.prompt.count(messages) == engine.loaded.prompt.build(messages).prompt_tokens
+
+
+def test_a_family_without_native_video_refuses_a_clip() -> None:
+    """A builder with no native layout refuses a clip (`bad_video`) instead of dropping it."""
+    loaded = load_model(str(cached_family("llava")), device="cpu")
+    with pytest.raises(GatewayError) as caught:
+        loaded.prompt.build(clip_messages())
+    assert caught.value.code.value == "bad_video"
