@@ -257,7 +257,7 @@ class Session:
 
 
 def _user_message(turn: UserTurn) -> list[ChatMessage]:
-    return [] if turn.continues else [ChatMessage("user", turn.text, turn.images)]
+    return [] if turn.continues else [ChatMessage("user", turn.text, turn.images, videos=turn.videos)]
 
 
 def _headroom(limit: int, share: float, history_room: int) -> int:

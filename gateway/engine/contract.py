@@ -192,6 +192,7 @@ class Engine(Protocol):
 
     model_id: str
     vision: bool  # True only when an image prompt was built and run at start-up
+    reads_video: bool  # True where a message's `videos` are read as clips; else front ends send frames as images
     context_tokens: int
     adapters: tuple[str, ...]  # names of extra LoRA adapters a request may select
     chat_template: str | None  # the model's, for reading its tool-call syntax (None: no template)

@@ -1,5 +1,4 @@
-"""A prompt's videos laid out natively: each clip's frames through the family's video processing (PIL and
-NumPy), handed to the model's own processor in place of its video processor, which needs torchvision."""
+"""A prompt's clips laid out natively, handed to the model's own processor in place of its torchvision video processor."""
 
 from __future__ import annotations
 
