@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gateway.engine.contract import ChatMessage, GenerationRequest, SamplingParams
+from gateway.engine.contract import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.engine.local.engine import LocalEngine
 from gateway.engine.local.loader import load_model
 from gateway.errors import GatewayError
@@ -44,30 +44,49 @@ def clip_messages() -> list[ChatMessage]:
     return [ChatMessage("user", "What happens?", images=(chat_image(size=(60, 40)),), videos=(video,))]
 
 
-async def engine_reply(engine: LocalEngine, messages: list[ChatMessage]) -> tuple[int, ...]:
+async def engine_reply(engine: LocalEngine, messages: list[ChatMessage]) -> GenerationResult:
     sink = Collector()
     engine.submit(GenerationRequest(messages, SamplingParams(temperature=0, max_tokens=MAX_TOKENS)), sink)
-    return (await asyncio.wait_for(sink.done, 120)).token_ids
+    return await asyncio.wait_for(sink.done, 120)
+
+
+def generated(engine: LocalEngine, messages: list[ChatMessage]) -> tuple[int, ...]:
+    """The model's own greedy `generate` over the prompt's native layout."""
+    inputs = engine.loaded.prompt.for_another_thread().build(messages)
+    mask = torch.ones_like(inputs.input_ids)
+    with torch.inference_mode():
+        out = engine.loaded.model.generate(
+            input_ids=inputs.input_ids, attention_mask=mask, **inputs.extras, max_new_tokens=MAX_TOKENS, do_sample=False
+        )
+    return tuple(out[0, inputs.prompt_tokens :].tolist())
 
 
 async def test_the_engine_replies_as_generate_does_over_the_clip(engine: LocalEngine) -> None:
     """Greedy tokens over an image and a clip equal the model's own `generate` on the same inputs."""
     messages = clip_messages()
-    inputs = engine.loaded.prompt.build(messages)
-    model = engine.loaded.model
-    mask = torch.ones_like(inputs.input_ids)
-    expected = model.generate(
-        input_ids=inputs.input_ids, attention_mask=mask, **inputs.extras, max_new_tokens=MAX_TOKENS, do_sample=False
-    )
-    assert await engine_reply(engine, messages) == tuple(expected[0, inputs.prompt_tokens :].tolist())
+    assert (await engine_reply(engine, messages)).token_ids == generated(engine, messages)
+
+
+async def test_a_new_clip_after_held_history_prefills_only_what_is_new(engine: LocalEngine) -> None:
+    """A later turn with a new clip (a live window's next) reuses the held KV of the history, the first clip
+    included, prefilling from after it; its reply is still `generate`'s over the whole prompt."""
+    first = clip_messages()
+    reply = await engine_reply(engine, first)
+    later = [*first, ChatMessage("assistant", reply.text), ChatMessage("user", "And now?", videos=(chat_video(clip(1.5)),))]
+    layout = engine.loaded.prompt.build(later).layout
+    assert layout is not None and len(layout.videos) == 2
+    result = await engine_reply(engine, later)
+    assert layout.videos[0][1] <= result.cached_tokens <= layout.videos[1][0]
+    assert result.token_ids == generated(engine, later)
 
 
 def test_the_prompt_holds_the_clip_as_video_tokens(engine: LocalEngine) -> None:
-    """Five frames of 150x100 make 3 temporal patches of a 6x8 grid: 3*6*8/4 video tokens, typed as video."""
+    """Five frames of 150x100 make 3 temporal patches of a 6x8 grid: 3*6*8/4 video tokens, typed as video,
+    which the layout spans (so held KV is keyed by the clip)."""
     inputs = engine.loaded.prompt.build(clip_messages())
     assert inputs.extras["video_grid_thw"].tolist() == [[3, 6, 8]]
     assert int((inputs.extras["mm_token_type_ids"] == 2).sum()) == 3 * 6 * 8 // 4
-    assert inputs.layout is None  # held KV is keyed by images only: a clip's prompt is prefilled whole
+    assert inputs.layout is not None and [end - start for start, end in inputs.layout.videos] == [3 * 6 * 8 // 4]
 
 
 def test_counting_agrees_with_building(engine: LocalEngine) -> None:

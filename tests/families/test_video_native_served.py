@@ -59,20 +59,24 @@ def test_the_engine_reads_video(server: RunningServer) -> None:
 
 
 async def test_a_live_turn_reads_the_window_as_one_clip(server: RunningServer) -> None:
-    """The window's frames reach the model as one clip after the window's summary: the reply and prompt length
-    are `generate`'s over that layout."""
+    """The window's frames reach the model as one clip after the window's summary, after a warm history: the
+    reply and prompt length are `generate`'s over that layout."""
     frames = [jpeg(i) for i in range(4)]
     async with GatewayClient(server.ws_url) as client:
+        hello = await client.turn("t0", "Hello there.", temperature=0, max_tokens=MAX_TOKENS)
         assert await client.stream_frames("camera", frames) == 4
         result = await client.turn("t1", "What happens?", live=True, temperature=0, max_tokens=MAX_TOKENS)
-        assert result.accepted is not None and result.done is not None
-        live = result.accepted["live_frames"]
-        assert live["count"] == 4
-        summary = f"[live camera: 4 frames, {live['first_ts'] / 1000:.3f} s to {live['last_ts'] / 1000:.3f} s]"
-        images = tuple(check_image(data, ImageLimits(max_bytes=1 << 24, max_pixels=1 << 22)) for data in frames)
-        video = ChatVideo(images, tuple(range(0, 2000, 500)), "window")
-        prompt, reply = greedy(server, [ChatMessage("user", f"{summary}\nWhat happens?", videos=(video,))])
-        assert result.accepted["prompt_tokens"] == prompt and result.text == reply
+    assert result.accepted is not None and result.done is not None
+    live = result.accepted["live_frames"]
+    assert live["count"] == 4
+    summary = f"[live camera: 4 frames, {live['first_ts'] / 1000:.3f} s to {live['last_ts'] / 1000:.3f} s]"
+    images = tuple(check_image(data, ImageLimits(max_bytes=1 << 24, max_pixels=1 << 22)) for data in frames)
+    video = ChatVideo(images, tuple(range(0, 2000, 500)), "window")
+    history = [ChatMessage("user", "Hello there."), ChatMessage("assistant", hello.text)]
+    prompt, reply = greedy(server, [*history, ChatMessage("user", f"{summary}\nWhat happens?", videos=(video,))])
+    assert result.accepted["prompt_tokens"] == prompt and result.text == reply
+    # The history's KV stays warm: only the window's clip and the new text are prefilled.
+    assert hello.done is not None and result.done["usage"]["cached_tokens"] >= hello.done["usage"]["prompt_tokens"]
 
 
 def test_a_video_url_reads_as_a_clip(server: RunningServer) -> None:

@@ -127,7 +127,7 @@ class PromptBuilder:
         self.processor.tokenizer = self.tokenizer
         self._prepared = PreparedImages(self._image_processor)
         self.processor.image_processor = self._prepared
-        self._videos = PreparedVideos(self.video) if self.video is not None else None
+        self._videos = PreparedVideos(self.video, self.processor.video_token_id) if self.video is not None else None
         if self._videos is not None:
             self.processor.video_processor = self._videos
 
@@ -196,8 +196,9 @@ class PromptBuilder:
         extras = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in _NOT_PREFILL}
         input_ids = out["input_ids"].to(torch.long)
         keys = tuple(image.sha256 + self.family.variant(len(images)) for image in images)
-        # A video's tokens are not keyed like an image's, so a prompt holding one is never served from held KV.
-        layout = None if videos else self._layout(input_ids, extras, processed, out.get("text_replacement_offsets"))
+        layout = self._layout(input_ids, extras, processed, out.get("text_replacement_offsets"))
+        if videos and layout is not None and self._videos is not None:
+            layout = self._videos.placed(layout, input_ids[0].tolist(), extras, videos)
         return ModelInputs(input_ids, extras, keys, layout)
 
     def _layout(
@@ -210,7 +211,7 @@ class PromptBuilder:
             return None
         counts = [self._image_tokens_in(o["replacement"]) for o in offsets[0] if o["type"] == "image"]
         spans = image_spans(input_ids[0].tolist(), self._image_ids, counts)
-        stacked = {k: v for k, v in self.family.stacked(processed).items() if k in extras}
+        stacked = {k: v for k, v in self.family.stacked(processed).items() if k in extras} if processed else {}
         if spans is None or len(spans) != len(processed):
             return None
         if any(sum(rows.sizes) != extras[k].shape[rows.axis] for k, rows in stacked.items()):

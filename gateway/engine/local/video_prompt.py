@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 
 from gateway.engine.contract import ChatVideo
 from gateway.engine.local.families import Family
+from gateway.engine.local.image_layout import ImageLayout, Stacked, image_spans
 from gateway.engine.local.video_layout import QwenVideoProcessing, sampled_fps, video_metadata
 from gateway.media.images import decode_pixels
 
@@ -37,8 +39,9 @@ class PreparedVideos:
     """Stands in for a processor's video processor: hands back the features of the prompt's clips, laid out
     ahead, so the processor only expands each video's placeholder, types its tokens and tokenizes."""
 
-    def __init__(self, processing: QwenVideoProcessing) -> None:
+    def __init__(self, processing: QwenVideoProcessing, video_token_id: int) -> None:
         self.processing = processing
+        self.video_token_id = video_token_id
         # What processors read of their video processor while expanding placeholders.
         self.merge_size = processing.merge_size
         self.temporal_patch_size = processing.temporal_patch_size
@@ -58,3 +61,20 @@ class PreparedVideos:
             "video_metadata": [video_metadata(len(v.frames), sampled_fps(v.ts_ms, SINGLE_FRAME_FPS)) for v in videos],
         }
         return [_STAND_IN] * len(videos)
+
+    def placed(
+        self, layout: ImageLayout, input_ids: list[int], extras: dict[str, torch.Tensor], videos: Sequence[ChatVideo]
+    ) -> ImageLayout | None:
+        """`layout` with where each clip sits: its video tokens (one per merged patch of each temporal patch) and
+        its rows of the clip tensors, keyed by its sha256, so held KV ending before a clip, or after it, serves
+        a later prompt. None where the counts disagree with the prompt's."""
+        grids = extras["video_grid_thw"]
+        patches = [int(grid.prod()) for grid in grids]
+        spans = image_spans(input_ids, {self.video_token_id}, [n // self.merge_size**2 for n in patches])
+        if spans is None or len(spans) != len(videos):
+            return None
+        one_each = Stacked(0, (1,) * len(videos))
+        rows = {"pixel_values_videos": Stacked(0, tuple(patches)), "video_grid_thw": one_each}
+        rows |= {"second_per_grid_ts": one_each} if "second_per_grid_ts" in extras else {}
+        keys = tuple(f"{video.sha256}:video" for video in videos)
+        return replace(layout, videos=spans, video_keys=keys, video_stacked=rows)
