@@ -20,7 +20,6 @@ from transformers.video_utils import VideoMetadata
 
 from gateway.engine.contract import ChatMessage, ChatVideo
 from gateway.engine.local.loader import load_model
-from gateway.engine.local.video_layout import sampled_fps
 from gateway.engine.local.video_prompt import PreparedVideos
 from gateway.media.images import ImageLimits, check_image
 from tests.families.video import chat_video, clip, scene
@@ -50,9 +49,7 @@ def compare(model_dir: str, template: str) -> dict[str, Any]:
     ]
     ours = builder.build(messages)
     reference = AutoProcessor.from_pretrained(model_dir)  # the checkpoint's own, its video processor included
-    metadata = [
-        VideoMetadata(len(v.frames), fps=sampled_fps(v.ts_ms, 2.0), frames_indices=list(range(len(v.frames)))) for v in videos
-    ]
+    metadata = [VideoMetadata(len(v.frames), fps=v.sampled_fps, frames_indices=list(range(len(v.frames)))) for v in videos]
     expected = reference(
         text=[builder._render(messages)],
         images=[Image.open(io.BytesIO(messages[0].images[0].data)).convert("RGB")],

@@ -47,6 +47,14 @@ class ChatVideo:
     ts_ms: tuple[int, ...]
     sha256: str  # of the client's bytes
 
+    @property
+    def sampled_fps(self) -> float:
+        """Frames per second of video, from the frames' times (2 for a single frame: one temporal patch, no
+        spacing to time)."""
+        if len(self.ts_ms) < 2 or self.ts_ms[-1] <= self.ts_ms[0]:
+            return 2.0
+        return (len(self.ts_ms) - 1) * 1000 / (self.ts_ms[-1] - self.ts_ms[0])
+
 
 @dataclass(frozen=True)
 class ChatMessage:

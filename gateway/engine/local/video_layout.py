@@ -121,13 +121,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h_bar, w_bar
 
 
-def sampled_fps(ts_ms: Sequence[int], default: float) -> float:
-    """A clip's frames per second of video, from its frames' times (`default` for a single frame)."""
-    if len(ts_ms) < 2 or ts_ms[-1] <= ts_ms[0]:
-        return default
-    return (len(ts_ms) - 1) * 1000 / (ts_ms[-1] - ts_ms[0])
-
-
 def video_metadata(frames: int, fps: float) -> Any:
     """What a processor reads of a clip's metadata: its frames were sampled at `fps` (Qwen2.5-VL's
     `second_per_grid_ts` is the temporal patch over it)."""

@@ -14,11 +14,9 @@ import torch
 from gateway.engine.contract import ChatVideo
 from gateway.engine.local.families import Family
 from gateway.engine.local.image_layout import ImageLayout, Stacked, image_spans
-from gateway.engine.local.video_layout import QwenVideoProcessing, sampled_fps, video_metadata
+from gateway.engine.local.video_layout import QwenVideoProcessing, video_metadata
 from gateway.media.images import decode_pixels
 
-# A one-frame clip's rate, for its metadata: one temporal patch, so no spacing between patches to time.
-SINGLE_FRAME_FPS = 2.0
 # What the processor is handed in place of a clip already processed: one 1x1 frame, channels last.
 _STAND_IN = np.zeros((1, 1, 1, 3), np.uint8)
 
@@ -58,7 +56,7 @@ class PreparedVideos:
         self.features = {
             "pixel_values_videos": torch.cat([pixels for pixels, _ in laid_out]),
             "video_grid_thw": torch.tensor([grid for _, grid in laid_out]),
-            "video_metadata": [video_metadata(len(v.frames), sampled_fps(v.ts_ms, SINGLE_FRAME_FPS)) for v in videos],
+            "video_metadata": [video_metadata(len(v.frames), v.sampled_fps) for v in videos],
         }
         return [_STAND_IN] * len(videos)
 

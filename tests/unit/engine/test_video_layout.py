@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.engine.local.video_layout import QwenVideoProcessing, sampled_fps, smart_resize
+from gateway.engine.contract import ChatVideo
+from gateway.engine.local.video_layout import QwenVideoProcessing, smart_resize
 
 TINY = QwenVideoProcessing.of({"size": {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}})
 
@@ -63,5 +64,5 @@ def test_merged_patches_are_contiguous() -> None:
 
 @pytest.mark.parametrize(("ts_ms", "fps"), [([0, 500, 1000], 2.0), ([0, 250], 4.0), ([0], 2.0)])
 def test_sampled_fps_reads_the_frames_times(ts_ms: list[int], fps: float) -> None:
-    """A clip's rate is its frames over their span; a single frame gets the default."""
-    assert sampled_fps(ts_ms, 2.0) == fps
+    """A clip's rate is its frames over their span; a single frame gets 2 (it has no spacing to time)."""
+    assert ChatVideo((), tuple(ts_ms), "").sampled_fps == fps
