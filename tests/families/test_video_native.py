@@ -1,4 +1,4 @@
-"""Qwen2-VL and Qwen2.5-VL read a video as a clip: the local engine lays it out natively (temporal patches,
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL read a video as a clip: the local engine lays it out natively (temporal patches,
 video placeholders, their grid and seconds) and gives exactly the model's own greedy `generate` over it."""
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ from gateway.engine.local.loader import load_model
 from gateway.errors import GatewayError
 from tests.conftest import chat_image
 from tests.families.builders import cached_family
-from tests.families.video import QWEN_VL_VIDEO_TEMPLATE, chat_video, clip
+from tests.families.video import QWEN_VL_VIDEO_TEMPLATE, VIDEO_FAMILIES, chat_video, clip, video_checkpoint
 from tests.unit.engine.test_engine import Collector
 
 MAX_TOKENS = 8
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(params=["qwen2_vl", "qwen2_5_vl"], scope="module")
+@pytest.fixture(params=VIDEO_FAMILIES, scope="module")
 def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     template = tmp_path_factory.mktemp("template") / "video.jinja"
     template.write_text(QWEN_VL_VIDEO_TEMPLATE)
-    return cached_family(request.param), template
+    return video_checkpoint(request.param, tmp_path_factory.mktemp("checkpoint")), template
 
 
 @pytest.fixture
@@ -81,12 +81,12 @@ async def test_a_new_clip_after_held_history_prefills_only_what_is_new(engine: L
 
 
 def test_the_prompt_holds_the_clip_as_video_tokens(engine: LocalEngine) -> None:
-    """Five frames of 150x100 make 3 temporal patches of a 6x8 grid: 3*6*8/4 video tokens, typed as video,
-    which the layout spans (so held KV is keyed by the clip)."""
+    """Five frames make 3 temporal patches (the last repeating the fifth frame), one video token per merged
+    patch of each, typed as video, which the layout spans (so held KV is keyed by the clip)."""
     inputs = engine.loaded.prompt.build(clip_messages())
-    assert inputs.extras["video_grid_thw"].tolist() == [[3, 6, 8]]
-    assert int((inputs.extras["mm_token_type_ids"] == 2).sum()) == 3 * 6 * 8 // 4
-    assert inputs.layout is not None and [end - start for start, end in inputs.layout.videos] == [3 * 6 * 8 // 4]
+    ((t, h, w),) = inputs.extras["video_grid_thw"].tolist()
+    assert t == 3 and int((inputs.extras["mm_token_type_ids"] == 2).sum()) == t * h * w // 4
+    assert inputs.layout is not None and len(inputs.layout.videos) == 1
 
 
 def test_counting_agrees_with_building(engine: LocalEngine) -> None:

@@ -1,8 +1,11 @@
-"""Clips and a video-reading chat template for the families that read video natively (Qwen2-VL, Qwen2.5-VL)."""
+"""Clips, checkpoints and a video-reading chat template for the families that read video natively (Qwen-VL)."""
 
 from __future__ import annotations
 
 import io
+import json
+import shutil
+from pathlib import Path
 
 import av
 import numpy as np
@@ -51,3 +54,33 @@ def chat_video(data: bytes) -> ChatVideo:
     """A clip as the turn service hands it to the engine: decoded, sampled, its frames JPEG."""
     decoded = decode_video(data, LIMITS)
     return ChatVideo(tuple(f.image for f in decoded.frames), tuple(f.ts_ms for f in decoded.frames), decoded.sha256)
+
+
+# A Qwen3-VL checkpoint ships its video processor's config (a Qwen2-VL one does not: its video processor reads
+# the image processor's); the tiny fixture gets one like it, with a small budget for the whole clip.
+QWEN3_VL_VIDEO_CONFIG = {
+    "video_processor_type": "Qwen3VLVideoProcessor",
+    "size": {"shortest_edge": 64 * 64, "longest_edge": 4 * 128 * 128},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "do_sample_frames": False,
+}
+VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def video_checkpoint(name: str, scratch: Path) -> Path:
+    """The family's tiny checkpoint as a real one ships it for video: Qwen3-VL's copied under `scratch` with its
+    video processor's config."""
+    from tests.families.builders import cached_family  # not in the reference environment, which has no pytest
+
+    source = cached_family(name)
+    if name != "qwen3_vl":
+        return source
+    target = scratch / source.name
+    if not target.exists():
+        shutil.copytree(source, target)
+        (target / "video_preprocessor_config.json").write_text(json.dumps(QWEN3_VL_VIDEO_CONFIG))
+    return target

@@ -1,4 +1,4 @@
-"""A clip's frames laid out as Qwen-VL's own video processor lays them out, in PIL and NumPy (no torchvision)."""
+"""A clip's frames laid out as Qwen-VL's own video processors lay them out, in PIL and NumPy (no torchvision)."""
 
 from __future__ import annotations
 
@@ -106,17 +106,49 @@ class QwenVideoProcessing:
         return np.ascontiguousarray(patches.reshape(grid_t * grid_h * grid_w, channels * t * p * p))
 
 
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen's rule: sides rounded to multiples of `factor`, the area scaled into [min_pixels, max_pixels]."""
+@dataclass(frozen=True)
+class Qwen3VideoProcessing(QwenVideoProcessing):
+    """What `Qwen3VLVideoProcessor` does: Qwen2-VL's layout with 16-pixel patches, a mean and deviation of 0.5,
+    and a pixel budget for the whole clip (its frames times a frame's area), a frame under one merged patch
+    first scaled up to it. (The processor's timestamps before each temporal patch are the processor's own.)"""
+
+    min_pixels: int = 128 * 32 * 32
+    max_pixels: int = 32 * 32 * 768
+    patch_size: int = 16
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    max_video_tokens: int = 768
+
+    def frame_size(self, frames: int, height: int, width: int) -> tuple[int, int]:
+        max_pixels = self.max_pixels
+        if self.cap_pixels_per_frame:
+            per_frame = max(min(self.max_video_tokens * self.factor**2, max_pixels // frames), int(self.min_pixels * 1.05))
+            max_pixels = per_frame * frames
+        # The processor refuses a clip shorter than a temporal patch; it is sized as the patch it is repeated to.
+        frames = max(frames, self.temporal_patch_size)
+        if height < self.factor or width < self.factor:
+            scale = max(self.factor / height, self.factor / width)
+            height, width = int(height * scale), int(width * scale)
+        t_bar = round(frames / self.temporal_patch_size) * self.temporal_patch_size
+        return smart_resize(height, width, self.factor, self.min_pixels, max_pixels, (frames, t_bar))
+
+
+def smart_resize(
+    height: int, width: int, factor: int, min_pixels: int, max_pixels: int, frames: tuple[int, int] = (1, 1)
+) -> tuple[int, int]:
+    """Qwen's rule: sides rounded to multiples of `factor`, the area scaled into [min_pixels, max_pixels].
+    Qwen3-VL budgets the clip: `frames` (its frame count, and that rounded to whole temporal patches) multiply
+    the area, the rounded count where it is checked, the count where it is scaled, as its processor does."""
     if max(height, width) / min(height, width) > _MAX_ASPECT:
         raise ValueError(f"absolute aspect ratio must be smaller than {_MAX_ASPECT}")
+    count, rounded = frames
     h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
+    if rounded * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((count * height * width) / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
         w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
+    elif rounded * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (count * height * width))
         h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
 

@@ -14,7 +14,7 @@ import torch
 from gateway.engine.contract import ChatVideo
 from gateway.engine.local.families import Family
 from gateway.engine.local.image_layout import ImageLayout, Stacked, image_spans
-from gateway.engine.local.video_layout import QwenVideoProcessing, video_metadata
+from gateway.engine.local.video_layout import Qwen3VideoProcessing, QwenVideoProcessing, video_metadata
 from gateway.media.images import decode_pixels
 
 # What the processor is handed in place of a clip already processed: one 1x1 frame, channels last.
@@ -24,13 +24,14 @@ _STAND_IN = np.zeros((1, 1, 1, 3), np.uint8)
 def video_processing(source: Path, family: Family) -> QwenVideoProcessing | None:
     """How the checkpoint's video processor processes a clip, where the family lays videos out natively:
     its video preprocessor config, else its image preprocessor config (as transformers falls back)."""
-    if family.video != "qwen2_vl":
+    if family.video is None:
         return None
+    processing = Qwen3VideoProcessing if family.video == "qwen3_vl" else QwenVideoProcessing
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
         if (source / name).exists():
             config = json.loads((source / name).read_text())
-            return QwenVideoProcessing.of(config if isinstance(config, dict) else {})
-    return QwenVideoProcessing()
+            return processing.of(config if isinstance(config, dict) else {})
+    return processing()
 
 
 class PreparedVideos:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from gateway.engine.contract import ChatVideo
-from gateway.engine.local.video_layout import QwenVideoProcessing, smart_resize
+from gateway.engine.local.video_layout import Qwen3VideoProcessing, QwenVideoProcessing, smart_resize
 
 TINY = QwenVideoProcessing.of({"size": {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}})
 
@@ -66,3 +66,21 @@ def test_merged_patches_are_contiguous() -> None:
 def test_sampled_fps_reads_the_frames_times(ts_ms: list[int], fps: float) -> None:
     """A clip's rate is its frames over their span; a single frame gets 2 (it has no spacing to time)."""
     assert ChatVideo((), tuple(ts_ms), "").sampled_fps == fps
+
+
+QWEN3 = Qwen3VideoProcessing.of({"size": {"shortest_edge": 64 * 64, "longest_edge": 4 * 128 * 128}})
+
+
+def test_qwen3_budgets_the_whole_clip() -> None:
+    """Qwen3-VL's budget is the clip's: more frames make each frame smaller, in whole 32-pixel merged patches."""
+    few, many = QWEN3.frame_size(2, 480, 640), QWEN3.frame_size(8, 480, 640)
+    assert many[0] * many[1] < few[0] * few[1]
+    assert all(side % 32 == 0 for side in (*few, *many))
+
+
+def test_qwen3_sizes_a_single_frame_as_its_temporal_patch() -> None:
+    """A one-frame clip (a still live window), which the processor refuses, is sized as the two-frame patch
+    its frame is repeated into."""
+    assert QWEN3.frame_size(1, 100, 150) == QWEN3.frame_size(2, 100, 150)
+    pixels, grid = QWEN3.pixels(frames(1))
+    assert grid[0] == 1 and pixels.shape[1] == 3 * 2 * 16 * 16
