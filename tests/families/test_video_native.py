@@ -101,3 +101,15 @@ def test_a_family_without_native_video_refuses_a_clip() -> None:
     with pytest.raises(GatewayError) as caught:
         loaded.prompt.build(clip_messages())
     assert caught.value.code.value == "bad_video"
+
+
+def test_counting_lays_the_clip_out_once_for_the_generation_thread(engine: LocalEngine) -> None:
+    """A clip laid out while the prompt is counted (the count pool) is found by the build that prefills it
+    (the generation thread), which lays nothing out again."""
+    builder = engine.loaded.prompt
+    messages = clip_messages()
+    misses = builder.clips.misses
+    builder.for_another_thread().count(messages)
+    hits = builder.clips.hits
+    builder.build(messages)
+    assert builder.clips.misses == misses + 1 and builder.clips.hits == hits + 1

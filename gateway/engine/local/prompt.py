@@ -109,6 +109,9 @@ class PromptBuilder:
         self.images = ImageCache(self.process_image, image_cache_bytes)
         # How clips are laid out natively (None: this model reads no video; a front end sends frames as images).
         self.video = video if self.vision and getattr(processor, "video_token", None) is not None else None
+        # Laid-out clips, shared by the builders of every thread: counting lays a clip out ahead of the
+        # generation thread, which then finds it here.
+        self.clips: ImageCache[ChatVideo] = ImageCache(self._lay_out, image_cache_bytes)
         control = set(tokenizer._get_control_tokens(self.template))
         control.update(t for t in getattr(processor, "all_special_multimodal_tokens", []) if t in tokenizer.get_added_vocab())
         self._control = _get_control_token_patterns(tuple(sorted(control)))[0]
@@ -184,7 +187,7 @@ class PromptBuilder:
             return ModelInputs(torch.tensor([self._encode(rendered)], dtype=torch.long), {})
         processed = [self.images.get(image) for image in images]
         self._prepared.features = self.family.combine(processed) if processed else None
-        stand_ins = self._videos.prepare(videos) if self._videos is not None and videos else []
+        stand_ins = self._videos.prepare(videos, [self.clips.get(v) for v in videos]) if self._videos and videos else []
         try:
             out = self._process(rendered, len(images), stand_ins)
         except ValueError as exc:
@@ -246,6 +249,10 @@ class PromptBuilder:
         if images and not self.vision:
             raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, "the served model is text-only; send turns without images")
         return images
+
+    def _lay_out(self, video: ChatVideo) -> dict[str, torch.Tensor]:
+        assert self._videos is not None, "clips are laid out only where the family reads video"
+        return self._videos.lay_out(video)
 
     def _videos_of(self, messages: Sequence[ChatMessage]) -> list[ChatVideo]:
         videos = [video for m in messages for video in m.videos]

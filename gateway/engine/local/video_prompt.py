@@ -51,12 +51,16 @@ class PreparedVideos:
         assert self.features is not None, "PreparedVideos called without prepared features"
         return self.features
 
-    def prepare(self, videos: Sequence[ChatVideo]) -> list[np.ndarray]:
-        """Lay the clips out, in order; the stand-ins to hand the processor in their place."""
-        laid_out = [self.processing.pixels([decode_pixels(frame) for frame in video.frames]) for video in videos]
+    def lay_out(self, video: ChatVideo) -> dict[str, torch.Tensor]:
+        """One clip's patches and grid (for the clip cache: a history's clips are laid out once)."""
+        pixels, grid = self.processing.pixels([decode_pixels(frame) for frame in video.frames])
+        return {"pixel_values_videos": pixels, "video_grid_thw": torch.tensor([grid])}
+
+    def prepare(self, videos: Sequence[ChatVideo], laid_out: Sequence[dict[str, torch.Tensor]]) -> list[np.ndarray]:
+        """The prompt's clips, laid out, for the processor; the stand-ins to hand it in their place."""
         self.features = {
-            "pixel_values_videos": torch.cat([pixels for pixels, _ in laid_out]),
-            "video_grid_thw": torch.tensor([grid for _, grid in laid_out]),
+            "pixel_values_videos": torch.cat([clip["pixel_values_videos"] for clip in laid_out]),
+            "video_grid_thw": torch.cat([clip["video_grid_thw"] for clip in laid_out]),
             "video_metadata": [video_metadata(len(v.frames), v.sampled_fps) for v in videos],
         }
         return [_STAND_IN] * len(videos)
