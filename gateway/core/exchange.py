@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.engine.contract import ChatImage, ToolCall
+from gateway.engine.contract import ChatImage, ChatVideo, ToolCall
 
 
 @dataclass(frozen=True)
@@ -13,10 +13,12 @@ class UserTurn:
     text: str
     images: tuple[ChatImage, ...] = ()  # the client's bytes; pixels are the engine's business
     continues: bool = False  # an empty turn after tool results: the model goes on from them
+    # Clips the prompt reads natively (a live window, where the engine reads video); never recorded.
+    videos: tuple[ChatVideo, ...] = ()
 
     @property
     def image_bytes(self) -> int:
-        return sum(len(image.data) for image in self.images)
+        return sum(len(image.data) for image in self.images) + sum(len(f.data) for v in self.videos for f in v.frames)
 
 
 @dataclass(frozen=True, slots=True)  # a session may hold thousands

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from gateway.core.live_view import LiveFrames, LiveView
 from gateway.core.session import UserTurn
+from gateway.core.video_frames import window_clip
 
 
 def frame_markers(view: LiveView) -> str:
@@ -20,11 +21,15 @@ def summary(view: LiveView) -> str:
     return f"[live {view.source}: {live.count} frames, {live.first_ts / 1000:.3f} s to {live.last_ts / 1000:.3f} s]"
 
 
-def live_turns(turn: UserTurn, view: LiveView, keep_last_frame: bool) -> tuple[UserTurn, UserTurn]:
-    """The turn as prompted (the window's frames after its own images, their markers before its text) and as
-    recorded (the summary before its text, and the last frame only when `keep_last_frame`)."""
+def live_turns(turn: UserTurn, view: LiveView, keep_last_frame: bool, as_clip: bool = False) -> tuple[UserTurn, UserTurn]:
+    """The turn as prompted (the window's frames after its own images, their markers before its text; or, where
+    the engine reads video (`as_clip`), the window as one clip after the summary) and as recorded (the summary
+    before its text, and the last frame only when `keep_last_frame`)."""
     frames = tuple(frame.image for frame in view.snapshot.frames)
-    prompted = replace(turn, text=f"{frame_markers(view)}\n{turn.text}", images=turn.images + frames)
+    if as_clip:
+        prompted = replace(turn, text=f"{summary(view)}\n{turn.text}", videos=(window_clip(view.snapshot.frames),))
+    else:
+        prompted = replace(turn, text=f"{frame_markers(view)}\n{turn.text}", images=turn.images + frames)
     kept = frames[-1:] if keep_last_frame else ()
     recorded = replace(turn, text=f"{summary(view)}\n{turn.text}", images=turn.images + kept)
     return prompted, recorded

@@ -13,7 +13,7 @@ from gateway.core.live_turn import live_turns
 from gateway.core.request import ConversationRequest, TurnRequest
 from gateway.core.session import Session, UserTurn
 from gateway.core.tool_plan import ToolPlan
-from gateway.core.video_frames import frames_as_images, with_markers
+from gateway.core.video_frames import as_clips, frames_as_images, with_markers
 from gateway.engine.contract import ChatImage, ChatMessage, Engine, SamplingParams
 from gateway.errors import ErrorCode, GatewayError, naming
 from gateway.media.video import DecodedVideo
@@ -22,20 +22,23 @@ log = logging.getLogger("gateway.core.turns")
 
 
 async def session_turns(
-    attachments: Attachments, session: Session, request: TurnRequest, keep_last_frame: bool
+    attachments: Attachments, session: Session, request: TurnRequest, keep_last_frame: bool, reads_video: bool = False
 ) -> tuple[UserTurn, UserTurn]:
     """A session's turn with its images and videos loaded, as the prompt reads it and as the history keeps it:
-    the same, but for a live turn, whose window frames are read now and never kept (history holds their summary)."""
+    the same, but for a live turn, whose window frames are read now (as a clip where the engine `reads_video`)
+    and never kept (history holds their summary). Video attachments join the history, as frames."""
     images = await attachments.load(request.images, request.image_urls)
     videos = await attachments.load_videos(request.videos)
     images += frames_as_images(videos)  # every family reads a video as its frames, named in the text
     turn = session.check_turn(UserTurn(id=request.id, text=with_markers(request.text, videos), images=images))
-    return live_turns(turn, request.live, keep_last_frame) if request.live is not None else (turn, turn)
+    return live_turns(turn, request.live, keep_last_frame, reads_video) if request.live is not None else (turn, turn)
 
 
-async def conversation_messages(attachments: Attachments, request: ConversationRequest) -> list[ChatMessage]:
+async def conversation_messages(
+    attachments: Attachments, request: ConversationRequest, reads_video: bool = False
+) -> list[ChatMessage]:
     """Every image and video fetched and checked on the service's pools (its fetch slots), errors naming their
-    message; a video reads as its frames, named in the message's text."""
+    message; a video reads as a clip where the engine `reads_video`, else as its frames, named in the text."""
 
     async def load(url: str, index: int, field: str) -> ChatImage:
         with naming(field):
@@ -52,8 +55,12 @@ async def conversation_messages(attachments: Attachments, request: ConversationR
     messages = []
     for m in request.messages:
         clips = tuple(next(videos) for _ in m.video_urls)
-        pictures = tuple(next(images) for _ in m.image_urls) + frames_as_images(clips)
-        messages.append(ChatMessage(m.role, with_markers(m.text, clips), pictures, m.tool_calls, m.tool_call_id))
+        pictures = tuple(next(images) for _ in m.image_urls)
+        if reads_video:
+            messages.append(ChatMessage(m.role, m.text, pictures, m.tool_calls, m.tool_call_id, as_clips(clips)))
+        else:
+            pictures += frames_as_images(clips)
+            messages.append(ChatMessage(m.role, with_markers(m.text, clips), pictures, m.tool_calls, m.tool_call_id))
     return messages
 
 

@@ -273,7 +273,7 @@ class Session:
 
 
 def _user_message(turn: UserTurn) -> list[ChatMessage]:
-    return [] if turn.continues else [ChatMessage("user", turn.text, turn.images)]
+    return [] if turn.continues else [ChatMessage("user", turn.text, turn.images, videos=turn.videos)]
 
 
 def _image_bytes(turn: list[Item]) -> int:

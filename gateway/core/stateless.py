@@ -24,7 +24,7 @@ async def start_conversation(  # a turn of the service, apart only to keep its m
     await turns.compile_grammars(SamplingOptions(), options, quota)
     tools = turns.tools_for(SamplingOptions(), options)
     trace.phase("images")
-    messages = await conversation_messages(turns.attachments, request)
+    messages = await conversation_messages(turns.attachments, request, turns.engine.reads_video)
     trace.phase("planning")
     params, model = turns.resolve(SamplingOptions(), options)
     with naming("messages"):

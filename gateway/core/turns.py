@@ -117,7 +117,8 @@ class TurnService(TurnLimits):
         self.check_turn(request)
         await self.compile_grammars(session.defaults, request.options, quota)
         trace.phase("images")
-        prompted, turn = await session_turns(self.attachments, session, request, self.settings.live_history_last_frame)
+        keep_last = self.settings.live_history_last_frame
+        prompted, turn = await session_turns(self.attachments, session, request, keep_last, self.engine.reads_video)
         trace.phase("planning")
         room = self.image_room(session, prompted)
         # Reserved before planning awaits, so a turn checked meanwhile sees this one's room as taken; given back

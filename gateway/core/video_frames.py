@@ -1,10 +1,12 @@
-"""Videos as every family reads them: each sampled frame an image, its video and time named in the text."""
+"""Videos as the model reads them: frames as images named in the text, or clips where the engine reads video."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
-from gateway.engine.contract import ChatImage
+from gateway.core.live_window import LiveFrame
+from gateway.engine.contract import ChatImage, ChatVideo
 from gateway.media.video import DecodedVideo
 
 
@@ -25,3 +27,18 @@ def with_markers(text: str, videos: Sequence[DecodedVideo]) -> str:
     """The turn's text as the model reads it: the frames' markers on a line of their own, then the text."""
     markers = frame_markers(videos)
     return f"{markers}\n{text}" if markers else text
+
+
+def as_clips(videos: Sequence[DecodedVideo]) -> tuple[ChatVideo, ...]:
+    """The videos as clips, for an engine that reads video natively: their frames with their times."""
+    return tuple(
+        ChatVideo(tuple(f.image for f in video.frames), tuple(f.ts_ms for f in video.frames), video.sha256) for video in videos
+    )
+
+
+def window_clip(frames: Sequence[LiveFrame]) -> ChatVideo:
+    """A live window as one clip: each distinct frame at the client time it was first seen (a still scene's
+    frame stays one frame), named by its frames' hashes."""
+    first = frames[0].first_ts_ms
+    digest = hashlib.sha256("".join(frame.image.sha256 for frame in frames).encode()).hexdigest()
+    return ChatVideo(tuple(frame.image for frame in frames), tuple(frame.first_ts_ms - first for frame in frames), digest)

@@ -40,12 +40,32 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class ChatVideo:
+    """A video as its sampled frames (upright JPEG images), each with its time from the first frame."""
+
+    frames: tuple[ChatImage, ...]
+    ts_ms: tuple[int, ...]
+    sha256: str  # of the client's bytes
+
+    @property
+    def sampled_fps(self) -> float:
+        """Frames per second of video, from the frames' times (2 for a single frame: one temporal patch, no
+        spacing to time)."""
+        if len(self.ts_ms) < 2 or self.ts_ms[-1] <= self.ts_ms[0]:
+            return 2.0
+        return (len(self.ts_ms) - 1) * 1000 / (self.ts_ms[-1] - self.ts_ms[0])
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: Literal["system", "user", "assistant", "tool"]
     text: str
     images: tuple[ChatImage, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()  # an assistant message's calls
     tool_call_id: str | None = None  # a tool message answers this call
+    # Clips the local engine lays out natively where its family reads video (see engine/local/video_prompt.py);
+    # they follow the message's images. Front ends send the others' videos as frames among the images.
+    videos: tuple[ChatVideo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,6 +201,7 @@ class Engine(Protocol):
 
     model_id: str
     vision: bool  # True only when an image prompt was built and run at start-up
+    reads_video: bool  # True where a message's `videos` are read as clips; else front ends send frames as images
     context_tokens: int
 
     @property

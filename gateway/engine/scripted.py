@@ -18,6 +18,7 @@ class ScriptedEngine:
     def __init__(self, model_id: str = "scripted", context_tokens: int = 1 << 20, queue_size: int = 64) -> None:
         self.model_id = model_id
         self.vision = True
+        self.reads_video = False  # a clip reaches a script as its frames
         self.token_counter = "estimate"
         self.context_tokens = context_tokens
         self.adapters: tuple[str, ...] = ()

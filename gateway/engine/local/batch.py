@@ -26,8 +26,11 @@ def _rope_index_owner(model: Any) -> Any | None:
 
 
 def model_extras(extras: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Prefill tensors on the model's device; floating ones (pixels) in the model's dtype."""
-    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in extras.items()}
+    """Prefill tensors on the model's device; floating ones (pixels) in the model's dtype, but for a video's
+    seconds per temporal patch, which time its rotary positions (bfloat16 would round them)."""
+    return {
+        k: v.to(device, dtype) if v.is_floating_point() and k != "second_per_grid_ts" else v.to(device) for k, v in extras.items()
+    }
 
 
 class Batch:
@@ -168,14 +171,10 @@ class Batch:
         text = (mask.cumsum(-1) - 1).clamp(min=0) + self._first
         if self._rope is None:
             return text, self._first
-        if "image_grid_thw" not in extras:
+        if "image_grid_thw" not in extras and "video_grid_thw" not in extras:
             return text.unsqueeze(0).expand(3, -1, -1), 0
-        positions, deltas = self._rope.get_rope_index(
-            input_ids,
-            mm_token_type_ids=extras["mm_token_type_ids"],
-            image_grid_thw=extras["image_grid_thw"],
-            attention_mask=torch.ones_like(input_ids),
-        )
+        grids = rope_inputs(extras)
+        positions, deltas = self._rope.get_rope_index(input_ids, attention_mask=torch.ones_like(input_ids), **grids)
         return positions, int(deltas.view(-1)[0].item())
 
     def _cross_args(self) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class LocalEngine:
         self.loaded = loaded
         self.model_id = loaded.model_id
         self.vision = loaded.prompt.vision  # until start() has tried an image prompt
+        self.reads_video = self.vision and loaded.prompt.video is not None  # the family lays clips out natively
         self.token_counter = "model"
         loaded.prompt.images.max_bytes = self._image_cache_bytes = image_cache_bytes
         # The generation thread builds prompts with loaded.prompt; counting runs on a thread of its own
@@ -168,7 +169,7 @@ class LocalEngine:
             reason = probe_vision(self.loaded)
             if reason is not None:
                 log.warning("images disabled: this model's image prompt failed at start-up (%s)", reason)
-                self.vision = False
+                self.vision = self.reads_video = False
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:

@@ -1,14 +1,13 @@
-"""Processed images keyed by sha256 and bounded in bytes, so a history's images are processed once."""
+"""Processed images (and laid-out clips) keyed by sha256 and bounded in bytes, so a history's are processed once."""
 
 from __future__ import annotations
 
 import collections
 import threading
 from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 import torch
-
-from gateway.engine.contract import ChatImage
 
 ProcessedImage = dict[str, torch.Tensor]  # one image's processor outputs: pixel_values, image_grid_thw, ...
 
@@ -17,11 +16,19 @@ def _nbytes(processed: ProcessedImage) -> int:
     return sum(t.element_size() * t.nelement() for t in processed.values())
 
 
-class ImageCache:
+class Hashed(Protocol):
+    @property
+    def sha256(self) -> str: ...
+
+
+Media = TypeVar("Media", bound=Hashed)
+
+
+class ImageCache(Generic[Media]):
     """Least recently used out first. Safe across threads: the image workers fill it ahead of a turn,
     the generation thread reads it; a miss (an evicted image) is processed again by the caller."""
 
-    def __init__(self, process: Callable[[ChatImage], ProcessedImage], max_bytes: int) -> None:
+    def __init__(self, process: Callable[[Media], ProcessedImage], max_bytes: int) -> None:
         self._process = process
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -30,7 +37,7 @@ class ImageCache:
         self._entries: collections.OrderedDict[str, tuple[ProcessedImage, int]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, image: ChatImage) -> ProcessedImage:
+    def get(self, image: Media) -> ProcessedImage:
         with self._lock:
             entry = self._entries.get(image.sha256)
             if entry is not None:
@@ -61,6 +68,6 @@ class ImageCache:
                 _, (_, evicted) = self._entries.popitem(last=False)
                 self.bytes -= evicted
 
-    def __contains__(self, image: ChatImage) -> bool:
+    def __contains__(self, image: Media) -> bool:
         with self._lock:
             return image.sha256 in self._entries

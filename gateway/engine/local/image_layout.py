@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +36,11 @@ class ImageLayout:
     stacked: dict[str, Stacked]  # the tensors holding each image's own rows (pixels, sizes, grids)
     per_token: tuple[str, ...]  # [1, prompt_tokens] tensors a suffix slices from its first token
     tokens: tuple[int, ...] = ()  # each image's image-typed tokens (its span may hold structural ones too)
+    # A prompt's clips, where the family reads video natively: each one's span of video tokens, its key (its
+    # sha256), and the tensors holding each clip's own rows (pixels, grid, seconds per temporal patch).
+    videos: tuple[Span, ...] = ()
+    video_keys: tuple[str, ...] = ()
+    video_stacked: dict[str, Stacked] = field(default_factory=dict)
 
 
 def image_spans(input_ids: Sequence[int], image_ids: Collection[int], counts: Sequence[int]) -> tuple[Span, ...] | None:

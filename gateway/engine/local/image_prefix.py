@@ -21,8 +21,9 @@ def content_key(inputs: ModelInputs) -> tuple[int, ...] | None:
         return tuple(ids)
     if inputs.layout is None or len(inputs.layout.spans) != len(inputs.images):
         return None
-    for (start, end), image in zip(inputs.layout.spans, inputs.images):
-        ids[start:end] = [_image_token(image, end - start)] * (end - start)
+    keyed = zip((*inputs.layout.spans, *inputs.layout.videos), (*inputs.images, *inputs.layout.video_keys))
+    for (start, end), key in keyed:
+        ids[start:end] = [_image_token(key, end - start)] * (end - start)
     return tuple(ids)
 
 
@@ -40,14 +41,20 @@ def suffix_extras(inputs: ModelInputs, start: int) -> Extras:
     if not extras:
         return {}
     assert layout is not None, "a held prefix with images needs their layout"
-    spans = layout.spans
     held = images_before(inputs, start)
-    assert held == 0 or spans[held - 1][1] <= start, "a held prefix never ends inside an image"
-    if held == len(spans):
+    held_clips = sum(1 for first, _ in layout.videos if first < start)
+    for spans, count in ((layout.spans, held), (layout.videos, held_clips)):
+        assert count == 0 or spans[count - 1][1] <= start, "a held prefix never ends inside an image or a clip"
+    if held == len(layout.spans) and held_clips == len(layout.videos):
         return {}
     suffix = dict(extras)
-    for key, rows in layout.stacked.items():
-        suffix[key] = rows.after(extras[key], held)
+    parts = ((layout.stacked, held, len(layout.spans)), (layout.video_stacked, held_clips, len(layout.videos)))
+    for stacked, count, total in parts:
+        for key, rows in stacked.items():
+            if count == total:  # none left after the held prefix: the model gets none of these tensors
+                suffix.pop(key, None)
+            else:
+                suffix[key] = rows.after(extras[key], count)
     for key in layout.per_token:
         suffix[key] = extras[key][:, start:]
     return suffix
@@ -61,4 +68,8 @@ def images_before(inputs: ModelInputs, start: int) -> int:
 
 def rope_inputs(extras: Extras) -> Extras:
     """What multimodal rotary positions are computed from over the whole prompt (no pixels)."""
-    return {k: v for k, v in extras.items() if k in ("image_grid_thw", "mm_token_type_ids")}
+    return {k: v for k, v in extras.items() if k in ROPE_INPUTS}
+
+
+# Qwen2.5-VL spaces a video's temporal patches by their seconds (`second_per_grid_ts`).
+ROPE_INPUTS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")

@@ -15,6 +15,7 @@ from gateway.engine.local.adapter_weights import AdapterError, attach, read_adap
 from gateway.engine.local.families import family_for
 from gateway.engine.local.families.processors import load_processor
 from gateway.engine.local.prompt import PromptBuilder
+from gateway.engine.local.video_prompt import video_processing
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.loader")
@@ -170,7 +171,8 @@ def _load_prompt_builder(
             template = (source / "chat_template.jinja").read_text()
         else:
             raise ModelLoadError(f"{source} has no chat template; a chat gateway needs one (--chat-template FILE)")
-    return tokenizer, PromptBuilder(tokenizer, processor, family_for(model_type), template)
+    family = family_for(model_type)
+    return tokenizer, PromptBuilder(tokenizer, processor, family, template, video=video_processing(source, family))
 
 
 def _context_tokens(model: Any) -> int:

@@ -11,10 +11,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from gateway.engine.contract import ChatImage, ChatMessage
+from gateway.engine.contract import ChatImage, ChatMessage, ChatVideo
 from gateway.engine.local.families import GENERIC, Family
 from gateway.engine.local.image_cache import ImageCache, ProcessedImage
 from gateway.engine.local.image_layout import ImageLayout, image_spans
+from gateway.engine.local.video_layout import QwenVideoProcessing
+from gateway.engine.local.video_prompt import PreparedVideos
 from gateway.errors import ErrorCode, GatewayError
 from gateway.media.images import decode_pixels
 from gateway.tools.fallback import needs_fallback, plain_messages
@@ -95,6 +97,7 @@ class PromptBuilder:
         family: Family = GENERIC,
         chat_template: str | None = None,
         image_cache_bytes: int = 256 << 20,
+        video: QwenVideoProcessing | None = None,
     ) -> None:
         from transformers.utils.chat_template_utils import _get_control_token_patterns
 
@@ -104,6 +107,11 @@ class PromptBuilder:
         self.template = chat_template or getattr(processor, "chat_template", None) or tokenizer.chat_template
         self.vision = processor is not None and getattr(processor, "image_token", None) is not None
         self.images = ImageCache(self.process_image, image_cache_bytes)
+        # How clips are laid out natively (None: this model reads no video; a front end sends frames as images).
+        self.video = video if self.vision and getattr(processor, "video_token", None) is not None else None
+        # Laid-out clips, shared by the builders of every thread: counting lays a clip out ahead of the
+        # generation thread, which then finds it here.
+        self.clips: ImageCache[ChatVideo] = ImageCache(self._lay_out, image_cache_bytes)
         control = set(tokenizer._get_control_tokens(self.template))
         control.update(t for t in getattr(processor, "all_special_multimodal_tokens", []) if t in tokenizer.get_added_vocab())
         self._control = _get_control_token_patterns(tuple(sorted(control)))[0]
@@ -122,6 +130,9 @@ class PromptBuilder:
         self.processor.tokenizer = self.tokenizer
         self._prepared = PreparedImages(self._image_processor)
         self.processor.image_processor = self._prepared
+        self._videos = PreparedVideos(self.video, self.processor.video_token_id) if self.video is not None else None
+        if self._videos is not None:
+            self.processor.video_processor = self._videos
 
     def for_another_thread(self) -> PromptBuilder:
         """The same builder with a tokenizer (and processor) of its own; the processed-image cache is shared."""
@@ -135,9 +146,9 @@ class PromptBuilder:
         """Prompt length in tokens; without touching pixels where the family counts image tokens from sizes."""
         messages, tools = self._with_tools(messages, tools)
         images = self._images_of(messages)
-        if not images:
+        if not images and not self._videos_of(messages):
             return len(self._encode(self._render(messages, tools)))
-        if not self.family.tokens_from_size:
+        if not self.family.tokens_from_size or self._videos_of(messages):
             return self.build(messages, tools).prompt_tokens
         replacements = [self.processor.image_token * self.image_tokens(i.height, i.width) for i in images]
         text, _ = self.processor.get_text_with_replacements([self._render(messages, tools)], replacements)
@@ -170,22 +181,27 @@ class PromptBuilder:
     def build(self, messages: Sequence[ChatMessage], tools: Tools = ()) -> ModelInputs:
         """Model inputs for a prompt; images come from the processed-image cache (a miss is processed here)."""
         messages, tools = self._with_tools(messages, tools)
-        images = self._images_of(messages)
+        images, videos = self._images_of(messages), self._videos_of(messages)
         rendered = self._render(messages, tools)
-        if not images:
+        if not images and not videos:
             return ModelInputs(torch.tensor([self._encode(rendered)], dtype=torch.long), {})
         processed = [self.images.get(image) for image in images]
-        self._prepared.features = self.family.combine(processed)
+        self._prepared.features = self.family.combine(processed) if processed else None
+        stand_ins = self._videos.prepare(videos, [self.clips.get(v) for v in videos]) if self._videos and videos else []
         try:
-            out = self._process(rendered, len(images))
+            out = self._process(rendered, len(images), stand_ins)
         except ValueError as exc:
             raise GatewayError(ErrorCode.INTERNAL, f"the processor refused the prompt: {exc}") from None
         finally:
             self._prepared.features = None
+            if self._videos is not None:
+                self._videos.features = None
         extras = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in _NOT_PREFILL}
         input_ids = out["input_ids"].to(torch.long)
         keys = tuple(image.sha256 + self.family.variant(len(images)) for image in images)
         layout = self._layout(input_ids, extras, processed, out.get("text_replacement_offsets"))
+        if videos and layout is not None and self._videos is not None:
+            layout = self._videos.placed(layout, input_ids[0].tolist(), extras, videos)
         return ModelInputs(input_ids, extras, keys, layout)
 
     def _layout(
@@ -198,7 +214,7 @@ class PromptBuilder:
             return None
         counts = [self._image_tokens_in(o["replacement"]) for o in offsets[0] if o["type"] == "image"]
         spans = image_spans(input_ids[0].tolist(), self._image_ids, counts)
-        stacked = {k: v for k, v in self.family.stacked(processed).items() if k in extras}
+        stacked = {k: v for k, v in self.family.stacked(processed).items() if k in extras} if processed else {}
         if spans is None or len(spans) != len(processed):
             return None
         if any(sum(rows.sizes) != extras[k].shape[rows.axis] for k, rows in stacked.items()):
@@ -211,12 +227,14 @@ class PromptBuilder:
         # Image-typed tokens are special tokens, so they encode alike alone and inside the prompt.
         return sum(token in self._image_ids for token in self.tokenizer(replacement, add_special_tokens=False)["input_ids"])
 
-    def _process(self, rendered: str, images: int) -> Any:
+    def _process(self, rendered: str, images: int, videos: list[Any]) -> Any:
         """The processor on the rendered prompt. Text holding no control token is tokenized as is (the
         same ids as sanitizing, and processors that map characters to tokens, like Idefics3's, need the
         plain path); marked control tokens are encoded as text, or where the processor cannot sanitize,
         broken with a word joiner so they cannot match."""
-        kwargs: dict[str, Any] = {"images": [_STAND_IN] * images, "add_special_tokens": False, "return_tensors": "pt"}
+        kwargs: dict[str, Any] = {"add_special_tokens": False, "return_tensors": "pt"}
+        kwargs |= {"images": [_STAND_IN] * images} if images else {}
+        kwargs |= {"videos": videos} if videos else {}
         if self.family.image_kv:  # each image's replacement text: where its tokens are (see `_layout`)
             kwargs["return_text_replacement_offsets"] = True
         if not _MARKED.search(rendered):
@@ -231,6 +249,16 @@ class PromptBuilder:
         if images and not self.vision:
             raise GatewayError(ErrorCode.IMAGES_UNSUPPORTED, "the served model is text-only; send turns without images")
         return images
+
+    def _lay_out(self, video: ChatVideo) -> dict[str, torch.Tensor]:
+        assert self._videos is not None, "clips are laid out only where the family reads video"
+        return self._videos.lay_out(video)
+
+    def _videos_of(self, messages: Sequence[ChatMessage]) -> list[ChatVideo]:
+        videos = [video for m in messages for video in m.videos]
+        if videos and self.video is None:
+            raise GatewayError(ErrorCode.BAD_VIDEO, "the served model does not read videos natively; send their frames")
+        return videos
 
     def _with_tools(self, messages: Sequence[ChatMessage], tools: Tools) -> tuple[Sequence[ChatMessage], Tools]:
         """A template that does not render tools gets them (and calls, results) as plain text instead."""
@@ -252,6 +280,7 @@ class PromptBuilder:
         rendered: dict[str, Any] = {"role": message.role, "content": message.text}
         if self.vision and message.role != "tool":
             parts: list[dict[str, Any]] = [{"type": "image"} for _ in message.images]
+            parts += [{"type": "video"} for _ in message.videos]
             rendered["content"] = [*parts, {"type": "text", "text": message.text}]
         if message.tool_calls:
             rendered["tool_calls"] = [

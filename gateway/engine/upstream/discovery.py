@@ -26,14 +26,15 @@ class UpstreamInfo:
     vllm: bool  # answers /tokenize with messages, and takes vLLM's sampling extensions
     vision: bool
     vision_detail: str  # why not, when not
+    video: bool = False  # takes clips as `video_url` parts of sampled frames (vLLM on a video model)
 
 
-def probe_image_url() -> str:
+def probe_image_url(fmt: str = "PNG") -> str:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (120, 60, 200)).save(buffer, "PNG")  # not square: some processors only fail on real ratios
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    Image.new("RGB", (64, 48), (120, 60, 200)).save(buffer, fmt)  # not square: some processors only fail on real ratios
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def discover(urls: list[str], model: str | None, api_key: str | None, timeout_s: float) -> UpstreamInfo:
@@ -63,6 +64,7 @@ def _discover_one(http: httpx.Client, model: str | None) -> UpstreamInfo:
     vision_detail = _probe_vision(http, chosen["id"])
     if vision_detail:
         log.info("upstream %s takes no images: %s", chosen["id"], vision_detail)
+    video = vllm and not vision_detail and _takes_video(http, chosen["id"])
     return UpstreamInfo(
         model=chosen["id"],
         context_tokens=int(chosen.get("max_model_len") or FALLBACK_CONTEXT_TOKENS),
@@ -70,6 +72,7 @@ def _discover_one(http: httpx.Client, model: str | None) -> UpstreamInfo:
         vllm=vllm,
         vision=not vision_detail,
         vision_detail=vision_detail,
+        video=video,
     )
 
 
@@ -88,3 +91,13 @@ def _probe_vision(http: httpx.Client, model: str) -> str:
     if response.status_code == 200:
         return ""
     return f"{response.status_code}: {wire.error_message(response.content)[:200]}"
+
+
+def _takes_video(http: httpx.Client, model: str) -> bool:
+    """Whether a two-frame clip, sent as the gateway sends clips, generates a token."""
+    frame = probe_image_url("JPEG").partition(",")[2]
+    clip = {"type": "video_url", "video_url": {"url": f"data:video/jpeg;base64,{frame},{frame}"}}
+    content: list[dict[str, Any]] = [clip, {"type": "text", "text": "probe"}]
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 1}
+    body["media_io_kwargs"] = {"video": {"fps": 2.0}}
+    return http.post("/v1/chat/completions", json=body).status_code == 200

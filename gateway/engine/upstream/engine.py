@@ -60,6 +60,7 @@ class UpstreamEngine:
         self.info = info
         self.model_id = info.model
         self.vision = info.vision
+        self.reads_video = info.video  # clips go as vLLM's `video_url` parts of sampled frames
         self.context_tokens = info.context_tokens
         self.chat_template: str | None = None  # the upstream renders tools and parses calls itself
         self.replicas = replicas

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from gateway.engine.contract import ChatImage, ChatMessage, FinishReason, SamplingParams
+from gateway.engine.contract import ChatImage, ChatMessage, ChatVideo, FinishReason, SamplingParams
 
 _CONTEXT_WORDS = ("maximum context length", "context length", "max_model_len", "too long", "maximum model length")
 
@@ -20,10 +20,24 @@ def image_part(image: ChatImage) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def video_part(video: ChatVideo) -> dict[str, Any]:
+    """A clip as vLLM takes sampled frames: one `video/jpeg` data URI of its frames' base64, comma-separated
+    (vLLM opens each frame by its bytes, so a live window's PNG or WebP frames pass as they came)."""
+    frames = ",".join(base64.b64encode(frame.data).decode("ascii") for frame in video.frames)
+    return {"type": "video_url", "video_url": {"url": f"data:video/jpeg;base64,{frames}"}}
+
+
+def video_options(messages: Sequence[ChatMessage]) -> dict[str, Any]:
+    """vLLM's per-request `media_io_kwargs`: the clips' frame rate, which Qwen2.5-VL times its patches by. One
+    rate per request: the first clip's (a turn's clips are sampled at one rate)."""
+    videos = [video for message in messages for video in message.videos]
+    return {"media_io_kwargs": {"video": {"fps": videos[0].sampled_fps}}} if videos else {}
+
+
 def message_body(message: ChatMessage) -> dict[str, Any]:
     body: dict[str, Any] = {"role": message.role, "content": message.text}
-    if message.images:
-        parts = [image_part(image) for image in message.images]
+    if message.images or message.videos:
+        parts = [image_part(image) for image in message.images] + [video_part(video) for video in message.videos]
         body["content"] = [*parts, {"type": "text", "text": message.text}] if message.text else parts
     if message.tool_calls:
         body["tool_calls"] = [
@@ -71,6 +85,7 @@ def chat_body(
         "stream": True,
         "stream_options": {"include_usage": True},
         **sampling_body(params),
+        **video_options(messages),
     }
     if tools:
         body["tools"] = list(tools)
@@ -80,7 +95,7 @@ def chat_body(
 
 
 def tokenize_body(model: str, messages: Sequence[ChatMessage]) -> dict[str, Any]:
-    return {"model": model, "messages": messages_body(messages), "add_generation_prompt": True}
+    return {"model": model, "messages": messages_body(messages), "add_generation_prompt": True, **video_options(messages)}
 
 
 def merge_tool_call_deltas(calls: dict[int, dict[str, str]], deltas: Sequence[dict[str, Any]]) -> None:

@@ -16,6 +16,7 @@ from PIL import Image
 from gateway.engine.local.image_layout import Stacked
 
 EncoderRows = Literal["per_image", "pixel_rows", "token_rows"]
+VideoLayout = Literal["qwen2_vl", "qwen3_vl"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class Family:
     # How the model's vision-encoder output holds a pass's images (see engine/local/encoder_cache.py): one item
     # per image, or one tensor of the images' pixel rows, or one item per prompt of the images' tokens.
     encoder_rows: EncoderRows = "per_image"
+    # How a video is laid out where the gateway lays it out as the model's own video processor does (see
+    # engine/local/video_layout.py): "qwen2_vl", temporal patches of frames behind one `<|video_pad|>` per
+    # merged patch; "qwen3_vl", the same with Qwen3-VL's sizes and a budget for the whole clip (its
+    # processor writes each patch's time). None: a video is read as its frames, images named with their times.
+    video: VideoLayout | None = None
 
     def process(self, image_processor: Any, pixels: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         """One image's outputs from the image processor, as for a prompt holding only that image."""
@@ -131,6 +137,9 @@ FAMILIES: dict[str, Family] = {
     **{name: Family(name, tokens_from_size=True) for name in _SIZED},
     **{name: Family(name, image_axis=1, encoder_rows="token_rows") for name in _BY_IMAGE_AXIS_1},
     "llava_next": Family("llava_next"),
+    # Qwen2.5-VL's processor adds each temporal patch's seconds (`second_per_grid_ts`) from the clip's rate.
+    **{name: Family(name, tokens_from_size=True, video="qwen2_vl") for name in ("qwen2_vl", "qwen2_5_vl")},
+    **{name: Family(name, tokens_from_size=True, video="qwen3_vl") for name in ("qwen3_vl", "qwen3_vl_moe")},
     **{name: Family(name, encoder_rows="pixel_rows") for name in _TILED},
     "gemma3": Family("gemma3", positional=("token_type_ids",), encoder_rows="pixel_rows"),
     **FAMILIES_B,

@@ -1,0 +1,83 @@
+"""A prompt's clips laid out natively, handed to the model's own processor in place of its torchvision video processor."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gateway.engine.contract import ChatVideo
+from gateway.engine.local.families import Family
+from gateway.engine.local.image_layout import ImageLayout, Stacked, image_spans
+from gateway.engine.local.video_layout import Qwen3VideoProcessing, QwenVideoProcessing, video_metadata
+from gateway.media.images import decode_pixels
+
+# What the processor is handed in place of a clip already processed: one 1x1 frame, channels last.
+_STAND_IN = np.zeros((1, 1, 1, 3), np.uint8)
+
+
+def video_processing(source: Path, family: Family) -> QwenVideoProcessing | None:
+    """How the checkpoint's video processor processes a clip, where the family lays videos out natively:
+    its video preprocessor config, else its image preprocessor config (as transformers falls back)."""
+    if family.video is None:
+        return None
+    processing = Qwen3VideoProcessing if family.video == "qwen3_vl" else QwenVideoProcessing
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if (source / name).exists():
+            config = json.loads((source / name).read_text())
+            return processing.of(config if isinstance(config, dict) else {})
+    return processing()
+
+
+class PreparedVideos:
+    """Stands in for a processor's video processor: hands back the features of the prompt's clips, laid out
+    ahead, so the processor only expands each video's placeholder, types its tokens and tokenizes."""
+
+    def __init__(self, processing: QwenVideoProcessing, video_token_id: int) -> None:
+        self.processing = processing
+        self.video_token_id = video_token_id
+        # What processors read of their video processor while expanding placeholders.
+        self.merge_size = processing.merge_size
+        self.temporal_patch_size = processing.temporal_patch_size
+        self.patch_size = processing.patch_size
+        self.features: dict[str, Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        assert self.features is not None, "PreparedVideos called without prepared features"
+        return self.features
+
+    def lay_out(self, video: ChatVideo) -> dict[str, torch.Tensor]:
+        """One clip's patches and grid (for the clip cache: a history's clips are laid out once)."""
+        pixels, grid = self.processing.pixels([decode_pixels(frame) for frame in video.frames])
+        return {"pixel_values_videos": pixels, "video_grid_thw": torch.tensor([grid])}
+
+    def prepare(self, videos: Sequence[ChatVideo], laid_out: Sequence[dict[str, torch.Tensor]]) -> list[np.ndarray]:
+        """The prompt's clips, laid out, for the processor; the stand-ins to hand it in their place."""
+        self.features = {
+            "pixel_values_videos": torch.cat([clip["pixel_values_videos"] for clip in laid_out]),
+            "video_grid_thw": torch.cat([clip["video_grid_thw"] for clip in laid_out]),
+            "video_metadata": [video_metadata(len(v.frames), v.sampled_fps) for v in videos],
+        }
+        return [_STAND_IN] * len(videos)
+
+    def placed(
+        self, layout: ImageLayout, input_ids: list[int], extras: dict[str, torch.Tensor], videos: Sequence[ChatVideo]
+    ) -> ImageLayout | None:
+        """`layout` with where each clip sits: its video tokens (one per merged patch of each temporal patch) and
+        its rows of the clip tensors, keyed by its sha256, so held KV ending before a clip, or after it, serves
+        a later prompt. None where the counts disagree with the prompt's."""
+        grids = extras["video_grid_thw"]
+        patches = [int(grid.prod()) for grid in grids]
+        spans = image_spans(input_ids, {self.video_token_id}, [n // self.merge_size**2 for n in patches])
+        if spans is None or len(spans) != len(videos):
+            return None
+        one_each = Stacked(0, (1,) * len(videos))
+        rows = {"pixel_values_videos": Stacked(0, tuple(patches)), "video_grid_thw": one_each}
+        rows |= {"second_per_grid_ts": one_each} if "second_per_grid_ts" in extras else {}
+        keys = tuple(f"{video.sha256}:video" for video in videos)
+        return replace(layout, videos=spans, video_keys=keys, video_stacked=rows)

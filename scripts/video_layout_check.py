@@ -1,0 +1,94 @@
+"""Run in the video reference environment (scripts/install-video-ref): the gateway's native video layout
+(PIL and NumPy, engine/local/video_layout.py) against each model's own processor with its torchvision video
+processor, on tiny Qwen2-VL and Qwen2.5-VL checkpoints. Prints one JSON object: per family, whether prompt
+ids, token types, grids and seconds are equal, how far the pixels are apart, and both greedy replies.
+Usage: PYTHONPATH=. REF_PYTHON scripts/video_layout_check.py TEMPLATE MODEL_DIR..."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoProcessor
+from transformers.video_utils import VideoMetadata
+
+from gateway.engine.contract import ChatMessage, ChatVideo
+from gateway.engine.local.loader import load_model
+from gateway.engine.local.video_prompt import PreparedVideos
+from gateway.media.images import ImageLimits, check_image
+from tests.families.video import chat_video, clip, scene
+
+MAX_TOKENS = 8
+
+
+def photo() -> Any:
+    out = io.BytesIO()
+    scene(3, (60, 40)).save(out, format="PNG")
+    return check_image(out.getvalue(), ImageLimits(max_bytes=1 << 24, max_pixels=1 << 22))
+
+
+def frames_of(video: ChatVideo) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(io.BytesIO(frame.data)).convert("RGB")) for frame in video.frames])
+
+
+def compare(model_dir: str, template: str) -> dict[str, Any]:
+    loaded = load_model(model_dir, device="cpu", chat_template=template)
+    builder = loaded.prompt
+    assert isinstance(builder.processor.video_processor, PreparedVideos)  # torchvision is here, and unused
+    videos = [chat_video(clip(seconds=2.5)), chat_video(clip(seconds=1.5, size=(100, 150)))]
+    messages = [
+        ChatMessage("user", "What happens?", images=(photo(),), videos=(videos[0],)),
+        ChatMessage("assistant", "A ball rolls."),
+        ChatMessage("user", "And now?", videos=(videos[1],)),
+    ]
+    ours = builder.build(messages)
+    reference = AutoProcessor.from_pretrained(model_dir)  # the checkpoint's own, its video processor included
+    metadata = [VideoMetadata(len(v.frames), fps=v.sampled_fps, frames_indices=list(range(len(v.frames)))) for v in videos]
+    expected = reference(
+        text=[builder._render(messages)],
+        images=[Image.open(io.BytesIO(messages[0].images[0].data)).convert("RGB")],
+        videos=[frames_of(v) for v in videos],
+        video_metadata=metadata,
+        do_sample_frames=False,
+        return_tensors="pt",
+    )
+    model = loaded.model
+    extras = ours.extras
+    one_level = 1 / (255 * min(builder.video.image_std))  # one uint8 step, normalized
+    apart = (extras["pixel_values_videos"] - expected["pixel_values_videos"]).abs()
+
+    def greedy(ids: torch.Tensor, tensors: dict[str, Any]) -> list[int]:
+        mask = torch.ones_like(ids)
+        out = model.generate(input_ids=ids, attention_mask=mask, **tensors, max_new_tokens=MAX_TOKENS, do_sample=False)
+        return [int(t) for t in out[0, ids.shape[1] :]]
+
+    reference_tensors = {k: v for k, v in expected.items() if k not in ("input_ids", "attention_mask")}
+    return {
+        "video_processor": type(reference.video_processor).__name__,
+        "input_ids_equal": torch.equal(ours.input_ids, expected["input_ids"]),
+        "mm_token_type_ids_equal": torch.equal(extras["mm_token_type_ids"], expected["mm_token_type_ids"]),
+        "video_grid_thw": extras["video_grid_thw"].tolist(),
+        "video_grid_thw_equal": torch.equal(extras["video_grid_thw"], expected["video_grid_thw"]),
+        "second_per_grid_ts": extras["second_per_grid_ts"].tolist() if "second_per_grid_ts" in extras else None,
+        "second_per_grid_ts_equal": "second_per_grid_ts" not in expected
+        or torch.equal(extras["second_per_grid_ts"], torch.as_tensor(expected["second_per_grid_ts"])),
+        "image_pixels_equal": torch.equal(extras["pixel_values"], expected["pixel_values"]),
+        "video_pixels_shape_equal": extras["pixel_values_videos"].shape == expected["pixel_values_videos"].shape,
+        "video_pixels_max_apart_levels": float(apart.max() / one_level),
+        "video_pixels_share_apart": float((apart > 1e-5).float().mean()),
+        "prompt_tokens": ours.prompt_tokens,
+        "greedy_ours": greedy(ours.input_ids, extras),
+        "greedy_reference": greedy(expected["input_ids"], reference_tensors),
+    }
+
+
+if __name__ == "__main__":
+    template = Path(sys.argv[1]).read_text()
+    report = {Path(model).name.split("-v")[0]: compare(model, sys.argv[1]) for model in sys.argv[2:]}
+    print(json.dumps(report | {"torch": torch.__version__, "template_chars": len(template)}))

@@ -1,0 +1,94 @@
+"""End to end on a served Qwen2-VL: a live turn reads the window as one clip and a `video_url` part reads as
+a clip, each reply the model's own greedy `generate` over the native layout."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+
+import pytest
+import requests
+import torch
+
+from gateway.client import GatewayClient
+from gateway.config import Settings
+from gateway.engine.contract import ChatMessage, ChatVideo
+from gateway.media.images import ImageLimits, check_image
+from tests.conftest import RunningServer, start_server
+from tests.families.builders import cached_family
+from tests.families.video import QWEN_VL_VIDEO_TEMPLATE, chat_video, clip, scene
+
+MAX_TOKENS = 8
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    template = tmp_path_factory.mktemp("template") / "video.jinja"
+    template.write_text(QWEN_VL_VIDEO_TEMPLATE)
+    running = start_server(cached_family("qwen2_vl"), Settings(chat_template=str(template)))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def greedy(server: RunningServer, messages: list[ChatMessage]) -> tuple[int, str]:
+    """The prompt's length and the model's own greedy reply over the native layout of `messages`."""
+    loaded = server.engine.loaded
+    inputs = loaded.prompt.for_another_thread().build(messages)
+    mask = torch.ones_like(inputs.input_ids)
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            input_ids=inputs.input_ids, attention_mask=mask, **inputs.extras, max_new_tokens=MAX_TOKENS, do_sample=False
+        )
+    tokens = out[0, inputs.prompt_tokens :].tolist()
+    return inputs.prompt_tokens, str(loaded.tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+def jpeg(index: int) -> bytes:
+    out = io.BytesIO()
+    scene(index * 4, (150, 100)).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_the_engine_reads_video(server: RunningServer) -> None:
+    """A family with a native video layout makes the engine read clips (front ends then send them as clips)."""
+    assert server.engine.reads_video
+
+
+async def test_a_live_turn_reads_the_window_as_one_clip(server: RunningServer) -> None:
+    """The window's frames reach the model as one clip after the window's summary, after a warm history: the
+    reply and prompt length are `generate`'s over that layout."""
+    frames = [jpeg(i) for i in range(4)]
+    async with GatewayClient(server.ws_url) as client:
+        hello = await client.turn("t0", "Hello there.", temperature=0, max_tokens=MAX_TOKENS)
+        assert await client.stream_frames("camera", frames) == 4
+        result = await client.turn("t1", "What happens?", live=True, temperature=0, max_tokens=MAX_TOKENS)
+    assert result.accepted is not None and result.done is not None
+    live = result.accepted["live_frames"]
+    assert live["count"] == 4
+    summary = f"[live camera: 4 frames, {live['first_ts'] / 1000:.3f} s to {live['last_ts'] / 1000:.3f} s]"
+    images = tuple(check_image(data, ImageLimits(max_bytes=1 << 24, max_pixels=1 << 22)) for data in frames)
+    video = ChatVideo(images, tuple(range(0, 2000, 500)), "window")
+    history = [ChatMessage("user", "Hello there."), ChatMessage("assistant", hello.text)]
+    prompt, reply = greedy(server, [*history, ChatMessage("user", f"{summary}\nWhat happens?", videos=(video,))])
+    assert result.accepted["prompt_tokens"] == prompt and result.text == reply
+    # The history's KV stays warm: only the window's clip and the new text are prefilled.
+    assert hello.done is not None and result.done["usage"]["cached_tokens"] >= hello.done["usage"]["prompt_tokens"]
+
+
+def test_a_video_url_reads_as_a_clip(server: RunningServer) -> None:
+    """A `video_url` part on /v1/chat/completions reaches the model as a clip, not as frames with markers."""
+    data = clip()
+    url = "data:video/mp4;base64," + base64.b64encode(data).decode()
+    content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What happens?"}]
+    messages = [{"role": "user", "content": content}]
+    body = {"model": "gateway-demo", "messages": messages, "temperature": 0, "max_tokens": MAX_TOKENS}
+    response = requests.post(f"{server.http_url}/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    prompt, reply = greedy(server, [ChatMessage("user", "What happens?", videos=(chat_video(data),))])
+    assert answer["usage"]["prompt_tokens"] == prompt
+    assert answer["choices"][0]["message"]["content"] == reply
