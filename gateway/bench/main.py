@@ -113,6 +113,13 @@ def _live(args: Any, model_dir: str | None) -> dict[str, Any]:
         return {"model": model_dir or args.url, **_run(run_live(config, pid), url)}
 
 
+def edit_mix(model_dir: str, turns: int, prompt_words: int, max_tokens: int) -> dict[str, Any]:
+    """The edit mix at the conversation's end (see gateway/bench/edits.py), for one long enough to edit."""
+    from gateway.bench.edits import EDIT_BACK, run_edit_mix
+
+    return {"edit_mix": run_edit_mix(model_dir, turns, prompt_words, max_tokens)} if turns > EDIT_BACK else {}
+
+
 def run_bench(args: Any) -> dict[str, Any]:
     """The whole benchmark: 1 session, N sessions, the late joiner, then the baselines; with ratios."""
     from gateway.engine.demo import cached_demo_model
@@ -130,7 +137,8 @@ def run_bench(args: Any) -> dict[str, Any]:
         window = getattr(args, "context_tokens", None)
         if window:
             return run_window(model_dir, history, args.sessions, args.prompt_words, args.max_tokens, window)
-        return run_history(model_dir, history, args.sessions, args.prompt_words, args.max_tokens)
+        conversations = run_history(model_dir, history, args.sessions, args.prompt_words, args.max_tokens)
+        return conversations | edit_mix(model_dir, history, args.prompt_words, args.max_tokens)
     if getattr(args, "context_tokens", None):
         raise SystemExit("gateway bench: --context-tokens goes with --history N (conversations trimmed to that window)")
     report: dict[str, Any] = {

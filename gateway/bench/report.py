@@ -180,9 +180,30 @@ def _history(report: dict[str, Any]) -> str:
             f"aggregate tokens/s: {reuse['tokens_per_s']:.1f} with reuse, {cold['tokens_per_s']:.1f} without, ratio "
             f"{report['tokens_per_s_ratio']:.2f} (good: 1 or above): {verdict(report['tokens_per_s_ratio'], 1.0)}"
         )
+    rows += _edit_mix(report["edit_mix"]) if "edit_mix" in report else []
     if "load_average_before" in report:
         rows.append(f"load average (1, 5, 15 min): {report['load_average_before']} before, {report['load_average_after']} after")
     return "\n".join(rows)
+
+
+EDITS = {
+    "warm_turn": "a warm turn (the last)",
+    "regenerate": "regenerate the last reply",
+    "edit": "edit the message {back} turns back",
+    "switch_then_turn": "switch back, then a turn",
+    "fork_then_turn": "fork, then a turn",
+}
+
+
+def _edit_mix(mix: dict[str, Any]) -> list[str]:
+    rows = ["", f"{'at the end':<36}{'TTFT ms':>9}{'cached/prompt':>16}{'x warm':>8}{'cold ms':>9}{'cold x':>8}"]
+    for label, name in EDITS.items():
+        r = mix[label]
+        held = f"{r['cached_tokens']}/{r['prompt_tokens']}"
+        row = f"{name.format(back=mix['edit_back_turns']):<36}{r['ttft_ms']:>9.1f}{held:>16}{r['over_warm_turn'] or 0:>8.2f}"
+        rows.append(row + f"{r['cold_ttft_ms']:>9.1f}{r['cold_over_this'] or 0:>8.2f}")
+    rows.append("(good: regenerate and fork within 1.2x a warm turn; an edit prefills only the tokens after it)")
+    return rows
 
 
 def _window(report: dict[str, Any]) -> str:

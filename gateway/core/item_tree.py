@@ -160,12 +160,26 @@ class ItemTree:
         while len(siblings) > self.bounds.max_siblings:
             self._remove(min((i for i in siblings if i not in self._path), key=self._touched.__getitem__))
 
+    def pictures(self) -> dict[str, int]:
+        """Each picture the tree holds, by sha256, and its bytes."""
+        return {sha: len(picture.data) for sha, (picture, _) in self._images.items()}
+
+    def drop_branches(self, enough: Callable[[], bool]) -> list[str]:
+        """Inactive branches go, the least recently active first, until `enough()` or none is left; the ids removed."""
+        removed: list[str] = []
+        while not enough() and (branch := self._oldest_branch()) is not None:
+            removed += self._remove(branch)
+        return removed
+
+    def _oldest_branch(self) -> str | None:
+        branches = [c for p, a in zip([None, *self._path], [*self._path, None]) for c in self._children[p] if c != a]
+        return min(branches, key=self._touched.__getitem__) if branches else None
+
     def _fit(self) -> None:
         trimmed = False
         while self.turns > self.bounds.max_turns or self._image_bytes > self.bounds.max_image_bytes:
-            branches = [c for p, a in zip([None, *self._path], [*self._path, None]) for c in self._children[p] if c != a]
-            if branches:
-                self._remove(min(branches, key=self._touched.__getitem__))
+            if (branch := self._oldest_branch()) is not None:
+                self._remove(branch)
                 continue
             starts = turn_starts([self._items[i].role for i in self._path])
             if len(starts) == 1:  # only a record loaded under smaller bounds: operations refuse such a turn

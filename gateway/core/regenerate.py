@@ -107,7 +107,8 @@ async def load_images(turns: TurnService, session: Session, blobs: list[bytes]) 
     turns.check_images(len(blobs))
     added = UserTurn(id="", text="", images=await turns.attachments.load(blobs, ()))
     room = turns.image_room(session, added)
-    if session.image_bytes + added.image_bytes > room:
+    session.make_image_room(room - added.image_bytes)  # inactive branches' images go first
+    if session.held_image_bytes + added.image_bytes > room:
         message = f"the history's images and these pass the {room} bytes this session may hold now"
         raise GatewayError(ErrorCode.TOO_LARGE, message, field="images")
     return added.images

@@ -89,6 +89,18 @@ class Session:
         openers directly (a turn asks this several times; building every exchange each time is not needed)."""
         return sum(_image_bytes(turn) for turn in split_turns(self.conversation.path))
 
+    @property
+    def held_image_bytes(self) -> int:
+        """Bytes of the images the session holds: the active path's (as `image_bytes`) and those that only its
+        inactive branches show (what the image ledger counts)."""
+        shown = {image.sha256 for item in self.conversation.path for image in item.content.images}
+        return self.image_bytes + sum(n for sha, n in self.conversation.pictures().items() if sha not in shown)
+
+    def make_image_room(self, nbytes: int) -> None:
+        """Inactive branches go, least recently active first, until the session holds at most `nbytes` of images:
+        before a turn's images make any of the active path's turns go."""
+        self._forget_numbers(self.conversation.drop_branches(lambda: self.held_image_bytes <= nbytes))
+
     async def plan(
         self,
         turn: UserTurn,
@@ -142,7 +154,7 @@ class Session:
     def _drops_for_images(self, turns: list[list[Item]], turn: UserTurn, image_room: int | None, headroom: float) -> int:
         """The fewest oldest turns to drop so that the history's images and the turn's fit (with
         headroom, as for tokens, once any must go)."""
-        held = self.image_bytes + turn.image_bytes
+        held = self.held_image_bytes + turn.image_bytes
         if image_room is None or held <= image_room:
             return 0
         room = image_room - _headroom(image_room, headroom, image_room - turn.image_bytes)

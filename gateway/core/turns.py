@@ -121,13 +121,15 @@ class TurnService(TurnLimits):
         prompted, turn = await session_turns(self.attachments, session, request, keep_last, self.engine.reads_video)
         trace.phase("planning")
         room = self.image_room(session, prompted)
+        session.make_image_room(room - prompted.image_bytes)  # inactive branches' images go before the path's
         # Reserved before planning awaits, so a turn checked meanwhile sees this one's room as taken; given back
         # if the turn goes no further.
-        self.images.hold(session.id, max(session.image_bytes, min(room, session.image_bytes + turn.image_bytes)))
+        held = session.held_image_bytes
+        self.images.hold(session.id, max(held, min(room, held + turn.image_bytes)))
         try:
             started = await self._plan_and_submit(session, request, (prompted, turn), room, listener, keeper, trace)
         except BaseException:
-            self.images.hold(session.id, session.image_bytes)
+            self.images.hold(session.id, session.held_image_bytes)
             raise
         return started
 
@@ -182,7 +184,7 @@ class TurnService(TurnLimits):
         plan = started.plan
         self.submit(generation, tools.sink(EventSink(listener, end)), started.trace, tools.syntax is not None)
         session.drop_oldest(plan.dropped_turns)
-        self.images.hold(session.id, session.image_bytes + started.turn.image_bytes)
+        self.images.hold(session.id, session.held_image_bytes + started.turn.image_bytes)
         listener(Accepted(plan.prompt_tokens, plan.dropped_turns, live, started.item_id, started.reply_id))
 
     def _end(
@@ -214,7 +216,7 @@ class TurnService(TurnLimits):
             joins = started.answers, started.edits
             recorded = session.record(started.turn, result.text, cancelled, started.epoch, calls, headroom, ids, *joins)
         if held:
-            self.images.hold(session.id, session.image_bytes)
+            self.images.hold(session.id, session.held_image_bytes)
         return recorded
 
     def resolve(self, defaults: SamplingOptions, options: SamplingOptions | None) -> tuple[SamplingParams, str | None]:
@@ -246,7 +248,7 @@ class TurnService(TurnLimits):
         if turn.image_bytes > s.max_session_image_bytes:
             message = f"the turn's images are {turn.image_bytes} bytes; a session holds at most {s.max_session_image_bytes}"
             raise GatewayError(ErrorCode.TOO_LARGE, message, field="images")
-        wanted = min(s.max_session_image_bytes, session.image_bytes + turn.image_bytes)
+        wanted = min(s.max_session_image_bytes, session.held_image_bytes + turn.image_bytes)
         if turn.image_bytes and self.free_images is not None and wanted > self.images.room_for(session.id):
             self.free_images(session.id, wanted, turn.image_bytes)
         room = min(s.max_session_image_bytes, self.images.room_for(session.id))

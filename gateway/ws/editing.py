@@ -118,7 +118,7 @@ class EditingHandlers:
 
     async def _changed(self, frame_id: str | None) -> None:
         """The history changed: the image ledger and the store learn it, and the client gets `history`."""
-        self.turns.images.hold(self.live.id, self.session.image_bytes)
+        self.turns.images.hold(self.live.id, self.session.held_image_bytes)
         await self.hub.save_history(self.live)
         await self.history(p.HistoryRequestFrame(id=frame_id))
 

@@ -74,7 +74,7 @@ class SessionHub(SessionSaving):
         live.session.adopt(tree, source.session)
         live.used_at, live.detached_at = time.time(), time.monotonic()
         self.detached.add(live)
-        self.turns.images.hold(live.id, live.session.image_bytes)
+        self.turns.images.hold(live.id, live.session.held_image_bytes)
         if self.settings.session_grace_s <= 0:
             self.unload(live)
         else:
@@ -184,13 +184,13 @@ class SessionHub(SessionSaving):
         if record.id in self.live:  # loaded meanwhile by a concurrent resume
             return self.live[record.id]
         session = record.session(self.settings.max_history_turns, self.settings.max_siblings)
-        self._make_image_room(record.id, session.image_bytes)
+        self._make_image_room(record.id, session.held_image_bytes)
         for old in list(self.quota.over(client, record.owner, adding=0)):  # the caller's fresh session goes next
             self.unload(old)
         live = LiveSession(session, token, record.owner, self._journal(record.last_seq + SEQ_AFTER_RESTART), client=client)
         self.live[live.id] = live
         self.quota.add(live)
-        self.turns.images.hold(live.id, session.image_bytes)
+        self.turns.images.hold(live.id, session.held_image_bytes)
         # Its resumer attaches it at once; should that connection be gone meanwhile, it still expires.
         live.expiry = asyncio.get_running_loop().call_later(max(0.0, self.settings.session_grace_s), self.unload, live)
         self.spawn(self._save(live, "the revived session", history=True, pending=True))  # the partial turn joined the history

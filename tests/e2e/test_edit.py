@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.client import GatewayClient, TurnResult
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, image_bytes, wait_until
 from tests.e2e.test_regenerate import until
 
 GREEDY = {"temperature": 0, "max_tokens": 4}
@@ -107,3 +107,35 @@ async def test_editing_frames_refuse_unknown_ids_wrong_kinds_and_a_running_turn(
     assert (reply["code"], reply["id"], no_id["code"]) == ("invalid_field", "e0", "invalid_field")
     assert [(e["code"], e["id"]) for e in busy] == [("busy", "edit"), ("busy", "insert"), ("busy", "delete"), ("busy", "fork")]
     assert after.done is not None
+
+
+async def test_a_picture_left_on_an_inactive_branch_still_counts_in_the_image_ledger(server: RunningServer) -> None:
+    """Editing a message's picture away keeps it held (its old branch shows it); `forget` gives it back."""
+    ledger = server.app.state.ws.hub.turns.images
+    async with GatewayClient(server.ws_url) as client:
+        session = client.ready["session"]
+        turn = await client.turn("t1", "what is this?", images=[image_bytes()], **GREEDY)
+        assert turn.accepted
+        before = ledger.held(session)
+        edited = await client.edit(None, turn.accepted["item_id"], "no picture now", [])
+        after = ledger.held(session)
+        await client.send({"type": "forget"})  # (answered in the new session, numbered from 1 again)
+        await wait_until(lambda: not ledger.holds(session))
+    assert before == after > 0 and edited["turns"][0]["images"] == []
+
+
+async def test_an_edit_that_changes_a_picture_answers_as_a_fresh_session_with_it(server: RunningServer) -> None:
+    """A new picture in the edited message: the reply and prompt equal a fresh session's given that path, the
+    exchange before it from held KV; `images: null` would have kept the old one."""
+    red, blue = image_bytes(color=(200, 30, 30)), image_bytes(color=(30, 30, 200))
+    async with GatewayClient(server.ws_url) as client:
+        first = await client.turn("t1", "one", **GREEDY)
+        looked = await client.turn("t2", "look", [red], **GREEDY)
+        assert first.done and looked.accepted
+        edited = await client.edit("e1", looked.accepted["item_id"], None, [blue], **GREEDY)
+    async with GatewayClient(server.ws_url) as fresh:
+        await fresh.turn("t1", "one", **GREEDY)
+        same = await fresh.turn("t2", "look", [blue], **GREEDY)
+    assert isinstance(edited, TurnResult) and edited.done and edited.accepted and same.done and same.accepted
+    assert edited.done["text"] == same.done["text"] and edited.accepted["prompt_tokens"] == same.accepted["prompt_tokens"]
+    assert edited.done["usage"]["cached_tokens"] >= first.done["usage"]["prompt_tokens"] - 1

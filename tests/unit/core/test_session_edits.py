@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.core.items import Content, Role
 from gateway.core.session import Session, UserTurn
+from tests.conversation_support import picture
 from tests.unit.core.test_session import BIG_CONTEXT, chat, count_chars, texts
 
 
@@ -46,3 +47,16 @@ def test_delete_takes_a_reply_off_the_path() -> None:
     chat(s, "one")
     s.delete(s.conversation.path[-1].id)
     assert [i.content.text for i in s.conversation.path] == ["uone"] and s.exchanges[0].reply == ""
+
+
+def test_pictures_only_inactive_branches_show_are_held_until_room_is_needed() -> None:
+    """An edit that drops a message's picture keeps it held (on the old branch); room for new images takes it first."""
+    s = Session(max_history_turns=10)
+    s.record(UserTurn(id="a", text="look", images=(picture("p", 300),)), "a cat", False, s.epoch)
+    s.edit(s.conversation.path[0].id, "look again", ())
+    held = s.held_image_bytes
+    s.make_image_room(1000)
+    kept = s.held_image_bytes
+    s.make_image_room(100)
+    assert (s.image_bytes, held, kept, s.held_image_bytes) == (0, 300, 300, 0)
+    assert [i.content.text for i in s.conversation.path] == ["look again"] and len(s.conversation) == 1
