@@ -105,7 +105,7 @@ async def assert_usable(client: GatewayClient, before: list[dict[str, Any]]) -> 
         "id": "after",
         "images": [],
         "partial": False,
-    } | NO_TOOLS | {"item_id": result.done["reply_id"], "siblings": 1, "index": 0}
+    } | NO_TOOLS | {"item_id": result.done["reply_id"], "siblings": 1, "index": 0, "sibling_ids": [result.done["reply_id"]]}
 
 
 async def send_raw(client: GatewayClient, payload: bytes | str | dict[str, Any]) -> None:

@@ -76,7 +76,8 @@ async def test_cancel_mid_stream_records_partial_reply(server: RunningServer) ->
         history = await client.request({"type": "history"})
     assert result.done and result.done["finish_reason"] == "cancelled"
     assert result.done["usage"]["completion_tokens"] < 1500
-    no_tools = {"tool_calls": [], "call_id": None, "item_id": result.done["reply_id"], "siblings": 1, "index": 0}
+    reply_id = result.done["reply_id"]
+    no_tools = {"tool_calls": [], "call_id": None, "item_id": reply_id, "siblings": 1, "index": 0, "sibling_ids": [reply_id]}
     assert (
         history["turns"][1]
         == {"role": "assistant", "text": result.done["text"], "id": "c1", "images": [], "partial": True} | no_tools
