@@ -16,6 +16,23 @@ MAX_GROWTH = 512
 GROWTH = 0.25
 
 
+class FilledPart:
+    """A layer's `keys` or `values`: reads as the filled part of its buffer (`_key_buffer`, `_key_length`
+    for `keys`); a tensor assigned to it becomes the whole buffer, full."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.buffer, self.length = f"_{name[:-1]}_buffer", f"_{name[:-1]}_length"
+
+    def __get__(self, layer: object, owner: type | None = None) -> torch.Tensor | None:
+        if layer is None:  # read on the class: nothing is filled there
+            return None
+        return _filled(getattr(layer, self.buffer), getattr(layer, self.length))
+
+    def __set__(self, layer: object, states: torch.Tensor | None) -> None:
+        setattr(layer, self.buffer, states)
+        setattr(layer, self.length, _tokens(states))
+
+
 class GrowingLayer(DynamicLayer):
     """`keys` and `values` read as the filled part of a larger buffer; `update` writes new states into
     the free part and grows the buffer only when it is full. Anything assigned to `keys` or `values`
@@ -29,21 +46,8 @@ class GrowingLayer(DynamicLayer):
         self._key_length = self._value_length = 0
         super().__init__()  # type: ignore[no-untyped-call]
 
-    @property
-    def keys(self) -> torch.Tensor | None:
-        return _filled(self._key_buffer, self._key_length)
-
-    @keys.setter
-    def keys(self, states: torch.Tensor | None) -> None:
-        self._key_buffer, self._key_length = states, _tokens(states)
-
-    @property
-    def values(self) -> torch.Tensor | None:
-        return _filled(self._value_buffer, self._value_length)
-
-    @values.setter
-    def values(self, states: torch.Tensor | None) -> None:
-        self._value_buffer, self._value_length = states, _tokens(states)
+    keys = FilledPart()
+    values = FilledPart()
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any

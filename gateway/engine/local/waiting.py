@@ -26,20 +26,20 @@ class Job:
 Admissions = tuple[list[Job] | None, list[Job], list[Job]]  # admitted (None: stop), cancelled, still waiting
 
 
+@dataclass(eq=False)  # a line is itself, not its bounds
 class WaitingLine:
     """At most `queue_size` live turns wait beyond the batch's free places (cancelled ones hold none, and
     leave at the generation thread's next step; with them the line holds at most twice that). `max_batch`
     is the batch's bound; the generation thread lowers it to 1 for a model whose cache cannot be merged.
     Turns arriving together at an empty batch are gathered for up to `gather_s` (see `_gather`)."""
 
-    def __init__(
-        self, queue_size: int, max_batch: int, max_prefills_per_step: int, gather_s: float = 0.0, quiet_s: float = 0.0
-    ) -> None:
-        self.queue_size = queue_size
-        self.max_batch = max_batch
-        self.max_prefills_per_step = max_prefills_per_step
-        self.gather_s = gather_s
-        self.quiet_s = quiet_s
+    queue_size: int
+    max_batch: int
+    max_prefills_per_step: int
+    gather_s: float = 0.0
+    quiet_s: float = 0.0
+
+    def __post_init__(self) -> None:
         self.lock = threading.Lock()
         self._wake = threading.Condition(self.lock)
         self._waiting: collections.deque[Job] = collections.deque()
