@@ -21,6 +21,17 @@ class UserTurn:
         return sum(len(image.data) for image in self.images) + sum(len(f.data) for v in self.videos for f in v.frames)
 
 
+@dataclass(frozen=True)
+class PendingTurn:
+    """A turn running when its session was saved, and where its reply joins: beside the reply it regenerates
+    (`answers`, the item that one answers), after the new version of the message it edits (`edits`), or at
+    the active path's end (neither)."""
+
+    turn: UserTurn
+    answers: str | None = None
+    edits: str | None = None
+
+
 @dataclass(frozen=True, slots=True)  # a session may hold thousands
 class ToolResult:
     """The client's answer to one of the reply's tool calls, matched by the call's id."""

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from gateway.core.conversation import Conversation
 from gateway.core.conversation_prompt import split_turns
-from gateway.core.exchange import Exchange, ToolResult, UserTurn
+from gateway.core.exchange import Exchange, PendingTurn, ToolResult, UserTurn
 from gateway.core.item_tree import Bounds, IdSource, random_id
 from gateway.core.items import Content, Item, Role
 
@@ -60,3 +60,24 @@ def _exchange(turn: list[Item], numbers: Mapping[str, int]) -> Exchange:
         tool_results=results,
         item_ids=tuple(item.id for item in turn),
     )
+
+
+Ids = tuple[str | None, str | None]  # a user message's and its reply's (None: new ones)
+
+
+def join_beside(tree: Conversation, turn: UserTurn, reply: Content, anchor: str, edits: bool, ids: Ids = (None, None)) -> Item:
+    """`reply` as a new child of `anchor`, the item a regenerated reply answers, or (`edits`) `turn` as the new
+    version of user message `anchor`, answered by `reply`; with the ids given (None: new ones); the reply item."""
+    if edits:
+        anchor = tree.edit(anchor, turn.text, turn.images, turn.id, ids[0]).id
+    return tree.attach(anchor, reply, ids[1])
+
+
+def rejoin(tree: Conversation, pending: PendingTurn) -> Item:
+    """A turn that was running at a crash, as a partial exchange with an empty reply where it belongs (see
+    `PendingTurn`); at the active path's end where the item it was placed by is gone."""
+    turn = pending.turn
+    anchor = pending.answers if pending.answers is not None else pending.edits
+    if anchor is None or anchor not in tree:
+        return append_exchange(tree, Exchange(turn=turn, reply="", partial=True))
+    return join_beside(tree, turn, Content.reply("", True, turn.id), anchor, pending.edits is not None)

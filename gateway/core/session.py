@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, replace
 from gateway.core.conversation import Conversation
 from gateway.core.conversation_prompt import prompt_messages, split_turns
 from gateway.core.conversation_record import ConversationRecord, decode
-from gateway.core.exchange import Exchange, ToolResult, UserTurn
-from gateway.core.exchanges import append_exchange, from_exchanges, to_exchanges
+from gateway.core.exchange import Exchange, PendingTurn, ToolResult, UserTurn
+from gateway.core.exchanges import append_exchange, from_exchanges, join_beside, rejoin, to_exchanges
 from gateway.core.item_tree import Bounds
 from gateway.core.items import Content, Item, Role
 from gateway.core.request import SamplingOptions
@@ -64,12 +64,12 @@ class Session:
         replies = [item.id for item in self.conversation.path if item.role is Role.ASSISTANT]
         self._numbers = {reply: exchange.number for reply, exchange in zip(replies, exchanges[-len(replies) :])}
 
-    def restore_tree(self, record: ConversationRecord, pending: UserTurn | None) -> None:
+    def restore_tree(self, record: ConversationRecord, pending: PendingTurn | None) -> None:
         """Take a stored conversation (every branch) as this session's; `pending`, a turn that was running when
-        it was saved, joins the active path's end as a partial exchange with an empty reply."""
+        it was saved, joins where it belongs as a partial exchange with an empty reply (see `rejoin`)."""
         self.conversation = decode(record, self.conversation.bounds)
         if pending is not None:
-            append_exchange(self.conversation, Exchange(turn=pending, reply="", partial=True))
+            rejoin(self.conversation, pending)
 
     def configure(self, system: str | None, options: SamplingOptions) -> None:
         if system is not None:
@@ -193,9 +193,7 @@ class Session:
         tree.bounds = replace(tree.bounds, trim_extra=_headroom(self.max_history_turns, headroom, self.max_history_turns - 1))
         held = set(self._numbers)
         if anchor is not None:
-            if edits is not None:
-                anchor = tree.edit(edits, turn.text, turn.images, turn.id, item_ids[0]).id
-            reply_item = tree.attach(anchor, Content.reply(reply, partial, turn.id), item_ids[1])
+            reply_item = join_beside(tree, turn, Content.reply(reply, partial, turn.id), anchor, edits is not None, item_ids)
             for call in tool_calls:
                 tree.append(Content.tool_call(call, turn.id))
         else:

@@ -8,7 +8,7 @@ import logging
 import time
 
 from gateway.config import Settings
-from gateway.core.session import UserTurn
+from gateway.core.exchange import PendingTurn
 from gateway.core.store.base import SessionStore
 from gateway.core.store.guard import StoreGuard, StoreUnavailable
 from gateway.core.turn_types import StartedTurn
@@ -29,7 +29,8 @@ class SessionSaving:
 
     async def turn_started(self, live: LiveSession, started: StartedTurn) -> None:
         """Called right after submit, before any await: the lock is ours before the turn can end."""
-        await self._save(live, "the turn in progress", history=True, pending=True, turn=started.turn)
+        turn = PendingTurn(started.turn, started.answers, started.edits)  # so a crash rejoins it where it belongs
+        await self._save(live, "the turn in progress", history=True, pending=True, turn=turn)
 
     async def save_exchange(self, live: LiveSession) -> None:
         await self._save(live, "the exchange", history=True, pending=True)
@@ -41,7 +42,7 @@ class SessionSaving:
         await self._save(live, "the history", history=True)
 
     async def _save(
-        self, live: LiveSession, what: str, history: bool = False, pending: bool = False, turn: UserTurn | None = None
+        self, live: LiveSession, what: str, history: bool = False, pending: bool = False, turn: PendingTurn | None = None
     ) -> None:
         """One session's writes, in order, each bounded by store_timeout_s. A failing store is logged
         and the session goes on in memory: the conversation must never break because the disk or Redis did."""

@@ -36,6 +36,8 @@ class TokenScope:
             raise _refused("this token resumes only its own session", "session")
         if bound is not None and isinstance(frame, p.ForgetFrame):
             raise _refused("this token may not leave its session")
+        if bound is not None and isinstance(frame, p.ForkFrame):  # a fork is a new session with its own resume token
+            raise _refused("this token may not start another session")
         if isinstance(frame, p.ConfigureFrame):
             self._check(frame.model, frame.tools)
         if isinstance(frame, (p.TurnFrame, p.RegenerateFrame)) or (isinstance(frame, p.EditFrame) and frame.respond):

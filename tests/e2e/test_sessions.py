@@ -295,6 +295,7 @@ async def test_store_round_trip(kind: str, redis_url: str, tmp_path: Path) -> No
     newest exchange after it was saved), trimming, and the pending turn."""
     from dataclasses import replace
 
+    from gateway.core.exchange import PendingTurn
     from gateway.core.session import Exchange, ToolResult, UserTurn
     from gateway.core.store.base import SessionRecord
     from gateway.core.store.open import open_store
@@ -311,7 +312,7 @@ async def test_store_round_trip(kind: str, redis_url: str, tmp_path: Path) -> No
         await store.save_meta(record)
         await store.sync_history("rt", exchanges)
         await store.sync_history("rt", [answered])  # the oldest was trimmed; the call got its result
-        await store.set_pending("rt", UserTurn("c", "", continues=True))
+        await store.set_pending("rt", PendingTurn(UserTurn("c", "", continues=True), answers="r1"))
         loaded = await store.load("rt")
         await store.delete("rt")
         gone = await store.load("rt")
@@ -319,7 +320,7 @@ async def test_store_round_trip(kind: str, redis_url: str, tmp_path: Path) -> No
         await store.close()
     assert loaded is not None and gone is None
     assert loaded.system == "sys" and loaded.last_seq == 9 and loaded.exchanges == [answered]
-    assert loaded.pending is not None and loaded.pending.continues
+    assert loaded.pending is not None and loaded.pending.turn.continues and loaded.pending.answers == "r1"
 
 
 async def test_a_thousand_drop_and_resume_cycles_leak_nothing(durable: RunningServer) -> None:

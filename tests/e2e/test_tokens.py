@@ -165,7 +165,8 @@ async def test_a_turn_on_another_model_is_refused(server: RunningServer) -> None
 
 
 async def test_a_session_bound_token_resumes_only_its_session(server: RunningServer) -> None:
-    """Bound to a session: a turn before resuming it and a resume of another are `token_limit`; its own resumes."""
+    """Bound to a session: a turn before resuming it, a resume of another and a fork (a new session) are
+    `token_limit`; its own resumes."""
     owner = await websockets.connect(server.ws_url, subprotocols=["gateway.json", f"bearer.{KEY}"])  # type: ignore[list-item]
     ready = await Client(owner).until("ready")
     await owner.close()
@@ -176,6 +177,10 @@ async def test_a_session_bound_token_resumes_only_its_session(server: RunningSer
     await client.send({"type": "resume", "id": "r2", "session": ready["session"], "token": ready["resume_token"], "last_seq": 0})
     assert (await client.until("resumed", "error"))["type"] == "resumed"
     assert (await turn(client, "t2"))["type"] == "done"
+    await client.send({"type": "fork", "id": "f1"})
+    refusal = await client.until("forked", "error")
+    assert (refusal["type"], refusal["code"], refusal["id"]) == ("error", "token_limit", "f1")
+    assert (await turn(client, "t3"))["type"] == "done"
     await client.ws.close()
 
 

@@ -9,6 +9,7 @@ from typing import Protocol
 import msgspec
 
 from gateway.core.conversation_record import ConversationRecord
+from gateway.core.exchange import PendingTurn
 from gateway.core.request import SamplingOptions
 from gateway.core.session import Exchange, Session, ToolResult, UserTurn
 from gateway.core.store.tree_sync import TreeChange
@@ -26,12 +27,13 @@ class SessionRecord:
     defaults: SamplingOptions = field(default_factory=SamplingOptions)
     exchanges: list[Exchange] = field(default_factory=list)  # a flat history, as stores kept it before the tree
     tree: ConversationRecord | None = None  # the conversation, every branch (a record of before has only `exchanges`)
-    pending: UserTurn | None = None  # a turn that was running when last saved
+    pending: PendingTurn | None = None  # a turn that was running when last saved, and where it joins
     last_seq: int = 0
     updated_at: float = 0.0
 
     def session(self, max_history_turns: int, max_siblings: int = 8) -> Session:
-        """The conversation again; a turn that was running when the process died joins as partial."""
+        """The conversation again; a turn that was running when the process died joins as partial, where it
+        belongs (a flat history of before the tree has no branches: there, at its end)."""
         if self.tree is not None:
             session = Session(max_history_turns, self.id, self.system, self.defaults, max_siblings=max_siblings)
             session.restore_tree(self.tree, self.pending)
@@ -40,7 +42,7 @@ class SessionRecord:
         numbered = exchanges[-1].number if exchanges else 0
         if self.pending is not None:
             numbered += 1
-            exchanges.append(Exchange(turn=self.pending, reply="", partial=True, number=numbered))
+            exchanges.append(Exchange(turn=self.pending.turn, reply="", partial=True, number=numbered))
         session = Session(max_history_turns, self.id, self.system, self.defaults, numbered=numbered, max_siblings=max_siblings)
         session.restore(exchanges[-max_history_turns:])
         return session
@@ -83,7 +85,7 @@ class SessionStore(Protocol):
         written or deleted; a full change replaces everything stored of the history (a flat one included)."""
         ...
 
-    async def set_pending(self, session_id: str, turn: UserTurn | None) -> None: ...
+    async def set_pending(self, session_id: str, pending: PendingTurn | None) -> None: ...
 
     async def delete(self, session_id: str) -> None: ...
 
@@ -122,7 +124,7 @@ def decode_record(
         defaults=decode_options(defaults),
         exchanges=[decode_exchange(blob, number) for number, blob in sorted(exchanges)] if tree is None else [],
         tree=tree,
-        pending=decode_turn(pending) if pending else None,
+        pending=decode_pending(pending) if pending else None,
         last_seq=last_seq,
         updated_at=updated_at,
     )
@@ -142,6 +144,18 @@ def encode_turn(turn: UserTurn) -> bytes:
 def decode_turn(blob: bytes) -> UserTurn:
     turn_id, text, images, continues = msgspec.msgpack.decode(blob)
     return UserTurn(id=turn_id, text=text, images=tuple(ChatImage(*image) for image in images), continues=continues)
+
+
+def encode_pending(pending: PendingTurn) -> bytes:
+    return msgspec.msgpack.encode([encode_turn(pending.turn), pending.answers, pending.edits])
+
+
+def decode_pending(blob: bytes) -> PendingTurn:
+    fields = msgspec.msgpack.decode(blob)
+    if not isinstance(fields[0], bytes):  # stored before a pending turn said where it joins: the turn alone
+        return PendingTurn(decode_turn(blob))
+    turn, answers, edits = fields
+    return PendingTurn(decode_turn(turn), answers, edits)
 
 
 def encode_exchange(exchange: Exchange) -> bytes:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.core.session import Exchange, UserTurn
+from gateway.core.exchange import PendingTurn
+from gateway.core.session import Exchange
 from gateway.core.store.base import SessionMeta, SessionRecord
 from gateway.core.store.tree_sync import TreeChange
 
@@ -33,7 +34,7 @@ class MemoryStore:
     async def sync_tree(self, session_id: str, change: TreeChange) -> None:
         pass
 
-    async def set_pending(self, session_id: str, turn: UserTurn | None) -> None:
+    async def set_pending(self, session_id: str, pending: PendingTurn | None) -> None:
         pass
 
     async def delete(self, session_id: str) -> None:

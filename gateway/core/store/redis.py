@@ -8,7 +8,8 @@ import redis.asyncio as aioredis
 
 from gateway.config import Settings
 from gateway.core.conversation_record import ConversationRecord, assemble
-from gateway.core.session import Exchange, UserTurn
+from gateway.core.exchange import PendingTurn
+from gateway.core.session import Exchange
 from gateway.core.store import base
 from gateway.core.store.tree_sync import TreeChange
 
@@ -141,11 +142,11 @@ class RedisStore:
         if int(total) > self.max_bytes:
             await self._evict(int(self.max_bytes * base.LOW_WATER), keep=session_id)
 
-    async def set_pending(self, session_id: str, turn: UserTurn | None) -> None:
-        if turn is None:
+    async def set_pending(self, session_id: str, pending: PendingTurn | None) -> None:
+        if pending is None:
             await self.redis.hdel(_meta(session_id), "pending")
         else:
-            await self.redis.hset(_meta(session_id), "pending", base.encode_turn(turn))
+            await self.redis.hset(_meta(session_id), "pending", base.encode_pending(pending))
 
     async def delete(self, session_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

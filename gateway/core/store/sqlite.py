@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.config import Settings
-from gateway.core.session import Exchange, UserTurn
+from gateway.core.exchange import PendingTurn
+from gateway.core.session import Exchange
 from gateway.core.store import base, sqlite_tree
 from gateway.core.store.tree_sync import TreeChange
 
@@ -157,8 +158,8 @@ class SqliteStore:
 
         await self._write_bounded(sync)
 
-    async def set_pending(self, session_id: str, turn: UserTurn | None) -> None:
-        blob = base.encode_turn(turn) if turn is not None else None
+    async def set_pending(self, session_id: str, pending: PendingTurn | None) -> None:
+        blob = base.encode_pending(pending) if pending is not None else None
 
         def pend(db: sqlite3.Connection) -> bool:
             db.execute("UPDATE sessions SET pending = ? WHERE id = ?", (blob, session_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.core.exchange import PendingTurn
 from gateway.core.request import SamplingOptions
 from gateway.core.session import Exchange, ToolResult, UserTurn
 from gateway.core.store.base import (
@@ -70,7 +71,8 @@ def test_a_record_is_decoded_from_what_a_store_keeps() -> None:
 
 def test_a_turn_pending_at_a_crash_joins_as_partial() -> None:
     """A record saved while a turn ran rebuilds a session whose last exchange is that turn, partial, numbered next."""
-    record = SessionRecord(id="s", token_hash="h", owner="", exchanges=[exchange(1), exchange(2)], pending=UserTurn("t3", "q3"))
+    pending = PendingTurn(UserTurn("t3", "q3"))
+    record = SessionRecord(id="s", token_hash="h", owner="", exchanges=[exchange(1), exchange(2)], pending=pending)
     session = record.session(max_history_turns=10)
     last = session.exchanges[-1]
     assert (last.turn.id, last.reply, last.partial, last.number) == ("t3", "", True, 3)

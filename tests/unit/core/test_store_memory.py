@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.core.exchange import PendingTurn
 from gateway.core.session import Exchange, UserTurn
 from gateway.core.store.base import SessionRecord, SessionStore
 from gateway.core.store.memory import MemoryStore
@@ -19,7 +20,7 @@ async def test_what_is_saved_is_not_found_again() -> None:
     await store.open()
     await store.save_meta(SessionRecord(id="a", token_hash="h", owner=""))
     await store.sync_history("a", [Exchange(UserTurn("t1", "hi"), "hello", number=1)])
-    await store.set_pending("a", UserTurn("t2", "more"))
+    await store.set_pending("a", PendingTurn(UserTurn("t2", "more")))
     assert (await store.load_meta("a"), await store.load("a")) == (None, None)
     await store.close()
 

@@ -44,7 +44,7 @@ def test_another_model_is_refused_in_a_turn_and_in_configure() -> None:
 
 
 def test_a_session_bound_token_allows_only_its_resume_first() -> None:
-    """Before its session is resumed only ping and a resume of that session pass; forget never does."""
+    """Before its session is resumed only ping and a resume of that session pass; forget and fork never do."""
     token_scope = scope(session="mine")
     assert token_scope.admit(p.PingFrame(), session()) == p.PingFrame()
     refused(token_scope, p.TurnFrame(id="t1", text="hi"))
@@ -52,6 +52,7 @@ def test_a_session_bound_token_allows_only_its_resume_first() -> None:
     token_scope.admit(p.ResumeFrame(session="mine", token="x"), session())
     token_scope.admit(p.TurnFrame(id="t1", text="hi"), session("mine"))
     refused(token_scope, p.ForgetFrame(), "mine")
+    refused(token_scope, p.ForkFrame(id="f1"), "mine")
 
 
 def test_the_turn_budget_and_the_end_of_time_refuse_turns() -> None:
