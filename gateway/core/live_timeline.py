@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.core.conversation_prompt import prompt_messages
@@ -40,7 +40,8 @@ class LiveTimeline:
     where the exchange stands and its own window adds only frames not shown yet: the history's KV, frames
     included, stays a prefix. In memory only (the window is never stored): an exchange it does not know (after
     a restart, or past `max_frames`) reads as its history message, the summary. Past `max_frames` the oldest
-    go until half remain, in bulk, so the prompt's opening changes once, not on every turn."""
+    go until half remain, in bulk, so the prompt's opening changes once, not on every turn. Its frames count in
+    the session's held images (the image ledger's figure) and are the first to go when a turn needs room."""
 
     max_frames: int = 64
     _shown: dict[str, LiveFramesShown] = field(default_factory=dict)  # in the order the turns were prompted
@@ -95,6 +96,11 @@ class LiveTimeline:
         self._shown.pop(turn_id, None)
         if self.frames + len(showing.frames) <= self.max_frames:  # `begin` made room unless the window alone is over
             self._shown[turn_id] = showing
+
+    def shed(self, enough: Callable[[], bool]) -> None:
+        """The oldest exchanges are forgotten until `enough()` (images must make room: these are the first to go)."""
+        while self._shown and not enough():
+            del self._shown[next(iter(self._shown))]
 
     def forget(self, keep: set[str]) -> None:
         """Only the exchanges whose turn ids are in `keep` (those on the active path) stay known."""

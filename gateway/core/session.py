@@ -93,14 +93,16 @@ class Session:
 
     @property
     def held_image_bytes(self) -> int:
-        """Bytes of the images the session holds: the active path's (as `image_bytes`) and those that only its
-        inactive branches show (what the image ledger counts)."""
+        """Bytes of the images the session holds: the active path's (as `image_bytes`), those that only its
+        inactive branches show and the live timeline's frames (what the image ledger counts)."""
         shown = {image.sha256 for item in self.conversation.path for image in item.content.images}
-        return self.image_bytes + sum(n for sha, n in self.conversation.pictures().items() if sha not in shown)
+        inactive = sum(n for sha, n in self.conversation.pictures().items() if sha not in shown)
+        return self.image_bytes + inactive + self.timeline.nbytes
 
     def make_image_room(self, nbytes: int) -> None:
         """Inactive branches go, least recently active first, until the session holds at most `nbytes` of images:
-        before a turn's images make any of the active path's turns go."""
+        before a turn's images make any of the active path's turns go; the live timeline's frames before those."""
+        self.timeline.shed(lambda: self.held_image_bytes <= nbytes)
         self._forget_numbers(self.conversation.drop_branches(lambda: self.held_image_bytes <= nbytes))
 
     async def plan(

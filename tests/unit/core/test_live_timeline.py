@@ -96,3 +96,19 @@ async def test_an_edited_live_message_reads_as_itself() -> None:
     session.edit(session.conversation.path[0].id, "edited", None)
     plan = await session.plan(UserTurn("t2", "next"), 4, 10_000, count)
     assert plan.messages[0] == ChatMessage("user", "edited")
+
+
+async def test_the_timeline_counts_in_the_images_held_and_goes_first_to_make_room() -> None:
+    """The timeline's frames count in the session's held image bytes (the image ledger's figure) and are
+    forgotten, oldest first, before any branch or turn when a turn's images need the room."""
+    session = Session(max_history_turns=16)
+    for n in range(2):
+        turn = UserTurn(f"l{n}", "and now?")
+        prompted, recorded = live_turns(turn, view(n), keep_last_frame=False)
+        session.timeline.begin(turn.id, timeline_entry(turn, view(n), recorded))
+        await session.plan(prompted, 4, 10_000, count)
+        session.record(recorded, "ok", False, session.epoch)
+    frame_bytes = [len(FRAMES[n].image.data) for n in range(2)]
+    assert session.held_image_bytes == session.image_bytes + sum(frame_bytes) == sum(frame_bytes)
+    session.make_image_room(frame_bytes[1])
+    assert ["l0" in session.timeline, "l1" in session.timeline] == [False, True] and len(session.exchanges) == 2
