@@ -36,15 +36,18 @@ class LiveFramesShown:
 
 @dataclass
 class LiveTimeline:
-    """For each live exchange (by its turn's id), the frames its prompt showed, so a later prompt shows them
-    where the exchange stands and its own window adds only frames not shown yet: the history's KV, frames
+    """For each live exchange (by its message's item id), the frames its prompt showed, so a later prompt shows
+    them where the exchange stands and its own window adds only frames not shown yet: the history's KV, frames
     included, stays a prefix. In memory only (the window is never stored): an exchange it does not know (after
     a restart, or past `max_frames`) reads as its history message, the summary. Past `max_frames` the oldest
     go until half remain, in bulk, so the prompt's opening changes once, not on every turn. Its frames count in
     the session's held images (the image ledger's figure) and are the first to go when a turn needs room."""
 
     max_frames: int = 64
-    _shown: dict[str, LiveFramesShown] = field(default_factory=dict)  # in the order the turns were prompted
+    # Item id: the turn's id and what its prompt showed, in the order the exchanges joined.
+    _shown: dict[str, tuple[str, LiveFramesShown]] = field(default_factory=dict)
+    # The last live turn prompted (its turn id), until its message is found on the path: it has no item id before.
+    _fresh: tuple[str, LiveFramesShown] | None = None
     _pending: tuple[str, LiveFramesShown] | None = None  # the live turn being planned (its id), if any
 
     def begin(self, turn_id: str, live: LiveFramesShown) -> None:
@@ -52,19 +55,21 @@ class LiveTimeline:
         Room for its frames is made now, before planning counts any prompt, so every count reads one timeline."""
         self._pending = (turn_id, live)
         if self.frames + len(live.frames) > self.max_frames:
-            while self._shown and self.frames + len(live.frames) > self.max_frames // 2:
-                del self._shown[next(iter(self._shown))]
+            self.shed(lambda: self.frames + len(live.frames) <= self.max_frames // 2)
+
+    def _entries(self) -> list[LiveFramesShown]:
+        return [shown for _, shown in self._shown.values()] + ([self._fresh[1]] if self._fresh is not None else [])
 
     @property
     def frames(self) -> int:
-        return sum(len(shown.frames) for shown in self._shown.values())
+        return sum(len(shown.frames) for shown in self._entries())
 
     @property
     def nbytes(self) -> int:
-        return sum(len(image.data) for shown in self._shown.values() for image in shown.frames)
+        return sum(len(image.data) for shown in self._entries() for image in shown.frames)
 
     def __contains__(self, turn_id: str) -> bool:
-        return turn_id in self._shown
+        return any(turn == turn_id for turn, _ in [*self._shown.values(), *([self._fresh] if self._fresh else [])])
 
     def messages(self, system: str | None, path: Sequence[Item], turn: UserTurn | None) -> list[ChatMessage]:
         """The system prompt, `path` as messages (a live exchange known here shows its frames where it stands),
@@ -73,8 +78,8 @@ class LiveTimeline:
         shown: set[str] = set()
         run: list[Item] = []  # items read as they are: a reply's calls join it, so they go in runs
         for item in path:
-            live = self._shown.get(item.content.turn_id or "") if item.role is Role.USER else None
-            if live is None or item.content.text != live.recorded:  # an edit of it reads as itself
+            live = self._known(item) if item.role is Role.USER else None
+            if live is None:
                 run.append(item)
                 continue
             messages += prompt_messages(run)
@@ -83,26 +88,35 @@ class LiveTimeline:
             shown.update(frame.sha256 for frame in live.frames)
         return [*messages, *prompt_messages(run), *self._turn_message(turn, shown)]
 
+    def _known(self, item: Item) -> LiveFramesShown | None:
+        """What user message `item`'s prompt showed, if known and the message is as recorded (an edit reads as
+        itself); the last live turn's layout is bound to its message's item id when first found."""
+        fresh = self._fresh
+        if item.id not in self._shown and fresh is not None and fresh[0] == item.content.turn_id:
+            if item.content.text == fresh[1].recorded:
+                self._shown[item.id], self._fresh = fresh, None
+        known = self._shown.get(item.id)
+        return known[1] if known is not None and item.content.text == known[1].recorded else None
+
     def _turn_message(self, turn: UserTurn | None, shown: set[str]) -> list[ChatMessage]:
         if turn is None or turn.continues:
             return []
         if self._pending is None or self._pending[0] != turn.id:
             return [ChatMessage("user", turn.text, turn.images, videos=turn.videos)]
         message, showing = self._pending[1].message(shown)
-        self._remember(turn.id, showing)  # the last prompt planned is the one submitted
+        # The last prompt planned is the one submitted; `begin` made room unless the window alone is over.
+        self._fresh = None  # an earlier planning's layout of this turn (any earlier turn's was bound above, or failed)
+        self._fresh = (turn.id, showing) if self.frames + len(showing.frames) <= self.max_frames else None
         return [message]
-
-    def _remember(self, turn_id: str, showing: LiveFramesShown) -> None:
-        self._shown.pop(turn_id, None)
-        if self.frames + len(showing.frames) <= self.max_frames:  # `begin` made room unless the window alone is over
-            self._shown[turn_id] = showing
 
     def shed(self, enough: Callable[[], bool]) -> None:
         """The oldest exchanges are forgotten until `enough()` (images must make room: these are the first to go)."""
         while self._shown and not enough():
             del self._shown[next(iter(self._shown))]
+        if not enough():
+            self._fresh = None
 
     def forget(self, keep: set[str]) -> None:
-        """Only the exchanges whose turn ids are in `keep` (those on the active path) stay known."""
-        for turn_id in [t for t in self._shown if t not in keep]:
-            del self._shown[turn_id]
+        """Only the exchanges whose messages' item ids are in `keep` (those on the active path) stay known."""
+        for item_id in [i for i in self._shown if i not in keep]:
+            del self._shown[item_id]

@@ -123,7 +123,7 @@ class Session:
         longer applies: without headroom a session at the edge would drop one exchange, and prefill in
         full, on every turn."""
         turns = split_turns(self.conversation.path)  # as exchanges, but a note or a message alone reads as itself
-        self.timeline.forget({item.content.turn_id or "" for item in self.conversation.path})
+        self.timeline.forget({item.id for item in self.conversation.path})
         budget = context_tokens - max_tokens
         counted: dict[int, int] = {}
         # A turn that continues from tool results keeps the exchange it continues (the question, the calls,

@@ -112,3 +112,17 @@ async def test_the_timeline_counts_in_the_images_held_and_goes_first_to_make_roo
     assert session.held_image_bytes == session.image_bytes + sum(frame_bytes) == sum(frame_bytes)
     session.make_image_room(frame_bytes[1])
     assert ["l0" in session.timeline, "l1" in session.timeline] == [False, True] and len(session.exchanges) == 2
+
+
+async def test_two_live_exchanges_with_one_turn_id_each_keep_their_frames() -> None:
+    """Exchanges are known by their messages' item ids: a turn id used again (a new watch's `watch-1`) leaves
+    the earlier exchange's frames where they stood."""
+    session = Session(max_history_turns=16)
+    for n in range(2):
+        turn = UserTurn("watch-1", "and now?")
+        prompted, recorded = live_turns(turn, view(n), keep_last_frame=False)
+        session.timeline.begin(turn.id, timeline_entry(turn, view(n), recorded))
+        await session.plan(prompted, 4, 10_000, count)
+        session.record(recorded, "ok", False, session.epoch)
+    plan = await session.plan(UserTurn("t", "next"), 4, 10_000, count)
+    assert [m.images for m in plan.messages] == [(FRAMES[0].image,), (), (FRAMES[1].image,), (), ()]
