@@ -50,11 +50,12 @@ class LiveTimeline:
     _fresh: tuple[str, LiveFramesShown] | None = None
     _pending: tuple[str, LiveFramesShown] | None = None  # the live turn being planned (its id), if any
 
-    def begin(self, turn_id: str, live: LiveFramesShown) -> None:
-        """A live turn about to be planned: its prompt lays its window out as `live` says (less frames shown).
-        Room for its frames is made now, before planning counts any prompt, so every count reads one timeline."""
-        self._pending = (turn_id, live)
-        if self.frames + len(live.frames) > self.max_frames:
+    def begin(self, turn_id: str, live: LiveFramesShown | None) -> None:
+        """A turn about to be planned: a live one's prompt lays its window out as `live` says (less frames shown),
+        any other's (None) reads as itself. Room for the frames is made now, before planning counts any prompt,
+        so every count reads one timeline."""
+        self._pending = (turn_id, live) if live is not None else None
+        if live is not None and self.frames + len(live.frames) > self.max_frames:
             self.shed(lambda: self.frames + len(live.frames) <= self.max_frames // 2)
 
     def _entries(self) -> list[LiveFramesShown]:

@@ -31,11 +31,11 @@ async def session_turns(
     videos = await attachments.load_videos(request.videos)
     images += frames_as_images(videos)  # every family reads a video as its frames, named in the text
     turn = session.check_turn(UserTurn(id=request.id, text=with_markers(request.text, videos), images=images))
-    if request.live is None:
-        return turn, turn
-    prompted, recorded = live_turns(turn, request.live, keep_last_frame, reads_video)
-    if not reads_video:  # frames as images: the prompt shows only those its history has not (the timeline)
-        session.timeline.begin(turn.id, timeline_entry(turn, request.live, recorded))
+    live = request.live
+    prompted, recorded = live_turns(turn, live, keep_last_frame, reads_video) if live is not None else (turn, turn)
+    # Frames as images: the prompt shows only those its history has not (the timeline). Any other turn says so
+    # too, so a turn id used again never reads an earlier live turn's layout.
+    session.timeline.begin(turn.id, timeline_entry(turn, live, recorded) if live is not None and not reads_video else None)
     return prompted, recorded
 
 

@@ -126,3 +126,13 @@ async def test_two_live_exchanges_with_one_turn_id_each_keep_their_frames() -> N
         session.record(recorded, "ok", False, session.epoch)
     plan = await session.plan(UserTurn("t", "next"), 4, 10_000, count)
     assert [m.images for m in plan.messages] == [(FRAMES[0].image,), (), (FRAMES[1].image,), (), ()]
+
+
+async def test_a_turn_that_is_not_live_reads_as_itself_whatever_its_id() -> None:
+    """A text turn begun with an earlier live turn's id (a client may use one again) shows no frames."""
+    session = Session(max_history_turns=16)
+    turn = UserTurn("t1", "what is it?")
+    session.timeline.begin(turn.id, timeline_entry(turn, view(0), live_turns(turn, view(0), False)[1]))
+    session.timeline.begin(turn.id, None)
+    plan = await session.plan(turn, 4, 10_000, count)
+    assert plan.messages == [ChatMessage("user", "what is it?")]
