@@ -69,6 +69,9 @@ class Settings:
     live_merge_distance: int = 8
     min_watch_every_s: float = 1.0  # the shortest interval a `watch` may ask for between its live turns
     live_history_last_frame: bool = False  # a live turn's exchange keeps its window's last frame, not only the summary
+    # Frames a session remembers its live exchanges' prompts showed, so later prompts repeat them where they stood
+    # and their KV stays warm (core/live_timeline.py); past it the oldest exchanges read as their summary, in bulk.
+    live_history_frames: int = 64
 
     # Sessions: how long they outlive their socket and where they are kept.
     session_grace_s: float = 300.0  # a detached session stays in memory (its turn running) this long

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gateway.core.live_timeline import LiveFramesShown
 from gateway.core.live_view import LiveFrames, LiveView
+from gateway.core.live_window import LiveFrame
 from gateway.core.session import UserTurn
 from gateway.core.video_frames import window_clip
 
@@ -12,7 +14,7 @@ from gateway.core.video_frames import window_clip
 def frame_markers(view: LiveView) -> str:
     """One marker per frame, in the images' order, at the client time it was first seen: a still scene's frame
     keeps its marker as its image, so the prompt's tokens stay the same from turn to turn."""
-    return " ".join(f"[{view.source}, {frame.first_ts_ms / 1000:.3f} s]" for frame in view.snapshot.frames)
+    return " ".join(_marker(view.source, frame) for frame in view.snapshot.frames)
 
 
 def summary(view: LiveView) -> str:
@@ -33,3 +35,15 @@ def live_turns(turn: UserTurn, view: LiveView, keep_last_frame: bool, as_clip: b
     kept = frames[-1:] if keep_last_frame else ()
     recorded = replace(turn, text=f"{summary(view)}\n{turn.text}", images=turn.images + kept)
     return prompted, recorded
+
+
+def timeline_entry(turn: UserTurn, view: LiveView, recorded: UserTurn) -> LiveFramesShown:
+    """The live turn as the session's timeline lays it out: each frame with its marker, before its text; and the
+    history message it is recorded as, by which a later prompt knows it (gateway/core/live_timeline.py)."""
+    frames = view.snapshot.frames
+    markers = tuple(_marker(view.source, frame) for frame in frames)
+    return LiveFramesShown(markers, tuple(frame.image for frame in frames), turn.text, turn.images, recorded.text)
+
+
+def _marker(source: str, frame: LiveFrame) -> str:
+    return f"[{source}, {frame.first_ts_ms / 1000:.3f} s]"

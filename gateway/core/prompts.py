@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from gateway.core.attachments import Attachments
-from gateway.core.live_turn import live_turns
+from gateway.core.live_turn import live_turns, timeline_entry
 from gateway.core.request import ConversationRequest, TurnRequest
 from gateway.core.session import Session, UserTurn
 from gateway.core.tool_plan import ToolPlan
@@ -31,7 +31,12 @@ async def session_turns(
     videos = await attachments.load_videos(request.videos)
     images += frames_as_images(videos)  # every family reads a video as its frames, named in the text
     turn = session.check_turn(UserTurn(id=request.id, text=with_markers(request.text, videos), images=images))
-    return live_turns(turn, request.live, keep_last_frame, reads_video) if request.live is not None else (turn, turn)
+    live = request.live
+    prompted, recorded = live_turns(turn, live, keep_last_frame, reads_video) if live is not None else (turn, turn)
+    # Frames as images: the prompt shows only those its history has not (the timeline). Any other turn says so
+    # too, so a turn id used again never reads an earlier live turn's layout.
+    session.timeline.begin(turn.id, timeline_entry(turn, live, recorded) if live is not None and not reads_video else None)
+    return prompted, recorded
 
 
 async def conversation_messages(

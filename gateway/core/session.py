@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from gateway.core.conversation import Conversation
-from gateway.core.conversation_prompt import prompt_messages, split_turns
+from gateway.core.conversation_prompt import split_turns
 from gateway.core.conversation_record import ConversationRecord, decode
 from gateway.core.exchange import Exchange, PendingTurn, ToolResult, UserTurn
 from gateway.core.exchanges import append_exchange, from_exchanges, join_beside, rejoin, to_exchanges
 from gateway.core.item_tree import Bounds
 from gateway.core.items import Content, Item, Role
+from gateway.core.live_timeline import LiveTimeline
 from gateway.core.request import SamplingOptions
 from gateway.engine.contract import ChatImage, ChatMessage, ToolCall
 from gateway.errors import ErrorCode, GatewayError
@@ -48,6 +49,7 @@ class Session:
     # The session's turns trim their images to fit (see `plan`); the tree's own bound is for its branches.
     max_image_bytes: int = sys.maxsize
     conversation: Conversation = field(init=False)
+    timeline: LiveTimeline = field(default_factory=LiveTimeline)  # the frames live exchanges' prompts showed
     _numbers: dict[str, int] = field(init=False, default_factory=dict)  # a reply's item id: its exchange's number
 
     def __post_init__(self) -> None:
@@ -91,14 +93,16 @@ class Session:
 
     @property
     def held_image_bytes(self) -> int:
-        """Bytes of the images the session holds: the active path's (as `image_bytes`) and those that only its
-        inactive branches show (what the image ledger counts)."""
+        """Bytes of the images the session holds: the active path's (as `image_bytes`), those that only its
+        inactive branches show and the live timeline's frames (what the image ledger counts)."""
         shown = {image.sha256 for item in self.conversation.path for image in item.content.images}
-        return self.image_bytes + sum(n for sha, n in self.conversation.pictures().items() if sha not in shown)
+        inactive = sum(n for sha, n in self.conversation.pictures().items() if sha not in shown)
+        return self.image_bytes + inactive + self.timeline.nbytes
 
     def make_image_room(self, nbytes: int) -> None:
         """Inactive branches go, least recently active first, until the session holds at most `nbytes` of images:
-        before a turn's images make any of the active path's turns go."""
+        before a turn's images make any of the active path's turns go; the live timeline's frames before those."""
+        self.timeline.shed(lambda: self.held_image_bytes <= nbytes)
         self._forget_numbers(self.conversation.drop_branches(lambda: self.held_image_bytes <= nbytes))
 
     async def plan(
@@ -119,6 +123,7 @@ class Session:
         longer applies: without headroom a session at the edge would drop one exchange, and prefill in
         full, on every turn."""
         turns = split_turns(self.conversation.path)  # as exchanges, but a note or a message alone reads as itself
+        self.timeline.forget({item.id for item in self.conversation.path})
         budget = context_tokens - max_tokens
         counted: dict[int, int] = {}
         # A turn that continues from tool results keeps the exchange it continues (the question, the calls,
@@ -277,13 +282,7 @@ class Session:
 
     def _prompt(self, turns: Sequence[list[Item]], turn: UserTurn | None) -> list[ChatMessage]:
         """The system prompt, the history's `turns` as the path says them, then `turn`'s message (if any)."""
-        system = [ChatMessage("system", self.system)] if self.system else []
-        now = _user_message(turn) if turn is not None else []
-        return [*system, *prompt_messages([item for items in turns for item in items]), *now]
-
-
-def _user_message(turn: UserTurn) -> list[ChatMessage]:
-    return [] if turn.continues else [ChatMessage("user", turn.text, turn.images, videos=turn.videos)]
+        return self.timeline.messages(self.system, [item for items in turns for item in items], turn)
 
 
 def _image_bytes(turn: list[Item]) -> int:

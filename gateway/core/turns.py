@@ -118,6 +118,7 @@ class TurnService(TurnLimits):
         await self.compile_grammars(session.defaults, request.options, quota)
         trace.phase("images")
         keep_last = self.settings.live_history_last_frame
+        session.timeline.max_frames = self.settings.live_history_frames
         prompted, turn = await session_turns(self.attachments, session, request, keep_last, self.engine.reads_video)
         trace.phase("planning")
         room = self.image_room(session, prompted)

@@ -1,0 +1,123 @@
+"""A session's live timeline: the frames each live exchange's prompt showed, kept in memory so later prompts repeat them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from gateway.core.conversation_prompt import prompt_messages
+from gateway.core.exchange import UserTurn
+from gateway.core.items import Item, Role
+from gateway.engine.contract import ChatImage, ChatMessage
+
+
+@dataclass(frozen=True)
+class LiveFramesShown:
+    """A live turn's window as its prompt lays it out: each frame's marker and image, oldest first, after
+    the turn's own `images` and before its `text`; `recorded` is the text its history message holds."""
+
+    markers: tuple[str, ...]
+    frames: tuple[ChatImage, ...]
+    text: str
+    images: tuple[ChatImage, ...]
+    recorded: str
+
+    def message(self, shown: set[str]) -> tuple[ChatMessage, LiveFramesShown]:
+        """The turn's message showing only the frames not in `shown` (sha256s an earlier message showed), and
+        what it showed: the window's KV before them is the earlier exchanges', held from their own turns."""
+        new = [(m, f) for m, f in zip(self.markers, self.frames) if f.sha256 not in shown]
+        showing = LiveFramesShown(tuple(m for m, _ in new), tuple(f for _, f in new), self.text, self.images, self.recorded)
+        return ChatMessage("user", showing.prompted_text, self.images + showing.frames), showing
+
+    @property
+    def prompted_text(self) -> str:
+        return f"{' '.join(self.markers)}\n{self.text}" if self.markers else self.text
+
+
+@dataclass
+class LiveTimeline:
+    """For each live exchange (by its message's item id), the frames its prompt showed, so a later prompt shows
+    them where the exchange stands and its own window adds only frames not shown yet: the history's KV, frames
+    included, stays a prefix. In memory only (the window is never stored): an exchange it does not know (after
+    a restart, or past `max_frames`) reads as its history message, the summary. Past `max_frames` the oldest
+    go until half remain, in bulk, so the prompt's opening changes once, not on every turn. Its frames count in
+    the session's held images (the image ledger's figure) and are the first to go when a turn needs room."""
+
+    max_frames: int = 64
+    # Item id: the turn's id and what its prompt showed, in the order the exchanges joined.
+    _shown: dict[str, tuple[str, LiveFramesShown]] = field(default_factory=dict)
+    # The last live turn prompted (its turn id), until its message is found on the path: it has no item id before.
+    _fresh: tuple[str, LiveFramesShown] | None = None
+    _pending: tuple[str, LiveFramesShown] | None = None  # the live turn being planned (its id), if any
+
+    def begin(self, turn_id: str, live: LiveFramesShown | None) -> None:
+        """A turn about to be planned: a live one's prompt lays its window out as `live` says (less frames shown),
+        any other's (None) reads as itself. Room for the frames is made now, before planning counts any prompt,
+        so every count reads one timeline."""
+        self._pending = (turn_id, live) if live is not None else None
+        if live is not None and self.frames + len(live.frames) > self.max_frames:
+            self.shed(lambda: self.frames + len(live.frames) <= self.max_frames // 2)
+
+    def _entries(self) -> list[LiveFramesShown]:
+        return [shown for _, shown in self._shown.values()] + ([self._fresh[1]] if self._fresh is not None else [])
+
+    @property
+    def frames(self) -> int:
+        return sum(len(shown.frames) for shown in self._entries())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(image.data) for shown in self._entries() for image in shown.frames)
+
+    def __contains__(self, turn_id: str) -> bool:
+        return any(turn == turn_id for turn, _ in [*self._shown.values(), *([self._fresh] if self._fresh else [])])
+
+    def messages(self, system: str | None, path: Sequence[Item], turn: UserTurn | None) -> list[ChatMessage]:
+        """The system prompt, `path` as messages (a live exchange known here shows its frames where it stands),
+        then `turn`'s message: a live turn's frames not shown above it, then its text."""
+        messages = [ChatMessage("system", system)] if system else []
+        shown: set[str] = set()
+        run: list[Item] = []  # items read as they are: a reply's calls join it, so they go in runs
+        for item in path:
+            live = self._known(item) if item.role is Role.USER else None
+            if live is None:
+                run.append(item)
+                continue
+            messages += prompt_messages(run)
+            run = []
+            messages.append(ChatMessage("user", live.prompted_text, live.images + live.frames))
+            shown.update(frame.sha256 for frame in live.frames)
+        return [*messages, *prompt_messages(run), *self._turn_message(turn, shown)]
+
+    def _known(self, item: Item) -> LiveFramesShown | None:
+        """What user message `item`'s prompt showed, if known and the message is as recorded (an edit reads as
+        itself); the last live turn's layout is bound to its message's item id when first found."""
+        fresh = self._fresh
+        if item.id not in self._shown and fresh is not None and fresh[0] == item.content.turn_id:
+            if item.content.text == fresh[1].recorded:
+                self._shown[item.id], self._fresh = fresh, None
+        known = self._shown.get(item.id)
+        return known[1] if known is not None and item.content.text == known[1].recorded else None
+
+    def _turn_message(self, turn: UserTurn | None, shown: set[str]) -> list[ChatMessage]:
+        if turn is None or turn.continues:
+            return []
+        if self._pending is None or self._pending[0] != turn.id:
+            return [ChatMessage("user", turn.text, turn.images, videos=turn.videos)]
+        message, showing = self._pending[1].message(shown)
+        # The last prompt planned is the one submitted; `begin` made room unless the window alone is over.
+        self._fresh = None  # an earlier planning's layout of this turn (any earlier turn's was bound above, or failed)
+        self._fresh = (turn.id, showing) if self.frames + len(showing.frames) <= self.max_frames else None
+        return [message]
+
+    def shed(self, enough: Callable[[], bool]) -> None:
+        """The oldest exchanges are forgotten until `enough()` (images must make room: these are the first to go)."""
+        while self._shown and not enough():
+            del self._shown[next(iter(self._shown))]
+        if not enough():
+            self._fresh = None
+
+    def forget(self, keep: set[str]) -> None:
+        """Only the exchanges whose messages' item ids are in `keep` (those on the active path) stay known."""
+        for item_id in [i for i in self._shown if i not in keep]:
+            del self._shown[item_id]
