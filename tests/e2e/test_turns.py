@@ -55,7 +55,7 @@ def bounded(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
     running.stop()
 
 
-@pytest.mark.timeout(900)  # a hang guard: 64 PNGs of 4000x4000 are encoded here and decoded there, minutes on a loaded 2-core machine
+@pytest.mark.timeout(900)  # a hang guard: 64 PNGs of 4000x4000 are encoded here and decoded there: minutes under load
 async def test_big_images_in_history_stay_within_the_bounds(bounded: RunningServer) -> None:
     """Two sessions sending turns of eight 4000x4000 images: histories keep bytes within the per-session
     and process-wide bounds, the oldest exchanges go, and the process's memory stays bounded."""
