@@ -160,6 +160,9 @@ class GrammarPool:
         outcome = process.compile(job, self.limits, self.settings.grammar_cpu_s)
         if not isinstance(outcome, Grammar) or self.check is validate:
             return outcome
+        # An accepted grammar compiles twice, on purpose: only a process can be killed mid-compile, and its
+        # compiled matcher cannot cross into this one, so the engine's own compile (whose matcher its turns
+        # copy) runs only after the process showed it finishes within grammar_cpu_s. Refused ones run once.
         problem = self.check(outcome.source, self.limits)
         return self.limits.refusal(field, problem) if problem else outcome
 
