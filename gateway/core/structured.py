@@ -14,6 +14,7 @@ import llguidance
 import msgspec
 
 from gateway.core import request as req
+from gateway.core.format_keys import format_key
 from gateway.engine.contract import Grammar
 from gateway.errors import ErrorCode, GatewayError
 
@@ -95,12 +96,6 @@ def _size(outcome: Grammar | GatewayError) -> int:
 
 
 CHECKED = CheckedGrammars()
-
-
-def format_key(response_format: req.ResponseFormat) -> tuple[str, int]:
-    """The schema's canonical hash (sha256 of its sorted-key JSON) and that JSON's size in bytes."""
-    canonical = msgspec.json.encode(response_format, order="sorted")
-    return hashlib.sha256(canonical).hexdigest(), len(canonical)
 
 
 def source_key(grammar: Grammar) -> str:

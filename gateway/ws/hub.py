@@ -188,6 +188,8 @@ class SessionHub(SessionSaving):
         for old in list(self.quota.over(client, record.owner, adding=0)):  # the caller's fresh session goes next
             self.unload(old)
         live = LiveSession(session, token, record.owner, self._journal(record.last_seq + SEQ_AFTER_RESTART), client=client)
+        if record.tree is not None and record.pending is None:  # the store holds this tree: its save is the head
+            live.stored.loaded(session.conversation)
         self.live[live.id] = live
         self.quota.add(live)
         self.turns.images.hold(live.id, session.held_image_bytes)

@@ -153,3 +153,32 @@ async def test_huge_tool_parameter_schemas_are_refused_off_the_loop(guarded: Run
     assert refused.errors[0]["code"] == "invalid_field" and refused.done is None
     assert pool(guarded).compiles - compiled_before == 1 and vocabulary(guarded).compiles == engine_before
     watch.check()
+
+
+def wide_format(seed: int, groups: int = 60, each: int = 1000) -> dict[str, Any]:
+    """A distinct schema of 60,000 properties in 60 objects (a msgpack map holds at most 1,024 entries):
+    its JSON (1.5 MB) is past max_grammar_bytes. (At 250 objects, 500k values: freeing the decoded frame
+    alone takes 50-80 ms of one loop callback, a gap left open.)"""
+
+    def group(g: int) -> dict[str, Any]:
+        return {"type": "object", "properties": {f"w{seed}_{g}_{i}": {"type": "integer"} for i in range(each)}}
+
+    properties = {f"g{g}": group(g) for g in range(groups)}
+    return {"type": "json_schema", "json_schema": {"name": f"w{seed}", "schema": {"type": "object", "properties": properties}}}
+
+
+async def test_wide_schemas_are_measured_off_the_loop(guarded: RunningServer) -> None:
+    """Wide schemas, in turns and in `configure`: `invalid_field` naming max_grammar_bytes before
+    anything compiles, and no loop callback takes 50 ms of CPU (the key is hashed a slice at a time, and
+    only up to the bound)."""
+    compiled_before = pool(guarded).compiles
+    with watching(guarded.thread) as watch:
+        refused = await attack(guarded.ws_url, [wide_format(seed) for seed in range(3)], "w")
+        async with GatewayClient(guarded.ws_url) as client:
+            configured = await client.request({"type": "configure", "id": "c", "response_format": wide_format(9)})
+    assert all(result.done is None and result.errors[0]["code"] == "invalid_field" for result in refused)
+    assert all("max_grammar_bytes" in result.errors[0]["message"] for result in refused)
+    assert configured["type"] == "error" and "max_grammar_bytes" in configured["message"]
+    assert pool(guarded).compiles == compiled_before
+    print(f"\n[grammar] slowest loop callback {watch.slowest_ms:.1f} ms CPU of {watch.callbacks}")
+    watch.check()

@@ -9,6 +9,7 @@ import msgspec
 from gateway.core.conversation import Conversation
 from gateway.core.conversation_record import head, image_record, item_record
 from gateway.core.items import Item
+from gateway.engine.contract import ChatImage
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,8 @@ class StoredTree:
 
     def change(self, tree: Conversation) -> tuple[TreeChange, Snapshot]:
         """The change that makes the store hold `tree`, and what it holds then (for `saved`)."""
-        items = {item.id: item for item, _ in tree.walk()}
-        pictures = {image.sha256: image for item in items.values() for image in item.content.images}
-        now = Snapshot(items, frozenset(pictures))
+        now = _snapshot(tree)
+        items, pictures = now.items, _pictures(now.items)
         was = self._written or Snapshot({}, frozenset())
         change = TreeChange(
             head=_encode(head(tree)),
@@ -59,6 +59,11 @@ class StoredTree:
         )
         return change, now
 
+    def loaded(self, tree: Conversation) -> None:
+        """`tree` as just read from the store, so held there already: the next change carries only what changes
+        from here (a revived session's first write rewrote all of it, 15 MiB of pictures on each resume)."""
+        self._written = _snapshot(tree)
+
     def saved(self, snapshot: Snapshot) -> None:
         self._written = snapshot
 
@@ -68,3 +73,12 @@ class StoredTree:
 
 
 _encode = msgspec.msgpack.encode
+
+
+def _snapshot(tree: Conversation) -> Snapshot:
+    items = {item.id: item for item, _ in tree.walk()}
+    return Snapshot(items, frozenset(_pictures(items)))
+
+
+def _pictures(items: dict[str, Item]) -> dict[str, ChatImage]:
+    return {image.sha256: image for item in items.values() for image in item.content.images}

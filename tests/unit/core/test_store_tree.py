@@ -53,3 +53,17 @@ def test_after_a_failed_write_the_next_change_is_full() -> None:
     stored.lost()
     change, _ = stored.change(t)
     assert change.full and sorted(change.items) == ["i1", "i2"]
+
+
+def test_a_tree_just_loaded_writes_only_its_head_and_what_follows() -> None:
+    """`loaded`: the store holds the tree already, so the next change writes no item and no picture of
+    it (a revived session is not rewritten), only the turn that follows."""
+    t, stored = tree(), StoredTree()
+    t.append(Content.user("look", (picture("p"),)))
+    t.append(Content.reply("a cat"))
+    stored.loaded(t)
+    unchanged, _ = stored.change(t)
+    chat(t, "more")
+    after, _ = stored.change(t)
+    assert not unchanged.full and not unchanged.items and not unchanged.pictures and not unchanged.gone_items
+    assert not after.full and sorted(after.items) == ["i3", "i4"] and not after.pictures

@@ -1,0 +1,39 @@
+"""Free-form JSON bounds: integers and floats checked per container, and the walk yields in small slices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.core.json_bounds import JSON_INT_MAX, JSON_INT_MIN, check_json_value, json_value_checks
+from gateway.errors import GatewayError
+
+
+def wide(groups: int, each: int) -> dict[str, Any]:
+    return {f"g{g}": {f"p{i}": {"type": "integer"} for i in range(each)} for g in range(groups)}
+
+
+def test_many_small_objects_yield_often() -> None:
+    """60 objects of 1,000 one-entry objects (120k entries, 60k containers) yield at least 14 times: a
+    container counts as an entry towards a slice, however few entries it holds."""
+    assert sum(1 for _ in json_value_checks(wide(60, 1000), "schema")) >= 14
+
+
+@pytest.mark.parametrize("number", [JSON_INT_MAX + 1, JSON_INT_MIN - 1])
+def test_an_integer_beyond_64_bits_is_refused_at_any_depth(number: int) -> None:
+    """An integer outside 64 bits, deep in a list or a map, is `invalid_field` naming the range."""
+    for value in ({"a": [{"b": number}]}, [1, [2, number]], number):
+        with pytest.raises(GatewayError, match="64-bit range"):
+            check_json_value(value, "schema")
+
+
+def test_the_64_bit_extremes_and_booleans_pass() -> None:
+    """Both 64-bit extremes, booleans and finite floats are accepted."""
+    check_json_value({"a": [JSON_INT_MIN, JSON_INT_MAX, True, 1.5], "b": False}, "schema")
+
+
+def test_a_non_finite_float_is_refused() -> None:
+    """An infinite number inside a map is `invalid_field`."""
+    with pytest.raises(GatewayError, match="not finite"):
+        check_json_value({"a": {"b": float("inf")}}, "schema")
