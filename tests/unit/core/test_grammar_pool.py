@@ -184,8 +184,9 @@ async def test_a_compile_past_its_cpu_budget_is_killed_and_its_worker_compiles_t
     pool = GrammarPool(Settings(grammar_workers=1, grammar_cpu_s=0.1), counting(calls))
     quota = pool.quota("10.5.0.1")
     try:
+        # ~2 s of CPU to compile; 20,000 properties could meet llguidance's own size limit before the budget
         with pytest.raises(GatewayError, match=r"grammar_cpu_s \(0.1 s\)") as refused:
-            await pool.response_grammar(many_required(10_000, "slow"), quota)  # ~2 s of CPU; 20,000 can hit llguidance's own size limit first
+            await pool.response_grammar(many_required(10_000, "slow"), quota)
         assert refused.value.code.value == "invalid_field" and pool.kills == 1 and calls == []
         assert await pool.response_grammar(schema_format(0, "killed"), quota) is not None
         assert len(calls) == 1 and pool.kills == 1
