@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -97,6 +97,11 @@ class StreamOptions(Struct, forbid_unknown_fields=True):
     include_usage: bool = False
 
 
+_T = TypeVar("_T")
+# A field OpenAI defines that is accepted and ignored, but only with the value that changes nothing (NEUTRAL_VALUES).
+Neutral: TypeAlias = _T | None
+
+
 class ChatCompletionRequest(Struct, forbid_unknown_fields=True):
     """Fields OpenAI defines that are absent here (tools, logit_bias, audio, ...) are refused by name."""
 
@@ -117,13 +122,12 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True):
     tools: Annotated[list[ToolSpec], Meta(max_length=64)] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None  # accepted; a forced call is always one call
-    # Accepted and ignored, but only with the value that changes nothing (see NEUTRAL_VALUES).
-    n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logprobs: bool | None = None
-    store: bool | None = None
-    user: str | None = None
+    n: Neutral[int] = None
+    presence_penalty: Neutral[float] = None
+    frequency_penalty: Neutral[float] = None
+    logprobs: Neutral[bool] = None
+    store: Neutral[bool] = None
+    user: str | None = None  # accepted and ignored
 
     @property
     def max_new_tokens(self) -> int | None:
