@@ -112,7 +112,8 @@ export class Editor {
     const text = cut ? chars.slice(0, turn.shown).join("") : frame.text;
     if (!frame.reply_id) return text;
     if (cut) this.request({ type: "truncate", item_id: frame.reply_id, chars: turn.shown });
-    else if (turn.kind) this.request({ type: "history" }); // a new version: the history counts them
+    // a new version (or one picked up after a reload): the history counts them; a watch's reply is none
+    else if (turn.kind && !turn.watch) this.request({ type: "history" });
     else {
       if (turn.user && turn.itemId) this.decorate(turn.user, { role: "user", item_id: turn.itemId, sibling_ids: [turn.itemId] });
       this.decorate(turn.reply.item, { role: "assistant", item_id: frame.reply_id, sibling_ids: [frame.reply_id] });
