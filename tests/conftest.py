@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import uvicorn
 from PIL import Image
 
@@ -210,3 +211,32 @@ def utf8_corpus() -> list[str]:
     their merges split UTF-8 characters, as real tokenizers' do."""
     n = len(CORPUS_WORDS)
     return [" ".join(CORPUS_WORDS[(i * 7 + j * 13) % n] for j in range(12)) + "." for i in range(400)]
+
+
+@contextlib.contextmanager
+def logged_serve(model: Path, tmp_path: Path, *args: str) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """`python -m gateway.cli serve --model MODEL ARGS` in a process of its own, its stdout and stderr in a
+    file; yields its URL, the log file and the process once /healthz answers (a hang guard of 120 s)."""
+    port, log_path = free_port(), tmp_path / "serve.log"
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--model", str(model), "--port", str(port)]
+    command += [*args, "--data-dir", str(tmp_path / "data")]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _healthy(url):
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.2)
+        yield url, log_path, process
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/healthz", timeout=1).status_code == 200
+    except requests.RequestException:  # not up yet, or slow to answer on a loaded machine: ask again
+        return False

@@ -18,7 +18,7 @@ import requests
 
 from gateway.client import GatewayClient
 from gateway.logs import JsonFormatter, session_hash
-from tests.conftest import DemoDirs, free_port
+from tests.conftest import DemoDirs, logged_serve
 
 KEY = "sk-json-logs-0123456789abcdef"
 PROMPT = "zebra quokka narwhal"  # words no log line has any reason to hold
@@ -27,29 +27,8 @@ PROMPT = "zebra quokka narwhal"  # words no log line has any reason to hold
 @pytest.fixture
 def json_server(demo_dirs: DemoDirs, tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     """`python -m gateway.cli serve --log-format json --log-level debug` with an API key; its stderr in a file."""
-    port, log_path = free_port(), tmp_path / "serve.log"
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--model", str(demo_dirs.model), "--port", str(port)]
-    command += ["--api-key", KEY, "--log-format", "json", "--log-level", "debug", "--data-dir", str(tmp_path / "data")]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while not _healthy(url):
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
-            time.sleep(0.2)
-        yield url, log_path, process
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-    except requests.RequestException:  # not up yet, or slow to answer on a loaded machine: ask again
-        return False
+    with logged_serve(demo_dirs.model, tmp_path, "--api-key", KEY, "--log-format", "json", "--log-level", "debug") as served:
+        yield served
 
 
 async def session(url: str) -> tuple[str, str]:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +13,7 @@ import pytest
 import requests
 
 from gateway.client import GatewayClient
-from tests.conftest import DemoDirs, free_port
+from tests.conftest import DemoDirs, logged_serve
 
 KEY = "sk-gw-0123456789abcdefSECRET"
 
@@ -26,29 +23,8 @@ KEY = "sk-gw-0123456789abcdefSECRET"
 @pytest.fixture
 def debug_server(demo_dirs: DemoDirs, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """`python -m gateway.cli serve` with an API key at --log-level debug; yields its URL and its log file."""
-    port, log_path = free_port(), tmp_path / "serve.log"
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--model", str(demo_dirs.model), "--port", str(port)]
-    command += ["--api-key", KEY, "--log-level", "debug", "--data-dir", str(tmp_path / "data")]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while not _healthy(url):
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
-            time.sleep(0.2)
+    with logged_serve(demo_dirs.model, tmp_path, "--api-key", KEY, "--log-level", "debug") as (url, log_path, _):
         yield url, log_path
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-    except requests.RequestException:  # not up yet, or slow to answer on a loaded machine: ask again
-        return False
 
 
 async def whole_session(url: str) -> list[str]:
