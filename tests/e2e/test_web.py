@@ -247,6 +247,14 @@ def test_reply_streams_token_by_token_then_shows_usage(server: RunningServer, op
     assert len(partial_lengths) > 1, "the reply did not grow on screen while streaming"
 
 
+def send_and_wait(chat: Chat, text: str) -> None:
+    """Send `text` and wait for its reply to finish (one more finished reply on the page)."""
+    finished = chat.page.locator(".message.assistant[data-finish-reason]")
+    before = finished.count()
+    chat.send(text)
+    expect(finished).to_have_count(before + 1, timeout=60_000)
+
+
 def words(text: str) -> list[str]:
     """The words of a text, which markdown rendering keeps in order (it may drop punctuation and spaces)."""
     return re.findall(r"[A-Za-z]+", text)

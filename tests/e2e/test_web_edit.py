@@ -12,19 +12,11 @@ from playwright.sync_api import Locator, WebSocketRoute, expect
 
 from tests.conftest import RunningServer
 from tests.e2e import test_web as web
-from tests.e2e.test_web import LONG_PROMPT, LONG_REPLY, Chat, _unpack, save_screenshot, words
+from tests.e2e.test_web import LONG_PROMPT, LONG_REPLY, Chat, _unpack, save_screenshot, send_and_wait, words
 from tests.e2e.test_web_a11y import audit
 
 browser = web.browser
 open_chat = web.open_chat
-
-
-def send_and_wait(chat: Chat, text: str) -> None:
-    """Send `text` and wait for its reply to finish (one more finished reply on the page)."""
-    finished = chat.page.locator(".message.assistant[data-finish-reason]")
-    before = finished.count()
-    chat.send(text)
-    expect(finished).to_have_count(before + 1, timeout=60_000)
 
 
 def received(chat: Chat, kind: str) -> list[dict[str, Any]]:

@@ -12,18 +12,10 @@ from gateway.config import Settings
 from gateway.engine.contract import GenerationRequest, GenerationResult, TurnHandle, TurnSink
 from tests.conftest import RunningServer
 from tests.e2e import test_web as web
-from tests.e2e.test_web import PHONE, Chat, save_screenshot
+from tests.e2e.test_web import PHONE, Chat, save_screenshot, send_and_wait
 
 browser = web.browser
 open_chat = web.open_chat
-
-
-def send_and_wait(chat: Chat, text: str) -> None:
-    """Send `text` and wait for its reply to finish (the n-th finished reply on the page)."""
-    finished = chat.page.locator(".message.assistant[data-finish-reason]")
-    before = finished.count()
-    chat.send(text)
-    expect(finished).to_have_count(before + 1, timeout=60_000)
 
 
 def test_at_390_px_the_last_replys_meta_line_is_in_view(server: RunningServer, open_chat: Callable[..., Chat]) -> None:
