@@ -37,6 +37,12 @@ def stop_watch(live: LiveSession) -> bool:
     return watcher is not None
 
 
+def _settle(starting: asyncio.Future[asyncio.Event | None]) -> None:
+    """A start that finished after its watch ended: its refusal has no one left to tell."""
+    if not starting.cancelled() and starting.exception() is not None:
+        log.info("a watch turn was refused after its watch ended: %s", starting.exception())
+
+
 async def watch_loop(live: LiveSession, spec: WatchSpec, start: StartTurn, refuse: Refuse) -> None:
     """Every `every_s`, a live turn over the window, when it holds a distinct frame the last watch turn did not
     read and no turn of the session runs (then it tries again at the next tick); one watch turn at a time."""
@@ -50,8 +56,14 @@ async def watch_loop(live: LiveSession, spec: WatchSpec, start: StartTurn, refus
         if snapshot is None or snapshot.version == read:
             continue  # nothing changed: a still scene costs no turn
         request = TurnRequest(id=f"watch-{number + 1}", text=spec.text, options=options, live=LiveView(spec.source, snapshot))
+        starting = asyncio.ensure_future(start(request))
         try:
-            ended = await start(request)
+            # Shielded: an `unwatch` that lands while the turn starts must not cut the start in half, or the turn
+            # would run without the session knowing it is the watch's (and a client's turn would then be `busy`).
+            ended = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(_settle)
+            raise
         except GatewayError as exc:  # full, draining, over a bound: said to the client; the watch goes on
             refuse(request.id, exc)
             read, number = snapshot.version, number + 1

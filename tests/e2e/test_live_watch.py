@@ -34,6 +34,8 @@ async def until(client: GatewayClient, kind: str, turn_id: str) -> tuple[dict[st
         frame = await client.recv()
         if frame["type"] == kind and frame.get("id") == turn_id:
             return frame, seen
+        if frame["type"] == "error":  # an answer that would otherwise leave this loop waiting for ever
+            raise AssertionError(f"waiting for {kind} of {turn_id}, got {frame}")
         seen.append(frame)
 
 
