@@ -1,8 +1,9 @@
 """Run in the video reference environment (scripts/install-video-ref): the gateway's native video layout
 (PIL and NumPy, engine/local/video_layout.py) against each model's own processor with its torchvision video
-processor, on tiny Qwen2-VL and Qwen2.5-VL checkpoints. Prints one JSON object: per family, whether prompt
-ids, token types, grids and seconds are equal, how far the pixels are apart, and both greedy replies.
-Usage: PYTHONPATH=. REF_PYTHON scripts/video_layout_check.py TEMPLATE MODEL_DIR..."""
+processor, on tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL and GLM-4.1V checkpoints, each with its family's video-reading
+template. Prints one JSON object: per family, whether prompt ids, token types, grids and seconds are equal, how far
+the pixels are apart, and both greedy replies.
+Usage: PYTHONPATH=. REF_PYTHON scripts/video_layout_check.py MODEL_DIR:TEMPLATE..."""
 
 from __future__ import annotations
 
@@ -89,6 +90,6 @@ def compare(model_dir: str, template: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    template = Path(sys.argv[1]).read_text()
-    report = {Path(model).name.split("-v")[0]: compare(model, sys.argv[1]) for model in sys.argv[2:]}
-    print(json.dumps(report | {"torch": torch.__version__, "template_chars": len(template)}))
+    pairs = [argument.rsplit(":", 1) for argument in sys.argv[1:]]
+    report = {Path(model).name.split("-v")[0]: compare(model, template) for model, template in pairs}
+    print(json.dumps(report | {"torch": torch.__version__}))

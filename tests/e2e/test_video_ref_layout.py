@@ -1,5 +1,5 @@
 """The native video layout against the models' own processors in the video reference environment
-(scripts/install-video-ref, where torchvision runs): tiny Qwen2-VL, Qwen2.5-VL and Qwen3-VL checkpoints, a prompt with
+(scripts/install-video-ref, where torchvision runs): tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL and GLM-4.1V checkpoints, a prompt with
 a photo and two clips (one landscape of five frames, one portrait of three), through the gateway's
 PromptBuilder (PIL and NumPy) and through AutoProcessor with its torchvision video processor. Qwen3-VL's
 checkpoint carries its video processor's config, as real ones do."""
@@ -15,15 +15,23 @@ from typing import Any
 import pytest
 
 from tests.conftest import announce
-from tests.families.video import QWEN_VL_VIDEO_TEMPLATE, VIDEO_FAMILIES, video_checkpoint
+from tests.families.video import VIDEO_FAMILIES, video_checkpoint, video_template
 from tests.vllm_support import vllm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = VIDEO_FAMILIES
 # Each clip's grid: a landscape clip of five frames of 150x100, a portrait one of three of 100x150.
-GRIDS = {"qwen2_vl": [[3, 6, 8], [2, 8, 6]], "qwen2_5_vl": [[3, 6, 8], [2, 8, 6]], "qwen3_vl": [[3, 6, 10], [2, 10, 6]]}
+GRIDS = {
+    "qwen2_vl": [[3, 6, 8], [2, 8, 6]],
+    "qwen2_5_vl": [[3, 6, 8], [2, 8, 6]],
+    "qwen3_vl": [[3, 6, 10], [2, 10, 6]],
+    "glm4v": [[3, 4, 6], [2, 6, 4]],
+}
 # Qwen2.5-VL has no video processor of its own: it shares Qwen2-VL's.
-VIDEO_PROCESSORS = {name: "Qwen2VLVideoProcessor" for name in ("qwen2_vl", "qwen2_5_vl")} | {"qwen3_vl": "Qwen3VLVideoProcessor"}
+VIDEO_PROCESSORS = {name: "Qwen2VLVideoProcessor" for name in ("qwen2_vl", "qwen2_5_vl")} | {
+    "qwen3_vl": "Qwen3VLVideoProcessor",
+    "glm4v": "Glm4vVideoProcessor",
+}
 pytestmark = [pytest.mark.video_ref, pytest.mark.timeout(900)]  # the first run also installs the environment
 
 
@@ -31,13 +39,15 @@ pytestmark = [pytest.mark.video_ref, pytest.mark.timeout(900)]  # the first run 
 def report(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """What scripts/video_layout_check.py reports in the reference environment, per family."""
     python = vllm_python(say=lambda line: announce(pytestconfig, line), script=ROOT / "scripts" / "install-video-ref")
-    template = tmp_path_factory.mktemp("video-template") / "template.jinja"
-    template.write_text(QWEN_VL_VIDEO_TEMPLATE)
+    templates = tmp_path_factory.mktemp("video-templates")
     scratch = tmp_path_factory.mktemp("checkpoints")
-    models = [str(video_checkpoint(name, scratch)) for name in FAMILIES]
+    pairs = []
+    for name in FAMILIES:
+        (templates / f"{name}.jinja").write_text(video_template(name))
+        pairs.append(f"{video_checkpoint(name, scratch)}:{templates / f'{name}.jinja'}")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     script = str(ROOT / "scripts" / "video_layout_check.py")
-    done = subprocess.run([python, script, str(template), *models], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([python, script, *pairs], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     found: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     return found
@@ -51,7 +61,7 @@ def test_the_reference_is_the_models_torchvision_video_processor(report: dict[st
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prompt_ids_and_token_types_are_equal(report: dict[str, Any], family: str) -> None:
-    """Token for token the same prompt (Qwen3-VL's with each temporal patch's time), video placeholders typed
+    """Token for token the same prompt (Qwen3-VL's and GLM-4.1V's with each temporal patch's time), video tokens typed
     as video in the same places."""
     assert report[family]["input_ids_equal"] and report[family]["mm_token_type_ids_equal"]
 

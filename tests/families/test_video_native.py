@@ -1,4 +1,4 @@
-"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL read a video as a clip: the local engine lays it out natively (temporal patches,
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL and GLM-4.1V read a video as a clip: the local engine lays it out natively (temporal patches,
 video placeholders, their grid and seconds) and gives exactly the model's own greedy `generate` over it."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from gateway.engine.local.loader import load_model
 from gateway.errors import GatewayError
 from tests.conftest import chat_image
 from tests.families.builders import cached_family
-from tests.families.video import QWEN_VL_VIDEO_TEMPLATE, VIDEO_FAMILIES, chat_video, clip, video_checkpoint
+from tests.families.video import VIDEO_FAMILIES, chat_video, clip, video_checkpoint, video_template
 from tests.unit.engine.test_engine import Collector
 
 MAX_TOKENS = 8
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(params=VIDEO_FAMILIES, scope="module")
 def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     template = tmp_path_factory.mktemp("template") / "video.jinja"
-    template.write_text(QWEN_VL_VIDEO_TEMPLATE)
+    template.write_text(video_template(request.param))
     return video_checkpoint(request.param, tmp_path_factory.mktemp("checkpoint")), template
 
 
@@ -101,6 +101,13 @@ def test_a_family_without_native_video_refuses_a_clip() -> None:
     with pytest.raises(GatewayError) as caught:
         loaded.prompt.build(clip_messages())
     assert caught.value.code.value == "bad_video"
+
+
+def test_a_template_without_a_video_part_reads_videos_as_frames() -> None:
+    """A GLM-4V whose chat template writes no video part (the demo's, the tiny checkpoint's own) takes no clip: it
+    reads videos as their frames, as before."""
+    loaded = load_model(str(cached_family("glm4v")), device="cpu")
+    assert loaded.prompt.video is None
 
 
 def test_counting_lays_the_clip_out_once_for_the_generation_thread(engine: LocalEngine) -> None:

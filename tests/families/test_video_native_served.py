@@ -1,5 +1,5 @@
-"""End to end on a served Qwen2-VL: a live turn reads the window as one clip and a `video_url` part reads as
-a clip, each reply the model's own greedy `generate` over the native layout."""
+"""End to end on a served Qwen2-VL and GLM-4.1V: a live turn reads the window as one clip and a `video_url` part reads
+as a clip, each reply the model's own greedy `generate` over the native layout."""
 
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ from gateway.engine.contract import ChatMessage, ChatVideo
 from gateway.media.images import ImageLimits, check_image
 from tests.conftest import RunningServer, start_server
 from tests.families.builders import cached_family
-from tests.families.video import QWEN_VL_VIDEO_TEMPLATE, chat_video, clip, scene
+from tests.families.video import chat_video, clip, scene, video_template
 
 MAX_TOKENS = 8
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=("qwen2_vl", "glm4v"))
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     template = tmp_path_factory.mktemp("template") / "video.jinja"
-    template.write_text(QWEN_VL_VIDEO_TEMPLATE)
-    running = start_server(cached_family("qwen2_vl"), Settings(chat_template=str(template)))
+    template.write_text(video_template(request.param))
+    running = start_server(cached_family(request.param), Settings(chat_template=str(template)))
     try:
         yield running
     finally:

@@ -1,4 +1,4 @@
-"""Clips, checkpoints and a video-reading chat template for the families that read video natively (Qwen-VL)."""
+"""Clips, checkpoints and video-reading chat templates for the families that read video natively (Qwen-VL, GLM-4.1V)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ QWEN_VL_VIDEO_TEMPLATE = (
     "{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>{% endif %}{% endfor %}"
     "{% for c in m['content'] if c['type'] == 'text' %}{{ c['text'] }}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# GLM-4.1V's own layout of a message's parts (the tiny checkpoint's template, with its video part).
+GLM_VIDEO_TEMPLATE = (
+    "[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for part in m['content'] %}{% if part['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif part['type'] == 'video' %}<|begin_of_video|><|video|><|end_of_video|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 LIMITS = VideoLimits(max_bytes=1 << 24, max_pixels=1 << 22, max_duration_s=10, max_frames=8, fps=2.0)
 
@@ -68,7 +76,12 @@ QWEN3_VL_VIDEO_CONFIG = {
     "image_std": [0.5, 0.5, 0.5],
     "do_sample_frames": False,
 }
-VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v")
+
+
+def video_template(name: str) -> str:
+    """The family's chat template with its video part."""
+    return GLM_VIDEO_TEMPLATE if name == "glm4v" else QWEN_VL_VIDEO_TEMPLATE
 
 
 def video_checkpoint(name: str, scratch: Path) -> Path:

@@ -14,6 +14,7 @@ from gateway.engine.adapters import check_adapter_name
 from gateway.engine.local.adapter_weights import AdapterError, attach, read_adapter
 from gateway.engine.local.families import family_for
 from gateway.engine.local.families.processors import load_processor
+from gateway.engine.local.glm_clips import separate_clip_tokens
 from gateway.engine.local.prompt import PromptBuilder
 from gateway.engine.local.video_prompt import video_processing
 from gateway.errors import GatewayError
@@ -101,6 +102,8 @@ def load_model(
         model = _apply_adapters(model, adapter_dir, adapters or {}, torch_dtype)
     model.to(torch_device).eval()
     tokenizer, prompt = _load_prompt_builder(source, model, vision, trust_remote_code, template)
+    if prompt.video is not None and prompt.family.video == "glm4v":  # clips reach this model: it must tell them apart
+        separate_clip_tokens(model)
     name = model_id or (adapter_dir or source).resolve().name
     return LoadedModel(
         model=model,

@@ -16,7 +16,7 @@ from gateway.engine.local.families import GENERIC, Family
 from gateway.engine.local.image_cache import ImageCache, ProcessedImage
 from gateway.engine.local.image_layout import ImageLayout, image_spans
 from gateway.engine.local.video_layout import QwenVideoProcessing
-from gateway.engine.local.video_prompt import PreparedVideos
+from gateway.engine.local.video_prompt import PreparedVideos, renders_clips, without_clips
 from gateway.errors import ErrorCode, GatewayError
 from gateway.media.images import decode_pixels
 from gateway.tools.fallback import needs_fallback, plain_messages
@@ -108,7 +108,7 @@ class PromptBuilder:
         self.vision = processor is not None and getattr(processor, "image_token", None) is not None
         self.images = ImageCache(self.process_image, image_cache_bytes)
         # How clips are laid out natively (None: this model reads no video; a front end sends frames as images).
-        self.video = video if self.vision and getattr(processor, "video_token", None) is not None else None
+        self.video = video if self.vision and renders_clips(self.template, tokenizer, processor) else None
         # Laid-out clips, shared by the builders of every thread: counting lays a clip out ahead of the
         # generation thread, which then finds it here.
         self.clips: ImageCache[ChatVideo] = ImageCache(self._lay_out, image_cache_bytes)
@@ -213,7 +213,7 @@ class PromptBuilder:
         if not self.family.image_kv or not offsets:
             return None
         counts = [self._image_tokens_in(o["replacement"]) for o in offsets[0] if o["type"] == "image"]
-        spans = image_spans(input_ids[0].tolist(), self._image_ids, counts)
+        spans = image_spans(without_clips(input_ids[0].tolist(), extras), self._image_ids, counts)
         stacked = {k: v for k, v in self.family.stacked(processed).items() if k in extras} if processed else {}
         if spans is None or len(spans) != len(processed):
             return None

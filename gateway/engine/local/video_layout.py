@@ -1,4 +1,4 @@
-"""A clip's frames laid out as Qwen-VL's own video processors lay them out, in PIL and NumPy (no torchvision)."""
+"""A clip's frames laid out as Qwen-VL's and GLM-4.1V's own video processors lay them out, in PIL and NumPy (no torchvision)."""
 
 from __future__ import annotations
 
@@ -133,6 +133,19 @@ class Qwen3VideoProcessing(QwenVideoProcessing):
         return smart_resize(height, width, self.factor, self.min_pixels, max_pixels, (frames, t_bar))
 
 
+@dataclass(frozen=True)
+class GlmVideoProcessing(Qwen3VideoProcessing):
+    """What GLM-4.1V's `Glm4vVideoProcessor` does: Qwen3-VL's sizing of a clip (its frames multiply a frame's area,
+    a frame under one merged patch scaled up first) with Qwen2-VL's 14-pixel patches and CLIP's mean and deviation,
+    and no budget for the whole clip. (The processor writes each temporal patch's whole seconds after its frame.)"""
+
+    min_pixels: int = 112 * 112
+    max_pixels: int = 28 * 28 * 2 * 30000
+    patch_size: int = 14
+    image_mean: tuple[float, ...] = _CLIP_MEAN
+    image_std: tuple[float, ...] = _CLIP_STD
+
+
 def smart_resize(
     height: int, width: int, factor: int, min_pixels: int, max_pixels: int, frames: tuple[int, int] = (1, 1)
 ) -> tuple[int, int]:
@@ -153,7 +166,9 @@ def smart_resize(
     return h_bar, w_bar
 
 
-def video_metadata(frames: int, fps: float) -> Any:
+def video_metadata(ts_ms: Sequence[int], fps: float) -> Any:
     """What a processor reads of a clip's metadata: its frames were sampled at `fps` (Qwen2.5-VL's
-    `second_per_grid_ts` is the temporal patch over it)."""
-    return SimpleNamespace(sampled_fps=fps, fps=fps, total_num_frames=frames, frames_indices=list(range(frames)))
+    `second_per_grid_ts` is the temporal patch over it), each at its time (GLM-4.1V writes them in the prompt)."""
+    indices = list(range(len(ts_ms)))
+    timestamps = [ts / 1000 for ts in ts_ms]
+    return SimpleNamespace(sampled_fps=fps, fps=fps, total_num_frames=len(ts_ms), frames_indices=indices, timestamps=timestamps)

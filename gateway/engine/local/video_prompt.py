@@ -14,11 +14,13 @@ import torch
 from gateway.engine.contract import ChatVideo
 from gateway.engine.local.families import Family
 from gateway.engine.local.image_layout import ImageLayout, Stacked, image_spans
-from gateway.engine.local.video_layout import Qwen3VideoProcessing, QwenVideoProcessing, video_metadata
+from gateway.engine.local.video_layout import GlmVideoProcessing, Qwen3VideoProcessing, QwenVideoProcessing, video_metadata
 from gateway.media.images import decode_pixels
 
 # What the processor is handed in place of a clip already processed: one 1x1 frame, channels last.
 _STAND_IN = np.zeros((1, 1, 1, 3), np.uint8)
+_PROCESSING = {"qwen2_vl": QwenVideoProcessing, "qwen3_vl": Qwen3VideoProcessing, "glm4v": GlmVideoProcessing}
+_VIDEO_TYPE = 2  # how processors type a clip's tokens in `mm_token_type_ids` (1: an image's)
 
 
 def video_processing(source: Path, family: Family) -> QwenVideoProcessing | None:
@@ -26,7 +28,7 @@ def video_processing(source: Path, family: Family) -> QwenVideoProcessing | None
     its video preprocessor config, else its image preprocessor config (as transformers falls back)."""
     if family.video is None:
         return None
-    processing = Qwen3VideoProcessing if family.video == "qwen3_vl" else QwenVideoProcessing
+    processing = _PROCESSING[family.video]
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
         if (source / name).exists():
             config = json.loads((source / name).read_text())
@@ -61,19 +63,23 @@ class PreparedVideos:
         self.features = {
             "pixel_values_videos": torch.cat([clip["pixel_values_videos"] for clip in laid_out]),
             "video_grid_thw": torch.cat([clip["video_grid_thw"] for clip in laid_out]),
-            "video_metadata": [video_metadata(len(v.frames), v.sampled_fps) for v in videos],
+            "video_metadata": [video_metadata(v.ts_ms, v.sampled_fps) for v in videos],
         }
         return [_STAND_IN] * len(videos)
 
     def placed(
         self, layout: ImageLayout, input_ids: list[int], extras: dict[str, torch.Tensor], videos: Sequence[ChatVideo]
     ) -> ImageLayout | None:
-        """`layout` with where each clip sits: its video tokens (one per merged patch of each temporal patch) and
-        its rows of the clip tensors, keyed by its sha256, so held KV ending before a clip, or after it, serves
-        a later prompt. None where the counts disagree with the prompt's."""
+        """`layout` with where each clip sits: its video-typed tokens (one per merged patch of each temporal patch;
+        GLM-4.1V's are image tokens, its frames' times between them) and its rows of the clip tensors, keyed by its
+        sha256, so held KV ending before a clip, or after it, serves a later prompt. None where the counts disagree
+        with the prompt's."""
         grids = extras["video_grid_thw"]
         patches = [int(grid.prod()) for grid in grids]
-        spans = image_spans(input_ids, {self.video_token_id}, [n // self.merge_size**2 for n in patches])
+        kinds = extras.get("mm_token_type_ids")
+        typed = input_ids if kinds is None else [_VIDEO_TYPE if kind == _VIDEO_TYPE else -1 for kind in kinds[0].tolist()]
+        marks = {self.video_token_id} if kinds is None else {_VIDEO_TYPE}
+        spans = image_spans(typed, marks, [n // self.merge_size**2 for n in patches])
         if spans is None or len(spans) != len(videos):
             return None
         one_each = Stacked(0, (1,) * len(videos))
@@ -81,3 +87,26 @@ class PreparedVideos:
         rows |= {"second_per_grid_ts": one_each} if "second_per_grid_ts" in extras else {}
         keys = tuple(f"{video.sha256}:video" for video in videos)
         return replace(layout, videos=spans, video_keys=keys, video_stacked=rows)
+
+
+def without_clips(input_ids: list[int], extras: dict[str, torch.Tensor]) -> list[int]:
+    """The prompt's ids with its clips' tokens blanked (-1): GLM-4.1V's clips are image tokens, which are not
+    the prompt's images."""
+    kinds = extras.get("mm_token_type_ids")
+    if kinds is None or "video_grid_thw" not in extras:
+        return input_ids
+    return [-1 if kind == _VIDEO_TYPE else token for token, kind in zip(input_ids, kinds[0].tolist())]
+
+
+def renders_clips(template: str | None, tokenizer: Any, processor: Any) -> bool:
+    """Whether the chat template writes a video part's placeholder: a template that drops it (the demo's, a
+    fixture's) cannot take a clip, so the model reads videos as their frames."""
+    token = getattr(processor, "video_token", None)
+    if token is None or template is None:
+        return False
+    chat = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": ""}]}]
+    try:
+        rendered = tokenizer.apply_chat_template(chat, chat_template=template, tokenize=False, add_generation_prompt=True)
+    except Exception:  # a template that fails on a video part cannot take one either
+        return False
+    return token in str(rendered)

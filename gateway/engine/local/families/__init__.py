@@ -16,7 +16,7 @@ from PIL import Image
 from gateway.engine.local.image_layout import Stacked
 
 EncoderRows = Literal["per_image", "pixel_rows", "token_rows"]
-VideoLayout = Literal["qwen2_vl", "qwen3_vl"]
+VideoLayout = Literal["qwen2_vl", "qwen3_vl", "glm4v"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ class Family:
     # How a video is laid out where the gateway lays it out as the model's own video processor does (see
     # engine/local/video_layout.py): "qwen2_vl", temporal patches of frames behind one `<|video_pad|>` per
     # merged patch; "qwen3_vl", the same with Qwen3-VL's sizes and a budget for the whole clip (its
-    # processor writes each patch's time). None: a video is read as its frames, images named with their times.
+    # processor writes each patch's time); "glm4v", Qwen3-VL's sizing with 14-pixel patches, each temporal patch an
+    # image's tokens followed by its whole seconds, inside video start and end. None: a video is read as its
+    # frames, images named with their times.
     video: VideoLayout | None = None
 
     def process(self, image_processor: Any, pixels: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +142,8 @@ FAMILIES: dict[str, Family] = {
     # Qwen2.5-VL's processor adds each temporal patch's seconds (`second_per_grid_ts`) from the clip's rate.
     **{name: Family(name, tokens_from_size=True, video="qwen2_vl") for name in ("qwen2_vl", "qwen2_5_vl")},
     **{name: Family(name, tokens_from_size=True, video="qwen3_vl") for name in ("qwen3_vl", "qwen3_vl_moe")},
+    # GLM-4.5V (glm4v_moe) shares GLM-4.1V's processor and its video processor.
+    **{name: Family(name, tokens_from_size=True, video="glm4v") for name in ("glm4v", "glm4v_moe")},
     **{name: Family(name, encoder_rows="pixel_rows") for name in _TILED},
     "gemma3": Family("gemma3", positional=("token_type_ids",), encoder_rows="pixel_rows"),
     **FAMILIES_B,
