@@ -13,7 +13,7 @@ from gateway.core.live_turn import live_turns, timeline_entry
 from gateway.core.request import ConversationRequest, TurnRequest
 from gateway.core.session import Session, UserTurn
 from gateway.core.tool_plan import ToolPlan
-from gateway.core.video_frames import as_clips, frames_as_images, with_markers
+from gateway.core.video_frames import read_videos
 from gateway.engine.contract import ChatImage, ChatMessage, Engine, SamplingParams
 from gateway.errors import ErrorCode, GatewayError, naming
 from gateway.media.video import DecodedVideo
@@ -25,14 +25,19 @@ async def session_turns(
     attachments: Attachments, session: Session, request: TurnRequest, keep_last_frame: bool, reads_video: bool = False
 ) -> tuple[UserTurn, UserTurn]:
     """A session's turn with its images and videos loaded, as the prompt reads it and as the history keeps it:
-    the same, but for a live turn, whose window frames are read now (as a clip where the engine `reads_video`)
-    and never kept (history holds their summary). Video attachments join the history, as frames."""
+    video attachments are read as clips where the engine `reads_video` and join the history as their frames; a
+    live turn's window frames are read now (as a clip where the engine `reads_video`) and never kept (history
+    holds their summary; the turn's own videos are read as frames there)."""
     images = await attachments.load(request.images, request.image_urls)
     videos = await attachments.load_videos(request.videos)
-    images += frames_as_images(videos)  # every family reads a video as its frames, named in the text
-    turn = session.check_turn(UserTurn(id=request.id, text=with_markers(request.text, videos), images=images))
+    text, frames, _ = read_videos(request.text, images, videos, as_clip=False)
+    turn = session.check_turn(UserTurn(id=request.id, text=text, images=frames))
     live = request.live
-    prompted, recorded = live_turns(turn, live, keep_last_frame, reads_video) if live is not None else (turn, turn)
+    if live is not None:
+        prompted, recorded = live_turns(turn, live, keep_last_frame, reads_video)
+    else:
+        text, images, clips = read_videos(request.text, images, videos, reads_video)
+        prompted, recorded = replace(turn, text=text, images=images, videos=clips), turn
     # Frames as images: the prompt shows only those its history has not (the timeline). Any other turn says so
     # too, so a turn id used again never reads an earlier live turn's layout.
     session.timeline.begin(turn.id, timeline_entry(turn, live, recorded) if live is not None and not reads_video else None)
@@ -61,11 +66,8 @@ async def conversation_messages(
     for m in request.messages:
         clips = tuple(next(videos) for _ in m.video_urls)
         pictures = tuple(next(images) for _ in m.image_urls)
-        if reads_video:
-            messages.append(ChatMessage(m.role, m.text, pictures, m.tool_calls, m.tool_call_id, as_clips(clips)))
-        else:
-            pictures += frames_as_images(clips)
-            messages.append(ChatMessage(m.role, with_markers(m.text, clips), pictures, m.tool_calls, m.tool_call_id))
+        text, pictures, read = read_videos(m.text, pictures, clips, reads_video)
+        messages.append(ChatMessage(m.role, text, pictures, m.tool_calls, m.tool_call_id, read))
     return messages
 
 

@@ -36,6 +36,16 @@ def as_clips(videos: Sequence[DecodedVideo]) -> tuple[ChatVideo, ...]:
     )
 
 
+def read_videos(
+    text: str, images: tuple[ChatImage, ...], videos: Sequence[DecodedVideo], as_clip: bool
+) -> tuple[str, tuple[ChatImage, ...], tuple[ChatVideo, ...]]:
+    """A message's text, images and clips with its videos in them, as the model reads them: clips where the engine
+    reads video natively (`as_clip`), else their frames after the message's images, named in its text."""
+    if as_clip:
+        return text, images, as_clips(videos)
+    return with_markers(text, videos), images + frames_as_images(videos), ()
+
+
 def window_clip(frames: Sequence[LiveFrame]) -> ChatVideo:
     """A live window as one clip: each distinct frame at the client time it was first seen (a still scene's
     frame stays one frame), named by its frames' hashes."""

@@ -92,3 +92,20 @@ def test_a_video_url_reads_as_a_clip(server: RunningServer) -> None:
     prompt, reply = greedy(server, [ChatMessage("user", "What happens?", videos=(chat_video(data),))])
     assert answer["usage"]["prompt_tokens"] == prompt
     assert answer["choices"][0]["message"]["content"] == reply
+
+
+async def test_a_turns_videos_read_as_clips(server: RunningServer) -> None:
+    """A WebSocket turn's `videos` reach the model as clips, as `video_url` parts do: the reply and prompt length are
+    `generate`'s over the clip. The history keeps the video as its frames, which a later turn reads."""
+    data = clip()
+    async with GatewayClient(server.ws_url) as client:
+        result = await client.turn("t0", "What happens?", videos=[data], temperature=0, max_tokens=MAX_TOKENS)
+        later = await client.turn("t1", "And then?", temperature=0, max_tokens=MAX_TOKENS)
+    assert result.accepted is not None and result.done is not None
+    prompt, reply = greedy(server, [ChatMessage("user", "What happens?", videos=(chat_video(data),))])
+    assert result.done["usage"]["prompt_tokens"] == prompt and result.text == reply
+    frames = chat_video(data).frames
+    markers = " ".join(f"[video 1, {ts / 1000:.1f} s]" for ts in chat_video(data).ts_ms)
+    history = [ChatMessage("user", f"{markers}\nWhat happens?", frames), ChatMessage("assistant", result.text)]
+    prompt, reply = greedy(server, [*history, ChatMessage("user", "And then?")])
+    assert later.done is not None and later.done["usage"]["prompt_tokens"] == prompt and later.text == reply
