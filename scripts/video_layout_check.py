@@ -38,6 +38,35 @@ def frames_of(video: ChatVideo) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(frame.data)).convert("RGB")) for frame in video.frames])
 
 
+def single_frame(builder: Any, reference: Any, one_level: float) -> dict[str, Any]:
+    """A one-frame clip through our layout, and through the processor: as one frame where it takes that, else (it
+    refuses a clip shorter than a temporal patch) as that frame twice, the temporal patch it pads the frame to."""
+    video = chat_video(clip(seconds=0.5))
+    assert len(video.frames) == 1
+    messages = [ChatMessage("user", "What is this?", videos=(video,))]
+    ours = builder.build(messages)
+    frames, taken = frames_of(video), "one frame"
+
+    def processed(frames: np.ndarray) -> Any:
+        metadata = VideoMetadata(len(frames), fps=video.sampled_fps, frames_indices=[0] * len(frames))
+        text = [builder._render(messages)]
+        return reference(text=text, videos=[frames], video_metadata=[metadata], do_sample_frames=False, return_tensors="pt")
+
+    try:
+        expected = processed(frames)
+    except ValueError:
+        expected, taken = processed(np.concatenate([frames, frames])), "the frame twice"
+    pixels, reference_pixels = ours.extras["pixel_values_videos"], expected["pixel_values_videos"]
+    apart = float((pixels - reference_pixels).abs().max() / one_level) if pixels.shape == reference_pixels.shape else None
+    return {
+        "single_frame_reference_takes": taken,
+        "single_frame_input_ids_equal": torch.equal(ours.input_ids, expected["input_ids"]),
+        "single_frame_video_grid_thw": ours.extras["video_grid_thw"].tolist(),
+        "single_frame_video_grid_thw_equal": torch.equal(ours.extras["video_grid_thw"], expected["video_grid_thw"]),
+        "single_frame_pixels_max_apart_levels": apart,
+    }
+
+
 def compare(model_dir: str, template: str) -> dict[str, Any]:
     loaded = load_model(model_dir, device="cpu", chat_template=template)
     builder = loaded.prompt
@@ -86,7 +115,7 @@ def compare(model_dir: str, template: str) -> dict[str, Any]:
         "prompt_tokens": ours.prompt_tokens,
         "greedy_ours": greedy(ours.input_ids, extras),
         "greedy_reference": greedy(expected["input_ids"], reference_tensors),
-    }
+    } | single_frame(builder, reference, one_level)
 
 
 if __name__ == "__main__":

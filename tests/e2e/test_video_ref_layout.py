@@ -88,3 +88,15 @@ def test_greedy_replies_are_equal(report: dict[str, Any], family: str) -> None:
     """The model's own `generate` gives the same eight tokens over our layout as over its processor's."""
     assert report[family]["greedy_ours"] == report[family]["greedy_reference"]
     assert len(report[family]["greedy_ours"]) == 8
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_single_frame_clip_is_laid_out_as_the_processor_pads_it(report: dict[str, Any], family: str) -> None:
+    """A one-frame clip: Qwen2-VL's video processor takes it; Qwen3-VL's and GLM-4.1V's refuse a clip shorter than a
+    temporal patch, and ours equals theirs given the frame twice (the patch they pad a frame to): the same prompt
+    ids, one temporal patch, pixels within one level."""
+    found = report[family]
+    assert found["single_frame_reference_takes"] == ("the frame twice" if family in ("qwen3_vl", "glm4v") else "one frame")
+    assert found["single_frame_input_ids_equal"] and found["single_frame_video_grid_thw_equal"]
+    assert found["single_frame_video_grid_thw"][0][0] == 1
+    assert found["single_frame_pixels_max_apart_levels"] <= 1.0 + 1e-4

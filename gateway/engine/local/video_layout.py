@@ -124,7 +124,8 @@ class Qwen3VideoProcessing(QwenVideoProcessing):
         if self.cap_pixels_per_frame:
             per_frame = max(min(self.max_video_tokens * self.factor**2, max_pixels // frames), int(self.min_pixels * 1.05))
             max_pixels = per_frame * frames
-        # The processor refuses a clip shorter than a temporal patch; it is sized as the patch it is repeated to.
+        # The processor refuses a clip shorter than a temporal patch; it is sized as the patch it is repeated to, as
+        # the processor sizes the frame given twice (tests/e2e/test_video_ref_layout.py).
         frames = max(frames, self.temporal_patch_size)
         if height < self.factor or width < self.factor:
             scale = max(self.factor / height, self.factor / width)
