@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,16 @@ def test_a_family_without_native_video_refuses_a_clip() -> None:
     with pytest.raises(GatewayError) as caught:
         loaded.prompt.build(clip_messages())
     assert caught.value.code.value == "bad_video"
+
+
+def test_a_clips_key_holds_its_frames_times(engine: LocalEngine) -> None:
+    """The same frames at other times (a live window's frames seen later) key another clip, so held KV of one never
+    serves the other: Qwen3-VL and GLM-4.1V write the times in the prompt, Qwen2.5-VL spaces rotary positions by them."""
+    video = chat_video(clip(seconds=2.0))
+    later = replace(video, ts_ms=tuple(2 * ts for ts in video.ts_ms))
+    layouts = [engine.loaded.prompt.build([ChatMessage("user", "?", videos=(v,))]).layout for v in (video, later)]
+    assert layouts[0] is not None and layouts[1] is not None
+    assert layouts[0].video_keys != layouts[1].video_keys
 
 
 def test_a_template_without_a_video_part_reads_videos_as_frames() -> None:

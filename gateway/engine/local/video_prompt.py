@@ -72,7 +72,7 @@ class PreparedVideos:
     ) -> ImageLayout | None:
         """`layout` with where each clip sits: its video-typed tokens (one per merged patch of each temporal patch;
         GLM-4.1V's are image tokens, its frames' times between them) and its rows of the clip tensors, keyed by its
-        sha256, so held KV ending before a clip, or after it, serves a later prompt. None where the counts disagree
+        sha256 and times, so held KV ending before a clip, or after it, serves a later prompt. None where the counts disagree
         with the prompt's."""
         grids = extras["video_grid_thw"]
         patches = [int(grid.prod()) for grid in grids]
@@ -85,7 +85,9 @@ class PreparedVideos:
         one_each = Stacked(0, (1,) * len(videos))
         rows = {"pixel_values_videos": Stacked(0, tuple(patches)), "video_grid_thw": one_each}
         rows |= {"second_per_grid_ts": one_each} if "second_per_grid_ts" in extras else {}
-        keys = tuple(f"{video.sha256}:video" for video in videos)
+        # The frames' times too: the same frames seen at other times (a live window's) are another clip where the
+        # prompt writes them (Qwen3-VL, GLM-4.1V) or rotary positions are spaced by them (Qwen2.5-VL).
+        keys = tuple(f"{video.sha256}:{','.join(map(str, video.ts_ms))}:video" for video in videos)
         return replace(layout, videos=spans, video_keys=keys, video_stacked=rows)
 
 
