@@ -1,6 +1,6 @@
 """Run in the video reference environment (scripts/install-video-ref): the gateway's native video layout
 (PIL and NumPy, engine/local/video_layout.py) against each model's own processor with its torchvision video
-processor, on tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL and GLM-4.1V checkpoints, each with its family's video-reading
+processor, on tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V and LLaVA-OneVision checkpoints, each with its family's video-reading
 template. Prints one JSON object: per family, whether prompt ids, token types, grids and seconds are equal, how far
 the pixels are apart, and both greedy replies.
 Usage: PYTHONPATH=. REF_PYTHON scripts/video_layout_check.py MODEL_DIR:TEMPLATE..."""
@@ -22,6 +22,7 @@ from transformers.video_utils import VideoMetadata
 from gateway.engine.contract import ChatMessage, ChatVideo
 from gateway.engine.local.loader import load_model
 from gateway.engine.local.video_prompt import PreparedVideos
+from gateway.engine.local.video_resized import ResizedVideoProcessing
 from gateway.media.images import ImageLimits, check_image
 from tests.families.video import chat_video, clip, scene
 
@@ -36,6 +37,17 @@ def photo() -> Any:
 
 def frames_of(video: ChatVideo) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(frame.data)).convert("RGB")) for frame in video.frames])
+
+
+def equal(ours: dict[str, Any], expected: Any, key: str) -> bool:
+    """Both hold the tensor and it is the same, or neither holds it (LLaVA-OneVision types no tokens, has no grid)."""
+    if key not in ours or key not in expected:
+        return key not in ours and key not in expected
+    return torch.equal(ours[key], torch.as_tensor(expected[key]))
+
+
+def listed(ours: dict[str, Any], key: str) -> Any:
+    return ours[key].tolist() if key in ours else None
 
 
 def single_frame(builder: Any, reference: Any, one_level: float) -> dict[str, Any]:
@@ -61,8 +73,8 @@ def single_frame(builder: Any, reference: Any, one_level: float) -> dict[str, An
     return {
         "single_frame_reference_takes": taken,
         "single_frame_input_ids_equal": torch.equal(ours.input_ids, expected["input_ids"]),
-        "single_frame_video_grid_thw": ours.extras["video_grid_thw"].tolist(),
-        "single_frame_video_grid_thw_equal": torch.equal(ours.extras["video_grid_thw"], expected["video_grid_thw"]),
+        "single_frame_video_grid_thw": listed(ours.extras, "video_grid_thw"),
+        "single_frame_video_grid_thw_equal": equal(ours.extras, expected, "video_grid_thw"),
         "single_frame_pixels_max_apart_levels": apart,
     }
 
@@ -71,7 +83,9 @@ def compare(model_dir: str, template: str) -> dict[str, Any]:
     loaded = load_model(model_dir, device="cpu", chat_template=template)
     builder = loaded.prompt
     assert isinstance(builder.processor.video_processor, PreparedVideos)  # torchvision is here, and unused
-    videos = [chat_video(clip(seconds=2.5)), chat_video(clip(seconds=1.5, size=(100, 150)))]
+    # LLaVA-OneVision's model takes a prompt's clips as one tensor of frames: its two clips have as many frames.
+    second = 2.5 if isinstance(builder.video, ResizedVideoProcessing) else 1.5
+    videos = [chat_video(clip(seconds=2.5)), chat_video(clip(seconds=second, size=(100, 150)))]
     messages = [
         ChatMessage("user", "What happens?", images=(photo(),), videos=(videos[0],)),
         ChatMessage("assistant", "A ball rolls."),
@@ -102,12 +116,11 @@ def compare(model_dir: str, template: str) -> dict[str, Any]:
     return {
         "video_processor": type(reference.video_processor).__name__,
         "input_ids_equal": torch.equal(ours.input_ids, expected["input_ids"]),
-        "mm_token_type_ids_equal": torch.equal(extras["mm_token_type_ids"], expected["mm_token_type_ids"]),
-        "video_grid_thw": extras["video_grid_thw"].tolist(),
-        "video_grid_thw_equal": torch.equal(extras["video_grid_thw"], expected["video_grid_thw"]),
-        "second_per_grid_ts": extras["second_per_grid_ts"].tolist() if "second_per_grid_ts" in extras else None,
-        "second_per_grid_ts_equal": "second_per_grid_ts" not in expected
-        or torch.equal(extras["second_per_grid_ts"], torch.as_tensor(expected["second_per_grid_ts"])),
+        "mm_token_type_ids_equal": equal(extras, expected, "mm_token_type_ids"),
+        "video_grid_thw": listed(extras, "video_grid_thw"),
+        "video_grid_thw_equal": equal(extras, expected, "video_grid_thw"),
+        "second_per_grid_ts": listed(extras, "second_per_grid_ts"),
+        "second_per_grid_ts_equal": equal(extras, expected, "second_per_grid_ts"),
         "image_pixels_equal": torch.equal(extras["pixel_values"], expected["pixel_values"]),
         "video_pixels_shape_equal": extras["pixel_values_videos"].shape == expected["pixel_values_videos"].shape,
         "video_pixels_max_apart_levels": float(apart.max() / one_level),

@@ -1,5 +1,6 @@
-"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL and GLM-4.1V read a video as a clip: the local engine lays it out natively (temporal patches,
-video placeholders, their grid and seconds) and gives exactly the model's own greedy `generate` over it."""
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V and LLaVA-OneVision read a video as a clip: the local engine lays it out
+natively (temporal patches, video placeholders, their grid and seconds; LLaVA-OneVision's resized frames) and gives
+exactly the model's own greedy `generate` over it."""
 
 from __future__ import annotations
 
@@ -69,11 +70,12 @@ async def test_the_engine_replies_as_generate_does_over_the_clip(engine: LocalEn
 
 
 async def test_a_new_clip_after_held_history_prefills_only_what_is_new(engine: LocalEngine) -> None:
-    """A later turn with a new clip (a live window's next) reuses the held KV of the history, the first clip
-    included, prefilling from after it; its reply is still `generate`'s over the whole prompt."""
+    """A later turn with a new clip of as many frames (a live window's next) reuses the held KV of the history, the
+    first clip included, prefilling from after it; its reply is still `generate`'s over the whole prompt."""
     first = clip_messages()
     reply = await engine_reply(engine, first)
-    later = [*first, ChatMessage("assistant", reply.text), ChatMessage("user", "And now?", videos=(chat_video(clip(1.5)),))]
+    video = chat_video(clip(2.5, size=(100, 150)))
+    later = [*first, ChatMessage("assistant", reply.text), ChatMessage("user", "And now?", videos=(video,))]
     layout = engine.loaded.prompt.build(later).layout
     assert layout is not None and len(layout.videos) == 2
     result = await engine_reply(engine, later)
@@ -83,10 +85,15 @@ async def test_a_new_clip_after_held_history_prefills_only_what_is_new(engine: L
 
 def test_the_prompt_holds_the_clip_as_video_tokens(engine: LocalEngine) -> None:
     """Five frames make 3 temporal patches (the last repeating the fifth frame), one video token per merged
-    patch of each, typed as video, which the layout spans (so held KV is keyed by the clip)."""
+    patch of each, typed as video; LLaVA-OneVision's, five frames of pooled tokens and a newline. The layout
+    spans them (so held KV is keyed by the clip)."""
     inputs = engine.loaded.prompt.build(clip_messages())
-    ((t, h, w),) = inputs.extras["video_grid_thw"].tolist()
-    assert t == 3 and int((inputs.extras["mm_token_type_ids"] == 2).sum()) == t * h * w // 4
+    if "video_grid_thw" in inputs.extras:
+        ((t, h, w),) = inputs.extras["video_grid_thw"].tolist()
+        assert t == 3 and int((inputs.extras["mm_token_type_ids"] == 2).sum()) == t * h * w // 4
+    else:
+        tokens = int((inputs.input_ids == engine.loaded.prompt.processor.video_token_id).sum())
+        assert inputs.extras["pixel_values_videos"].shape[:2] == (1, 5) and tokens > 5 and (tokens - 1) % 5 == 0
     assert inputs.layout is not None and len(inputs.layout.videos) == 1
 
 
@@ -101,6 +108,19 @@ def test_a_family_without_native_video_refuses_a_clip() -> None:
     loaded = load_model(str(cached_family("llava")), device="cpu")
     with pytest.raises(GatewayError) as caught:
         loaded.prompt.build(clip_messages())
+    assert caught.value.code.value == "bad_video"
+
+
+def test_clips_of_other_lengths_in_one_prompt(engine: LocalEngine) -> None:
+    """Two clips of five and three frames in one prompt: LLaVA-OneVision refuses them (`bad_video`), its model taking
+    a prompt's clips as one tensor of frames; the others lay out both."""
+    videos = (chat_video(clip(seconds=2.5)), chat_video(clip(seconds=1.5)))
+    messages = [ChatMessage("user", "What happens?", videos=videos)]
+    if engine.loaded.prompt.family.video != "llava_onevision":
+        assert engine.loaded.prompt.build(messages).layout is not None
+        return
+    with pytest.raises(GatewayError) as caught:
+        engine.loaded.prompt.build(messages)
     assert caught.value.code.value == "bad_video"
 
 

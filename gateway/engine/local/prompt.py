@@ -15,8 +15,7 @@ from gateway.engine.contract import ChatImage, ChatMessage, ChatVideo
 from gateway.engine.local.families import GENERIC, Family
 from gateway.engine.local.image_cache import ImageCache, ProcessedImage
 from gateway.engine.local.image_layout import ImageLayout, image_spans
-from gateway.engine.local.video_layout import QwenVideoProcessing
-from gateway.engine.local.video_prompt import PreparedVideos, renders_clips, without_clips
+from gateway.engine.local.video_prompt import PreparedVideos, VideoProcessing, renders_clips, without_clips
 from gateway.errors import ErrorCode, GatewayError
 from gateway.media.images import decode_pixels
 from gateway.tools.fallback import needs_fallback, plain_messages
@@ -97,7 +96,7 @@ class PromptBuilder:
         family: Family = GENERIC,
         chat_template: str | None = None,
         image_cache_bytes: int = 256 << 20,
-        video: QwenVideoProcessing | None = None,
+        video: VideoProcessing | None = None,
     ) -> None:
         from transformers.utils.chat_template_utils import _get_control_token_patterns
 

@@ -82,19 +82,13 @@ class QwenVideoProcessing:
             stacked = np.concatenate([stacked, np.repeat(stacked[-1:], pad, axis=0)])
         return torch.from_numpy(self._patchify(stacked)), self.grid(len(frames), height, width)
 
+    def laid_out(self, frames: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        """The clip's tensors as the processor outputs them for a prompt of this one clip."""
+        pixels, grid = self.pixels(frames)
+        return {"pixel_values_videos": pixels, "video_grid_thw": torch.tensor([grid])}
+
     def _normalized(self, frame: Image.Image, size: tuple[int, int]) -> np.ndarray:
-        # Two passes, across then down, as torchvision resizes a uint8 frame (rounding to uint8 between them):
-        # PIL's one-call resize goes down first where one side shrinks and the other grows, and then differs
-        # by up to ten levels at sharp edges; in this order the two agree within a level.
-        rgb = frame.convert("RGB")
-        across = rgb.resize((size[1], rgb.height), Image.Resampling.BICUBIC)
-        resized = across.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-        channels_first = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)
-        # The processor fuses rescaling into normalizing: (x - mean / scale) / (std / scale), in float32.
-        mean = np.asarray(self.image_mean, np.float32)[:, None, None] / np.float32(self.rescale_factor)
-        std = np.asarray(self.image_std, np.float32)[:, None, None] / np.float32(self.rescale_factor)
-        normalized: np.ndarray = (channels_first - mean) / std
-        return normalized
+        return normalized(frame, size, self.image_mean, self.image_std, self.rescale_factor)
 
     def _patchify(self, video: np.ndarray) -> np.ndarray:
         frames, channels, height, width = video.shape
@@ -145,6 +139,24 @@ class GlmVideoProcessing(Qwen3VideoProcessing):
     patch_size: int = 14
     image_mean: tuple[float, ...] = _CLIP_MEAN
     image_std: tuple[float, ...] = _CLIP_STD
+
+
+def normalized(
+    frame: Image.Image, size: tuple[int, int], mean: Sequence[float], std: Sequence[float], rescale_factor: float
+) -> np.ndarray:
+    """A frame resized to `size` (height, width) with bicubic resampling, rescaled and normalized, channels first."""
+    # Two passes, across then down, as torchvision resizes a uint8 frame (rounding to uint8 between them):
+    # PIL's one-call resize goes down first where one side shrinks and the other grows, and then differs
+    # by up to ten levels at sharp edges; in this order the two agree within a level.
+    rgb = frame.convert("RGB")
+    across = rgb.resize((size[1], rgb.height), Image.Resampling.BICUBIC)
+    resized = across.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    channels_first = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)
+    # The processor fuses rescaling into normalizing: (x - mean / scale) / (std / scale), in float32.
+    scaled_mean = np.asarray(mean, np.float32)[:, None, None] / np.float32(rescale_factor)
+    scaled_std = np.asarray(std, np.float32)[:, None, None] / np.float32(rescale_factor)
+    result: np.ndarray = (channels_first - scaled_mean) / scaled_std
+    return result
 
 
 def smart_resize(

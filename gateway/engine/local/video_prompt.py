@@ -15,15 +15,24 @@ from gateway.engine.contract import ChatVideo
 from gateway.engine.local.families import Family
 from gateway.engine.local.image_layout import ImageLayout, Stacked, image_spans
 from gateway.engine.local.video_layout import GlmVideoProcessing, Qwen3VideoProcessing, QwenVideoProcessing, video_metadata
+from gateway.engine.local.video_resized import ResizedVideoProcessing, clip_tokens
+from gateway.errors import ErrorCode, GatewayError
 from gateway.media.images import decode_pixels
+
+VideoProcessing = QwenVideoProcessing | ResizedVideoProcessing
 
 # What the processor is handed in place of a clip already processed: one 1x1 frame, channels last.
 _STAND_IN = np.zeros((1, 1, 1, 3), np.uint8)
-_PROCESSING = {"qwen2_vl": QwenVideoProcessing, "qwen3_vl": Qwen3VideoProcessing, "glm4v": GlmVideoProcessing}
+_PROCESSING: dict[str, type[VideoProcessing]] = {
+    "qwen2_vl": QwenVideoProcessing,
+    "qwen3_vl": Qwen3VideoProcessing,
+    "glm4v": GlmVideoProcessing,
+    "llava_onevision": ResizedVideoProcessing,
+}
 _VIDEO_TYPE = 2  # how processors type a clip's tokens in `mm_token_type_ids` (1: an image's)
 
 
-def video_processing(source: Path, family: Family) -> QwenVideoProcessing | None:
+def video_processing(source: Path, family: Family) -> VideoProcessing | None:
     """How the checkpoint's video processor processes a clip, where the family lays videos out natively:
     its video preprocessor config, else its image preprocessor config (as transformers falls back)."""
     if family.video is None:
@@ -40,13 +49,13 @@ class PreparedVideos:
     """Stands in for a processor's video processor: hands back the features of the prompt's clips, laid out
     ahead, so the processor only expands each video's placeholder, types its tokens and tokenizes."""
 
-    def __init__(self, processing: QwenVideoProcessing, video_token_id: int) -> None:
+    def __init__(self, processing: VideoProcessing, video_token_id: int) -> None:
         self.processing = processing
         self.video_token_id = video_token_id
-        # What processors read of their video processor while expanding placeholders.
-        self.merge_size = processing.merge_size
-        self.temporal_patch_size = processing.temporal_patch_size
-        self.patch_size = processing.patch_size
+        # What Qwen-VL's and GLM-4.1V's processors read of their video processor while expanding placeholders.
+        self.merge_size = getattr(processing, "merge_size", 1)
+        self.temporal_patch_size = getattr(processing, "temporal_patch_size", 1)
+        self.patch_size = getattr(processing, "patch_size", 1)
         self.features: dict[str, Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -54,17 +63,17 @@ class PreparedVideos:
         return self.features
 
     def lay_out(self, video: ChatVideo) -> dict[str, torch.Tensor]:
-        """One clip's patches and grid (for the clip cache: a history's clips are laid out once)."""
-        pixels, grid = self.processing.pixels([decode_pixels(frame) for frame in video.frames])
-        return {"pixel_values_videos": pixels, "video_grid_thw": torch.tensor([grid])}
+        """One clip's tensors: its patches and grid, or its frames (for the clip cache: a history's clips are laid
+        out once)."""
+        return self.processing.laid_out([decode_pixels(frame) for frame in video.frames])
 
     def prepare(self, videos: Sequence[ChatVideo], laid_out: Sequence[dict[str, torch.Tensor]]) -> list[np.ndarray]:
         """The prompt's clips, laid out, for the processor; the stand-ins to hand it in their place."""
-        self.features = {
-            "pixel_values_videos": torch.cat([clip["pixel_values_videos"] for clip in laid_out]),
-            "video_grid_thw": torch.cat([clip["video_grid_thw"] for clip in laid_out]),
-            "video_metadata": [video_metadata(v.ts_ms, v.sampled_fps) for v in videos],
-        }
+        if len({clip["pixel_values_videos"].shape[1:] for clip in laid_out}) > 1:
+            # LLaVA-OneVision's model takes a prompt's clips as one tensor of frames, as its processor stacks them.
+            raise GatewayError(ErrorCode.BAD_VIDEO, "the served model reads a prompt's videos only with as many frames each")
+        self.features = {key: torch.cat([clip[key] for clip in laid_out]) for key in laid_out[0]}
+        self.features["video_metadata"] = [video_metadata(v.ts_ms, v.sampled_fps) for v in videos]
         return [_STAND_IN] * len(videos)
 
     def placed(
@@ -74,16 +83,20 @@ class PreparedVideos:
         GLM-4.1V's are image tokens, its frames' times between them) and its rows of the clip tensors, keyed by its
         sha256 and times, so held KV ending before a clip, or after it, serves a later prompt. None where the counts disagree
         with the prompt's."""
-        grids = extras["video_grid_thw"]
-        patches = [int(grid.prod()) for grid in grids]
         kinds = extras.get("mm_token_type_ids")
         typed = input_ids if kinds is None else [_VIDEO_TYPE if kind == _VIDEO_TYPE else -1 for kind in kinds[0].tolist()]
         marks = {self.video_token_id} if kinds is None else {_VIDEO_TYPE}
-        spans = image_spans(typed, marks, [n // self.merge_size**2 for n in patches])
+        one_each = Stacked(0, (1,) * len(videos))
+        if "video_grid_thw" in extras:
+            patches = [int(grid.prod()) for grid in extras["video_grid_thw"]]
+            counts = [n // self.merge_size**2 for n in patches]
+            rows = {"pixel_values_videos": Stacked(0, tuple(patches)), "video_grid_thw": one_each}
+        else:  # LLaVA-OneVision: a clip is a row of frames
+            counts = clip_tokens(sum(kind in marks for kind in typed), [len(video.frames) for video in videos])
+            rows = {"pixel_values_videos": one_each}
+        spans = image_spans(typed, marks, counts)
         if spans is None or len(spans) != len(videos):
             return None
-        one_each = Stacked(0, (1,) * len(videos))
-        rows = {"pixel_values_videos": Stacked(0, tuple(patches)), "video_grid_thw": one_each}
         rows |= {"second_per_grid_ts": one_each} if "second_per_grid_ts" in extras else {}
         # The frames' times too: the same frames seen at other times (a live window's) are another clip where the
         # prompt writes them (Qwen3-VL, GLM-4.1V) or rotary positions are spaced by them (Qwen2.5-VL).

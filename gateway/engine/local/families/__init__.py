@@ -16,7 +16,7 @@ from PIL import Image
 from gateway.engine.local.image_layout import Stacked
 
 EncoderRows = Literal["per_image", "pixel_rows", "token_rows"]
-VideoLayout = Literal["qwen2_vl", "qwen3_vl", "glm4v"]
+VideoLayout = Literal["qwen2_vl", "qwen3_vl", "glm4v", "llava_onevision"]
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,9 @@ class Family:
     # engine/local/video_layout.py): "qwen2_vl", temporal patches of frames behind one `<|video_pad|>` per
     # merged patch; "qwen3_vl", the same with Qwen3-VL's sizes and a budget for the whole clip (its
     # processor writes each patch's time); "glm4v", Qwen3-VL's sizing with 14-pixel patches, each temporal patch an
-    # image's tokens followed by its whole seconds, inside video start and end. None: a video is read as its
-    # frames, images named with their times.
+    # image's tokens followed by its whole seconds, inside video start and end; "llava_onevision" (see
+    # engine/local/video_resized.py), frames resized to one size, their pooled features behind `<video>` tokens and
+    # a newline. None: a video is read as its frames, images named with their times.
     video: VideoLayout | None = None
 
     def process(self, image_processor: Any, pixels: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -188,4 +189,4 @@ class LoneImageTiles(Family):
         return super().combine(outputs) | {"batch_num_images": torch.tensor([len(outputs)])}
 
 
-FAMILIES["llava_onevision"] = LoneImageTiles("llava_onevision")
+FAMILIES["llava_onevision"] = LoneImageTiles("llava_onevision", video="llava_onevision")
