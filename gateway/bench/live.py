@@ -56,6 +56,13 @@ def _ttft_ms(result: TurnResult) -> float | None:
     return (result.token_times[0] - result.sent_at) * 1000 if result.token_times and result.done else None
 
 
+def _engine_ttft_ms(result: TurnResult) -> float | None:
+    """The engine's share of the TTFT: from submission (its queue included) to the first token; the rest is
+    the gateway's own (decoding the turn, loading its images, planning its prompt) and the network."""
+    timing = result.done.get("timing") if result.done else None
+    return timing.get("ttft_ms") if timing else None
+
+
 async def _session(config: LiveConfig, index: int, frames: list[bytes], out: dict[str, list[Any]]) -> None:
     async with GatewayClient(config.url) as client:
         streamer = asyncio.create_task(_stream(client, config, frames, out["sent"]))
@@ -118,6 +125,8 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
         "live_turn_ttft_ms": percentiles(live_ttft),
         "text_turn_ttft_ms": percentiles(text_ttft),
         "live_vs_text_ttft_p50": round(live_p50 / text_p50, 3) if text_p50 else None,
+        "live_turn_engine_ttft_ms": percentiles([t for t in map(_engine_ttft_ms, out["live"]) if t is not None]),
+        "text_turn_engine_ttft_ms": percentiles([t for t in map(_engine_ttft_ms, out["text"]) if t is not None]),
         "live_turn_prefill": _prefill(out["live"]),
         "text_turn_prefill": _prefill(out["text"]),
         "rss_growth_per_session_bytes": (rss_after - rss_before) // config.sessions if rss_before and rss_after else None,
