@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.bench import profile
 from gateway.bench.run import percentiles
 from gateway.client import GatewayClient, TurnResult
 
@@ -90,6 +92,41 @@ def _prefill(results: list[TurnResult]) -> dict[str, float]:
     return {f"{name}_tokens_mean": round(value, 1) for name, value in means.items()}
 
 
+_ENCODER = re.compile(r"^gateway_encoder_(passes|seconds) (\S+)$", re.MULTILINE)
+
+
+def _encoder_reading(url: str) -> tuple[float, float, float]:
+    """The vision tower's passes and seconds so far, and the generation thread's busy seconds (every phase but
+    waiting), from the gateway's /metrics."""
+    text = profile.metrics_text(url)
+    encoder = {name: float(value) for name, value in _ENCODER.findall(text)}
+    busy = sum(s for phase, s in profile.read(url, None).phases.items() if phase != "waiting")
+    return encoder.get("passes", 0.0), encoder.get("seconds", 0.0), busy
+
+
+def _encoding(before: tuple[float, float, float], after: tuple[float, float, float], live_turns: int) -> dict[str, Any]:
+    passes, seconds, busy = (a - b for a, b in zip(after, before))
+    return {
+        "encoder_passes": int(passes),
+        "encoder_passes_per_live_turn": round(passes / live_turns, 2) if live_turns else None,
+        "encoding_share_of_engine_busy": round(seconds / busy, 4) if busy else None,
+    }
+
+
+async def still_scene(url: str, turns: int = 3, size: tuple[int, int] = (640, 480)) -> dict[str, Any]:
+    """One session streaming the same frame over and over, asking a live question after every four: the vision
+    tower's passes over all its turns (one: the first turn's; a still scene costs no pass after it)."""
+    before = await asyncio.to_thread(_encoder_reading, url)
+    frame = camera_frame(0, size, camera=99)
+    async with GatewayClient(url) as client:
+        for n in range(turns):
+            for i in range(4):
+                await client.send({"type": "frame", "source": "camera", "image": frame, "ts": 250 * (4 * n + i)})
+            await client.turn(f"still{n}", "Anything new?", live=True, max_tokens=1, temperature=0)
+    after = await asyncio.to_thread(_encoder_reading, url)
+    return {"live_turns": turns, "encoder_passes": int(after[0] - before[0])}
+
+
 def _rss_bytes(pid: int | None) -> int | None:
     if pid is None:
         return None
@@ -105,7 +142,9 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
     cameras = [[camera_frame(i, config.size, camera) for i in range(64)] for camera in range(config.sessions)]
     out: dict[str, list[Any]] = {"sent": [], "live": [], "text": []}
     rss_before = _rss_bytes(gateway_pid)
+    encoder_before = await asyncio.to_thread(_encoder_reading, config.url)
     await asyncio.gather(*(_session(config, i, cameras[i], out) for i in range(config.sessions)))
+    encoder_after = await asyncio.to_thread(_encoder_reading, config.url)
     rss_after = _rss_bytes(gateway_pid)
     live_ttft = [t for t in map(_ttft_ms, out["live"]) if t is not None]
     text_ttft = [t for t in map(_ttft_ms, out["text"]) if t is not None]
@@ -130,4 +169,6 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
         "live_turn_prefill": _prefill(out["live"]),
         "text_turn_prefill": _prefill(out["text"]),
         "rss_growth_per_session_bytes": (rss_after - rss_before) // config.sessions if rss_before and rss_after else None,
+        **_encoding(encoder_before, encoder_after, len(live_ttft)),
+        "still_scene": await still_scene(config.url, size=config.size),
     }
