@@ -33,7 +33,7 @@ def camera_frame(index: int, size: tuple[int, int], camera: int = 0) -> bytes:
     from PIL import Image, ImageDraw
 
     width, height = size
-    image = Image.new("RGB", size, (120, 130 + 7 * (camera % 16), 140))
+    image = Image.new("RGB", size, (120 + camera // 16, 130 + 7 * (camera % 16), 140))
     step = (index // 4) % 16
     ImageDraw.Draw(image).rectangle(
         (step * width // 20, height // 3, step * width // 20 + width // 8, height // 2), (200, 40, 40)
@@ -117,7 +117,7 @@ async def still_scene(url: str, turns: int = 3, size: tuple[int, int] = (640, 48
     """One session streaming the same frame over and over, asking a live question after every four: the vision
     tower's passes over all its turns (one: the first turn's; a still scene costs no pass after it)."""
     before = await asyncio.to_thread(_encoder_reading, url)
-    frame = camera_frame(0, size, camera=99)
+    frame = camera_frame(0, size, camera=255)  # a picture no bench session sends: nothing of it is held
     async with GatewayClient(url) as client:
         for n in range(turns):
             for i in range(4):
