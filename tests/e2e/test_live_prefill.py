@@ -77,3 +77,18 @@ async def test_a_read_windows_new_frame_is_processed_as_it_arrives_and_once(
     assert prepared[ahead - 1] == ([sha], False)  # processing began as the frame arrived, before the turn
     assert prepared[ahead:] == [([sha], True)]  # the turn found it processed: it waited, it did not process it
     assert cache.misses == misses + 1
+
+
+async def test_a_fork_after_a_live_exchange_reuses_its_frames_kv(live_server: RunningServer) -> None:
+    """`fork` after a live exchange: the new session's first turn shows the exchange's frames where they stood,
+    so its prompt comes from the KV held for the forking session's (frames included), not a cold prefill."""
+    async with GatewayClient(live_server.ws_url) as client:
+        await stream(client, [(FRAMES[0], 100), (FRAMES[1], 200)])
+        first = await client.turn("l1", "what is it?", live=True, **GREEDY)
+        assert first.done
+        forked = await client.request({"type": "fork", "id": "f1"})
+    async with GatewayClient(live_server.ws_url) as other:
+        await other.request({"type": "resume", "session": forked["session"], "token": forked["resume_token"]})
+        other.last_seq = 0  # the fork's frames are numbered from 1: the client counted its first session's
+        turn = await other.turn("t2", "and then?", **GREEDY)
+    assert turn.done and turn.done["usage"]["cached_tokens"] >= first.done["usage"]["prompt_tokens"]
