@@ -29,15 +29,15 @@ class EncoderMeter:
     def __init__(self, model: nn.Module) -> None:
         self.passes = 0
         self.seconds = 0.0
-        self._started: list[float] = []
+        self._started = 0.0  # the pass running now began (a pass that raised is overwritten by the next)
         tower = vision_tower(model)
         if tower is not None:
             tower.register_forward_pre_hook(self._enter)
             tower.register_forward_hook(self._leave)
 
     def _enter(self, *_: Any) -> None:
-        self._started.append(time.perf_counter())
+        self._started = time.perf_counter()
 
     def _leave(self, *_: Any) -> None:
-        self.seconds += time.perf_counter() - self._started.pop()
+        self.seconds += time.perf_counter() - self._started
         self.passes += 1
