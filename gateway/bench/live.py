@@ -6,6 +6,7 @@ import asyncio
 import io
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,16 @@ def _engine_ttft_ms(result: TurnResult) -> float | None:
     the gateway's own (decoding the turn, loading its images, planning its prompt) and the network."""
     timing = result.done.get("timing") if result.done else None
     return timing.get("ttft_ms") if timing else None
+
+
+def _gateway_ms(result: TurnResult) -> float | None:
+    """The rest of one turn's TTFT: the client's less the engine's."""
+    ttft, engine = _ttft_ms(result), _engine_ttft_ms(result)
+    return ttft - engine if ttft is not None and engine is not None else None
+
+
+def _percentiles_of(measure: Callable[[TurnResult], float | None], results: list[TurnResult]) -> dict[str, float]:
+    return percentiles([t for t in map(measure, results) if t is not None])
 
 
 async def _session(config: LiveConfig, index: int, frames: list[bytes], out: dict[str, list[Any]]) -> None:
@@ -164,8 +175,10 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
         "live_turn_ttft_ms": percentiles(live_ttft),
         "text_turn_ttft_ms": percentiles(text_ttft),
         "live_vs_text_ttft_p50": round(live_p50 / text_p50, 3) if text_p50 else None,
-        "live_turn_engine_ttft_ms": percentiles([t for t in map(_engine_ttft_ms, out["live"]) if t is not None]),
-        "text_turn_engine_ttft_ms": percentiles([t for t in map(_engine_ttft_ms, out["text"]) if t is not None]),
+        "live_turn_engine_ttft_ms": _percentiles_of(_engine_ttft_ms, out["live"]),
+        "text_turn_engine_ttft_ms": _percentiles_of(_engine_ttft_ms, out["text"]),
+        "live_turn_gateway_ms": _percentiles_of(_gateway_ms, out["live"]),
+        "text_turn_gateway_ms": _percentiles_of(_gateway_ms, out["text"]),
         "live_turn_prefill": _prefill(out["live"]),
         "text_turn_prefill": _prefill(out["text"]),
         "rss_growth_per_session_bytes": (rss_after - rss_before) // config.sessions if rss_before and rss_after else None,

@@ -20,6 +20,7 @@ async def test_a_short_live_bench_reports_its_turns_and_frames(server: RunningSe
     assert live["prompt_tokens_mean"] > 0
     assert live["prompt_tokens_mean"] == pytest.approx(live["cached_tokens_mean"] + live["prefilled_tokens_mean"], abs=0.2)
     assert report["live_turn_engine_ttft_ms"]["p50"] > 0 and report["text_turn_engine_ttft_ms"]["p50"] > 0
+    assert report["live_turn_gateway_ms"]["p50"] > 0 and report["text_turn_gateway_ms"]["p50"] > 0
     assert report["encoder_passes"] >= 2 and 0 < report["encoding_share_of_engine_busy"] < 1  # each session's first
     assert report["still_scene"] == {"live_turns": 3, "encoder_passes": 1}  # the same frame again and again
 
