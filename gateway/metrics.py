@@ -37,6 +37,8 @@ ENGINE_GAUGES = (
     ("gateway_kv_cache_spilled_bytes", "Bytes of held KV spilled to pinned host memory", "kv_cache_spilled_bytes"),
     ("gateway_encoder_cache_bytes", "Bytes of vision-encoder outputs held for images seen before", "encoder_cache_bytes"),
     ("gateway_encoder_cache_hits", "Prefills that took images' encoder outputs from those held", "encoder_cache_hits"),
+    ("gateway_encoder_passes", "Forward passes of the vision tower", "encoder_passes"),
+    ("gateway_encoder_seconds", "The generation thread's seconds in the vision tower", "encoder_seconds"),
     ("gateway_image_cache_bytes", "Bytes of processed images held for reuse", "image_cache_bytes"),
 )
 

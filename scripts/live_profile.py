@@ -62,7 +62,32 @@ def time_prefills(spent: Seconds, calls: collections.Counter[str]) -> None:
 
     wrap("prefill", lambda args: "prefill (images)" if args[1].images else "prefill (text)")
     wrap("prefill_on", lambda args: "prefill on held KV (images)" if args[1].images else "prefill on held KV (text)")
-    wrap("prefill_rows", lambda args: "prefill rows (text, batched)")
+    wrap("feed_rows", lambda args: "prefill rows (text, batched)")
+
+
+def time_loop_stages(engine: Any, spent: Seconds, calls: collections.Counter[str]) -> None:
+    """Wrap the turn path's awaited stages on the event loop (loading a turn's images and frames, planning its
+    prompt), named by whether the turn is live."""
+    from gateway.core import session as session_module, turns
+
+    def wrap(owner: Any, name: str, label: str, live: Callable[[tuple[Any, ...]], bool]) -> None:
+        original = getattr(owner, name)
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                kind = f"{label} ({'live' if live(args) else 'text'})"
+                spent[kind] += time.perf_counter() - start
+                calls[kind] += 1
+
+        setattr(owner, name, timed)
+
+    wrap(turns, "session_turns", "loop: load images and frames", lambda args: args[2].live is not None)
+    wrap(session_module.Session, "plan", "loop: plan the prompt", lambda args: bool(args[1].images))
+    wrap(turns.TurnService, "_start", "loop: the whole turn up to submission", lambda args: args[2].live is not None)
+    wrap(engine, "prepare", "loop: process the images not processed yet", lambda args: bool(args[0]))
 
 
 def main() -> None:
@@ -80,6 +105,8 @@ def main() -> None:
     assert tower is not None, "this model's vision tower is neither `visual` nor `vision_tower`"
     time_module(tower, "vision tower", spent, calls)
     time_prefills(spent, calls)
+    time_loop_stages(running.engine, spent, calls)
+    phases_before = running.engine.load().phase_seconds
     load_before = os.getloadavg()
     report = asyncio.run(run_live(LiveConfig(url=running.ws_url, sessions=args.sessions, seconds=args.seconds)))
     encoder = running.engine.encoder_cache
@@ -87,6 +114,8 @@ def main() -> None:
         name: {"seconds": round(spent[name], 3), "calls": calls[name], "mean_ms": round(1000 * spent[name] / calls[name], 1)}
         for name in sorted(spent)
     }
+    phases = running.engine.load().phase_seconds
+    report["engine_phase_seconds"] = {k: round(v - phases_before.get(k, 0.0), 3) for k, v in sorted(phases.items())}
     report["encode_share_of_forward"] = round(spent["vision tower"] / spent["forward"], 4) if spent["forward"] else None
     report["encoder_cache"] = {"hits": encoder.hits, "encoded_beside_held": encoder.encoded, "images_held": len(encoder)}
     report["load_average"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.bench import profile
 from gateway.bench.run import percentiles
 from gateway.client import GatewayClient, TurnResult
 
@@ -31,7 +34,7 @@ def camera_frame(index: int, size: tuple[int, int], camera: int = 0) -> bytes:
     from PIL import Image, ImageDraw
 
     width, height = size
-    image = Image.new("RGB", size, (120, 130 + 7 * (camera % 16), 140))
+    image = Image.new("RGB", size, (120 + camera // 16, 130 + 7 * (camera % 16), 140))
     step = (index // 4) % 16
     ImageDraw.Draw(image).rectangle(
         (step * width // 20, height // 3, step * width // 20 + width // 8, height // 2), (200, 40, 40)
@@ -54,6 +57,23 @@ async def _stream(client: GatewayClient, config: LiveConfig, frames: list[bytes]
 
 def _ttft_ms(result: TurnResult) -> float | None:
     return (result.token_times[0] - result.sent_at) * 1000 if result.token_times and result.done else None
+
+
+def _engine_ttft_ms(result: TurnResult) -> float | None:
+    """The engine's share of the TTFT: from submission (its queue included) to the first token; the rest is
+    the gateway's own (decoding the turn, loading its images, planning its prompt) and the network."""
+    timing = result.done.get("timing") if result.done else None
+    return timing.get("ttft_ms") if timing else None
+
+
+def _gateway_ms(result: TurnResult) -> float | None:
+    """The rest of one turn's TTFT: the client's less the engine's."""
+    ttft, engine = _ttft_ms(result), _engine_ttft_ms(result)
+    return ttft - engine if ttft is not None and engine is not None else None
+
+
+def _percentiles_of(measure: Callable[[TurnResult], float | None], results: list[TurnResult]) -> dict[str, float]:
+    return percentiles([t for t in map(measure, results) if t is not None])
 
 
 async def _session(config: LiveConfig, index: int, frames: list[bytes], out: dict[str, list[Any]]) -> None:
@@ -83,6 +103,41 @@ def _prefill(results: list[TurnResult]) -> dict[str, float]:
     return {f"{name}_tokens_mean": round(value, 1) for name, value in means.items()}
 
 
+_ENCODER = re.compile(r"^gateway_encoder_(passes|seconds) (\S+)$", re.MULTILINE)
+
+
+def _encoder_reading(url: str) -> tuple[float, float, float]:
+    """The vision tower's passes and seconds so far, and the generation thread's busy seconds (every phase but
+    waiting), from the gateway's /metrics."""
+    text = profile.metrics_text(url)
+    encoder = {name: float(value) for name, value in _ENCODER.findall(text)}
+    busy = sum(s for phase, s in profile.read(url, None).phases.items() if phase != "waiting")
+    return encoder.get("passes", 0.0), encoder.get("seconds", 0.0), busy
+
+
+def _encoding(before: tuple[float, float, float], after: tuple[float, float, float], live_turns: int) -> dict[str, Any]:
+    passes, seconds, busy = (a - b for a, b in zip(after, before))
+    return {
+        "encoder_passes": int(passes),
+        "encoder_passes_per_live_turn": round(passes / live_turns, 2) if live_turns else None,
+        "encoding_share_of_engine_busy": round(seconds / busy, 4) if busy else None,
+    }
+
+
+async def still_scene(url: str, turns: int = 3, size: tuple[int, int] = (640, 480)) -> dict[str, Any]:
+    """One session streaming the same frame over and over, asking a live question after every four: the vision
+    tower's passes over all its turns (one: the first turn's; a still scene costs no pass after it)."""
+    before = await asyncio.to_thread(_encoder_reading, url)
+    frame = camera_frame(0, size, camera=255)  # a picture no bench session sends: nothing of it is held
+    async with GatewayClient(url) as client:
+        for n in range(turns):
+            for i in range(4):
+                await client.send({"type": "frame", "source": "camera", "image": frame, "ts": 250 * (4 * n + i)})
+            await client.turn(f"still{n}", "Anything new?", live=True, max_tokens=1, temperature=0)
+    after = await asyncio.to_thread(_encoder_reading, url)
+    return {"live_turns": turns, "encoder_passes": int(after[0] - before[0])}
+
+
 def _rss_bytes(pid: int | None) -> int | None:
     if pid is None:
         return None
@@ -98,7 +153,9 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
     cameras = [[camera_frame(i, config.size, camera) for i in range(64)] for camera in range(config.sessions)]
     out: dict[str, list[Any]] = {"sent": [], "live": [], "text": []}
     rss_before = _rss_bytes(gateway_pid)
+    encoder_before = await asyncio.to_thread(_encoder_reading, config.url)
     await asyncio.gather(*(_session(config, i, cameras[i], out) for i in range(config.sessions)))
+    encoder_after = await asyncio.to_thread(_encoder_reading, config.url)
     rss_after = _rss_bytes(gateway_pid)
     live_ttft = [t for t in map(_ttft_ms, out["live"]) if t is not None]
     text_ttft = [t for t in map(_ttft_ms, out["text"]) if t is not None]
@@ -118,7 +175,13 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
         "live_turn_ttft_ms": percentiles(live_ttft),
         "text_turn_ttft_ms": percentiles(text_ttft),
         "live_vs_text_ttft_p50": round(live_p50 / text_p50, 3) if text_p50 else None,
+        "live_turn_engine_ttft_ms": _percentiles_of(_engine_ttft_ms, out["live"]),
+        "text_turn_engine_ttft_ms": _percentiles_of(_engine_ttft_ms, out["text"]),
+        "live_turn_gateway_ms": _percentiles_of(_gateway_ms, out["live"]),
+        "text_turn_gateway_ms": _percentiles_of(_gateway_ms, out["text"]),
         "live_turn_prefill": _prefill(out["live"]),
         "text_turn_prefill": _prefill(out["text"]),
         "rss_growth_per_session_bytes": (rss_after - rss_before) // config.sessions if rss_before and rss_after else None,
+        **_encoding(encoder_before, encoder_after, len(live_ttft)),
+        "still_scene": await still_scene(config.url, size=config.size),
     }

@@ -18,13 +18,18 @@ class Reading:
 
 def read(ws_url: str, pid: int | None) -> Reading:
     """The gateway's counters now (its /metrics next to `ws_url`; its threads when `pid` is known)."""
+    text = metrics_text(ws_url)
+    return Reading({name: float(value) for name, value in _PHASE.findall(text)}, _thread_cpu(pid))
+
+
+def metrics_text(ws_url: str) -> str:
+    """The gateway's /metrics next to `ws_url` ("" when it cannot be read)."""
     url = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rsplit("/ws", 1)[0] + "/metrics"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
+            return str(response.read().decode())
     except OSError:
-        text = ""
-    return Reading({name: float(value) for name, value in _PHASE.findall(text)}, _thread_cpu(pid))
+        return ""
 
 
 def shares(before: Reading, after: Reading) -> dict[str, object]:

@@ -50,13 +50,18 @@ class LiveTimeline:
     _fresh: tuple[str, LiveFramesShown] | None = None
     _pending: tuple[str, LiveFramesShown] | None = None  # the live turn being planned (its id), if any
 
-    def begin(self, turn_id: str, live: LiveFramesShown | None) -> None:
+    def begin(self, turn_id: str, live: LiveFramesShown | None) -> tuple[ChatImage, ...]:
         """A turn about to be planned: a live one's prompt lays its window out as `live` says (less frames shown),
         any other's (None) reads as itself. Room for the frames is made now, before planning counts any prompt,
-        so every count reads one timeline."""
+        so every count reads one timeline. Returns the window's frames not held here: what the turn adds to the
+        session's images (the others count already, as the timeline's)."""
         self._pending = (turn_id, live) if live is not None else None
-        if live is not None and self.frames + len(live.frames) > self.max_frames:
+        if live is None:
+            return ()
+        if self.frames + len(live.frames) > self.max_frames:
             self.shed(lambda: self.frames + len(live.frames) <= self.max_frames // 2)
+        held = {frame.sha256 for shown in self._entries() for frame in shown.frames}
+        return tuple(frame for frame in live.frames if frame.sha256 not in held)
 
     def _entries(self) -> list[LiveFramesShown]:
         return [shown for _, shown in self._shown.values()] + ([self._fresh[1]] if self._fresh is not None else [])
@@ -65,9 +70,11 @@ class LiveTimeline:
     def frames(self) -> int:
         return sum(len(shown.frames) for shown in self._entries())
 
-    @property
-    def nbytes(self) -> int:
-        return sum(len(image.data) for shown in self._entries() for image in shown.frames)
+    def nbytes_beyond(self, held: set[str]) -> int:
+        """Bytes of the frames held here that are not among `held` (sha256s of images the history holds: a
+        frame kept as a live exchange's last one counts once)."""
+        frames = {image.sha256: len(image.data) for shown in self._entries() for image in shown.frames}
+        return sum(n for sha, n in frames.items() if sha not in held)
 
     def __contains__(self, turn_id: str) -> bool:
         return any(turn == turn_id for turn, _ in [*self._shown.values(), *([self._fresh] if self._fresh else [])])
@@ -116,6 +123,14 @@ class LiveTimeline:
             del self._shown[next(iter(self._shown))]
         if not enough():
             self._fresh = None
+
+    def fork(self, path: Sequence[Item]) -> LiveTimeline:
+        """A timeline for a fork holding `path` (the same item ids): the exchanges on it that this one knows."""
+        for item in path:  # the last live turn's layout is bound to its message here, if not yet
+            if item.role is Role.USER:
+                self._known(item)
+        ids = {item.id for item in path}
+        return LiveTimeline(self.max_frames, {i: known for i, known in self._shown.items() if i in ids})
 
     def forget(self, keep: set[str]) -> None:
         """Only the exchanges whose messages' item ids are in `keep` (those on the active path) stay known."""

@@ -110,6 +110,7 @@ class LiveWindow:
         self._burst = max(1.0, limits.frames_per_second)
         self._tokens = self._burst
         self._refilled_s = now_s
+        self.read = False  # a live turn has read this window: its new frames are worth processing as they come
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -159,10 +160,12 @@ class LiveWindow:
         return Outcome.ACCEPTED
 
     def snapshot(self, count: int | None = None) -> LiveSnapshot | None:
-        """The latest `count` frames (all when None), oldest first; None while the window is empty."""
+        """The latest `count` frames (all when None), oldest first, for a live turn (the window is `read` from
+        then on); None while the window is empty."""
         if not self._frames or (count is not None and count < 1):
             return None
         frames = tuple(self._frames)
+        self.read = True
         return LiveSnapshot(frames=frames[-count:] if count is not None else frames, version=self._version)
 
     def changed_since(self, version: int) -> bool:

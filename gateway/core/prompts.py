@@ -40,7 +40,10 @@ async def session_turns(
         prompted, recorded = replace(turn, text=text, images=images, videos=clips), turn
     # Frames as images: the prompt shows only those its history has not (the timeline). Any other turn says so
     # too, so a turn id used again never reads an earlier live turn's layout.
-    session.timeline.begin(turn.id, timeline_entry(turn, live, recorded) if live is not None and not reads_video else None)
+    entry = timeline_entry(turn, live, recorded) if live is not None and not reads_video else None
+    adds = session.timeline.begin(turn.id, entry)
+    if entry is not None:  # its images: what it adds to the session's (the timeline's frames count already)
+        prompted = replace(prompted, images=turn.images + adds)
     return prompted, recorded
 
 

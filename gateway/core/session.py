@@ -97,7 +97,7 @@ class Session:
         inactive branches show and the live timeline's frames (what the image ledger counts)."""
         shown = {image.sha256 for item in self.conversation.path for image in item.content.images}
         inactive = sum(n for sha, n in self.conversation.pictures().items() if sha not in shown)
-        return self.image_bytes + inactive + self.timeline.nbytes
+        return self.image_bytes + inactive + self.timeline.nbytes_beyond(shown)
 
     def make_image_room(self, nbytes: int) -> None:
         """Inactive branches go, least recently active first, until the session holds at most `nbytes` of images:
@@ -243,6 +243,7 @@ class Session:
         """Hold `tree` (a fork of `source`'s conversation) with `source`'s system prompt and defaults."""
         tree.bounds = self.conversation.bounds
         self.conversation, self.system, self.defaults = tree, source.system, source.defaults
+        self.timeline = source.timeline.fork(tree.path)  # the forked path's live exchanges show their frames
         self._numbers = {reply: number for reply, number in source._numbers.items() if reply in tree}
         self.numbered = source.numbered
 

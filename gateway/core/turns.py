@@ -9,6 +9,7 @@ from functools import partial
 from gateway.config import Settings
 from gateway.core.attachments import Attachments
 from gateway.core.events import Accepted, Ended, Listener
+from gateway.core.frames_ahead import FramesAhead
 from gateway.core.grammar_pool import CompileQuota, pool_for
 from gateway.core.image_ledger import ImageLedger
 from gateway.core.limits import TurnLimits
@@ -55,6 +56,7 @@ class TurnService(TurnLimits):
         self.images = ImageLedger(settings.max_total_image_bytes - floor, lambda room: engine.limit_image_cache(room + floor))
         engine.limit_image_cache(settings.max_total_image_bytes)
         self.attachments = Attachments(settings)
+        self.frames_ahead = FramesAhead(engine, 4 * max(1, settings.image_workers))  # a few per image worker
         self.pace = TurnPace(engine)  # for Retry-After
         # Given the count of turns that would wait for a slot and of those cancelled (whatever the cause) that
         # free theirs within a step, stops as many turns nobody listens to as the cancelled ones do not cover
@@ -153,6 +155,7 @@ class TurnService(TurnLimits):
             return await self.engine.count_prompt_tokens(messages, tools=tools.tools)
 
         with engine_failures(bool(prompted.images)):
+            await self.frames_ahead.ready(prompted.images)
             await self.engine.prepare(prompted.images)
             window = self.engine.context_tokens
             plan = await session.plan(prompted, params.max_tokens, window, count, room, self.settings.trim_headroom)

@@ -184,6 +184,8 @@ class EngineLoad:
     kv_cache_budget: int = 0  # the most held KV may take on the device (0: none is held)
     encoder_cache_bytes: int = 0  # vision-encoder outputs held for images seen before
     encoder_cache_hits: int = 0  # prefills that took images' encoder outputs from those held
+    encoder_passes: int = 0  # forward passes of the vision tower so far (images encoded, a prompt's at a time)
+    encoder_seconds: float = 0.0  # the engine's time in them so far
     image_cache_bytes: int = 0  # processed images held so a history is not processed again
     kv_spill_budget: int = 0  # and in pinned host memory
     phase_seconds: dict[str, float] = field(default_factory=dict)  # the engine's time so far by phase (its profile)

@@ -46,6 +46,8 @@ async def add_frame(live: LiveSession, frame: p.LiveImageFrame, turns: TurnServi
         raise
     outcome = window.add(image, thumb, frame.ts)
     (counters.accepted if outcome is Outcome.ACCEPTED else counters.merged).inc()
+    if outcome is Outcome.ACCEPTED and window.read:  # the next live turn will read it: process it now
+        turns.frames_ahead.start(image)
 
 
 def live_view(live: LiveSession, spec: bool | p.LiveSpec) -> LiveView | None:

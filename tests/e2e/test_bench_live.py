@@ -9,7 +9,8 @@ from tests.conftest import RunningServer
 
 
 async def test_a_short_live_bench_reports_its_turns_and_frames(server: RunningServer) -> None:
-    """Two sessions for one round: a live turn each (reading the frames streamed so far) and a text turn each."""
+    """Two sessions for one round: a live turn each (reading the frames streamed so far) and a text turn each; then
+    a still scene's three live turns, which cost one vision-tower pass in all."""
     config = LiveConfig(url=server.ws_url, sessions=2, seconds=0.5, ask_every_s=1.0, max_tokens=2, size=(64, 48))
     report = await run_live(config)
     assert report["live_turns"] == 2 and report["text_turns"] == 2 and report["errors"] == 0
@@ -18,6 +19,10 @@ async def test_a_short_live_bench_reports_its_turns_and_frames(server: RunningSe
     live = report["live_turn_prefill"]
     assert live["prompt_tokens_mean"] > 0
     assert live["prompt_tokens_mean"] == pytest.approx(live["cached_tokens_mean"] + live["prefilled_tokens_mean"], abs=0.2)
+    assert report["live_turn_engine_ttft_ms"]["p50"] > 0 and report["text_turn_engine_ttft_ms"]["p50"] > 0
+    assert report["live_turn_gateway_ms"]["p50"] > 0 and report["text_turn_gateway_ms"]["p50"] > 0
+    assert report["encoder_passes"] >= 2 and 0 < report["encoding_share_of_engine_busy"] < 1  # each session's first
+    assert report["still_scene"] == {"live_turns": 3, "encoder_passes": 1}  # the same frame again and again
 
 
 def test_the_camera_scene_is_still_between_its_moves() -> None:

@@ -70,21 +70,29 @@ async def test_a_live_turn_reads_the_window_and_history_keeps_its_summary(
 
 
 async def test_a_still_scene_merges_and_costs_no_new_encoder_passes(live_server: RunningServer) -> None:
-    """The same frame, sent again and again, stays one frame; the second live turn shows it no more (the first
-    exchange shows it, held in KV), so no encoder pass runs or needs the encoder cache."""
-    encoder = live_server.engine.encoder_cache
+    """The same frame, sent again and again, stays one frame; the first live turn encodes it (one pass of the
+    vision tower) and later ones show it no more (the first exchange shows it, held in KV): no encoder pass runs
+    or needs the encoder cache, however many turns ask."""
+    encoder, meter = live_server.engine.encoder_cache, live_server.engine.encoder_meter
     async with GatewayClient(live_server.ws_url) as client:
         still = image_bytes("JPEG", color=(90, 140, 60), size=(80, 60))
         await stream(client, [(still, 100 * i) for i in range(4)])
+        passes = meter.passes
         first = await client.turn("t1", "anything new?", live=True, **GREEDY)
-        await stream(client, [(still, 100 * i) for i in range(4, 8)])
-        hits, encoded = encoder.hits, encoder.encoded
-        second = await client.turn("t2", "and now?", live=True, **GREEDY)
+        assert meter.passes == passes + 1
+        later = []
+        for n in range(2):
+            await stream(client, [(still, 100 * i) for i in range(4 + 4 * n, 8 + 4 * n)])
+            hits, encoded = encoder.hits, encoder.encoded
+            later.append(await client.turn(f"t{n + 2}", "and now?", live=True, **GREEDY))
+            assert (meter.passes, encoder.hits, encoder.encoded) == (passes + 1, hits, encoded)
         window = window_of(live_server, client)
-    assert first.done and second.done and second.accepted
-    assert second.accepted["live_frames"] == {"count": 1, "first_ts": 0, "last_ts": 700}
-    assert len(window) == 1 and window.counters.merged == 7
-    assert encoder.hits == hits and encoder.encoded == encoded
+    assert first.done and all(turn.done and turn.accepted for turn in later)
+    assert [turn.accepted["live_frames"] for turn in later if turn.accepted] == [
+        {"count": 1, "first_ts": 0, "last_ts": 700},
+        {"count": 1, "first_ts": 0, "last_ts": 1100},
+    ]
+    assert len(window) == 1 and window.counters.merged == 11
 
 
 async def test_a_live_turn_may_name_its_source_and_frame_count(live_server: RunningServer) -> None:

@@ -22,6 +22,7 @@ from gateway.engine.contract import (
 from gateway.engine.local.adapter_swaps import LocalAdapters
 from gateway.engine.local.constrain import GrammarVocabulary, logits_width
 from gateway.engine.local.encoder_cache import EncoderCache
+from gateway.engine.local.encoder_meter import EncoderMeter
 from gateway.engine.local.generation import Generation
 from gateway.engine.local.loader import LoadedModel
 from gateway.engine.local.prefix_cache import PrefixCache, default_budget, spill_for
@@ -75,6 +76,7 @@ class LocalEngine:
         # Finished turns' KV; the generation thread's alone.
         budget = default_budget(loaded.device) if kv_cache_bytes is None else kv_cache_bytes
         prefix_cache = PrefixCache(budget, kv_cache_idle_s, kv_spill_bytes, spill_for(loaded.device))
+        self.encoder_meter = EncoderMeter(loaded.model)  # the vision tower's passes and time, for /metrics
         # Not with LoRA adapters: one may adapt the vision tower, and held outputs are not keyed by adapter.
         family, plain = loaded.prompt.family, not loaded.adapter_names
         self.encoder_cache = EncoderCache(encoder_cache_bytes, family.encoder_rows if family.image_kv and plain else None)
@@ -153,6 +155,8 @@ class LocalEngine:
                 kv_spill_budget=held.spill_bytes,
                 encoder_cache_bytes=self.encoder_cache.bytes,
                 encoder_cache_hits=self.encoder_cache.hits,
+                encoder_passes=self.encoder_meter.passes,
+                encoder_seconds=self.encoder_meter.seconds,
                 image_cache_bytes=self.loaded.prompt.images.bytes,
                 phase_seconds=self._generation.clock.totals(),
             )

@@ -1,0 +1,82 @@
+"""Frames processed ahead of their turn: each once, bounded, a failure left to the turn that reads the frame."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from gateway.core.frames_ahead import FramesAhead
+from gateway.engine.contract import ChatImage
+from tests.conftest import chat_image
+
+
+class Preparing:
+    """An engine's `prepare` that runs until released, recording what it was asked for."""
+
+    reads_video = False
+
+    def __init__(self, fails: bool = False) -> None:
+        self.asked: list[str] = []
+        self.release = asyncio.Event()
+        self.fails = fails
+
+    async def prepare(self, images: Sequence[ChatImage]) -> None:
+        self.asked += [image.sha256 for image in images]
+        await self.release.wait()
+        if self.fails:
+            raise ValueError("the processor refused it")
+
+
+FRAMES = [chat_image((40 * n, 20, 20), (16, 12), "JPEG") for n in range(4)]
+
+
+async def test_a_frame_is_processed_once_and_a_turn_waits_for_it() -> None:
+    """A frame started twice is processed once; `ready` returns only once its processing has ended."""
+    engine = Preparing()
+    ahead = FramesAhead(engine, max_running=4)  # type: ignore[arg-type]
+    ahead.start(FRAMES[0])
+    ahead.start(FRAMES[0])
+    waiting = asyncio.ensure_future(ahead.ready([FRAMES[0], FRAMES[1]]))
+    await asyncio.sleep(0)
+    assert engine.asked == [FRAMES[0].sha256] and not waiting.done()
+    engine.release.set()
+    await waiting
+    assert engine.asked == [FRAMES[0].sha256]
+
+
+async def test_frames_past_the_bound_are_left_to_their_turn() -> None:
+    """At most `max_running` frames are under way; the next is not started (its turn processes it)."""
+    engine = Preparing()
+    ahead = FramesAhead(engine, max_running=2)  # type: ignore[arg-type]
+    for frame in FRAMES[:3]:
+        ahead.start(frame)
+    await asyncio.sleep(0)
+    assert engine.asked == [FRAMES[0].sha256, FRAMES[1].sha256]
+    engine.release.set()
+    await ahead.ready(FRAMES)
+    ahead.start(FRAMES[3])  # room again once they ended
+    await ahead.ready(FRAMES)
+    assert engine.asked[-1] == FRAMES[3].sha256
+
+
+async def test_a_failed_frame_is_left_to_its_turn_and_never_raises_here() -> None:
+    """A frame the engine cannot process ends quietly here: the turn's own `prepare` reports it."""
+    engine = Preparing(fails=True)
+    ahead = FramesAhead(engine, max_running=2)  # type: ignore[arg-type]
+    ahead.start(FRAMES[0])
+    engine.release.set()
+    await ahead.ready([FRAMES[0]])
+    await asyncio.sleep(0)
+    ahead.start(FRAMES[0])  # no longer under way: it may be tried again
+    assert engine.asked == [FRAMES[0].sha256]
+    await ahead.ready([FRAMES[0]])
+    assert engine.asked == [FRAMES[0].sha256] * 2
+
+
+async def test_an_engine_that_reads_clips_processes_no_frames_ahead() -> None:
+    """Where the window goes to the model as one clip, frames are not processed as images."""
+    engine = Preparing()
+    engine.reads_video = True
+    FramesAhead(engine, max_running=2).start(FRAMES[0])  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert engine.asked == []
