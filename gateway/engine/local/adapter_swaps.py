@@ -1,4 +1,4 @@
-"""The local engine's adapters at run time: weights read on a worker thread, swapped in and out between two steps."""
+"""The local engine's adapters at run time: read and built on a worker thread, spliced in and out between two steps."""
 
 from __future__ import annotations
 
