@@ -43,11 +43,13 @@ class Sink:
 
 
 class StepClock:
-    """The end of each decode step, stamped on the generation thread; and each errand pass's own length."""
+    """The end of each decode step, stamped on the generation thread; and each errand pass's own length, in wall
+    time and in the generation thread's CPU time (which a busy machine's scheduler does not stretch)."""
 
     def __init__(self, engine: LocalEngine) -> None:
         self.ends: list[float] = []
         self.swaps_ms: list[float] = []
+        self.swaps_cpu_ms: list[float] = []
         generation = engine._generation
         step, errands = generation._step, generation._run_errands
 
@@ -56,11 +58,12 @@ class StepClock:
             self.ends.append(time.perf_counter())
 
         def timed_errands(batch: Any) -> None:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             waiting = bool(generation.line._errands)
             errands(batch)
             if waiting:
                 self.swaps_ms.append((time.perf_counter() - start) * 1000)
+                self.swaps_cpu_ms.append((time.thread_time() - cpu) * 1000)
 
         generation._step = timed_step  # type: ignore[method-assign]
         generation._run_errands = timed_errands  # type: ignore[method-assign]
@@ -125,6 +128,8 @@ async def main(args: argparse.Namespace) -> None:
         swaps = clock.swaps_ms
         report["swaps"] = {"count": len(swaps), "loads": loads, "median_ms": round(statistics.median(swaps), 2)}
         report["swaps"]["max_ms"] = round(max(swaps), 2)
+        cpu = clock.swaps_cpu_ms
+        report["swaps"] |= {"cpu_median_ms": round(statistics.median(cpu), 2), "cpu_max_ms": round(max(cpu), 2)}
         setup = {"turns": args.turns, "tokens": args.tokens, "rank": args.rank, "size": args.size, "beside": args.beside}
         report["setup"] = {**setup, "adapter_bytes": weights}
         report["loadavg"] = [round(x, 2) for x in os.getloadavg()]
