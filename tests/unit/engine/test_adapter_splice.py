@@ -32,6 +32,17 @@ def bare(demo_dirs: DemoDirs) -> Any:
     return load_model(demo_dirs.model).model
 
 
+def peft_loaded(demo_dirs: DemoDirs, *adapters: tuple[str, Path]) -> Any:
+    """The bare model with the adapters loaded by peft itself (`from_pretrained`, then `load_adapter`)."""
+    from peft import PeftModel
+
+    (first, path), *rest = adapters
+    model = PeftModel.from_pretrained(bare(demo_dirs), str(path), adapter_name=first)
+    for name, more in rest:
+        model.load_adapter(str(more), adapter_name=name)
+    return model
+
+
 def state(model: Any) -> dict[str, Any]:
     """Everything peft keeps per adapter: tensors, per-layer tables, dropout kinds, configs, bookkeeping."""
     from peft.tuners.lora import LoraLayer
@@ -63,20 +74,20 @@ def test_a_first_adapter_is_peft_over_a_copy_and_the_served_tree_stays_bare(demo
     assert splice is not None
     model = splice.apply()
     assert [(path, id(module)) for path, module in served.named_modules()] == before
-    assert_same(state(model), state(attach(bare(demo_dirs), "tuned", read(demo_dirs.adapter))))
+    assert_same(state(model), state(peft_loaded(demo_dirs, ("tuned", demo_dirs.adapter))))
     assert splice.layers and all("tuned" in layer.lora_A for layer in splice.layers)
 
 
 def test_a_second_adapter_is_spliced_into_the_layers_peft_made(demo_dirs: DemoDirs, other: Path) -> None:
     """Beside an adapter, building touches no served layer until the splice; after it, the model equals peft's
-    `add_adapter` and load of the same weights."""
+    own `load_adapter` of the same weights."""
     served = attach(bare(demo_dirs), "tuned", read(demo_dirs.adapter))
     untouched = state(served)
     splice = build(served, "other", read(other))
     assert splice is not None and splice.model is served
     assert_same(state(served), untouched)
     ours = splice.apply()
-    assert_same(state(ours), state(attach(attach(bare(demo_dirs), "tuned", read(demo_dirs.adapter)), "other", read(other))))
+    assert_same(state(ours), state(peft_loaded(demo_dirs, ("tuned", demo_dirs.adapter), ("other", other))))
 
 
 def test_cutting_an_adapter_leaves_what_peft_delete_leaves(demo_dirs: DemoDirs, other: Path) -> None:
@@ -89,7 +100,7 @@ def test_cutting_an_adapter_leaves_what_peft_delete_leaves(demo_dirs: DemoDirs, 
         assert second is not None
         ours = second.apply()
         cut(ours, leaving, (first if leaving == "tuned" else second).layers)
-        theirs = attach(attach(bare(demo_dirs), "tuned", read(demo_dirs.adapter)), "other", read(other))
+        theirs = peft_loaded(demo_dirs, ("tuned", demo_dirs.adapter), ("other", other))
         theirs.delete_adapter(leaving)
         assert_same(state(ours), state(theirs))
 
