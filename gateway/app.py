@@ -103,6 +103,7 @@ def _serve_engine(runtime: Runtime, ws: WsState, engine: Engine) -> None:
     ws.hub = SessionHub(runtime.settings, turns, open_store(runtime.settings))
     ws.hub.start()
     runtime.metrics.watch_engine(engine.load)
+    runtime.metrics.adapters.watch(lambda: len(engine.adapters))
     runtime.metrics.watch_service(_gauges(turns, ws.hub))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from gateway.engine.contract import EngineLoad
+from gateway.errors import GatewayError
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.adapters = AdapterMetrics(r)
 
     def watch_engine(self, load: Callable[[], EngineLoad]) -> None:
         """Read the engine's counts and cache sizes at scrape time."""
@@ -153,3 +157,57 @@ class _EnginePhases(Collector):
         for phase, seconds in self.load().phase_seconds.items():
             family.add_metric([phase], seconds)
         yield family
+
+
+ADAPTER_LOAD_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class AdapterMetrics:
+    """LoRA adapters loaded and unloaded at run time (POST and DELETE /v1/adapters, either engine), and the turns
+    each serves. A load's or unload's `result` is `ok` or the error code it was refused with."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.loaded = Gauge("gateway_adapters_loaded", "LoRA adapters a request may select besides the base model", registry=r)
+        self.loads = Counter("gateway_adapter_loads", "Adapter loads asked for, by result", ["result"], registry=r)
+        self.unloads = Counter("gateway_adapter_unloads", "Adapter unloads asked for, by result", ["result"], registry=r)
+        self.load_seconds = Histogram(
+            "gateway_adapter_load_seconds",
+            "Adapter loads' time from the request to the adapter served",
+            buckets=ADAPTER_LOAD_BUCKETS_S,
+            registry=r,
+        )
+        self.turns = Counter("gateway_adapter_turns", "Turns started on each adapter loaded now", ["adapter"], registry=r)
+        self.loads.labels("ok")
+        self.unloads.labels("ok")
+
+    def watch(self, served: Callable[[], int]) -> None:
+        self.loaded.set_function(lambda: float(served()))
+
+    @contextmanager
+    def loading(self) -> Iterator[None]:
+        start = time.perf_counter()
+        with self._counted(self.loads):
+            yield
+        self.load_seconds.observe(time.perf_counter() - start)
+
+    @contextmanager
+    def unloading(self, name: str) -> Iterator[None]:
+        with self._counted(self.unloads):
+            yield
+        self.turns.remove(name)  # a gone adapter's series goes with it: the names stay bounded by max_adapters
+
+    def started(self, adapter: str | None) -> None:
+        if adapter is not None:
+            self.turns.labels(adapter).inc()
+
+    @contextmanager
+    def _counted(self, counter: Counter) -> Iterator[None]:
+        try:
+            yield
+        except GatewayError as exc:
+            counter.labels(exc.code.value).inc()
+            raise
+        except BaseException:
+            counter.labels("error").inc()
+            raise
+        counter.labels("ok").inc()

@@ -1,10 +1,12 @@
 """The generation thread's longest step while adapters load and unload, against the same load without: turns
 decode on the demo model while a LoRA adapter is loaded and unloaded (weights read on the
 worker thread, swapped in between two steps). A step here is the time from one decode step's end to the next's,
-so an adapter swap between them counts in it. One load and one unload per round, or back to back with --churn.
-Point PYTHONPATH at the code.
+so an adapter swap between them counts in it. One load and one unload per round, or back to back with --churn;
+with --beside, another adapter stays loaded throughout (the churned one joins its layers instead of being the
+model's first). Point PYTHONPATH at the code.
 
-    PYTHONPATH=$PWD .venv/bin/python scripts/adapter_step.py [--turns 4] [--tokens 300] [--rank 64] [--size small] [--churn]
+    PYTHONPATH=$PWD .venv/bin/python scripts/adapter_step.py [--turns 4] [--tokens 300] [--rank 64] [--size small]
+        [--churn] [--beside]
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ class Sink:
 
 
 class StepClock:
-    """The end of each decode step, stamped on the generation thread; and each errand pass's own length."""
+    """The end of each decode step, stamped on the generation thread; and each errand pass's own length, in wall
+    time and in the generation thread's CPU time (which a busy machine's scheduler does not stretch)."""
 
     def __init__(self, engine: LocalEngine) -> None:
         self.ends: list[float] = []
         self.swaps_ms: list[float] = []
+        self.swaps_cpu_ms: list[float] = []
         generation = engine._generation
         step, errands = generation._step, generation._run_errands
 
@@ -54,11 +58,12 @@ class StepClock:
             self.ends.append(time.perf_counter())
 
         def timed_errands(batch: Any) -> None:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             waiting = bool(generation.line._errands)
             errands(batch)
             if waiting:
                 self.swaps_ms.append((time.perf_counter() - start) * 1000)
+                self.swaps_cpu_ms.append((time.thread_time() - cpu) * 1000)
 
         generation._step = timed_step  # type: ignore[method-assign]
         generation._run_errands = timed_errands  # type: ignore[method-assign]
@@ -104,6 +109,8 @@ async def main(args: argparse.Namespace) -> None:
     clock = StepClock(engine)
     engine.start()
     try:
+        if args.beside:
+            await engine.load_adapter("kept", str(adapter))
         await decode(engine, args.turns, 8)  # warm up
         rounds: dict[str, list[float]] = {"without": [], "while_loading": []}
         loads = 0
@@ -121,7 +128,9 @@ async def main(args: argparse.Namespace) -> None:
         swaps = clock.swaps_ms
         report["swaps"] = {"count": len(swaps), "loads": loads, "median_ms": round(statistics.median(swaps), 2)}
         report["swaps"]["max_ms"] = round(max(swaps), 2)
-        setup = {"turns": args.turns, "tokens": args.tokens, "rank": args.rank, "size": args.size}
+        cpu = clock.swaps_cpu_ms
+        report["swaps"] |= {"cpu_median_ms": round(statistics.median(cpu), 2), "cpu_max_ms": round(max(cpu), 2)}
+        setup = {"turns": args.turns, "tokens": args.tokens, "rank": args.rank, "size": args.size, "beside": args.beside}
         report["setup"] = {**setup, "adapter_bytes": weights}
         report["loadavg"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(report, indent=2))
@@ -137,4 +146,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--churn", action="store_true", help="load and unload again and again while the turns decode")
     parser.add_argument("--size", default="tiny")
+    parser.add_argument("--beside", action="store_true", help="keep another adapter loaded while one churns")
     asyncio.run(main(parser.parse_args()))

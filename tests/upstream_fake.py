@@ -23,8 +23,8 @@ class FakeUpstream:
     """Streams `max_tokens` words, or misbehaves as `mode` says: 429 and 503 (with Retry-After), 500,
     context (vLLM's 400), overloaded_chunk (a word, then an error chunk naming 503), stall, slow,
     slow_health (streams, but answers /health late), paced (a word every 20 ms), no_lora (vLLM without runtime
-    LoRA updating: its adapter endpoints are 404). Adapters load and unload as vLLM's do; `events` records their
-    loads, unloads and each stream's end, in order."""
+    LoRA updating: its adapter endpoints are 404), down (restarting: /health is 503). Adapters load, unload and
+    are listed in /v1/models as vLLM's are; `events` records their loads, unloads and each stream's end, in order."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -59,10 +59,11 @@ class FakeUpstream:
         self.health_checks += 1
         if self.mode == "slow_health":
             await asyncio.sleep(2.5)  # past the engine's 1 s health timeout
-        return Response(status_code=200)
+        return Response(status_code=503 if self.mode == "down" else 200)
 
     async def models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+        loras = [{"id": name, "object": "model", "parent": "fake"} for name in self.loras]
+        return JSONResponse({"object": "list", "data": [{"id": "fake", "object": "model"}, *loras]})
 
     async def load_lora(self, request: Request) -> Response:
         """As vLLM's: a path it cannot read, or a name taken, is a 400; success is plain text."""
@@ -99,6 +100,8 @@ class FakeUpstream:
             return JSONResponse({"error": {"message": "busy"}}, 503, headers={"Retry-After": "3"})
         if self.mode == "500":
             return JSONResponse({"error": {"message": "boom"}}, 500)
+        if body["model"] not in ("fake", *self.loras):  # as vLLM answers for an adapter it does not hold
+            return JSONResponse({"object": "error", "message": f"The model `{body['model']}` does not exist.", "code": 404}, 404)
         if self.mode == "context":
             return JSONResponse({"object": "error", "message": CONTEXT_MESSAGE, "type": "BadRequestError", "code": 400}, 400)
         return StreamingResponse(self.stream(body["max_tokens"], body["model"]), media_type="text/event-stream")

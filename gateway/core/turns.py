@@ -283,6 +283,7 @@ class TurnService(TurnLimits):
         self.in_flight += 1
         self._handles[id(request.handle)] = request.handle
         trace.submitted(request.adapter or self.engine.model_id)
+        self.metrics.adapters.started(request.adapter)
 
     def turn_ended(self, result: GenerationResult, handle: TurnHandle) -> None:
         self.in_flight -= 1

@@ -60,14 +60,17 @@ async def load_adapter(request: Request) -> Response:
         raise ApiError(400, f"invalid adapter request: {exc}", code=ErrorCode.INVALID_FIELD.value) from None
     except msgspec.DecodeError:
         raise ApiError(400, "the body must be a JSON object", code=ErrorCode.BAD_FRAME.value) from None
-    await engine.load_adapter(asked.name, asked.path)
+    with runtime_of(request.app).metrics.adapters.loading():
+        await engine.load_adapter(asked.name, asked.path)
     return JSONResponse(_model_entry(asked.name, _ready_turns(request).engine.model_id), status_code=201)
 
 
 async def unload_adapter(request: Request) -> Response:
     """Answered once the adapter is gone: after the turns running on it have finished."""
     name = request.path_params["name"]
-    await _loader(request).unload_adapter(name)
+    engine = _loader(request)
+    with runtime_of(request.app).metrics.adapters.unloading(name):
+        await engine.unload_adapter(name)
     return JSONResponse({"id": name, "object": "model", "deleted": True})
 
 

@@ -19,7 +19,8 @@ from gateway.core.sampling import OPTION_FIELDS
 from gateway.core.stateless import start_conversation
 from gateway.core.tracing import TurnTrace
 from gateway.core.turns import TurnService
-from gateway.edge.auth import bearer_accepted
+from gateway.edge.auth import bearer_accepted, offered_credentials
+from gateway.edge.tokens import is_token
 from gateway.engine.contract import Engine
 from gateway.errors import ErrorCode, GatewayError
 from gateway.openai import schema, tokens
@@ -84,9 +85,15 @@ async def _mint_token(request: Request) -> Response:
 
 
 def _check_api_key(request: Request) -> None:
-    api_key = runtime_of(request.app).settings.api_key
-    if not api_key_accepted(request.headers.get("authorization"), api_key):
-        raise ApiError(401, "missing or incorrect API key", "invalid_request_error", "invalid_api_key")
+    api_key, authorization = runtime_of(request.app).settings.api_key, request.headers.get("authorization")
+    if not api_key_accepted(authorization, api_key):
+        scoped = any(is_token(credential) for credential in offered_credentials(authorization, ()))
+        message = SCOPED_ON_HTTP if scoped else "missing or incorrect API key"
+        raise ApiError(401, message, "invalid_request_error", "invalid_api_key")
+
+
+# Why /v1 takes no scoped token: each of its limits is a connection's, and a stateless request has none (README).
+SCOPED_ON_HTTP = "a scoped token opens a WebSocket session only; /v1 takes the API key"
 
 
 def _ready_turns(request: Request) -> TurnService:

@@ -3,6 +3,7 @@ gateway's POST and DELETE /v1/adapters are forwarded to vLLM's own endpoints, an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -66,3 +67,28 @@ async def test_loads_and_unloads_are_forwarded_and_turns_run_on_the_adapter(
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_adapter", bad.text
     gone = requests.delete(f"{url}/v1/adapters/tuned", headers=ADMIN, timeout=60)
     assert gone.status_code == 200 and "tuned" not in vllm_models(vllm)
+
+
+async def test_a_restarted_vllm_gets_the_run_time_adapter_again(
+    gateway: Gateway, lora_vllm: tuple[VllmServer, Path], tmp_path: Path
+) -> None:
+    """vLLM holds run-time adapters in memory only: after it restarts, the gateway's health check loads the adapter
+    on it again unasked, and a turn naming it gets the same greedy reply as before the restart."""
+    vllm, adapter = lora_vllm
+    url = f"http://127.0.0.1:{gateway.port}"
+    loaded = requests.post(f"{url}/v1/adapters", json={"name": "tuned", "path": str(adapter)}, headers=ADMIN, timeout=120)
+    assert loaded.status_code == 201, loaded.text
+    async with GatewayClient(gateway.ws_url) as client:
+        before = await client.turn("t", "the red house", max_tokens=8, temperature=0, model="tuned")
+    vllm.kill()
+    again = start_vllm(adapter.parent / "model", vllm.port, tmp_path, lora_rank=8)
+    try:
+        await asyncio.to_thread(wait_ready, again, 600)
+        while "tuned" not in await asyncio.to_thread(vllm_models, again):  # nobody but the gateway loads it
+            await asyncio.sleep(0.5)
+        async with GatewayClient(gateway.ws_url) as client:
+            after = await client.turn("t", "the red house", max_tokens=8, temperature=0, model="tuned")
+    finally:
+        again.kill()
+    assert before.done is not None and after.done is not None, (before.errors, after.errors)
+    assert after.done["text"] == before.done["text"]

@@ -76,6 +76,7 @@ def attach(model: Any, name: str, adapter: AdapterWeights) -> Any:
     """The model with the adapter added under `name` (the bare model is wrapped in peft by its first one). Layers
     are made empty and take the read tensors as they are, so this costs little beyond swapping modules in."""
     from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
     from peft.utils import set_peft_model_state_dict
 
     try:
@@ -86,7 +87,8 @@ def attach(model: Any, name: str, adapter: AdapterWeights) -> Any:
             model.training = model.base_model.training = False  # the new wrappers; the model within is in eval already
     except (ValueError, KeyError, TypeError) as exc:  # peft's "target modules not found in the base model"
         raise AdapterError(f"the adapter does not fit this model: {one_line(exc)[:300]}") from None
-    if _place(model, name, adapter.weights):
+    lora = {path: module for path, module in model.named_modules() if isinstance(module, LoraLayer)}
+    if place(lora, name, adapter.weights) is not None:
         return model
     try:
         result: Any = set_peft_model_state_dict(model, adapter.weights, adapter_name=name, low_cpu_mem_usage=True)
@@ -101,26 +103,25 @@ def attach(model: Any, name: str, adapter: AdapterWeights) -> Any:
     return model.eval()
 
 
-def _place(model: Any, name: str, weights: dict[str, torch.Tensor]) -> bool:
-    """Put the read tensors straight into the adapter's empty layers, a look-up each, when every one of them finds
-    its layer under peft's saved name with its shape, and no tensor is left over (plain LoRA on linear layers);
-    False leaves the rest to peft's general path (which walks the whole model: about ten times the time)."""
-    from peft.tuners.lora import LoraLayer
-
+def place(layers: dict[str, Any], name: str, weights: dict[str, torch.Tensor]) -> list[Any] | None:
+    """Put the read tensors straight into the adapter's empty layers (peft's LoRA layers by module path), a look-up
+    each, when every one of them finds its layer under peft's saved name with its shape, and no tensor is left over
+    (plain LoRA on linear layers): the layers holding the adapter. None leaves the rest to peft's general path
+    (which walks the whole model: about ten times the time)."""
     placed: dict[str, Any] = {}
-    layers: list[Any] = []
-    for path, module in model.named_modules():
-        if isinstance(module, LoraLayer) and name in module.lora_A:
-            layers.append(module)
+    holding: list[Any] = []
+    for path, module in layers.items():
+        if name in module.lora_A:
+            holding.append(module)
             for part in ("lora_A", "lora_B"):
                 placed[f"{path}.{part}.weight"] = getattr(module, part)[name]
     if placed.keys() != weights.keys() or any(placed[k].weight.shape != weights[k].shape for k in placed):
-        return False
+        return None
     for key, layer in placed.items():
         layer.weight = torch.nn.Parameter(weights[key], requires_grad=False)
-    for module in layers:
+    for module in holding:
         module.eval()  # its new dropout, made in training mode
-    return True
+    return holding
 
 
 def detach(model: Any, name: str) -> Any:

@@ -20,7 +20,9 @@ RUNTIME_LORA = "vLLM loads adapters at run time when started with --enable-lora 
 class UpstreamAdapters:
     """A load goes to every replica (a turn may land on any), and is undone on those that took it when one
     refuses; an unload stops new turns at once, waits for the turns running on the adapter, then goes to every
-    replica. A replica's refusal is `bad_adapter` with its message; one that cannot answer, `overloaded`."""
+    replica. A replica's refusal is `bad_adapter` with its message; one that cannot answer, `overloaded`.
+    vLLM holds adapters loaded at run time in memory only: a replica that restarts has lost them, and `restore`
+    (from the health check) loads them on it again, the replica taking no turn on one until it has it."""
 
     def __init__(
         self,
@@ -33,6 +35,7 @@ class UpstreamAdapters:
         self._replicas = replicas
         self._client_for = client_for
         self._turns = turns
+        self.paths: dict[str, str] = {}  # the adapters loaded at run time: name -> path, to load again after a restart
 
     async def load(self, name: str, path: str) -> None:
         self.registry.claim(name)
@@ -48,10 +51,12 @@ class UpstreamAdapters:
             if len(took) < len(self._replicas()):
                 self.registry.failed(name)
         self.registry.loaded(name)
+        self.paths[name] = path
         log.info("adapter %s loaded on %d upstream replicas from %s", name, len(took), path)
 
     async def unload(self, name: str) -> None:
         self.registry.leave(name)
+        self.paths.pop(name, None)
         try:
             running = {turn.task for turn in self._turns() if turn.request.adapter == name and turn.task is not None}
             if running:
@@ -59,7 +64,35 @@ class UpstreamAdapters:
             await self._unload_from(self._replicas(), name)
         finally:
             self.registry.gone(name)
+            for replica in self._replicas():
+                replica.lacking.discard(name)
         log.info("adapter %s unloaded from the upstream replicas", name)
+
+    async def restore(self, replica: Replica) -> None:
+        """Load on `replica` again each adapter loaded at run time that it no longer lists (it restarted); it is
+        marked lacking each one until then, so turns on it go to the other replicas (or wait) meanwhile."""
+        if not self.paths:
+            return
+        client = self._client_for(replica)
+        try:
+            listed = await client.model_ids()
+        except UpstreamError:
+            return  # the health check's next round asks again
+        replica.lacking |= {name for name in self.paths if name not in listed}
+        for name in sorted(replica.lacking):
+            path = self.paths.get(name)
+            if path is None:  # unloaded meanwhile
+                replica.lacking.discard(name)
+                continue
+            try:
+                await client.post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+            except UpstreamError as exc:
+                log.warning("upstream %s did not load adapter %s again: %s", replica.url, name, exc)
+                continue
+            replica.lacking.discard(name)
+            log.warning("upstream %s had lost adapter %s (a restart): loaded it again", replica.url, name)
+            if name not in self.paths:  # unloaded while it loaded: the replica must not keep it
+                await self._unload_from([replica], name)
 
     async def _unload_from(self, replicas: list[Replica], name: str) -> None:
         """Best effort: the gateway serves the adapter no more either way; a replica that kept it is logged."""

@@ -95,6 +95,16 @@ class ReplicaClient:
             raise classify(response.status_code, response.content, response.headers.get("retry-after"))
         return response
 
+    async def model_ids(self) -> set[str]:
+        """The model ids it serves now, its LoRA adapters among them."""
+        try:
+            response = await self.http.get(self.base_url + "/v1/models", headers=self.headers)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"{type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise classify(response.status_code, response.content, response.headers.get("retry-after"))
+        return {str(entry.get("id")) for entry in response.json().get("data", [])}
+
     async def healthy(self, timeout_s: float) -> bool | None:
         """None when it took the connection but did not answer in time: a replica busy streaming to many
         clients can be slow to answer /health, and is no reason to fail the turns it would take."""

@@ -194,6 +194,8 @@ class UpstreamEngine:
             for replica, ok in zip(self.replicas.replicas, await asyncio.gather(*checks)):
                 if ok is None:
                     continue  # slow, not gone: its state stands
+                if ok:  # before it takes turns again: a replica that restarted has lost the run-time adapters
+                    await self._adapters.restore(replica)
                 if ok != (replica in self.replicas.up):
                     log.warning("upstream %s is %s", replica.url, "back" if ok else "down")
                 (self.replicas.mark_up if ok else self.replicas.mark_down)(replica)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class ReplicaState(enum.Enum):
@@ -19,6 +19,7 @@ class Replica:
     state: ReplicaState = ReplicaState.UP
     overloaded_until: float = 0.0  # monotonic time before which it said 429/503
     active: int = 0  # turns streaming from it now
+    lacking: set[str] = field(default_factory=set)  # run-time adapters it lost (a restart) and has not loaded again
 
     def available(self, now: float) -> bool:
         return self.state is ReplicaState.UP and now >= self.overloaded_until
@@ -76,6 +77,10 @@ class ReplicaSet:
 
     def mark_overloaded(self, replica: Replica, now: float, retry_after_s: float) -> None:
         replica.overloaded_until = max(replica.overloaded_until, now + retry_after_s)
+
+    def lacking(self, adapter: str | None) -> list[Replica]:
+        """The replicas that cannot serve a turn on `adapter` until it is loaded on them again."""
+        return [r for r in self.replicas if adapter in r.lacking] if adapter is not None else []
 
     @property
     def up(self) -> list[Replica]:

@@ -81,7 +81,8 @@ class UpstreamTurn:
         failure: UpstreamError | None = None
         while True:
             try:
-                replica = self.context.replicas.pick(self.request.affinity, time.monotonic(), tried)
+                unable = [*tried, *self.context.replicas.lacking(self.request.adapter)]
+                replica = self.context.replicas.pick(self.request.affinity, time.monotonic(), unable)
             except NoReplica as exc:
                 if failure is not None:
                     return "error", self._failure(failure)

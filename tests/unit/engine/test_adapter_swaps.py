@@ -15,6 +15,7 @@ import pytest
 from gateway.engine.contract import GenerationRequest, GenerationResult, SamplingParams
 from gateway.engine.demo import write_demo_adapter
 from gateway.engine.local import adapter_swaps
+from gateway.engine.local.adapter_splice import Splice
 from gateway.engine.local.engine import LocalEngine
 from gateway.engine.local.loader import load_model
 from gateway.errors import ErrorCode, GatewayError
@@ -56,25 +57,42 @@ async def test_a_runtime_adapter_serves_as_a_start_up_one_does(engine: LocalEngi
     assert await tokens(engine) == base
 
 
-async def test_weights_are_read_on_a_worker_and_swapped_in_by_the_generation_thread(
-    engine: LocalEngine, demo_dirs: DemoDirs, monkeypatch: pytest.MonkeyPatch
+async def test_layers_are_built_on_the_worker_and_the_generation_thread_only_splices(
+    engine: LocalEngine, demo_dirs: DemoDirs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Neither the event loop nor the model's owner reads the files; only the generation thread touches the model."""
-    threads: dict[str, str] = {}
+    """The worker reads the files and builds every LoRA layer (a first adapter over a copy of the model's tree, a
+    second beside the first); the generation thread only splices them in and cuts them out, never running peft's
+    own add or delete; the last unload serves the very model served before the first load."""
+    from peft.tuners.lora import LoraLayer
+
+    other = write_demo_adapter(demo_dirs.model, tmp_path / "other", seed=7)
+    threads: dict[str, list[str]] = {}
 
     def spy(name: str, real: Any) -> Any:
-        def call(*args: Any) -> Any:
-            threads[name] = threading.current_thread().name
-            return real(*args)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            threads.setdefault(name, []).append(threading.current_thread().name)
+            return real(*args, **kwargs)
 
         return call
 
     monkeypatch.setattr(adapter_swaps, "read_adapter", spy("read", adapter_swaps.read_adapter))
-    monkeypatch.setattr(adapter_swaps, "attach", spy("attach", adapter_swaps.attach))
-    monkeypatch.setattr(adapter_swaps, "detach", spy("detach", adapter_swaps.detach))
+    monkeypatch.setattr(LoraLayer, "update_layer", spy("build", LoraLayer.update_layer))
+    monkeypatch.setattr(Splice, "apply", spy("splice", Splice.apply))
+    for name in ("attach", "detach", "cut"):
+        monkeypatch.setattr(adapter_swaps, name, spy(name, getattr(adapter_swaps, name)))
+    served = engine.loaded.model
     await engine.load_adapter("tuned", str(demo_dirs.adapter))
+    await engine.load_adapter("other", str(other))
+    await engine.unload_adapter("other")
     await engine.unload_adapter("tuned")
-    assert threads == {"read": "gateway-adapters_0", "attach": "gateway-generation", "detach": "gateway-generation"}
+    assert engine.loaded.model is served
+    assert {name: set(names) for name, names in threads.items()} == {
+        "read": {"gateway-adapters_0"},
+        "build": {"gateway-adapters_0"},
+        "splice": {"gateway-generation"},
+        "cut": {"gateway-generation"},
+    }
+    assert (len(threads["read"]), len(threads["splice"]), len(threads["cut"])) == (2, 2, 1)
 
 
 async def test_unloading_lets_running_turns_finish_and_refuses_new_ones(engine: LocalEngine, demo_dirs: DemoDirs) -> None:

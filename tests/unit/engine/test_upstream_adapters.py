@@ -10,6 +10,7 @@ import pytest
 from gateway.engine.contract import GenerationRequest, SamplingParams
 from gateway.engine.upstream.engine import UpstreamEngine
 from gateway.errors import ErrorCode, GatewayError
+from tests.conftest import wait_until
 from tests.unit.engine.test_upstream_engine import Collect, engine_for, request, run
 from tests.upstream_fake import FakeUpstream
 
@@ -85,3 +86,45 @@ async def test_an_unload_waits_for_the_turns_running_on_the_adapter(fakes: tuple
     assert late.value.code is ErrorCode.NOT_FOUND
     assert (result.finish_reason, result.completion_tokens) == ("length", 20)
     assert fake.events == ["load tuned", "end tuned", "unload tuned"]
+
+
+def after(events: list[str], mark: str) -> list[str]:
+    return events[events.index(mark) + 1 :]
+
+
+async def test_a_replica_back_from_a_restart_gets_the_adapters_again_before_turns_on_them(
+    fakes: tuple[FakeUpstream, FakeUpstream],
+) -> None:
+    """A replica that restarts (down, then back without the run-time adapters) is given them again by the health
+    check before it takes a turn on one: every turn meanwhile goes to the other replica and finishes."""
+    engine = engine_for(*(fake.url for fake in fakes), health_interval_s=0.05)
+    await engine.load_adapter("tuned", "/ok/tuned")
+    await run(engine, on("tuned"))
+    home = next(fake for fake in fakes if fake.chat_models)
+    replica = next(r for r in engine.replicas.replicas if r.url == home.url)
+    home.mode, home.loras = "down", {}
+    home.events.append("restart")
+    await wait_until(lambda: replica not in engine.replicas.up)
+    home.mode = "ok"
+    results = []
+    while "load tuned" not in after(home.events, "restart"):
+        results.append((await run(engine, on("tuned", max_tokens=1)))[0])
+    await wait_until(lambda: replica in engine.replicas.up)
+    results.append((await run(engine, on("tuned")))[0])
+    assert all(result.finish_reason == "length" for result in results) and results
+    assert after(home.events, "restart") == ["load tuned", "end tuned"] and not replica.lacking
+
+
+async def test_a_replica_that_lost_the_adapters_unseen_gets_them_again(fakes: tuple[FakeUpstream, FakeUpstream]) -> None:
+    """A restart between two health checks (never seen down) shows in the replica's models: the adapters it no
+    longer lists are loaded on it again, and one unloaded meanwhile is not."""
+    engine = engine_for(*(fake.url for fake in fakes), health_interval_s=0.05)
+    await engine.load_adapter("tuned", "/ok/tuned")
+    await engine.load_adapter("other", "/ok/other")
+    await engine.unload_adapter("other")
+    fakes[0].loras = {}
+    fakes[0].events.append("restart")
+    await wait_until(lambda: "tuned" in fakes[0].loras)
+    assert after(fakes[0].events, "restart") == ["load tuned"] and fakes[1].loras == {"tuned": "/ok/tuned"}
+    await engine.unload_adapter("tuned")
+    assert [fake.loras for fake in fakes] == [{}, {}]

@@ -123,3 +123,13 @@ def test_down_replicas_are_still_tried_when_no_other_can_be() -> None:
     assert replicas.pick("k", now=1) is a
     with pytest.raises(NoReplica):
         replicas.pick("k", now=1, exclude=[a])
+
+
+def test_a_replica_lacking_an_adapter_is_left_out_of_turns_on_it_only() -> None:
+    """A replica that lost an adapter is excluded from that adapter's turns, not from the base model's or others'."""
+    replicas = ReplicaSet(["http://a", "http://b"])
+    replicas.replicas[0].lacking.add("tuned")
+    assert replicas.lacking("tuned") == [replicas.replicas[0]]
+    assert replicas.lacking("other") == [] and replicas.lacking(None) == []
+    for key in ("s1", "s2", "s3", "s4"):
+        assert replicas.pick(key, 0.0, replicas.lacking("tuned")) is replicas.replicas[1]
