@@ -34,7 +34,8 @@ def healthy(fakes: tuple[FakeUpstream, FakeUpstream]) -> None:
 
 def engine_for(*urls: str, gap_s: float = 5.0, health_interval_s: float = 60.0) -> UpstreamEngine:
     info = UpstreamInfo("fake", 1024, (), vllm=False, vision=False, vision_detail="")
-    options = UpstreamOptions(connect_timeout_s=1.0, deadlines=Deadlines(5.0, gap_s), health_interval_s=health_interval_s)
+    # 10 s: loopback connects are instant, but a loaded CI machine once took over 1 s and a load went `overloaded`.
+    options = UpstreamOptions(connect_timeout_s=10.0, deadlines=Deadlines(5.0, gap_s), health_interval_s=health_interval_s)
     return UpstreamEngine(info, ReplicaSet(list(urls)), options)
 
 
