@@ -60,7 +60,7 @@ def test_tools_bot_example_shows_a_whole_tool_call_loop(server: RunningServer, t
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith('tool call: get_weather({"city": ') and '-> {"city": ' in lines[0], lines
-    assert lines[-1].startswith("reply: "), lines
+    assert any(line.startswith("reply: ") for line in lines[1:]), lines  # the random reply may hold line breaks
 
 
 def test_camera_bot_example_streams_a_folder_and_asks_about_it(server: RunningServer, tmp_path: Path) -> None:
