@@ -77,7 +77,7 @@ def test_camera_bot_example_streams_a_folder_and_asks_about_it(server: RunningSe
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("sent 3 frames; the turn read {'count': 2, "), lines
-    assert lines[-1].startswith("reply: "), lines
+    assert any(line.startswith("reply: ") for line in lines[1:]), lines  # the random reply may hold line breaks
 
 
 def test_editing_example_regenerates_switches_and_truncates(server: RunningServer, tmp_path: Path) -> None:
