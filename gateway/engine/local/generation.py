@@ -81,14 +81,14 @@ class Generation:
                 break
             if admitted:
                 self._prefill(batch, admitted)
-            if self.joining.groups:
+            if self.joining:
                 self._feed_joining(batch)
             for position, job in enumerate(still_waiting, start=1):
                 self._emit(job, job.sink.on_queued, position)
             if batch:
                 self._step(batch)
             self.line.settle([seq.request.handle for seq in batch.sequences + self.joining.sequences()])
-            if not batch and not self.joining.groups:
+            if not batch and not self.joining:
                 self.busy.clear()
             self._flush()  # before the errands: a turn's `done` reaches its loop ahead of an unload it let go
             self.clock.lap("streaming")
@@ -143,10 +143,12 @@ class Generation:
         # cross-attention states to merge with the batch's image rows.
         alone = batch.cross_attention
         text = [(seq, inputs, self._held(seq, inputs)) for seq, inputs in ready if not inputs.extras and not alone]
+        if text and self.joining.merges(bool(batch)):  # fed beside the batch, with the rows already joining
+            batch.add_joiners(self.joining.rows, *_split(text))
+            text = []
         for group in self._text_groups(text):
-            seqs = [seq for seq, _, _ in group]
-            opened = partial(self._open_rows, batch, seqs, [item for _, item, _ in group], [held for _, _, held in group])
-            self._prefill_group(batch, seqs, opened)
+            seqs, inputs, helds = _split(group)
+            self._prefill_group(batch, seqs, partial(_feed_whole, batch, seqs, inputs, helds))
         for seq, item in ready:
             if item.extras or alone:
                 held = self._held(seq, item)
@@ -171,42 +173,29 @@ class Generation:
             return None
         return self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids)
 
-    def _open_rows(
-        self, batch: Batch, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]
-    ) -> _Prefilled | None:
-        """Lay text rows out and feed them whole, or, beside a decoding batch, leave them to `_feed_joining`."""
-        rows = batch.start_rows(seqs, inputs, helds)
-        if self.joining.defers(rows, bool(batch)):
-            self.joining.groups.append(rows)
-            return None
-        return batch.feed_rows(rows)
-
     def _feed_joining(self, batch: Batch) -> None:
-        """Feed one chunk of the oldest joining group (every group whole once nobody decodes); a group whose
-        every column is fed takes its first tokens and joins the batch."""
-        while self.joining.groups:
-            rows = self.joining.groups[0]
-            live = self._live(rows.seqs)
-            if len(live) < len(rows.seqs):
-                rows.keep(live)
-            decoding = bool(batch)
-            columns = self.joining.columns(rows) if decoding else None
-            fed = partial(batch.feed_rows, rows, columns)
-            if not rows.seqs or self._prefill_group(batch, rows.seqs, fed, "chunks" if decoding else "prefill"):
-                self.joining.groups.popleft()
-            if decoding and rows.seqs:
-                return
+        """One pass feeds every joining row its next columns (all it has left once nobody decodes); the rows
+        whose prompts ended in it take their first tokens and join the batch."""
+        rows = self.joining.rows
+        rows.keep(self._live(rows.seqs))
+        if not rows:
+            return
+        decoding = bool(batch)
+        phase = "chunks" if decoding else "prefill"
+        try:
+            leaving = batch.feed_joiners(rows, self.joining.columns(decoding))
+        except Exception:  # the rows share the pass's cache: a failure ends them all, never the thread
+            self._failed(rows.clear())
+            return
+        self.clock.lap(phase)
+        if leaving is not None:
+            self._prefill_group(batch, leaving[0], lambda: leaving[1], phase)
 
-    def _prefill_group(
-        self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled | None], phase: str = "prefill"
-    ) -> bool:
-        """Run a prefill; sample each row's first token and join the batch with the rows still going. False
-        while the prefill waits for more chunks."""
+    def _prefill_group(self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled], phase: str = "prefill") -> None:
+        """Run a prefill; sample each row's first token and join the batch with the rows still going."""
         try:
             prefilled = run()
             self.clock.lap(phase)
-            if prefilled is None:
-                return False
             logits, cache, mask = prefilled
             mask_logits(logits, [seq.grammar for seq in seqs])
             if not supports_batching(cache) and self.max_batch > 1:
@@ -215,10 +204,8 @@ class Generation:
             alive = [i for i, seq in enumerate(seqs) if not self._after_token(seq, batch.choose(seq, logits[i]))]
             self.clock.lap("sampling")
         except Exception:  # a model failure ends these turns, never the thread
-            log.exception("prefill failed")
-            for seq in seqs:
-                self._finish(seq, "error", "generation failed")
-            return True
+            self._failed(seqs)
+            return
         hold_finished(self.prefix_cache, seqs, cache, mask, alive)
         if alive:
             if len(alive) < len(seqs):
@@ -226,7 +213,11 @@ class Generation:
                 mask = mask[alive]
             batch.join([seqs[i] for i in alive], cache, mask)
         self.clock.lap("joins")
-        return True
+
+    def _failed(self, seqs: list[Sequence]) -> None:
+        log.exception("prefill failed")
+        for seq in seqs:
+            self._finish(seq, "error", "generation failed")
 
     def _live(self, seqs: list[Sequence]) -> list[int]:
         """Indices of the sequences still wanted; the cancelled ones (all, on abort) are finished."""
@@ -296,3 +287,12 @@ class Generation:
 
     def _flush(self) -> None:
         self._relay.flush()
+
+
+def _split(rows: list[_Row]) -> tuple[list[Sequence], list[ModelInputs], list[HeldPrefix | None]]:
+    return [seq for seq, _, _ in rows], [item for _, item, _ in rows], [held for _, _, held in rows]
+
+
+def _feed_whole(batch: Batch, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]) -> _Prefilled:
+    """Text rows laid out and fed in one pass."""
+    return batch.feed_rows(batch.start_rows(seqs, inputs, helds))
