@@ -16,7 +16,7 @@ from gateway.engine.local.constrain import GrammarVocabulary, mask_logits
 from gateway.engine.local.detok import TextStream
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.image_prefix import content_key
-from gateway.engine.local.joining import Joining
+from gateway.engine.local.joining import Joining, Row, split
 from gateway.engine.local.loader import LoadedModel
 from gateway.engine.local.padded import hold_finished, supports_batching
 from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache
@@ -30,7 +30,6 @@ from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.engine")
 _Prefilled = tuple[torch.Tensor, Any, torch.Tensor]  # last logits, cache, mask
-_Row = tuple[Sequence, ModelInputs, HeldPrefix | None]  # a text prompt and its held prefix, if any
 
 
 class Generation:
@@ -144,10 +143,10 @@ class Generation:
         alone = batch.cross_attention
         text = [(seq, inputs, self._held(seq, inputs)) for seq, inputs in ready if not inputs.extras and not alone]
         if text and self.joining.merges(bool(batch)):  # fed beside the batch, with the rows already joining
-            batch.add_joiners(self.joining.rows, *_split(text))
+            self.joining.waiting.extend(text)
             text = []
         for group in self._text_groups(text):
-            seqs, inputs, helds = _split(group)
+            seqs, inputs, helds = split(group)
             self._prefill_group(batch, seqs, partial(_feed_whole, batch, seqs, inputs, helds))
         for seq, item in ready:
             if item.extras or alone:
@@ -155,7 +154,7 @@ class Generation:
                 run = partial(batch.prefill_on, seq, item, held) if held else partial(batch.prefill, seq, item)
                 self._prefill_group(batch, [seq], run)
 
-    def _text_groups(self, rows: list[_Row]) -> list[list[_Row]]:
+    def _text_groups(self, rows: list[Row]) -> list[list[Row]]:
         """Text prompts in groups for one forward pass each: of similar new lengths (engine/local/ragged.py);
         one at a time when turns decode alone."""
         if self.max_batch <= 1:
@@ -178,11 +177,14 @@ class Generation:
         whose prompts ended in it take their first tokens and join the batch."""
         rows = self.joining.rows
         rows.keep(self._live(rows.seqs))
-        if not rows:
+        self.joining.keep_waiting(self._live(self.joining.waiting_sequences()))
+        decoding, admitted = bool(batch), self.joining.admit(bool(batch))
+        if not rows and not admitted:
             return
-        decoding = bool(batch)
         phase = "chunks" if decoding else "prefill"
         try:
+            if admitted:
+                batch.add_joiners(rows, *split(admitted))
             leaving = batch.feed_joiners(rows, self.joining.columns(decoding))
         except Exception:  # the rows share the pass's cache: a failure ends them all, never the thread
             self._failed(rows.clear())
@@ -287,10 +289,6 @@ class Generation:
 
     def _flush(self) -> None:
         self._relay.flush()
-
-
-def _split(rows: list[_Row]) -> tuple[list[Sequence], list[ModelInputs], list[HeldPrefix | None]]:
-    return [seq for seq, _, _ in rows], [item for _, item, _ in rows], [held for _, _, held in rows]
 
 
 def _feed_whole(batch: Batch, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]) -> _Prefilled:

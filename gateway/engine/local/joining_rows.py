@@ -50,8 +50,10 @@ class JoiningRows:
         self, seqs: list[Any], prompts: list[torch.Tensor], helds: list[HeldPrefix | None], positions_of: Positions
     ) -> list[int]:
         """New rows, each on its whole held prefix (or none), nothing fed yet; returns what each row's
-        positions add to its token count. The rows already here are copied once into wider buffers."""
-        device = prompts[0].device
+        positions add to its token count. The rows already here are copied once into wider buffers. The new
+        rows count as here from the start, so that `clear` after a failure finds them."""
+        device, old = prompts[0].device, len(self.seqs)
+        self.seqs = self.seqs + seqs
         cached = [held.length if held else 0 for held in helds]
         deltas = []
         for ids, start in zip(prompts, cached):
@@ -60,33 +62,33 @@ class JoiningRows:
             self.positions.append(full[..., start:])
             deltas.append(delta)
         width = max(self.width, *cached)
-        mask = torch.zeros(len(self.seqs) + len(seqs), width, dtype=torch.long, device=device)
+        mask = torch.zeros(len(self.seqs), width, dtype=torch.long, device=device)
         if self.mask is not None:
-            mask[: len(self.seqs), width - self.width :] = self.mask
-        for row, count in enumerate(cached, start=len(self.seqs)):
+            mask[:old, width - self.width :] = self.mask
+        for row, count in enumerate(cached, start=old):
             mask[row, width - count :] = 1
-        self.cache = self._merged(helds, cached, width, device)
-        self.seqs, self.mask = self.seqs + seqs, mask
+        self.cache = self._merged(old, helds, cached, width, device)
+        self.mask = mask
         return deltas
 
-    def _merged(self, helds: list[HeldPrefix | None], cached: list[int], width: int, device: torch.device) -> Any:
+    def _merged(self, old: int, helds: list[HeldPrefix | None], cached: list[int], width: int, device: torch.device) -> Any:
         """The rows here, then the new ones' held states, right-aligned at `width` in buffers with room for
         every prompt's columns left (the passes then write in place)."""
         cache = kv.new_cache()
-        old = self.cache.layers if self.cache is not None else []
+        here = self.cache.layers if self.cache is not None else []
         examples = [held.layers for held, count in zip(helds, cached) if held is not None and count]
-        if width == 0 or not (old or examples):
+        if width == 0 or not (here or examples):
             return cache
         room = width + max(len(ids) for ids in self.ids)
-        layers = [(layer.keys, layer.values) for layer in old] if old else examples[0]
+        layers = [(layer.keys, layer.values) for layer in here] if here else examples[0]
         for index, pair in enumerate(layers):
             buffers = []
             for part, states in enumerate(pair):
                 _, heads, _, dim = states.shape
                 buffer = torch.zeros(len(self.ids), heads, room, dim, dtype=states.dtype, device=device)
-                if old:
-                    buffer[: len(self.seqs), :, width - self.width : width] = states
-                for row, (held, count) in enumerate(zip(helds, cached), start=len(self.seqs)):
+                if here:
+                    buffer[:old, :, width - self.width : width] = states
+                for row, (held, count) in enumerate(zip(helds, cached), start=old):
                     if held is not None and count:
                         buffer[row, :, width - count : width] = held.layers[index][part][0, :, :count].to(device)
                 buffers.append(buffer)
