@@ -125,9 +125,10 @@ class Settings:
     # and while each comes within a quarter of it of the one before, so one prefill pass takes them all instead
     # of a second pass pausing the first ones' decoding for its whole length; 0: off.
     engine_gather_ms: float = 50.0
-    # A text prompt joining a decoding batch is prefilled this many prompt tokens per step (shared among the
-    # prompts admitted together), each chunk followed by the batch's next decode step, so running turns pause
-    # for one chunk at a time instead of a whole prompt; 0: a joiner is prefilled in one pass.
+    # A text prompt joining a decoding batch is prefilled this many prompt tokens per step (shared among every
+    # prompt being prefilled: one pass per step), each chunk followed by the batch's next decode step, so running
+    # turns pause for one chunk at a time instead of a whole prompt; 0: a joiner is prefilled in one pass. Also
+    # LocalEngine's default (engine/local/engine.py), so tests that build one run what `gateway serve` runs.
     engine_prefill_chunk_tokens: int = 256
     engine: str = "real"  # "scripted": no model, instant replies (protocol tests, benchmarks)
     # Finished turns' KV held for prompts that start the same way; 0 disables. Default: a quarter of the

@@ -30,6 +30,8 @@ def format_report(report: dict[str, Any], as_json: bool = False) -> str:
     parts = [_header(report), _table(report), _legend()]
     if "late_joiner" in report:
         parts.append(_late_joiner(report))
+    if report.get("engine_profile", {}).get("engine_busy_s"):
+        parts.append(_engine_profile(report))
     if "ratios" in report:
         parts.append(_ratios(report))
     if "vs_direct" in report:
@@ -102,6 +104,25 @@ def _late_joiner(report: dict[str, Any]) -> str:
         "  TTFT plus two decode steps of the full batch: within it (good), the running batch takes the newcomer in\n"
         "  at once instead of making it wait for the others to finish."
     )
+
+
+def _engine_profile(report: dict[str, Any]) -> str:
+    """Where the engine's time and the gateway's CPU went during the N-session load, largest share first."""
+    profile = report["engine_profile"]
+    phases = "  ".join(f"{name} {share:.1%}" for name, share in _largest(profile["engine_phase_share"]))
+    lines = [
+        f"engine profile, {sessions(report['sessions'])}: busy {profile['engine_busy_s']:.2f} s, "
+        f"waiting for work {profile['engine_waiting_s']:.2f} s",
+        f"  busy time by phase: {phases}",
+    ]
+    if profile.get("gateway_cpu_s"):
+        threads = "  ".join(f"{name} {share:.1%}" for name, share in _largest(profile["gateway_cpu_share_by_thread"]))
+        lines.append(f"  gateway CPU {profile['gateway_cpu_s']:.2f} s by thread: {threads}")
+    return "\n".join(lines)
+
+
+def _largest(shares: dict[str, float]) -> list[tuple[str, float]]:
+    return sorted(shares.items(), key=lambda item: -item[1])
 
 
 def _ratios(report: dict[str, Any]) -> str:

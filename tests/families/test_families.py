@@ -220,31 +220,39 @@ def test_control_tokens_in_text_stay_text(served: Served) -> None:
 
 
 @pytest.mark.parametrize("chunk", [4, 0])
-async def test_turn_joining_a_decoding_one_in_chunks_matches_generate(
+async def test_turns_joining_a_decoding_one_in_chunks_match_generate(
     served: Served, chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A text turn arriving while another decodes is prefilled `chunk` tokens per pass between the other's
-    decode steps (in one pass with chunking off, or on cross-attention models), and equals its own greedy
-    `generate` either way."""
+    """Two text turns arriving a few steps apart while another decodes are prefilled `chunk` tokens per pass
+    between the other's decode steps, sharing the passes once both are in (each in one pass with chunking
+    off, or on cross-attention models), and each equals its own greedy `generate` either way."""
     engine = served.server.engine
     monkeypatch.setattr(engine._generation.joining, "chunk_tokens", chunk)
     widths: list[int] = []
     hook = engine.loaded.model.register_forward_pre_hook(
         lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
     )
-    text = f"Story {chunk}: a small cat who lives in the red house on the left."  # held KV of neither run fits
-    try:
-        async with GatewayClient(served.server.ws_url) as running, GatewayClient(served.server.ws_url) as joiner:
+    texts = [f"Story {chunk}: a small cat who lives in the red house on the left.", f"Hi {chunk}, and the dog?"]
+    try:  # held KV of neither run fits
+        async with (
+            GatewayClient(served.server.ws_url) as running,
+            GatewayClient(served.server.ws_url) as first,
+            GatewayClient(served.server.ws_url) as second,
+        ):
             sampled = engine.tokens_generated
             await running.start_turn("r", "Count slowly.", temperature=0, max_tokens=1500, ignore_eos=True)
             while engine.tokens_generated == sampled:  # prefilled and decoding (its first tokens may carry no text)
                 await asyncio.sleep(0.001)
             widths.clear()
-            result = await joiner.turn("j", text, temperature=0, max_tokens=MAX_TOKENS)
+            await first.start_turn("j", texts[0], temperature=0, max_tokens=MAX_TOKENS)
+            while not any(width > 1 for width in widths):  # its first chunk is in
+                await asyncio.sleep(0.001)
+            results = await asyncio.gather(first.collect("j"), second.turn("k", texts[1], temperature=0, max_tokens=MAX_TOKENS))
             await running.send({"type": "cancel", "id": "r"})
             await running.collect("r")
     finally:
         hook.remove()
-    check(served, [user(text, [])], result)
+    for text, result in zip(texts, results):
+        check(served, [user(text, [])], result)
     chunks = [width for width in widths if width > 1]
-    assert len(chunks) == 1 if cross.cross_layer_indices(engine.loaded.model) or not chunk else len(chunks) > 1
+    assert len(chunks) <= 2 if cross.cross_layer_indices(engine.loaded.model) or not chunk else len(chunks) > 2

@@ -10,27 +10,13 @@ import torch
 from gateway.engine.local import cross, kv, padded, ragged, slots
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.image_prefix import images_before, rope_inputs, suffix_extras
+from gateway.engine.local.joining_rows import JoiningRows, Leaving
 from gateway.engine.local.loader import LoadedModel
+from gateway.engine.local.model_inputs import model_extras, rope_index_owner
 from gateway.engine.local.prefix_cache import HeldPrefix
 from gateway.engine.local.prompt import ModelInputs
 from gateway.engine.local.sampling import choose_token, make_generator
 from gateway.engine.local.sequence import Sequence
-
-
-def _rope_index_owner(model: Any) -> Any | None:
-    """The submodule computing multimodal (3-D) rotary positions, for models that have one."""
-    for module in model.modules():
-        if hasattr(module, "get_rope_index"):
-            return module
-    return None
-
-
-def model_extras(extras: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Prefill tensors on the model's device; floating ones (pixels) in the model's dtype, but for a video's
-    seconds per temporal patch, which time its rotary positions (bfloat16 would round them)."""
-    return {
-        k: v.to(device, dtype) if v.is_floating_point() and k != "second_per_grid_ts" else v.to(device) for k, v in extras.items()
-    }
 
 
 class Batch:
@@ -42,7 +28,7 @@ class Batch:
         self.sequences: list[Sequence] = []
         self.cache: Any = None  # a DynamicCache of GrowingLayers (and CrossLayers, see engine/local/cross.py)
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
-        self._rope = _rope_index_owner(loaded.model)
+        self._rope = rope_index_owner(loaded.model)
         self._first = loaded.prompt.family.first_position
         self._cross = cross.cross_layer_indices(loaded.model)  # mllama's cross-attention layers
         self._rows = slots.RowBuffers(max_rows)  # self-attention KV with spare rows (not with cross-attention)
@@ -83,38 +69,57 @@ class Batch:
     def start_rows(self, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]) -> ragged.RowsPrefill:
         """Text prompts, each on its held prefix or none, laid out as rows for `feed_rows` (see engine/local/ragged.py),
         nothing fed yet. Cross-attention models pass no held prefixes."""
-        layout = ragged.lay_out(
-            [item.input_ids[0] for item in inputs],
-            [held.length if held else 0 for held in helds],
-            lambda ids: self._prompt_positions(ids, torch.ones_like(ids), {}),
-            self.loaded.device,
-        )
+        prompts = [item.input_ids[0] for item in inputs]
+        layout = ragged.lay_out(prompts, [held.length if held else 0 for held in helds], self._text_positions, self.loaded.device)
         for seq, item, delta, cached in zip(seqs, inputs, layout.deltas, layout.cached):
             self._start(seq, item, delta)
             seq.cached_tokens = cached
         return ragged.RowsPrefill(seqs, layout, ragged.held_cache(helds, layout, self.loaded.device))
 
     @torch.inference_mode()
-    def feed_rows(self, rows: ragged.RowsPrefill, columns: int | None = None) -> tuple[torch.Tensor, Any, torch.Tensor] | None:
-        """Feed the rows' next `columns` prompt columns (None: all that are left) in one forward pass; once
-        every column is fed, return what `prefill` does for every row, else None. Each chunk sees exactly the
-        columns before it, so a prompt fed in chunks ends with the KV of one fed whole."""
-        layout, start = rows.layout, rows.fed
-        end = start + (rows.left if columns is None else min(columns, rows.left))
+    def feed_rows(self, rows: ragged.RowsPrefill) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Feed the rows in one forward pass; return what `prefill` does for every row."""
+        layout = rows.layout
         out = self.loaded.model(
-            input_ids=layout.input_ids[:, start:end],
-            attention_mask=layout.mask[:, : layout.width + end],
-            position_ids=layout.positions[..., start:end],
+            input_ids=layout.input_ids,
+            attention_mask=layout.mask,
+            position_ids=layout.positions,
             cache=rows.cache,
             use_cache=True,
             **self._adapter_args(rows.seqs),
         )
-        rows.cache, rows.fed = padded.cache_of(out), end
-        if rows.left:
-            return None
+        cache = padded.cache_of(out)
         if self._cross:
-            cross.adopt(rows.cache, self._cross, len(rows.seqs), None)
-        return out.logits[:, -1], rows.cache, layout.mask
+            cross.adopt(cache, self._cross, len(rows.seqs), None)
+        return out.logits[:, -1], cache, layout.mask
+
+    def add_joiners(
+        self, rows: JoiningRows, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]
+    ) -> None:
+        """Text prompts join the rows prefilled beside the batch (see engine/local/joining_rows.py), each on its
+        whole held prefix or none, nothing fed yet."""
+        prompts = [item.input_ids[0].to(self.loaded.device) for item in inputs]
+        for seq, item, delta, held in zip(seqs, inputs, rows.add(seqs, prompts, helds, self._text_positions), helds):
+            self._start(seq, item, delta)
+            seq.cached_tokens = held.length if held else 0
+
+    @torch.inference_mode()
+    def feed_joiners(self, rows: JoiningRows, columns: int | None) -> Leaving | None:
+        """Feed every joining row its next `columns` (None: all it has left) in one forward pass; return the
+        rows whose prompts ended with what `prefill` returns for them, None while none did."""
+        chunk = rows.chunk(columns)
+        out = self.loaded.model(
+            input_ids=chunk.input_ids,
+            attention_mask=chunk.attention_mask,
+            position_ids=chunk.position_ids,
+            cache=rows.cache if rows.cache is not None else kv.new_cache(),
+            use_cache=True,
+            **self._adapter_args(rows.seqs),
+        )
+        return rows.advance(chunk, padded.cache_of(out), out.logits)
+
+    def _text_positions(self, ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return self._prompt_positions(ids, torch.ones_like(ids), {})
 
     @torch.inference_mode()
     def prefill_on(self, seq: Sequence, item: ModelInputs, held: HeldPrefix) -> tuple[torch.Tensor, Any, torch.Tensor]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from gateway.config import Settings
 from gateway.engine.contract import (
     ChatImage,
     ChatMessage,
@@ -53,7 +54,7 @@ class LocalEngine:
         encoder_cache_bytes: int = 128 << 20,
         threads: int = 0,
         gather_ms: float = 0.0,
-        prefill_chunk_tokens: int = 0,
+        prefill_chunk_tokens: int = Settings.engine_prefill_chunk_tokens,  # one default, the setting's
         max_adapters: int = 8,
         max_adapter_bytes: int = 1 << 30,
     ) -> None:

@@ -16,7 +16,7 @@ from gateway.engine.local.constrain import GrammarVocabulary, mask_logits
 from gateway.engine.local.detok import TextStream
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.image_prefix import content_key
-from gateway.engine.local.joining import Joining
+from gateway.engine.local.joining import Joining, Row, split
 from gateway.engine.local.loader import LoadedModel
 from gateway.engine.local.padded import hold_finished, supports_batching
 from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache
@@ -30,7 +30,6 @@ from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.engine")
 _Prefilled = tuple[torch.Tensor, Any, torch.Tensor]  # last logits, cache, mask
-_Row = tuple[Sequence, ModelInputs, HeldPrefix | None]  # a text prompt and its held prefix, if any
 
 
 class Generation:
@@ -81,14 +80,14 @@ class Generation:
                 break
             if admitted:
                 self._prefill(batch, admitted)
-            if self.joining.groups:
+            if self.joining:
                 self._feed_joining(batch)
             for position, job in enumerate(still_waiting, start=1):
                 self._emit(job, job.sink.on_queued, position)
             if batch:
                 self._step(batch)
             self.line.settle([seq.request.handle for seq in batch.sequences + self.joining.sequences()])
-            if not batch and not self.joining.groups:
+            if not batch and not self.joining:
                 self.busy.clear()
             self._flush()  # before the errands: a turn's `done` reaches its loop ahead of an unload it let go
             self.clock.lap("streaming")
@@ -143,17 +142,19 @@ class Generation:
         # cross-attention states to merge with the batch's image rows.
         alone = batch.cross_attention
         text = [(seq, inputs, self._held(seq, inputs)) for seq, inputs in ready if not inputs.extras and not alone]
+        if text and self.joining.merges(bool(batch)):  # fed beside the batch, with the rows already joining
+            self.joining.waiting.extend(text)
+            text = []
         for group in self._text_groups(text):
-            seqs = [seq for seq, _, _ in group]
-            opened = partial(self._open_rows, batch, seqs, [item for _, item, _ in group], [held for _, _, held in group])
-            self._prefill_group(batch, seqs, opened)
+            seqs, inputs, helds = split(group)
+            self._prefill_group(batch, seqs, partial(_feed_whole, batch, seqs, inputs, helds))
         for seq, item in ready:
             if item.extras or alone:
                 held = self._held(seq, item)
                 run = partial(batch.prefill_on, seq, item, held) if held else partial(batch.prefill, seq, item)
                 self._prefill_group(batch, [seq], run)
 
-    def _text_groups(self, rows: list[_Row]) -> list[list[_Row]]:
+    def _text_groups(self, rows: list[Row]) -> list[list[Row]]:
         """Text prompts in groups for one forward pass each: of similar new lengths (engine/local/ragged.py);
         one at a time when turns decode alone."""
         if self.max_batch <= 1:
@@ -171,42 +172,32 @@ class Generation:
             return None
         return self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids)
 
-    def _open_rows(
-        self, batch: Batch, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]
-    ) -> _Prefilled | None:
-        """Lay text rows out and feed them whole, or, beside a decoding batch, leave them to `_feed_joining`."""
-        rows = batch.start_rows(seqs, inputs, helds)
-        if self.joining.defers(rows, bool(batch)):
-            self.joining.groups.append(rows)
-            return None
-        return batch.feed_rows(rows)
-
     def _feed_joining(self, batch: Batch) -> None:
-        """Feed one chunk of the oldest joining group (every group whole once nobody decodes); a group whose
-        every column is fed takes its first tokens and joins the batch."""
-        while self.joining.groups:
-            rows = self.joining.groups[0]
-            live = self._live(rows.seqs)
-            if len(live) < len(rows.seqs):
-                rows.keep(live)
-            decoding = bool(batch)
-            columns = self.joining.columns(rows) if decoding else None
-            fed = partial(batch.feed_rows, rows, columns)
-            if not rows.seqs or self._prefill_group(batch, rows.seqs, fed, "chunks" if decoding else "prefill"):
-                self.joining.groups.popleft()
-            if decoding and rows.seqs:
-                return
+        """One pass feeds every joining row its next columns (all it has left once nobody decodes); the rows
+        whose prompts ended in it take their first tokens and join the batch."""
+        rows = self.joining.rows
+        rows.keep(self._live(rows.seqs))
+        self.joining.keep_waiting(self._live(self.joining.waiting_sequences()))
+        decoding, admitted = bool(batch), self.joining.admit(bool(batch))
+        if not rows and not admitted:
+            return
+        phase = "chunks" if decoding else "prefill"
+        try:
+            if admitted:
+                batch.add_joiners(rows, *split(admitted))
+            leaving = batch.feed_joiners(rows, self.joining.columns(decoding))
+        except Exception:  # the rows share the pass's cache: a failure ends them all, never the thread
+            self._failed(rows.clear())
+            return
+        self.clock.lap(phase)
+        if leaving is not None:
+            self._prefill_group(batch, leaving[0], lambda: leaving[1], phase)
 
-    def _prefill_group(
-        self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled | None], phase: str = "prefill"
-    ) -> bool:
-        """Run a prefill; sample each row's first token and join the batch with the rows still going. False
-        while the prefill waits for more chunks."""
+    def _prefill_group(self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled], phase: str = "prefill") -> None:
+        """Run a prefill; sample each row's first token and join the batch with the rows still going."""
         try:
             prefilled = run()
             self.clock.lap(phase)
-            if prefilled is None:
-                return False
             logits, cache, mask = prefilled
             mask_logits(logits, [seq.grammar for seq in seqs])
             if not supports_batching(cache) and self.max_batch > 1:
@@ -215,10 +206,8 @@ class Generation:
             alive = [i for i, seq in enumerate(seqs) if not self._after_token(seq, batch.choose(seq, logits[i]))]
             self.clock.lap("sampling")
         except Exception:  # a model failure ends these turns, never the thread
-            log.exception("prefill failed")
-            for seq in seqs:
-                self._finish(seq, "error", "generation failed")
-            return True
+            self._failed(seqs)
+            return
         hold_finished(self.prefix_cache, seqs, cache, mask, alive)
         if alive:
             if len(alive) < len(seqs):
@@ -226,7 +215,11 @@ class Generation:
                 mask = mask[alive]
             batch.join([seqs[i] for i in alive], cache, mask)
         self.clock.lap("joins")
-        return True
+
+    def _failed(self, seqs: list[Sequence]) -> None:
+        log.exception("prefill failed")
+        for seq in seqs:
+            self._finish(seq, "error", "generation failed")
 
     def _live(self, seqs: list[Sequence]) -> list[int]:
         """Indices of the sequences still wanted; the cancelled ones (all, on abort) are finished."""
@@ -296,3 +289,8 @@ class Generation:
 
     def _flush(self) -> None:
         self._relay.flush()
+
+
+def _feed_whole(batch: Batch, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]) -> _Prefilled:
+    """Text rows laid out and fed in one pass."""
+    return batch.feed_rows(batch.start_rows(seqs, inputs, helds))

@@ -4,30 +4,62 @@ from __future__ import annotations
 
 import collections
 
-from gateway.engine.local.ragged import RowsPrefill
+from gateway.engine.local.joining_rows import JoiningRows
+from gateway.engine.local.prefix_cache import HeldPrefix
+from gateway.engine.local.prompt import ModelInputs
 from gateway.engine.local.sequence import Sequence
+
+Row = tuple[Sequence, ModelInputs, HeldPrefix | None]  # a text prompt and its held prefix, if any
 
 
 class Joining:
-    """Row groups whose prefill is under way beside a decoding batch. Each step feeds one chunk of the oldest
-    group, about `chunk_tokens` prompt tokens over its rows, then the batch decodes its next token: a decode
-    step waits for one chunk at most, where it used to wait for every joiner's whole prompt. With nobody
-    decoding, groups are fed whole (chunks would only add passes); `chunk_tokens` 0 turns chunking off."""
+    """The text prompts whose prefill is under way beside a decoding batch: one set of rows however many steps
+    apart they arrived, and the prompts waiting to join it. Each step one pass feeds every row its share of
+    `chunk_tokens` columns, then the batch decodes its next token: a decode step waits for one pass at most,
+    however many prompts join. With nobody decoding the rows are fed whole (chunks would only add passes);
+    `chunk_tokens` 0 turns chunking off (joiners then prefill whole, as when idle)."""
 
     def __init__(self, chunk_tokens: int) -> None:
         self.chunk_tokens = chunk_tokens
-        self.groups: collections.deque[RowsPrefill] = collections.deque()
+        self.rows = JoiningRows()
+        self.waiting: collections.deque[Row] = collections.deque()
 
     def __len__(self) -> int:
-        return sum(len(rows.seqs) for rows in self.groups)
+        return len(self.rows) + len(self.waiting)
 
     def sequences(self) -> list[Sequence]:
-        return [seq for rows in self.groups for seq in rows.seqs]
+        return [*self.rows.seqs, *self.waiting_sequences()]
 
-    def defers(self, rows: RowsPrefill, decoding: bool) -> bool:
-        """Whether `rows` wait for chunks: only beside a decoding batch, and only when longer than one."""
-        return decoding and self.chunk_tokens > 0 and rows.left > self.columns(rows)
+    def waiting_sequences(self) -> list[Sequence]:
+        return [seq for seq, _, _ in self.waiting]
 
-    def columns(self, rows: RowsPrefill) -> int:
-        """Prompt columns per chunk: the chunk's tokens shared among the group's rows."""
-        return max(1, self.chunk_tokens // max(1, len(rows.seqs)))
+    def keep_waiting(self, live: list[int]) -> None:
+        """Drop every waiting prompt not listed (cancelled before it joined)."""
+        self.waiting = collections.deque(self.waiting[i] for i in live)
+
+    def merges(self, decoding: bool) -> bool:
+        """Whether prompts admitted now join the rows: only beside a decoding batch, with chunking on."""
+        return decoding and self.chunk_tokens > 0
+
+    def admit(self, decoding: bool) -> list[Row]:
+        """The waiting prompts that join the rows now, in arrival order: all once nobody decodes; else the
+        first while no row is fed, and each whose new tokens fit its share of the next pass. A short prompt
+        never waits behind a long one, and long ones take their turns rather than all slowing down together."""
+        taken: list[Row] = []
+        left: collections.deque[Row] = collections.deque()
+        for row in self.waiting:
+            rows = len(self.rows) + len(taken)
+            new = row[1].prompt_tokens - (row[2].length if row[2] else 0)
+            fits = not decoding or not rows or new <= self.chunk_tokens // (rows + 1)
+            (taken if fits else left).append(row)
+        self.waiting = left
+        return taken
+
+    def columns(self, decoding: bool) -> int | None:
+        """Prompt columns per row in the next pass: the chunk's tokens shared among the rows; all once
+        nobody decodes."""
+        return max(1, self.chunk_tokens // max(1, len(self.rows))) if decoding else None
+
+
+def split(rows: list[Row]) -> tuple[list[Sequence], list[ModelInputs], list[HeldPrefix | None]]:
+    return [seq for seq, _, _ in rows], [item for _, item, _ in rows], [held for _, _, held in rows]

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from gateway.engine.contract import ChatMessage
-from gateway.engine.local.batch import model_extras
 from gateway.engine.local.loader import LoadedModel
+from gateway.engine.local.model_inputs import model_extras
 from gateway.media.images import ImageLimits, check_image
 
 log = logging.getLogger("gateway.engine")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -94,30 +94,8 @@ def held_cache(helds: list[HeldPrefix | None], layout: RowsLayout, device: torch
 
 @dataclass
 class RowsPrefill:
-    """Text prompt rows being prefilled, at once or a chunk of columns at a time (see `Batch.feed_rows`): their
-    layout, the cache their fed columns filled so far, and how many of the layout's columns that is."""
+    """Text prompt rows laid out for one pass (see `Batch.feed_rows`): their layout and held cache."""
 
     seqs: list[Any]  # the rows' Sequences
     layout: RowsLayout
     cache: Any
-    fed: int = 0
-
-    @property
-    def left(self) -> int:
-        """Columns not yet fed."""
-        return int(self.layout.input_ids.shape[1]) - self.fed
-
-    def keep(self, rows: list[int]) -> None:
-        """Drop every row not listed (cancelled while waiting for its chunks)."""
-        index = torch.tensor(rows, dtype=torch.long, device=self.layout.mask.device)
-        was = self.layout
-        self.layout = replace(
-            was,
-            input_ids=was.input_ids[index],
-            mask=was.mask[index],
-            positions=was.positions.index_select(-2, index),
-            cached=[was.cached[i] for i in rows],
-            deltas=[was.deltas[i] for i in rows],
-        )
-        self.seqs = [self.seqs[i] for i in rows]
-        self.cache.batch_select_indices(index)

@@ -126,3 +126,28 @@ def test_each_ratio_has_a_verdict_against_its_range() -> None:
     assert "fine" in ratios["1 session / generate, 1 stream"]
     assert "MISSED (under 0.8)" in ratios["4 sessions / static batch of 4"]
     assert "MISSED (under 1)" in ratios["4 sessions / generate, 1 stream"]
+
+
+def test_the_text_report_prints_the_engine_profile_largest_share_first() -> None:
+    """The N-session load's engine profile is in the text report too: each phase's and thread's share,
+    the largest first, with the busy and CPU seconds."""
+    report = {
+        "model": "/m",
+        "engine": "real",
+        "sessions": 16,
+        "turns_per_session": 2,
+        "max_tokens": 64,
+        "prompt_words": 48,
+        "images": 0,
+        "engine_profile": {
+            "engine_busy_s": 12.5,
+            "engine_waiting_s": 0.75,
+            "engine_phase_share": {"chunks": 0.02, "decode": 0.9, "prefill": 0.08},
+            "gateway_cpu_s": 20.0,
+            "gateway_cpu_share_by_thread": {"MainThread": 0.05, "gateway-engine": 0.95},
+        },
+    }
+    text = format_report(report)
+    assert "engine profile, 16 sessions: busy 12.50 s, waiting for work 0.75 s" in text
+    assert "busy time by phase: decode 90.0%  prefill 8.0%  chunks 2.0%" in text
+    assert "gateway CPU 20.00 s by thread: gateway-engine 95.0%  MainThread 5.0%" in text

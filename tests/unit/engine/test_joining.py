@@ -1,4 +1,5 @@
-"""A text turn joining a decoding batch is prefilled a chunk per step, and the batch decodes between chunks."""
+"""A text turn joining a decoding batch is prefilled a chunk per step, and the batch decodes between chunks;
+joiners arriving at different steps share each step's one pass."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.engine.contract import ChatMessage, SamplingParams
+from gateway.engine.local.batch import Batch
 from gateway.engine.local.engine import LocalEngine
 from gateway.engine.local.loader import load_model
 from tests.conftest import DemoDirs
@@ -86,3 +88,47 @@ async def test_a_joiner_cancelled_between_chunks_ends_and_the_batch_goes_on(engi
     running_request.handle.cancel()
     assert result.finish_reason == "cancelled" and result.completion_tokens == 0
     assert (await asyncio.wait_for(running.done, 60)).finish_reason == "cancelled"
+
+
+@pytest.mark.parametrize("engine", [8 * CHUNK], indirect=True)
+async def test_joiners_arriving_at_different_steps_share_one_pass_per_step(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two prompts shorter than a chunk arriving while a long one is fed in chunks: the running turn waits
+    for one prefill pass per step however many prompts join (they share it, where each short one used to
+    cost a pass of its own), and every joiner's reply is exactly its reply alone."""
+    params = SamplingParams(temperature=0, max_tokens=8)
+    shorts = [[ChatMessage("user", "one")], PROMPTS[2]]
+    solos = [await alone(engine, messages, params) for messages in [LONG, *shorts]]
+    passes: list[tuple[str, int]] = []  # (decode or prefill, rows) of every forward pass
+    decode, inside = Batch.decode, [False]
+
+    def decoding(batch: Batch, tokens: list[int]) -> Any:
+        inside[0] = True
+        try:
+            return decode(batch, tokens)
+        finally:
+            inside[0] = False
+
+    def record(_: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        passes.append(("decode" if inside[0] else "prefill", kwargs["input_ids"].shape[0]))
+
+    monkeypatch.setattr(Batch, "decode", decoding)
+    engine.loaded.model.register_forward_pre_hook(record, with_kwargs=True)
+    running, running_request = submit(engine, PROMPTS[0], RUNNING)
+    while len(running.deltas) < 2:
+        await asyncio.sleep(0.001)
+    first = len(passes)
+    joiners = [submit(engine, LONG, params)[0]]
+    while all(kind == "decode" for kind, _ in passes[first:]):
+        await asyncio.sleep(0.001)
+    joiners += [submit(engine, messages, params)[0] for messages in shorts]
+    tokens = [(await asyncio.wait_for(joiner.done, 60)).token_ids for joiner in joiners]
+    lengths = [engine.loaded.prompt.build(messages).prompt_tokens for messages in [LONG, *shorts]]
+    running_request.handle.cancel()
+    await asyncio.wait_for(running.done, 60)
+    assert tokens == solos
+    kinds = [kind for kind, _ in passes[first:]]
+    assert all(kinds[i] == "decode" for i in range(1, len(kinds)) if kinds[i - 1] == "prefill")  # one pass per step
+    assert max(rows for kind, rows in passes[first:] if kind == "prefill") == 3  # the three shared passes
+    assert lengths[0] > 8 * CHUNK > max(lengths[1:])

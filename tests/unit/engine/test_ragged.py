@@ -72,24 +72,6 @@ def test_warm_and_cold_text_prompts_prefill_in_one_forward_pass_as_each_alone(de
     assert cache.layers[0].keys.shape[2] == mask.shape[1]
 
 
-def test_rows_fed_in_chunks_end_as_rows_fed_whole(demo_dirs: DemoDirs) -> None:
-    """A warm and a cold prompt fed three columns per pass: one pass per chunk, nothing returned until the
-    last, then the same first-token logits, KV and mask as one whole pass."""
-    loaded = load_model(demo_dirs.text_model)
-    batch = Batch(loaded, EncoderCache(0, None))
-    helds: list[HeldPrefix | None] = [held_prefix(batch, loaded, prompt(loaded, CONVERSATIONS[0], False)), None]
-    items = [prompt(loaded, CONVERSATIONS[0], True), prompt(loaded, CONVERSATIONS[2], False)]
-    whole = batch.feed_rows(batch.start_rows([sequence(loaded) for _ in items], items, helds))
-    rows = batch.start_rows([sequence(loaded) for _ in items], items, helds)
-    columns, calls = rows.left, counting_forwards(loaded.model)
-    chunks = [batch.feed_rows(rows, 3) for _ in range(-(-columns // 3))]
-    assert whole is not None and chunks[-1] is not None and len(calls) == len(chunks) > 2
-    assert all(chunk is None for chunk in chunks[:-1])
-    torch.testing.assert_close(chunks[-1][0], whole[0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(chunks[-1][1].layers[0].keys, whole[1].layers[0].keys, atol=1e-4, rtol=1e-4)
-    assert torch.equal(chunks[-1][2], whole[2])
-
-
 def test_a_rows_real_columns_are_contiguous_and_rightmost() -> None:
     """Rows fed fewer new tokens than the longest feed their last held ones again: no hole in any row."""
     prompts = [torch.arange(10), torch.arange(4), torch.arange(7)]
