@@ -80,7 +80,7 @@ class _Compile:
 class GrammarPool:
     """Checks response formats and tool grammars on `grammar_workers` threads; at most `grammar_queue`
     compiles wait for one (beyond, `overloaded`). Each thread has the grammar compiled in a process of its
-    own, killed and replaced once the compile uses grammar_cpu_s; with a local engine, a grammar accepted
+    own, killed and replaced once the compile uses grammar_cpu_s or grammar_memory_bytes; with a local engine, a grammar accepted
     there is then compiled by the engine's own check, kept for its turns. Each distinct source compiles
     once (structured.CHECKED)."""
 
@@ -110,7 +110,7 @@ class GrammarPool:
 
     @property
     def kills(self) -> int:
-        """Compile processes killed past grammar_cpu_s, ever (each replaced by the next compile)."""
+        """Compile processes killed past grammar_cpu_s or grammar_memory_bytes, ever (each replaced by the next compile)."""
         return sum(process.kills for process in list(self._processes))
 
     def quota(self, address: str) -> CompileQuota:
@@ -157,7 +157,7 @@ class GrammarPool:
         if process is None:
             process = self._own.process = CompileProcess()
             self._processes.append(process)
-        outcome = process.compile(job, self.limits, self.settings.grammar_cpu_s)
+        outcome = process.compile(job, self.limits, self.settings.grammar_cpu_s, self.settings.grammar_memory_bytes)
         if not isinstance(outcome, Grammar) or self.check is validate:
             return outcome
         # An accepted grammar compiles twice, on purpose: only a process can be killed mid-compile, and its

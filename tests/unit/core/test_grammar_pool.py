@@ -192,3 +192,20 @@ async def test_a_compile_past_its_cpu_budget_is_killed_and_its_worker_compiles_t
         assert len(calls) == 1 and pool.kills == 1
     finally:
         pool.close()
+
+
+async def test_a_compile_past_its_memory_budget_is_killed_and_its_worker_compiles_the_next() -> None:
+    """A schema whose compile grows its process by more than grammar_memory_bytes is refused naming it, the
+    process is killed, and the one worker then compiles the next schema in a new process."""
+    calls: list[str] = []
+    pool = GrammarPool(Settings(grammar_workers=1, grammar_memory_bytes=6 << 20), counting(calls))
+    quota = pool.quota("10.6.0.1")
+    try:
+        # 4,000 properties grow llguidance's compile by about 15 MiB
+        with pytest.raises(GatewayError, match=r"grammar_memory_bytes \(6 MiB\)") as refused:
+            await pool.response_grammar(many_required(4_000, "big"), quota)
+        assert refused.value.code.value == "invalid_field" and pool.kills == 1 and calls == []
+        assert await pool.response_grammar(schema_format(0, "after-big"), quota) is not None
+        assert len(calls) == 1 and pool.kills == 1
+    finally:
+        pool.close()
