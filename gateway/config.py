@@ -171,6 +171,9 @@ class Settings:
     grammar_compiles_per_minute_per_client: float = 60.0  # the same, for all of one client address's connections
     grammar_cache_bytes: int = 64 * MiB  # grammar text of the distinct grammars whose outcome is kept
     grammar_matchers_kept: int = 16  # compiled matchers kept for later turns (a huge grammar's is tens of MB)
+    # Memory one compile's process may grow by (resident, read with its CPU); past it the schema is refused
+    # (`invalid_field`), its process killed. A 9,000-property schema takes about 40 MiB; 50,000 lexer states 100 MiB.
+    grammar_memory_bytes: int = 512 * MiB
 
     # Upstream engines: generation on OpenAI-compatible servers (vLLM) instead of a local model.
     upstreams: str = ""  # comma-separated base URLs ("http://10.0.0.5:8000"); set, they replace the local model

@@ -1,4 +1,4 @@
-"""Grammar compiles in worker processes: one that uses its CPU budget is killed with its process, which is replaced."""
+"""Grammar compiles in worker processes: one past its CPU or memory budget is killed with its process, which is replaced."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ _START_S = 60.0  # the most a new process may take to import what it compiles wi
 _READY = "ready"
 _POLL_S = 0.02  # how often a waiting worker thread reads its process's CPU time
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 # What a process is asked: a response format with its JSON size, or a built grammar with its field.
 Job = tuple[req.ResponseFormat, int] | tuple[Grammar, str]
@@ -32,28 +33,32 @@ Job = tuple[req.ResponseFormat, int] | tuple[Grammar, str]
 
 class CompileProcess:
     """One worker process, used by one compile thread at a time: `compile` sends it a job and waits for
-    its outcome, killing it once it has used `cpu_s` of CPU on that job; the next job starts a new one."""
+    its outcome, killing it once it has used `cpu_s` of CPU on that job or grown `memory_bytes` past what
+    it held when it started; the next job starts a new one."""
 
     def __init__(self) -> None:
-        self.kills = 0  # processes killed past their budget (each replaced on the next job)
+        self.kills = 0  # processes killed past a budget (each replaced on the next job)
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._rss_began = 0  # the process's resident bytes once its imports were done
         self._lock = threading.Lock()
 
-    def compile(self, job: Job, limits: GrammarLimits, cpu_s: float) -> Grammar | GatewayError:
-        """The job's outcome, or `invalid_field` naming grammar_cpu_s once it has used `cpu_s` of CPU."""
+    def compile(self, job: Job, limits: GrammarLimits, cpu_s: float, memory_bytes: int) -> Grammar | GatewayError:
+        """The job's outcome, or `invalid_field` naming the budget (grammar_cpu_s, grammar_memory_bytes) it passed."""
         with self._lock:
             conn, pid = self._started()
-            began = process_cpu_s(pid)
+            began, _ = process_usage(pid)
             conn.send((job, limits))
             while not conn.poll(_POLL_S):
-                if process_cpu_s(pid) - began >= cpu_s:  # its own CPU: waiting for a core costs no budget
+                used_s, rss = process_usage(pid)  # its own CPU: waiting for a core costs no budget
+                refusal = _past_budget(used_s - began, cpu_s, rss - self._rss_began, memory_bytes)
+                if refusal is not None:
                     self._kill()
                     self.kills += 1
-                    return GatewayError(ErrorCode.INVALID_FIELD, f"compiling the grammar took over grammar_cpu_s ({cpu_s:g} s)")
+                    return refusal
             try:
                 answer: Grammar | tuple[str, str] = conn.recv()
-            except (EOFError, OSError):  # the process died (out of memory, say): this grammar is refused
+            except (EOFError, OSError):  # the process died (the kernel's out-of-memory killer, say): refused
                 self._kill()
                 log.error("a grammar compile process ended without an answer")
                 return GatewayError(ErrorCode.INTERNAL, "the grammar could not be compiled")
@@ -77,6 +82,7 @@ class CompileProcess:
             if not self._conn.poll(_START_S) or self._conn.recv() != _READY:  # its imports cost no job's budget
                 self._kill()
                 raise RuntimeError("a grammar compile process did not start")
+            self._rss_began = process_usage(self._process.pid)[1]
         return self._conn, self._process.pid
 
     def _kill(self) -> None:
@@ -115,15 +121,26 @@ def outcome_of(job: Job, limits: GrammarLimits) -> Grammar | GatewayError:
         return GatewayError(ErrorCode.INTERNAL, "the grammar could not be compiled")
 
 
-def process_cpu_s(pid: int) -> float:
-    """The CPU time (user and system) process `pid` has used, from Linux's /proc; elsewhere the time since
-    the epoch (a wall-clock budget, the nearest there is)."""
+def _past_budget(used_s: float, cpu_s: float, grown_bytes: int, memory_bytes: int) -> GatewayError | None:
+    """The refusal naming the budget a compile has used up, if any."""
+    if used_s >= cpu_s:
+        return GatewayError(ErrorCode.INVALID_FIELD, f"compiling the grammar took over grammar_cpu_s ({cpu_s:g} s)")
+    if grown_bytes >= memory_bytes:
+        mib = memory_bytes / (1 << 20)
+        return GatewayError(ErrorCode.INVALID_FIELD, f"compiling the grammar took over grammar_memory_bytes ({mib:g} MiB)")
+    return None
+
+
+def process_usage(pid: int) -> tuple[float, int]:
+    """The CPU time (user and system) process `pid` has used, and its resident bytes, from Linux's /proc in
+    one read; elsewhere the time since the epoch (a wall-clock budget, the nearest there is) and 0 bytes."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()
     except OSError:
-        return time.time()
-    return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime and stime, fields 14 and 15 of stat(5)
+        return time.time(), 0
+    # utime, stime and rss: fields 14, 15 and 24 of stat(5), counted from the state (field 3) here
+    return (int(fields[11]) + int(fields[12])) * _TICK_S, int(fields[21]) * _PAGE_BYTES
 
 
 def _lower_priority() -> None:

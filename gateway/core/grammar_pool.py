@@ -65,10 +65,13 @@ class _Compile:
     cpu_began: float = 0.0
 
     def begin(self) -> None:
-        """On the worker: its CPU clock, so the budget counts the compile's own CPU time (a worker niced
-        below a busy machine's other threads may wait long between its slices; that is not its cost)."""
-        self.clock = time.pthread_getcpuclockid(threading.get_ident())
-        self.cpu_began = time.clock_gettime(self.clock)
+        """On the worker, as the compile starts running on it (not while it waits on its process, which keeps
+        a budget of its own, and where the worker's polling would count against it): its CPU clock, so the
+        budget counts the compile's own CPU time (a worker niced below a busy machine's other threads may wait
+        long between its slices; that is not its cost)."""
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        self.cpu_began = time.clock_gettime(clock)
+        self.clock = clock  # last: the loop reads the two without a lock
 
     def cpu_s(self) -> float:
         try:
@@ -80,7 +83,7 @@ class _Compile:
 class GrammarPool:
     """Checks response formats and tool grammars on `grammar_workers` threads; at most `grammar_queue`
     compiles wait for one (beyond, `overloaded`). Each thread has the grammar compiled in a process of its
-    own, killed and replaced once the compile uses grammar_cpu_s; with a local engine, a grammar accepted
+    own, killed and replaced once the compile uses grammar_cpu_s or grammar_memory_bytes; with a local engine, a grammar accepted
     there is then compiled by the engine's own check, kept for its turns. Each distinct source compiles
     once (structured.CHECKED)."""
 
@@ -110,7 +113,7 @@ class GrammarPool:
 
     @property
     def kills(self) -> int:
-        """Compile processes killed past grammar_cpu_s, ever (each replaced by the next compile)."""
+        """Compile processes killed past grammar_cpu_s or grammar_memory_bytes, ever (each replaced by the next compile)."""
         return sum(process.kills for process in list(self._processes))
 
     def quota(self, address: str) -> CompileQuota:
@@ -146,23 +149,24 @@ class GrammarPool:
     async def _checked(self, key: str, quota: CompileQuota, job: Job, field: str) -> Grammar:
         outcome = CHECKED.get(key)
         if outcome is None or self._evicted(outcome):
-            running = self._running.get(key) or self._start(key, quota, lambda: self._compile(job, field))
+            running = self._running.get(key) or self._start(key, quota, lambda running: self._compile(job, field, running))
             outcome = await self._outcome(key, running)
         return settled(outcome)
 
-    def _compile(self, job: Job, field: str) -> Grammar | GatewayError:
+    def _compile(self, job: Job, field: str, running: _Compile) -> Grammar | GatewayError:
         """On a pool thread: the job compiled in this thread's process, then, where the engine has a check of
         its own, by that check (its compile in this process is what its turns copy)."""
         process: CompileProcess | None = getattr(self._own, "process", None)
         if process is None:
             process = self._own.process = CompileProcess()
             self._processes.append(process)
-        outcome = process.compile(job, self.limits, self.settings.grammar_cpu_s)
+        outcome = process.compile(job, self.limits, self.settings.grammar_cpu_s, self.settings.grammar_memory_bytes)
         if not isinstance(outcome, Grammar) or self.check is validate:
             return outcome
         # An accepted grammar compiles twice, on purpose: only a process can be killed mid-compile, and its
         # compiled matcher cannot cross into this one, so the engine's own compile (whose matcher its turns
         # copy) runs only after the process showed it finishes within grammar_cpu_s. Refused ones run once.
+        running.begin()
         problem = self.check(outcome.source, self.limits)
         return self.limits.refusal(field, problem) if problem else outcome
 
@@ -171,7 +175,7 @@ class GrammarPool:
         generation thread never has to."""
         return self.holds is not None and isinstance(outcome, Grammar) and not self.holds(outcome.source)
 
-    def _start(self, key: str, quota: CompileQuota, compile_: Callable[[], Grammar | GatewayError]) -> _Compile:
+    def _start(self, key: str, quota: CompileQuota, compile_: Callable[[_Compile], Grammar | GatewayError]) -> _Compile:
         wait_s = quota.take()
         if wait_s > 0:
             raise RetryLater(ErrorCode.RATE_LIMITED, "too many distinct grammars; slow down", int(wait_s * 1000) + 1)
@@ -185,11 +189,10 @@ class GrammarPool:
         self.compiles += 1
 
         def work() -> Grammar | GatewayError:
-            running.begin()
             loop.call_soon_threadsafe(running.started.set)
             began = time.monotonic()
             try:
-                return compile_()
+                return compile_(running)
             except Exception:  # the compiler's bug, not the client's: logged, and this one grammar refused
                 log.exception("compiling a grammar failed")
                 return GatewayError(ErrorCode.INTERNAL, "the grammar could not be compiled")

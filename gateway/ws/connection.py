@@ -17,6 +17,7 @@ from gateway.ws import protocol as p
 from gateway.ws.handlers import FrameHandlers, SessionLog
 from gateway.ws.hub import SessionHub
 from gateway.ws.journal import Journal
+from gateway.ws.letting_go import let_go
 from gateway.ws.live_session import LiveSession
 from gateway.ws.replies import limits_of, session_defaults
 from gateway.ws.states import CONNECTION_MOVES, ConnectionState, moved
@@ -144,18 +145,20 @@ class Connection(FrameHandlers):
                 data = message.get("text") or ""
             self.json_mode = isinstance(data, str)
             frame_id: str | None = None
+            frames: list[p.ClientFrame] = []  # the one reference to the frame, for let_go to take
             try:
                 self._check_frame_rate()
                 if isinstance(data, str):
                     p.check_json_size(data, self.settings.max_json_frame_bytes)
-                frame = await decoded(data)
-                frame_id = getattr(frame, "id", None)
-                await self.handle(frame)
+                frames.append(await decoded(data))
+                frame_id = getattr(frames[0], "id", None)
+                await self.handle(frames[0])
             except GatewayError as exc:
                 retry_after_ms = exc.retry_after_ms if isinstance(exc, RetryLater) else None
                 self.send_error(
                     exc.code, exc.message, exc.frame_id if isinstance(exc, p.FrameError) else frame_id, retry_after_ms
                 )
+            await let_go(frames, len(data))
             await self._pace(len(data))
 
     async def _pace(self, nbytes: int) -> None:

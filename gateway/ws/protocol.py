@@ -126,13 +126,19 @@ def decode_steps(data: bytes | str) -> Generator[None, None, ClientFrame]:
     checking free-form JSON) and returns the frame, so the reader can let other clients' work run in
     between (ws/connection.py); a JSON frame, bounded by max_json_frame_bytes, is parsed in one."""
     frame = _decode_json(data) if isinstance(data, str) else (yield from _decode_msgpack(data))
-    options = frame if isinstance(frame, ConfigureFrame) else getattr(frame, "options", None)  # a turn's, an edit's
-    for field, value in free_json(options.response_format, options.tools) if options else ():
+    for field, value in frame_json(frame):
         try:
             yield from json_value_checks(value, field)
         except GatewayError as exc:
             raise FrameError(exc.code, exc.message, getattr(frame, "id", None)) from None
     return frame
+
+
+def frame_json(frame: ClientFrame) -> list[tuple[str, Any]]:
+    """The frame's free-form JSON, by field: its options' schema and tool parameters (a turn's, an edit's,
+    a configure's own)."""
+    options = frame if isinstance(frame, ConfigureFrame) else getattr(frame, "options", None)
+    return free_json(options.response_format, options.tools) if options else []
 
 
 class _Head(Struct):

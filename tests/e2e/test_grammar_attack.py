@@ -157,8 +157,7 @@ async def test_huge_tool_parameter_schemas_are_refused_off_the_loop(guarded: Run
 
 def wide_format(seed: int, groups: int = 60, each: int = 1000) -> dict[str, Any]:
     """A distinct schema of 60,000 properties in 60 objects (a msgpack map holds at most 1,024 entries):
-    its JSON (1.5 MB) is past max_grammar_bytes. (At 250 objects, 500k values: freeing the decoded frame
-    alone takes 50-80 ms of one loop callback, a gap left open.)"""
+    its JSON (1.5 MB) is past max_grammar_bytes. (At 250 objects, 500k values, see test_frame_drop.py.)"""
 
     def group(g: int) -> dict[str, Any]:
         return {"type": "object", "properties": {f"w{seed}_{g}_{i}": {"type": "integer"} for i in range(each)}}

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
 
 import pytest
 
 from gateway.config import Settings
+from gateway.core.compile_procs import CompileProcess
 from gateway.core.grammar_pool import GrammarPool
 from gateway.core.structured import CheckedGrammars, GrammarLimits, validate
 from gateway.engine.contract import Grammar
@@ -96,7 +100,18 @@ async def test_a_full_queue_is_overloaded_with_retry_after() -> None:
     assert refused.value.code.value == "overloaded" and refused.value.retry_after_ms >= 100
 
 
-async def test_compile_rate_is_per_connection_and_per_address() -> None:
+@pytest.fixture
+def frozen_rates() -> Iterator[None]:
+    """The compile quotas' clock stands still, later than any bucket's creation: every bucket starts full and
+    none refills, so a test counts compiles, however long a compile process takes to start on a busy machine
+    (a bucket that refilled meanwhile made the rate tests flaky)."""
+    now = time.monotonic() + 3600
+    clock = SimpleNamespace(**{**vars(time), "monotonic": lambda: now})
+    with mock.patch("gateway.core.grammar_pool.time", clock):
+        yield
+
+
+async def test_compile_rate_is_per_connection_and_per_address(frozen_rates: None) -> None:
     """A connection past its compile burst is `rate_limited` with retry_after_ms, while another connection
     from elsewhere is not; an address's connections together share the per-address rate."""
     pool = GrammarPool(Settings(grammar_compiles_per_minute=12, grammar_compiles_per_minute_per_client=18), counting([]))
@@ -114,7 +129,7 @@ async def test_compile_rate_is_per_connection_and_per_address() -> None:
     assert await pool.response_grammar(schema_format(0, "rate"), sibling) is not None  # compiled already: free
 
 
-async def test_http_requests_from_one_address_share_one_connections_compile_rate() -> None:
+async def test_http_requests_from_one_address_share_one_connections_compile_rate(frozen_rates: None) -> None:
     """Each HTTP request is no fresh connection: an address's requests together get one connection's burst
     (2 here, below the address's 30), while another address's requests get their own."""
     pool = GrammarPool(Settings(grammar_compiles_per_minute=12, grammar_compiles_per_minute_per_client=180), counting([]))
@@ -190,5 +205,43 @@ async def test_a_compile_past_its_cpu_budget_is_killed_and_its_worker_compiles_t
         assert refused.value.code.value == "invalid_field" and pool.kills == 1 and calls == []
         assert await pool.response_grammar(schema_format(0, "killed"), quota) is not None
         assert len(calls) == 1 and pool.kills == 1
+    finally:
+        pool.close()
+
+
+async def test_a_compile_past_its_memory_budget_is_killed_and_its_worker_compiles_the_next() -> None:
+    """A schema whose compile grows its process by more than grammar_memory_bytes is refused naming it, the
+    process is killed, and the one worker then compiles the next schema in a new process."""
+    calls: list[str] = []
+    pool = GrammarPool(Settings(grammar_workers=1, grammar_memory_bytes=6 << 20), counting(calls))
+    quota = pool.quota("10.6.0.1")
+    try:
+        # 4,000 properties grow llguidance's compile by about 15 MiB
+        with pytest.raises(GatewayError, match=r"grammar_memory_bytes \(6 MiB\)") as refused:
+            await pool.response_grammar(many_required(4_000, "big"), quota)
+        assert refused.value.code.value == "invalid_field" and pool.kills == 1 and calls == []
+        assert await pool.response_grammar(schema_format(0, "after-big"), quota) is not None
+        assert len(calls) == 1 and pool.kills == 1
+    finally:
+        pool.close()
+
+
+async def test_waiting_on_the_compile_process_costs_no_thread_budget() -> None:
+    """The worker's own CPU while it waits on its compile process (polling /proc, for a long while on a busy
+    machine, where a niced process gets little CPU) is not the compile's: the process keeps its own budget,
+    so the schema is accepted and no process is killed. (This CPU used to be counted: a flaky refusal.)"""
+    compile_in_process = CompileProcess.compile
+
+    def busy_waiting(process: CompileProcess, *args: Any) -> Grammar | GatewayError:
+        began = time.thread_time()
+        while time.thread_time() - began < 0.3:  # the polls of a long wait, more than the budget
+            pass
+        return compile_in_process(process, *args)
+
+    pool = GrammarPool(Settings(grammar_workers=1, grammar_cpu_s=0.2), counting([]))
+    try:
+        with mock.patch.object(CompileProcess, "compile", busy_waiting):
+            assert await pool.response_grammar(schema_format(0, "waited"), pool.quota("10.7.0.1")) is not None
+        assert pool.kills == 0
     finally:
         pool.close()

@@ -8,11 +8,14 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from gateway.config import Settings
+from gateway.core.exchange import PendingTurn
 from gateway.core.session import Exchange, UserTurn
+from gateway.core.store import base
 from gateway.core.store.base import SessionRecord
 from gateway.core.store.open import SQLITE_FILE
 from gateway.core.store.sqlite import SqliteStore
@@ -120,3 +123,25 @@ async def test_a_corrupt_file_does_not_open(tmp_path: Path) -> None:
             await store.open()
     finally:
         await store.close()
+
+
+async def test_a_pending_turn_is_encoded_on_the_stores_thread(tmp_path: Path) -> None:
+    """`set_pending` copies a turn's images into its record off the event loop's thread, and stores it."""
+    encoding: list[threading.Thread] = []
+    encode = base.encode_pending
+
+    def watched(pending: PendingTurn) -> bytes:
+        encoding.append(threading.current_thread())
+        return encode(pending)
+
+    store = store_in(tmp_path)
+    try:
+        await store.open()
+        await store.save_meta(record("a"))
+        with mock.patch.object(base, "encode_pending", watched):
+            await store.set_pending("a", PendingTurn(UserTurn("t1", "look")))
+        loaded = await store.load("a")
+    finally:
+        await store.close()
+    assert encoding and encoding[0] is not threading.current_thread()
+    assert loaded is not None and loaded.pending is not None and loaded.pending.turn.id == "t1"
