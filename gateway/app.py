@@ -69,6 +69,9 @@ def create_app(settings: Settings, engine: Engine | None = None, engine_factory:
                 runtime.turns.close()
             if runtime.engine is not None:
                 await asyncio.to_thread(runtime.engine.stop)
+            # What start-up froze goes back to the collector: a process that serves again (the tests start
+            # many servers in one) must not keep a stopped server's reference cycles for ever.
+            gc.unfreeze()
 
     metrics = Metrics()
     routes = [
