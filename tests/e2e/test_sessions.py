@@ -21,6 +21,7 @@ import websockets
 
 from gateway.config import Settings
 from tests.conftest import DemoDirs, RunningServer, free_port, start_server, wait_until
+from tests.e2e.waits import next_of
 
 GREEDY = {"temperature": 0}
 
@@ -48,10 +49,7 @@ class Raw:
         return frame
 
     async def until(self, kind: str, timeout_s: float = 60) -> dict[str, Any]:
-        while True:
-            frame = await self.recv(timeout_s)
-            if frame["type"] == kind:
-                return frame
+        return await next_of(lambda: self.recv(timeout_s), kind)
 
     def abort(self) -> None:
         """Drop the TCP connection with no close frame, as a lost network does."""
