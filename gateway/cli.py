@@ -78,11 +78,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _demo_model(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as transformers_logging
-
     from gateway.engine.demo import write_demo_adapter, write_demo_model, write_text_model
 
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # seconds of work: bars are only noise
+    logs.no_progress_bars()  # seconds of work: bars are only noise
     out = Path(args.dir)
     if args.arch == "llama":  # text only, no adapter: the model `gateway bench` compares with vLLM
         print(f"model:   {write_text_model(out / 'model', size=args.size)}")

@@ -95,6 +95,14 @@ def _quiet_transformers() -> None:
 
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
+    no_progress_bars()
+
+
+def no_progress_bars() -> None:
+    """transformers' bars ("Loading weights") are free text on stderr, redrawn in place: a log keeps each
+    redraw as a line of its own, so they are off; the loader's one "loading ..." line says what happens."""
+    from transformers.utils import logging as transformers_logging  # whoever asks imports it next anyway
+
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 

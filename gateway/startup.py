@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gateway import logs
 from gateway.config import Settings
 from gateway.core.store.base import SessionStore
 from gateway.engine.contract import Engine
@@ -126,6 +127,7 @@ def _local_engine(settings: Settings) -> Engine:
     from gateway.engine.local.engine import LocalEngine
     from gateway.engine.local.loader import load_model
 
+    logs.no_progress_bars()
     source = model_dir(settings.model) if settings.model else cached_demo_model()
     loaded = load_model(
         source,

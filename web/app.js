@@ -8,10 +8,10 @@ import { ChatList } from "./chats.js";
 import { encode } from "./codec.js";
 import { Composer } from "./composer.js";
 import { Connection } from "./connection.js";
-import { listConversations, outcomeOf, rememberOutcome, sync } from "./conversations.js";
+import { failuresOf, listConversations, outcomeOf, rememberFailure, rememberOutcome, sync } from "./conversations.js";
 import { liveElements, LiveView } from "./live.js";
 import { Editor } from "./edit.js";
-import { Conversation, element, userItem } from "./messages.js";
+import { Conversation, element, itemIdBefore, userItem } from "./messages.js";
 import { SessionLink } from "./sessions.js";
 import { boundSettings, forgetSettings, loadSettings, saveSettings, SettingsForm } from "./settings.js";
 
@@ -57,6 +57,7 @@ const editor = new Editor(conversation, {
   running: () => state.running,
   settled: () => state.turns.forEach((turn, id) => turn === state.running || state.turns.delete(id)),
   outcomeOf: (turnId) => outcomeOf(link.current?.session, turnId),
+  failures: () => failuresOf(link.current?.session),
   session: () => link.current?.session,
   openChat: switchChat,
 });
@@ -248,6 +249,7 @@ function onError(frame) {
   const message = turn ? nameImages(frame.message, turn.attachments) : frame.message;
   if (frame.id && frame.id === state.configure?.id) return onConfigureRefused(frame.code, message);
   const shown = conversation.addError(frame.code, message);
+  if (turn) rememberFailedTurn(turn, frame.code, message, shown);
   // A turn the server refused before accepting it is over before it began: it goes back to the composer.
   if (turn && !turn.accepted) {
     restoreComposer(turn);
@@ -264,7 +266,7 @@ function onHistory(frame) {
   const first = live.find((turn) => turn.user)?.user ?? live[0]?.reply.item ?? null;
   const session = link.current?.session;
   const shown = frame.turns.filter((entry) => !state.turns.has(entry.id));
-  conversation.insertHistory(shown, first, (id) => outcomeOf(session, id));
+  conversation.insertHistory(shown, first, (id) => outcomeOf(session, id), failuresOf(session));
   for (const entry of frame.turns) {
     const turn = state.turns.get(entry.id);
     if (entry.role === "tool" && turn) turn.reply.addToolResult(entry.call_id, entry.text);
@@ -274,6 +276,15 @@ function onHistory(frame) {
     turn.user?.remove();
     turn.user = item;
   }
+}
+
+// A turn that ended in an error is in no history (the model never sees it): the page keeps where it was,
+// its message and its error, to show them there again after a reload or a re-render of the history.
+function rememberFailedTurn(turn, code, message, shown) {
+  const first = turn.user ?? turn.reply.item;
+  const after = itemIdBefore(first);
+  for (const node of [turn.user, turn.reply.item, shown]) if (node) node.dataset.failedTurn = turn.id;
+  rememberFailure(link.current?.session, { turnId: turn.id, after, text: turn.text, code, message, sent: turn.accepted });
 }
 
 function onConfigured(frame) {

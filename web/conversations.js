@@ -8,6 +8,9 @@ const LIST_KEY = "gateway.conversations";
 const OUTCOMES_KEY = "gateway.outcomes";
 const MAX_LISTED = 50; // the oldest fall off the list (the server forgets them after its session TTL)
 const MAX_OUTCOMES = 200; // per conversation: the most recent replies' meta lines
+const FAILURES_KEY = "gateway.failures";
+const MAX_FAILURES = 20; // per conversation: the most recent turns that ended in an error
+const MAX_FAILED_TEXT_CHARS = 2000; // of each one's message (the page shows it again, the model never saw it)
 const MAX_TITLE_CHARS = 60;
 
 // The current conversation: {session, token, lastSeq, pending}, where `pending` is the turn whose reply
@@ -56,32 +59,53 @@ export function isListed(session) {
 
 export function drop(session) {
   writeList(listConversations().filter((entry) => entry.session !== session));
-  const outcomes = readOutcomes();
-  delete outcomes[session];
-  localStorage.setItem(OUTCOMES_KEY, JSON.stringify(outcomes));
+  for (const key of [OUTCOMES_KEY, FAILURES_KEY]) {
+    const kept = readBySession(key);
+    delete kept[session];
+    localStorage.setItem(key, JSON.stringify(kept));
+  }
 }
 
 // How each reply ended ({reason, line}: its `done` frame's finish reason and the meta line shown under it),
 // by session and turn id: the server's history keeps a reply's text, not its `done`, so a reload or a
 // switch shows the meta lines from here.
 export function rememberOutcome(session, turnId, outcome) {
-  if (!session || !turnId) return;
-  const outcomes = readOutcomes();
-  const kept = Object.entries(outcomes[session] ?? {}).filter(([id]) => id !== turnId).slice(1 - MAX_OUTCOMES);
-  delete outcomes[session]; // re-added last: the least recently used conversations go first
-  outcomes[session] = Object.fromEntries([...kept, [turnId, outcome]]);
-  const sessions = Object.keys(outcomes);
-  for (const old of sessions.slice(0, Math.max(0, sessions.length - MAX_LISTED))) delete outcomes[old];
-  localStorage.setItem(OUTCOMES_KEY, JSON.stringify(outcomes));
+  keep(OUTCOMES_KEY, session, turnId, outcome, MAX_OUTCOMES);
 }
 
 export function outcomeOf(session, turnId) {
-  return readOutcomes()[session]?.[turnId] ?? null;
+  return readBySession(OUTCOMES_KEY)[session]?.[turnId] ?? null;
 }
 
-function readOutcomes() {
-  const outcomes = readJson(localStorage, OUTCOMES_KEY);
-  return outcomes !== null && typeof outcomes === "object" && !Array.isArray(outcomes) ? outcomes : {};
+// Turns that ended in an error ({turnId, after, text, code, message, sent}), by session: the server's
+// history holds no such turn (the model never sees it), so a reload or a switch shows each again from
+// here, after the item it followed (`after`: that item's id, null for none). `sent`: false when the
+// server refused it before accepting it.
+export function rememberFailure(session, failure) {
+  const text = failure.text.length > MAX_FAILED_TEXT_CHARS ? `${failure.text.slice(0, MAX_FAILED_TEXT_CHARS - 1)}…` : failure.text;
+  keep(FAILURES_KEY, session, failure.turnId, { ...failure, text }, MAX_FAILURES);
+}
+
+// The session's failed turns, oldest first.
+export function failuresOf(session) {
+  return Object.values(readBySession(FAILURES_KEY)[session] ?? {});
+}
+
+// Under `key`, per session and turn id, the `limit` most recent values.
+function keep(key, session, turnId, value, limit) {
+  if (!session || !turnId) return;
+  const bySession = readBySession(key);
+  const kept = Object.entries(bySession[session] ?? {}).filter(([id]) => id !== turnId).slice(1 - limit);
+  delete bySession[session]; // re-added last: the least recently used conversations go first
+  bySession[session] = Object.fromEntries([...kept, [turnId, value]]);
+  const sessions = Object.keys(bySession);
+  for (const old of sessions.slice(0, Math.max(0, sessions.length - MAX_LISTED))) delete bySession[old];
+  localStorage.setItem(key, JSON.stringify(bySession));
+}
+
+function readBySession(key) {
+  const kept = readJson(localStorage, key);
+  return kept !== null && typeof kept === "object" && !Array.isArray(kept) ? kept : {};
 }
 
 export function titleOf(text) {

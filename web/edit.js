@@ -11,7 +11,8 @@ export class Editor {
   // hooks: send(frame) -> false when not connected; newTurnId(); beginTurn(turn, text?); dropTurn(turn);
   // check(text) -> what stops a message from being sent, or null;
   // running() -> the turn running, or null; settled() (the ended turns leave the page's live ones);
-  // note(text); outcomeOf(turnId); session() -> the current session's id; openChat(session).
+  // note(text); outcomeOf(turnId); failures() -> the turns that ended in an error (conversations.js);
+  // session() -> the current session's id; openChat(session).
   constructor(conversation, hooks) {
     this.conversation = conversation;
     this.hooks = hooks;
@@ -159,7 +160,7 @@ export class Editor {
     for (const node of nodes.slice(0, last + 1)) if (!live.includes(node)) node.remove();
     this.missingImages = false;
     const shown = entries.filter((entry) => entry.id !== running?.id);
-    this.conversation.insertHistory(shown, this.conversation.list.firstChild, this.hooks.outcomeOf);
+    this.conversation.insertHistory(shown, this.conversation.list.firstChild, this.hooks.outcomeOf, this.hooks.failures());
     if (focus) refocus(this.conversation.list.children[focus.index], focus.label);
     this.hooks.settled();
     if (this.missingImages) this.request({ type: "history", include_images: true });

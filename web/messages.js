@@ -41,8 +41,9 @@ export class Conversation {
 
   // Entries of the server's history, placed before `reference` (null: at the end). A tool entry (a
   // result) goes under the call it answers; one whose call is not shown stands on its own. `outcomeOf(id)`
-  // is how a reply ended ({reason, line}) when the page kept its `done`, else null.
-  insertHistory(entries, reference, outcomeOf = () => null) {
+  // is how a reply ended ({reason, line}) when the page kept its `done`, else null; `failures`: the turns
+  // that ended in an error, which the page kept (conversations.js), each shown where it was.
+  insertHistory(entries, reference, outcomeOf = () => null, failures = []) {
     const fragment = document.createDocumentFragment();
     for (const entry of entries) {
       if (entry.role === "user") fragment.append(this.placed(userItem(entry.text, entry.images ?? []), entry));
@@ -52,6 +53,7 @@ export class Conversation {
         else fragment.append(orphanResult(entry));
       } else fragment.append(this.placed(finishedReply(this, entry, outcomeOf(entry.id)).item, entry));
     }
+    placeFailures(this.list, fragment, failures);
     this.list.insertBefore(fragment, reference);
     this.scrollToBottom();
   }
@@ -67,9 +69,7 @@ export class Conversation {
   }
 
   addError(code, message) {
-    const item = element("li", { className: "message error" }, [element("strong", { textContent: code }), `: ${message}`]);
-    item.setAttribute("role", "alert");
-    return this.append(item);
+    return this.append(errorItem(code, message));
   }
 
   // A conversation the server could not resume: what is shown stays, visibly past.
@@ -163,6 +163,40 @@ class Reply {
     const follow = this.conversation.nearBottom();
     this.meta.textContent = text;
     if (follow) this.conversation.scrollToBottom();
+  }
+}
+
+function errorItem(code, message) {
+  const item = element("li", { className: "message error" }, [element("strong", { textContent: code }), `: ${message}`]);
+  item.setAttribute("role", "alert");
+  return item;
+}
+
+// The id of the last item before `node` that the server's history holds, or null: where a turn that
+// ended in an error was (conversations.js rememberFailure).
+export function itemIdBefore(node) {
+  for (let item = node?.previousElementSibling; item; item = item.previousElementSibling) {
+    if (item.dataset.itemId) return item.dataset.itemId;
+  }
+  return null;
+}
+
+// Each failed turn after the item it followed, when that item is among `fragment`'s (first, when it
+// followed none), in the order they happened; shown once: what the page shows of the turn already leaves.
+function placeFailures(list, fragment, failures) {
+  const lastAfter = new Map(); // an item's id -> the last node placed after it
+  for (const failure of failures) {
+    list.querySelectorAll(`[data-failed-turn="${CSS.escape(failure.turnId)}"]`).forEach((node) => node.remove());
+    const anchor = failure.after === null ? null : fragment.querySelector(`[data-item-id="${CSS.escape(failure.after)}"]`);
+    if (failure.after !== null && !anchor) continue; // it followed an item of another path
+    const error = errorItem(failure.code, failure.message);
+    if (!failure.sent) error.append(element("span", { className: "restored", textContent: "Not sent to the model." }));
+    const nodes = failure.sent && failure.text ? [userItem(failure.text, []), error] : [error];
+    nodes.forEach((node) => (node.dataset.failedTurn = failure.turnId));
+    const previous = lastAfter.get(failure.after) ?? anchor;
+    if (previous) previous.after(...nodes);
+    else fragment.prepend(...nodes);
+    lastAfter.set(failure.after, error);
   }
 }
 

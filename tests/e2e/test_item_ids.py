@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from gateway.client import GatewayClient
@@ -13,14 +11,9 @@ from gateway.engine.contract import ToolCall
 from gateway.ws import protocol as p
 from gateway.ws.replies import history_frame
 from tests.conftest import RunningServer
+from tests.e2e.waits import next_of
 
 GREEDY = {"temperature": 0}
-
-
-async def until(client: GatewayClient, kind: str) -> dict[str, Any]:
-    while (frame := await client.recv())["type"] != kind:
-        pass
-    return frame
 
 
 async def test_accepted_done_and_history_carry_the_same_item_ids(server: RunningServer) -> None:
@@ -43,9 +36,9 @@ async def test_a_turn_cut_by_reset_names_no_reply_in_done(server: RunningServer)
         await client.send(
             {"type": "turn", "id": "long", "text": "tell me a story", "options": {"max_tokens": 200, "ignore_eos": True}}
         )
-        await until(client, "accepted")
+        await next_of(client.recv, "accepted")
         await client.send({"type": "reset", "id": "r"})
-        done = await until(client, "done")
+        done = await next_of(client.recv, "done")
         history = await client.request({"type": "history"})
     assert done["finish_reason"] == "cancelled" and done["reply_id"] is None
     assert history["turns"] == []

@@ -13,6 +13,7 @@ from gateway.engine.contract import GenerationRequest, TurnHandle, TurnSink
 from tests.conftest import DemoDirs, RunningServer, start_server, wait_until
 from tests.e2e.test_live_prefill import FRAMES
 from tests.e2e.test_live_window_ws import GREEDY, stream
+from tests.e2e.waits import next_of
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,7 @@ async def test_after_a_resume_from_the_store_a_live_exchange_reads_as_its_summar
     await wait_until(lambda: session not in brief.app.state.ws.hub.live)
     async with GatewayClient(brief.ws_url) as client:
         await client.send({"type": "resume", "session": session, "token": token})
-        while (await client.recv())["type"] != "resumed":
-            pass
+        await next_of(client.recv, "resumed")
         await stream(client, [(FRAMES[0], 300), (FRAMES[1], 400)])
         after = await client.turn("l2", "and now?", live=True, **GREEDY)
         await stream(client, [(FRAMES[2], 500)])

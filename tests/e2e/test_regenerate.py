@@ -6,23 +6,16 @@ from typing import Any
 
 from gateway.client import GatewayClient
 from tests.conftest import RunningServer
+from tests.e2e.waits import next_of
 
 GREEDY = {"temperature": 0}
-
-
-async def until(client: GatewayClient, kind: str) -> dict[str, Any]:
-    while (frame := await client.recv())["type"] != kind:
-        pass
-    return frame
 
 
 async def regenerate(client: GatewayClient, frame: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The `accepted` and `done` of a regenerate (or the `error` that refused it, twice)."""
     await client.send({"type": "regenerate", **frame})
-    first = await client.recv()
-    while first["type"] not in ("accepted", "error"):
-        first = await client.recv()
-    return (first, first) if first["type"] == "error" else (first, await until(client, "done"))
+    first = await next_of(client.recv, "accepted", "error")
+    return (first, first) if first["type"] == "error" else (first, await next_of(client.recv, "done"))
 
 
 async def test_a_regenerate_reuses_the_whole_prompt_and_keeps_the_old_reply(server: RunningServer) -> None:
@@ -62,10 +55,10 @@ async def test_regenerate_refuses_unknown_ids_wrong_kinds_and_a_running_turn(ser
         unknown, _ = await regenerate(client, {"id": "r1", "item_id": "nothing1"})
         wrong, _ = await regenerate(client, {"id": "r2", "item_id": turn.accepted["item_id"]})
         await client.send({"type": "turn", "id": "long", "text": "a story", "options": {"max_tokens": 300, "ignore_eos": True}})
-        await until(client, "accepted")
+        await next_of(client.recv, "accepted")
         busy, _ = await regenerate(client, {"id": "r3"})
         await client.send({"type": "cancel", "id": "long"})
-        await until(client, "done")
+        await next_of(client.recv, "done")
         after = await client.turn("t2", "still here?", max_tokens=2, **GREEDY)
     assert [e["code"] for e in (empty, unknown, wrong, busy)] == ["not_found", "not_found", "invalid_field", "busy"]
     assert [e["id"] for e in (empty, unknown, wrong, busy)] == ["r0", "r1", "r2", "r3"]
@@ -94,13 +87,13 @@ async def test_switch_refuses_unknown_ids_and_a_running_turn(server: RunningServ
     """`not_found` for an id the session does not hold, `busy` while a turn runs; the connection stays usable."""
     async with GatewayClient(server.ws_url) as client:
         await client.send({"type": "switch", "item_id": "nothing1", "id": "s0"})
-        unknown = await until(client, "error")
+        unknown = await next_of(client.recv, "error")
         await client.send({"type": "turn", "id": "long", "text": "a story", "options": {"max_tokens": 300, "ignore_eos": True}})
-        await until(client, "accepted")
+        await next_of(client.recv, "accepted")
         await client.send({"type": "switch", "item_id": "nothing1", "id": "s1"})
-        busy = await until(client, "error")
+        busy = await next_of(client.recv, "error")
         await client.send({"type": "cancel", "id": "long"})
-        await until(client, "done")
+        await next_of(client.recv, "done")
     assert (unknown["code"], unknown["id"], busy["code"], busy["id"]) == ("not_found", "s0", "busy", "s1")
 
 
@@ -109,8 +102,7 @@ async def test_a_stopped_reply_truncated_to_what_was_shown_is_all_the_next_promp
     turn's prompt is what it would be had the reply been that short."""
     async with GatewayClient(server.ws_url) as client:
         await client.start_turn("c1", "tell me a long story", max_tokens=300, ignore_eos=True, **GREEDY)
-        while (await client.recv())["type"] != "token":
-            pass
+        await next_of(client.recv, "token")
         await client.send({"type": "cancel", "id": "c1"})
         cancelled = await client.collect("c1")
         assert cancelled.done and len(cancelled.done["text"]) > 2

@@ -23,15 +23,16 @@ from gateway.config import Settings
 from gateway.core.store.open import SQLITE_FILE
 from tests.conftest import DemoDirs, RunningServer, free_port, start_server, wait_until
 from tests.e2e.test_sessions import Raw, live_session
-from tests.e2e.test_store_redis import own_redis  # noqa: F401  (a fixture)
+from tests.e2e.test_store_redis import HANG_S, own_redis  # noqa: F401  (a fixture)
 
 TURN = {"max_tokens": 3, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
 def quick(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
-    """Sessions leave memory soon after their socket, and a store call waits half a second at most."""
-    settings = Settings(session_grace_s=0.2, store_timeout_s=0.5, turns_per_minute=1e6, frames_per_second=1e6)
+    """Sessions leave memory soon after their socket; a store call waits HANG_S at most (only a real hang
+    lasts that long: at 0.5 s an ordinary write on a loaded machine timed out, and sessions were not durable)."""
+    settings = Settings(session_grace_s=0.2, store_timeout_s=HANG_S, turns_per_minute=1e6, frames_per_second=1e6)
     running = start_server(demo_dirs.model, settings)
     yield running
     running.stop()
@@ -167,7 +168,7 @@ async def test_a_stopped_redis_holds_no_done(
     """Redis hung by SIGSTOP: a turn's `done` still arrives, `resume` answers `store_unavailable`, new
     connections hear sessions are not durable; after SIGCONT they are durable again."""
     url, redis = own_redis
-    running = start_server(demo_dirs.model, Settings(session_store=url, store_timeout_s=0.5))
+    running = start_server(demo_dirs.model, Settings(session_store=url, store_timeout_s=HANG_S))
     try:
         client = await Raw(running.ws_url).open()
         await client.send({"type": "turn", "id": "t1", "text": "before", "options": TURN})

@@ -21,6 +21,10 @@ from gateway.core.store.guard import StoreGuard, StoreUnavailable
 from gateway.core.store.redis import SIZES, RedisStore
 from tests.conftest import ensure_program, free_port
 
+# How long a store call waits in the tests that hang Redis: only a real hang (SIGSTOP) lasts that long. At
+# 0.5 s an ordinary call on a loaded 2-core machine timed out now and then.
+HANG_S = 5.0
+
 MiB = 1 << 20
 
 
@@ -86,8 +90,8 @@ async def test_a_stopped_redis_is_bounded_by_the_timeout(own_redis: tuple[str, s
     """SIGSTOP: a call fails with StoreUnavailable once `store_timeout_s` is up, while the one probe
     waits every other call fails at once, and after SIGCONT the store is healthy again."""
     url, process = own_redis
-    store = RedisStore(url, Settings(store_timeout_s=0.5))
-    guard = StoreGuard(store.persistent, 0.5)
+    store = RedisStore(url, Settings(store_timeout_s=HANG_S))
+    guard = StoreGuard(store.persistent, HANG_S)
     try:
         await store.open()
         await guard.call(store.save_meta, record("a", time.time()))

@@ -24,6 +24,7 @@ from gateway.config import Settings
 from gateway.edge.tokens import TokenClaims, TokenKeys, mint, new_token_id
 from tests.conftest import DemoDirs, RunningServer, free_port, start_server, wait_until
 from tests.e2e.test_readme import block_after
+from tests.e2e.waits import next_of
 
 KEY = "sk-gw-token-test-key-0123456789"
 SECRET, OLD_SECRET = "token-secret-now-0123456789", "token-secret-old-0123456789"
@@ -69,11 +70,11 @@ class Client:
     async def send(self, frame: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(frame))
 
+    async def recv(self) -> dict[str, Any]:
+        return dict(json.loads(await asyncio.wait_for(self.ws.recv(), 60)))
+
     async def until(self, *kinds: str) -> dict[str, Any]:
-        while True:
-            frame = json.loads(await asyncio.wait_for(self.ws.recv(), 60))
-            if frame["type"] in kinds:
-                return dict(frame)
+        return await next_of(self.recv, *kinds)
 
 
 async def opened(server: RunningServer, token: str, header: bool = False) -> Client:

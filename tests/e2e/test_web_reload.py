@@ -12,7 +12,7 @@ from gateway.config import Settings
 from gateway.engine.contract import GenerationRequest, GenerationResult, TurnHandle, TurnSink
 from tests.conftest import RunningServer
 from tests.e2e import test_web as web
-from tests.e2e.test_web import PHONE, Chat, save_screenshot, send_and_wait
+from tests.e2e.test_web import PHONE, Chat, bmp_bytes, image_file, save_screenshot, send_and_wait
 
 browser = web.browser
 open_chat = web.open_chat
@@ -97,3 +97,57 @@ def test_a_replayed_error_is_shown_once_after_a_reload(open_chat: Callable[..., 
         expect(errors).to_have_count(1)
         expect(errors).to_contain_text("it broke")
         save_screenshot(chat.page, "web-reload-error-once.png")
+
+
+def test_a_failed_turn_is_shown_where_it_was_after_a_reload(open_chat: Callable[..., Chat]) -> None:
+    """A turn that ended in an error is in no history (the model never saw it): after a reload the page
+    shows its message and its error again, once, between the exchanges it came between."""
+    engine = FailingEngine()
+    with web.serving(Settings(engine="scripted"), engine) as site:
+        chat = open_chat(site)
+        send_and_wait(chat, "hello")
+        chat.send("fail")
+        expect(chat.last_reply()).to_contain_text("half")
+        engine.fail()
+        expect(chat.last_reply().locator(".meta")).to_contain_text("failed")
+        send_and_wait(chat, "after")
+
+        chat.page.reload()
+        chat.wait_connected()
+        expect(chat.page.locator(".message.assistant")).to_have_count(2)
+        shown = chat.page.locator("#messages > li").evaluate_all(SHOWN)
+        assert shown == [
+            ["message user", "hello"],
+            ["message assistant", "hello"],
+            ["message user", "fail"],
+            ["message error", "generation: it broke"],
+            ["message user", "after"],
+            ["message assistant", "after"],
+        ], shown
+        save_screenshot(chat.page, "web-reload-failed-turn.png")
+
+
+def test_a_refused_turns_error_is_shown_where_it_was_after_a_reload(
+    server: RunningServer, open_chat: Callable[..., Chat]
+) -> None:
+    """A turn refused before `accepted` (an unreadable image) is in no history either: after a reload its
+    error is shown again where it was, saying that the message was not sent."""
+    chat = open_chat(server)
+    chat.apply_settings(max_tokens="4")
+    chat.page.set_input_files("#file-input", files=[image_file("holiday.png", bmp_bytes())])
+    chat.send("Look at this")
+    expect(chat.page.locator(".message.error")).to_contain_text("bad_image")
+    chat.page.click("#attachments .remove")
+    chat.page.fill("#prompt", "")
+    send_and_wait(chat, "Hello")
+
+    chat.page.reload()
+    chat.wait_connected()
+    expect(chat.page.locator(".message.assistant")).to_have_count(1)
+    shown = chat.page.locator("#messages > li").evaluate_all(SHOWN)
+    assert [classes for classes, _ in shown] == ["message error", "message user", "message assistant"], shown
+    assert shown[0][1].startswith('bad_image: "holiday.png"') and shown[0][1].endswith("Not sent to the model."), shown
+
+
+# Each item of the conversation: its classes, and its message's text (an error's whole line).
+SHOWN = "items => items.map((li) => [li.className, (li.querySelector(':scope > .text') ?? li).textContent.trim()])"

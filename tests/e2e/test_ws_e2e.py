@@ -12,6 +12,7 @@ import websockets
 from gateway.client import GatewayClient
 from gateway.config import Settings
 from tests.conftest import DemoDirs, RunningServer, image_bytes, start_server, wait_until
+from tests.e2e.waits import next_of
 
 GREEDY = {"temperature": 0}
 
@@ -69,8 +70,7 @@ async def test_cancel_mid_stream_records_partial_reply(server: RunningServer) ->
     """`cancel` stops the turn early with finish_reason cancelled; the partial reply joins the history."""
     async with GatewayClient(server.ws_url) as client:
         await client.start_turn("c1", "tell me a long story", max_tokens=1500, **GREEDY)
-        while (await client.recv())["type"] != "token":
-            pass
+        await next_of(client.recv, "token")
         await client.send({"type": "cancel", "id": "c1"})
         result = await client.collect("c1")
         history = await client.request({"type": "history"})
@@ -123,8 +123,7 @@ async def _disconnect_frees(server: RunningServer) -> None:
     engine = server.engine
     async with GatewayClient(server.ws_url) as quitter:
         await quitter.start_turn("q1", "go on forever", max_tokens=1500, **GREEDY)
-        while (await quitter.recv())["type"] != "token":
-            pass
+        await next_of(quitter.recv, "token")
         before = engine.tokens_generated
     await wait_until(lambda: not engine.busy.is_set(), timeout_s=60)
     assert engine.tokens_generated - before < 1000
@@ -204,6 +203,7 @@ async def test_json_mode_turn(server: RunningServer) -> None:
             message = await ws.recv()
             assert isinstance(message, str)
             frames.append(json.loads(message))
+            assert frames[-1]["type"] != "error", frames[-1]  # else the loop would wait for a done that never comes
     assert frames[0]["type"] == "accepted" and frames[-1]["usage"]["completion_tokens"] <= 4
 
 

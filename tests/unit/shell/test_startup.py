@@ -60,6 +60,15 @@ def test_serving_the_demo_logs_no_torchvision_story(demo_dirs: DemoDirs) -> None
     assert not any("restart your runtime" in line or "installation page" in line for line in lines), lines
 
 
+def test_serving_the_demo_draws_no_progress_bar(demo_dirs: DemoDirs) -> None:
+    """Loading the weights is the loader's one "loading" line, not transformers' bar redrawn on stderr
+    (a log file keeps every redraw as a line of its own)."""
+    status, lines = serve_until_listening("--model", str(demo_dirs.model), "--port", str(free_port()))
+    assert status in (0, -signal.SIGTERM) and any("Finished server process" in line for line in lines), lines
+    assert not any("Loading weights" in line or "it/s]" in line for line in lines), lines
+    assert [line for line in lines if "gateway.loader: loading" in line] == [lines[0]], lines
+
+
 @pytest.mark.parametrize(
     "given,base",
     [
