@@ -6,7 +6,7 @@ from typing import Any
 
 from gateway.client import GatewayClient, TurnResult
 from tests.conftest import RunningServer, image_bytes, wait_until
-from tests.e2e.test_regenerate import until
+from tests.e2e.waits import next_of
 
 GREEDY = {"temperature": 0, "max_tokens": 4}
 
@@ -90,7 +90,7 @@ async def test_editing_frames_refuse_unknown_ids_wrong_kinds_and_a_running_turn(
         reply = await client.request({"type": "edit", "item_id": turn.done["reply_id"], "id": "e0", "text": "x"})
         no_id = await client.request({"type": "edit", "item_id": turn.done["reply_id"], "text": "x"})
         await client.send({"type": "turn", "id": "long", "text": "a story", "options": {"max_tokens": 300, "ignore_eos": True}})
-        await until(client, "accepted")
+        await next_of(client.recv, "accepted")
         busy = []
         for frame in (
             {"type": "edit", "item_id": turn.done["reply_id"], "text": "x", "respond": False},
@@ -99,9 +99,9 @@ async def test_editing_frames_refuse_unknown_ids_wrong_kinds_and_a_running_turn(
             {"type": "fork"},
         ):
             await client.send({**frame, "id": frame["type"]})
-            busy.append(await until(client, "error"))
+            busy.append(await next_of(client.recv, "error"))
         await client.send({"type": "cancel", "id": "long"})
-        await until(client, "done")
+        await next_of(client.recv, "done")
         after = await client.turn("t2", "still here?", **GREEDY)
     assert (unknown["code"], unknown["id"]) == ("not_found", "d0")
     assert (reply["code"], reply["id"], no_id["code"]) == ("invalid_field", "e0", "invalid_field")
