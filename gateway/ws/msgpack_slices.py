@@ -9,10 +9,12 @@ import msgpack
 
 MAX_CONTAINER_LEN = 1024  # entries in one msgpack array or map
 
-# Unpacking builds a Python object per value: about 20 ms a MB for the densest input (1-byte values), so
-# a 16 MiB frame took 300 ms in one event-loop callback. Fed this much at a time, msgpack's Unpacker keeps
-# its place between slices, and the caller runs other clients' work in between (a few ms a slice).
-SLICE_BYTES = 256 * 1024
+# Unpacking builds a Python object per value: about 20 ms a MB for 1-byte values, so a 16 MiB frame took
+# 300 ms in one event-loop callback; maps of maps with short keys (a 500k-value schema) cost about 90 ms a MB.
+# Fed this much at a time, msgpack's Unpacker keeps its place between slices, and the caller runs other
+# clients' work in between (about 12 ms a slice at worst; 256 KiB slices took 22 ms, which with a garbage
+# collection in the same callback came within a few ms of test_frame_drop's 50 ms bound).
+SLICE_BYTES = 128 * 1024
 # Arrays and maps with their entries, all levels together: as many as a JSON frame at max_json_frame_bytes
 # (2 MiB) can hold. Counted as each container completes, so a frame of 16 million 1-byte values is refused
 # after building a million of them, not all (300 ms of CPU, and a heap the garbage collector then walks).
