@@ -61,7 +61,7 @@ class TurnService(TurnLimits):
         # Given the count of turns that would wait for a slot and of those cancelled (whatever the cause) that
         # free theirs within a step, stops as many turns nobody listens to as the cancelled ones do not cover
         # (the hub's detached sessions'), so an attached client is never queued or refused behind abandoned work.
-        self.make_room: Callable[[int, int], int] | None = None
+        self.make_room: Callable[[int], int] | None = None
         # Given a session, the image bytes it wants and the least it needs, unloads detached sessions holding
         # images until it has what it wants, and none when even all of them would not give what it needs.
         self.free_images: Callable[[str, int, int], int] | None = None
@@ -271,9 +271,12 @@ class TurnService(TurnLimits):
     def submit(self, request: GenerationRequest, sink: TurnSink, trace: TurnTrace, parses_tools: bool) -> None:
         request.traceparent = trace.traceparent  # an upstream's spans join the turn's trace
         load = self.engine.load()
-        waiting = load.active + load.waiting + 1 - load.capacity
+        live = sum(not handle.cancelled.is_set() for handle in self._handles.values())
+        # Both lag (the engine counts a cancelled turn until its next step, this loop an ended one until its end
+        # arrives): a turn holds a place only while both count it, so the smaller never undercounts who waits.
+        waiting = min(load.active + load.waiting, live) + 1 - load.capacity
         if waiting > 0 and self.make_room is not None:
-            self.make_room(waiting, sum(handle.cancelled.is_set() for handle in self._handles.values()))
+            self.make_room(waiting)
         try:
             self.engine.submit(request, Observed(sink, partial(self.turn_ended, handle=request.handle), trace, parses_tools))
         except EngineFull:

@@ -30,13 +30,11 @@ S = TypeVar("S", bound=DetachedSession)
 
 
 class DetachedSessions(Generic[S]):
-    """Detached sessions in the order they were left. Invariant: `stopping` counts the turns stopped for
-    attached clients that have not ended yet, so two turns arriving in one engine step do not both stop
-    a detached turn for the same free slot."""
+    """Detached sessions in the order they were left. Invariant: a session is `yielding` from the moment its
+    turn is stopped here until that turn ends, so no turn is stopped (or counted) twice."""
 
     def __init__(self, on_preempt: Callable[[], None] = lambda: None) -> None:
         self._sessions: dict[str, S] = {}
-        self.stopping = 0
         self._on_preempt = on_preempt
 
     def add(self, session: S) -> None:
@@ -52,15 +50,13 @@ class DetachedSessions(Generic[S]):
     def __iter__(self) -> Iterator[S]:
         return iter(list(self._sessions.values()))
 
-    def make_room(self, waiting: int, cancelled: int = 0) -> int:
-        """`waiting` attached turns would wait for a slot: stop that many detached turns, oldest first,
-        less those already stopping, or less every turn already cancelled when the caller counts them
-        (`cancelled`: a turn its client cancelled frees its slot as soon as one stopped here). Returns how
-        many were stopped now."""
+    def make_room(self, waiting: int) -> int:
+        """`waiting` attached turns would wait for a slot that no cancelled turn frees (the caller counts
+        only turns nobody cancelled, and a turn stopped here is cancelled at once): stop that many detached
+        turns, oldest first. Returns how many were stopped."""
         stopped = 0
-        freeing = max(self.stopping, cancelled)
         for session in self:
-            if waiting - freeing - stopped <= 0:
+            if stopped >= waiting:
                 break
             if self.stop(session):
                 stopped += 1
@@ -73,12 +69,9 @@ class DetachedSessions(Generic[S]):
             return False
         running.cancel()
         session.yielding = True
-        self.stopping += 1
         self._on_preempt()
         log.info("session %s: its detached turn yields to attached clients'", session.id)
         return True
 
     def turn_ended(self, session: S) -> None:
-        if session.yielding:
-            session.yielding = False
-            self.stopping -= 1
+        session.yielding = False

@@ -67,7 +67,7 @@ def test_moving_a_session_moves_its_count() -> None:
 
 
 def test_make_room_stops_the_oldest_running_detached_turns_once() -> None:
-    """Two waiting turns stop the two oldest running detached turns; asking again before they end stops nothing more."""
+    """Two waiting turns stop the two oldest running detached turns; a stopping turn is never stopped again."""
     detached: DetachedSessions[Fake] = DetachedSessions()
     sessions = [Fake(str(n), handle=TurnHandle()) for n in range(3)]
     idle = Fake("idle")
@@ -76,11 +76,11 @@ def test_make_room_stops_the_oldest_running_detached_turns_once() -> None:
         detached.add(session)
     assert detached.make_room(2) == 2
     assert [s.handle is not None and s.handle.cancelled.is_set() for s in sessions] == [True, True, False]
-    assert detached.make_room(2) == 0  # the two stopping turns are already the room asked for
+    assert detached.make_room(2) == 1 and sessions[2].yielding  # the two stopping ones are passed over
     sessions[0].handle = None  # its turn ended: the session has no running turn any more
     detached.turn_ended(sessions[0])
-    assert detached.stopping == 1 and not sessions[0].yielding
-    assert detached.make_room(2) == 1 and sessions[2].yielding
+    assert not sessions[0].yielding and [s.yielding for s in sessions[1:]] == [True, True]
+    assert detached.make_room(1) == 0  # nothing left running that is not already stopping
 
 
 def test_take_bytes_refuses_without_spending() -> None:
@@ -114,7 +114,7 @@ async def test_a_turn_that_ended_is_not_stopped_again() -> None:
     assert live.running is None
     detached: DetachedSessions[LiveSession] = DetachedSessions()
     detached.add(live)
-    assert detached.make_room(1) == 0 and detached.stopping == 0
+    assert detached.make_room(1) == 0 and not live.yielding
 
 
 def test_buckets_by_address_share_one_bucket_and_forget_idle_ones_first() -> None:

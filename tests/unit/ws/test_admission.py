@@ -63,8 +63,8 @@ async def submit(turns: TurnService) -> TurnHandle:
     return await start_conversation(turns, request, ignored, turns.grammars.quota("a"))
 
 
-def service(capacity: int) -> tuple[TurnService, HeldEngine, DetachedSessions[Fake]]:
-    engine = HeldEngine(capacity)
+def service(capacity: int, engine: HeldEngine | None = None) -> tuple[TurnService, HeldEngine, DetachedSessions[Fake]]:
+    engine = engine or HeldEngine(capacity)
     turns = TurnService(Settings(engine="scripted"), engine, Metrics())
     detached: DetachedSessions[Fake] = DetachedSessions()
     turns.make_room = detached.make_room
@@ -82,7 +82,29 @@ async def test_a_turn_cancelled_by_its_client_frees_the_slot_a_detached_turn_wou
     await submit(turns)
     assert abandoned.handle is not None and not abandoned.handle.cancelled.is_set()
     await submit(turns)  # now every slot is held by a turn nobody cancelled
-    assert abandoned.handle.cancelled.is_set() and detached.stopping == 1
+    assert abandoned.handle.cancelled.is_set() and abandoned.yielding
+    turns.close()
+
+
+class DroppingEngine(HeldEngine):
+    """A held engine whose load no longer counts a cancelled turn: its step has dropped it, and the turn's
+    end has not reached the event loop yet."""
+
+    def load(self) -> EngineLoad:
+        live = [request for request in self.submitted if not request.handle.cancelled.is_set()]
+        return EngineLoad(active=len(live), waiting=0, capacity=self.queue_size)
+
+
+async def test_a_detached_turn_stopped_while_it_waited_frees_no_slot_for_the_next_one() -> None:
+    """Both slots held by detached turns and a third detached one stopped while it waited (dropped by the
+    engine, its end not yet here): an attached turn still stops the oldest running one, never waiting behind it."""
+    turns, _, detached = service(capacity=2, engine=DroppingEngine(2))
+    sessions = [Fake(f"d{n}", handle=await submit(turns)) for n in range(3)]
+    for session in sessions:
+        detached.add(session)
+    assert detached.stop(sessions[2])  # as a session detaching while others wait
+    await submit(turns)
+    assert [s.handle is not None and s.handle.cancelled.is_set() for s in sessions] == [True, False, True]
     turns.close()
 
 
