@@ -370,7 +370,8 @@ def record(section: str, figures: dict[str, Any]) -> None:
     print(f"\n[load] {section}: {json.dumps(figures, sort_keys=True)}")
 
 
-def settle(predicate: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+def settle(predicate: Callable[[], bool], timeout_s: float = 120.0) -> bool:
+    """Whether `predicate` holds within `timeout_s`: a limit only a hang reaches (a loaded machine frees late, not never)."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:

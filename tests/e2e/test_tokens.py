@@ -246,7 +246,7 @@ async def test_the_readme_backend_mints_a_token_that_opens(server: RunningServer
     env = {**os.environ, "GATEWAY_URL": server.http_url, "GATEWAY_API_KEY": KEY}
     backend = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE)
     try:
-        await wait_until(lambda: _listening(port), 20)
+        await wait_until(lambda: _listening(port), 120)
         with urllib.request.urlopen(
             urllib.request.Request(f"http://127.0.0.1:{port}/", b"", method="POST"), timeout=10
         ) as answer:
