@@ -3,7 +3,7 @@
 // (`truncate`). The server holds the tree: after each change the page shows the `history` it answers
 // with (asked for once a regenerated or edited reply has ended), so the screen shows the server's path.
 
-import { listConversations, remember } from "./conversations.js";
+import { listConversations, remember, rememberFailure } from "./conversations.js";
 import { editForm, itemControls } from "./item_controls.js";
 import { userItem } from "./messages.js";
 
@@ -54,8 +54,9 @@ export class Editor {
   regenerate(item, itemId) {
     const id = this.hooks.newTurnId();
     if (!this.hooks.send({ type: "regenerate", id, item_id: itemId })) return this.notConnected();
+    const after = this.lastItemId();
     removeFrom(item); // the new reply takes the old one's place; the history brings the old one back as 1/2
-    this.startTurn({ id, text: "", user: null, kind: "regenerate" });
+    this.startTurn({ id, text: "", user: null, kind: "regenerate", after });
   }
 
   openEditor(item) {
@@ -83,13 +84,20 @@ export class Editor {
     if (!this.hooks.send({ type: "edit", id, item_id: item.dataset.itemId, text, respond: true })) return this.notConnected();
     const edited = userItem(text, []);
     if (images) edited.append(images); // an edit keeps the message's images
+    const after = this.lastItemId();
     removeFrom(item);
     this.conversation.append(edited);
-    this.startTurn({ id, text, user: edited, kind: "edit" });
+    this.startTurn({ id, text, user: edited, kind: "edit", after });
   }
 
-  startTurn({ id, text, user, kind }) {
-    const turn = { id, text, attachments: [], user, reply: this.conversation.addReply(), accepted: false, kind };
+  // The last item of the server's path as shown: where a refused edit or regenerate leaves it.
+  lastItemId() {
+    return [...this.conversation.list.querySelectorAll("[data-item-id]")].at(-1)?.dataset.itemId ?? null;
+  }
+
+  // `after`: the item the server's path ends with before the turn (kept with its error if it is refused).
+  startTurn({ id, text, user, kind, after }) {
+    const turn = { id, text, attachments: [], user, reply: this.conversation.addReply(), accepted: false, kind, after };
     this.hooks.beginTurn(turn, kind === "edit" ? text : null); // an edit's message is shown again after a reload
   }
 
@@ -123,14 +131,19 @@ export class Editor {
   }
 
   // An `error` answering a frame of ours, or a regenerate or edit refused before it began: shown, and the
-  // page shows the server's history again (in place of what it took away for the refused turn).
+  // page shows the server's history again (in place of what it took away for the refused turn). A refused
+  // turn's error is remembered as a failed turn's is, so a reload shows it again where it was.
   refused(frame, turn) {
     const type = this.awaited.get(frame.id);
     this.awaited.delete(frame.id);
     if (!type && !(turn?.kind && !turn.accepted)) return false;
     if (turn) this.hooks.dropTurn(turn);
     if (type !== "history") this.request({ type: "history" });
-    this.conversation.addError(frame.code, frame.message);
+    const shown = this.conversation.addError(frame.code, frame.message);
+    if (!turn) return true;
+    shown.dataset.failedTurn = turn.id; // the history's re-render shows the remembered one in its place
+    const failure = { turnId: turn.id, after: turn.after ?? null, text: "", code: frame.code, message: frame.message, sent: false };
+    rememberFailure(this.hooks.session(), failure);
     return true;
   }
 

@@ -53,6 +53,8 @@ export class Conversation {
         else fragment.append(orphanResult(entry));
       } else fragment.append(this.placed(finishedReply(this, entry, outcomeOf(entry.id)).item, entry));
     }
+    const placing = new Set(failures.map((failure) => failure.turnId));
+    while (placing.has(reference?.dataset?.failedTurn)) reference = reference.nextSibling; // it leaves, to its place
     placeFailures(this.list, fragment, failures);
     this.list.insertBefore(fragment, reference);
     this.scrollToBottom();

@@ -13,6 +13,8 @@ from gateway.engine.contract import GenerationRequest, GenerationResult, TurnHan
 from tests.conftest import RunningServer
 from tests.e2e import test_web as web
 from tests.e2e.test_web import PHONE, Chat, bmp_bytes, image_file, save_screenshot, send_and_wait
+from tests.e2e.test_web_edit import control
+from tests.e2e.test_web_edit_messages import unknown_regenerated_item
 
 browser = web.browser
 open_chat = web.open_chat
@@ -147,6 +149,40 @@ def test_a_refused_turns_error_is_shown_where_it_was_after_a_reload(
     shown = chat.page.locator("#messages > li").evaluate_all(SHOWN)
     assert [classes for classes, _ in shown] == ["message error", "message user", "message assistant"], shown
     assert shown[0][1].startswith('bad_image: "holiday.png"') and shown[0][1].endswith("Not sent to the model."), shown
+
+
+def test_a_refused_regenerates_error_is_shown_where_it_was_after_a_reload(
+    server: RunningServer, open_chat: Callable[..., Chat]
+) -> None:
+    """A regenerate refused before `accepted` (`not_found`) is in no history either: its error is shown once
+    after the reply it would have replaced, and again there after a reload, saying it was not sent."""
+    chat = open_chat(server, connected=False)
+    chat.page.context.route_web_socket("**/ws", unknown_regenerated_item)
+    chat.page.reload()
+    chat.wait_connected()
+    chat.apply_settings(max_tokens="4")
+    send_and_wait(chat, "Hello")
+    control(chat.last_reply(), "Regenerate reply").click()
+    errors = chat.page.locator(".message.error")
+    expect(errors).to_contain_text("Not sent to the model.")  # the history is back, with the error in its place
+    expect(errors).to_have_count(1)
+    send_and_wait(chat, "Again")
+    before = chat.page.locator("#messages > li").evaluate_all(SHOWN)
+
+    chat.page.reload()
+    chat.wait_connected()
+    expect(chat.page.locator(".message.assistant")).to_have_count(2)
+    shown = chat.page.locator("#messages > li").evaluate_all(SHOWN)
+    assert shown == before, (before, shown)
+    assert [classes for classes, _ in shown] == [
+        "message user",
+        "message assistant",
+        "message error",
+        "message user",
+        "message assistant",
+    ], shown
+    assert shown[2][1].startswith("not_found") and shown[2][1].endswith("Not sent to the model."), shown
+    save_screenshot(chat.page, "web-reload-refused-regenerate.png")
 
 
 # Each item of the conversation: its classes, and its message's text (an error's whole line).
