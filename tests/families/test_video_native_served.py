@@ -1,6 +1,6 @@
-"""End to end on a served Qwen2-VL, GLM-4.1V and LLaVA-OneVision: a live turn reads the window as one clip, and a
-`video_url` part and a turn's `videos` read as clips, each reply the model's own greedy `generate` over the native
-layout."""
+"""End to end on a served Qwen2-VL, GLM-4.1V, GLM-4.5V (glm4v_moe) and LLaVA-OneVision: a live turn reads the window
+as one clip, and a `video_url` part and a turn's `videos` read as clips, each reply the model's own greedy `generate`
+over the native layout."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ MAX_TOKENS = 8
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module", params=("qwen2_vl", "glm4v", "llava_onevision"))
+@pytest.fixture(scope="module", params=("qwen2_vl", "glm4v", "glm4v_moe", "llava_onevision"))
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     template = tmp_path_factory.mktemp("template") / "video.jinja"
     template.write_text(video_template(request.param))
