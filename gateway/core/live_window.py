@@ -26,10 +26,9 @@ MERGE_DISTANCE = 8
 # The overall brightness shift taken out before comparing, at most: exposure wanders by a few levels, while
 # a scene that turns dark or bright all over (lights off, a screen changing page colour) has changed.
 MAX_EXPOSURE_SHIFT = 16
-# Frames admitted but not yet added (checked and hashed on the decode pool while the reader reads on): at most a
-# window's frames (`max_frames`), and at least this many, so a busy pool never holds more of a source's frames
-# than its window keeps and a burst of a second's frames is not dropped while the first is decoded.
-MIN_PENDING = 2
+# Frames admitted but not yet added (their hash is computed on the decode pool): past this many a frame is
+# dropped at the door, so a busy pool never holds a queue of one source's frames.
+MAX_PENDING = 2
 
 
 def frame_thumb(data: bytes) -> bytes:
@@ -91,7 +90,7 @@ class LiveSnapshot:
 class LiveCounters:
     accepted: int = 0  # distinct frames added
     merged: int = 0  # near-duplicates merged into the latest frame
-    dropped: int = 0  # over the rate, or while a window's worth of frames was being hashed
+    dropped: int = 0  # over the rate, or while MAX_PENDING frames were being hashed
     evicted: int = 0  # distinct frames pushed out by newer ones (the window's frame or byte bound)
 
 
@@ -120,17 +119,12 @@ class LiveWindow:
     def image_bytes(self) -> int:
         return self._bytes
 
-    @property
-    def pending(self) -> int:
-        """Frames admitted and not yet added or released."""
-        return self._pending
-
     def admit(self, now_s: float) -> bool:
         """Whether a frame arriving now may be hashed and added; a refused one is counted as dropped."""
         elapsed_s = max(0.0, now_s - self._refilled_s)  # a clock read out of order adds nothing
         self._tokens = min(self._burst, self._tokens + elapsed_s * self.limits.frames_per_second)
         self._refilled_s = max(self._refilled_s, now_s)
-        if self._tokens < 1 or self._pending >= max(MIN_PENDING, self.limits.max_frames):
+        if self._tokens < 1 or self._pending >= MAX_PENDING:
             self.counters.dropped += 1
             return False
         self._tokens -= 1

@@ -128,8 +128,6 @@ class FrameHandlers(EditingHandlers):
     async def start_turn(self, frame: p.TurnFrame) -> None:
         self.turns.check_open()
         live = self.live
-        if frame.live is not False:  # it reads the frames received before it on its source, and only those
-            await live.intake.settled([frame.live.source] if isinstance(frame.live, p.LiveSpec) and frame.live.source else None)
         async with live.starting:  # no watch turn starts meanwhile
             await yield_watch(live)
             if self.active is not None:
@@ -195,16 +193,7 @@ class FrameHandlers(EditingHandlers):
         self.active.handle.cancel()
 
     async def live_frame(self, frame: p.LiveImageFrame) -> None:
-        """Returns once the frame is admitted: its check, hash and place in the window follow off the reader."""
-        live = self.live
-
-        def refused(exc: Exception) -> None:
-            if not isinstance(exc, GatewayError):
-                raise exc  # a bug: logged by the intake
-            self.turns.metrics.errors.labels(exc.code.value).inc()
-            self.hub.emit(live, p.ErrorFrame(code=exc.code.value, message=exc.message, id=frame.id))
-
-        add_frame(live, frame, self.turns, refused)
+        await add_frame(self.live, frame, self.turns)
 
     async def configure(self, frame: p.ConfigureFrame) -> None:
         options = p.SamplingOptions(**{k: getattr(frame, k) for k in p.SamplingOptions.__struct_fields__})

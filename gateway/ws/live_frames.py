@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from gateway.config import Settings
 from gateway.core.live_view import LiveView
 from gateway.core.live_window import LiveLimits, LiveWindows, Outcome
 from gateway.core.turns import TurnService
-from gateway.engine.contract import ChatImage
 from gateway.errors import ErrorCode, GatewayError
 from gateway.ws import protocol as p
 from gateway.ws.live_session import LiveSession
@@ -28,10 +26,9 @@ def windows_of(live: LiveSession, settings: Settings) -> LiveWindows:
     return live.windows
 
 
-def add_frame(live: LiveSession, frame: p.LiveImageFrame, turns: TurnService, refused: Callable[[Exception], None]) -> None:
-    """Admit the frame at the rate (dropped and counted past it, before any decoding), then hand it to the session's
-    intake: checked and hashed on the decode pool while the reader reads on, then merged into its window or appended
-    there, after the frames received before it on its source (gateway/ws/frame_intake.py); `refused` if it fails."""
+async def add_frame(live: LiveSession, frame: p.LiveImageFrame, turns: TurnService) -> None:
+    """Admit the frame at the rate (dropped and counted past it, before any decoding), check and hash it on the
+    decode pool, then merge it into its window or append it there."""
     turns.check_images(1, "image")
     now_s = time.monotonic()
     windows = windows_of(live, turns.settings)
@@ -40,30 +37,17 @@ def add_frame(live: LiveSession, frame: p.LiveImageFrame, turns: TurnService, re
     if not window.admit(now_s):
         counters.dropped.inc()
         return
-
-    def added(checked: tuple[ChatImage, bytes]) -> None:
-        image, thumb = checked
-        try:
-            outcome = window.add(image, thumb, frame.ts)
-        except GatewayError as exc:  # larger than the whole window (add released its admission)
-            close_if_empty()
-            refused(exc)
-            return
-        (counters.accepted if outcome is Outcome.ACCEPTED else counters.merged).inc()
-        if outcome is Outcome.ACCEPTED and window.read:  # the next live turn will read it: process it now
-            turns.frames_ahead.start(image)
-
-    def close_if_empty() -> None:
-        # A source whose first frames were all refused takes no place among max_live_sources.
-        if not len(window) and not window.pending and windows.get(frame.source) is window:
-            windows.close(frame.source)
-
-    def failed(exc: Exception) -> None:
+    try:
+        image, thumb = await turns.attachments.check_live_frame(frame.image)
+    except BaseException:
         window.release()
-        close_if_empty()
-        refused(exc)
-
-    live.intake.take(frame.source, turns.attachments.check_live_frame(frame.image), added, failed)
+        if not len(window):  # a source whose first frames were all refused takes no place among max_live_sources
+            windows.close(frame.source)
+        raise
+    outcome = window.add(image, thumb, frame.ts)
+    (counters.accepted if outcome is Outcome.ACCEPTED else counters.merged).inc()
+    if outcome is Outcome.ACCEPTED and window.read:  # the next live turn will read it: process it now
+        turns.frames_ahead.start(image)
 
 
 def live_view(live: LiveSession, spec: bool | p.LiveSpec) -> LiveView | None:

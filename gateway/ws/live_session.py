@@ -16,7 +16,6 @@ from gateway.core.store.base import SessionMeta, SessionRecord
 from gateway.core.store.tree_sync import StoredTree
 from gateway.core.turn_types import StartedTurn
 from gateway.engine.contract import TurnHandle
-from gateway.ws.frame_intake import FrameIntake
 from gateway.ws.journal import Journal
 from gateway.ws.states import LIVE_MOVES, LiveState, moved
 
@@ -56,7 +55,6 @@ class LiveSession:
 
     state: LiveState = LiveState.DETACHED
     windows: LiveWindows | None = None  # its cameras' and screens' latest frames: "now", never stored
-    intake: FrameIntake = field(default_factory=FrameIntake)  # its frames on their way into the windows
     watcher: asyncio.Task[None] | None = None  # its watch: a live turn now and then (one per session)
     watched: tuple[StartedTurn, asyncio.Event] | None = None  # the watch's turn running, and its end
     starting: asyncio.Lock = field(default_factory=asyncio.Lock)  # the client's turns and the watch's start one at a time

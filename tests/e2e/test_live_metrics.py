@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.client import GatewayClient
 from tests.conftest import RunningServer
-from tests.e2e.test_live_window_ws import BLUE, RED, stream, taken_in, window_of
+from tests.e2e.test_live_window_ws import BLUE, RED, stream, window_of
 
 NAMES = ("accepted", "merged", "dropped")
 
@@ -24,7 +24,6 @@ async def test_each_frame_is_counted_once_as_its_window_counted_it(server: Runni
     before = live_counters(server)
     async with GatewayClient(server.ws_url) as client:
         await stream(client, [(RED, 0), (RED, 10), (BLUE, 20), (BLUE, 30), (RED, 40), (BLUE, 50)])
-        await taken_in(server, client)
         window = window_of(server, client)
     after = live_counters(server)
     moved = {name: after[name] - before[name] for name in NAMES}

@@ -12,7 +12,7 @@ from gateway.engine.contract import ChatImage, GenerationRequest
 from gateway.media.images import ImageLimits, check_image
 from tests.conftest import RunningServer, image_bytes
 from tests.e2e import test_live_window_ws as live_ws
-from tests.e2e.test_live_window_ws import GREEDY, stream, taken_in
+from tests.e2e.test_live_window_ws import GREEDY, stream
 
 live_server, submitted = live_ws.live_server, live_ws.submitted
 
@@ -70,7 +70,6 @@ async def test_a_read_windows_new_frame_is_processed_as_it_arrives_and_once(
         first = await client.turn("l1", "what is it?", live=True, **GREEDY)
         misses = cache.misses
         await stream(client, [(new, 200)])
-        await taken_in(live_server, client)
         ahead = len(prepared)
         second = await client.turn("l2", "and now?", live=True, **GREEDY)
     sha = check_image(new, ImageLimits(max_bytes=1 << 20, max_pixels=1 << 20)).sha256

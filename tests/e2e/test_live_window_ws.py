@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,18 +39,10 @@ def submitted(live_server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> li
 
 
 async def stream(client: GatewayClient, frames: list[tuple[bytes, int]], source: str = "camera") -> None:
-    """Send frames, then wait for a `pong`: frames get no reply, and the reader has admitted them in order (their
-    intake may still run: a live turn waits for it, a test that reads a window first waits with `taken_in`)."""
+    """Send frames, then wait for a `pong`: frames get no reply, and the reader takes frames in order."""
     for image, ts in frames:
         await client.send({"type": "frame", "source": source, "image": image, "ts": ts})
     assert (await client.request({"type": "ping"}))["type"] == "pong"
-
-
-async def taken_in(server: RunningServer, client: GatewayClient) -> None:
-    """Wait until the session's frames admitted so far are in their windows, or refused."""
-    intake = server.app.state.ws.hub.live[client.ready["session"]].intake
-    while len(intake):
-        await asyncio.sleep(0.01)
 
 
 def window_of(server: RunningServer, client: GatewayClient, source: str = "camera") -> Any:

@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image, ImageDraw
 
 from gateway.core.live_window import (
+    MAX_PENDING,
     THUMB_SIDE,
     LiveLimits,
     LiveWindow,
@@ -179,10 +180,10 @@ def test_a_clock_read_out_of_order_takes_no_allowance_away() -> None:
 
 
 def test_frames_waiting_for_their_hash_are_bounded() -> None:
-    """While a window's worth of admitted frames (max_frames) await their hash, the next is dropped, rate or
-    not; one released makes room."""
+    """While MAX_PENDING admitted frames await their hash, the next is dropped, rate or not; one
+    released makes room."""
     window = LiveWindow(LIMITS, 0.0)
-    assert all(window.admit(0.0) for _ in range(LIMITS.max_frames))
+    assert all(window.admit(0.0) for _ in range(MAX_PENDING))
     assert not window.admit(0.0)
     window.release()
     assert window.admit(0.0)
