@@ -35,6 +35,7 @@ export class LiveView {
     this.capturing = false; // a frame is being encoded: the next tick skips rather than queue
     this.sent = 0;
     this.watching = false;
+    this.still = false; // the last live turn's view had not changed since its latest frame came (`live_frames.still`)
     this.opening = 0; // bumped by each start and stop: a camera granted after a later click is let go
   }
 
@@ -94,6 +95,7 @@ export class LiveView {
     for (const track of this.stream.getTracks()) track.stop();
     this.video.srcObject = null;
     this.source = this.stream = this.video = this.timer = null;
+    this.still = false; // a new stream's view is not known to be still
     this.show();
     this.say("Live view stopped.");
   }
@@ -165,14 +167,19 @@ export class LiveView {
   markLiveTurn(item, liveFrames) {
     if (!item || !liveFrames) return;
     const seconds = Math.max(0, (liveFrames.last_ts - liveFrames.first_ts) / 1000).toFixed(1);
-    item.append(element("p", { className: "live-note", textContent: `Asked over ${liveFrames.count} live frame(s) spanning ${seconds} s.` }));
+    const still = liveFrames.still ? ` The scene was still (${liveFrames.merged} repeat(s) merged).` : "";
+    item.append(element("p", { className: "live-note", textContent: `Asked over ${liveFrames.count} live frame(s) spanning ${seconds} s.${still}` }));
+    this.still = Boolean(liveFrames.still);
+    this.show();
   }
 
   show() {
     const { indicator, indicatorText, preview, stop, watch, watchToggle } = this.ui;
     indicator.hidden = preview.hidden = stop.hidden = watch.hidden = !this.active;
     indicator.dataset.source = this.source ?? "";
-    indicatorText.textContent = this.active ? `Live: ${this.source}${this.watching ? " · watching" : ""}` : "";
+    indicator.dataset.still = String(this.active && this.still);
+    const notes = `${this.watching ? " · watching" : ""}${this.still ? " · still" : ""}`;
+    indicatorText.textContent = this.active ? `Live: ${this.source}${notes}` : "";
     preview.setAttribute("aria-label", this.active ? `Preview of the ${this.source} frames sent` : "Live preview");
     watchToggle.textContent = this.watching ? "Stop watching" : "Watch";
     watchToggle.setAttribute("aria-pressed", String(this.watching));

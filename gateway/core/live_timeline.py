@@ -1,4 +1,4 @@
-"""A session's live timeline: the frames each live exchange's prompt showed, kept in memory so later prompts repeat them."""
+"""A session's live timeline: the frames (or clips) each exchange's prompt showed, kept in memory so later prompts repeat them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from gateway.core.conversation_prompt import prompt_messages
 from gateway.core.exchange import UserTurn
 from gateway.core.items import Item, Role
-from gateway.engine.contract import ChatImage, ChatMessage
+from gateway.engine.contract import ChatImage, ChatMessage, ChatVideo
 
 
 @dataclass(frozen=True)
@@ -34,23 +34,43 @@ class LiveFramesShown:
         return f"{' '.join(self.markers)}\n{self.text}" if self.markers else self.text
 
 
+@dataclass(frozen=True)
+class ClipsShown:
+    """A turn whose videos its prompt read as clips (an engine that reads video natively), while its history message
+    holds their frames as images named in its text (`recorded`): a later prompt shows the clips again, so the
+    exchange's KV stays a prefix. Its frames are the history message's images: counted there, never here."""
+
+    text: str
+    images: tuple[ChatImage, ...]
+    videos: tuple[ChatVideo, ...]
+    recorded: str
+    frames: tuple[ChatImage, ...] = ()  # none held beyond the history's
+
+    def message(self, shown: set[str]) -> tuple[ChatMessage, ClipsShown]:
+        return ChatMessage("user", self.text, self.images, videos=self.videos), self
+
+
+Shown = LiveFramesShown | ClipsShown
+
+
 @dataclass
 class LiveTimeline:
     """For each live exchange (by its message's item id), the frames its prompt showed, so a later prompt shows
     them where the exchange stands and its own window adds only frames not shown yet: the history's KV, frames
-    included, stays a prefix. In memory only (the window is never stored): an exchange it does not know (after
+    included, stays a prefix. Likewise the clips of a turn whose videos were read natively (ClipsShown).
+    In memory only (the window is never stored): an exchange it does not know (after
     a restart, or past `max_frames`) reads as its history message, the summary. Past `max_frames` the oldest
     go until half remain, in bulk, so the prompt's opening changes once, not on every turn. Its frames count in
     the session's held images (the image ledger's figure) and are the first to go when a turn needs room."""
 
     max_frames: int = 64
     # Item id: the turn's id and what its prompt showed, in the order the exchanges joined.
-    _shown: dict[str, tuple[str, LiveFramesShown]] = field(default_factory=dict)
+    _shown: dict[str, tuple[str, Shown]] = field(default_factory=dict)
     # The last live turn prompted (its turn id), until its message is found on the path: it has no item id before.
-    _fresh: tuple[str, LiveFramesShown] | None = None
-    _pending: tuple[str, LiveFramesShown] | None = None  # the live turn being planned (its id), if any
+    _fresh: tuple[str, Shown] | None = None
+    _pending: tuple[str, Shown] | None = None  # the live turn being planned (its id), if any
 
-    def begin(self, turn_id: str, live: LiveFramesShown | None) -> tuple[ChatImage, ...]:
+    def begin(self, turn_id: str, live: Shown | None) -> tuple[ChatImage, ...]:
         """A turn about to be planned: a live one's prompt lays its window out as `live` says (less frames shown),
         any other's (None) reads as itself. Room for the frames is made now, before planning counts any prompt,
         so every count reads one timeline. Returns the window's frames not held here: what the turn adds to the
@@ -63,7 +83,7 @@ class LiveTimeline:
         held = {frame.sha256 for shown in self._entries() for frame in shown.frames}
         return tuple(frame for frame in live.frames if frame.sha256 not in held)
 
-    def _entries(self) -> list[LiveFramesShown]:
+    def _entries(self) -> list[Shown]:
         return [shown for _, shown in self._shown.values()] + ([self._fresh[1]] if self._fresh is not None else [])
 
     @property
@@ -92,11 +112,11 @@ class LiveTimeline:
                 continue
             messages += prompt_messages(run)
             run = []
-            messages.append(ChatMessage("user", live.prompted_text, live.images + live.frames))
+            messages.append(live.message(set())[0])
             shown.update(frame.sha256 for frame in live.frames)
         return [*messages, *prompt_messages(run), *self._turn_message(turn, shown)]
 
-    def _known(self, item: Item) -> LiveFramesShown | None:
+    def _known(self, item: Item) -> Shown | None:
         """What user message `item`'s prompt showed, if known and the message is as recorded (an edit reads as
         itself); the last live turn's layout is bound to its message's item id when first found."""
         fresh = self._fresh

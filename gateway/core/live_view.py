@@ -17,13 +17,18 @@ class LiveView:
 
 @dataclass(frozen=True)
 class LiveFrames:
-    """What `accepted` names of them: how many, the client time the first was first seen and the last last seen."""
+    """What `accepted` names of them: how many, the client time the first was first seen and the last last seen,
+    how many near-duplicates were merged into them, and whether the scene is `still`: the latest frame was seen
+    again (merged) after it first came, so nothing changed from then to `last_ts`."""
 
     count: int
     first_ts: int
     last_ts: int
+    merged: int = 0
+    still: bool = False
 
     @classmethod
     def of(cls, view: LiveView) -> LiveFrames:
         snapshot = view.snapshot
-        return cls(len(snapshot.frames), snapshot.first_ts_ms, snapshot.last_ts_ms)
+        merged = sum(frame.merged for frame in snapshot.frames)
+        return cls(len(snapshot.frames), snapshot.first_ts_ms, snapshot.last_ts_ms, merged, snapshot.frames[-1].merged > 0)

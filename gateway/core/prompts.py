@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from gateway.core.attachments import Attachments
+from gateway.core.live_timeline import ClipsShown, LiveFramesShown, Shown
 from gateway.core.live_turn import live_turns, timeline_entry
 from gateway.core.request import ConversationRequest, TurnRequest
 from gateway.core.session import Session, UserTurn
@@ -25,24 +26,28 @@ async def session_turns(
     attachments: Attachments, session: Session, request: TurnRequest, keep_last_frame: bool, reads_video: bool = False
 ) -> tuple[UserTurn, UserTurn]:
     """A session's turn with its images and videos loaded, as the prompt reads it and as the history keeps it:
-    video attachments are read as clips where the engine `reads_video` and join the history as their frames; a
-    live turn's window frames are read now (as a clip where the engine `reads_video`) and never kept (history
-    holds their summary; the turn's own videos are read as frames there)."""
+    video attachments are read as clips where the engine `reads_video` and join the history as their frames (later
+    prompts show the clips again while the session's timeline knows them); a live turn's window frames are read now
+    (as a clip where the engine `reads_video`) and never kept (history holds their summary; the turn's own videos
+    are read as frames there)."""
     images = await attachments.load(request.images, request.image_urls)
     videos = await attachments.load_videos(request.videos)
     text, frames, _ = read_videos(request.text, images, videos, as_clip=False)
     turn = session.check_turn(UserTurn(id=request.id, text=text, images=frames))
     live = request.live
+    # The layout later prompts repeat (the session's timeline): a live window's frames as images, only those its
+    # history has not shown; a turn's own videos read as clips, as clips again. Any other turn says so too (None),
+    # so a turn id used again never reads an earlier turn's layout.
+    entry: Shown | None
     if live is not None:
         prompted, recorded = live_turns(turn, live, keep_last_frame, reads_video)
+        entry = timeline_entry(turn, live, recorded) if not reads_video else None
     else:
         text, images, clips = read_videos(request.text, images, videos, reads_video)
         prompted, recorded = replace(turn, text=text, images=images, videos=clips), turn
-    # Frames as images: the prompt shows only those its history has not (the timeline). Any other turn says so
-    # too, so a turn id used again never reads an earlier live turn's layout.
-    entry = timeline_entry(turn, live, recorded) if live is not None and not reads_video else None
+        entry = ClipsShown(text, images, clips, turn.text) if clips else None
     adds = session.timeline.begin(turn.id, entry)
-    if entry is not None:  # its images: what it adds to the session's (the timeline's frames count already)
+    if isinstance(entry, LiveFramesShown):  # its images: what it adds to the session's (the timeline's frames count already)
         prompted = replace(prompted, images=turn.images + adds)
     return prompted, recorded
 

@@ -58,11 +58,14 @@ class ForgottenFrame(ServerBase, tag="forgotten"):
 
 
 class LiveFramesInfo(Struct):
-    """The live frames a turn's prompt reads: how many, the first's and the last's client times (ms)."""
+    """The live frames a turn's prompt reads: how many, the first's and the last's client times (ms), the
+    near-duplicates merged into them, and whether the latest was seen again since it came (a still scene)."""
 
     count: int
     first_ts: int
     last_ts: int
+    merged: int = 0
+    still: bool = False
 
 
 class ForkedFrame(ServerBase, tag="forked"):

@@ -17,7 +17,7 @@ def frames_of(turn_id: str, event: TurnEvent, initiated: str | None = None) -> l
     """One frame per event, and an `error` before a failed turn's `done`."""
     if isinstance(event, Accepted):
         live = event.live_frames
-        info = p.LiveFramesInfo(live.count, live.first_ts, live.last_ts) if live is not None else None
+        info = p.LiveFramesInfo(live.count, live.first_ts, live.last_ts, live.merged, live.still) if live is not None else None
         tokens, dropped = event.prompt_tokens, event.dropped_turns
         return [
             p.AcceptedFrame(

@@ -55,8 +55,8 @@ async def test_a_watch_asks_when_frames_change_and_skips_a_still_window(watch_se
         await until(client, "done", "watch-2")
         history = await client.request({"type": "history"})
     assert accepted["initiated"] == "watch" and done["initiated"] == "watch"
-    assert accepted["live_frames"] == {"count": 1, "first_ts": 100, "last_ts": 100}
-    assert second["live_frames"] == {"count": 2, "first_ts": 100, "last_ts": 300}
+    assert accepted["live_frames"] == {"count": 1, "first_ts": 100, "last_ts": 100, "merged": 0, "still": False}
+    assert second["live_frames"] == {"count": 2, "first_ts": 100, "last_ts": 300, "merged": 1, "still": False}
     assert [t["text"].splitlines()[-1] for t in history["turns"] if t["role"] == "user"] == ["what changed?"] * 2
 
 

@@ -61,7 +61,7 @@ async def test_a_live_turn_reads_the_window_and_history_keeps_its_summary(
         history = await client.request({"type": "history"})
         window = window_of(live_server, client)
     assert result.done and result.accepted and not result.errors
-    assert result.accepted["live_frames"] == {"count": 2, "first_ts": 1000, "last_ts": 2000}
+    assert result.accepted["live_frames"] == {"count": 2, "first_ts": 1000, "last_ts": 2000, "merged": 1, "still": False}
     prompt = submitted[0].messages[-1]
     assert prompt.text == "[camera, 1.000 s] [camera, 2.000 s]\nwhat do you see?" and len(prompt.images) == 2
     assert history["turns"][0]["text"] == "[live camera: 2 frames, 1.000 s to 2.000 s]\nwhat do you see?"
@@ -72,7 +72,7 @@ async def test_a_live_turn_reads_the_window_and_history_keeps_its_summary(
 async def test_a_still_scene_merges_and_costs_no_new_encoder_passes(live_server: RunningServer) -> None:
     """The same frame, sent again and again, stays one frame; the first live turn encodes it (one pass of the
     vision tower) and later ones show it no more (the first exchange shows it, held in KV): no encoder pass runs
-    or needs the encoder cache, however many turns ask."""
+    or needs the encoder cache, however many turns ask. `accepted.live_frames` says the scene is still."""
     encoder, meter = live_server.engine.encoder_cache, live_server.engine.encoder_meter
     async with GatewayClient(live_server.ws_url) as client:
         still = image_bytes("JPEG", color=(90, 140, 60), size=(80, 60))
@@ -89,8 +89,8 @@ async def test_a_still_scene_merges_and_costs_no_new_encoder_passes(live_server:
         window = window_of(live_server, client)
     assert first.done and all(turn.done and turn.accepted for turn in later)
     assert [turn.accepted["live_frames"] for turn in later if turn.accepted] == [
-        {"count": 1, "first_ts": 0, "last_ts": 700},
-        {"count": 1, "first_ts": 0, "last_ts": 1100},
+        {"count": 1, "first_ts": 0, "last_ts": 700, "merged": 7, "still": True},
+        {"count": 1, "first_ts": 0, "last_ts": 1100, "merged": 11, "still": True},
     ]
     assert len(window) == 1 and window.counters.merged == 11
 
@@ -102,7 +102,8 @@ async def test_a_live_turn_may_name_its_source_and_frame_count(live_server: Runn
         await stream(client, [(RED, 30)], source="screen")
         latest = await client.turn("t1", "look", live={"source": "camera", "frames": 1}, **GREEDY)
         unnamed = await client.turn("t2", "look", live=True, **GREEDY)
-    assert latest.accepted and latest.accepted["live_frames"] == {"count": 1, "first_ts": 20, "last_ts": 20}
+    assert latest.accepted
+    assert latest.accepted["live_frames"] == {"count": 1, "first_ts": 20, "last_ts": 20, "merged": 0, "still": False}
     assert [e["code"] for e in unnamed.errors] == ["not_found"]  # two sources: the turn must name one
 
 

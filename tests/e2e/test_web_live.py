@@ -29,6 +29,17 @@ SLOW_CAMERA = """{
     .then(() => open(constraints)).then((stream) => (window.openedStreams.push(stream), stream));
 }"""
 ALL_ENDED = "window.openedStreams.map((s) => s.getTracks().every((t) => t.readyState === 'ended'))"
+# A camera whose view never changes: a painted canvas's stream (repainted, as a canvas stream sends a frame per paint).
+STILL_CAMERA = """{
+  navigator.mediaDevices.getUserMedia = async () => {
+    const canvas = Object.assign(document.createElement("canvas"), { width: 160, height: 120 });
+    const context = canvas.getContext("2d");
+    const paint = () => { context.fillStyle = "#3a7"; context.fillRect(0, 0, 160, 120); };
+    paint();
+    setInterval(paint, 50);
+    return canvas.captureStream(20);
+  };
+}"""
 REFUSE_SCREEN = "navigator.mediaDevices.getDisplayMedia = () => Promise.reject(new DOMException('no', 'NotAllowedError'));"
 open_chat = web.open_chat  # it opens pages in the browser below
 
@@ -143,6 +154,26 @@ def test_watch_turns_render_as_replies_marked_from_the_watch(live_server: Runnin
     expect(chat.page.get_by_role("button", name="Watch")).to_have_attribute("aria-pressed", "false")
     assert [f["type"] for f in sent_frames(chat, "unwatch")] == ["unwatch"]
     chat.page.get_by_role("button", name="Stop live view").click()
+
+
+def test_a_still_scene_shows_as_still(live_server: RunningServer, open_chat: Callable[..., Chat]) -> None:
+    """A camera whose view does not change: the server merges its frames, the turn's `accepted.live_frames` says
+    `still`, and the page's live indicator and the turn's note show it."""
+    chat = open_chat(live_server, connected=False)
+    chat.page.add_init_script(STILL_CAMERA)
+    chat.page.reload()
+    chat.wait_connected()
+    chat.apply_settings(max_tokens="4")
+    start_camera(chat, live_server, frames=1)
+    until(lambda: window_of(live_server, chat).counters.merged >= 1, "a repeated frame merged")
+    chat.send("anything new?")
+    chat.wait_done()
+    accepted = next(f for f in reversed(chat.received) if f["type"] == "accepted")
+    assert accepted["live_frames"]["still"] and accepted["live_frames"]["merged"] >= 1
+    expect(chat.page.locator("#live-indicator")).to_have_text("Live: camera · still")
+    expect(chat.page.locator(".message.user .live-note")).to_contain_text("The scene was still")
+    chat.page.get_by_role("button", name="Stop live view").click()
+    expect(chat.page.locator("#live-indicator")).to_be_hidden()
 
 
 def test_the_screen_button_streams_the_screen(live_server: RunningServer, open_chat: Callable[..., Chat]) -> None:

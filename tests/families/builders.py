@@ -357,6 +357,23 @@ def _glm4v(tok: Any, out: Path) -> None:
     _save_image_processor(out)
 
 
+def _glm4v_moe(tok: Any, out: Path) -> None:
+    """GLM-4.5V's architecture: GLM-4.1V's vision tower (the demo's tiny one) before a mixture-of-experts text model."""
+    from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
+
+    from gateway.engine.demo import _model_config, _save_image_processor
+
+    dense: Any = _model_config(out, "tiny")
+    experts = {"moe_intermediate_size": 32, "n_routed_experts": 4, "num_experts_per_tok": 2, "first_k_dense_replace": 1}
+    tokens = {k: getattr(dense, k) for k in ("image_token_id", "video_token_id", "image_start_token_id", "image_end_token_id")}
+    tokens |= {k: getattr(dense, k) for k in ("video_start_token_id", "video_end_token_id")}
+    config = Glm4vMoeConfig(
+        text_config={**dense.text_config.to_dict(), **experts}, vision_config=dense.vision_config.to_dict(), **tokens
+    )
+    save_model(Glm4vMoeForConditionalGeneration, config, tok, GLM4V_MOE, out)
+    _save_image_processor(out)
+
+
 def _text_model(config_name: str, model_name: str, **extra: Any) -> Callable[[Any, Path], None]:
     def build(tok: Any, out: Path) -> None:
         import transformers
@@ -447,6 +464,14 @@ GLM4V = Spec(
     demo_tokenizer.SPECIAL_TOKENS,
     demo_tokenizer.CHAT_TEMPLATE,
     _glm4v,
+    eos=("<|endoftext|>", "<|user|>", "<|observation|>"),
+    pad="<pad>",
+)
+GLM4V_MOE = Spec(
+    "glm4v_moe",
+    demo_tokenizer.SPECIAL_TOKENS,
+    demo_tokenizer.CHAT_TEMPLATE,
+    _glm4v_moe,
     eos=("<|endoftext|>", "<|user|>", "<|observation|>"),
     pad="<pad>",
 )
@@ -698,7 +723,7 @@ FAMILIES_B = [MISTRAL3, PALIGEMMA, MLLAMA]
 
 
 SPECS: dict[str, Spec] = {
-    s.name: s for s in (GLM4V, QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, GEMMA3, IDEFICS3, *TEXT_SPECS)
+    s.name: s for s in (GLM4V, GLM4V_MOE, QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, GEMMA3, IDEFICS3, *TEXT_SPECS)
 }
 SPECS.update({s.name: s for s in FAMILIES_B})
 

@@ -1,6 +1,6 @@
-"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V and LLaVA-OneVision read a video as a clip: the local engine lays it out
-natively (temporal patches, video placeholders, their grid and seconds; LLaVA-OneVision's resized frames) and gives
-exactly the model's own greedy `generate` over it."""
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V (glm4v_moe) and LLaVA-OneVision read a video as a clip: the local
+engine lays it out natively (temporal patches, video placeholders, their grid and seconds; LLaVA-OneVision's resized
+frames) and gives exactly the model's own greedy `generate` over it."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ MAX_TOKENS = 8
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(params=VIDEO_FAMILIES, scope="module")
+# GLM-4.5V (glm4v_moe) reads video as GLM-4.1V does; its tiny checkpoint is ours, not the reference environment's.
+@pytest.fixture(params=(*VIDEO_FAMILIES, "glm4v_moe"), scope="module")
 def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     template = tmp_path_factory.mktemp("template") / "video.jinja"
     template.write_text(video_template(request.param))

@@ -1,6 +1,6 @@
-"""End to end on a served Qwen2-VL, GLM-4.1V and LLaVA-OneVision: a live turn reads the window as one clip, and a
-`video_url` part and a turn's `videos` read as clips, each reply the model's own greedy `generate` over the native
-layout."""
+"""End to end on a served Qwen2-VL, GLM-4.1V, GLM-4.5V (glm4v_moe) and LLaVA-OneVision: a live turn reads the window
+as one clip, and a `video_url` part and a turn's `videos` read as clips, each reply the model's own greedy `generate`
+over the native layout."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ MAX_TOKENS = 8
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module", params=("qwen2_vl", "glm4v", "llava_onevision"))
+@pytest.fixture(scope="module", params=("qwen2_vl", "glm4v", "glm4v_moe", "llava_onevision"))
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     template = tmp_path_factory.mktemp("template") / "video.jinja"
     template.write_text(video_template(request.param))
@@ -46,6 +46,12 @@ def greedy(server: RunningServer, messages: list[ChatMessage]) -> tuple[int, str
         )
     tokens = out[0, inputs.prompt_tokens :].tolist()
     return inputs.prompt_tokens, str(loaded.tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+def prompt_ids(server: RunningServer, messages: list[ChatMessage]) -> list[int]:
+    """The prompt's token ids over the native layout of `messages`."""
+    ids: list[int] = server.engine.loaded.prompt.for_another_thread().build(messages).input_ids[0].tolist()
+    return ids
 
 
 def jpeg(index: int) -> bytes:
@@ -100,16 +106,20 @@ def test_a_video_url_reads_as_a_clip(server: RunningServer) -> None:
 
 async def test_a_turns_videos_read_as_clips(server: RunningServer) -> None:
     """A WebSocket turn's `videos` reach the model as clips, as `video_url` parts do: the reply and prompt length are
-    `generate`'s over the clip. The history keeps the video as its frames, which a later turn reads."""
+    `generate`'s over the clip. A later turn reads that message as the same clip, so its prompt opens with the
+    earlier prompt, held: `cached_tokens` covers all the two share (the whole earlier prompt, less a last token
+    that a template writes otherwise before a reply, as LLaVA-OneVision's does)."""
     data = clip()
     async with GatewayClient(server.ws_url) as client:
         result = await client.turn("t0", "What happens?", videos=[data], temperature=0, max_tokens=MAX_TOKENS)
         later = await client.turn("t1", "And then?", temperature=0, max_tokens=MAX_TOKENS)
     assert result.accepted is not None and result.done is not None
-    prompt, reply = greedy(server, [ChatMessage("user", "What happens?", videos=(chat_video(data),))])
+    shown = ChatMessage("user", "What happens?", videos=(chat_video(data),))
+    prompt, reply = greedy(server, [shown])
     assert result.done["usage"]["prompt_tokens"] == prompt and result.text == reply
-    frames = chat_video(data).frames
-    markers = " ".join(f"[video 1, {ts / 1000:.1f} s]" for ts in chat_video(data).ts_ms)
-    history = [ChatMessage("user", f"{markers}\nWhat happens?", frames), ChatMessage("assistant", result.text)]
-    prompt, reply = greedy(server, [*history, ChatMessage("user", "And then?")])
+    prompt, reply = greedy(server, [shown, ChatMessage("assistant", result.text), ChatMessage("user", "And then?")])
     assert later.done is not None and later.done["usage"]["prompt_tokens"] == prompt and later.text == reply
+    first_ids = prompt_ids(server, [shown])
+    later_ids = prompt_ids(server, [shown, ChatMessage("assistant", result.text), ChatMessage("user", "And then?")])
+    shared = next((n for n, (a, b) in enumerate(zip(first_ids, later_ids, strict=False)) if a != b), len(first_ids))
+    assert shared >= len(first_ids) - 1 and later.done["usage"]["cached_tokens"] >= shared

@@ -85,7 +85,7 @@ def video_template(name: str) -> str:
 
     if name == "llava_onevision":
         return (cached_family(name) / "chat_template.jinja").read_text()
-    return GLM_VIDEO_TEMPLATE if name == "glm4v" else QWEN_VL_VIDEO_TEMPLATE
+    return GLM_VIDEO_TEMPLATE if name in ("glm4v", "glm4v_moe") else QWEN_VL_VIDEO_TEMPLATE
 
 
 def video_checkpoint(name: str, scratch: Path) -> Path:

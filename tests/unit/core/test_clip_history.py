@@ -1,0 +1,56 @@
+"""A turn's videos read as clips stay clips in later prompts while the session's timeline knows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.core.live_timeline import LiveTimeline
+from gateway.core.prompts import session_turns
+from gateway.core.request import TurnRequest
+from gateway.core.session import Session
+from gateway.engine.contract import ChatMessage, ChatVideo
+from gateway.media.video import DecodedVideo, VideoFrame
+from tests.unit.core.test_live_timeline import FRAMES, count
+
+VIDEO = DecodedVideo(tuple(VideoFrame(frame.image, 500 * n) for n, frame in enumerate(FRAMES[:3])), "v" * 64)
+CLIP = ChatVideo(tuple(frame.image for frame in VIDEO.frames), (0, 500, 1000), VIDEO.sha256)
+
+
+class OneVideo:
+    """A turn whose only attachment is VIDEO."""
+
+    async def load(self, images: Any, urls: Any) -> tuple[()]:
+        return ()
+
+    async def load_videos(self, videos: Any) -> tuple[DecodedVideo, ...]:
+        return (VIDEO,) if videos else ()
+
+
+async def turn(session: Session, turn_id: str, text: str, videos: tuple[bytes, ...] = ()) -> list[ChatMessage]:
+    """A turn as the turn service runs it on an engine that reads video (loaded, planned, recorded): its messages."""
+    request = TurnRequest(turn_id, text, videos=videos)
+    prompted, recorded = await session_turns(OneVideo(), session, request, False, reads_video=True)  # type: ignore[arg-type]
+    plan = await session.plan(prompted, 4, 10_000, count)
+    session.record(recorded, "ok", False, session.epoch)
+    return plan.messages
+
+
+async def test_a_later_prompt_shows_a_turns_clip_as_its_own_prompt_did() -> None:
+    """The video's message reads the same in the next prompt (a clip, not its frames), so that prompt opens with
+    the earlier one; the history still holds the frames as images, counted once."""
+    session = Session(max_history_turns=16)
+    first = await turn(session, "t0", "What happens?", (b"video",))
+    later = await turn(session, "t1", "And then?")
+    assert first == [ChatMessage("user", "What happens?", (), videos=(CLIP,))]
+    assert later[0] == first[0] and later[1] == ChatMessage("assistant", "ok") and later[2].text == "And then?"
+    assert len(session.exchanges[0].turn.images) == 3  # recorded as frames: what history and the store keep
+    assert session.held_image_bytes == sum(len(frame.image.data) for frame in VIDEO.frames)
+
+
+async def test_a_video_message_the_timeline_does_not_know_reads_as_its_frames() -> None:
+    """After a restart (a timeline that never saw the turn: it is in memory only) the message shows its frames."""
+    session = Session(max_history_turns=16)
+    await turn(session, "t0", "What happens?", (b"video",))
+    session.timeline = LiveTimeline()
+    later = await turn(session, "t1", "And then?")
+    assert later[0].videos == () and len(later[0].images) == 3 and later[0].text.startswith("[video 1, 0.0 s]")
