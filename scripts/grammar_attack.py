@@ -114,6 +114,7 @@ async def measure(server: Any, label: str, name: str, kind: str, connections: in
     )
     assert process.stdin and process.stdout and (await process.stdout.readline()).startswith(b"READY")
     samples: list[float] = []
+    phases_before = server.engine.load().phase_seconds
     with watching(server.thread) as watch:
         process.stdin.write(b"go\n")
         began = time.perf_counter()
@@ -131,6 +132,8 @@ async def measure(server: Any, label: str, name: str, kind: str, connections: in
         f"max {max(samples):.0f} ms ({len(samples)} tries); slowest loop callback {watch.slowest_ms:.0f} ms CPU, "
         f"{len(watch.slow)} over 50 ms, loop CPU {watch.cpu_ms:.0f} ms in all; RSS {rss_mib():.0f} MiB"
     )
+    spent = {p: s - phases_before[p] for p, s in server.engine.load().phase_seconds.items()}
+    print("      generation thread: " + ", ".join(f"{p} {s:.2f} s" for p, s in sorted(spent.items(), key=lambda x: -x[1])))
     for answer, count in answers.items():
         print(f"      attacker got {count} x {answer}")
 
@@ -140,7 +143,10 @@ async def main(server: Any, label: str) -> None:
         await first_token_ms(server.ws_url, -n)
     calm = [await first_token_ms(server.ws_url, 100 + n) for n in range(15)]
     print(f"[{label}] calm: victim median {statistics.median(calm):.0f} ms, max {max(calm):.0f} ms; RSS {rss_mib():.0f} MiB")
+    only = os.environ.get("ATTACKS", "").split(",")
     for name, kind, connections in ATTACKS:
+        if only != [""] and kind not in only:
+            continue
         await measure(server, label, name, kind, connections)
 
 
