@@ -116,6 +116,11 @@ class GrammarPool:
         """Compile processes killed past grammar_cpu_s or grammar_memory_bytes, ever (each replaced by the next compile)."""
         return sum(process.kills for process in list(self._processes))
 
+    @property
+    def capped(self) -> int:
+        """Of those, the ones ended by their own address-space cap (an allocation between two RSS polls)."""
+        return sum(process.capped for process in list(self._processes))
+
     def quota(self, address: str) -> CompileQuota:
         """A new connection's (or HTTP request's) quota, sharing its address's bucket."""
         return CompileQuota(_bucket(self.settings.grammar_compiles_per_minute), self._addresses.get(address))
