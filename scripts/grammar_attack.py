@@ -91,6 +91,10 @@ async def attacker(url: str, kind: str, connections: int) -> None:
 # ---- the measuring process -----------------------------------------------------------------------
 
 
+def p99(samples: list[float]) -> float:
+    return sorted(samples)[int(len(samples) * 0.99)]
+
+
 def rss_mib() -> float:
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -129,7 +133,8 @@ async def measure(server: Any, label: str, name: str, kind: str, connections: in
     await process.wait()
     print(
         f"[{label}] {name}: {took:.1f} s; victim connect+first token median {statistics.median(samples):.0f} ms, "
-        f"max {max(samples):.0f} ms ({len(samples)} tries); slowest loop callback {watch.slowest_ms:.0f} ms CPU, "
+        f"p99 {p99(samples):.0f} ms, max {max(samples):.0f} ms ({len(samples)} tries); "
+        f"slowest loop callback {watch.slowest_ms:.0f} ms CPU, "
         f"{len(watch.slow)} over 50 ms, loop CPU {watch.cpu_ms:.0f} ms in all; RSS {rss_mib():.0f} MiB"
     )
     spent = {p: s - phases_before[p] for p, s in server.engine.load().phase_seconds.items()}
@@ -148,7 +153,10 @@ async def main(server: Any, label: str) -> None:
         calm.append(await first_token_ms(server.ws_url, 100 + len(calm)))
         await asyncio.sleep(0.02 if len(calm) > 15 else 0)
     median, most = statistics.median(calm), max(calm)
-    print(f"[{label}] calm: victim median {median:.0f} ms, max {most:.0f} ms ({len(calm)} tries); RSS {rss_mib():.0f} MiB")
+    print(
+        f"[{label}] calm: victim median {median:.0f} ms, p99 {p99(calm):.0f} ms, max {most:.0f} ms ({len(calm)} tries); "
+        f"RSS {rss_mib():.0f} MiB"
+    )
     only = os.environ.get("ATTACKS", "").split(",")
     for name, kind, connections in ATTACKS:
         if only != [""] and kind not in only:
