@@ -91,6 +91,10 @@ async def attacker(url: str, kind: str, connections: int) -> None:
 # ---- the measuring process -----------------------------------------------------------------------
 
 
+def p99(samples: list[float]) -> float:
+    return sorted(samples)[int(len(samples) * 0.99)]
+
+
 def rss_mib() -> float:
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -114,6 +118,7 @@ async def measure(server: Any, label: str, name: str, kind: str, connections: in
     )
     assert process.stdin and process.stdout and (await process.stdout.readline()).startswith(b"READY")
     samples: list[float] = []
+    phases_before = server.engine.load().phase_seconds
     with watching(server.thread) as watch:
         process.stdin.write(b"go\n")
         began = time.perf_counter()
@@ -128,9 +133,12 @@ async def measure(server: Any, label: str, name: str, kind: str, connections: in
     await process.wait()
     print(
         f"[{label}] {name}: {took:.1f} s; victim connect+first token median {statistics.median(samples):.0f} ms, "
-        f"max {max(samples):.0f} ms ({len(samples)} tries); slowest loop callback {watch.slowest_ms:.0f} ms CPU, "
+        f"p99 {p99(samples):.0f} ms, max {max(samples):.0f} ms ({len(samples)} tries); "
+        f"slowest loop callback {watch.slowest_ms:.0f} ms CPU, "
         f"{len(watch.slow)} over 50 ms, loop CPU {watch.cpu_ms:.0f} ms in all; RSS {rss_mib():.0f} MiB"
     )
+    spent = {p: s - phases_before[p] for p, s in server.engine.load().phase_seconds.items()}
+    print("      generation thread: " + ", ".join(f"{p} {s:.2f} s" for p, s in sorted(spent.items(), key=lambda x: -x[1])))
     for answer, count in answers.items():
         print(f"      attacker got {count} x {answer}")
 
@@ -138,9 +146,21 @@ async def measure(server: Any, label: str, name: str, kind: str, connections: in
 async def main(server: Any, label: str) -> None:
     for n in range(3):
         await first_token_ms(server.ws_url, -n)
-    calm = [await first_token_ms(server.ws_url, 100 + n) for n in range(15)]
-    print(f"[{label}] calm: victim median {statistics.median(calm):.0f} ms, max {max(calm):.0f} ms; RSS {rss_mib():.0f} MiB")
+    # CALM_S=60: measure the calm victim that long (as long as an attack), to tell the machine's spikes from the attack's.
+    calm: list[float] = []
+    until = time.perf_counter() + float(os.environ.get("CALM_S", "0"))
+    while len(calm) < 15 or time.perf_counter() < until:
+        calm.append(await first_token_ms(server.ws_url, 100 + len(calm)))
+        await asyncio.sleep(0.02 if len(calm) > 15 else 0)
+    median, most = statistics.median(calm), max(calm)
+    print(
+        f"[{label}] calm: victim median {median:.0f} ms, p99 {p99(calm):.0f} ms, max {most:.0f} ms ({len(calm)} tries); "
+        f"RSS {rss_mib():.0f} MiB"
+    )
+    only = os.environ.get("ATTACKS", "").split(",")
     for name, kind, connections in ATTACKS:
+        if only != [""] and kind not in only:
+            continue
         await measure(server, label, name, kind, connections)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -34,10 +36,12 @@ Job = tuple[req.ResponseFormat, int] | tuple[Grammar, str]
 class CompileProcess:
     """One worker process, used by one compile thread at a time: `compile` sends it a job and waits for
     its outcome, killing it once it has used `cpu_s` of CPU on that job or grown `memory_bytes` past what
-    it held when it started; the next job starts a new one."""
+    it held when it started (and the process itself caps its address space at that growth, so the watch's
+    polls cannot be overshot); the next job starts a new one."""
 
     def __init__(self) -> None:
         self.kills = 0  # processes killed past a budget (each replaced on the next job)
+        self.capped = 0  # of those, ended by their own address-space cap before the RSS watch saw it
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._rss_began = 0  # the process's resident bytes once its imports were done
@@ -48,7 +52,7 @@ class CompileProcess:
         with self._lock:
             conn, pid = self._started()
             began, _ = process_usage(pid)
-            conn.send((job, limits))
+            conn.send((job, limits, memory_bytes))
             while not conn.poll(_POLL_S):
                 used_s, rss = process_usage(pid)  # its own CPU: waiting for a core costs no budget
                 refusal = _past_budget(used_s - began, cpu_s, rss - self._rss_began, memory_bytes)
@@ -58,11 +62,22 @@ class CompileProcess:
                     return refusal
             try:
                 answer: Grammar | tuple[str, str] = conn.recv()
-            except (EOFError, OSError):  # the process died (the kernel's out-of-memory killer, say): refused
-                self._kill()
-                log.error("a grammar compile process ended without an answer")
-                return GatewayError(ErrorCode.INTERNAL, "the grammar could not be compiled")
+            except (EOFError, OSError):  # the process died: past its address-space cap, or killed by the kernel
+                return self._died(memory_bytes)
         return answer if isinstance(answer, Grammar) else GatewayError(ErrorCode(answer[0]), answer[1])
+
+    def _died(self, memory_bytes: int) -> GatewayError:
+        """The refusal for a job whose process ended without answering: an allocation past its address-space
+        cap aborts it (Rust aborts on a failed allocation), which is the client's grammar's doing."""
+        process = self._process
+        returncode = process.wait(5) if process is not None else None
+        self._kill()
+        if returncode == -signal.SIGABRT:
+            self.kills += 1
+            self.capped += 1
+            return memory_refusal(memory_bytes)
+        log.error("a grammar compile process ended without an answer")
+        return GatewayError(ErrorCode.INTERNAL, "the grammar could not be compiled")
 
     def close(self) -> None:
         """Kill the process now, without waiting for a compile in it (its thread sees the pipe close)."""
@@ -100,10 +115,16 @@ def serve(conn: Connection) -> None:
     conn.send(_READY)
     while True:
         try:
-            job, limits = conn.recv()
+            job, limits, memory_bytes = conn.recv()
         except (EOFError, OSError, KeyboardInterrupt):
             return
-        outcome = outcome_of(job, limits)
+        capped = _cap_address_space(memory_bytes)
+        try:
+            outcome = outcome_of(job, limits)
+        except MemoryError:  # an allocation Python made past the cap (Rust's abort the process instead)
+            outcome = memory_refusal(memory_bytes)
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, capped)
         conn.send(outcome if isinstance(outcome, Grammar) else (outcome.code.value, outcome.message))
 
 
@@ -116,9 +137,32 @@ def outcome_of(job: Job, limits: GrammarLimits) -> Grammar | GatewayError:
             return compile_source(subject, detail, limits, validate)
         assert isinstance(detail, int)
         return compile_format(subject, detail, limits, validate)
+    except MemoryError:  # past the job's address-space cap: the client's grammar, refused by the caller
+        raise
     except Exception:  # the compiler's bug, not the client's: logged, and this one grammar refused
         log.exception("compiling a grammar failed")
         return GatewayError(ErrorCode.INTERNAL, "the grammar could not be compiled")
+
+
+def _cap_address_space(memory_bytes: int) -> tuple[int, int]:
+    """A hard bound the RSS watch cannot overshoot between two polls: the process may map at most
+    `memory_bytes` more than it has mapped now (for this job); the limits before, to restore after it."""
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            mapped = int(statm.read().split()[0]) * _PAGE_BYTES
+    except OSError:  # not Linux: the RSS watch alone
+        return before
+    cap = mapped + memory_bytes
+    if before[1] != resource.RLIM_INFINITY:
+        cap = min(cap, before[1])
+    resource.setrlimit(resource.RLIMIT_AS, (cap, before[1]))
+    return before
+
+
+def memory_refusal(memory_bytes: int) -> GatewayError:
+    mib = memory_bytes / (1 << 20)
+    return GatewayError(ErrorCode.INVALID_FIELD, f"compiling the grammar took over grammar_memory_bytes ({mib:g} MiB)")
 
 
 def _past_budget(used_s: float, cpu_s: float, grown_bytes: int, memory_bytes: int) -> GatewayError | None:
@@ -126,8 +170,7 @@ def _past_budget(used_s: float, cpu_s: float, grown_bytes: int, memory_bytes: in
     if used_s >= cpu_s:
         return GatewayError(ErrorCode.INVALID_FIELD, f"compiling the grammar took over grammar_cpu_s ({cpu_s:g} s)")
     if grown_bytes >= memory_bytes:
-        mib = memory_bytes / (1 << 20)
-        return GatewayError(ErrorCode.INVALID_FIELD, f"compiling the grammar took over grammar_memory_bytes ({mib:g} MiB)")
+        return memory_refusal(memory_bytes)
     return None
 
 

@@ -14,6 +14,7 @@ from gateway.config import Settings
 from gateway.core import request as req
 from gateway.core.compile_procs import CompileProcess, Job
 from gateway.core.format_keys import format_key_sliced
+from gateway.core.letting_go import LET_GO_BYTES, Keeper
 from gateway.core.ratelimit import BucketsByAddress, TokenBucket
 from gateway.core.structured import (
     CHECKED,
@@ -93,6 +94,7 @@ class GrammarPool:
         self.limits = GrammarLimits(settings.max_grammar_bytes, settings.grammar_lexer_fuel, settings.grammar_max_lexer_states)
         self.check = check or validate
         self.compiles = 0  # compiles started, ever
+        self.kept = Keeper()  # big accepted schemas, let go in slices once nothing else holds them
         CHECKED.capacity_bytes = settings.grammar_cache_bytes
         workers = max(1, settings.grammar_workers)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="gateway-grammar", initializer=yield_cpu)
@@ -107,6 +109,7 @@ class GrammarPool:
         self._http = BucketsByAddress(per_connection / 60, max(1.0, per_connection / 6), _MAX_ADDRESSES)
 
     def close(self) -> None:
+        self.kept.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for process in list(self._processes):
             process.close()
@@ -115,6 +118,11 @@ class GrammarPool:
     def kills(self) -> int:
         """Compile processes killed past grammar_cpu_s or grammar_memory_bytes, ever (each replaced by the next compile)."""
         return sum(process.kills for process in list(self._processes))
+
+    @property
+    def capped(self) -> int:
+        """Of those, the ones ended by their own address-space cap (an allocation between two RSS polls)."""
+        return sum(process.capped for process in list(self._processes))
 
     def quota(self, address: str) -> CompileQuota:
         """A new connection's (or HTTP request's) quota, sharing its address's bucket."""
@@ -135,7 +143,11 @@ class GrammarPool:
         if size > self.limits.max_bytes:  # refused before anything is compiled, and without a charge
             message = f"response_format is over {self.limits.max_bytes} bytes; max_grammar_bytes is {self.limits.max_bytes}"
             raise GatewayError(ErrorCode.INVALID_FIELD, message)
-        return await self._checked(key, quota, (response_format, size), "response_format")
+        grammar = await self._checked(key, quota, (response_format, size), "response_format")
+        if size >= LET_GO_BYTES and isinstance(response_format, req.JsonSchemaFormat):
+            # Whoever drops it last (a replaced configure, a turn's end) would free it in one callback.
+            self.kept.keep(response_format.json_schema.schema)
+        return grammar
 
     async def checked(self, grammar: Grammar | None, field: str, quota: CompileQuota) -> Grammar | None:
         """A grammar built by the caller (a forced tool call's), checked the same way."""

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from typing import Any
 
+from gateway.core.letting_go import LET_GO_BYTES, SLICE_VALUES, dismantle
 from gateway.ws import protocol as p
 
-# Freeing a frame's free-form JSON of 500k values in one go took 50-110 ms of one event-loop callback: below
-# this many message bytes a frame holds too few values for it to matter, and is simply dropped.
-LET_GO_BYTES = 256 * 1024
-SLICE_VALUES = 8192  # values let go between two pauses for other clients' work
-
-# sys.getrefcount of a value held only by the loop's local and by its own argument: any more, and something
-# else (a session's stored format, a running turn) still holds it, so dropping ours frees nothing.
-_ONLY_OURS = 2
+__all__ = ["LET_GO_BYTES", "SLICE_VALUES", "let_go"]
 
 
 async def let_go(frames: list[p.ClientFrame], nbytes: int) -> None:
@@ -27,13 +19,4 @@ async def let_go(frames: list[p.ClientFrame], nbytes: int) -> None:
     held: list[Any] = []
     while frames:
         held.extend(value for _, value in p.frame_json(frames.pop()))  # the frame goes; its JSON stays in `held`
-    freed = 0
-    while held:
-        value = held.pop()
-        if type(value) in (dict, list) and sys.getrefcount(value) == _ONLY_OURS:
-            held.extend(value.values() if isinstance(value, dict) else value)
-            value.clear()  # its entries live on in `held`, each let go in turn
-        del value
-        freed += 1
-        if freed % SLICE_VALUES == 0:
-            await asyncio.sleep(0)
+    await dismantle(held)

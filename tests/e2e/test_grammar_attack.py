@@ -107,7 +107,8 @@ async def test_twelve_huge_pattern_schemas_are_refused_off_the_loop(guarded: Run
 async def test_heavy_accepted_schemas_compile_once_off_the_loop(guarded: RunningServer) -> None:
     """Three distinct schemas of 9,000 required properties from 3 connections, then each again by `configure`
     on a fourth: all accepted, no loop callback takes 50 ms of CPU, the victim's turns all complete, and the
-    engine compiled each schema once (its turns copy the compiled matcher)."""
+    engine compiled each schema once, on a compile worker, never on the generation thread (its turns copy
+    the compiled matcher: a step never waits on a compile)."""
     compiled_before = vocabulary(guarded).compiles
     formats = [required_format(seed) for seed in range(3)]
     with watching(guarded.thread) as watch:
@@ -123,6 +124,8 @@ async def test_heavy_accepted_schemas_compile_once_off_the_loop(guarded: Running
     assert [frame["type"] for frame in configured] == ["configured"] * 3 and repeated.done is not None
     assert all(result.done is not None and result.done["finish_reason"] == "length" for result in victims)
     assert vocabulary(guarded).compiles - compiled_before == 3
+    assert vocabulary(guarded).compiled_on["gateway-generation"] == 0
+    assert all(thread.startswith("gateway-grammar") for thread in vocabulary(guarded).compiled_on)
     print(f"\n[grammar] {len(victims)} victim turns; slowest loop callback {watch.slowest_ms:.1f} ms CPU of {watch.callbacks}")
     watch.check()
 

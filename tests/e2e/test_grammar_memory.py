@@ -8,6 +8,7 @@ import pytest
 
 from gateway.client import GatewayClient
 from gateway.config import MiB, Settings
+from gateway.core import compile_procs
 from tests.conftest import DemoDirs, RunningServer, start_server
 from tests.e2e.test_grammar_attack import GREEDY, pool, required_format
 
@@ -35,4 +36,23 @@ async def test_a_schema_past_the_memory_budget_is_refused_and_the_server_goes_on
     assert "grammar_memory_bytes (8 MiB)" in refused.errors[0]["message"]
     assert pool(tight).kills - kills_before == 1
     assert small.done is not None and small.done["text"].startswith("{")  # held to the schema
+    assert victim.done is not None and victim.done["finish_reason"] == "length"
+
+
+async def test_a_compile_past_its_address_space_cap_is_refused_before_the_watch_sees_it(
+    tight: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the RSS watch polling too rarely to act, the compile process's own address-space cap (derived from
+    grammar_memory_bytes) ends the heavy compile: `invalid_field` naming the setting, and the same connection and
+    another client go on."""
+    monkeypatch.setattr(compile_procs, "_POLL_S", 600.0)
+    capped_before = pool(tight).capped
+    async with GatewayClient(tight.ws_url) as attacker, GatewayClient(tight.ws_url) as other:
+        refused = await attacker.turn("big", "x", max_tokens=2, response_format=required_format(1), **GREEDY)
+        small = await attacker.turn("small", "x", max_tokens=2, response_format=SMALL, **GREEDY)
+        victim = await other.turn("v", "hello there", max_tokens=2, **GREEDY)
+    assert refused.done is None and refused.errors[0]["code"] == "invalid_field"
+    assert "grammar_memory_bytes (8 MiB)" in refused.errors[0]["message"]
+    assert pool(tight).capped - capped_before == 1
+    assert small.done is not None and small.done["text"].startswith("{")
     assert victim.done is not None and victim.done["finish_reason"] == "length"

@@ -8,14 +8,18 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from gateway.config import Settings
+from gateway.core.exchange import PendingTurn
 from gateway.core.session import Exchange, UserTurn
+from gateway.core.store import base
 from gateway.core.store.base import SessionRecord
 from gateway.core.store.guard import StoreGuard, StoreUnavailable
 from gateway.core.store.redis import SIZES, RedisStore
@@ -149,3 +153,21 @@ async def test_a_claim_holds_on_every_client_of_the_server(store: RedisStore, re
         assert await other.claim("token-3", time.time(), time.time() + 60) is True
     finally:
         await other.close()
+
+
+async def test_a_pending_turn_is_encoded_off_the_event_loop(store: RedisStore) -> None:
+    """`set_pending` copies a turn's images into its record off the event loop's thread, and stores it."""
+    encoding: list[threading.Thread] = []
+    encode = base.encode_pending
+
+    def watched(pending: PendingTurn) -> bytes:
+        encoding.append(threading.current_thread())
+        return encode(pending)
+
+    await store.open()
+    await store.save_meta(record("a", 123.0))
+    with mock.patch.object(base, "encode_pending", watched):
+        await store.set_pending("a", PendingTurn(UserTurn("t1", "look")))
+    loaded = await store.load("a")
+    assert encoding and encoding[0] is not threading.current_thread()
+    assert loaded is not None and loaded.pending is not None and loaded.pending.turn.id == "t1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -146,7 +147,9 @@ class RedisStore:
         if pending is None:
             await self.redis.hdel(_meta(session_id), "pending")
         else:
-            await self.redis.hset(_meta(session_id), "pending", base.encode_pending(pending))
+            # Off the loop, as SQLite's store does on its thread: a turn's images (up to 16 MB) took 34 ms to copy.
+            blob = await asyncio.to_thread(base.encode_pending, pending)
+            await self.redis.hset(_meta(session_id), "pending", blob)
 
     async def delete(self, session_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

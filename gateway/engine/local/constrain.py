@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ class GrammarVocabulary:
             self.tokenizer = llguidance.LLTokenizer(wrapper, n_vocab=vocab_size, eos_token=eos)
         self.words = (vocab_size + 31) // 32  # int32 words per row of the bitmask
         self.compiles = 0  # grammars compiled against this vocabulary, ever
+        self.compiled_on: Counter[str] = Counter()  # compiles by thread name: the generation thread's must stay 0
         self._limits: llguidance.LLParserLimits | None = None  # the compile pool's, once it has checked one
         self._compiled: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
@@ -75,6 +76,7 @@ class GrammarVocabulary:
     def _compile(self, source: str, limits: llguidance.LLParserLimits | None) -> llguidance.LLMatcher:
         with self._lock:
             self.compiles += 1
+            self.compiled_on[threading.current_thread().name] += 1
         return llguidance.LLMatcher(self.tokenizer, source, limits=limits)
 
 

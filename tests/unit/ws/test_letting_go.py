@@ -21,7 +21,7 @@ def wide_frame() -> tuple[p.ClientFrame, dict[str, Any]]:
 
 async def pauses_while(frames: list[p.ClientFrame], nbytes: int) -> int:
     """How many times let_go pauses for the loop's other work."""
-    with mock.patch("gateway.ws.letting_go.asyncio.sleep", wraps=asyncio.sleep) as sleep:
+    with mock.patch("gateway.core.letting_go.asyncio.sleep", wraps=asyncio.sleep) as sleep:
         await let_go(frames, nbytes)
     return sleep.call_count
 
