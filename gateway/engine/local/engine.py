@@ -53,7 +53,7 @@ class LocalEngine:
         kv_spill_bytes: int = 1 << 30,
         encoder_cache_bytes: int = 128 << 20,
         threads: int = 0,
-        gather_ms: float = 0.0,
+        gather_ms: float = Settings.engine_gather_ms,  # one default, the setting's
         prefill_chunk_tokens: int = Settings.engine_prefill_chunk_tokens,  # one default, the setting's
         max_adapters: int = 8,
         max_adapter_bytes: int = 1 << 30,
