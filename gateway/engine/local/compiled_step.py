@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import types
@@ -97,10 +96,12 @@ class CompiledDecode:
         self.graphs = 0  # graphs compiled (dynamo's unique_graphs while this step ran)
         self.compile_s = 0.0  # time of the steps that compiled a graph
         self.broken = False
+        self._model = model
         # Dynamo keeps its graphs (and its recompile limit) per code object: each engine's step gets a code object
         # of its own, so engines in one process (tests) never spend each other's limit.
         step = types.FunctionType(_step.__code__.replace(co_name=f"_step_{id(self):x}"), _step.__globals__)
-        self._forward = torch.compile(functools.partial(step, model), fullgraph=True, dynamic=False)
+        # (Compiled as it is: a functools.partial would be compiled through one wrapper shared by every engine.)
+        self._forward = torch.compile(step, fullgraph=True, dynamic=False)
 
     def run(
         self, rows: RowBuffers, cache: Any, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
@@ -137,7 +138,7 @@ class CompiledDecode:
     def _call(self, *args: Any) -> torch.Tensor | None:
         graphs, started = counters["stats"]["unique_graphs"], time.perf_counter()
         try:
-            logits: torch.Tensor = self._forward(*args)
+            logits: torch.Tensor = self._forward(self._model, *args)
         except Exception:  # the compiler could not take this model: decode eager from here on
             log.warning("the compiled decode step failed; decoding eager from here on", exc_info=True)
             self.broken = True
