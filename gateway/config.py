@@ -132,8 +132,9 @@ class Settings:
     engine_prefill_chunk_tokens: int = 256
     # "decode": the local engine's decode step runs through torch.compile (inductor), rows padded up to power-of-two
     # buckets and the KV length dynamic, so a model compiles once per bucket (at its first step of that size);
-    # models with sliding windows, cross-attention or adapters stay eager. "off" (the default):
-    # measured slower on this CPU (docs/engine.md).
+    # models with sliding windows, cross-attention or adapters stay eager. "off" (the default): 1.1x faster
+    # at 16 sessions on this CPU, but each bucket compiles at its first step, on the generation thread, holding
+    # the GIL for seconds to minutes; no start-up warm-up yet (docs/engine.md).
     engine_compile: str = "off"
     engine: str = "real"  # "scripted": no model, instant replies (protocol tests, benchmarks)
     # Finished turns' KV held for prompts that start the same way; 0 disables. Default: a quarter of the
