@@ -130,6 +130,12 @@ class Settings:
     # turns pause for one chunk at a time instead of a whole prompt; 0: a joiner is prefilled in one pass. Also
     # LocalEngine's default (engine/local/engine.py), so tests that build one run what `gateway serve` runs.
     engine_prefill_chunk_tokens: int = 256
+    # "decode": the local engine's decode step runs through torch.compile (inductor), rows padded up to power-of-two
+    # buckets and the KV length dynamic, so a model compiles once per bucket (at its first step of that size);
+    # models with sliding windows, cross-attention or adapters stay eager. "off" (the default): 1.1x faster
+    # at 16 sessions on this CPU, but each bucket compiles at its first step, on the generation thread, holding
+    # the GIL for seconds to minutes; no start-up warm-up yet (docs/engine.md).
+    engine_compile: str = "off"
     engine: str = "real"  # "scripted": no model, instant replies (protocol tests, benchmarks)
     # Finished turns' KV held for prompts that start the same way; 0 disables. Default: a quarter of the
     # GPU's memory free after loading, or 256 MiB on the CPU (whose memory everything else shares).

@@ -155,6 +155,7 @@ def _local_engine(settings: Settings) -> Engine:
         encoder_cache_bytes=settings.encoder_cache_bytes,
         max_adapters=settings.max_adapters,
         max_adapter_bytes=settings.max_adapter_bytes,
+        compile_mode=settings.engine_compile,
     )
 
 

@@ -113,6 +113,7 @@ def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kw
         max_batch=settings.max_batch,
         max_adapters=settings.max_adapters,
         max_adapter_bytes=settings.max_adapter_bytes,
+        compile_mode=settings.engine_compile,
     )
     app = create_app(settings, engine=engine)
     server = make_server(app, settings, host="127.0.0.1", port=port, log_level="warning", **uvicorn_kwargs)

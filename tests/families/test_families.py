@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     spec = SPECS[request.param]
     path = cached_family(spec.name)
     template = None if spec.ships_template else spec.template
-    settings = Settings()
+    # GATEWAY_ENGINE_COMPILE=decode runs every family test on the compiled decode step (where the family takes it).
+    settings = Settings(engine_compile=os.environ.get("GATEWAY_ENGINE_COMPILE", "off"))
     if template is not None:  # served as `gateway serve --chat-template FILE`
         file = tmp_path_factory.mktemp("template") / "chat_template.jinja"
         file.write_text(template)
@@ -197,6 +199,8 @@ async def test_four_concurrent_turns_equal_each_alone(served: Served) -> None:
     for client in clients:
         await client.__aexit__(None, None, None)
     assert list(together) == alone
+    compiled = engine._generation.compiled  # with GATEWAY_ENGINE_COMPILE=decode: it ran, and never fell back
+    assert compiled is None or (compiled.steps > 0 and not compiled.broken)
     assert peak == len(turns) and served.server.engine.max_batch > 1  # decoded together, never one at a time
 
 

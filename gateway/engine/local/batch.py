@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from gateway.engine.local import cross, kv, padded, ragged, slots
+from gateway.engine.local.compiled_step import CompiledDecode
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.image_prefix import images_before, rope_inputs, suffix_extras
 from gateway.engine.local.joining_rows import JoiningRows, Leaving
@@ -22,8 +23,9 @@ from gateway.engine.local.sequence import Sequence
 class Batch:
     """The shared cache of all active sequences, left-padded to a common length, plus their mask."""
 
-    def __init__(self, loaded: LoadedModel, encoder: EncoderCache, max_rows: int = 16) -> None:
+    def __init__(self, loaded: LoadedModel, encoder: EncoderCache, max_rows: int = 16, step: CompiledDecode | None = None):
         self.loaded = loaded
+        self.compiled = step  # the decode step through torch.compile (engine_compile), or eager
         self.encoder = encoder  # vision-encoder outputs of images seen before
         self.sequences: list[Sequence] = []
         self.cache: Any = None  # a DynamicCache of GrowingLayers (and CrossLayers, see engine/local/cross.py)
@@ -230,19 +232,20 @@ class Batch:
         self.mask = torch.cat([self.mask, torch.ones(batch, 1, dtype=torch.long, device=device)], dim=1)
         positions = torch.tensor([s.position for s in self.sequences], device=device).view(1, batch, 1)
         position_ids = positions.expand(3, batch, 1) if self._rope is not None else positions[0]
-        out = self.loaded.model(
-            input_ids=input_ids,
-            attention_mask=self.mask,
-            position_ids=position_ids,
-            cache=self.cache,
-            use_cache=True,
-            **self._cross_args(),
-            **self._adapter_args(self.sequences),
-        )
-        self.cache = padded.cache_of(out)
+        logits = self.compiled.run(self._rows, self.cache, input_ids, position_ids, self.mask) if self.compiled else None
+        if logits is None:
+            out = self.loaded.model(
+                input_ids=input_ids,
+                attention_mask=self.mask,
+                position_ids=position_ids,
+                cache=self.cache,
+                use_cache=True,
+                **self._cross_args(),
+                **self._adapter_args(self.sequences),
+            )
+            self.cache, logits = padded.cache_of(out), out.logits[:, -1]
         for seq in self.sequences:
             seq.position += 1
-        logits: torch.Tensor = out.logits[:, -1]
         return logits
 
     def keep(self, keep: list[int]) -> None:

@@ -20,6 +20,7 @@ from gateway.engine.contract import (
     TurnHandle,
     TurnSink,
 )
+from gateway.engine.local import compiled_step
 from gateway.engine.local.adapter_swaps import LocalAdapters
 from gateway.engine.local.constrain import GrammarVocabulary, logits_width
 from gateway.engine.local.encoder_cache import EncoderCache
@@ -53,10 +54,11 @@ class LocalEngine:
         kv_spill_bytes: int = 1 << 30,
         encoder_cache_bytes: int = 128 << 20,
         threads: int = 0,
-        gather_ms: float = 0.0,
+        gather_ms: float = Settings.engine_gather_ms,  # one default, the setting's
         prefill_chunk_tokens: int = Settings.engine_prefill_chunk_tokens,  # one default, the setting's
         max_adapters: int = 8,
         max_adapter_bytes: int = 1 << 30,
+        compile_mode: str = Settings.engine_compile,
     ) -> None:
         self.loaded = loaded
         self.model_id = loaded.model_id
@@ -83,7 +85,14 @@ class LocalEngine:
         self.encoder_cache = EncoderCache(encoder_cache_bytes, family.encoder_rows if family.image_kv and plain else None)
         self.grammars = _grammar_vocabulary(loaded)
         self._generation = Generation(
-            loaded, self._line, prefix_cache, self.encoder_cache, self.grammars, self.threads, prefill_chunk_tokens
+            loaded,
+            self._line,
+            prefix_cache,
+            self.encoder_cache,
+            self.grammars,
+            self.threads,
+            prefill_chunk_tokens,
+            compiled_step.for_model(loaded, compile_mode, max_batch),
         )
         self.busy = self._generation.busy  # set while any turn is on the model
         self._adapters = LocalAdapters(self._generation, max_adapters, max_adapter_bytes)

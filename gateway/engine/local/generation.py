@@ -12,6 +12,7 @@ import torch
 
 from gateway.engine.contract import FinishReason
 from gateway.engine.local.batch import Batch
+from gateway.engine.local.compiled_step import CompiledDecode
 from gateway.engine.local.constrain import GrammarVocabulary, mask_logits
 from gateway.engine.local.detok import TextStream
 from gateway.engine.local.encoder_cache import EncoderCache
@@ -45,6 +46,7 @@ class Generation:
         grammars: GrammarVocabulary | None,
         threads: int,
         chunk_tokens: int = 0,
+        compiled: CompiledDecode | None = None,
     ) -> None:
         self.loaded = loaded
         self.line = line
@@ -52,6 +54,7 @@ class Generation:
         self.encoder_cache = encoder_cache
         self.grammars = grammars
         self.threads = threads
+        self.compiled = compiled  # the compiled decode step (engine_compile), or None: eager
         self.tokens_generated = 0
         self.joining = Joining(chunk_tokens)  # text prompts prefilled a chunk per step beside the decoding batch
         self.clock = PhaseClock()  # the engine profile
@@ -66,7 +69,7 @@ class Generation:
     def run(self) -> None:
         name_os_thread("gateway-engine")  # before torch starts its workers, which take the name
         torch.set_num_threads(self.threads)  # in this thread: OpenMP's thread count is a per-thread setting
-        batch = Batch(self.loaded, self.encoder_cache, self.line.max_batch)
+        batch = Batch(self.loaded, self.encoder_cache, self.line.max_batch, self.compiled)
         while True:
             self.prefix_cache.expire()
             self.clock.lap("holding")

@@ -28,6 +28,18 @@ class RowBuffers:
             buffer[rows : rows + added, :, : states.shape[2]] = states
         _hold(mine, owned, rows + added)
 
+    def reserve(self, index: int, layer: GrowingLayer, rows: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's own buffers with at least `rows` rows and `tokens` columns (a compiled step's bucket and
+        its next column), copied into new ones where they are not; the layer keeps its rows and length."""
+        owned = self._owned(index, layer)
+        if owned is None or owned[0].shape[0] < rows or owned[0].shape[2] < tokens:
+            assert layer.keys is not None
+            held = layer.keys.shape[0]
+            with torch.inference_mode(False):  # plain tensors, as `append`'s: a join writes them outside inference mode
+                owned = self._allocate(index, layer, max(rows, held))
+            _hold(layer, owned, held)
+        return owned
+
     def owns(self, layers: list[GrowingLayer]) -> bool:
         """Whether every layer writes into this batch's own buffers (then rows can leave by moving)."""
         return all(self._owned(index, layer) is not None for index, layer in enumerate(layers))

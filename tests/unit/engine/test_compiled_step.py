@@ -1,0 +1,73 @@
+"""The compiled decode step: the same greedy tokens as the eager one, and at most one compile per rows bucket."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.engine.contract import ChatMessage, GenerationRequest, SamplingParams
+from gateway.engine.local import compiled_step
+from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.loader import load_model
+from tests.conftest import DemoDirs
+from tests.unit.engine.test_batching import staggered
+from tests.unit.engine.test_engine import Collector
+
+PROMPTS = [
+    [ChatMessage("user", "Tell me about the sky.")],
+    [ChatMessage("system", "Be terse."), ChatMessage("user", "hello world, a somewhat longer prompt than the others")],
+    [ChatMessage("user", "one")],
+]
+
+# Past a buffer's first growth (kv.MIN_GROWTH tokens of room after the prompt): a growth must not recompile.
+TOKENS = 80
+
+
+def test_rows_are_padded_up_to_power_of_two_buckets() -> None:
+    """Buckets are the powers of two below the batch's rows, then its rows; each count runs at the first that holds it."""
+    assert compiled_step.buckets(16) == [1, 2, 4, 8, 16]
+    assert compiled_step.buckets(12) == [1, 2, 4, 8, 12]
+    assert [compiled_step.bucket_of(rows, 12) for rows in (1, 2, 3, 5, 9, 12)] == [1, 2, 4, 8, 12, 12]
+
+
+async def replies(engine: LocalEngine) -> list[tuple[int, ...]]:
+    """Each prompt's greedy tokens: alone, all three decoding together, then each joining the others' decoding."""
+    params = SamplingParams(temperature=0, max_tokens=TOKENS, ignore_eos=True)
+
+    async def run(messages: list[ChatMessage]) -> tuple[int, ...]:
+        sink = Collector()
+        engine.submit(GenerationRequest(messages=messages, params=params), sink)
+        return (await asyncio.wait_for(sink.done, 600)).token_ids
+
+    alone = [await run(messages) for messages in PROMPTS]
+    together = list(await asyncio.gather(*(run(messages) for messages in PROMPTS)))
+    return alone + together + await staggered(engine, PROMPTS, [params] * len(PROMPTS))
+
+
+async def test_the_compiled_step_gives_the_eager_tokens_and_compiles_once_per_bucket(demo_dirs: DemoDirs) -> None:
+    """Turns decoded alone, three together and joining others' decoding give the eager step's greedy tokens;
+    every decode step ran compiled, and the graphs compiled are at most the buckets used (1, 2 and 4 rows),
+    though the KV buffers grew."""
+    tokens = {}
+    for mode in ("off", "decode"):
+        engine = LocalEngine(load_model(demo_dirs.model), max_batch=4, kv_cache_bytes=0, compile_mode=mode)
+        engine.start()
+        try:
+            tokens[mode] = await replies(engine)
+        finally:
+            await asyncio.to_thread(engine.stop)
+        compiled = engine._generation.compiled
+    assert tokens["decode"] == tokens["off"]
+    assert compiled is not None and not compiled.broken
+    assert compiled.steps > 0 and 1 <= compiled.graphs <= len({compiled_step.bucket_of(rows, 4) for rows in (1, 2, 3)})  # 1, 2, 4
+
+
+def test_models_the_step_cannot_serve_stay_eager(demo_dirs: DemoDirs) -> None:
+    """Off gives no compiled step; an unknown mode is refused at start-up."""
+    loaded = load_model(demo_dirs.model)
+    assert compiled_step.for_model(loaded, "off", 4) is None
+    try:
+        compiled_step.for_model(loaded, "everything", 4)
+    except ValueError as exc:
+        assert "engine_compile" in str(exc)
+    else:
+        raise AssertionError("an unknown mode was taken")
