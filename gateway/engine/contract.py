@@ -138,6 +138,9 @@ class TurnHandle:
     """The caller's grip on a submitted turn: cancel it from any thread; the engine stops at the next token."""
 
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Set by the engine when the turn leaves its waiting line for the batch: from then on it is not among
+    # `EngineLoad.waiting` (an engine that never queues, as the upstream one, sets it at once).
+    admitted: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
         self.cancelled.set()

@@ -47,6 +47,7 @@ class ScriptedEngine:
     def submit(self, request: contract.GenerationRequest, sink: contract.TurnSink) -> contract.TurnHandle:
         if len(self._running) >= self.queue_size:
             raise contract.EngineFull()
+        request.handle.admitted.set()  # it starts at once: nothing waits here
         task = asyncio.get_running_loop().create_task(self._generate(request, sink))
         self._running.add(task)
         task.add_done_callback(self._running.discard)

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
 
+from gateway.engine.contract import EngineLoad, TurnHandle
+
 log = logging.getLogger("gateway.sessions")
 
 
@@ -75,3 +77,14 @@ class DetachedSessions(Generic[S]):
 
     def turn_ended(self, session: S) -> None:
         session.yielding = False
+
+
+def others_waiting(load: Callable[[], EngineLoad], handle: TurnHandle) -> int:
+    """Turns waiting for a slot besides `handle`'s own (which the engine counts while it waits). The engine
+    admits on its own thread: a load read while the turn was being admitted is read again, so that the
+    two answers describe one moment (admission happens once, so this settles at the second read)."""
+    while True:
+        admitted = handle.admitted.is_set()
+        waiting = load().waiting
+        if handle.admitted.is_set() == admitted:
+            return waiting - (0 if admitted else 1)

@@ -22,7 +22,7 @@ from gateway.engine.contract import GenerationResult
 from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.logs import turn_fields
 from gateway.ws import protocol as p
-from gateway.ws.detached import DetachedSessions
+from gateway.ws.detached import DetachedSessions, others_waiting
 from gateway.ws.journal import Journal
 from gateway.ws.live_session import NOBODY, Attachment, LiveSession, token_hash
 from gateway.ws.saving import SessionSaving
@@ -118,7 +118,7 @@ class SessionHub(SessionSaving):
             self.unload(old)
         if cancel_turn and live.active is not None:
             live.active.handle.cancel()
-        elif live.active is not None and self.turns.engine.load().waiting > 0:
+        elif live.active is not None and others_waiting(self.turns.engine.load, live.active.handle) > 0:
             self.detached.stop(live)  # others wait for a slot, and nobody listens to this turn any more
         if self.settings.session_grace_s <= 0:
             self.unload(live)

@@ -92,6 +92,7 @@ class WaitingLine:
             while self._waiting and active + len(admitted) < self.max_batch and len(admitted) < self.max_prefills_per_step:
                 admitted.append(self._waiting.popleft())
                 admitted[-1].admitted = time.perf_counter()
+                admitted[-1].request.handle.admitted.set()  # under the lock, as `load` counts the line
             self.active = active + len(admitted)
             self._active_handles += [job.request.handle for job in admitted]
             moved = admitted or cancelled

@@ -109,6 +109,7 @@ class UpstreamEngine:
             self.replicas.pick(request.affinity, time.monotonic())
         except NoReplica as exc:
             raise RetryLater(ErrorCode.OVERLOADED, str(exc), int(exc.retry_after_s * 1000)) from None
+        request.handle.admitted.set()  # counted among the active turns from now on, never as waiting
         turn = UpstreamTurn(request, sink, self.context)
         turn.task = asyncio.get_running_loop().create_task(turn.run())
         self._turns.add(turn)

@@ -146,3 +146,15 @@ async def test_a_slow_health_answer_does_not_mark_a_replica_down(fakes: tuple[Fa
     assert result.finish_reason == "length"
     assert [r.state.value for r in engine.replicas.replicas] == ["up", "down"]
     engine.stop()
+
+
+async def test_a_submitted_turn_is_admitted_at_once(fakes: tuple[FakeUpstream, FakeUpstream]) -> None:
+    """The upstream engine queues nothing of its own: a turn is `admitted` (an active one, never waiting) from
+    `submit`, before its first token."""
+    fakes[0].mode = "slow"
+    engine = engine_for(fakes[0].url)
+    sink = Collect()
+    handle = engine.submit(request(), sink)
+    assert handle.admitted.is_set() and engine.load().waiting == 0 and engine.load().active == 1
+    handle.cancel()
+    assert (await asyncio.wait_for(sink.done, 15)).finish_reason == "cancelled"

@@ -118,3 +118,17 @@ def test_turns_beyond_the_batch_and_the_queue_are_refused(loop: asyncio.Abstract
     assert aheads == [-3, -2, -1, 0, 1, 2]
     with pytest.raises(EngineFull):
         line.offer(job(loop))
+
+
+def test_a_turn_is_marked_admitted_exactly_when_it_leaves_the_line(loop: asyncio.AbstractEventLoop) -> None:
+    """Three turns for two places: the two the batch takes are `admitted`, the one still counted as waiting
+    is not (a detaching session's turn is told apart from the others waiting by this)."""
+    line = WaitingLine(queue_size=8, max_batch=2, max_prefills_per_step=4)
+    jobs = [job(loop) for _ in range(3)]
+    for queued in jobs:
+        line.offer(queued)
+    assert not any(queued.request.handle.admitted.is_set() for queued in jobs)
+    thread, taken = take_in_thread(line, active=0)
+    thread.join(60)
+    assert admitted(taken) == 2 and len(line) == 1
+    assert [queued.request.handle.admitted.is_set() for queued in jobs] == [True, True, False]
