@@ -1,8 +1,8 @@
 """Run in the video reference environment (scripts/install-video-ref): the gateway's native video layout
 (PIL and NumPy, engine/local/video_layout.py) against each model's own processor with its torchvision video
-processor, on tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V and LLaVA-OneVision checkpoints, each with its family's video-reading
-template. Prints one JSON object: per family, whether prompt ids, token types, grids and seconds are equal, how far
-the pixels are apart, and both greedy replies.
+processor, on tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V and LLaVA-OneVision checkpoints, each with its
+family's video-reading template. Prints one JSON object: per family, whether prompt ids, token types, grids and seconds
+are equal, how far the pixels are apart, and both greedy replies.
 Usage: PYTHONPATH=. REF_PYTHON scripts/video_layout_check.py MODEL_DIR:TEMPLATE..."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The native video layout against the models' own processors in the video reference environment
-(scripts/install-video-ref, where torchvision runs): tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V and LLaVA-OneVision
-checkpoints, a prompt with a photo and two clips (one landscape of five frames, one portrait of three; of five for
-LLaVA-OneVision, whose model stacks a prompt's clips), through the gateway's PromptBuilder (PIL and NumPy) and through
+(scripts/install-video-ref, where torchvision runs): tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V (glm4v_moe)
+and LLaVA-OneVision checkpoints, a prompt with a photo and two clips (one landscape of five frames, one portrait of three;
+of five for LLaVA-OneVision, whose model stacks a prompt's clips), through the gateway's PromptBuilder (PIL and NumPy) and through
 AutoProcessor with its torchvision video processor. Qwen3-VL's checkpoint carries its video processor's config, as
 real ones do."""
 
@@ -27,12 +27,14 @@ GRIDS = {
     "qwen2_5_vl": [[3, 6, 8], [2, 8, 6]],
     "qwen3_vl": [[3, 6, 10], [2, 10, 6]],
     "glm4v": [[3, 4, 6], [2, 6, 4]],
+    "glm4v_moe": [[3, 4, 6], [2, 6, 4]],  # GLM-4.5V: GLM-4.1V's vision tower and processor
     "llava_onevision": None,  # no grid: each frame is resized whole
 }
 # Qwen2.5-VL has no video processor of its own: it shares Qwen2-VL's.
 VIDEO_PROCESSORS = {name: "Qwen2VLVideoProcessor" for name in ("qwen2_vl", "qwen2_5_vl")} | {
     "qwen3_vl": "Qwen3VLVideoProcessor",
     "glm4v": "Glm4vVideoProcessor",
+    "glm4v_moe": "Glm4vVideoProcessor",
     "llava_onevision": "LlavaOnevisionVideoProcessor",
 }
 pytestmark = [pytest.mark.video_ref, pytest.mark.timeout(900)]  # the first run also installs the environment
@@ -99,7 +101,8 @@ def test_a_single_frame_clip_is_laid_out_as_the_processor_pads_it(report: dict[s
     temporal patch, and ours equals theirs given the frame twice (the patch they pad a frame to): the same prompt
     ids, one temporal patch, pixels within one level."""
     found = report[family]
-    assert found["single_frame_reference_takes"] == ("the frame twice" if family in ("qwen3_vl", "glm4v") else "one frame")
+    twice = family in ("qwen3_vl", "glm4v", "glm4v_moe")
+    assert found["single_frame_reference_takes"] == ("the frame twice" if twice else "one frame")
     assert found["single_frame_input_ids_equal"] and found["single_frame_video_grid_thw_equal"]
     assert family == "llava_onevision" or found["single_frame_video_grid_thw"][0][0] == 1
     assert found["single_frame_pixels_max_apart_levels"] <= 1.0 + 1e-4

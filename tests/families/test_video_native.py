@@ -25,8 +25,7 @@ MAX_TOKENS = 8
 pytestmark = pytest.mark.timeout(300)
 
 
-# GLM-4.5V (glm4v_moe) reads video as GLM-4.1V does; its tiny checkpoint is ours, not the reference environment's.
-@pytest.fixture(params=(*VIDEO_FAMILIES, "glm4v_moe"), scope="module")
+@pytest.fixture(params=VIDEO_FAMILIES, scope="module")
 def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     template = tmp_path_factory.mktemp("template") / "video.jinja"
     template.write_text(video_template(request.param))

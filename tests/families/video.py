@@ -76,7 +76,7 @@ QWEN3_VL_VIDEO_CONFIG = {
     "image_std": [0.5, 0.5, 0.5],
     "do_sample_frames": False,
 }
-VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v", "llava_onevision")
+VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v", "glm4v_moe", "llava_onevision")
 
 
 def video_template(name: str) -> str:
