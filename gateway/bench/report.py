@@ -21,8 +21,8 @@ COLUMNS = (
 def format_report(report: dict[str, Any], as_json: bool = False) -> str:
     if as_json:
         return json.dumps(report, indent=2)
-    if "live_turn_ttft_ms" in report:  # --live: its figures as they are
-        return json.dumps(report, indent=2)
+    if "live_turn_ttft_ms" in report:  # --live: its figures as they are, and the target's verdict
+        return f"{json.dumps(report, indent=2)}\n\n{_live_target(report)}"
     if "window_tokens" in report:
         return _window(report)
     if "history_turns" in report:
@@ -252,3 +252,16 @@ def _window(report: dict[str, Any]) -> str:
         f"load average (1, 5, 15 min): {report['load_average_before']} before, {report['load_average_after']} after",
     ]
     return "\n".join(rows)
+
+
+def _live_target(report: dict[str, Any]) -> str:
+    """--live's target (gateway/bench/live.py `ttft_target`): live turns' TTFT against a text turn's, met or not."""
+    target, live, text = report["ttft_target_ms"], report["live_turn_ttft_ms"], report["text_turn_ttft_ms"]
+    encoding = report["encoding_ms_per_live_turn"] or 0
+    met = {True: "met", False: "MISSED"}
+    return (
+        f"Live-turn TTFT p50 {live['p50']:.0f} ms against the target {target['p50']:.0f} ms "
+        f"({report['ttft_target_ratio']:g} x text p50 {text['p50']:.0f} ms + encoding {encoding:.0f} ms per live turn): "
+        f"{met[report['meets_target']]}; p99 {live['p99']:.0f} ms against {target['p99']:.0f} ms: "
+        f"{met[report['meets_target_p99']]}."
+    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.bench.live import LiveConfig, camera_frame, run_live
+from gateway.bench.live import LiveConfig, camera_frame, run_live, ttft_target
+from gateway.bench.report import format_report
 from tests.conftest import RunningServer
 
 
@@ -23,6 +24,35 @@ async def test_a_short_live_bench_reports_its_turns_and_frames(server: RunningSe
     assert report["live_turn_gateway_ms"]["p50"] > 0 and report["text_turn_gateway_ms"]["p50"] > 0
     assert report["encoder_passes"] >= 2 and 0 < report["encoding_share_of_engine_busy"] < 1  # each session's first
     assert report["still_scene"] == {"live_turns": 3, "encoder_passes": 1}  # the same frame again and again
+
+
+async def test_the_live_bench_states_the_ttft_target_and_whether_it_is_met(server: RunningServer) -> None:
+    """The target is 1.5x the text turns' TTFT (p50, and p99) plus the vision tower's time per live turn, which
+    counts only the frames a live turn encodes; `meets_target` compares the live turns' TTFT with it, and the
+    text report says it."""
+    # Not the other test's size: its frames' encoder outputs are held, and these must be encoded.
+    config = LiveConfig(url=server.ws_url, sessions=2, seconds=0.5, ask_every_s=1.0, max_tokens=2, size=(80, 60))
+    report = await run_live(config)
+    encoding = report["encoding_ms_per_live_turn"]
+    assert encoding > 0 and report["ttft_target_ratio"] == 1.5
+    for q in ("p50", "p99"):
+        assert report["ttft_target_ms"][q] == pytest.approx(1.5 * report["text_turn_ttft_ms"][q] + encoding, abs=0.1)
+    assert report["meets_target"] == (report["live_turn_ttft_ms"]["p50"] <= report["ttft_target_ms"]["p50"])
+    assert report["meets_target_p99"] == (report["live_turn_ttft_ms"]["p99"] <= report["ttft_target_ms"]["p99"])
+    verdict = "met" if report["meets_target"] else "MISSED"
+    assert f"per live turn): {verdict}" in format_report(report).splitlines()[-1]
+
+
+def test_the_target_adds_the_encoding_to_one_and_a_half_text_turns() -> None:
+    """A live turn 10 ms over 1.5x the text turn's TTFT meets the target when its frames took 10 ms to encode."""
+    live, text = {"p50": 160.0, "p99": 400.0}, {"p50": 100.0, "p99": 200.0}
+    assert ttft_target(live, text, 10.0) == {
+        "ttft_target_ratio": 1.5,
+        "ttft_target_ms": {"p50": 160.0, "p99": 310.0},
+        "meets_target": True,
+        "meets_target_p99": False,
+    }
+    assert not ttft_target(live, text, 9.0)["meets_target"]
 
 
 def test_the_camera_scene_is_still_between_its_moves() -> None:
