@@ -37,14 +37,15 @@ class LiveFramesShown:
 @dataclass(frozen=True)
 class ClipsShown:
     """A turn whose videos its prompt read as clips (an engine that reads video natively), while its history message
-    holds their frames as images named in its text (`recorded`): a later prompt shows the clips again, so the
-    exchange's KV stays a prefix. Its frames are the history message's images: counted there, never here."""
+    holds their frames as images named in its text (`recorded`), or a live turn's window read as one clip, while its
+    history message holds the summary: a later prompt shows the clips again, so the exchange's KV stays a prefix.
+    A turn's own videos' frames are the history message's images, counted there; a window's are held here."""
 
     text: str
     images: tuple[ChatImage, ...]
     videos: tuple[ChatVideo, ...]
     recorded: str
-    frames: tuple[ChatImage, ...] = ()  # none held beyond the history's
+    frames: tuple[ChatImage, ...] = ()  # held beyond the history's: a live window's clip's, else none
 
     def message(self, shown: set[str]) -> tuple[ChatMessage, ClipsShown]:
         return ChatMessage("user", self.text, self.images, videos=self.videos), self

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.core.live_timeline import LiveFramesShown
+from gateway.core.live_timeline import ClipsShown, LiveFramesShown
 from gateway.core.live_view import LiveFrames, LiveView
 from gateway.core.live_window import LiveFrame
 from gateway.core.session import UserTurn
@@ -43,6 +43,14 @@ def timeline_entry(turn: UserTurn, view: LiveView, recorded: UserTurn) -> LiveFr
     frames = view.snapshot.frames
     markers = tuple(_marker(view.source, frame) for frame in frames)
     return LiveFramesShown(markers, tuple(frame.image for frame in frames), turn.text, turn.images, recorded.text)
+
+
+def clip_entry(prompted: UserTurn, recorded: UserTurn) -> ClipsShown:
+    """A live turn whose window was read as one clip (`live_turns` with `as_clip`), as the timeline shows it again:
+    that clip after the turn's images, the summary and text before; its frames are held by the timeline, since the
+    history message (`recorded`) holds none of them (but the last one, where kept)."""
+    (clip,) = prompted.videos
+    return ClipsShown(prompted.text, prompted.images, prompted.videos, recorded.text, frames=clip.frames)
 
 
 def _marker(source: str, frame: LiveFrame) -> str:

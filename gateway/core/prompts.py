@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from gateway.core.attachments import Attachments
 from gateway.core.live_timeline import ClipsShown, LiveFramesShown, Shown
-from gateway.core.live_turn import live_turns, timeline_entry
+from gateway.core.live_turn import clip_entry, live_turns, timeline_entry
 from gateway.core.request import ConversationRequest, TurnRequest
 from gateway.core.session import Session, UserTurn
 from gateway.core.tool_plan import ToolPlan
@@ -36,12 +36,12 @@ async def session_turns(
     turn = session.check_turn(UserTurn(id=request.id, text=text, images=frames))
     live = request.live
     # The layout later prompts repeat (the session's timeline): a live window's frames as images, only those its
-    # history has not shown; a turn's own videos read as clips, as clips again. Any other turn says so too (None),
-    # so a turn id used again never reads an earlier turn's layout.
+    # history has not shown, or its clip as it was read; a turn's own videos read as clips, as clips again. Any
+    # other turn says so too (None), so a turn id used again never reads an earlier turn's layout.
     entry: Shown | None
     if live is not None:
         prompted, recorded = live_turns(turn, live, keep_last_frame, reads_video)
-        entry = timeline_entry(turn, live, recorded) if not reads_video else None
+        entry = clip_entry(prompted, recorded) if reads_video else timeline_entry(turn, live, recorded)
     else:
         text, images, clips = read_videos(request.text, images, videos, reads_video)
         prompted, recorded = replace(turn, text=text, images=images, videos=clips), turn

@@ -5,6 +5,7 @@ over the native layout."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import pytest
 import requests
 import torch
 
-from gateway.client import GatewayClient
+from gateway.client import GatewayClient, TurnResult
 from gateway.config import Settings
 from gateway.engine.contract import ChatMessage, ChatVideo
 from gateway.media.images import ImageLimits, check_image
@@ -54,6 +55,25 @@ def prompt_ids(server: RunningServer, messages: list[ChatMessage]) -> list[int]:
     return ids
 
 
+def held_prefix(server: RunningServer, earlier: list[ChatMessage], later: list[ChatMessage]) -> tuple[int, int]:
+    """How many prompt tokens two prompts share from their start, and the earlier prompt's length."""
+    first_ids, later_ids = prompt_ids(server, earlier), prompt_ids(server, later)
+    shared = next((n for n, (a, b) in enumerate(zip(first_ids, later_ids, strict=False)) if a != b), len(first_ids))
+    return shared, len(first_ids)
+
+
+def window_message(result: TurnResult, frames: list[bytes], text: str) -> ChatMessage:
+    """A live turn's message as the model reads it: the window's summary before the text, its frames one clip
+    (streamed at the server's two frames a second)."""
+    assert result.accepted is not None
+    live = result.accepted["live_frames"]
+    summary = f"[live camera: {live['count']} frames, {live['first_ts'] / 1000:.3f} s to {live['last_ts'] / 1000:.3f} s]"
+    images = tuple(check_image(data, ImageLimits(max_bytes=1 << 24, max_pixels=1 << 22)) for data in frames)
+    # Named by its frames: the prompt builder holds laid-out clips by name, so two windows must not share one.
+    video = ChatVideo(images, tuple(range(0, 500 * len(frames), 500)), hashlib.sha256(b"".join(frames)).hexdigest())
+    return ChatMessage("user", f"{summary}\n{text}", videos=(video,))
+
+
 def jpeg(index: int) -> bytes:
     out = io.BytesIO()
     scene(index * 4, (150, 100)).save(out, format="JPEG", quality=90)
@@ -74,13 +94,9 @@ async def test_a_live_turn_reads_the_window_as_one_clip(server: RunningServer) -
         assert await client.stream_frames("camera", frames) == 4
         result = await client.turn("t1", "What happens?", live=True, temperature=0, max_tokens=MAX_TOKENS)
     assert result.accepted is not None and result.done is not None
-    live = result.accepted["live_frames"]
-    assert live["count"] == 4
-    summary = f"[live camera: 4 frames, {live['first_ts'] / 1000:.3f} s to {live['last_ts'] / 1000:.3f} s]"
-    images = tuple(check_image(data, ImageLimits(max_bytes=1 << 24, max_pixels=1 << 22)) for data in frames)
-    video = ChatVideo(images, tuple(range(0, 2000, 500)), "window")
+    assert result.accepted["live_frames"]["count"] == 4
     history = [ChatMessage("user", "Hello there."), ChatMessage("assistant", hello.text)]
-    prompt, reply = greedy(server, [*history, ChatMessage("user", f"{summary}\nWhat happens?", videos=(video,))])
+    prompt, reply = greedy(server, [*history, window_message(result, frames, "What happens?")])
     assert result.accepted["prompt_tokens"] == prompt and result.text == reply
     # The history's KV stays warm: only the window's clip and the new text are prefilled (LLaVA-OneVision's template
     # writes the generation prompt's last token otherwise once a reply follows it, so that one token too).
@@ -119,7 +135,23 @@ async def test_a_turns_videos_read_as_clips(server: RunningServer) -> None:
     assert result.done["usage"]["prompt_tokens"] == prompt and result.text == reply
     prompt, reply = greedy(server, [shown, ChatMessage("assistant", result.text), ChatMessage("user", "And then?")])
     assert later.done is not None and later.done["usage"]["prompt_tokens"] == prompt and later.text == reply
-    first_ids = prompt_ids(server, [shown])
-    later_ids = prompt_ids(server, [shown, ChatMessage("assistant", result.text), ChatMessage("user", "And then?")])
-    shared = next((n for n, (a, b) in enumerate(zip(first_ids, later_ids, strict=False)) if a != b), len(first_ids))
-    assert shared >= len(first_ids) - 1 and later.done["usage"]["cached_tokens"] >= shared
+    shared, first = held_prefix(server, [shown], [shown, ChatMessage("assistant", result.text), ChatMessage("user", "And then?")])
+    assert shared >= first - 1 and later.done["usage"]["cached_tokens"] >= shared
+
+
+async def test_the_turn_after_a_live_turn_reads_its_window_as_the_same_clip(server: RunningServer) -> None:
+    """The history keeps a live exchange as its summary, but while the session is in memory the next prompt shows
+    the clip the live turn read where it stands: the reply and prompt length are `generate`'s over that layout, and
+    `cached_tokens` covers all the two prompts share (the live turn's whole prompt, less a last token that a
+    template writes otherwise before a reply), so the window's KV is reused, not prefilled again."""
+    frames = [jpeg(i) for i in range(2, 6)]  # four distinct scenes (later ones merge: the ball has stopped)
+    async with GatewayClient(server.ws_url) as client:
+        assert await client.stream_frames("camera", frames) == 4
+        result = await client.turn("t0", "What happens?", live=True, temperature=0, max_tokens=MAX_TOKENS)
+        later = await client.turn("t1", "And then?", temperature=0, max_tokens=MAX_TOKENS)
+    shown = window_message(result, frames, "What happens?")
+    messages = [shown, ChatMessage("assistant", result.text), ChatMessage("user", "And then?")]
+    prompt, reply = greedy(server, messages)
+    assert later.done is not None and later.done["usage"]["prompt_tokens"] == prompt and later.text == reply
+    shared, first = held_prefix(server, [shown], messages)
+    assert shared >= first - 1 and later.done["usage"]["cached_tokens"] >= shared

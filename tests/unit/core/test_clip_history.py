@@ -1,16 +1,19 @@
-"""A turn's videos read as clips stay clips in later prompts while the session's timeline knows them."""
+"""A turn's videos, and a live turn's window, read as clips stay clips in later prompts while the session's timeline
+knows them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gateway.core.live_timeline import LiveTimeline
+from gateway.core.live_view import LiveView
 from gateway.core.prompts import session_turns
 from gateway.core.request import TurnRequest
 from gateway.core.session import Session
+from gateway.core.video_frames import window_clip
 from gateway.engine.contract import ChatMessage, ChatVideo
 from gateway.media.video import DecodedVideo, VideoFrame
-from tests.unit.core.test_live_timeline import FRAMES, count
+from tests.unit.core.test_live_timeline import FRAMES, count, view
 
 VIDEO = DecodedVideo(tuple(VideoFrame(frame.image, 500 * n) for n, frame in enumerate(FRAMES[:3])), "v" * 64)
 CLIP = ChatVideo(tuple(frame.image for frame in VIDEO.frames), (0, 500, 1000), VIDEO.sha256)
@@ -26,9 +29,11 @@ class OneVideo:
         return (VIDEO,) if videos else ()
 
 
-async def turn(session: Session, turn_id: str, text: str, videos: tuple[bytes, ...] = ()) -> list[ChatMessage]:
+async def turn(
+    session: Session, turn_id: str, text: str, videos: tuple[bytes, ...] = (), live: LiveView | None = None
+) -> list[ChatMessage]:
     """A turn as the turn service runs it on an engine that reads video (loaded, planned, recorded): its messages."""
-    request = TurnRequest(turn_id, text, videos=videos)
+    request = TurnRequest(turn_id, text, videos=videos, live=live)
     prompted, recorded = await session_turns(OneVideo(), session, request, False, reads_video=True)  # type: ignore[arg-type]
     plan = await session.plan(prompted, 4, 10_000, count)
     session.record(recorded, "ok", False, session.epoch)
@@ -54,3 +59,20 @@ async def test_a_video_message_the_timeline_does_not_know_reads_as_its_frames() 
     session.timeline = LiveTimeline()
     later = await turn(session, "t1", "And then?")
     assert later[0].videos == () and len(later[0].images) == 3 and later[0].text.startswith("[video 1, 0.0 s]")
+
+
+async def test_a_later_prompt_shows_a_live_turns_window_clip_as_its_own_prompt_did() -> None:
+    """A live turn's window read as one clip reads as that clip again in the next prompt, after its summary (what
+    the history holds), so that prompt opens with the live turn's; the window's frames are held by the timeline
+    alone, counted once; after a restart (a new timeline) the exchange reads as its summary."""
+    session = Session(max_history_turns=16)
+    first = await turn(session, "t0", "What moved?", live=view(0, 1, 2))
+    later = await turn(session, "t1", "And then?")
+    summary = "[live camera: 3 frames, 0.000 s to 0.200 s]\nWhat moved?"
+    clip = window_clip(view(0, 1, 2).snapshot.frames)
+    assert first == [ChatMessage("user", summary, (), videos=(clip,))]
+    assert later[0] == first[0] and later[2].text == "And then?"
+    assert session.exchanges[0].turn.text == summary and session.exchanges[0].turn.images == ()
+    assert session.held_image_bytes == sum(len(FRAMES[n].image.data) for n in range(3))
+    session.timeline = LiveTimeline()
+    assert (await turn(session, "t2", "Now?"))[0] == ChatMessage("user", summary)
