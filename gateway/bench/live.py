@@ -33,15 +33,16 @@ class LiveConfig:
 def camera_frame(index: int, size: tuple[int, int], camera: int = 0) -> bytes:
     """A JPEG scene: a flat room in which a box moves one step every fourth frame (still in between, as a
     camera mostly is), so the window both merges and takes new frames; each camera's room has its own colour,
-    so sessions share no frame (and no encoder output)."""
+    so sessions share no frame (and no encoder output). Each lap of 16 steps runs a row lower, so no frame comes
+    again within 8 laps (256 s at 2 frames/s): a repeated frame's encoding is held, and a live turn would
+    encode less than a real camera's new frames."""
     from PIL import Image, ImageDraw
 
     width, height = size
     image = Image.new("RGB", size, (120 + camera // 16, 130 + 7 * (camera % 16), 140))
-    step = (index // 4) % 16
-    ImageDraw.Draw(image).rectangle(
-        (step * width // 20, height // 3, step * width // 20 + width // 8, height // 2), (200, 40, 40)
-    )
+    step, lap = (index // 4) % 16, (index // 64) % 8
+    top = height // 8 + lap * height // 12
+    ImageDraw.Draw(image).rectangle((step * width // 20, top, step * width // 20 + width // 8, top + height // 6), (200, 40, 40))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=80)
     return out.getvalue()
@@ -171,7 +172,8 @@ def _rss_bytes(pid: int | None) -> int | None:
 async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[str, Any]:
     """The figures: frames sent, live and text turns' time to first token (client side, from sending the turn),
     their ratio, the frames each live turn read, and the gateway's RSS growth per session."""
-    cameras = [[camera_frame(i, config.size, camera) for i in range(64)] for camera in range(config.sessions)]
+    frames = int(config.seconds * config.fps) + 64  # every frame a session sends new, however long it waits
+    cameras = [[camera_frame(i, config.size, camera) for i in range(frames)] for camera in range(config.sessions)]
     out: dict[str, list[Any]] = {"sent": [], "live": [], "text": []}
     load_before = [round(x, 2) for x in os.getloadavg()]
     rss_before = _rss_bytes(gateway_pid)

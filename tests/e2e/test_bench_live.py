@@ -60,3 +60,8 @@ def test_the_camera_scene_is_still_between_its_moves() -> None:
     send the same picture (sessions share no encoder output)."""
     assert camera_frame(0, (64, 48)) == camera_frame(3, (64, 48)) != camera_frame(4, (64, 48))
     assert camera_frame(0, (64, 48), camera=1) != camera_frame(0, (64, 48))
+
+
+def test_the_camera_sends_no_frame_twice_over_a_long_run() -> None:
+    """The box's laps run on different rows, so frames 64 apart differ (a repeated frame's encoding would be held)."""
+    assert len({camera_frame(i, (64, 48)) for i in range(0, 512, 4)}) == 128
