@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from torch._dynamo.utils import counters
+
 from gateway.engine.contract import ChatMessage, GenerationRequest, SamplingParams
 from gateway.engine.local import compiled_step
 from gateway.engine.local.engine import LocalEngine
@@ -43,22 +45,25 @@ async def replies(engine: LocalEngine) -> list[tuple[int, ...]]:
     return alone + together + await staggered(engine, PROMPTS, [params] * len(PROMPTS))
 
 
-async def test_the_compiled_step_gives_the_eager_tokens_and_compiles_once_per_bucket(demo_dirs: DemoDirs) -> None:
-    """Turns decoded alone, three together and joining others' decoding give the eager step's greedy tokens;
-    every decode step ran compiled, and the graphs compiled are at most the buckets used (1, 2 and 4 rows),
-    though the KV buffers grew."""
+async def test_the_compiled_step_gives_the_eager_tokens_and_compiles_every_bucket_before_serving(demo_dirs: DemoDirs) -> None:
+    """Start-up compiles one graph per bucket (1, 2 and 4 rows) before the generation thread runs; turns then
+    decoded alone, three together and joining others' decoding (every bucket, KV buffers growing) give the eager
+    step's greedy tokens, every decode step ran compiled, and serving compiled nothing: no graph added, dynamo's
+    counter unmoved."""
     tokens = {}
     for mode in ("off", "decode"):
         engine = LocalEngine(load_model(demo_dirs.model), max_batch=4, kv_cache_bytes=0, compile_mode=mode)
         engine.start()
+        compiled = engine._generation.compiled
+        at_start = (compiled.graphs if compiled else 0, counters["stats"]["unique_graphs"])
         try:
             tokens[mode] = await replies(engine)
         finally:
             await asyncio.to_thread(engine.stop)
-        compiled = engine._generation.compiled
     assert tokens["decode"] == tokens["off"]
-    assert compiled is not None and not compiled.broken
-    assert compiled.steps > 0 and 1 <= compiled.graphs <= len({compiled_step.bucket_of(rows, 4) for rows in (1, 2, 3)})  # 1, 2, 4
+    assert compiled is not None and not compiled.broken and compiled.warm
+    assert at_start[0] == len(compiled_step.buckets(4)) == 3
+    assert compiled.steps > 0 and (compiled.graphs, counters["stats"]["unique_graphs"]) == at_start
 
 
 def test_models_the_step_cannot_serve_stay_eager(demo_dirs: DemoDirs) -> None:
