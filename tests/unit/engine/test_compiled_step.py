@@ -76,3 +76,24 @@ def test_models_the_step_cannot_serve_stay_eager(demo_dirs: DemoDirs) -> None:
         assert "engine_compile" in str(exc)
     else:
         raise AssertionError("an unknown mode was taken")
+
+
+async def test_a_model_the_compiler_fails_on_starts_and_decodes_eager(demo_dirs: DemoDirs) -> None:
+    """A compile that fails at start-up's warm-up leaves the step broken (no bucket warmed, none compiled) and
+    the engine serving turns on the eager step."""
+    engine = LocalEngine(load_model(demo_dirs.model), max_batch=4, kv_cache_bytes=0, compile_mode="decode")
+    compiled = engine._generation.compiled
+    assert compiled is not None
+
+    def failing(*args: object) -> None:
+        raise RuntimeError("the compiler cannot take this model")
+
+    compiled._forward = failing
+    engine.start()
+    try:
+        sink, params = Collector(), SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+        engine.submit(GenerationRequest(messages=PROMPTS[0], params=params), sink)
+        assert len((await asyncio.wait_for(sink.done, 600)).token_ids) == 4
+    finally:
+        await asyncio.to_thread(engine.stop)
+    assert compiled.broken and not compiled.warm and compiled.graphs == compiled.steps == 0
