@@ -1,9 +1,10 @@
-"""The compiled decode step: the same greedy tokens as the eager one, and at most one compile per rows bucket."""
+"""The compiled decode step: the same greedy tokens as the eager one, and one compile per rows bucket, all at start-up."""
 
 from __future__ import annotations
 
 import asyncio
 
+import torch
 from torch._dynamo.utils import counters
 
 from gateway.engine.contract import ChatMessage, GenerationRequest, SamplingParams
@@ -29,6 +30,13 @@ def test_rows_are_padded_up_to_power_of_two_buckets() -> None:
     assert compiled_step.buckets(16) == [1, 2, 4, 8, 16]
     assert compiled_step.buckets(12) == [1, 2, 4, 8, 12]
     assert [compiled_step.bucket_of(rows, 12) for rows in (1, 2, 3, 5, 9, 12)] == [1, 2, 4, 8, 12, 12]
+
+
+def test_every_bucket_fits_dynamos_recompile_limit() -> None:
+    """A step over many rows has more buckets than dynamo's default 8 compiles of one code object: the limit
+    is raised to hold them all, so no bucket is left to eager."""
+    step = compiled_step.CompiledDecode(object(), 1024)
+    assert len(compiled_step.buckets(step.max_rows)) == 11 <= torch._dynamo.config.recompile_limit
 
 
 async def replies(engine: LocalEngine) -> list[tuple[int, ...]]:
