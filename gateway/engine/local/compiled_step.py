@@ -6,6 +6,7 @@ import logging
 import os
 import time
 import types
+from collections import Counter
 from typing import Any
 
 import torch
@@ -101,6 +102,7 @@ class CompiledDecode:
     def __init__(self, model: Any, max_rows: int) -> None:
         self.max_rows = max_rows
         self.steps = 0  # steps run compiled
+        self.steps_at: Counter[int] = Counter()  # of them, at each rows bucket
         self.graphs = 0  # graphs compiled (dynamo's unique_graphs while this step ran)
         self.compile_s = 0.0  # time of the steps that compiled a graph
         self.broken = False
@@ -145,6 +147,7 @@ class CompiledDecode:
         for layer in layers:
             layer._key_length = layer._value_length = length + 1
         self.steps += 1
+        self.steps_at[size] += 1
         return logits[:count]
 
     def _call(self, *args: Any) -> torch.Tensor | None:
