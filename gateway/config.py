@@ -131,10 +131,10 @@ class Settings:
     # LocalEngine's default (engine/local/engine.py), so tests that build one run what `gateway serve` runs.
     engine_prefill_chunk_tokens: int = 256
     # "decode": the local engine's decode step runs through torch.compile (inductor), rows padded up to power-of-two
-    # buckets and the KV length dynamic, so a model compiles once per bucket (at its first step of that size);
-    # models with sliding windows, cross-attention or adapters stay eager. "off" (the default): 1.1x faster
-    # at 16 sessions on this CPU, but each bucket compiles at its first step, on the generation thread, holding
-    # the GIL for seconds to minutes; no start-up warm-up yet (docs/engine.md).
+    # buckets and the KV length dynamic; every bucket compiles at start-up, before the server is ready, so serving
+    # never compiles; models with sliding windows, cross-attention or adapters stay eager. "off" (the default):
+    # decode is 1.1-1.25x the tokens/s on this CPU, but start-up compiles for 25-41 s warm (inductor's cache) and
+    # 3.5-4.5 min cold, against an 11 s start; not measured on CUDA (docs/engine.md, "Start-up, and the default").
     engine_compile: str = "off"
     engine: str = "real"  # "scripted": no model, instant replies (protocol tests, benchmarks)
     # Finished turns' KV held for prompts that start the same way; 0 disables. Default: a quarter of the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -123,11 +124,15 @@ def _upstream_engine(settings: Settings) -> Engine:
 
 
 def _local_engine(settings: Settings) -> Engine:
-    from gateway.engine.demo import cached_demo_model
+    from gateway.engine.demo import cache_root, cached_demo_model
     from gateway.engine.local.engine import LocalEngine
     from gateway.engine.local.loader import load_model
 
     logs.no_progress_bars()
+    if settings.engine_compile != "off":
+        # Inductor's kernels (its FX graph cache) kept with the gateway's other caches, not in /tmp (cleared at
+        # boot): a start after the first compiles each bucket from them (docs/engine.md: cold and warm start-up).
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
     source = model_dir(settings.model) if settings.model else cached_demo_model()
     loaded = load_model(
         source,

@@ -119,7 +119,8 @@ def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kw
     server = make_server(app, settings, host="127.0.0.1", port=port, log_level="warning", **uvicorn_kwargs)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
+    # Start-up compiles every bucket of a compiled decode step (engine_compile): minutes from a cold inductor cache.
+    deadline = time.monotonic() + (60 if settings.engine_compile == "off" else 600)
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")

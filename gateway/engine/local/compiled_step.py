@@ -6,6 +6,7 @@ import logging
 import os
 import time
 import types
+from collections import Counter
 from typing import Any
 
 import torch
@@ -95,15 +96,21 @@ class CompiledDecode:
     """One decode step of the batch through a compiled forward. The batch's KV sits in its RowBuffers (slots.py)
     with rows to spare: a step reads the first `bucket` rows of them (dead rows masked, attending only to their
     own new column) over their whole capacity (masked past the new column), so padding copies nothing. A bucket's
-    first step compiles it (`graphs`, `compile_s`); a model the compiler fails on falls back to eager."""
+    graph is compiled before serving (compile_warmup.py, `warm`) or else at its first step (`graphs`, `compile_s`);
+    a model the compiler fails on falls back to eager."""
 
     def __init__(self, model: Any, max_rows: int) -> None:
         self.max_rows = max_rows
         self.steps = 0  # steps run compiled
+        self.steps_at: Counter[int] = Counter()  # of them, at each rows bucket
         self.graphs = 0  # graphs compiled (dynamo's unique_graphs while this step ran)
         self.compile_s = 0.0  # time of the steps that compiled a graph
         self.broken = False
+        self.warm = False  # every bucket compiled (compile_warmup.py): a compile from here on is a stall, and warned of
         self._model = model
+        # Dynamo compiles a code object at most recompile_limit times (8): one graph per bucket must fit.
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, len(buckets(max_rows)))
         # Dynamo keeps its graphs (and its recompile limit) per code object: each engine's step gets a code object
         # of its own, so engines in one process (tests) never spend each other's limit.
         step = types.FunctionType(_step.__code__.replace(co_name=f"_step_{id(self):x}"), _step.__globals__)
@@ -140,6 +147,7 @@ class CompiledDecode:
         for layer in layers:
             layer._key_length = layer._value_length = length + 1
         self.steps += 1
+        self.steps_at[size] += 1
         return logits[:count]
 
     def _call(self, *args: Any) -> torch.Tensor | None:
@@ -152,17 +160,22 @@ class CompiledDecode:
             return None
         added = counters["stats"]["unique_graphs"] - graphs
         if added:
+            took, rows = time.perf_counter() - started, args[0].shape[0]
             self.graphs += added
-            self.compile_s += time.perf_counter() - started
-            log.info("compiled the decode step for %d rows in %.1f s", args[0].shape[0], time.perf_counter() - started)
+            self.compile_s += took
+            if self.warm:
+                log.warning("compiled the decode step for %d rows while serving (%.1f s, holding the GIL)", rows, took)
+            else:
+                log.info("compiled the decode step for %d rows in %.1f s", rows, took)
         return logits
 
 
 def _padded(rows: torch.Tensor, size: int) -> torch.Tensor:
-    """`rows` ([count, 1], or [3, count, 1] for 3-D positions) with zero rows added up to `size`."""
+    """`rows` ([count, 1], or [3, count, 1] for 3-D positions) with zero rows added up to `size`, contiguous:
+    3-D positions come expanded, and a graph is specialised to its inputs' strides (a recompile otherwise)."""
     dim = rows.dim() - 2
     if rows.shape[dim] == size:
-        return rows
+        return rows.contiguous()
     shape = list(rows.shape)
     shape[dim] = size - shape[dim]
     return torch.cat([rows, rows.new_zeros(shape)], dim=dim)

@@ -20,7 +20,7 @@ from gateway.engine.contract import (
     TurnHandle,
     TurnSink,
 )
-from gateway.engine.local import compiled_step
+from gateway.engine.local import compile_warmup, compiled_step
 from gateway.engine.local.adapter_swaps import LocalAdapters
 from gateway.engine.local.constrain import GrammarVocabulary, logits_width
 from gateway.engine.local.encoder_cache import EncoderCache
@@ -177,13 +177,16 @@ class LocalEngine:
         return EngineHealth(ok=False, detail="the generation thread has stopped")
 
     def start(self) -> None:
-        """Try one image prompt through the model (so `vision` is a fact, not a guess), then start the
-        generation thread, which owns the model from here on."""
+        """Try one image prompt through the model (so `vision` is a fact, not a guess), compile every bucket of
+        the compiled decode step (engine_compile), then start the generation thread, which owns the model from
+        here on."""
         if self.vision:
             reason = probe_vision(self.loaded)
             if reason is not None:
                 log.warning("images disabled: this model's image prompt failed at start-up (%s)", reason)
                 self.vision = self.reads_video = False
+        if self._generation.compiled is not None:
+            compile_warmup.warm_up(self._generation.compiled, self.loaded, self.threads)
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
