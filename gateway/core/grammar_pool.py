@@ -6,9 +6,10 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.config import Settings
 from gateway.core import request as req
@@ -149,14 +150,22 @@ class GrammarPool:
             self.kept.keep(response_format.json_schema.schema)
         return grammar
 
-    async def checked(self, grammar: Grammar | None, field: str, quota: CompileQuota) -> Grammar | None:
-        """A grammar built by the caller (a forced tool call's), checked the same way."""
+    async def checked(
+        self, grammar: Grammar | None, field: str, quota: CompileQuota, built_from: Sequence[Any] = ()
+    ) -> Grammar | None:
+        """A grammar built by the caller (a forced tool call's), checked the same way; once accepted, the client
+        JSON it was `built_from` (tool parameters) is let go in slices when big, as a response_format is."""
         if grammar is None:
             return None
         if len(grammar.source) > self.limits.max_bytes:
             message = f"{field}: the grammar is {len(grammar.source)} characters; max_grammar_bytes is {self.limits.max_bytes}"
             raise GatewayError(ErrorCode.INVALID_FIELD, message)
-        return await self._checked(source_key(grammar), quota, (grammar, field), field)
+        checked = await self._checked(source_key(grammar), quota, (grammar, field), field)
+        if len(grammar.source) >= LET_GO_BYTES:  # its text holds their JSON, so they are no bigger
+            for value in built_from:
+                if isinstance(value, (dict, list)):
+                    self.kept.keep(value)
+        return checked
 
     async def _checked(self, key: str, quota: CompileQuota, job: Job, field: str) -> Grammar:
         outcome = CHECKED.get(key)

@@ -92,7 +92,8 @@ class TurnService(TurnLimits):
             await self.grammars.response_grammar(options.response_format, quota)
         if options.tools:
             with naming("tools"):
-                await self.grammars.checked(plan_tools(options.tools, "required", self.tool_syntax).grammar, "tools", quota)
+                forced = plan_tools(options.tools, "required", self.tool_syntax).grammar
+                await self.grammars.checked(forced, "tools", quota, [tool.function.parameters for tool in options.tools])
 
     # ---- a session's turn (WebSocket) -------------------------------------------------------------
 
