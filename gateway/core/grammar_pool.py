@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.config import Settings
 from gateway.core import request as req
-from gateway.core.compile_procs import CompileProcess, Job
+from gateway.core.compile_procs import CompileProcess, Job, Running
 from gateway.core.format_keys import format_key_sliced
 from gateway.core.letting_go import LET_GO_BYTES, Keeper
 from gateway.core.ratelimit import BucketsByAddress, TokenBucket
@@ -95,6 +95,7 @@ class GrammarPool:
         self.limits = GrammarLimits(settings.max_grammar_bytes, settings.grammar_lexer_fuel, settings.grammar_max_lexer_states)
         self.check = check or validate
         self.compiles = 0  # compiles started, ever
+        self.running = Running()  # compiles running, a process's or the engine's: at most grammar_workers at once
         self.kept = Keeper()  # big accepted schemas, let go in slices once nothing else holds them
         CHECKED.capacity_bytes = settings.grammar_cache_bytes
         workers = max(1, settings.grammar_workers)
@@ -181,14 +182,16 @@ class GrammarPool:
         if process is None:
             process = self._own.process = CompileProcess()
             self._processes.append(process)
-        outcome = process.compile(job, self.limits, self.settings.grammar_cpu_s, self.settings.grammar_memory_bytes)
+        with self.running.counted():
+            outcome = process.compile(job, self.limits, self.settings.grammar_cpu_s, self.settings.grammar_memory_bytes)
         if not isinstance(outcome, Grammar) or self.check is validate:
             return outcome
         # An accepted grammar compiles twice, on purpose: only a process can be killed mid-compile, and its
         # compiled matcher cannot cross into this one, so the engine's own compile (whose matcher its turns
         # copy) runs only after the process showed it finishes within grammar_cpu_s. Refused ones run once.
         running.begin()
-        problem = self.check(outcome.source, self.limits)
+        with self.running.counted():
+            problem = self.check(outcome.source, self.limits)
         return self.limits.refusal(field, problem) if problem else outcome
 
     def _evicted(self, outcome: Grammar | GatewayError) -> bool:

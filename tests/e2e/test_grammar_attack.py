@@ -108,7 +108,7 @@ async def test_heavy_accepted_schemas_compile_once_off_the_loop(guarded: Running
     """Three distinct schemas of 9,000 required properties from 3 connections, then each again by `configure`
     on a fourth: all accepted, no loop callback takes 50 ms of CPU, the victim's turns all complete, and the
     engine compiled each schema once, on a compile worker, never on the generation thread (its turns copy
-    the compiled matcher: a step never waits on a compile)."""
+    the compiled matcher: a step never waits on a compile); never more compiles run at once than workers."""
     compiled_before = vocabulary(guarded).compiles
     formats = [required_format(seed) for seed in range(3)]
     with watching(guarded.thread) as watch:
@@ -126,6 +126,7 @@ async def test_heavy_accepted_schemas_compile_once_off_the_loop(guarded: Running
     assert vocabulary(guarded).compiles - compiled_before == 3
     assert vocabulary(guarded).compiled_on["gateway-generation"] == 0
     assert all(thread.startswith("gateway-grammar") for thread in vocabulary(guarded).compiled_on)
+    assert pool(guarded).running.peak <= guarded.settings.grammar_workers  # a process's compile or the engine's, never both
     print(f"\n[grammar] {len(victims)} victim turns; slowest loop callback {watch.slowest_ms:.1f} ms CPU of {watch.callbacks}")
     watch.check()
 
