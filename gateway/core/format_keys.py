@@ -45,6 +45,15 @@ async def format_key_sliced(response_format: req.ResponseFormat, limit: int) -> 
     return done[0]
 
 
+async def json_size_sliced(value: Any, limit: int) -> int:
+    """The size of `value`'s compact JSON, with the loop's other work between slices; past `limit` bytes it
+    stops early (the size returned is then over `limit`)."""
+    walk = _Walk(hashlib.sha256(), 0, limit)  # its digest is of no use here
+    for _ in walk.value(value):
+        await asyncio.sleep(0)
+    return walk.size
+
+
 def format_key_steps(response_format: req.ResponseFormat, limit: int | None = None) -> Generator[None, None, Key]:
     """`format_key` as a generator yielding between slices. The schema (the only part a client can make
     large) is walked; the rest is one small encode."""

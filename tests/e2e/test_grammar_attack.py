@@ -185,3 +185,19 @@ async def test_wide_schemas_are_measured_off_the_loop(guarded: RunningServer) ->
     assert pool(guarded).compiles == compiled_before
     print(f"\n[grammar] slowest loop callback {watch.slowest_ms:.1f} ms CPU of {watch.callbacks}")
     watch.check()
+
+
+async def test_tool_parameters_past_max_grammar_bytes_are_refused_before_their_grammar_is_built(guarded: RunningServer) -> None:
+    """A tool whose parameters carry 500k values (8 MB of JSON) in `configure`: `invalid_field` naming
+    max_grammar_bytes, measured a slice at a time and refused before the grammar's text is built (one
+    json.dumps of it all took 226 ms of one callback), so no loop callback takes 50 ms of CPU."""
+    values = wide_format(0, 250)["json_schema"]["schema"]["properties"]
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "default": values}
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": schema}}]
+    compiled_before = pool(guarded).compiles
+    async with GatewayClient(guarded.ws_url, compression=None) as client:
+        with watching(guarded.thread) as watch:
+            refused = await client.request({"type": "configure", "id": "c", "tools": tools})
+    assert refused["type"] == "error" and refused["code"] == "invalid_field"
+    assert "max_grammar_bytes" in refused["message"] and pool(guarded).compiles == compiled_before
+    watch.check()
