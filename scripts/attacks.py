@@ -106,19 +106,22 @@ async def send(ws: Any, frame: dict[str, Any]) -> None:
 
 
 async def victim_once(url: str) -> tuple[float, str]:
-    """Connect, one short turn: seconds to its first token (or refusal), and what it got."""
+    """Connect, one short turn: seconds to its first token (or refusal), and what it got (with the
+    milliseconds its connection took until `ready`)."""
     start = time.perf_counter()
     ws, _ = await open_client(url, "127.0.0.250")
+    ready_ms = (time.perf_counter() - start) * 1000
     try:
         await send(ws, {"type": "turn", "id": "v", "text": "hello", "options": {"max_tokens": 2, "temperature": 0}})
         frame = await until(ws, "token", "error", "done")
-        return time.perf_counter() - start, frame.get("code", frame["type"])
+        return time.perf_counter() - start, f"{frame.get('code', frame['type'])} (ready in {ready_ms:.0f} ms)"
     finally:
         await ws.close()
 
 
-async def victim(url: str, stop: asyncio.Event, samples: list[tuple[float, str]]) -> None:
+async def victim(url: str, stop: asyncio.Event, samples: list[tuple[float, str]], began: list[float]) -> None:
     while not stop.is_set():
+        began.append(time.perf_counter())
         samples.append(await victim_once(url))
         await asyncio.sleep(0.05)
 
@@ -216,19 +219,27 @@ async def measure(name: str, source: Path) -> dict[str, Any]:
         await asyncio.wait([attacking, asyncio.create_task(armed.wait())], return_when=asyncio.FIRST_COMPLETED)
         if attacking.done():
             attacking.result()
-        watcher = asyncio.create_task(victim(server.url, stop, samples))
+        armed_at, began = time.perf_counter(), []
+        watcher = asyncio.create_task(victim(server.url, stop, samples, began))
         answer = await attacking
+        attack_s = time.perf_counter() - armed_at
         await asyncio.sleep(3)  # the victim keeps measuring while the attack's effects last
         stop.set()
         await watcher
         times = [t for t, _ in samples]
-        refusals = [what for _, what in samples if what not in ("token", "done")]
+        slowest = max(range(len(times)), key=times.__getitem__)
+        refusals = [what for _, what in samples if what.split()[0] not in ("token", "done")]
         return {
             "attack": name,
             "source": str(source),
             "calm_p50_ms": round(statistics.median(t for t, _ in calm) * 1000, 1),
             "victim_p50_ms": round(statistics.median(times) * 1000, 1),
+            "victim_p99_ms": round(sorted(times)[int(len(times) * 0.99)] * 1000, 1),
             "victim_max_ms": round(max(times) * 1000, 1),
+            # when the slowest try began, after the attack began (it lasted attack_s, then 3 s more were measured)
+            "slowest_at_s": round(began[slowest] - armed_at, 2),
+            "slowest_got": samples[slowest][1],
+            "attack_s": round(attack_s, 2),
             "victim_refused": f"{len(refusals)} of {len(samples)}" + (f" ({refusals[0]})" if refusals else ""),
             "attacker": answer,
             "rss_mib": f"{rss_before:.0f} -> {server.rss_mib():.0f}",

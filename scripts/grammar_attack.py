@@ -110,6 +110,35 @@ async def first_token_ms(url: str, n: int) -> float:
     return (time.perf_counter() - began) * 1000
 
 
+LOOP_STEPS: dict[str, float] = {}  # the server loop's CPU seconds in each sliced step over client JSON
+
+
+def timing_steps() -> None:
+    """Time the sliced steps every big frame takes on the loop (msgpack, the bounds check, the schema's hash),
+    each step by its thread's CPU clock: what the loop spends on the attack's JSON, apart from the rest."""
+    from gateway.core import format_keys
+    from gateway.ws import protocol
+
+    def timed(name: str, steps: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            walk = steps(*args, **kwargs)
+            while True:
+                began = time.thread_time()
+                try:
+                    next(walk)
+                except StopIteration as done:
+                    return done.value
+                finally:
+                    LOOP_STEPS[name] = LOOP_STEPS.get(name, 0.0) + time.thread_time() - began
+                yield
+
+        return run
+
+    protocol.unpack_steps = timed("msgpack", protocol.unpack_steps)
+    protocol.json_value_checks = timed("bounds", protocol.json_value_checks)
+    format_keys.format_key_steps = timed("hash", format_keys.format_key_steps)
+
+
 async def measure(server: Any, label: str, name: str, kind: str, connections: int) -> None:
     from tests.loop_watch import watching
 
@@ -118,7 +147,7 @@ async def measure(server: Any, label: str, name: str, kind: str, connections: in
     )
     assert process.stdin and process.stdout and (await process.stdout.readline()).startswith(b"READY")
     samples: list[float] = []
-    phases_before = server.engine.load().phase_seconds
+    phases_before, steps_before = server.engine.load().phase_seconds, dict(LOOP_STEPS)
     with watching(server.thread) as watch:
         process.stdin.write(b"go\n")
         began = time.perf_counter()
@@ -138,6 +167,13 @@ async def measure(server: Any, label: str, name: str, kind: str, connections: in
         f"{len(watch.slow)} over 50 ms, loop CPU {watch.cpu_ms:.0f} ms in all; RSS {rss_mib():.0f} MiB"
     )
     spent = {p: s - phases_before[p] for p, s in server.engine.load().phase_seconds.items()}
+    steps = {step: seconds - steps_before.get(step, 0.0) for step, seconds in LOOP_STEPS.items()}
+    slowest = max(range(len(samples)), key=samples.__getitem__)
+    print(
+        "      loop CPU on the frames' JSON: "
+        + ", ".join(f"{step} {seconds * 1000:.0f} ms" for step, seconds in steps.items())
+        + f"; the slowest try was number {slowest + 1}"
+    )
     print("      generation thread: " + ", ".join(f"{p} {s:.2f} s" for p, s in sorted(spent.items(), key=lambda x: -x[1])))
     for answer, count in answers.items():
         print(f"      attacker got {count} x {answer}")
@@ -172,6 +208,7 @@ def run(label: str) -> None:
 
     model = write_demo_model(pathlib.Path(tempfile.mkdtemp()) / "model")
     server = start_server(model, Settings())
+    timing_steps()
     try:
         asyncio.run(main(server, label))
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
 from gateway.core import request as req
@@ -31,6 +33,26 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 # What a process is asked: a response format with its JSON size, or a built grammar with its field.
 Job = tuple[req.ResponseFormat, int] | tuple[Grammar, str]
+
+
+class Running:
+    """How many compiles run now (in a process, or the engine's own check after it), and the most at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[None]:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.now -= 1
 
 
 class CompileProcess:

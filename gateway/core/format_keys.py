@@ -8,15 +8,21 @@ import heapq
 import threading
 from collections import OrderedDict
 from collections.abc import Generator
+from itertools import islice
 from typing import Any
 
 import msgspec
 
 from gateway.core import request as req
+from gateway.core.json_bounds import level_entries
 
 # Values canonicalised between two yields: a few ms of CPU. A whole 14 MB schema (512k properties) sorted
 # and encoded at once took 350 ms of one event-loop callback; in slices, other clients run in between.
 SLICE_VALUES = 1024
+# A container (or a run of entries) holding at most this many values, all levels, is encoded in one C call (a few ms at
+# worst, a 16k-name object sorted): walked in Python a value at a time, a 9,000-property schema took 24-44 ms of loop time.
+ENCODE_VALUES = 32 * 1024
+_PROBES_LOST = 4  # probes of containers found too big, before any value is passed (a schema's top levels)
 _REMEMBERED = 64  # formats whose key is kept, by identity: the loop's check and the turn's resolve share one walk
 
 Key = tuple[str, int]
@@ -37,6 +43,15 @@ async def format_key_sliced(response_format: req.ResponseFormat, limit: int) -> 
     for _ in _returning(format_key_steps(response_format, limit), done):
         await asyncio.sleep(0)
     return done[0]
+
+
+async def json_size_sliced(value: Any, limit: int) -> int:
+    """The size of `value`'s compact JSON, with the loop's other work between slices; past `limit` bytes it
+    stops early (the size returned is then over `limit`)."""
+    walk = _Walk(hashlib.sha256(), 0, limit)  # its digest is of no use here
+    for _ in walk.value(value):
+        await asyncio.sleep(0)
+    return walk.size
 
 
 def format_key_steps(response_format: req.ResponseFormat, limit: int | None = None) -> Generator[None, None, Key]:
@@ -64,17 +79,17 @@ class _Walk:
 
     def __init__(self, digest: Any, size: int, limit: int | None) -> None:
         self.digest, self.size, self.limit, self.values = digest, size, limit, 0
+        self.walked = 0  # values passed so far, ever
+        self.lost = 0  # entries counted by _small's probes that found a container too big, ever
 
     def value(self, value: Any) -> Generator[None, None, None]:
         if self.limit is not None and self.size > self.limit:
             return
-        self.values += 1
-        if self.values >= SLICE_VALUES:
-            self.values = 0
-            yield
-        if isinstance(value, (dict, list)) and len(value) <= SLICE_VALUES and _flat(value):
+        yield from self._counted(1)
+        weight = self._small(value) if type(value) in _CONTAINERS else 0
+        if weight:
             self.size += _feed(self.digest, msgspec.json.encode(value, order="sorted"))  # at memory speed
-            self.values += len(value)
+            yield from self._counted(weight - 1)
         elif isinstance(value, dict):
             yield from self._object(value)
         elif isinstance(value, list):
@@ -88,14 +103,25 @@ class _Walk:
         self.size += _feed(self.digest, b"{")
         # Sorted a slice at a time, then merged: one sort of 200k names took 250 ms of one callback.
         items = list(value.items())
-        chunks: list[list[tuple[bytes, Any]]] = []
+        chunks: list[list[tuple[bytes, str, Any]]] = []
         for start in range(0, len(items), SLICE_VALUES):
-            named = [(msgspec.json.encode(str(name)), item) for name, item in items[start : start + SLICE_VALUES]]
-            chunks.append(sorted(named, key=_name))
+            part = items[start : start + SLICE_VALUES]
+            chunks.append(sorted(((msgspec.json.encode(str(name)), str(name), item) for name, item in part), key=_name))
             yield
-        for n, (name, item) in enumerate(heapq.merge(*chunks, key=_name)):
-            self.size += _feed(self.digest, (b"," if n else b"") + name + b":")
-            yield from self.value(item)
+        merged = heapq.merge(*chunks, key=_name)
+        for runs, run in enumerate(iter(lambda: list(islice(merged, SLICE_VALUES)), [])):
+            self.size += _feed(self.digest, b"," if runs else b"")
+            # A run of small entries (the properties of one object, say) in one encode, braces left out.
+            # (A run of the whole object: value() found it too big already.)
+            weight = self._small([item for _, _, item in run]) if len(run) < len(value) else 0
+            if weight:
+                entries = msgspec.json.encode({name: item for _, name, item in run}, order="sorted")[1:-1]
+                self.size += _feed(self.digest, entries)
+                yield from self._counted(weight)
+                continue
+            for n, (encoded, _, item) in enumerate(run):
+                self.size += _feed(self.digest, (b"," if n else b"") + encoded + b":")
+                yield from self.value(item)
         self.size += _feed(self.digest, b"}")
 
     def _array(self, value: list[Any]) -> Generator[None, None, None]:
@@ -105,14 +131,36 @@ class _Walk:
         for start in range(0, len(value), SLICE_VALUES):
             part = value[start : start + SLICE_VALUES]
             self.size += _feed(self.digest, b"," if start else b"")
-            if _flat(part):  # a slice of leaves (an `enum`, a `required` list) in one encode, brackets left out
-                self.size += _feed(self.digest, msgspec.json.encode(part)[1:-1])
-                yield
+            weight = self._small(part) if len(part) < len(value) else 0  # the whole array was probed
+            if weight:  # a slice of small values (an `enum`, a `required` list) in one encode, brackets left out
+                self.size += _feed(self.digest, msgspec.json.encode(part, order="sorted")[1:-1])
+                yield from self._counted(weight)
                 continue
             for n, item in enumerate(part):
                 self.size += _feed(self.digest, b"," if n else b"")
                 yield from self.value(item)
         self.size += _feed(self.digest, b"]")
+
+    def _small(self, value: dict[Any, Any] | list[Any]) -> int:
+        """The values `value` holds when at most ENCODE_VALUES (it is then encoded at once), else 0. A probe
+        that finds a big container is work lost, so probing pauses while the loss is more than the values
+        passed (plus a few probes): a schema built so that each of its nested containers is probed in vain
+        (each just too big) costs then about what the walk did without probes."""
+        if self.lost > self.walked + _PROBES_LOST * ENCODE_VALUES:
+            return 0
+        count = _count_within(value, ENCODE_VALUES)
+        if count <= ENCODE_VALUES:
+            return count
+        self.lost += min(count, 2 * ENCODE_VALUES)  # a count stops within a level past the bound
+        return 0
+
+    def _counted(self, weight: int) -> Generator[None, None, None]:
+        """Count `weight` values passed, yielding once they make a slice."""
+        self.walked += weight
+        self.values += weight
+        if self.values >= SLICE_VALUES:
+            self.values = 0
+            yield
 
     def _past_limit(self, at_least: int) -> bool:
         """Whether a container of `at_least` bytes takes the JSON past the limit: then it is not walked (the
@@ -123,12 +171,23 @@ class _Walk:
         return True
 
 
-def _flat(value: dict[Any, Any] | list[Any]) -> bool:
-    """Whether a container holds no container: then one encode of it is short (it has few entries)."""
-    return not any(isinstance(item, (dict, list)) for item in (value.values() if isinstance(value, dict) else value))
+def _count_within(value: dict[Any, Any] | list[Any], most: int) -> int:
+    """The values `value` holds (itself and every entry, all levels) when at most `most`; else a count past
+    `most`. Counted a level at a time with C loops (`len` over a level, one comprehension for the next), and
+    given up before a level that would pass `most` is gathered: a count costs at most `most` entries."""
+    count, level = 0, [value]
+    while level:
+        count += len(level) + sum(map(len, level))
+        if count > most:
+            return count
+        level = [entry for entry in level_entries(level) if type(entry) in _CONTAINERS]
+    return count
 
 
-def _name(entry: tuple[bytes, Any]) -> bytes:
+_CONTAINERS = (dict, list)
+
+
+def _name(entry: tuple[bytes, str, Any]) -> bytes:
     return entry[0]
 
 

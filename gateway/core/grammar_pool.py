@@ -6,13 +6,14 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.config import Settings
 from gateway.core import request as req
-from gateway.core.compile_procs import CompileProcess, Job
+from gateway.core.compile_procs import CompileProcess, Job, Running
 from gateway.core.format_keys import format_key_sliced
 from gateway.core.letting_go import LET_GO_BYTES, Keeper
 from gateway.core.ratelimit import BucketsByAddress, TokenBucket
@@ -94,6 +95,7 @@ class GrammarPool:
         self.limits = GrammarLimits(settings.max_grammar_bytes, settings.grammar_lexer_fuel, settings.grammar_max_lexer_states)
         self.check = check or validate
         self.compiles = 0  # compiles started, ever
+        self.running = Running()  # compiles running, a process's or the engine's: at most grammar_workers at once
         self.kept = Keeper()  # big accepted schemas, let go in slices once nothing else holds them
         CHECKED.capacity_bytes = settings.grammar_cache_bytes
         workers = max(1, settings.grammar_workers)
@@ -149,14 +151,22 @@ class GrammarPool:
             self.kept.keep(response_format.json_schema.schema)
         return grammar
 
-    async def checked(self, grammar: Grammar | None, field: str, quota: CompileQuota) -> Grammar | None:
-        """A grammar built by the caller (a forced tool call's), checked the same way."""
+    async def checked(
+        self, grammar: Grammar | None, field: str, quota: CompileQuota, built_from: Sequence[Any] = ()
+    ) -> Grammar | None:
+        """A grammar built by the caller (a forced tool call's), checked the same way; once accepted, the client
+        JSON it was `built_from` (tool parameters) is let go in slices when big, as a response_format is."""
         if grammar is None:
             return None
         if len(grammar.source) > self.limits.max_bytes:
             message = f"{field}: the grammar is {len(grammar.source)} characters; max_grammar_bytes is {self.limits.max_bytes}"
             raise GatewayError(ErrorCode.INVALID_FIELD, message)
-        return await self._checked(source_key(grammar), quota, (grammar, field), field)
+        checked = await self._checked(source_key(grammar), quota, (grammar, field), field)
+        if len(grammar.source) >= LET_GO_BYTES:  # its text holds their JSON, so they are no bigger
+            for value in built_from:
+                if isinstance(value, (dict, list)):
+                    self.kept.keep(value)
+        return checked
 
     async def _checked(self, key: str, quota: CompileQuota, job: Job, field: str) -> Grammar:
         outcome = CHECKED.get(key)
@@ -172,14 +182,16 @@ class GrammarPool:
         if process is None:
             process = self._own.process = CompileProcess()
             self._processes.append(process)
-        outcome = process.compile(job, self.limits, self.settings.grammar_cpu_s, self.settings.grammar_memory_bytes)
+        with self.running.counted():
+            outcome = process.compile(job, self.limits, self.settings.grammar_cpu_s, self.settings.grammar_memory_bytes)
         if not isinstance(outcome, Grammar) or self.check is validate:
             return outcome
         # An accepted grammar compiles twice, on purpose: only a process can be killed mid-compile, and its
         # compiled matcher cannot cross into this one, so the engine's own compile (whose matcher its turns
         # copy) runs only after the process showed it finishes within grammar_cpu_s. Refused ones run once.
         running.begin()
-        problem = self.check(outcome.source, self.limits)
+        with self.running.counted():
+            problem = self.check(outcome.source, self.limits)
         return self.limits.refusal(field, problem) if problem else outcome
 
     def _evicted(self, outcome: Grammar | GatewayError) -> bool:

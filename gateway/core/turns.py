@@ -19,6 +19,7 @@ from gateway.core.relay import EventSink, Observed
 from gateway.core.request import SamplingOptions, TurnRequest
 from gateway.core.sampling import resolve_params, server_defaults
 from gateway.core.session import Session, UserTurn
+from gateway.core.tool_grammars import checked_tools
 from gateway.core.tool_plan import ToolPlan, plan_tools
 from gateway.core.tracing import Tracer, TurnTrace
 from gateway.core.turn_types import Drain, SessionKeeper, StartedTurn, TurnPace
@@ -92,7 +93,7 @@ class TurnService(TurnLimits):
             await self.grammars.response_grammar(options.response_format, quota)
         if options.tools:
             with naming("tools"):
-                await self.grammars.checked(plan_tools(options.tools, "required", self.tool_syntax).grammar, "tools", quota)
+                await checked_tools(self.grammars, options.tools, self.tool_syntax, quota)
 
     # ---- a session's turn (WebSocket) -------------------------------------------------------------
 

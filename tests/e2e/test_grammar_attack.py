@@ -108,7 +108,7 @@ async def test_heavy_accepted_schemas_compile_once_off_the_loop(guarded: Running
     """Three distinct schemas of 9,000 required properties from 3 connections, then each again by `configure`
     on a fourth: all accepted, no loop callback takes 50 ms of CPU, the victim's turns all complete, and the
     engine compiled each schema once, on a compile worker, never on the generation thread (its turns copy
-    the compiled matcher: a step never waits on a compile)."""
+    the compiled matcher: a step never waits on a compile); never more compiles run at once than workers."""
     compiled_before = vocabulary(guarded).compiles
     formats = [required_format(seed) for seed in range(3)]
     with watching(guarded.thread) as watch:
@@ -126,6 +126,7 @@ async def test_heavy_accepted_schemas_compile_once_off_the_loop(guarded: Running
     assert vocabulary(guarded).compiles - compiled_before == 3
     assert vocabulary(guarded).compiled_on["gateway-generation"] == 0
     assert all(thread.startswith("gateway-grammar") for thread in vocabulary(guarded).compiled_on)
+    assert pool(guarded).running.peak <= guarded.settings.grammar_workers  # a process's compile or the engine's, never both
     print(f"\n[grammar] {len(victims)} victim turns; slowest loop callback {watch.slowest_ms:.1f} ms CPU of {watch.callbacks}")
     watch.check()
 
@@ -183,4 +184,20 @@ async def test_wide_schemas_are_measured_off_the_loop(guarded: RunningServer) ->
     assert configured["type"] == "error" and "max_grammar_bytes" in configured["message"]
     assert pool(guarded).compiles == compiled_before
     print(f"\n[grammar] slowest loop callback {watch.slowest_ms:.1f} ms CPU of {watch.callbacks}")
+    watch.check()
+
+
+async def test_tool_parameters_past_max_grammar_bytes_are_refused_before_their_grammar_is_built(guarded: RunningServer) -> None:
+    """A tool whose parameters carry 500k values (8 MB of JSON) in `configure`: `invalid_field` naming
+    max_grammar_bytes, measured a slice at a time and refused before the grammar's text is built (one
+    json.dumps of it all took 226 ms of one callback), so no loop callback takes 50 ms of CPU."""
+    values = wide_format(0, 250)["json_schema"]["schema"]["properties"]
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "default": values}
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": schema}}]
+    compiled_before = pool(guarded).compiles
+    async with GatewayClient(guarded.ws_url, compression=None) as client:
+        with watching(guarded.thread) as watch:
+            refused = await client.request({"type": "configure", "id": "c", "tools": tools})
+    assert refused["type"] == "error" and refused["code"] == "invalid_field"
+    assert "max_grammar_bytes" in refused["message"] and pool(guarded).compiles == compiled_before
     watch.check()

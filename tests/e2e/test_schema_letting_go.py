@@ -59,3 +59,29 @@ async def test_a_replaced_schema_of_half_a_million_values_is_let_go_in_slices(se
     assert after.done is not None
     print(f"\n[schema drop] slowest loop callback {watch.slowest_ms:.1f} ms CPU of {watch.callbacks}; over: {watch.slow}")
     watch.check()
+
+
+def tool(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+async def test_replaced_tool_parameters_of_half_a_million_values_are_let_go_in_slices(server: RunningServer) -> None:
+    """`configure` with a tool whose parameters carry 500k values (accepted: its forced call's grammar is past
+    256 KiB, so the pool keeps them), then with a small tool instead: once the session's defaults have let go
+    of them, they are let go a slice at a time (no event-loop callback from the replacement on takes 50 ms
+    of CPU), and another turn completes."""
+    values = wide_format(0, 250)["json_schema"]["schema"]["properties"]
+    big = [tool("lookup", {"type": "object", "properties": {"n": {"type": "integer"}}, "default": values})]
+    kept_before = len(pool(server).kept)
+    async with GatewayClient(server.ws_url, compression=None) as client:
+        assert (await client.request({"type": "configure", "tools": big}))["type"] == "configured"
+        assert len(pool(server).kept) == kept_before + 1
+        del big, values
+        with watching(server.thread) as watch:
+            small_tools = [tool("lookup", {"type": "object", "properties": {"n": {"type": "integer"}}})]
+            assert (await client.request({"type": "configure", "tools": small_tools}))["type"] == "configured"
+            await wait_until(lambda: len(pool(server).kept) == kept_before)
+            after = await client.turn("after", "hello", max_tokens=2, **GREEDY)
+    assert after.done is not None
+    print(f"\n[tools drop] slowest loop callback {watch.slowest_ms:.1f} ms CPU of {watch.callbacks}; over: {watch.slow}")
+    watch.check()

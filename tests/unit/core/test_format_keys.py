@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from gateway.core import request as req
-from gateway.core.format_keys import SLICE_VALUES, finish, format_key, format_key_sliced, format_key_steps, remembered
+from gateway.core.format_keys import (
+    ENCODE_VALUES,
+    SLICE_VALUES,
+    finish,
+    format_key,
+    format_key_sliced,
+    format_key_steps,
+    remembered,
+)
 
 
 def schema_format(schema: dict[str, Any]) -> req.JsonSchemaFormat:
@@ -59,3 +69,41 @@ async def test_the_loop_s_key_is_remembered_for_the_turn() -> None:
     response_format = schema_format(properties(5000))
     key = await format_key_sliced(response_format, limit=1 << 20)
     assert remembered(response_format) == key == finish(format_key_steps(schema_format(properties(5000))))
+
+
+def grouped(groups: int, each: int) -> dict[str, Any]:
+    """The attack's shape: `groups` objects of `each` required integer properties."""
+    inner = {f"g{g}": properties(each) | {"required": [f"p{i}" for i in range(each)]} for g in range(groups)}
+    return {"type": "object", "properties": inner, "required": list(inner)}
+
+
+def test_small_objects_are_encoded_whole_not_a_value_at_a_time(monkeypatch: Any) -> None:
+    """9 groups of 1,000 properties (36k values) take a few dozen encodes, not one per property, and the key
+    is still canonical: the same schema with every object's keys reversed has the same key and size."""
+    encodes = 0
+    encode = msgspec.json.encode
+
+    def counted(value: Any, **options: Any) -> bytes:
+        nonlocal encodes
+        encodes += 1
+        return encode(value, **options)
+
+    monkeypatch.setattr(msgspec.json, "encode", counted)
+    key = format_key(schema_format(grouped(9, 1000)))
+    assert encodes <= 40
+    monkeypatch.undo()
+    assert format_key(schema_format(reversed_keys(grouped(9, 1000)))) == key
+
+
+def test_a_wide_object_of_small_values_keeps_a_canonical_key() -> None:
+    """An object of 40,000 small properties, past ENCODE_VALUES so walked and encoded a run of entries at a
+    time: its key and size are those of the same properties in the reverse order."""
+    schema = properties(40_000)
+    assert 2 * 40_000 > ENCODE_VALUES
+    assert format_key(schema_format(schema)) == format_key(schema_format(reversed_keys(schema)))
+
+
+def reversed_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {name: reversed_keys(item) for name, item in reversed(list(value.items()))}
+    return [reversed_keys(item) for item in value] if isinstance(value, list) else value

@@ -47,6 +47,18 @@ async def test_each_distinct_schema_compiles_once_however_many_ask() -> None:
     assert len(calls) == 1 and all(g is grammars[0] for g in grammars) and again is grammars[0]
 
 
+async def test_at_most_grammar_workers_compiles_run_at_once() -> None:
+    """Six distinct schemas asked for at once with 2 workers: never more than 2 compiles run together, counting
+    a compile process's and the engine's check after it (a schema's two never overlap: one worker runs both)."""
+    pool = GrammarPool(Settings(grammar_workers=2), counting([]))
+    formats = [schema_format(n, "peak") for n in range(6)]
+    try:
+        await asyncio.gather(*(pool.response_grammar(fmt, pool.quota(f"10.1.0.{n}")) for n, fmt in enumerate(formats)))
+    finally:
+        pool.close()
+    assert 1 <= pool.running.peak <= 2 and pool.running.now == 0
+
+
 async def test_a_schema_over_max_grammar_bytes_is_refused_without_compiling() -> None:
     """A response_format larger than max_grammar_bytes is `invalid_field` naming the setting; nothing compiles."""
     calls: list[str] = []

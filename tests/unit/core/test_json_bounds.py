@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.core.json_bounds import JSON_INT_MAX, JSON_INT_MIN, check_json_value, json_value_checks
+from gateway.core.json_bounds import JSON_INT_MAX, JSON_INT_MIN, MAX_JSON_DEPTH, check_json_value, json_value_checks
 from gateway.errors import GatewayError
 
 
@@ -37,3 +37,24 @@ def test_a_non_finite_float_is_refused() -> None:
     """An infinite number inside a map is `invalid_field`."""
     with pytest.raises(GatewayError, match="not finite"):
         check_json_value({"a": {"b": float("inf")}}, "schema")
+
+
+@pytest.mark.parametrize("at", [0, 500, 999])
+def test_depth_is_bounded_wherever_the_deep_branch_is(at: int) -> None:
+    """A branch one level too deep, at any place among 1,000 shallow siblings, is `invalid_field`; at the
+    bound exactly it passes (the walk goes a level at a time, all siblings together)."""
+
+    def nested(levels: int) -> Any:
+        value: Any = 1
+        for _ in range(levels):
+            value = {"a": value}
+        return value
+
+    for levels, refused in ((MAX_JSON_DEPTH - 1, False), (MAX_JSON_DEPTH, True)):
+        siblings: list[Any] = [{"b": 2}] * 1000
+        siblings[at] = nested(levels)
+        if refused:
+            with pytest.raises(GatewayError, match="nests deeper"):
+                check_json_value(siblings, "schema")
+        else:
+            check_json_value(siblings, "schema")
