@@ -15,6 +15,7 @@ from gateway.engine.local.families import EncoderRows
 from gateway.engine.local.image_layout import ImageLayout, Stacked
 
 PIXELS = "pixel_values"
+VIDEO_PIXELS = "pixel_values_videos"
 DEEPSTACK = "deepstack_features"  # Qwen3-VL: per layer, each image's features its language model adds in
 # Tensors an image pass takes whole, not per image (LLaVA-OneVision's prompt image count: whether to tile).
 WHOLE = ("batch_num_images",)
@@ -62,7 +63,8 @@ class EncoderCache:
         """`extras` for a pass over these images (the prompt's from its `first` on): without pixels, with
         their outputs, when at least one is held (the others encoded alone), or `whole` (a pass that will
         not give its encoder output back: all encoded here, and held); else unchanged."""
-        if not keys or PIXELS not in extras or self.max_bytes <= 0:
+        # A pass with a clip's pixels takes no encoder outputs: the models refuse both at once.
+        if not keys or PIXELS not in extras or VIDEO_PIXELS in extras or self.max_bytes <= 0:
             return extras
         missing = [i for i, key in enumerate(keys) if key not in self._held]
         fresh = len(missing) == len(keys)
