@@ -89,9 +89,10 @@ async def stop(running: Any, request: Any) -> None:
 async def test_a_long_image_prompt_costs_a_pass_per_chunk_with_a_decode_step_between(
     engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A two-image prompt joining a decoding turn is fed CHUNK columns per pass, ceil(tokens / CHUNK) passes,
-    each followed by the running turn's decode step: the running turn never waits for the whole image
-    prompt. Its reply is exactly its reply alone."""
+    """A two-image prompt joining a decoding turn has its images encoded in one step, then is fed CHUNK columns
+    per pass, ceil(tokens / CHUNK) passes, each followed by the running turn's decode step: the running turn
+    never waits for the whole image prompt, nor for its vision tower and a chunk together. Its reply is
+    exactly its reply alone."""
     solo = await alone(engine, LONG, PARAMS)
     running, request = await decoding_turn(engine)
     watch = Passes(engine, monkeypatch)
@@ -107,6 +108,9 @@ async def test_a_long_image_prompt_costs_a_pass_per_chunk_with_a_decode_step_bet
     assert len(prefill) == -(-prompt // CHUNK) and prompt > 4 * CHUNK
     assert [passes[i][1:] for i in prefill] == [(1, CHUNK)] * (prompt // CHUNK) + [(1, prompt % CHUNK)] * (prompt % CHUNK > 0)
     assert all(passes[i + 1][0] == "decode" for i in prefill[:-1])  # the running turn decoded after each chunk
+    # The vision tower is a step's work of its own: after the step it ran in (the held one), the running
+    # turn decodes once more before the first chunk.
+    assert [kind for kind, _, _ in passes[: prefill[0]]] == ["decode", "decode"]
 
 
 @pytest.mark.parametrize("decoding", [False, True], ids=["idle", "beside-a-decoding-turn"])
