@@ -81,7 +81,12 @@ class Served:
 
 @pytest.fixture(scope="module", params=sorted(SPECS))
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    spec = SPECS[request.param]
+    yield from serve(request.param, tmp_path_factory)
+
+
+def serve(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A family's model on a real server, with its reference."""
+    spec = SPECS[name]
     path = cached_family(spec.name)
     template = None if spec.ships_template else spec.template
     # GATEWAY_ENGINE_COMPILE=decode runs every family test on the compiled decode step (where the family takes it).

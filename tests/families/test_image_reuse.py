@@ -58,7 +58,8 @@ def record_prefills(engine: LocalEngine, into: list[torch.Tensor]) -> None:
     """Keep the last-position logits of every prefill (turns here run one at a time: one per turn)."""
 
     def hook(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
-        if kwargs["input_ids"].shape[1] > 1:  # a decode step feeds one token
+        fed = kwargs.get("input_ids")  # image prompts that join the rows are fed as embeddings
+        if (fed if fed is not None else kwargs["inputs_embeds"]).shape[1] > 1:  # a decode step feeds one token
             into.append(output.logits[0, -1].float().clone())
 
     engine.loaded.model.register_forward_hook(hook, with_kwargs=True)

@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from gateway.engine.local import cross, kv, padded, ragged, slots
+from gateway.engine.local import cross, embed_rows, kv, padded, ragged, slots
 from gateway.engine.local.compiled_step import CompiledDecode
 from gateway.engine.local.encoder_cache import EncoderCache
-from gateway.engine.local.image_prefix import images_before, rope_inputs, suffix_extras
+from gateway.engine.local.image_prefix import images_before, suffix_extras
 from gateway.engine.local.joining_rows import JoiningRows, Leaving
 from gateway.engine.local.loader import LoadedModel
-from gateway.engine.local.model_inputs import model_extras, rope_index_owner
+from gateway.engine.local.model_inputs import Positions, model_extras, rope_index_owner
 from gateway.engine.local.prefix_cache import HeldPrefix
 from gateway.engine.local.prompt import ModelInputs
 from gateway.engine.local.sampling import choose_token, make_generator
@@ -31,9 +31,10 @@ class Batch:
         self.cache: Any = None  # a DynamicCache of GrowingLayers (and CrossLayers, see engine/local/cross.py)
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
         self._rope = rope_index_owner(loaded.model)
-        self._first = loaded.prompt.family.first_position
+        self._positions = Positions(self._rope, loaded.prompt.family.first_position, loaded.dtype)
         self._cross = cross.cross_layer_indices(loaded.model)  # mllama's cross-attention layers
         self._rows = slots.RowBuffers(max_rows)  # self-attention KV with spare rows (not with cross-attention)
+        self.splices = embed_rows.splices(loaded.prompt.family, self._cross)  # image prompts join as embeddings
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -50,7 +51,7 @@ class Batch:
         input_ids = item.input_ids.to(device)
         mask = torch.ones_like(input_ids)
         extras = model_extras(item.extras, device, self.loaded.dtype)
-        positions, delta = self._prompt_positions(input_ids, mask, extras)
+        positions, delta = self._positions(input_ids, mask, extras)
         images = item.images if extras else ()
         out = self.loaded.model(
             input_ids=input_ids,
@@ -72,7 +73,7 @@ class Batch:
         """Text prompts, each on its held prefix or none, laid out as rows for `feed_rows` (see engine/local/ragged.py),
         nothing fed yet. Cross-attention models pass no held prefixes."""
         prompts = [item.input_ids[0] for item in inputs]
-        layout = ragged.lay_out(prompts, [held.length if held else 0 for held in helds], self._text_positions, self.loaded.device)
+        layout = ragged.lay_out(prompts, [held.length if held else 0 for held in helds], self._positions.text, self.loaded.device)
         for seq, item, delta, cached in zip(seqs, inputs, layout.deltas, layout.cached):
             self._start(seq, item, delta)
             seq.cached_tokens = cached
@@ -96,14 +97,38 @@ class Batch:
         return out.logits[:, -1], cache, layout.mask
 
     def add_joiners(
-        self, rows: JoiningRows, seqs: list[Sequence], inputs: list[ModelInputs], helds: list[HeldPrefix | None]
+        self,
+        rows: JoiningRows,
+        seqs: list[Sequence],
+        inputs: list[ModelInputs],
+        helds: list[HeldPrefix | None],
+        embeds: list[torch.Tensor | None] | None = None,
     ) -> None:
-        """Text prompts join the rows prefilled beside the batch (see engine/local/joining_rows.py), each on its
-        whole held prefix or none, nothing fed yet."""
+        """Prompts join the rows prefilled beside the batch (see engine/local/joining_rows.py), each on its whole
+        held prefix or none, nothing fed yet; image prompts as their `embeds` (`splice`)."""
         prompts = [item.input_ids[0].to(self.loaded.device) for item in inputs]
-        for seq, item, delta, held in zip(seqs, inputs, rows.add(seqs, prompts, helds, self._text_positions), helds):
+        places = [self._positions.of(item, self.loaded.device) for item in inputs]
+        rows.add(seqs, prompts, helds, places, embeds)
+        for seq, item, (_, delta), held in zip(seqs, inputs, places, helds):
             self._start(seq, item, delta)
             seq.cached_tokens = held.length if held else 0
+
+    def splice(self, seq: Sequence, item: ModelInputs, held: HeldPrefix | None) -> torch.Tensor:
+        """An image prompt's input embeddings after its held prefix (see engine/local/embed_rows.py): only its
+        images after the held part go through the vision tower, and of those only the ones not held by the
+        encoder cache, which then holds them."""
+        start = held.length if held else 0
+        extras = self._suffix(item, start, whole=True)[2] | self._adapter_args([seq])
+        positions = self._positions.of(item, self.loaded.device)[0][..., start:]
+        return embed_rows.spliced_embeds(self.loaded.model, item.input_ids[:, start:].to(self.loaded.device), positions, extras)
+
+    def _suffix(self, item: ModelInputs, start: int, whole: bool = False) -> tuple[int, tuple[str, ...], dict[str, Any]]:
+        """The prompt's images from token `start` on (the first one's index, their keys) and what a pass over
+        its tokens from there takes besides ids: held encoder outputs in place of pixels where it can."""
+        first = images_before(item, start)
+        images = item.images[first:] if item.extras else ()
+        extras = model_extras(suffix_extras(item, start) if start else item.extras, self.loaded.device, self.loaded.dtype)
+        return first, images, self.encoder.inputs(images, extras, item.layout, first, self._encode, whole)
 
     @torch.inference_mode()
     def feed_joiners(self, rows: JoiningRows, columns: int | None) -> Leaving | None:
@@ -111,7 +136,7 @@ class Batch:
         rows whose prompts ended with what `prefill` returns for them, None while none did."""
         chunk = rows.chunk(columns)
         out = self.loaded.model(
-            input_ids=chunk.input_ids,
+            **embed_rows.chunk_inputs(self.loaded.model, chunk.input_ids, chunk.embeds),
             attention_mask=chunk.attention_mask,
             position_ids=chunk.position_ids,
             cache=rows.cache if rows.cache is not None else kv.new_cache(),
@@ -120,35 +145,24 @@ class Batch:
         )
         return rows.advance(chunk, padded.cache_of(out), out.logits)
 
-    def _text_positions(self, ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return self._prompt_positions(ids, torch.ones_like(ids), {})
-
     @torch.inference_mode()
     def prefill_on(self, seq: Sequence, item: ModelInputs, held: HeldPrefix) -> tuple[torch.Tensor, Any, torch.Tensor]:
         """Prefill a prompt's tokens after a held prefix on top of that prefix's KV; return what `prefill`
         does for one sequence. Positions are the whole prompt's, sliced, so 3-D ones continue the held
         images' offset exactly; only images after the held part go through the vision tower."""
-        device, dtype = self.loaded.device, self.loaded.dtype
-        cache = kv.new_cache()
-        for keys, values in held.layers:  # views, not copies: the forward pass copies them into its buffer
-            layer = kv.GrowingLayer()
-            layer.lazy_initialization(keys, values)
-            layer.keys, layer.values = keys[:, :, : held.length].to(device), values[:, :, : held.length].to(device)
-            cache.layers.append(layer)
+        device = self.loaded.device
+        cache = kv.held_cache(held.layers, held.length, device)
         input_ids = item.input_ids.to(device)
         mask = torch.ones(1, item.prompt_tokens, dtype=torch.long, device=device)
-        positions, delta = self._prompt_positions(input_ids, mask, model_extras(rope_inputs(item.extras), device, dtype))
-        first = images_before(item, held.length)
-        images = item.images[first:] if item.extras else ()
+        positions, delta = self._positions.of(item, device)
+        first, images, extras = self._suffix(item, held.length)
         out = self.loaded.model(
             input_ids=input_ids[:, held.length :],
             attention_mask=mask,
             position_ids=positions[..., held.length :],
             cache=cache,
             use_cache=True,
-            **self.encoder.inputs(
-                images, model_extras(suffix_extras(item, held.length), device, dtype), item.layout, first, self._encode
-            ),
+            **extras,
             **self._adapter_args([seq]),
         )
         self.encoder.keep(images, out, item.layout, first)
@@ -169,26 +183,6 @@ class Batch:
         seq.generator = make_generator(seq.request.params, self.loaded.device)
         if seq.request.params.repetition_penalty != 1.0:
             seq.seen = item.input_ids[0].to(self.loaded.device)
-
-    def _prompt_positions(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, extras: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, int]:
-        """Text positions count real tokens only (left padding sits at 0); multimodal models get
-        their 3-D positions and the offset images add to every later position."""
-        text = (mask.cumsum(-1) - 1).clamp(min=0) + self._first
-        if self._rope is None:
-            return text, self._first
-        if "image_grid_thw" not in extras and "video_grid_thw" not in extras:
-            return text.unsqueeze(0).expand(3, -1, -1), 0
-        grids = rope_inputs(extras)
-        positions, deltas = self._rope.get_rope_index(input_ids, attention_mask=torch.ones_like(input_ids), **grids)
-        return positions, int(deltas.view(-1)[0].item())
-
-    def _cross_args(self) -> dict[str, Any]:
-        """Rows with images attend to them at every step, as their prompt's last token did."""
-        layers = [layer for layer in self.cache.layers if isinstance(layer, cross.CrossLayer)]
-        mask = layers[0].decode_mask() if layers else None
-        return {"cross_attention_mask": mask} if mask is not None else {}
 
     def _adapter_args(self, sequences: list[Sequence]) -> dict[str, Any]:
         """With several adapters loaded, each row names its own (peft routes LoRA per row)."""
@@ -240,7 +234,7 @@ class Batch:
                 position_ids=position_ids,
                 cache=self.cache,
                 use_cache=True,
-                **self._cross_args(),
+                **cross.decode_args(self.cache),
                 **self._adapter_args(self.sequences),
             )
             self.cache, logits = padded.cache_of(out), out.logits[:, -1]

@@ -52,6 +52,13 @@ def adopt(cache: Any, indices: frozenset[int], batch: int, mask: torch.Tensor | 
         cache.layers[index] = layer
 
 
+def decode_args(cache: Any) -> dict[str, Any]:
+    """Rows with images attend to them at every step, as their prompt's last token did."""
+    layers = [layer for layer in cache.layers if isinstance(layer, CrossLayer)]
+    mask = layers[0].decode_mask() if layers else None
+    return {"cross_attention_mask": mask} if mask is not None else {}
+
+
 def merge(mine: CrossLayer, theirs: CrossLayer) -> CrossLayer:
     """The rows of both, in order: states and mask rows right-padded with zeros to the longer of the two."""
     merged = CrossLayer(mine.lengths + theirs.lengths)

@@ -15,6 +15,7 @@ from gateway.engine.local.families import EncoderRows
 from gateway.engine.local.image_layout import ImageLayout, Stacked
 
 PIXELS = "pixel_values"
+VIDEO_PIXELS = "pixel_values_videos"
 DEEPSTACK = "deepstack_features"  # Qwen3-VL: per layer, each image's features its language model adds in
 # Tensors an image pass takes whole, not per image (LLaVA-OneVision's prompt image count: whether to tile).
 WHOLE = ("batch_num_images",)
@@ -57,22 +58,26 @@ class EncoderCache:
         layout: ImageLayout | None = None,
         first: int = 0,
         encode: Encode | None = None,
+        whole: bool = False,
     ) -> dict[str, Any]:
         """`extras` for a pass over these images (the prompt's from its `first` on): without pixels, with
-        their outputs, when at least one is held (the others encoded alone); else unchanged."""
-        if not keys or PIXELS not in extras or self.max_bytes <= 0:
+        their outputs, when at least one is held (the others encoded alone), or `whole` (a pass that will
+        not give its encoder output back: all encoded here, and held); else unchanged."""
+        # A pass with a clip's pixels takes no encoder outputs: the models refuse both at once.
+        if not keys or PIXELS not in extras or VIDEO_PIXELS in extras or self.max_bytes <= 0:
             return extras
         missing = [i for i, key in enumerate(keys) if key not in self._held]
-        if len(missing) == len(keys):
+        fresh = len(missing) == len(keys)
+        if fresh and not whole:
             return extras
-        if missing and not self._encode(keys, missing, extras, layout, first, encode):
+        if missing and not self._encode(keys, missing, extras, layout, first, encode, fresh):
             return extras
         if any(key not in self._held for key in keys):  # the new ones did not fit the budget
             return extras
         held = [self._held[key] for key in keys]
         for key in keys:
             self._held.move_to_end(key)
-        self.hits += 1
+        self.hits += not fresh
         pieces = [piece.features for piece in held]
         encoded: dict[str, Any] = {}
         if self.rows == "per_image":
@@ -105,8 +110,10 @@ class EncoderCache:
         layout: ImageLayout | None,
         first: int,
         encode: Encode | None,
+        fresh: bool = False,
     ) -> bool:
-        """Run the vision tower on the pass's images not held, and hold them; False where it cannot."""
+        """Run the vision tower on the pass's images not held, and hold them; False where it cannot. Only
+        images encoded beside held ones count (`fresh`: none was held, the pass's own encoding)."""
         if layout is None or encode is None:
             return False
         # The pass's tensors hold the prompt's images from `first` on (a suffix after held KV), in order.
@@ -121,7 +128,7 @@ class EncoderCache:
         except Exception:  # a family whose tower will not run on its own: encode everything, as before
             log.exception("encoding images on their own failed; encoding them all")
             return False
-        self.encoded += len(missing)
+        self.encoded += 0 if fresh else len(missing)
         return self._keep([keys[i] for i in missing], encoded, layout, [first + i for i in missing])
 
     def _keep(self, keys: Sequence[str], encoded: Any, layout: ImageLayout, images: Sequence[int]) -> bool:

@@ -15,15 +15,15 @@ from gateway.engine.local.batch import Batch
 from gateway.engine.local.compiled_step import CompiledDecode
 from gateway.engine.local.constrain import GrammarVocabulary, mask_logits
 from gateway.engine.local.detok import TextStream
+from gateway.engine.local.embed_rows import with_embeds
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.image_prefix import content_key
-from gateway.engine.local.joining import Joining, Row, split
+from gateway.engine.local.joining import Joining, split, text_groups
 from gateway.engine.local.loader import LoadedModel
 from gateway.engine.local.padded import hold_finished, supports_batching
 from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache
 from gateway.engine.local.profile import PhaseClock, name_os_thread
 from gateway.engine.local.prompt import ModelInputs
-from gateway.engine.local.ragged import suffix_groups
 from gateway.engine.local.relay import EventRelay
 from gateway.engine.local.sequence import Sequence
 from gateway.engine.local.waiting import Job, WaitingLine
@@ -118,8 +118,9 @@ class Generation:
 
     def _prefill(self, batch: Batch, jobs: list[Job]) -> None:
         """Prefill newly admitted turns: text prompts, each on its longest held prefix or none, in one
-        forward pass per group of similar new lengths; each prompt with images alone; sample each one's
-        first token at once, then join the batch."""
+        forward pass per group of similar new lengths (or joining the rows fed beside a decoding batch);
+        prompts with images join those rows where the family splices them into the input embeddings, else
+        each is prefilled alone; sample each one's first token at once, then join the batch."""
         ready: list[tuple[Sequence, ModelInputs]] = []
         for job in jobs:
             seq = self._sequence(job)
@@ -144,26 +145,20 @@ class Generation:
         # On cross-attention models every prompt prefills alone: a grouped text pass carries no
         # cross-attention states to merge with the batch's image rows.
         alone = batch.cross_attention
-        text = [(seq, inputs, self._held(seq, inputs)) for seq, inputs in ready if not inputs.extras and not alone]
+        rows = [(seq, item, self._held(seq, item)) for seq, item in ready if not alone and (batch.splices or not item.extras)]
+        text = [row for row in rows if not row[1].extras]
+        self.joining.waiting.extend(row for row in rows if row[1].extras)  # fed whole at once when nobody decodes
         if text and self.joining.merges(bool(batch)):  # fed beside the batch, with the rows already joining
             self.joining.waiting.extend(text)
             text = []
-        for group in self._text_groups(text):
+        for group in text_groups(text, self.max_batch):
             seqs, inputs, helds = split(group)
             self._prefill_group(batch, seqs, partial(_feed_whole, batch, seqs, inputs, helds))
         for seq, item in ready:
-            if item.extras or alone:
+            if alone or (item.extras and not batch.splices):
                 held = self._held(seq, item)
                 run = partial(batch.prefill_on, seq, item, held) if held else partial(batch.prefill, seq, item)
                 self._prefill_group(batch, [seq], run)
-
-    def _text_groups(self, rows: list[Row]) -> list[list[Row]]:
-        """Text prompts in groups for one forward pass each: of similar new lengths (engine/local/ragged.py);
-        one at a time when turns decode alone."""
-        if self.max_batch <= 1:
-            return [[row] for row in rows]
-        suffixes = [inputs.prompt_tokens - (held.length if held else 0) for _, inputs, held in rows]
-        return [[rows[i] for i in group] for group in suffix_groups(suffixes)]
 
     def _held(self, seq: Sequence, inputs: ModelInputs) -> HeldPrefix | None:
         """The longest held prefix of the prompt's content key (token ids, images by content); None when
@@ -177,17 +172,21 @@ class Generation:
 
     def _feed_joining(self, batch: Batch) -> None:
         """One pass feeds every joining row its next columns (all it has left once nobody decodes); the rows
-        whose prompts ended in it take their first tokens and join the batch."""
+        whose prompts ended in it take their first tokens and join the batch. A step that ran the vision tower
+        for joining image prompts feeds nothing beside a decoding batch: the tower was its pass."""
         rows = self.joining.rows
         rows.keep(self._live(rows.seqs))
         self.joining.keep_waiting(self._live(self.joining.waiting_sequences()))
         decoding, admitted = bool(batch), self.joining.admit(bool(batch))
+        admitted, embeds = with_embeds(admitted, lambda row: batch.splice(*row) if row[1].extras else None, self._failed)
         if not rows and not admitted:
             return
         phase = "chunks" if decoding else "prefill"
         try:
             if admitted:
-                batch.add_joiners(rows, *split(admitted))
+                batch.add_joiners(rows, *split(admitted), embeds)
+            if decoding and any(embedded is not None for embedded in embeds):
+                return  # the vision tower was this step's pass: the batch decodes before the first chunk
             leaving = batch.feed_joiners(rows, self.joining.columns(decoding))
         except Exception:  # the rows share the pass's cache: a failure ends them all, never the thread
             self._failed(rows.clear())

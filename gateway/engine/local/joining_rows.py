@@ -1,8 +1,7 @@
-"""Text prompts joining a decoding batch as one set of rows, each with its own columns left: one pass per step feeds them all."""
+"""Prompts joining a decoding batch as one set of rows, each with its own columns left: one pass per step feeds them all."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 from gateway.engine.local import kv
 from gateway.engine.local.prefix_cache import HeldPrefix
 
-Positions = Callable[[torch.Tensor], tuple[torch.Tensor, int]]  # one prompt's ids [1, n] -> positions, offset
+Places = list[tuple[torch.Tensor, int]]  # per prompt, its positions [..., 1, n] and what they add to its count
 Leaving = tuple[list[Any], tuple[torch.Tensor, Any, torch.Tensor]]  # the rows whose prompts ended: seqs, (logits, cache, mask)
 
 
@@ -23,6 +22,7 @@ class Chunk:
     attention_mask: torch.Tensor  # [rows, width + columns]
     position_ids: torch.Tensor  # [rows, columns], or [3, rows, columns]
     fed: list[int]  # per row, real columns in this chunk
+    embeds: dict[int, torch.Tensor] = field(default_factory=dict)  # image rows' input embeddings [fed, hidden]
 
 
 @dataclass
@@ -36,6 +36,7 @@ class JoiningRows:
     seqs: list[Any] = field(default_factory=list)  # the rows' Sequences
     ids: list[torch.Tensor] = field(default_factory=list)  # per row, prompt ids not fed yet [left]
     positions: list[torch.Tensor] = field(default_factory=list)  # per row, their positions [..., 1, left]
+    embeds: list[torch.Tensor | None] = field(default_factory=list)  # per row, an image prompt's embeddings [left, hidden]
     cache: Any = None
     mask: torch.Tensor | None = None  # [rows, width], 1 for real columns
 
@@ -47,20 +48,24 @@ class JoiningRows:
         return 0 if self.mask is None else int(self.mask.shape[1])
 
     def add(
-        self, seqs: list[Any], prompts: list[torch.Tensor], helds: list[HeldPrefix | None], positions_of: Positions
-    ) -> list[int]:
-        """New rows, each on its whole held prefix (or none), nothing fed yet; returns what each row's
-        positions add to its token count. The rows already here are copied once into wider buffers. The new
-        rows count as here from the start, so that `clear` after a failure finds them."""
+        self,
+        seqs: list[Any],
+        prompts: list[torch.Tensor],
+        helds: list[HeldPrefix | None],
+        places: Places,
+        embeds: list[torch.Tensor | None] | None = None,
+    ) -> None:
+        """New rows, each on its whole held prefix (or none), nothing fed yet: a prompt's ids and positions
+        (`places`, over the whole prompt), and an image prompt's embeddings of its tokens after the held
+        prefix. The rows already here are copied once into wider buffers. The new rows count as here from
+        the start, so that `clear` after a failure finds them."""
         device, old = prompts[0].device, len(self.seqs)
         self.seqs = self.seqs + seqs
         cached = [held.length if held else 0 for held in helds]
-        deltas = []
-        for ids, start in zip(prompts, cached):
-            full, delta = positions_of(ids.view(1, -1))
+        for ids, start, (full, _) in zip(prompts, cached, places):
             self.ids.append(ids[start:])
             self.positions.append(full[..., start:])
-            deltas.append(delta)
+        self.embeds.extend(embeds or [None] * len(seqs))
         width = max(self.width, *cached)
         mask = torch.zeros(len(self.seqs), width, dtype=torch.long, device=device)
         if self.mask is not None:
@@ -69,7 +74,6 @@ class JoiningRows:
             mask[row, width - count :] = 1
         self.cache = self._merged(old, helds, cached, width, device)
         self.mask = mask
-        return deltas
 
     def _merged(self, old: int, helds: list[HeldPrefix | None], cached: list[int], width: int, device: torch.device) -> Any:
         """The rows here, then the new ones' held states, right-aligned at `width` in buffers with room for
@@ -105,11 +109,15 @@ class JoiningRows:
         input_ids = torch.zeros(rows, width, dtype=torch.long, device=device)
         mask = torch.zeros(rows, width, dtype=torch.long, device=device)
         positions = torch.zeros((*self.positions[0].shape[:-2], rows, width), dtype=self.positions[0].dtype, device=device)
-        for row, (ids, place, count) in enumerate(zip(self.ids, self.positions, fed)):
-            input_ids[row, :count] = ids[:count]
+        embeds = {}
+        for row, (ids, place, count, embedded) in enumerate(zip(self.ids, self.positions, fed, self.embeds)):
+            if embedded is None:
+                input_ids[row, :count] = ids[:count]
+            else:  # its placeholders' ids stay 0: the embeddings stand for them
+                embeds[row] = embedded[:count]
             positions[..., row, :count] = place[..., 0, :count]
             mask[row, :count] = 1
-        return Chunk(input_ids, torch.cat([self.mask, mask], dim=1), positions, fed)
+        return Chunk(input_ids, torch.cat([self.mask, mask], dim=1), positions, fed, embeds)
 
     def advance(self, chunk: Chunk, cache: Any, logits: torch.Tensor) -> Leaving | None:
         """After `chunk`'s pass (its `cache`, its `logits` [rows, columns, vocab]): the rows whose prompts
@@ -119,6 +127,8 @@ class JoiningRows:
         staying = [row for row in range(len(self.seqs)) if row not in ended]
         for row in staying:
             self.ids[row], self.positions[row] = self.ids[row][chunk.fed[row] :], self.positions[row][..., chunk.fed[row] :]
+            embedded = self.embeds[row]
+            self.embeds[row] = None if embedded is None else embedded[chunk.fed[row] :]
         self.cache, self.mask = cache, chunk.attention_mask
         seqs = [self.seqs[row] for row in ended]
         self.keep(staying)
@@ -131,6 +141,7 @@ class JoiningRows:
         self.seqs = [self.seqs[row] for row in rows]
         self.ids = [self.ids[row] for row in rows]
         self.positions = [self.positions[row] for row in rows]
+        self.embeds = [self.embeds[row] for row in rows]
         if not rows:
             self.cache = self.mask = None
             return

@@ -89,6 +89,18 @@ def new_cache() -> Any:
     return cache
 
 
+def held_cache(layers: Any, length: int, device: torch.device) -> Any:
+    """A cache over a held prefix's first `length` columns: views, not copies (the next forward pass copies
+    them into its buffer)."""
+    cache = new_cache()
+    for keys, values in layers:
+        layer = GrowingLayer()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys[:, :, :length].to(device), values[:, :, :length].to(device)
+        cache.layers.append(layer)
+    return cache
+
+
 def _filled(buffer: torch.Tensor | None, length: int) -> torch.Tensor | None:
     if buffer is None or buffer.dim() != 4 or buffer.shape[-2] == length:
         return buffer

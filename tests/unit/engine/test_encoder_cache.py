@@ -106,3 +106,20 @@ def test_a_pass_with_new_images_encodes_those_alone_and_takes_the_rest() -> None
         raise RuntimeError("this tower needs the whole prompt")
 
     assert cache.inputs(["a", "d"], {"pixel_values": pixels[:2]}, layout(rows=(1, 1)), 0, broken)["pixel_values"] is not None
+
+
+def test_a_pass_that_gives_no_output_back_has_all_its_new_images_encoded_and_held() -> None:
+    """`whole` (an image prompt spliced into embeddings: its forward stops before the model returns the encoder
+    output): with no image held, the tower runs here on all of them and they are held; no hit is counted, and
+    nothing counts as encoded beside held images."""
+    cache = EncoderCache(1 << 20, "pixel_rows")
+    rows = layout(rows=(1, 1))
+
+    def encode(tensors: dict[str, torch.Tensor]) -> Any:
+        return SimpleNamespace(pooler_output=tensors["pixel_values"].expand(-1, 3) + 1)
+
+    extras = {"pixel_values": torch.arange(2.0).view(2, 1)}
+    assert cache.inputs(["a", "b"], extras, rows, 0, encode) is extras  # not whole: the model's own pass encodes
+    given = cache.inputs(["a", "b"], extras, rows, 0, encode, whole=True)
+    assert given["mm_encoder_outputs"]["image"].pooler_output[:, 0].tolist() == [1.0, 2.0]
+    assert len(cache) == 2 and cache.hits == 0 and cache.encoded == 0

@@ -7,7 +7,7 @@ after held KV), and whether an image's tokens follow from its size alone."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -48,6 +48,9 @@ class Family:
     # engine/local/video_resized.py), frames resized to one size, their pooled features behind `<video>` tokens and
     # a newline. None: a video is read as its frames, images named with their times.
     video: VideoLayout | None = None
+    # True where the images' features replace their placeholders' input embeddings and the text model's
+    # attention is causal: image prompts then join the chunked rows as embeddings (engine/local/embed_rows.py).
+    spliced: bool = False
 
     def process(self, image_processor: Any, pixels: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         """One image's outputs from the image processor, as for a prompt holding only that image."""
@@ -190,3 +193,11 @@ class LoneImageTiles(Family):
 
 
 FAMILIES["llava_onevision"] = LoneImageTiles("llava_onevision", video="llava_onevision")
+
+# Not these: Gemma 3 and PaliGemma attend bidirectionally within an image (a chunk must not cut one), mllama
+# reads images through cross-attention, Qwen3-VL adds image features inside its first layers too (deepstack),
+# and an architecture not checked here is not known to splice.
+SPLICED: tuple[str, ...] = ("aya_vision", "glm4v", "glm4v_moe", "idefics3", "internvl", "llava", "llava_next")
+SPLICED += ("llava_onevision", "mistral3", "qwen2_vl", "qwen2_5_vl", "smolvlm")
+for _name in SPLICED:
+    FAMILIES[_name] = replace(FAMILIES[_name], spliced=True)
