@@ -92,7 +92,8 @@ async def _session(config: LiveConfig, index: int, frames: list[bytes], out: dic
                     await asyncio.sleep(wait_s)
                     live = kind == "live"
                     text = "What moved?" if live else "Say something."
-                    result = await client.turn(f"{kind}{number}", text, live=live, max_tokens=config.max_tokens, temperature=0)
+                    turn_id = f"{kind}{index}.{number}"  # unique in the run: the gateway's stamps name turns by it
+                    result = await client.turn(turn_id, text, live=live, max_tokens=config.max_tokens, temperature=0)
                     out[kind].append(result)
         finally:
             streamer.cancel()
@@ -169,9 +170,12 @@ def _rss_bytes(pid: int | None) -> int | None:
     return None
 
 
-async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[str, Any]:
+async def run_live(
+    config: LiveConfig, gateway_pid: int | None = None, turns: list[tuple[str, TurnResult]] | None = None
+) -> dict[str, Any]:
     """The figures: frames sent, live and text turns' time to first token (client side, from sending the turn),
-    their ratio, the frames each live turn read, and the gateway's RSS growth per session."""
+    their ratio, the frames each live turn read, and the gateway's RSS growth per session; each turn's result
+    added to `turns` (with its kind, live or text), for a profile to read beside the gateway's stamps."""
     frames = int(config.seconds * config.fps) + 64  # every frame a session sends new, however long it waits
     cameras = [[camera_frame(i, config.size, camera) for i in range(frames)] for camera in range(config.sessions)]
     out: dict[str, list[Any]] = {"sent": [], "live": [], "text": []}
@@ -181,6 +185,8 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
     await asyncio.gather(*(_session(config, i, cameras[i], out) for i in range(config.sessions)))
     encoder_after = await asyncio.to_thread(_encoder_reading, config.url)
     rss_after = _rss_bytes(gateway_pid)
+    if turns is not None:
+        turns.extend((kind, result) for kind in ("live", "text") for result in out[kind])
     live_ttft = [t for t in map(_ttft_ms, out["live"]) if t is not None]
     text_ttft = [t for t in map(_ttft_ms, out["text"]) if t is not None]
     read = [r.accepted["live_frames"]["count"] for r in out["live"] if r.accepted and r.accepted.get("live_frames")]
