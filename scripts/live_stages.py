@@ -97,25 +97,38 @@ def after(owner: Any, name: str, mark: Callable[[], None], before: bool = False)
 
 
 def breakdown(stamps: Stamps, turns: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Per kind of turn (live, text): the mean and median of each stage in ms, their sum (the client's mean TTFT),
-    and the reader's wait. `turns` are (kind, the client's TurnResult) with the gateway's `stamps` by turn id."""
+    """Per kind of turn (live, text, and live turns after each session's first: the first reads its whole window,
+    never processed ahead, on no held KV): the mean and median of each stage in ms, their sum (the client's mean
+    TTFT), the reader's wait, and the tokens prefilled. `turns` are (kind, the client's TurnResult) with the
+    gateway's `stamps` by turn id (bench/live.py names them kind, session, '.', number)."""
     rows: dict[str, list[dict[str, float]]] = defaultdict(list)
     for kind, result in turns:
-        server = stamps.get(result.id)
-        timing = (result.done or {}).get("timing") or {}
-        if not server or not result.token_times or timing.get("ttft_ms") is None or "submitted" not in server:
-            continue
-        at = {"sent": result.sent_at, **server, "received": result.token_times[0]}
-        at["first_token"] = at["submitted"] + timing["ttft_ms"] / 1000
-        at.setdefault("ahead", at["loaded"])  # a text turn has no frames to wait for or to process
-        at.setdefault("prepared", at["ahead"])
-        row, previous = {}, at["sent"]
-        for label, name in STAGES:
-            row[label] = (at[name] - previous) * 1000
-            previous = at[name]
-        row["of which the reader was busy"] = max(0.0, min(at["reader_free"], at["handle"]) - at["sent"]) * 1000
-        rows[kind].append(row)
+        row = _row(stamps, result)
+        if row is not None:
+            rows[kind].append(row)
+            if kind == "live" and not result.id.endswith(".1"):
+                rows["live after the first"].append(row)
     return {kind: _summary(kind_rows) for kind, kind_rows in sorted(rows.items())}
+
+
+def _row(stamps: Stamps, result: Any) -> dict[str, float] | None:
+    """One turn's stages in ms, or None where a stamp is missing (a turn that failed)."""
+    server = stamps.get(result.id)
+    timing = (result.done or {}).get("timing") or {}
+    if not server or not result.token_times or timing.get("ttft_ms") is None or "submitted" not in server:
+        return None
+    at = {"sent": result.sent_at, **server, "received": result.token_times[0]}
+    at["first_token"] = at["submitted"] + timing["ttft_ms"] / 1000
+    at.setdefault("ahead", at["loaded"])  # a text turn has no frames to wait for or to process
+    at.setdefault("prepared", at["ahead"])
+    row, previous = {}, at["sent"]
+    for label, name in STAGES:
+        row[label] = (at[name] - previous) * 1000
+        previous = at[name]
+    row["of which the reader was busy"] = max(0.0, min(at["reader_free"], at["handle"]) - at["sent"]) * 1000
+    usage = result.done["usage"]
+    row["prefilled tokens"] = usage["prompt_tokens"] - usage.get("cached_tokens", 0)
+    return row
 
 
 def _summary(rows: list[dict[str, float]]) -> dict[str, Any]:
@@ -130,5 +143,5 @@ def _summary(rows: list[dict[str, float]]) -> dict[str, Any]:
         }
         for label in rows[0]
     }
-    total = sum(stages[label]["mean_ms"] for label, _ in STAGES)
+    total = sum(stages[label]["mean_ms"] for label, _ in STAGES)  # "prefilled tokens" is a count, not a stage
     return {"turns": len(rows), "ttft_mean_ms": round(total, 1), "stages": stages}
