@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--model", type=Path, default=None, help="a model directory (default: the demo model)")
     parser.add_argument("--flush-each-prefill", action="store_true", help="the experiment of `flush_each_prefill`")
+    parser.add_argument("--in-step", action="store_true", help="sessions ask at the same instants (LiveConfig.stagger off)")
     parser.add_argument("--serve", type=Path, default=None, help=argparse.SUPPRESS)  # the gateway's own process
     args = parser.parse_args()
     model_dir = args.model or cached_demo_model("small")
@@ -160,7 +161,7 @@ def main() -> None:
     url = gateway.stdout.readline().strip()
     load_before = os.getloadavg()
     turns: list[tuple[str, Any]] = []
-    config = LiveConfig(url=url, sessions=args.sessions, seconds=args.seconds)
+    config = LiveConfig(url=url, sessions=args.sessions, seconds=args.seconds, stagger=not args.in_step)
     report = asyncio.run(run_live(config, gateway.pid, turns))
     gateway.stdin.close()
     gateway.wait()

@@ -28,6 +28,16 @@ class LiveConfig:
     ask_every_s: float = 5.0  # a live question, and half-way between two of them a text one
     max_tokens: int = 16
     size: tuple[int, int] = (640, 480)
+    # Sessions ask out of step, as independent clients do: in step, 8 live turns land together and each waits for
+    # the others' new frames to be prefilled (about half the burst), a cost of the burst, not of a live turn.
+    stagger: bool = True
+
+
+def question_offsets(config: LiveConfig) -> list[float]:
+    """When each session asks its first question, in seconds after it starts streaming: spread evenly over one
+    question cycle when `stagger`, else all at once."""
+    step = config.ask_every_s / config.sessions if config.stagger else 0.0
+    return [index * step for index in range(config.sessions)]
 
 
 def camera_frame(index: int, size: tuple[int, int], camera: int = 0) -> bytes:
@@ -83,6 +93,7 @@ def _percentiles_of(measure: Callable[[TurnResult], float | None], results: list
 async def _session(config: LiveConfig, index: int, frames: list[bytes], out: dict[str, list[Any]]) -> None:
     async with GatewayClient(config.url) as client:
         streamer = asyncio.create_task(_stream(client, config, frames, out["sent"]))
+        await asyncio.sleep(question_offsets(config)[index])
         ends_at = time.perf_counter() + config.seconds
         number = 0
         try:
@@ -196,6 +207,7 @@ async def run_live(
         "sessions": config.sessions,
         "seconds": config.seconds,
         "frames_per_second": config.fps,
+        "sessions_out_of_step": config.stagger,  # see LiveConfig.stagger: in step, live turns land in bursts
         "frames_sent": len(out["sent"]),
         "frame_bytes_mean": round(sum(out["sent"]) / max(1, len(out["sent"]))),
         "live_turns": len(live_ttft),

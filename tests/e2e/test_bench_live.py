@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.bench.live import LiveConfig, camera_frame, run_live, ttft_target
+from gateway.bench.live import LiveConfig, camera_frame, question_offsets, run_live, ttft_target
 from gateway.bench.report import format_report
 from tests.conftest import RunningServer
 
@@ -53,6 +53,14 @@ def test_the_target_adds_the_encoding_to_one_and_a_half_text_turns() -> None:
         "meets_target_p99": False,
     }
     assert not ttft_target(live, text, 9.0)["meets_target"]
+
+
+def test_sessions_ask_out_of_step_unless_told() -> None:
+    """Sessions' first questions are spread evenly over one question cycle (no burst of live turns at one instant);
+    in step, all at once."""
+    config = LiveConfig(url="ws://unused", sessions=4, ask_every_s=5.0)
+    assert question_offsets(config) == [0.0, 1.25, 2.5, 3.75]
+    assert question_offsets(LiveConfig(url="ws://unused", sessions=4, stagger=False)) == [0.0] * 4
 
 
 def test_the_camera_scene_is_still_between_its_moves() -> None:
