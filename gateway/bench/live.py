@@ -34,9 +34,10 @@ class LiveConfig:
 
 
 def question_offsets(config: LiveConfig) -> list[float]:
-    """When each session asks its first question, in seconds after it starts streaming: spread evenly over one
-    question cycle when `stagger`, else all at once."""
-    step = config.ask_every_s / config.sessions if config.stagger else 0.0
+    """When each session asks its first question, in seconds after it starts streaming: spread evenly over half a
+    question cycle when `stagger` (a session's text question comes half a cycle after its live one: over a whole
+    cycle, each text turn would land with another session's live turn), else all at once."""
+    step = config.ask_every_s / (2 * config.sessions) if config.stagger else 0.0
     return [index * step for index in range(config.sessions)]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from gateway.bench.live import LiveConfig, camera_frame, question_offsets, run_live, ttft_target
@@ -56,10 +58,13 @@ def test_the_target_adds_the_encoding_to_one_and_a_half_text_turns() -> None:
 
 
 def test_sessions_ask_out_of_step_unless_told() -> None:
-    """Sessions' first questions are spread evenly over one question cycle (no burst of live turns at one instant);
-    in step, all at once."""
+    """Sessions' first questions are spread evenly over half a question cycle, so no two sessions' questions land
+    together (live turns not at one instant, nor with another session's text turn); in step, all at once."""
     config = LiveConfig(url="ws://unused", sessions=4, ask_every_s=5.0)
-    assert question_offsets(config) == [0.0, 1.25, 2.5, 3.75]
+    offsets = question_offsets(config)
+    assert offsets == [0.0, 0.625, 1.25, 1.875]
+    questions = sorted(offset + half for offset in offsets for half in (0.0, 2.5))  # live, then text
+    assert len(set(questions)) == 8 and all(b - a == 0.625 for a, b in pairwise(questions))
     assert question_offsets(LiveConfig(url="ws://unused", sessions=4, stagger=False)) == [0.0] * 4
 
 
