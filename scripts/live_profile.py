@@ -1,12 +1,13 @@
-"""Where a live turn's time goes: `gateway bench --live` against a gateway in this process, timing on the
-generation thread the model's forward passes, the vision tower's share of them, and prompt prefills with and
-without images.
+"""Where a live turn's time goes: `gateway bench --live` against a gateway in a process of its own (as the bench
+starts it: the client shares no GIL with it), timing on the generation thread the model's forward passes, the
+vision tower's share of them, and prompt prefills with and without images; and each turn's time to first token
+stage by stage, live and text turns alike (scripts/live_stages.py).
 
     PYTHONPATH=$PWD .venv/bin/python scripts/live_profile.py [--sessions 8] [--seconds 30] [--model DIR]
 
 The timings are hooks on the model (forward pre/post hooks, so they add no work to it) and wrappers around
-the batch's prefill calls; the bench's own report (TTFT, prompt/cached/prefilled tokens) comes with them, and
-the load average, since CPU timings on a shared machine mean little without it."""
+the batch's prefill calls and the turn path's stages; the bench's own report (TTFT, prompt/cached/prefilled
+tokens) comes with them, and the load average, since CPU timings on a shared machine mean little without it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import asyncio
 import collections
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from gateway.bench.live import LiveConfig, run_live
 from gateway.config import Settings
 from gateway.engine.demo import cached_demo_model
 from gateway.engine.local import batch as batch_module
+from scripts import live_stages
 from tests.conftest import start_server
 
 Seconds = collections.defaultdict[str, float]
@@ -90,13 +93,28 @@ def time_loop_stages(engine: Any, spent: Seconds, calls: collections.Counter[str
     wrap(engine, "prepare", "loop: process the images not processed yet", lambda args: bool(args[0]))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--model", type=Path, default=None, help="a model directory (default: the demo model)")
-    args = parser.parse_args()
-    running = start_server(args.model or cached_demo_model("small"), Settings())
+def flush_each_prefill() -> None:
+    """An experiment, not the engine's code: the generation thread hands a prefilled turn's first token to the
+    event loop at once, not after the rest of the iteration (the other admitted prompts' prefills, one at a time
+    for prompts with images, and a decode step), where gateway/engine/local/generation.py flushes its relay."""
+    from gateway.engine.local import generation
+
+    original = generation.Generation._prefill_group
+
+    def prefill_group(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self._flush()
+
+    generation.Generation._prefill_group = prefill_group  # type: ignore[method-assign]
+
+
+def serve(model_dir: Path, out: Path, flush: bool) -> None:
+    """The gateway, its hooks installed: its URL on stdout; at the end of stdin, the timings written to `out`."""
+    if flush:
+        flush_each_prefill()
+    stamps: live_stages.Stamps = collections.defaultdict(dict)
+    live_stages.install(stamps, {})
+    running = start_server(model_dir, Settings())
     spent: Seconds = collections.defaultdict(float)
     calls: collections.Counter[str] = collections.Counter()
     model = running.engine.loaded.model
@@ -107,9 +125,10 @@ def main() -> None:
     time_prefills(spent, calls)
     time_loop_stages(running.engine, spent, calls)
     phases_before = running.engine.load().phase_seconds
-    load_before = os.getloadavg()
-    report = asyncio.run(run_live(LiveConfig(url=running.ws_url, sessions=args.sessions, seconds=args.seconds)))
+    print(running.ws_url, flush=True)
+    sys.stdin.read()
     encoder = running.engine.encoder_cache
+    report: dict[str, Any] = {"stamps": stamps}
     report["generation_thread"] = {
         name: {"seconds": round(spent[name], 3), "calls": calls[name], "mean_ms": round(1000 * spent[name] / calls[name], 1)}
         for name in sorted(spent)
@@ -118,9 +137,40 @@ def main() -> None:
     report["engine_phase_seconds"] = {k: round(v - phases_before.get(k, 0.0), 3) for k, v in sorted(phases.items())}
     report["encode_share_of_forward"] = round(spent["vision tower"] / spent["forward"], 4) if spent["forward"] else None
     report["encoder_cache"] = {"hits": encoder.hits, "encoded_beside_held": encoder.encoded, "images_held": len(encoder)}
+    out.write_text(json.dumps(report))
+    running.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--model", type=Path, default=None, help="a model directory (default: the demo model)")
+    parser.add_argument("--flush-each-prefill", action="store_true", help="the experiment of `flush_each_prefill`")
+    parser.add_argument("--in-step", action="store_true", help="sessions ask at the same instants (LiveConfig.stagger off)")
+    parser.add_argument("--serve", type=Path, default=None, help=argparse.SUPPRESS)  # the gateway's own process
+    args = parser.parse_args()
+    model_dir = args.model or cached_demo_model("small")
+    if args.serve is not None:
+        return serve(model_dir, args.serve, args.flush_each_prefill)
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"live_profile.{os.getpid()}.json"
+    command = [sys.executable, __file__, "--serve", str(out), "--model", str(model_dir)]
+    command += ["--flush-each-prefill"] if args.flush_each_prefill else []
+    gateway = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert gateway.stdin is not None and gateway.stdout is not None
+    url = gateway.stdout.readline().strip()
+    load_before = os.getloadavg()
+    turns: list[tuple[str, Any]] = []
+    config = LiveConfig(url=url, sessions=args.sessions, seconds=args.seconds, stagger=not args.in_step)
+    report = asyncio.run(run_live(config, gateway.pid, turns))
+    gateway.stdin.close()
+    gateway.wait()
+    served = json.loads(out.read_text())
+    out.unlink()
+    report["stages"] = live_stages.breakdown(served.pop("stamps"), turns)
+    report.update(served)
     report["load_average"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(report, indent=2))
-    running.stop()
 
 
 if __name__ == "__main__":

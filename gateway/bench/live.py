@@ -28,6 +28,17 @@ class LiveConfig:
     ask_every_s: float = 5.0  # a live question, and half-way between two of them a text one
     max_tokens: int = 16
     size: tuple[int, int] = (640, 480)
+    # Sessions ask out of step, as independent clients do: in step, 8 live turns land together and each waits for
+    # the others' new frames to be prefilled (about half the burst), a cost of the burst, not of a live turn.
+    stagger: bool = True
+
+
+def question_offsets(config: LiveConfig) -> list[float]:
+    """When each session asks its first question, in seconds after it starts streaming: spread evenly over half a
+    question cycle when `stagger` (a session's text question comes half a cycle after its live one: over a whole
+    cycle, each text turn would land with another session's live turn), else all at once."""
+    step = config.ask_every_s / (2 * config.sessions) if config.stagger else 0.0
+    return [index * step for index in range(config.sessions)]
 
 
 def camera_frame(index: int, size: tuple[int, int], camera: int = 0) -> bytes:
@@ -83,6 +94,7 @@ def _percentiles_of(measure: Callable[[TurnResult], float | None], results: list
 async def _session(config: LiveConfig, index: int, frames: list[bytes], out: dict[str, list[Any]]) -> None:
     async with GatewayClient(config.url) as client:
         streamer = asyncio.create_task(_stream(client, config, frames, out["sent"]))
+        await asyncio.sleep(question_offsets(config)[index])
         ends_at = time.perf_counter() + config.seconds
         number = 0
         try:
@@ -92,7 +104,8 @@ async def _session(config: LiveConfig, index: int, frames: list[bytes], out: dic
                     await asyncio.sleep(wait_s)
                     live = kind == "live"
                     text = "What moved?" if live else "Say something."
-                    result = await client.turn(f"{kind}{number}", text, live=live, max_tokens=config.max_tokens, temperature=0)
+                    turn_id = f"{kind}{index}.{number}"  # unique in the run: the gateway's stamps name turns by it
+                    result = await client.turn(turn_id, text, live=live, max_tokens=config.max_tokens, temperature=0)
                     out[kind].append(result)
         finally:
             streamer.cancel()
@@ -169,9 +182,12 @@ def _rss_bytes(pid: int | None) -> int | None:
     return None
 
 
-async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[str, Any]:
+async def run_live(
+    config: LiveConfig, gateway_pid: int | None = None, turns: list[tuple[str, TurnResult]] | None = None
+) -> dict[str, Any]:
     """The figures: frames sent, live and text turns' time to first token (client side, from sending the turn),
-    their ratio, the frames each live turn read, and the gateway's RSS growth per session."""
+    their ratio, the frames each live turn read, and the gateway's RSS growth per session; each turn's result
+    added to `turns` (with its kind, live or text), for a profile to read beside the gateway's stamps."""
     frames = int(config.seconds * config.fps) + 64  # every frame a session sends new, however long it waits
     cameras = [[camera_frame(i, config.size, camera) for i in range(frames)] for camera in range(config.sessions)]
     out: dict[str, list[Any]] = {"sent": [], "live": [], "text": []}
@@ -181,6 +197,8 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
     await asyncio.gather(*(_session(config, i, cameras[i], out) for i in range(config.sessions)))
     encoder_after = await asyncio.to_thread(_encoder_reading, config.url)
     rss_after = _rss_bytes(gateway_pid)
+    if turns is not None:
+        turns.extend((kind, result) for kind in ("live", "text") for result in out[kind])
     live_ttft = [t for t in map(_ttft_ms, out["live"]) if t is not None]
     text_ttft = [t for t in map(_ttft_ms, out["text"]) if t is not None]
     read = [r.accepted["live_frames"]["count"] for r in out["live"] if r.accepted and r.accepted.get("live_frames")]
@@ -190,6 +208,7 @@ async def run_live(config: LiveConfig, gateway_pid: int | None = None) -> dict[s
         "sessions": config.sessions,
         "seconds": config.seconds,
         "frames_per_second": config.fps,
+        "sessions_out_of_step": config.stagger,  # see LiveConfig.stagger: in step, live turns land in bursts
         "frames_sent": len(out["sent"]),
         "frame_bytes_mean": round(sum(out["sent"]) / max(1, len(out["sent"]))),
         "live_turns": len(live_ttft),

@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway.config import Settings
 from gateway.core.fetch import VIDEO, data_url_bytes, fetch_image_bytes
-from gateway.core.live_window import frame_thumb
+from gateway.core.live_window import THUMB_SIDE, thumb_of
 from gateway.core.url_guard import FetchPolicy
 from gateway.engine.contract import ChatImage
-from gateway.media.images import ImageLimits, check_image, yield_cpu
+from gateway.media.images import ImageLimits, check_image, checked_decode, yield_cpu
 from gateway.media.video import DecodedVideo, VideoLimits, decode_video
 
 
@@ -68,10 +68,12 @@ class Attachments:
         return await loop.run_in_executor(self._decode_pool, decode_video, blob, self.video_limits, index)
 
     async def check_live_frame(self, blob: bytes) -> tuple[ChatImage, bytes]:
-        """A live frame checked as an image is, and its perceptual hash, on the decode pool."""
+        """A live frame checked as an image is, and its perceptual hash, on the decode pool, from one decode: a
+        JPEG's at the scale its hash needs (the model's pixels are decoded from the bytes as sent, at its turn)."""
 
         def check() -> tuple[ChatImage, bytes]:
-            return check_image(blob, self.limits), frame_thumb(blob)
+            image, pixels = checked_decode(blob, self.limits, reduce_to=THUMB_SIDE)
+            return image, thumb_of(pixels)
 
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, check)
 

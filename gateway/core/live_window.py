@@ -35,7 +35,12 @@ def frame_thumb(data: bytes) -> bytes:
     """A checked image's perceptual hash (its 32x32 grey thumbnail); for the decode pool, not the event loop."""
     with Image.open(io.BytesIO(data)) as image:
         image.draft("L", (THUMB_SIDE, THUMB_SIDE))  # JPEG decodes at up to 1/8 scale: 80x60 for a 640x480 frame
-        return image.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX).tobytes()
+        return thumb_of(image)
+
+
+def thumb_of(image: Image.Image) -> bytes:
+    """The perceptual hash of decoded pixels (reduced ones will do: see `frame_thumb`)."""
+    return image.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX).tobytes()
 
 
 def thumb_distance(a: bytes, b: bytes) -> int:

@@ -57,7 +57,8 @@ class TurnService(TurnLimits):
         self.images = ImageLedger(settings.max_total_image_bytes - floor, lambda room: engine.limit_image_cache(room + floor))
         engine.limit_image_cache(settings.max_total_image_bytes)
         self.attachments = Attachments(settings)
-        self.frames_ahead = FramesAhead(engine, 4 * max(1, settings.image_workers))  # a few per image worker
+        workers = max(1, settings.image_workers)
+        self.frames_ahead = FramesAhead(engine, 4 * workers, workers)  # a few per image worker, one running on each
         self.pace = TurnPace(engine)  # for Retry-After
         # Given the count of turns that would wait for a slot and of those cancelled (whatever the cause) that
         # free theirs within a step, stops as many turns nobody listens to as the cancelled ones do not cover

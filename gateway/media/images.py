@@ -28,6 +28,16 @@ class ImageLimits:
 def check_image(data: bytes, limits: ImageLimits, index: int = 0) -> ChatImage:
     """Check one attachment by decoding it fully, or raise `bad_image` / `too_large`; never trust the
     file to be honest. The pixels are dropped: history keeps the bytes, a fraction of their size."""
+    return checked_decode(data, limits, index)[0]
+
+
+def checked_decode(
+    data: bytes, limits: ImageLimits, index: int = 0, reduce_to: int | None = None
+) -> tuple[ChatImage, Image.Image]:
+    """`check_image`, the decoded pixels kept. With `reduce_to`, a JPEG is decoded at the smallest scale (1/2 to 1/8,
+    in grey) that still covers `reduce_to` square (Pillow's `draft`): every block of the file is still read, so a
+    truncated or corrupt one fails as at full scale, for a fraction of the work. For a live frame's hash: the pixels
+    a model sees are decoded again from the bytes as sent."""
     label = f"image {index}"
     if len(data) > limits.max_bytes:
         raise GatewayError(ErrorCode.TOO_LARGE, f"{label} is {len(data)} bytes; the limit is {limits.max_bytes}")
@@ -44,8 +54,10 @@ def check_image(data: bytes, limits: ImageLimits, index: int = 0) -> ChatImage:
                     ErrorCode.TOO_LARGE,
                     f"{label} is {width}x{height} pixels; the limit is {limits.max_pixels} pixels",
                 )
+            if reduce_to is not None:
+                image.draft("L", (reduce_to, reduce_to))
             image.load()  # a truncated or corrupt file fails here, not later in the model
-            width, height = _oriented_size(image)
+            width, height = _oriented(image, (width, height))
     except GatewayError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -55,13 +67,10 @@ def check_image(data: bytes, limits: ImageLimits, index: int = 0) -> ChatImage:
         raise GatewayError(ErrorCode.BAD_IMAGE, f"{label} is not a decodable JPEG, PNG, WebP or GIF image") from None
     except Exception:  # Pillow raises IndexError, struct.error, ... on damaged files: all mean corrupt
         raise GatewayError(ErrorCode.BAD_IMAGE, f"{label} is truncated or corrupt") from None
-    return ChatImage(
-        data=data,
-        mime=f"image/{fmt.lower()}",
-        width=width,
-        height=height,
-        sha256=hashlib.sha256(data).hexdigest(),
+    checked = ChatImage(
+        data=data, mime=f"image/{fmt.lower()}", width=width, height=height, sha256=hashlib.sha256(data).hexdigest()
     )
+    return checked, image
 
 
 def decode_pixels(image: ChatImage) -> Image.Image:
@@ -71,9 +80,10 @@ def decode_pixels(image: ChatImage) -> Image.Image:
         return _normalise(Image.open(io.BytesIO(image.data)))
 
 
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    """The size after EXIF orientation, without making the rotated copy (orientations 5-8 turn 90°)."""
-    width, height = image.size
+def _oriented(image: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
+    """The size (as the file declares it) after EXIF orientation, without making the rotated copy (orientations 5-8
+    turn 90°)."""
+    width, height = size
     orientation = image.getexif().get(0x0112, 1)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 

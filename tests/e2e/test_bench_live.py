@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
-from gateway.bench.live import LiveConfig, camera_frame, run_live, ttft_target
+from gateway.bench.live import LiveConfig, camera_frame, question_offsets, run_live, ttft_target
 from gateway.bench.report import format_report
 from tests.conftest import RunningServer
 
@@ -53,6 +55,17 @@ def test_the_target_adds_the_encoding_to_one_and_a_half_text_turns() -> None:
         "meets_target_p99": False,
     }
     assert not ttft_target(live, text, 9.0)["meets_target"]
+
+
+def test_sessions_ask_out_of_step_unless_told() -> None:
+    """Sessions' first questions are spread evenly over half a question cycle, so no two sessions' questions land
+    together (live turns not at one instant, nor with another session's text turn); in step, all at once."""
+    config = LiveConfig(url="ws://unused", sessions=4, ask_every_s=5.0)
+    offsets = question_offsets(config)
+    assert offsets == [0.0, 0.625, 1.25, 1.875]
+    questions = sorted(offset + half for offset in offsets for half in (0.0, 2.5))  # live, then text
+    assert len(set(questions)) == 8 and all(b - a == 0.625 for a, b in pairwise(questions))
+    assert question_offsets(LiveConfig(url="ws://unused", sessions=4, stagger=False)) == [0.0] * 4
 
 
 def test_the_camera_scene_is_still_between_its_moves() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,9 +21,11 @@ from gateway.core.live_window import (
     Outcome,
     frame_thumb,
     thumb_distance,
+    thumb_of,
 )
 from gateway.engine.contract import ChatImage
 from gateway.errors import ErrorCode, GatewayError
+from gateway.media.images import ImageLimits, checked_decode
 
 LIMITS = LiveLimits(max_frames=4, max_bytes=1_000_000, frames_per_second=1000.0)
 NOISE = np.random.default_rng(7)
@@ -269,3 +272,11 @@ def test_any_stream_of_frames_keeps_the_window_within_its_bounds(
         assert all(thumb_distance(a.thumb, b.thumb) > limits.merge_distance for a, b in pairwise(frames))
     counted = window.counters
     assert counted.accepted + counted.merged + counted.dropped == len(arrivals)
+
+
+@pytest.mark.parametrize("make", [lambda: jpeg(screen(3)).data, lambda: jpeg(scene(noise=6.0)).data])
+def test_a_frames_hash_from_its_checking_decode_is_the_hash_of_its_bytes(make: Any) -> None:
+    """The hash taken from the decode that checks a live frame (reduced to its scale) equals `frame_thumb` of its bytes."""
+    data = make()
+    _, pixels = checked_decode(data, ImageLimits(10_000_000, 10_000_000), reduce_to=THUMB_SIDE)
+    assert thumb_of(pixels) == frame_thumb(data)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from gateway.errors import ErrorCode, GatewayError
-from gateway.media.images import ImageLimits, check_image, decode_pixels
+from gateway.media.images import ImageLimits, check_image, checked_decode, decode_pixels
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000)
 
@@ -212,3 +212,24 @@ def test_error_message_names_the_image_index() -> None:
     with pytest.raises(GatewayError) as info:
         check_image(b"not an image", LIMITS, index=3)
     assert "image 3" in info.value.message
+
+
+# ---- a live frame's reduced decode -------------------------------------------------------------
+
+
+def test_a_reduced_decode_checks_a_jpeg_as_the_full_one_does() -> None:
+    """A JPEG checked at a reduced scale is the same image (size, hash, bytes as sent), decoded at 1/8 scale, in grey."""
+    data = encode(Image.new("RGB", (640, 480), (90, 140, 200)), "JPEG")
+    image, pixels = checked_decode(data, LIMITS, reduce_to=32)
+    full = check_image(data, LIMITS)
+    assert (image.data, image.mime, image.width, image.height, image.sha256) == (data, full.mime, 640, 480, full.sha256)
+    assert pixels.size == (80, 60) and pixels.mode == "L"
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.98])
+def test_a_reduced_decode_still_refuses_a_truncated_jpeg(keep: float) -> None:
+    """Every block is still read at a reduced scale: a truncated JPEG is `bad_image`, as at full scale."""
+    data = encode(Image.effect_noise((640, 480), 60).convert("RGB"), "JPEG")
+    with pytest.raises(GatewayError) as info:
+        checked_decode(data[: int(len(data) * keep)], LIMITS, reduce_to=32)
+    assert info.value.code is ErrorCode.BAD_IMAGE
