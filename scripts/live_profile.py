@@ -93,25 +93,8 @@ def time_loop_stages(engine: Any, spent: Seconds, calls: collections.Counter[str
     wrap(engine, "prepare", "loop: process the images not processed yet", lambda args: bool(args[0]))
 
 
-def flush_each_prefill() -> None:
-    """An experiment, not the engine's code: the generation thread hands a prefilled turn's first token to the
-    event loop at once, not after the rest of the iteration (the other admitted prompts' prefills, one at a time
-    for prompts with images, and a decode step), where gateway/engine/local/generation.py flushes its relay."""
-    from gateway.engine.local import generation
-
-    original = generation.Generation._prefill_group
-
-    def prefill_group(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self._flush()
-
-    generation.Generation._prefill_group = prefill_group  # type: ignore[method-assign]
-
-
-def serve(model_dir: Path, out: Path, flush: bool) -> None:
+def serve(model_dir: Path, out: Path) -> None:
     """The gateway, its hooks installed: its URL on stdout; at the end of stdin, the timings written to `out`."""
-    if flush:
-        flush_each_prefill()
     stamps: live_stages.Stamps = collections.defaultdict(dict)
     live_stages.install(stamps, {})
     running = start_server(model_dir, Settings())
@@ -146,16 +129,14 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--model", type=Path, default=None, help="a model directory (default: the demo model)")
-    parser.add_argument("--flush-each-prefill", action="store_true", help="the experiment of `flush_each_prefill`")
     parser.add_argument("--in-step", action="store_true", help="sessions ask at the same instants (LiveConfig.stagger off)")
     parser.add_argument("--serve", type=Path, default=None, help=argparse.SUPPRESS)  # the gateway's own process
     args = parser.parse_args()
     model_dir = args.model or cached_demo_model("small")
     if args.serve is not None:
-        return serve(model_dir, args.serve, args.flush_each_prefill)
+        return serve(model_dir, args.serve)
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"live_profile.{os.getpid()}.json"
     command = [sys.executable, __file__, "--serve", str(out), "--model", str(model_dir)]
-    command += ["--flush-each-prefill"] if args.flush_each_prefill else []
     gateway = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert gateway.stdin is not None and gateway.stdout is not None
     url = gateway.stdout.readline().strip()

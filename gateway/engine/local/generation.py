@@ -196,7 +196,7 @@ class Generation:
             self._prefill_group(batch, leaving[0], lambda: leaving[1], phase)
 
     def _prefill_group(self, batch: Batch, seqs: list[Sequence], run: Callable[[], _Prefilled], phase: str = "prefill") -> None:
-        """Run a prefill; sample each row's first token and join the batch with the rows still going."""
+        """Run a prefill; sample each row's first token (sent to its loop at once); join the batch with the rest."""
         try:
             prefilled = run()
             self.clock.lap(phase)
@@ -210,6 +210,7 @@ class Generation:
         except Exception:  # a model failure ends these turns, never the thread
             self._failed(seqs)
             return
+        self._flush()  # first tokens out now, not after the step's other prefills and its decode step
         hold_finished(self.prefix_cache, seqs, cache, mask, alive)
         if alive:
             if len(alive) < len(seqs):
