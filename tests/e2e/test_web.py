@@ -96,8 +96,12 @@ class Chat:
         connections: dict[str, Connection] = app.state.ws.connections
         return connections[self.session_id()]
 
-    def wait_connected(self, timeout_ms: float = 15_000) -> None:
+    def wait_connected(self, timeout_ms: float = 15_000, resumed: bool = True) -> None:
+        """Connected, and (`resumed`) the page's session resumed: Send stays disabled until the `resume` is
+        answered (a message sent before that is kept in the box, not sent)."""
         expect(self.page.locator("#status")).to_have_attribute("data-state", "connected", timeout=timeout_ms)
+        if resumed:
+            expect(self.page.locator("#send")).to_be_enabled(timeout=timeout_ms)
 
     def send(self, text: str) -> None:
         self.page.fill("#prompt", text)

@@ -40,7 +40,7 @@ def test_a_resume_the_store_cannot_answer_offers_to_try_again(
 
     monkeypatch.setattr(unloading.app.state.ws.hub.store, "load_meta", broken)
     chat.page.reload()
-    chat.wait_connected()
+    chat.wait_connected(resumed=False)  # the resume is refused: Send stays off
     retry = chat.page.get_by_role("button", name="Try resuming again")
     expect(retry).to_be_visible()
     expect(chat.page.locator(".message.error strong")).to_have_text("store_unavailable")
