@@ -44,13 +44,19 @@ async def test_a_frame_is_processed_once_and_a_turn_waits_for_it() -> None:
     assert engine.asked == [FRAMES[0].sha256]
 
 
+async def started(engine: Preparing, frames: Sequence[ChatImage], max_frames: int, workers: int) -> FramesAhead:
+    """A FramesAhead over `engine` with `frames` started, once the loop has run what they began."""
+    ahead = FramesAhead(engine, max_frames=max_frames, workers=workers)  # type: ignore[arg-type]
+    for frame in frames:
+        ahead.start(frame)
+    await asyncio.sleep(0)
+    return ahead
+
+
 async def test_frames_past_the_bound_are_left_to_their_turn() -> None:
     """At most `max_frames` frames are under way; the next is not started (its turn processes it)."""
     engine = Preparing()
-    ahead = FramesAhead(engine, max_frames=2, workers=2)  # type: ignore[arg-type]
-    for frame in FRAMES[:3]:
-        ahead.start(frame)
-    await asyncio.sleep(0)
+    ahead = await started(engine, FRAMES[:3], max_frames=2, workers=2)
     assert engine.asked == [FRAMES[0].sha256, FRAMES[1].sha256]
     engine.release.set()
     await ahead.ready(FRAMES)
@@ -101,10 +107,7 @@ class OneAtATime(Preparing):
 async def test_one_frame_per_worker_runs_and_the_rest_wait_here_in_order() -> None:
     """Past `workers` frames running, the others wait here (not on the engine's pool), each started as one ends, oldest first."""
     engine = OneAtATime()
-    ahead = FramesAhead(engine, max_frames=4, workers=1)  # type: ignore[arg-type]
-    for frame in FRAMES[:3]:
-        ahead.start(frame)
-    await asyncio.sleep(0)
+    ahead = await started(engine, FRAMES[:3], max_frames=4, workers=1)
     assert engine.asked == [FRAMES[0].sha256]
     engine.finish(FRAMES[0])
     await ahead.ready([FRAMES[0]])
@@ -122,10 +125,7 @@ async def test_a_turn_takes_its_waiting_frames_and_waits_only_for_those_running(
     """A turn never waits behind frames queued ahead of its own: its frames still waiting here are handed to it
     (processed by its own `prepare`, never here after), and only those already running are awaited."""
     engine = OneAtATime()
-    ahead = FramesAhead(engine, max_frames=4, workers=1)  # type: ignore[arg-type]
-    for frame in FRAMES[:3]:
-        ahead.start(frame)
-    await asyncio.sleep(0)
+    ahead = await started(engine, FRAMES[:3], max_frames=4, workers=1)
     await ahead.ready([FRAMES[1], FRAMES[2]])  # FRAMES[0] (another turn's) still running: not awaited
     assert engine.asked == [FRAMES[0].sha256]
     waiting = asyncio.ensure_future(ahead.ready([FRAMES[0]]))
