@@ -29,7 +29,7 @@ from gateway.bench.live import LiveConfig, run_live
 from gateway.config import Settings
 from gateway.engine.demo import cached_demo_model
 from gateway.engine.local import batch as batch_module
-from scripts import live_stages
+from scripts import live_engine, live_stages
 from tests.conftest import start_server
 
 Seconds = collections.defaultdict[str, float]
@@ -97,6 +97,8 @@ def serve(model_dir: Path, out: Path) -> None:
     """The gateway, its hooks installed: its URL on stdout; at the end of stdin, the timings written to `out`."""
     stamps: live_stages.Stamps = collections.defaultdict(dict)
     live_stages.install(stamps, {})
+    timeline = live_engine.Timeline()
+    live_engine.install(timeline, live_stages.current_turn)
     running = start_server(model_dir, Settings())
     spent: Seconds = collections.defaultdict(float)
     calls: collections.Counter[str] = collections.Counter()
@@ -111,7 +113,7 @@ def serve(model_dir: Path, out: Path) -> None:
     print(running.ws_url, flush=True)
     sys.stdin.read()
     encoder = running.engine.encoder_cache
-    report: dict[str, Any] = {"stamps": stamps}
+    report: dict[str, Any] = {"stamps": stamps, "spans": timeline.spans, "marks": timeline.marks}
     report["generation_thread"] = {
         name: {"seconds": round(spent[name], 3), "calls": calls[name], "mean_ms": round(1000 * spent[name] / calls[name], 1)}
         for name in sorted(spent)
@@ -122,6 +124,23 @@ def serve(model_dir: Path, out: Path) -> None:
     report["encoder_cache"] = {"hits": encoder.hits, "encoded_beside_held": encoder.encoded, "images_held": len(encoder)}
     out.write_text(json.dumps(report))
     running.stop()
+
+
+def engine_waits(spans: list[Any], marks: dict[str, dict[str, float]], stamps: Any, turns: list[tuple[str, Any]]) -> Any:
+    """What each kind of turn waited on between its admission and its first token (scripts/live_engine.py)."""
+    timeline = live_engine.Timeline()
+    timeline.spans = [(s, e, kind, tuple(ids)) for s, e, kind, ids in spans]
+    timeline.marks.update(marks)
+    firsts: dict[str, tuple[str, float, float]] = {}
+    for kind, result in turns:
+        timing = (result.done or {}).get("timing") or {}
+        submitted = stamps.get(result.id, {}).get("submitted")
+        if submitted is None or timing.get("ttft_ms") is None:
+            continue
+        if kind == "live" and not result.id.endswith(".1"):
+            kind = "live after the first"
+        firsts[result.id] = (kind, submitted, submitted + timing["ttft_ms"] / 1000)
+    return live_engine.summary(timeline, firsts)
 
 
 def main() -> None:
@@ -148,7 +167,11 @@ def main() -> None:
     gateway.wait()
     served = json.loads(out.read_text())
     out.unlink()
-    report["stages"] = live_stages.breakdown(served.pop("stamps"), turns)
+    if os.environ.get("LIVE_PROFILE_DUMP"):  # the raw stamps and spans, to read one turn at a time
+        Path(os.environ["LIVE_PROFILE_DUMP"]).write_text(json.dumps({**served, "turns": [(k, r.id, r.done) for k, r in turns]}))
+    stamps = served.pop("stamps")
+    report["stages"] = live_stages.breakdown(stamps, turns)
+    report["engine_waits"] = engine_waits(served.pop("spans"), served.pop("marks"), stamps, turns)
     report.update(served)
     report["load_average"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(report, indent=2))

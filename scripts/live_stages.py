@@ -30,6 +30,11 @@ Stamps = dict[str, dict[str, float]]
 _turn: contextvars.ContextVar[str | None] = contextvars.ContextVar("turn", default=None)
 
 
+def current_turn() -> str | None:
+    """The id of the turn whose handling is under way in this task (None outside one)."""
+    return _turn.get()
+
+
 def install(stamps: Stamps, reader: dict[str, float]) -> None:
     """Wrap the gateway's turn path in this process: each wrapper stamps `stamps[turn id][stamp]`, and the reader's
     wait is kept in `reader[turn id]`: how long after the client sent the turn the reader was still handling the
