@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.core.conversation_prompt import prompt_messages
 from gateway.core.exchange import UserTurn
 from gateway.core.items import Item, Role
+from gateway.core.video_frames import clip_of
 from gateway.engine.contract import ChatImage, ChatMessage, ChatVideo
 
 
@@ -48,6 +49,17 @@ class ClipsShown:
     frames: tuple[ChatImage, ...] = ()  # held beyond the history's: a live window's clip's, else none
 
     def message(self, shown: set[str]) -> tuple[ChatMessage, ClipsShown]:
+        """The turn's message; a live window's clip holds only the frames not in `shown` (sha256s an earlier
+        message showed: their KV is the earlier exchanges'), as a clip of its own timed from its first frame, or
+        none when every frame was shown. A turn's own videos read as they are."""
+        if not self.frames:
+            return ChatMessage("user", self.text, self.images, videos=self.videos), self
+        (clip,) = self.videos
+        new = [(frame, ts) for frame, ts in zip(clip.frames, clip.ts_ms) if frame.sha256 not in shown]
+        if len(new) < len(clip.frames):
+            frames = tuple(frame for frame, _ in new)
+            videos = (clip_of(frames, [ts for _, ts in new]),) if new else ()
+            return ChatMessage("user", self.text, self.images, videos=videos), replace(self, videos=videos, frames=frames)
         return ChatMessage("user", self.text, self.images, videos=self.videos), self
 
 

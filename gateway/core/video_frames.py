@@ -49,6 +49,10 @@ def read_videos(
 def window_clip(frames: Sequence[LiveFrame]) -> ChatVideo:
     """A live window as one clip: each distinct frame at the client time it was first seen (a still scene's
     frame stays one frame), named by its frames' hashes."""
-    first = frames[0].first_ts_ms
-    digest = hashlib.sha256("".join(frame.image.sha256 for frame in frames).encode()).hexdigest()
-    return ChatVideo(tuple(frame.image for frame in frames), tuple(frame.first_ts_ms - first for frame in frames), digest)
+    return clip_of([frame.image for frame in frames], [frame.first_ts_ms for frame in frames])
+
+
+def clip_of(images: Sequence[ChatImage], ts_ms: Sequence[int]) -> ChatVideo:
+    """Frames as one clip, timed from its first frame, named by the frames' hashes."""
+    digest = hashlib.sha256("".join(image.sha256 for image in images).encode()).hexdigest()
+    return ChatVideo(tuple(images), tuple(ts - ts_ms[0] for ts in ts_ms), digest)

@@ -155,3 +155,22 @@ async def test_the_turn_after_a_live_turn_reads_its_window_as_the_same_clip(serv
     assert later.done is not None and later.done["usage"]["prompt_tokens"] == prompt and later.text == reply
     shared, first = held_prefix(server, [shown], messages)
     assert shared >= first - 1 and later.done["usage"]["cached_tokens"] >= shared
+
+
+async def test_a_second_live_turn_reads_only_the_frames_no_earlier_clip_showed(server: RunningServer) -> None:
+    """The next live turn's clip holds only the window's frames the earlier live turn's clip did not show, after that
+    exchange shown as it was read: its reply and prompt length are `generate`'s over that layout, and
+    `cached_tokens` covers the earlier live turn's prompt, so its frames are not prefilled again."""
+    first_frames, new_frames = [jpeg(i) for i in (2, 3)], [jpeg(i) for i in (4, 5)]
+    async with GatewayClient(server.ws_url) as client:
+        assert await client.stream_frames("camera", first_frames) == 2
+        first = await client.turn("t0", "What happens?", live=True, temperature=0, max_tokens=MAX_TOKENS)
+        assert await client.stream_frames("camera", new_frames) == 2
+        second = await client.turn("t1", "And now?", live=True, temperature=0, max_tokens=MAX_TOKENS)
+    assert second.accepted is not None and second.accepted["live_frames"]["count"] == 4
+    shown = [window_message(first, first_frames, "What happens?"), ChatMessage("assistant", first.text)]
+    messages = [*shown, window_message(second, new_frames, "And now?")]
+    prompt, reply = greedy(server, messages)
+    assert second.done is not None and second.done["usage"]["prompt_tokens"] == prompt and second.text == reply
+    shared, earlier = held_prefix(server, shown[:1], messages)
+    assert shared >= earlier - 1 and second.done["usage"]["cached_tokens"] >= shared

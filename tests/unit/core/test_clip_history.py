@@ -76,3 +76,19 @@ async def test_a_later_prompt_shows_a_live_turns_window_clip_as_its_own_prompt_d
     assert session.held_image_bytes == sum(len(FRAMES[n].image.data) for n in range(3))
     session.timeline = LiveTimeline()
     assert (await turn(session, "t2", "Now?"))[0] == ChatMessage("user", summary)
+
+
+async def test_a_live_turn_s_clip_holds_only_the_frames_no_earlier_clip_showed() -> None:
+    """The next live turn over an overlapping window reads only its new frames as its clip (timed from the first of
+    them), after the earlier exchange shown as it was: the window's KV before them is the earlier turn's. A window
+    every frame of which was shown reads as no clip; each prompt opens with the one before it."""
+    session = Session(max_history_turns=16)
+    first = await turn(session, "t0", "What moved?", live=view(0, 1, 2))
+    second = await turn(session, "t1", "And now?", live=view(1, 2, 3, 4))
+    assert second[0] == first[0]
+    assert second[2].videos == (window_clip(view(3, 4).snapshot.frames),)
+    assert second[2].videos[0].ts_ms == (0, 100)
+    assert second[2].text == "[live camera: 4 frames, 0.100 s to 0.400 s]\nAnd now?"
+    third = await turn(session, "t2", "Still?", live=view(2, 3, 4))
+    assert third[:3] == second and third[4] == ChatMessage("user", "[live camera: 3 frames, 0.200 s to 0.400 s]\nStill?")
+    assert session.held_image_bytes == sum(len(FRAMES[n].image.data) for n in range(5))
