@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from gateway.core.conversation_prompt import prompt_messages
 from gateway.core.exchange import UserTurn
 from gateway.core.items import Item, Role
-from gateway.core.video_frames import clip_of
+from gateway.core.video_frames import only_frames
 from gateway.engine.contract import ChatImage, ChatMessage, ChatVideo
 
 
@@ -55,10 +55,9 @@ class ClipsShown:
         if not self.frames:
             return ChatMessage("user", self.text, self.images, videos=self.videos), self
         (clip,) = self.videos
-        new = [(frame, ts) for frame, ts in zip(clip.frames, clip.ts_ms) if frame.sha256 not in shown]
-        if len(new) < len(clip.frames):
-            frames = tuple(frame for frame, _ in new)
-            videos = (clip_of(frames, [ts for _, ts in new]),) if new else ()
+        frames = tuple(frame for frame in clip.frames if frame.sha256 not in shown)
+        if len(frames) < len(clip.frames):
+            videos = (only_frames(clip, frames),) if frames else ()
             return ChatMessage("user", self.text, self.images, videos=videos), replace(self, videos=videos, frames=frames)
         return ChatMessage("user", self.text, self.images, videos=self.videos), self
 

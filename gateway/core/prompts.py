@@ -14,7 +14,7 @@ from gateway.core.live_turn import clip_entry, live_turns, timeline_entry
 from gateway.core.request import ConversationRequest, TurnRequest
 from gateway.core.session import Session, UserTurn
 from gateway.core.tool_plan import ToolPlan
-from gateway.core.video_frames import read_videos
+from gateway.core.video_frames import only_frames, read_videos
 from gateway.engine.contract import ChatImage, ChatMessage, Engine, SamplingParams
 from gateway.errors import ErrorCode, GatewayError, naming
 from gateway.media.video import DecodedVideo
@@ -49,6 +49,8 @@ async def session_turns(
     adds = session.timeline.begin(turn.id, entry)
     if isinstance(entry, LiveFramesShown):  # its images: what it adds to the session's (the timeline's frames count already)
         prompted = replace(prompted, images=turn.images + adds)
+    elif live is not None and reads_video:  # likewise its clip: the timeline's message shows it, this counts it
+        prompted = replace(prompted, videos=tuple(only_frames(clip, adds) for clip in prompted.videos))
     return prompted, recorded
 
 

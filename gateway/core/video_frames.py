@@ -56,3 +56,10 @@ def clip_of(images: Sequence[ChatImage], ts_ms: Sequence[int]) -> ChatVideo:
     """Frames as one clip, timed from its first frame, named by the frames' hashes."""
     digest = hashlib.sha256("".join(image.sha256 for image in images).encode()).hexdigest()
     return ChatVideo(tuple(images), tuple(ts - ts_ms[0] for ts in ts_ms), digest)
+
+
+def only_frames(clip: ChatVideo, frames: Sequence[ChatImage]) -> ChatVideo:
+    """The clip's frames that are among `frames` (by hash), at their times, as a clip of their own."""
+    keep = {frame.sha256 for frame in frames}
+    kept = [(frame, ts) for frame, ts in zip(clip.frames, clip.ts_ms) if frame.sha256 in keep]
+    return clip_of([frame for frame, _ in kept], [ts for _, ts in kept]) if kept else ChatVideo((), (), clip.sha256)

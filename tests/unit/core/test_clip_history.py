@@ -92,3 +92,17 @@ async def test_a_live_turn_s_clip_holds_only_the_frames_no_earlier_clip_showed()
     third = await turn(session, "t2", "Still?", live=view(2, 3, 4))
     assert third[:3] == second and third[4] == ChatMessage("user", "[live camera: 3 frames, 0.200 s to 0.400 s]\nStill?")
     assert session.held_image_bytes == sum(len(FRAMES[n].image.data) for n in range(5))
+
+
+async def test_a_live_clip_asks_room_only_for_the_frames_no_earlier_clip_holds() -> None:
+    """A native-video live turn whose window's older frames an earlier live clip holds asks the session's image room
+    for its new frames only (the timeline counts the others already), as the frames-as-images path does."""
+    session = Session(max_history_turns=16)
+    request = TurnRequest("t0", "What moved?", live=view(0, 1, 2))
+    prompted, recorded = await session_turns(OneVideo(), session, request, False, reads_video=True)  # type: ignore[arg-type]
+    assert prompted.image_bytes == sum(len(FRAMES[n].image.data) for n in range(3))
+    await session.plan(prompted, 4, 10_000, count)
+    session.record(recorded, "ok", False, session.epoch)
+    request = TurnRequest("t1", "And now?", live=view(1, 2, 3))
+    prompted, _ = await session_turns(OneVideo(), session, request, False, reads_video=True)  # type: ignore[arg-type]
+    assert prompted.image_bytes == len(FRAMES[3].image.data)
