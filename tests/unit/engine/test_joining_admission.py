@@ -8,7 +8,7 @@ from typing import cast
 import torch
 
 from gateway.engine.local.image_layout import ImageLayout
-from gateway.engine.local.joining import Joining, Row
+from gateway.engine.local.joining import PATIENCE, Joining, Row
 from gateway.engine.local.prefix_cache import HeldPrefix
 from gateway.engine.local.prompt import ModelInputs
 
@@ -34,9 +34,9 @@ def feed(joining: Joining, taken: list[Row]) -> None:
 def test_a_long_prompt_passed_over_joins_when_the_rows_end_whatever_arrives_meanwhile() -> None:
     """A 139-token prompt (a live turn's clip) arriving while a 600-token one is fed, 23-token prompts
     arriving every step: nothing joins beside the long row until its left fits (none here: the short ones
-    would be padded to its width), and the prompt passed over joins first once it has ended, the short
-    ones the step after: 3 passes of the long row, then its turn. It used to wait while short ones kept
-    joining and each shrank the long row's share of the chunk (not joined in these 5 steps)."""
+    would be padded to its width), and the prompt passed over longest joins first once it has ended, the
+    short ones the step after: 3 passes of the long row, then its turn. It used to wait while short ones
+    kept joining and each shrank the long row's share of the chunk (not joined in these 5 steps)."""
     joining = Joining(CHUNK)
     feed(joining, [waiting_row(600 + CHUNK)])  # fed one chunk already: 600 left
     clip = waiting_row(139)
@@ -50,19 +50,23 @@ def test_a_long_prompt_passed_over_joins_when_the_rows_end_whatever_arrives_mean
     assert joined[3] == [clip]
 
 
-def test_prompts_arriving_together_go_shortest_first_and_long_ones_take_turns() -> None:
-    """Prompts arriving together: the short ones that fit one pass join first; the long ones passed over
-    then join in arrival order, one per empty set of rows (two do not fit one chunk); with nobody decoding
-    all join at once."""
+def test_prompts_arriving_together_go_shortest_first_and_one_passed_over_twice_goes_ahead() -> None:
+    """Prompts arriving together: the short ones that fit one pass join first, then the long ones one per
+    empty set of rows (two do not fit one chunk), shortest first until one has been passed over PATIENCE
+    times: it then goes ahead of a shorter one arriving later; with nobody decoding all join at once."""
+    assert PATIENCE == 2
     joining = Joining(CHUNK)
     rows = [waiting_row(n) for n in (400, 300, 50, 60)]
     joining.waiting.extend(rows)
     assert joining.admit(decoding=True) == [rows[2], rows[3]]
-    assert list(joining.waiting) == rows[:2]
-    assert joining.admit(decoding=True) == [rows[0]]  # the rows ended; the first passed over, though longer
+    assert joining.admit(decoding=True) == [rows[1]]  # the rows ended (none fed here): the shorter long one
     short = waiting_row(10)
     joining.waiting.append(short)
-    assert joining.admit(decoding=False) == [rows[1], short] and not joining.waiting
+    assert joining.admit(decoding=True) == [rows[0]]  # passed over twice; the short one does not fit beside it
+    assert joining.admit(decoding=True) == [short]
+    late = [waiting_row(500), waiting_row(10)]
+    joining.waiting.extend(late)
+    assert joining.admit(decoding=False) == late and not joining.waiting
 
 
 def test_a_prompt_joins_beside_rows_only_when_the_pass_stays_within_a_chunk_and_unpadded() -> None:
