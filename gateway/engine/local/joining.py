@@ -13,10 +13,11 @@ from gateway.engine.local.sequence import Sequence
 Row = tuple[Sequence, ModelInputs, HeldPrefix | None]  # a prompt and its held prefix, if any
 
 # Admissions that may pass a waiting prompt over (shorter ones going first) before it goes ahead of every
-# prompt that waited less: two, so that a short prompt arriving with a burst of long ones goes ahead of them,
-# and a long one loses at most two short ones' steps (gateway bench --live: 1 gave text turns' TTFT p99 1.4-2.0 s
-# behind bursts of live turns, 4 live turns' p50 0.93 s behind text turns).
-PATIENCE = 2
+# prompt that waited less. gateway bench --live (3 runs each, alternated with the earlier rule): at 1, live
+# turns' TTFT p50 0.39-0.69 s against 0.55-0.87 s, but text turns' p99 1.4-2.0 s against 0.8-1.1 s (a short
+# prompt arriving during a burst of live turns waits behind those passed over); at 2, text p99 0.6-1.0 s, live
+# p50 0.38-1.14 s, no better than before. Issue 23 is about the live turns: 1.
+PATIENCE = 1
 
 
 class Joining:
@@ -59,10 +60,10 @@ class Joining:
         rows (`_fits`: the next pass still feeds every row all it has left within `chunk_tokens`, none padded
         past twice its tokens). So a prompt joining beside others ends in its first pass and shortens no
         row's share; the rows end together at least every ceil(longest left / chunk_tokens) passes (nothing
-        joins beside a row longer than half a chunk), and then the first in turn joins. A short prompt goes
-        ahead of long ones (one arriving while a long one is fed waits for that pass, rather than share it
-        padded to the long one's width), but a prompt passed over PATIENCE times is overtaken only by older
-        ones passed over as often and by prompts fitting beside the rows, which delay it by no pass."""
+        joins beside a row longer than half a chunk), and then the first in turn joins. A short prompt arriving
+        with long ones goes ahead of them; one arriving while a long one is fed waits for that pass rather
+        than share it padded to the long one's width. A prompt passed over PATIENCE times is overtaken only
+        by older ones passed over as often and by prompts fitting beside the rows, which delay it by no pass."""
         if not decoding or self.chunk_tokens <= 0:
             everyone, self.waiting = list(self.waiting), collections.deque()
             return everyone

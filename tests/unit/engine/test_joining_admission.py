@@ -50,19 +50,19 @@ def test_a_long_prompt_passed_over_joins_when_the_rows_end_whatever_arrives_mean
     assert joined[3] == [clip]
 
 
-def test_prompts_arriving_together_go_shortest_first_and_one_passed_over_twice_goes_ahead() -> None:
-    """Prompts arriving together: the short ones that fit one pass join first, then the long ones one per
-    empty set of rows (two do not fit one chunk), shortest first until one has been passed over PATIENCE
-    times: it then goes ahead of a shorter one arriving later; with nobody decoding all join at once."""
-    assert PATIENCE == 2
+def test_prompts_arriving_together_go_shortest_first_and_those_passed_over_in_arrival_order() -> None:
+    """Prompts arriving together: the short ones that fit one pass join first; the long ones passed over
+    then join one per empty set of rows (two do not fit one chunk) in arrival order, ahead of a shorter one
+    arriving later; with nobody decoding all join at once."""
+    assert PATIENCE == 1
     joining = Joining(CHUNK)
     rows = [waiting_row(n) for n in (400, 300, 50, 60)]
     joining.waiting.extend(rows)
     assert joining.admit(decoding=True) == [rows[2], rows[3]]
-    assert joining.admit(decoding=True) == [rows[1]]  # the rows ended (none fed here): the shorter long one
     short = waiting_row(10)
     joining.waiting.append(short)
-    assert joining.admit(decoding=True) == [rows[0]]  # passed over twice; the short one does not fit beside it
+    assert joining.admit(decoding=True) == [rows[0]]  # the rows ended (none fed here): the first passed over
+    assert joining.admit(decoding=True) == [rows[1]]  # the short one, passed over since, does not fit beside it
     assert joining.admit(decoding=True) == [short]
     late = [waiting_row(500), waiting_row(10)]
     joining.waiting.extend(late)
