@@ -13,10 +13,9 @@ from gateway.engine.local.sequence import Sequence
 Row = tuple[Sequence, ModelInputs, HeldPrefix | None]  # a prompt and its held prefix, if any
 
 # Admissions that may pass a waiting prompt over (shorter ones going first) before it goes ahead of every
-# prompt that waited less. gateway bench --live (3 runs each, alternated with the earlier rule): at 1, live
-# turns' TTFT p50 0.39-0.69 s against 0.55-0.87 s, but text turns' p99 1.4-2.0 s against 0.8-1.1 s (a short
-# prompt arriving during a burst of live turns waits behind those passed over); at 2, text p99 0.6-1.0 s, live
-# p50 0.38-1.14 s, no better than before. Issue 23 is about the live turns: 1.
+# prompt that waited less. scripts/live_profile.py against the rule before (docs/engine.md): at 1, live turns'
+# TTFT p99 0.81x and text turns' 1.55x (a short prompt arriving during a burst of live clips waits behind
+# those passed over); at 2, text p99 better than before, live p50 and p99 no better. Issue 23 is the live turns.
 PATIENCE = 1
 
 
