@@ -172,8 +172,8 @@ class Generation:
 
     def _feed_joining(self, batch: Batch) -> None:
         """One pass feeds every joining row its next columns (all it has left once nobody decodes); the rows
-        whose prompts ended in it take their first tokens and join the batch. A step that ran the vision tower
-        for joining image prompts feeds nothing beside a decoding batch: the tower was its pass."""
+        whose prompts ended in it take their first tokens and join the batch. Beside a decoding batch, a step
+        that ran a big vision tower (`Joining.tower_apart`) for joining image prompts feeds nothing."""
         rows = self.joining.rows
         rows.keep(self._live(rows.seqs))
         self.joining.keep_waiting(self._live(self.joining.waiting_sequences()))
@@ -185,7 +185,7 @@ class Generation:
         try:
             if admitted:
                 batch.add_joiners(rows, *split(admitted), embeds)
-            if decoding and any(embedded is not None for embedded in embeds):
+            if self.joining.tower_apart(decoding, admitted):
                 return  # the vision tower was this step's pass: the batch decodes before the first chunk
             leaving = batch.feed_joiners(rows, self.joining.columns(decoding))
         except Exception:  # the rows share the pass's cache: a failure ends them all, never the thread

@@ -7,10 +7,16 @@ import collections
 from gateway.engine.local.joining_rows import JoiningRows
 from gateway.engine.local.prefix_cache import HeldPrefix
 from gateway.engine.local.prompt import ModelInputs
-from gateway.engine.local.ragged import suffix_groups
+from gateway.engine.local.ragged import similar, suffix_groups
 from gateway.engine.local.sequence import Sequence
 
 Row = tuple[Sequence, ModelInputs, HeldPrefix | None]  # a prompt and its held prefix, if any
+
+# Admissions that may pass a waiting prompt over (shorter ones going first) before it goes ahead of every
+# prompt that waited less. scripts/live_profile.py against the rule before (docs/engine.md): at 1, live turns'
+# TTFT p99 0.81x and text turns' 1.55x (a short prompt arriving during a burst of live clips waits behind
+# those passed over); at 2, text p99 better than before, live p50 and p99 no better. Issue 23 is the live turns.
+PATIENCE = 1
 
 
 class Joining:
@@ -25,7 +31,8 @@ class Joining:
     def __init__(self, chunk_tokens: int) -> None:
         self.chunk_tokens = chunk_tokens
         self.rows = JoiningRows()
-        self.waiting: collections.deque[Row] = collections.deque()
+        self.waiting: collections.deque[Row] = collections.deque()  # in arrival order
+        self.passed_over: dict[int, int] = {}  # id() of each waiting prompt -> admissions that left it waiting
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.waiting)
@@ -39,29 +46,74 @@ class Joining:
     def keep_waiting(self, live: list[int]) -> None:
         """Drop every waiting prompt not listed (cancelled before it joined)."""
         self.waiting = collections.deque(self.waiting[i] for i in live)
+        self.passed_over = {id(row): self.passed_over.get(id(row), 0) for row in self.waiting}
 
     def merges(self, decoding: bool) -> bool:
         """Whether prompts admitted now join the rows: only beside a decoding batch, with chunking on."""
         return decoding and self.chunk_tokens > 0
 
     def admit(self, decoding: bool) -> list[Row]:
-        """The waiting prompts that join the rows now, in arrival order: all once nobody decodes; else the
-        first while no row is fed, and each whose new tokens fit its share of the next pass. A short prompt
-        never waits behind a long one, and long ones take their turns rather than all slowing down together."""
+        """The waiting prompts that join the rows now: all once nobody decodes (or chunking is off). Else they
+        are taken in turn, those passed over PATIENCE times first (in arrival order), then the others shortest
+        first: the first when no row is fed, whatever its length, and each other one that fits beside the
+        rows (`_fits`: the next pass still feeds every row all it has left within `chunk_tokens`, none padded
+        past twice its tokens). So a prompt joining beside others ends in its first pass and shortens no
+        row's share; the rows end together at least every ceil(longest left / chunk_tokens) passes (nothing
+        joins beside a row longer than half a chunk), and then the first in turn joins. A short prompt arriving
+        with long ones goes ahead of them; one arriving while a long one is fed waits for that pass rather
+        than share it padded to the long one's width. A prompt passed over PATIENCE times is overtaken only
+        by older ones passed over as often and by prompts fitting beside the rows, which delay it by no pass."""
+        if not decoding or self.chunk_tokens <= 0:
+            everyone, self.waiting = list(self.waiting), collections.deque()
+            return everyone
+        aged = [self.passed_over.get(id(row), 0) >= PATIENCE for row in self.waiting]
+        fresh = sorted((row for row, old in zip(self.waiting, aged) if not old), key=_new_tokens)
+        order = [row for row, old in zip(self.waiting, aged) if old] + fresh
+        left = [len(ids) for ids in self.rows.ids]
         taken: list[Row] = []
-        left: collections.deque[Row] = collections.deque()
-        for row in self.waiting:
-            rows = len(self.rows) + len(taken)
-            new = row[1].prompt_tokens - (row[2].length if row[2] else 0)
-            fits = not decoding or not rows or self.chunk_tokens <= 0 or new <= self.chunk_tokens // (rows + 1)
-            (taken if fits else left).append(row)
-        self.waiting = left
+        for row in order:
+            if not left or _fits(left, _new_tokens(row), self.chunk_tokens):
+                left.append(_new_tokens(row))
+                taken.append(row)
+        joined = {id(row) for row in taken}
+        self.waiting = collections.deque(row for row in self.waiting if id(row) not in joined)
+        self.passed_over = {id(row): self.passed_over.get(id(row), 0) + 1 for row in self.waiting}
         return taken
+
+    def tower_apart(self, decoding: bool, admitted: list[Row]) -> bool:
+        """Whether the vision tower for the image prompts admitted now is a step's pass of its own beside a
+        decoding batch: when their new images' tokens exceed half a chunk (vLLM's encoder budget). A smaller
+        tower runs in the step of their first chunk, saving them a decode step; a bigger one would make the
+        running turns wait for it and a chunk together."""
+        tower = sum(new_image_tokens(inputs, held.length if held else 0) for _, inputs, held in admitted if inputs.extras)
+        return decoding and self.chunk_tokens > 0 and tower > self.chunk_tokens // 2
 
     def columns(self, decoding: bool) -> int | None:
         """Prompt columns per row in the next pass: the chunk's tokens shared among the rows; all once
         nobody decodes."""
         return max(1, self.chunk_tokens // max(1, len(self.rows))) if decoding and self.chunk_tokens > 0 else None
+
+
+def _fits(left: list[int], new: int, chunk_tokens: int) -> bool:
+    """Whether a prompt of `new` tokens joins rows with `left` tokens each: the next pass still feeds every row
+    all it has left within the chunk, and no row is padded to more than twice its tokens (ragged.similar)."""
+    longest, shortest = max(*left, new), min(*left, new)
+    return (len(left) + 1) * longest <= chunk_tokens and similar(shortest, longest)
+
+
+def _new_tokens(row: Row) -> int:
+    """A prompt's tokens after its held prefix."""
+    return row[1].prompt_tokens - (row[2].length if row[2] else 0)
+
+
+def new_image_tokens(inputs: ModelInputs, start: int) -> int:
+    """The tokens of a prompt's images and clips that begin at or after token `start` (not held as KV): what
+    the vision tower encodes for it, at most (the encoder cache may hold some). Without a layout, every token
+    after `start`."""
+    layout = inputs.layout
+    if layout is None:
+        return inputs.prompt_tokens - start
+    return sum(last - first for first, last in (*layout.spans, *layout.videos) if first >= start)
 
 
 def split(rows: list[Row]) -> tuple[list[Sequence], list[ModelInputs], list[HeldPrefix | None]]:
@@ -73,5 +125,4 @@ def text_groups(rows: list[Row], max_batch: int) -> list[list[Row]]:
     at a time when turns decode alone."""
     if max_batch <= 1:
         return [[row] for row in rows]
-    suffixes = [inputs.prompt_tokens - (held.length if held else 0) for _, inputs, held in rows]
-    return [[rows[i] for i in group] for group in suffix_groups(suffixes)]
+    return [[rows[i] for i in group] for group in suffix_groups([_new_tokens(row) for row in rows])]

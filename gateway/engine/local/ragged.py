@@ -34,11 +34,16 @@ class RowsLayout:
     width: int  # cached columns
 
 
+def similar(shorter: int, longer: int) -> bool:
+    """Whether a row of `shorter` new tokens may be padded to `longer` in one pass (see GROUP_SLACK_TOKENS)."""
+    return longer <= 2 * shorter + GROUP_SLACK_TOKENS
+
+
 def suffix_groups(suffixes: list[int]) -> list[list[int]]:
     """Row indices in groups of similar new-part lengths (see GROUP_SLACK_TOKENS), shortest first."""
     groups: list[list[int]] = []
     for row in sorted(range(len(suffixes)), key=suffixes.__getitem__):
-        if groups and suffixes[row] <= 2 * suffixes[groups[-1][0]] + GROUP_SLACK_TOKENS:
+        if groups and similar(suffixes[groups[-1][0]], suffixes[row]):
             groups[-1].append(row)
         else:
             groups.append([row])

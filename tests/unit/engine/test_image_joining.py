@@ -13,6 +13,7 @@ import pytest
 from gateway.engine.contract import ChatMessage, SamplingParams
 from gateway.engine.local.batch import Batch
 from gateway.engine.local.engine import LocalEngine
+from gateway.engine.local.joining import new_image_tokens
 from gateway.engine.local.loader import load_model
 from tests.conftest import DemoDirs, chat_image
 from tests.unit.engine.test_batching import PROMPTS, alone, submit
@@ -111,6 +112,28 @@ async def test_a_long_image_prompt_costs_a_pass_per_chunk_with_a_decode_step_bet
     # The vision tower is a step's work of its own: after the step it ran in (the held one), the running
     # turn decodes once more before the first chunk.
     assert [kind for kind, _, _ in passes[: prefill[0]]] == ["decode", "decode"]
+
+
+async def test_a_small_image_prompts_vision_tower_runs_in_the_step_of_its_first_chunk(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-picture prompt whose image tokens are at most half a chunk, joining a decoding turn: its vision
+    tower and its first chunk run in one step (no decode step between them, where a big tower has one: the
+    test above), and its reply is exactly its reply alone."""
+    monkeypatch.setattr(engine._generation.joining, "chunk_tokens", 8 * CHUNK)
+    solo = await alone(engine, PICTURES[0], PARAMS)
+    inputs = engine.loaded.prompt.build(PICTURES[0])
+    running, request = await decoding_turn(engine)
+    watch = Passes(engine, monkeypatch)
+    await watch.hold()
+    joiner, _ = submit(engine, PICTURES[0], PARAMS)
+    watch.release()
+    tokens = (await asyncio.wait_for(joiner.done, 60)).token_ids
+    await stop(running, request)
+    assert tokens == solo
+    first = [kind for kind, _, _ in watch.seen].index("prefill")
+    assert [kind for kind, _, _ in watch.seen[:first]] == ["decode"]  # the held step's decode only
+    assert 0 < new_image_tokens(inputs, 0) <= 4 * CHUNK
 
 
 @pytest.mark.parametrize("decoding", [False, True], ids=["idle", "beside-a-decoding-turn"])

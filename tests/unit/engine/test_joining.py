@@ -4,6 +4,7 @@ joiners arriving at different steps share each step's one pass."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -94,16 +95,24 @@ async def test_a_joiner_cancelled_between_chunks_ends_and_the_batch_goes_on(engi
 async def test_joiners_arriving_at_different_steps_share_one_pass_per_step(
     engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two prompts shorter than a chunk arriving while a long one is fed in chunks: the running turn waits
-    for one prefill pass per step however many prompts join (they share it, where each short one used to
-    cost a pass of its own), and every joiner's reply is exactly its reply alone."""
+    """Two short prompts arriving while a long one is fed in chunks, once its tokens left fit beside them:
+    the running turn waits for one prefill pass per step however many prompts join (they share the long
+    one's last pass, where each short one used to cost a pass of its own), and every joiner's reply is
+    exactly its reply alone."""
     params = SamplingParams(temperature=0, max_tokens=8)
     shorts = [[ChatMessage("user", "one")], PROMPTS[2]]
     solos = [await alone(engine, messages, params) for messages in [LONG, *shorts]]
-    passes: list[tuple[str, int]] = []  # (decode or prefill, rows) of every forward pass
-    decode, inside = Batch.decode, [False]
+    lengths = [engine.loaded.prompt.build(messages).prompt_tokens for messages in [LONG, *shorts]]
+    # The long prompt's first chunk leaves it as many tokens as the longer short one: three such rows fit a chunk.
+    chunk = lengths[0] - max(lengths[1:])
+    monkeypatch.setattr(engine._generation.joining, "chunk_tokens", chunk)
+    passes: list[tuple[str, int, int]] = []  # (decode or prefill, rows, columns) of every forward pass
+    decode, inside, parked, go = Batch.decode, [False], threading.Event(), threading.Event()
 
     def decoding(batch: Batch, tokens: list[int]) -> Any:
+        if engine._generation.joining.rows and not parked.is_set():  # after the long one's first chunk
+            parked.set()
+            go.wait()
         inside[0] = True
         try:
             return decode(batch, tokens)
@@ -111,24 +120,22 @@ async def test_joiners_arriving_at_different_steps_share_one_pass_per_step(
             inside[0] = False
 
     def record(_: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        passes.append(("decode" if inside[0] else "prefill", kwargs["input_ids"].shape[0]))
+        passes.append(("decode" if inside[0] else "prefill", *kwargs["input_ids"].shape))
 
     monkeypatch.setattr(Batch, "decode", decoding)
-    engine.loaded.model.register_forward_pre_hook(record, with_kwargs=True)
     running, running_request = submit(engine, PROMPTS[0], RUNNING)
     while len(running.deltas) < 2:
         await asyncio.sleep(0.001)
-    first = len(passes)
+    engine.loaded.model.register_forward_pre_hook(record, with_kwargs=True)
     joiners = [submit(engine, LONG, params)[0]]
-    while all(kind == "decode" for kind, _ in passes[first:]):
-        await asyncio.sleep(0.001)
+    await asyncio.to_thread(parked.wait)
     joiners += [submit(engine, messages, params)[0] for messages in shorts]
+    go.set()
     tokens = [(await asyncio.wait_for(joiner.done, 60)).token_ids for joiner in joiners]
-    lengths = [engine.loaded.prompt.build(messages).prompt_tokens for messages in [LONG, *shorts]]
     running_request.handle.cancel()
     await asyncio.wait_for(running.done, 60)
     assert tokens == solos
-    kinds = [kind for kind, _ in passes[first:]]
+    kinds = [kind for kind, _, _ in passes]
     assert all(kinds[i] == "decode" for i in range(1, len(kinds)) if kinds[i - 1] == "prefill")  # one pass per step
-    assert max(rows for kind, rows in passes[first:] if kind == "prefill") == 3  # the three shared passes
-    assert lengths[0] > 8 * CHUNK > max(lengths[1:])
+    assert [shape for kind, *shape in passes if kind == "prefill"] == [[1, chunk], [3, max(lengths[1:])]]
+    assert 3 * max(lengths[1:]) <= chunk

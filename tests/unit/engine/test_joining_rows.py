@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import cast
-
 import torch
 
 from gateway.engine.local.batch import Batch
 from gateway.engine.local.encoder_cache import EncoderCache
-from gateway.engine.local.joining import Joining, Row
 from gateway.engine.local.joining_rows import JoiningRows
 from gateway.engine.local.loader import load_model
 from gateway.engine.local.prefix_cache import HeldPrefix
@@ -49,18 +45,3 @@ def test_rows_joining_at_different_passes_share_them_and_end_as_each_alone(demo_
         keys = cache.layers[0].keys[place, :, mask.shape[1] - tokens :]
         torch.testing.assert_close(keys, alone[row][1].layers[0].keys[0], atol=1e-4, rtol=1e-4)
         assert seqs[row].position == tokens  # the next token's position, as alone
-
-
-def waiting_row(new_tokens: int) -> Row:
-    return cast(Row, (object(), SimpleNamespace(prompt_tokens=new_tokens), None))
-
-
-def test_short_prompts_join_the_next_pass_and_long_ones_take_turns() -> None:
-    """Beside a decoding batch, the first waiting prompt joins at once and each later one when its new tokens
-    fit its share of the next pass, so short ones pass a waiting long one; with nobody decoding all join."""
-    joining = Joining(256)
-    rows = [waiting_row(n) for n in (400, 300, 50, 60)]
-    joining.waiting.extend(rows)
-    assert joining.admit(decoding=True) == [rows[0], rows[2], rows[3]]  # 300 > 256 // 2; 50 <= 128; 60 <= 85
-    assert list(joining.waiting) == [rows[1]] and len(joining) == 1
-    assert joining.admit(decoding=False) == [rows[1]] and not joining.waiting
