@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.bench import profile
+from gateway.bench import live_floor, profile
 from gateway.bench.run import percentiles
 from gateway.client import GatewayClient, TurnResult
 
@@ -31,6 +31,7 @@ class LiveConfig:
     # Sessions ask out of step, as independent clients do: in step, 8 live turns land together and each waits for
     # the others' new frames to be prefilled (about half the burst), a cost of the burst, not of a live turn.
     stagger: bool = True
+    floor_rounds: int = 3  # live and text questions of one session alone after the run (gateway/bench/live_floor.py)
 
 
 def question_offsets(config: LiveConfig) -> list[float]:
@@ -229,6 +230,11 @@ async def run_live(
         **encoding,
         **ttft_target(percentiles(live_ttft), percentiles(text_ttft), encoding["encoding_ms_per_live_turn"]),
         "still_scene": await still_scene(config.url, size=config.size),
+        "live_floor": live_floor.floor(
+            await live_floor.idle_extra(config.url, config.size, config.floor_rounds, camera_frame),
+            text_p50,
+            live_p50,
+        ),
         "load_average_before": load_before,  # 1, 5 and 15 min: the machine's load, the bench's own included after
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }

@@ -257,11 +257,13 @@ def _window(report: dict[str, Any]) -> str:
 def _live_target(report: dict[str, Any]) -> str:
     """--live's target (gateway/bench/live.py `ttft_target`): live turns' TTFT against a text turn's, met or not."""
     target, live, text = report["ttft_target_ms"], report["live_turn_ttft_ms"], report["text_turn_ttft_ms"]
-    encoding = report["encoding_ms_per_live_turn"] or 0
+    encoding, floor = report["encoding_ms_per_live_turn"] or 0, report["live_floor"]
     met = {True: "met", False: "MISSED"}
     return (
         f"Live-turn TTFT p50 {live['p50']:.0f} ms against the target {target['p50']:.0f} ms "
         f"({report['ttft_target_ratio']:g} x text p50 {text['p50']:.0f} ms + encoding {encoding:.0f} ms per live turn): "
         f"{met[report['meets_target']]}; p99 {live['p99']:.0f} ms against {target['p99']:.0f} ms: "
-        f"{met[report['meets_target_p99']]}."
+        f"{met[report['meets_target_p99']]}. Floor p50 {floor['p50_ms']:.0f} ms (text p50 + a live turn's own "
+        f"extra cost alone on the engine, {floor['idle']['extra_ms']:.0f} ms): "
+        f"live p50 is {floor['live_p50_above_ms']:.0f} ms above it."
     )

@@ -14,7 +14,7 @@ from tests.conftest import RunningServer
 async def test_a_short_live_bench_reports_its_turns_and_frames(server: RunningServer) -> None:
     """Two sessions for one round: a live turn each (reading the frames streamed so far) and a text turn each; then
     a still scene's three live turns, which cost one vision-tower pass in all."""
-    config = LiveConfig(url=server.ws_url, sessions=2, seconds=0.5, ask_every_s=1.0, max_tokens=2, size=(64, 48))
+    config = LiveConfig(url=server.ws_url, sessions=2, seconds=0.5, ask_every_s=1.0, max_tokens=2, size=(64, 48), floor_rounds=1)
     report = await run_live(config)
     assert report["live_turns"] == 2 and report["text_turns"] == 2 and report["errors"] == 0
     assert report["frames_sent"] >= 2 and report["live_frames_read_mean"] >= 1
@@ -33,7 +33,7 @@ async def test_the_live_bench_states_the_ttft_target_and_whether_it_is_met(serve
     counts only the frames a live turn encodes; `meets_target` compares the live turns' TTFT with it, and the
     text report says it."""
     # Not the other test's size: its frames' encoder outputs are held, and these must be encoded.
-    config = LiveConfig(url=server.ws_url, sessions=2, seconds=0.5, ask_every_s=1.0, max_tokens=2, size=(80, 60))
+    config = LiveConfig(url=server.ws_url, sessions=2, seconds=0.5, ask_every_s=1.0, max_tokens=2, size=(80, 60), floor_rounds=1)
     report = await run_live(config)
     encoding = report["encoding_ms_per_live_turn"]
     assert encoding > 0 and report["ttft_target_ratio"] == 1.5
@@ -43,6 +43,20 @@ async def test_the_live_bench_states_the_ttft_target_and_whether_it_is_met(serve
     assert report["meets_target_p99"] == (report["live_turn_ttft_ms"]["p99"] <= report["ttft_target_ms"]["p99"])
     verdict = "met" if report["meets_target"] else "MISSED"
     assert f"per live turn): {verdict}" in format_report(report).splitlines()[-1]
+
+
+async def test_the_live_bench_measures_the_floor_under_a_live_turn(server: RunningServer) -> None:
+    """After the run, one session alone asks a live question over new frames and a text one: the difference of
+    their TTFTs, added to the run's text p50, is the floor under the live turns' p50, and the report says how far
+    above it they are."""
+    config = LiveConfig(url=server.ws_url, sessions=1, seconds=0.5, ask_every_s=1.0, max_tokens=2, size=(72, 54), floor_rounds=2)
+    report = await run_live(config)
+    floor, idle = report["live_floor"], report["live_floor"]["idle"]
+    assert idle["rounds"] == 2 and idle["new_frames"] == 4 and idle["live_ms"] > 0 and idle["text_ms"] > 0
+    assert idle["extra_ms"] == pytest.approx(idle["live_ms"] - idle["text_ms"], abs=0.2)
+    assert floor["p50_ms"] == pytest.approx(report["text_turn_ttft_ms"]["p50"] + idle["extra_ms"], abs=0.2)
+    assert floor["live_p50_above_ms"] == pytest.approx(report["live_turn_ttft_ms"]["p50"] - floor["p50_ms"], abs=0.2)
+    assert f"live p50 is {floor['live_p50_above_ms']:.0f} ms above it." in format_report(report).splitlines()[-1]
 
 
 def test_the_target_adds_the_encoding_to_one_and_a_half_text_turns() -> None:
