@@ -6,13 +6,14 @@ import asyncio
 import io
 import os
 import re
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.bench import live_floor, profile
+from gateway.bench import profile
 from gateway.bench.run import percentiles
 from gateway.client import GatewayClient, TurnResult
 
@@ -31,7 +32,7 @@ class LiveConfig:
     # Sessions ask out of step, as independent clients do: in step, 8 live turns land together and each waits for
     # the others' new frames to be prefilled (about half the burst), a cost of the burst, not of a live turn.
     stagger: bool = True
-    floor_rounds: int = 3  # live and text questions of one session alone after the run (gateway/bench/live_floor.py)
+    floor_rounds: int = 3  # live and text questions of one session alone after the run (`idle_extra`)
 
 
 def question_offsets(config: LiveConfig) -> list[float]:
@@ -174,6 +175,51 @@ async def still_scene(url: str, turns: int = 3, size: tuple[int, int] = (640, 48
     return {"live_turns": turns, "encoder_passes": int(after[0] - before[0])}
 
 
+NEW_FRAMES = 4  # distinct frames before each live question: about what a bench session's live turn reads new
+FLOOR_CAMERA = 254  # a camera colour no bench session uses: nothing of its frames is held
+
+
+async def idle_extra(url: str, size: tuple[int, int], rounds: int) -> dict[str, Any]:
+    """One session alone on the engine after the run: NEW_FRAMES new frames, a live question, a text question,
+    `rounds` times after a first pair left out (its prompt holds no history). The difference of the two medians is
+    what a live turn costs beyond a text one when it waits for nothing: its new frames' prefill and encoding.
+    Added to the run's text TTFT it is the floor under a live turn's. Passes run slower under the run's load, so
+    the floor there is higher and the gap to this one is an upper bound."""
+    live: list[float] = []
+    text: list[float] = []
+    async with GatewayClient(url) as client:
+        for n in range(rounds + 1):
+            # The scene's box moves every fourth frame: these are NEW_FRAMES distinct frames, none seen before.
+            frames = [camera_frame(4 * (NEW_FRAMES * n + i), size, FLOOR_CAMERA) for i in range(NEW_FRAMES)]
+            await client.stream_frames("camera", frames)
+            asked = await client.turn(f"floor-live{n}", "What moved?", live=True, max_tokens=1, temperature=0)
+            said = await client.turn(f"floor-text{n}", "Say something.", max_tokens=1, temperature=0)
+            if n:
+                live.append(_answered_ms(asked))
+                text.append(_answered_ms(said))
+    live_ms, text_ms = statistics.median(live), statistics.median(text)
+    return {
+        "rounds": rounds,
+        "new_frames": NEW_FRAMES,
+        "live_ms": round(live_ms, 1),
+        "text_ms": round(text_ms, 1),
+        "extra_ms": round(live_ms - text_ms, 1),
+    }
+
+
+def live_floor(idle: dict[str, Any], text_p50: float, live_p50: float) -> dict[str, Any]:
+    """The run's floor under a live turn's TTFT p50 (its text turns' p50 plus a live turn's own extra cost, from
+    `idle_extra`), and how far the live turns' p50 is above it."""
+    at = round(text_p50 + idle["extra_ms"], 1)
+    return {"idle": idle, "p50_ms": at, "live_p50_above_ms": round(live_p50 - at, 1)}
+
+
+def _answered_ms(result: TurnResult) -> float:
+    ttft = _ttft_ms(result)
+    assert ttft is not None, f"turn {result.id} got no token: {result.errors}"
+    return ttft
+
+
 def _rss_bytes(pid: int | None) -> int | None:
     if pid is None:
         return None
@@ -230,11 +276,7 @@ async def run_live(
         **encoding,
         **ttft_target(percentiles(live_ttft), percentiles(text_ttft), encoding["encoding_ms_per_live_turn"]),
         "still_scene": await still_scene(config.url, size=config.size),
-        "live_floor": live_floor.floor(
-            await live_floor.idle_extra(config.url, config.size, config.floor_rounds, camera_frame),
-            text_p50,
-            live_p50,
-        ),
+        "live_floor": live_floor(await idle_extra(config.url, config.size, config.floor_rounds), text_p50, live_p50),
         "load_average_before": load_before,  # 1, 5 and 15 min: the machine's load, the bench's own included after
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }

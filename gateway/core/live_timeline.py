@@ -52,13 +52,12 @@ class ClipsShown:
         """The turn's message; a live window's clip holds only the frames not in `shown` (sha256s an earlier
         message showed: their KV is the earlier exchanges'), as a clip of its own timed from its first frame, or
         none when every frame was shown. A turn's own videos read as they are."""
-        if not self.frames:
-            return ChatMessage("user", self.text, self.images, videos=self.videos), self
-        (clip,) = self.videos
-        frames = tuple(frame for frame in clip.frames if frame.sha256 not in shown)
-        if len(frames) < len(clip.frames):
-            videos = (only_frames(clip, frames),) if frames else ()
-            return ChatMessage("user", self.text, self.images, videos=videos), replace(self, videos=videos, frames=frames)
+        if self.frames:
+            (clip,) = self.videos
+            frames = tuple(frame for frame in clip.frames if frame.sha256 not in shown)
+            if len(frames) < len(clip.frames):
+                videos = (only_frames(clip, frames),) if frames else ()
+                return ChatMessage("user", self.text, self.images, videos=videos), replace(self, videos=videos, frames=frames)
         return ChatMessage("user", self.text, self.images, videos=self.videos), self
 
 
