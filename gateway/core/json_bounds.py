@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from collections.abc import Iterator
 from itertools import accumulate, chain
 from typing import Any
@@ -62,12 +63,16 @@ def json_value_checks(value: Any, field: str) -> Iterator[None]:
 
 def _batches(level: list[Any]) -> Iterator[list[Any]]:
     """`level`'s containers in runs of about _STEP_VALUES entries (a container counts as an entry, however
-    few it holds; one bigger than that is a run of its own), cut where the running count passes each step."""
-    work = list(accumulate(len(container) + 1 for container in level))
+    few it holds; one bigger than that is a run of its own), cut where the running count passes each step.
+    Each run is measured from a window of at most _STEP_VALUES containers (no run holds more, as each counts
+    one at least), so no step's work grows with the level: the level of a 500k-value schema holds 250,000
+    maps, and counting them all at once took 30-60 ms of one loop callback."""
     start = 0
     while start < len(level):
-        before = work[start - 1] if start else 0
-        end = bisect.bisect_left(work, before + _STEP_VALUES, lo=start) + 1
+        window = level[start : start + _STEP_VALUES]
+        # Entries up to and including each container, the container itself counted: C loops only.
+        work = list(map(operator.add, accumulate(map(len, window)), range(1, len(window) + 1)))
+        end = start + min(bisect.bisect_left(work, _STEP_VALUES) + 1, len(window))
         yield level[start:end]
         start = end
 

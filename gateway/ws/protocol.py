@@ -203,7 +203,7 @@ def _decode_msgpack(data: bytes) -> Generator[None, None, ClientFrame]:
         raw = yield from unpack_steps(data)
     except TooManyValues as exc:
         raise GatewayError(ErrorCode.BAD_FRAME, f"a frame too wide: {exc}") from None
-    except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, msgspec.DecodeError) as exc:
         raise GatewayError(ErrorCode.BAD_FRAME, f"not valid msgpack: {_short(exc)}") from None
     except Exception:  # msgpack raises a zoo of types on hostile input; all mean the same
         raise GatewayError(ErrorCode.BAD_FRAME, "not valid msgpack") from None

@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from gateway.core.json_bounds import JSON_INT_MAX, JSON_INT_MIN, MAX_JSON_DEPTH, check_json_value, json_value_checks
+from gateway.core.json_bounds import (
+    _STEP_VALUES,
+    JSON_INT_MAX,
+    JSON_INT_MIN,
+    MAX_JSON_DEPTH,
+    _batches,
+    check_json_value,
+    json_value_checks,
+)
 from gateway.errors import GatewayError
 
 
@@ -18,6 +26,34 @@ def test_many_small_objects_yield_often() -> None:
     """60 objects of 1,000 one-entry objects (120k entries, 60k containers) yield at least 14 times: a
     container counts as an entry towards a slice, however few entries it holds."""
     assert sum(1 for _ in json_value_checks(wide(60, 1000), "schema")) >= 14
+
+
+class Counted(dict[str, Any]):
+    """A map that counts how often its size is read: what a slice of the walk looked at."""
+
+    reads = 0
+
+    def __len__(self) -> int:
+        Counted.reads += 1
+        return super().__len__()
+
+
+def test_a_slice_measures_only_its_own_containers_however_wide_the_level() -> None:
+    """A level of 250,000 one-entry maps (a 500k-value schema's widest): its first slice reads the size of
+    at most _STEP_VALUES maps, not the whole level's (that count alone took 30-60 ms of one loop callback),
+    and the slices still cut where the running count, each map counted too, reaches _STEP_VALUES."""
+    level: list[Any] = [Counted(type="integer") for _ in range(250_000)]
+    Counted.reads = 0
+    first = next(_batches(level))
+    assert Counted.reads <= _STEP_VALUES
+    assert len(first) == _STEP_VALUES // 2
+    runs = list(_batches(level))
+    assert sum(map(len, runs)) == len(level) and {len(run) for run in runs[:-1]} == {_STEP_VALUES // 2}
+
+
+def test_a_container_bigger_than_a_step_is_a_run_of_its_own() -> None:
+    level: list[Any] = [[0], list(range(3 * _STEP_VALUES)), [1], [2]]
+    assert [len(run) for run in _batches(level)] == [2, 2]
 
 
 @pytest.mark.parametrize("number", [JSON_INT_MAX + 1, JSON_INT_MIN - 1])
