@@ -72,6 +72,10 @@ class Settings:
     # Frames a session remembers its live exchanges' prompts showed, so later prompts repeat them where they stood
     # and their KV stays warm (core/live_timeline.py); past it the oldest exchanges read as their summary, in bulk.
     live_history_frames: int = 64
+    # Distinct frames a read window gathers before the session's next live turn is prefilled ahead (its history and
+    # the window, without the question) while the engine has nothing else to do: the question then prefills only
+    # its text (core/warm_ups.py). 0: never.
+    live_warm_up_frames: int = 3
 
     # Sessions: how long they outlive their socket and where they are kept.
     session_grace_s: float = 300.0  # a detached session stays in memory (its turn running) this long

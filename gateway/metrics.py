@@ -135,6 +135,14 @@ class LiveFrameCounters:
             "Live frames dropped unread: over a source's rate, or while its last were being hashed",
             registry=r,
         )
+        self.warm_ups = Counter(
+            "gateway_live_warm_ups", "Live turns prefilled ahead of their question, to the end (core/warm_ups.py)", registry=r
+        )
+        self.warm_ups_dropped = Counter(
+            "gateway_live_warm_ups_dropped",
+            "Live warm-ups that did not prefill: the session's own turn came first, the engine was full, or no plan",
+            registry=r,
+        )
 
 
 def _reading(load: Callable[[], EngineLoad], field: str) -> Callable[[], float]:

@@ -116,6 +116,7 @@ class LiveWindow:
         self._tokens = self._burst
         self._refilled_s = now_s
         self.read = False  # a live turn has read this window: its new frames are worth processing as they come
+        self._read_version = 0  # the version its last snapshot read
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -170,8 +171,13 @@ class LiveWindow:
         if not self._frames or (count is not None and count < 1):
             return None
         frames = tuple(self._frames)
-        self.read = True
+        self.read, self._read_version = True, self._version
         return LiveSnapshot(frames=frames[-count:] if count is not None else frames, version=self._version)
+
+    @property
+    def unread(self) -> int:
+        """Distinct frames added since the last snapshot (all of them, before the first)."""
+        return self._version - self._read_version
 
     def changed_since(self, version: int) -> bool:
         """Whether a distinct frame came after the snapshot of that version (a watch turn skips when not)."""

@@ -113,6 +113,7 @@ class Session:
         count: TokenCounter,
         image_room: int | None = None,
         headroom: float = 0.0,
+        timeline: LiveTimeline | None = None,
     ) -> PromptPlan:
         """Messages for the model, dropping the oldest exchanges until the history's images and the
         turn's fit in `image_room` bytes and prompt + max_tokens fits the context window.
@@ -121,9 +122,11 @@ class Session:
         `image_room`, as well; at most half of the room the history has beside the turn, so a turn never
         clears the history for it. Dropping changes the prompt's opening, so KV held from earlier turns no
         longer applies: without headroom a session at the edge would drop one exchange, and prefill in
-        full, on every turn."""
+        full, on every turn. `timeline`: a fork of the session's, for a plan that must change nothing here (a
+        warm-up's: core/warm_ups.py)."""
         turns = split_turns(self.conversation.path)  # as exchanges, but a note or a message alone reads as itself
-        self.timeline.forget({item.id for item in self.conversation.path})
+        timeline = timeline if timeline is not None else self.timeline
+        timeline.forget({item.id for item in self.conversation.path})
         budget = context_tokens - max_tokens
         counted: dict[int, int] = {}
         # A turn that continues from tool results keeps the exchange it continues (the question, the calls,
@@ -132,7 +135,7 @@ class Session:
 
         async def tokens_after_dropping(n: int) -> int:
             if n not in counted:
-                counted[n] = await count(self._prompt(turns[n:], turn))
+                counted[n] = await count(self._prompt(turns[n:], turn, timeline))
             return counted[n]
 
         low = min(self._drops_for_images(turns, turn, image_room, headroom), most)
@@ -153,7 +156,7 @@ class Session:
                     high = mid
                 else:
                     low = mid + 1
-        messages = self._prompt(turns[low:], turn)
+        messages = self._prompt(turns[low:], turn, timeline)
         return PromptPlan(messages=messages, prompt_tokens=await tokens_after_dropping(low), dropped_turns=low)
 
     def _drops_for_images(self, turns: list[list[Item]], turn: UserTurn, image_room: int | None, headroom: float) -> int:
@@ -212,12 +215,12 @@ class Session:
         """The item a new reply replacing reply `item_id` (default: the active path's last) answers, and the
         prompt for it: the system prompt and the path down to that item. Nothing changes yet."""
         answered = self.conversation.regenerate(item_id)
-        return answered.id, self._prompt([self.conversation.path_to(answered.id)], None)
+        return answered.id, self._prompt([self.conversation.path_to(answered.id)], None, self.timeline)
 
     def editing(self, item_id: str) -> list[ChatMessage]:
         """The prompt before a new version of user message `item_id`: the system prompt and the path above it.
         Nothing changes yet (the new version joins with its reply, in `record`)."""
-        return self._prompt([self.conversation.path_to(self.conversation.editing(item_id).parent)], None)
+        return self._prompt([self.conversation.path_to(self.conversation.editing(item_id).parent)], None, self.timeline)
 
     def edit(self, item_id: str, text: str | None, images: tuple[ChatImage, ...] | None) -> Item:
         """A new version of user message `item_id` (text and images kept where None), with no reply yet."""
@@ -281,9 +284,9 @@ class Session:
         continues = last is not None and bool(last.tool_results) and not turn.text and not turn.images
         return replace(turn, continues=continues)
 
-    def _prompt(self, turns: Sequence[list[Item]], turn: UserTurn | None) -> list[ChatMessage]:
+    def _prompt(self, turns: Sequence[list[Item]], turn: UserTurn | None, timeline: LiveTimeline) -> list[ChatMessage]:
         """The system prompt, the history's `turns` as the path says them, then `turn`'s message (if any)."""
-        return self.timeline.messages(self.system, [item for items in turns for item in items], turn)
+        return timeline.messages(self.system, [item for items in turns for item in items], turn)
 
 
 def _image_bytes(turn: list[Item]) -> int:

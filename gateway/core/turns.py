@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from gateway.config import Settings
 from gateway.core.attachments import Attachments
@@ -23,6 +24,7 @@ from gateway.core.tool_grammars import checked_tools
 from gateway.core.tool_plan import ToolPlan, plan_tools
 from gateway.core.tracing import Tracer, TurnTrace
 from gateway.core.turn_types import Drain, SessionKeeper, StartedTurn, TurnPace
+from gateway.core.warm_ups import WarmUps
 from gateway.engine.contract import (
     ChatMessage,
     Engine,
@@ -59,6 +61,8 @@ class TurnService(TurnLimits):
         self.attachments = Attachments(settings)
         workers = max(1, settings.image_workers)
         self.frames_ahead = FramesAhead(engine, 4 * workers, workers)  # a few per image worker, one running on each
+        # Sessions' next live turns, prefilled while the engine is idle.
+        self.warm_ups = WarmUps(engine, settings, metrics.live_frames, self.frames_ahead, self._defaults)
         self.pace = TurnPace(engine)  # for Retry-After
         # Given the count of turns that would wait for a slot and of those cancelled (whatever the cause) that
         # free theirs within a step, stops as many turns nobody listens to as the cancelled ones do not cover
@@ -74,6 +78,7 @@ class TurnService(TurnLimits):
         self._tasks: set[asyncio.Task[None]] = set()  # turns' ends waiting for their store writes
 
     def close(self) -> None:
+        self.warm_ups.close()
         self.grammars.close()
         self.tracer.close()
         self.attachments.close()
@@ -117,6 +122,7 @@ class TurnService(TurnLimits):
         trace: TurnTrace,
     ) -> StartedTurn:
         trace.phase("admission")
+        self.warm_ups.cancel(session.id)  # not taken by the engine yet: this turn prefills what it would have
         self.check_open()
         self.check_turn(request)
         await self.compile_grammars(session.defaults, request.options, quota)
@@ -229,6 +235,11 @@ class TurnService(TurnLimits):
         params = resolve_params(self.server_defaults, defaults, options, self.settings.max_tokens_limit)
         model = options.model if options is not None and options.model is not None else defaults.model
         return params, self.adapter_for(model)
+
+    def _defaults(self, defaults: SamplingOptions) -> tuple[int, str | None, Sequence[dict[str, Any]]]:
+        """A session's defaults as a turn asking nothing of its own would have them: max_tokens, adapter, tools."""
+        params, model = self.resolve(defaults, None)
+        return params.max_tokens, model, self.tools_for(defaults, None).tools
 
     def tools_for(self, defaults: SamplingOptions, options: SamplingOptions | None) -> ToolPlan:
         """The turn's tools and tool_choice, each from its options over the session's defaults."""

@@ -155,6 +155,11 @@ class GenerationRequest:
     affinity: str | None = None  # a session's key: its turns go to the same upstream replica (prefix cache)
     tools: Sequence[dict[str, Any]] = ()  # OpenAI function definitions, for the chat template to render
     traceparent: str | None = None  # W3C trace context of the turn's span: an upstream request carries it on
+    # A warm-up (only to an engine that `warms_up`): its prompt is prefilled while the engine has nothing else
+    # to do, and its KV held for the turn expected to follow (a live question over the same frames), which
+    # then prefills only what differs. Nothing it generates is used; a newer warm-up of the same `affinity`
+    # replaces one still waiting.
+    warm_up: bool = False
 
 
 @runtime_checkable
@@ -207,6 +212,7 @@ class Engine(Protocol):
     model_id: str
     vision: bool  # True only when an image prompt was built and run at start-up
     reads_video: bool  # True where a message's `videos` are read as clips; else front ends send frames as images
+    warms_up: bool  # True where `submit` takes warm-ups (GenerationRequest.warm_up); else none is sent
     context_tokens: int
 
     @property

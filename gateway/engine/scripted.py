@@ -19,6 +19,7 @@ class ScriptedEngine:
         self.model_id = model_id
         self.vision = True
         self.reads_video = False  # a clip reaches a script as its frames
+        self.warms_up = False
         self.token_counter = "estimate"
         self.context_tokens = context_tokens
         self.adapters: tuple[str, ...] = ()

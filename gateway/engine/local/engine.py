@@ -78,6 +78,7 @@ class LocalEngine:
         self._line = WaitingLine(queue_size, max_batch, max_prefills_per_step, gather_ms / 1000, gather_ms / 4000)
         # Finished turns' KV; the generation thread's alone.
         budget = default_budget(loaded.device) if kv_cache_bytes is None else kv_cache_bytes
+        self.warms_up = budget > 0  # a warm-up's KV is held there for the turn that follows
         prefix_cache = PrefixCache(budget, kv_cache_idle_s, kv_spill_bytes, spill_for(loaded.device))
         self.encoder_meter = EncoderMeter(loaded.model)  # the vision tower's passes and time, for /metrics
         # Not with LoRA adapters: one may adapt the vision tower, and held outputs are not keyed by adapter.

@@ -43,7 +43,7 @@ def hold_finished(held: PrefixCache, seqs: list[Sequence], cache: Any, mask: Any
             seq = seqs[row]
             if seq.prompt_ids is not None:
                 ids = seq.prompt_ids + tuple(seq.token_ids[:-1])
-                held.store(seq.request.adapter, ids, row_states(cache, mask, row))
+                held.store(seq.request.adapter, ids, row_states(cache, mask, row), once=seq.request.warm_up)
     except Exception:  # holding is an optimisation: a failure (out of memory) costs a later prefill only
         log.exception("holding a finished turn's KV failed")
         held.clear()

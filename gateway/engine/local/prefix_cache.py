@@ -29,6 +29,7 @@ class _Entry:
     layers: LayerStates
     nbytes: int
     used_at: float
+    once: bool = False  # a warm-up's: dropped at its first hit (the turn it was for has it; nothing else will)
 
 
 def states_bytes(layers: LayerStates) -> int:
@@ -112,13 +113,19 @@ class PrefixCache:
             self.misses += 1
             return None
         self.hits += 1
-        tier.move_to_end(key)
-        tier[key].used_at = self._clock()
-        return HeldPrefix(length, tier[key].layers)
+        held = HeldPrefix(length, tier[key].layers)
+        if tier[key].once:
+            self._drop(tier, key)
+        else:
+            tier.move_to_end(key)
+            tier[key].used_at = self._clock()
+        return held
 
-    def store(self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates) -> None:
+    def store(self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates, once: bool = False) -> None:
         """Hold `layers` for `token_ids`; entries it extends are dropped, the oldest spill or go while
-        over budget."""
+        over budget. `once`: a warm-up's, dropped at its first hit (its question, or a newer warm-up, which
+        extends it: a warm-up's prompt ends where its question's text would begin, so the question's own
+        entry never extends it, and it would otherwise hold its bytes until it was the oldest)."""
         nbytes = states_bytes(layers)
         if nbytes > self.max_bytes or not token_ids:
             return
@@ -128,7 +135,7 @@ class PrefixCache:
                     self._drop(tier, key)
         while self.bytes + nbytes > self.max_bytes:
             self._evict()
-        self._device[self._next_key] = _Entry(adapter, token_ids, layers, nbytes, self._clock())
+        self._device[self._next_key] = _Entry(adapter, token_ids, layers, nbytes, self._clock(), once)
         self._next_key += 1
         self.bytes += nbytes
 

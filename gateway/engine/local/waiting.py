@@ -31,7 +31,11 @@ class WaitingLine:
     """At most `queue_size` live turns wait beyond the batch's free places (cancelled ones hold none, and
     leave at the generation thread's next step; with them the line holds at most twice that). `max_batch`
     is the batch's bound; the generation thread lowers it to 1 for a model whose cache cannot be merged.
-    Turns arriving together at an empty batch are gathered for up to `gather_s` (see `_gather`)."""
+    Turns arriving together at an empty batch are gathered for up to `gather_s` (see `_gather`).
+
+    Warm-ups (GenerationRequest.warm_up) wait in a line of their own, at most `max_batch` of them, one per
+    affinity (a newer one replaces one still waiting): one is taken only when the batch is empty and no turn
+    waits, so a turn waits for a warm-up's one prefill pass at most, and warm-ups fill only idle time."""
 
     queue_size: int
     max_batch: int
@@ -43,6 +47,7 @@ class WaitingLine:
         self.lock = threading.Lock()
         self._wake = threading.Condition(self.lock)
         self._waiting: collections.deque[Job] = collections.deque()
+        self._warm: collections.deque[Job] = collections.deque()  # warm-ups, the oldest first
         self.active = 0
         self._active_handles: list[TurnHandle] = []  # the active turns', so that cancelled ones hold no place
         self.stopping = False
@@ -54,6 +59,8 @@ class WaitingLine:
     def offer(self, job: Job) -> int:
         """Line a turn up (any thread); return how many turns wait ahead of it beyond the batch's free
         places (negative: none, it joins the batch at the next step). Raises EngineFull."""
+        if job.request.warm_up:
+            return self._offer_warm_up(job)
         with self.lock:
             waiting = sum(1 for waiting_job in self._waiting if not waiting_job.request.handle.cancelled.is_set())
             active = sum(1 for handle in self._active_handles if not handle.cancelled.is_set())
@@ -66,6 +73,18 @@ class WaitingLine:
             self._wake.notify()
         return ahead
 
+    def _offer_warm_up(self, job: Job) -> int:
+        with self.lock:
+            for waiting in self._warm:
+                if waiting.request.affinity == job.request.affinity:
+                    waiting.request.handle.cancel()  # the newer one prefills more of what the next turn reads
+            live = sum(1 for waiting in self._warm if not waiting.request.handle.cancelled.is_set())
+            if self.stopping or live >= self.max_batch or len(self._warm) >= 2 * self.max_batch:
+                raise EngineFull()
+            self._warm.append(job)
+            self._wake.notify()
+        return -1  # never "queued": nobody waits for it
+
     def stop(self) -> None:
         """Refuse new turns; the generation thread cancels the waiting ones at its next step."""
         with self.lock:
@@ -76,23 +95,28 @@ class WaitingLine:
         """Block until there is work (generation thread); take the waiting turns that fit (their prefill
         costs this step). Idle, return nothing after `idle_s`, so that held KV can expire."""
         with self.lock:
-            while not self._waiting and not active and not self.stopping and not self._errands:
+            while not self._waiting and not active and not self.stopping and not self._errands and not self._warm:
                 if not self._wake.wait(idle_s):
                     return [], [], []
             if not active:
                 self._gather()
             if self.stopping:
-                cancelled = list(self._waiting)
+                cancelled = [*self._waiting, *self._warm]
                 self._waiting.clear()
+                self._warm.clear()
                 return (None if not active else []), cancelled, []
-            cancelled = [j for j in self._waiting if j.request.handle.cancelled.is_set()]
+            cancelled = [j for j in [*self._waiting, *self._warm] if j.request.handle.cancelled.is_set()]
             for job in cancelled:
-                self._waiting.remove(job)
+                (self._warm if job.request.warm_up else self._waiting).remove(job)
             admitted: list[Job] = []
             while self._waiting and active + len(admitted) < self.max_batch and len(admitted) < self.max_prefills_per_step:
                 admitted.append(self._waiting.popleft())
                 admitted[-1].admitted = time.perf_counter()
                 admitted[-1].request.handle.admitted.set()  # under the lock, as `load` counts the line
+            if not active and not admitted and not self._waiting and self._warm:  # idle: one warm-up
+                admitted.append(self._warm.popleft())
+                admitted[-1].admitted = time.perf_counter()
+                admitted[-1].request.handle.admitted.set()
             self.active = active + len(admitted)
             self._active_handles += [job.request.handle for job in admitted]
             moved = admitted or cancelled

@@ -61,6 +61,7 @@ class UpstreamEngine:
         self.model_id = info.model
         self.vision = info.vision
         self.reads_video = info.video  # clips go as vLLM's `video_url` parts of sampled frames
+        self.warms_up = False  # a warm-up would cost the upstream a request; its own prefix cache serves turns
         self.context_tokens = info.context_tokens
         self.chat_template: str | None = None  # the upstream renders tools and parses calls itself
         self.replicas = replicas

@@ -220,8 +220,8 @@ class Watched(PrefixCache):
     peak = 0
     peak_spilled = 0
 
-    def store(self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates) -> None:
-        super().store(adapter, token_ids, layers)
+    def store(self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates, once: bool = False) -> None:
+        super().store(adapter, token_ids, layers, once)
         self.peak = max(self.peak, self.bytes)
         self.peak_spilled = max(self.peak_spilled, self.spilled_bytes)
 
@@ -304,3 +304,13 @@ async def test_trim_headroom_keeps_a_session_at_the_window_edge_warm(engines: tu
     (trims_without, hits_without), (trims_with, hits_with) = runs[0.0], runs[0.25]
     assert trims_without >= 8 and trims_with <= trims_without // 2, runs
     assert hits_with > hits_without, runs
+
+
+def test_a_warm_ups_entry_goes_at_its_first_hit() -> None:
+    """An entry stored `once` (a warm-up's) serves one lookup, then holds nothing: its question had it, and the
+    question's own entry never extends it (it diverges where the question's text begins)."""
+    cache = PrefixCache(1 << 20)
+    cache.store(None, (1, 2, 3, 4), states(4), once=True)
+    held = cache.lookup(None, (1, 2, 3, 4, 8, 9))
+    assert held is not None and held.length == 4 and len(cache) == 0 and cache.bytes == 0
+    assert cache.lookup(None, (1, 2, 3, 4, 8, 9)) is None

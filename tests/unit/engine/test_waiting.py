@@ -132,3 +132,53 @@ def test_a_turn_is_marked_admitted_exactly_when_it_leaves_the_line(loop: asyncio
     thread.join(60)
     assert admitted(taken) == 2 and len(line) == 1
     assert [queued.request.handle.admitted.is_set() for queued in jobs] == [True, True, False]
+
+
+def warm_up(loop: asyncio.AbstractEventLoop, affinity: str) -> Job:
+    request = GenerationRequest([ChatMessage("user", "hi")], SamplingParams(max_tokens=1), affinity=affinity, warm_up=True)
+    return Job(request, Sink(), loop)
+
+
+def test_a_warm_up_is_taken_only_when_the_batch_is_empty_and_no_turn_waits(loop: asyncio.AbstractEventLoop) -> None:
+    """Warm-ups fill idle time only: not beside a decoding batch, not ahead of a waiting turn (which is taken
+    instead, the warm-up left waiting), and one at a time; they never count as waiting turns."""
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4)
+    first, second = warm_up(loop, "a"), warm_up(loop, "b")
+    assert line.offer(first) < 0 and line.offer(second) < 0 and len(line) == 0
+    assert line.take(active=1, idle_s=0)[0] == []  # a batch decodes: no warm-up joins it
+    turn = job(loop)
+    line.offer(turn)
+    assert line.take(active=0, idle_s=0)[0] == [turn]  # a turn waits: it goes, the warm-ups stay
+    assert line.take(active=1, idle_s=0)[0] == []
+    taken = line.take(active=0, idle_s=0)[0]
+    assert taken == [first] and first.request.handle.admitted.is_set() and not second.request.handle.admitted.is_set()
+    assert line.take(active=0, idle_s=0)[0] == [second]
+
+
+def test_a_newer_warm_up_replaces_the_sessions_waiting_one_and_they_are_bounded(loop: asyncio.AbstractEventLoop) -> None:
+    """A session's newer warm-up cancels its older one still waiting (reported cancelled at the next take);
+    past max_batch waiting warm-ups, another is refused (EngineFull)."""
+    line = WaitingLine(queue_size=8, max_batch=2, max_prefills_per_step=2)
+    old, new = warm_up(loop, "a"), warm_up(loop, "a")
+    line.offer(old)
+    line.offer(new)
+    assert old.request.handle.cancelled.is_set() and not new.request.handle.cancelled.is_set()
+    line.offer(warm_up(loop, "b"))
+    with pytest.raises(EngineFull):
+        line.offer(warm_up(loop, "c"))
+    taken, cancelled, _ = line.take(active=0, idle_s=0)
+    assert taken == [new] and cancelled == [old]
+
+
+def test_waiting_warm_ups_wake_an_idle_line_and_go_when_it_stops(loop: asyncio.AbstractEventLoop) -> None:
+    """An idle generation thread wakes for a warm-up; stopping cancels those still waiting."""
+    line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4)
+    thread, taken = take_in_thread(line, active=0)
+    waiting = warm_up(loop, "a")
+    line.offer(waiting)
+    thread.join(60)
+    assert taken[0][0] == [waiting]
+    left = warm_up(loop, "b")
+    line.offer(left)
+    line.stop()
+    assert line.take(active=0, idle_s=0)[:2] == (None, [left])
