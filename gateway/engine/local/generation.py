@@ -33,6 +33,9 @@ log = logging.getLogger("gateway.engine")
 _Prefilled = tuple[torch.Tensor, Any, torch.Tensor]  # last logits, cache, mask
 
 
+_WARM_UP_TOKENS = 256  # the most a warm-up prefills with chunking off (the chunk's default size)
+
+
 class Generation:
     """What the generation thread does, and the state it alone writes (`tokens_generated` and the held
     KV are read elsewhere only as a moment's figures)."""
@@ -131,7 +134,11 @@ class Generation:
                 self._finish(seq, "error", "this model's tokenizer does not support constrained decoding")
                 continue
             try:
-                ready.append((seq, self.loaded.prompt.build(job.request.messages, job.request.tools)))
+                built = self.loaded.prompt.build(job.request.messages, job.request.tools)
+                if job.request.warm_up and self._warm_up_too_long(job, built):
+                    self._finish(seq, "cancelled")
+                    continue
+                ready.append((seq, built))
             except GatewayError as exc:
                 self._finish(seq, "error", exc.message)
             except Exception:  # a bad input ends this turn, never the thread
@@ -159,6 +166,15 @@ class Generation:
                 held = self._held(seq, item)
                 run = partial(batch.prefill_on, seq, item, held) if held else partial(batch.prefill, seq, item)
                 self._prefill_group(batch, [seq], run)
+
+    def _warm_up_too_long(self, job: Job, inputs: ModelInputs) -> bool:
+        """Whether a warm-up would prefill more than a chunk (`prefill_chunk_tokens`): it is dropped, so a turn
+        arriving during a warm-up waits for one chunk-sized pass at most (the session's held KV had expired)."""
+        key = content_key(inputs) if self.prefix_cache.max_bytes > 0 else None
+        if key is None:
+            return True  # nothing of it could be held for its turn
+        held = self.prefix_cache.held_length(job.request.adapter, key)
+        return len(key) - held > (self.joining.chunk_tokens if self.joining.chunk_tokens > 0 else _WARM_UP_TOKENS)
 
     def _held(self, seq: Sequence, inputs: ModelInputs) -> HeldPrefix | None:
         """The longest held prefix of the prompt's content key (token ids, images by content); None when

@@ -98,6 +98,11 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._device) + len(self._host)
 
+    def held_length(self, adapter: str | None, token_ids: tuple[int, ...]) -> int:
+        """How much of `token_ids` a lookup would find held now; nothing is counted, moved or taken."""
+        entries = [entry for tier in (self._device, self._host) for entry in tier.values() if entry.adapter == adapter]
+        return max((min(common_prefix(entry.token_ids, token_ids), len(token_ids) - 1) for entry in entries), default=0)
+
     def lookup(self, adapter: str | None, token_ids: tuple[int, ...]) -> HeldPrefix | None:
         """The longest held prefix of `token_ids`, leaving at least one token to prefill (its logits
         start the reply); None when nothing useful is held."""

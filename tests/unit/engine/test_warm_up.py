@@ -52,3 +52,18 @@ async def test_a_question_after_its_warm_up_prefills_only_its_text_and_replies_a
     assert answered.token_ids == alone.token_ids and alone.cached_tokens == 0
     assert answered.prompt_tokens - answered.cached_tokens <= 12  # its text and the turn's closing tokens
     assert len(warm.prefix_cache) == 2  # the warm-up's entry went at its hit; the question's came
+
+
+async def test_a_warm_up_longer_than_a_chunk_is_dropped_unrun(demo_dirs: DemoDirs) -> None:
+    """A warm-up that would prefill more than `prefill_chunk_tokens` (nothing of it held) ends `cancelled`
+    without a pass, so a turn arriving meanwhile never waits for a long one; within a chunk it runs."""
+    engine = LocalEngine(load_model(demo_dirs.model), prefill_chunk_tokens=16)
+    engine.start()
+    try:
+        long = await warmed(engine, [ChatMessage("user", "tell me about the weather in the hills today " * 3)])
+        assert long.finish_reason == "cancelled" and len(engine.prefix_cache) == 0
+        short = await warmed(engine, [ChatMessage("user", "hi")])
+        assert short.finish_reason == "length"
+        await wait_until(lambda: len(engine.prefix_cache) == 1)
+    finally:
+        await asyncio.to_thread(engine.stop)
