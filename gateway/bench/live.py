@@ -134,6 +134,15 @@ def _encoder_reading(url: str) -> tuple[float, float, float]:
     return encoder.get("passes", 0.0), encoder.get("seconds", 0.0), busy
 
 
+_WARM_UPS = re.compile(r"^gateway_live_warm_ups(_dropped)?_total (\S+)$", re.MULTILINE)
+
+
+def _warm_up_reading(url: str) -> tuple[float, float]:
+    """Live warm-ups so far (gateway/core/warm_ups.py): those prefilled to the end, and those dropped."""
+    counts = {bool(dropped): float(value) for dropped, value in _WARM_UPS.findall(profile.metrics_text(url))}
+    return counts.get(False, 0.0), counts.get(True, 0.0)
+
+
 def _encoding(before: tuple[float, float, float], after: tuple[float, float, float], live_turns: int) -> dict[str, Any]:
     """The vision tower's work over the run. It runs on the generation thread at a turn's prefill, only over images
     whose KV is not held and whose output is not in the encoder cache: a live turn's prompt shows only the window's
@@ -241,8 +250,10 @@ async def run_live(
     load_before = [round(x, 2) for x in os.getloadavg()]
     rss_before = _rss_bytes(gateway_pid)
     encoder_before = await asyncio.to_thread(_encoder_reading, config.url)
+    warm_before = await asyncio.to_thread(_warm_up_reading, config.url)
     await asyncio.gather(*(_session(config, i, cameras[i], out) for i in range(config.sessions)))
     encoder_after = await asyncio.to_thread(_encoder_reading, config.url)
+    warm_after = await asyncio.to_thread(_warm_up_reading, config.url)
     rss_after = _rss_bytes(gateway_pid)
     if turns is not None:
         turns.extend((kind, result) for kind in ("live", "text") for result in out[kind])
@@ -271,6 +282,9 @@ async def run_live(
         "live_turn_gateway_ms": _percentiles_of(_gateway_ms, out["live"]),
         "text_turn_gateway_ms": _percentiles_of(_gateway_ms, out["text"]),
         "live_turn_prefill": _prefill(out["live"]),
+        # Sessions' next live turns prefilled ahead while the engine was idle, and those dropped (their own turn came
+        # first, or the engine's line was full): the prefill a live turn saves shows in live_turn_prefill.
+        "warm_ups": {"prefilled": int(warm_after[0] - warm_before[0]), "dropped": int(warm_after[1] - warm_before[1])},
         "text_turn_prefill": _prefill(out["text"]),
         "rss_growth_per_session_bytes": (rss_after - rss_before) // config.sessions if rss_before and rss_after else None,
         **encoding,

@@ -56,7 +56,10 @@ async def test_the_live_bench_measures_the_floor_under_a_live_turn(server: Runni
     assert idle["extra_ms"] == pytest.approx(idle["live_ms"] - idle["text_ms"], abs=0.2)
     assert floor["p50_ms"] == pytest.approx(report["text_turn_ttft_ms"]["p50"] + idle["extra_ms"], abs=0.2)
     assert floor["live_p50_above_ms"] == pytest.approx(report["live_turn_ttft_ms"]["p50"] - floor["p50_ms"], abs=0.2)
-    assert f"live p50 is {floor['live_p50_above_ms']:.0f} ms above it." in format_report(report).splitlines()[-1]
+    warm = report["warm_ups"]
+    line = format_report(report).splitlines()[-1]
+    assert f"live p50 is {floor['live_p50_above_ms']:.0f} ms above it." in line
+    assert f"Warm-ups: {warm['prefilled']} prefilled ahead, {warm['dropped']} dropped." in line
 
 
 def test_the_target_adds_the_encoding_to_one_and_a_half_text_turns() -> None:
