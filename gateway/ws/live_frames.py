@@ -49,8 +49,7 @@ async def add_frame(live: LiveSession, frame: p.LiveImageFrame, turns: TurnServi
     if outcome is Outcome.ACCEPTED and window.read:  # the next live turn will read it: process it now
         turns.frames_ahead.start(image)
         idle = live.active is None and not live.starting.locked()  # no turn of its own running or starting
-        warm_ups = turns.warm_ups
-        if idle and warm_ups.enabled and window.unread >= turns.settings.live_warm_up_frames and live.session.id not in warm_ups:
+        if idle and turns.warm_ups.due(live.session.id, window.unread):
             snapshot = window.snapshot()  # as the next live turn will read it; frames come unread from here on
             if snapshot is not None:
                 turns.warm_ups.start(live.session, LiveView(frame.source, snapshot))
