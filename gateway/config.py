@@ -76,6 +76,9 @@ class Settings:
     # the window, without the question) while the engine has nothing else to do: the question then prefills only
     # its text (core/warm_ups.py). 0: never.
     live_warm_up_frames: int = 3
+    # Warm-ups run only while the engine was busy at most this share of the last few seconds: they fill idle time,
+    # and on a busy engine the turns arriving during them wait more than their questions save (docs/engine.md).
+    live_warm_up_max_busy: float = 0.3
 
     # Sessions: how long they outlive their socket and where they are kept.
     session_grace_s: float = 300.0  # a detached session stays in memory (its turn running) this long

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -33,6 +34,7 @@ Tools = Sequence[dict[str, Any]]  # OpenAI function definitions, for the chat te
 Defaults = Callable[[SamplingOptions], tuple[int, str | None, Tools]]
 
 _TURN_ID = "warm-up"  # the id its preview plans the turn under; nothing is recorded under it
+_BUSY_WINDOW_S = 2.0  # the engine's busy share is measured over about this long, the last whole window
 
 
 class WarmUps:
@@ -52,6 +54,8 @@ class WarmUps:
         self.engine, self.settings, self.counters = engine, settings, counters
         self.frames_ahead, self.defaults = frames_ahead, defaults
         self._running: dict[str, tuple[asyncio.Task[None], TurnHandle]] = {}  # by session id
+        self._since: tuple[float, float] | None = None  # (when, the engine's busy seconds then): the window's start
+        self.busy_share = 0.0  # the engine's, over the last whole window (idle, until one is measured)
 
     @property
     def enabled(self) -> bool:
@@ -69,7 +73,17 @@ class WarmUps:
         if not self.enabled or unread < self.settings.live_warm_up_frames or session_id in self._running:
             return False
         load = self.engine.load()
-        return load.active == 0 and load.waiting == 0
+        self._measure(load.phase_seconds)
+        return load.active == 0 and load.waiting == 0 and self.busy_share <= self.settings.live_warm_up_max_busy
+
+    def _measure(self, phases: dict[str, float]) -> None:
+        """The engine's busy share (every phase of its generation thread but waiting) over the last whole window."""
+        now, busy = time.monotonic(), sum(seconds for phase, seconds in phases.items() if phase != "waiting")
+        if self._since is None:
+            self._since = (now, busy)
+        elif now - self._since[0] >= _BUSY_WINDOW_S:
+            self.busy_share = (busy - self._since[1]) / (now - self._since[0])
+            self._since = (now, busy)
 
     def start(self, session: Session, view: LiveView) -> None:
         """Warm `session`'s next live turn up over `view`, unless one is under way for it already."""

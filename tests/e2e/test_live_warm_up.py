@@ -22,12 +22,14 @@ FRAMES = [image_bytes("JPEG", color=color, size=(80, 60)) for color in COLORS]
 
 
 def serve(demo_dirs: DemoDirs, warm_up_frames: int) -> RunningServer:
-    return start_server(demo_dirs.model, Settings(max_frames_per_second=1000.0, live_warm_up_frames=warm_up_frames))
+    settings = Settings(max_frames_per_second=1000.0, live_warm_up_frames=warm_up_frames, live_warm_up_max_busy=1.0)
+    return start_server(demo_dirs.model, settings)
 
 
 @pytest.fixture(scope="module")
 def servers(demo_dirs: DemoDirs) -> Iterator[tuple[RunningServer, RunningServer]]:
-    """One server that warms live turns up after 3 new frames, one that never does."""
+    """One server that warms live turns up after 3 new frames, one that never does; however busy the engine was
+    of late (that bound is tests/unit/core/test_warm_ups.py's: these tests keep it busy)."""
     warming, cold = serve(demo_dirs, 3), serve(demo_dirs, 0)
     yield warming, cold
     warming.stop()

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings
@@ -29,9 +30,10 @@ class Holding:
     def __init__(self) -> None:
         self.submitted: list[GenerationRequest] = []
         self.active = 0
+        self.busy_s = 0.0  # the generation thread's time in phases other than waiting, so far
 
     def load(self) -> EngineLoad:
-        return EngineLoad(active=self.active, waiting=0, capacity=4)
+        return EngineLoad(active=self.active, waiting=0, capacity=4, phase_seconds={"decode": self.busy_s, "waiting": 0.0})
 
     async def prepare(self, images: Sequence[ChatImage]) -> None:
         pass
@@ -107,3 +109,19 @@ async def _submitted(engine: Holding, n: int = 1) -> None:
 async def _gone(ups: WarmUps, session_id: str) -> None:
     while session_id in ups:
         await asyncio.sleep(0.01)
+
+
+async def test_no_warm_up_is_due_while_the_engine_was_busy_of_late(monkeypatch: Any) -> None:
+    """The engine's busy share over the last whole window (2 s) must be at most live_warm_up_max_busy (0.3): at
+    1.5 s busy in 2 s none is due, at 0.4 s one is again."""
+    engine = Holding()
+    ups, _ = warm_ups(engine)
+    clock = [100.0]
+    monkeypatch.setattr("gateway.core.warm_ups.time.monotonic", lambda: clock[0])
+    assert ups.due("s", 3)  # the window starts: idle until measured
+    clock[0], engine.busy_s = 102.0, 1.5
+    assert not ups.due("s", 3) and ups.busy_share == 0.75
+    clock[0], engine.busy_s = 103.0, 1.9
+    assert not ups.due("s", 3)  # within the window: the last whole one's share holds
+    clock[0], engine.busy_s = 104.0, 1.9
+    assert ups.due("s", 3) and ups.busy_share == pytest.approx(0.2)
