@@ -75,7 +75,7 @@ class Settings:
     # Distinct frames a read window gathers before the session's next live turn is prefilled ahead (its history and
     # the window, without the question) while the engine has nothing else to do: the question then prefills only
     # its text (core/warm_ups.py). 0: never.
-    live_warm_up_frames: int = 3
+    live_warm_up_frames: int = 1
     # Warm-ups run only while the engine was busy at most this share of the last few seconds: they fill idle time,
     # and on a busy engine the turns arriving during them wait more than their questions save (docs/engine.md).
     live_warm_up_max_busy: float = 0.3

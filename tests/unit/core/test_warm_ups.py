@@ -50,7 +50,7 @@ def warm_ups(engine: Holding) -> tuple[WarmUps, LiveFrameCounters]:
     counters = LiveFrameCounters(CollectorRegistry())
     ahead = FramesAhead(engine, 4, 1)  # type: ignore[arg-type]
     defaults: Any = lambda options: (4, None, ())  # noqa: E731 (max_tokens, adapter, tools)
-    return WarmUps(engine, Settings(), counters, ahead, defaults), counters  # type: ignore[arg-type]
+    return WarmUps(engine, Settings(live_warm_up_frames=3), counters, ahead, defaults), counters  # type: ignore[arg-type]
 
 
 def value(counter: Any) -> float:
