@@ -126,22 +126,18 @@ class LiveFrameCounters:
     """What sessions' live windows did with the `frame`s they were sent, all sessions together."""
 
     def __init__(self, r: CollectorRegistry) -> None:
-        self.accepted = Counter("gateway_live_frames_accepted", "Distinct live frames added to a window", registry=r)
-        self.merged = Counter(
-            "gateway_live_frames_merged", "Live frames merged into a window's latest as near-duplicates", registry=r
+        def counter(name: str, documentation: str) -> Counter:
+            return Counter(f"gateway_live_{name}", documentation, registry=r)
+
+        self.accepted = counter("frames_accepted", "Distinct live frames added to a window")
+        self.merged = counter("frames_merged", "Live frames merged into a window's latest as near-duplicates")
+        self.dropped = counter(
+            "frames_dropped", "Live frames dropped unread: over a source's rate, or while its last were being hashed"
         )
-        self.dropped = Counter(
-            "gateway_live_frames_dropped",
-            "Live frames dropped unread: over a source's rate, or while its last were being hashed",
-            registry=r,
-        )
-        self.warm_ups = Counter(
-            "gateway_live_warm_ups", "Live turns prefilled ahead of their question, to the end (core/warm_ups.py)", registry=r
-        )
-        self.warm_ups_dropped = Counter(
-            "gateway_live_warm_ups_dropped",
+        self.warm_ups = counter("warm_ups", "Live turns prefilled ahead of their question, to the end (core/warm_ups.py)")
+        self.warm_ups_dropped = counter(
+            "warm_ups_dropped",
             "Live warm-ups that did not prefill: the session's own turn came first, the engine was full, or no plan",
-            registry=r,
         )
 
 
