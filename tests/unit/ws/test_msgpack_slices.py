@@ -11,7 +11,7 @@ import pytest
 from gateway.core.json_bounds import MAX_JSON_VALUES, check_json_value
 from gateway.errors import ErrorCode, GatewayError
 from gateway.ws import protocol as p
-from gateway.ws.msgpack_slices import MAX_FRAME_VALUES, SLICE_BYTES, finish, unpack_steps
+from gateway.ws.msgpack_slices import _CALL_COST, MAX_FRAME_VALUES, SLICE_BYTES, finish, unpack_steps
 
 
 def schema_turn(schema: Any) -> bytes:
@@ -86,7 +86,8 @@ def test_a_frame_of_more_than_max_frame_values_is_too_wide_before_it_is_all_buil
     with pytest.raises(GatewayError, match=f"more than {MAX_FRAME_VALUES} arrays, maps and entries") as refused:
         p.decode(data)
     assert refused.value.code is ErrorCode.BAD_FRAME
-    assert steps_of(data) <= (MAX_FRAME_VALUES + 2 * 1025) * 1.01 // SLICE_BYTES + 1
+    # Each row is a piece: its bytes and the cost of a value looked at on its own count towards a slice.
+    assert steps_of(data) <= ((MAX_FRAME_VALUES + 2 * 1025) * 1.01 + (rows + 2) * _CALL_COST) // SLICE_BYTES + 1
 
 
 def fresh(name: str) -> str:
@@ -133,3 +134,20 @@ def test_nesting_msgspec_will_not_read_is_read_as_msgpack_reads_it() -> None:
     while inner:
         inner, depth = inner[0], depth + 1
     assert depth == 899
+
+
+def test_values_looked_at_one_by_one_count_towards_a_slice_however_small() -> None:
+    """A chain of arrays, each of 1,023 one-byte values and the next (every level bigger than a slice, so each value
+    is decoded on its own): no slice looks at more than 256 of them (SLICE_BYTES over a value's cost, 512; one slice
+    took 111 ms when only bytes counted, 8 slices in all), so the 100 levels' 102,300 values take at least 399."""
+    value: Any = "x" * 200_000
+    for _ in range(100):
+        value = [0] * 1023 + [value]
+    data = bytes(msgpack.packb({"type": "turn", "id": "t", "text": value}))
+    steps = unpack_steps(data)
+    count = 0
+    with pytest.raises(StopIteration):
+        while True:
+            next(steps)
+            count += 1
+    assert _CALL_COST == 512 and count >= 102_300 // (SLICE_BYTES // 512)
