@@ -67,9 +67,11 @@ class WarmUps:
 
     def due(self, session_id: str, unread: int) -> bool:
         """Whether a session whose read window has gathered `unread` new frames should warm its next live turn up
-        now: enough of them, none under way for it, and the engine idle. A warm-up planned while the engine is busy
-        mostly waits until the session's own turn cancels it (`gateway bench --live`, 8 sessions: 27-38 of about 60
-        dropped), its planning spent: token counts on the pool real turns count on."""
+        now: enough of them, none under way for it, the engine idle and busy at most `live_warm_up_max_busy` of the
+        last whole window. A warm-up planned while the engine is busy mostly waits until the session's own turn
+        cancels it (`gateway bench --live`, 8 sessions: 27-38 of about 62 dropped), its planning spent: token counts
+        on the pool real turns count on; and turns arriving during warm-ups' passes on a busy engine wait more than
+        their questions save (docs/engine.md)."""
         if not self.enabled or unread < self.settings.live_warm_up_frames or session_id in self._running:
             return False
         load = self.engine.load()
