@@ -26,7 +26,7 @@ from PIL import Image
 from gateway.app import create_app
 from gateway.cli import parse_adapters
 from gateway.config import Settings
-from gateway.engine.contract import ChatImage
+from gateway.engine.contract import ChatImage, GenerationRequest, TurnHandle, TurnSink
 from gateway.engine.demo import write_demo_adapter, write_demo_model, write_text_model
 from gateway.engine.local.engine import LocalEngine
 from gateway.engine.local.loader import load_model
@@ -96,6 +96,19 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def record_submissions(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> list[GenerationRequest]:
+    """Every request `server`'s engine is handed from now to the test's end, in order (each still submitted)."""
+    seen: list[GenerationRequest] = []
+    submit = server.engine.submit
+
+    def recording(request: GenerationRequest, sink: TurnSink) -> TurnHandle:
+        seen.append(request)
+        return submit(request, sink)
+
+    monkeypatch.setattr(server.engine, "submit", recording)
+    return seen
 
 
 def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kwargs: Any) -> RunningServer:

@@ -79,11 +79,8 @@ def _batches(level: list[Any]) -> Iterator[list[Any]]:
 
 def level_entries(level: list[Any]) -> list[Any]:
     """Every entry of the containers in `level` (maps' values, lists' items), gathered by C loops only."""
-    maps = [container for container in level if type(container) is dict]
-    entries = list(chain.from_iterable(map(dict.values, maps)))
-    if len(maps) < len(level):
-        entries += chain.from_iterable(container for container in level if type(container) is not dict)
-    return entries
+    maps = filter(dict.__instancecheck__, level)  # decoders build exact dicts and lists only
+    return list(chain(chain.from_iterable(map(dict.values, maps)), *filter(list.__instancecheck__, level)))
 
 
 _CONTAINERS = (dict, list)

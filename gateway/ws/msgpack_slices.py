@@ -10,6 +10,8 @@ from typing import Any
 import msgpack
 import msgspec
 
+from gateway.core.json_bounds import level_entries
+
 MAX_CONTAINER_LEN = 1024  # entries in one msgpack array or map
 
 # Decoding builds a Python object per value: a 16 MiB frame of small values took 300 ms in one event-loop
@@ -179,9 +181,8 @@ def _check_piece(value: Any, work: _Work) -> None:
         work.count(len(level) + sum(lengths))
         if max(lengths) > MAX_CONTAINER_LEN:
             raise ValueError(f"{max(lengths)} exceeds max_array_len or max_map_len({MAX_CONTAINER_LEN})")
-        maps = list(filter(dict.__instancecheck__, level))  # msgspec builds exact dicts and lists only
-        _check_keys(set(map(type, chain.from_iterable(maps))))
-        entries = list(chain(chain.from_iterable(map(dict.values, maps)), *filter(list.__instancecheck__, level)))
+        _check_keys(set(map(type, chain.from_iterable(filter(dict.__instancecheck__, level)))))
+        entries = level_entries(level)
         kinds = set(map(type, entries))
         if kinds & _EXTENSIONS:
             raise ValueError(_NO_EXTENSIONS)

@@ -9,8 +9,7 @@ import pytest
 
 from gateway.client import GatewayClient
 from gateway.config import Settings
-from gateway.engine.contract import GenerationRequest, TurnHandle, TurnSink
-from tests.conftest import DemoDirs, RunningServer, start_server, wait_until
+from tests.conftest import DemoDirs, RunningServer, record_submissions, start_server, wait_until
 from tests.e2e.test_live_prefill import FRAMES
 from tests.e2e.test_live_window_ws import GREEDY, stream
 from tests.e2e.waits import next_of
@@ -29,14 +28,7 @@ async def test_after_a_resume_from_the_store_a_live_exchange_reads_as_its_summar
 ) -> None:
     """The first live turn after the resume shows its whole window after the earlier exchange's summary; the
     next one holds that prompt, frames included, and shows only its new frame."""
-    seen: list[GenerationRequest] = []
-    submit = brief.engine.submit
-
-    def recording(request: GenerationRequest, sink: TurnSink) -> TurnHandle:
-        seen.append(request)
-        return submit(request, sink)
-
-    monkeypatch.setattr(brief.engine, "submit", recording)
+    seen = record_submissions(brief, monkeypatch)
     async with GatewayClient(brief.ws_url) as client:
         await stream(client, [(FRAMES[0], 100), (FRAMES[1], 200)])
         assert (await client.turn("l1", "what is it?", live=True, **GREEDY)).done

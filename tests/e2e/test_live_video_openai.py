@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from gateway.core.url_guard import FetchPolicy
-from gateway.engine.contract import GenerationRequest, TurnHandle, TurnSink
-from tests.conftest import RunningServer
+from gateway.engine.contract import GenerationRequest
+from tests.conftest import RunningServer, record_submissions
 from tests.e2e.test_live_video import mp4
 from tests.unit.core.test_fetch import LOOPBACK, LoopbackServer, send
 
@@ -34,15 +34,7 @@ def videos_host() -> Iterator[LoopbackServer]:
 @pytest.fixture
 def submitted(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> list[GenerationRequest]:
     """Every request the engine is handed during the test."""
-    seen: list[GenerationRequest] = []
-    submit = server.engine.submit
-
-    def recording(request: GenerationRequest, sink: TurnSink) -> TurnHandle:
-        seen.append(request)
-        return submit(request, sink)
-
-    monkeypatch.setattr(server.engine, "submit", recording)
-    return seen
+    return record_submissions(server, monkeypatch)
 
 
 def ask(server: RunningServer, url: str) -> requests.Response:

@@ -13,8 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.client import GatewayClient
 from gateway.config import Settings
-from gateway.engine.contract import GenerationRequest, TurnHandle, TurnSink
-from tests.conftest import DemoDirs, RunningServer, image_bytes, start_server, wait_until
+from tests.conftest import DemoDirs, RunningServer, image_bytes, record_submissions, start_server, wait_until
 from tests.e2e.test_live_window_ws import GREEDY, stream
 
 COLORS = ((220, 20, 20), (20, 20, 220), (20, 200, 20), (230, 230, 30), (30, 230, 230), (200, 30, 200))
@@ -34,18 +33,6 @@ def servers(demo_dirs: DemoDirs) -> Iterator[tuple[RunningServer, RunningServer]
     yield warming, cold
     warming.stop()
     cold.stop()
-
-
-def recorded(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> list[GenerationRequest]:
-    seen: list[GenerationRequest] = []
-    submit = server.engine.submit
-
-    def recording(request: GenerationRequest, sink: TurnSink) -> TurnHandle:
-        seen.append(request)
-        return submit(request, sink)
-
-    monkeypatch.setattr(server.engine, "submit", recording)
-    return seen
 
 
 def warm_ups(server: RunningServer) -> tuple[float, float]:
@@ -76,7 +63,7 @@ async def test_a_warmed_up_question_prefills_only_its_text_and_replies_as_cold(
     the question's first characters); the question then reuses all of it and its greedy reply is the one a server
     that never warms up gives, where the question prefills its 3 new frames too."""
     warming, cold = servers
-    seen = recorded(warming, monkeypatch)
+    seen = record_submissions(warming, monkeypatch)
     _, question = await conversation(warming, True)
     _, alone = await conversation(cold, False)
     assert question.text == alone.text and question.done and alone.done
@@ -97,7 +84,7 @@ async def test_no_warm_up_is_planned_while_the_engine_is_busy(
     """While another session's turn holds the engine, new frames start no warm-up (it would wait, its planning
     spent, until the session's own turn cancelled it); the first frame after that turn ends starts one."""
     warming, _ = servers
-    seen = recorded(warming, monkeypatch)
+    seen = record_submissions(warming, monkeypatch)
     async with GatewayClient(warming.ws_url) as client, GatewayClient(warming.ws_url) as other:
         await stream(client, [(FRAMES[0], 100)])
         await client.turn("l1", "what is it?", live=True, **GREEDY)

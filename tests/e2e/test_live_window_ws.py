@@ -9,8 +9,8 @@ import pytest
 
 from gateway.client import GatewayClient
 from gateway.config import Settings
-from gateway.engine.contract import GenerationRequest, TurnHandle, TurnSink
-from tests.conftest import DemoDirs, RunningServer, image_bytes, start_server
+from gateway.engine.contract import GenerationRequest
+from tests.conftest import DemoDirs, RunningServer, image_bytes, record_submissions, start_server
 
 GREEDY = {"temperature": 0, "max_tokens": 4}
 RED, BLUE = image_bytes("JPEG", color=(220, 20, 20)), image_bytes("JPEG", color=(20, 20, 220))
@@ -30,15 +30,7 @@ def live_server(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
 @pytest.fixture
 def submitted(live_server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> list[GenerationRequest]:
     """Every request the engine is handed during the test."""
-    seen: list[GenerationRequest] = []
-    submit = live_server.engine.submit
-
-    def recording(request: GenerationRequest, sink: TurnSink) -> TurnHandle:
-        seen.append(request)
-        return submit(request, sink)
-
-    monkeypatch.setattr(live_server.engine, "submit", recording)
-    return seen
+    return record_submissions(live_server, monkeypatch)
 
 
 async def stream(client: GatewayClient, frames: list[tuple[bytes, int]], source: str = "camera") -> None:

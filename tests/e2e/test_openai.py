@@ -28,7 +28,7 @@ from gateway.engine.contract import (
     TurnSink,
 )
 from gateway.engine.scripted import ScriptedEngine as BaseScriptedEngine
-from tests.conftest import DemoDirs, RunningServer, image_bytes, serve_app, start_server
+from tests.conftest import DemoDirs, RunningServer, image_bytes, record_submissions, serve_app, start_server
 from tests.unit.core.test_fetch import HANDLERS, LoopbackServer
 
 API_KEY = "sk-test-0123456789"
@@ -58,15 +58,7 @@ def client(api: RunningServer) -> OpenAI:
 @pytest.fixture
 def submitted(api: RunningServer, monkeypatch: pytest.MonkeyPatch) -> list[GenerationRequest]:
     """Every request the engine is handed during the test."""
-    seen: list[GenerationRequest] = []
-    submit = api.engine.submit
-
-    def recording(request: GenerationRequest, sink: TurnSink) -> TurnHandle:
-        seen.append(request)
-        return submit(request, sink)
-
-    monkeypatch.setattr(api.engine, "submit", recording)
-    return seen
+    return record_submissions(api, monkeypatch)
 
 
 def post(api: RunningServer, body: Any, key: str | None = API_KEY, **kwargs: Any) -> requests.Response:

@@ -100,20 +100,12 @@ class PrefixCache:
 
     def held_length(self, adapter: str | None, token_ids: tuple[int, ...]) -> int:
         """How much of `token_ids` a lookup would find held now; nothing is counted, moved or taken."""
-        entries = [entry for tier in (self._device, self._host) for entry in tier.values() if entry.adapter == adapter]
-        return max((min(common_prefix(entry.token_ids, token_ids), len(token_ids) - 1) for entry in entries), default=0)
+        return self._longest(adapter, token_ids)[0]
 
     def lookup(self, adapter: str | None, token_ids: tuple[int, ...]) -> HeldPrefix | None:
         """The longest held prefix of `token_ids`, leaving at least one token to prefill (its logits
         start the reply); None when nothing useful is held."""
-        best: tuple[int, Tier, int] = (0, self._device, -1)
-        for tier in (self._device, self._host):
-            for key, entry in tier.items():
-                if entry.adapter == adapter:
-                    length = min(common_prefix(entry.token_ids, token_ids), len(token_ids) - 1)
-                    if length > best[0]:
-                        best = (length, tier, key)
-        length, tier, key = best
+        length, tier, key = self._longest(adapter, token_ids)
         if length == 0:
             self.misses += 1
             return None
@@ -125,6 +117,17 @@ class PrefixCache:
             tier.move_to_end(key)
             tier[key].used_at = self._clock()
         return held
+
+    def _longest(self, adapter: str | None, token_ids: tuple[int, ...]) -> tuple[int, Tier, int]:
+        """The longest held prefix's length (at most all but the last token), its tier and key (0 and -1: none)."""
+        best: tuple[int, Tier, int] = (0, self._device, -1)
+        for tier in (self._device, self._host):
+            for key, entry in tier.items():
+                if entry.adapter == adapter:
+                    length = min(common_prefix(entry.token_ids, token_ids), len(token_ids) - 1)
+                    if length > best[0]:
+                        best = (length, tier, key)
+        return best
 
     def store(self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates, once: bool = False) -> None:
         """Hold `layers` for `token_ids`; entries it extends are dropped, the oldest spill or go while

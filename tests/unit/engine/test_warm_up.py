@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-
-import pytest
 
 from gateway.engine.contract import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from gateway.engine.local.engine import LocalEngine
 from gateway.engine.local.loader import load_model
 from tests.conftest import DemoDirs, wait_until
 from tests.unit.engine.test_engine import Collector
-from tests.unit.engine.test_prefix_cache import generate, picture
+from tests.unit.engine.test_prefix_cache import engines, generate, picture
 
-
-@pytest.fixture
-async def engines(demo_dirs: DemoDirs) -> AsyncIterator[tuple[LocalEngine, LocalEngine]]:
-    warm = LocalEngine(load_model(demo_dirs.model), max_batch=4)
-    cold = LocalEngine(load_model(demo_dirs.model), max_batch=4, kv_cache_bytes=0)
-    warm.start()
-    cold.start()
-    yield warm, cold
-    await asyncio.to_thread(warm.stop)
-    await asyncio.to_thread(cold.stop)
+__all__ = ["engines"]  # the warm (reuse on) and cold (reuse off) engines on the demo model
 
 
 async def warmed(engine: LocalEngine, messages: list[ChatMessage]) -> GenerationResult:
