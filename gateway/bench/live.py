@@ -135,6 +135,14 @@ def _encoder_reading(url: str) -> tuple[float, float, float]:
 
 
 _WARM_UPS = re.compile(r"^gateway_live_warm_ups(_dropped)?_total (\S+)$", re.MULTILINE)
+_OUTCOMES = ("accepted", "merged", "dropped")
+_FRAMES = re.compile(r"^gateway_live_frames_(accepted|merged|dropped)_total (\S+)$", re.MULTILINE)
+
+
+def _frames_reading(url: str) -> dict[str, float]:
+    """What the sessions' live windows did with the frames they were sent so far (gateway/metrics.py): added as
+    distinct, merged into the latest as near-duplicates, or dropped over the rate."""
+    return {outcome: float(value) for outcome, value in _FRAMES.findall(profile.metrics_text(url))}
 
 
 def _warm_up_reading(url: str) -> tuple[float, float]:
@@ -229,6 +237,17 @@ def _answered_ms(result: TurnResult) -> float:
     return ttft
 
 
+async def _rss_after(pid: int | None, seconds: float) -> int | None:
+    await asyncio.sleep(seconds)
+    return _rss_bytes(pid)
+
+
+def _halves(before: int | None, half: int | None, after: int | None, sessions: int) -> list[int] | None:
+    if before is None or half is None or after is None:
+        return None
+    return [(half - before) // sessions, (after - half) // sessions]
+
+
 def _rss_bytes(pid: int | None) -> int | None:
     if pid is None:
         return None
@@ -241,8 +260,9 @@ def _rss_bytes(pid: int | None) -> int | None:
 async def run_live(
     config: LiveConfig, gateway_pid: int | None = None, turns: list[tuple[str, TurnResult]] | None = None
 ) -> dict[str, Any]:
-    """The figures: frames sent, live and text turns' time to first token (client side, from sending the turn),
-    their ratio, the frames each live turn read, and the gateway's RSS growth per session; each turn's result
+    """The figures: frames sent and what the windows did with them, live and text turns' time to first token (client
+    side, from sending the turn), their ratio, the frames each live turn read, and the gateway's RSS growth per
+    session, in all and by half of the run; each turn's result
     added to `turns` (with its kind, live or text), for a profile to read beside the gateway's stamps."""
     frames = int(config.seconds * config.fps) + 64  # every frame a session sends new, however long it waits
     cameras = [[camera_frame(i, config.size, camera) for i in range(frames)] for camera in range(config.sessions)]
@@ -251,9 +271,13 @@ async def run_live(
     rss_before = _rss_bytes(gateway_pid)
     encoder_before = await asyncio.to_thread(_encoder_reading, config.url)
     warm_before = await asyncio.to_thread(_warm_up_reading, config.url)
+    frames_before = await asyncio.to_thread(_frames_reading, config.url)
+    halfway = asyncio.create_task(_rss_after(gateway_pid, config.seconds / 2))
     await asyncio.gather(*(_session(config, i, cameras[i], out) for i in range(config.sessions)))
+    rss_half = await halfway
     encoder_after = await asyncio.to_thread(_encoder_reading, config.url)
     warm_after = await asyncio.to_thread(_warm_up_reading, config.url)
+    frames_after = await asyncio.to_thread(_frames_reading, config.url)
     rss_after = _rss_bytes(gateway_pid)
     if turns is not None:
         turns.extend((kind, result) for kind in ("live", "text") for result in out[kind])
@@ -268,6 +292,8 @@ async def run_live(
         "frames_per_second": config.fps,
         "sessions_out_of_step": config.stagger,  # see LiveConfig.stagger: in step, live turns land in bursts
         "frames_sent": len(out["sent"]),
+        # Of those, as the windows took them (frames still on their way when the run ended are in none).
+        **{f"frames_{outcome}": int(frames_after.get(outcome, 0.0) - frames_before.get(outcome, 0.0)) for outcome in _OUTCOMES},
         "frame_bytes_mean": round(sum(out["sent"]) / max(1, len(out["sent"]))),
         "live_turns": len(live_ttft),
         "text_turns": len(text_ttft),
@@ -287,6 +313,9 @@ async def run_live(
         "warm_ups": {"prefilled": int(warm_after[0] - warm_before[0]), "dropped": int(warm_after[1] - warm_before[1])},
         "text_turn_prefill": _prefill(out["text"]),
         "rss_growth_per_session_bytes": (rss_after - rss_before) // config.sessions if rss_before and rss_after else None,
+        # Each half of the run's growth: a window holds a bounded number of frames, and the engine's caches a bounded
+        # number of bytes, so once they fill the second half grows much less than the first.
+        "rss_growth_per_session_by_half_bytes": _halves(rss_before, rss_half, rss_after, config.sessions),
         **encoding,
         **ttft_target(percentiles(live_ttft), percentiles(text_ttft), encoding["encoding_ms_per_live_turn"]),
         "still_scene": await still_scene(config.url, size=config.size),

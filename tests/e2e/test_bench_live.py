@@ -18,6 +18,9 @@ async def test_a_short_live_bench_reports_its_turns_and_frames(server: RunningSe
     report = await run_live(config)
     assert report["live_turns"] == 2 and report["text_turns"] == 2 and report["errors"] == 0
     assert report["frames_sent"] >= 2 and report["live_frames_read_mean"] >= 1
+    # The windows' own counts: each session's first frame at least is a distinct one; none is counted twice.
+    taken = [report[f"frames_{outcome}"] for outcome in ("accepted", "merged", "dropped")]
+    assert report["frames_accepted"] >= 2 and sum(taken) <= report["frames_sent"]
     assert report["live_turn_ttft_ms"]["p50"] > 0 and report["live_vs_text_ttft_p50"] is not None
     live = report["live_turn_prefill"]
     assert live["prompt_tokens_mean"] > 0

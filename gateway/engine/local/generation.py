@@ -18,7 +18,7 @@ from gateway.engine.local.detok import TextStream
 from gateway.engine.local.embed_rows import with_embeds
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.image_prefix import content_key
-from gateway.engine.local.joining import Joining, split, text_groups
+from gateway.engine.local.joining import Joining, new_tokens, split, text_groups
 from gateway.engine.local.loader import LoadedModel
 from gateway.engine.local.padded import hold_finished, supports_batching
 from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache
@@ -158,6 +158,9 @@ class Generation:
         if text and self.joining.merges(bool(batch)):  # fed beside the batch, with the rows already joining
             self.joining.waiting.extend(text)
             text = []
+        elif text:  # a text prompt longer than a chunk is fed a chunk at a time even when nobody decodes
+            self.joining.waiting.extend(row for row in text if self.joining.long(new_tokens(row)))
+            text = [row for row in text if not self.joining.long(new_tokens(row))]
         for group in text_groups(text, self.max_batch):
             seqs, inputs, helds = split(group)
             self._prefill_group(batch, seqs, partial(_feed_whole, batch, seqs, inputs, helds))
@@ -193,7 +196,9 @@ class Generation:
         rows = self.joining.rows
         rows.keep(self._live(rows.seqs))
         self.joining.keep_waiting(self._live(self.joining.waiting_sequences()))
-        decoding, admitted = bool(batch), self.joining.admit(bool(batch))
+        decoding = bool(batch)
+        chunked = self.joining.chunked(decoding)  # beside a decoding batch, or a prompt longer than a chunk
+        admitted = self.joining.admit(chunked)
         admitted, embeds = with_embeds(admitted, lambda row: batch.splice(*row) if row[1].extras else None, self._failed)
         if not rows and not admitted:
             return
@@ -203,7 +208,7 @@ class Generation:
                 batch.add_joiners(rows, *split(admitted), embeds)
             if self.joining.tower_apart(decoding, admitted):
                 return  # the vision tower was this step's pass: the batch decodes before the first chunk
-            leaving = batch.feed_joiners(rows, self.joining.columns(decoding))
+            leaving = batch.feed_joiners(rows, self.joining.columns(chunked))
         except Exception:  # the rows share the pass's cache: a failure ends them all, never the thread
             self._failed(rows.clear())
             return

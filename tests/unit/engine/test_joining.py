@@ -139,3 +139,46 @@ async def test_joiners_arriving_at_different_steps_share_one_pass_per_step(
     assert all(kinds[i] == "decode" for i in range(1, len(kinds)) if kinds[i - 1] == "prefill")  # one pass per step
     assert [shape for kind, *shape in passes if kind == "prefill"] == [[1, chunk], [3, max(lengths[1:])]]
     assert 3 * max(lengths[1:]) <= chunk
+
+
+async def test_with_nobody_decoding_a_long_prompt_is_fed_a_chunk_at_a_time_and_a_short_turn_gets_in_between(
+    engine: LocalEngine, request: pytest.FixtureRequest
+) -> None:
+    """An idle engine: a prompt longer than a chunk is fed a chunk per pass, not in one pass of all its tokens, and a
+    short turn arriving during its first chunk is prefilled at the next step (its own pass, as an idle turn is), before
+    the long prompt's last chunk: the short one waits for one chunk, not for the whole prompt. Chunking off (0), the
+    long prompt is one pass and the short turn waits for it. Every reply is exactly its reply alone."""
+    params = SamplingParams(temperature=0, max_tokens=4)
+    short = [ChatMessage("user", "one")]
+    solos = [await alone(engine, messages, params) for messages in (LONG, short)]
+    lengths = [engine.loaded.prompt.build(messages).prompt_tokens for messages in (LONG, short)]
+    chunked = request.node.callspec.params["engine"] > 0
+    if chunked:  # a chunk the short prompt fits and the long one does not, three times over
+        engine._generation.joining.chunk_tokens = lengths[0] // 3
+    chunk = engine._generation.joining.chunk_tokens
+    assert lengths[1] <= chunk < lengths[0] // 2 if chunked else chunk == 0
+    passes: list[tuple[int, int]] = []
+    parked, go = threading.Event(), threading.Event()
+
+    def record(_: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        passes.append(tuple(kwargs["input_ids"].shape))  # type: ignore[arg-type]
+        if len(passes) == 1:  # the long prompt's first pass: the short turn arrives during it
+            parked.set()
+            go.wait()
+
+    hook = engine.loaded.model.register_forward_pre_hook(record, with_kwargs=True)
+    sinks = [submit(engine, LONG, params)[0]]
+    await asyncio.to_thread(parked.wait)
+    sinks.append(submit(engine, short, params)[0])
+    go.set()
+    tokens = [(await asyncio.wait_for(sink.done, 60)).token_ids for sink in sinks]
+    hook.remove()
+    assert tokens == solos
+    prefills = [shape for shape in passes if shape[1] > 1]
+    if not chunked:
+        assert prefills == [(1, lengths[0]), (1, lengths[1])]
+        return
+    long_passes = [i for i, shape in enumerate(passes) if shape == (1, chunk)]
+    assert passes[0] == (1, chunk) and len(long_passes) == lengths[0] // chunk
+    assert passes[1] == (1, lengths[1])  # the short turn's own pass, right after the long one's first chunk
+    assert all(shape[1] <= chunk for shape in passes)

@@ -44,7 +44,7 @@ def test_a_long_prompt_passed_over_joins_when_the_rows_end_whatever_arrives_mean
     joined: list[list[Row]] = []
     for _ in range(5):
         joining.waiting.append(waiting_row(23))
-        joined.append(joining.admit(decoding=True))
+        joined.append(joining.admit(chunked=True))
         feed(joining, joined[-1])
     assert [len(taken) for taken in joined] == [0, 0, 0, 1, 5]
     assert joined[3] == [clip]
@@ -58,15 +58,15 @@ def test_prompts_arriving_together_go_shortest_first_and_those_passed_over_in_ar
     joining = Joining(CHUNK)
     rows = [waiting_row(n) for n in (400, 300, 50, 60)]
     joining.waiting.extend(rows)
-    assert joining.admit(decoding=True) == [rows[2], rows[3]]
+    assert joining.admit(chunked=True) == [rows[2], rows[3]]
     short = waiting_row(10)
     joining.waiting.append(short)
-    assert joining.admit(decoding=True) == [rows[0]]  # the rows ended (none fed here): the first passed over
-    assert joining.admit(decoding=True) == [rows[1]]  # the short one, passed over since, does not fit beside it
-    assert joining.admit(decoding=True) == [short]
+    assert joining.admit(chunked=True) == [rows[0]]  # the rows ended (none fed here): the first passed over
+    assert joining.admit(chunked=True) == [rows[1]]  # the short one, passed over since, does not fit beside it
+    assert joining.admit(chunked=True) == [short]
     late = [waiting_row(500), waiting_row(10)]
     joining.waiting.extend(late)
-    assert joining.admit(decoding=False) == late and not joining.waiting
+    assert joining.admit(chunked=False) == late and not joining.waiting
 
 
 def test_a_prompt_joins_beside_rows_only_when_the_pass_stays_within_a_chunk_and_unpadded() -> None:
@@ -76,7 +76,7 @@ def test_a_prompt_joins_beside_rows_only_when_the_pass_stays_within_a_chunk_and_
         joining = Joining(CHUNK)
         feed(joining, [waiting_row(left + CHUNK)])  # a long row, fed one chunk, has `left` tokens left
         joining.waiting.append(waiting_row(new))
-        assert bool(joining.admit(decoding=True)) is joins, (left, new)
+        assert bool(joining.admit(chunked=True)) is joins, (left, new)
 
 
 def image_row(tokens: int, images: list[tuple[int, int]], held: int = 0) -> Row:
@@ -98,3 +98,27 @@ def test_a_small_vision_tower_runs_in_the_step_of_the_first_chunk_a_big_one_in_i
     assert joining.tower_apart(True, [image_row(100, [(10, 80)]), image_row(100, [(10, 80)])])  # together
     assert not joining.tower_apart(False, [clip])
     assert not Joining(0).tower_apart(True, [clip])
+
+
+def test_with_nobody_decoding_only_a_prompt_longer_than_a_chunk_makes_the_rows_chunked() -> None:
+    """Nobody decoding, prompts within a chunk are fed whole together; one longer than a chunk, waiting or fed,
+    makes the rows chunked: it waits for the short ones to go (shortest first), joins when no row is fed, and is
+    fed a chunk per pass until what it has left fits one. Chunking off, nothing is chunked."""
+    joining = Joining(CHUNK)
+    short = [waiting_row(n) for n in (40, 30)]
+    joining.waiting.extend(short)
+    assert not joining.chunked(False) and joining.chunked(True)
+    long = waiting_row(2 * CHUNK + 10)
+    joining.waiting.append(long)
+    assert joining.chunked(False)
+    taken = joining.admit(joining.chunked(False))
+    assert taken == short[::-1]
+    feed(joining, taken)
+    assert joining.admit(joining.chunked(False)) == [long]
+    feed(joining, [long])
+    assert joining.chunked(False) and len(joining.rows.ids[0]) == CHUNK + 10  # fed one chunk
+    feed(joining, [])
+    assert not joining.chunked(False) and joining.columns(False) is None  # 10 left: fed whole
+    off = Joining(0)
+    off.waiting.append(waiting_row(2 * CHUNK))
+    assert not off.chunked(False)
