@@ -79,6 +79,9 @@ class Settings:
     # Warm-ups run only while the engine was busy at most this share of the last few seconds: they fill idle time,
     # and on a busy engine the turns arriving during them wait more than their questions save (docs/engine.md).
     live_warm_up_max_busy: float = 0.3
+    # A live window's new frame, once processed, is encoded on the vision tower while the engine has nothing else to
+    # do (the local engine), so the live turn that shows it skips the tower (engine/local/encode_ahead.py).
+    live_encode_ahead: bool = True
 
     # Sessions: how long they outlive their socket and where they are kept.
     session_grace_s: float = 300.0  # a detached session stays in memory (its turn running) this long

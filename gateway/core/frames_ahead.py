@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from functools import partial
 
-from gateway.engine.contract import ChatImage, Engine
+from gateway.engine.contract import ChatImage, EncodesAhead, Engine
 
 
 class FramesAhead:
@@ -19,12 +19,16 @@ class FramesAhead:
     order, so the pool holds no backlog of frames ahead: a turn's own `prepare` runs next, never behind other
     sessions' frames queued before it. A turn takes its frames still waiting here for its own `prepare` (beside
     those running) rather than waiting for them. At most `max_frames` are running or waiting; a frame past that
-    is left to its turn, so frames never queue without bound."""
+    is left to its turn, so frames never queue without bound.
 
-    def __init__(self, engine: Engine, max_frames: int, workers: int) -> None:
+    With `encode`, a frame processed here is then handed to an engine that `EncodesAhead` (the local one), which
+    encodes it on its vision tower while it has nothing else to do: the turn then skips the tower too."""
+
+    def __init__(self, engine: Engine, max_frames: int, workers: int, encode: bool = False) -> None:
         self.engine = engine
         self.max_frames = max_frames
         self.workers = max(1, workers)
+        self.encoder = engine if encode and isinstance(engine, EncodesAhead) else None
         self._running: dict[str, asyncio.Task[None]] = {}  # by the frame's sha256
         self._waiting: dict[str, ChatImage] = {}  # by the frame's sha256, the oldest first
 
@@ -50,12 +54,14 @@ class FramesAhead:
     def _next(self) -> None:
         while self._waiting and len(self._running) < self.workers:
             key = next(iter(self._waiting))
-            task = asyncio.get_running_loop().create_task(self.engine.prepare([self._waiting.pop(key)]))
+            image = self._waiting.pop(key)
+            task = asyncio.get_running_loop().create_task(self.engine.prepare([image]))
             self._running[key] = task
-            task.add_done_callback(partial(self._finished, key))
+            task.add_done_callback(partial(self._finished, image))
 
-    def _finished(self, sha256: str, task: asyncio.Task[None]) -> None:
-        del self._running[sha256]
-        if not task.cancelled():
-            task.exception()  # retrieved here; the turn that reads the frame processes it again and says why
+    def _finished(self, image: ChatImage, task: asyncio.Task[None]) -> None:
+        del self._running[image.sha256]
+        # A failure is retrieved here; the turn that reads the frame processes it again and says why.
+        if not task.cancelled() and task.exception() is None and self.encoder is not None:
+            self.encoder.encode_ahead([image])
         self._next()

@@ -60,7 +60,8 @@ class TurnService(TurnLimits):
         engine.limit_image_cache(settings.max_total_image_bytes)
         self.attachments = Attachments(settings)
         workers = max(1, settings.image_workers)
-        self.frames_ahead = FramesAhead(engine, 4 * workers, workers)  # a few per image worker, one running on each
+        # A few per image worker, one running on each; then encoded while the engine is idle (`live_encode_ahead`).
+        self.frames_ahead = FramesAhead(engine, 4 * workers, workers, encode=settings.live_encode_ahead)
         # Sessions' next live turns, prefilled while the engine is idle.
         self.warm_ups = WarmUps(engine, settings, metrics.live_frames, self.frames_ahead, self._defaults)
         self.pace = TurnPace(engine)  # for Retry-After

@@ -253,6 +253,16 @@ class Engine(Protocol):
 
 
 @runtime_checkable
+class EncodesAhead(Protocol):
+    """An engine that encodes images on its vision tower ahead of the turn that shows them (the local engine)."""
+
+    def encode_ahead(self, images: Sequence[ChatImage]) -> bool:
+        """Encode `images`, processed already (`prepare`), when the engine has nothing else to do, and hold the
+        outputs for the turn that shows them (called on the event loop; never blocks it). False: not taken."""
+        ...
+
+
+@runtime_checkable
 class AdapterLoader(Protocol):
     """An engine that loads and unloads LoRA adapters while it serves (POST and DELETE /v1/adapters)."""
 

@@ -19,9 +19,9 @@ RED, BLUE = image_bytes("JPEG", color=(220, 20, 20)), image_bytes("JPEG", color=
 @pytest.fixture(scope="module")
 def live_server(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
     """A server whose frame rate never drops a test's frames (the rate itself is live_window's unit tests'), and that
-    never warms a live turn up: these tests count what each turn submits and encodes (warm-ups are
-    test_live_warm_up.py's)."""
-    settings = Settings(max_frames_per_second=1000.0, max_live_sources=2, live_warm_up_frames=0)
+    never warms a live turn up nor encodes its frames ahead: these tests count what each turn submits and encodes
+    (warm-ups are test_live_warm_up.py's, frames encoded ahead test_live_encode_ahead.py's)."""
+    settings = Settings(max_frames_per_second=1000.0, max_live_sources=2, live_warm_up_frames=0, live_encode_ahead=False)
     running = start_server(demo_dirs.model, settings)
     yield running
     running.stop()

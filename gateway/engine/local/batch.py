@@ -9,7 +9,7 @@ import torch
 
 from gateway.engine.local import cross, embed_rows, kv, padded, ragged, slots
 from gateway.engine.local.compiled_step import CompiledDecode
-from gateway.engine.local.encoder_cache import EncoderCache
+from gateway.engine.local.encoder_cache import EncoderCache, tower_of
 from gateway.engine.local.image_prefix import images_before, suffix_extras
 from gateway.engine.local.joining_rows import JoiningRows, Leaving
 from gateway.engine.local.loader import LoadedModel
@@ -27,6 +27,7 @@ class Batch:
         self.loaded = loaded
         self.compiled = step  # the decode step through torch.compile (engine_compile), or eager
         self.encoder = encoder  # vision-encoder outputs of images seen before
+        self._encode = tower_of(loaded.model)  # the vision tower alone over some images (engine/local/encoder_cache.py)
         self.sequences: list[Sequence] = []
         self.cache: Any = None  # a DynamicCache of GrowingLayers (and CrossLayers, see engine/local/cross.py)
         self.mask: torch.Tensor | None = None  # [batch, cached tokens]: 1 for real, 0 for padding
@@ -172,10 +173,6 @@ class Batch:
         if self._cross:
             cross.adopt(cache, self._cross, 1, None)
         return out.logits[:, -1], cache, mask
-
-    def _encode(self, tensors: dict[str, torch.Tensor]) -> Any:
-        """The vision tower alone over some images (see engine/local/encoder_cache.py)."""
-        return self.loaded.model.get_image_features(**tensors, return_dict=True)
 
     def _start(self, seq: Sequence, item: ModelInputs, delta: int) -> None:
         seq.prompt_tokens = item.prompt_tokens

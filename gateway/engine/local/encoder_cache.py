@@ -25,6 +25,11 @@ Encode = Callable[[dict[str, torch.Tensor]], Any]  # the vision tower alone over
 log = logging.getLogger("gateway.engine")
 
 
+def tower_of(model: Any) -> Encode:
+    """The vision tower alone over some images' tensors, as the model's own forward runs it."""
+    return lambda tensors: model.get_image_features(**tensors, return_dict=True)
+
+
 @dataclass(frozen=True)
 class _Piece:
     features: torch.Tensor

@@ -23,6 +23,7 @@ from gateway.engine.contract import (
 from gateway.engine.local import compile_warmup, compiled_step
 from gateway.engine.local.adapter_swaps import LocalAdapters
 from gateway.engine.local.constrain import GrammarVocabulary, logits_width
+from gateway.engine.local.encode_ahead import EncodeAhead
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.encoder_meter import EncoderMeter
 from gateway.engine.local.generation import Generation
@@ -96,6 +97,8 @@ class LocalEngine:
             compiled_step.for_model(loaded, compile_mode, max_batch),
         )
         self.busy = self._generation.busy  # set while any turn is on the model
+        # Live frames' outputs encoded while the engine is idle, at most a batch of them pending.
+        self._ahead = EncodeAhead(loaded, self._line, self.encoder_cache, max_batch)
         self._adapters = LocalAdapters(self._generation, max_adapters, max_adapter_bytes)
         self._thread = threading.Thread(target=self._generation.run, name="gateway-generation", daemon=True)
 
@@ -130,6 +133,9 @@ class LocalEngine:
         if missing and self.vision:
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(self._image_pool, cache.get, image) for image in missing))
+
+    def encode_ahead(self, images: Seq[ChatImage]) -> bool:
+        return self.vision and not self.reads_video and self._ahead.offer(images)
 
     def submit(self, request: GenerationRequest, sink: TurnSink) -> TurnHandle:
         self._adapters.registry.check_servable(request.adapter)

@@ -64,7 +64,8 @@ class Joining:
         --live --seconds 240`. A chunk at a time, turns arriving between two chunks are taken at the next step."""
         if self.chunk_tokens <= 0:
             return False
-        return decoding or any(self.long(len(ids)) for ids in self.rows.ids) or any(self.long(new_tokens(row)) for row in self.waiting)
+        fed = any(self.long(len(ids)) for ids in self.rows.ids)
+        return decoding or fed or any(self.long(new_tokens(row)) for row in self.waiting)
 
     def admit(self, chunked: bool) -> list[Row]:
         """The waiting prompts that join the rows now: all unless the rows are `chunked` (nobody decodes and no

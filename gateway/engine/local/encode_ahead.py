@@ -1,0 +1,69 @@
+"""Live frames encoded on the vision tower while the engine is idle, so the live turn that shows them skips the tower."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+
+from gateway.engine.contract import ChatImage, ChatMessage
+from gateway.engine.local.encoder_cache import EncoderCache, tower_of
+from gateway.engine.local.errands import Errand, InUse
+from gateway.engine.local.loader import LoadedModel
+from gateway.engine.local.model_inputs import model_extras
+from gateway.engine.local.waiting import WaitingLine
+
+log = logging.getLogger("gateway.engine")
+
+
+class EncodeAhead:
+    """A frame the next live turn will show, once processed (the engine's `prepare`), is encoded here between two
+    steps of an idle engine (no turn in the batch, joining or waiting) and its output held by the encoder cache: the
+    turn then takes it from there, so the tower is off its time to first token. An engine with work to do runs none:
+    the frames wait (at most `max_pending`; past that a frame is left to its turn), so a running turn never waits
+    for a frame's tower, and a turn arriving meanwhile waits for one frame's at most.
+
+    Only where the cache holds outputs and a frame is processed the same alone as beside others (a family's
+    `variant`: LLaVA-OneVision tiles a lone picture): else its output would be keyed apart from the turn's."""
+
+    def __init__(self, loaded: LoadedModel, line: WaitingLine, cache: EncoderCache, max_pending: int) -> None:
+        self.loaded, self.line, self.cache = loaded, line, cache
+        self.max_pending = max_pending
+        self._pending = 0  # errands posted and not yet run
+        self._lock = threading.Lock()
+        family = loaded.prompt.family
+        self.enabled = cache.max_bytes > 0 and family.variant(1) == family.variant(2)
+        self._tower = tower_of(loaded.model)
+
+    def offer(self, images: Sequence[ChatImage]) -> bool:
+        """Queue `images` for the tower (event loop); False where they are not (disabled, or too many pending)."""
+        if not self.enabled or not images or self.cache.max_bytes <= 0:
+            return False
+        with self._lock:
+            if self._pending >= self.max_pending:
+                return False
+            self._pending += 1
+        self.line.post(Errand(partial(self._encode, tuple(images)), self._idle))
+        return True
+
+    def _idle(self, _: InUse) -> bool:
+        """Whether the engine has nothing else to do (generation thread, after a step): no turn active or waiting."""
+        return self.line.active == 0 and len(self.line) == 0
+
+    @torch.inference_mode()
+    def _encode(self, images: tuple[ChatImage, ...]) -> None:
+        """The frames' outputs into the cache (generation thread): none where already held. A failure only costs the
+        turn its head start (it encodes them itself), and is logged."""
+        try:
+            built = self.loaded.prompt.build([ChatMessage("user", "", images)])
+            if built.images and built.layout is not None:
+                extras = model_extras(built.extras, self.loaded.device, self.loaded.dtype)
+                self.cache.inputs(built.images, extras, built.layout, 0, self._tower, whole=True)
+        except Exception:
+            log.exception("encoding a live frame ahead failed")
+        finally:
+            with self._lock:
+                self._pending -= 1
