@@ -152,10 +152,10 @@ def _warm_up_reading(url: str) -> tuple[float, float]:
 
 
 def _encoding(before: tuple[float, float, float], after: tuple[float, float, float], live_turns: int) -> dict[str, Any]:
-    """The vision tower's work over the run. It runs on the generation thread at a turn's prefill, only over images
-    whose KV is not held and whose output is not in the encoder cache: a live turn's prompt shows only the window's
-    frames no earlier prompt showed (gateway/core/live_timeline.py), and text turns carry no image, so its time is
-    the live turns' new frames' (frames processed ahead, on the image pool, are pixels only, not encoded)."""
+    """The vision tower's work over the run. It runs on the generation thread, at a turn's prefill or ahead of it
+    while the engine is idle (`live_encode_ahead`), only over images whose KV is not held and whose output is not in
+    the encoder cache: a live turn's prompt shows only the window's frames no earlier prompt showed
+    (gateway/core/live_timeline.py), and text turns carry no image, so its time is the live turns' new frames'."""
     passes, seconds, busy = (a - b for a, b in zip(after, before))
     return {
         "encoder_passes": int(passes),
@@ -167,7 +167,8 @@ def _encoding(before: tuple[float, float, float], after: tuple[float, float, flo
 
 def ttft_target(live: dict[str, float], text: dict[str, float], encoding_ms: float | None) -> dict[str, Any]:
     """The issue's target: a live turn's time to first token within 1.5x a text turn's (same run, same percentile)
-    plus the encoding of only its new frames (the tower's time per live turn), at p50 and at p99."""
+    plus the encoding of only its new frames (the tower's time per live turn), at p50 and at p99; and whether the
+    p50 is within 1.5x without that allowance (frames encoded ahead of their turn take the tower off its TTFT)."""
     encoding = encoding_ms or 0.0
     target = {q: round(TARGET_RATIO * text[q] + encoding, 1) for q in ("p50", "p99")}
     return {
@@ -175,6 +176,7 @@ def ttft_target(live: dict[str, float], text: dict[str, float], encoding_ms: flo
         "ttft_target_ms": target,
         "meets_target": live["p50"] <= target["p50"],
         "meets_target_p99": live["p99"] <= target["p99"],
+        "meets_target_without_encoding": live["p50"] <= TARGET_RATIO * text["p50"],
     }
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 
@@ -23,8 +22,9 @@ class EncodeAhead:
     """A frame the next live turn will show, once processed (the engine's `prepare`), is encoded here between two
     steps of an idle engine (no turn in the batch, joining or waiting) and its output held by the encoder cache: the
     turn then takes it from there, so the tower is off its time to first token. An engine with work to do runs none:
-    the frames wait (at most `max_pending`; past that a frame is left to its turn), so a running turn never waits
-    for a frame's tower, and a turn arriving meanwhile waits for one frame's at most.
+    the frames wait (at most `max_pending`; past that a frame is left to its turn), then go through the tower
+    together, in one pass, so a running turn never waits for a frame's tower, and a turn arriving meanwhile waits
+    for one such pass at most.
 
     Only where the cache holds outputs and a frame is processed the same alone as beside others (a family's
     `variant`: LLaVA-OneVision tiles a lone picture): else its output would be keyed apart from the turn's."""
@@ -32,7 +32,8 @@ class EncodeAhead:
     def __init__(self, loaded: LoadedModel, line: WaitingLine, cache: EncoderCache, max_pending: int) -> None:
         self.loaded, self.line, self.cache = loaded, line, cache
         self.max_pending = max_pending
-        self._pending = 0  # errands posted and not yet run
+        self._frames: list[ChatImage] = []  # waiting for an idle moment, the oldest first
+        self._posted = False  # whether an errand for them is with the generation thread
         self._lock = threading.Lock()
         family = loaded.prompt.family
         self.enabled = cache.max_bytes > 0 and family.variant(1) == family.variant(2)
@@ -43,10 +44,12 @@ class EncodeAhead:
         if not self.enabled or not images or self.cache.max_bytes <= 0:
             return False
         with self._lock:
-            if self._pending >= self.max_pending:
+            if len(self._frames) + len(images) > self.max_pending:
                 return False
-            self._pending += 1
-        self.line.post(Errand(partial(self._encode, tuple(images)), self._idle))
+            self._frames.extend(images)
+            post, self._posted = not self._posted, True
+        if post:
+            self.line.post(Errand(self._encode, self._idle))
         return True
 
     def _idle(self, _: InUse) -> bool:
@@ -54,16 +57,15 @@ class EncodeAhead:
         return self.line.active == 0 and len(self.line) == 0
 
     @torch.inference_mode()
-    def _encode(self, images: tuple[ChatImage, ...]) -> None:
-        """The frames' outputs into the cache (generation thread): none where already held. A failure only costs the
-        turn its head start (it encodes them itself), and is logged."""
+    def _encode(self) -> None:
+        """The waiting frames' outputs into the cache, in one pass (generation thread): none for those held already.
+        A failure only costs their turns the head start (they encode them themselves), and is logged."""
+        with self._lock:
+            frames, self._frames, self._posted = tuple(dict.fromkeys(self._frames)), [], False
         try:
-            built = self.loaded.prompt.build([ChatMessage("user", "", images)])
+            built = self.loaded.prompt.build([ChatMessage("user", "", frames)])
             if built.images and built.layout is not None:
                 extras = model_extras(built.extras, self.loaded.device, self.loaded.dtype)
                 self.cache.inputs(built.images, extras, built.layout, 0, self._tower, whole=True)
         except Exception:
-            log.exception("encoding a live frame ahead failed")
-        finally:
-            with self._lock:
-                self._pending -= 1
+            log.exception("encoding live frames ahead failed")
