@@ -1,4 +1,4 @@
-"""A live frame encoded on the vision tower while the engine is idle: its turn skips the tower, a running turn never waits for it."""
+"""A live frame encoded on the vision tower while the engine is idle: its turn skips the tower; no running turn waits."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ async def engine(demo_dirs: DemoDirs) -> AsyncIterator[LocalEngine]:
     await asyncio.to_thread(engine.stop)
 
 
-async def test_a_frame_encoded_ahead_spares_its_turn_the_tower_and_changes_no_reply(engine: LocalEngine, demo_dirs: DemoDirs) -> None:
+async def test_a_frame_encoded_ahead_spares_its_turn_the_tower_and_changes_no_reply(
+    engine: LocalEngine, demo_dirs: DemoDirs
+) -> None:
     """On an idle engine, a processed frame handed to `encode_ahead` is encoded once and its output held; the turn
     showing it then runs no tower pass, and its greedy reply is that of an engine that encoded the frame in the turn."""
     held = len(engine.encoder_cache)
