@@ -18,7 +18,8 @@ from gateway.engine.local.image_prefix import content_key
 from gateway.engine.local.loader import load_model
 from gateway.engine.local.prompt import PromptBuilder
 from tests.families.builders import SPECS, cached_family
-from tests.unit.engine.test_prefix_cache import generate, picture
+from tests.unit.engine.test_prefix_cache import GREEDY, picture
+from tests.unit.engine.test_prefix_cache import generate as one_turn
 
 REUSING = [
     "aya_vision",
@@ -54,8 +55,13 @@ class Served:
     logits: dict[str, list[torch.Tensor]] = field(default_factory=lambda: {"warm": [], "cold": []})
 
 
+# Each engine's recorded prefills (`record_prefills`), by id, for `generate` to keep one per turn.
+RECORDED: dict[int, list[torch.Tensor]] = {}
+
+
 def record_prefills(engine: LocalEngine, into: list[torch.Tensor]) -> None:
-    """Keep the last-position logits of every prefill (turns here run one at a time: one per turn)."""
+    """Keep the last-position logits of every prefill pass (`generate` keeps a turn's last)."""
+    RECORDED[id(engine)] = into
 
     def hook(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
         fed = kwargs.get("input_ids")  # image prompts that join the rows are fed as embeddings
@@ -98,6 +104,16 @@ def reusing(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="module", params=NOT_REUSING)
 def not_reusing(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield from serve(request.param, tmp_path_factory)
+
+
+async def generate(engine: LocalEngine, messages: list[ChatMessage], params: SamplingParams = GREEDY) -> GenerationResult:
+    """One turn; of the prefill passes it ran, only the last one's logits stay recorded: a prompt longer than a chunk
+    is fed a chunk per pass, and its last gives the first token. For turns run one at a time (the logits compared)."""
+    recorded = RECORDED[id(engine)]
+    start = len(recorded)
+    result = await one_turn(engine, messages, params)
+    del recorded[start:-1]
+    return result
 
 
 async def converse(engine: LocalEngine, plan: list[tuple[int, ...]]) -> tuple[list[GenerationResult], list[list[ChatMessage]]]:
