@@ -18,8 +18,7 @@ from gateway.engine.local.image_prefix import content_key
 from gateway.engine.local.loader import load_model
 from gateway.engine.local.prompt import PromptBuilder
 from tests.families.builders import SPECS, cached_family
-from tests.unit.engine.test_prefix_cache import GREEDY, picture
-from tests.unit.engine.test_prefix_cache import generate as one_turn
+from tests.unit.engine.test_prefix_cache import GREEDY, generate as one_turn, picture
 
 REUSING = [
     "aya_vision",
