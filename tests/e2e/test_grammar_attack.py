@@ -21,8 +21,12 @@ GREEDY = {"temperature": 0}
 @pytest.fixture(scope="module")
 def guarded(demo_dirs: DemoDirs) -> Iterator[RunningServer]:
     """The default grammar bounds, but less lexer fuel: it refuses a 530 KB alternation (as the default
-    refuses a 1.7 MB one) in half a second, so the attack is quick to run, and still takes 9,000 properties."""
-    settings = Settings(turns_per_minute=1e6, frames_per_second=1e6, grammar_lexer_fuel=300_000)
+    refuses a 1.7 MB one) in half a second, so the attack is quick to run, and still takes 9,000 properties.
+    Every test here connects from one address, so no per-address compile rate (test_grammar_pool.py's): at the
+    default, one test's twelve compiles left the next too few on a machine that ran them within seconds."""
+    settings = Settings(
+        turns_per_minute=1e6, frames_per_second=1e6, grammar_lexer_fuel=300_000, grammar_compiles_per_minute_per_client=1e6
+    )
     running = start_server(demo_dirs.model, settings)
     yield running
     running.stop()
