@@ -125,12 +125,11 @@ def _prefill(results: list[TurnResult]) -> dict[str, float]:
 _ENCODER = re.compile(r"^gateway_encoder_(passes|seconds) (\S+)$", re.MULTILINE)
 
 
-def _encoder_reading(url: str) -> tuple[float, float, float]:
+def _encoder_reading(text: str) -> tuple[float, float, float]:
     """The vision tower's passes and seconds so far, and the generation thread's busy seconds (every phase but
-    waiting), from the gateway's /metrics."""
-    text = profile.metrics_text(url)
+    waiting), from a /metrics text."""
     encoder = {name: float(value) for name, value in _ENCODER.findall(text)}
-    busy = sum(s for phase, s in profile.read(url, None).phases.items() if phase != "waiting")
+    busy = sum(s for phase, s in profile.phases(text).items() if phase != "waiting")
     return encoder.get("passes", 0.0), encoder.get("seconds", 0.0), busy
 
 
@@ -139,16 +138,21 @@ _OUTCOMES = ("accepted", "merged", "dropped")
 _FRAMES = re.compile(r"^gateway_live_frames_(accepted|merged|dropped)_total (\S+)$", re.MULTILINE)
 
 
-def _frames_reading(url: str) -> dict[str, float]:
+def _frames_reading(text: str) -> dict[str, float]:
     """What the sessions' live windows did with the frames they were sent so far (gateway/metrics.py): added as
     distinct, merged into the latest as near-duplicates, or dropped over the rate."""
-    return {outcome: float(value) for outcome, value in _FRAMES.findall(profile.metrics_text(url))}
+    return {outcome: float(value) for outcome, value in _FRAMES.findall(text)}
 
 
-def _warm_up_reading(url: str) -> tuple[float, float]:
+def _warm_up_reading(text: str) -> tuple[float, float]:
     """Live warm-ups so far (gateway/core/warm_ups.py): those prefilled to the end, and those dropped."""
-    counts = {bool(dropped): float(value) for dropped, value in _WARM_UPS.findall(profile.metrics_text(url))}
+    counts = {bool(dropped): float(value) for dropped, value in _WARM_UPS.findall(text)}
     return counts.get(False, 0.0), counts.get(True, 0.0)
+
+
+async def _metrics(url: str) -> str:
+    """The gateway's /metrics now, read once for every reading taken at this moment (off the loop)."""
+    return await asyncio.to_thread(profile.metrics_text, url)
 
 
 def _encoding(before: tuple[float, float, float], after: tuple[float, float, float], live_turns: int) -> dict[str, Any]:
@@ -183,14 +187,14 @@ def ttft_target(live: dict[str, float], text: dict[str, float], encoding_ms: flo
 async def still_scene(url: str, turns: int = 3, size: tuple[int, int] = (640, 480)) -> dict[str, Any]:
     """One session streaming the same frame over and over, asking a live question after every four: the vision
     tower's passes over all its turns (one: the first turn's; a still scene costs no pass after it)."""
-    before = await asyncio.to_thread(_encoder_reading, url)
+    before = _encoder_reading(await _metrics(url))
     frame = camera_frame(0, size, camera=255)  # a picture no bench session sends: nothing of it is held
     async with GatewayClient(url) as client:
         for n in range(turns):
             for i in range(4):
                 await client.send({"type": "frame", "source": "camera", "image": frame, "ts": 250 * (4 * n + i)})
             await client.turn(f"still{n}", "Anything new?", live=True, max_tokens=1, temperature=0)
-    after = await asyncio.to_thread(_encoder_reading, url)
+    after = _encoder_reading(await _metrics(url))
     return {"live_turns": turns, "encoder_passes": int(after[0] - before[0])}
 
 
@@ -271,15 +275,14 @@ async def run_live(
     out: dict[str, list[Any]] = {"sent": [], "live": [], "text": []}
     load_before = [round(x, 2) for x in os.getloadavg()]
     rss_before = _rss_bytes(gateway_pid)
-    encoder_before = await asyncio.to_thread(_encoder_reading, config.url)
-    warm_before = await asyncio.to_thread(_warm_up_reading, config.url)
-    frames_before = await asyncio.to_thread(_frames_reading, config.url)
+    metrics_before = await _metrics(config.url)
     halfway = asyncio.create_task(_rss_after(gateway_pid, config.seconds / 2))
     await asyncio.gather(*(_session(config, i, cameras[i], out) for i in range(config.sessions)))
     rss_half = await halfway
-    encoder_after = await asyncio.to_thread(_encoder_reading, config.url)
-    warm_after = await asyncio.to_thread(_warm_up_reading, config.url)
-    frames_after = await asyncio.to_thread(_frames_reading, config.url)
+    metrics_after = await _metrics(config.url)
+    encoder_before, encoder_after = _encoder_reading(metrics_before), _encoder_reading(metrics_after)
+    warm_before, warm_after = _warm_up_reading(metrics_before), _warm_up_reading(metrics_after)
+    frames_before, frames_after = _frames_reading(metrics_before), _frames_reading(metrics_after)
     rss_after = _rss_bytes(gateway_pid)
     if turns is not None:
         turns.extend((kind, result) for kind in ("live", "text") for result in out[kind])

@@ -18,8 +18,12 @@ class Reading:
 
 def read(ws_url: str, pid: int | None) -> Reading:
     """The gateway's counters now (its /metrics next to `ws_url`; its threads when `pid` is known)."""
-    text = metrics_text(ws_url)
-    return Reading({name: float(value) for name, value in _PHASE.findall(text)}, _thread_cpu(pid))
+    return Reading(phases(metrics_text(ws_url)), _thread_cpu(pid))
+
+
+def phases(text: str) -> dict[str, float]:
+    """The engine's seconds by phase, from a /metrics text."""
+    return {name: float(value) for name, value in _PHASE.findall(text)}
 
 
 def metrics_text(ws_url: str) -> str:

@@ -36,12 +36,13 @@ class EncodeAhead:
         self._posted = False  # whether an errand for them is with the generation thread
         self._lock = threading.Lock()
         family = loaded.prompt.family
-        self.enabled = cache.max_bytes > 0 and family.variant(1) == family.variant(2)
+        self.same_alone = family.variant(1) == family.variant(2)
         self._tower = tower_of(loaded.model)
 
     def offer(self, images: Sequence[ChatImage]) -> bool:
-        """Queue `images` for the tower (event loop); False where they are not (disabled, or too many pending)."""
-        if not self.enabled or not images or self.cache.max_bytes <= 0:
+        """Queue `images` for the tower (event loop); False where they are not: the cache holds no outputs (its budget
+        is 0 for such families, and from when an adapter is loaded), a frame is keyed apart alone, or too many wait."""
+        if not self.same_alone or not images or self.cache.max_bytes <= 0:
             return False
         with self._lock:
             if len(self._frames) + len(images) > self.max_pending:
