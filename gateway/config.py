@@ -125,6 +125,10 @@ class Settings:
     # image bytes, or of max_history_turns) too, at most half the history's room, so the next turns fit as
     # they are and reuse held KV instead of each dropping one exchange and prefilling all.
     trim_headroom: float = 0.25
+    # Where a turn's end leaves the history so near the edge that the next turn would drop exchanges, drop them
+    # now and re-prefill the prompt they leave while the engine idles (core/warm_ups.py): the next turn, live or
+    # text, then prefills only its own message, where it would have prefilled all of it. Local engine only.
+    trim_ahead: bool = True
     engine_queue_size: int = 64  # turns waiting for a free batch slot before `overloaded`
     max_batch: int = 16  # turns decoding together in one forward pass
     # Intra-op threads of the generation thread; 0: one fewer than the CPUs this process may use (at least
@@ -140,6 +144,10 @@ class Settings:
     # turns pause for one chunk at a time instead of a whole prompt; 0: a joiner is prefilled in one pass. Also
     # LocalEngine's default (engine/local/engine.py), so tests that build one run what `gateway serve` runs.
     engine_prefill_chunk_tokens: int = 256
+    # A warm-up (a prompt prefilled ahead while the engine idles: core/warm_ups.py) is fed at most this many tokens
+    # per pass, so a turn arriving during one waits for one such pass at most (about a third of a full chunk's time
+    # on a CPU: a pass's fixed cost is about 25 ms); with chunking off, a longer warm-up is dropped unrun.
+    engine_warm_up_chunk_tokens: int = 64
     # "decode": the local engine's decode step runs through torch.compile (inductor), rows padded up to power-of-two
     # buckets and the KV length dynamic; every bucket compiles at start-up, before the server is ready, so serving
     # never compiles; models with sliding windows, cross-attention or adapters stay eager. "off" (the default):

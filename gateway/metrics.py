@@ -139,6 +139,12 @@ class LiveFrameCounters:
             "warm_ups_dropped",
             "Live warm-ups that did not prefill: the session's own turn came first, the engine was full, or no plan",
         )
+        # Not only live sessions': any history at the context's edge (core/warm_ups.py).
+        self.trims_ahead = Counter(
+            "gateway_trims_ahead",
+            "Histories trimmed ahead of their next turn, the prompt they leave re-prefilled while the engine idles",
+            registry=r,
+        )
 
 
 def _reading(load: Callable[[], EngineLoad], field: str) -> Callable[[], float]:

@@ -152,6 +152,7 @@ def _local_engine(settings: Settings) -> Engine:
         threads=settings.engine_threads,
         gather_ms=settings.engine_gather_ms,
         prefill_chunk_tokens=settings.engine_prefill_chunk_tokens,
+        warm_up_chunk_tokens=settings.engine_warm_up_chunk_tokens,
         image_cache_bytes=settings.image_cache_bytes,
         image_workers=settings.image_workers,
         kv_cache_bytes=settings.kv_cache_bytes,

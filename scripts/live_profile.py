@@ -99,7 +99,7 @@ def serve(model_dir: Path, out: Path) -> None:
     live_stages.install(stamps, {})
     timeline = live_engine.Timeline()
     live_engine.install(timeline, live_stages.current_turn)
-    running = start_server(model_dir, Settings())
+    running = start_server(model_dir, Settings.from_env())  # GATEWAY_* variables, as `gateway serve` reads them
     spent: Seconds = collections.defaultdict(float)
     calls: collections.Counter[str] = collections.Counter()
     model = running.engine.loaded.model

@@ -50,6 +50,10 @@ class Session:
     max_image_bytes: int = sys.maxsize
     conversation: Conversation = field(init=False)
     timeline: LiveTimeline = field(default_factory=LiveTimeline)  # the frames live exchanges' prompts showed
+    # The first item a trim ahead keeps (core/warm_ups.py): the next plans drop at least the turns before it, so the
+    # prompt it re-prefilled while the engine idled is the one the next turn reads. In memory only.
+    trim_ahead: str | None = None
+    asked_max_tokens: int | None = None  # the last turn's `max_tokens`: the next one's likely (core/warm_ups.py)
     _numbers: dict[str, int] = field(init=False, default_factory=dict)  # a reply's item id: its exchange's number
 
     def __post_init__(self) -> None:
@@ -138,7 +142,7 @@ class Session:
                 counted[n] = await count(self._prompt(turns[n:], turn, timeline))
             return counted[n]
 
-        low = min(self._drops_for_images(turns, turn, image_room, headroom), most)
+        low = min(max(self._drops_for_images(turns, turn, image_room, headroom), self._dropped_ahead(turns)), most)
         if await tokens_after_dropping(low) > budget:  # the usual case fits at once: one count per turn
             alone = await tokens_after_dropping(most)
             if alone > budget:
@@ -172,7 +176,19 @@ class Session:
             held -= _image_bytes(items)
         return len(turns)
 
+    def _dropped_ahead(self, turns: list[list[Item]]) -> int:
+        """The turns before the one a trim ahead keeps first (none where it is no longer a turn's first)."""
+        return next((n for n, items in enumerate(turns) if items[0].id == self.trim_ahead), 0)
+
+    def trim_ahead_at(self, plan: PromptPlan) -> None:
+        """Make `plan`'s drops (a plan on this session's path, just made) the next plans' least: its first kept turn."""
+        turns = split_turns(self.conversation.path)
+        if 0 < plan.dropped_turns < len(turns):
+            self.trim_ahead = turns[plan.dropped_turns][0].id
+
     def drop_oldest(self, n: int) -> None:
+        if n > 0:
+            self.trim_ahead = None  # done: it kept the first turn left, or the drops went past it
         self._forget_numbers(self.conversation.drop_turns(n))
 
     def record(

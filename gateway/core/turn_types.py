@@ -26,6 +26,7 @@ class StartedTurn:
     reply_id: str | None = None
     answers: str | None = None  # a regenerated reply's: the item it answers, where it joins as a new sibling
     edits: str | None = None  # an edit's: the user message its own joins beside, answered by its reply
+    max_tokens: int | None = None  # what it asked for: a trim ahead's guess at the next turn's (None: the session's)
 
 
 class SessionKeeper(Protocol):

@@ -170,7 +170,17 @@ class TurnService(TurnLimits):
             plan = await session.plan(prompted, params.max_tokens, window, count, room, self.settings.trim_headroom)
         self.check_open()  # planning awaited: the server may have begun draining meanwhile
         item_id, reply_id = session.fresh_ids(turn)
-        started = StartedTurn(turn, plan, TurnHandle(), session.epoch, model, trace, item_id=item_id, reply_id=reply_id)
+        started = StartedTurn(
+            turn,
+            plan,
+            TurnHandle(),
+            session.epoch,
+            model,
+            trace,
+            item_id=item_id,
+            reply_id=reply_id,
+            max_tokens=params.max_tokens,
+        )
         generation = GenerationRequest(
             plan.messages, params, started.handle, adapter=model, affinity=session.id, tools=tools.tools
         )
@@ -206,6 +216,8 @@ class TurnService(TurnLimits):
         """The turn's end, in one place: recorded at once (a partial reply when cancelled), made durable, then
         `Ended`; which waits for the store no longer than store_timeout_s (a hung store must not hold a reply)."""
         recorded = self.record(session, started, result, held=keeper.turn_ended(started, result))
+        if recorded and result.finish_reason != "error":
+            self.warm_ups.after_turn(session, result.prompt_tokens, len(result.token_ids), started.max_tokens)
         started.trace.phase("store_write")
 
         async def deliver() -> None:

@@ -1,4 +1,4 @@
-"""A live session's next live turn prefilled ahead while the engine is idle, so its question prefills only its text."""
+"""Prompts prefilled ahead while the engine idles: a live session's next live turn, or a history trimmed for its next turn."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from gateway.core.frames_ahead import FramesAhead
 from gateway.core.live_turn import live_turns, timeline_entry
 from gateway.core.live_view import LiveView
 from gateway.core.request import SamplingOptions
-from gateway.core.session import Session, UserTurn
+from gateway.core.session import PromptPlan, Session, UserTurn
 from gateway.engine.contract import (
     ChatMessage,
     Engine,
@@ -56,6 +56,66 @@ class WarmUps:
         self._running: dict[str, tuple[asyncio.Task[None], TurnHandle]] = {}  # by session id
         self._since: tuple[float, float] | None = None  # (when, the engine's busy seconds then): the window's start
         self.busy_share = 0.0  # the engine's, over the last whole window (idle, until one is measured)
+
+    @property
+    def trims_ahead(self) -> bool:
+        engine = self.engine
+        return self.settings.trim_ahead and engine.warms_up and not engine.reads_video
+
+    def after_turn(self, session: Session, prompt_tokens: int, reply_tokens: int, max_tokens: int | None = None) -> None:
+        """A turn of `session` has ended and joined its history. Where its history has come within the trim
+        headroom of the context's edge (what this turn's prompt and reply held says so without counting), see
+        whether the next turn would drop old exchanges, and if so trim ahead: fix those drops for the next turns
+        (`Session.trim_ahead`) and re-prefill the prompt they leave while the engine is idle (a warm-up: a chunk
+        at a time, giving way to every turn), so the turn that would have prefilled it whole finds its KV held.
+        Whichever turn comes next, a live question or a text one, reads that prompt: both start with the history.
+        `max_tokens`: what the turn asked for, taken as the next one's (None: the session's default). A warm-up
+        still under way for the session is stale now (its prompt lacks this exchange): it goes."""
+        session.asked_max_tokens = max_tokens
+        if not self.trims_ahead:
+            return
+        window = self.engine.context_tokens
+        max_tokens = max_tokens if max_tokens is not None else self.defaults(session.defaults)[0]
+        if prompt_tokens + reply_tokens < window - max_tokens - self.settings.trim_headroom_tokens(window):
+            return
+        running = self._running.pop(session.id, None)
+        if running is not None:
+            running[1].cancel()
+            running[0].cancel()
+        handle = TurnHandle()
+        task = asyncio.get_running_loop().create_task(self._trim_ahead(session, handle, max_tokens))
+        self._running[session.id] = (task, handle)
+        task.add_done_callback(lambda _: self._ended(session.id, task))
+
+    async def _trim_ahead(self, session: Session, handle: TurnHandle, max_tokens: int) -> None:
+        """Plan the next turn as one asking nothing, with room kept for its question (half the headroom: a live
+        question brings its new frames); where that drops exchanges, fix them and submit its prompt as a warm-up."""
+        settings, engine = self.settings, self.engine
+        _, adapter, tools = self.defaults(session.defaults)
+        window = engine.context_tokens
+        room = max_tokens + settings.trim_headroom_tokens(window) // 2
+        path = [item.id for item in session.conversation.path]
+
+        async def count(messages: Sequence[ChatMessage]) -> int:
+            return await engine.count_prompt_tokens(messages, tools=tools)
+
+        turn = UserTurn(id=_TURN_ID, text="")
+        preview = session.timeline.fork(session.conversation.path)
+        try:
+            plan = await session.plan(turn, room, window, count, None, settings.trim_headroom, timeline=preview)
+        except GatewayError:
+            return
+        if not self._fix_drops(session, path, plan):
+            return
+        ended: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
+        request = GenerationRequest(
+            plan.messages, SamplingParams(temperature=0.0, max_tokens=1), handle, adapter, session.id, tools, warm_up=True
+        )
+        try:
+            engine.submit(request, _Ended(ended))
+        except EngineFull:
+            return
+        await ended
 
     @property
     def enabled(self) -> bool:
@@ -142,11 +202,24 @@ class WarmUps:
             return False
         return (await ended).finish_reason not in ("cancelled", "error")
 
+    def _fix_drops(self, session: Session, path: list[str], plan: PromptPlan) -> bool:
+        """Whether `plan` (made on `path`, the session's path when its planning began) drops exchanges, and if so
+        and the path is unchanged, fix them as the next turns' least (`Session.trim_ahead`): they read its prompt."""
+        if plan.dropped_turns == 0 or path != [item.id for item in session.conversation.path]:
+            return False
+        session.trim_ahead_at(plan)
+        self.counters.trims_ahead.inc()
+        return True
+
     async def _prompt(self, session: Session, view: LiveView) -> tuple[list[ChatMessage], str | None, Tools]:
         """The messages a live turn with no text of its own would be prompted with now (as core/prompts.py and
-        the turn service lay one out, on the session's defaults), its adapter and tools; the session unchanged."""
+        the turn service lay one out, on the session's defaults, asking for the last turn's `max_tokens`), its
+        adapter and tools. The session is unchanged, but where that prompt drops old exchanges: they are fixed
+        for the next turns (`_fix_drops`), as a trim ahead would."""
         settings = self.settings
         max_tokens, adapter, tools = self.defaults(session.defaults)
+        max_tokens = session.asked_max_tokens or max_tokens
+        path = [item.id for item in session.conversation.path]
         turn = UserTurn(id=_TURN_ID, text="")
         prompted, recorded = live_turns(turn, view, settings.live_history_last_frame)
         preview = session.timeline.fork(session.conversation.path)
@@ -158,6 +231,7 @@ class WarmUps:
 
         window, headroom = self.engine.context_tokens, settings.trim_headroom
         plan = await session.plan(prompted, max_tokens, window, count, None, headroom, timeline=preview)
+        self._fix_drops(session, path, plan)
         return plan.messages, adapter, tools
 
 

@@ -57,6 +57,7 @@ class LocalEngine:
         threads: int = 0,
         gather_ms: float = Settings.engine_gather_ms,  # one default, the setting's
         prefill_chunk_tokens: int = Settings.engine_prefill_chunk_tokens,  # one default, the setting's
+        warm_up_chunk_tokens: int = Settings.engine_warm_up_chunk_tokens,
         max_adapters: int = 8,
         max_adapter_bytes: int = 1 << 30,
         compile_mode: str = Settings.engine_compile,
@@ -94,6 +95,7 @@ class LocalEngine:
             self.grammars,
             self.threads,
             prefill_chunk_tokens,
+            warm_up_chunk_tokens,
             compiled_step.for_model(loaded, compile_mode, max_batch),
         )
         self.busy = self._generation.busy  # set while any turn is on the model

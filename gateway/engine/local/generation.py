@@ -18,9 +18,9 @@ from gateway.engine.local.detok import TextStream
 from gateway.engine.local.embed_rows import with_embeds
 from gateway.engine.local.encoder_cache import EncoderCache
 from gateway.engine.local.image_prefix import content_key
-from gateway.engine.local.joining import Joining, new_tokens, split, text_groups
+from gateway.engine.local.joining import Joining, split, text_groups
 from gateway.engine.local.loader import LoadedModel
-from gateway.engine.local.padded import hold_finished, supports_batching
+from gateway.engine.local.padded import hold_fed, hold_finished, supports_batching
 from gateway.engine.local.prefix_cache import HeldPrefix, PrefixCache
 from gateway.engine.local.profile import PhaseClock, name_os_thread
 from gateway.engine.local.prompt import ModelInputs
@@ -49,6 +49,7 @@ class Generation:
         grammars: GrammarVocabulary | None,
         threads: int,
         chunk_tokens: int = 0,
+        warm_up_chunk_tokens: int = 0,
         compiled: CompiledDecode | None = None,
     ) -> None:
         self.loaded = loaded
@@ -59,7 +60,9 @@ class Generation:
         self.threads = threads
         self.compiled = compiled  # the compiled decode step (engine_compile), or None: eager
         self.tokens_generated = 0
-        self.joining = Joining(chunk_tokens)  # text prompts prefilled a chunk per step beside the decoding batch
+        self.joining = Joining(
+            chunk_tokens, warm_up_chunk_tokens
+        )  # text prompts prefilled a chunk per step beside the decoding batch
         self.clock = PhaseClock()  # the engine profile
         self.busy = threading.Event()  # set while any turn is on the model
         self.abort = threading.Event()  # set to cut running turns short (after stop's grace)
@@ -84,6 +87,8 @@ class Generation:
             if admitted is None:
                 self._flush()
                 break
+            if self.joining:
+                self._warm_ups_give_way(batch, admitted)  # before the turns admitted now look up held KV
             if admitted:
                 self._prefill(batch, admitted)
             if self.joining:
@@ -159,8 +164,8 @@ class Generation:
             self.joining.waiting.extend(text)
             text = []
         elif text:  # a text prompt longer than a chunk is fed a chunk at a time even when nobody decodes
-            self.joining.waiting.extend(row for row in text if self.joining.long(new_tokens(row)))
-            text = [row for row in text if not self.joining.long(new_tokens(row))]
+            self.joining.waiting.extend(row for row in text if self.joining.long_row(row))
+            text = [row for row in text if not self.joining.long_row(row)]
         for group in text_groups(text, self.max_batch):
             seqs, inputs, helds = split(group)
             self._prefill_group(batch, seqs, partial(_feed_whole, batch, seqs, inputs, helds))
@@ -171,13 +176,42 @@ class Generation:
                 self._prefill_group(batch, [seq], run)
 
     def _warm_up_too_long(self, job: Job, inputs: ModelInputs) -> bool:
-        """Whether a warm-up would prefill more than a chunk (`prefill_chunk_tokens`): it is dropped, so a turn
-        arriving during a warm-up waits for one chunk-sized pass at most (the session's held KV had expired)."""
+        """Whether a warm-up is dropped unrun: where nothing of it could be held, or, with chunking off, where it
+        would prefill more than `_WARM_UP_TOKENS` in its one pass (a turn arriving would wait for all of it). With
+        chunking on, a long one is fed a chunk at a time and gives way to turns (`_warm_ups_give_way`)."""
         key = content_key(inputs) if self.prefix_cache.max_bytes > 0 else None
         if key is None:
-            return True  # nothing of it could be held for its turn
-        held = self.prefix_cache.held_length(job.request.adapter, key)
-        return len(key) - held > (self.joining.chunk_tokens if self.joining.chunk_tokens > 0 else _WARM_UP_TOKENS)
+            return True
+        if self.joining.chunk_tokens > 0:
+            return False
+        return len(key) - self.prefix_cache.held_length(job.request.adapter, key) > _WARM_UP_TOKENS
+
+    def _warm_ups_give_way(self, batch: Batch, admitted: list[Job]) -> None:
+        """Warm-ups fill idle time only. One whose prefill is under way a chunk at a time stops when any turn is on
+        the engine (or when it is cancelled), and what it was fed so far is held (`hold_fed`). It goes back to the
+        front of its line, to go on from there when the engine is idle again, or ends where its own session's turn
+        has come (that turn takes its KV). So a turn waits for one chunk of a warm-up at most, however long the
+        warm-up: a session's whole prompt re-prefilled ahead after its history was trimmed (core/warm_ups.py)."""
+        rows, joining = self.joining.rows, self.joining
+        turns = [job.request for job in admitted if not job.request.warm_up]
+        turns += [seq.request for seq in batch.sequences + joining.sequences() if not seq.request.warm_up]
+        stopping = [
+            row for row, seq in enumerate(rows.seqs) if seq.request.warm_up and (turns or seq.request.handle.cancelled.is_set())
+        ]
+        unfed = [i for i, seq in enumerate(joining.waiting_sequences()) if seq.request.warm_up] if turns else []
+        if not stopping and not unfed:
+            return
+        seqs = [rows.seqs[row] for row in stopping] + [joining.waiting[i][0] for i in unfed]
+        if self.prefix_cache.max_bytes > 0 and rows.mask is not None:
+            for row in stopping:
+                hold_fed(self.prefix_cache, rows.seqs[row], rows.cache, rows.mask, row)
+        rows.keep([row for row in range(len(rows)) if row not in stopping])
+        joining.keep_waiting([i for i in range(len(joining.waiting)) if i not in unfed])
+        sessions = {request.affinity for request in turns if request.affinity is not None}
+        for seq in seqs:
+            request = seq.request
+            if request.handle.cancelled.is_set() or request.affinity in sessions or not self.line.park(seq.job):
+                self._finish(seq, "cancelled")
 
     def _held(self, seq: Sequence, inputs: ModelInputs) -> HeldPrefix | None:
         """The longest held prefix of the prompt's content key (token ids, images by content); None when
@@ -187,13 +221,14 @@ class Generation:
         seq.prompt_ids = content_key(inputs)
         if seq.prompt_ids is None:
             return None
-        return self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids)
+        return self.prefix_cache.lookup(seq.request.adapter, seq.prompt_ids, seq.request.affinity)
 
     def _feed_joining(self, batch: Batch) -> None:
         """One pass feeds every joining row its next columns (all it has left once nobody decodes); the rows
         whose prompts ended in it take their first tokens and join the batch. Beside a decoding batch, a step
         that ran a big vision tower (`Joining.tower_apart`) for joining image prompts feeds nothing."""
         rows = self.joining.rows
+        self._warm_ups_give_way(batch, [])  # one cancelled since the step began keeps what it was fed
         rows.keep(self._live(rows.seqs))
         self.joining.keep_waiting(self._live(self.joining.waiting_sequences()))
         decoding = bool(batch)

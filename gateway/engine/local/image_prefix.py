@@ -27,6 +27,14 @@ def content_key(inputs: ModelInputs) -> tuple[int, ...] | None:
     return tuple(ids)
 
 
+def whole_pictures(key: tuple[int, ...], length: int) -> int:
+    """`length`, or less where the first `length` positions of content key `key` would end inside a picture's
+    span: the span's start (a held prefix stops before a picture, never inside it; see `_image_token`)."""
+    while 0 < length < len(key) and key[length] < 0 and key[length - 1] == key[length]:
+        length -= 1
+    return length
+
+
 def _image_token(image: str, tokens: int) -> int:
     # The count is in the number too: a picture's span of another length is another processing of it, and
     # a held prefix must stop where it starts, never inside it.

@@ -28,8 +28,11 @@ class Joining:
     chunking off (joiners then prefill whole, as when idle: text prompts in their own groups, image prompts
     here, all in one pass)."""
 
-    def __init__(self, chunk_tokens: int) -> None:
+    def __init__(self, chunk_tokens: int, warm_up_chunk_tokens: int = 0) -> None:
         self.chunk_tokens = chunk_tokens
+        # A warm-up's share of a pass, at most (0: a chunk's): it fills idle time, and a turn arriving waits for
+        # that pass (engine/local/generation.py gives warm-ups' rows up to turns between passes).
+        self.warm_up_chunk_tokens = min(warm_up_chunk_tokens or chunk_tokens, chunk_tokens)
         self.rows = JoiningRows()
         self.waiting: collections.deque[Row] = collections.deque()  # in arrival order
         self.passed_over: dict[int, int] = {}  # id() of each waiting prompt -> admissions that left it waiting
@@ -56,6 +59,15 @@ class Joining:
         """Whether a prompt of `new_tokens` is fed a chunk at a time even when nobody decodes (`chunked`)."""
         return 0 < self.chunk_tokens < new_tokens
 
+    def long_row(self, row: Row) -> bool:
+        """Whether a prompt is fed a chunk at a time even when nobody decodes: `long`, or a warm-up past its chunk."""
+        return self._too_long(row[0], new_tokens(row))
+
+    def _too_long(self, seq: Sequence, left: int) -> bool:
+        if seq.request.warm_up:
+            return 0 < self.warm_up_chunk_tokens < left
+        return self.long(left)
+
     def chunked(self, decoding: bool) -> bool:
         """Whether the rows are fed a chunk per step (and joined by `admit`'s rules): beside a decoding batch, and
         also when nobody decodes but a prompt fed or waiting is longer than a chunk. Fed whole, that prompt's one
@@ -64,8 +76,8 @@ class Joining:
         --live --seconds 240`. A chunk at a time, turns arriving between two chunks are taken at the next step."""
         if self.chunk_tokens <= 0:
             return False
-        fed = any(self.long(len(ids)) for ids in self.rows.ids)
-        return decoding or fed or any(self.long(new_tokens(row)) for row in self.waiting)
+        fed = any(self._too_long(seq, len(ids)) for seq, ids in zip(self.rows.seqs, self.rows.ids))
+        return decoding or fed or any(self.long_row(row) for row in self.waiting)
 
     def admit(self, chunked: bool) -> list[Row]:
         """The waiting prompts that join the rows now: all unless the rows are `chunked` (nobody decodes and no
@@ -107,7 +119,11 @@ class Joining:
     def columns(self, chunked: bool) -> int | None:
         """Prompt columns per row in the next pass: the chunk's tokens shared among the rows; all unless
         `chunked`."""
-        return max(1, self.chunk_tokens // max(1, len(self.rows))) if chunked and self.chunk_tokens > 0 else None
+        if not chunked or self.chunk_tokens <= 0:
+            return None
+        if self.rows.seqs and all(seq.request.warm_up for seq in self.rows.seqs):  # only when idle: one at a time
+            return max(1, self.warm_up_chunk_tokens)
+        return max(1, self.chunk_tokens // max(1, len(self.rows)))
 
 
 def _fits(left: list[int], new: int, chunk_tokens: int) -> bool:

@@ -9,6 +9,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from gateway.engine.local import cross, kv
+from gateway.engine.local.image_prefix import whole_pictures
 from gateway.engine.local.prefix_cache import LayerStates, PrefixCache
 from gateway.engine.local.sequence import Sequence
 
@@ -43,9 +44,33 @@ def hold_finished(held: PrefixCache, seqs: list[Sequence], cache: Any, mask: Any
             seq = seqs[row]
             if seq.prompt_ids is not None:
                 ids = seq.prompt_ids + tuple(seq.token_ids[:-1])
-                held.store(seq.request.adapter, ids, row_states(cache, mask, row), once=seq.request.warm_up)
+                request = seq.request
+                held.store(request.adapter, ids, row_states(cache, mask, row), once=request.warm_up, owner=request.affinity)
     except Exception:  # holding is an optimisation: a failure (out of memory) costs a later prefill only
         log.exception("holding a finished turn's KV failed")
+        held.clear()
+
+
+def hold_fed(held: PrefixCache, seq: Sequence, cache: Any, mask: torch.Tensor, row: int) -> None:
+    """Keep what a joining row's prompt was fed so far (its held prefix first), up to the last picture it holds
+    whole, for the prompt that goes on from there: a warm-up that gave way to turns before its prefill ended
+    (engine/local/generation.py). Held once, as a warm-up's: its next run, or its session's turn, takes it."""
+    key, fed = seq.prompt_ids, int(mask[row].sum().item())
+    length = whole_pictures(key, fed) if key is not None else 0
+    if key is None or length <= 0 or any(isinstance(layer, cross.CrossLayer) for layer in cache.layers):
+        return
+    start = mask.shape[1] - fed  # real columns are the row's rightmost ones
+    try:
+        states = [
+            (
+                layer.keys[row : row + 1, :, start : start + length].clone(),
+                layer.values[row : row + 1, :, start : start + length].clone(),
+            )
+            for layer in cache.layers
+        ]
+        held.store(seq.request.adapter, key[:length], states, once=True, owner=seq.request.affinity)
+    except Exception:  # holding is an optimisation: a failure (out of memory) costs a later prefill only
+        log.exception("holding a warm-up's KV failed")
         held.clear()
 
 

@@ -29,7 +29,8 @@ class _Entry:
     layers: LayerStates
     nbytes: int
     used_at: float
-    once: bool = False  # a warm-up's: dropped at its first hit (the turn it was for has it; nothing else will)
+    once: bool = False  # a warm-up's: dropped at its session's first hit (the turn it was for has it; nothing else will)
+    owner: str | None = None  # a warm-up's session (its affinity): another's prompt sharing its opening leaves it
 
 
 def states_bytes(layers: LayerStates) -> int:
@@ -102,16 +103,17 @@ class PrefixCache:
         """How much of `token_ids` a lookup would find held now; nothing is counted, moved or taken."""
         return self._longest(adapter, token_ids)[0]
 
-    def lookup(self, adapter: str | None, token_ids: tuple[int, ...]) -> HeldPrefix | None:
+    def lookup(self, adapter: str | None, token_ids: tuple[int, ...], affinity: str | None = None) -> HeldPrefix | None:
         """The longest held prefix of `token_ids`, leaving at least one token to prefill (its logits
-        start the reply); None when nothing useful is held."""
+        start the reply); None when nothing useful is held. `affinity`: the session asking (a warm-up's entry is
+        used up by its own session's hit, not by another's prompt that shares only a system prompt with it)."""
         length, tier, key = self._longest(adapter, token_ids)
         if length == 0:
             self.misses += 1
             return None
         self.hits += 1
         held = HeldPrefix(length, tier[key].layers)
-        if tier[key].once:
+        if tier[key].once and tier[key].owner in (None, affinity):
             self._drop(tier, key)
         else:
             tier.move_to_end(key)
@@ -129,11 +131,13 @@ class PrefixCache:
                         best = (length, tier, key)
         return best
 
-    def store(self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates, once: bool = False) -> None:
+    def store(
+        self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates, once: bool = False, owner: str | None = None
+    ) -> None:
         """Hold `layers` for `token_ids`; entries it extends are dropped, the oldest spill or go while
-        over budget. `once`: a warm-up's, dropped at its first hit (its question, or a newer warm-up, which
-        extends it: a warm-up's prompt ends where its question's text would begin, so the question's own
-        entry never extends it, and it would otherwise hold its bytes until it was the oldest)."""
+        over budget. `once`: a warm-up's, dropped at the first hit of its session `owner` (its question, or a
+        newer warm-up, which extends it: a warm-up's prompt ends where its question's text would begin, so the
+        question's own entry never extends it, and it would otherwise hold its bytes until it was the oldest)."""
         nbytes = states_bytes(layers)
         if nbytes > self.max_bytes or not token_ids:
             return
@@ -143,7 +147,7 @@ class PrefixCache:
                     self._drop(tier, key)
         while self.bytes + nbytes > self.max_bytes:
             self._evict()
-        self._device[self._next_key] = _Entry(adapter, token_ids, layers, nbytes, self._clock(), once)
+        self._device[self._next_key] = _Entry(adapter, token_ids, layers, nbytes, self._clock(), once, owner if once else None)
         self._next_key += 1
         self.bytes += nbytes
 

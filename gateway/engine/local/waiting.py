@@ -85,6 +85,20 @@ class WaitingLine:
             self._wake.notify()
         return -1  # never "queued": nobody waits for it
 
+    def park(self, job: Job) -> bool:
+        """A warm-up taken, then made to give way to turns before its prefill ended (generation thread): it goes
+        back to the front of its line, to go on from the KV it had when the engine is idle again, and its session's
+        turn may cancel it again. False, and it is not lined up, where a newer one for its affinity waits or the line
+        is full (its KV is held all the same)."""
+        with self.lock:
+            waiting = [w for w in self._warm if not w.request.handle.cancelled.is_set()]
+            newer = any(w.request.affinity == job.request.affinity for w in waiting)
+            if self.stopping or newer or len(waiting) >= self.max_batch:
+                return False
+            job.request.handle.admitted.clear()
+            self._warm.appendleft(job)
+        return True
+
     def stop(self) -> None:
         """Refuse new turns; the generation thread cancels the waiting ones at its next step."""
         with self.lock:

@@ -11,7 +11,7 @@ import torch
 from gateway.engine.contract import ChatMessage, GenerationResult, SamplingParams
 from gateway.engine.local.engine import LocalEngine
 from gateway.engine.local.image_layout import ImageLayout, Stacked
-from gateway.engine.local.image_prefix import content_key, suffix_extras
+from gateway.engine.local.image_prefix import content_key, suffix_extras, whole_pictures
 from gateway.engine.local.prompt import ModelInputs
 from tests.unit.engine.test_prefix_cache import (
     engines as engines,  # the fixture: the same engine with reuse on and off
@@ -38,6 +38,14 @@ def test_image_tokens_are_keyed_by_the_picture() -> None:
     one, other = content_key(grid_prompt(("a" * 64, "b" * 64))), content_key(grid_prompt(("c" * 64, "b" * 64)))
     assert one is not None and other is not None
     assert one[:2] == other[:2] == (1, 2) and one[2] != other[2] and one[2] < 0 and one[4:6] == (3, 4)
+
+
+def test_a_held_part_cut_inside_a_picture_stops_before_it() -> None:
+    """A warm-up that gave way part-way is held up to the last picture it holds whole: a cut inside a picture's
+    span goes back to the span's start; a cut between text tokens, or at a span's end, stays."""
+    key = content_key(grid_prompt(("a" * 64, "b" * 64)))
+    assert key is not None
+    assert [whole_pictures(key, n) for n in range(len(key) + 1)] == [0, 1, 2, 2, 4, 5, 6, 7, 8]
 
 
 def test_text_prompts_key_as_their_token_ids_and_prompts_without_a_layout_are_not_keyed() -> None:

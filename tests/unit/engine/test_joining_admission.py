@@ -16,7 +16,8 @@ CHUNK = 256
 
 
 def waiting_row(new_tokens: int) -> Row:
-    return cast(Row, (object(), SimpleNamespace(prompt_tokens=new_tokens), None))
+    turn = SimpleNamespace(request=SimpleNamespace(warm_up=False))
+    return cast(Row, (turn, SimpleNamespace(prompt_tokens=new_tokens), None))
 
 
 def feed(joining: Joining, taken: list[Row]) -> None:
@@ -122,3 +123,17 @@ def test_with_nobody_decoding_only_a_prompt_longer_than_a_chunk_makes_the_rows_c
     off = Joining(0)
     off.waiting.append(waiting_row(2 * CHUNK))
     assert not off.chunked(False)
+
+
+def test_a_warm_up_is_fed_at_most_its_own_chunk_per_pass() -> None:
+    """A warm-up fills idle time, and a turn arriving waits for its pass: past `warm_up_chunk_tokens` it is fed a
+    chunk at a time even with nobody decoding, that many columns per pass; a turn of the same length is fed whole."""
+    joining = Joining(CHUNK, 64)
+    warm = cast(Row, (SimpleNamespace(request=SimpleNamespace(warm_up=True)), SimpleNamespace(prompt_tokens=100), None))
+    assert joining.long_row(warm) and not joining.long_row(waiting_row(100))
+    joining.waiting.append(warm)
+    assert joining.chunked(decoding=False)
+    joining.rows.seqs.append(warm[0])
+    joining.rows.ids.append(torch.zeros(100))
+    joining.waiting.clear()
+    assert joining.columns(True) == 64

@@ -31,6 +31,17 @@ def states(tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.zeros(1, 2, tokens, 4), torch.zeros(1, 2, tokens, 4)) for _ in range(2)]
 
 
+def test_a_warm_ups_entry_is_used_up_by_its_own_sessions_hit_only() -> None:
+    """A warm-up's entry (`once`) stays when another session's prompt shares only its opening (a system prompt),
+    and goes at its own session's first hit."""
+    cache = PrefixCache(1 << 20)
+    cache.store(None, (1, 2, 3, 4, 5), states(5), once=True, owner="s")
+    held = cache.lookup(None, (1, 2, 9, 9), "other")
+    assert held is not None and held.length == 2 and len(cache) == 1
+    held = cache.lookup(None, (1, 2, 3, 4, 7, 8), "s")
+    assert held is not None and held.length == 4 and len(cache) == 0
+
+
 def test_lookup_finds_the_longest_exact_prefix_within_an_adapter() -> None:
     """The longest common prefix wins, at least one token is left to prefill, adapters never mix."""
     cache = PrefixCache(1 << 20)
@@ -220,8 +231,10 @@ class Watched(PrefixCache):
     peak = 0
     peak_spilled = 0
 
-    def store(self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates, once: bool = False) -> None:
-        super().store(adapter, token_ids, layers, once)
+    def store(
+        self, adapter: str | None, token_ids: tuple[int, ...], layers: LayerStates, once: bool = False, owner: str | None = None
+    ) -> None:
+        super().store(adapter, token_ids, layers, once, owner)
         self.peak = max(self.peak, self.bytes)
         self.peak_spilled = max(self.peak_spilled, self.spilled_bytes)
 

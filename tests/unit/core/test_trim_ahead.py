@@ -1,0 +1,104 @@
+"""Trimming ahead: a turn's end near the context's edge fixes the next turn's drops and submits the prompt they leave as
+a warm-up; the next plans read that prompt; far from the edge, or with it off, nothing happens."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from gateway.config import Settings
+from gateway.core.frames_ahead import FramesAhead
+from gateway.core.session import Session, UserTurn
+from gateway.core.warm_ups import WarmUps
+from gateway.engine.contract import ChatMessage
+from gateway.metrics import LiveFrameCounters
+from tests.unit.core.test_session import chat, count_chars, texts
+from tests.unit.core.test_warm_ups import Holding
+
+
+async def test_a_trim_ahead_is_the_least_the_next_plans_drop_until_a_turn_drops_it() -> None:
+    """With the first kept turn fixed ahead, a plan that would fit as it is drops the turns before it all the same
+    (and says so); one that must drop more drops more; once a turn has dropped them, it is spent."""
+    session = Session(max_history_turns=10)
+    chat(session, "1", "2", "3", "4")
+    ahead = await session.plan(UserTurn(id="x", text=""), 2, 12, count_chars)  # 4 exchanges of 4 in 10: two drops
+    assert ahead.dropped_turns == 2
+    session.trim_ahead_at(ahead)
+    plan = await session.plan(UserTurn(id="5", text="u5"), 2, 100, count_chars)
+    assert plan.dropped_turns == 2 and texts(plan.messages)[0] == ("user", "u3")
+    assert (await session.plan(UserTurn(id="5", text="u5" * 5), 2, 16, count_chars)).dropped_turns == 3
+    session.drop_oldest(plan.dropped_turns)
+    assert session.trim_ahead is None
+    assert (await session.plan(UserTurn(id="6", text="u6"), 2, 100, count_chars)).dropped_turns == 0
+
+
+async def test_a_trim_ahead_whose_turn_has_left_the_path_is_ignored() -> None:
+    """An edit or a branch switch that takes the path elsewhere leaves no turn opening with the fixed item: no drops."""
+    session = Session(max_history_turns=10)
+    chat(session, "1", "2", "3")
+    session.trim_ahead_at(await session.plan(UserTurn(id="x", text=""), 2, 10, count_chars))
+    assert session.trim_ahead is not None
+    session.trim_ahead = "an item on no path"
+    assert (await session.plan(UserTurn(id="8", text="u8"), 2, 100, count_chars)).dropped_turns == 0
+
+
+class Counting(Holding):
+    """A holding engine with a small window whose token counts are characters."""
+
+    context_tokens = 40
+
+    async def count_prompt_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] = ()) -> int:
+        return await count_chars(messages)
+
+
+def trimming(engine: Holding, on: bool = True) -> tuple[WarmUps, LiveFrameCounters]:
+    counters = LiveFrameCounters(CollectorRegistry())
+    ahead = FramesAhead(engine, 4, 1)  # type: ignore[arg-type]
+    defaults: Any = lambda options: (4, None, ())  # noqa: E731 (max_tokens, adapter, tools)
+    settings = Settings(trim_ahead=on, trim_headroom=0.25)
+    return WarmUps(engine, settings, counters, ahead, defaults), counters  # type: ignore[arg-type]
+
+
+async def test_a_turns_end_near_the_edge_fixes_the_next_drops_and_submits_that_prompt_as_a_warm_up() -> None:
+    """Window 40, max_tokens 4, headroom 10: a turn ending with 30 tokens of prompt and reply is within the headroom.
+    The next turn asking nothing, with 2 kept for its question, must drop exchanges: they are fixed, and the prompt
+    they leave (ending in an empty user message) is submitted as a warm-up for the session; the next turn reads it."""
+    engine = Counting()
+    ups, counters = trimming(engine)
+    session = Session(max_history_turns=16)
+    chat(session, *"123456789")  # 9 exchanges of 4 characters: 36 over the 40 - 6 the next turn may have
+    ups.after_turn(session, 20, 2)  # far from the edge (40 - 4 - 10 = 26): nothing
+    await asyncio.sleep(0)
+    assert session.id not in ups and not engine.submitted
+    ups.after_turn(session, 30, 2)
+    await asyncio.wait_for(_submitted(engine), 10)
+    (warm_up,) = engine.submitted
+    assert warm_up.warm_up and warm_up.affinity == session.id and warm_up.params.max_tokens == 1
+    assert warm_up.messages[-1] == ChatMessage("user", "") and session.trim_ahead is not None
+    assert counters.trims_ahead._value.get() == 1
+    plan = await session.plan(UserTurn(id="10", text="u10"), 4, 40, count_chars, headroom=0.25)
+    assert plan.messages[:-1] == warm_up.messages[:-1] and plan.dropped_turns > 0
+
+
+async def test_no_trim_ahead_where_the_next_turn_fits_or_it_is_off() -> None:
+    """A history near the edge whose next turn still fits drops nothing ahead; with `trim_ahead` off nothing is
+    planned at all."""
+    engine = Counting()
+    ups, _ = trimming(engine)
+    session = Session(max_history_turns=16)
+    chat(session, "1", "2", "3", "4", "5")  # 20 characters: the next turn asking nothing fits within 40 - 4 - 2
+    ups.after_turn(session, 30, 2)
+    await asyncio.sleep(0.05)
+    assert not engine.submitted and session.trim_ahead is None
+    off, _ = trimming(engine, on=False)
+    chat(session, "6", "7", "8")
+    off.after_turn(session, 30, 2)
+    assert session.id not in off and not engine.submitted
+
+
+async def _submitted(engine: Holding) -> None:
+    while not engine.submitted:
+        await asyncio.sleep(0.005)
