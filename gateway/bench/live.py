@@ -114,12 +114,16 @@ async def _session(config: LiveConfig, index: int, frames: list[bytes], out: dic
 
 
 def _prefill(results: list[TurnResult]) -> dict[str, float]:
-    """Mean prompt tokens per turn, and how many of them came from held KV or were prefilled."""
-    usages = [r.done["usage"] for r in results if r.done and r.done.get("usage")]
+    """Mean prompt tokens per turn, and how many of them came from held KV or were prefilled; and the turns after
+    a session's first that prefilled more than half their prompt (`whole_prefills`): on a session at the context's
+    edge, a turn that dropped old exchanges and found no KV for what was left (`trim_ahead` is for them)."""
+    done = [r for r in results if r.done and r.done.get("usage")]
+    usages = [r.done["usage"] for r in done if r.done]
     prompt = sum(u["prompt_tokens"] for u in usages) / max(1, len(usages))
     cached = sum(u.get("cached_tokens", 0) for u in usages) / max(1, len(usages))
     means = {"prompt": prompt, "cached": cached, "prefilled": prompt - cached}
-    return {f"{name}_tokens_mean": round(value, 1) for name, value in means.items()}
+    whole = sum(1 for r, u in zip(done, usages) if not r.id.endswith(".1") and 2 * u.get("cached_tokens", 0) < u["prompt_tokens"])
+    return {**{f"{name}_tokens_mean": round(value, 1) for name, value in means.items()}, "whole_prefills": whole}
 
 
 _ENCODER = re.compile(r"^gateway_encoder_(passes|seconds) (\S+)$", re.MULTILINE)
@@ -134,6 +138,7 @@ def _encoder_reading(text: str) -> tuple[float, float, float]:
 
 
 _WARM_UPS = re.compile(r"^gateway_live_warm_ups(_dropped)?_total (\S+)$", re.MULTILINE)
+_TRIMS = re.compile(r"^gateway_trims_ahead_total (\S+)$", re.MULTILINE)
 _OUTCOMES = ("accepted", "merged", "dropped")
 _FRAMES = re.compile(r"^gateway_live_frames_(accepted|merged|dropped)_total (\S+)$", re.MULTILINE)
 
@@ -144,10 +149,12 @@ def _frames_reading(text: str) -> dict[str, float]:
     return {outcome: float(value) for outcome, value in _FRAMES.findall(text)}
 
 
-def _warm_up_reading(text: str) -> tuple[float, float]:
-    """Live warm-ups so far (gateway/core/warm_ups.py): those prefilled to the end, and those dropped."""
+def _warm_up_reading(text: str) -> tuple[float, float, float]:
+    """Live warm-ups so far (gateway/core/warm_ups.py): those prefilled to the end, those dropped; and histories
+    trimmed ahead of their next turn."""
     counts = {bool(dropped): float(value) for dropped, value in _WARM_UPS.findall(text)}
-    return counts.get(False, 0.0), counts.get(True, 0.0)
+    trims = _TRIMS.search(text)
+    return counts.get(False, 0.0), counts.get(True, 0.0), float(trims.group(1)) if trims else 0.0
 
 
 async def _metrics(url: str) -> str:
@@ -316,6 +323,7 @@ async def run_live(
         # Sessions' next live turns prefilled ahead while the engine was idle, and those dropped (their own turn came
         # first, or the engine's line was full): the prefill a live turn saves shows in live_turn_prefill.
         "warm_ups": {"prefilled": int(warm_after[0] - warm_before[0]), "dropped": int(warm_after[1] - warm_before[1])},
+        "trims_ahead": int(warm_after[2] - warm_before[2]),
         "text_turn_prefill": _prefill(out["text"]),
         "rss_growth_per_session_bytes": (rss_after - rss_before) // config.sessions if rss_before and rss_after else None,
         # Each half of the run's growth: a window holds a bounded number of frames, and the engine's caches a bounded
