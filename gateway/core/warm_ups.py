@@ -69,14 +69,17 @@ class WarmUps:
         (`Session.trim_ahead`) and re-prefill the prompt they leave while the engine is idle (a warm-up: a chunk
         at a time, giving way to every turn), so the turn that would have prefilled it whole finds its KV held.
         Whichever turn comes next, a live question or a text one, reads that prompt: both start with the history.
-        `max_tokens`: what the turn asked for, taken as the next one's (None: the session's default). A warm-up
-        still under way for the session is stale now (its prompt lacks this exchange): it goes."""
+        Likewise where the session's live timeline is so full that its next live turn would shed old exchanges'
+        frames (`_sheds`): they are shed now, and the prompt re-prefilled ahead. `max_tokens`: what the turn asked
+        for, taken as the next one's (None: the session's default). A warm-up still under way for the session is
+        stale now (its prompt lacks this exchange): it goes."""
         session.asked_max_tokens = max_tokens
         if not self.trims_ahead:
             return
         window = self.engine.context_tokens
         max_tokens = max_tokens if max_tokens is not None else self.defaults(session.defaults)[0]
-        if prompt_tokens + reply_tokens < window - max_tokens - self.settings.trim_headroom_tokens(window):
+        near = prompt_tokens + reply_tokens >= window - max_tokens - self.settings.trim_headroom_tokens(window)
+        if not near and not self._sheds(session):
             return
         running = self._running.pop(session.id, None)
         if running is not None:
@@ -87,10 +90,22 @@ class WarmUps:
         self._running[session.id] = (task, handle)
         task.add_done_callback(lambda _: self._ended(session.id, task))
 
+    def _sheds(self, session: Session) -> bool:
+        """Whether the session's next live turn, its window full, would shed old exchanges' frames from its timeline
+        (`LiveTimeline.begin`): the prompt's opening would change there, as at a trim."""
+        timeline = session.timeline
+        return timeline.frames > 0 and timeline.frames + self.settings.live_window_frames > timeline.max_frames
+
     async def _trim_ahead(self, session: Session, handle: TurnHandle, max_tokens: int) -> None:
-        """Plan the next turn as one asking nothing, with room kept for its question (half the headroom: a live
-        question brings its new frames); where that drops exchanges, fix them and submit its prompt as a warm-up."""
+        """Shed the timeline's oldest frames where the next live turn would (as it would: until half its frames
+        remain, a full window's included); plan the next turn as one asking nothing, with room kept for its question
+        (half the headroom: a live question brings its new frames), fixing the exchanges that drops; where either
+        changed the prompt, submit it as a warm-up."""
         settings, engine = self.settings, self.engine
+        timeline, window_frames = session.timeline, settings.live_window_frames
+        shed = self._sheds(session)
+        if shed:
+            timeline.shed(lambda: timeline.frames + window_frames <= timeline.max_frames // 2)
         _, adapter, tools = self.defaults(session.defaults)
         window = engine.context_tokens
         room = max_tokens + settings.trim_headroom_tokens(window) // 2
@@ -105,8 +120,9 @@ class WarmUps:
             plan = await session.plan(turn, room, window, count, None, settings.trim_headroom, timeline=preview)
         except GatewayError:
             return
-        if not self._fix_drops(session, path, plan):
+        if not self._fix_drops(session, path, plan) and not shed:
             return
+        self.counters.trims_ahead.inc()
         ended: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
         request = GenerationRequest(
             plan.messages, SamplingParams(temperature=0.0, max_tokens=1), handle, adapter, session.id, tools, warm_up=True
@@ -208,7 +224,6 @@ class WarmUps:
         if plan.dropped_turns == 0 or path != [item.id for item in session.conversation.path]:
             return False
         session.trim_ahead_at(plan)
-        self.counters.trims_ahead.inc()
         return True
 
     async def _prompt(self, session: Session, view: LiveView) -> tuple[list[ChatMessage], str | None, Tools]:
@@ -231,7 +246,8 @@ class WarmUps:
 
         window, headroom = self.engine.context_tokens, settings.trim_headroom
         plan = await session.plan(prompted, max_tokens, window, count, None, headroom, timeline=preview)
-        self._fix_drops(session, path, plan)
+        if self._fix_drops(session, path, plan):
+            self.counters.trims_ahead.inc()
         return plan.messages, adapter, tools
 
 

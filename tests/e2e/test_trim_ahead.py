@@ -70,11 +70,13 @@ def question(n: int) -> str:
 
 
 async def until_a_turn_drops(client: GatewayClient, server: RunningServer, seen: Submissions) -> tuple[TurnResult, int]:
-    """Turns until one drops old exchanges: it, and how many trims ahead the server made before it (their warm-ups
-    awaited to their end first, as an idle engine would finish them before a client's next turn)."""
+    """Turns until one drops old exchanges: it, and how many trims ahead the server made before it (each turn's
+    awaited to its warm-up's end first, as an idle engine would finish it before a client's next turn; a turn
+    arriving while one is still planned cancels it)."""
+    assert server.app.state.runtime.turns is not None and client.ready is not None
+    warm_ups, session = server.app.state.runtime.turns.warm_ups, client.ready["session"]
     for n in range(1, 40):
-        submitted = sum(1 for request in seen.requests if request.warm_up)
-        await wait_until(lambda: len(seen.warm_ups) == submitted)  # noqa: B023 (awaited here, in this iteration)
+        await wait_until(lambda: session not in warm_ups)
         result = await client.turn(f"t{n}", question(n), **REPLY)
         assert result.accepted is not None and result.done is not None
         if result.accepted["dropped_turns"] > 0:
@@ -102,7 +104,7 @@ async def test_the_turn_after_a_trim_ahead_prefills_only_its_message_and_replies
     warm_up = [request for request in seen.requests if request.warm_up][-1]
     asked = seen.requests[-1]
     assert not asked.warm_up and warm_up.messages[:-1] == asked.messages[:-1] and warm_up.messages[-1].text == ""
-    assert seen.warm_ups[-1].finish_reason == "length"
+    assert seen.warm_ups and seen.warm_ups[-1].finish_reason == "length"
     own = prefilled(dropping)
     assert own <= 40 < dropping.done["usage"]["prompt_tokens"]  # type: ignore[index]
 

@@ -15,8 +15,12 @@ from gateway.core.session import Session, UserTurn
 from gateway.core.warm_ups import WarmUps
 from gateway.engine.contract import ChatMessage
 from gateway.metrics import LiveFrameCounters
+from tests.unit.core.test_live_timeline import live_turn, view
 from tests.unit.core.test_session import chat, count_chars, texts
 from tests.unit.core.test_warm_ups import Holding
+from tests.unit.engine.test_prefix_cache import engines
+
+__all__ = ["engines"]  # the fixture: the demo engine with KV reuse on and off
 
 
 async def test_a_trim_ahead_is_the_least_the_next_plans_drop_until_a_turn_drops_it() -> None:
@@ -102,3 +106,26 @@ async def test_no_trim_ahead_where_the_next_turn_fits_or_it_is_off() -> None:
 async def _submitted(engine: Holding) -> None:
     while not engine.submitted:
         await asyncio.sleep(0.005)
+
+
+async def test_a_timeline_that_the_next_live_turn_would_shed_is_shed_ahead_and_its_prompt_prefilled(engines: Any) -> None:
+    """Far from the context's edge, a session whose live timeline holds so many frames that its next live turn (its
+    window full) would shed old exchanges' frames sheds them at the turn's end, as that turn would (until half
+    remain, the window included), and the prompt that leaves (those exchanges read as their summaries) is submitted
+    as a warm-up: the next live turn's `begin` sheds nothing more."""
+    warm, _ = engines
+    session = Session(max_history_turns=16)
+    session.timeline.max_frames = 4
+    await live_turn(warm, session, "l1", view(0, 1))
+    await live_turn(warm, session, "l2", view(2, 3))
+    engine = Holding()
+    counters = LiveFrameCounters(CollectorRegistry())
+    defaults: Any = lambda options: (4, None, ())  # noqa: E731 (max_tokens, adapter, tools)
+    settings = Settings(live_window_frames=2)
+    ups = WarmUps(engine, settings, counters, FramesAhead(engine, 4, 1), defaults)  # type: ignore[arg-type]
+    assert session.timeline.frames == 4
+    ups.after_turn(session, 50, 2)
+    await asyncio.wait_for(_submitted(engine), 10)
+    (warm_up,) = engine.submitted
+    assert session.timeline.frames == 0 and not any(message.images for message in warm_up.messages)
+    assert counters.trims_ahead._value.get() == 1 and session.trim_ahead is None
