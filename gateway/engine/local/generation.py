@@ -60,9 +60,8 @@ class Generation:
         self.threads = threads
         self.compiled = compiled  # the compiled decode step (engine_compile), or None: eager
         self.tokens_generated = 0
-        self.joining = Joining(
-            chunk_tokens, warm_up_chunk_tokens
-        )  # text prompts prefilled a chunk per step beside the decoding batch
+        # Prompts prefilled a chunk per step beside the decoding batch (and long ones, and warm-ups, when idle).
+        self.joining = Joining(chunk_tokens, warm_up_chunk_tokens)
         self.clock = PhaseClock()  # the engine profile
         self.busy = threading.Event()  # set while any turn is on the model
         self.abort = threading.Event()  # set to cut running turns short (after stop's grace)
