@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -94,13 +95,14 @@ class WarmUps:
         """Whether the session's next live turn, its window full, would shed old exchanges' frames from its timeline
         (`LiveTimeline.begin`): the prompt's opening would change there, as at a trim."""
         timeline = session.timeline
-        return timeline.frames > 0 and timeline.frames + self.settings.live_window_frames > timeline.max_frames
+        sooner = int(spread(session.id) * (timeline.max_frames // 4))  # see `spread`
+        return timeline.frames > 0 and timeline.frames + self.settings.live_window_frames > timeline.max_frames - sooner
 
     async def _trim_ahead(self, session: Session, handle: TurnHandle, max_tokens: int) -> None:
         """Shed the timeline's oldest frames where the next live turn would (as it would: until half its frames
         remain, a full window's included); plan the next turn as one asking nothing, with room kept for its question
-        (half the headroom: a live question brings its new frames), fixing the exchanges that drops; where either
-        changed the prompt, submit it as a warm-up."""
+        (half the headroom, a live question bringing its new frames, and up to half more by the session's `spread`),
+        fixing the exchanges that drops; where either changed the prompt, submit it as a warm-up."""
         settings, engine = self.settings, self.engine
         timeline, window_frames = session.timeline, settings.live_window_frames
         shed = self._sheds(session)
@@ -108,7 +110,8 @@ class WarmUps:
             timeline.shed(lambda: timeline.frames + window_frames <= timeline.max_frames // 2)
         _, adapter, tools = self.defaults(session.defaults)
         window = engine.context_tokens
-        room = max_tokens + settings.trim_headroom_tokens(window) // 2
+        headroom = settings.trim_headroom_tokens(window)
+        room = max_tokens + headroom // 2 + int(spread(session.id) * headroom / 2)
         path = [item.id for item in session.conversation.path]
 
         async def count(messages: Sequence[ChatMessage]) -> int:
@@ -249,6 +252,15 @@ class WarmUps:
         if self._fix_drops(session, path, plan):
             self.counters.trims_ahead.inc()
         return plan.messages, adapter, tools
+
+
+def spread(session_id: str) -> float:
+    """The session's own share in [0, 1), the same at every call: how much sooner, within the headroom (or a quarter
+    of the timeline's frames), it trims ahead. Sessions that run the same loop reach the context's edge in the same
+    round, and their re-prefills ahead together need more idle time than the engine has: in a 240 s `gateway bench
+    --live`, 8 sessions trimmed at the same round, and the text turns after 16 of those trims found nothing of their
+    prompt prefilled. Spread, their trims fall in different rounds."""
+    return int(hashlib.sha256(session_id.encode()).hexdigest()[:8], 16) / 2**32
 
 
 class _Ended:

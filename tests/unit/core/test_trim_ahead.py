@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from gateway.config import Settings
 from gateway.core.frames_ahead import FramesAhead
 from gateway.core.session import Session, UserTurn
-from gateway.core.warm_ups import WarmUps
+from gateway.core.warm_ups import WarmUps, spread
 from gateway.engine.contract import ChatMessage
 from gateway.metrics import LiveFrameCounters
 from tests.unit.core.test_live_timeline import live_turn, view
@@ -129,3 +129,28 @@ async def test_a_timeline_that_the_next_live_turn_would_shed_is_shed_ahead_and_i
     (warm_up,) = engine.submitted
     assert session.timeline.frames == 0 and not any(message.images for message in warm_up.messages)
     assert counters.trims_ahead._value.get() == 1 and session.trim_ahead is None
+
+
+def test_a_sessions_spread_is_its_own_and_sessions_spread_over_it() -> None:
+    """The same session id gives the same share every time, within [0, 1); a hundred sessions' shares fall in every
+    fifth of it (so sessions running one loop trim in different rounds)."""
+    shares = [spread(f"session-{n}") for n in range(100)]
+    assert shares == [spread(f"session-{n}") for n in range(100)] and all(0 <= share < 1 for share in shares)
+    assert {int(share * 5) for share in shares} == {0, 1, 2, 3, 4}
+
+
+async def test_of_two_sessions_with_the_same_history_the_one_spread_further_trims_ahead_sooner() -> None:
+    """Window 40, max_tokens 4, headroom 10: one session keeps room for its question of 5 (spread near 0), the other
+    up to 10 (spread near 1); with 28 tokens of history the second trims ahead and the first does not yet."""
+    ids = [f"s{n}" for n in range(1000)]
+    early, late = next(i for i in ids if spread(i) > 0.9), next(i for i in ids if spread(i) < 0.1)
+    engine = Counting()
+    ups, _ = trimming(engine)
+    sessions = [Session(max_history_turns=16, id=early), Session(max_history_turns=16, id=late)]
+    for session in sessions:
+        chat(session, *"1234567")  # 28 characters
+        ups.after_turn(session, 30, 2)
+    await asyncio.wait_for(_submitted(engine), 10)
+    await asyncio.sleep(0.05)
+    assert [request.affinity for request in engine.submitted] == [early]
+    assert sessions[0].trim_ahead is not None and sessions[1].trim_ahead is None
