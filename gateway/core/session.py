@@ -180,11 +180,14 @@ class Session:
         """The turns before the one a trim ahead keeps first (none where it is no longer a turn's first)."""
         return next((n for n, items in enumerate(turns) if items[0].id == self.trim_ahead), 0)
 
-    def trim_ahead_at(self, plan: PromptPlan) -> None:
-        """Make `plan`'s drops (a plan on this session's path, just made) the next plans' least: its first kept turn."""
+    def trim_ahead_at(self, plan: PromptPlan) -> bool:
+        """Make `plan`'s drops (a plan on this session's path, just made) the next plans' least: its first kept turn.
+        False where it drops none, or all (nothing of the history would be left to prefill ahead)."""
         turns = split_turns(self.conversation.path)
-        if 0 < plan.dropped_turns < len(turns):
-            self.trim_ahead = turns[plan.dropped_turns][0].id
+        if not 0 < plan.dropped_turns < len(turns):
+            return False
+        self.trim_ahead = turns[plan.dropped_turns][0].id
+        return True
 
     def drop_oldest(self, n: int) -> None:
         if n > 0:

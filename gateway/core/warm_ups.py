@@ -224,10 +224,7 @@ class WarmUps:
     def _fix_drops(self, session: Session, path: list[str], plan: PromptPlan) -> bool:
         """Whether `plan` (made on `path`, the session's path when its planning began) drops exchanges, and if so
         and the path is unchanged, fix them as the next turns' least (`Session.trim_ahead`): they read its prompt."""
-        if plan.dropped_turns == 0 or path != [item.id for item in session.conversation.path]:
-            return False
-        session.trim_ahead_at(plan)
-        return True
+        return path == [item.id for item in session.conversation.path] and session.trim_ahead_at(plan)
 
     async def _prompt(self, session: Session, view: LiveView) -> tuple[list[ChatMessage], str | None, Tools]:
         """The messages a live turn with no text of its own would be prompted with now (as core/prompts.py and

@@ -154,3 +154,15 @@ async def test_of_two_sessions_with_the_same_history_the_one_spread_further_trim
     await asyncio.sleep(0.05)
     assert [request.affinity for request in engine.submitted] == [early]
     assert sessions[0].trim_ahead is not None and sessions[1].trim_ahead is None
+
+
+async def test_no_trim_ahead_where_the_next_turn_would_drop_the_whole_history() -> None:
+    """A turn that asked for nearly the whole window (a long reply) leaves a next turn asking as much no room for any
+    exchange: dropping them all leaves nothing to prefill ahead, so nothing is fixed or submitted."""
+    engine = Counting()
+    ups, counters = trimming(engine)
+    session = Session(max_history_turns=16)
+    chat(session, "1")
+    ups.after_turn(session, 4, 30, max_tokens=30)
+    await asyncio.sleep(0.05)
+    assert not engine.submitted and session.trim_ahead is None and counters.trims_ahead._value.get() == 0
