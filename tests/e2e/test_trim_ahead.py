@@ -17,6 +17,7 @@ from gateway.engine.contract import GenerationRequest, GenerationResult, TurnHan
 from gateway.engine.local.engine import LocalEngine
 from gateway.engine.local.loader import load_model
 from tests.conftest import DemoDirs, RunningServer, start_server, wait_until
+from tests.unit.engine.test_engine import Collector
 
 REPLY = {"temperature": 0, "max_tokens": 8, "ignore_eos": True}
 
@@ -111,7 +112,7 @@ async def test_the_turn_after_a_trim_ahead_prefills_only_its_message_and_replies
     cold = LocalEngine(load_model(demo_dirs.model), kv_cache_bytes=0)
     cold.start()
     try:
-        sink = Collected()
+        sink = Collector()
         cold.submit(GenerationRequest(asked.messages, asked.params), sink)
         assert (await asyncio.wait_for(sink.done, 60)).text == dropping.text
     finally:
@@ -122,19 +123,3 @@ async def test_the_turn_after_a_trim_ahead_prefills_only_its_message_and_replies
         dropped, trims = await until_a_turn_drops(client, at_turn, other)
     assert trims == 0 and not any(request.warm_up for request in other.requests)
     assert prefilled(dropped) > 4 * own
-
-
-class Collected:
-    """A sink keeping a turn's end."""
-
-    def __init__(self) -> None:
-        self.done: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
-
-    def on_queued(self, position: int) -> None:
-        pass
-
-    def on_token(self, text: str) -> None:
-        pass
-
-    def on_done(self, result: GenerationResult) -> None:
-        self.done.set_result(result)

@@ -53,6 +53,16 @@ async def asked(engine: LocalEngine, messages: list[ChatMessage], session: str) 
     return await asyncio.wait_for(sink.done, 60)
 
 
+async def cold_reply(demo_dirs: DemoDirs, messages: list[ChatMessage]) -> tuple[int, ...]:
+    """The greedy reply of an engine holding nothing (reuse off)."""
+    cold = LocalEngine(load_model(demo_dirs.model), kv_cache_bytes=0)
+    cold.start()
+    try:
+        return (await generate(cold, messages)).token_ids
+    finally:
+        await asyncio.to_thread(cold.stop)
+
+
 LONG = [ChatMessage("system", "You are terse."), ChatMessage("user", "tell me about the weather in the hills today " * 12)]
 
 
@@ -126,12 +136,7 @@ async def test_a_long_warm_up_is_fed_a_chunk_at_a_time_and_its_question_prefills
     await wait_until(lambda: len(chunked.prefix_cache) == 1)
     question = [*LONG[:1], ChatMessage("user", LONG[1].text + "Is it raining?")]
     answered = await asked(chunked, question, "s")
-    cold = LocalEngine(load_model(demo_dirs.model), kv_cache_bytes=0)
-    cold.start()
-    try:
-        assert answered.token_ids == (await generate(cold, question)).token_ids
-    finally:
-        await asyncio.to_thread(cold.stop)
+    assert answered.token_ids == await cold_reply(demo_dirs, question)
     assert answered.prompt_tokens - answered.cached_tokens <= 12
 
 
@@ -203,10 +208,5 @@ async def test_a_warm_up_with_pictures_that_gave_way_part_way_leaves_its_questio
     assert warmed_up.finish_reason == "length" and 0 < warmed_up.cached_tokens < warmed_up.prompt_tokens
     question = [*history, ChatMessage("user", "[camera, 1.000 s] [camera, 1.500 s]\nWhat moved?", frames)]
     answered = await asked(chunked, question, "s")
-    cold = LocalEngine(load_model(demo_dirs.model), kv_cache_bytes=0)
-    cold.start()
-    try:
-        assert answered.token_ids == (await generate(cold, question)).token_ids
-    finally:
-        await asyncio.to_thread(cold.stop)
+    assert answered.token_ids == await cold_reply(demo_dirs, question)
     assert answered.prompt_tokens - answered.cached_tokens <= 12
