@@ -53,6 +53,9 @@ class Session:
     # The first item a trim ahead keeps (core/warm_ups.py): the next plans drop at least the turns before it, so the
     # prompt it re-prefilled while the engine idled is the one the next turn reads. In memory only.
     trim_ahead: str | None = None
+    _trimmed_on: tuple[str, ...] = field(
+        init=False, default=()
+    )  # the path (item ids) it was fixed on: it holds while the path extends that
     asked_max_tokens: int | None = None  # the last turn's `max_tokens`: the next one's likely (core/warm_ups.py)
     _numbers: dict[str, int] = field(init=False, default_factory=dict)  # a reply's item id: its exchange's number
 
@@ -177,7 +180,13 @@ class Session:
         return len(turns)
 
     def _dropped_ahead(self, turns: list[list[Item]]) -> int:
-        """The turns before the one a trim ahead keeps first (none where it is no longer a turn's first)."""
+        """The turns before the one a trim ahead keeps first: none where the path no longer extends the one it was
+        fixed on (an edit, a deletion or a switch of branch since: the history it was sized for is not this one)."""
+        if self.trim_ahead is None:
+            return 0
+        path = tuple(item.id for items in turns for item in items)
+        if path[: len(self._trimmed_on)] != self._trimmed_on:
+            return 0
         return next((n for n, items in enumerate(turns) if items[0].id == self.trim_ahead), 0)
 
     def trim_ahead_at(self, plan: PromptPlan) -> bool:
@@ -187,6 +196,7 @@ class Session:
         if not 0 < plan.dropped_turns < len(turns):
             return False
         self.trim_ahead = turns[plan.dropped_turns][0].id
+        self._trimmed_on = tuple(item.id for item in self.conversation.path)
         return True
 
     def drop_oldest(self, n: int) -> None:

@@ -139,7 +139,7 @@ class Generation:
                 continue
             try:
                 built = self.loaded.prompt.build(job.request.messages, job.request.tools)
-                if job.request.warm_up and self._warm_up_too_long(job, built):
+                if job.request.warm_up and self._warm_up_too_long(batch, job, built):
                     self._finish(seq, "cancelled")
                     continue
                 ready.append((seq, built))
@@ -174,16 +174,20 @@ class Generation:
                 run = partial(batch.prefill_on, seq, item, held) if held else partial(batch.prefill, seq, item)
                 self._prefill_group(batch, [seq], run)
 
-    def _warm_up_too_long(self, job: Job, inputs: ModelInputs) -> bool:
-        """Whether a warm-up is dropped unrun: where nothing of it could be held, or, with chunking off, where it
-        would prefill more than `_WARM_UP_TOKENS` in its one pass (a turn arriving would wait for all of it). With
-        chunking on, a long one is fed a chunk at a time and gives way to turns (`_warm_ups_give_way`)."""
+    def _warm_up_too_long(self, batch: Batch, job: Job, inputs: ModelInputs) -> bool:
+        """Whether a warm-up is dropped unrun: where nothing of it could be held, or where it would prefill more
+        than a chunk (`_WARM_UP_TOKENS` with chunking off) in one pass that a turn arriving would wait for all of:
+        with chunking off, and for prompts prefilled alone (every prompt on a cross-attention model, image prompts
+        on families that do not splice pictures into the embeddings). Otherwise a long one is fed a chunk at a time
+        and gives way to turns (`_warm_ups_give_way`)."""
         key = content_key(inputs) if self.prefix_cache.max_bytes > 0 else None
         if key is None:
             return True
-        if self.joining.chunk_tokens > 0:
+        alone = batch.cross_attention or (bool(inputs.extras) and not batch.splices)
+        if self.joining.chunk_tokens > 0 and not alone:
             return False
-        return len(key) - self.prefix_cache.held_length(job.request.adapter, key) > _WARM_UP_TOKENS
+        limit = self.joining.chunk_tokens if self.joining.chunk_tokens > 0 else _WARM_UP_TOKENS
+        return len(key) - self.prefix_cache.held_length(job.request.adapter, key) > limit
 
     def _warm_ups_give_way(self, batch: Batch, admitted: list[Job]) -> None:
         """Warm-ups fill idle time only. One whose prefill is under way a chunk at a time stops when any turn is on
@@ -194,10 +198,12 @@ class Generation:
         rows, joining = self.joining.rows, self.joining
         turns = [job.request for job in admitted if not job.request.warm_up]
         turns += [seq.request for seq in batch.sequences + joining.sequences() if not seq.request.warm_up]
+        # Turns still in the line too: with `max_batch` 1 the warm-up's row holds the one place they wait for.
+        waiting = bool(turns) or len(self.line) > 0
         stopping = [
-            row for row, seq in enumerate(rows.seqs) if seq.request.warm_up and (turns or seq.request.handle.cancelled.is_set())
+            row for row, seq in enumerate(rows.seqs) if seq.request.warm_up and (waiting or seq.request.handle.cancelled.is_set())
         ]
-        unfed = [i for i, seq in enumerate(joining.waiting_sequences()) if seq.request.warm_up] if turns else []
+        unfed = [i for i, seq in enumerate(joining.waiting_sequences()) if seq.request.warm_up] if waiting else []
         if not stopping and not unfed:
             return
         seqs = [rows.seqs[row] for row in stopping] + [joining.waiting[i][0] for i in unfed]

@@ -69,6 +69,9 @@ class WaitingLine:
                 raise EngineFull()
             if self.stopping or ahead >= self.queue_size:
                 raise EngineFull()
+            for warm in self._warm:  # its session's own turn: a warm-up waiting (or given way) is stale now
+                if job.request.affinity is not None and warm.request.affinity == job.request.affinity:
+                    warm.request.handle.cancel()
             self._waiting.append(job)
             self._wake.notify()
         return ahead

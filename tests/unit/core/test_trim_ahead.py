@@ -39,6 +39,17 @@ async def test_a_trim_ahead_is_the_least_the_next_plans_drop_until_a_turn_drops_
     assert (await session.plan(UserTurn(id="6", text="u6"), 2, 100, count_chars)).dropped_turns == 0
 
 
+async def test_a_trim_ahead_holds_only_while_the_path_extends_the_one_it_was_fixed_on() -> None:
+    """Sized for the history it was planned on: a deletion since (or an edit, a switch of branch) leaves a shorter or
+    another path, and the next plan drops nothing for it, though its item still opens a turn."""
+    session = Session(max_history_turns=10)
+    chat(session, "1", "2", "3", "4")
+    session.trim_ahead_at(await session.plan(UserTurn(id="x", text=""), 2, 12, count_chars))
+    assert (await session.plan(UserTurn(id="5", text="u5"), 2, 100, count_chars)).dropped_turns == 2
+    session.delete(session.conversation.path[-1].id)  # the last reply
+    assert (await session.plan(UserTurn(id="5", text="u5"), 2, 100, count_chars)).dropped_turns == 0
+
+
 async def test_a_trim_ahead_whose_turn_has_left_the_path_is_ignored() -> None:
     """An edit or a branch switch that takes the path elsewhere leaves no turn opening with the fixed item: no drops."""
     session = Session(max_history_turns=10)
@@ -75,7 +86,6 @@ async def test_a_turns_end_near_the_edge_fixes_the_next_drops_and_submits_that_p
     session = Session(max_history_turns=16)
     chat(session, *"123456789")  # 9 exchanges of 4 characters: 36 over the 40 - 6 the next turn may have
     ups.after_turn(session, 20, 2)  # far from the edge (40 - 4 - 10 = 26): nothing
-    await asyncio.sleep(0)
     assert session.id not in ups and not engine.submitted
     ups.after_turn(session, 30, 2)
     await asyncio.wait_for(_submitted(engine), 10)
@@ -95,12 +105,19 @@ async def test_no_trim_ahead_where_the_next_turn_fits_or_it_is_off() -> None:
     session = Session(max_history_turns=16)
     chat(session, "1", "2", "3", "4", "5")  # 20 characters: the next turn asking nothing fits within 40 - 4 - 2
     ups.after_turn(session, 30, 2)
-    await asyncio.sleep(0.05)
+    await planned(ups, session)
     assert not engine.submitted and session.trim_ahead is None
     off, _ = trimming(engine, on=False)
     chat(session, "6", "7", "8")
     off.after_turn(session, 30, 2)
     assert session.id not in off and not engine.submitted
+
+
+async def planned(ups: WarmUps, session: Session) -> None:
+    """Until the session's trim ahead (started by `after_turn`, and held in `_running` until it ends) has ended."""
+    running = ups._running.get(session.id)
+    if running is not None:
+        await asyncio.wait_for(running[0], 10)
 
 
 async def _submitted(engine: Holding) -> None:
@@ -151,7 +168,7 @@ async def test_of_two_sessions_with_the_same_history_the_one_spread_further_trim
         chat(session, *"1234567")  # 28 characters
         ups.after_turn(session, 30, 2)
     await asyncio.wait_for(_submitted(engine), 10)
-    await asyncio.sleep(0.05)
+    await planned(ups, sessions[1])
     assert [request.affinity for request in engine.submitted] == [early]
     assert sessions[0].trim_ahead is not None and sessions[1].trim_ahead is None
 
@@ -164,5 +181,5 @@ async def test_no_trim_ahead_where_the_next_turn_would_drop_the_whole_history() 
     session = Session(max_history_turns=16)
     chat(session, "1")
     ups.after_turn(session, 4, 30, max_tokens=30)
-    await asyncio.sleep(0.05)
+    await planned(ups, session)
     assert not engine.submitted and session.trim_ahead is None and counters.trims_ahead._value.get() == 0

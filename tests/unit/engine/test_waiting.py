@@ -170,6 +170,31 @@ def test_a_newer_warm_up_replaces_the_sessions_waiting_one_and_they_are_bounded(
     assert taken == [new] and cancelled == [old]
 
 
+def test_a_sessions_turn_cancels_its_warm_up_waiting_or_given_way_and_a_parked_one_goes_first(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """A warm-up that gave way (`park`) goes back to the front of its line, taken again when idle; its own session's
+    turn, once offered, cancels it there (its prompt is stale, whatever the turn service knew of it), and another
+    session's turn does not. Past max_batch waiting warm-ups, or behind a newer one of its session, none is parked."""
+    line = WaitingLine(queue_size=8, max_batch=2, max_prefills_per_step=2)
+    first, other = warm_up(loop, "a"), warm_up(loop, "b")
+    line.offer(first)
+    line.offer(other)
+    assert line.take(active=0, idle_s=0)[0] == [first]
+    assert line.park(first) and not first.request.handle.admitted.is_set()
+    assert line.take(active=0, idle_s=0)[0] == [first]  # ahead of the one that waited all along
+    assert line.park(first)
+    turn = Job(GenerationRequest([ChatMessage("user", "hi")], SamplingParams(), affinity="a"), Sink(), loop)
+    line.offer(turn)
+    assert first.request.handle.cancelled.is_set() and not other.request.handle.cancelled.is_set()
+    taken, cancelled, _ = line.take(active=0, idle_s=0)
+    assert taken == [turn] and cancelled == [first]
+    newer = warm_up(loop, "b")
+    line.offer(newer)  # replaces the older of session b
+    assert not line.park(warm_up(loop, "b")) and line.park(warm_up(loop, "c"))
+    assert not line.park(warm_up(loop, "d"))  # two wait already
+
+
 def test_waiting_warm_ups_wake_an_idle_line_and_go_when_it_stops(loop: asyncio.AbstractEventLoop) -> None:
     """An idle generation thread wakes for a warm-up; stopping cancels those still waiting."""
     line = WaitingLine(queue_size=8, max_batch=4, max_prefills_per_step=4)

@@ -98,12 +98,15 @@ class Passes:
             self.reached.set()
             self.released.wait(60)
 
-    async def hold_at(self, n: int) -> None:
-        """Wait until the model's n-th pass from now has begun; it goes on at `release`."""
+    def hold_at(self, n: int) -> None:
+        """The model's n-th pass from now waits, once begun, until `release` (set before the work is submitted)."""
         self.reached.clear()
         self.released.clear()
         self.hold = len(self.columns) + n
-        await asyncio.to_thread(self.reached.wait, 60)
+
+    async def held(self) -> None:
+        """Until the pass `hold_at` named has begun (it must: the work is longer than that)."""
+        assert await asyncio.to_thread(self.reached.wait, 60), "the held pass never came"
 
     def release(self) -> None:
         self.released.set()
@@ -144,8 +147,9 @@ async def test_a_long_warm_up_gives_way_to_a_turn_and_goes_on_from_what_it_was_f
     """A turn arriving while a long warm-up is fed does not wait for the rest of it: the turn ends first, and the
     warm-up then goes on from the KV it had (its cached tokens are the chunks fed before it gave way)."""
     passes = Passes(chunked)
+    passes.hold_at(2)
     sink, _ = warm_up(chunked, LONG, "warming")
-    await passes.hold_at(2)
+    await passes.held()
     turn = Collector()
     chunked.submit(
         GenerationRequest([ChatMessage("user", "hi")], SamplingParams(temperature=0, max_tokens=3), affinity="other"), turn
@@ -169,14 +173,16 @@ async def test_a_long_warm_up_cancelled_or_met_by_its_own_turn_leaves_what_it_wa
     """Its session's turn arriving ends a long warm-up under way (it is not resumed after), and the turn goes on
     from the KV the warm-up was fed; one cancelled while fed keeps that KV too."""
     passes = Passes(chunked)
+    passes.hold_at(2)
     sink, request = warm_up(chunked, LONG, "s")
-    await passes.hold_at(2)
+    await passes.held()
     request.handle.cancel()
     passes.release()
     assert (await asyncio.wait_for(sink.done, 60)).finish_reason == "cancelled"
     await wait_until(lambda: len(chunked.prefix_cache) == 1)  # what it was fed: two chunks
+    passes.hold_at(2)
     sink, _ = warm_up(chunked, LONG, "s")
-    await passes.hold_at(2)
+    await passes.held()
     question = [*LONG[:1], ChatMessage("user", LONG[1].text + "Is it raining?")]
     turn = Collector()
     chunked.submit(GenerationRequest(question, SamplingParams(temperature=0, max_tokens=3), affinity="s"), turn)
@@ -196,8 +202,9 @@ async def test_a_warm_up_with_pictures_that_gave_way_part_way_leaves_its_questio
     frames = (picture(3), picture(4))
     ahead = [*history, ChatMessage("user", "[camera, 1.000 s] [camera, 1.500 s]\n", frames)]
     passes = Passes(chunked)
+    passes.hold_at(3)
     sink, _ = warm_up(chunked, ahead, "s")
-    await passes.hold_at(3)
+    await passes.held()
     turn = Collector()
     chunked.submit(
         GenerationRequest([ChatMessage("user", "hi")], SamplingParams(temperature=0, max_tokens=3), affinity="o"), turn
@@ -210,3 +217,29 @@ async def test_a_warm_up_with_pictures_that_gave_way_part_way_leaves_its_questio
     answered = await asked(chunked, question, "s")
     assert answered.token_ids == await cold_reply(demo_dirs, question)
     assert answered.prompt_tokens - answered.cached_tokens <= 12
+
+
+async def test_with_one_batch_place_a_long_warm_up_gives_way_to_a_turn_still_in_the_line(demo_dirs: DemoDirs) -> None:
+    """With `max_batch` 1 the warm-up's row holds the one place, so the turn is not admitted while it is fed: the
+    warm-up gives way to a turn waiting in the line as well, and the turn ends first."""
+    engine = LocalEngine(load_model(demo_dirs.model), max_batch=1, prefill_chunk_tokens=16)
+    engine.start()
+    try:
+        passes = Passes(engine)
+        passes.hold_at(2)
+        sink, _ = warm_up(engine, LONG, "warming")
+        await passes.held()
+        turn = Collector()
+        engine.submit(
+            GenerationRequest([ChatMessage("user", "hi")], SamplingParams(temperature=0, max_tokens=3), affinity="o"), turn
+        )
+        ended: list[str] = []
+        turn.done.add_done_callback(lambda _: ended.append("turn"))
+        sink.done.add_done_callback(lambda _: ended.append("warm-up"))
+        passes.release()
+        await asyncio.wait_for(turn.done, 60)
+        assert (await asyncio.wait_for(sink.done, 60)).finish_reason == "length"
+        await asyncio.sleep(0)
+        assert ended == ["turn", "warm-up"]
+    finally:
+        await asyncio.to_thread(engine.stop)
