@@ -198,8 +198,9 @@ class Generation:
         rows, joining = self.joining.rows, self.joining
         turns = [job.request for job in admitted if not job.request.warm_up]
         turns += [seq.request for seq in batch.sequences + joining.sequences() if not seq.request.warm_up]
-        # Turns still in the line too: with `max_batch` 1 the warm-up's row holds the one place they wait for.
-        waiting = bool(turns) or len(self.line) > 0
+        # Turns still in the line too: with `max_batch` 1 the warm-up's row holds the one place they wait for. And
+        # a stopping engine's: nothing waits for a warm-up then, and the line refuses to take it back.
+        waiting = bool(turns) or len(self.line) > 0 or self.line.stopping
         stopping = [
             row for row, seq in enumerate(rows.seqs) if seq.request.warm_up and (waiting or seq.request.handle.cancelled.is_set())
         ]

@@ -243,3 +243,20 @@ async def test_with_one_batch_place_a_long_warm_up_gives_way_to_a_turn_still_in_
         assert ended == ["turn", "warm-up"]
     finally:
         await asyncio.to_thread(engine.stop)
+
+
+async def test_a_long_warm_up_under_way_ends_cancelled_when_the_engine_stops(demo_dirs: DemoDirs) -> None:
+    """Stopping lets running turns finish, but a warm-up is no turn: one half fed ends `cancelled` at the next pass's
+    end, and the generation thread stops without feeding it further."""
+    engine = LocalEngine(load_model(demo_dirs.model), prefill_chunk_tokens=16)
+    engine.start()
+    passes = Passes(engine)
+    passes.hold_at(2)
+    sink, _ = warm_up(engine, LONG, "warming")
+    await passes.held()
+    stopped = asyncio.ensure_future(asyncio.to_thread(engine.stop))
+    await wait_until(lambda: engine._line.stopping)
+    passes.release()
+    assert (await asyncio.wait_for(sink.done, 60)).finish_reason == "cancelled"
+    await stopped
+    assert len(passes.columns) == 2
