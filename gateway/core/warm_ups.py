@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -86,10 +86,7 @@ class WarmUps:
         if running is not None:
             running[1].cancel()
             running[0].cancel()
-        handle = TurnHandle()
-        task = asyncio.get_running_loop().create_task(self._trim_ahead(session, handle, max_tokens))
-        self._running[session.id] = (task, handle)
-        task.add_done_callback(lambda _: self._ended(session.id, task))
+        self._launch(session.id, lambda handle: self._trim_ahead(session, handle, max_tokens))
 
     def _sheds(self, session: Session) -> bool:
         """Whether the session's next live turn, its window full, would shed old exchanges' frames from its timeline
@@ -126,15 +123,7 @@ class WarmUps:
         if not self._fix_drops(session, path, plan) and not shed:
             return
         self.counters.trims_ahead.inc()
-        ended: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
-        request = GenerationRequest(
-            plan.messages, SamplingParams(temperature=0.0, max_tokens=1), handle, adapter, session.id, tools, warm_up=True
-        )
-        try:
-            engine.submit(request, _Ended(ended))
-        except EngineFull:
-            return
-        await ended
+        await self._submit(session, plan.messages, adapter, tools, handle)
 
     @property
     def enabled(self) -> bool:
@@ -170,10 +159,14 @@ class WarmUps:
         """Warm `session`'s next live turn up over `view`, unless one is under way for it already."""
         if not self.enabled or session.id in self._running:
             return
+        self._launch(session.id, lambda handle: self._warm(session, view, handle))
+
+    def _launch(self, session_id: str, work: Callable[[TurnHandle], Coroutine[Any, Any, None]]) -> None:
+        """Run `work` (its warm-up's handle given) as the session's one warm-up under way, until it ends."""
         handle = TurnHandle()
-        task = asyncio.get_running_loop().create_task(self._warm(session, view, handle))
-        self._running[session.id] = (task, handle)
-        task.add_done_callback(lambda _: self._ended(session.id, task))
+        task = asyncio.get_running_loop().create_task(work(handle))
+        self._running[session_id] = (task, handle)
+        task.add_done_callback(lambda _: self._ended(session_id, task))
 
     def cancel(self, session_id: str) -> None:
         """The session's own turn starts: its warm-up goes unless the engine has taken it (it then helps the turn)."""
@@ -211,6 +204,13 @@ class WarmUps:
             messages, adapter, tools = await self._prompt(session, view)
         except GatewayError:  # what the question would be refused for: it says why when it comes
             return False
+        return await self._submit(session, messages, adapter, tools, handle)
+
+    async def _submit(
+        self, session: Session, messages: list[ChatMessage], adapter: str | None, tools: Tools, handle: TurnHandle
+    ) -> bool:
+        """Submit `messages` as the session's warm-up (`max_tokens` 1) and await its end: whether it prefilled to the
+        end (False: the engine's warm-up line was full, or it was cancelled)."""
         ended: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
         request = GenerationRequest(
             messages, SamplingParams(temperature=0.0, max_tokens=1), handle, adapter, session.id, tools, warm_up=True
@@ -222,8 +222,8 @@ class WarmUps:
         return (await ended).finish_reason not in ("cancelled", "error")
 
     def _fix_drops(self, session: Session, path: list[str], plan: PromptPlan) -> bool:
-        """Whether `plan` (made on `path`, the session's path when its planning began) drops exchanges, and if so
-        and the path is unchanged, fix them as the next turns' least (`Session.trim_ahead`): they read its prompt."""
+        """Fix `plan`'s drops as the next turns' least (`Session.trim_ahead`: they read its prompt) where it was made
+        on the session's path as it still is (`path`, taken when its planning began): whether they were fixed."""
         return path == [item.id for item in session.conversation.path] and session.trim_ahead_at(plan)
 
     async def _prompt(self, session: Session, view: LiveView) -> tuple[list[ChatMessage], str | None, Tools]:

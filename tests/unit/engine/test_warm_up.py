@@ -120,6 +120,14 @@ async def chunked(demo_dirs: DemoDirs) -> AsyncIterator[LocalEngine]:
     await asyncio.to_thread(engine.stop)
 
 
+def order_of_ends(turn: Collector, warming: Collector) -> list[str]:
+    """The order the turn's and the warm-up's ends reach the loop (the engine's relay keeps the thread's order)."""
+    ended: list[str] = []
+    turn.done.add_done_callback(lambda _: ended.append("turn"))
+    warming.done.add_done_callback(lambda _: ended.append("warm-up"))
+    return ended
+
+
 def warm_up(engine: LocalEngine, messages: list[ChatMessage], session: str) -> tuple[Collector, GenerationRequest]:
     sink = Collector()
     request = GenerationRequest(messages, SamplingParams(temperature=0, max_tokens=1), affinity=session, warm_up=True)
@@ -154,9 +162,7 @@ async def test_a_long_warm_up_gives_way_to_a_turn_and_goes_on_from_what_it_was_f
     chunked.submit(
         GenerationRequest([ChatMessage("user", "hi")], SamplingParams(temperature=0, max_tokens=3), affinity="other"), turn
     )
-    ended: list[str] = []  # the order the two ends reach the loop (the engine's relay keeps the thread's order)
-    turn.done.add_done_callback(lambda _: ended.append("turn"))
-    sink.done.add_done_callback(lambda _: ended.append("warm-up"))
+    ended = order_of_ends(turn, sink)
     passes.release()
     answered = await asyncio.wait_for(turn.done, 60)
     assert answered.finish_reason == "length"
@@ -233,9 +239,7 @@ async def test_with_one_batch_place_a_long_warm_up_gives_way_to_a_turn_still_in_
         engine.submit(
             GenerationRequest([ChatMessage("user", "hi")], SamplingParams(temperature=0, max_tokens=3), affinity="o"), turn
         )
-        ended: list[str] = []
-        turn.done.add_done_callback(lambda _: ended.append("turn"))
-        sink.done.add_done_callback(lambda _: ended.append("warm-up"))
+        ended = order_of_ends(turn, sink)
         passes.release()
         await asyncio.wait_for(turn.done, 60)
         assert (await asyncio.wait_for(sink.done, 60)).finish_reason == "length"
