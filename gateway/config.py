@@ -79,6 +79,11 @@ class Settings:
     # Warm-ups run only while the engine was busy at most this share of the last few seconds: they fill idle time,
     # and on a busy engine the turns arriving during them wait more than their questions save (docs/engine.md).
     live_warm_up_max_busy: float = 0.3
+    # A session whose live questions come on a clock (a bot's, a `watch`'s: core/cadence.py) has its next one
+    # prefilled ahead this long before it is due, however busy the engine (it still runs only while the engine idles
+    # and gives way to every turn): one warm-up of the frames gathered, where a warm-up per frame would cost more
+    # passes than it saves (docs/engine.md). 0: never.
+    live_warm_up_lead_s: float = 1.0
     # A live window's new frame, once processed, is encoded on the vision tower while the engine has nothing else to
     # do (the local engine), so the live turn that shows it skips the tower (engine/local/encode_ahead.py).
     live_encode_ahead: bool = True

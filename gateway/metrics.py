@@ -139,6 +139,9 @@ class LiveFrameCounters:
             "warm_ups_dropped",
             "Live warm-ups that did not prefill: the session's own turn came first, the engine was full, or no plan",
         )
+        self.warm_ups_expected = counter(
+            "warm_ups_expected", "Live warm-ups started ahead of a question due on the session's clock (core/cadence.py)"
+        )
         # Not only live sessions': any history at the context's edge (core/warm_ups.py).
         self.trims_ahead = Counter(
             "gateway_trims_ahead",

@@ -137,7 +137,7 @@ def _encoder_reading(text: str) -> tuple[float, float, float]:
     return encoder.get("passes", 0.0), encoder.get("seconds", 0.0), busy
 
 
-_WARM_UPS = re.compile(r"^gateway_live_warm_ups(_dropped)?_total (\S+)$", re.MULTILINE)
+_WARM_UPS = re.compile(r"^gateway_live_warm_ups(_dropped|_expected)?_total (\S+)$", re.MULTILINE)
 _TRIMS = re.compile(r"^gateway_trims_ahead_total (\S+)$", re.MULTILINE)
 _OUTCOMES = ("accepted", "merged", "dropped")
 _FRAMES = re.compile(r"^gateway_live_frames_(accepted|merged|dropped)_total (\S+)$", re.MULTILINE)
@@ -149,12 +149,13 @@ def _frames_reading(text: str) -> dict[str, float]:
     return {outcome: float(value) for outcome, value in _FRAMES.findall(text)}
 
 
-def _warm_up_reading(text: str) -> tuple[float, float, float]:
-    """Live warm-ups so far (gateway/core/warm_ups.py): those prefilled to the end, those dropped; and histories
-    trimmed ahead of their next turn."""
-    counts = {bool(dropped): float(value) for dropped, value in _WARM_UPS.findall(text)}
+def _warm_up_reading(text: str) -> tuple[float, float, float, float]:
+    """Live warm-ups so far (gateway/core/warm_ups.py): those prefilled to the end, those dropped; histories
+    trimmed ahead of their next turn; and warm-ups started ahead of a question due on its session's clock."""
+    counts = {kind: float(value) for kind, value in _WARM_UPS.findall(text)}
     trims = _TRIMS.search(text)
-    return counts.get(False, 0.0), counts.get(True, 0.0), float(trims.group(1)) if trims else 0.0
+    trimmed = float(trims.group(1)) if trims else 0.0
+    return counts.get("", 0.0), counts.get("_dropped", 0.0), trimmed, counts.get("_expected", 0.0)
 
 
 async def _metrics(url: str) -> str:
@@ -322,7 +323,12 @@ async def run_live(
         "live_turn_prefill": _prefill(out["live"]),
         # Sessions' next live turns prefilled ahead while the engine was idle, and those dropped (their own turn came
         # first, or the engine's line was full): the prefill a live turn saves shows in live_turn_prefill.
-        "warm_ups": {"prefilled": int(warm_after[0] - warm_before[0]), "dropped": int(warm_after[1] - warm_before[1])},
+        # Of all of them, `expected`: started ahead of a question due on its session's clock (core/cadence.py).
+        "warm_ups": {
+            "prefilled": int(warm_after[0] - warm_before[0]),
+            "dropped": int(warm_after[1] - warm_before[1]),
+            "expected": int(warm_after[3] - warm_before[3]),
+        },
         "trims_ahead": int(warm_after[2] - warm_before[2]),
         "text_turn_prefill": _prefill(out["text"]),
         "rss_growth_per_session_bytes": (rss_after - rss_before) // config.sessions if rss_before and rss_after else None,

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from gateway.core.cadence import Cadence
 from gateway.core.conversation import Conversation
 from gateway.core.conversation_prompt import split_turns
 from gateway.core.conversation_record import ConversationRecord, decode
@@ -57,6 +58,7 @@ class Session:
         init=False, default=()
     )  # the path (item ids) it was fixed on: it holds while the path extends that
     asked_max_tokens: int | None = None  # the last turn's `max_tokens`: the next one's likely (core/warm_ups.py)
+    live_cadence: Cadence = field(default_factory=Cadence)  # when its live questions came: the next one's likely time
     _numbers: dict[str, int] = field(init=False, default_factory=dict)  # a reply's item id: its exchange's number
 
     def __post_init__(self) -> None:

@@ -55,6 +55,7 @@ class WarmUps:
         self.engine, self.settings, self.counters = engine, settings, counters
         self.frames_ahead, self.defaults = frames_ahead, defaults
         self._running: dict[str, tuple[asyncio.Task[None], TurnHandle]] = {}  # by session id
+        self._expected: dict[str, asyncio.TimerHandle] = {}  # by session id: its next question's warm-up, timed
         self._since: tuple[float, float] | None = None  # (when, the engine's busy seconds then): the window's start
         self.busy_share = 0.0  # the engine's, over the last whole window (idle, until one is measured)
 
@@ -133,18 +134,58 @@ class WarmUps:
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._running
 
-    def due(self, session_id: str, unread: int) -> bool:
+    def due(self, session: Session, unread: int) -> bool:
         """Whether a session whose read window has gathered `unread` new frames should warm its next live turn up
-        now: enough of them, none under way for it, the engine idle and busy at most `live_warm_up_max_busy` of the
-        last whole window. A warm-up planned while the engine is busy mostly waits until the session's own turn
-        cancels it (`gateway bench --live`, 8 sessions: 27-38 of about 62 dropped), its planning spent: token counts
-        on the pool real turns count on; and turns arriving during warm-ups' passes on a busy engine wait more than
-        their questions save (docs/engine.md)."""
-        if not self.enabled or unread < self.settings.live_warm_up_frames or session_id in self._running:
+        now: enough of them, none under way for it, and either its next question is due within the lead
+        (`expecting`), or the engine is idle and was busy at most `live_warm_up_max_busy` of the last whole window.
+        A warm-up per new frame on a busy engine mostly waits until the session's own turn cancels it (`gateway
+        bench --live`, 8 sessions: 27-38 of about 62 dropped), its planning spent: token counts on the pool real
+        turns count on; and turns arriving during their passes wait more than their questions save (docs/engine.md).
+        One ahead of a question due soon is worth its pass."""
+        if not self.enabled or unread < self.settings.live_warm_up_frames or session.id in self._running:
             return False
+        if self.expecting(session, time.monotonic()):
+            return True
         load = self.engine.load()
         self._measure(load.phase_seconds)
         return load.active == 0 and load.waiting == 0 and self.busy_share <= self.settings.live_warm_up_max_busy
+
+    def expecting(self, session: Session, now_s: float) -> bool:
+        """Whether `session`'s next live question is due within `live_warm_up_lead_s` of now (either side: a
+        clock's ticks wander by a turn's length), its questions coming on a clock (`Cadence`)."""
+        lead, due_s = self.settings.live_warm_up_lead_s, session.live_cadence.next_expected()
+        return lead > 0 and due_s is not None and due_s - lead <= now_s <= due_s + lead
+
+    def expect(self, session: Session, unread: Callable[[], LiveView | None]) -> None:
+        """A live turn of `session` starts now. Where its questions come on a clock (a bot's, a watch's: `Cadence`),
+        its next one is warmed up `live_warm_up_lead_s` before it is due, however busy the engine: `unread()` then
+        gives the frames that question would read (None while the session has a turn of its own, or nothing new),
+        and while it gives none it is asked again every quarter of the lead until the question is due. One warm-up
+        of every frame gathered since, where a warm-up per frame on a busy engine costs more passes than it saves."""
+        now_s = time.monotonic()
+        session.live_cadence.asked(now_s)
+        timer = self._expected.pop(session.id, None)
+        if timer is not None:
+            timer.cancel()
+        lead, due_s = self.settings.live_warm_up_lead_s, session.live_cadence.next_expected()
+        if self.enabled and lead > 0 and due_s is not None:
+            self._time(session, unread, due_s - lead - now_s, due_s)
+
+    def _time(self, session: Session, unread: Callable[[], LiveView | None], delay_s: float, due_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._expected[session.id] = loop.call_later(max(0.0, delay_s), self._anticipate, session, unread, due_s)
+
+    def _anticipate(self, session: Session, unread: Callable[[], LiveView | None], due_s: float) -> None:
+        """The session's next question is due soon: warm it up over `unread()`, or look again a little later."""
+        del self._expected[session.id]
+        view = None if session.id in self._running else unread()
+        if view is not None:
+            self.counters.warm_ups_expected.inc()
+            self.start(session, view)
+            return
+        step_s = self.settings.live_warm_up_lead_s / 4
+        if time.monotonic() + step_s < due_s:
+            self._time(session, unread, step_s, due_s)
 
     def _measure(self, phases: dict[str, float]) -> None:
         """The engine's busy share (every phase of its generation thread but waiting) over the last whole window."""
@@ -176,6 +217,9 @@ class WarmUps:
             running[0].cancel()
 
     def close(self) -> None:
+        for timer in self._expected.values():
+            timer.cancel()
+        self._expected.clear()
         for task, handle in list(self._running.values()):
             handle.cancel()
             task.cancel()

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from gateway.config import Settings
@@ -18,7 +19,7 @@ from gateway.errors import ErrorCode, GatewayError, RetryLater
 from gateway.ws import protocol as p
 from gateway.ws.editing import EditingHandlers
 from gateway.ws.hub import SessionHub
-from gateway.ws.live_frames import add_frame, live_view, yield_watch
+from gateway.ws.live_frames import add_frame, live_view, unread_view, yield_watch
 from gateway.ws.live_session import LiveSession
 from gateway.ws.replies import history_frame, session_defaults
 from gateway.ws.states import ConnectionState, LiveState
@@ -153,6 +154,9 @@ class FrameHandlers(EditingHandlers):
         # The reader awaits this (no other frame of ours is read meanwhile), so the turn cannot race a reset.
         started = frames.started = await self.turns.start(live.session, request, frames, self.compiles, self.hub.keeper(live))
         live.active = started  # before any await: the turn's events may already be queued
+        if request.live is not None:  # its next live question is warmed up ahead where they come on a clock
+            needed = self.settings.live_warm_up_frames
+            self.turns.warm_ups.expect(live.session, partial(unread_view, live, request.live.source, needed))
         await self.hub.turn_started(live, started)
         return frames
 

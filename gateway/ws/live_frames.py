@@ -11,6 +11,7 @@ from gateway.core.turns import TurnService
 from gateway.errors import ErrorCode, GatewayError
 from gateway.ws import protocol as p
 from gateway.ws.live_session import LiveSession
+from gateway.ws.states import LiveState
 
 
 def windows_of(live: LiveSession, settings: Settings) -> LiveWindows:
@@ -49,10 +50,23 @@ async def add_frame(live: LiveSession, frame: p.LiveImageFrame, turns: TurnServi
     if outcome is Outcome.ACCEPTED and window.read:  # the next live turn will read it: process it now
         turns.frames_ahead.start(image)
         idle = live.active is None and not live.starting.locked()  # no turn of its own running or starting
-        if idle and turns.warm_ups.due(live.session.id, window.unread):
+        if idle and turns.warm_ups.due(live.session, window.unread):
             snapshot = window.snapshot()  # as the next live turn will read it; frames come unread from here on
             if snapshot is not None:
                 turns.warm_ups.start(live.session, LiveView(frame.source, snapshot))
+
+
+def unread_view(live: LiveSession, source: str, frames: int) -> LiveView | None:
+    """The source's window as the session's next live turn would read it, for a warm-up ahead of that turn
+    (core/warm_ups.py: `WarmUps.expect`): None while a turn of the session's own runs or starts, once the session
+    has gone, or while the window holds fewer than `frames` distinct frames no live turn has read."""
+    if live.active is not None or live.starting.locked() or live.state is LiveState.GONE or live.windows is None:
+        return None
+    window = live.windows.get(source)
+    if window is None or window.unread < frames:
+        return None
+    snapshot = window.snapshot()  # frames come unread from here on, as after a live turn
+    return LiveView(source, snapshot) if snapshot is not None else None
 
 
 def live_view(live: LiveSession, spec: bool | p.LiveSpec) -> LiveView | None:

@@ -66,7 +66,7 @@ async def test_a_warm_up_is_the_next_live_turns_prompt_without_its_text_and_chan
     await live_turn(warm, session, "l1", view(0, 1))
     engine = Holding()
     ups, _ = warm_ups(engine)
-    assert ups.due(session.id, 3) and not ups.due(session.id, 2)
+    assert ups.due(session, 3) and not ups.due(session, 2)
     ups.start(session, view(0, 1, 2, 3))
     await asyncio.wait_for(_submitted(engine), 10)
     (ahead,) = engine.submitted
@@ -83,7 +83,7 @@ async def test_only_an_idle_engine_gets_one_and_the_sessions_turn_cancels_one_no
     ups, counters = warm_ups(engine)
     session = Session(max_history_turns=16)
     engine.active = 1
-    assert not ups.due(session.id, 5)
+    assert not ups.due(session, 5)
     engine.active = 0
     ups.start(session, view(0, 1, 2))
     await asyncio.wait_for(_submitted(engine), 10)
@@ -118,10 +118,11 @@ async def test_no_warm_up_is_due_while_the_engine_was_busy_of_late(monkeypatch: 
     ups, _ = warm_ups(engine)
     clock = [100.0]
     monkeypatch.setattr("gateway.core.warm_ups.time.monotonic", lambda: clock[0])
-    assert ups.due("s", 3)  # the window starts: idle until measured
+    s = Session(max_history_turns=16)
+    assert ups.due(s, 3)  # the window starts: idle until measured
     clock[0], engine.busy_s = 102.0, 1.5
-    assert not ups.due("s", 3) and ups.busy_share == 0.75
+    assert not ups.due(s, 3) and ups.busy_share == 0.75
     clock[0], engine.busy_s = 103.0, 1.9
-    assert not ups.due("s", 3)  # within the window: the last whole one's share holds
+    assert not ups.due(s, 3)  # within the window: the last whole one's share holds
     clock[0], engine.busy_s = 104.0, 1.9
-    assert ups.due("s", 3) and ups.busy_share == pytest.approx(0.2)
+    assert ups.due(s, 3) and ups.busy_share == pytest.approx(0.2)
