@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import time
@@ -172,8 +173,8 @@ class WarmUps:
             self._time(session, unread, due_s - lead - now_s, due_s)
 
     def _time(self, session: Session, unread: Callable[[], LiveView | None], delay_s: float, due_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._expected[session.id] = loop.call_later(max(0.0, delay_s), self._anticipate, session, unread, due_s)
+        loop, apart = asyncio.get_running_loop(), contextvars.Context()  # not the turn's (its trace span): see `_launch`
+        self._expected[session.id] = loop.call_later(max(0.0, delay_s), self._anticipate, session, unread, due_s, context=apart)
 
     def _anticipate(self, session: Session, unread: Callable[[], LiveView | None], due_s: float) -> None:
         """The session's next question is due soon: warm it up over `unread()`, or look again a little later."""
@@ -205,7 +206,8 @@ class WarmUps:
     def _launch(self, session_id: str, work: Callable[[TurnHandle], Coroutine[Any, Any, None]]) -> None:
         """Run `work` (its warm-up's handle given) as the session's one warm-up under way, until it ends."""
         handle = TurnHandle()
-        task = asyncio.get_running_loop().create_task(work(handle))
+        # In a context of its own: launched from a turn's (its end, its start), it is no part of that turn's trace.
+        task = asyncio.get_running_loop().create_task(work(handle), context=contextvars.Context())
         self._running[session_id] = (task, handle)
         task.add_done_callback(lambda _: self._ended(session_id, task))
 

@@ -35,10 +35,13 @@ def servers(demo_dirs: DemoDirs) -> Iterator[tuple[RunningServer, RunningServer]
     cold.stop()
 
 
-def warm_ups(server: RunningServer) -> tuple[float, float]:
+def warm_ups(server: RunningServer) -> tuple[float, float, float]:
+    """Live warm-ups prefilled to the end, dropped, and started ahead of a question due on its session's clock."""
     body = requests.get(f"{server.http_url}/metrics", timeout=10).text
     values = {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples}
-    return values["gateway_live_warm_ups_total"], values["gateway_live_warm_ups_dropped_total"]
+    names = ("gateway_live_warm_ups_total", "gateway_live_warm_ups_dropped_total", "gateway_live_warm_ups_expected_total")
+    prefilled, dropped, expected = (values[name] for name in names)
+    return prefilled, dropped, expected
 
 
 async def conversation(server: RunningServer, warms: bool) -> tuple[Any, Any]:

@@ -4,6 +4,7 @@ planned only on an idle engine; cancelled by the session's own turn until the en
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,3 +127,94 @@ async def test_no_warm_up_is_due_while_the_engine_was_busy_of_late(monkeypatch: 
     assert not ups.due(s, 3)  # within the window: the last whole one's share holds
     clock[0], engine.busy_s = 104.0, 1.9
     assert ups.due(s, 3) and ups.busy_share == pytest.approx(0.2)
+
+
+def expecting_ups(engine: Holding, lead_s: float) -> tuple[WarmUps, LiveFrameCounters]:
+    """Warm-ups after every new frame, and `lead_s` ahead of a question due on the session's clock."""
+    counters = LiveFrameCounters(CollectorRegistry())
+    ahead = FramesAhead(engine, 4, 1)  # type: ignore[arg-type]
+    defaults: Any = lambda options: (4, None, ())  # noqa: E731 (max_tokens, adapter, tools)
+    settings = Settings(live_warm_up_frames=1, live_warm_up_lead_s=lead_s)
+    return WarmUps(engine, settings, counters, ahead, defaults), counters  # type: ignore[arg-type]
+
+
+def on_a_clock(session: Session, gap_s: float) -> None:
+    """Three live questions `gap_s` apart, the last `gap_s` ago: `expect`, called now, makes four."""
+    now_s = time.monotonic()
+    for n in (3, 2, 1):
+        session.live_cadence.asked(now_s - n * gap_s)
+
+
+async def test_a_question_due_on_the_sessions_clock_is_warmed_up_ahead_however_busy_the_engine() -> None:
+    """Questions 1 s apart: the next is due 1 s after this one, and `lead` (0.4 s) before it the frames the window
+    gathered meanwhile are warmed up, with a turn on the engine and the engine busy all of late, where a new frame
+    starts none (`due`) until the question is that close."""
+    engine = Holding()
+    engine.active, engine.busy_s = 1, 1e6
+    ups, counters = expecting_ups(engine, 0.4)
+    session = Session(max_history_turns=16)
+    on_a_clock(session, 1.0)
+    asked_s = time.monotonic()
+    ups.expect(session, lambda: view(0, 1, 2))
+    assert not ups.due(session, 3) and not engine.submitted  # not yet within the lead of the next question
+    await asyncio.wait_for(_submitted(engine), 10)
+    assert time.monotonic() - asked_s >= 0.6 - 0.05  # a timer fires no sooner than asked (the loop's clock's grain)
+    (ahead,) = engine.submitted
+    assert ahead.warm_up and len(ahead.messages[-1].images) == 3 and value(counters.warm_ups_expected) == 1
+    ups.close()
+
+
+async def test_while_the_session_has_a_turn_of_its_own_it_looks_again_until_the_question_is_due() -> None:
+    """`unread` gives nothing while the session's own turn runs (or nothing is new): it is asked again every quarter
+    of the lead, and a view it gives later is warmed up; one that never gives one stops being asked once the
+    question is due."""
+    engine = Holding()
+    ups, counters = expecting_ups(engine, 0.4)
+    session = Session(max_history_turns=16)
+    on_a_clock(session, 1.0)
+    calls: list[float] = []
+
+    def later() -> Any:
+        calls.append(time.monotonic())
+        return view(0, 1) if len(calls) == 3 else None
+
+    ups.expect(session, later)
+    await asyncio.wait_for(_submitted(engine), 10)
+    assert len(calls) == 3 and value(counters.warm_ups_expected) == 1
+    ups.close()
+
+    other = Session(max_history_turns=16)
+    on_a_clock(other, 1.0)
+    never: list[float] = []
+    due_s = time.monotonic() + 1.0
+    ups.expect(other, lambda: never.append(time.monotonic()))  # type: ignore[func-returns-value]
+    while other.id in ups._expected:
+        await asyncio.sleep(0.02)
+    assert 1 <= len(never) <= 4 and never[-1] < due_s and len(engine.submitted) == 1
+
+
+async def test_a_session_asking_at_no_rhythm_expects_nothing() -> None:
+    """Gaps of 1 s, 4 s and 1 s: no question is due at any time, and nothing is timed."""
+    engine = Holding()
+    ups, _ = expecting_ups(engine, 0.4)
+    session = Session(max_history_turns=16)
+    now_s = time.monotonic()
+    for ago in (6.0, 5.0, 1.0):
+        session.live_cadence.asked(now_s - ago)
+    ups.expect(session, lambda: view(0))
+    assert session.live_cadence.next_expected() is None and session.id not in ups._expected
+    assert not ups.expecting(session, time.monotonic())
+
+
+def test_a_new_frame_within_the_lead_of_a_question_due_is_due_on_a_busy_engine() -> None:
+    """Within `lead` either side of the question's due time a new frame is warmed up with a turn on the engine;
+    further from it, only on an idle engine."""
+    engine = Holding()
+    engine.active, engine.busy_s = 1, 1e6
+    ups, _ = expecting_ups(engine, 0.4)
+    for last_ago_s, due in ((0.8, True), (1.3, True), (0.3, False), (1.6, False)):  # due at +0.2, -0.3, +0.7, -0.6 s
+        session = Session(max_history_turns=16)
+        now_s = time.monotonic()
+        for n in (3, 2, 1, 0):
+            session.live_cadence.asked(now_s - last_ago_s - n)
+        assert ups.due(session, 1) is due, last_ago_s

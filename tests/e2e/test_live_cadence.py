@@ -1,0 +1,52 @@
+"""End to end on the demo engine: a bot asking live questions on a clock has its next question's frames prefilled
+ahead, shortly before it is due, even while another session keeps the engine busy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gateway.client import GatewayClient
+from gateway.config import Settings
+from tests.conftest import DemoDirs, record_submissions, start_server, wait_until
+from tests.e2e.test_live_warm_up import FRAMES, warm_ups
+from tests.e2e.test_live_window_ws import GREEDY, stream
+
+GAP_S = 2.0  # between the bot's questions, start to start: the frame below comes long before the next is due
+LEAD_S = 0.5  # live_warm_up_lead_s
+
+
+async def test_a_bots_next_question_is_warmed_up_ahead_while_the_engine_is_busy(
+    demo_dirs: DemoDirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four live questions GAP_S apart make a clock. A new frame arriving right after the fourth, while another
+    session's long reply holds the engine, starts no warm-up (the engine is busy, and the next question is not due
+    yet); LEAD_S before that question is due, the frame is warmed up all the same, the other reply still running
+    (it runs once the engine idles). The question then prefills only its text."""
+    server = start_server(demo_dirs.model, Settings(max_frames_per_second=1000.0, live_warm_up_lead_s=LEAD_S))
+    try:
+        seen = record_submissions(server, monkeypatch)
+        async with GatewayClient(server.ws_url) as bot, GatewayClient(server.ws_url) as other:
+            await stream(bot, [(FRAMES[0], 100)])
+            start_s = time.monotonic()
+            for n in range(4):
+                await asyncio.sleep(max(0.0, start_s + n * GAP_S - time.monotonic()))
+                await bot.turn(f"l{n}", "what is it?", live=True, **GREEDY)
+            busy = asyncio.ensure_future(other.turn("o1", "go on", temperature=0, max_tokens=1500, ignore_eos=True))
+            await wait_until(lambda: server.engine.load().active > 0)
+            await stream(bot, [(FRAMES[1], 200)])
+            assert not any(request.warm_up for request in seen)
+            await wait_until(lambda: any(request.warm_up for request in seen))
+            assert not busy.done()
+            (ahead,) = [request for request in seen if request.warm_up]
+            assert len(ahead.messages[-1].images) == 1 and warm_ups(server)[2] == 1  # the new frame; `expected`
+            await other.send({"type": "cancel", "id": "o1"})
+            await busy
+            await wait_until(lambda: warm_ups(server)[0] == 1)  # prefilled to its end once the engine idled
+            question = await bot.turn("l4", "and now?", live=True, **GREEDY)
+        usage = question.done["usage"]
+        assert usage["prompt_tokens"] - usage["cached_tokens"] <= 12  # its text and the turn's closing
+    finally:
+        server.stop()
