@@ -19,14 +19,23 @@ class Cadence:
     questions come at no rhythm and are expected at no time."""
 
     asked_at: deque[float] = field(default_factory=lambda: deque(maxlen=_KEPT))
+    announced: float | None = None  # when the next question comes, where its asker says so (a `watch`)
 
     def asked(self, now_s: float) -> None:
         self.asked_at.append(now_s)
+        self.announced = None
+
+    def announce(self, due_s: float) -> None:
+        """The next question comes at `due_s`, as its asker knows (a `watch` asks on its own clock)."""
+        self.announced = due_s
 
     def next_expected(self) -> float | None:
-        """When the next question is due: the last one plus the shortest recent gap (early rather than late: a turn
-        prefilled ahead too early misses only the frames that come after it, one too late misses all of them).
-        None until three gaps have been seen, or where they vary by more than half the shortest."""
+        """When the next question is due: when it was announced, else the last one plus the shortest recent gap
+        (early rather than late: a turn prefilled ahead too early misses only the frames that come after it, one too
+        late misses all of them). None until three gaps have been seen, or where they vary by more than half the
+        shortest."""
+        if self.announced is not None:
+            return self.announced
         times = list(self.asked_at)
         gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         if len(gaps) < _KEPT - 1 or min(gaps) <= 0:

@@ -163,14 +163,22 @@ class WarmUps:
         gives the frames that question would read (None while the session has a turn of its own, or nothing new),
         and while it gives none it is asked again every quarter of the lead until the question is due. One warm-up
         of every frame gathered since, where a warm-up per frame on a busy engine costs more passes than it saves."""
-        now_s = time.monotonic()
-        session.live_cadence.asked(now_s)
+        session.live_cadence.asked(time.monotonic())
+        self._time_next(session, unread)
+
+    def announce(self, session: Session, due_s: float, unread: Callable[[], LiveView | None]) -> None:
+        """`session`'s next live question comes at `due_s` (monotonic), as its asker knows (a watch): warmed up ahead
+        as `expect` does, with no clock to read."""
+        session.live_cadence.announce(due_s)
+        self._time_next(session, unread)
+
+    def _time_next(self, session: Session, unread: Callable[[], LiveView | None]) -> None:
         timer = self._expected.pop(session.id, None)
         if timer is not None:
             timer.cancel()
         lead, due_s = self.settings.live_warm_up_lead_s, session.live_cadence.next_expected()
         if self.enabled and lead > 0 and due_s is not None:
-            self._time(session, unread, due_s - lead - now_s, due_s)
+            self._time(session, unread, due_s - lead - time.monotonic(), due_s)
 
     def _time(self, session: Session, unread: Callable[[], LiveView | None], delay_s: float, due_s: float) -> None:
         loop, apart = asyncio.get_running_loop(), contextvars.Context()  # not the turn's (its trace span): see `_launch`

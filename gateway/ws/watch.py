@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ class WatchSpec:
 # Starts a watch turn and hands back the event set at its end; None while the session runs another turn.
 StartTurn = Callable[[TurnRequest], Awaitable["asyncio.Event | None"]]
 Refuse = Callable[[str, GatewayError], None]
+Announce = Callable[[float], None]  # when the next watch turn is due (monotonic seconds): it is warmed up ahead
 
 
 def stop_watch(live: LiveSession) -> bool:
@@ -43,13 +45,15 @@ def _settle(starting: asyncio.Future[asyncio.Event | None]) -> None:
         log.info("a watch turn was refused after its watch ended: %s", starting.exception())
 
 
-async def watch_loop(live: LiveSession, spec: WatchSpec, start: StartTurn, refuse: Refuse) -> None:
+async def watch_loop(live: LiveSession, spec: WatchSpec, start: StartTurn, refuse: Refuse, announce: Announce) -> None:
     """Every `every_s`, a live turn over the window, when it holds a distinct frame the last watch turn did not
-    read and no turn of the session runs (then it tries again at the next tick); one watch turn at a time."""
+    read and no turn of the session runs (then it tries again at the next tick); one watch turn at a time. Each
+    tick is `announce`d as it is set, so the turn it may start is prefilled ahead (core/warm_ups.py)."""
     read: int | None = None  # the window version the last watch turn read
     number = 0
     options = SamplingOptions(max_tokens=spec.max_tokens) if spec.max_tokens is not None else None
     while True:
+        announce(time.monotonic() + spec.every_s)
         await asyncio.sleep(spec.every_s)
         window = live.windows.get(spec.source) if live.windows is not None else None
         snapshot = window.snapshot() if window is not None else None

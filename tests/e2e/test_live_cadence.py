@@ -1,5 +1,5 @@
-"""End to end on the demo engine: a bot asking live questions on a clock has its next question's frames prefilled
-ahead, shortly before it is due, even while another session keeps the engine busy."""
+"""End to end on the demo engine: a bot asking live questions on a clock, or a watch, has its next question's frames
+prefilled ahead, shortly before it is due, even while another session keeps the engine busy."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from gateway.client import GatewayClient
 from gateway.config import Settings
 from tests.conftest import DemoDirs, record_submissions, start_server, wait_until
 from tests.e2e.test_live_warm_up import FRAMES, warm_ups
+from tests.e2e.test_live_watch import until
 from tests.e2e.test_live_window_ws import GREEDY, stream
 
 GAP_S = 2.0  # between the bot's questions, start to start: the frame below comes long before the next is due
 LEAD_S = 0.5  # live_warm_up_lead_s
+# A watch's tick and lead: the warm-up comes 1.5 s after a watch turn ends, and has 1.5 s to run before the next one.
+WATCH_EVERY_S, WATCH_LEAD_S = 3.0, 1.5
 
 
 async def test_a_bots_next_question_is_warmed_up_ahead_while_the_engine_is_busy(
@@ -48,5 +51,37 @@ async def test_a_bots_next_question_is_warmed_up_ahead_while_the_engine_is_busy(
             question = await bot.turn("l4", "and now?", live=True, **GREEDY)
         usage = question.done["usage"]
         assert usage["prompt_tokens"] - usage["cached_tokens"] <= 12  # its text and the turn's closing
+    finally:
+        server.stop()
+
+
+async def test_a_watchs_next_turn_is_warmed_up_ahead_while_the_engine_is_busy(
+    demo_dirs: DemoDirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch announces each tick as it sets it. After its first turn, a new frame arriving while another
+    session's long reply holds the engine starts no warm-up; WATCH_LEAD_S before the watch's next tick it is warmed
+    up all the same, and that watch turn then prefills only its text."""
+    settings = Settings(max_frames_per_second=1000.0, live_warm_up_lead_s=WATCH_LEAD_S, min_watch_every_s=1.0)
+    server = start_server(demo_dirs.model, settings)
+    try:
+        seen = record_submissions(server, monkeypatch)
+        async with GatewayClient(server.ws_url) as bot, GatewayClient(server.ws_url) as other:
+            await stream(bot, [(FRAMES[0], 100)])
+            watch = {"type": "watch", "source": "camera", "every_s": WATCH_EVERY_S, "text": "what changed?", "max_tokens": 4}
+            await bot.send(watch)
+            await until(bot, "done", "watch-1")  # its own frame was warmed up ahead of it: the first tick's lead
+            before = warm_ups(server)
+            busy = asyncio.ensure_future(other.turn("o1", "go on", temperature=0, max_tokens=1500, ignore_eos=True))
+            await wait_until(lambda: server.engine.load().active > 0)
+            warmed = len(seen)
+            await stream(bot, [(FRAMES[1], 200)])
+            assert not any(request.warm_up for request in seen[warmed:])
+            await wait_until(lambda: any(request.warm_up for request in seen[warmed:]))
+            assert not busy.done() and warm_ups(server)[2] == before[2] + 1
+            await other.send({"type": "cancel", "id": "o1"})
+            await busy
+            done, _ = await until(bot, "done", "watch-2")
+        usage = done["usage"]
+        assert warm_ups(server)[0] == before[0] + 1 and usage["prompt_tokens"] - usage["cached_tokens"] <= 12
     finally:
         server.stop()

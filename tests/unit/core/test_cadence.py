@@ -36,3 +36,12 @@ def test_only_the_last_four_questions_count() -> None:
 
 def test_questions_at_one_instant_are_no_clock() -> None:
     assert asked(5.0, 5.0, 5.0, 5.0).next_expected() is None
+
+
+def test_an_announced_question_is_due_when_announced_until_the_next_one_is_asked() -> None:
+    """A watch says when its next turn comes: that, with no clock to read; the ask itself clears it."""
+    cadence = asked(10.0)
+    cadence.announce(12.5)
+    assert cadence.next_expected() == 12.5
+    cadence.asked(12.6)
+    assert cadence.next_expected() is None

@@ -218,3 +218,18 @@ def test_a_new_frame_within_the_lead_of_a_question_due_is_due_on_a_busy_engine()
         for n in (3, 2, 1, 0):
             session.live_cadence.asked(now_s - last_ago_s - n)
         assert ups.due(session, 1) is due, last_ago_s
+
+
+async def test_an_announced_question_is_warmed_up_ahead_with_no_clock_to_read() -> None:
+    """A watch's next turn, announced 0.6 s ahead: warmed up `lead` (0.4 s) before it, a session with no questions
+    before it, the engine busy."""
+    engine = Holding()
+    engine.active, engine.busy_s = 1, 1e6
+    ups, counters = expecting_ups(engine, 0.4)
+    session = Session(max_history_turns=16)
+    announced_s = time.monotonic()
+    ups.announce(session, announced_s + 0.6, lambda: view(0, 1))
+    assert not engine.submitted
+    await asyncio.wait_for(_submitted(engine), 10)
+    assert time.monotonic() - announced_s >= 0.2 - 0.05 and value(counters.warm_ups_expected) == 1
+    ups.close()
