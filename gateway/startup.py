@@ -9,6 +9,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway import logs
@@ -16,6 +17,10 @@ from gateway.config import Settings
 from gateway.core.store.base import SessionStore
 from gateway.engine.contract import Engine
 from gateway.errors import one_line
+
+if TYPE_CHECKING:  # torch is imported only where the local engine is built
+    from gateway.engine.local.engine import LocalEngine
+    from gateway.engine.local.loader import LoadedModel
 
 log = logging.getLogger("gateway.startup")
 
@@ -125,7 +130,6 @@ def _upstream_engine(settings: Settings) -> Engine:
 
 def _local_engine(settings: Settings) -> Engine:
     from gateway.engine.demo import cache_root, cached_demo_model
-    from gateway.engine.local.engine import LocalEngine
     from gateway.engine.local.loader import load_model
 
     logs.no_progress_bars()
@@ -144,6 +148,13 @@ def _local_engine(settings: Settings) -> Engine:
         adapters=parse_adapters(settings.adapters),
         chat_template=settings.chat_template,
     )
+    return local_engine(settings, loaded)
+
+
+def local_engine(settings: Settings, loaded: LoadedModel) -> LocalEngine:
+    """The local engine over a loaded model, as the settings shape it (the tests' servers too: one place reads them)."""
+    from gateway.engine.local.engine import LocalEngine
+
     return LocalEngine(
         loaded,
         queue_size=settings.engine_queue_size,

@@ -32,6 +32,7 @@ from gateway.engine.local.engine import LocalEngine
 from gateway.engine.local.loader import load_model
 from gateway.media.images import ImageLimits, check_image
 from gateway.server import DrainingServer, make_server
+from gateway.startup import local_engine
 
 pytest_plugins = ["tests.vllm_fixtures"]
 
@@ -119,15 +120,7 @@ def start_server(model_dir: Path, settings: Settings | None = None, **uvicorn_kw
     loaded = load_model(
         model_dir, model_id="gateway-demo", adapters=parse_adapters(settings.adapters), chat_template=settings.chat_template
     )
-    engine = LocalEngine(
-        loaded,
-        queue_size=settings.engine_queue_size,
-        context_tokens=settings.context_tokens,
-        max_batch=settings.max_batch,
-        max_adapters=settings.max_adapters,
-        max_adapter_bytes=settings.max_adapter_bytes,
-        compile_mode=settings.engine_compile,
-    )
+    engine = local_engine(settings, loaded)  # as `gateway serve` builds it, the engine settings honoured
     app = create_app(settings, engine=engine)
     server = make_server(app, settings, host="127.0.0.1", port=port, log_level="warning", **uvicorn_kwargs)
     thread = threading.Thread(target=server.run, daemon=True)
