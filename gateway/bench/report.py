@@ -267,8 +267,8 @@ def _live_target(report: dict[str, Any]) -> str:
         f"Floor p50 {floor['p50_ms']:.0f} ms (text p50 + a live turn's own "
         f"extra cost alone on the engine, {floor['idle']['extra_ms']:.0f} ms): "
         f"live p50 is {floor['live_p50_above_ms']:.0f} ms above it. Warm-ups: {report['warm_ups']['prefilled']} "
-        f"prefilled ahead, {report['warm_ups']['dropped']} dropped ({report['warm_ups'].get('expected', 0)} of them "
-        f"started ahead of a question due on its session's clock); {report['trims_ahead']} histories trimmed ahead; "
+        f"prefilled ahead, {report['warm_ups']['dropped']} dropped, {report['warm_ups'].get('expected', 0)} of all "
+        f"these started ahead of a question due on a session's clock; {report['trims_ahead']} histories trimmed ahead; "
         f"turns that prefilled their prompt again: {report['live_turn_prefill']['whole_prefills']} live, "
         f"{report['text_turn_prefill']['whole_prefills']} text."
     )

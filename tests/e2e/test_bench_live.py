@@ -66,7 +66,8 @@ async def test_the_live_bench_measures_the_floor_under_a_live_turn(server: Runni
     warm = report["warm_ups"]
     line = format_report(report).splitlines()[-1]
     assert f"live p50 is {floor['live_p50_above_ms']:.0f} ms above it." in line
-    assert f"Warm-ups: {warm['prefilled']} prefilled ahead, {warm['dropped']} dropped; " in line
+    expected = f"{warm['expected']} of all these started ahead of a question due on a session's clock; "
+    assert f"Warm-ups: {warm['prefilled']} prefilled ahead, {warm['dropped']} dropped, {expected}" in line
     # Far from the context's edge: nothing trimmed ahead, no turn after a session's first prefilled its prompt again.
     assert report["trims_ahead"] == 0 and "histories trimmed ahead; turns that prefilled their prompt again: 0 live" in line
 
