@@ -82,6 +82,6 @@ async def test_a_watchs_next_turn_is_warmed_up_ahead_while_the_engine_is_busy(
             await busy
             done, _ = await until(bot, "done", "watch-2")
         usage = done["usage"]
-        assert warm_ups(server)[0] == before[0] + 1 and usage["prompt_tokens"] - usage["cached_tokens"] <= 12
+        assert warm_ups(server)[0] >= before[0] + 1 and usage["prompt_tokens"] - usage["cached_tokens"] <= 12
     finally:
         server.stop()
