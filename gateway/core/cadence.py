@@ -25,8 +25,9 @@ class Cadence:
         self.asked_at.append(now_s)
         self.announced = None
 
-    def announce(self, due_s: float) -> None:
-        """The next question comes at `due_s`, as its asker knows (a `watch` asks on its own clock)."""
+    def announce(self, due_s: float | None) -> None:
+        """The next question comes at `due_s`, as its asker knows (a `watch` asks on its own clock); None: it no
+        longer says (the watch has stopped)."""
         self.announced = due_s
 
     def next_expected(self) -> float | None:

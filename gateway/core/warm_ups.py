@@ -166,9 +166,9 @@ class WarmUps:
         session.live_cadence.asked(time.monotonic())
         self._time_next(session, unread)
 
-    def announce(self, session: Session, due_s: float, unread: Callable[[], LiveView | None]) -> None:
+    def announce(self, session: Session, due_s: float | None, unread: Callable[[], LiveView | None]) -> None:
         """`session`'s next live question comes at `due_s` (monotonic), as its asker knows (a watch): warmed up ahead
-        as `expect` does, with no clock to read."""
+        as `expect` does, with no clock to read. None: the asker has stopped (back to the session's own clock)."""
         session.live_cadence.announce(due_s)
         self._time_next(session, unread)
 

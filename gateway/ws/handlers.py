@@ -184,11 +184,14 @@ class FrameHandlers(EditingHandlers):
             retry_after_ms = exc.retry_after_ms if isinstance(exc, RetryLater) else None
             self.hub.emit(live, p.ErrorFrame(code=exc.code.value, message=exc.message, id=turn_id, retry_after_ms=retry_after_ms))
 
-        def announce(due_s: float) -> None:
+        def announce(due_s: float | None) -> None:
+            if live.watcher is not watcher and live.watcher is not None:
+                return  # a newer watch has replaced this one (its end comes after): that one's ticks count
             unread = partial(unread_view, live, spec.source, self.settings.live_warm_up_frames)
             self.turns.warm_ups.announce(live.session, due_s, unread)
 
-        live.watcher = asyncio.get_running_loop().create_task(watch_loop(live, spec, start, refuse, announce))
+        watcher = asyncio.get_running_loop().create_task(watch_loop(live, spec, start, refuse, announce))
+        live.watcher = watcher
 
     async def unwatch(self, frame: p.UnwatchFrame) -> None:
         if not stop_watch(self.live):

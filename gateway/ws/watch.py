@@ -28,7 +28,8 @@ class WatchSpec:
 # Starts a watch turn and hands back the event set at its end; None while the session runs another turn.
 StartTurn = Callable[[TurnRequest], Awaitable["asyncio.Event | None"]]
 Refuse = Callable[[str, GatewayError], None]
-Announce = Callable[[float], None]  # when the next watch turn is due (monotonic seconds): it is warmed up ahead
+# When the next watch turn is due (monotonic seconds), so it is warmed up ahead; None once the watch has stopped.
+Announce = Callable[[float | None], None]
 
 
 def stop_watch(live: LiveSession) -> bool:
@@ -48,7 +49,15 @@ def _settle(starting: asyncio.Future[asyncio.Event | None]) -> None:
 async def watch_loop(live: LiveSession, spec: WatchSpec, start: StartTurn, refuse: Refuse, announce: Announce) -> None:
     """Every `every_s`, a live turn over the window, when it holds a distinct frame the last watch turn did not
     read and no turn of the session runs (then it tries again at the next tick); one watch turn at a time. Each
-    tick is `announce`d as it is set, so the turn it may start is prefilled ahead (core/warm_ups.py)."""
+    tick is `announce`d as it is set, so the turn it may start is prefilled ahead (core/warm_ups.py), and the last
+    one withdrawn when the watch ends."""
+    try:
+        await _watch(live, spec, start, refuse, announce)
+    finally:
+        announce(None)
+
+
+async def _watch(live: LiveSession, spec: WatchSpec, start: StartTurn, refuse: Refuse, announce: Announce) -> None:
     read: int | None = None  # the window version the last watch turn read
     number = 0
     options = SamplingOptions(max_tokens=spec.max_tokens) if spec.max_tokens is not None else None

@@ -233,3 +233,19 @@ async def test_an_announced_question_is_warmed_up_ahead_with_no_clock_to_read() 
     await asyncio.wait_for(_submitted(engine), 10)
     assert time.monotonic() - announced_s >= 0.2 - 0.05 and value(counters.warm_ups_expected) == 1
     ups.close()
+
+
+async def test_a_withdrawn_announcement_times_nothing_and_the_sessions_own_clock_counts_again() -> None:
+    """A watch that stops withdraws its tick: its timer goes; a session asking on its own clock is timed by that."""
+    engine = Holding()
+    ups, _ = expecting_ups(engine, 0.4)
+    session = Session(max_history_turns=16)
+    ups.announce(session, time.monotonic() + 5.0, lambda: view(0))
+    assert session.id in ups._expected
+    ups.announce(session, None, lambda: view(0))
+    assert session.id not in ups._expected and session.live_cadence.next_expected() is None
+    on_a_clock(session, 10.0)
+    session.live_cadence.asked(time.monotonic())
+    ups.announce(session, None, lambda: view(0))
+    assert session.id in ups._expected  # due 10 s after the last question, by the session's own clock
+    ups.close()

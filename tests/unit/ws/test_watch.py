@@ -34,7 +34,7 @@ async def test_an_unwatch_during_a_watch_turns_start_lets_the_start_finish() -> 
     def refuse(turn_id: str, exc: GatewayError) -> None:
         raise AssertionError(f"{turn_id} refused: {exc}")
 
-    announced: list[float] = []
+    announced: list[float | None] = []
     spec = WatchSpec("camera", 0.0, "what?", 3)
     live.watcher = asyncio.create_task(watch_loop(cast(LiveSession, live), spec, start, refuse, announced.append))
     await entered.wait()
@@ -44,4 +44,5 @@ async def test_an_unwatch_during_a_watch_turns_start_lets_the_start_finish() -> 
     await asyncio.gather(watcher, return_exceptions=True)
     for _ in range(3):
         await asyncio.sleep(0)
-    assert watcher.cancelled() and finished == ["watch-1"] and len(announced) == 1  # each tick announced as it is set
+    assert watcher.cancelled() and finished == ["watch-1"]
+    assert len(announced) == 2 and announced[-1] is None  # its one tick announced as it was set, withdrawn at its end
