@@ -289,8 +289,9 @@ class TurnService(TurnLimits):
         return room
 
     def forget(self, session: Session) -> None:
-        """The session is gone from memory: its images no longer count."""
+        """The session is gone from memory: its images no longer count, and nothing is warmed up for it."""
         self.images.release(session.id)
+        self.warm_ups.forget(session.id)
 
     # ---- the engine --------------------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ class WarmUps:
         self.frames_ahead, self.defaults = frames_ahead, defaults
         self._running: dict[str, tuple[asyncio.Task[None], TurnHandle]] = {}  # by session id
         self._expected: dict[str, asyncio.TimerHandle] = {}  # by session id: its next question's warm-up, timed
+        self._closed = False  # the service is closing: nothing new is timed or launched
         self._since: tuple[float, float] | None = None  # (when, the engine's busy seconds then): the window's start
         self.busy_share = 0.0  # the engine's, over the last whole window (idle, until one is measured)
 
@@ -137,32 +138,24 @@ class WarmUps:
 
     def due(self, session: Session, unread: int) -> bool:
         """Whether a session whose read window has gathered `unread` new frames should warm its next live turn up
-        now: enough of them, none under way for it, and either its next question is due within the lead
-        (`expecting`), or the engine is idle and was busy at most `live_warm_up_max_busy` of the last whole window.
-        A warm-up per new frame on a busy engine mostly waits until the session's own turn cancels it (`gateway
-        bench --live`, 8 sessions: 27-38 of about 62 dropped), its planning spent: token counts on the pool real
-        turns count on; and turns arriving during their passes wait more than their questions save (docs/engine.md).
-        One ahead of a question due soon is worth its pass."""
+        now: enough of them, none under way for it, the engine idle and busy at most `live_warm_up_max_busy` of the
+        last whole window. A warm-up per new frame on a busy engine mostly waits until the session's own turn
+        cancels it (`gateway bench --live`, 8 sessions: 27-38 of about 62 dropped), its planning spent: token counts
+        on the pool real turns count on; and turns arriving during their passes wait more than their questions save
+        (docs/engine.md). Ahead of a question due soon, `expect` warms up on any load instead."""
         if not self.enabled or unread < self.settings.live_warm_up_frames or session.id in self._running:
             return False
-        if self.expecting(session, time.monotonic()):
-            return True
         load = self.engine.load()
         self._measure(load.phase_seconds)
         return load.active == 0 and load.waiting == 0 and self.busy_share <= self.settings.live_warm_up_max_busy
 
-    def expecting(self, session: Session, now_s: float) -> bool:
-        """Whether `session`'s next live question is due within `live_warm_up_lead_s` of now (either side: a
-        clock's ticks wander by a turn's length), its questions coming on a clock (`Cadence`)."""
-        lead, due_s = self.settings.live_warm_up_lead_s, session.live_cadence.next_expected()
-        return lead > 0 and due_s is not None and due_s - lead <= now_s <= due_s + lead
-
     def expect(self, session: Session, unread: Callable[[], LiveView | None]) -> None:
-        """A live turn of `session` starts now. Where its questions come on a clock (a bot's, a watch's: `Cadence`),
-        its next one is warmed up `live_warm_up_lead_s` before it is due, however busy the engine: `unread()` then
-        gives the frames that question would read (None while the session has a turn of its own, or nothing new),
-        and while it gives none it is asked again every quarter of the lead until the question is due. One warm-up
-        of every frame gathered since, where a warm-up per frame on a busy engine costs more passes than it saves."""
+        """A live turn of `session`, asked by its client, starts now. Where its questions come on a clock (`Cadence`),
+        its next one is warmed up `live_warm_up_lead_s` before it is due (at most half the time to it), however busy
+        the engine: `unread()` gives the frames that question would read (None while the session has a turn of its
+        own, or nothing new). It is asked every quarter of the lead until the question is due, a warm-up started
+        whenever it gives frames and none is under way: one warm-up of every frame gathered since (and one more for
+        frames that come meanwhile), where a warm-up per frame on a busy engine costs more passes than it saves."""
         session.live_cadence.asked(time.monotonic())
         self._time_next(session, unread)
 
@@ -173,28 +166,40 @@ class WarmUps:
         self._time_next(session, unread)
 
     def _time_next(self, session: Session, unread: Callable[[], LiveView | None]) -> None:
-        timer = self._expected.pop(session.id, None)
-        if timer is not None:
-            timer.cancel()
-        lead, due_s = self.settings.live_warm_up_lead_s, session.live_cadence.next_expected()
-        if self.enabled and lead > 0 and due_s is not None:
-            self._time(session, unread, due_s - lead - time.monotonic(), due_s)
+        self.forget(session.id, warm_ups=False)
+        now_s, due_s = time.monotonic(), session.live_cadence.next_expected()
+        if not self.enabled or self._closed or due_s is None or due_s <= now_s:
+            return
+        # At most half the time to it: on a fast clock (a watch every second) the lead would cover every moment.
+        lead_s = min(self.settings.live_warm_up_lead_s, (due_s - now_s) / 2)
+        if lead_s > 0:
+            self._time(session, unread, due_s - lead_s - now_s, due_s, lead_s / 4)
 
-    def _time(self, session: Session, unread: Callable[[], LiveView | None], delay_s: float, due_s: float) -> None:
+    def _time(self, session: Session, unread: Callable[[], LiveView | None], delay_s: float, due_s: float, step_s: float) -> None:
         loop, apart = asyncio.get_running_loop(), contextvars.Context()  # not the turn's (its trace span): see `_launch`
-        self._expected[session.id] = loop.call_later(max(0.0, delay_s), self._anticipate, session, unread, due_s, context=apart)
+        handle = loop.call_later(max(0.0, delay_s), self._anticipate, session, unread, due_s, step_s, context=apart)
+        self._expected[session.id] = handle
 
-    def _anticipate(self, session: Session, unread: Callable[[], LiveView | None], due_s: float) -> None:
-        """The session's next question is due soon: warm it up over `unread()`, or look again a little later."""
+    def _anticipate(self, session: Session, unread: Callable[[], LiveView | None], due_s: float, step_s: float) -> None:
+        """The session's next question is due soon: warm up what `unread()` gives, and look again a little later."""
         del self._expected[session.id]
         view = None if session.id in self._running else unread()
         if view is not None:
             self.counters.warm_ups_expected.inc()
             self.start(session, view)
-            return
-        step_s = self.settings.live_warm_up_lead_s / 4
         if time.monotonic() + step_s < due_s:
-            self._time(session, unread, step_s, due_s)
+            self._time(session, unread, step_s, due_s, step_s)
+
+    def forget(self, session_id: str, warm_ups: bool = True) -> None:
+        """The session is gone (or its next question is timed again): its timer goes, and with `warm_ups` its warm-up
+        under way too."""
+        timer = self._expected.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+        running = self._running.pop(session_id, None) if warm_ups else None
+        if running is not None:
+            running[1].cancel()
+            running[0].cancel()
 
     def _measure(self, phases: dict[str, float]) -> None:
         """The engine's busy share (every phase of its generation thread but waiting) over the last whole window."""
@@ -207,12 +212,14 @@ class WarmUps:
 
     def start(self, session: Session, view: LiveView) -> None:
         """Warm `session`'s next live turn up over `view`, unless one is under way for it already."""
-        if not self.enabled or session.id in self._running:
+        if not self.enabled or self._closed or session.id in self._running:
             return
         self._launch(session.id, lambda handle: self._warm(session, view, handle))
 
     def _launch(self, session_id: str, work: Callable[[TurnHandle], Coroutine[Any, Any, None]]) -> None:
         """Run `work` (its warm-up's handle given) as the session's one warm-up under way, until it ends."""
+        if self._closed:
+            return
         handle = TurnHandle()
         # In a context of its own: launched from a turn's (its end, its start), it is no part of that turn's trace.
         task = asyncio.get_running_loop().create_task(work(handle), context=contextvars.Context())
@@ -227,6 +234,7 @@ class WarmUps:
             running[0].cancel()
 
     def close(self) -> None:
+        self._closed = True
         for timer in self._expected.values():
             timer.cancel()
         self._expected.clear()

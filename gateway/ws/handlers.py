@@ -154,7 +154,7 @@ class FrameHandlers(EditingHandlers):
         # The reader awaits this (no other frame of ours is read meanwhile), so the turn cannot race a reset.
         started = frames.started = await self.turns.start(live.session, request, frames, self.compiles, self.hub.keeper(live))
         live.active = started  # before any await: the turn's events may already be queued
-        if request.live is not None:  # its next live question is warmed up ahead where they come on a clock
+        if request.live is not None and initiated is None:  # the next is warmed up ahead where they come on a clock
             needed = self.settings.live_warm_up_frames
             self.turns.warm_ups.expect(live.session, partial(unread_view, live, request.live.source, needed))
         await self.hub.turn_started(live, started)

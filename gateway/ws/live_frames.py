@@ -58,9 +58,9 @@ async def add_frame(live: LiveSession, frame: p.LiveImageFrame, turns: TurnServi
 
 def unread_view(live: LiveSession, source: str, frames: int) -> LiveView | None:
     """The source's window as the session's next live turn would read it, for a warm-up ahead of that turn
-    (core/warm_ups.py: `WarmUps.expect`): None while a turn of the session's own runs or starts, once the session
-    has gone, or while the window holds fewer than `frames` distinct frames no live turn has read."""
-    if live.active is not None or live.starting.locked() or live.state is LiveState.GONE or live.windows is None:
+    (core/warm_ups.py: `WarmUps.expect`): None while a turn of the session's own runs or starts, while no connection
+    streams it (or it has gone), or while the window holds fewer than `frames` distinct frames no live turn has read."""
+    if live.active is not None or live.starting.locked() or live.state is not LiveState.ATTACHED or live.windows is None:
         return None
     window = live.windows.get(source)
     if window is None or window.unread < frames:

@@ -10,42 +10,75 @@ import pytest
 
 from gateway.client import GatewayClient
 from gateway.config import Settings
-from tests.conftest import DemoDirs, record_submissions, start_server, wait_until
+from gateway.engine.contract import GenerationRequest, TurnHandle, TurnSink
+from tests.conftest import DemoDirs, RunningServer, start_server, wait_until
 from tests.e2e.test_live_warm_up import FRAMES, warm_ups
 from tests.e2e.test_live_watch import until
 from tests.e2e.test_live_window_ws import GREEDY, stream
 
-GAP_S = 2.0  # between the bot's questions, start to start: the frame below comes long before the next is due
+GAP_S = 3.0  # between the bot's questions, start to start: the frame below comes long before the next is due
 LEAD_S = 0.5  # live_warm_up_lead_s
-# A watch's tick and lead: the warm-up comes 1.5 s after a watch turn ends, and has 1.5 s to run before the next one.
-WATCH_EVERY_S, WATCH_LEAD_S = 3.0, 1.5
+# A watch's tick and lead: the warm-up comes 3 s after a watch turn ends, and has 2 s to run before the next one.
+WATCH_EVERY_S, WATCH_LEAD_S = 5.0, 2.0
+
+
+def record_busy(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> list[tuple[GenerationRequest, int]]:
+    """Every request `server`'s engine is handed from now on, with the turns it had running or waiting then."""
+    seen: list[tuple[GenerationRequest, int]] = []
+    submit = server.engine.submit
+
+    def recording(request: GenerationRequest, sink: TurnSink) -> TurnHandle:
+        load = server.engine.load()
+        seen.append((request, load.active + load.waiting))
+        return submit(request, sink)
+
+    monkeypatch.setattr(server.engine, "submit", recording)
+    return seen
+
+
+def warmed(seen: list[tuple[GenerationRequest, int]], since: int = 0) -> list[tuple[GenerationRequest, int]]:
+    return [(request, busy) for request, busy in seen[since:] if request.warm_up]
+
+
+async def keep_busy(url: str, stop: asyncio.Event) -> None:
+    """Two other sessions' long replies, each one after another, until `stop`: the engine busy all the while (one
+    session's next turn comes a few ms after its last one's end; two are seldom both between turns)."""
+
+    async def replies(client: GatewayClient) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await client.turn(f"o{n}", "go on", temperature=0, max_tokens=300, ignore_eos=True)
+
+    async with GatewayClient(url) as one, GatewayClient(url) as two:
+        await asyncio.gather(replies(one), replies(two))
 
 
 async def test_a_bots_next_question_is_warmed_up_ahead_while_the_engine_is_busy(
     demo_dirs: DemoDirs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four live questions GAP_S apart make a clock. A new frame arriving right after the fourth, while another
-    session's long reply holds the engine, starts no warm-up (the engine is busy, and the next question is not due
-    yet); LEAD_S before that question is due, the frame is warmed up all the same, the other reply still running
-    (it runs once the engine idles). The question then prefills only its text."""
+    session keeps the engine busy, starts no warm-up (the engine is busy, and the next question is not due yet);
+    LEAD_S before that question is due, the frame is warmed up all the same, with the other session's turn on the
+    engine (it runs once the engine idles). The question then prefills only its text."""
     server = start_server(demo_dirs.model, Settings(max_frames_per_second=1000.0, live_warm_up_lead_s=LEAD_S))
     try:
-        seen = record_submissions(server, monkeypatch)
-        async with GatewayClient(server.ws_url) as bot, GatewayClient(server.ws_url) as other:
+        seen = record_busy(server, monkeypatch)
+        async with GatewayClient(server.ws_url) as bot:
             await stream(bot, [(FRAMES[0], 100)])
             start_s = time.monotonic()
             for n in range(4):
                 await asyncio.sleep(max(0.0, start_s + n * GAP_S - time.monotonic()))
                 await bot.turn(f"l{n}", "what is it?", live=True, **GREEDY)
-            busy = asyncio.ensure_future(other.turn("o1", "go on", temperature=0, max_tokens=1500, ignore_eos=True))
+            stop = asyncio.Event()
+            busy = asyncio.ensure_future(keep_busy(server.ws_url, stop))
             await wait_until(lambda: server.engine.load().active > 0)
             await stream(bot, [(FRAMES[1], 200)])
-            assert not any(request.warm_up for request in seen)
-            await wait_until(lambda: any(request.warm_up for request in seen))
-            assert not busy.done()
-            (ahead,) = [request for request in seen if request.warm_up]
-            assert len(ahead.messages[-1].images) == 1 and warm_ups(server)[2] == 1  # the new frame; `expected`
-            await other.send({"type": "cancel", "id": "o1"})
+            assert not warmed(seen)
+            await wait_until(lambda: bool(warmed(seen)))
+            ((ahead, turns_then),) = warmed(seen)
+            assert turns_then > 0 and len(ahead.messages[-1].images) == 1 and warm_ups(server)[2] == 1  # `expected`
+            stop.set()
             await busy
             await wait_until(lambda: warm_ups(server)[0] == 1)  # prefilled to its end once the engine idled
             question = await bot.turn("l4", "and now?", live=True, **GREEDY)
@@ -59,26 +92,28 @@ async def test_a_watchs_next_turn_is_warmed_up_ahead_while_the_engine_is_busy(
     demo_dirs: DemoDirs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A watch announces each tick as it sets it. After its first turn, a new frame arriving while another
-    session's long reply holds the engine starts no warm-up; WATCH_LEAD_S before the watch's next tick it is warmed
-    up all the same, and that watch turn then prefills only its text."""
+    session keeps the engine busy starts no warm-up; WATCH_LEAD_S before the watch's next tick it is warmed up all
+    the same, and that watch turn then prefills only its text."""
     settings = Settings(max_frames_per_second=1000.0, live_warm_up_lead_s=WATCH_LEAD_S, min_watch_every_s=1.0)
     server = start_server(demo_dirs.model, settings)
     try:
-        seen = record_submissions(server, monkeypatch)
-        async with GatewayClient(server.ws_url) as bot, GatewayClient(server.ws_url) as other:
+        seen = record_busy(server, monkeypatch)
+        async with GatewayClient(server.ws_url) as bot:
             await stream(bot, [(FRAMES[0], 100)])
             watch = {"type": "watch", "source": "camera", "every_s": WATCH_EVERY_S, "text": "what changed?", "max_tokens": 4}
             await bot.send(watch)
             await until(bot, "done", "watch-1")  # its own frame was warmed up ahead of it: the first tick's lead
             before = warm_ups(server)
-            busy = asyncio.ensure_future(other.turn("o1", "go on", temperature=0, max_tokens=1500, ignore_eos=True))
+            stop = asyncio.Event()
+            busy = asyncio.ensure_future(keep_busy(server.ws_url, stop))
             await wait_until(lambda: server.engine.load().active > 0)
-            warmed = len(seen)
+            since = len(seen)
             await stream(bot, [(FRAMES[1], 200)])
-            assert not any(request.warm_up for request in seen[warmed:])
-            await wait_until(lambda: any(request.warm_up for request in seen[warmed:]))
-            assert not busy.done() and warm_ups(server)[2] == before[2] + 1
-            await other.send({"type": "cancel", "id": "o1"})
+            assert not warmed(seen, since)
+            await wait_until(lambda: bool(warmed(seen, since)))
+            ((ahead, turns_then),) = warmed(seen, since)
+            assert turns_then > 0 and len(ahead.messages[-1].images) == 1 and warm_ups(server)[2] == before[2] + 1
+            stop.set()
             await busy
             done, _ = await until(bot, "done", "watch-2")
         usage = done["usage"]
