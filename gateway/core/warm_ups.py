@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 Tools = Sequence[dict[str, Any]]  # OpenAI function definitions, for the chat template
 # A session's defaults as its turns resolve them (core/turns.py): max_tokens, the adapter, the tools.
 Defaults = Callable[[SamplingOptions], tuple[int, str | None, Tools]]
+# The frames a session's next live turn would read, for a warm-up ahead of it; None while there is nothing to warm.
+Unread = Callable[[], LiveView | None]
 
 _TURN_ID = "warm-up"  # the id its preview plans the turn under; nothing is recorded under it
 _BUSY_WINDOW_S = 2.0  # the engine's busy share is measured over about this long, the last whole window
@@ -149,46 +151,49 @@ class WarmUps:
         self._measure(load.phase_seconds)
         return load.active == 0 and load.waiting == 0 and self.busy_share <= self.settings.live_warm_up_max_busy
 
-    def expect(self, session: Session, unread: Callable[[], LiveView | None]) -> None:
+    def expect(self, session: Session, unread: Unread) -> None:
         """A live turn of `session`, asked by its client, starts now. Where its questions come on a clock (`Cadence`),
-        its next one is warmed up `live_warm_up_lead_s` before it is due (at most half the time to it), however busy
-        the engine: `unread()` gives the frames that question would read (None while the session has a turn of its
-        own, or nothing new). It is asked every quarter of the lead until the question is due, a warm-up started
-        whenever it gives frames and none is under way: one warm-up of every frame gathered since (and one more for
-        frames that come meanwhile), where a warm-up per frame on a busy engine costs more passes than it saves."""
+        its next one is warmed up `live_warm_up_lead_s` before it is due (at most a quarter of the time to it), however
+        busy the engine: `unread()` gives the frames that question would read (None while the session has a turn of
+        its own, or nothing new). It is asked every quarter of the lead until the lead after the due time, a warm-up
+        started whenever it gives frames and none is under way: one warm-up of every frame gathered since (and one
+        more for frames that come meanwhile), where a warm-up per frame on a busy engine costs more passes than it
+        saves."""
         session.live_cadence.asked(time.monotonic())
         self._time_next(session, unread)
 
-    def announce(self, session: Session, due_s: float | None, unread: Callable[[], LiveView | None]) -> None:
+    def announce(self, session: Session, due_s: float | None, unread: Unread) -> None:
         """`session`'s next live question comes at `due_s` (monotonic), as its asker knows (a watch): warmed up ahead
         as `expect` does, with no clock to read. None: the asker has stopped (back to the session's own clock)."""
         session.live_cadence.announce(due_s)
         self._time_next(session, unread)
 
-    def _time_next(self, session: Session, unread: Callable[[], LiveView | None]) -> None:
+    def _time_next(self, session: Session, unread: Unread) -> None:
         self.forget(session.id, warm_ups=False)
         now_s, due_s = time.monotonic(), session.live_cadence.next_expected()
         if not self.enabled or self._closed or due_s is None or due_s <= now_s:
             return
-        # At most half the time to it: on a fast clock (a watch every second) the lead would cover every moment.
-        lead_s = min(self.settings.live_warm_up_lead_s, (due_s - now_s) / 2)
+        # Looked for from the lead before it to the lead after it (a clock's ticks wander by a turn's length), the lead
+        # at most a quarter of the time to it: on a fast clock (a watch every second) it would cover every moment.
+        lead_s = min(self.settings.live_warm_up_lead_s, (due_s - now_s) / 4)
         if lead_s > 0:
-            self._time(session, unread, due_s - lead_s - now_s, due_s, lead_s / 4)
+            self._time(session, unread, due_s - lead_s - now_s, due_s + lead_s, lead_s / 4)
 
-    def _time(self, session: Session, unread: Callable[[], LiveView | None], delay_s: float, due_s: float, step_s: float) -> None:
+    def _time(self, session: Session, unread: Unread, delay_s: float, until_s: float, step_s: float) -> None:
         loop, apart = asyncio.get_running_loop(), contextvars.Context()  # not the turn's (its trace span): see `_launch`
-        handle = loop.call_later(max(0.0, delay_s), self._anticipate, session, unread, due_s, step_s, context=apart)
+        handle = loop.call_later(max(0.0, delay_s), self._anticipate, session, unread, until_s, step_s, context=apart)
         self._expected[session.id] = handle
 
-    def _anticipate(self, session: Session, unread: Callable[[], LiveView | None], due_s: float, step_s: float) -> None:
-        """The session's next question is due soon: warm up what `unread()` gives, and look again a little later."""
+    def _anticipate(self, session: Session, unread: Unread, until_s: float, step_s: float) -> None:
+        """The session's next question is due about now: warm up what `unread()` gives, and look again a little later
+        (its own turn, when it comes, ends the looking: `expect` times the next)."""
         del self._expected[session.id]
         view = None if session.id in self._running else unread()
         if view is not None:
             self.counters.warm_ups_expected.inc()
             self.start(session, view)
-        if time.monotonic() + step_s < due_s:
-            self._time(session, unread, step_s, due_s, step_s)
+        if time.monotonic() + step_s < until_s:
+            self._time(session, unread, step_s, until_s, step_s)
 
     def forget(self, session_id: str, warm_ups: bool = True) -> None:
         """The session is gone (or its next question is timed again): its timer goes, and with `warm_ups` its warm-up

@@ -146,30 +146,30 @@ def on_a_clock(session: Session, gap_s: float) -> None:
 
 
 async def test_a_question_due_on_the_sessions_clock_is_warmed_up_ahead_however_busy_the_engine() -> None:
-    """Questions 1 s apart: the next is due 1 s after this one, and `lead` (0.4 s) before it the frames the window
+    """Questions 1 s apart: the next is due 1 s after this one, and `lead` (0.2 s) before it the frames the window
     gathered meanwhile are warmed up, with a turn on the engine and the engine busy all of late, where a new frame
     starts none (`due`) until the question is that close."""
     engine = Holding()
     engine.active, engine.busy_s = 1, 1e6
-    ups, counters = expecting_ups(engine, 0.4)
+    ups, counters = expecting_ups(engine, 0.2)
     session = Session(max_history_turns=16)
     on_a_clock(session, 1.0)
     asked_s = time.monotonic()
     ups.expect(session, lambda: view(0, 1, 2))
     assert not ups.due(session, 3) and not engine.submitted  # not yet within the lead of the next question
     await asyncio.wait_for(_submitted(engine), 10)
-    assert time.monotonic() - asked_s >= 0.6 - 0.05  # a timer fires no sooner than asked (the loop's clock's grain)
+    assert time.monotonic() - asked_s >= 0.8 - 0.05  # a timer fires no sooner than asked (the loop's clock's grain)
     (ahead,) = engine.submitted
     assert ahead.warm_up and len(ahead.messages[-1].images) == 3 and value(counters.warm_ups_expected) == 1
     ups.close()
 
 
-async def test_while_the_session_has_a_turn_of_its_own_it_looks_again_until_the_question_is_due() -> None:
+async def test_while_the_session_has_a_turn_of_its_own_it_looks_again_until_the_lead_after_the_question_is_due() -> None:
     """`unread` gives nothing while the session's own turn runs (or nothing is new): it is asked again every quarter
-    of the lead, and a view it gives later is warmed up; one that never gives one stops being asked once the
-    question is due."""
+    of the lead, and a view it gives later is warmed up; one that never gives one stops being asked the lead after
+    the question is due (a clock's ticks wander)."""
     engine = Holding()
-    ups, counters = expecting_ups(engine, 0.4)
+    ups, counters = expecting_ups(engine, 0.2)
     session = Session(max_history_turns=16)
     on_a_clock(session, 1.0)
     calls: list[float] = []
@@ -190,13 +190,13 @@ async def test_while_the_session_has_a_turn_of_its_own_it_looks_again_until_the_
     ups.expect(other, lambda: never.append(time.monotonic()))  # type: ignore[func-returns-value]
     while other.id in ups._expected:
         await asyncio.sleep(0.02)
-    assert 1 <= len(never) <= 4 and never[-1] < due_s + 0.05 and len(engine.submitted) == 1
+    assert 1 <= len(never) <= 9 and never[-1] < due_s + 0.2 + 0.05 and len(engine.submitted) == 1
 
 
 async def test_a_session_asking_at_no_rhythm_expects_nothing() -> None:
     """Gaps of 1 s, 4 s and 1 s: no question is due at any time, and nothing is timed."""
     engine = Holding()
-    ups, _ = expecting_ups(engine, 0.4)
+    ups, _ = expecting_ups(engine, 0.2)
     session = Session(max_history_turns=16)
     now_s = time.monotonic()
     for ago in (6.0, 5.0, 1.0):
@@ -210,7 +210,7 @@ async def test_frames_that_come_after_the_warm_up_and_before_the_question_are_wa
     frames gathered since are warmed up by another (a new frame alone is not, on a busy engine: `due`)."""
     engine = Holding()
     engine.active, engine.busy_s = 1, 1e6
-    ups, counters = expecting_ups(engine, 0.4)
+    ups, counters = expecting_ups(engine, 0.2)
     session = Session(max_history_turns=16)
     on_a_clock(session, 1.0)
     views = iter([view(0, 1), None, view(0, 1, 2)])
@@ -223,8 +223,8 @@ async def test_frames_that_come_after_the_warm_up_and_before_the_question_are_wa
     ups.close()
 
 
-async def test_on_a_fast_clock_the_lead_is_at_most_half_the_time_to_the_question() -> None:
-    """Questions 0.4 s apart with a 1 s lead: the warm-up comes 0.2 s before the next, not at once (a lead as long as
+async def test_on_a_fast_clock_the_lead_is_at_most_a_quarter_of_the_time_to_the_question() -> None:
+    """Questions 0.4 s apart with a 1 s lead: the warm-up comes 0.1 s before the next, not at once (a lead as long as
     the gap would warm up every moment)."""
     engine = Holding()
     ups, _ = expecting_ups(engine, 1.0)
@@ -233,14 +233,14 @@ async def test_on_a_fast_clock_the_lead_is_at_most_half_the_time_to_the_question
     asked_s = time.monotonic()
     ups.expect(session, lambda: view(0))
     await asyncio.wait_for(_submitted(engine), 10)
-    assert time.monotonic() - asked_s >= 0.2 - 0.05
+    assert time.monotonic() - asked_s >= 0.3 - 0.05
     ups.close()
 
 
 async def test_a_forgotten_session_is_timed_no_more_and_its_warm_up_goes() -> None:
     """`TurnService.forget`: the session's timer and its warm-up under way go."""
     engine = Holding()
-    ups, _ = expecting_ups(engine, 0.4)
+    ups, _ = expecting_ups(engine, 0.2)
     session = Session(max_history_turns=16)
     ups.start(session, view(0, 1))
     on_a_clock(session, 10.0)
@@ -255,24 +255,24 @@ async def test_a_forgotten_session_is_timed_no_more_and_its_warm_up_goes() -> No
 
 
 async def test_an_announced_question_is_warmed_up_ahead_with_no_clock_to_read() -> None:
-    """A watch's next turn, announced 0.6 s ahead: warmed up `lead` (0.4 s) before it, a session with no questions
-    before it, the engine busy."""
+    """A watch's next turn, announced 0.6 s ahead: warmed up `lead` before it (0.2 s, at most a quarter of the 0.6:
+    0.15 s), a session with no questions before it, the engine busy."""
     engine = Holding()
     engine.active, engine.busy_s = 1, 1e6
-    ups, counters = expecting_ups(engine, 0.4)
+    ups, counters = expecting_ups(engine, 0.2)
     session = Session(max_history_turns=16)
     announced_s = time.monotonic()
     ups.announce(session, announced_s + 0.6, lambda: view(0, 1))
     assert not engine.submitted
     await asyncio.wait_for(_submitted(engine), 10)
-    assert time.monotonic() - announced_s >= 0.2 - 0.05 and value(counters.warm_ups_expected) == 1
+    assert time.monotonic() - announced_s >= 0.45 - 0.05 and value(counters.warm_ups_expected) == 1
     ups.close()
 
 
 async def test_a_withdrawn_announcement_times_nothing_and_the_sessions_own_clock_counts_again() -> None:
     """A watch that stops withdraws its tick: its timer goes; a session asking on its own clock is timed by that."""
     engine = Holding()
-    ups, _ = expecting_ups(engine, 0.4)
+    ups, _ = expecting_ups(engine, 0.2)
     session = Session(max_history_turns=16)
     ups.announce(session, time.monotonic() + 5.0, lambda: view(0))
     assert session.id in ups._expected
