@@ -169,7 +169,7 @@ class WarmUps:
         self._time_next(session, unread)
 
     def _time_next(self, session: Session, unread: Unread) -> None:
-        self.forget(session.id, warm_ups=False)
+        self._untime(session.id)
         now_s, due_s = time.monotonic(), session.live_cadence.next_expected()
         if not self.enabled or self._closed or due_s is None or due_s <= now_s:
             return
@@ -195,13 +195,15 @@ class WarmUps:
         if time.monotonic() + step_s < until_s:
             self._time(session, unread, step_s, until_s, step_s)
 
-    def forget(self, session_id: str, warm_ups: bool = True) -> None:
-        """The session is gone (or its next question is timed again): its timer goes, and with `warm_ups` its warm-up
-        under way too."""
+    def _untime(self, session_id: str) -> None:
         timer = self._expected.pop(session_id, None)
         if timer is not None:
             timer.cancel()
-        running = self._running.pop(session_id, None) if warm_ups else None
+
+    def forget(self, session_id: str) -> None:
+        """The session is gone: its timer goes, and its warm-up under way too."""
+        self._untime(session_id)
+        running = self._running.pop(session_id, None)
         if running is not None:
             running[1].cancel()
             running[0].cancel()

@@ -62,6 +62,25 @@ async def keep_busy(url: str, stop: asyncio.Event) -> None:
         await asyncio.gather(replies(one), replies(two))
 
 
+async def frame_warmed_up_while_busy(
+    server: RunningServer, bot: GatewayClient, seen: list[tuple[GenerationRequest, int]], since: int
+) -> None:
+    """While two other sessions keep the engine busy, a new frame for the bot starts no warm-up of its own (none among
+    the requests from `since` on); one comes later all the same, over that frame, with turns on the engine, counted as
+    ahead of a question due (`expected`); then the busy sessions stop."""
+    me, expected = bot.ready["session"], warm_ups(server)[2]
+    stop = asyncio.Event()
+    busy = asyncio.ensure_future(keep_busy(server.ws_url, stop))
+    await wait_until(lambda: server.engine.load().active > 0)
+    await stream(bot, [(FRAMES[1], 200)])
+    assert not warmed(seen, me, since)
+    await wait_until(lambda: bool(warmed(seen, me, since)))
+    ((ahead, turns_then),) = warmed(seen, me, since)
+    assert turns_then > 0 and len(ahead.messages[-1].images) == 1 and warm_ups(server)[2] == expected + 1
+    stop.set()
+    await busy
+
+
 async def test_a_bots_next_question_is_warmed_up_ahead_while_the_engine_is_busy(
     demo_dirs: DemoDirs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -73,22 +92,12 @@ async def test_a_bots_next_question_is_warmed_up_ahead_while_the_engine_is_busy(
     try:
         seen = record_busy(server, monkeypatch)
         async with GatewayClient(server.ws_url) as bot:
-            me = bot.ready["session"]
             await stream(bot, [(FRAMES[0], 100)])
             start_s = time.monotonic()
             for n in range(4):
                 await asyncio.sleep(max(0.0, start_s + n * GAP_S - time.monotonic()))
                 await bot.turn(f"l{n}", "what is it?", live=True, **GREEDY)
-            stop = asyncio.Event()
-            busy = asyncio.ensure_future(keep_busy(server.ws_url, stop))
-            await wait_until(lambda: server.engine.load().active > 0)
-            await stream(bot, [(FRAMES[1], 200)])
-            assert not warmed(seen, me)
-            await wait_until(lambda: bool(warmed(seen, me)))
-            ((ahead, turns_then),) = warmed(seen, me)
-            assert turns_then > 0 and len(ahead.messages[-1].images) == 1 and warm_ups(server)[2] == 1  # `expected`
-            stop.set()
-            await busy
+            await frame_warmed_up_while_busy(server, bot, seen, since=0)
             await wait_until(lambda: warm_ups(server)[0] == 1)  # prefilled to its end once the engine idled
             question = await bot.turn("l4", "and now?", live=True, **GREEDY)
         usage = question.done["usage"]
@@ -107,23 +116,12 @@ async def test_a_watchs_next_turn_is_warmed_up_ahead_while_the_engine_is_busy(
     try:
         seen = record_busy(server, monkeypatch)
         async with GatewayClient(server.ws_url) as bot:
-            me = bot.ready["session"]
             await stream(bot, [(FRAMES[0], 100)])
             watch = {"type": "watch", "source": "camera", "every_s": WATCH_EVERY_S, "text": "what changed?", "max_tokens": 4}
             await bot.send(watch)
             await until(bot, "done", "watch-1")  # its own frame was warmed up ahead of it: the first tick's lead
             before = warm_ups(server)
-            stop = asyncio.Event()
-            busy = asyncio.ensure_future(keep_busy(server.ws_url, stop))
-            await wait_until(lambda: server.engine.load().active > 0)
-            since = len(seen)
-            await stream(bot, [(FRAMES[1], 200)])
-            assert not warmed(seen, me, since)
-            await wait_until(lambda: bool(warmed(seen, me, since)))
-            ((ahead, turns_then),) = warmed(seen, me, since)
-            assert turns_then > 0 and len(ahead.messages[-1].images) == 1 and warm_ups(server)[2] == before[2] + 1
-            stop.set()
-            await busy
+            await frame_warmed_up_while_busy(server, bot, seen, since=len(seen))
             done, _ = await until(bot, "done", "watch-2")
         usage = done["usage"]
         assert warm_ups(server)[0] >= before[0] + 1 and usage["prompt_tokens"] - usage["cached_tokens"] <= 12

@@ -135,6 +135,21 @@ def warm_up(engine: LocalEngine, messages: list[ChatMessage], session: str) -> t
     return sink, request
 
 
+async def turn_during_warm_up(engine: LocalEngine) -> tuple[Passes, Collector, Collector, list[str]]:
+    """Another session's short turn submitted while a long warm-up is held at its second pass, then released: the
+    passes, the warm-up's sink, the turn's, and the order their ends reach the loop."""
+    passes = Passes(engine)
+    passes.hold_at(2)
+    sink, _ = warm_up(engine, LONG, "warming")
+    await passes.held()
+    turn = Collector()
+    hi = GenerationRequest([ChatMessage("user", "hi")], SamplingParams(temperature=0, max_tokens=3), affinity="other")
+    engine.submit(hi, turn)
+    ended = order_of_ends(turn, sink)
+    passes.release()
+    return passes, sink, turn, ended
+
+
 async def test_a_long_warm_up_is_fed_a_chunk_at_a_time_and_its_question_prefills_only_its_text(
     chunked: LocalEngine, demo_dirs: DemoDirs
 ) -> None:
@@ -154,16 +169,7 @@ async def test_a_long_warm_up_is_fed_a_chunk_at_a_time_and_its_question_prefills
 async def test_a_long_warm_up_gives_way_to_a_turn_and_goes_on_from_what_it_was_fed(chunked: LocalEngine) -> None:
     """A turn arriving while a long warm-up is fed does not wait for the rest of it: the turn ends first, and the
     warm-up then goes on from the KV it had (its cached tokens are the chunks fed before it gave way)."""
-    passes = Passes(chunked)
-    passes.hold_at(2)
-    sink, _ = warm_up(chunked, LONG, "warming")
-    await passes.held()
-    turn = Collector()
-    chunked.submit(
-        GenerationRequest([ChatMessage("user", "hi")], SamplingParams(temperature=0, max_tokens=3), affinity="other"), turn
-    )
-    ended = order_of_ends(turn, sink)
-    passes.release()
+    passes, sink, turn, ended = await turn_during_warm_up(chunked)
     answered = await asyncio.wait_for(turn.done, 60)
     assert answered.finish_reason == "length"
     ahead = await asyncio.wait_for(sink.done, 60)
@@ -231,16 +237,7 @@ async def test_with_one_batch_place_a_long_warm_up_gives_way_to_a_turn_still_in_
     engine = LocalEngine(load_model(demo_dirs.model), max_batch=1, prefill_chunk_tokens=16)
     engine.start()
     try:
-        passes = Passes(engine)
-        passes.hold_at(2)
-        sink, _ = warm_up(engine, LONG, "warming")
-        await passes.held()
-        turn = Collector()
-        engine.submit(
-            GenerationRequest([ChatMessage("user", "hi")], SamplingParams(temperature=0, max_tokens=3), affinity="o"), turn
-        )
-        ended = order_of_ends(turn, sink)
-        passes.release()
+        _, sink, turn, ended = await turn_during_warm_up(engine)
         await asyncio.wait_for(turn.done, 60)
         assert (await asyncio.wait_for(sink.done, 60)).finish_reason == "length"
         await asyncio.sleep(0)
